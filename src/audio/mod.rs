@@ -1,0 +1,107 @@
+//! Audio in memory, and the conversions every transport and model needs.
+//!
+//! Everything inside Ringline is mono `f32` in `[-1, 1]` at a known sample rate: transports
+//! decode into it at their edge (G.711, PCM, WAV, FLAC) and the models resample it to what
+//! they were trained on. Keeping one representation means one resampler and one set of
+//! level measurements instead of one per codec.
+
+pub mod decode;
+pub mod g711;
+pub mod resample;
+
+use std::path::Path;
+
+pub use decode::{decode_file, decode_raw_pcm16, DecodeError};
+pub use resample::{resample, ResampleError};
+
+/// The sample rate every speech model in Ringline consumes.
+pub const MODEL_RATE: u32 = 16_000;
+
+/// Mono audio at a known sample rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audio {
+    pub samples: Vec<f32>,
+    pub rate: u32,
+}
+
+impl Audio {
+    pub fn new(samples: Vec<f32>, rate: u32) -> Self {
+        debug_assert!(rate > 0, "a sample rate of zero is never valid");
+        Audio { samples, rate }
+    }
+
+    pub fn silence(seconds: f32, rate: u32) -> Self {
+        Audio::new(vec![0.0; (seconds * rate as f32).round() as usize], rate)
+    }
+
+    pub fn duration_secs(&self) -> f32 {
+        self.samples.len() as f32 / self.rate as f32
+    }
+
+    /// Root-mean-square level in dBFS; `-inf` for empty or digital silence.
+    pub fn rms_dbfs(&self) -> f32 {
+        if self.samples.is_empty() {
+            return f32::NEG_INFINITY;
+        }
+        let sum: f64 = self.samples.iter().map(|s| (*s as f64) * (*s as f64)).sum();
+        let rms = (sum / self.samples.len() as f64).sqrt();
+        20.0 * (rms.max(1e-12)).log10() as f32
+    }
+
+    /// Peak absolute level in dBFS.
+    pub fn peak_dbfs(&self) -> f32 {
+        let peak = self.samples.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+        20.0 * peak.max(1e-12).log10()
+    }
+
+    /// This audio at `rate`, resampled with rubato when the rates differ.
+    pub fn to_rate(&self, rate: u32) -> Result<Audio, ResampleError> {
+        if rate == self.rate {
+            return Ok(self.clone());
+        }
+        Ok(Audio::new(resample(&self.samples, self.rate, rate)?, rate))
+    }
+
+    /// Writes 16-bit PCM mono WAV.
+    pub fn write_wav(&self, path: &Path) -> Result<(), hound::Error> {
+        write_wav_channels(path, self.rate, &[&self.samples])
+    }
+}
+
+/// Writes 16-bit PCM WAV with one channel per slice; shorter channels are padded with silence.
+pub fn write_wav_channels(path: &Path, rate: u32, channels: &[&[f32]]) -> Result<(), hound::Error> {
+    let spec = hound::WavSpec {
+        channels: channels.len() as u16,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let frames = channels.iter().map(|c| c.len()).max().unwrap_or(0);
+    let mut writer = hound::WavWriter::create(path, spec)?;
+    for i in 0..frames {
+        for channel in channels {
+            let sample = channel.get(i).copied().unwrap_or(0.0);
+            writer.write_sample(f32_to_i16(sample))?;
+        }
+    }
+    writer.finalize()
+}
+
+pub fn f32_to_i16(sample: f32) -> i16 {
+    (sample.clamp(-1.0, 1.0) * i16::MAX as f32).round() as i16
+}
+
+pub fn i16_to_f32(sample: i16) -> f32 {
+    sample as f32 / 32768.0
+}
+
+/// Averages interleaved channels into one.
+pub fn downmix(interleaved: &[f32], channels: usize) -> Vec<f32> {
+    if channels <= 1 {
+        return interleaved.to_vec();
+    }
+    interleaved
+        .chunks(channels)
+        .map(|frame| frame.iter().sum::<f32>() / channels as f32)
+        .collect()
+}

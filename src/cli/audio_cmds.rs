@@ -1,0 +1,122 @@
+//! `ringline transcribe` and `ringline speak`: the speech engines on files.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+
+use crate::audio::{self, Audio, MODEL_RATE};
+use crate::models::ModelStore;
+use crate::stt::whisper::WhisperStt;
+use crate::stt::SpeechToText;
+use crate::tts::{self, TextToSpeech};
+
+/// Default speech-to-text model.
+pub const DEFAULT_STT_MODEL: &str = "whisper-tiny.en";
+
+#[derive(Debug, Args)]
+pub struct TranscribeArgs {
+    /// Audio files: WAV (PCM 8/16/24/32-bit, float, μ-law, A-law; any rate and channels) or FLAC.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print one JSON object per file (text, segments with timings, real-time factor).
+    #[arg(long)]
+    pub json: bool,
+    /// Treat the files as headerless signed 16-bit little-endian PCM at this rate.
+    #[arg(long, value_name = "HZ")]
+    pub raw_rate: Option<u32>,
+    /// Channels of raw PCM input.
+    #[arg(long, default_value_t = 1, requires = "raw_rate")]
+    pub raw_channels: u16,
+    /// Speech-to-text model from the store.
+    #[arg(long, default_value = DEFAULT_STT_MODEL)]
+    pub model: String,
+    /// Spoken language (e.g. en, de); English-only models imply `en`.
+    #[arg(long)]
+    pub language: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct FileTranscript<'a> {
+    file: &'a std::path::Path,
+    #[serde(flatten)]
+    transcript: &'a crate::stt::Transcript,
+    real_time_factor: f64,
+}
+
+pub fn transcribe(args: TranscribeArgs) -> anyhow::Result<()> {
+    let store = ModelStore::from_env()?;
+    let stt = WhisperStt::load(&store, &args.model, threads(), args.language.as_deref())?;
+    let many = args.files.len() > 1;
+    for file in &args.files {
+        let audio = read_audio(file, args.raw_rate, args.raw_channels)?;
+        let audio = audio.to_rate(MODEL_RATE).with_context(|| format!("resampling {}", file.display()))?;
+        let transcript = stt.transcribe(&audio.samples).with_context(|| format!("transcribing {}", file.display()))?;
+        if args.json {
+            let record = FileTranscript { file, transcript: &transcript, real_time_factor: transcript.real_time_factor() };
+            println!("{}", serde_json::to_string(&record)?);
+        } else if many {
+            println!("{}: {}", file.display(), transcript.text);
+        } else {
+            println!("{}", transcript.text);
+        }
+    }
+    Ok(())
+}
+
+pub fn read_audio(file: &std::path::Path, raw_rate: Option<u32>, raw_channels: u16) -> anyhow::Result<Audio> {
+    match raw_rate {
+        Some(0) => anyhow::bail!("--raw-rate must be a positive sample rate in Hz, e.g. --raw-rate 16000"),
+        Some(rate) => {
+            let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            Ok(audio::decode_raw_pcm16(&bytes, rate, raw_channels))
+        }
+        None => Ok(audio::decode_file(file)?),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SpeakArgs {
+    /// The text to speak.
+    pub text: String,
+    /// Output WAV file (16-bit PCM, mono).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// A Piper voice from the store, or `espeak` / `espeak:VOICE` for espeak-ng's own voice.
+    #[arg(long, default_value = tts::DEFAULT_VOICE)]
+    pub voice: String,
+    /// Output sample rate (default: the voice's own).
+    #[arg(long, value_name = "HZ")]
+    pub rate: Option<u32>,
+}
+
+pub fn speak(args: SpeakArgs) -> anyhow::Result<()> {
+    if args.text.trim().is_empty() {
+        anyhow::bail!("nothing to speak: the text is empty");
+    }
+    let store = ModelStore::from_env()?;
+    let voice = tts::load_voice(&store, &args.voice, threads()).with_context(|| format!("loading voice {}", args.voice))?;
+    let mut audio = voice.speak_all(&args.text)?;
+    if let Some(rate) = args.rate {
+        if rate == 0 {
+            anyhow::bail!("--rate must be a positive sample rate in Hz, e.g. --rate 16000");
+        }
+        audio = audio.to_rate(rate)?;
+    }
+    audio.write_wav(&args.output).with_context(|| format!("writing {}", args.output.display()))?;
+    eprintln!("wrote {} ({:.2} s at {} Hz)", args.output.display(), audio.duration_secs(), audio.rate);
+    Ok(())
+}
+
+/// Threads for one engine: the machine's cores (a 2-core box gets 2).
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(4)
+}
+
+/// Loads the default voice and STT model, for commands that need both.
+pub fn load_default_engines(store: &ModelStore) -> anyhow::Result<(Box<dyn TextToSpeech>, WhisperStt)> {
+    let voice = tts::load_voice(store, tts::DEFAULT_VOICE, threads())?;
+    let stt = WhisperStt::load(store, DEFAULT_STT_MODEL, threads(), None)?;
+    Ok((voice, stt))
+}

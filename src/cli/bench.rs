@@ -1,0 +1,64 @@
+//! `ringline bench …`: figures, not tests. Prints timings; asserts nothing about them.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use super::audio_cmds::{load_default_engines, DEFAULT_STT_MODEL};
+use crate::audio::MODEL_RATE;
+use crate::models::ModelStore;
+use crate::stt::SpeechToText;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Speech-to-text time and real-time factor for 2, 5 and 10 s utterances.
+    Stt {
+        /// Runs per utterance length (after one warm-up run).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+}
+
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Stt { runs } => bench_stt(runs.max(1)),
+    }
+}
+
+/// Texts Piper speaks in roughly 2, 5 and 10 seconds.
+const UTTERANCES: &[(f32, &str)] = &[
+    (2.0, "I would like to book a table."),
+    (5.0, "Hi, I am calling about my order. It was supposed to arrive on Monday."),
+    (
+        10.0,
+        "Hello, my name is Sarah and I am calling about the insurance renewal. I got your letter last week, \
+         and I would like to know whether the premium has changed since last year.",
+    ),
+];
+
+fn bench_stt(runs: usize) -> anyhow::Result<()> {
+    let store = ModelStore::from_env()?;
+    let (voice, stt) = load_default_engines(&store)?;
+    println!("model {DEFAULT_STT_MODEL}, {} threads, {runs} runs each (after a warm-up)", super::audio_cmds::threads());
+    println!("{:>8} {:>10} {:>10} {:>10} {:>8}", "target", "audio s", "p50 ms", "max ms", "rtf p50");
+    for (target, text) in UTTERANCES {
+        let audio = voice.speak_all(text)?.to_rate(MODEL_RATE)?;
+        stt.transcribe(&audio.samples)?;
+        let mut times: Vec<Duration> = Vec::new();
+        for _ in 0..runs {
+            times.push(stt.transcribe(&audio.samples)?.processing);
+        }
+        times.sort();
+        let p50 = times[times.len() / 2];
+        let max = *times.last().expect("at least one run");
+        println!(
+            "{:>7.0}s {:>10.2} {:>10.0} {:>10.0} {:>8.3}",
+            target,
+            audio.duration_secs(),
+            p50.as_secs_f64() * 1000.0,
+            max.as_secs_f64() * 1000.0,
+            p50.as_secs_f64() / audio.duration_secs() as f64
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! Ringline: a runtime for conversational voice agents.
+//!
+//! See ARCHITECTURE.md for the map. Modules follow a call's audio: `audio` (codecs and
+//! resampling), `stt`, `tts`, with `models` (the local model store) and `onnx` underneath
+//! them and `cli` on top.
+
+pub mod audio;
+pub mod cli;
+pub mod models;
+pub mod onnx;
+pub mod stt;
+pub mod telemetry;
+pub mod text;
+pub mod tts;

@@ -1,0 +1,58 @@
+//! Speech-to-text: one trait, one file per provider.
+//!
+//! A provider turns a finished utterance (mono, 16 kHz) into text with timings. It knows
+//! nothing of calls or assistants; the pipeline decides when an utterance is finished.
+
+pub mod whisper;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SttError {
+    #[error(transparent)]
+    Model(#[from] crate::models::ModelError),
+    #[error("whisper failed: {0}")]
+    Whisper(String),
+}
+
+/// A transcription with segment timings.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Transcript {
+    pub text: String,
+    pub segments: Vec<Segment>,
+    /// Seconds of audio transcribed.
+    pub audio_secs: f64,
+    /// Wall time spent transcribing.
+    #[serde(serialize_with = "as_secs")]
+    pub processing: Duration,
+}
+
+impl Transcript {
+    /// Processing time over audio time: below 1 is faster than real time.
+    pub fn real_time_factor(&self) -> f64 {
+        if self.audio_secs > 0.0 {
+            self.processing.as_secs_f64() / self.audio_secs
+        } else {
+            0.0
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Segment {
+    pub start_secs: f64,
+    pub end_secs: f64,
+    pub text: String,
+    pub no_speech_prob: f32,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// Anything that can transcribe a finished utterance of 16 kHz mono audio.
+pub trait SpeechToText: Send + Sync {
+    fn transcribe(&self, samples_16k: &[f32]) -> Result<Transcript, SttError>;
+}

@@ -1,0 +1,153 @@
+//! Local speech-to-text with whisper.cpp (through whisper-rs), on the store's ggml models.
+//!
+//! Whisper pads every input to a 30 s window by default, so a 2 s utterance would cost as much
+//! as 30 s of audio. We size the encoder window (`audio_ctx`) to the utterance plus a margin,
+//! decode greedily with no temperature fallback (bounded time per turn), and treat silence as
+//! silence: an utterance below the level gate, or segments that are only non-speech
+//! annotations, give an empty transcript rather than a hallucinated "you".
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
+
+use super::{Segment, SpeechToText, SttError, Transcript};
+use crate::models::ModelStore;
+
+/// Below this peak level the input is taken as silence and not decoded at all.
+pub const SILENCE_PEAK_DBFS: f32 = -50.0;
+/// Encoder frames per second of audio (whisper's 20 ms frames).
+const FRAMES_PER_SEC: f64 = 50.0;
+/// Extra encoder frames beyond the audio: too tight a window makes whisper hallucinate.
+const AUDIO_CTX_MARGIN: usize = 64;
+const FULL_AUDIO_CTX: usize = 1500;
+/// whisper.cpp refuses inputs shorter than one second; shorter ones are padded with silence.
+const MIN_SAMPLES: usize = 16_000 + 1_600;
+/// Segments whose no-speech probability exceeds this are dropped when their text is empty-ish.
+const NO_SPEECH_THRESHOLD: f32 = 0.8;
+
+pub struct WhisperStt {
+    context: WhisperContext,
+    /// Decoder states are large (KV caches); reuse them across utterances.
+    states: Mutex<Vec<WhisperState>>,
+    threads: usize,
+    language: Option<String>,
+}
+
+impl WhisperStt {
+    /// Loads `model` (a store name such as `whisper-tiny.en`).
+    pub fn load(store: &ModelStore, model: &str, threads: usize, language: Option<&str>) -> Result<Self, SttError> {
+        let path = store.require(model)?;
+        let mut params = WhisperContextParameters::default();
+        params.use_gpu = false;
+        let context = WhisperContext::new_with_params(&path, params)
+            .map_err(|e| SttError::Whisper(format!("loading {}: {e}", path.display())))?;
+        let language = match language {
+            Some(lang) => Some(lang.split(['-', '_']).next().unwrap_or(lang).to_lowercase()),
+            None if model.ends_with(".en") => Some("en".to_string()),
+            None => None,
+        };
+        Ok(WhisperStt { context, states: Mutex::new(Vec::new()), threads: threads.max(1), language })
+    }
+
+    fn take_state(&self) -> Result<WhisperState, SttError> {
+        let pooled = self.states.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match pooled {
+            Some(state) => Ok(state),
+            None => self.context.create_state().map_err(|e| SttError::Whisper(format!("creating a decoder state: {e}"))),
+        }
+    }
+}
+
+/// The encoder window for `samples` of 16 kHz audio.
+pub fn audio_ctx_for(samples: usize) -> usize {
+    let frames = (samples as f64 / 16_000.0 * FRAMES_PER_SEC).ceil() as usize + AUDIO_CTX_MARGIN;
+    if frames >= FULL_AUDIO_CTX - AUDIO_CTX_MARGIN {
+        return FULL_AUDIO_CTX;
+    }
+    frames.div_ceil(32) * 32
+}
+
+/// True for texts like "[BLANK_AUDIO]", "(music)" or "♪" that are not words.
+fn is_annotation(text: &str) -> bool {
+    let trimmed = text.trim();
+    trimmed.is_empty()
+        || (trimmed.starts_with('[') && trimmed.ends_with(']'))
+        || (trimmed.starts_with('(') && trimmed.ends_with(')'))
+        || trimmed.chars().all(|c| !c.is_alphanumeric())
+}
+
+impl SpeechToText for WhisperStt {
+    fn transcribe(&self, samples_16k: &[f32]) -> Result<Transcript, SttError> {
+        let started = Instant::now();
+        let audio_secs = samples_16k.len() as f64 / 16_000.0;
+        let audio = crate::audio::Audio::new(samples_16k.to_vec(), 16_000);
+        if samples_16k.is_empty() || audio.peak_dbfs() < SILENCE_PEAK_DBFS {
+            return Ok(Transcript { audio_secs, processing: started.elapsed(), ..Transcript::default() });
+        }
+        let mut padded = audio.samples;
+        if padded.len() < MIN_SAMPLES {
+            padded.resize(MIN_SAMPLES, 0.0);
+        }
+
+        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        params.set_n_threads(self.threads as i32);
+        params.set_language(self.language.as_deref());
+        params.set_no_context(true);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_special(false);
+        params.set_print_timestamps(false);
+        params.set_suppress_blank(true);
+        params.set_suppress_nst(true);
+        params.set_temperature(0.0);
+        params.set_temperature_inc(0.0);
+        // 0 means whisper's full 30 s window.
+        let audio_ctx = audio_ctx_for(padded.len());
+        params.set_audio_ctx(if audio_ctx >= FULL_AUDIO_CTX { 0 } else { audio_ctx as i32 });
+
+        let mut state = self.take_state()?;
+        let result = state.full(params, &padded);
+        let transcript = result.map_err(|e| SttError::Whisper(e.to_string())).map(|_| {
+            let mut segments = Vec::new();
+            for segment in state.as_iter() {
+                let text = segment.to_str_lossy().map(|t| t.trim().to_string()).unwrap_or_default();
+                let no_speech_prob = segment.no_speech_probability();
+                if is_annotation(&text) || (no_speech_prob > NO_SPEECH_THRESHOLD && text.split_whitespace().count() <= 1) {
+                    continue;
+                }
+                segments.push(Segment {
+                    start_secs: segment.start_timestamp() as f64 / 100.0,
+                    end_secs: (segment.end_timestamp() as f64 / 100.0).min(audio_secs),
+                    text,
+                    no_speech_prob,
+                });
+            }
+            let text = segments.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join(" ");
+            Transcript { text, segments, audio_secs, processing: started.elapsed() }
+        });
+        self.states.lock().unwrap_or_else(|e| e.into_inner()).push(state);
+        transcript
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_covers_the_audio_with_a_margin() {
+        assert_eq!(audio_ctx_for(2 * 16_000), 192); // 100 frames + 64, rounded up to 32
+        assert!(audio_ctx_for(16_000 * 10) >= 500 + AUDIO_CTX_MARGIN);
+        assert_eq!(audio_ctx_for(16_000 * 29), FULL_AUDIO_CTX);
+        assert_eq!(audio_ctx_for(16_000 * 120), FULL_AUDIO_CTX);
+    }
+
+    #[test]
+    fn annotations_are_not_words() {
+        for text in ["[BLANK_AUDIO]", "(music)", " ♪ ", "...", ""] {
+            assert!(is_annotation(text), "{text:?}");
+        }
+        assert!(!is_annotation("Hello."));
+    }
+}

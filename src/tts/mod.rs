@@ -1,0 +1,67 @@
+//! Text-to-speech: one trait, one file per provider.
+//!
+//! Providers speak sentence by sentence and hand each sentence's audio over as soon as it is
+//! ready, so the first words play while later ones are still being synthesized.
+
+pub mod espeak;
+pub mod piper;
+
+use crate::audio::Audio;
+use crate::models::ModelStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TtsError {
+    #[error(transparent)]
+    Model(#[from] crate::models::ModelError),
+    #[error(transparent)]
+    Onnx(#[from] crate::onnx::OnnxError),
+    #[error(transparent)]
+    Espeak(#[from] espeak::EspeakError),
+    #[error("voice config {path}: {reason}")]
+    Config { path: std::path::PathBuf, reason: String },
+}
+
+/// The voice used when none is named.
+pub const DEFAULT_VOICE: &str = "en_US-joe-medium";
+
+/// One spoken sentence.
+#[derive(Debug, Clone)]
+pub struct SentenceAudio {
+    pub text: String,
+    pub audio: Audio,
+}
+
+/// Anything that turns text into speech, sentence by sentence.
+pub trait TextToSpeech: Send + Sync {
+    /// Calls `on_sentence` with each sentence's audio as soon as it is synthesized.
+    fn speak(&self, text: &str, on_sentence: &mut dyn FnMut(SentenceAudio)) -> Result<(), TtsError>;
+
+    /// Speaks all of `text` into one buffer, with a short pause between sentences.
+    fn speak_all(&self, text: &str) -> Result<Audio, TtsError> {
+        let mut samples = Vec::new();
+        let mut rate = 0;
+        self.speak(text, &mut |sentence| {
+            if rate != 0 {
+                samples.extend(std::iter::repeat_n(0.0, (sentence.audio.rate as f32 * SENTENCE_PAUSE_SECS) as usize));
+            }
+            rate = sentence.audio.rate;
+            samples.extend_from_slice(&sentence.audio.samples);
+        })?;
+        Ok(Audio::new(samples, if rate == 0 { 22_050 } else { rate }))
+    }
+}
+
+/// Silence between sentences in `speak_all`.
+pub const SENTENCE_PAUSE_SECS: f32 = 0.15;
+
+/// Loads a voice by name: a Piper voice in the store (`en_US-joe-medium`), or espeak-ng's
+/// formant voice (`espeak`, or `espeak:VOICE` such as `espeak:en-gb`).
+pub fn load_voice(store: &ModelStore, name: &str, threads: usize) -> Result<Box<dyn TextToSpeech>, TtsError> {
+    if name == "espeak" {
+        return Ok(Box::new(espeak::EspeakVoice::new("en-us")));
+    }
+    if let Some(voice) = name.strip_prefix("espeak:") {
+        return Ok(Box::new(espeak::EspeakVoice::new(voice)));
+    }
+    Ok(Box::new(piper::PiperVoice::load(store, name, threads)?))
+}
