@@ -82,44 +82,85 @@ fn with_espeak<T>(voice: &str, f: impl FnOnce(u32) -> Result<T, EspeakError>) ->
     f(rate)
 }
 
-/// One sentence's IPA phonemes, with Piper's punctuation marks kept in place.
+/// IPA phonemes for `text`, one string per sentence, with Piper's punctuation marks in place.
+///
+/// Sentences and clauses are split here (espeak 1.51 phonemizes a whole sentence per call and
+/// drops its commas), then each clause is phonemized and its punctuation appended.
 pub fn phonemize(text: &str, voice: &str) -> Result<Vec<String>, EspeakError> {
     with_espeak(voice, |_| {
-        let text = CString::new(text.replace('\0', " ")).unwrap_or_default();
-        let bytes = text.as_bytes();
-        let start = text.as_ptr() as *const c_void;
-        let mut cursor: *const c_void = start;
         let mut sentences = Vec::new();
-        let mut current = String::new();
-        while !cursor.is_null() {
-            let before = cursor as usize - start as usize;
-            // SAFETY: `cursor` points into `text`, NUL-terminated and alive for this loop;
-            // espeak advances it past one clause or sets it to null at the end.
-            let phonemes = unsafe { espeak_TextToPhonemes(&mut cursor, ESPEAK_CHARS_UTF8, ESPEAK_PHONEMES_IPA) };
-            let after = if cursor.is_null() { bytes.len() } else { cursor as usize - start as usize };
-            if !phonemes.is_null() {
-                // SAFETY: espeak returns a NUL-terminated string valid until the next call.
-                current.push_str(&unsafe { CStr::from_ptr(phonemes) }.to_string_lossy());
+        for sentence in crate::text::split_sentences(text) {
+            let mut phonemes = String::new();
+            for (clause, punctuation) in split_clauses(&sentence) {
+                let clause_phonemes = clause_to_phonemes(clause);
+                if clause_phonemes.is_empty() {
+                    continue;
+                }
+                if !phonemes.is_empty() && !phonemes.ends_with(' ') {
+                    phonemes.push(' ');
+                }
+                phonemes.push_str(&clause_phonemes);
+                if let Some(p) = punctuation {
+                    phonemes.push(p);
+                }
             }
-            let consumed = String::from_utf8_lossy(&bytes[before..after.min(bytes.len())]);
-            match consumed.trim_end().chars().last() {
-                Some(p @ ('.' | '?' | '!')) => {
-                    current.push(p);
-                    sentences.push(std::mem::take(&mut current));
-                }
-                Some(p @ (',' | ';' | ':')) => {
-                    current.push(p);
-                    current.push(' ');
-                }
-                _ => current.push(' '),
+            let phonemes = phonemes.trim().to_string();
+            if !phonemes.is_empty() {
+                sentences.push(phonemes);
             }
         }
-        let rest = current.trim();
-        if !rest.is_empty() {
-            sentences.push(rest.to_string());
-        }
-        Ok(sentences.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        Ok(sentences)
     })
+}
+
+/// Clauses of one sentence with the punctuation that ends each (`, ; : . ? !`), if any.
+/// A comma between digits ("3,000") does not split.
+fn split_clauses(sentence: &str) -> Vec<(&str, Option<char>)> {
+    let mut clauses = Vec::new();
+    let mut start = 0;
+    let chars: Vec<(usize, char)> = sentence.char_indices().collect();
+    for (i, &(at, c)) in chars.iter().enumerate() {
+        let between_digits = i > 0
+            && chars[i - 1].1.is_ascii_digit()
+            && chars.get(i + 1).is_some_and(|(_, n)| n.is_ascii_digit());
+        let ends_sentence = matches!(c, '.' | '?' | '!') && i + 1 == chars.len();
+        if (matches!(c, ',' | ';' | ':') && !between_digits) || ends_sentence {
+            clauses.push((&sentence[start..at], Some(c)));
+            start = at + c.len_utf8();
+        }
+    }
+    if start < sentence.len() {
+        clauses.push((&sentence[start..], None));
+    }
+    clauses
+}
+
+/// Runs espeak's phonemizer over one clause (it may still answer in several pieces).
+/// Must be called with the espeak lock held.
+fn clause_to_phonemes(clause: &str) -> String {
+    let clause = clause.trim();
+    if clause.is_empty() {
+        return String::new();
+    }
+    let text = CString::new(clause.replace('\0', " ")).unwrap_or_default();
+    let mut cursor: *const c_void = text.as_ptr() as *const c_void;
+    let mut out = String::new();
+    while !cursor.is_null() {
+        // SAFETY: `cursor` points into `text`, NUL-terminated and alive for this loop; espeak
+        // advances it past what it consumed or sets it to null at the end. The caller holds
+        // the espeak lock.
+        let phonemes = unsafe { espeak_TextToPhonemes(&mut cursor, ESPEAK_CHARS_UTF8, ESPEAK_PHONEMES_IPA) };
+        if phonemes.is_null() {
+            break;
+        }
+        // SAFETY: espeak returns a NUL-terminated string valid until its next call.
+        let piece = unsafe { CStr::from_ptr(phonemes) }.to_string_lossy();
+        if !out.is_empty() && !piece.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(piece.trim());
+    }
+    out
 }
 
 /// Speaks `text` with espeak's own formant voice; returns 16-bit samples and their rate.
@@ -163,9 +204,19 @@ mod tests {
     fn sentences_keep_their_punctuation() {
         let sentences = phonemize("Hello there, my friend. How are you?", "en-us").unwrap();
         assert_eq!(sentences.len(), 2, "{sentences:?}");
-        assert!(sentences[0].contains(", ") && sentences[0].ends_with('.'), "{sentences:?}");
+        assert!(sentences[0].contains(", ") || sentences[0].contains(','), "{sentences:?}");
+        assert!(sentences[0].ends_with('.'), "{sentences:?}");
         assert!(sentences[1].ends_with('?'), "{sentences:?}");
         assert!(sentences[0].contains('h'), "{sentences:?}");
+    }
+
+    #[test]
+    fn clauses_split_at_punctuation_but_not_inside_numbers() {
+        assert_eq!(
+            split_clauses("It costs 3,000 dollars, or less: fine."),
+            vec![("It costs 3,000 dollars", Some(',')), (" or less", Some(':')), (" fine", Some('.'))]
+        );
+        assert_eq!(split_clauses("no punctuation"), vec![("no punctuation", None)]);
     }
 
     #[test]

@@ -1,0 +1,169 @@
+//! The speech engines on files: TTS → STT round trips, human recordings, every audio format,
+//! silence, and bad files.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use crate::support::{models_dir, ringline, run, run_ok, sox, word_recall};
+
+/// Recordings of human speech from Debian's pocketsphinx-testdata (installed by .ci/setup).
+const HUMAN: &str = "/usr/share/pocketsphinx/test/data";
+
+fn speak(text: &str, voice: &str, out: &Path) {
+    run_ok(ringline().args(["speak", text, "--voice", voice, "-o"]).arg(out).env("RINGLINE_MODELS_DIR", models_dir()));
+}
+
+/// Transcribes files in one process; returns one text per file (in order).
+fn transcribe(files: &[PathBuf], extra: &[&str]) -> Vec<String> {
+    let stdout = run_ok(ringline().arg("transcribe").arg("--json").args(extra).args(files).env("RINGLINE_MODELS_DIR", models_dir()));
+    stdout
+        .lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            record["text"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn piper_speech_transcribes_back_to_its_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let sentences = [
+        "My name is Sarah Johnson.",
+        "Please call me back at seven o'clock tomorrow.",
+        "My account number is four five six.",
+        "Can you book a table for two people?",
+    ];
+    let files: Vec<PathBuf> = (0..sentences.len()).map(|i| dir.path().join(format!("{i}.wav"))).collect();
+    for (sentence, file) in sentences.iter().zip(&files) {
+        speak(sentence, "en_US-joe-medium", file);
+    }
+    let heard = transcribe(&files, &[]);
+    for (sentence, text) in sentences.iter().zip(&heard) {
+        // One slip per sentence is tolerated (tiny.en once hears "account" as "count")…
+        let recall = word_recall(sentence, text);
+        assert!(recall >= 0.8, "said {sentence:?}, heard {text:?} ({recall:.2})");
+    }
+    // …but names, numbers and times must come through exactly.
+    for (i, key) in [(0, "sarah johnson"), (1, "seven o'clock"), (2, "four five six"), (3, "two people")] {
+        assert!(word_recall(key, &heard[i]) >= 0.99, "{key:?} not in {:?}", heard[i]);
+    }
+    assert!(heard[3].trim_end().ends_with('?'), "a question should read as one: {:?}", heard[3]);
+}
+
+#[test]
+fn recordings_of_human_speech_are_transcribed() {
+    let librivox = Path::new(HUMAN).join("librivox");
+    let files = vec![
+        librivox.join("sense_and_sensibility_01_austen_64kb-0870.wav"),
+        librivox.join("sense_and_sensibility_01_austen_64kb-0930.wav"),
+        Path::new(HUMAN).join("cards/005.wav"),
+    ];
+    let heard = transcribe(&files, &[]);
+    let expected = [
+        "and mister john dashwood had then leisure to consider how much there might be prudently in his power to do for them",
+        "he might even have been made amiable himself",
+        "eight of spades four of clubs seven of hearts",
+    ];
+    for (want, got) in expected.iter().zip(&heard) {
+        // tiny.en writes "Mr." and mishears "clubs" as "close" once: allow one word in ten.
+        assert!(word_recall(want, got) >= 0.8, "expected {want:?}, heard {got:?}");
+    }
+    let raw = transcribe(&[Path::new(HUMAN).join("goforward.raw"), Path::new(HUMAN).join("something.raw")], &["--raw-rate", "16000"]);
+    assert!(word_recall("go forward ten meters", &raw[0]) >= 0.99, "{:?}", raw[0]);
+    assert!(word_recall("go somewhere and do something", &raw[1]) >= 0.99, "{:?}", raw[1]);
+}
+
+#[test]
+fn every_supported_format_transcribes() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.wav");
+    let sentence = "Your appointment is on Friday afternoon.";
+    speak(sentence, "en_US-joe-medium", &source);
+    // (file name, sox output options)
+    let variants: [(&str, &[&str]); 7] = [
+        ("mulaw-8k.wav", &["-r", "8000", "-e", "u-law"]),
+        ("alaw-8k.wav", &["-r", "8000", "-e", "a-law"]),
+        ("pcm24-stereo-44k.wav", &["-r", "44100", "-b", "24", "-c", "2"]),
+        ("float-48k.wav", &["-r", "48000", "-e", "floating-point", "-b", "32"]),
+        ("pcm32-16k.wav", &["-r", "16000", "-b", "32"]),
+        ("pcm8-11k.wav", &["-r", "11025", "-b", "8"]),
+        ("flac-16k.flac", &["-r", "16000"]),
+    ];
+    let mut files = Vec::new();
+    for (name, options) in variants {
+        let out = dir.path().join(name);
+        let mut args: Vec<&OsStr> = vec![source.as_os_str()];
+        args.extend(options.iter().map(OsStr::new));
+        args.push(out.as_os_str());
+        sox(&args);
+        files.push(out);
+    }
+    let raw = dir.path().join("speech.raw");
+    sox(&[source.as_os_str(), OsStr::new("-r"), OsStr::new("16000"), OsStr::new("-e"), OsStr::new("signed"), OsStr::new("-b"), OsStr::new("16"), OsStr::new("-t"), OsStr::new("raw"), raw.as_os_str()]);
+    let mut heard = transcribe(&files, &[]);
+    heard.extend(transcribe(&[raw], &["--raw-rate", "16000"]));
+    for (text, name) in heard.iter().zip(variants.iter().map(|v| v.0).chain(["speech.raw"])) {
+        assert!(word_recall(sentence, text) >= 0.8, "{name}: heard {text:?}");
+    }
+}
+
+#[test]
+fn silence_gives_an_empty_transcript() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = dir.path().join("silent.wav");
+    let hiss = dir.path().join("hiss.wav");
+    let tiny = dir.path().join("tiny.wav");
+    sox(&[OsStr::new("-n"), OsStr::new("-r"), OsStr::new("16000"), OsStr::new("-b"), OsStr::new("16"), silent.as_os_str(), OsStr::new("trim"), OsStr::new("0"), OsStr::new("3")]);
+    sox(&[OsStr::new("-n"), OsStr::new("-r"), OsStr::new("16000"), OsStr::new("-b"), OsStr::new("16"), hiss.as_os_str(), OsStr::new("synth"), OsStr::new("3"), OsStr::new("whitenoise"), OsStr::new("vol"), OsStr::new("0.001")]);
+    ringline::audio::Audio::new(vec![], 8_000).write_wav(&tiny).unwrap();
+    let heard = transcribe(&[silent, hiss, tiny], &[]);
+    assert_eq!(heard, vec!["", "", ""]);
+}
+
+#[test]
+fn bad_audio_files_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.wav");
+    std::fs::write(&empty, b"").unwrap();
+    let text = dir.path().join("notes.wav");
+    std::fs::write(&text, b"this is not audio").unwrap();
+    for (file, reason) in [(&empty, "empty"), (&text, "not a WAV or FLAC"), (&dir.path().join("absent.wav"), "cannot read")] {
+        let (ok, _, stderr) = run(ringline().arg("transcribe").arg(file).env("RINGLINE_MODELS_DIR", models_dir()));
+        assert!(!ok, "{} should fail", file.display());
+        assert!(stderr.contains(&file.display().to_string()) && stderr.contains(reason), "{stderr}");
+    }
+}
+
+#[test]
+fn json_output_has_segments_timings_and_speed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.wav");
+    speak("Good morning. How can I help you today?", "en_US-joe-medium", &file);
+    let stdout = run_ok(ringline().arg("transcribe").arg("--json").arg(&file).env("RINGLINE_MODELS_DIR", models_dir()));
+    let record: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let segments = record["segments"].as_array().unwrap();
+    assert!(!segments.is_empty());
+    let audio_secs = record["audio_secs"].as_f64().unwrap();
+    for segment in segments {
+        let (start, end) = (segment["start_secs"].as_f64().unwrap(), segment["end_secs"].as_f64().unwrap());
+        assert!(0.0 <= start && start < end && end <= audio_secs + 0.01, "{segment}");
+    }
+    assert!(record["real_time_factor"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn speak_resamples_and_espeak_is_a_fallback_voice() {
+    let dir = tempfile::tempdir().unwrap();
+    let phone = dir.path().join("phone.wav");
+    run_ok(ringline().args(["speak", "Thank you for calling.", "--rate", "8000", "-o"]).arg(&phone).env("RINGLINE_MODELS_DIR", models_dir()));
+    assert_eq!(ringline::audio::decode_file(&phone).unwrap().rate, 8_000);
+    let robot = dir.path().join("robot.wav");
+    speak("Thank you for calling. Goodbye.", "espeak", &robot);
+    let heard = transcribe(&[phone, robot], &[]);
+    assert!(word_recall("thank you for calling", &heard[0]) >= 0.99, "{heard:?}");
+    // espeak's formant voice is robotic; tiny.en still gets most of it.
+    assert!(word_recall("thank you for calling goodbye", &heard[1]) >= 0.6, "{heard:?}");
+    let (ok, _, stderr) = run(ringline().args(["speak", "  ", "-o"]).arg(dir.path().join("x.wav")));
+    assert!(!ok && stderr.contains("nothing to speak"), "{stderr}");
+}
