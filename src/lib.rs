@@ -4,11 +4,16 @@
 //! resampling), `stt`, `tts`, with `models` (the local model store) and `onnx` underneath
 //! them and `cli` on top.
 
+pub mod assistant;
 pub mod audio;
 pub mod cli;
+pub mod llm;
 pub mod models;
 pub mod onnx;
+pub mod pipeline;
 pub mod stt;
 pub mod telemetry;
 pub mod text;
+pub mod transport;
 pub mod tts;
+pub mod vad;

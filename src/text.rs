@@ -30,6 +30,27 @@ pub fn split_sentences(text: &str) -> Vec<String> {
     sentences
 }
 
+/// The byte index just after the last sentence end in `text` that is followed by more text
+/// (a final "Dr." or "3." with nothing after it may still be growing).
+fn last_sentence_boundary(text: &str) -> Option<usize> {
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let mut boundary = None;
+    for (i, &(at, c)) in chars.iter().enumerate() {
+        if !matches!(c, '.' | '!' | '?') {
+            continue;
+        }
+        let Some(&(next_at, next)) = chars.get(i + 1) else { continue };
+        if !next.is_whitespace() {
+            continue;
+        }
+        if c == '.' && ends_with_abbreviation(&text[..at + 1]) {
+            continue;
+        }
+        boundary = Some(next_at);
+    }
+    boundary
+}
+
 fn push_trimmed(sentences: &mut Vec<String>, current: &mut String) {
     let trimmed = current.trim();
     if !trimmed.is_empty() {
@@ -51,9 +72,94 @@ pub fn normalized_words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Cuts streamed LLM text into speakable chunks as it arrives.
+///
+/// Whole sentences are released as soon as the next one begins. The first chunk of a reply is
+/// released early at a clause break (`,` `;` `:`) once it has a few words, so the caller hears
+/// the agent sooner; later chunks wait for full sentences, which sound more natural.
+#[derive(Debug, Default)]
+pub struct SentenceChunker {
+    buffer: String,
+    emitted_any: bool,
+}
+
+/// Words needed before the first chunk may end at a clause break.
+const FIRST_CHUNK_MIN_WORDS: usize = 4;
+
+impl SentenceChunker {
+    pub fn push(&mut self, text: &str) -> Vec<String> {
+        self.buffer.push_str(text);
+        let mut ready = Vec::new();
+        if let Some(boundary) = last_sentence_boundary(&self.buffer) {
+            ready = split_sentences(&self.buffer[..boundary]);
+            self.buffer.drain(..boundary);
+        } else if !self.emitted_any {
+            if let Some(cut) = self.clause_break() {
+                ready.push(self.buffer[..cut].trim().to_string());
+                self.buffer.drain(..cut);
+            }
+        }
+        if !ready.is_empty() {
+            self.emitted_any = true;
+        }
+        ready
+    }
+
+    /// The byte index just past the first clause break after enough words, if any.
+    fn clause_break(&self) -> Option<usize> {
+        let mut words = 0;
+        let mut in_word = false;
+        for (i, c) in self.buffer.char_indices() {
+            if c.is_whitespace() {
+                in_word = false;
+            } else if !in_word {
+                in_word = true;
+                words += 1;
+            }
+            let followed_by_space = self.buffer[i + c.len_utf8()..].starts_with(char::is_whitespace);
+            if matches!(c, ',' | ';' | ':') && followed_by_space && words >= FIRST_CHUNK_MIN_WORDS {
+                return Some(i + c.len_utf8());
+            }
+        }
+        None
+    }
+
+    /// Whatever is left when the stream ends.
+    pub fn finish(&mut self) -> Option<String> {
+        let rest = std::mem::take(&mut self.buffer);
+        let rest = rest.trim();
+        (!rest.is_empty()).then(|| rest.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunk_all(pieces: &[&str]) -> Vec<String> {
+        let mut chunker = SentenceChunker::default();
+        let mut out = Vec::new();
+        for piece in pieces {
+            out.extend(chunker.push(piece));
+        }
+        out.extend(chunker.finish());
+        out
+    }
+
+    #[test]
+    fn chunks_stream_into_sentences_with_an_early_first_clause() {
+        let chunks = chunk_all(&["Sure", ", I can help you", " with that, no problem. Your tab", "le is at 7.30 pm with Dr. Smith. Anything ", "else?"]);
+        assert_eq!(chunks, vec!["Sure, I can help you with that, no problem.", "Your table is at 7.30 pm with Dr. Smith.", "Anything else?"]);
+        let early = chunk_all(&["Well, let me see about", " that for you, and then", " I will call back."]);
+        assert_eq!(early, vec!["Well, let me see about that for you,", "and then I will call back."]);
+        let joined = chunks.join(" ");
+        assert_eq!(normalized_words(&joined), normalized_words("Sure, I can help you with that, no problem. Your table is at 7.30 pm with Dr. Smith. Anything else?"));
+    }
+
+    #[test]
+    fn a_short_reply_comes_out_whole() {
+        assert_eq!(chunk_all(&["Hello", " there."]), vec!["Hello there."]);
+    }
 
     #[test]
     fn splits_sentences_but_not_abbreviations_or_decimals() {

@@ -5,7 +5,7 @@
 
 mod audio_cmds;
 mod bench;
-mod demo;
+pub mod call_cmds;
 mod models_cmd;
 
 use clap::{Parser, Subcommand};
@@ -29,8 +29,12 @@ pub enum Command {
     Transcribe(audio_cmds::TranscribeArgs),
     /// Synthesize speech to a WAV file.
     Speak(audio_cmds::SpeakArgs),
-    /// Pull the models, then run a voice round trip on them.
-    Demo(demo::DemoArgs),
+    /// Pull the models, then run a voice call between a sample assistant and a scripted caller.
+    Demo(call_cmds::DemoArgs),
+    /// A voice call between an assistant and a caller script, through the real pipeline.
+    Simulate(call_cmds::SimulateArgs),
+    /// A text conversation with an assistant (same turn manager and tools).
+    Chat(call_cmds::ChatArgs),
     /// Print speed figures (benchmarks, not tests).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -41,7 +45,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Models(command) => models_cmd::run(command),
         Command::Transcribe(args) => audio_cmds::transcribe(args),
         Command::Speak(args) => audio_cmds::speak(args),
-        Command::Demo(args) => demo::run(args),
+        Command::Demo(args) => call_cmds::demo(args),
+        Command::Simulate(args) => call_cmds::simulate(args),
+        Command::Chat(args) => call_cmds::chat(args),
         Command::Bench(command) => bench::run(command),
     }
 }

@@ -6,3 +6,4 @@
 mod models;
 mod speech;
 mod support;
+mod vad;

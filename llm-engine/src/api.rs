@@ -1,0 +1,293 @@
+//! The OpenAI-compatible HTTP surface: `POST /v1/chat/completions` (streaming or not),
+//! `GET /v1/models`, `GET /health`.
+//!
+//! Output text is scanned for `<tool_call>…</tool_call>` as it streams: text before a call
+//! streams as content, the call itself is sent as an OpenAI `tool_calls` delta once complete,
+//! and a partial marker is held back rather than leaked to the listener (who would speak it).
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::engine::{Engine, Event, Finish, Job};
+use crate::template::{parse_call, partial_marker_len, ParsedCall, TOOL_CLOSE, TOOL_OPEN};
+
+#[derive(Clone)]
+pub struct AppState {
+    engine: Engine,
+    model_name: Arc<String>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, model_name: String) -> Self {
+        AppState { engine, model_name: Arc::new(model_name), next_id: Arc::new(AtomicU64::new(1)) }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatRequest {
+    messages: Vec<Value>,
+    #[serde(default)]
+    tools: Vec<Value>,
+    #[serde(default)]
+    stream: bool,
+    max_tokens: Option<usize>,
+    max_completion_tokens: Option<usize>,
+    temperature: Option<f32>,
+    #[serde(default)]
+    stop: Option<StopField>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+const DEFAULT_MAX_TOKENS: usize = 256;
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(json!({ "error": { "message": message, "type": code, "code": code } }))).into_response()
+}
+
+async fn models(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "object": "list", "data": [{ "id": *state.model_name, "object": "model", "owned_by": "ringline" }] }))
+}
+
+async fn chat_completions(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    let request: ChatRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("invalid request body: {e}")),
+    };
+    if request.messages.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "`messages` must not be empty".into());
+    }
+    let prompt = match state.engine.template.render(&request.messages, &request.tools) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string()),
+    };
+    let mut stop: Vec<String> = match request.stop {
+        Some(StopField::One(s)) => vec![s],
+        Some(StopField::Many(v)) => v,
+        None => Vec::new(),
+    };
+    stop.retain(|s| !s.is_empty());
+    let (events_tx, events_rx) = mpsc::channel(256);
+    let job = Job {
+        prompt,
+        max_tokens: request.max_completion_tokens.or(request.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS),
+        temperature: request.temperature.unwrap_or(0.0),
+        stop,
+        events: events_tx,
+    };
+    if let Err(reason) = state.engine.submit(job) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", reason.to_string());
+    }
+    let id = format!("chatcmpl-{}", state.next_id.fetch_add(1, Ordering::Relaxed));
+    let model = state.model_name.to_string();
+    if request.stream {
+        let (sse_tx, sse_rx) = mpsc::channel::<Result<SseEvent, Infallible>>(256);
+        tokio::spawn(stream_events(events_rx, sse_tx, id, model));
+        Sse::new(ReceiverStream::new(sse_rx)).keep_alive(KeepAlive::default()).into_response()
+    } else {
+        complete(events_rx, id, model).await
+    }
+}
+
+/// Splits streamed text into content and tool calls.
+#[derive(Default)]
+struct CallScanner {
+    buffer: String,
+    in_call: bool,
+    calls: Vec<ParsedCall>,
+}
+
+impl CallScanner {
+    /// Feeds text; returns the content that is safe to emit now.
+    fn feed(&mut self, text: &str) -> String {
+        self.buffer.push_str(text);
+        let mut content = String::new();
+        loop {
+            if self.in_call {
+                let Some(end) = self.buffer.find(TOOL_CLOSE) else { return content };
+                let body: String = self.buffer[..end].to_string();
+                self.buffer.drain(..end + TOOL_CLOSE.len());
+                self.in_call = false;
+                match parse_call(&body) {
+                    Some(call) => self.calls.push(call),
+                    None => content.push_str(&body),
+                }
+            } else if let Some(start) = self.buffer.find(TOOL_OPEN) {
+                content.push_str(&self.buffer[..start]);
+                self.buffer.drain(..start + TOOL_OPEN.len());
+                self.in_call = true;
+            } else {
+                let hold = partial_marker_len(&self.buffer, TOOL_OPEN);
+                let emit = self.buffer.len() - hold;
+                content.push_str(&self.buffer[..emit]);
+                self.buffer.drain(..emit);
+                return content;
+            }
+        }
+    }
+
+    /// At the end: an unclosed call still counts if its JSON parses; anything else is content.
+    fn finish(&mut self) -> String {
+        let rest = std::mem::take(&mut self.buffer);
+        if self.in_call {
+            if let Some(call) = parse_call(&rest) {
+                self.calls.push(call);
+                return String::new();
+            }
+        }
+        rest
+    }
+}
+
+fn chunk(id: &str, model: &str, delta: Value, finish: Option<&str>) -> Value {
+    json!({
+        "id": id, "object": "chat.completion.chunk", "created": now(), "model": model,
+        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }]
+    })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn tool_calls_json(calls: &[ParsedCall], id: &str) -> Value {
+    Value::Array(
+        calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({ "index": i, "id": format!("call_{id}_{i}"), "type": "function", "function": { "name": c.name, "arguments": c.arguments } }))
+            .collect(),
+    )
+}
+
+fn usage(prompt_new: usize, cached: usize, completion: usize, prompt_secs: f64, decode_secs: f64) -> Value {
+    json!({
+        "prompt_tokens": prompt_new + cached, "completion_tokens": completion, "total_tokens": prompt_new + cached + completion,
+        "prompt_tokens_details": { "cached_tokens": cached },
+        "timings": { "prompt_secs": prompt_secs, "decode_secs": decode_secs }
+    })
+}
+
+async fn stream_events(mut events: mpsc::Receiver<Event>, out: mpsc::Sender<Result<SseEvent, Infallible>>, id: String, model: String) {
+    let send = |value: Value| {
+        let out = out.clone();
+        async move { out.send(Ok(SseEvent::default().data(value.to_string()))).await.is_ok() }
+    };
+    if !send(chunk(&id, &model, json!({ "role": "assistant", "content": "" }), None)).await {
+        return;
+    }
+    let mut scanner = CallScanner::default();
+    let (mut prompt_new, mut cached, mut prompt_secs) = (0, 0, 0.0);
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Prompt { new_tokens, cached_tokens, secs } => (prompt_new, cached, prompt_secs) = (new_tokens, cached_tokens, secs),
+            Event::Text(text) => {
+                let content = scanner.feed(&text);
+                if !content.is_empty() && !send(chunk(&id, &model, json!({ "content": content }), None)).await {
+                    return; // client gone: dropping `events` stops the worker
+                }
+            }
+            Event::Done { finish, completion_tokens, decode_secs } => {
+                let rest = scanner.finish();
+                if !rest.is_empty() {
+                    send(chunk(&id, &model, json!({ "content": rest }), None)).await;
+                }
+                let reason = if !scanner.calls.is_empty() {
+                    send(chunk(&id, &model, json!({ "tool_calls": tool_calls_json(&scanner.calls, &id) }), None)).await;
+                    "tool_calls"
+                } else if finish == Finish::Length {
+                    "length"
+                } else {
+                    "stop"
+                };
+                let mut last = chunk(&id, &model, json!({}), Some(reason));
+                last["usage"] = usage(prompt_new, cached, completion_tokens, prompt_secs, decode_secs);
+                send(last).await;
+                let _ = out.send(Ok(SseEvent::default().data("[DONE]"))).await;
+                return;
+            }
+            Event::Error(message) => {
+                send(json!({ "error": { "message": message, "type": "server_error" } })).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn complete(mut events: mpsc::Receiver<Event>, id: String, model: String) -> Response {
+    let mut scanner = CallScanner::default();
+    let mut content = String::new();
+    let (mut prompt_new, mut cached, mut prompt_secs) = (0, 0, 0.0);
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Prompt { new_tokens, cached_tokens, secs } => (prompt_new, cached, prompt_secs) = (new_tokens, cached_tokens, secs),
+            Event::Text(text) => content.push_str(&scanner.feed(&text)),
+            Event::Error(message) => {
+                let status = if message.starts_with("context_length_exceeded") { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
+                return error(status, "server_error", message);
+            }
+            Event::Done { finish, completion_tokens, decode_secs } => {
+                content.push_str(&scanner.finish());
+                let mut message = json!({ "role": "assistant", "content": content });
+                let reason = if !scanner.calls.is_empty() {
+                    message["tool_calls"] = tool_calls_json(&scanner.calls, &id);
+                    "tool_calls"
+                } else if finish == Finish::Length {
+                    "length"
+                } else {
+                    "stop"
+                };
+                return Json(json!({
+                    "id": id, "object": "chat.completion", "created": now(), "model": model,
+                    "choices": [{ "index": 0, "message": message, "finish_reason": reason }],
+                    "usage": usage(prompt_new, cached, completion_tokens, prompt_secs, decode_secs),
+                }))
+                .into_response();
+            }
+        }
+    }
+    error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the engine stopped without an answer".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scanner_streams_content_and_extracts_calls_split_across_tokens() {
+        let mut scanner = CallScanner::default();
+        let mut content = String::new();
+        for piece in ["Okay, good", "bye! <to", "ol_call>\n{\"name\": \"end_", "call\", \"arguments\": {}}\n</tool", "_call>"] {
+            content.push_str(&scanner.feed(piece));
+        }
+        content.push_str(&scanner.finish());
+        assert_eq!(content, "Okay, goodbye! ");
+        assert_eq!(scanner.calls, vec![ParsedCall { name: "end_call".into(), arguments: "{}".into() }]);
+    }
+}

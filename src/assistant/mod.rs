@@ -1,0 +1,357 @@
+//! Assistants: what a business writes in `assistants/*.yaml`, loaded into a typed [`Assistant`].
+//!
+//! The wire form ([`AssistantSpec`], `deny_unknown_fields`) is parsed, then resolved: the prompt
+//! file is read, templates are compiled in strict mode and rendered once against a sample
+//! context, so a typo fails at load time with the file and the field, not mid-call.
+
+pub mod prompt;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::vad::VadParams;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssistantError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{file}: {message}")]
+    Invalid { file: PathBuf, message: String },
+}
+
+pub const SPEC_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssistantSpec {
+    pub version: u32,
+    pub name: String,
+    #[serde(default = "default_language")]
+    pub language: String,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    #[serde(default)]
+    pub voice: VoiceSpec,
+    #[serde(default)]
+    pub llm: LlmSpec,
+    #[serde(default)]
+    pub stt: SttSpec,
+    /// A prompt template file (relative to the assistant file or its parent folder).
+    pub prompt: Option<String>,
+    /// An inline system prompt template, instead of `prompt`.
+    pub system_prompt: Option<String>,
+    pub first_message: Option<String>,
+    #[serde(default)]
+    pub variables: BTreeMap<String, VariableSpec>,
+    #[serde(default)]
+    pub intents: Vec<IntentSpec>,
+    #[serde(default)]
+    pub dispositions: Vec<DispositionSpec>,
+    #[serde(default)]
+    pub extract: Vec<ExtractSpec>,
+    #[serde(default)]
+    pub tools: Vec<ToolEntry>,
+    #[serde(default)]
+    pub turn: TurnSpec,
+    pub webhook_url: Option<String>,
+}
+
+fn default_language() -> String {
+    "en-US".into()
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoiceSpec {
+    #[serde(default = "default_voice_provider")]
+    pub provider: String,
+    #[serde(default = "default_voice_name")]
+    pub name: String,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub model: Option<String>,
+}
+
+fn default_voice_provider() -> String {
+    "piper".into()
+}
+
+fn default_voice_name() -> String {
+    crate::tts::DEFAULT_VOICE.into()
+}
+
+impl Default for VoiceSpec {
+    fn default() -> Self {
+        VoiceSpec { provider: default_voice_provider(), name: default_voice_name(), base_url: None, api_key_env: None, model: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSpec {
+    #[serde(default = "default_llm_provider")]
+    pub provider: String,
+    #[serde(default = "default_llm_model")]
+    pub model: String,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+}
+
+fn default_llm_provider() -> String {
+    "local".into()
+}
+fn default_llm_model() -> String {
+    "smollm2-135m".into()
+}
+fn default_temperature() -> f32 {
+    0.2
+}
+fn default_max_tokens() -> usize {
+    120
+}
+
+impl Default for LlmSpec {
+    fn default() -> Self {
+        LlmSpec {
+            provider: default_llm_provider(),
+            model: default_llm_model(),
+            base_url: None,
+            api_key_env: None,
+            temperature: default_temperature(),
+            max_tokens: default_max_tokens(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SttSpec {
+    #[serde(default = "default_stt_provider")]
+    pub provider: String,
+    #[serde(default = "default_stt_model")]
+    pub model: String,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+}
+
+fn default_stt_provider() -> String {
+    "whisper".into()
+}
+fn default_stt_model() -> String {
+    "tiny.en".into()
+}
+
+impl Default for SttSpec {
+    fn default() -> Self {
+        SttSpec { provider: default_stt_provider(), model: default_stt_model(), base_url: None, api_key_env: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariableSpec {
+    #[serde(rename = "type", default = "default_var_type")]
+    pub kind: String,
+    #[serde(default)]
+    pub required: bool,
+    pub default: Option<Value>,
+    pub description: Option<String>,
+}
+
+fn default_var_type() -> String {
+    "string".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntentSpec {
+    pub name: String,
+    #[serde(default)]
+    pub examples: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispositionSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractSpec {
+    pub name: String,
+    #[serde(rename = "type", default = "default_var_type")]
+    pub kind: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A tool: a built-in by name, or an HTTP tool declared in full.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ToolEntry {
+    Builtin(String),
+    Http(HttpToolSpec),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpToolSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub url: String,
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// JSON Schema of the arguments.
+    #[serde(default = "empty_schema")]
+    pub parameters: Value,
+    #[serde(default = "default_tool_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Said when the tool takes longer than `filler_after_ms`.
+    #[serde(default = "default_filler")]
+    pub filler: String,
+    #[serde(default = "default_filler_after_ms")]
+    pub filler_after_ms: u64,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+fn empty_schema() -> Value {
+    serde_json::json!({ "type": "object", "properties": {} })
+}
+fn default_tool_timeout_ms() -> u64 {
+    5_000
+}
+fn default_filler() -> String {
+    "One moment while I check that.".into()
+}
+fn default_filler_after_ms() -> u64 {
+    800
+}
+
+pub const BUILTIN_TOOLS: &[&str] = &["end_call", "transfer_call", "send_dtmf", "set_disposition"];
+
+/// Turn-taking and call limits.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnSpec {
+    /// Caller silence (ms) before the VAD calls speech stopped.
+    pub endpointing_ms: u32,
+    pub vad_threshold: f32,
+    /// Speech (ms) before the VAD calls speech started.
+    pub vad_start_ms: u32,
+    /// Extra silence (ms) to wait when the turn looks unfinished (no final punctuation).
+    pub incomplete_wait_ms: u32,
+    /// Smart Turn probability above which the turn is complete.
+    pub smart_turn_threshold: f32,
+    pub interruptible: bool,
+    /// Whether the first message (often a legal disclosure) may be interrupted.
+    pub first_message_interruptible: bool,
+    /// Caller speech (ms) that interrupts the agent.
+    pub min_interrupt_ms: u32,
+    pub idle_reprompt_s: f32,
+    pub idle_hangup_s: f32,
+    pub max_duration_s: f32,
+}
+
+impl Default for TurnSpec {
+    fn default() -> Self {
+        TurnSpec {
+            endpointing_ms: 256,
+            vad_threshold: 0.5,
+            vad_start_ms: 96,
+            incomplete_wait_ms: 700,
+            smart_turn_threshold: 0.5,
+            interruptible: true,
+            first_message_interruptible: true,
+            min_interrupt_ms: 160,
+            idle_reprompt_s: 8.0,
+            idle_hangup_s: 20.0,
+            max_duration_s: 600.0,
+        }
+    }
+}
+
+impl TurnSpec {
+    pub fn vad_params(&self) -> VadParams {
+        VadParams { threshold: self.vad_threshold, start_ms: self.vad_start_ms, stop_ms: self.endpointing_ms }
+    }
+}
+
+/// A loaded, checked assistant.
+#[derive(Debug, Clone)]
+pub struct Assistant {
+    pub spec: AssistantSpec,
+    pub source: PathBuf,
+    pub system_template: String,
+    pub timezone: chrono_tz::Tz,
+}
+
+impl Assistant {
+    pub fn load(path: &Path) -> Result<Assistant, AssistantError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AssistantError::Read { file: path.to_path_buf(), source })?;
+        Assistant::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Assistant, AssistantError> {
+        let invalid = |message: String| AssistantError::Invalid { file: path.to_path_buf(), message };
+        let spec: AssistantSpec = serde_yaml::from_str(text).map_err(|e| {
+            let location = e.location().map(|l| format!("line {}: ", l.line())).unwrap_or_default();
+            invalid(format!("{location}{e}"))
+        })?;
+        if spec.version != SPEC_VERSION {
+            return Err(invalid(format!("field `version`: {} is not supported; set `version: {SPEC_VERSION}`", spec.version)));
+        }
+        let system_template = match (&spec.prompt, &spec.system_prompt) {
+            (Some(file), None) => {
+                let resolved = resolve_relative(path, file)
+                    .ok_or_else(|| invalid(format!("field `prompt`: file `{file}` not found next to the assistant or in its parent folder")))?;
+                std::fs::read_to_string(&resolved).map_err(|e| invalid(format!("field `prompt`: cannot read {}: {e}", resolved.display())))?
+            }
+            (None, Some(inline)) => inline.clone(),
+            (Some(_), Some(_)) => return Err(invalid("fields `prompt` and `system_prompt`: give one, not both".into())),
+            (None, None) => return Err(invalid("field `prompt`: missing; name a template file (or give `system_prompt` inline)".into())),
+        };
+        let timezone: chrono_tz::Tz = spec
+            .timezone
+            .parse()
+            .map_err(|_| invalid(format!("field `timezone`: `{}` is not an IANA zone such as Europe/London", spec.timezone)))?;
+        for tool in &spec.tools {
+            if let ToolEntry::Builtin(name) = tool {
+                if !BUILTIN_TOOLS.contains(&name.as_str()) {
+                    return Err(invalid(format!("field `tools`: unknown built-in `{name}` (built-ins: {}; or declare an HTTP tool with name and url)", BUILTIN_TOOLS.join(", "))));
+                }
+            }
+        }
+        let assistant = Assistant { spec, source: path.to_path_buf(), system_template, timezone };
+        prompt::check(&assistant).map_err(invalid)?;
+        Ok(assistant)
+    }
+
+    pub fn has_tool(&self, name: &str) -> bool {
+        self.spec.tools.iter().any(|t| match t {
+            ToolEntry::Builtin(n) => n == name,
+            ToolEntry::Http(h) => h.name == name,
+        })
+    }
+}
+
+fn resolve_relative(assistant_file: &Path, relative: &str) -> Option<PathBuf> {
+    let dir = assistant_file.parent().unwrap_or(Path::new("."));
+    [dir.join(relative), dir.parent().unwrap_or(Path::new(".")).join(relative)].into_iter().find(|p| p.is_file())
+}

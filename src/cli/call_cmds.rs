@@ -1,0 +1,375 @@
+//! `ringline demo`, `simulate` and `chat`: conversations with an assistant.
+//!
+//! `demo` and `simulate` run a full voice call through the real pipeline on the loopback
+//! line, against a scripted caller spoken in a different voice; `chat` is the same turn
+//! manager and tools over text, for iterating on prompts.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tokio::sync::mpsc;
+
+use super::models_cmd;
+use crate::assistant::prompt::{self, CallContext};
+use crate::assistant::Assistant;
+use crate::audio::write_wav_channels;
+use crate::llm::Message;
+use crate::models::ModelStore;
+use crate::pipeline::metrics::{ms_of, percentile, TurnTimings};
+use crate::pipeline::turn::{self, TurnContext, TurnProgress};
+use crate::pipeline::{self, CallEvent, CallReport, CallSetup, Engines};
+use crate::transport::loopback::{CallerScript, LineLog, LoopbackLine, ScriptedCaller};
+use crate::transport::AudioOut;
+
+/// The simulated line runs at the telephone's 8 kHz.
+pub const LINE_RATE: u32 = 8_000;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The assistant to call.
+    #[arg(long, default_value = "assistants/luigis_booking.yaml")]
+    pub assistant: PathBuf,
+    /// The synthetic caller's script.
+    #[arg(long, default_value = "eval/callers/booking.yaml")]
+    pub caller: PathBuf,
+    /// Where to write the call's stereo recording (caller left, agent right).
+    #[arg(long, default_value = "out/demo-call.wav")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    #[arg(long)]
+    pub assistant: PathBuf,
+    /// A caller script (YAML): lines, pauses, barge-ins, noises.
+    #[arg(long)]
+    pub caller: PathBuf,
+    /// Dynamic variables, `--var name=value`.
+    #[arg(long = "var", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Folder for the recording (call.wav) and the report (report.json).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[arg(long)]
+    pub assistant: PathBuf,
+    #[arg(long = "var", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+}
+
+pub fn parse_var(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("`{raw}` is not name=value (e.g. --var customer_name=Sarah)"))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// A finished simulated call.
+pub struct SimulatedCall {
+    pub report: CallReport,
+    pub log: LineLog,
+    pub caller_track: Vec<f32>,
+    pub agent_track: Vec<f32>,
+}
+
+/// Runs one call between `assistant` and a scripted caller on the loopback line.
+pub async fn simulate_call(
+    store: &ModelStore,
+    engines: Arc<Engines>,
+    assistant: Arc<Assistant>,
+    script: CallerScript,
+    variables: BTreeMap<String, String>,
+    print: bool,
+) -> anyhow::Result<SimulatedCall> {
+    let caller_voice = crate::tts::load_voice(store, &script.voice, 1).with_context(|| format!("loading the caller's voice {}", script.voice))?;
+    let caller = ScriptedCaller::prepare(script, caller_voice.as_ref(), LINE_RATE)?;
+    let (line, audio_in) = LoopbackLine::start(LINE_RATE);
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let printer = tokio::spawn(print_events(events_rx, print));
+    tokio::spawn(caller.run(line.clone()));
+    let setup = CallSetup {
+        assistant: assistant.clone(),
+        variables,
+        call: CallContext { call_id: format!("sim_{}", std::process::id()), caller: "+15550100".into(), callee: "+15550199".into() },
+    };
+    let limit = Duration::from_secs_f32(assistant.spec.turn.max_duration_s + 30.0);
+    let out: Arc<dyn AudioOut> = Arc::new(line.clone());
+    let call = pipeline::run_call(engines.clone(), setup, out, audio_in, line.hung_up(), events_tx);
+    let mut report = match tokio::time::timeout(limit, call).await {
+        Ok(report) => report?,
+        Err(_) => {
+            line.caller_hangs_up();
+            anyhow::bail!("the call did not end within {limit:?}")
+        }
+    };
+    let _ = printer.await;
+    report.summary = pipeline::summarize(engines.llm.as_ref(), &report.transcript).await;
+    let (caller_track, agent_track) = line.recording();
+    Ok(SimulatedCall { report, log: line.log(), caller_track, agent_track })
+}
+
+async fn print_events(mut events: mpsc::UnboundedReceiver<CallEvent>, print: bool) {
+    while let Some(event) = events.recv().await {
+        if !print {
+            continue;
+        }
+        match event {
+            CallEvent::Agent { text, at, interrupted } => {
+                println!("[{:6.1}s] agent : {text}{}", at.as_secs_f32(), if interrupted { "  (interrupted)" } else { "" })
+            }
+            CallEvent::Caller { text, at } => println!("[{:6.1}s] caller: {text}", at.as_secs_f32()),
+            CallEvent::Turn(t) => println!(
+                "          turn {}: end of turn {:.0} ms · stt {:.0} · llm first token {:.0} · tts first audio {:.0} · voice-to-voice {:.0} ms",
+                t.turn,
+                ms_of(t.end_of_turn),
+                ms_of(t.stt_final),
+                ms_of(t.llm_first_token),
+                ms_of(t.tts_first_audio),
+                ms_of(t.voice_to_voice)
+            ),
+            CallEvent::BargeIn { onset, stopped } => println!(
+                "[{:6.1}s] barge-in: agent audio stopped {:.0} ms after the caller began",
+                onset.as_secs_f32(),
+                ms_of(stopped.saturating_sub(onset))
+            ),
+            CallEvent::Note(note) => println!("          ({note})"),
+            CallEvent::Error(error) => println!("          error: {error}"),
+            CallEvent::Partial { .. } => {}
+        }
+    }
+}
+
+pub fn print_percentiles(turns: &[TurnTimings]) {
+    let stages: [(&str, fn(&TurnTimings) -> Duration); 5] = [
+        ("end of turn", |t| t.end_of_turn),
+        ("stt final", |t| t.stt_final),
+        ("llm first token", |t| t.llm_first_token),
+        ("tts first audio", |t| t.tts_first_audio),
+        ("voice-to-voice", |t| t.voice_to_voice),
+    ];
+    println!("{:<18} {:>8} {:>8}   (ms after the caller's end of speech, {} turns)", "stage", "p50", "p95", turns.len());
+    for (name, get) in stages {
+        let values: Vec<Duration> = turns.iter().map(get).collect();
+        let p = |q| percentile(&values, q).map(|d| format!("{:.0}", ms_of(d))).unwrap_or_else(|| "-".into());
+        println!("{:<18} {:>8} {:>8}", name, p(0.5), p(0.95));
+    }
+}
+
+fn load_assistant(path: &Path) -> anyhow::Result<Arc<Assistant>> {
+    Ok(Arc::new(Assistant::load(path)?))
+}
+
+async fn load_engines(store: &ModelStore, assistant: &Assistant) -> anyhow::Result<Arc<Engines>> {
+    let engines = Engines::load(store, assistant).await?;
+    engines.llm.warm_up().await.context("starting the LLM")?;
+    Ok(Arc::new(engines))
+}
+
+pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let store = ModelStore::from_env()?;
+    models_cmd::pull(&store, &[])?;
+    let assistant = load_assistant(&args.assistant)?;
+    let script = CallerScript::load(&args.caller)?;
+    runtime()?.block_on(async {
+        println!("\ncalling {} (local models: whisper tiny.en, {}, piper {})\n", assistant.spec.name, assistant.spec.llm.model, assistant.spec.voice.name);
+        let engines = load_engines(&store, &assistant).await?;
+        let call = simulate_call(&store, engines, assistant, script, BTreeMap::new(), true).await?;
+        println!("\nsummary    : {}", call.report.summary);
+        println!("disposition: {}", pipeline::disposition(&call.report));
+        println!("ended by   : {}", call.report.ended_by.clone().unwrap_or_default());
+        println!();
+        print_percentiles(&call.report.turns);
+        write_recording(&args.output, &call)?;
+        println!("\nrecording (caller left, agent right): {}", args.output.display());
+        Ok(())
+    })
+}
+
+fn write_recording(path: &Path, call: &SimulatedCall) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    write_wav_channels(path, LINE_RATE, &[&call.caller_track, &call.agent_track]).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let store = ModelStore::from_env()?;
+    let assistant = load_assistant(&args.assistant)?;
+    let script = CallerScript::load(&args.caller)?;
+    let variables: BTreeMap<String, String> = args.vars.into_iter().collect();
+    prompt::resolve_variables(&assistant, &variables).map_err(anyhow::Error::msg)?;
+    runtime()?.block_on(async {
+        let engines = load_engines(&store, &assistant).await?;
+        let call = simulate_call(&store, engines, assistant, script, variables, !args.json).await?;
+        if let Some(dir) = &args.out {
+            std::fs::create_dir_all(dir)?;
+            write_recording(&dir.join("call.wav"), &call)?;
+            std::fs::write(dir.join("report.json"), report_json(&call)?)?;
+        }
+        if args.json {
+            println!("{}", report_json(&call)?);
+        } else {
+            println!("\nsummary    : {}", call.report.summary);
+            println!("disposition: {}", pipeline::disposition(&call.report));
+            print_percentiles(&call.report.turns);
+        }
+        Ok(())
+    })
+}
+
+fn report_json(call: &SimulatedCall) -> anyhow::Result<String> {
+    let report = &call.report;
+    let value = serde_json::json!({
+        "call_id": report.call_id,
+        "transcript": report.transcript.iter().map(|(who, text, at)| serde_json::json!({ "speaker": who, "text": text, "at_ms": ms_of(*at).round() })).collect::<Vec<_>>(),
+        "turns": report.turns,
+        "barge_ins": report.barge_ins.iter().map(|(onset, stopped)| serde_json::json!({ "onset_ms": ms_of(*onset).round(), "stopped_ms": ms_of(*stopped).round(), "reaction_ms": ms_of(stopped.saturating_sub(*onset)).round() })).collect::<Vec<_>>(),
+        "summary": report.summary,
+        "disposition": pipeline::disposition(report),
+        "disposition_notes": report.disposition.as_ref().map(|(_, notes)| notes.clone()),
+        "ended_by": report.ended_by,
+        "transfers": report.transfers,
+        "dtmf_sent": call.log.dtmf_sent,
+        "errors": report.errors,
+        "duration_ms": ms_of(report.duration).round(),
+        "history": report.history,
+    });
+    Ok(serde_json::to_string_pretty(&value)?)
+}
+
+/// A line with no audio, for `chat`: it records what the tools did.
+#[derive(Default)]
+struct TextLine {
+    log: Mutex<Vec<String>>,
+    started: Option<std::time::Instant>,
+}
+
+impl AudioOut for TextLine {
+    fn rate(&self) -> u32 {
+        16_000
+    }
+    fn now(&self) -> Duration {
+        self.started.map(|s| s.elapsed()).unwrap_or_default()
+    }
+    fn play(&self, _segment: u64, _samples: Vec<f32>) {}
+    fn clear(&self) -> Duration {
+        self.now()
+    }
+    fn heard(&self, _segment: u64) -> f32 {
+        1.0
+    }
+    fn is_idle(&self) -> bool {
+        true
+    }
+    fn started_at(&self, _segment: u64) -> Option<Duration> {
+        None
+    }
+    fn hang_up(&self) {}
+    fn send_dtmf(&self, digits: &str) {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).push(format!("pressed {digits}"));
+    }
+    fn transfer(&self, destination: &str) {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).push(format!("transferred to {destination}"));
+    }
+}
+
+pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
+    let store = ModelStore::from_env()?;
+    let assistant = load_assistant(&args.assistant)?;
+    let variables: BTreeMap<String, String> = args.vars.into_iter().collect();
+    let resolved = prompt::resolve_variables(&assistant, &variables).map_err(anyhow::Error::msg)?;
+    let call = CallContext { call_id: format!("chat_{}", std::process::id()), caller: "+15550100".into(), callee: "+15550199".into() };
+    let context = prompt::context(&assistant, &resolved, &call);
+    let system = prompt::render(&assistant.system_template, &context).map_err(anyhow::Error::msg)?;
+    runtime()?.block_on(async {
+        let llm = pipeline::load_llm(&store, &assistant)?;
+        llm.warm_up().await.context("starting the LLM")?;
+        let espeak: Arc<dyn crate::tts::TextToSpeech> = Arc::new(crate::tts::espeak::EspeakVoice::new("en-us"));
+        let line = Arc::new(TextLine { started: Some(std::time::Instant::now()), ..TextLine::default() });
+        let ctx = Arc::new(TurnContext {
+            llm,
+            tts: espeak.clone(),
+            fallback_tts: espeak,
+            assistant: assistant.clone(),
+            out: line.clone(),
+            tools: pipeline::tools::specs(&assistant),
+            http: reqwest::Client::new(),
+            segment_ids: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        });
+        let mut history = vec![Message::System { content: system }];
+        if let Some(first) = &assistant.spec.first_message {
+            let first = prompt::render(first, &context).map_err(anyhow::Error::msg)?;
+            println!("agent: {first}");
+            history.push(Message::Assistant { content: first, tool_calls: Vec::new() });
+        }
+        let stdin = std::io::stdin();
+        loop {
+            print!("you: ");
+            std::io::stdout().flush()?;
+            let mut line_text = String::new();
+            if stdin.lock().read_line(&mut line_text)? == 0 {
+                break;
+            }
+            let text = line_text.trim();
+            if text.is_empty() {
+                continue;
+            }
+            history.push(Message::User { content: text.to_string() });
+            let progress = Arc::new(Mutex::new(TurnProgress::default()));
+            let (chunks_tx, mut chunks_rx) = mpsc::channel::<String>(32);
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let responder = tokio::spawn(turn::respond_owned(ctx.clone(), history.clone(), chunks_tx, progress.clone(), cancel));
+            let mut said = Vec::new();
+            while let Some(chunk) = chunks_rx.recv().await {
+                println!("agent: {chunk}");
+                said.push(chunk);
+            }
+            let _ = responder.await;
+            let progress = std::mem::take(&mut *progress.lock().unwrap_or_else(|e| e.into_inner()));
+            history.extend(progress.tool_messages);
+            if !said.is_empty() {
+                history.push(Message::Assistant { content: said.join(" "), tool_calls: Vec::new() });
+            }
+            for error in &progress.errors {
+                println!("  (error: {error})");
+            }
+            for note in line.log.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+                println!("  ({note})");
+            }
+            let mut ended = false;
+            for action in progress.actions {
+                match action {
+                    pipeline::tools::Action::EndCall { reason } => {
+                        println!("  (call ended{})", if reason.is_empty() { String::new() } else { format!(": {reason}") });
+                        ended = true;
+                    }
+                    pipeline::tools::Action::Disposition { name, notes } => println!("  (disposition: {name} {notes})"),
+                    pipeline::tools::Action::Transfer { destination } => {
+                        println!("  (transferred to {destination})");
+                        ended = true;
+                    }
+                    pipeline::tools::Action::Dtmf { .. } => {}
+                }
+            }
+            if ended {
+                break;
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,339 @@
+//! The turn manager: conversation state, turn-taking, barge-in, idle handling and limits.
+//!
+//! It reacts to the listener's frames and runs one [`turn`](super::turn) at a time under a
+//! child cancellation token. Barge-in: caller speech that lasts `min_interrupt_ms` while the
+//! agent is speaking cancels the turn and clears the line; the history then keeps only what
+//! the caller heard (whole segments played, plus the played fraction of the cut one, by
+//! words). A shorter sound (a cough) interrupts nothing. If an interruption turns out to hold
+//! no words, the unheard rest of the reply is said again.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::frames::{Frame, UserTurn};
+use super::metrics::TurnTimings;
+use super::tools::Action;
+use super::turn::{self, TurnContext, TurnInput, TurnProgress};
+use super::{CallEvent, CallReport};
+use crate::llm::Message;
+
+/// Said after `idle_reprompt_s` of silence.
+pub const REPROMPT: &str = "Are you still there?";
+/// Said before hanging up on a silent line.
+pub const IDLE_GOODBYE: &str = "I haven't heard from you, so I'll end the call now. Goodbye.";
+/// Said when the call reaches its maximum duration.
+pub const TIME_LIMIT: &str = "I'm sorry, we've reached the time limit for this call. Goodbye.";
+/// Said when the caller's words could not be made out.
+pub const PARDON: &str = "Sorry, I didn't catch that. Could you say it again?";
+/// Consecutive LLM failures before the agent gives up politely.
+const MAX_LLM_FAILURES: usize = 3;
+const GIVE_UP: &str = "I'm sorry, I can't continue the call right now. Please call back later. Goodbye.";
+
+struct ActiveTurn {
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+    progress: Arc<Mutex<TurnProgress>>,
+    interruptible: bool,
+    user: Option<UserTurn>,
+    started_at: Duration,
+}
+
+pub struct Agent {
+    pub ctx: Arc<TurnContext>,
+    pub system_prompt: String,
+    pub first_message: Option<String>,
+    pub events: mpsc::UnboundedSender<CallEvent>,
+}
+
+#[derive(Default)]
+struct State {
+    history: Vec<Message>,
+    active: Option<ActiveTurn>,
+    pending_barge: Option<Duration>,
+    caller_speaking: bool,
+    /// The unheard rest of a reply cut by an interruption.
+    interrupted_rest: Option<String>,
+    last_activity: Duration,
+    reprompted: bool,
+    hang_up_when_done: Option<String>,
+    llm_failures: usize,
+    turn_count: usize,
+}
+
+impl Agent {
+    pub async fn run(self, mut inbox: mpsc::Receiver<Frame>, call: CancellationToken, report: Arc<Mutex<CallReport>>) {
+        let turn_spec = self.ctx.assistant.spec.turn;
+        let mut state = State { history: vec![Message::System { content: self.system_prompt.clone() }], ..State::default() };
+        if let Some(first) = self.first_message.clone() {
+            let interruptible = turn_spec.interruptible && turn_spec.first_message_interruptible;
+            self.start(&mut state, TurnInput::Say(first), None, interruptible);
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = call.cancelled() => break,
+                frame = inbox.recv() => {
+                    let Some(frame) = frame else { break };
+                    self.on_frame(&mut state, frame, &report);
+                }
+                _ = tick.tick() => {
+                    if self.on_tick(&mut state, &report) {
+                        break;
+                    }
+                }
+            }
+        }
+        // The call is over: settle the last turn.
+        if let Some(mut active) = state.active.take() {
+            active.cancel.cancel();
+            let _ = (&mut active.handle).await;
+            self.finish_turn(&mut state, active, &report, true);
+        }
+        let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
+        report.history = state.history;
+    }
+
+    fn emit(&self, event: CallEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn start(&self, state: &mut State, input: TurnInput, user: Option<UserTurn>, interruptible: bool) {
+        let progress = Arc::new(Mutex::new(TurnProgress::default()));
+        let cancel = CancellationToken::new();
+        let messages = state.history.clone();
+        let handle = tokio::spawn(turn::run(self.ctx.clone(), messages, input, progress.clone(), cancel.clone()));
+        state.active = Some(ActiveTurn { cancel, handle, progress, interruptible, user, started_at: self.ctx.out.now() });
+        state.reprompted = false;
+    }
+
+    fn agent_speaking(&self, state: &State) -> bool {
+        state.active.is_some() || !self.ctx.out.is_idle()
+    }
+
+    fn on_frame(&self, state: &mut State, frame: Frame, report: &Arc<Mutex<CallReport>>) {
+        let now = self.ctx.out.now();
+        match frame {
+            Frame::SpeechStarted { onset } => {
+                state.caller_speaking = true;
+                state.last_activity = now;
+                let interruptible = state.active.as_ref().map(|a| a.interruptible).unwrap_or(self.ctx.assistant.spec.turn.interruptible);
+                if self.agent_speaking(state) && interruptible {
+                    state.pending_barge = Some(onset);
+                }
+            }
+            Frame::SpeechStopped { at } => {
+                state.caller_speaking = false;
+                state.pending_barge = None; // shorter than min_interrupt_ms: a cough, not a barge-in
+                state.last_activity = at;
+            }
+            Frame::TranscriptPartial(text) => self.emit(CallEvent::Partial { text }),
+            Frame::TranscriptFinal(user) => self.on_user_turn(state, user, report),
+            Frame::Dtmf(digit) => {
+                state.history.push(Message::User { content: format!("(the caller pressed {digit} on the keypad)") });
+                self.emit(CallEvent::Caller { text: format!("[DTMF {digit}]"), at: now });
+                self.replace_turn(state, report);
+                self.start(state, TurnInput::Respond, None, true);
+            }
+            Frame::Error { stage, message } => {
+                report.lock().unwrap_or_else(|e| e.into_inner()).errors.push(format!("{stage}: {message}"));
+                self.emit(CallEvent::Error(format!("{stage}: {message}")));
+            }
+            Frame::End { .. } => {}
+            _ => {}
+        }
+    }
+
+    fn on_user_turn(&self, state: &mut State, user: UserTurn, report: &Arc<Mutex<CallReport>>) {
+        let now = self.ctx.out.now();
+        state.last_activity = now;
+        state.caller_speaking = false;
+        state.pending_barge = None;
+        if user.text.trim().is_empty() {
+            // Speech without words: a false interruption, or noise.
+            if let Some(rest) = state.interrupted_rest.take() {
+                self.emit(CallEvent::Note(format!("false interruption; resuming: {rest}")));
+                self.replace_turn(state, report);
+                self.start(state, TurnInput::Say(rest), None, true);
+            } else if !self.agent_speaking(state) {
+                // A turn with speech never vanishes: ask again rather than stay silent.
+                self.emit(CallEvent::Note("speech with no words".into()));
+                self.start(state, TurnInput::Say(PARDON.into()), None, true);
+            }
+            return;
+        }
+        state.interrupted_rest = None;
+        self.emit(CallEvent::Caller { text: user.text.clone(), at: user.speech_end });
+        report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push(("caller".into(), user.text.clone(), user.speech_end));
+        if state.active.is_some() {
+            // The caller finished a turn over the agent: that is an interruption too.
+            self.interrupt(state, user.speech_end, report);
+        }
+        state.history.push(Message::User { content: user.text.clone() });
+        self.start(state, TurnInput::Respond, Some(user), true);
+    }
+
+    /// Cancels whatever the agent is doing without treating it as a barge-in.
+    fn replace_turn(&self, state: &mut State, report: &Arc<Mutex<CallReport>>) {
+        if let Some(active) = state.active.take() {
+            active.cancel.cancel();
+            self.ctx.out.clear();
+            self.finish_turn(state, active, report, true);
+        }
+    }
+
+    fn interrupt(&self, state: &mut State, onset: Duration, report: &Arc<Mutex<CallReport>>) {
+        // A turn stays active until its audio has played out, so there is one to cancel
+        // whenever agent audio is on the line.
+        let Some(active) = state.active.take() else {
+            if !self.ctx.out.is_idle() {
+                let stopped = self.ctx.out.clear();
+                self.record_barge_in(onset, stopped, report);
+            }
+            return;
+        };
+        active.cancel.cancel();
+        let stopped = self.ctx.out.clear();
+        self.record_barge_in(onset, stopped, report);
+        self.finish_turn(state, active, report, true);
+    }
+
+    fn record_barge_in(&self, onset: Duration, stopped: Duration, report: &Arc<Mutex<CallReport>>) {
+        report.lock().unwrap_or_else(|e| e.into_inner()).barge_ins.push((onset, stopped));
+        self.emit(CallEvent::BargeIn { onset, stopped });
+    }
+
+    /// Records a finished (or cancelled) turn: heard text into history, metrics, actions.
+    fn finish_turn(&self, state: &mut State, active: ActiveTurn, report: &Arc<Mutex<CallReport>>, cancelled: bool) {
+        let progress = std::mem::take(&mut *active.progress.lock().unwrap_or_else(|e| e.into_inner()));
+        let (heard, rest) = self.heard_text(&progress);
+        if cancelled && !rest.is_empty() {
+            state.interrupted_rest = Some(rest);
+        }
+        state.history.extend(progress.tool_messages.iter().cloned());
+        if !heard.is_empty() {
+            state.history.push(Message::Assistant { content: heard.clone(), tool_calls: Vec::new() });
+            self.emit(CallEvent::Agent { text: heard.clone(), at: active.started_at, interrupted: cancelled && !state.interrupted_rest.as_deref().unwrap_or("").is_empty() });
+        }
+        let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
+        if !heard.is_empty() {
+            report.transcript.push(("agent".into(), heard.clone(), active.started_at));
+        }
+        report.errors.extend(progress.errors.iter().cloned());
+        if progress.llm_failed {
+            state.llm_failures += 1;
+        } else if active.user.is_some() {
+            state.llm_failures = 0;
+        }
+        for action in &progress.actions {
+            match action {
+                Action::EndCall { reason } => state.hang_up_when_done = Some(if reason.is_empty() { "end_call".into() } else { reason.clone() }),
+                Action::Transfer { destination } => {
+                    report.transfers.push(destination.clone());
+                    state.hang_up_when_done = Some(format!("transferred to {destination}"));
+                }
+                Action::Disposition { name, notes } => report.disposition = Some((name.clone(), notes.clone())),
+                Action::Dtmf { digits } => report.dtmf_sent.push_str(digits),
+            }
+        }
+        if let Some(user) = active.user {
+            state.turn_count += 1;
+            let first_audio_out = progress.segments.first().and_then(|(id, _)| self.ctx.out.started_at(*id));
+            let since_end = |t: Option<Duration>| t.map(|t| t.saturating_sub(user.speech_end)).unwrap_or_default();
+            let timings = TurnTimings {
+                turn: state.turn_count,
+                user_text: user.text.clone(),
+                agent_text: progress.segments.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>().join(" "),
+                end_of_turn: user.decided_at.saturating_sub(user.speech_end),
+                stt_final: user.transcribed_at.saturating_sub(user.speech_end),
+                llm_first_token: since_end(progress.first_token_at),
+                tts_first_audio: since_end(progress.first_audio_at),
+                voice_to_voice: since_end(first_audio_out),
+                prompt_tokens: progress.prompt_tokens,
+                cached_tokens: progress.cached_tokens,
+            };
+            if first_audio_out.is_some() {
+                report.turns.push(timings.clone());
+                drop(report);
+                self.emit(CallEvent::Turn(timings));
+            }
+        }
+    }
+
+    /// The words the caller heard, and the rest that was not heard.
+    fn heard_text(&self, progress: &TurnProgress) -> (String, String) {
+        let mut heard = Vec::new();
+        let mut rest = Vec::new();
+        for (segment, text) in &progress.segments {
+            let fraction = self.ctx.out.heard(*segment);
+            if fraction >= 0.999 {
+                heard.push(text.clone());
+            } else {
+                let words: Vec<&str> = text.split_whitespace().collect();
+                let cut = (fraction * words.len() as f32).floor() as usize;
+                if cut > 0 {
+                    heard.push(format!("{}—", words[..cut].join(" ")));
+                }
+                rest.push(words[cut..].join(" "));
+            }
+        }
+        rest.extend(progress.unspoken.iter().cloned());
+        (heard.join(" "), rest.join(" "))
+    }
+
+    /// Periodic checks; returns true when the call should end.
+    fn on_tick(&self, state: &mut State, report: &Arc<Mutex<CallReport>>) -> bool {
+        let now = self.ctx.out.now();
+        let spec = self.ctx.assistant.spec.turn;
+        // A barge-in that has lasted long enough.
+        if let Some(onset) = state.pending_barge {
+            if state.caller_speaking && now >= onset + Duration::from_millis(spec.min_interrupt_ms as u64) {
+                state.pending_barge = None;
+                if self.agent_speaking(state) {
+                    self.interrupt(state, onset, report);
+                }
+            }
+        }
+        // A turn is done when its task finished and its audio has played out.
+        if let Some(active) = &state.active {
+            if active.handle.is_finished() && self.ctx.out.is_idle() {
+                let active = state.active.take().expect("checked above");
+                self.finish_turn(state, active, report, false);
+                state.last_activity = now;
+                if state.llm_failures >= MAX_LLM_FAILURES && state.hang_up_when_done.is_none() {
+                    state.hang_up_when_done = Some("the LLM kept failing".into());
+                    self.start(state, TurnInput::Say(GIVE_UP.into()), None, false);
+                }
+            }
+        }
+        if state.active.is_some() || !self.ctx.out.is_idle() {
+            return false;
+        }
+        if let Some(reason) = state.hang_up_when_done.take() {
+            report.lock().unwrap_or_else(|e| e.into_inner()).ended_by = Some(format!("agent: {reason}"));
+            self.ctx.out.hang_up();
+            return true;
+        }
+        if now >= Duration::from_secs_f32(spec.max_duration_s) {
+            state.hang_up_when_done = Some("maximum duration".into());
+            self.start(state, TurnInput::Say(TIME_LIMIT.into()), None, false);
+            return false;
+        }
+        if state.caller_speaking {
+            return false;
+        }
+        let idle = now.saturating_sub(state.last_activity);
+        if idle >= Duration::from_secs_f32(spec.idle_hangup_s) {
+            state.hang_up_when_done = Some("idle".into());
+            self.start(state, TurnInput::Say(IDLE_GOODBYE.into()), None, false);
+        } else if idle >= Duration::from_secs_f32(spec.idle_reprompt_s) && !state.reprompted {
+            self.start(state, TurnInput::Say(REPROMPT.into()), None, true);
+            state.reprompted = true;
+        }
+        false
+    }
+}
+

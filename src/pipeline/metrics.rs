@@ -1,0 +1,65 @@
+//! Per-turn latency, measured on the call's timeline, and percentiles over many turns.
+//!
+//! Every turn records: caller end of speech → end-of-turn decision → final transcript →
+//! LLM first token → first TTS audio → first audio out (voice-to-voice). Barge-ins record
+//! caller onset → agent audio stopped.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TurnTimings {
+    pub turn: usize,
+    pub user_text: String,
+    pub agent_text: String,
+    /// Caller end of speech → end-of-turn decision.
+    #[serde(serialize_with = "ms")]
+    pub end_of_turn: Duration,
+    /// Caller end of speech → final transcript.
+    #[serde(serialize_with = "ms")]
+    pub stt_final: Duration,
+    /// Caller end of speech → first LLM token.
+    #[serde(serialize_with = "ms")]
+    pub llm_first_token: Duration,
+    /// Caller end of speech → first synthesized audio.
+    #[serde(serialize_with = "ms")]
+    pub tts_first_audio: Duration,
+    /// Caller end of speech → first agent audio on the line (voice-to-voice).
+    #[serde(serialize_with = "ms")]
+    pub voice_to_voice: Duration,
+    pub prompt_tokens: usize,
+    pub cached_tokens: usize,
+}
+
+fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round())
+}
+
+pub fn ms_of(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The `q`-quantile (0..=1) of `values` by nearest rank; `None` when empty.
+pub fn percentile(values: &[Duration], q: f64) -> Option<Duration> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let values: Vec<Duration> = (1..=20).map(|i| Duration::from_millis(i * 10)).collect();
+        assert_eq!(percentile(&values, 0.5), Some(Duration::from_millis(100)));
+        assert_eq!(percentile(&values, 0.95), Some(Duration::from_millis(190)));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+}

@@ -1,0 +1,233 @@
+//! A call's pipeline: the stages, the shared engines, and the one function that wires them.
+//!
+//! ```text
+//! transport in ─► listen (resample · Silero VAD · end of turn · whisper) ─► frames ─► agent
+//! agent ─► turn (LLM stream ─► chunker ─► speaker: TTS ─► resample) ─► transport out
+//! ```
+//!
+//! Edges and their policies: caller audio is live — the transport drops the oldest chunk when
+//! the call falls behind and counts the drop; frames from the listener to the agent are few
+//! and block (bounded at 64); text chunks to the speaker block (bounded at 32); events for
+//! display are unbounded because they are a handful per turn.
+//!
+//! Models load once per process ([`Engines`]) and are shared by every call; inference runs
+//! on blocking threads (whisper, Piper) or in the engine process (LLM). Silero runs inline:
+//! ~0.1 ms per 32 ms frame, under the async runtime's budget.
+
+pub mod agent;
+pub mod frames;
+pub mod listen;
+pub mod metrics;
+pub mod tools;
+pub mod turn;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::assistant::prompt::{self, CallContext};
+use crate::assistant::Assistant;
+use crate::llm::local::LocalEngine;
+use crate::llm::openai::OpenAiLlm;
+use crate::llm::{LanguageModel, LlmError, Message};
+use crate::models::ModelStore;
+use crate::stt::whisper::WhisperStt;
+use crate::stt::SpeechToText;
+use crate::transport::AudioOut;
+use crate::tts::TextToSpeech;
+use crate::vad::silero::SileroVad;
+use metrics::TurnTimings;
+
+/// Threads for each engine on a small machine: they mostly run one after another within a
+/// turn, and the LLM lives in its own process.
+pub const STT_THREADS: usize = 2;
+pub const TTS_THREADS: usize = 1;
+pub const LLM_THREADS: usize = 2;
+
+/// The models every call shares.
+pub struct Engines {
+    pub vad: Arc<SileroVad>,
+    pub stt: Arc<dyn SpeechToText>,
+    pub tts: Arc<dyn TextToSpeech>,
+    /// espeak-ng: used when the main voice fails.
+    pub fallback_tts: Arc<dyn TextToSpeech>,
+    pub llm: Arc<dyn LanguageModel>,
+}
+
+impl Engines {
+    /// Loads what `assistant` needs (VAD, STT, voice, LLM) and starts the LLM engine.
+    pub async fn load(store: &ModelStore, assistant: &Assistant) -> anyhow::Result<Engines> {
+        let vad = Arc::new(SileroVad::load(store)?);
+        let stt_model = match assistant.spec.stt.model.as_str() {
+            m if m.starts_with("whisper-") => m.to_string(),
+            m => format!("whisper-{m}"),
+        };
+        let stt: Arc<dyn SpeechToText> =
+            Arc::new(WhisperStt::load(store, &stt_model, STT_THREADS, Some(&assistant.spec.language))?.without_timestamps());
+        let voice_name = match assistant.spec.voice.provider.as_str() {
+            "espeak" => format!("espeak:{}", assistant.spec.voice.name),
+            _ => assistant.spec.voice.name.clone(),
+        };
+        let tts: Arc<dyn TextToSpeech> = Arc::from(crate::tts::load_voice(store, &voice_name, TTS_THREADS)?);
+        let fallback_tts: Arc<dyn TextToSpeech> = Arc::new(crate::tts::espeak::EspeakVoice::new("en-us"));
+        let llm = load_llm(store, assistant)?;
+        Ok(Engines { vad, stt, tts, fallback_tts, llm })
+    }
+}
+
+/// The assistant's LLM: the local engine, or an OpenAI-compatible endpoint.
+pub fn load_llm(store: &ModelStore, assistant: &Assistant) -> Result<Arc<dyn LanguageModel>, LlmError> {
+    let spec = &assistant.spec.llm;
+    match spec.provider.as_str() {
+        "openai" => {
+            let key = match &spec.api_key_env {
+                Some(var) => std::env::var(var).map_err(|_| LlmError::MissingKey(var.clone()))?,
+                None => String::new(),
+            };
+            let base = spec.base_url.clone().unwrap_or_else(|| "http://127.0.0.1:8000/v1".into());
+            Ok(Arc::new(OpenAiLlm::new(&base, &spec.model, &key, Duration::from_secs(30))))
+        }
+        _ => Ok(Arc::new(LocalEngine::new(store, &spec.model, LLM_THREADS)?)),
+    }
+}
+
+/// What a call reports as it goes, for live display.
+#[derive(Debug, Clone)]
+pub enum CallEvent {
+    Agent { text: String, at: Duration, interrupted: bool },
+    Caller { text: String, at: Duration },
+    Partial { text: String },
+    Turn(TurnTimings),
+    BargeIn { onset: Duration, stopped: Duration },
+    Note(String),
+    Error(String),
+}
+
+/// Everything a call leaves behind.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallReport {
+    pub call_id: String,
+    /// (speaker, text, when) in order.
+    pub transcript: Vec<(String, String, Duration)>,
+    pub turns: Vec<TurnTimings>,
+    /// (caller onset, agent audio stopped) per barge-in.
+    pub barge_ins: Vec<(Duration, Duration)>,
+    pub disposition: Option<(String, String)>,
+    pub transfers: Vec<String>,
+    pub dtmf_sent: String,
+    pub ended_by: Option<String>,
+    pub errors: Vec<String>,
+    pub summary: String,
+    #[serde(skip)]
+    pub history: Vec<Message>,
+    pub duration: Duration,
+}
+
+/// The inputs of one call.
+pub struct CallSetup {
+    pub assistant: Arc<Assistant>,
+    pub variables: BTreeMap<String, String>,
+    pub call: CallContext,
+}
+
+/// Runs one call to its end: wires the stages, waits for the line to close, returns the report.
+pub async fn run_call(
+    engines: Arc<Engines>,
+    setup: CallSetup,
+    out: Arc<dyn AudioOut>,
+    audio_in: mpsc::Receiver<Vec<f32>>,
+    hung_up: CancellationToken,
+    events: mpsc::UnboundedSender<CallEvent>,
+) -> anyhow::Result<CallReport> {
+    let assistant = setup.assistant.clone();
+    let variables = prompt::resolve_variables(&assistant, &setup.variables).map_err(anyhow::Error::msg)?;
+    let context = prompt::context(&assistant, &variables, &setup.call);
+    let system_prompt = prompt::render(&assistant.system_template, &context).map_err(anyhow::Error::msg)?;
+    let first_message = match &assistant.spec.first_message {
+        Some(template) => Some(prompt::render(template, &context).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let report = Arc::new(Mutex::new(CallReport { call_id: setup.call.call_id.clone(), ..CallReport::default() }));
+    let call_token = CancellationToken::new();
+
+    // Sink first: the agent speaks through the turn context onto the transport.
+    let ctx = Arc::new(turn::TurnContext {
+        llm: engines.llm.clone(),
+        tts: engines.tts.clone(),
+        fallback_tts: engines.fallback_tts.clone(),
+        assistant: assistant.clone(),
+        out: out.clone(),
+        tools: tools::specs(&assistant),
+        http: reqwest::Client::new(),
+        segment_ids: Arc::new(AtomicU64::new(1)),
+    });
+    // Frames from the listener to the agent: few, never dropped.
+    let (frames_tx, frames_rx) = mpsc::channel(64);
+    let agent = agent::Agent { ctx, system_prompt, first_message, events: events.clone() };
+    let agent_task = tokio::spawn(agent.run(frames_rx, call_token.clone(), report.clone()));
+    // Source last: the listener turns caller audio into frames.
+    let listener = listen::Listener { vad: engines.vad.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate() };
+    let listen_task = tokio::spawn(listener.run(audio_in, frames_tx, call_token.clone()));
+
+    hung_up.cancelled().await;
+    call_token.cancel();
+    let _ = listen_task.await;
+    let _ = agent_task.await;
+    let mut report = std::mem::take(&mut *report.lock().unwrap_or_else(|e| e.into_inner()));
+    report.duration = out.now();
+    if report.ended_by.is_none() {
+        report.ended_by = Some("caller hung up".into());
+    }
+    Ok(report)
+}
+
+/// A one-sentence summary of a call by the assistant's own LLM (a simple version; the
+/// analysis stage refines it). Falls back to the caller's first words if the LLM fails.
+pub async fn summarize(llm: &dyn LanguageModel, transcript: &[(String, String, Duration)]) -> String {
+    use futures::StreamExt;
+    let fallback = transcript.iter().find(|(who, _, _)| who == "caller").map(|(_, t, _)| format!("The caller said: {t}")).unwrap_or_else(|| "The caller did not speak.".into());
+    if transcript.is_empty() {
+        return fallback;
+    }
+    let lines: Vec<String> = transcript.iter().map(|(who, text, _)| format!("{who}: {text}")).collect();
+    let request = crate::llm::ChatRequest {
+        messages: vec![
+            Message::System { content: "You summarize phone calls in one short sentence.".into() },
+            Message::User { content: format!("Summarize this call in one sentence:\n{}", lines.join("\n")) },
+        ],
+        tools: Vec::new(),
+        max_tokens: 60,
+        temperature: 0.0,
+    };
+    let Ok(mut stream) = llm.stream(request).await else { return fallback };
+    let mut text = String::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(crate::llm::LlmEvent::Text(piece)) => text.push_str(&piece),
+            Ok(_) => {}
+            Err(_) => return fallback,
+        }
+    }
+    let text = text.trim().to_string();
+    if text.is_empty() { fallback } else { text }
+}
+
+/// The call's disposition: the one the agent set, else what the transcript shows.
+pub fn disposition(report: &CallReport) -> String {
+    if let Some((name, _)) = &report.disposition {
+        return name.clone();
+    }
+    let caller_spoke = report.transcript.iter().any(|(who, _, _)| who == "caller");
+    if !caller_spoke {
+        "no_response".into()
+    } else if report.transfers.is_empty() {
+        "completed".into()
+    } else {
+        "transferred".into()
+    }
+}

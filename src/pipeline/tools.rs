@@ -1,0 +1,151 @@
+//! Tools the LLM can call: the built-ins that act on the call, and HTTP tools.
+//!
+//! Built-ins (`end_call`, `transfer_call`, `send_dtmf`, `set_disposition`) become
+//! [`Action`]s the turn manager carries out after the words that go with them are spoken.
+//! HTTP tools call the URL the assistant declares, with a timeout; a failure becomes a tool
+//! result the LLM can apologise for, never a dead call.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::assistant::{Assistant, HttpToolSpec, ToolEntry};
+use crate::llm::ToolSpec;
+
+/// What a built-in tool asks the call to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    EndCall { reason: String },
+    Transfer { destination: String },
+    Dtmf { digits: String },
+    Disposition { name: String, notes: String },
+}
+
+/// The tool specs offered to the LLM, and the HTTP tools by name.
+pub fn specs(assistant: &Assistant) -> Vec<ToolSpec> {
+    let dispositions: Vec<&str> = assistant.spec.dispositions.iter().map(|d| d.name.as_str()).collect();
+    assistant
+        .spec
+        .tools
+        .iter()
+        .map(|tool| match tool {
+            ToolEntry::Builtin(name) => builtin_spec(name, &dispositions),
+            ToolEntry::Http(http) => ToolSpec { name: http.name.clone(), description: http.description.clone(), parameters: http.parameters.clone() },
+        })
+        .collect()
+}
+
+fn builtin_spec(name: &str, dispositions: &[&str]) -> ToolSpec {
+    let (description, parameters) = match name {
+        "end_call" => (
+            "End the call after saying goodbye. Use when the conversation is finished.",
+            json!({ "type": "object", "properties": { "reason": { "type": "string" } } }),
+        ),
+        "transfer_call" => (
+            "Transfer the caller to a human or another number.",
+            json!({ "type": "object", "properties": { "destination": { "type": "string" } }, "required": ["destination"] }),
+        ),
+        "send_dtmf" => (
+            "Press keypad digits on the call (for phone menus).",
+            json!({ "type": "object", "properties": { "digits": { "type": "string", "pattern": "^[0-9*#A-D]+$" } }, "required": ["digits"] }),
+        ),
+        _ => (
+            "Record the outcome of the call.",
+            json!({ "type": "object", "properties": {
+                "disposition": { "type": "string", "enum": dispositions },
+                "notes": { "type": "string" } }, "required": ["disposition"] }),
+        ),
+    };
+    ToolSpec { name: name.to_string(), description: description.to_string(), parameters }
+}
+
+/// The result of running a tool: text for the LLM, and an action for the call.
+#[derive(Debug, Clone)]
+pub struct ToolResult {
+    pub content: String,
+    pub action: Option<Action>,
+    pub failed: bool,
+}
+
+impl ToolResult {
+    fn ok(content: impl Into<String>, action: Option<Action>) -> Self {
+        ToolResult { content: content.into(), action, failed: false }
+    }
+    fn error(message: impl Into<String>) -> Self {
+        ToolResult { content: format!("error: {}", message.into()), action: None, failed: true }
+    }
+}
+
+/// Runs a built-in; `None` when `name` is not a built-in the assistant offers.
+pub fn run_builtin(assistant: &Assistant, name: &str, arguments: &Value) -> Option<ToolResult> {
+    if !crate::assistant::BUILTIN_TOOLS.contains(&name) || !assistant.has_tool(name) {
+        return None;
+    }
+    let text = |key: &str| arguments.get(key).and_then(Value::as_str).unwrap_or("").trim().to_string();
+    Some(match name {
+        "end_call" => ToolResult::ok("the call will end after your goodbye", Some(Action::EndCall { reason: text("reason") })),
+        "transfer_call" => match text("destination") {
+            d if d.is_empty() => ToolResult::error("transfer_call needs a `destination`"),
+            destination => ToolResult::ok(format!("transferring to {destination}"), Some(Action::Transfer { destination })),
+        },
+        "send_dtmf" => match text("digits") {
+            d if d.is_empty() || !d.chars().all(|c| c.is_ascii_digit() || "*#ABCD".contains(c)) => {
+                ToolResult::error(format!("send_dtmf: `{d}` is not keypad digits (0-9, *, #, A-D)"))
+            }
+            digits => ToolResult::ok(format!("pressed {digits}"), Some(Action::Dtmf { digits })),
+        },
+        _ => {
+            let disposition = text("disposition");
+            let known: Vec<&str> = assistant.spec.dispositions.iter().map(|d| d.name.as_str()).collect();
+            if !known.contains(&disposition.as_str()) {
+                ToolResult::error(format!("unknown disposition `{disposition}`; use one of: {}", known.join(", ")))
+            } else {
+                ToolResult::ok("recorded", Some(Action::Disposition { name: disposition, notes: text("notes") }))
+            }
+        }
+    })
+}
+
+pub fn http_tool<'a>(assistant: &'a Assistant, name: &str) -> Option<&'a HttpToolSpec> {
+    assistant.spec.tools.iter().find_map(|t| match t {
+        ToolEntry::Http(http) if http.name == name => Some(http),
+        _ => None,
+    })
+}
+
+/// The longest tool response passed back to the LLM.
+const MAX_TOOL_RESULT_CHARS: usize = 2_000;
+
+/// Calls an HTTP tool: GET sends the arguments as a query, other methods as a JSON body.
+pub async fn run_http(client: &reqwest::Client, tool: &HttpToolSpec, arguments: &Value) -> ToolResult {
+    let method = match reqwest::Method::from_bytes(tool.method.to_uppercase().as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return ToolResult::error(format!("tool {}: bad method {}", tool.name, tool.method)),
+    };
+    let mut request = client.request(method.clone(), &tool.url).timeout(Duration::from_millis(tool.timeout_ms));
+    if method == reqwest::Method::GET {
+        let pairs: Vec<(String, String)> = arguments
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .collect();
+        request = request.query(&pairs);
+    } else {
+        request = request.json(arguments);
+    }
+    match request.send().await {
+        Err(e) if e.is_timeout() => ToolResult::error(format!("tool {} timed out after {} ms", tool.name, tool.timeout_ms)),
+        Err(e) => ToolResult::error(format!("tool {} could not be reached: {e}", tool.name)),
+        Ok(response) => {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            let body: String = body.chars().take(MAX_TOOL_RESULT_CHARS).collect();
+            if status.is_success() {
+                ToolResult::ok(body, None)
+            } else {
+                ToolResult::error(format!("tool {} answered HTTP {status}: {body}", tool.name))
+            }
+        }
+    }
+}

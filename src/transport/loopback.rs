@@ -1,0 +1,415 @@
+//! The loopback line: a simulated phone line inside the process, driven in real time.
+//!
+//! One clock task ticks every 20 ms. Each tick it takes 20 ms of caller audio (silence when
+//! the caller is quiet) into the call, and plays 20 ms of queued agent audio out. Both
+//! directions are recorded on the same timeline (the stereo WAV of `demo`/`simulate`), and
+//! every time — when agent audio started, when a clear took effect — is a tick of that clock,
+//! so latency figures are measured on the audio, not on log lines.
+//!
+//! [`ScriptedCaller`] plays a caller script into the line: lines spoken in a voice other than
+//! the agent's, pauses inside a sentence, barge-ins timed against the agent's speech, coughs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::AudioOut;
+use crate::audio::Audio;
+
+pub const TICK: Duration = Duration::from_millis(20);
+
+/// What happened on the line, for reports and tests.
+#[derive(Debug, Clone, Default)]
+pub struct LineLog {
+    /// Caller speech (start, end) on the timeline, one per scripted line.
+    pub caller_speech: Vec<(Duration, Duration)>,
+    /// Times at which agent audio was cleared (barge-in), and whether anything was cut.
+    pub clears: Vec<(Duration, bool)>,
+    pub hung_up_by_agent: Option<Duration>,
+    pub dtmf_sent: String,
+    pub transfers: Vec<String>,
+}
+
+struct Segment {
+    id: u64,
+    samples: Vec<f32>,
+    offset: usize,
+}
+
+#[derive(Default)]
+struct State {
+    agent_queue: VecDeque<Segment>,
+    progress: HashMap<u64, (usize, usize)>,
+    started: HashMap<u64, Duration>,
+    caller_queue: VecDeque<f32>,
+    caller_track: Vec<f32>,
+    agent_track: Vec<f32>,
+    ticks: u64,
+    log: LineLog,
+}
+
+/// The line itself; cheap to clone (shared state).
+#[derive(Clone)]
+pub struct LoopbackLine {
+    rate: u32,
+    state: Arc<Mutex<State>>,
+    hangup: CancellationToken,
+}
+
+impl LoopbackLine {
+    /// Creates the line and starts its clock; caller audio arrives on the returned receiver.
+    pub fn start(rate: u32) -> (LoopbackLine, mpsc::Receiver<Vec<f32>>) {
+        let line = LoopbackLine { rate, state: Arc::new(Mutex::new(State::default())), hangup: CancellationToken::new() };
+        // Live audio: if the call falls behind, the oldest chunks are dropped (see `tick`).
+        let (tx, rx) = mpsc::channel(AUDIO_IN_DEPTH);
+        tokio::spawn(line.clone().run_clock(tx));
+        (line, rx)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+
+    async fn run_clock(self, audio_in: mpsc::Sender<Vec<f32>>) {
+        let chunk = (self.rate / 50) as usize;
+        let start = Instant::now();
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::from_std(start), TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut dropped = 0u64;
+        loop {
+            tokio::select! {
+                _ = self.hangup.cancelled() => break,
+                _ = interval.tick() => {}
+            }
+            let caller_chunk = self.tick(chunk);
+            match audio_in.try_send(caller_chunk) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    dropped += 1;
+                    tracing::warn!(dropped, "call is behind real time; dropping caller audio");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            }
+        }
+    }
+
+    /// One 20 ms step in both directions; returns the caller's chunk.
+    fn tick(&self, chunk: usize) -> Vec<f32> {
+        let mut state = self.lock();
+        let now = TICK * state.ticks as u32;
+        state.ticks += 1;
+        let mut caller = Vec::with_capacity(chunk);
+        for _ in 0..chunk {
+            caller.push(state.caller_queue.pop_front().unwrap_or(0.0));
+        }
+        state.caller_track.extend_from_slice(&caller);
+        let mut out = Vec::with_capacity(chunk);
+        while out.len() < chunk {
+            let Some(segment) = state.agent_queue.front_mut() else { break };
+            let id = segment.id;
+            let take = (chunk - out.len()).min(segment.samples.len() - segment.offset);
+            out.extend_from_slice(&segment.samples[segment.offset..segment.offset + take]);
+            segment.offset += take;
+            let done = segment.offset >= segment.samples.len();
+            let offset = segment.offset;
+            state.started.entry(id).or_insert(now);
+            if let Some(progress) = state.progress.get_mut(&id) {
+                progress.0 = offset;
+            }
+            if done {
+                state.agent_queue.pop_front();
+            }
+        }
+        out.resize(chunk, 0.0);
+        state.agent_track.extend_from_slice(&out);
+        caller
+    }
+
+    /// Queues caller audio (at the line's rate); returns when it will have been heard.
+    pub fn caller_says(&self, samples: &[f32]) -> (Duration, Duration) {
+        let mut state = self.lock();
+        let now = TICK * state.ticks as u32;
+        let start = now + Duration::from_secs_f64(state.caller_queue.len() as f64 / self.rate as f64);
+        state.caller_queue.extend(samples.iter().copied());
+        let end = start + Duration::from_secs_f64(samples.len() as f64 / self.rate as f64);
+        (start, end)
+    }
+
+    pub fn caller_is_speaking(&self) -> bool {
+        !self.lock().caller_queue.is_empty()
+    }
+
+    pub fn record_caller_speech(&self, start: Duration, end: Duration) {
+        self.lock().log.caller_speech.push((start, end));
+    }
+
+    /// The caller hangs up: the clock stops and the call's audio input closes.
+    pub fn caller_hangs_up(&self) {
+        self.hangup.cancel();
+    }
+
+    pub fn is_hung_up(&self) -> bool {
+        self.hangup.is_cancelled()
+    }
+
+    pub fn hung_up(&self) -> CancellationToken {
+        self.hangup.clone()
+    }
+
+    pub fn log(&self) -> LineLog {
+        self.lock().log.clone()
+    }
+
+    /// The recording: caller on the left, agent on the right.
+    pub fn recording(&self) -> (Vec<f32>, Vec<f32>) {
+        let state = self.lock();
+        (state.caller_track.clone(), state.agent_track.clone())
+    }
+}
+
+/// Caller chunks buffered before the oldest is dropped (~1 s of audio).
+const AUDIO_IN_DEPTH: usize = 50;
+
+impl AudioOut for LoopbackLine {
+    fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    fn now(&self) -> Duration {
+        TICK * self.lock().ticks as u32
+    }
+
+    fn play(&self, segment: u64, samples: Vec<f32>) {
+        let mut state = self.lock();
+        state.progress.insert(segment, (0, samples.len()));
+        state.agent_queue.push_back(Segment { id: segment, samples, offset: 0 });
+    }
+
+    fn clear(&self) -> Duration {
+        let mut state = self.lock();
+        let now = TICK * state.ticks as u32;
+        let cut = !state.agent_queue.is_empty();
+        state.agent_queue.clear();
+        state.log.clears.push((now, cut));
+        now
+    }
+
+    fn heard(&self, segment: u64) -> f32 {
+        match self.lock().progress.get(&segment) {
+            Some((played, total)) if *total > 0 => *played as f32 / *total as f32,
+            _ => 0.0,
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.lock().agent_queue.is_empty()
+    }
+
+    fn started_at(&self, segment: u64) -> Option<Duration> {
+        self.lock().started.get(&segment).copied()
+    }
+
+    fn hang_up(&self) {
+        let now = self.now();
+        self.lock().log.hung_up_by_agent = Some(now);
+        self.hangup.cancel();
+    }
+
+    fn send_dtmf(&self, digits: &str) {
+        self.lock().log.dtmf_sent.push_str(digits);
+    }
+
+    fn transfer(&self, destination: &str) {
+        self.lock().log.transfers.push(destination.to_string());
+    }
+}
+
+/// A caller script (YAML): what the synthetic caller says and when.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerScript {
+    /// The caller's voice: `espeak:VOICE` or a Piper voice name.
+    #[serde(default = "default_caller_voice")]
+    pub voice: String,
+    pub lines: Vec<CallerLine>,
+    /// How long the caller waits for the agent's last answer before hanging up.
+    #[serde(default = "default_final_wait_ms")]
+    pub final_wait_ms: u64,
+}
+
+fn default_caller_voice() -> String {
+    "espeak:en-us".into()
+}
+fn default_final_wait_ms() -> u64 {
+    8_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerLine {
+    /// Words to say; `...` inside marks a pause of `inner_pause_ms`.
+    pub say: Option<String>,
+    /// A burst of noise this long (a cough), instead of words.
+    pub noise_ms: Option<u32>,
+    /// Silence to leave after the agent stops talking before this line.
+    #[serde(default = "default_pause_ms")]
+    pub pause_ms: u64,
+    /// Speak this long after the agent *starts* answering (a barge-in), instead of waiting.
+    pub barge_in_after_ms: Option<u64>,
+    /// The pause that `...` stands for.
+    #[serde(default = "default_inner_pause_ms")]
+    pub inner_pause_ms: u64,
+    /// Stay silent this long after the line (to test idle handling).
+    #[serde(default)]
+    pub then_silence_ms: u64,
+}
+
+fn default_pause_ms() -> u64 {
+    600
+}
+fn default_inner_pause_ms() -> u64 {
+    900
+}
+
+impl CallerScript {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<CallerScript> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+}
+
+/// Plays a [`CallerScript`] into a line, taking turns with the agent.
+pub struct ScriptedCaller {
+    pub script: CallerScript,
+    /// Each line's audio at the line's rate (`None` for noise lines until generated).
+    audio: Vec<Vec<f32>>,
+}
+
+/// How long the caller waits for the agent to begin answering before speaking anyway.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl ScriptedCaller {
+    /// Synthesizes every line up front (so synthesis never delays the caller's timing).
+    pub fn prepare(script: CallerScript, voice: &dyn crate::tts::TextToSpeech, rate: u32) -> anyhow::Result<ScriptedCaller> {
+        let mut audio = Vec::new();
+        for line in &script.lines {
+            let mut samples = Vec::new();
+            if let Some(text) = &line.say {
+                for (i, part) in text.split("...").map(str::trim).filter(|p| !p.is_empty()).enumerate() {
+                    if i > 0 {
+                        samples.extend(Audio::silence(line.inner_pause_ms as f32 / 1000.0, rate).samples);
+                    }
+                    let spoken = voice.speak_all(part)?.to_rate(rate)?;
+                    samples.extend(trim_silence(&spoken.samples));
+                }
+            } else if let Some(ms) = line.noise_ms {
+                samples = cough(ms, rate);
+            }
+            audio.push(samples);
+        }
+        Ok(ScriptedCaller { script, audio })
+    }
+
+    /// Runs the script on `line`; `agent_idle` tells whether the agent is silent.
+    pub async fn run(self, line: LoopbackLine) {
+        let idle = |line: &LoopbackLine| line.is_idle();
+        // Let the agent say its first message.
+        wait_for_agent_turn(&line, Duration::from_millis(600), idle).await;
+        for (spec, samples) in self.script.lines.iter().zip(self.audio) {
+            if line.is_hung_up() {
+                return;
+            }
+            if let Some(after) = spec.barge_in_after_ms {
+                // Wait for the agent to start talking, then talk over it.
+                let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+                while line.is_idle() && tokio::time::Instant::now() < deadline && !line.is_hung_up() {
+                    tokio::time::sleep(TICK).await;
+                }
+                tokio::time::sleep(Duration::from_millis(after)).await;
+            } else {
+                wait_for_agent_turn(&line, Duration::from_millis(spec.pause_ms), idle).await;
+            }
+            if samples.is_empty() {
+                continue;
+            }
+            let (start, end) = line.caller_says(&samples);
+            line.record_caller_speech(start, end);
+            // Wait until the line has played our words, plus any scripted silence.
+            while line.caller_is_speaking() && !line.is_hung_up() {
+                tokio::time::sleep(TICK).await;
+            }
+            if spec.then_silence_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(spec.then_silence_ms)).await;
+            }
+            // Give the agent a moment to begin answering before judging it idle.
+            let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+            if spec.barge_in_after_ms.is_none() {
+                while line.is_idle() && tokio::time::Instant::now() < deadline && !line.is_hung_up() {
+                    tokio::time::sleep(TICK).await;
+                }
+            }
+        }
+        // Hear the last answer out, then hang up.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.script.final_wait_ms);
+        wait_until(&line, deadline, Duration::from_millis(1_500)).await;
+        line.caller_hangs_up();
+    }
+}
+
+/// Waits until the agent has been silent for `quiet`.
+async fn wait_for_agent_turn(line: &LoopbackLine, quiet: Duration, idle: impl Fn(&LoopbackLine) -> bool) {
+    let mut silent_since = tokio::time::Instant::now();
+    let deadline = silent_since + ANSWER_TIMEOUT;
+    loop {
+        if line.is_hung_up() || tokio::time::Instant::now() > deadline {
+            return;
+        }
+        if !idle(line) {
+            silent_since = tokio::time::Instant::now();
+        } else if silent_since.elapsed() >= quiet {
+            return;
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+async fn wait_until(line: &LoopbackLine, deadline: tokio::time::Instant, quiet: Duration) {
+    let mut silent_since = tokio::time::Instant::now();
+    while tokio::time::Instant::now() < deadline && !line.is_hung_up() {
+        if !line.is_idle() {
+            silent_since = tokio::time::Instant::now();
+        } else if silent_since.elapsed() >= quiet {
+            return;
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+/// Drops leading and trailing silence so a line's end is the end of its speech.
+fn trim_silence(samples: &[f32]) -> Vec<f32> {
+    let loud = |s: &f32| s.abs() > 0.01;
+    let start = samples.iter().position(loud).unwrap_or(0);
+    let end = samples.iter().rposition(loud).map(|e| e + 1).unwrap_or(0);
+    samples[start..end.max(start)].to_vec()
+}
+
+/// A short burst of loud noise shaped like a cough.
+fn cough(ms: u32, rate: u32) -> Vec<f32> {
+    let n = (rate as u64 * ms as u64 / 1000) as usize;
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    (0..n)
+        .map(|i| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let noise = (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            let envelope = (std::f32::consts::PI * i as f32 / n as f32).sin();
+            0.5 * noise * envelope
+        })
+        .collect()
+}

@@ -1,0 +1,34 @@
+//! Transports: where a call's audio comes from and goes to.
+//!
+//! A transport delivers caller audio at its own rate and plays agent audio out. Agent audio
+//! is queued in *segments* (one per spoken sentence) so that after a barge-in the turn manager
+//! can ask how much of each segment the caller actually heard, and `clear` drops everything
+//! not yet played — the equivalent of Twilio's `clear` or flushing an RTP queue.
+
+pub mod loopback;
+
+use std::time::Duration;
+
+/// The agent's side of the line.
+pub trait AudioOut: Send + Sync {
+    /// The transport's sample rate.
+    fn rate(&self) -> u32;
+    /// The call's timeline: time since the call started, as the audio sees it.
+    fn now(&self) -> Duration;
+    /// Queues one segment of agent audio (at `rate()`).
+    fn play(&self, segment: u64, samples: Vec<f32>);
+    /// Drops every queued sample not yet played; returns when it was cleared.
+    fn clear(&self) -> Duration;
+    /// Fraction (0..=1) of `segment` that has been played.
+    fn heard(&self, segment: u64) -> f32;
+    /// True when nothing is queued or playing.
+    fn is_idle(&self) -> bool;
+    /// When the first sample of `segment` went out, if it has.
+    fn started_at(&self, segment: u64) -> Option<Duration>;
+    /// Tells the far end to hang up.
+    fn hang_up(&self);
+    /// Sends DTMF digits to the far end.
+    fn send_dtmf(&self, digits: &str);
+    /// Transfers the call (a transport without telephony records the request).
+    fn transfer(&self, destination: &str);
+}

@@ -1,0 +1,131 @@
+//! Voice activity detection: Silero v6 probabilities turned into speech start/stop events.
+//!
+//! [`silero::SileroVad`] scores each 32 ms frame; [`VadDetector`] applies hysteresis — speech
+//! starts after `start_ms` of frames above `threshold`, and stops after `stop_ms` below
+//! `threshold - 0.15` — so a breath or a click neither opens nor closes a turn.
+
+pub mod silero;
+
+use serde::{Deserialize, Serialize};
+
+/// Samples per Silero frame at 16 kHz (32 ms).
+pub const FRAME_SAMPLES: usize = 512;
+pub const FRAME_MS: u32 = 32;
+
+/// Hysteresis settings, configurable per assistant.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VadParams {
+    /// Speech probability that counts as speech.
+    pub threshold: f32,
+    /// Speech needed before "speech started".
+    pub start_ms: u32,
+    /// Silence needed before "speech stopped".
+    pub stop_ms: u32,
+}
+
+pub const DEFAULT_VAD_THRESHOLD: f32 = 0.5;
+pub const DEFAULT_VAD_START_MS: u32 = 96;
+pub const DEFAULT_VAD_STOP_MS: u32 = 256;
+
+impl Default for VadParams {
+    fn default() -> Self {
+        VadParams { threshold: DEFAULT_VAD_THRESHOLD, start_ms: DEFAULT_VAD_START_MS, stop_ms: DEFAULT_VAD_STOP_MS }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VadEvent {
+    /// Speech began; `onset_frame` is the first speech frame (before the start delay).
+    SpeechStarted { onset_frame: u64 },
+    /// Speech ended; `last_speech_frame` is the last frame that was speech.
+    SpeechStopped { last_speech_frame: u64 },
+}
+
+/// Turns per-frame probabilities into events.
+#[derive(Debug, Clone)]
+pub struct VadDetector {
+    params: VadParams,
+    speaking: bool,
+    run: u32,
+    run_start: u64,
+    last_speech: u64,
+    frame: u64,
+}
+
+impl VadDetector {
+    pub fn new(params: VadParams) -> Self {
+        VadDetector { params, speaking: false, run: 0, run_start: 0, last_speech: 0, frame: 0 }
+    }
+
+    pub fn is_speaking(&self) -> bool {
+        self.speaking
+    }
+
+    /// Frames seen so far.
+    pub fn frames(&self) -> u64 {
+        self.frame
+    }
+
+    /// Feeds one frame's probability; returns an event when the state flips.
+    pub fn push(&mut self, probability: f32) -> Option<VadEvent> {
+        let frame = self.frame;
+        self.frame += 1;
+        let start_frames = self.params.start_ms.div_ceil(FRAME_MS).max(1);
+        let stop_frames = self.params.stop_ms.div_ceil(FRAME_MS).max(1);
+        if !self.speaking {
+            if probability >= self.params.threshold {
+                if self.run == 0 {
+                    self.run_start = frame;
+                }
+                self.run += 1;
+                if self.run >= start_frames {
+                    self.speaking = true;
+                    self.run = 0;
+                    self.last_speech = frame;
+                    return Some(VadEvent::SpeechStarted { onset_frame: self.run_start });
+                }
+            } else {
+                self.run = 0;
+            }
+            return None;
+        }
+        if probability >= self.params.threshold - 0.15 {
+            self.last_speech = frame;
+            self.run = 0;
+            return None;
+        }
+        self.run += 1;
+        if self.run >= stop_frames {
+            self.speaking = false;
+            self.run = 0;
+            return Some(VadEvent::SpeechStopped { last_speech_frame: self.last_speech });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(detector: &mut VadDetector, probabilities: &[f32]) -> Vec<(usize, VadEvent)> {
+        probabilities.iter().enumerate().filter_map(|(i, p)| detector.push(*p).map(|e| (i, e))).collect()
+    }
+
+    #[test]
+    fn hysteresis_ignores_blips_and_short_gaps() {
+        let mut detector = VadDetector::new(VadParams::default());
+        // A 1-frame blip, then 10 frames of speech with a 2-frame dip, then silence.
+        let mut p = vec![0.0, 0.9, 0.0, 0.0];
+        p.extend([0.9; 5]);
+        p.extend([0.1, 0.1]);
+        p.extend([0.9; 5]);
+        p.extend([0.0; 12]);
+        let events = feed(&mut detector, &p);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0], (6, VadEvent::SpeechStarted { onset_frame: 4 }));
+        assert!(matches!(events[1], (_, VadEvent::SpeechStopped { last_speech_frame: 15 })), "{events:?}");
+        assert!(!detector.is_speaking());
+    }
+}
