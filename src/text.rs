@@ -83,8 +83,9 @@ pub struct SentenceChunker {
     emitted_any: bool,
 }
 
-/// Words needed before the first chunk may end at a clause break.
-const FIRST_CHUNK_MIN_WORDS: usize = 4;
+/// Words needed before the first chunk may end at a clause break: one, so that an opening
+/// "Sure," or "Of course," is spoken while the rest is still being written.
+const FIRST_CHUNK_MIN_WORDS: usize = 1;
 
 impl SentenceChunker {
     pub fn push(&mut self, text: &str) -> Vec<String> {
@@ -149,9 +150,9 @@ mod tests {
     #[test]
     fn chunks_stream_into_sentences_with_an_early_first_clause() {
         let chunks = chunk_all(&["Sure", ", I can help you", " with that, no problem. Your tab", "le is at 7.30 pm with Dr. Smith. Anything ", "else?"]);
-        assert_eq!(chunks, vec!["Sure, I can help you with that, no problem.", "Your table is at 7.30 pm with Dr. Smith.", "Anything else?"]);
-        let early = chunk_all(&["Well, let me see about", " that for you, and then", " I will call back."]);
-        assert_eq!(early, vec!["Well, let me see about that for you,", "and then I will call back."]);
+        assert_eq!(chunks, vec!["Sure,", "I can help you with that, no problem.", "Your table is at 7.30 pm with Dr. Smith.", "Anything else?"]);
+        let early = chunk_all(&["Well", ", let me see about", " that for you, and then", " I will call back."]);
+        assert_eq!(early, vec!["Well,", "let me see about that for you, and then I will call back."]);
         let joined = chunks.join(" ");
         assert_eq!(normalized_words(&joined), normalized_words("Sure, I can help you with that, no problem. Your table is at 7.30 pm with Dr. Smith. Anything else?"));
     }

@@ -54,6 +54,10 @@ struct ChatRequest {
     max_tokens: Option<usize>,
     max_completion_tokens: Option<usize>,
     temperature: Option<f32>,
+    /// llama.cpp's repeat penalty (an extension; OpenAI clients can send it as an extra field).
+    repeat_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
     #[serde(default)]
     stop: Option<StopField>,
 }
@@ -66,6 +70,8 @@ enum StopField {
 }
 
 const DEFAULT_MAX_TOKENS: usize = 256;
+/// Default repeat penalty: mild, but enough to stop a 135M model from looping.
+const DEFAULT_REPEAT_PENALTY: f32 = 1.15;
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {
     (status, Json(json!({ "error": { "message": message, "type": code, "code": code } }))).into_response()
@@ -98,6 +104,9 @@ async fn chat_completions(State(state): State<AppState>, body: axum::body::Bytes
         prompt,
         max_tokens: request.max_completion_tokens.or(request.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS),
         temperature: request.temperature.unwrap_or(0.0),
+        repeat_penalty: request.repeat_penalty.unwrap_or(DEFAULT_REPEAT_PENALTY),
+        frequency_penalty: request.frequency_penalty.unwrap_or(0.0),
+        presence_penalty: request.presence_penalty.unwrap_or(0.0),
         stop,
         events: events_tx,
     };

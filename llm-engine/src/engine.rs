@@ -28,6 +28,7 @@ use crate::template::ChatTemplate;
 pub struct EngineConfig {
     pub model: PathBuf,
     pub threads: i32,
+    pub batch_threads: i32,
     pub slots: u32,
     pub slot_ctx: u32,
 }
@@ -37,6 +38,11 @@ pub struct Job {
     pub prompt: String,
     pub max_tokens: usize,
     pub temperature: f32,
+    /// llama.cpp's repeat penalty over the last [`PENALTY_WINDOW`] tokens (1.0 = off).
+    pub repeat_penalty: f32,
+    /// OpenAI's frequency and presence penalties.
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
     pub stop: Vec<String>,
     pub events: mpsc::Sender<Event>,
 }
@@ -66,6 +72,8 @@ pub struct Engine {
 /// Jobs waiting for the worker; beyond this the API answers 503 instead of queueing forever.
 const QUEUE_DEPTH: usize = 64;
 const BATCH: usize = 512;
+/// Tokens the repetition penalties look back over.
+const PENALTY_WINDOW: i32 = 64;
 
 impl Engine {
     pub fn start(config: EngineConfig) -> anyhow::Result<Engine> {
@@ -113,7 +121,7 @@ fn worker(config: EngineConfig, inbox: std_mpsc::Receiver<Job>, ready: std_mpsc:
         .with_n_ubatch(BATCH as u32)
         .with_n_seq_max(config.slots)
         .with_n_threads(config.threads)
-        .with_n_threads_batch(config.threads);
+        .with_n_threads_batch(config.batch_threads);
     let mut ctx = match model.new_context(backend, params) {
         Ok(ctx) => ctx,
         Err(e) => {
@@ -188,10 +196,13 @@ fn run_job(
     }
     let _ = job.events.blocking_send(Event::Prompt { new_tokens: new.len(), cached_tokens: keep, secs: started.elapsed().as_secs_f64() });
 
+    // Small models loop ("I'm sorry, I'm sorry, …") without a repetition penalty.
+    let penalties = LlamaSampler::penalties(model.n_vocab(), PENALTY_WINDOW, job.repeat_penalty.max(0.01), job.frequency_penalty, job.presence_penalty);
     let mut sampler = if job.temperature <= 0.0 {
-        LlamaSampler::greedy()
+        LlamaSampler::chain_simple([penalties, LlamaSampler::greedy()])
     } else {
         LlamaSampler::chain_simple([
+            penalties,
             LlamaSampler::top_k(40),
             LlamaSampler::top_p(0.95, 1),
             LlamaSampler::temp(job.temperature),

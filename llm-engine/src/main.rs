@@ -24,9 +24,12 @@ struct Args {
     /// Address to serve on (loopback only unless you mean it).
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: SocketAddr,
-    /// CPU threads for generation and prompt processing.
+    /// CPU threads for generation (token by token).
     #[arg(long, default_value_t = 2)]
     threads: i32,
+    /// CPU threads for prompt processing (batches); defaults to `--threads`.
+    #[arg(long)]
+    batch_threads: Option<i32>,
     /// KV-cache slots: conversations whose prefix stays cached between turns.
     #[arg(long, default_value_t = 4)]
     slots: u32,
@@ -46,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let name = args.name.clone().unwrap_or_else(|| args.model.file_stem().unwrap_or_default().to_string_lossy().into_owned());
-    let config = engine::EngineConfig { model: args.model, threads: args.threads, slots: args.slots, slot_ctx: args.slot_ctx };
+    let config = engine::EngineConfig { model: args.model, threads: args.threads, batch_threads: args.batch_threads.unwrap_or(args.threads), slots: args.slots, slot_ctx: args.slot_ctx };
     let engine = engine::Engine::start(config)?;
     let listener = tokio::net::TcpListener::bind(args.bind).await?;
     // The supervisor reads this line to learn the port.

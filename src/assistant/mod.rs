@@ -272,7 +272,7 @@ pub struct TurnSpec {
 impl Default for TurnSpec {
     fn default() -> Self {
         TurnSpec {
-            endpointing_ms: 256,
+            endpointing_ms: 200,
             vad_threshold: 0.5,
             vad_start_ms: 96,
             incomplete_wait_ms: 700,

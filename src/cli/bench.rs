@@ -11,6 +11,16 @@ use crate::stt::SpeechToText;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Voice-to-voice and per-stage latency over scripted calls on the local models.
+    Latency {
+        #[arg(long, default_value = "assistants/luigis_booking.yaml")]
+        assistant: std::path::PathBuf,
+        #[arg(long, default_value = "eval/callers/bench.yaml")]
+        caller: std::path::PathBuf,
+        /// How many calls to run (each plays the whole script).
+        #[arg(long, default_value_t = 2)]
+        calls: usize,
+    },
     /// Speech-to-text time and real-time factor for 2, 5 and 10 s utterances.
     Stt {
         /// Runs per utterance length (after one warm-up run).
@@ -22,6 +32,7 @@ pub enum BenchCommand {
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Stt { runs } => bench_stt(runs.max(1)),
+        BenchCommand::Latency { assistant, caller, calls } => super::call_cmds::bench_latency(&assistant, &caller, calls.max(1)),
     }
 }
 

@@ -26,8 +26,10 @@ use crate::pipeline::{self, CallEvent, CallReport, CallSetup, Engines};
 use crate::transport::loopback::{CallerScript, LineLog, LoopbackLine, ScriptedCaller};
 use crate::transport::AudioOut;
 
-/// The simulated line runs at the telephone's 8 kHz.
-pub const LINE_RATE: u32 = 8_000;
+/// The simulated line's default rate: wideband, as a browser or HD-voice call. The
+/// telephone band (`--line-rate 8000`) works too but costs the synthetic caller's
+/// robotic voice many words.
+pub const DEFAULT_LINE_RATE: u32 = 16_000;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -40,6 +42,9 @@ pub struct DemoArgs {
     /// Where to write the call's stereo recording (caller left, agent right).
     #[arg(long, default_value = "out/demo-call.wav")]
     pub output: PathBuf,
+    /// The line's sample rate (8000 for the telephone band).
+    #[arg(long, default_value_t = DEFAULT_LINE_RATE)]
+    pub line_rate: u32,
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +63,9 @@ pub struct SimulateArgs {
     /// Folder for the recording (call.wav) and the report (report.json).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The line's sample rate (8000 for the telephone band).
+    #[arg(long, default_value_t = DEFAULT_LINE_RATE)]
+    pub line_rate: u32,
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +93,7 @@ pub struct SimulatedCall {
     pub log: LineLog,
     pub caller_track: Vec<f32>,
     pub agent_track: Vec<f32>,
+    pub rate: u32,
 }
 
 /// Runs one call between `assistant` and a scripted caller on the loopback line.
@@ -94,11 +103,15 @@ pub async fn simulate_call(
     assistant: Arc<Assistant>,
     script: CallerScript,
     variables: BTreeMap<String, String>,
+    line_rate: u32,
     print: bool,
 ) -> anyhow::Result<SimulatedCall> {
+    if !(8_000..=48_000).contains(&line_rate) {
+        anyhow::bail!("--line-rate {line_rate}: use a rate between 8000 and 48000 Hz");
+    }
     let caller_voice = crate::tts::load_voice(store, &script.voice, 1).with_context(|| format!("loading the caller's voice {}", script.voice))?;
-    let caller = ScriptedCaller::prepare(script, caller_voice.as_ref(), LINE_RATE)?;
-    let (line, audio_in) = LoopbackLine::start(LINE_RATE);
+    let caller = ScriptedCaller::prepare(script, caller_voice.as_ref(), line_rate)?;
+    let (line, audio_in) = LoopbackLine::start(line_rate);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(print_events(events_rx, print));
     tokio::spawn(caller.run(line.clone()));
@@ -120,7 +133,7 @@ pub async fn simulate_call(
     let _ = printer.await;
     report.summary = pipeline::summarize(engines.llm.as_ref(), &report.transcript).await;
     let (caller_track, agent_track) = line.recording();
-    Ok(SimulatedCall { report, log: line.log(), caller_track, agent_track })
+    Ok(SimulatedCall { report, log: line.log(), caller_track, agent_track, rate: line_rate })
 }
 
 async fn print_events(mut events: mpsc::UnboundedReceiver<CallEvent>, print: bool) {
@@ -188,7 +201,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         println!("\ncalling {} (local models: whisper tiny.en, {}, piper {})\n", assistant.spec.name, assistant.spec.llm.model, assistant.spec.voice.name);
         let engines = load_engines(&store, &assistant).await?;
-        let call = simulate_call(&store, engines, assistant, script, BTreeMap::new(), true).await?;
+        let call = simulate_call(&store, engines, assistant, script, BTreeMap::new(), args.line_rate, true).await?;
         println!("\nsummary    : {}", call.report.summary);
         println!("disposition: {}", pipeline::disposition(&call.report));
         println!("ended by   : {}", call.report.ended_by.clone().unwrap_or_default());
@@ -204,7 +217,7 @@ fn write_recording(path: &Path, call: &SimulatedCall) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    write_wav_channels(path, LINE_RATE, &[&call.caller_track, &call.agent_track]).with_context(|| format!("writing {}", path.display()))
+    write_wav_channels(path, call.rate, &[&call.caller_track, &call.agent_track]).with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
@@ -215,7 +228,7 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     prompt::resolve_variables(&assistant, &variables).map_err(anyhow::Error::msg)?;
     runtime()?.block_on(async {
         let engines = load_engines(&store, &assistant).await?;
-        let call = simulate_call(&store, engines, assistant, script, variables, !args.json).await?;
+        let call = simulate_call(&store, engines, assistant, script, variables, args.line_rate, !args.json).await?;
         if let Some(dir) = &args.out {
             std::fs::create_dir_all(dir)?;
             write_recording(&dir.join("call.wav"), &call)?;
@@ -369,6 +382,44 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
             if ended {
                 break;
             }
+        }
+        Ok(())
+    })
+}
+
+/// `ringline bench latency`: several scripted calls, then percentiles of every stage.
+pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) -> anyhow::Result<()> {
+    let store = ModelStore::from_env()?;
+    let assistant = load_assistant(assistant_path)?;
+    let script = CallerScript::load(caller_path)?;
+    runtime()?.block_on(async {
+        let engines = load_engines(&store, &assistant).await?;
+        let mut turns = Vec::new();
+        let mut barge_ins = Vec::new();
+        for index in 0..calls {
+            eprintln!("call {}/{calls}: {} caller lines, in real time…", index + 1, script.lines.len());
+            let call = simulate_call(&store, engines.clone(), assistant.clone(), script.clone(), BTreeMap::new(), DEFAULT_LINE_RATE, false).await?;
+            turns.extend(call.report.turns.iter().cloned());
+            // Barge-in reaction on the audio timeline: the caller's scripted onset → agent audio cleared.
+            for (onset, stopped) in &call.report.barge_ins {
+                let truth = call.log.caller_speech.iter().map(|(start, _)| *start).filter(|s| s <= onset).max().unwrap_or(*onset);
+                barge_ins.push(stopped.saturating_sub(truth));
+            }
+        }
+        println!("\n{} turns over {calls} call(s); assistant {} on {}", turns.len(), assistant.spec.name, assistant.spec.llm.model);
+        print_percentiles(&turns);
+        let p = |q| percentile(&barge_ins, q).map(|d| format!("{:.0}", ms_of(d))).unwrap_or_else(|| "-".into());
+        println!("{:<18} {:>8} {:>8}   (caller speech onset → agent audio stopped, {} barge-ins)", "barge-in reaction", p(0.5), p(0.95), barge_ins.len());
+        let gaps: [(&str, fn(&TurnTimings) -> Duration, fn(&TurnTimings) -> Duration); 4] = [
+            ("end of turn", |_| Duration::ZERO, |t| t.end_of_turn),
+            ("stt (after eot)", |t| t.end_of_turn.min(t.stt_final), |t| t.stt_final.max(t.end_of_turn)),
+            ("llm first token", |t| t.stt_final.max(t.end_of_turn), |t| t.llm_first_token),
+            ("tts first audio", |t| t.llm_first_token, |t| t.voice_to_voice),
+        ];
+        println!("\nwhere voice-to-voice goes (p50 of each stage's own share):");
+        for (name, from, to) in gaps {
+            let shares: Vec<Duration> = turns.iter().map(|t| to(t).saturating_sub(from(t))).collect();
+            println!("  {:<18} {:>6.0} ms", name, percentile(&shares, 0.5).map(ms_of).unwrap_or(0.0));
         }
         Ok(())
     })

@@ -26,6 +26,7 @@ pub struct LocalEngine {
     model_name: String,
     model_path: PathBuf,
     threads: usize,
+    batch_threads: usize,
     running: Mutex<Option<Running>>,
 }
 
@@ -35,10 +36,17 @@ struct Running {
 }
 
 impl LocalEngine {
-    /// Prepares (does not yet start) the engine for store model `model` (e.g. `smollm2-135m`).
-    pub fn new(store: &ModelStore, model: &str, threads: usize) -> Result<Self, LlmError> {
+    /// Prepares (does not yet start) the engine for store model `model` (e.g. `smollm2-135m`),
+    /// decoding on `threads` and processing prompts on `batch_threads`.
+    pub fn new(store: &ModelStore, model: &str, threads: usize, batch_threads: usize) -> Result<Self, LlmError> {
         let model_path = store.require(model)?;
-        Ok(LocalEngine { model_name: model.to_string(), model_path, threads: threads.max(1), running: Mutex::new(None) })
+        Ok(LocalEngine {
+            model_name: model.to_string(),
+            model_path,
+            threads: threads.max(1),
+            batch_threads: batch_threads.max(1),
+            running: Mutex::new(None),
+        })
     }
 
     async fn client(&self) -> Result<Arc<OpenAiLlm>, LlmError> {
@@ -61,7 +69,8 @@ impl LocalEngine {
         let mut child = Command::new(&binary)
             .arg("--model")
             .arg(&self.model_path)
-            .args(["--bind", "127.0.0.1:0", "--threads", &self.threads.to_string(), "--name", &self.model_name])
+            .args(["--bind", "127.0.0.1:0", "--threads", &self.threads.to_string(), "--batch-threads", &self.batch_threads.to_string()])
+            .args(["--name", &self.model_name])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

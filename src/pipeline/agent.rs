@@ -53,7 +53,8 @@ pub struct Agent {
 struct State {
     history: Vec<Message>,
     active: Option<ActiveTurn>,
-    pending_barge: Option<Duration>,
+    /// When the caller's current speech began (None while they are silent).
+    caller_onset: Option<Duration>,
     caller_speaking: bool,
     /// The unheard rest of a reply cut by an interruption.
     interrupted_rest: Option<String>,
@@ -70,7 +71,14 @@ impl Agent {
         let mut state = State { history: vec![Message::System { content: self.system_prompt.clone() }], ..State::default() };
         if let Some(first) = self.first_message.clone() {
             let interruptible = turn_spec.interruptible && turn_spec.first_message_interruptible;
-            self.start(&mut state, TurnInput::Say(first), None, interruptible);
+            self.start(&mut state, TurnInput::Say(first.clone()), None, interruptible);
+            // While the greeting plays, have the LLM process the system prompt and greeting
+            // so the first real turn only pays for the caller's words (KV-cache reuse).
+            let mut messages = state.history.clone();
+            messages.push(Message::Assistant { content: first, tool_calls: Vec::new() });
+            tokio::spawn(turn::prefill(self.ctx.clone(), messages));
+        } else {
+            tokio::spawn(turn::prefill(self.ctx.clone(), state.history.clone()));
         }
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
@@ -119,15 +127,13 @@ impl Agent {
         match frame {
             Frame::SpeechStarted { onset } => {
                 state.caller_speaking = true;
+                state.caller_onset = Some(onset);
                 state.last_activity = now;
-                let interruptible = state.active.as_ref().map(|a| a.interruptible).unwrap_or(self.ctx.assistant.spec.turn.interruptible);
-                if self.agent_speaking(state) && interruptible {
-                    state.pending_barge = Some(onset);
-                }
             }
             Frame::SpeechStopped { at } => {
+                // Shorter than min_interrupt_ms over the agent: a cough, not a barge-in.
                 state.caller_speaking = false;
-                state.pending_barge = None; // shorter than min_interrupt_ms: a cough, not a barge-in
+                state.caller_onset = None;
                 state.last_activity = at;
             }
             Frame::TranscriptPartial(text) => self.emit(CallEvent::Partial { text }),
@@ -151,7 +157,7 @@ impl Agent {
         let now = self.ctx.out.now();
         state.last_activity = now;
         state.caller_speaking = false;
-        state.pending_barge = None;
+        state.caller_onset = None;
         if user.text.trim().is_empty() {
             // Speech without words: a false interruption, or noise.
             if let Some(rest) = state.interrupted_rest.take() {
@@ -169,8 +175,9 @@ impl Agent {
         self.emit(CallEvent::Caller { text: user.text.clone(), at: user.speech_end });
         report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push(("caller".into(), user.text.clone(), user.speech_end));
         if state.active.is_some() {
-            // The caller finished a turn over the agent: that is an interruption too.
-            self.interrupt(state, user.speech_end, report);
+            // The caller finished a turn over the agent (too briefly to count as a barge-in
+            // while speaking): stop the agent and answer the new words.
+            self.replace_turn(state, report);
         }
         state.history.push(Message::User { content: user.text.clone() });
         self.start(state, TurnInput::Respond, Some(user), true);
@@ -288,12 +295,14 @@ impl Agent {
     fn on_tick(&self, state: &mut State, report: &Arc<Mutex<CallReport>>) -> bool {
         let now = self.ctx.out.now();
         let spec = self.ctx.assistant.spec.turn;
-        // A barge-in that has lasted long enough.
-        if let Some(onset) = state.pending_barge {
-            if state.caller_speaking && now >= onset + Duration::from_millis(spec.min_interrupt_ms as u64) {
-                state.pending_barge = None;
-                if self.agent_speaking(state) {
-                    self.interrupt(state, onset, report);
+        // Caller and agent both talking for min_interrupt_ms: the caller wins — whether the
+        // caller broke in, or was already talking when the agent began.
+        if let (Some(onset), true) = (state.caller_onset, state.caller_speaking) {
+            let interruptible = state.active.as_ref().map(|a| a.interruptible).unwrap_or(spec.interruptible);
+            if interruptible && self.agent_speaking(state) {
+                let overlap_start = state.active.as_ref().map(|a| a.started_at.max(onset)).unwrap_or(onset);
+                if now >= overlap_start + Duration::from_millis(spec.min_interrupt_ms as u64) {
+                    self.interrupt(state, overlap_start, report);
                 }
             }
         }

@@ -5,10 +5,12 @@
 //! a blocking thread *at once*: the transcript is both the end-of-turn cue and, if the turn
 //! is over, the final transcript — no second STT pass. The turn ends when
 //!
-//! - the transcript reads as finished (final punctuation: whisper punctuates what it hears
-//!   as a complete sentence or question), or
-//! - it reads as unfinished ("my number is five five five") but the caller stays silent for
-//!   `incomplete_wait_ms` more — bounded, so a flat voice never waits seconds.
+//! - Smart Turn (run beside whisper on the last 8 s) hears a finished turn, helped by the
+//!   transcript: final punctuation adds weight, a dangling word ("…and", "my number is")
+//!   takes it away; neither cue alone decides (models.md: the model alone judged flat
+//!   synthetic lines unfinished, and a long fixed fallback then dominated the p95), or
+//! - the turn looks unfinished but the caller stays silent for `incomplete_wait_ms` more —
+//!   a short, bounded fallback.
 //!
 //! Speech resuming before the decision continues the same turn. A turn with speech but no
 //! words is still reported (empty text), never dropped: the agent decides what to do with it.
@@ -25,15 +27,20 @@ use crate::audio::resample::StreamResampler;
 use crate::audio::MODEL_RATE;
 use crate::stt::{SpeechToText, Transcript};
 use crate::vad::silero::{SileroStream, SileroVad};
+use crate::vad::smart_turn::SmartTurn;
 use crate::vad::{VadDetector, VadEvent, FRAME_MS, FRAME_SAMPLES};
 
 /// Audio kept from before the VAD's onset so the first syllable is not clipped.
 const PRE_ROLL_MS: usize = 320;
 /// The longest utterance sent to STT at once (whisper's window).
 const MAX_UTTERANCE_SECS: usize = 28;
+/// What the listener learns when the caller stops: the words, how long STT took, and
+/// Smart Turn's probability that the turn is complete.
+type Heard = (Transcript, Duration, Option<f32>);
 
 pub struct Listener {
     pub vad: Arc<SileroVad>,
+    pub smart_turn: Arc<SmartTurn>,
     pub stt: Arc<dyn SpeechToText>,
     pub turn: TurnSpec,
     pub input_rate: u32,
@@ -43,7 +50,7 @@ enum Phase {
     Quiet,
     Speaking,
     /// The caller stopped; transcribing and deciding.
-    Deciding { speech_end: Duration, stopped_at: Duration, result: Option<oneshot::Receiver<(Transcript, Duration)>>, transcript: Option<(Transcript, Duration)> },
+    Deciding { speech_end: Duration, stopped_at: Duration, result: Option<oneshot::Receiver<Heard>>, transcript: Option<(Heard, Duration)> },
 }
 
 impl Listener {
@@ -82,9 +89,10 @@ impl Listener {
                     _ = cancel.cancelled() => return,
                     chunk = audio_in.recv() => match chunk { Some(c) => Some(c), None => return },
                     transcript = async { result_rx.unwrap().await }, if result_rx.is_some() => {
+                        let arrived = frame_time(detector.frames());
                         if let Phase::Deciding { result, transcript: slot, .. } = &mut phase {
                             *result = None;
-                            *slot = transcript.ok();
+                            *slot = transcript.ok().map(|heard| (heard, arrived));
                         }
                         None
                     }
@@ -129,17 +137,7 @@ impl Listener {
                             let speech_end = frame_time(last_speech_frame + 1);
                             let stopped_at = frame_time(detector.frames());
                             let _ = out.send(Frame::SpeechStopped { at: speech_end }).await;
-                            let (tx, rx) = oneshot::channel();
-                            let stt = self.stt.clone();
-                            let audio = utterance.clone();
-                            tokio::task::spawn_blocking(move || {
-                                let started = std::time::Instant::now();
-                                let transcript = stt.transcribe(&audio).unwrap_or_else(|e| {
-                                    tracing::warn!(error = %e, "transcription failed");
-                                    Transcript::default()
-                                });
-                                let _ = tx.send((transcript, started.elapsed()));
-                            });
+                            let rx = self.hear(utterance.clone());
                             phase = Phase::Deciding { speech_end, stopped_at, result: Some(rx), transcript: None };
                         }
                         None => {}
@@ -148,15 +146,15 @@ impl Listener {
             }
             // Decide the end of turn.
             let now = frame_time(detector.frames()).max(now);
-            if let Phase::Deciding { speech_end, stopped_at, transcript: Some((transcript, stt_time)), .. } = &phase {
-                let finished = reads_finished(&transcript.text);
+            if let Phase::Deciding { speech_end, stopped_at, transcript: Some(((transcript, stt_time, probability), arrived)), .. } = &phase {
+                let finished = turn_complete(&transcript.text, *probability, self.turn.smart_turn_threshold);
                 let waited = now.saturating_sub(*stopped_at);
                 if finished || waited >= Duration::from_millis(self.turn.incomplete_wait_ms as u64) {
                     let turn = UserTurn {
                         text: transcript.text.clone(),
                         speech_end: *speech_end,
                         decided_at: now,
-                        transcribed_at: *stopped_at + *stt_time,
+                        transcribed_at: *arrived,
                         stt: *stt_time,
                     };
                     if out.send(Frame::TranscriptFinal(turn)).await.is_err() {
@@ -172,23 +170,71 @@ impl Listener {
     }
 }
 
+impl Listener {
+    /// Transcribes `utterance` and asks Smart Turn about it, side by side on blocking threads.
+    fn hear(&self, utterance: Vec<f32>) -> oneshot::Receiver<Heard> {
+        let (tx, rx) = oneshot::channel();
+        let (stt, smart_turn) = (self.stt.clone(), self.smart_turn.clone());
+        let audio = Arc::new(utterance);
+        let audio_for_turn = audio.clone();
+        let words = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let transcript = stt.transcribe(&audio).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "transcription failed");
+                Transcript::default()
+            });
+            (transcript, started.elapsed())
+        });
+        let complete = tokio::task::spawn_blocking(move || smart_turn.probability(&audio_for_turn).ok());
+        tokio::spawn(async move {
+            let (transcript, took) = words.await.unwrap_or_default();
+            let probability = complete.await.ok().flatten();
+            let _ = tx.send((transcript, took, probability));
+        });
+        rx
+    }
+}
+
+/// Weight of the transcript's cues against Smart Turn's probability.
+const PUNCTUATION_BONUS: f32 = 0.3;
+const DANGLING_PENALTY: f32 = 0.4;
+
+/// The end-of-turn decision from Smart Turn's probability (if it ran) and the transcript.
+pub fn turn_complete(text: &str, probability: Option<f32>, threshold: f32) -> bool {
+    if text.trim().is_empty() {
+        // No words: let the fallback wait decide (a cough, or words still to come).
+        return false;
+    }
+    match probability {
+        None => reads_finished(text),
+        Some(p) => {
+            let mut score = p;
+            if reads_finished(text) {
+                score += PUNCTUATION_BONUS;
+            }
+            if is_dangling(text) {
+                score -= DANGLING_PENALTY;
+            }
+            score >= threshold
+        }
+    }
+}
+
+/// Ends like an unfinished thought: a trailing conjunction, "...", or a comma.
+pub fn is_dangling(text: &str) -> bool {
+    let trimmed = text.trim_end();
+    if trimmed.ends_with("...") || trimmed.ends_with(',') {
+        return true;
+    }
+    let last_word = trimmed.rsplit(char::is_whitespace).next().unwrap_or("").to_lowercase();
+    let bare = last_word.trim_end_matches(['.', '?', '!']);
+    ["and", "or", "but", "so", "is", "are", "the", "a", "an", "to", "my", "uh", "um", "because", "of", "at", "for"].contains(&bare)
+}
+
 /// True when a transcript reads as a complete turn: it ends a sentence or a question.
 pub fn reads_finished(text: &str) -> bool {
     let trimmed = text.trim_end();
-    if trimmed.is_empty() {
-        return false;
-    }
-    let last_word = trimmed.rsplit(char::is_whitespace).next().unwrap_or("").to_lowercase();
-    // "my number is five five five..." or a trailing conjunction: the caller is mid-thought.
-    let dangling = ["and", "or", "but", "so", "is", "the", "a", "to", "my", "uh", "um", "because"];
-    if trimmed.ends_with("...") || trimmed.ends_with(',') {
-        return false;
-    }
-    let bare = last_word.trim_end_matches(['.', '?', '!']);
-    if dangling.contains(&bare) {
-        return false;
-    }
-    trimmed.ends_with(['.', '?', '!'])
+    !trimmed.is_empty() && !is_dangling(trimmed) && trimmed.ends_with(['.', '?', '!'])
 }
 
 #[cfg(test)]
@@ -205,5 +251,18 @@ mod tests {
         assert!(!reads_finished("I want to go and."));
         assert!(!reads_finished("my number is"));
         assert!(!reads_finished(""));
+    }
+
+    #[test]
+    fn smart_turn_and_transcript_decide_together() {
+        // The model is unsure but the caller finished a sentence: done.
+        assert!(turn_complete("I'd like a table for two.", Some(0.3), 0.5));
+        // The model hears an ending, but the words dangle: wait.
+        assert!(!turn_complete("My number is five five five and", Some(0.8), 0.5));
+        // No punctuation, but the model is confident: done.
+        assert!(turn_complete("My name is Sarah", Some(0.9), 0.5));
+        // Without the model, punctuation decides.
+        assert!(turn_complete("Yes.", None, 0.5));
+        assert!(!turn_complete("", Some(1.0), 0.5));
     }
 }

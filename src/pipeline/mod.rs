@@ -41,17 +41,23 @@ use crate::stt::SpeechToText;
 use crate::transport::AudioOut;
 use crate::tts::TextToSpeech;
 use crate::vad::silero::SileroVad;
+use crate::vad::smart_turn::SmartTurn;
 use metrics::TurnTimings;
 
-/// Threads for each engine on a small machine: they mostly run one after another within a
-/// turn, and the LLM lives in its own process.
+/// Threads per engine on a 2-core machine. Whisper runs alone (the caller just stopped), so
+/// it takes both cores; the LLM keeps decoding while Piper speaks its first sentence, so they
+/// get one core each — measured: with two LLM threads, Piper's first audio came ~400 ms after
+/// the first token; with one each, the two overlap instead of fighting.
 pub const STT_THREADS: usize = 2;
 pub const TTS_THREADS: usize = 1;
-pub const LLM_THREADS: usize = 2;
+pub const LLM_THREADS: usize = 1;
+/// Prompt processing happens before anything is spoken: it gets both cores.
+pub const LLM_BATCH_THREADS: usize = 2;
 
 /// The models every call shares.
 pub struct Engines {
     pub vad: Arc<SileroVad>,
+    pub smart_turn: Arc<SmartTurn>,
     pub stt: Arc<dyn SpeechToText>,
     pub tts: Arc<dyn TextToSpeech>,
     /// espeak-ng: used when the main voice fails.
@@ -63,6 +69,7 @@ impl Engines {
     /// Loads what `assistant` needs (VAD, STT, voice, LLM) and starts the LLM engine.
     pub async fn load(store: &ModelStore, assistant: &Assistant) -> anyhow::Result<Engines> {
         let vad = Arc::new(SileroVad::load(store)?);
+        let smart_turn = Arc::new(SmartTurn::load(store)?);
         let stt_model = match assistant.spec.stt.model.as_str() {
             m if m.starts_with("whisper-") => m.to_string(),
             m => format!("whisper-{m}"),
@@ -76,7 +83,7 @@ impl Engines {
         let tts: Arc<dyn TextToSpeech> = Arc::from(crate::tts::load_voice(store, &voice_name, TTS_THREADS)?);
         let fallback_tts: Arc<dyn TextToSpeech> = Arc::new(crate::tts::espeak::EspeakVoice::new("en-us"));
         let llm = load_llm(store, assistant)?;
-        Ok(Engines { vad, stt, tts, fallback_tts, llm })
+        Ok(Engines { vad, smart_turn, stt, tts, fallback_tts, llm })
     }
 }
 
@@ -92,7 +99,7 @@ pub fn load_llm(store: &ModelStore, assistant: &Assistant) -> Result<Arc<dyn Lan
             let base = spec.base_url.clone().unwrap_or_else(|| "http://127.0.0.1:8000/v1".into());
             Ok(Arc::new(OpenAiLlm::new(&base, &spec.model, &key, Duration::from_secs(30))))
         }
-        _ => Ok(Arc::new(LocalEngine::new(store, &spec.model, LLM_THREADS)?)),
+        _ => Ok(Arc::new(LocalEngine::new(store, &spec.model, LLM_THREADS, LLM_BATCH_THREADS)?)),
     }
 }
 
@@ -171,7 +178,7 @@ pub async fn run_call(
     let agent = agent::Agent { ctx, system_prompt, first_message, events: events.clone() };
     let agent_task = tokio::spawn(agent.run(frames_rx, call_token.clone(), report.clone()));
     // Source last: the listener turns caller audio into frames.
-    let listener = listen::Listener { vad: engines.vad.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate() };
+    let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate() };
     let listen_task = tokio::spawn(listener.run(audio_in, frames_tx, call_token.clone()));
 
     hung_up.cancelled().await;

@@ -89,6 +89,15 @@ pub async fn run(ctx: Arc<TurnContext>, messages: Vec<Message>, input: TurnInput
     let _ = speaker.await;
 }
 
+/// Sends the conversation so far with `max_tokens: 1`, so that an engine with a KV cache
+/// (the local one) has processed it before the caller's first words arrive.
+pub async fn prefill(ctx: Arc<TurnContext>, messages: Vec<Message>) {
+    let request = ChatRequest { messages, tools: ctx.tools.clone(), max_tokens: 1, temperature: 0.0 };
+    if let Ok(mut stream) = ctx.llm.stream(request).await {
+        while stream.next().await.is_some() {}
+    }
+}
+
 /// [`respond`] with owned arguments, for spawning (text chat).
 pub async fn respond_owned(ctx: Arc<TurnContext>, messages: Vec<Message>, chunks: mpsc::Sender<String>, progress: Arc<Mutex<TurnProgress>>, cancel: CancellationToken) {
     respond(&ctx, messages, &chunks, &progress, &cancel).await

@@ -5,6 +5,7 @@
 //! `threshold - 0.15` — so a breath or a click neither opens nor closes a turn.
 
 pub mod silero;
+pub mod smart_turn;
 
 use serde::{Deserialize, Serialize};
 

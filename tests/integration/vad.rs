@@ -2,7 +2,6 @@
 
 use ringline::audio::Audio;
 use ringline::models::ModelStore;
-use ringline::tts::TextToSpeech;
 use ringline::vad::silero::{SileroStream, SileroVad};
 use ringline::vad::{VadDetector, VadEvent, VadParams, FRAME_MS, FRAME_SAMPLES};
 

@@ -1,0 +1,263 @@
+//! Whole calls through the real pipeline on the loopback line (`ringline simulate --json`).
+//!
+//! The first tests run on the local models end to end. The tool and failure tests put an
+//! OpenAI-compatible stand-in on loopback where a cloud LLM would be, so the model's
+//! replies — tool calls, garbage, silence — are exactly what each test needs; everything
+//! else (VAD, Smart Turn, whisper, Piper, the line) is real.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::standin::{self, Reply, Response, Server};
+use crate::support::{models_dir, ringline, run, run_ok, word_recall};
+
+struct Call {
+    report: Value,
+    dir: tempfile::TempDir,
+}
+
+impl Call {
+    fn said(&self, speaker: &str) -> Vec<String> {
+        self.report["transcript"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["speaker"] == speaker)
+            .map(|t| t["text"].as_str().unwrap().to_string())
+            .collect()
+    }
+    fn agent_text(&self) -> String {
+        self.said("agent").join(" ")
+    }
+    fn ended_by(&self) -> String {
+        self.report["ended_by"].as_str().unwrap_or("").to_string()
+    }
+}
+
+/// Writes the assistant (YAML body after `version`/`name`) and the caller script, runs the call.
+fn simulate(assistant_body: &str, caller: &str) -> Call {
+    let dir = tempfile::tempdir().unwrap();
+    let assistant = dir.path().join("assistant.yaml");
+    std::fs::write(&assistant, format!("version: 1\nname: Test line\n{assistant_body}")).unwrap();
+    let script = dir.path().join("caller.yaml");
+    std::fs::write(&script, caller).unwrap();
+    let out = dir.path().join("out");
+    let stdout = run_ok(
+        ringline()
+            .args(["simulate", "--json", "--assistant"])
+            .arg(&assistant)
+            .arg("--caller")
+            .arg(&script)
+            .arg("--out")
+            .arg(&out)
+            .env("RINGLINE_MODELS_DIR", models_dir()),
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    Call { report, dir }
+}
+
+/// The requests of the conversation itself: not the KV warm-up, not the post-call summary.
+fn conversation_requests(llm: &Server) -> Vec<Value> {
+    llm.requests().into_iter().filter(|r| r["max_tokens"] != json!(1) && r["messages"][0]["content"] == "You are a test assistant.").collect()
+}
+
+/// An assistant on the stand-in LLM, with extra YAML appended.
+fn standin_assistant(llm: &Server, extra: &str) -> String {
+    format!(
+        "system_prompt: You are a test assistant.\nfirst_message: Hello, how can I help?\nllm: {{ provider: openai, base_url: \"{}\", model: standin }}\n{extra}",
+        llm.url("/v1")
+    )
+}
+
+#[test]
+fn a_full_call_on_the_local_models_completes_and_is_heard_back() {
+    let assistant = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("assistants/luigis_booking.yaml")).unwrap();
+    let body = assistant
+        .lines()
+        .filter(|l| !l.starts_with("version:") && !l.starts_with("name:"))
+        .map(|l| l.replace("prompts/luigis_booking.j2", &Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/luigis_booking.j2").display().to_string()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let call = simulate(&body, "lines:\n  - say: \"Hi. Are you open on Sunday?\"\nfinal_wait_ms: 8000\n");
+    let caller = call.said("caller");
+    assert!(word_recall("are you open on sunday", &caller.join(" ")) >= 0.75, "{caller:?}");
+    let agent = call.said("agent");
+    assert!(agent.len() >= 2, "greeting and an answer expected: {agent:?}");
+    let turns = call.report["turns"].as_array().unwrap();
+    assert!(!turns.is_empty() && turns[0]["voice_to_voice"].as_f64().unwrap() > 0.0, "{turns:?}");
+    // What the agent meant to say is what the caller's ear got: transcribe the right channel.
+    let wav = call.dir.path().join("out/call.wav");
+    let right = call.dir.path().join("agent.wav");
+    crate::support::sox(&[wav.as_os_str(), right.as_os_str(), std::ffi::OsStr::new("remix"), std::ffi::OsStr::new("2")]);
+    let heard = run_ok(ringline().arg("transcribe").arg(&right).env("RINGLINE_MODELS_DIR", models_dir()));
+    let recall = word_recall(&agent.join(" "), &heard);
+    assert!(recall >= 0.7, "agent said {agent:?}; the line carried {heard:?} ({recall:.2})");
+}
+
+#[test]
+fn barge_in_stops_the_agent_and_history_keeps_only_what_was_heard() {
+    let long = "Our restaurant has a long history that goes back more than fifty years, and every single dish on our menu is prepared fresh each morning by our chefs, who trained in Naples and Rome, and we are very proud of our wood fired oven.";
+    let llm = standin::llm(vec![Reply::Text(long), Reply::Text("Of course, go ahead.")]);
+    let caller = "lines:\n  - say: \"Tell me about the restaurant.\"\n  - say: \"Sorry, can I ask something else?\"\n    barge_in_after_ms: 1500\nfinal_wait_ms: 5000\n";
+    let call = simulate(&standin_assistant(&llm, ""), caller);
+    let barge_ins = call.report["barge_ins"].as_array().unwrap();
+    assert_eq!(barge_ins.len(), 1, "{}", call.report);
+    let reaction = barge_ins[0]["reaction_ms"].as_f64().unwrap();
+    // Measured on the line's audio timeline: min_interrupt_ms (160) plus a few frames.
+    assert!(reaction < 1_000.0, "agent audio stopped {reaction} ms after the caller began");
+    let history = call.report["history"].as_array().unwrap();
+    let cut = history
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .find(|c| c.starts_with("Our restaurant"))
+        .unwrap_or_else(|| panic!("no interrupted reply in {history:?}"));
+    assert!(cut.len() < long.len() && cut.ends_with('—'), "history kept more than was heard: {cut}");
+    assert!(long.starts_with(cut.trim_end_matches('—')), "{cut}");
+    // The caller's interruption was answered.
+    assert!(call.agent_text().contains("go ahead"), "{}", call.agent_text());
+}
+
+#[test]
+fn a_cough_does_not_lose_the_reply() {
+    let reply = "Yes, we are open every day from noon until eleven at night, except on Mondays when we are closed.";
+    let llm = standin::llm(vec![Reply::Text(reply)]);
+    let caller = "lines:\n  - say: \"When are you open?\"\n  - noise_ms: 90\n    barge_in_after_ms: 1200\nfinal_wait_ms: 15000\n";
+    let call = simulate(&standin_assistant(&llm, ""), caller);
+    assert!(call.report["barge_ins"].as_array().unwrap().is_empty(), "a cough interrupted: {}", call.report);
+    assert!(call.agent_text().contains("closed"), "the reply was lost: {}", call.agent_text());
+}
+
+#[test]
+fn a_mid_sentence_pause_does_not_end_the_turn() {
+    let llm = standin::llm(vec![Reply::Text("Thank you, I have noted your number.")]);
+    let caller = "lines:\n  - say: \"My phone number is five five five ... one two three four.\"\n    inner_pause_ms: 600\nfinal_wait_ms: 5000\n";
+    let call = simulate(&standin_assistant(&llm, ""), caller);
+    let caller_turns = call.said("caller");
+    assert_eq!(caller_turns.len(), 1, "the pause split the turn: {caller_turns:?}");
+    // Both halves in the one turn (espeak's "five" is often heard as "fine").
+    assert!(word_recall("my phone number is one two three four", &caller_turns[0]) >= 0.8, "{caller_turns:?}");
+    // The LLM saw the whole number in one user message.
+    let users: Vec<String> = conversation_requests(&llm).iter().filter_map(|r| r["messages"].as_array().and_then(|m| m.last()).map(|m| m["content"].to_string())).collect();
+    assert_eq!(users.len(), 1, "{users:?}");
+}
+
+#[test]
+fn end_call_hangs_up_after_the_goodbye() {
+    let llm = standin::llm(vec![Reply::Tool { text: "Goodbye, have a lovely evening.", name: "end_call", arguments: "{\"reason\": \"caller is done\"}" }]);
+    let caller = "lines:\n  - say: \"That is all, thanks.\"\n  - say: \"Are you still there?\"\n    pause_ms: 4000\nfinal_wait_ms: 4000\n";
+    let call = simulate(&standin_assistant(&llm, "tools: [end_call]\n"), caller);
+    assert!(call.agent_text().contains("lovely evening"), "{}", call.agent_text());
+    assert!(call.ended_by().starts_with("agent: caller is done"), "{}", call.ended_by());
+    assert_eq!(call.said("caller").len(), 1, "the call went on after end_call: {:?}", call.said("caller"));
+}
+
+#[test]
+fn an_http_tool_gets_its_arguments_and_its_result_reaches_the_llm() {
+    let tool = Server::start(|_, _| Response { status: 200, content_type: "application/json", body: br#"{"available": true, "table": 12}"#.to_vec(), delay: Duration::ZERO });
+    let llm = standin::llm(vec![
+        Reply::Tool { text: "", name: "check_table", arguments: "{\"people\": 4, \"time\": \"19:00\"}" },
+        Reply::Text("Good news, table twelve is free."),
+    ]);
+    let tools = format!("tools:\n  - name: check_table\n    description: check availability\n    url: \"{}\"\n    parameters: {{ type: object, properties: {{ people: {{ type: integer }}, time: {{ type: string }} }} }}\n", tool.url("/availability"));
+    let call = simulate(&standin_assistant(&llm, &tools), "lines:\n  - say: \"Do you have a table for four at seven?\"\nfinal_wait_ms: 5000\n");
+    assert_eq!(tool.requests(), vec![json!({ "people": 4, "time": "19:00" })]);
+    let second = conversation_requests(&llm).into_iter().nth(1).expect("a second LLM round");
+    let tool_message = second["messages"].as_array().unwrap().iter().find(|m| m["role"] == "tool").expect("a tool message");
+    assert!(tool_message["content"].as_str().unwrap().contains("\"table\": 12"), "{tool_message}");
+    assert!(call.agent_text().contains("table twelve"), "{}", call.agent_text());
+}
+
+#[test]
+fn a_slow_tool_gets_a_filler_and_a_failing_one_an_apology() {
+    let slow = Server::start(|_, _| Response { status: 200, content_type: "application/json", body: b"{\"ok\": true}".to_vec(), delay: Duration::from_millis(2_500) });
+    let broken = Server::start(|_, _| Response { status: 500, content_type: "text/plain", body: b"database down".to_vec(), delay: Duration::ZERO });
+    let llm = standin::llm(vec![
+        Reply::Tool { text: "", name: "slow_lookup", arguments: "{}" },
+        Reply::Text("All done."),
+        Reply::Tool { text: "", name: "broken_lookup", arguments: "{}" },
+        Reply::Text(""),
+    ]);
+    let tools = format!(
+        "tools:\n  - {{ name: slow_lookup, url: \"{}\", filler: \"Bear with me one moment.\", filler_after_ms: 300 }}\n  - {{ name: broken_lookup, url: \"{}\" }}\n",
+        slow.url("/"),
+        broken.url("/")
+    );
+    // The caller waits out the slow tool (speaking over it would rightly interrupt the turn).
+    let caller = "lines:\n  - say: \"Can you look up my booking?\"\n  - say: \"And my loyalty points?\"\n    pause_ms: 4000\nfinal_wait_ms: 8000\n";
+    let call = simulate(&standin_assistant(&llm, &tools), caller);
+    let agent = call.agent_text();
+    assert!(agent.contains("Bear with me one moment"), "{agent}");
+    assert!(agent.contains("All done"), "{agent}");
+    assert!(agent.contains("couldn't complete that"), "{agent}");
+    let errors = call.report["errors"].to_string();
+    assert!(errors.contains("broken_lookup") && errors.contains("500"), "{errors}");
+}
+
+#[test]
+fn a_malformed_tool_call_goes_back_to_the_llm_as_an_error() {
+    let llm = standin::llm(vec![
+        Reply::Tool { text: "", name: "no_such_tool", arguments: "{not json" },
+        Reply::Text("Sorry about that, how else can I help?"),
+    ]);
+    let call = simulate(&standin_assistant(&llm, "tools: [end_call]\n"), "lines:\n  - say: \"Please cancel my order.\"\nfinal_wait_ms: 5000\n");
+    let second = conversation_requests(&llm).into_iter().nth(1).expect("a second LLM round");
+    let tool_message = second["messages"].as_array().unwrap().iter().find(|m| m["role"] == "tool").expect("a tool message").to_string();
+    assert!(tool_message.contains("error"), "{tool_message}");
+    assert!(call.agent_text().contains("how else can I help"), "{}", call.agent_text());
+}
+
+#[test]
+fn an_llm_that_is_down_or_talks_garbage_gets_an_apology_not_a_dead_call() {
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let caller = "lines:\n  - say: \"Hello?\"\n  - say: \"Hello, anyone there?\"\n  - say: \"I will try later.\"\nfinal_wait_ms: 20000\n";
+    let call = simulate(&format!("system_prompt: Test.\nllm: {{ provider: openai, base_url: \"{dead_url}\", model: x }}\n"), caller);
+    let agent = call.agent_text();
+    assert!(agent.contains("having trouble"), "{agent}");
+    assert!(agent.contains("can't continue the call"), "after three failures the agent says goodbye: {agent}");
+    assert!(call.ended_by().contains("LLM kept failing"), "{}", call.ended_by());
+    assert!(!call.report["errors"].as_array().unwrap().is_empty());
+
+    let garbage = standin::llm(vec![Reply::Garbage, Reply::Text("Sorry, I am back now.")]);
+    let call = simulate(&standin_assistant(&garbage, ""), "lines:\n  - say: \"Hello?\"\n  - say: \"Are you there?\"\nfinal_wait_ms: 5000\n");
+    assert!(call.agent_text().contains("having trouble") && call.agent_text().contains("back now"), "{}", call.agent_text());
+}
+
+#[test]
+fn idle_callers_are_reprompted_then_hung_up_on() {
+    let llm = standin::llm(vec![Reply::Text("Sure.")]);
+    let assistant = standin_assistant(&llm, "turn: { idle_reprompt_s: 2, idle_hangup_s: 5 }\n");
+    let call = simulate(&assistant, "lines:\n  - say: \"Hi.\"\n    then_silence_ms: 15000\nfinal_wait_ms: 15000\n");
+    let agent = call.agent_text();
+    assert!(agent.contains("Are you still there?"), "{agent}");
+    assert!(agent.contains("end the call now"), "{agent}");
+    assert_eq!(call.ended_by(), "agent: idle");
+}
+
+#[test]
+fn the_maximum_duration_ends_the_call_politely() {
+    let llm = standin::llm(vec![Reply::Text("Let me tell you all about it.")]);
+    let assistant = standin_assistant(&llm, "turn: { max_duration_s: 6, idle_reprompt_s: 30, idle_hangup_s: 60 }\n");
+    let call = simulate(&assistant, "lines:\n  - say: \"Tell me everything.\"\n    then_silence_ms: 15000\nfinal_wait_ms: 15000\n");
+    assert!(call.agent_text().contains("time limit"), "{}", call.agent_text());
+    assert_eq!(call.ended_by(), "agent: maximum duration");
+    let duration = call.report["duration_ms"].as_f64().unwrap();
+    assert!(duration < 20_000.0, "call lasted {duration} ms");
+}
+
+#[test]
+fn a_missing_required_variable_is_refused_before_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let assistant = dir.path().join("a.yaml");
+    std::fs::write(&assistant, "version: 1\nname: Renewals\nsystem_prompt: \"Remind {{ customer_name }}.\"\nvariables:\n  customer_name: { type: string, required: true }\n").unwrap();
+    let script = dir.path().join("c.yaml");
+    std::fs::write(&script, "lines: []\n").unwrap();
+    let (ok, _, stderr) = run(ringline().args(["simulate", "--assistant"]).arg(&assistant).arg("--caller").arg(&script).env("RINGLINE_MODELS_DIR", models_dir()));
+    assert!(!ok);
+    assert!(stderr.contains("customer_name") && stderr.contains("--var customer_name="), "{stderr}");
+    let _ = PathBuf::new();
+}
