@@ -125,10 +125,18 @@ async fn chat_completions(State(state): State<AppState>, body: axum::body::Bytes
 }
 
 /// Splits streamed text into content and tool calls.
+///
+/// Calls come as `<tool_call>{…}</tool_call>`, or — some models (Qwen2.5-Coder) skip the tags —
+/// as a reply that is nothing but `{"name": …, "arguments": …}` objects. A reply that opens
+/// with `{` is therefore held back until it ends, then parsed; spoken JSON is worse than a
+/// moment's delay.
 #[derive(Default)]
 struct CallScanner {
     buffer: String,
     in_call: bool,
+    /// Nothing emitted yet and the reply opens with `{`: hold everything.
+    bare_json: bool,
+    emitted: bool,
     calls: Vec<ParsedCall>,
 }
 
@@ -136,6 +144,26 @@ impl CallScanner {
     /// Feeds text; returns the content that is safe to emit now.
     fn feed(&mut self, text: &str) -> String {
         self.buffer.push_str(text);
+        if !self.emitted && !self.in_call {
+            let start = self.buffer.trim_start();
+            if start.is_empty() {
+                return String::new();
+            }
+            if start.starts_with('{') {
+                self.bare_json = true;
+            }
+        }
+        if self.bare_json {
+            return String::new();
+        }
+        let content = self.scan();
+        if !content.is_empty() {
+            self.emitted = true;
+        }
+        content
+    }
+
+    fn scan(&mut self) -> String {
         let mut content = String::new();
         loop {
             if self.in_call {
@@ -163,6 +191,23 @@ impl CallScanner {
 
     /// At the end: an unclosed call still counts if its JSON parses; anything else is content.
     fn finish(&mut self) -> String {
+        if self.bare_json {
+            let body = std::mem::take(&mut self.buffer);
+            let calls: Option<Vec<ParsedCall>> = split_json_objects(&body).iter().map(|o| parse_call(o)).collect();
+            match calls {
+                Some(calls) if !calls.is_empty() => {
+                    self.calls.extend(calls);
+                    return String::new();
+                }
+                _ => {
+                    self.bare_json = false;
+                    self.buffer = body;
+                    let mut content = self.scan();
+                    content.push_str(&std::mem::take(&mut self.buffer));
+                    return content;
+                }
+            }
+        }
         let rest = std::mem::take(&mut self.buffer);
         if self.in_call {
             if let Some(call) = parse_call(&rest) {
@@ -172,6 +217,46 @@ impl CallScanner {
         }
         rest
     }
+}
+
+/// Top-level `{…}` objects in `text`, in order (braces inside strings respected).
+fn split_json_objects(text: &str) -> Vec<String> {
+    let mut objects = Vec::new();
+    let (mut depth, mut in_string, mut escaped, mut start) = (0usize, false, false, None);
+    for (i, c) in text.char_indices() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' => {
+                if depth == 0 {
+                    start = Some(i);
+                }
+                depth += 1;
+            }
+            '}' if depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    if let Some(s) = start.take() {
+                        objects.push(text[s..=i].to_string());
+                    }
+                }
+            }
+            c if depth == 0 && !c.is_whitespace() => return Vec::new(), // prose between objects: not calls
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Vec::new();
+    }
+    objects
 }
 
 fn chunk(id: &str, model: &str, delta: Value, finish: Option<&str>) -> Value {
@@ -298,5 +383,21 @@ mod tests {
         content.push_str(&scanner.finish());
         assert_eq!(content, "Okay, goodbye! ");
         assert_eq!(scanner.calls, vec![ParsedCall { name: "end_call".into(), arguments: "{}".into() }]);
+    }
+
+    #[test]
+    fn bare_json_calls_are_calls_and_bare_json_prose_is_content() {
+        let mut scanner = CallScanner::default();
+        let mut content = scanner.feed("{\"name\":");
+        content.push_str(&scanner.feed(" \"set_disposition\", \"arguments\": {\"disposition\": \"booked\"}}"));
+        content.push_str(&scanner.finish());
+        assert_eq!(content, "");
+        assert_eq!(scanner.calls, vec![ParsedCall { name: "set_disposition".into(), arguments: "{\"disposition\":\"booked\"}".into() }]);
+
+        let mut scanner = CallScanner::default();
+        let mut content = scanner.feed("{curly} braces are fun.");
+        content.push_str(&scanner.finish());
+        assert_eq!(content, "{curly} braces are fun.");
+        assert!(scanner.calls.is_empty());
     }
 }

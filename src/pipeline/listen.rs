@@ -26,6 +26,7 @@ use crate::assistant::TurnSpec;
 use crate::audio::resample::StreamResampler;
 use crate::audio::MODEL_RATE;
 use crate::stt::{SpeechToText, Transcript};
+use crate::transport::live::LiveReceiver;
 use crate::vad::silero::{SileroStream, SileroVad};
 use crate::vad::smart_turn::SmartTurn;
 use crate::vad::{VadDetector, VadEvent, FRAME_MS, FRAME_SAMPLES};
@@ -54,7 +55,7 @@ enum Phase {
 }
 
 impl Listener {
-    pub async fn run(self, mut audio_in: mpsc::Receiver<Vec<f32>>, out: mpsc::Sender<Frame>, cancel: CancellationToken) {
+    pub async fn run(self, mut audio_in: LiveReceiver, out: mpsc::Sender<Frame>, cancel: CancellationToken) {
         let mut resampler = match StreamResampler::new(self.input_rate, MODEL_RATE, (self.input_rate / 50) as usize) {
             Ok(r) => Some(r),
             Err(e) if self.input_rate == MODEL_RATE => {

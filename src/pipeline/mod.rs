@@ -5,8 +5,8 @@
 //! agent ─► turn (LLM stream ─► chunker ─► speaker: TTS ─► resample) ─► transport out
 //! ```
 //!
-//! Edges and their policies: caller audio is live — the transport drops the oldest chunk when
-//! the call falls behind and counts the drop; frames from the listener to the agent are few
+//! Edges and their policies: caller audio is live — `transport::live` drops the oldest chunk
+//! when the listener falls behind and counts the drop (`audio_dropped` in the report); frames from the listener to the agent are few
 //! and block (bounded at 64); text chunks to the speaker block (bounded at 32); events for
 //! display are unbounded because they are a handful per turn.
 //!
@@ -38,6 +38,7 @@ use crate::llm::{LanguageModel, LlmError, Message};
 use crate::models::ModelStore;
 use crate::stt::whisper::WhisperStt;
 use crate::stt::SpeechToText;
+use crate::transport::live::LiveReceiver;
 use crate::transport::AudioOut;
 use crate::tts::TextToSpeech;
 use crate::vad::silero::SileroVad;
@@ -147,7 +148,7 @@ pub async fn run_call(
     engines: Arc<Engines>,
     setup: CallSetup,
     out: Arc<dyn AudioOut>,
-    audio_in: mpsc::Receiver<Vec<f32>>,
+    audio_in: LiveReceiver,
     hung_up: CancellationToken,
     events: mpsc::UnboundedSender<CallEvent>,
 ) -> anyhow::Result<CallReport> {

@@ -32,6 +32,8 @@ pub const MAX_TOOL_ROUNDS: usize = 3;
 pub const LLM_APOLOGY: &str = "I'm sorry, I'm having trouble answering right now. Could you say that again?";
 /// Said when a tool failed and the LLM said nothing about it.
 pub const TOOL_APOLOGY: &str = "I'm sorry, I couldn't complete that right now.";
+/// Said when the LLM only called tools, round after round.
+pub const ROUNDS_EXHAUSTED: &str = "Sorry, could you tell me that once more?";
 /// Said after end_call when the LLM gave no goodbye of its own.
 pub const GOODBYE: &str = "Thank you for calling. Goodbye.";
 
@@ -212,6 +214,11 @@ pub async fn respond(
         }
         if round + 1 == MAX_TOOL_ROUNDS {
             tracing::warn!("tool rounds exhausted");
+            if !spoke {
+                // The model kept calling tools without a word: never leave the caller in silence.
+                let _ = chunks.send(ROUNDS_EXHAUSTED.to_string()).await;
+                return;
+            }
         }
     }
     if tool_failed && !spoke {

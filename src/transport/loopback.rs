@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::live::{LiveReceiver, LiveSender};
 use super::AudioOut;
 use crate::audio::Audio;
 
@@ -32,6 +32,8 @@ pub struct LineLog {
     pub hung_up_by_agent: Option<Duration>,
     pub dtmf_sent: String,
     pub transfers: Vec<String>,
+    /// Caller audio chunks dropped because the call fell behind real time.
+    pub audio_dropped: u64,
 }
 
 struct Segment {
@@ -62,10 +64,10 @@ pub struct LoopbackLine {
 
 impl LoopbackLine {
     /// Creates the line and starts its clock; caller audio arrives on the returned receiver.
-    pub fn start(rate: u32) -> (LoopbackLine, mpsc::Receiver<Vec<f32>>) {
+    pub fn start(rate: u32) -> (LoopbackLine, LiveReceiver) {
         let line = LoopbackLine { rate, state: Arc::new(Mutex::new(State::default())), hangup: CancellationToken::new() };
-        // Live audio: if the call falls behind, the oldest chunks are dropped (see `tick`).
-        let (tx, rx) = mpsc::channel(AUDIO_IN_DEPTH);
+        // Live audio: if the call falls behind, the oldest chunks are dropped and counted.
+        let (tx, rx) = super::live::channel(AUDIO_IN_DEPTH);
         tokio::spawn(line.clone().run_clock(tx));
         (line, rx)
     }
@@ -75,27 +77,19 @@ impl LoopbackLine {
     }
 
 
-    async fn run_clock(self, audio_in: mpsc::Sender<Vec<f32>>) {
+    async fn run_clock(self, audio_in: LiveSender) {
         let chunk = (self.rate / 50) as usize;
         let start = Instant::now();
         let mut interval = tokio::time::interval_at(tokio::time::Instant::from_std(start), TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let mut dropped = 0u64;
         loop {
             tokio::select! {
                 _ = self.hangup.cancelled() => break,
                 _ = interval.tick() => {}
             }
-            let caller_chunk = self.tick(chunk);
-            match audio_in.try_send(caller_chunk) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    dropped += 1;
-                    tracing::warn!(dropped, "call is behind real time; dropping caller audio");
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => break,
-            }
+            audio_in.push(self.tick(chunk));
         }
+        self.lock().log.audio_dropped = audio_in.dropped();
     }
 
     /// One 20 ms step in both directions; returns the caller's chunk.

@@ -5,6 +5,7 @@
 //! can ask how much of each segment the caller actually heard, and `clear` drops everything
 //! not yet played — the equivalent of Twilio's `clear` or flushing an RTP queue.
 
+pub mod live;
 pub mod loopback;
 
 use std::time::Duration;

@@ -1,0 +1,105 @@
+//! The live-audio edge from a transport to the listener.
+//!
+//! Bounded, and never blocking the transport: when the listener falls behind, the *oldest*
+//! chunk is dropped — stale audio is worth less than fresh — and the drop is counted, so a
+//! call that cannot keep up shows it in its report instead of drifting further behind.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+struct Shared {
+    queue: Mutex<VecDeque<Vec<f32>>>,
+    capacity: usize,
+    notify: Notify,
+    closed: AtomicBool,
+    dropped: AtomicU64,
+}
+
+/// Creates the edge; `capacity` chunks are buffered before the oldest is dropped.
+pub fn channel(capacity: usize) -> (LiveSender, LiveReceiver) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::with_capacity(capacity)),
+        capacity: capacity.max(1),
+        notify: Notify::new(),
+        closed: AtomicBool::new(false),
+        dropped: AtomicU64::new(0),
+    });
+    (LiveSender { shared: shared.clone() }, LiveReceiver { shared })
+}
+
+pub struct LiveSender {
+    shared: Arc<Shared>,
+}
+
+impl LiveSender {
+    /// Queues a chunk, dropping the oldest if full.
+    pub fn push(&self, chunk: Vec<f32>) {
+        let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.len() >= self.shared.capacity {
+            queue.pop_front();
+            let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(dropped, "listener behind real time: dropped the oldest caller audio");
+        }
+        queue.push_back(chunk);
+        drop(queue);
+        self.shared.notify.notify_one();
+    }
+
+    /// Chunks dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for LiveSender {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.notify.notify_one();
+    }
+}
+
+pub struct LiveReceiver {
+    shared: Arc<Shared>,
+}
+
+impl LiveReceiver {
+    /// The next chunk, or `None` once the sender is gone and the queue is drained.
+    pub async fn recv(&mut self) -> Option<Vec<f32>> {
+        loop {
+            let notified = self.shared.notify.notified();
+            if let Some(chunk) = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+                return Some(chunk);
+            }
+            if self.shared.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_oldest_chunk_is_dropped_and_counted() {
+        let (tx, mut rx) = channel(2);
+        for i in 0..4 {
+            tx.push(vec![i as f32]);
+        }
+        assert_eq!(tx.dropped(), 2);
+        assert_eq!(rx.recv().await, Some(vec![2.0]));
+        assert_eq!(rx.recv().await, Some(vec![3.0]));
+        drop(tx);
+        assert_eq!(rx.recv().await, None);
+        assert_eq!(rx.dropped(), 2);
+    }
+}
