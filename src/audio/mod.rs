@@ -62,6 +62,20 @@ impl Audio {
         Ok(Audio::new(resample(&self.samples, self.rate, rate)?, rate))
     }
 
+    /// 16-bit PCM mono WAV in memory.
+    pub fn to_wav_bytes(&self) -> Result<Vec<u8>, hound::Error> {
+        let spec = hound::WavSpec { channels: 1, sample_rate: self.rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let mut cursor = std::io::Cursor::new(Vec::new());
+        {
+            let mut writer = hound::WavWriter::new(&mut cursor, spec)?;
+            for sample in &self.samples {
+                writer.write_sample(f32_to_i16(*sample))?;
+            }
+            writer.finalize()?;
+        }
+        Ok(cursor.into_inner())
+    }
+
     /// Writes 16-bit PCM mono WAV.
     pub fn write_wav(&self, path: &Path) -> Result<(), hound::Error> {
         write_wav_channels(path, self.rate, &[&self.samples])

@@ -111,7 +111,7 @@ pub async fn simulate_call(
     }
     let caller_voice = crate::tts::load_voice(store, &script.voice, 1).with_context(|| format!("loading the caller's voice {}", script.voice))?;
     let caller = ScriptedCaller::prepare(script, caller_voice.as_ref(), line_rate)?;
-    let (line, audio_in) = LoopbackLine::start(line_rate);
+    let (line, input) = LoopbackLine::start(line_rate);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(print_events(events_rx, print));
     tokio::spawn(caller.run(line.clone()));
@@ -122,7 +122,7 @@ pub async fn simulate_call(
     };
     let limit = Duration::from_secs_f32(assistant.spec.turn.max_duration_s + 30.0);
     let out: Arc<dyn AudioOut> = Arc::new(line.clone());
-    let call = pipeline::run_call(engines.clone(), setup, out, audio_in, line.hung_up(), events_tx);
+    let call = pipeline::run_call(engines.clone(), setup, out, input, line.hung_up(), events_tx);
     let mut report = match tokio::time::timeout(limit, call).await {
         Ok(report) => report?,
         Err(_) => {

@@ -22,7 +22,7 @@ pub enum LlmError {
     Request { endpoint: String, reason: String },
     #[error("the LLM endpoint {endpoint} sent something unreadable: {reason}")]
     Garbage { endpoint: String, reason: String },
-    #[error("the environment variable {0} (named by the assistant's llm.api_key_env) is not set")]
+    #[error("the environment variable {0} (named by the assistant's api_key_env) is not set: export it with the provider's key")]
     MissingKey(String),
 }
 

@@ -36,13 +36,15 @@ use crate::llm::local::LocalEngine;
 use crate::llm::openai::OpenAiLlm;
 use crate::llm::{LanguageModel, LlmError, Message};
 use crate::models::ModelStore;
+use crate::stt::openai::OpenAiStt;
 use crate::stt::whisper::WhisperStt;
 use crate::stt::SpeechToText;
-use crate::transport::live::LiveReceiver;
-use crate::transport::AudioOut;
+use crate::transport::{AudioOut, CallInput};
+use crate::tts::openai::OpenAiTts;
 use crate::tts::TextToSpeech;
 use crate::vad::silero::SileroVad;
 use crate::vad::smart_turn::SmartTurn;
+use frames::Frame;
 use metrics::TurnTimings;
 
 /// Threads per engine on a 2-core machine. Whisper runs alone (the caller just stopped), so
@@ -75,16 +77,38 @@ impl Engines {
             m if m.starts_with("whisper-") => m.to_string(),
             m => format!("whisper-{m}"),
         };
-        let stt: Arc<dyn SpeechToText> =
-            Arc::new(WhisperStt::load(store, &stt_model, STT_THREADS, Some(&assistant.spec.language))?.without_timestamps());
-        let voice_name = match assistant.spec.voice.provider.as_str() {
-            "espeak" => format!("espeak:{}", assistant.spec.voice.name),
-            _ => assistant.spec.voice.name.clone(),
+        let stt_spec = &assistant.spec.stt;
+        let stt: Arc<dyn SpeechToText> = match stt_spec.provider.as_str() {
+            "openai" => Arc::new(OpenAiStt::new(
+                stt_spec.base_url.as_deref().unwrap_or("http://127.0.0.1:8000/v1"),
+                &stt_spec.model,
+                &api_key(stt_spec.api_key_env.as_deref())?,
+                Some(&assistant.spec.language),
+            )),
+            _ => Arc::new(WhisperStt::load(store, &stt_model, STT_THREADS, Some(&assistant.spec.language))?.without_timestamps()),
         };
-        let tts: Arc<dyn TextToSpeech> = Arc::from(crate::tts::load_voice(store, &voice_name, TTS_THREADS)?);
+        let voice = &assistant.spec.voice;
+        let tts: Arc<dyn TextToSpeech> = match voice.provider.as_str() {
+            "openai" => Arc::new(OpenAiTts::new(
+                voice.base_url.as_deref().unwrap_or("http://127.0.0.1:8000/v1"),
+                voice.model.as_deref().unwrap_or("tts-1"),
+                &voice.name,
+                &api_key(voice.api_key_env.as_deref())?,
+            )),
+            "espeak" => Arc::from(crate::tts::load_voice(store, &format!("espeak:{}", voice.name), TTS_THREADS)?),
+            _ => Arc::from(crate::tts::load_voice(store, &voice.name, TTS_THREADS)?),
+        };
         let fallback_tts: Arc<dyn TextToSpeech> = Arc::new(crate::tts::espeak::EspeakVoice::new("en-us"));
         let llm = load_llm(store, assistant)?;
         Ok(Engines { vad, smart_turn, stt, tts, fallback_tts, llm })
+    }
+}
+
+/// The key in the environment variable an assistant names (`api_key_env`), or none.
+fn api_key(variable: Option<&str>) -> Result<String, LlmError> {
+    match variable {
+        Some(var) => std::env::var(var).map_err(|_| LlmError::MissingKey(var.to_string())),
+        None => Ok(String::new()),
     }
 }
 
@@ -93,10 +117,7 @@ pub fn load_llm(store: &ModelStore, assistant: &Assistant) -> Result<Arc<dyn Lan
     let spec = &assistant.spec.llm;
     match spec.provider.as_str() {
         "openai" => {
-            let key = match &spec.api_key_env {
-                Some(var) => std::env::var(var).map_err(|_| LlmError::MissingKey(var.clone()))?,
-                None => String::new(),
-            };
+            let key = api_key(spec.api_key_env.as_deref())?;
             let base = spec.base_url.clone().unwrap_or_else(|| "http://127.0.0.1:8000/v1".into());
             Ok(Arc::new(OpenAiLlm::new(&base, &spec.model, &key, Duration::from_secs(30))))
         }
@@ -148,7 +169,7 @@ pub async fn run_call(
     engines: Arc<Engines>,
     setup: CallSetup,
     out: Arc<dyn AudioOut>,
-    audio_in: LiveReceiver,
+    input: CallInput,
     hung_up: CancellationToken,
     events: mpsc::UnboundedSender<CallEvent>,
 ) -> anyhow::Result<CallReport> {
@@ -180,7 +201,17 @@ pub async fn run_call(
     let agent_task = tokio::spawn(agent.run(frames_rx, call_token.clone(), report.clone()));
     // Source last: the listener turns caller audio into frames.
     let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate() };
-    let listen_task = tokio::spawn(listener.run(audio_in, frames_tx, call_token.clone()));
+    let CallInput { audio, mut dtmf } = input;
+    // Keypad digits go straight to the agent.
+    let dtmf_frames = frames_tx.clone();
+    tokio::spawn(async move {
+        while let Some(digit) = dtmf.recv().await {
+            if dtmf_frames.send(Frame::Dtmf(digit)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let listen_task = tokio::spawn(listener.run(audio, frames_tx, call_token.clone()));
 
     hung_up.cancelled().await;
     call_token.cancel();

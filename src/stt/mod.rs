@@ -3,6 +3,7 @@
 //! A provider turns a finished utterance (mono, 16 kHz) into text with timings. It knows
 //! nothing of calls or assistants; the pipeline decides when an utterance is finished.
 
+pub mod openai;
 pub mod whisper;
 
 use std::time::Duration;
@@ -15,6 +16,8 @@ pub enum SttError {
     Model(#[from] crate::models::ModelError),
     #[error("whisper failed: {0}")]
     Whisper(String),
+    #[error("the transcription endpoint {endpoint} failed: {reason}")]
+    Remote { endpoint: String, reason: String },
 }
 
 /// A transcription with segment timings.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::live::{LiveReceiver, LiveSender};
+use super::live::LiveSender;
 use super::AudioOut;
 use crate::audio::Audio;
 
@@ -60,16 +60,25 @@ pub struct LoopbackLine {
     rate: u32,
     state: Arc<Mutex<State>>,
     hangup: CancellationToken,
+    dtmf: tokio::sync::mpsc::UnboundedSender<char>,
 }
 
 impl LoopbackLine {
     /// Creates the line and starts its clock; caller audio arrives on the returned receiver.
-    pub fn start(rate: u32) -> (LoopbackLine, LiveReceiver) {
-        let line = LoopbackLine { rate, state: Arc::new(Mutex::new(State::default())), hangup: CancellationToken::new() };
+    pub fn start(rate: u32) -> (LoopbackLine, super::CallInput) {
+        let (dtmf, dtmf_rx) = tokio::sync::mpsc::unbounded_channel();
+        let line = LoopbackLine { rate, state: Arc::new(Mutex::new(State::default())), hangup: CancellationToken::new(), dtmf };
         // Live audio: if the call falls behind, the oldest chunks are dropped and counted.
         let (tx, rx) = super::live::channel(AUDIO_IN_DEPTH);
         tokio::spawn(line.clone().run_clock(tx));
-        (line, rx)
+        (line, super::CallInput { audio: rx, dtmf: dtmf_rx })
+    }
+
+    /// The caller presses keys.
+    pub fn caller_presses(&self, digits: &str) {
+        for digit in digits.chars() {
+            let _ = self.dtmf.send(digit);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -250,6 +259,8 @@ pub struct CallerLine {
     pub say: Option<String>,
     /// A burst of noise this long (a cough), instead of words.
     pub noise_ms: Option<u32>,
+    /// Keypad digits to press, instead of words.
+    pub dtmf: Option<String>,
     /// Silence to leave after the agent stops talking before this line.
     #[serde(default = "default_pause_ms")]
     pub pause_ms: u64,
@@ -327,6 +338,14 @@ impl ScriptedCaller {
                 tokio::time::sleep(Duration::from_millis(after)).await;
             } else {
                 wait_for_agent_turn(&line, Duration::from_millis(spec.pause_ms), idle).await;
+            }
+            if let Some(digits) = &spec.dtmf {
+                line.caller_presses(digits);
+                let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+                while line.is_idle() && tokio::time::Instant::now() < deadline && !line.is_hung_up() {
+                    tokio::time::sleep(TICK).await;
+                }
+                continue;
             }
             if samples.is_empty() {
                 continue;

@@ -10,6 +10,15 @@ pub mod loopback;
 
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
+/// What a transport delivers into a call: live audio, and keypad digits (out of band, as
+/// Twilio and RTP telephone-events carry them). Digits are few: that channel is unbounded.
+pub struct CallInput {
+    pub audio: live::LiveReceiver,
+    pub dtmf: mpsc::UnboundedReceiver<char>,
+}
+
 /// The agent's side of the line.
 pub trait AudioOut: Send + Sync {
     /// The transport's sample rate.

@@ -4,6 +4,7 @@
 //! ready, so the first words play while later ones are still being synthesized.
 
 pub mod espeak;
+pub mod openai;
 pub mod piper;
 
 use crate::audio::Audio;
@@ -17,6 +18,8 @@ pub enum TtsError {
     Onnx(#[from] crate::onnx::OnnxError),
     #[error(transparent)]
     Espeak(#[from] espeak::EspeakError),
+    #[error("the speech endpoint {endpoint} failed: {reason}")]
+    Remote { endpoint: String, reason: String },
     #[error("voice config {path}: {reason}")]
     Config { path: std::path::PathBuf, reason: String },
 }

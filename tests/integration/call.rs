@@ -261,3 +261,35 @@ fn a_missing_required_variable_is_refused_before_the_call() {
     assert!(stderr.contains("customer_name") && stderr.contains("--var customer_name="), "{stderr}");
     let _ = PathBuf::new();
 }
+
+#[test]
+fn keypad_digits_reach_the_turn_manager() {
+    let llm = standin::llm(vec![Reply::Text("You chose billing. How can I help with your bill?")]);
+    let call = simulate(&standin_assistant(&llm, ""), "lines:\n  - dtmf: \"2\"\nfinal_wait_ms: 6000\n");
+    let request = conversation_requests(&llm).into_iter().next().expect("the digit started a turn");
+    let last = request["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["content"], "(the caller pressed 2 on the keypad)", "{request}");
+    assert!(call.agent_text().contains("You chose billing"), "{}", call.agent_text());
+}
+
+#[test]
+fn cloud_stt_and_tts_endpoints_are_a_configuration_switch() {
+    let stt = Server::start(|_, _| Response { status: 200, content_type: "application/json", body: br#"{"text": "I would like to book a table."}"#.to_vec(), delay: Duration::ZERO });
+    let tone = ringline::audio::Audio::new((0..24_000).map(|i| 0.2 * (i as f32 * 0.05).sin()).collect(), 24_000).to_wav_bytes().unwrap();
+    let tts = Server::start(move |_, _| Response { status: 200, content_type: "audio/wav", body: tone.clone(), delay: Duration::ZERO });
+    let llm = standin::llm(vec![Reply::Text("Certainly, for how many people?")]);
+    let extra = format!(
+        "stt: {{ provider: openai, base_url: \"{}\", model: whisper-1 }}\nvoice: {{ provider: openai, base_url: \"{}\", model: tts-1, name: alloy }}\n",
+        stt.url("/v1"),
+        tts.url("/v1")
+    );
+    let call = simulate(&standin_assistant(&llm, &extra), "lines:\n  - say: \"Hello there, I need a table.\"\nfinal_wait_ms: 6000\n");
+    assert_eq!(call.said("caller"), vec!["I would like to book a table."]);
+    let uploads = stt.requests();
+    assert!(!uploads.is_empty());
+    let form = uploads[0]["raw"].as_str().unwrap_or_default();
+    assert!(form.contains("filename=\"utterance.wav\"") && form.contains("whisper-1"), "{}", &form[..form.len().min(300)]);
+    let spoken: Vec<String> = tts.requests().iter().map(|r| r["input"].as_str().unwrap_or_default().to_string()).collect();
+    assert!(spoken.iter().any(|s| s.contains("for how many people")), "{spoken:?}");
+    assert!(tts.requests().iter().all(|r| r["voice"] == "alloy" && r["response_format"] == "wav"));
+}
