@@ -267,10 +267,9 @@ fn report_json(call: &SimulatedCall) -> anyhow::Result<String> {
 }
 
 /// A line with no audio, for `chat`: it records what the tools did.
-#[derive(Default)]
 struct TextLine {
     log: Mutex<Vec<String>>,
-    started: Option<std::time::Instant>,
+    started: std::time::Instant,
 }
 
 impl AudioOut for TextLine {
@@ -278,7 +277,7 @@ impl AudioOut for TextLine {
         16_000
     }
     fn now(&self) -> Duration {
-        self.started.map(|s| s.elapsed()).unwrap_or_default()
+        self.started.elapsed()
     }
     fn play(&self, _segment: u64, _samples: Vec<f32>) {}
     fn clear(&self) -> Duration {
@@ -314,7 +313,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
         let llm = pipeline::load_llm(&store, &assistant)?;
         llm.warm_up().await.context("starting the LLM")?;
         let espeak: Arc<dyn crate::tts::TextToSpeech> = Arc::new(crate::tts::espeak::EspeakVoice::new("en-us"));
-        let line = Arc::new(TextLine { started: Some(std::time::Instant::now()), ..TextLine::default() });
+        let line = Arc::new(TextLine { log: Mutex::new(Vec::new()), started: std::time::Instant::now() });
         let ctx = Arc::new(TurnContext {
             llm,
             tts: espeak.clone(),

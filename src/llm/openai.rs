@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
 use async_openai::Client;
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -31,7 +32,7 @@ impl OpenAiLlm {
 }
 
 struct StreamState {
-    chunks: futures::stream::BoxStream<'static, Result<Value, async_openai::error::OpenAIError>>,
+    chunks: futures::stream::BoxStream<'static, Result<Value, OpenAIError>>,
     endpoint: String,
     calls: BTreeMap<u64, PartialCall>,
     usage: Usage,
@@ -119,10 +120,9 @@ impl LanguageModel for OpenAiLlm {
                         Some(Err(e)) => {
                             state.ended = true;
                             let reason = e.to_string();
-                            let error = if reason.contains("deserializ") || reason.contains("JSON") {
-                                LlmError::Garbage { endpoint: state.endpoint.clone(), reason }
-                            } else {
-                                LlmError::Request { endpoint: state.endpoint.clone(), reason }
+                            let error = match e {
+                                OpenAIError::JSONDeserialize(..) => LlmError::Garbage { endpoint: state.endpoint.clone(), reason },
+                                _ => LlmError::Request { endpoint: state.endpoint.clone(), reason },
                             };
                             state.pending.push_back(Err(error));
                         }

@@ -148,7 +148,6 @@ impl Agent {
                 report.lock().unwrap_or_else(|e| e.into_inner()).errors.push(format!("{stage}: {message}"));
                 self.emit(CallEvent::Error(format!("{stage}: {message}")));
             }
-            Frame::End { .. } => {}
             _ => {}
         }
     }

@@ -60,6 +60,4 @@ pub struct UserTurn {
     pub decided_at: Duration,
     /// When the final transcript was ready.
     pub transcribed_at: Duration,
-    /// STT processing time of the final transcript.
-    pub stt: Duration,
 }

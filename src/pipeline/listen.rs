@@ -35,9 +35,9 @@ use crate::vad::{VadDetector, VadEvent, FRAME_MS, FRAME_SAMPLES};
 const PRE_ROLL_MS: usize = 320;
 /// The longest utterance sent to STT at once (whisper's window).
 const MAX_UTTERANCE_SECS: usize = 28;
-/// What the listener learns when the caller stops: the words, how long STT took, and
-/// Smart Turn's probability that the turn is complete.
-type Heard = (Transcript, Duration, Option<f32>);
+/// What the listener learns when the caller stops: the words, and Smart Turn's probability
+/// that the turn is complete.
+type Heard = (Transcript, Option<f32>);
 
 pub struct Listener {
     pub vad: Arc<SileroVad>,
@@ -56,20 +56,17 @@ enum Phase {
 
 impl Listener {
     pub async fn run(self, mut audio_in: LiveReceiver, out: mpsc::Sender<Frame>, cancel: CancellationToken) {
-        let mut resampler = match StreamResampler::new(self.input_rate, MODEL_RATE, (self.input_rate / 50) as usize) {
-            Ok(r) => Some(r),
-            Err(e) if self.input_rate == MODEL_RATE => {
-                tracing::debug!(%e, "no resampling needed");
-                None
-            }
-            Err(e) => {
-                let _ = out.send(Frame::Error { stage: "listen", message: e.to_string() }).await;
-                return;
+        let mut resampler = if self.input_rate == MODEL_RATE {
+            None
+        } else {
+            match StreamResampler::new(self.input_rate, MODEL_RATE, (self.input_rate / 50) as usize) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let _ = out.send(Frame::Error { stage: "listen", message: e.to_string() }).await;
+                    return;
+                }
             }
         };
-        if self.input_rate == MODEL_RATE {
-            resampler = None;
-        }
         let mut stream = SileroStream::default();
         let mut detector = VadDetector::new(self.turn.vad_params());
         let mut pending: Vec<f32> = Vec::new();
@@ -99,7 +96,6 @@ impl Listener {
                     }
                 }
             };
-            let now = frame_time(detector.frames());
             if let Some(chunk) = chunk {
                 let samples = match resampler.as_mut() {
                     Some(r) => r.push(&chunk).unwrap_or_default(),
@@ -146,8 +142,8 @@ impl Listener {
                 }
             }
             // Decide the end of turn.
-            let now = frame_time(detector.frames()).max(now);
-            if let Phase::Deciding { speech_end, stopped_at, transcript: Some(((transcript, stt_time, probability), arrived)), .. } = &phase {
+            let now = frame_time(detector.frames());
+            if let Phase::Deciding { speech_end, stopped_at, transcript: Some(((transcript, probability), arrived)), .. } = &phase {
                 let finished = turn_complete(&transcript.text, *probability, self.turn.smart_turn_threshold);
                 let waited = now.saturating_sub(*stopped_at);
                 if finished || waited >= Duration::from_millis(self.turn.incomplete_wait_ms as u64) {
@@ -156,7 +152,6 @@ impl Listener {
                         speech_end: *speech_end,
                         decided_at: now,
                         transcribed_at: *arrived,
-                        stt: *stt_time,
                     };
                     if out.send(Frame::TranscriptFinal(turn)).await.is_err() {
                         return;
@@ -179,18 +174,16 @@ impl Listener {
         let audio = Arc::new(utterance);
         let audio_for_turn = audio.clone();
         let words = tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            let transcript = stt.transcribe(&audio).unwrap_or_else(|e| {
+            stt.transcribe(&audio).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "transcription failed");
                 Transcript::default()
-            });
-            (transcript, started.elapsed())
+            })
         });
         let complete = tokio::task::spawn_blocking(move || smart_turn.probability(&audio_for_turn).ok());
         tokio::spawn(async move {
-            let (transcript, took) = words.await.unwrap_or_default();
+            let transcript = words.await.unwrap_or_default();
             let probability = complete.await.ok().flatten();
-            let _ = tx.send((transcript, took, probability));
+            let _ = tx.send((transcript, probability));
         });
         rx
     }

@@ -291,7 +291,7 @@ impl CallerScript {
 /// Plays a [`CallerScript`] into a line, taking turns with the agent.
 pub struct ScriptedCaller {
     pub script: CallerScript,
-    /// Each line's audio at the line's rate (`None` for noise lines until generated).
+    /// Each line's audio at the line's rate (empty for keypad lines).
     audio: Vec<Vec<f32>>,
 }
 
@@ -322,29 +322,22 @@ impl ScriptedCaller {
 
     /// Runs the script on `line`; `agent_idle` tells whether the agent is silent.
     pub async fn run(self, line: LoopbackLine) {
-        let idle = |line: &LoopbackLine| line.is_idle();
         // Let the agent say its first message.
-        wait_for_agent_turn(&line, Duration::from_millis(600), idle).await;
+        wait_for_quiet(&line, Duration::from_millis(600), tokio::time::Instant::now() + ANSWER_TIMEOUT).await;
         for (spec, samples) in self.script.lines.iter().zip(self.audio) {
             if line.is_hung_up() {
                 return;
             }
             if let Some(after) = spec.barge_in_after_ms {
                 // Wait for the agent to start talking, then talk over it.
-                let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
-                while line.is_idle() && tokio::time::Instant::now() < deadline && !line.is_hung_up() {
-                    tokio::time::sleep(TICK).await;
-                }
+                wait_for_agent_to_speak(&line).await;
                 tokio::time::sleep(Duration::from_millis(after)).await;
             } else {
-                wait_for_agent_turn(&line, Duration::from_millis(spec.pause_ms), idle).await;
+                wait_for_quiet(&line, Duration::from_millis(spec.pause_ms), tokio::time::Instant::now() + ANSWER_TIMEOUT).await;
             }
             if let Some(digits) = &spec.dtmf {
                 line.caller_presses(digits);
-                let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
-                while line.is_idle() && tokio::time::Instant::now() < deadline && !line.is_hung_up() {
-                    tokio::time::sleep(TICK).await;
-                }
+                wait_for_agent_to_speak(&line).await;
                 continue;
             }
             if samples.is_empty() {
@@ -360,29 +353,22 @@ impl ScriptedCaller {
                 tokio::time::sleep(Duration::from_millis(spec.then_silence_ms)).await;
             }
             // Give the agent a moment to begin answering before judging it idle.
-            let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
             if spec.barge_in_after_ms.is_none() {
-                while line.is_idle() && tokio::time::Instant::now() < deadline && !line.is_hung_up() {
-                    tokio::time::sleep(TICK).await;
-                }
+                wait_for_agent_to_speak(&line).await;
             }
         }
         // Hear the last answer out, then hang up.
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.script.final_wait_ms);
-        wait_until(&line, deadline, Duration::from_millis(1_500)).await;
+        wait_for_quiet(&line, Duration::from_millis(1_500), deadline).await;
         line.caller_hangs_up();
     }
 }
 
-/// Waits until the agent has been silent for `quiet`.
-async fn wait_for_agent_turn(line: &LoopbackLine, quiet: Duration, idle: impl Fn(&LoopbackLine) -> bool) {
+/// Waits until the agent has been silent for `quiet` (or the deadline, or a hang-up).
+async fn wait_for_quiet(line: &LoopbackLine, quiet: Duration, deadline: tokio::time::Instant) {
     let mut silent_since = tokio::time::Instant::now();
-    let deadline = silent_since + ANSWER_TIMEOUT;
-    loop {
-        if line.is_hung_up() || tokio::time::Instant::now() > deadline {
-            return;
-        }
-        if !idle(line) {
+    while tokio::time::Instant::now() < deadline && !line.is_hung_up() {
+        if !line.is_idle() {
             silent_since = tokio::time::Instant::now();
         } else if silent_since.elapsed() >= quiet {
             return;
@@ -391,14 +377,10 @@ async fn wait_for_agent_turn(line: &LoopbackLine, quiet: Duration, idle: impl Fn
     }
 }
 
-async fn wait_until(line: &LoopbackLine, deadline: tokio::time::Instant, quiet: Duration) {
-    let mut silent_since = tokio::time::Instant::now();
-    while tokio::time::Instant::now() < deadline && !line.is_hung_up() {
-        if !line.is_idle() {
-            silent_since = tokio::time::Instant::now();
-        } else if silent_since.elapsed() >= quiet {
-            return;
-        }
+/// Waits until agent audio is on the line (at most [`ANSWER_TIMEOUT`]).
+async fn wait_for_agent_to_speak(line: &LoopbackLine) {
+    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    while line.is_idle() && tokio::time::Instant::now() < deadline && !line.is_hung_up() {
         tokio::time::sleep(TICK).await;
     }
 }

@@ -5,7 +5,7 @@
 //! replies — tool calls, garbage, silence — are exactly what each test needs; everything
 //! else (VAD, Smart Turn, whisper, Piper, the line) is real.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -259,7 +259,6 @@ fn a_missing_required_variable_is_refused_before_the_call() {
     let (ok, _, stderr) = run(ringline().args(["simulate", "--assistant"]).arg(&assistant).arg("--caller").arg(&script).env("RINGLINE_MODELS_DIR", models_dir()));
     assert!(!ok);
     assert!(stderr.contains("customer_name") && stderr.contains("--var customer_name="), "{stderr}");
-    let _ = PathBuf::new();
 }
 
 #[test]
