@@ -11,6 +11,8 @@ pub mod llm;
 pub mod models;
 pub mod onnx;
 pub mod pipeline;
+pub mod server;
+pub mod store;
 pub mod stt;
 pub mod telemetry;
 pub mod text;

@@ -4,6 +4,7 @@
 //! file is read, templates are compiled in strict mode and rendered once against a sample
 //! context, so a typo fails at load time with the file and the field, not mid-call.
 
+pub mod check;
 pub mod prompt;
 
 use std::collections::BTreeMap;
@@ -18,8 +19,31 @@ use crate::vad::VadParams;
 pub enum AssistantError {
     #[error("{file}: cannot read: {source}")]
     Read { file: PathBuf, source: std::io::Error },
-    #[error("{file}: {message}")]
-    Invalid { file: PathBuf, message: String },
+    #[error("{}", describe(file, *line, field.as_deref(), message))]
+    Invalid { file: PathBuf, line: Option<usize>, field: Option<String>, message: String },
+}
+
+impl AssistantError {
+    /// The field at fault, as a dotted path (`tools.1.url`), when one is known.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            AssistantError::Invalid { field, .. } => field.as_deref(),
+            AssistantError::Read { .. } => None,
+        }
+    }
+}
+
+fn describe(file: &Path, line: Option<usize>, field: Option<&str>, message: &str) -> String {
+    let mut out = file.display().to_string();
+    if let Some(line) = line {
+        out.push_str(&format!(":{line}"));
+    }
+    if let Some(field) = field {
+        out.push_str(&format!(": field `{field}`"));
+    }
+    out.push_str(": ");
+    out.push_str(message);
+    out
 }
 
 pub const SPEC_VERSION: u32 = 1;
@@ -308,39 +332,94 @@ impl Assistant {
         Assistant::parse(&text, path)
     }
 
+    /// Parses and checks an assistant file's text; `path` locates its prompt file.
     pub fn parse(text: &str, path: &Path) -> Result<Assistant, AssistantError> {
-        let invalid = |message: String| AssistantError::Invalid { file: path.to_path_buf(), message };
-        let spec: AssistantSpec = serde_yaml::from_str(text).map_err(|e| {
-            let location = e.location().map(|l| format!("line {}: ", l.line())).unwrap_or_default();
-            invalid(format!("{location}{e}"))
+        Assistant::parse_all(text, path).map_err(|mut problems| problems.remove(0))
+    }
+
+    /// Like [`Assistant::parse`], but reports every problem found, in file order.
+    pub fn parse_all(text: &str, path: &Path) -> Result<Assistant, Vec<AssistantError>> {
+        let spec: AssistantSpec = serde_yaml::from_str(text).map_err(|e| vec![syntax_error(path, &e)])?;
+        let base = path.parent().map(Path::to_path_buf);
+        Assistant::from_spec(spec, path, base.as_deref(), Some(text))
+    }
+
+    /// An assistant sent as JSON (over the API): the template must be inline (`system_prompt`).
+    pub fn from_json(value: &Value, label: &str) -> Result<Assistant, Vec<AssistantError>> {
+        let path = PathBuf::from(label);
+        let spec: AssistantSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let field = named_field(&inner).map(|f| if field == "." { f.clone() } else { format!("{field}.{f}") }).unwrap_or(field);
+            vec![AssistantError::Invalid { file: path.clone(), line: None, field: Some(field), message: format!("{inner}; see the assistant spec in the README") }]
         })?;
-        if spec.version != SPEC_VERSION {
-            return Err(invalid(format!("field `version`: {} is not supported; set `version: {SPEC_VERSION}`", spec.version)));
+        if spec.prompt.is_some() {
+            return Err(vec![AssistantError::Invalid {
+                file: path,
+                line: None,
+                field: Some("prompt".into()),
+                message: "an assistant created over the API carries its template inline: send `system_prompt` instead of a file name".into(),
+            }]);
         }
-        let system_template = match (&spec.prompt, &spec.system_prompt) {
-            (Some(file), None) => {
-                let resolved = resolve_relative(path, file)
-                    .ok_or_else(|| invalid(format!("field `prompt`: file `{file}` not found next to the assistant or in its parent folder")))?;
-                std::fs::read_to_string(&resolved).map_err(|e| invalid(format!("field `prompt`: cannot read {}: {e}", resolved.display())))?
-            }
-            (None, Some(inline)) => inline.clone(),
-            (Some(_), Some(_)) => return Err(invalid("fields `prompt` and `system_prompt`: give one, not both".into())),
-            (None, None) => return Err(invalid("field `prompt`: missing; name a template file (or give `system_prompt` inline)".into())),
+        Assistant::from_spec(spec, &path, None, None)
+    }
+
+    /// Resolves and checks a parsed spec. `base` is where prompt files are looked up; `text`
+    /// (the file's own text) lets errors carry line numbers.
+    pub fn from_spec(spec: AssistantSpec, path: &Path, base: Option<&Path>, text: Option<&str>) -> Result<Assistant, Vec<AssistantError>> {
+        let invalid = |field: &str, message: String| AssistantError::Invalid {
+            file: path.to_path_buf(),
+            line: text.and_then(|t| check::line_of(t, field)),
+            field: Some(field.to_string()),
+            message,
         };
-        let timezone: chrono_tz::Tz = spec
-            .timezone
-            .parse()
-            .map_err(|_| invalid(format!("field `timezone`: `{}` is not an IANA zone such as Europe/London", spec.timezone)))?;
-        for tool in &spec.tools {
-            if let ToolEntry::Builtin(name) = tool {
-                if !BUILTIN_TOOLS.contains(&name.as_str()) {
-                    return Err(invalid(format!("field `tools`: unknown built-in `{name}` (built-ins: {}; or declare an HTTP tool with name and url)", BUILTIN_TOOLS.join(", "))));
+        let mut problems: Vec<AssistantError> = check::problems(&spec).into_iter().map(|(field, message)| invalid(&field, message)).collect();
+        let system_template = match (&spec.prompt, &spec.system_prompt) {
+            (Some(file), None) => match base.and_then(|dir| resolve_relative(dir, file)) {
+                Some(resolved) => match std::fs::read_to_string(&resolved) {
+                    Ok(text) => Some(text),
+                    Err(e) => {
+                        problems.push(invalid("prompt", format!("cannot read {}: {e}", resolved.display())));
+                        None
+                    }
+                },
+                None => {
+                    problems.push(invalid("prompt", format!("file `{file}` not found next to the assistant or in its parent folder; fix the path (e.g. prompts/NAME.j2)")));
+                    None
                 }
+            },
+            (None, Some(inline)) => Some(inline.clone()),
+            (Some(_), Some(_)) => {
+                problems.push(invalid("system_prompt", "give `prompt` (a template file) or `system_prompt` (inline), not both".into()));
+                None
             }
-        }
+            (None, None) => {
+                problems.push(invalid("prompt", "missing: name a template file, e.g. `prompt: prompts/NAME.j2` (or give `system_prompt` inline)".into()));
+                None
+            }
+        };
+        let timezone: Option<chrono_tz::Tz> = spec.timezone.parse().ok();
+        let (Some(system_template), Some(timezone), true) = (system_template, timezone, problems.is_empty()) else {
+            problems.sort_by_key(|p| match p {
+                AssistantError::Invalid { line, .. } => line.unwrap_or(usize::MAX),
+                AssistantError::Read { .. } => 0,
+            });
+            return Err(problems);
+        };
         let assistant = Assistant { spec, source: path.to_path_buf(), system_template, timezone };
-        prompt::check(&assistant).map_err(invalid)?;
+        if let Err((field, message)) = prompt::check(&assistant) {
+            return Err(vec![invalid(&field, message)]);
+        }
         Ok(assistant)
+    }
+
+    /// The spec with its template inlined: everything needed to rebuild this assistant,
+    /// anywhere, without its files (what the store records as a version).
+    pub fn self_contained_spec(&self) -> AssistantSpec {
+        let mut spec = self.spec.clone();
+        spec.prompt = None;
+        spec.system_prompt = Some(self.system_template.clone());
+        spec
     }
 
     pub fn has_tool(&self, name: &str) -> bool {
@@ -351,7 +430,38 @@ impl Assistant {
     }
 }
 
-fn resolve_relative(assistant_file: &Path, relative: &str) -> Option<PathBuf> {
-    let dir = assistant_file.parent().unwrap_or(Path::new("."));
+fn resolve_relative(dir: &Path, relative: &str) -> Option<PathBuf> {
     [dir.join(relative), dir.parent().unwrap_or(Path::new(".")).join(relative)].into_iter().find(|p| p.is_file())
+}
+
+/// A YAML error as a located problem: serde names the field in its message.
+fn syntax_error(path: &Path, error: &serde_yaml::Error) -> AssistantError {
+    let message = error.to_string();
+    let line = error.location().map(|l| l.line());
+    // serde_yaml prefixes nested errors with their path: `turn: unknown field ...`.
+    let (prefix, rest) = match message.split_once(": ") {
+        Some((p, r)) if !p.contains(' ') => (Some(p.to_string()), r.to_string()),
+        _ => (None, message.clone()),
+    };
+    let field = match (prefix, named_field(&rest)) {
+        (Some(p), Some(f)) => Some(format!("{p}.{f}")),
+        (Some(p), None) => Some(p),
+        (None, f) => f,
+    };
+    let rest = rest.split(" at line ").next().unwrap_or(&rest).to_string();
+    let fix = if rest.starts_with("unknown field") {
+        "; remove it or fix its spelling"
+    } else if rest.starts_with("missing field") {
+        "; add it"
+    } else {
+        ""
+    };
+    AssistantError::Invalid { file: path.to_path_buf(), line, field, message: format!("{rest}{fix}") }
+}
+
+/// The field a serde message names: "unknown field `x`" or "missing field `x`".
+pub(crate) fn named_field(message: &str) -> Option<String> {
+    let start = message.find("field `")? + "field `".len();
+    let end = message[start..].find('`')?;
+    Some(message[start..start + end].to_string())
 }

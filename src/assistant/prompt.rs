@@ -97,7 +97,7 @@ fn describe(error: &minijinja::Error) -> String {
 }
 
 /// Renders the system prompt and first message against a sample context (load-time check).
-pub fn check(assistant: &Assistant) -> Result<(), String> {
+pub fn check(assistant: &Assistant) -> Result<(), (String, String)> {
     let mut sample = Map::new();
     for (name, spec) in &assistant.spec.variables {
         let value = spec.default.clone().unwrap_or_else(|| match spec.kind.as_str() {
@@ -108,9 +108,11 @@ pub fn check(assistant: &Assistant) -> Result<(), String> {
         sample.insert(name.clone(), value);
     }
     let ctx = context(assistant, &sample, &CallContext { call_id: "call_sample".into(), caller: "+15550100".into(), callee: "+15550199".into() });
-    render(&assistant.system_template, &ctx).map_err(|e| format!("prompt template: {e} (declare the variable under `variables:` or fix the name)"))?;
+    let template_field = if assistant.spec.prompt.is_some() { "prompt" } else { "system_prompt" };
+    render(&assistant.system_template, &ctx)
+        .map_err(|e| (template_field.to_string(), format!("the template does not render: {e} (declare the variable under `variables:` or fix the name)")))?;
     if let Some(first) = &assistant.spec.first_message {
-        render(first, &ctx).map_err(|e| format!("field `first_message`: {e}"))?;
+        render(first, &ctx).map_err(|e| ("first_message".to_string(), format!("{e} (declare the variable under `variables:` or fix the name)")))?;
     }
     Ok(())
 }

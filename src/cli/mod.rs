@@ -7,6 +7,7 @@ mod audio_cmds;
 mod bench;
 pub mod call_cmds;
 mod models_cmd;
+mod serve_cmds;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,13 @@ pub enum Command {
     Simulate(call_cmds::SimulateArgs),
     /// A text conversation with an assistant (same turn manager and tools).
     Chat(call_cmds::ChatArgs),
+    /// Serve the HTTP API (assistants, numbers, calls, analytics) over SQLite or PostgreSQL.
+    Serve(serve_cmds::ServeArgs),
+    /// Create, list, revoke and rotate API keys.
+    Keys(serve_cmds::KeysArgs),
+    /// Validate assistant files.
+    #[command(subcommand)]
+    Assistants(serve_cmds::AssistantsCommand),
     /// Print speed figures (benchmarks, not tests).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -48,6 +56,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => call_cmds::demo(args),
         Command::Simulate(args) => call_cmds::simulate(args),
         Command::Chat(args) => call_cmds::chat(args),
+        Command::Serve(args) => serve_cmds::serve(args),
+        Command::Keys(args) => serve_cmds::keys(args),
+        Command::Assistants(command) => serve_cmds::assistants(command),
         Command::Bench(command) => bench::run(command),
     }
 }

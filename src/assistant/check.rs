@@ -1,0 +1,268 @@
+//! The rules an assistant spec must meet beyond its shape, each with the field and the fix.
+//!
+//! [`problems`] lists everything wrong at once (so `assistants check` shows a whole file's
+//! mistakes in one run); [`line_of`] finds a field's line in the YAML text for the message.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use super::{AssistantSpec, ToolEntry, BUILTIN_TOOLS, SPEC_VERSION};
+use crate::models::Manifest;
+
+pub const VARIABLE_TYPES: &[&str] = &["string", "number", "integer", "boolean", "date", "datetime", "phone"];
+const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/// Every rule the spec breaks, as (field path, message with the fix).
+pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut problem = |field: String, message: String| out.push((field, message));
+
+    if spec.version != SPEC_VERSION {
+        problem("version".into(), format!("{} is not supported; set `version: {SPEC_VERSION}`", spec.version));
+    }
+    if spec.name.trim().is_empty() {
+        problem("name".into(), "is empty; give the assistant a name".into());
+    }
+    if spec.timezone.parse::<chrono_tz::Tz>().is_err() {
+        problem("timezone".into(), format!("`{}` is not an IANA zone; use one such as Europe/London or America/New_York", spec.timezone));
+    }
+    if spec.language.len() < 2 || !spec.language.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        problem("language".into(), format!("`{}` is not a language tag; use one such as en-US", spec.language));
+    }
+
+    // Providers and models resolve against what the model store can hold.
+    let manifest = Manifest::load().ok();
+    let known = |name: &str| manifest.as_ref().is_none_or(|m| m.get(name).is_ok());
+    let names_of = |role: &str, strip: &str| {
+        manifest
+            .as_ref()
+            .map(|m| m.models.iter().filter(|s| s.role == role).map(|s| s.name.trim_start_matches(strip).to_string()).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    };
+    match spec.voice.provider.as_str() {
+        "piper" => {
+            if !known(&format!("piper-{}", spec.voice.name)) {
+                problem("voice.name".into(), format!("no Piper voice `{}` in the model store; use one of: {}", spec.voice.name, names_of("tts", "piper-")));
+            }
+        }
+        "espeak" | "openai" => {}
+        other => problem("voice.provider".into(), format!("`{other}` is not a voice provider; use piper, espeak or openai")),
+    }
+    match spec.llm.provider.as_str() {
+        "local" => {
+            if !known(&spec.llm.model) {
+                problem("llm.model".into(), format!("no local model `{}`; use one of: {}", spec.llm.model, names_of("llm", "")));
+            }
+        }
+        "openai" => {
+            if spec.llm.base_url.as_deref().is_some_and(|u| reqwest::Url::parse(u).is_err()) {
+                problem("llm.base_url".into(), "is not a URL; use e.g. https://api.openai.com/v1".into());
+            }
+        }
+        other => problem("llm.provider".into(), format!("`{other}` is not an LLM provider; use local or openai")),
+    }
+    if !(0.0..=2.0).contains(&spec.llm.temperature) {
+        problem("llm.temperature".into(), format!("{} is outside 0..2", spec.llm.temperature));
+    }
+    if spec.llm.max_tokens == 0 || spec.llm.max_tokens > 4096 {
+        problem("llm.max_tokens".into(), format!("{} is outside 1..4096", spec.llm.max_tokens));
+    }
+    match spec.stt.provider.as_str() {
+        "whisper" => {
+            let model = if spec.stt.model.starts_with("whisper-") { spec.stt.model.clone() } else { format!("whisper-{}", spec.stt.model) };
+            if !known(&model) {
+                problem("stt.model".into(), format!("no Whisper model `{}`; use one of: {}", spec.stt.model, names_of("stt", "whisper-")));
+            }
+        }
+        "openai" => {}
+        other => problem("stt.provider".into(), format!("`{other}` is not a speech-to-text provider; use whisper or openai")),
+    }
+
+    for (name, variable) in &spec.variables {
+        let field = format!("variables.{name}");
+        if !is_identifier(name) {
+            problem(field.clone(), "is not a template name; use letters, digits and underscores, starting with a letter".into());
+        }
+        if !VARIABLE_TYPES.contains(&variable.kind.as_str()) {
+            problem(format!("{field}.type"), format!("`{}` is not a type; use one of: {}", variable.kind, VARIABLE_TYPES.join(", ")));
+        } else if let Some(default) = &variable.default {
+            if !matches_type(&variable.kind, default) {
+                problem(format!("{field}.default"), format!("{default} is not a {}; give a default of that type or change `type`", variable.kind));
+            }
+        }
+        if variable.required && variable.default.is_some() {
+            problem(format!("{field}.required"), "a required variable cannot have a default; drop one of them".into());
+        }
+    }
+
+    let mut seen = BTreeSet::new();
+    for (i, intent) in spec.intents.iter().enumerate() {
+        let field = format!("intents.{i}");
+        if !is_identifier(&intent.name) {
+            problem(format!("{field}.name"), format!("`{}` is not an identifier; use e.g. cancel_order", intent.name));
+        } else if !seen.insert(intent.name.clone()) {
+            problem(format!("{field}.name"), format!("`{}` is declared twice; names must be unique", intent.name));
+        }
+        if intent.examples.iter().all(|e| e.trim().is_empty()) {
+            problem(format!("{field}.examples"), format!("intent `{}` has no examples; give at least one phrase a caller would say", intent.name));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (i, disposition) in spec.dispositions.iter().enumerate() {
+        if !is_identifier(&disposition.name) {
+            problem(format!("dispositions.{i}.name"), format!("`{}` is not an identifier; use e.g. callback_requested", disposition.name));
+        } else if !seen.insert(disposition.name.clone()) {
+            problem(format!("dispositions.{i}.name"), format!("`{}` is declared twice; names must be unique", disposition.name));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for (i, field_spec) in spec.extract.iter().enumerate() {
+        if !is_identifier(&field_spec.name) {
+            problem(format!("extract.{i}.name"), format!("`{}` is not an identifier; use e.g. callback_time", field_spec.name));
+        } else if !seen.insert(field_spec.name.clone()) {
+            problem(format!("extract.{i}.name"), format!("`{}` is declared twice; names must be unique", field_spec.name));
+        }
+        if !VARIABLE_TYPES.contains(&field_spec.kind.as_str()) {
+            problem(format!("extract.{i}.type"), format!("`{}` is not a type; use one of: {}", field_spec.kind, VARIABLE_TYPES.join(", ")));
+        }
+    }
+
+    let mut seen = BTreeSet::new();
+    for (i, tool) in spec.tools.iter().enumerate() {
+        match tool {
+            ToolEntry::Builtin(name) => {
+                if !BUILTIN_TOOLS.contains(&name.as_str()) {
+                    problem(format!("tools.{i}"), format!("unknown built-in `{name}` (built-ins: {}); or declare an HTTP tool with name and url", BUILTIN_TOOLS.join(", ")));
+                }
+                seen.insert(name.clone());
+            }
+            ToolEntry::Http(http) => {
+                let field = format!("tools.{i}");
+                if !is_identifier(&http.name) || BUILTIN_TOOLS.contains(&http.name.as_str()) {
+                    problem(format!("{field}.name"), format!("`{}` must be an identifier that is not a built-in's name", http.name));
+                } else if !seen.insert(http.name.clone()) {
+                    problem(format!("{field}.name"), format!("`{}` is declared twice; names must be unique", http.name));
+                }
+                match reqwest::Url::parse(&http.url) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                    _ => problem(format!("{field}.url"), format!("`{}` is not an http(s) URL", http.url)),
+                }
+                if !HTTP_METHODS.contains(&http.method.to_ascii_uppercase().as_str()) {
+                    problem(format!("{field}.method"), format!("`{}` is not one of {}", http.method, HTTP_METHODS.join(", ")));
+                }
+                if http.parameters.get("type").and_then(Value::as_str) != Some("object") {
+                    problem(format!("{field}.parameters"), "must be a JSON schema of `type: object` with `properties`".into());
+                }
+                if !(100..=60_000).contains(&http.timeout_ms) {
+                    problem(format!("{field}.timeout_ms"), format!("{} is outside 100..60000", http.timeout_ms));
+                }
+            }
+        }
+    }
+
+    let turn = &spec.turn;
+    let ranges: [(&str, f64, f64, f64); 9] = [
+        ("endpointing_ms", turn.endpointing_ms as f64, 64.0, 5_000.0),
+        ("vad_threshold", turn.vad_threshold as f64, 0.05, 0.95),
+        ("vad_start_ms", turn.vad_start_ms as f64, 32.0, 2_000.0),
+        ("incomplete_wait_ms", turn.incomplete_wait_ms as f64, 0.0, 10_000.0),
+        ("smart_turn_threshold", turn.smart_turn_threshold as f64, 0.0, 1.0),
+        ("min_interrupt_ms", turn.min_interrupt_ms as f64, 0.0, 5_000.0),
+        ("idle_reprompt_s", turn.idle_reprompt_s as f64, 1.0, 600.0),
+        ("idle_hangup_s", turn.idle_hangup_s as f64, 1.0, 3_600.0),
+        ("max_duration_s", turn.max_duration_s as f64, 5.0, 14_400.0),
+    ];
+    for (name, value, low, high) in ranges {
+        if !(low..=high).contains(&value) {
+            problem(format!("turn.{name}"), format!("{value} is outside {low}..{high}"));
+        }
+    }
+    if turn.idle_hangup_s < turn.idle_reprompt_s {
+        problem("turn.idle_hangup_s".into(), "is shorter than idle_reprompt_s; the reprompt would never be said".into());
+    }
+    if let Some(url) = &spec.webhook_url {
+        if reqwest::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
+            problem("webhook_url".into(), format!("`{url}` is not an http(s) URL"));
+        }
+    }
+    out
+}
+
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic()) && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn matches_type(kind: &str, value: &Value) -> bool {
+    match kind {
+        "number" => value.is_number(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "boolean" => value.is_boolean(),
+        _ => value.is_string(),
+    }
+}
+
+/// The line (1-based) of a dotted field path in YAML text: each segment is looked for below
+/// the previous one's line; numeric segments count list items (`- `) at the next level.
+pub fn line_of(text: &str, field: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0usize;
+    let mut found = None;
+    for segment in field.split('.') {
+        if let Ok(index) = segment.parse::<usize>() {
+            // The index-th list item after `from`.
+            let mut count = 0;
+            let mut hit = None;
+            for (i, line) in lines.iter().enumerate().skip(from) {
+                if line.trim_start().starts_with("- ") || line.trim() == "-" {
+                    if count == index {
+                        hit = Some(i);
+                        break;
+                    }
+                    count += 1;
+                }
+            }
+            let i = hit?;
+            found = Some(i);
+            from = i;
+            continue;
+        }
+        let pattern_block = format!("{segment}:");
+        let pattern_inline = format!("{segment}: ");
+        let hit = lines.iter().enumerate().skip(from).find(|(_, line)| {
+            let trimmed = line.trim_start().trim_start_matches("- ");
+            trimmed.starts_with(&pattern_block) || line.contains(&format!("{{ {pattern_inline}")) || line.contains(&format!(", {pattern_inline}"))
+        });
+        match hit {
+            Some((i, _)) => {
+                found = Some(i);
+                from = i;
+            }
+            None => break,
+        }
+    }
+    found.map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "version: 1\nname: x\nvariables:\n  name: { type: strin }\ntools:\n  - end_call\n  - name: lookup\n    url: nope\nturn: { endpointing_ms: 10 }\n";
+
+    #[test]
+    fn finds_nested_and_listed_fields() {
+        assert_eq!(line_of(TEXT, "variables.name.type"), Some(4));
+        assert_eq!(line_of(TEXT, "tools.1.url"), Some(8));
+        assert_eq!(line_of(TEXT, "turn.endpointing_ms"), Some(9));
+        assert_eq!(line_of(TEXT, "version"), Some(1));
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("callback_requested"));
+        assert!(!is_identifier("1st"));
+        assert!(!is_identifier("not-ok"));
+    }
+}

@@ -1,0 +1,162 @@
+//! `ringline serve`, `keys` and `assistants check`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use crate::assistant::Assistant;
+use crate::models::ModelStore;
+use crate::server::{self, auth, ServeConfig};
+use crate::store::{self, Store, DEFAULT_DATABASE_URL};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// sqlite://FILE (default: ringline.db here) or postgres://USER@HOST:PORT/DB.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// Folder of file-defined assistants (reloaded when they change).
+    #[arg(long, default_value = "assistants")]
+    pub assistants: PathBuf,
+    /// Requests a minute per API key (a key may set its own).
+    #[arg(long, env = "RINGLINE_RATE_LIMIT", default_value_t = 60)]
+    pub rate_limit: u32,
+    /// Seconds without a heartbeat after which a worker's calls are closed as failed.
+    #[arg(long, env = "RINGLINE_WORKER_STALE_S", default_value_t = 15)]
+    pub worker_stale_s: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key; the key alone is the last line printed.
+    Create {
+        #[arg(long, default_value = "default")]
+        workspace: String,
+        /// Requests a minute for this key (default: the server's --rate-limit).
+        #[arg(long)]
+        rate_limit: Option<i64>,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key at once.
+    Revoke { id: String },
+    /// Replace a key: prints a new one for the same workspace; the old one keeps working
+    /// for the grace period, then stops.
+    Rotate {
+        id: String,
+        #[arg(long, default_value_t = 3600)]
+        grace_s: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
+    pub database_url: String,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AssistantsCommand {
+    /// Validate every assistant file in DIR (and the prompts they name).
+    Check { dir: PathBuf },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let models = ModelStore::from_env()?;
+    let config = ServeConfig {
+        bind: args.bind,
+        database_url: args.database_url,
+        assistants_dir: args.assistants,
+        rate_limit_per_min: args.rate_limit.max(1),
+        worker_stale: Duration::from_secs(args.worker_stale_s.max(2)),
+    };
+    runtime()?.block_on(server::serve(config, models))
+}
+
+pub fn keys(args: KeysArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let store = Store::connect(&args.database_url).await.with_context(|| format!("opening {}", args.database_url))?;
+        match args.command {
+            KeysCommand::Create { workspace, rate_limit } => {
+                if workspace.trim().is_empty() {
+                    anyhow::bail!("--workspace: give a name, e.g. --workspace acme");
+                }
+                let (key, secret) = auth::create_key(&store, &workspace, rate_limit).await?;
+                println!("created key {} for workspace {} ({}); it is shown once:", key.id, key.workspace_name, key.workspace_id);
+                println!("{secret}");
+            }
+            KeysCommand::List => {
+                println!("{:<30} {:<16} {:<12} {:<10} {:<24}", "id", "workspace", "prefix", "state", "created");
+                let now = store::now_ms();
+                for key in store.keys().await? {
+                    let state = if key.revoked_at.is_some() {
+                        "revoked".to_string()
+                    } else if !key.usable_at(now) {
+                        "expired".to_string()
+                    } else if key.expires_at.is_some() {
+                        "expiring".to_string()
+                    } else {
+                        "active".to_string()
+                    };
+                    println!("{:<30} {:<16} {:<12} {:<10} {:<24}", key.id, key.workspace_name, format!("{}…", key.prefix), state, server::assistants::rfc3339(key.created_at));
+                }
+            }
+            KeysCommand::Revoke { id } => {
+                if !store.revoke_key(&id, store::now_ms()).await? {
+                    anyhow::bail!("no active key `{id}` (`ringline keys list` shows them)");
+                }
+                println!("revoked {id}");
+            }
+            KeysCommand::Rotate { id, grace_s } => {
+                let old = store.key(&id).await?.with_context(|| format!("no key `{id}` (`ringline keys list` shows them)"))?;
+                if !old.usable_at(store::now_ms()) {
+                    anyhow::bail!("key `{id}` is already revoked or expired; create a new one instead");
+                }
+                let (key, secret) = auth::create_key(&store, &old.workspace_name, old.rate_limit_per_min).await?;
+                store.expire_key(&id, store::now_ms() + grace_s.max(0) * 1000).await?;
+                println!("created key {} for workspace {}; {id} stops working in {grace_s} s; the new key is shown once:", key.id, key.workspace_name);
+                println!("{secret}");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Checks every file; prints each problem with file, line, field and fix. Fails if any.
+pub fn assistants(command: AssistantsCommand) -> anyhow::Result<()> {
+    let AssistantsCommand::Check { dir } = command;
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml")).collect();
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!("{}: no assistant files (*.yaml) here", dir.display());
+    }
+    let mut bad = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        match Assistant::parse_all(&text, file) {
+            Ok(assistant) => println!("ok      {} ({}, {} variable(s), {} tool(s))", file.display(), assistant.spec.name, assistant.spec.variables.len(), assistant.spec.tools.len()),
+            Err(problems) => {
+                bad += 1;
+                for problem in problems {
+                    println!("error   {problem}");
+                }
+            }
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!("{bad} of {} assistant file(s) have problems", files.len());
+    }
+    println!("{} assistant file(s) are valid", files.len());
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! Assistants over the API, and the file-defined ones beside them.
+//!
+//! Two sources, one list. **File assistants** (`assistants/*.yaml` with `prompts/*`) belong to
+//! the deployment: every workspace sees them, read-only over the API, under the file's stem as
+//! id (`luigis_booking`); they change by editing the file, which reloads within two seconds —
+//! a bad edit keeps the last good version and logs why. **API assistants** (`asst_…`) belong
+//! to the workspace that created them and change by PATCH. Both keep every version in the
+//! store (a version is the spec with its template inlined), and each call records the version
+//! it ran.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use super::auth::Auth;
+use super::error::{parse_json, ApiError, ApiQuery, ErrorBody};
+use super::AppState;
+use crate::assistant::{Assistant, AssistantError};
+use crate::store::{self, AssistantRecord, Store};
+
+/// The file assistants, with what was last loaded from each file.
+pub struct Catalog {
+    dir: PathBuf,
+    seen: tokio::sync::Mutex<HashMap<PathBuf, String>>,
+}
+
+impl Catalog {
+    pub fn new(dir: PathBuf) -> Self {
+        Catalog { dir, seen: tokio::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// Loads files that are new or changed (the YAML or its prompt); records a new version
+    /// for each good one; logs and skips bad ones, so the last good version stays current.
+    pub async fn reload(&self, store: &Store) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml")).collect();
+        files.sort();
+        let mut seen = self.seen.lock().await;
+        for file in files {
+            let Some(fingerprint) = fingerprint(&file) else { continue };
+            if seen.get(&file) == Some(&fingerprint) {
+                continue;
+            }
+            seen.insert(file.clone(), fingerprint);
+            let id = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            match Assistant::load(&file) {
+                Ok(assistant) => {
+                    let (spec, digest) = stored_form(&assistant);
+                    match store.sync_file_assistant(&id, &assistant.spec.name, &spec, &digest).await {
+                        Ok(version) => tracing::info!(assistant = %id, version, file = %file.display(), "assistant file loaded"),
+                        Err(error) => tracing::warn!(%error, file = %file.display(), "cannot record the assistant file's version"),
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "assistant file not loaded; the last good version stays in use"),
+            }
+        }
+    }
+}
+
+/// What decides whether a file changed: its text and its prompt file's text.
+fn fingerprint(file: &std::path::Path) -> Option<String> {
+    let text = std::fs::read(file).ok()?;
+    let mut hash = Sha256::new();
+    hash.update(&text);
+    if let Ok(value) = serde_yaml::from_slice::<serde_yaml::Value>(&text) {
+        if let Some(prompt) = value.get("prompt").and_then(|p| p.as_str()) {
+            let dir = file.parent().unwrap_or(std::path::Path::new("."));
+            for candidate in [dir.join(prompt), dir.parent().unwrap_or(dir).join(prompt)] {
+                if let Ok(prompt_text) = std::fs::read(&candidate) {
+                    hash.update(&prompt_text);
+                    break;
+                }
+            }
+        }
+    }
+    Some(hex::encode(hash.finalize()))
+}
+
+/// The spec as stored (template inlined, JSON) and its digest.
+pub fn stored_form(assistant: &Assistant) -> (String, String) {
+    let spec = serde_json::to_string(&assistant.self_contained_spec()).unwrap_or_default();
+    let digest = hex::encode(Sha256::digest(spec.as_bytes()));
+    (spec, digest)
+}
+
+/// Rebuilds an assistant from a stored version.
+pub fn from_stored(id: &str, version: i64, spec: &str) -> Result<Assistant, ApiError> {
+    let value: Value = serde_json::from_str(spec).map_err(|e| ApiError::internal(format!("assistant {id} v{version} is unreadable: {e}")))?;
+    Assistant::from_json(&value, &format!("assistant {id} v{version}")).map_err(|problems| first_problem(problems, ""))
+}
+
+/// An assistant's problems as one API error (the first, naming its field).
+fn first_problem(mut problems: Vec<AssistantError>, prefix: &str) -> ApiError {
+    let first = problems.remove(0);
+    let field = first.field().map(|f| format!("{prefix}{f}"));
+    let message = match &first {
+        AssistantError::Invalid { message, field, .. } => match field {
+            Some(f) => format!("{f}: {message}"),
+            None => message.clone(),
+        },
+        other => other.to_string(),
+    };
+    let more = if problems.is_empty() { String::new() } else { format!(" ({} more problem(s) after this one)", problems.len()) };
+    let mut error = ApiError::invalid(field.clone().unwrap_or_default(), format!("{message}{more}"));
+    error.field = field;
+    error
+}
+
+/// An assistant as the API shows it.
+#[derive(Serialize, ToSchema)]
+pub struct AssistantView {
+    pub id: String,
+    pub name: String,
+    /// `file` (read-only, from assistants/*.yaml) or `api`.
+    pub source: String,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    /// The spec of the current version (the YAML fields, template inlined as `system_prompt`).
+    #[schema(value_type = Object)]
+    pub spec: Value,
+}
+
+impl From<AssistantRecord> for AssistantView {
+    fn from(record: AssistantRecord) -> Self {
+        AssistantView {
+            id: record.id,
+            name: record.name,
+            source: record.source,
+            version: record.current_version,
+            created_at: rfc3339(record.created_at),
+            updated_at: rfc3339(record.updated_at),
+            spec: serde_json::from_str(&record.spec).unwrap_or(Value::Null),
+        }
+    }
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_default()
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// 1..100, default 20.
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+impl Page {
+    pub fn resolve(&self) -> Result<(i64, i64), ApiError> {
+        let limit = self.limit.unwrap_or(20);
+        if !(1..=100).contains(&limit) {
+            return Err(ApiError::bad_request("invalid_query", format!("limit {limit} is outside 1..100")).with_field("limit"));
+        }
+        let offset = self.offset.unwrap_or(0);
+        if offset < 0 {
+            return Err(ApiError::bad_request("invalid_query", format!("offset {offset} is negative")).with_field("offset"));
+        }
+        Ok((limit, offset))
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AssistantList {
+    pub assistants: Vec<AssistantView>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+    pub has_more: bool,
+}
+
+/// List the assistants this workspace can use: its own and the file-defined ones.
+#[utoipa::path(get, path = "/v1/assistants", tag = "assistants", params(Page), responses((status = 200, body = AssistantList), (status = 401, body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>, auth: Auth, ApiQuery(page): ApiQuery<Page>) -> Result<Json<AssistantList>, ApiError> {
+    let (limit, offset) = page.resolve()?;
+    let (rows, total) = state.store.assistants(&auth.workspace_id, limit, offset).await?;
+    Ok(Json(AssistantList { has_more: offset + (rows.len() as i64) < total, assistants: rows.into_iter().map(AssistantView::from).collect(), total, limit, offset }))
+}
+
+/// Create an assistant from a spec (the YAML fields as JSON; the template inline in `system_prompt`).
+#[utoipa::path(post, path = "/v1/assistants", tag = "assistants", request_body(content = Object, description = "an assistant spec"),
+    responses((status = 201, body = AssistantView), (status = 422, body = ErrorBody)))]
+pub async fn create(State(state): State<AppState>, auth: Auth, body: axum::body::Bytes) -> Result<impl IntoResponse, ApiError> {
+    let value: Value = parse_json(&body)?;
+    let assistant = Assistant::from_json(&value, "request body").map_err(|p| first_problem(p, ""))?;
+    let id = store::new_id("asst");
+    let (spec, digest) = stored_form(&assistant);
+    state.store.create_assistant(&auth.workspace_id, &id, &assistant.spec.name, &spec, &digest).await?;
+    let record = state.store.assistant(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::internal("the new assistant vanished"))?;
+    Ok((StatusCode::CREATED, Json(AssistantView::from(record))))
+}
+
+/// Read an assistant's current version.
+#[utoipa::path(get, path = "/v1/assistants/{id}", tag = "assistants", responses((status = 200, body = AssistantView), (status = 404, body = ErrorBody)))]
+pub async fn read(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<AssistantView>, ApiError> {
+    let record = state.store.assistant(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("assistant", &id))?;
+    Ok(Json(record.into()))
+}
+
+/// Read one version of an assistant (the version a call ran).
+#[utoipa::path(get, path = "/v1/assistants/{id}/versions/{version}", tag = "assistants", responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+pub async fn read_version(State(state): State<AppState>, auth: Auth, Path((id, version)): Path<(String, i64)>) -> Result<Json<Value>, ApiError> {
+    state.store.assistant(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("assistant", &id))?;
+    let spec = state.store.assistant_version(&id, version).await?.ok_or_else(|| ApiError::not_found("assistant version", &format!("{id} v{version}")))?;
+    Ok(Json(serde_json::json!({ "id": id, "version": version, "spec": serde_json::from_str::<Value>(&spec).unwrap_or(Value::Null) })))
+}
+
+/// Change an assistant: a JSON merge patch (RFC 7386) on its spec; makes a new version.
+#[utoipa::path(patch, path = "/v1/assistants/{id}", tag = "assistants", request_body(content = Object, description = "fields to change; null removes"),
+    responses((status = 200, body = AssistantView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update(State(state): State<AppState>, auth: Auth, Path(id): Path<String>, body: axum::body::Bytes) -> Result<Json<AssistantView>, ApiError> {
+    let patch: Value = parse_json(&body)?;
+    if !patch.is_object() {
+        return Err(ApiError::bad_request("invalid_json", "a PATCH body is a JSON object of the fields to change"));
+    }
+    for _attempt in 0..3 {
+        let record = state.store.assistant(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("assistant", &id))?;
+        if record.source == "file" {
+            return Err(ApiError::conflict("read_only", format!("assistant `{id}` is defined in assistants/{id}.yaml; edit the file (it reloads by itself)")));
+        }
+        let mut spec: Value = serde_json::from_str(&record.spec).map_err(|e| ApiError::internal(e.to_string()))?;
+        merge_patch(&mut spec, &patch);
+        let assistant = Assistant::from_json(&spec, "patched assistant").map_err(|p| first_problem(p, ""))?;
+        let (stored, digest) = stored_form(&assistant);
+        if state.store.update_assistant(&id, record.current_version, &assistant.spec.name, &stored, &digest).await? {
+            let record = state.store.assistant(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("assistant", &id))?;
+            return Ok(Json(record.into()));
+        }
+        // Another change landed first: apply the patch to that version instead.
+    }
+    Err(ApiError::conflict("concurrent_update", "the assistant changed three times while this update was applied; retry"))
+}
+
+/// Delete an API assistant (its versions stay, for the calls that used them).
+#[utoipa::path(delete, path = "/v1/assistants/{id}", tag = "assistants", responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn remove(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let record = state.store.assistant(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("assistant", &id))?;
+    if record.source == "file" {
+        return Err(ApiError::conflict("read_only", format!("assistant `{id}` is defined in assistants/{id}.yaml; remove the file instead")));
+    }
+    state.store.delete_assistant(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// RFC 7386: objects merge, `null` removes, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_merges_removes_and_replaces() {
+        let mut spec = serde_json::json!({ "name": "a", "turn": { "endpointing_ms": 200, "interruptible": true }, "webhook_url": "http://x" });
+        merge_patch(&mut spec, &serde_json::json!({ "turn": { "endpointing_ms": 300 }, "webhook_url": null, "first_message": "hi" }));
+        assert_eq!(spec, serde_json::json!({ "name": "a", "turn": { "endpointing_ms": 300, "interruptible": true }, "first_message": "hi" }));
+    }
+}

@@ -1,0 +1,126 @@
+//! API keys and the per-key rate limit.
+//!
+//! A key is `rl_` + 32 random bytes (base64url); only its SHA-256 is stored, with a short
+//! prefix for listing. A request names its key in `Authorization: Bearer KEY` or
+//! `X-API-KEY: KEY`; the key decides the workspace, so no key reaches another workspace's
+//! data. Each key has a token bucket (default 60 requests a minute) kept by the worker that
+//! serves the request: with several workers, a client spread over them gets that much per worker.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::store::{self, ApiKey, Store, StoreError};
+
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// Creates a key for the workspace `workspace` (created if new). Returns the record and the
+/// key itself, which is shown once and never stored.
+pub async fn create_key(store: &Store, workspace: &str, rate_limit_per_min: Option<i64>) -> Result<(ApiKey, String), StoreError> {
+    use rand::RngCore;
+    let workspace = store.ensure_workspace(workspace).await?;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = format!("rl_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    let key = ApiKey {
+        id: store::new_id("key"),
+        workspace_id: workspace.id.clone(),
+        workspace_name: workspace.name.clone(),
+        hash: hash_key(&secret),
+        prefix: secret[..10].to_string(),
+        rate_limit_per_min,
+        created_at: store::now_ms(),
+        expires_at: None,
+        revoked_at: None,
+    };
+    store.insert_key(&key).await?;
+    Ok((key, secret))
+}
+
+/// Who is calling: the workspace their key belongs to.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub workspace_id: String,
+    pub key_id: String,
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let secret = match (header("authorization"), header("x-api-key")) {
+            (Some(value), _) => value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+                .map(str::trim)
+                .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer KEY`"))?,
+            (None, Some(key)) => key,
+            (None, None) => {
+                return Err(ApiError::unauthorized("no API key: send `Authorization: Bearer KEY` or `X-API-KEY: KEY` (create one with `ringline keys create`)"))
+            }
+        };
+        let key = state.store.key_by_hash(&hash_key(secret)).await?.ok_or_else(|| ApiError::unauthorized("this API key is not known"))?;
+        if !key.usable_at(store::now_ms()) {
+            return Err(ApiError::unauthorized("this API key was revoked or has expired; create a new one with `ringline keys create`"));
+        }
+        let limit = key.rate_limit_per_min.map(|l| l.max(1) as u32).unwrap_or(state.config.rate_limit_per_min);
+        if let Err(wait_s) = state.limiter.take(&key.id, limit) {
+            let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("more than {limit} requests a minute with this key; retry after {wait_s} s"));
+            error.retry_after_s = Some(wait_s);
+            return Err(error);
+        }
+        Ok(Auth { workspace_id: key.workspace_id, key_id: key.id })
+    }
+}
+
+/// Token buckets, one per key: `limit` tokens a minute, bursts up to `limit`.
+#[derive(Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// Takes one token, or says how many whole seconds until one is there.
+    pub fn take(&self, key: &str, limit_per_min: u32) -> Result<(), u64> {
+        let capacity = limit_per_min as f64;
+        let per_second = capacity / 60.0;
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = buckets.entry(key.to_string()).or_insert((capacity, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * per_second).min(capacity);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / per_second).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_limit_then_says_when() {
+        let limiter = RateLimiter::default();
+        for _ in 0..3 {
+            assert!(limiter.take("k", 3).is_ok());
+        }
+        let wait = limiter.take("k", 3).unwrap_err();
+        assert!((1..=20).contains(&wait), "{wait}");
+        assert!(limiter.take("other", 3).is_ok(), "keys have their own buckets");
+    }
+}

@@ -1,0 +1,435 @@
+//! Calls over the API: place one, follow it live, read what it left, control it.
+//!
+//! Every check runs before anything is stored — an unknown assistant, a bad number, a missing
+//! variable each get a 4xx naming the field, and no half-created call. An idempotency key
+//! makes a retried request return the first call for five minutes.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use axum::Json;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use super::assistants::{from_stored, rfc3339};
+use super::auth::Auth;
+use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
+use super::numbers::describe;
+use super::runner::{default_sandbox_caller, Control};
+use super::AppState;
+use crate::assistant::prompt;
+use crate::pipeline::metrics::percentile;
+use crate::store::{self, CallRecord, HistoryFilter};
+use crate::transport::loopback::CallerScript;
+
+/// A retried request with the same key within this window returns the first call.
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 5 * 60 * 1000;
+
+/// The caller id the sandbox uses when the request gives none.
+const SANDBOX_FROM: &str = "+15005550000";
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundRequest {
+    pub assistant_id: String,
+    /// E.164; sandbox numbers (+1 500 555 XXXX) reach the simulated line.
+    pub to_number: String,
+    /// The caller id; defaults to the workspace's number assigned to the assistant.
+    pub from_number: Option<String>,
+    /// Values for the assistant's declared variables.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub dynamic_variables: BTreeMap<String, Value>,
+    pub webhook_url: Option<String>,
+    /// Kept with the call; `sandbox_caller` (a caller script) drives the sandbox line.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CallStatus {
+    pub call_id: String,
+    /// queued, ringing, in-progress, completed, failed, no-answer, busy, canceled
+    pub status: String,
+    pub reason: Option<String>,
+    pub assistant_id: String,
+    pub assistant_version: i64,
+    pub to_number: String,
+    pub from_number: String,
+    pub disposition: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub duration_ms: Option<i64>,
+}
+
+impl From<&CallRecord> for CallStatus {
+    fn from(call: &CallRecord) -> Self {
+        CallStatus {
+            call_id: call.id.clone(),
+            status: call.status.clone(),
+            reason: call.status_reason.clone(),
+            assistant_id: call.assistant_id.clone(),
+            assistant_version: call.assistant_version,
+            to_number: call.to_number.clone(),
+            from_number: call.from_number.clone(),
+            disposition: call.disposition.clone(),
+            created_at: rfc3339(call.created_at),
+            started_at: call.started_at.map(rfc3339),
+            ended_at: call.ended_at.map(rfc3339),
+            duration_ms: call.duration_ms,
+        }
+    }
+}
+
+/// Place an outbound call.
+#[utoipa::path(post, path = "/v1/calls/outbound", tag = "calls", request_body = OutboundRequest,
+    responses((status = 201, body = CallStatus), (status = 200, description = "an idempotent retry: the first call", body = CallStatus),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request): ApiJson<OutboundRequest>) -> Result<impl IntoResponse, ApiError> {
+    let record = state.store.assistant(&auth.workspace_id, &request.assistant_id).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "assistant_not_found", format!("no assistant `{}` in this workspace (GET /v1/assistants lists them)", request.assistant_id))
+            .with_field("assistant_id")
+    })?;
+    let assistant = std::sync::Arc::new(from_stored(&record.id, record.current_version, &record.spec)?);
+
+    let to = describe(&request.to_number, None);
+    let to_number = match (&to.e164, to.valid) {
+        (Some(e164), true) => e164.clone(),
+        _ => return Err(ApiError::invalid("to_number", format!("`{}`: {}", request.to_number, to.reason.clone().unwrap_or_default()))),
+    };
+    if !to.callable {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "number_not_callable", format!("{to_number}: {}", to.reason.unwrap_or_default())).with_field("to_number"));
+    }
+    let from_number = match &request.from_number {
+        Some(raw) => {
+            let from = describe(raw, None);
+            match (from.e164, from.valid) {
+                (Some(e164), true) => e164,
+                _ => return Err(ApiError::invalid("from_number", format!("`{raw}`: {}", from.reason.unwrap_or_default()))),
+            }
+        }
+        None => {
+            let (numbers, _) = state.store.numbers(&auth.workspace_id, 100, 0).await?;
+            numbers.into_iter().find(|n| n.assistant_id.as_deref() == Some(record.id.as_str())).map(|n| n.e164).unwrap_or_else(|| SANDBOX_FROM.to_string())
+        }
+    };
+
+    let mut variables = BTreeMap::new();
+    for (name, value) in &request.dynamic_variables {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(_) | Value::Bool(_) => value.to_string(),
+            _ => return Err(ApiError::invalid(format!("dynamic_variables.{name}"), format!("`{name}` must be a string, number or boolean"))),
+        };
+        variables.insert(name.clone(), text);
+    }
+    prompt::resolve_variables(&assistant, &variables).map_err(|message| {
+        let field = message.split('`').nth(1).map(|v| format!("dynamic_variables.{v}")).unwrap_or_else(|| "dynamic_variables".into());
+        let code = if message.contains("is required") { "missing_variable" } else { "invalid_variable" };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message.replace("--var ", "dynamic_variables ")).with_field(field)
+    })?;
+
+    if let Some(url) = &request.webhook_url {
+        if reqwest::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
+            return Err(ApiError::invalid("webhook_url", format!("`{url}` is not an http(s) URL")));
+        }
+    }
+    let metadata = match &request.metadata {
+        Value::Null => json!({}),
+        Value::Object(_) => request.metadata.clone(),
+        _ => return Err(ApiError::invalid("metadata", "must be a JSON object")),
+    };
+    let script: CallerScript = match metadata.get("sandbox_caller") {
+        Some(value) => serde_path_to_error::deserialize(value.clone()).map_err(|e| ApiError::invalid(format!("metadata.sandbox_caller.{}", e.path()), format!("not a caller script: {}", e.inner())))?,
+        None => default_sandbox_caller(),
+    };
+    if let Some(key) = &request.idempotency_key {
+        if key.is_empty() || key.len() > 200 {
+            return Err(ApiError::invalid("idempotency_key", "must be 1..200 characters"));
+        }
+    }
+
+    let now = store::now_ms();
+    let call = CallRecord {
+        id: store::new_id("call"),
+        workspace_id: auth.workspace_id.clone(),
+        assistant_id: record.id.clone(),
+        assistant_version: record.current_version,
+        direction: "outbound".into(),
+        to_number,
+        from_number,
+        status: "queued".into(),
+        dynamic_variables: serde_json::to_string(&variables).unwrap_or_default(),
+        metadata: metadata.to_string(),
+        webhook_url: request.webhook_url.clone(),
+        idempotency_key: request.idempotency_key.clone(),
+        worker_id: Some(state.worker_id.to_string()),
+        day: chrono::DateTime::from_timestamp_millis(now).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default(),
+        created_at: now,
+        ..CallRecord::default()
+    };
+    match state.store.insert_call(&call, IDEMPOTENCY_WINDOW_MS).await? {
+        Ok(()) => {
+            state.metrics.call_started();
+            state.runner.start(call.clone(), assistant, script);
+            Ok((StatusCode::CREATED, Json(CallStatus::from(&call))))
+        }
+        Err(existing) => {
+            let first = state.store.call(&auth.workspace_id, &existing).await?.ok_or_else(|| ApiError::internal("the idempotent call vanished"))?;
+            Ok((StatusCode::OK, Json(CallStatus::from(&first))))
+        }
+    }
+}
+
+async fn find(state: &AppState, auth: &Auth, id: &str) -> Result<CallRecord, ApiError> {
+    state.store.call(&auth.workspace_id, id).await?.ok_or_else(|| ApiError::not_found("call", id))
+}
+
+/// A call's status.
+#[utoipa::path(get, path = "/v1/calls/{id}/status", tag = "calls", responses((status = 200, body = CallStatus), (status = 404, body = ErrorBody)))]
+pub async fn status(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<CallStatus>, ApiError> {
+    Ok(Json(CallStatus::from(&find(&state, &auth, &id).await?)))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TranscriptEntry {
+    /// `agent` or `caller`.
+    pub speaker: String,
+    pub text: String,
+    /// Milliseconds from the start of the call.
+    pub at_ms: i64,
+    /// The agent was cut off here (the text is what the caller heard).
+    pub interrupted: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Transcript {
+    pub call_id: String,
+    pub status: String,
+    pub transcript: Vec<TranscriptEntry>,
+}
+
+/// A call's transcript so far (it grows while the call runs).
+#[utoipa::path(get, path = "/v1/calls/{id}/transcript", tag = "calls", responses((status = 200, body = Transcript), (status = 404, body = ErrorBody)))]
+pub async fn transcript(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Transcript>, ApiError> {
+    let call = find(&state, &auth, &id).await?;
+    let lines = state.store.transcript(&id).await?;
+    Ok(Json(Transcript {
+        call_id: id,
+        status: call.status,
+        transcript: lines.into_iter().map(|l| TranscriptEntry { speaker: l.speaker, text: l.text, at_ms: l.at_ms, interrupted: l.interrupted }).collect(),
+    }))
+}
+
+/// Everything about a call: record, transcript, turns and per-stage latency percentiles.
+#[utoipa::path(get, path = "/v1/calls/{id}", tag = "calls", responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+pub async fn detail(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let call = find(&state, &auth, &id).await?;
+    let lines = state.store.transcript(&id).await?;
+    let turns = state.store.turns(&id).await?;
+    let stages: [(&str, fn(&store::TurnRecord) -> f64); 5] = [
+        ("end_of_turn", |t| t.end_of_turn_ms),
+        ("stt_final", |t| t.stt_final_ms),
+        ("llm_first_token", |t| t.llm_first_token_ms),
+        ("tts_first_audio", |t| t.tts_first_audio_ms),
+        ("voice_to_voice", |t| t.voice_to_voice_ms),
+    ];
+    let mut latency = serde_json::Map::new();
+    for (name, get) in stages {
+        let values: Vec<Duration> = turns.iter().map(|t| Duration::from_secs_f64(get(t).max(0.0) / 1000.0)).collect();
+        let p = |q| percentile(&values, q).map(|d| (d.as_secs_f64() * 1000.0).round());
+        latency.insert(name.into(), json!({ "p50_ms": p(0.5), "p95_ms": p(0.95) }));
+    }
+    Ok(Json(json!({
+        "call_id": call.id,
+        "status": call.status,
+        "reason": call.status_reason,
+        "direction": call.direction,
+        "assistant_id": call.assistant_id,
+        "assistant_version": call.assistant_version,
+        "to_number": call.to_number,
+        "from_number": call.from_number,
+        "disposition": call.disposition,
+        "summary": call.summary,
+        "ended_by": call.ended_by,
+        "dynamic_variables": serde_json::from_str::<Value>(&call.dynamic_variables).unwrap_or(Value::Null),
+        "metadata": serde_json::from_str::<Value>(&call.metadata).unwrap_or(Value::Null),
+        "webhook_url": call.webhook_url,
+        "idempotency_key": call.idempotency_key,
+        "created_at": rfc3339(call.created_at),
+        "started_at": call.started_at.map(rfc3339),
+        "ended_at": call.ended_at.map(rfc3339),
+        "duration_ms": call.duration_ms,
+        "transcript": lines.iter().map(|l| json!({ "speaker": l.speaker, "text": l.text, "at_ms": l.at_ms, "interrupted": l.interrupted })).collect::<Vec<_>>(),
+        "turns": turns.iter().map(|t| json!({
+            "turn": t.turn, "end_of_turn_ms": t.end_of_turn_ms, "stt_final_ms": t.stt_final_ms, "llm_first_token_ms": t.llm_first_token_ms,
+            "tts_first_audio_ms": t.tts_first_audio_ms, "voice_to_voice_ms": t.voice_to_voice_ms,
+        })).collect::<Vec<_>>(),
+        "latency": latency,
+    })))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// RFC 3339 time or YYYY-MM-DD (inclusive).
+    pub from: Option<String>,
+    /// RFC 3339 time or YYYY-MM-DD (exclusive; a date means the end of that day).
+    pub to: Option<String>,
+    pub assistant_id: Option<String>,
+    pub status: Option<String>,
+    pub disposition: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// A time bound from the query: RFC 3339, or a date (its start, or its end for `to`).
+pub fn time_bound(field: &str, raw: Option<&str>, end_of_day: bool, default: i64) -> Result<i64, ApiError> {
+    let Some(raw) = raw else { return Ok(default) };
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw) {
+        return Ok(t.timestamp_millis());
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        let date = if end_of_day { date.succ_opt().unwrap_or(date) } else { date };
+        return Ok(date.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_millis()).unwrap_or(default));
+    }
+    Err(ApiError::bad_request("invalid_query", format!("{field} `{raw}` is not a time: use RFC 3339 (2026-11-21T09:00:00Z) or a date (2026-11-21)")).with_field(field))
+}
+
+const STATUSES: &[&str] = &["queued", "ringing", "in-progress", "completed", "failed", "no-answer", "busy", "canceled"];
+
+#[derive(Serialize, ToSchema)]
+pub struct History {
+    pub calls: Vec<CallStatus>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+    pub has_more: bool,
+}
+
+/// Past and current calls, newest first, filtered.
+#[utoipa::path(get, path = "/v1/calls/history", tag = "calls", params(HistoryQuery), responses((status = 200, body = History), (status = 400, body = ErrorBody)))]
+pub async fn history(State(state): State<AppState>, auth: Auth, ApiQuery(query): ApiQuery<HistoryQuery>) -> Result<Json<History>, ApiError> {
+    let (limit, offset) = super::assistants::Page { limit: query.limit, offset: query.offset }.resolve()?;
+    if let Some(status) = &query.status {
+        if !STATUSES.contains(&status.as_str()) {
+            return Err(ApiError::bad_request("invalid_query", format!("status `{status}` is not one of {}", STATUSES.join(", "))).with_field("status"));
+        }
+    }
+    let filter = HistoryFilter {
+        from: time_bound("from", query.from.as_deref(), false, 0)?,
+        to: time_bound("to", query.to.as_deref(), true, i64::MAX)?,
+        assistant_id: query.assistant_id,
+        status: query.status,
+        disposition: query.disposition,
+        limit,
+        offset,
+    };
+    let (calls, total) = state.store.history(&auth.workspace_id, &filter).await?;
+    Ok(Json(History { has_more: offset + (calls.len() as i64) < total, calls: calls.iter().map(CallStatus::from).collect(), total, limit, offset }))
+}
+
+/// The call's live events (server-sent events): status changes, transcript lines (partial and
+/// final), per-turn latency, barge-ins, actions. Starts from the first event (or after
+/// `Last-Event-ID`) and ends when the call has ended.
+#[utoipa::path(get, path = "/v1/calls/{id}/events", tag = "calls", responses((status = 200, description = "text/event-stream"), (status = 404, body = ErrorBody)))]
+pub async fn events(State(state): State<AppState>, auth: Auth, Path(id): Path<String>, headers: HeaderMap) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    find(&state, &auth, &id).await?;
+    let after: i64 = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let workspace = auth.workspace_id.clone();
+    // Events are read back from the store, so any worker can serve any call's stream.
+    let stream = futures::stream::unfold((state, id, workspace, after, false), |(state, id, workspace, after, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            let batch = state.store.events_after(&id, after).await.unwrap_or_default();
+            if !batch.is_empty() {
+                let last = batch.last().map(|e| e.seq).unwrap_or(after);
+                let events: Vec<Result<Event, Infallible>> =
+                    batch.into_iter().map(|e| Ok(Event::default().id(e.seq.to_string()).event(e.kind).data(e.data))).collect();
+                return Some((futures::stream::iter(events), (state, id, workspace, last, false)));
+            }
+            let ended = match state.store.call(&workspace, &id).await {
+                Ok(Some(call)) => !call.is_live(),
+                _ => true,
+            };
+            if ended {
+                // One last read: the final status event may have landed after the check.
+                let tail = state.store.events_after(&id, after).await.unwrap_or_default();
+                let events: Vec<Result<Event, Infallible>> = tail.into_iter().map(|e| Ok(Event::default().id(e.seq.to_string()).event(e.kind).data(e.data))).collect();
+                return Some((futures::stream::iter(events), (state, id, workspace, after, true)));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    use futures::StreamExt;
+    Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::default()))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EndRequest {
+    pub reason: Option<String>,
+}
+
+/// End a live call (the agent hangs up). Answered at once; the status follows.
+#[utoipa::path(post, path = "/v1/calls/{id}/end", tag = "calls", request_body(content = Option<EndRequest>, description = "optional: a reason"), responses((status = 202, body = CallStatus), (status = 409, body = ErrorBody)))]
+pub async fn end(State(state): State<AppState>, auth: Auth, Path(id): Path<String>, body: axum::body::Bytes) -> Result<impl IntoResponse, ApiError> {
+    let request: EndRequest = if body.is_empty() { EndRequest::default() } else { super::error::parse_json(&body)? };
+    let call = find(&state, &auth, &id).await?;
+    if !call.is_live() {
+        return Err(ApiError::conflict("call_not_active", format!("call {id} already ended ({})", call.status)));
+    }
+    let reason = request.reason.unwrap_or_else(|| "ended through the API".into());
+    state.runner.send(&call, Control::Hangup { reason }).await?;
+    Ok((StatusCode::ACCEPTED, Json(CallStatus::from(&call))))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, tag = "action", rename_all = "snake_case")]
+pub enum ActionRequest {
+    /// Press keys on the line (0-9, *, #, A-D).
+    Dtmf { digits: String },
+    /// Hand the call to another number.
+    Transfer { to_number: String },
+    Hangup { reason: Option<String> },
+}
+
+/// Act on a live call: send DTMF, transfer, or hang up.
+#[utoipa::path(post, path = "/v1/calls/{id}/actions", tag = "calls", request_body = ActionRequest,
+    responses((status = 202, body = CallStatus), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn actions(State(state): State<AppState>, auth: Auth, Path(id): Path<String>, ApiJson(request): ApiJson<ActionRequest>) -> Result<impl IntoResponse, ApiError> {
+    let control = match request {
+        ActionRequest::Dtmf { digits } => {
+            if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D')) {
+                return Err(ApiError::invalid("digits", format!("`{digits}`: use 0-9, *, # and A-D")));
+            }
+            Control::Dtmf { digits }
+        }
+        ActionRequest::Transfer { to_number } => {
+            let info = describe(&to_number, None);
+            match (info.e164, info.valid) {
+                (Some(e164), true) => Control::Transfer { to: e164 },
+                _ => return Err(ApiError::invalid("to_number", format!("`{to_number}`: {}", info.reason.unwrap_or_default()))),
+            }
+        }
+        ActionRequest::Hangup { reason } => Control::Hangup { reason: reason.unwrap_or_else(|| "hung up through the API".into()) },
+    };
+    let call = find(&state, &auth, &id).await?;
+    if !call.is_live() {
+        return Err(ApiError::conflict("call_not_active", format!("call {id} already ended ({})", call.status)));
+    }
+    state.runner.send(&call, control).await?;
+    Ok((StatusCode::ACCEPTED, Json(CallStatus::from(&call))))
+}

@@ -1,0 +1,177 @@
+//! The workspace, analytics, and the service's own endpoints: OpenAPI, health, metrics.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use super::assistants::rfc3339;
+use super::auth::Auth;
+use super::calls::time_bound;
+use super::error::{ApiError, ApiQuery, ErrorBody};
+use super::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Ringline API", description = "Voice AI agents: assistants, numbers, calls, analytics. Auth: `Authorization: Bearer KEY` or `X-API-KEY: KEY`."),
+    paths(
+        workspace, analytics, healthz,
+        super::assistants::list, super::assistants::create, super::assistants::read, super::assistants::read_version,
+        super::assistants::update, super::assistants::remove,
+        super::numbers::list, super::numbers::add, super::numbers::validate, super::numbers::assign,
+        super::calls::outbound, super::calls::status, super::calls::transcript, super::calls::detail,
+        super::calls::history, super::calls::events, super::calls::end, super::calls::actions,
+    ),
+    components(schemas(ErrorBody, super::error::ErrorDetail, WorkspaceView, Analytics, DayCounts)),
+    modifiers(&Security)
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-KEY"))));
+        openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new()), SecurityRequirement::new("api_key", Vec::<String>::new())]);
+    }
+}
+
+/// The OpenAPI 3.1 document of this API, generated from the handlers.
+pub async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WorkspaceView {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+    pub assistants: i64,
+    pub numbers: i64,
+    pub calls: i64,
+}
+
+/// The workspace of the key in use.
+#[utoipa::path(get, path = "/v1/workspace", tag = "workspace", responses((status = 200, body = WorkspaceView), (status = 401, body = ErrorBody)))]
+pub async fn workspace(State(state): State<AppState>, auth: Auth) -> Result<Json<WorkspaceView>, ApiError> {
+    let workspace = state.store.workspace(&auth.workspace_id).await?.ok_or_else(|| ApiError::not_found("workspace", &auth.workspace_id))?;
+    let (assistants, numbers, calls) = state.store.count_workspace(&workspace.id).await?;
+    Ok(Json(WorkspaceView { id: workspace.id, name: workspace.name, created_at: rfc3339(workspace.created_at), assistants, numbers, calls }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsQuery {
+    /// RFC 3339 or YYYY-MM-DD; default: everything.
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// Only `day` for now.
+    pub group_by: Option<String>,
+}
+
+#[derive(Serialize, ToSchema, Default)]
+pub struct DayCounts {
+    pub day: String,
+    pub calls: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub no_answer: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Analytics {
+    pub total_calls: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub no_answer: i64,
+    pub busy: i64,
+    pub canceled: i64,
+    pub in_progress: i64,
+    /// Mean duration of calls that were answered, in seconds.
+    pub average_duration_s: Option<f64>,
+    /// Calls per disposition.
+    pub dispositions: BTreeMap<String, i64>,
+    pub by_day: Vec<DayCounts>,
+}
+
+/// Totals, outcomes, average duration, dispositions and calls by day.
+#[utoipa::path(get, path = "/v1/analytics", tag = "analytics", params(AnalyticsQuery), responses((status = 200, body = Analytics), (status = 400, body = ErrorBody)))]
+pub async fn analytics(State(state): State<AppState>, auth: Auth, ApiQuery(query): ApiQuery<AnalyticsQuery>) -> Result<Json<Analytics>, ApiError> {
+    if let Some(group) = &query.group_by {
+        if group != "day" {
+            return Err(ApiError::bad_request("invalid_query", format!("group_by `{group}`: only `day` is supported")).with_field("group_by"));
+        }
+    }
+    let from = time_bound("from", query.from.as_deref(), false, 0)?;
+    let to = time_bound("to", query.to.as_deref(), true, i64::MAX)?;
+    let rows = state.store.call_counts(&auth.workspace_id, from, to).await?;
+    let mut result = Analytics {
+        total_calls: 0,
+        completed: 0,
+        failed: 0,
+        no_answer: 0,
+        busy: 0,
+        canceled: 0,
+        in_progress: 0,
+        average_duration_s: None,
+        dispositions: BTreeMap::new(),
+        by_day: Vec::new(),
+    };
+    let (mut duration_ms, mut timed) = (0i64, 0i64);
+    let mut days: BTreeMap<String, DayCounts> = BTreeMap::new();
+    for row in rows {
+        result.total_calls += row.calls;
+        let day = days.entry(row.day.clone()).or_insert_with(|| DayCounts { day: row.day.clone(), ..DayCounts::default() });
+        day.calls += row.calls;
+        match row.status.as_str() {
+            "completed" => {
+                result.completed += row.calls;
+                day.completed += row.calls;
+            }
+            "failed" => {
+                result.failed += row.calls;
+                day.failed += row.calls;
+            }
+            "no-answer" => {
+                result.no_answer += row.calls;
+                day.no_answer += row.calls;
+            }
+            "busy" => result.busy += row.calls,
+            "canceled" => result.canceled += row.calls,
+            _ => result.in_progress += row.calls,
+        }
+        if !row.disposition.is_empty() {
+            *result.dispositions.entry(row.disposition.clone()).or_default() += row.calls;
+        }
+        duration_ms += row.duration_ms;
+        timed += row.timed;
+    }
+    if timed > 0 {
+        result.average_duration_s = Some((duration_ms as f64 / timed as f64 / 1000.0 * 10.0).round() / 10.0);
+    }
+    result.by_day = days.into_values().collect();
+    Ok(Json(result))
+}
+
+/// Liveness and the database's health.
+#[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, description = "ok"), (status = 503, body = ErrorBody)))]
+pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    sqlx::query("SELECT 1").execute(&state.store.pool).await.map_err(crate::store::StoreError::from)?;
+    Ok(Json(serde_json::json!({ "status": "ok", "worker": &*state.worker_id, "database": format!("{:?}", state.store.backend).to_lowercase(), "live_calls": state.runner.live_calls() })))
+}
+
+/// Prometheus text exposition.
+pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(state.runner.live_calls()))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint; GET /v1/openapi.json lists them")
+}

@@ -1,0 +1,191 @@
+//! `ringline serve`: the HTTP API (Ringg-compatible paths under `/v1`), over one [`Store`].
+//!
+//! ```text
+//! request ─► metrics layer ─► router ─► Auth (key → workspace, rate limit) ─► handler ─► store
+//!                                                   outbound call ─► runner (this worker) ─► pipeline
+//! control for a call another worker owns ─► NOTIFY ringline_control ─► that worker's listener
+//! ```
+//!
+//! One process holds many calls. A call belongs to the worker that started it (`calls.worker_id`);
+//! any worker answers queries about it from the database, and control (end, DTMF, transfer)
+//! reaches the owner through PostgreSQL's LISTEN/NOTIFY. Workers heartbeat into `workers`;
+//! calls of a worker that stopped heartbeating are closed as failed, never left in progress.
+
+pub mod assistants;
+pub mod auth;
+pub mod calls;
+pub mod error;
+pub mod meta;
+pub mod metrics;
+pub mod numbers;
+pub mod runner;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::models::ModelStore;
+use crate::store::{self, Backend, Store};
+
+/// The channel control messages travel on between workers.
+pub const CONTROL_CHANNEL: &str = "ringline_control";
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub bind: SocketAddr,
+    pub database_url: String,
+    /// File-defined assistants (`assistants/*.yaml`), reloaded when they change.
+    pub assistants_dir: PathBuf,
+    /// Requests a minute per key, unless the key sets its own.
+    pub rate_limit_per_min: u32,
+    /// A worker silent this long is dead: its calls are closed as failed.
+    pub worker_stale: Duration,
+}
+
+/// What every handler shares; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<ServeConfig>,
+    pub limiter: Arc<auth::RateLimiter>,
+    pub catalog: Arc<assistants::Catalog>,
+    pub runner: Arc<runner::Runner>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub worker_id: Arc<str>,
+}
+
+/// The API's routes; the OpenAPI document describes the same set (see `meta::ApiDoc`).
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/workspace", get(meta::workspace))
+        .route("/assistants", get(assistants::list).post(assistants::create))
+        .route("/assistants/{id}", get(assistants::read).patch(assistants::update).delete(assistants::remove))
+        .route("/assistants/{id}/versions/{version}", get(assistants::read_version))
+        .route("/numbers", get(numbers::list).post(numbers::add))
+        .route("/numbers/validate", post(numbers::validate))
+        .route("/numbers/{id}/assign", post(numbers::assign))
+        .route("/calls/outbound", post(calls::outbound))
+        .route("/calls/history", get(calls::history))
+        .route("/calls/{id}", get(calls::detail))
+        .route("/calls/{id}/status", get(calls::status))
+        .route("/calls/{id}/transcript", get(calls::transcript))
+        .route("/calls/{id}/events", get(calls::events))
+        .route("/calls/{id}/end", post(calls::end))
+        .route("/calls/{id}/actions", post(calls::actions))
+        .route("/analytics", get(meta::analytics))
+        .route("/openapi.json", get(meta::openapi));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(meta::healthz))
+        .route("/metrics", get(meta::prometheus))
+        .fallback(meta::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .with_state(state)
+}
+
+/// Connects, recovers, starts the background tasks and serves until Ctrl-C or SIGTERM.
+pub async fn serve(config: ServeConfig, models: ModelStore) -> anyhow::Result<()> {
+    let store = Store::connect(&config.database_url).await?;
+    let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|e| anyhow::anyhow!("--bind {}: {e}", config.bind))?;
+    let address = listener.local_addr()?;
+    let worker_id: Arc<str> = Arc::from(store::new_id("wrk"));
+    store.register_worker(&worker_id, &address.to_string()).await?;
+    // Calls left in flight by a process that is gone are closed now. SQLite serves one
+    // process, so every live call there is an orphan; on PostgreSQL only those whose
+    // worker stopped heartbeating.
+    let stale_before = match store.backend {
+        Backend::Sqlite => i64::MAX,
+        Backend::Postgres => store::now_ms() - config.worker_stale.as_millis() as i64,
+    };
+    let closed = store.close_orphaned_calls(&worker_id, stale_before, "the worker running the call stopped before it ended").await?;
+    if closed > 0 {
+        tracing::warn!(closed, "closed calls left in progress by a stopped worker");
+    }
+
+    let shutdown = CancellationToken::new();
+    let catalog = Arc::new(assistants::Catalog::new(config.assistants_dir.clone()));
+    catalog.reload(&store).await;
+    let runner = Arc::new(runner::Runner::new(store.clone(), models, worker_id.clone()));
+    let state = AppState {
+        store: store.clone(),
+        config: Arc::new(config.clone()),
+        limiter: Arc::new(auth::RateLimiter::default()),
+        catalog: catalog.clone(),
+        runner: runner.clone(),
+        metrics: Arc::new(metrics::Metrics::default()),
+        worker_id: worker_id.clone(),
+    };
+    tokio::spawn(background(state.clone(), shutdown.clone()));
+    if store.backend == Backend::Postgres {
+        tokio::spawn(runner::listen_for_control(store.url.clone(), runner.clone(), shutdown.clone()));
+    }
+
+    // The first line on stdout says where to connect (tests and scripts read it).
+    println!("listening on http://{address}");
+    tracing::info!(%address, worker = %worker_id, database = ?store.backend, "serving");
+    let app = router(state);
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            stop.cancel();
+        })
+        .await?;
+    shutdown.cancel();
+    let ended = runner.hang_up_all("the server shut down");
+    if ended > 0 {
+        // Give the calls a moment to write their outcome.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    store.close_worker_calls(&worker_id, "the server shut down during the call").await?;
+    store.remove_worker(&worker_id).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Heartbeat, orphan sweep and assistant-file reload, every two seconds.
+async fn background(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = state.store.heartbeat(&state.worker_id).await {
+            tracing::warn!(%error, "heartbeat failed");
+        }
+        if state.store.backend == Backend::Postgres {
+            let stale_before = store::now_ms() - state.config.worker_stale.as_millis() as i64;
+            match state.store.close_orphaned_calls(&state.worker_id, stale_before, "the worker running the call stopped before it ended").await {
+                Ok(0) => {}
+                Ok(closed) => tracing::warn!(closed, "closed calls of a stopped worker"),
+                Err(error) => tracing::warn!(%error, "orphan sweep failed"),
+            }
+        }
+        state.catalog.reload(&state.store).await;
+    }
+}
