@@ -350,7 +350,7 @@ impl Assistant {
         let spec: AssistantSpec = serde_path_to_error::deserialize(value).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner().to_string();
-            let field = named_field(&inner).map(|f| if field == "." { f.clone() } else { format!("{field}.{f}") }).unwrap_or(field);
+            let field = join_field(&field, named_field(&inner));
             vec![AssistantError::Invalid { file: path.clone(), line: None, field: Some(field), message: format!("{inner}; see the assistant spec in the README") }]
         })?;
         if spec.prompt.is_some() {
@@ -457,6 +457,17 @@ fn syntax_error(path: &Path, error: &serde_yaml::Error) -> AssistantError {
         ""
     };
     AssistantError::Invalid { file: path.to_path_buf(), line, field, message: format!("{rest}{fix}") }
+}
+
+/// A serde path joined with the field its message names, without saying the field twice
+/// (serde_path_to_error's path already ends in an unknown field's name).
+pub(crate) fn join_field(path: &str, named: Option<String>) -> String {
+    match named {
+        Some(f) if path == "." => f,
+        Some(f) if path == f || path.ends_with(&format!(".{f}")) => path.to_string(),
+        Some(f) => format!("{path}.{f}"),
+        None => path.to_string(),
+    }
 }
 
 /// The field a serde message names: "unknown field `x`" or "missing field `x`".

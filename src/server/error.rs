@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::assistant::named_field;
+use crate::assistant::{join_field, named_field};
 use crate::store::StoreError;
 
 #[derive(Debug, Clone)]
@@ -115,7 +115,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
-        let field = named_field(&message).map(|f| if path == "." { f.clone() } else { format!("{path}.{f}") }).unwrap_or(path);
+        let field = join_field(&path, named_field(&message));
         let code = if message.starts_with("missing field") { "missing_field" } else { "invalid_field" };
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, format!("{field}: {message}")).with_field(field)
     })
