@@ -21,6 +21,8 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         calls: usize,
     },
+    /// API requests per second and p99 latency on SQLite and PostgreSQL (loopback).
+    Api(super::bench_api::BenchApiArgs),
     /// Speech-to-text time and real-time factor for 2, 5 and 10 s utterances.
     Stt {
         /// Runs per utterance length (after one warm-up run).
@@ -32,6 +34,7 @@ pub enum BenchCommand {
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Stt { runs } => bench_stt(runs.max(1)),
+        BenchCommand::Api(args) => super::bench_api::run(args),
         BenchCommand::Latency { assistant, caller, calls } => super::call_cmds::bench_latency(&assistant, &caller, calls.max(1)),
     }
 }

@@ -5,6 +5,7 @@
 
 mod audio_cmds;
 mod bench;
+mod bench_api;
 pub mod call_cmds;
 mod models_cmd;
 mod serve_cmds;
