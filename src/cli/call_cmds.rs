@@ -259,7 +259,7 @@ fn report_json(call: &SimulatedCall) -> anyhow::Result<String> {
         "transfers": report.transfers,
         "dtmf_sent": call.log.dtmf_sent,
         "errors": report.errors,
-        "audio_dropped": call.log.audio_dropped,
+        "audio_dropped": report.audio_dropped,
         "duration_ms": ms_of(report.duration).round(),
         "history": report.history,
     });

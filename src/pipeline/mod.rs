@@ -152,6 +152,8 @@ pub struct CallReport {
     pub ended_by: Option<String>,
     pub errors: Vec<String>,
     pub summary: String,
+    /// Caller audio chunks dropped because the listener fell behind real time.
+    pub audio_dropped: u64,
     #[serde(skip)]
     pub history: Vec<Message>,
     pub duration: Duration,
@@ -202,6 +204,7 @@ pub async fn run_call(
     // Source last: the listener turns caller audio into frames.
     let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate() };
     let CallInput { audio, mut dtmf } = input;
+    let drops = audio.drop_counter();
     // Keypad digits go straight to the agent.
     let dtmf_frames = frames_tx.clone();
     tokio::spawn(async move {
@@ -219,6 +222,8 @@ pub async fn run_call(
     let _ = agent_task.await;
     let mut report = std::mem::take(&mut *report.lock().unwrap_or_else(|e| e.into_inner()));
     report.duration = out.now();
+    // Read after the listener has finished: every drop is counted by now.
+    report.audio_dropped = drops.get();
     if report.ended_by.is_none() {
         report.ended_by = Some("caller hung up".into());
     }

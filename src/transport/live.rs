@@ -83,6 +83,22 @@ impl LiveReceiver {
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
+
+    /// A handle that reads the drop count after the receiver has moved into its stage.
+    pub fn drop_counter(&self) -> DropCounter {
+        DropCounter { shared: self.shared.clone() }
+    }
+}
+
+/// Reads how many chunks the edge dropped (see [`LiveReceiver::drop_counter`]).
+pub struct DropCounter {
+    shared: Arc<Shared>,
+}
+
+impl DropCounter {
+    pub fn get(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]

@@ -32,8 +32,6 @@ pub struct LineLog {
     pub hung_up_by_agent: Option<Duration>,
     pub dtmf_sent: String,
     pub transfers: Vec<String>,
-    /// Caller audio chunks dropped because the call fell behind real time.
-    pub audio_dropped: u64,
 }
 
 struct Segment {
@@ -98,7 +96,6 @@ impl LoopbackLine {
             }
             audio_in.push(self.tick(chunk));
         }
-        self.lock().log.audio_dropped = audio_in.dropped();
     }
 
     /// One 20 ms step in both directions; returns the caller's chunk.
