@@ -167,22 +167,23 @@ impl Listener {
 }
 
 impl Listener {
-    /// Transcribes `utterance` and asks Smart Turn about it, side by side on blocking threads.
+    /// Transcribes `utterance` and asks Smart Turn about it, side by side in the shared pools.
     fn hear(&self, utterance: Vec<f32>) -> oneshot::Receiver<Heard> {
         let (tx, rx) = oneshot::channel();
         let (stt, smart_turn) = (self.stt.clone(), self.smart_turn.clone());
         let audio = Arc::new(utterance);
         let audio_for_turn = audio.clone();
-        let words = tokio::task::spawn_blocking(move || {
+        let words = super::pool::stt().run(move || {
             stt.transcribe(&audio).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "transcription failed");
                 Transcript::default()
             })
         });
-        let complete = tokio::task::spawn_blocking(move || smart_turn.probability(&audio_for_turn).ok());
+        let complete = super::pool::end_of_turn().run(move || smart_turn.probability(&audio_for_turn).ok());
         tokio::spawn(async move {
-            let transcript = words.await.unwrap_or_default();
-            let probability = complete.await.ok().flatten();
+            let (words, complete) = futures::join!(words, complete);
+            let transcript = words.unwrap_or_default();
+            let probability = complete.ok().flatten();
             let _ = tx.send((transcript, probability));
         });
         rx

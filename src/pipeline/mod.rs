@@ -11,13 +11,15 @@
 //! display are unbounded because they are a handful per turn.
 //!
 //! Models load once per process ([`Engines`]) and are shared by every call; inference runs
-//! on blocking threads (whisper, Piper) or in the engine process (LLM). Silero runs inline:
+//! in bounded, fair pools on blocking threads (whisper, Smart Turn, Piper: `pool.rs`) or in
+//! the engine process (LLM). Silero runs inline:
 //! ~0.1 ms per 32 ms frame, under the async runtime's budget.
 
 pub mod agent;
 pub mod frames;
 pub mod listen;
 pub mod metrics;
+pub mod pool;
 pub mod tools;
 pub mod turn;
 

@@ -275,7 +275,7 @@ async fn speak(ctx: Arc<TurnContext>, mut chunks: mpsc::Receiver<String>, progre
         let rate = ctx.out.rate();
         let (tts, fallback) = (ctx.tts.clone(), ctx.fallback_tts.clone());
         let text = chunk.clone();
-        let synthesis = tokio::task::spawn_blocking(move || {
+        let synthesis = super::pool::tts().run(move || {
             let primary = tts.speak_all(&text);
             let audio = match primary {
                 Ok(audio) => Ok((audio, None)),

@@ -430,6 +430,8 @@ pub async fn actions(State(state): State<AppState>, auth: Auth, Path(id): Path<S
     if !call.is_live() {
         return Err(ApiError::conflict("call_not_active", format!("call {id} already ended ({})", call.status)));
     }
-    state.runner.send(&call, control).await?;
+    if !state.runner.send(&call, control).await? {
+        return Err(ApiError::conflict("call_not_answered", format!("call {id} is {}: keys and transfers wait until it is answered", call.status)));
+    }
     Ok((StatusCode::ACCEPTED, Json(CallStatus::from(&call))))
 }

@@ -270,19 +270,23 @@ impl Runner {
         calls.len()
     }
 
-    /// Sends a control to whichever worker owns the call.
-    pub async fn send(&self, call: &CallRecord, control: Control) -> Result<(), crate::store::StoreError> {
+    /// Sends a control to whichever worker owns the call. `Ok(false)`: this worker owns it but
+    /// it is not answered yet, so only a hang-up can apply (it cancels the call).
+    pub async fn send(&self, call: &CallRecord, control: Control) -> Result<bool, crate::store::StoreError> {
         if call.worker_id.as_deref() == Some(&*self.worker_id) {
-            if !self.control(&call.id, &control).await {
-                // Still ringing or loading: hang-ups close it at once; others wait for the answer.
-                if let Control::Hangup { reason } = &control {
-                    self.store.finish_call(&call.id, &CallOutcome { status: "canceled".into(), reason: Some(reason.clone()), ended_by: Some(reason.clone()), ..CallOutcome::default() }).await?;
-                }
+            if self.control(&call.id, &control).await {
+                return Ok(true);
             }
-            return Ok(());
+            if let Control::Hangup { reason } = &control {
+                let outcome = CallOutcome { status: "canceled".into(), reason: Some(reason.clone()), ended_by: Some(reason.clone()), ..CallOutcome::default() };
+                self.store.finish_call(&call.id, &outcome).await?;
+                return Ok(true);
+            }
+            return Ok(false);
         }
         let message = serde_json::to_string(&ControlMessage { call_id: call.id.clone(), control }).unwrap_or_default();
-        self.store.notify(super::CONTROL_CHANNEL, &message).await
+        self.store.notify(super::CONTROL_CHANNEL, &message).await?;
+        Ok(true)
     }
 }
 
