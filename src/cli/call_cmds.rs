@@ -283,6 +283,10 @@ impl AudioOut for TextLine {
     fn clear(&self) -> Duration {
         self.now()
     }
+    fn pause(&self) -> Duration {
+        self.now()
+    }
+    fn resume(&self) {}
     fn heard(&self, _segment: u64) -> f32 {
         1.0
     }
@@ -387,6 +391,9 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
     })
 }
 
+/// How far the VAD's estimate of a speech onset may stray from the truth.
+const VAD_ONSET_SLACK: Duration = Duration::from_millis(250);
+
 /// `ringline bench latency`: several scripted calls, then percentiles of every stage.
 pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) -> anyhow::Result<()> {
     let store = ModelStore::from_env()?;
@@ -400,9 +407,12 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
             eprintln!("call {}/{calls}: {} caller lines, in real time…", index + 1, script.lines.len());
             let call = simulate_call(&store, engines.clone(), assistant.clone(), script.clone(), BTreeMap::new(), DEFAULT_LINE_RATE, false).await?;
             turns.extend(call.report.turns.iter().cloned());
-            // Barge-in reaction on the audio timeline: the caller's scripted onset → agent audio cleared.
+            // Barge-in reaction on the audio timeline: from when caller and agent were both
+            // audible (the caller's scripted onset, or the agent's first sound when it began
+            // over a caller already talking) to when the agent's audio stopped.
             for (onset, stopped) in &call.report.barge_ins {
-                let truth = call.log.caller_speech.iter().map(|(start, _)| *start).filter(|s| s <= onset).max().unwrap_or(*onset);
+                let scripted = call.log.caller_speech.iter().map(|(start, _)| *start).filter(|s| *s <= *onset + VAD_ONSET_SLACK).max().unwrap_or(*onset);
+                let truth = if *onset > scripted + VAD_ONSET_SLACK { *onset } else { scripted };
                 barge_ins.push(stopped.saturating_sub(truth));
             }
         }

@@ -63,6 +63,10 @@ struct State {
     hang_up_when_done: Option<String>,
     llm_failures: usize,
     turn_count: usize,
+    /// Agent audio paused because the caller started talking over it: (when the overlap
+    /// began, when the audio stopped). Confirmed into a barge-in after `min_interrupt_ms`,
+    /// or resumed if the sound ends sooner.
+    paused: Option<(Duration, Duration)>,
 }
 
 impl Agent {
@@ -80,7 +84,8 @@ impl Agent {
         } else {
             tokio::spawn(turn::prefill(self.ctx.clone(), state.history.clone()));
         }
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        // One line frame: a barge-in is noticed within 20 ms.
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
         loop {
             tokio::select! {
                 _ = call.cancelled() => break,
@@ -129,12 +134,17 @@ impl Agent {
                 state.caller_speaking = true;
                 state.caller_onset = Some(onset);
                 state.last_activity = now;
+                self.check_barge_in(state, report);
             }
             Frame::SpeechStopped { at } => {
                 // Shorter than min_interrupt_ms over the agent: a cough, not a barge-in.
                 state.caller_speaking = false;
                 state.caller_onset = None;
                 state.last_activity = at;
+                if state.paused.take().is_some() {
+                    self.ctx.out.resume();
+                    self.emit(CallEvent::Note("a short sound over the agent; playing on".into()));
+                }
             }
             Frame::TranscriptPartial(text) => self.emit(CallEvent::Partial { text }),
             Frame::TranscriptFinal(user) => self.on_user_turn(state, user, report),
@@ -184,6 +194,7 @@ impl Agent {
 
     /// Cancels whatever the agent is doing without treating it as a barge-in.
     fn replace_turn(&self, state: &mut State, report: &Arc<Mutex<CallReport>>) {
+        state.paused = None;
         if let Some(active) = state.active.take() {
             active.cancel.cancel();
             self.ctx.out.clear();
@@ -191,20 +202,52 @@ impl Agent {
         }
     }
 
-    fn interrupt(&self, state: &mut State, onset: Duration, report: &Arc<Mutex<CallReport>>) {
-        // A turn stays active until its audio has played out, so there is one to cancel
-        // whenever agent audio is on the line.
-        let Some(active) = state.active.take() else {
-            if !self.ctx.out.is_idle() {
-                let stopped = self.ctx.out.clear();
-                self.record_barge_in(onset, stopped, report);
-            }
+    /// The caller talking over the agent: pause the agent's audio at once; once both have
+    /// overlapped for `min_interrupt_ms` the caller wins — whether they broke in, or were
+    /// already talking when the agent began.
+    fn check_barge_in(&self, state: &mut State, report: &Arc<Mutex<CallReport>>) {
+        let (Some(onset), true) = (state.caller_onset, state.caller_speaking) else { return };
+        let spec = self.ctx.assistant.spec.turn;
+        let interruptible = state.active.as_ref().map(|a| a.interruptible).unwrap_or(spec.interruptible);
+        if !interruptible || !self.agent_speaking(state) {
             return;
+        }
+        let now = self.ctx.out.now();
+        if state.paused.is_none() && !self.ctx.out.is_idle() {
+            // Overlap starts when both are audible: the later of the caller's onset and the
+            // first sound of the agent's turn.
+            let audible_from = state
+                .active
+                .as_ref()
+                .and_then(|a| a.progress.lock().unwrap_or_else(|e| e.into_inner()).segments.first().map(|(id, _)| *id))
+                .and_then(|id| self.ctx.out.started_at(id))
+                .unwrap_or(now);
+            let stopped = self.ctx.out.pause();
+            state.paused = Some((onset.max(audible_from), stopped));
+        }
+        let overlap_start = match state.paused {
+            Some((overlap, _)) => overlap,
+            None => state.active.as_ref().map(|a| a.started_at.max(onset)).unwrap_or(onset),
         };
-        active.cancel.cancel();
-        let stopped = self.ctx.out.clear();
-        self.record_barge_in(onset, stopped, report);
-        self.finish_turn(state, active, report, true);
+        if now >= overlap_start + Duration::from_millis(spec.min_interrupt_ms as u64) {
+            self.interrupt(state, overlap_start, report);
+        }
+    }
+
+    fn interrupt(&self, state: &mut State, onset: Duration, report: &Arc<Mutex<CallReport>>) {
+        // The agent was heard if its audio was paused (or still playing): that is a barge-in.
+        // A turn still thinking (nothing audible yet) is withdrawn quietly: the caller is
+        // still talking, and their finished turn will start a new one.
+        let paused = state.paused.take();
+        let audible = paused.is_some() || !self.ctx.out.is_idle();
+        let cleared = self.ctx.out.clear();
+        if audible {
+            self.record_barge_in(onset, paused.map(|(_, at)| at).unwrap_or(cleared), report);
+        }
+        if let Some(active) = state.active.take() {
+            active.cancel.cancel();
+            self.finish_turn(state, active, report, true);
+        }
     }
 
     fn record_barge_in(&self, onset: Duration, stopped: Duration, report: &Arc<Mutex<CallReport>>) {
@@ -294,17 +337,7 @@ impl Agent {
     fn on_tick(&self, state: &mut State, report: &Arc<Mutex<CallReport>>) -> bool {
         let now = self.ctx.out.now();
         let spec = self.ctx.assistant.spec.turn;
-        // Caller and agent both talking for min_interrupt_ms: the caller wins — whether the
-        // caller broke in, or was already talking when the agent began.
-        if let (Some(onset), true) = (state.caller_onset, state.caller_speaking) {
-            let interruptible = state.active.as_ref().map(|a| a.interruptible).unwrap_or(spec.interruptible);
-            if interruptible && self.agent_speaking(state) {
-                let overlap_start = state.active.as_ref().map(|a| a.started_at.max(onset)).unwrap_or(onset);
-                if now >= overlap_start + Duration::from_millis(spec.min_interrupt_ms as u64) {
-                    self.interrupt(state, overlap_start, report);
-                }
-            }
-        }
+        self.check_barge_in(state, report);
         // A turn is done when its task finished and its audio has played out.
         if let Some(active) = &state.active {
             if active.handle.is_finished() && self.ctx.out.is_idle() {

@@ -49,6 +49,7 @@ struct State {
     caller_track: Vec<f32>,
     agent_track: Vec<f32>,
     ticks: u64,
+    paused: bool,
     log: LineLog,
 }
 
@@ -109,7 +110,7 @@ impl LoopbackLine {
         }
         state.caller_track.extend_from_slice(&caller);
         let mut out = Vec::with_capacity(chunk);
-        while out.len() < chunk {
+        while out.len() < chunk && !state.paused {
             let Some(segment) = state.agent_queue.front_mut() else { break };
             let id = segment.id;
             let take = (chunk - out.len()).min(segment.samples.len() - segment.offset);
@@ -195,8 +196,19 @@ impl AudioOut for LoopbackLine {
         let now = TICK * state.ticks as u32;
         let cut = !state.agent_queue.is_empty();
         state.agent_queue.clear();
+        state.paused = false;
         state.log.clears.push((now, cut));
         now
+    }
+
+    fn pause(&self) -> Duration {
+        let mut state = self.lock();
+        state.paused = true;
+        TICK * state.ticks as u32
+    }
+
+    fn resume(&self) {
+        self.lock().paused = false;
     }
 
     fn heard(&self, segment: u64) -> f32 {

@@ -27,8 +27,13 @@ pub trait AudioOut: Send + Sync {
     fn now(&self) -> Duration;
     /// Queues one segment of agent audio (at `rate()`).
     fn play(&self, segment: u64, samples: Vec<f32>);
-    /// Drops every queued sample not yet played; returns when it was cleared.
+    /// Drops every queued sample not yet played (and ends a pause); returns when it was cleared.
     fn clear(&self) -> Duration;
+    /// Stops playing without dropping anything (the caller may be starting a barge-in);
+    /// returns when the audio stopped.
+    fn pause(&self) -> Duration;
+    /// Plays on from where [`AudioOut::pause`] stopped.
+    fn resume(&self);
     /// Fraction (0..=1) of `segment` that has been played.
     fn heard(&self, segment: u64) -> f32;
     /// True when nothing is queued or playing.

@@ -105,8 +105,9 @@ fn barge_in_stops_the_agent_and_history_keeps_only_what_was_heard() {
     let barge_ins = call.report["barge_ins"].as_array().unwrap();
     assert_eq!(barge_ins.len(), 1, "{}", call.report);
     let reaction = barge_ins[0]["reaction_ms"].as_f64().unwrap();
-    // Measured on the line's audio timeline: min_interrupt_ms (160) plus a few frames.
-    assert!(reaction < 1_000.0, "agent audio stopped {reaction} ms after the caller began");
+    // Measured on the line's audio timeline: the agent pauses as soon as the VAD confirms
+    // speech (~100 ms), well before min_interrupt_ms (160) confirms the barge-in.
+    assert!(reaction < 600.0, "agent audio stopped {reaction} ms after the caller began");
     let history = call.report["history"].as_array().unwrap();
     let cut = history
         .iter()
