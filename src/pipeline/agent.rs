@@ -224,6 +224,7 @@ impl Agent {
                 .unwrap_or(now);
             let stopped = self.ctx.out.pause();
             state.paused = Some((onset.max(audible_from), stopped));
+            tracing::debug!(?onset, ?stopped, "caller talking over the agent: paused");
         }
         let overlap_start = match state.paused {
             Some((overlap, _)) => overlap,

@@ -49,7 +49,7 @@ impl Drop for Database {
 }
 
 fn psql(sql: &str) {
-    let status = Command::new("psql").args([PG_ADMIN, "-q", "-c", sql]).status().expect("psql is installed with PostgreSQL");
+    let status = Command::new("psql").args([PG_ADMIN, "-q", "-c", sql]).env("PGOPTIONS", "--client-min-messages=warning").status().expect("psql is installed with PostgreSQL");
     assert!(status.success(), "psql {sql} failed");
 }
 
