@@ -352,6 +352,15 @@ fn bad_input(db: Database) {
     let (status, body) = post(&serve, &key, &format!("/v1/numbers/{}/assign", number["id"].as_str().unwrap()), json!({ "assistant_id": "asst_nope" }));
     expect(status, body, 404, Some("assistant_id"));
 
+    // Delete: the assistant is gone for new calls; a file assistant cannot be deleted.
+    let (status, _, _) = http("DELETE", &serve.url(&format!("/v1/assistants/{id}")), Some(&key), None);
+    assert_eq!(status, 204);
+    assert_eq!(get(&serve, &key, &format!("/v1/assistants/{id}")).0, 404);
+    let (status, body) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": id, "to_number": "+15005550006", "dynamic_variables": { "customer_name": "A" } }));
+    expect(status, body, 404, Some("assistant_id"));
+    let (status, _, body) = http("DELETE", &serve.url("/v1/assistants/luigis_booking"), Some(&key), None);
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("read_only")), "{body}");
+
     // Keys: missing, unknown, revoked.
     let (status, _, body) = http("GET", &serve.url("/v1/workspace"), None, None);
     expect(status, body, 401, None);

@@ -293,3 +293,22 @@ fn cloud_stt_and_tts_endpoints_are_a_configuration_switch() {
     assert!(spoken.iter().any(|s| s.contains("for how many people")), "{spoken:?}");
     assert!(tts.requests().iter().all(|r| r["voice"] == "alloy" && r["response_format"] == "wav"));
 }
+
+#[test]
+fn a_voice_that_fails_mid_call_falls_back_to_espeak_and_the_call_goes_on() {
+    // The cloud voice speaks the greeting, then fails every request: a provider outage mid-call.
+    let tone = ringline::audio::Audio::new((0..24_000).map(|i| 0.2 * (i as f32 * 0.05).sin()).collect(), 24_000).to_wav_bytes().unwrap();
+    let tts = Server::start(move |index, _| match index {
+        0 => Response { status: 200, content_type: "audio/wav", body: tone.clone(), delay: Duration::ZERO },
+        _ => Response { status: 503, content_type: "application/json", body: br#"{"error": {"message": "overloaded"}}"#.to_vec(), delay: Duration::ZERO },
+    });
+    let llm = standin::llm(vec![Reply::Text("We are open every day from noon."), Reply::Text("Goodbye.")]);
+    let extra = format!("voice: {{ provider: openai, base_url: \"{}\", model: tts-1, name: alloy }}\n", tts.url("/v1"));
+    let call = simulate(&standin_assistant(&llm, &extra), "lines:\n  - say: \"When are you open?\"\n  - say: \"Thank you.\"\nfinal_wait_ms: 6000\n");
+    let agent = call.said("agent").join(" ");
+    assert!(agent.contains("open every day"), "the reply was spoken in the fallback voice: {agent}");
+    let errors = call.report["errors"].as_array().unwrap();
+    assert!(errors.iter().any(|e| e.as_str().unwrap_or_default().contains("fell back to espeak")), "the failure is recorded: {errors:?}");
+    assert_eq!(call.said("caller").len(), 2, "the call went on after the failure: {}", call.report);
+    assert!(tts.requests().len() >= 2, "the cloud voice was tried again");
+}
