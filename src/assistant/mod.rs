@@ -430,6 +430,13 @@ impl Assistant {
     }
 }
 
+/// The assistant files (`*.yaml`, `*.yml`) in `dir`, sorted.
+pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml")).collect();
+    files.sort();
+    Ok(files)
+}
+
 fn resolve_relative(dir: &Path, relative: &str) -> Option<PathBuf> {
     [dir.join(relative), dir.parent().unwrap_or(Path::new(".")).join(relative)].into_iter().find(|p| p.is_file())
 }

@@ -135,9 +135,7 @@ pub fn keys(args: KeysArgs) -> anyhow::Result<()> {
 /// Checks every file; prints each problem with file, line, field and fix. Fails if any.
 pub fn assistants(command: AssistantsCommand) -> anyhow::Result<()> {
     let AssistantsCommand::Check { dir } = command;
-    let entries = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
-    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml")).collect();
-    files.sort();
+    let files = crate::assistant::files_in(&dir).with_context(|| format!("reading {}", dir.display()))?;
     if files.is_empty() {
         anyhow::bail!("{}: no assistant files (*.yaml) here", dir.display());
     }

@@ -40,9 +40,7 @@ impl Catalog {
     /// Loads files that are new or changed (the YAML or its prompt); records a new version
     /// for each good one; logs and skips bad ones, so the last good version stays current.
     pub async fn reload(&self, store: &Store) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
-        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml")).collect();
-        files.sort();
+        let Ok(files) = crate::assistant::files_in(&self.dir) else { return };
         let mut seen = self.seen.lock().await;
         for file in files {
             let Some(fingerprint) = fingerprint(&file) else { continue };

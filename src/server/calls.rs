@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use super::assistants::{from_stored, rfc3339};
 use super::auth::Auth;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
-use super::numbers::describe;
+use super::numbers::valid_number;
 use super::runner::{default_sandbox_caller, Control};
 use super::AppState;
 use crate::assistant::prompt;
@@ -102,22 +102,12 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
     })?;
     let assistant = std::sync::Arc::new(from_stored(&record.id, record.current_version, &record.spec)?);
 
-    let to = describe(&request.to_number, None);
-    let to_number = match (&to.e164, to.valid) {
-        (Some(e164), true) => e164.clone(),
-        _ => return Err(ApiError::invalid("to_number", format!("`{}`: {}", request.to_number, to.reason.clone().unwrap_or_default()))),
-    };
+    let (to_number, to) = valid_number("to_number", &request.to_number, None)?;
     if !to.callable {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "number_not_callable", format!("{to_number}: {}", to.reason.unwrap_or_default())).with_field("to_number"));
     }
     let from_number = match &request.from_number {
-        Some(raw) => {
-            let from = describe(raw, None);
-            match (from.e164, from.valid) {
-                (Some(e164), true) => e164,
-                _ => return Err(ApiError::invalid("from_number", format!("`{raw}`: {}", from.reason.unwrap_or_default()))),
-            }
-        }
+        Some(raw) => valid_number("from_number", raw, None)?.0,
         None => {
             let (numbers, _) = state.store.numbers(&auth.workspace_id, 100, 0).await?;
             numbers.into_iter().find(|n| n.assistant_id.as_deref() == Some(record.id.as_str())).map(|n| n.e164).unwrap_or_else(|| SANDBOX_FROM.to_string())
@@ -356,9 +346,7 @@ pub async fn events(State(state): State<AppState>, auth: Auth, Path(id): Path<St
             let batch = state.store.events_after(&id, after).await.unwrap_or_default();
             if !batch.is_empty() {
                 let last = batch.last().map(|e| e.seq).unwrap_or(after);
-                let events: Vec<Result<Event, Infallible>> =
-                    batch.into_iter().map(|e| Ok(Event::default().id(e.seq.to_string()).event(e.kind).data(e.data))).collect();
-                return Some((futures::stream::iter(events), (state, id, workspace, last, false)));
+                return Some((futures::stream::iter(sse(batch)), (state, id, workspace, last, false)));
             }
             let ended = match state.store.call(&workspace, &id).await {
                 Ok(Some(call)) => !call.is_live(),
@@ -367,14 +355,18 @@ pub async fn events(State(state): State<AppState>, auth: Auth, Path(id): Path<St
             if ended {
                 // One last read: the final status event may have landed after the check.
                 let tail = state.store.events_after(&id, after).await.unwrap_or_default();
-                let events: Vec<Result<Event, Infallible>> = tail.into_iter().map(|e| Ok(Event::default().id(e.seq.to_string()).event(e.kind).data(e.data))).collect();
-                return Some((futures::stream::iter(events), (state, id, workspace, after, true)));
+                return Some((futures::stream::iter(sse(tail)), (state, id, workspace, after, true)));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
     use futures::StreamExt;
     Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::default()))
+}
+
+/// Stored events as server-sent events, numbered for `Last-Event-ID`.
+fn sse(events: Vec<store::EventRecord>) -> Vec<Result<Event, Infallible>> {
+    events.into_iter().map(|e| Ok(Event::default().id(e.seq.to_string()).event(e.kind).data(e.data))).collect()
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -417,13 +409,7 @@ pub async fn actions(State(state): State<AppState>, auth: Auth, Path(id): Path<S
             }
             Control::Dtmf { digits }
         }
-        ActionRequest::Transfer { to_number } => {
-            let info = describe(&to_number, None);
-            match (info.e164, info.valid) {
-                (Some(e164), true) => Control::Transfer { to: e164 },
-                _ => return Err(ApiError::invalid("to_number", format!("`{to_number}`: {}", info.reason.unwrap_or_default()))),
-            }
-        }
+        ActionRequest::Transfer { to_number } => Control::Transfer { to: valid_number("to_number", &to_number, None)?.0 },
         ActionRequest::Hangup { reason } => Control::Hangup { reason: reason.unwrap_or_else(|| "hung up through the API".into()) },
     };
     let call = find(&state, &auth, &id).await?;

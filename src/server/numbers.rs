@@ -119,6 +119,15 @@ pub fn describe(input: &str, country: Option<phonenumber::country::Id>) -> Numbe
     info
 }
 
+/// A valid number's E.164 form and description, or a 422 naming `field`.
+pub fn valid_number(field: &str, raw: &str, country: Option<phonenumber::country::Id>) -> Result<(String, NumberInfo), ApiError> {
+    let info = describe(raw, country);
+    match (&info.e164, info.valid) {
+        (Some(e164), true) => Ok((e164.clone(), info)),
+        _ => Err(ApiError::invalid(field, format!("`{raw}`: {}", info.reason.clone().unwrap_or_default()))),
+    }
+}
+
 fn type_name(kind: Type) -> &'static str {
     match kind {
         Type::FixedLine => "fixed_line",
@@ -290,11 +299,7 @@ pub struct AddNumberRequest {
     responses((status = 201, body = NumberView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn add(State(state): State<AppState>, auth: Auth, ApiJson(request): ApiJson<AddNumberRequest>) -> Result<impl IntoResponse, ApiError> {
     let country = parse_country(request.country.as_deref())?;
-    let info = describe(&request.number, country);
-    let e164 = match (info.valid, info.e164) {
-        (true, Some(e164)) => e164,
-        _ => return Err(ApiError::invalid("number", format!("`{}`: {}", request.number, info.reason.unwrap_or_default()))),
-    };
+    let (e164, _) = valid_number("number", &request.number, country)?;
     if let Some(assistant) = &request.assistant_id {
         state.store.assistant(&auth.workspace_id, assistant).await?.ok_or_else(|| ApiError::not_found("assistant", assistant).with_field("assistant_id"))?;
     }
