@@ -60,19 +60,25 @@ pub fn default_sandbox_caller() -> CallerScript {
 pub struct EventLog {
     store: Store,
     call_id: String,
-    next: tokio::sync::Mutex<(i64, i64)>,
+    next: tokio::sync::Mutex<Numbers>,
+}
+
+/// The next number for each of a call's sequences.
+struct Numbers {
+    event: i64,
+    transcript_line: i64,
 }
 
 impl EventLog {
     pub fn new(store: Store, call_id: &str) -> Self {
-        EventLog { store, call_id: call_id.to_string(), next: tokio::sync::Mutex::new((1, 1)) }
+        EventLog { store, call_id: call_id.to_string(), next: tokio::sync::Mutex::new(Numbers { event: 1, transcript_line: 1 }) }
     }
 
     /// Writes an event; a database hiccup is logged, never allowed to drop the call.
     pub async fn event(&self, kind: &str, data: Value) {
         let mut next = self.next.lock().await;
-        match self.store.insert_event(&self.call_id, next.0, kind, &data).await {
-            Ok(()) => next.0 += 1,
+        match self.store.insert_event(&self.call_id, next.event, kind, &data).await {
+            Ok(()) => next.event += 1,
             Err(error) => tracing::warn!(%error, call = %self.call_id, kind, "cannot record a call event"),
         }
     }
@@ -80,8 +86,8 @@ impl EventLog {
     async fn transcript(&self, speaker: &str, text: &str, at: Duration, interrupted: bool) {
         let seq = {
             let mut next = self.next.lock().await;
-            next.1 += 1;
-            next.1 - 1
+            next.transcript_line += 1;
+            next.transcript_line - 1
         };
         let line = TranscriptLine { seq, speaker: speaker.into(), text: text.into(), at_ms: ms_of(at).round() as i64, interrupted };
         if let Err(error) = self.store.insert_transcript_line(&self.call_id, &line).await {
@@ -116,10 +122,6 @@ pub struct Runner {
 impl Runner {
     pub fn new(store: Store, models: ModelStore, worker_id: Arc<str>) -> Self {
         Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), engines: tokio::sync::Mutex::new(HashMap::new()) }
-    }
-
-    pub fn worker_id(&self) -> &str {
-        &self.worker_id
     }
 
     pub fn live_calls(&self) -> usize {

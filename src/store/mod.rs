@@ -17,6 +17,13 @@ static MIGRATOR: Migrator = sqlx::migrate!("src/store/migrations");
 /// Calls in these states are still running somewhere.
 pub const LIVE_STATUSES: [&str; 3] = ["queued", "ringing", "in-progress"];
 
+/// [`LIVE_STATUSES`] as an SQL list, for `status IN` clauses (a macro so `concat!` can use it).
+macro_rules! live_statuses_sql {
+    () => {
+        "('queued', 'ringing', 'in-progress')"
+    };
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("DATABASE_URL `{0}`: use sqlite://FILE or postgres://USER@HOST:PORT/DB")]
@@ -322,9 +329,12 @@ impl Store {
     pub async fn close_orphaned_calls(&self, alive_worker: &str, stale_before: i64, reason: &str) -> Result<u64, StoreError> {
         let now = now_ms();
         let done = sqlx::query(
-            "UPDATE calls SET status = 'failed', status_reason = $1, ended_at = $2 \
-             WHERE status IN ('queued', 'ringing', 'in-progress') AND (worker_id IS NULL OR worker_id <> $3) \
-             AND (worker_id IS NULL OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = calls.worker_id AND w.heartbeat_at >= $4))",
+            concat!(
+                "UPDATE calls SET status = 'failed', status_reason = $1, ended_at = $2 WHERE status IN ",
+                live_statuses_sql!(),
+                " AND (worker_id IS NULL OR worker_id <> $3) \
+                 AND (worker_id IS NULL OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = calls.worker_id AND w.heartbeat_at >= $4))"
+            ),
         )
         .bind(reason)
         .bind(now)
@@ -338,7 +348,7 @@ impl Store {
 
     /// Closes this worker's own live calls (on shutdown).
     pub async fn close_worker_calls(&self, worker: &str, reason: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query("UPDATE calls SET status = 'failed', status_reason = $1, ended_at = $2 WHERE worker_id = $3 AND status IN ('queued', 'ringing', 'in-progress')")
+        let done = sqlx::query(concat!("UPDATE calls SET status = 'failed', status_reason = $1, ended_at = $2 WHERE worker_id = $3 AND status IN ", live_statuses_sql!()))
             .bind(reason)
             .bind(now_ms())
             .bind(worker)
@@ -426,7 +436,10 @@ impl Store {
     /// Moves a live call to `status`; a call already ended stays ended.
     pub async fn set_call_status(&self, id: &str, status: &str, reason: Option<&str>) -> Result<bool, StoreError> {
         let started = if status == "in-progress" { Some(now_ms()) } else { None };
-        let done = sqlx::query("UPDATE calls SET status = $1, status_reason = COALESCE($2, status_reason), started_at = COALESCE(started_at, $3) WHERE id = $4 AND status IN ('queued', 'ringing', 'in-progress')")
+        let done = sqlx::query(concat!(
+            "UPDATE calls SET status = $1, status_reason = COALESCE($2, status_reason), started_at = COALESCE(started_at, $3) WHERE id = $4 AND status IN ",
+            live_statuses_sql!()
+        ))
             .bind(status)
             .bind(reason)
             .bind(started)
@@ -439,8 +452,11 @@ impl Store {
     /// Closes a call with its outcome (only if it is still live).
     pub async fn finish_call(&self, id: &str, outcome: &CallOutcome) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE calls SET status = $1, status_reason = $2, disposition = $3, summary = $4, ended_by = $5, ended_at = $6, duration_ms = $7 \
-             WHERE id = $8 AND status IN ('queued', 'ringing', 'in-progress')",
+            concat!(
+                "UPDATE calls SET status = $1, status_reason = $2, disposition = $3, summary = $4, ended_by = $5, ended_at = $6, duration_ms = $7 \
+                 WHERE id = $8 AND status IN ",
+                live_statuses_sql!()
+            ),
         )
         .bind(&outcome.status)
         .bind(&outcome.reason)
@@ -674,6 +690,15 @@ pub struct CallRecord {
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub duration_ms: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_sql_list_of_live_statuses_matches_the_constant() {
+        let listed = super::LIVE_STATUSES.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
+        assert_eq!(live_statuses_sql!(), format!("({listed})"));
+    }
 }
 
 impl CallRecord {
