@@ -133,6 +133,85 @@ impl SentenceChunker {
     }
 }
 
+/// Opens a span the caller cannot interrupt (a legal disclosure, a confirmation read back).
+pub const HOLD_OPEN: &str = "<no-interrupt>";
+/// Closes it.
+pub const HOLD_CLOSE: &str = "</no-interrupt>";
+
+/// Text without the `<no-interrupt>` marks, as it is spoken and kept in the history.
+pub fn strip_marks(text: &str) -> String {
+    let stripped = text.replace(HOLD_OPEN, "").replace(HOLD_CLOSE, "");
+    stripped.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A speakable chunk, and whether the caller may interrupt it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub text: String,
+    pub interruptible: bool,
+}
+
+/// A [`SentenceChunker`] that also follows `<no-interrupt>…</no-interrupt>` marks, even when a
+/// mark arrives split across pieces: a mark always ends the chunk before it, and the chunks
+/// inside are flagged uninterruptible.
+#[derive(Debug, Default)]
+pub struct MarkedChunker {
+    chunker: SentenceChunker,
+    /// Text held back because it may be the start of a mark.
+    held: String,
+    inside: bool,
+}
+
+impl MarkedChunker {
+    pub fn push(&mut self, piece: &str) -> Vec<Chunk> {
+        self.held.push_str(piece);
+        let mut ready = Vec::new();
+        loop {
+            let mark = if self.inside { HOLD_CLOSE } else { HOLD_OPEN };
+            match self.held.find(mark) {
+                Some(at) => {
+                    let before: String = self.held.drain(..at + mark.len()).collect();
+                    self.feed(&before[..at], &mut ready);
+                    self.flush_into(&mut ready);
+                    self.inside = !self.inside;
+                }
+                None => {
+                    // Keep back the longest tail that could still grow into the mark.
+                    let keep = (1..mark.len()).rev().find(|&n| self.held.ends_with(&mark[..n])).unwrap_or(0);
+                    let cut = self.held.len() - keep;
+                    let text: String = self.held.drain(..cut).collect();
+                    self.feed(&text, &mut ready);
+                    return ready;
+                }
+            }
+        }
+    }
+
+    /// Ends a run of text (the end of an LLM round, a fixed line): everything buffered comes out.
+    pub fn flush(&mut self) -> Vec<Chunk> {
+        let held = std::mem::take(&mut self.held);
+        let mut ready = Vec::new();
+        self.feed(&held, &mut ready);
+        self.flush_into(&mut ready);
+        ready
+    }
+
+    /// Text received but not yet released as a chunk (for the history after a cut).
+    pub fn pending(&self) -> String {
+        strip_marks(&format!("{}{}", self.chunker.buffer, self.held))
+    }
+
+    fn feed(&mut self, text: &str, ready: &mut Vec<Chunk>) {
+        let interruptible = !self.inside;
+        ready.extend(self.chunker.push(text).into_iter().map(|text| Chunk { text, interruptible }));
+    }
+
+    fn flush_into(&mut self, ready: &mut Vec<Chunk>) {
+        let interruptible = !self.inside;
+        ready.extend(self.chunker.finish().map(|text| Chunk { text, interruptible }));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +252,27 @@ mod tests {
         let text = "One. Two!  Three?\nFour five";
         let joined = split_sentences(text).join(" ");
         assert_eq!(normalized_words(&joined), normalized_words(text));
+    }
+
+    #[test]
+    fn marks_make_uninterruptible_chunks_even_when_split_across_pieces() {
+        let mut chunker = MarkedChunker::default();
+        let mut out = Vec::new();
+        for piece in ["Hello. <no-inter", "rupt>This call is recorded. It may be", " reviewed.</no-", "interrupt> How can I help?"] {
+            out.extend(chunker.push(piece));
+        }
+        out.extend(chunker.flush());
+        let flags: Vec<(&str, bool)> = out.iter().map(|c| (c.text.as_str(), c.interruptible)).collect();
+        assert_eq!(flags, vec![("Hello.", true), ("This call is recorded.", false), ("It may be reviewed.", false), ("How can I help?", true)]);
+        assert_eq!(strip_marks("Hi. <no-interrupt>Recorded.</no-interrupt>  Bye."), "Hi. Recorded. Bye.");
+    }
+
+    #[test]
+    fn a_lone_angle_bracket_is_not_held_forever() {
+        let mut chunker = MarkedChunker::default();
+        let mut out = chunker.push("Is 3 < 4? Yes. And <");
+        out.extend(chunker.flush());
+        let texts: Vec<&str> = out.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(texts, vec!["Is 3 < 4?", "Yes.", "And <"]);
     }
 }

@@ -78,6 +78,10 @@ pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
         "openai" => {}
         other => problem("stt.provider".into(), format!("`{other}` is not a speech-to-text provider; use whisper or openai")),
     }
+    let partial = spec.stt.partial_interval_ms;
+    if partial != 0 && !(300..=10_000).contains(&partial) {
+        problem("stt.partial_interval_ms".into(), format!("{partial} is outside 300..10000; use 0 to turn partial transcripts off"));
+    }
 
     for (name, variable) in &spec.variables {
         let field = format!("variables.{name}");

@@ -167,6 +167,14 @@ pub struct SttSpec {
     pub model: String,
     pub base_url: Option<String>,
     pub api_key_env: Option<String>,
+    /// How often (ms of new speech) to transcribe the caller's unfinished turn for live
+    /// partial transcripts; 0 turns them off.
+    #[serde(default = "default_partial_interval_ms")]
+    pub partial_interval_ms: u32,
+}
+
+fn default_partial_interval_ms() -> u32 {
+    1000
 }
 
 fn default_stt_provider() -> String {
@@ -178,7 +186,7 @@ fn default_stt_model() -> String {
 
 impl Default for SttSpec {
     fn default() -> Self {
-        SttSpec { provider: default_stt_provider(), model: default_stt_model(), base_url: None, api_key_env: None }
+        SttSpec { provider: default_stt_provider(), model: default_stt_model(), base_url: None, api_key_env: None, partial_interval_ms: default_partial_interval_ms() }
     }
 }
 

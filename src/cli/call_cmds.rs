@@ -162,7 +162,7 @@ async fn print_events(mut events: mpsc::UnboundedReceiver<CallEvent>, print: boo
             ),
             CallEvent::Note(note) => println!("          ({note})"),
             CallEvent::Error(error) => println!("          error: {error}"),
-            CallEvent::Partial { .. } => {}
+            CallEvent::Partial { text } => println!("          caller…  {text}"),
         }
     }
 }
@@ -250,6 +250,7 @@ fn report_json(call: &SimulatedCall) -> anyhow::Result<String> {
     let value = serde_json::json!({
         "call_id": report.call_id,
         "transcript": report.transcript.iter().map(|(who, text, at)| serde_json::json!({ "speaker": who, "text": text, "at_ms": ms_of(*at).round() })).collect::<Vec<_>>(),
+        "partials": report.partials.iter().map(|(text, at)| serde_json::json!({ "text": text, "at_ms": ms_of(*at).round() })).collect::<Vec<_>>(),
         "turns": report.turns,
         "barge_ins": report.barge_ins.iter().map(|(onset, stopped)| serde_json::json!({ "onset_ms": ms_of(*onset).round(), "stopped_ms": ms_of(*stopped).round(), "reaction_ms": ms_of(stopped.saturating_sub(*onset)).round() })).collect::<Vec<_>>(),
         "summary": report.summary,
@@ -331,6 +332,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
         let mut history = vec![Message::System { content: system }];
         if let Some(first) = &assistant.spec.first_message {
             let first = prompt::render(first, &context).map_err(anyhow::Error::msg)?;
+            let first = crate::text::strip_marks(&first);
             println!("agent: {first}");
             history.push(Message::Assistant { content: first, tool_calls: Vec::new() });
         }
@@ -348,15 +350,15 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
             }
             history.push(Message::User { content: text.to_string() });
             let progress = Arc::new(Mutex::new(TurnProgress::default()));
-            let (chunks_tx, mut chunks_rx) = mpsc::channel::<String>(32);
             let cancel = tokio_util::sync::CancellationToken::new();
-            let responder = tokio::spawn(turn::respond_owned(ctx.clone(), history.clone(), chunks_tx, progress.clone(), cancel));
+            let mut sentences = turn::write(ctx.clone(), history.clone(), turn::TurnInput::Respond, progress.clone(), cancel);
             let mut said = Vec::new();
-            while let Some(chunk) = chunks_rx.recv().await {
-                println!("agent: {chunk}");
-                said.push(chunk);
+            while let Some(frame) = sentences.recv().await {
+                if let pipeline::frames::Frame::Sentence(chunk) = frame {
+                    println!("agent: {}", chunk.text);
+                    said.push(chunk.text);
+                }
             }
-            let _ = responder.await;
             let progress = std::mem::take(&mut *progress.lock().unwrap_or_else(|e| e.into_inner()));
             history.extend(progress.tool_messages);
             if !said.is_empty() {
@@ -430,6 +432,13 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
         for (name, from, to) in gaps {
             let shares: Vec<Duration> = turns.iter().map(|t| to(t).saturating_sub(from(t))).collect();
             println!("  {:<18} {:>6.0} ms", name, percentile(&shares, 0.5).map(ms_of).unwrap_or(0.0));
+        }
+        // The tail, turn by turn: what the p95 is made of.
+        let mut slowest: Vec<&TurnTimings> = turns.iter().collect();
+        slowest.sort_by_key(|t| std::cmp::Reverse(t.voice_to_voice));
+        println!("\nslowest turns (voice-to-voice · end of turn · stt · llm first token):");
+        for t in slowest.iter().take(3) {
+            println!("  {:>5.0} · {:>4.0} · {:>4.0} · {:>4.0} ms  \"{}\"", ms_of(t.voice_to_voice), ms_of(t.end_of_turn), ms_of(t.stt_final), ms_of(t.llm_first_token), t.user_text);
         }
         Ok(())
     })

@@ -5,7 +5,9 @@
 //! agent is speaking cancels the turn and clears the line; the history then keeps only what
 //! the caller heard (whole segments played, plus the played fraction of the cut one, by
 //! words). A shorter sound (a cough) interrupts nothing. If an interruption turns out to hold
-//! no words, the unheard rest of the reply is said again.
+//! no words, the unheard rest of the reply is said again. While a segment marked
+//! `<no-interrupt>` plays, caller speech neither pauses nor cuts it; once it has played, the
+//! usual rules apply to whatever follows.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::frames::{Frame, UserTurn};
 use super::metrics::TurnTimings;
 use super::tools::Action;
-use super::turn::{self, TurnContext, TurnInput, TurnProgress};
+use super::turn::{self, Progress, TurnContext, TurnInput, TurnProgress};
 use super::{CallEvent, CallReport};
 use crate::llm::Message;
 
@@ -36,7 +38,7 @@ const GIVE_UP: &str = "I'm sorry, I can't continue the call right now. Please ca
 struct ActiveTurn {
     cancel: CancellationToken,
     handle: JoinHandle<()>,
-    progress: Arc<Mutex<TurnProgress>>,
+    progress: Progress,
     interruptible: bool,
     user: Option<UserTurn>,
     started_at: Duration,
@@ -49,6 +51,20 @@ pub struct Agent {
     pub events: mpsc::UnboundedSender<CallEvent>,
 }
 
+/// The unheard rest of a cut reply: the unplayed part of its segments, then whatever its
+/// stages still held (they record it as they stop, after the cut).
+struct Interrupted {
+    rest: String,
+    progress: Progress,
+}
+
+impl Interrupted {
+    fn text(&self) -> String {
+        let held = self.progress.lock().unwrap_or_else(|e| e.into_inner()).unspoken();
+        [self.rest.as_str(), held.as_str()].iter().filter(|t| !t.is_empty()).copied().collect::<Vec<_>>().join(" ")
+    }
+}
+
 #[derive(Default)]
 struct State {
     history: Vec<Message>,
@@ -56,8 +72,9 @@ struct State {
     /// When the caller's current speech began (None while they are silent).
     caller_onset: Option<Duration>,
     caller_speaking: bool,
-    /// The unheard rest of a reply cut by an interruption.
-    interrupted_rest: Option<String>,
+    /// A reply cut by an interruption, kept until the caller's words show whether the
+    /// interruption was real.
+    interrupted: Option<Interrupted>,
     last_activity: Duration,
     reprompted: bool,
     hang_up_when_done: Option<String>,
@@ -67,6 +84,8 @@ struct State {
     /// began, when the audio stopped). Confirmed into a barge-in after `min_interrupt_ms`,
     /// or resumed if the sound ends sooner.
     paused: Option<(Duration, Duration)>,
+    /// A caller turn that finished while a `<no-interrupt>` segment played.
+    deferred: Option<UserTurn>,
 }
 
 impl Agent {
@@ -79,7 +98,7 @@ impl Agent {
             // While the greeting plays, have the LLM process the system prompt and greeting
             // so the first real turn only pays for the caller's words (KV-cache reuse).
             let mut messages = state.history.clone();
-            messages.push(Message::Assistant { content: first, tool_calls: Vec::new() });
+            messages.push(Message::Assistant { content: crate::text::strip_marks(&first), tool_calls: Vec::new() });
             tokio::spawn(turn::prefill(self.ctx.clone(), messages));
         } else {
             tokio::spawn(turn::prefill(self.ctx.clone(), state.history.clone()));
@@ -146,7 +165,10 @@ impl Agent {
                     self.emit(CallEvent::Note("a short sound over the agent; playing on".into()));
                 }
             }
-            Frame::TranscriptPartial(text) => self.emit(CallEvent::Partial { text }),
+            Frame::TranscriptPartial(text) => {
+                report.lock().unwrap_or_else(|e| e.into_inner()).partials.push((text.clone(), now));
+                self.emit(CallEvent::Partial { text });
+            }
             Frame::TranscriptFinal(user) => self.on_user_turn(state, user, report),
             Frame::Dtmf(digit) => {
                 state.history.push(Message::User { content: format!("(the caller pressed {digit} on the keypad)") });
@@ -158,7 +180,9 @@ impl Agent {
                 report.lock().unwrap_or_else(|e| e.into_inner()).errors.push(format!("{stage}: {message}"));
                 self.emit(CallEvent::Error(format!("{stage}: {message}")));
             }
-            _ => {}
+            Frame::End { reason } => self.emit(CallEvent::Note(format!("the line closed: {reason}"))),
+            // The turn's own frames never reach the agent.
+            Frame::LlmText(_) | Frame::LlmTextEnd | Frame::Sentence(_) | Frame::TtsAudio { .. } => {}
         }
     }
 
@@ -169,7 +193,7 @@ impl Agent {
         state.caller_onset = None;
         if user.text.trim().is_empty() {
             // Speech without words: a false interruption, or noise.
-            if let Some(rest) = state.interrupted_rest.take() {
+            if let Some(rest) = state.interrupted.take().map(|i| i.text()).filter(|t| !t.is_empty()) {
                 self.emit(CallEvent::Note(format!("false interruption; resuming: {rest}")));
                 self.replace_turn(state, report);
                 self.start(state, TurnInput::Say(rest), None, true);
@@ -180,7 +204,12 @@ impl Agent {
             }
             return;
         }
-        state.interrupted_rest = None;
+        if self.protected_playing(state) {
+            // The caller spoke through a `<no-interrupt>` segment: answer once it has played.
+            state.deferred = Some(user);
+            return;
+        }
+        state.interrupted = None;
         self.emit(CallEvent::Caller { text: user.text.clone(), at: user.speech_end });
         report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push(("caller".into(), user.text.clone(), user.speech_end));
         if state.active.is_some() {
@@ -209,7 +238,7 @@ impl Agent {
         let (Some(onset), true) = (state.caller_onset, state.caller_speaking) else { return };
         let spec = self.ctx.assistant.spec.turn;
         let interruptible = state.active.as_ref().map(|a| a.interruptible).unwrap_or(spec.interruptible);
-        if !interruptible || !self.agent_speaking(state) {
+        if !interruptible || !self.agent_speaking(state) || self.protected_playing(state) {
             return;
         }
         let now = self.ctx.out.now();
@@ -219,7 +248,7 @@ impl Agent {
             let audible_from = state
                 .active
                 .as_ref()
-                .and_then(|a| a.progress.lock().unwrap_or_else(|e| e.into_inner()).segments.first().map(|(id, _)| *id))
+                .and_then(|a| a.progress.lock().unwrap_or_else(|e| e.into_inner()).segments.first().map(|s| s.id))
                 .and_then(|id| self.ctx.out.started_at(id))
                 .unwrap_or(now);
             let stopped = self.ctx.out.pause();
@@ -233,6 +262,13 @@ impl Agent {
         if now >= overlap_start + Duration::from_millis(spec.min_interrupt_ms as u64) {
             self.interrupt(state, overlap_start, report);
         }
+    }
+
+    /// True while a segment marked `<no-interrupt>` is on the air.
+    fn protected_playing(&self, state: &State) -> bool {
+        let Some(active) = &state.active else { return false };
+        let progress = active.progress.lock().unwrap_or_else(|e| e.into_inner());
+        progress.segments.iter().any(|s| !s.interruptible && self.ctx.out.started_at(s.id).is_some() && self.ctx.out.heard(s.id) < 0.999)
     }
 
     fn interrupt(&self, state: &mut State, onset: Duration, report: &Arc<Mutex<CallReport>>) {
@@ -259,18 +295,22 @@ impl Agent {
     /// Records a finished (or cancelled) turn: heard text into history, metrics, actions.
     fn finish_turn(&self, state: &mut State, active: ActiveTurn, report: &Arc<Mutex<CallReport>>, cancelled: bool) {
         let progress = std::mem::take(&mut *active.progress.lock().unwrap_or_else(|e| e.into_inner()));
-        let (heard, rest) = self.heard_text(&progress);
-        if cancelled && !rest.is_empty() {
-            state.interrupted_rest = Some(rest);
+        let (heard, unheard) = self.heard_text(&progress);
+        let cut = cancelled && !unheard.is_empty();
+        if cancelled {
+            state.interrupted = Some(Interrupted { rest: unheard, progress: active.progress.clone() });
         }
         state.history.extend(progress.tool_messages.iter().cloned());
+        // The history holds the words as heard, with no mark of the cut: a small model copies
+        // whatever ends its last reply ("I'm sorry—" again and again); the transcript shows it.
+        let shown = if cut && !heard.is_empty() { format!("{heard}—") } else { heard.clone() };
         if !heard.is_empty() {
             state.history.push(Message::Assistant { content: heard.clone(), tool_calls: Vec::new() });
-            self.emit(CallEvent::Agent { text: heard.clone(), at: active.started_at, interrupted: cancelled && !state.interrupted_rest.as_deref().unwrap_or("").is_empty() });
+            self.emit(CallEvent::Agent { text: shown.clone(), at: active.started_at, interrupted: cut });
         }
         let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
         if !heard.is_empty() {
-            report.transcript.push(("agent".into(), heard.clone(), active.started_at));
+            report.transcript.push(("agent".into(), shown, active.started_at));
         }
         report.errors.extend(progress.errors.iter().cloned());
         if progress.llm_failed {
@@ -291,12 +331,12 @@ impl Agent {
         }
         if let Some(user) = active.user {
             state.turn_count += 1;
-            let first_audio_out = progress.segments.first().and_then(|(id, _)| self.ctx.out.started_at(*id));
+            let first_audio_out = progress.segments.first().and_then(|s| self.ctx.out.started_at(s.id));
             let since_end = |t: Option<Duration>| t.map(|t| t.saturating_sub(user.speech_end)).unwrap_or_default();
             let timings = TurnTimings {
                 turn: state.turn_count,
                 user_text: user.text.clone(),
-                agent_text: progress.segments.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>().join(" "),
+                agent_text: progress.segments.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join(" "),
                 end_of_turn: user.decided_at.saturating_sub(user.speech_end),
                 stt_final: user.transcribed_at.saturating_sub(user.speech_end),
                 llm_first_token: since_end(progress.first_token_at),
@@ -313,24 +353,26 @@ impl Agent {
         }
     }
 
-    /// The words the caller heard, and the rest that was not heard.
+    /// The words the caller heard, and the rest that was not heard (the unplayed part of the
+    /// segments, then what the turn's stages held when it ended).
     fn heard_text(&self, progress: &TurnProgress) -> (String, String) {
         let mut heard = Vec::new();
         let mut rest = Vec::new();
-        for (segment, text) in &progress.segments {
-            let fraction = self.ctx.out.heard(*segment);
+        for segment in &progress.segments {
+            let fraction = self.ctx.out.heard(segment.id);
             if fraction >= 0.999 {
-                heard.push(text.clone());
+                heard.push(segment.text.clone());
             } else {
-                let words: Vec<&str> = text.split_whitespace().collect();
+                let words: Vec<&str> = segment.text.split_whitespace().collect();
                 let cut = (fraction * words.len() as f32).floor() as usize;
                 if cut > 0 {
-                    heard.push(format!("{}—", words[..cut].join(" ")));
+                    heard.push(words[..cut].join(" "));
                 }
                 rest.push(words[cut..].join(" "));
             }
         }
-        rest.extend(progress.unspoken.iter().cloned());
+        rest.push(progress.unspoken());
+        rest.retain(|t| !t.is_empty());
         (heard.join(" "), rest.join(" "))
     }
 
@@ -339,6 +381,10 @@ impl Agent {
         let now = self.ctx.out.now();
         let spec = self.ctx.assistant.spec.turn;
         self.check_barge_in(state, report);
+        if state.deferred.is_some() && !self.protected_playing(state) {
+            let user = state.deferred.take().expect("checked above");
+            self.on_user_turn(state, user, report);
+        }
         // A turn is done when its task finished and its audio has played out.
         if let Some(active) = &state.active {
             if active.handle.is_finished() && self.ctx.out.is_idle() {

@@ -1,19 +1,26 @@
 //! The closed vocabulary of what flows between a call's stages.
 //!
-//! System frames (interruption, end, error) are never dropped and are handled before data;
-//! control frames carry turn-taking decisions; data frames carry audio and text. Payloads
-//! that belong to one stage live with that stage (this file stays small).
+//! ```text
+//! transport ─ audio chunks (live edge) ─► listen
+//! listen ─ SpeechStarted · SpeechStopped · TranscriptPartial · TranscriptFinal · End · Error ─► agent
+//! keypad ─ Dtmf ─► agent
+//! per turn: think ─ LlmText · LlmTextEnd ─► chunk ─ Sentence ─► speak ─ TtsAudio ─► play ─► transport
+//! ```
+//!
+//! Two things are deliberately not frames. Caller audio crosses the live edge
+//! (`transport::live`) as bare chunks, because that edge alone drops (the oldest chunk) rather
+//! than blocks. An interruption is each turn's cancellation token, not a frame queued behind
+//! data: every turn stage selects on it before its inbox, so it overtakes everything in
+//! flight. Measurements travel with the frames that carry them (a [`UserTurn`]'s decision
+//! and transcript times; the turn's progress record) and leave the call as
+//! `CallEvent::Turn`.
 
 use std::time::Duration;
 
-use super::metrics::TurnTimings;
-
 #[derive(Debug, Clone)]
 pub enum Frame {
-    // System: never dropped.
-    /// The caller spoke over the agent: cancel the turn everywhere.
-    Interruption { onset: Duration },
-    /// The call is over.
+    // System: handled before data.
+    /// The line closed: the caller hung up or the transport ended.
     End { reason: String },
     /// A stage failed; the call carries on or ends politely.
     Error { stage: &'static str, message: String },
@@ -21,33 +28,24 @@ pub enum Frame {
     // Control.
     /// The VAD confirmed caller speech (`onset` is when the speech began).
     SpeechStarted { onset: Duration },
-    /// The VAD heard the caller stop.
+    /// The VAD heard the caller stop (`at` is when the speech ended).
     SpeechStopped { at: Duration },
     /// A keypad digit from the caller.
     Dtmf(char),
-    /// Per-turn measurements, when a turn completes.
-    Metrics(TurnTimings),
 
     // Data.
-    /// Caller audio at the model rate (16 kHz).
-    AudioIn(Vec<f32>),
     /// Words so far in an unfinished caller turn.
     TranscriptPartial(String),
     /// The caller's finished turn.
     TranscriptFinal(UserTurn),
-    /// A piece of the LLM's streamed answer.
+    /// A piece of the agent's text: streamed by the LLM, or a fixed line.
     LlmText(String),
-    /// A complete sentence, ready for TTS.
-    Sentence(String),
-    /// Synthesized agent audio at the transport's rate.
-    TtsAudio(Vec<f32>),
-}
-
-impl Frame {
-    /// System frames jump queues and are never dropped.
-    pub fn is_system(&self) -> bool {
-        matches!(self, Frame::Interruption { .. } | Frame::End { .. } | Frame::Error { .. })
-    }
+    /// The end of a run of text (an LLM round, a fixed line): flush what is buffered.
+    LlmTextEnd,
+    /// A chunk of text ready for TTS.
+    Sentence(crate::text::Chunk),
+    /// A chunk's synthesized audio at the transport's rate.
+    TtsAudio { sentence: crate::text::Chunk, samples: Vec<f32> },
 }
 
 /// A finished caller turn, with when it ended and how long deciding took.

@@ -14,7 +14,13 @@
 //!
 //! Speech resuming before the decision continues the same turn. A turn with speech but no
 //! words is still reported (empty text), never dropped: the agent decides what to do with it.
+//!
+//! While the caller speaks, every `stt.partial_interval_ms` of new speech the utterance so far
+//! is transcribed in the same pool for a partial transcript. Only one runs at a time, and the
+//! moment the caller stops, a partial still running is told to stop (whisper.cpp checks after
+//! its encoder and after every decoder step) so the final transcript waits as little as it can.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +51,14 @@ pub struct Listener {
     pub stt: Arc<dyn SpeechToText>,
     pub turn: TurnSpec,
     pub input_rate: u32,
+    /// New speech between partial transcripts; `None` for no partials.
+    pub partial_every: Option<Duration>,
+}
+
+/// A partial transcript in flight: set `stop` to abandon it.
+struct PartialJob {
+    stop: Arc<AtomicBool>,
+    words: oneshot::Receiver<String>,
 }
 
 enum Phase {
@@ -74,6 +88,10 @@ impl Listener {
         let pre_roll = MODEL_RATE as usize * PRE_ROLL_MS / 1000;
         let mut utterance: Vec<f32> = Vec::new();
         let mut phase = Phase::Quiet;
+        let mut partial: Option<PartialJob> = None;
+        // Utterance length (samples) when the last partial started.
+        let mut partial_from = 0usize;
+        let partial_samples = self.partial_every.map(|every| (every.as_secs_f64() * MODEL_RATE as f64) as usize);
         let frame_time = |frame: u64| Duration::from_millis(frame * FRAME_MS as u64);
 
         loop {
@@ -83,9 +101,25 @@ impl Listener {
                     Phase::Deciding { result: Some(rx), .. } => Some(rx),
                     _ => None,
                 };
+                let partial_rx = partial.as_mut().map(|job| &mut job.words);
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    chunk = audio_in.recv() => match chunk { Some(c) => Some(c), None => return },
+                    chunk = audio_in.recv() => match chunk {
+                        Some(c) => Some(c),
+                        None => {
+                            let _ = out.send(Frame::End { reason: "the caller's audio ended".into() }).await;
+                            return;
+                        }
+                    },
+                    words = async { partial_rx.unwrap().await }, if partial_rx.is_some() => {
+                        partial = None;
+                        if let (Ok(words), Phase::Speaking) = (words, &phase) {
+                            if !words.is_empty() && out.send(Frame::TranscriptPartial(words)).await.is_err() {
+                                return;
+                            }
+                        }
+                        None
+                    }
                     transcript = async { result_rx.unwrap().await }, if result_rx.is_some() => {
                         let arrived = frame_time(detector.frames());
                         if let Phase::Deciding { result, transcript: slot, .. } = &mut phase {
@@ -134,10 +168,20 @@ impl Listener {
                             let speech_end = frame_time(last_speech_frame + 1);
                             let stopped_at = frame_time(detector.frames());
                             let _ = out.send(Frame::SpeechStopped { at: speech_end }).await;
+                            // The final transcript goes first: abandon a partial still running.
+                            if let Some(job) = partial.take() {
+                                job.stop.store(true, Ordering::Relaxed);
+                            }
                             let rx = self.hear(utterance.clone());
                             phase = Phase::Deciding { speech_end, stopped_at, result: Some(rx), transcript: None };
                         }
                         None => {}
+                    }
+                }
+                if let (Phase::Speaking, None, Some(every)) = (&phase, &partial, partial_samples) {
+                    if utterance.len() >= partial_from + every {
+                        partial_from = utterance.len();
+                        partial = Some(self.transcribe_partial(utterance.clone()));
                     }
                 }
             }
@@ -157,6 +201,7 @@ impl Listener {
                         return;
                     }
                     utterance.clear();
+                    partial_from = 0;
                     phase = Phase::Quiet;
                 } else if waited.is_zero() {
                     let _ = out.send(Frame::TranscriptPartial(transcript.text.clone())).await;
@@ -167,6 +212,20 @@ impl Listener {
 }
 
 impl Listener {
+    /// Transcribes the unfinished `utterance` for a partial transcript, stoppably.
+    fn transcribe_partial(&self, utterance: Vec<f32>) -> PartialJob {
+        let (tx, rx) = oneshot::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stt, job_stop) = (self.stt.clone(), stop.clone());
+        let words = super::pool::stt().run(move || stt.transcribe_until(&utterance, &job_stop).map(|t| t.text));
+        tokio::spawn(async move {
+            if let Ok(Ok(text)) = words.await {
+                let _ = tx.send(text);
+            }
+        });
+        PartialJob { stop, words: rx }
+    }
+
     /// Transcribes `utterance` and asks Smart Turn about it, side by side in the shared pools.
     fn hear(&self, utterance: Vec<f32>) -> oneshot::Receiver<Heard> {
         let (tx, rx) = oneshot::channel();

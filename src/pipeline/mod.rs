@@ -1,14 +1,16 @@
 //! A call's pipeline: the stages, the shared engines, and the one function that wires them.
 //!
 //! ```text
-//! transport in ─► listen (resample · Silero VAD · end of turn · whisper) ─► frames ─► agent
-//! agent ─► turn (LLM stream ─► chunker ─► speaker: TTS ─► resample) ─► transport out
+//! transport in ─► listen (resample · Silero VAD · partials · end of turn · whisper) ─► frames ─► agent
+//! agent ─► turn (think: LLM + tools ─► chunk ─► speak: TTS ─► play) ─► transport out
 //! ```
 //!
-//! Edges and their policies: caller audio is live — `transport::live` drops the oldest chunk
-//! when the listener falls behind and counts the drop (`audio_dropped` in the report); frames from the listener to the agent are few
-//! and block (bounded at 64); text chunks to the speaker block (bounded at 32); events for
-//! display are unbounded because they are a handful per turn.
+//! [`run_call`] wires the call's stages, `turn::run` a turn's; `frames.rs` maps which frames
+//! cross which edge. Edges and their policies: caller audio is live — `transport::live` drops
+//! the oldest chunk when the listener falls behind and counts the drop (`audio_dropped` in the
+//! report); frames from the listener to the agent are few and block (bounded at 64); a turn's
+//! edges block (text 64, sentences 32, synthesized audio 4); events for display are unbounded
+//! because they are a handful per turn.
 //!
 //! Models load once per process ([`Engines`]) and are shared by every call; inference runs
 //! in bounded, fair pools on blocking threads (whisper, Smart Turn, Piper: `pool.rs`) or in
@@ -127,6 +129,12 @@ pub fn load_llm(store: &ModelStore, assistant: &Assistant) -> Result<Arc<dyn Lan
     }
 }
 
+/// How much new speech comes between partial transcripts, per the assistant (0: none).
+fn partial_every(assistant: &Assistant) -> Option<Duration> {
+    let ms = assistant.spec.stt.partial_interval_ms;
+    (ms > 0).then(|| Duration::from_millis(ms as u64))
+}
+
 /// What a call reports as it goes, for live display.
 #[derive(Debug, Clone)]
 pub enum CallEvent {
@@ -145,6 +153,8 @@ pub struct CallReport {
     pub call_id: String,
     /// (speaker, text, when) in order.
     pub transcript: Vec<(String, String, Duration)>,
+    /// Partial transcripts of the caller's unfinished turns, with when each arrived.
+    pub partials: Vec<(String, Duration)>,
     pub turns: Vec<TurnTimings>,
     /// (caller onset, agent audio stopped) per barge-in.
     pub barge_ins: Vec<(Duration, Duration)>,
@@ -204,7 +214,7 @@ pub async fn run_call(
     let agent = agent::Agent { ctx, system_prompt, first_message, events: events.clone() };
     let agent_task = tokio::spawn(agent.run(frames_rx, call_token.clone(), report.clone()));
     // Source last: the listener turns caller audio into frames.
-    let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate() };
+    let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate(), partial_every: partial_every(&assistant) };
     let CallInput { audio, mut dtmf } = input;
     let drops = audio.drop_counter();
     // Keypad digits go straight to the agent.

@@ -1,14 +1,28 @@
 //! One agent turn: from a caller's words (or a line to say) to audio on the line.
 //!
-//! The LLM's stream is cut into chunks as it arrives; a speaker task synthesizes each chunk on
-//! a blocking thread and queues it on the line as its own segment, so the first words play
-//! while the LLM is still writing. Tool calls run between LLM rounds (at most
-//! [`MAX_TOOL_ROUNDS`]); a slow HTTP tool gets a spoken filler instead of dead air.
+//! A turn is a chain of four stages, each a task with an inbox, an outbox and the turn's
+//! cancellation token, each recording what it measures in the turn's [`TurnProgress`]:
 //!
-//! Everything stops on the turn's cancellation token (a barge-in): the LLM stream is dropped
-//! (which stops the engine's generation), queued chunks are discarded and TTS in flight is
-//! abandoned. The agent clears the line's buffer. Which segments were heard is for the agent
-//! to ask the line afterwards.
+//! ```text
+//! think ─ LlmText · LlmTextEnd (64) ─► chunk ─ Sentence (32) ─► speak ─ TtsAudio (4) ─► play ─► line
+//! ```
+//!
+//! - **think** asks the LLM (streaming, with tools) and passes its text on as it arrives;
+//!   tool calls run between LLM rounds (at most [`MAX_TOOL_ROUNDS`]), and a slow HTTP tool
+//!   gets a spoken filler instead of dead air. Records the first token and the token counts.
+//! - **chunk** cuts the text into speakable chunks (`text::MarkedChunker`: whole sentences,
+//!   an early first clause, `<no-interrupt>` spans flagged).
+//! - **speak** synthesizes each chunk in the shared TTS pool (espeak-ng if the voice fails).
+//!   Records the first audio and TTS errors.
+//! - **play** queues each chunk's audio on the line as its own segment, so the first words
+//!   play while the LLM is still writing. Records the segments.
+//!
+//! Every edge blocks when full: text and synthesized speech are never dropped, and a full
+//! edge holds the stage behind it back instead of letting it run ahead. Everything stops on
+//! the cancellation token (a barge-in), which each stage checks before its inbox: the LLM
+//! stream is dropped (which stops the engine's generation), and each stage keeps what it held
+//! as *unspoken*, in pipeline order, so a false interruption can still say it. The agent
+//! clears the line's buffer and asks the line which segments were heard.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,12 +33,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::frames::Frame;
 use super::tools::{self, Action};
 use crate::assistant::Assistant;
 use crate::llm::{ChatRequest, LanguageModel, LlmEvent, Message, ToolCall, ToolSpec};
-use crate::tts::TextToSpeech;
-use crate::text::SentenceChunker;
+use crate::text::{strip_marks, Chunk, MarkedChunker};
 use crate::transport::AudioOut;
+use crate::tts::TextToSpeech;
 
 /// LLM rounds per turn when tools are called.
 pub const MAX_TOOL_ROUNDS: usize = 3;
@@ -46,13 +61,30 @@ pub enum TurnInput {
     Say(String),
 }
 
+/// A chunk queued on the line as one segment.
+#[derive(Debug, Clone)]
+pub struct SpokenSegment {
+    pub id: u64,
+    pub text: String,
+    pub interruptible: bool,
+}
+
+/// The stages that can hold text when a turn is cancelled, in pipeline order (the nearer the
+/// line, the earlier the text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Play,
+    Speak,
+    Chunk,
+}
+
 /// What a turn did, shared with the agent while it runs.
 #[derive(Debug, Default)]
 pub struct TurnProgress {
-    /// (segment id, text) in the order queued on the line.
-    pub segments: Vec<(u64, String)>,
-    /// Chunks the LLM produced that were not yet spoken when the turn was cancelled.
-    pub unspoken: Vec<String>,
+    /// Segments in the order queued on the line.
+    pub segments: Vec<SpokenSegment>,
+    /// Text produced but never queued on the line, with the stage that held it.
+    unspoken: Vec<(Stage, String)>,
     pub first_token_at: Option<Duration>,
     pub first_audio_at: Option<Duration>,
     /// Assistant tool-call messages and tool results, for the history.
@@ -62,6 +94,23 @@ pub struct TurnProgress {
     pub llm_failed: bool,
     pub prompt_tokens: usize,
     pub cached_tokens: usize,
+}
+
+impl TurnProgress {
+    /// The text that never reached the line, in the order it would have been spoken.
+    pub fn unspoken(&self) -> String {
+        let mut held = self.unspoken.clone();
+        held.sort_by_key(|(stage, _)| *stage);
+        let texts: Vec<String> = held.into_iter().map(|(_, text)| text).filter(|t| !t.trim().is_empty()).collect();
+        texts.join(" ")
+    }
+
+    fn keep(&mut self, stage: Stage, texts: Vec<String>) {
+        let text = texts.join(" ");
+        if !text.trim().is_empty() {
+            self.unspoken.push((stage, text));
+        }
+    }
 }
 
 pub struct TurnContext {
@@ -76,19 +125,35 @@ pub struct TurnContext {
     pub segment_ids: Arc<AtomicU64>,
 }
 
-/// Runs one turn to completion or cancellation; progress is visible through `progress`.
-pub async fn run(ctx: Arc<TurnContext>, messages: Vec<Message>, input: TurnInput, progress: Arc<Mutex<TurnProgress>>, cancel: CancellationToken) {
-    // Chunks flow to the speaker through a bounded channel: text blocks, it is never dropped.
-    let (chunks_tx, chunks_rx) = mpsc::channel::<String>(32);
-    let speaker = tokio::spawn(speak(ctx.clone(), chunks_rx, progress.clone(), cancel.clone()));
-    match input {
-        TurnInput::Say(text) => {
-            let _ = chunks_tx.send(text).await;
-        }
-        TurnInput::Respond => respond(&ctx, messages, &chunks_tx, &progress, &cancel).await,
-    }
-    drop(chunks_tx);
+/// A turn's progress, shared between its stages and the agent.
+pub type Progress = Arc<Mutex<TurnProgress>>;
+
+fn lock(progress: &Progress) -> std::sync::MutexGuard<'_, TurnProgress> {
+    progress.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs one turn to completion or cancellation: the four stages, wired.
+pub async fn run(ctx: Arc<TurnContext>, messages: Vec<Message>, input: TurnInput, progress: Progress, cancel: CancellationToken) {
+    let sentences = write(ctx.clone(), messages, input, progress.clone(), cancel.clone());
+    let (audio_tx, audio_rx) = mpsc::channel(4);
+    let speaker = tokio::spawn(speak(ctx.clone(), sentences, audio_tx, progress.clone(), cancel.clone()));
+    play(ctx, audio_rx, progress, cancel).await;
     let _ = speaker.await;
+}
+
+/// The text half of a turn (think → chunk), spawned; its chunks come out of the receiver as
+/// [`Frame::Sentence`]s. Text chat uses it alone. The receiver closes when both stages end.
+pub fn write(ctx: Arc<TurnContext>, messages: Vec<Message>, input: TurnInput, progress: Progress, cancel: CancellationToken) -> mpsc::Receiver<Frame> {
+    let (text_tx, text_rx) = mpsc::channel(64);
+    let (sentence_tx, sentence_rx) = mpsc::channel(32);
+    tokio::spawn(chunk(text_rx, sentence_tx, progress.clone(), cancel.clone()));
+    tokio::spawn(async move {
+        match input {
+            TurnInput::Say(text) => say(&text_tx, &text).await,
+            TurnInput::Respond => think(&ctx, messages, &text_tx, &progress, &cancel).await,
+        }
+    });
+    sentence_rx
 }
 
 /// Sends the conversation so far with `max_tokens: 1`, so that an engine with a KV cache
@@ -100,20 +165,15 @@ pub async fn prefill(ctx: Arc<TurnContext>, messages: Vec<Message>) {
     }
 }
 
-/// [`respond`] with owned arguments, for spawning (text chat).
-pub async fn respond_owned(ctx: Arc<TurnContext>, messages: Vec<Message>, chunks: mpsc::Sender<String>, progress: Arc<Mutex<TurnProgress>>, cancel: CancellationToken) {
-    respond(&ctx, messages, &chunks, &progress, &cancel).await
+/// A fixed line: the whole text, then the end of the run.
+async fn say(outbox: &mpsc::Sender<Frame>, text: &str) {
+    if outbox.send(Frame::LlmText(text.to_string())).await.is_ok() {
+        let _ = outbox.send(Frame::LlmTextEnd).await;
+    }
 }
 
-/// Asks the LLM (with tools) and sends the speakable chunks of its answer to `chunks`.
-pub async fn respond(
-    ctx: &Arc<TurnContext>,
-    mut messages: Vec<Message>,
-    chunks: &mpsc::Sender<String>,
-    progress: &Arc<Mutex<TurnProgress>>,
-    cancel: &CancellationToken,
-) {
-    let lock = || progress.lock().unwrap_or_else(|e| e.into_inner());
+/// The think stage: asks the LLM (with tools) and passes its text on as it streams.
+async fn think(ctx: &Arc<TurnContext>, mut messages: Vec<Message>, outbox: &mpsc::Sender<Frame>, progress: &Progress, cancel: &CancellationToken) {
     let mut tool_failed = false;
     let mut spoke = false;
     for round in 0..MAX_TOOL_ROUNDS {
@@ -132,54 +192,47 @@ pub async fn respond(
             Err(e) => {
                 tracing::warn!(error = %e, "llm request failed");
                 record_llm_failure(progress, &e);
-                let _ = chunks.send(LLM_APOLOGY.to_string()).await;
+                say(outbox, LLM_APOLOGY).await;
                 return;
             }
         };
-        let mut chunker = SentenceChunker::default();
         let mut text = String::new();
         let mut calls: Vec<ToolCall> = Vec::new();
         loop {
             let event = tokio::select! {
+                biased;
                 _ = cancel.cancelled() => return, // dropping the stream stops generation
                 event = stream.next() => event,
             };
             match event {
                 None => break,
                 Some(Ok(LlmEvent::Text(piece))) => {
-                    {
-                        let mut p = lock();
-                        if p.first_token_at.is_none() {
-                            p.first_token_at = Some(ctx.out.now());
-                        }
-                    }
+                    lock(progress).first_token_at.get_or_insert_with(|| ctx.out.now());
                     text.push_str(&piece);
-                    for chunk in chunker.push(&piece) {
-                        spoke = true;
-                        if chunks.send(chunk).await.is_err() {
-                            return;
-                        }
+                    spoke |= !piece.trim().is_empty();
+                    if outbox.send(Frame::LlmText(piece)).await.is_err() {
+                        return;
                     }
                 }
                 Some(Ok(LlmEvent::ToolCall(call))) => calls.push(call),
                 Some(Ok(LlmEvent::Done(usage))) => {
-                    let mut p = lock();
+                    let mut p = lock(progress);
                     p.prompt_tokens = usage.prompt_tokens;
                     p.cached_tokens = usage.cached_tokens;
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "llm stream failed");
                     record_llm_failure(progress, &e);
+                    let _ = outbox.send(Frame::LlmTextEnd).await;
                     if !spoke {
-                        let _ = chunks.send(LLM_APOLOGY.to_string()).await;
+                        say(outbox, LLM_APOLOGY).await;
                     }
                     return;
                 }
             }
         }
-        if let Some(rest) = chunker.finish() {
-            spoke = true;
-            let _ = chunks.send(rest).await;
+        if outbox.send(Frame::LlmTextEnd).await.is_err() {
+            return;
         }
         if calls.is_empty() {
             break;
@@ -187,28 +240,28 @@ pub async fn respond(
         // Run the tools, then let the LLM speak about their results.
         let assistant_message = Message::Assistant { content: text.clone(), tool_calls: calls.clone() };
         messages.push(assistant_message.clone());
-        lock().tool_messages.push(assistant_message);
+        lock(progress).tool_messages.push(assistant_message);
         let mut ends_call = false;
         for call in &calls {
-            let result = run_tool(ctx, call, chunks, cancel).await;
+            let result = run_tool(ctx, call, outbox, cancel).await;
             tool_failed |= result.failed;
             if let Some(action) = &result.action {
                 if let Action::Dtmf { digits } = action {
                     ctx.out.send_dtmf(digits);
                 }
                 ends_call |= matches!(action, Action::EndCall { .. } | Action::Transfer { .. });
-                lock().actions.push(action.clone());
+                lock(progress).actions.push(action.clone());
             }
             if result.failed {
-                lock().errors.push(format!("tool {}: {}", call.name, result.content));
+                lock(progress).errors.push(format!("tool {}: {}", call.name, result.content));
             }
             let tool_message = Message::Tool { tool_call_id: call.id.clone(), content: result.content };
             messages.push(tool_message.clone());
-            lock().tool_messages.push(tool_message);
+            lock(progress).tool_messages.push(tool_message);
         }
         if ends_call {
             if !spoke {
-                let _ = chunks.send(GOODBYE.to_string()).await;
+                say(outbox, GOODBYE).await;
             }
             return;
         }
@@ -216,23 +269,23 @@ pub async fn respond(
             tracing::warn!("tool rounds exhausted");
             if !spoke {
                 // The model kept calling tools without a word: never leave the caller in silence.
-                let _ = chunks.send(ROUNDS_EXHAUSTED.to_string()).await;
+                say(outbox, ROUNDS_EXHAUSTED).await;
                 return;
             }
         }
     }
     if tool_failed && !spoke {
-        let _ = chunks.send(TOOL_APOLOGY.to_string()).await;
+        say(outbox, TOOL_APOLOGY).await;
     }
 }
 
-fn record_llm_failure(progress: &Mutex<TurnProgress>, error: &crate::llm::LlmError) {
-    let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+fn record_llm_failure(progress: &Progress, error: &crate::llm::LlmError) {
+    let mut p = lock(progress);
     p.errors.push(format!("llm: {error}"));
     p.llm_failed = true;
 }
 
-async fn run_tool(ctx: &Arc<TurnContext>, call: &ToolCall, chunks: &mpsc::Sender<String>, cancel: &CancellationToken) -> tools::ToolResult {
+async fn run_tool(ctx: &Arc<TurnContext>, call: &ToolCall, outbox: &mpsc::Sender<Frame>, cancel: &CancellationToken) -> tools::ToolResult {
     let arguments: Value = match serde_json::from_str(if call.arguments.trim().is_empty() { "{}" } else { &call.arguments }) {
         Ok(v) => v,
         Err(e) => {
@@ -257,63 +310,135 @@ async fn run_tool(ctx: &Arc<TurnContext>, call: &ToolCall, chunks: &mpsc::Sender
             result = &mut request => return result,
             _ = &mut filler_after, if !filler_said => {
                 filler_said = true;
-                let _ = chunks.send(tool.filler.clone()).await;
+                say(outbox, &tool.filler).await;
             }
         }
     }
 }
 
-/// Synthesizes chunks in order and queues them on the line.
-async fn speak(ctx: Arc<TurnContext>, mut chunks: mpsc::Receiver<String>, progress: Arc<Mutex<TurnProgress>>, cancel: CancellationToken) {
-    let lock = || progress.lock().unwrap_or_else(|e| e.into_inner());
+/// The chunk stage: text in, speakable chunks out.
+async fn chunk(mut inbox: mpsc::Receiver<Frame>, outbox: mpsc::Sender<Frame>, progress: Progress, cancel: CancellationToken) {
+    let mut chunker = MarkedChunker::default();
+    let mut held: Vec<String> = Vec::new();
     loop {
-        let chunk = tokio::select! {
-            _ = cancel.cancelled() => None,
-            chunk = chunks.recv() => chunk,
+        let Ok(frame) = receive(&mut inbox, &cancel).await else { break };
+        let (ready, done) = match frame {
+            Some(Frame::LlmText(piece)) => (chunker.push(&piece), false),
+            Some(Frame::LlmTextEnd) => (chunker.flush(), false),
+            None => (chunker.flush(), true),
+            Some(_) => continue,
         };
-        let Some(chunk) = chunk else { break };
+        for sentence in ready {
+            if cancel.is_cancelled() {
+                held.push(sentence.text);
+            } else if let Err(mpsc::error::SendError(frame)) = outbox.send(Frame::Sentence(sentence)).await {
+                held.extend(text_of(frame));
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    // Whatever was written but not passed on is unspoken.
+    held.push(chunker.pending());
+    held.extend(queued_text(&mut inbox));
+    lock(&progress).keep(Stage::Chunk, held);
+}
+
+/// The turn was cancelled.
+struct Cancelled;
+
+/// A stage's next frame (`None`: the stage before has finished), unless the turn is
+/// cancelled: the token is checked first, so a cancel overtakes whatever is queued.
+async fn receive(inbox: &mut mpsc::Receiver<Frame>, cancel: &CancellationToken) -> Result<Option<Frame>, Cancelled> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Cancelled),
+        frame = inbox.recv() => Ok(frame),
+    }
+}
+
+/// The text of whatever is still queued in a cancelled stage's inbox.
+fn queued_text(inbox: &mut mpsc::Receiver<Frame>) -> Vec<String> {
+    let mut texts = Vec::new();
+    while let Ok(frame) = inbox.try_recv() {
+        texts.extend(text_of(frame).map(|t| strip_marks(&t)));
+    }
+    texts
+}
+
+/// The text a frame of the turn carries, if any.
+fn text_of(frame: Frame) -> Option<String> {
+    match frame {
+        Frame::LlmText(text) => Some(text),
+        Frame::Sentence(chunk) | Frame::TtsAudio { sentence: chunk, .. } => Some(chunk.text),
+        _ => None,
+    }
+}
+
+/// The speak stage: chunks in, synthesized audio at the line's rate out.
+async fn speak(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, outbox: mpsc::Sender<Frame>, progress: Progress, cancel: CancellationToken) {
+    let mut held: Vec<String> = Vec::new();
+    loop {
+        let Ok(frame) = receive(&mut inbox, &cancel).await else { break };
+        let sentence = match frame {
+            Some(Frame::Sentence(sentence)) => sentence,
+            Some(_) => continue,
+            None => break,
+        };
         let rate = ctx.out.rate();
         let (tts, fallback) = (ctx.tts.clone(), ctx.fallback_tts.clone());
-        let text = chunk.clone();
+        let text = sentence.text.clone();
         let synthesis = super::pool::tts().run(move || {
-            let primary = tts.speak_all(&text);
-            let audio = match primary {
+            let audio = match tts.speak_all(&text) {
                 Ok(audio) => Ok((audio, None)),
                 Err(e) => fallback.speak_all(&text).map(|a| (a, Some(e.to_string()))).map_err(|f| format!("{e}; fallback: {f}")),
             };
             audio.and_then(|(a, note)| a.to_rate(rate).map(|a| (a, note)).map_err(|e| e.to_string()))
         });
         let result = tokio::select! {
+            biased;
             _ = cancel.cancelled() => {
-                lock().unspoken.push(chunk);
+                held.push(sentence.text);
                 break;
             }
             result = synthesis => result,
         };
         match result {
             Ok(Ok((audio, fallback_note))) => {
-                if cancel.is_cancelled() {
-                    lock().unspoken.push(chunk);
-                    break;
+                {
+                    let mut p = lock(&progress);
+                    if let Some(note) = fallback_note {
+                        p.errors.push(format!("tts (fell back to espeak): {note}"));
+                    }
+                    p.first_audio_at.get_or_insert_with(|| ctx.out.now());
                 }
-                let segment = ctx.segment_ids.fetch_add(1, Ordering::Relaxed);
-                let mut p = lock();
-                if let Some(note) = fallback_note {
-                    p.errors.push(format!("tts (fell back to espeak): {note}"));
+                if let Err(mpsc::error::SendError(frame)) = outbox.send(Frame::TtsAudio { sentence, samples: audio.samples }).await {
+                    held.extend(text_of(frame));
                 }
-                if p.first_audio_at.is_none() {
-                    p.first_audio_at = Some(ctx.out.now());
-                }
-                p.segments.push((segment, chunk));
-                drop(p);
-                ctx.out.play(segment, audio.samples);
             }
-            Ok(Err(e)) => lock().errors.push(format!("tts: {e}")),
-            Err(e) => lock().errors.push(format!("tts task: {e}")),
+            Ok(Err(e)) => lock(&progress).errors.push(format!("tts: {e}")),
+            Err(e) => lock(&progress).errors.push(format!("tts task: {e}")),
         }
     }
-    // Whatever is still queued after a cancel was never spoken.
-    while let Ok(chunk) = chunks.try_recv() {
-        lock().unspoken.push(chunk);
+    held.extend(queued_text(&mut inbox));
+    lock(&progress).keep(Stage::Speak, held);
+}
+
+/// The play stage: each chunk's audio onto the line as one segment.
+async fn play(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, progress: Progress, cancel: CancellationToken) {
+    loop {
+        let Ok(frame) = receive(&mut inbox, &cancel).await else { break };
+        match frame {
+            Some(Frame::TtsAudio { sentence: Chunk { text, interruptible }, samples }) => {
+                let id = ctx.segment_ids.fetch_add(1, Ordering::Relaxed);
+                lock(&progress).segments.push(SpokenSegment { id, text, interruptible });
+                ctx.out.play(id, samples);
+            }
+            Some(_) => {}
+            None => return,
+        }
     }
+    let held = queued_text(&mut inbox);
+    lock(&progress).keep(Stage::Play, held);
 }

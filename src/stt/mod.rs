@@ -6,6 +6,7 @@
 pub mod openai;
 pub mod whisper;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -18,6 +19,8 @@ pub enum SttError {
     Whisper(String),
     #[error("the transcription endpoint {endpoint} failed: {reason}")]
     Remote { endpoint: String, reason: String },
+    #[error("transcription stopped before it finished")]
+    Stopped,
 }
 
 /// A transcription with segment timings.
@@ -58,4 +61,14 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 /// Anything that can transcribe a finished utterance of 16 kHz mono audio.
 pub trait SpeechToText: Send + Sync {
     fn transcribe(&self, samples_16k: &[f32]) -> Result<Transcript, SttError>;
+
+    /// Like [`SpeechToText::transcribe`], but may give up early with [`SttError::Stopped`] once
+    /// `stop` is set (a partial transcript that a newer one replaces). A provider that cannot
+    /// stop midway checks before it starts.
+    fn transcribe_until(&self, samples_16k: &[f32], stop: &AtomicBool) -> Result<Transcript, SttError> {
+        if stop.load(Ordering::Relaxed) {
+            return Err(SttError::Stopped);
+        }
+        self.transcribe(samples_16k)
+    }
 }

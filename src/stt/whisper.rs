@@ -6,6 +6,7 @@
 //! silence: an utterance below the level gate, or segments that are only non-speech
 //! annotations, give an empty transcript rather than a hallucinated "you".
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -130,6 +131,27 @@ fn is_annotation(text: &str) -> bool {
 
 impl SpeechToText for WhisperStt {
     fn transcribe(&self, samples_16k: &[f32]) -> Result<Transcript, SttError> {
+        self.transcribe_with(samples_16k, None)
+    }
+
+    fn transcribe_until(&self, samples_16k: &[f32], stop: &AtomicBool) -> Result<Transcript, SttError> {
+        self.transcribe_with(samples_16k, Some(stop))
+    }
+}
+
+/// whisper.cpp's abort callback: true once the flag behind `user_data` is set. whisper.cpp
+/// asks after the encoder and after every decoder step.
+unsafe extern "C" fn stop_requested(user_data: *mut std::ffi::c_void) -> bool {
+    // SAFETY: `decode` passes a pointer to an `AtomicBool` it borrows for the whole of
+    // `WhisperState::full`, the only time whisper.cpp calls this.
+    unsafe { (*(user_data as *const AtomicBool)).load(Ordering::Relaxed) }
+}
+
+impl WhisperStt {
+    fn transcribe_with(&self, samples_16k: &[f32], stop: Option<&AtomicBool>) -> Result<Transcript, SttError> {
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Err(SttError::Stopped);
+        }
         let started = Instant::now();
         let audio_secs = samples_16k.len() as f64 / 16_000.0;
         let audio = crate::audio::Audio::new(samples_16k.to_vec(), 16_000);
@@ -141,12 +163,12 @@ impl SpeechToText for WhisperStt {
             padded.resize(MIN_SAMPLES, 0.0);
         }
 
-        let mut transcript = self.decode(&padded, audio_ctx_for(padded.len()), audio_secs)?;
+        let mut transcript = self.decode(&padded, audio_ctx_for(padded.len()), audio_secs, stop)?;
         if is_looping(&transcript.text) {
             // A loop on a short window: decode once more on the full window, then give up
             // on decoding and keep one copy of the looped phrase. Bounded: at most two passes.
             tracing::debug!(text = %transcript.text, "whisper looped; retrying on the full window");
-            transcript = self.decode(&padded, FULL_AUDIO_CTX, audio_secs)?;
+            transcript = self.decode(&padded, FULL_AUDIO_CTX, audio_secs, stop)?;
             if is_looping(&transcript.text) {
                 transcript.text = collapse_loops(&transcript.text);
                 for segment in &mut transcript.segments {
@@ -157,10 +179,8 @@ impl SpeechToText for WhisperStt {
         transcript.processing = started.elapsed();
         Ok(transcript)
     }
-}
 
-impl WhisperStt {
-    fn decode(&self, padded: &[f32], audio_ctx: usize, audio_secs: f64) -> Result<Transcript, SttError> {
+    fn decode(&self, padded: &[f32], audio_ctx: usize, audio_secs: f64, stop: Option<&AtomicBool>) -> Result<Transcript, SttError> {
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         params.set_n_threads(self.threads as i32);
         params.set_language(self.language.as_deref());
@@ -178,8 +198,19 @@ impl WhisperStt {
         // 0 means whisper's full 30 s window.
         params.set_audio_ctx(if audio_ctx >= FULL_AUDIO_CTX { 0 } else { audio_ctx as i32 });
 
+        if let Some(stop) = stop {
+            // SAFETY: `stop` outlives `state.full` below, the only call that uses it.
+            unsafe {
+                params.set_abort_callback(Some(stop_requested));
+                params.set_abort_callback_user_data(stop as *const AtomicBool as *mut std::ffi::c_void);
+            }
+        }
         let mut state = self.take_state()?;
         let result = state.full(params, padded);
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            self.states.lock().unwrap_or_else(|e| e.into_inner()).push(state);
+            return Err(SttError::Stopped);
+        }
         let transcript = result.map_err(|e| SttError::Whisper(e.to_string())).map(|_| {
             let mut segments = Vec::new();
             for segment in state.as_iter() {
