@@ -287,7 +287,8 @@ pub struct TurnSpec {
     pub vad_threshold: f32,
     /// Speech (ms) before the VAD calls speech started.
     pub vad_start_ms: u32,
-    /// Extra silence (ms) to wait when the turn looks unfinished (no final punctuation).
+    /// The longest extra silence (ms) to wait when the turn does not read as finished: all of
+    /// it when the words dangle, less the nearer Smart Turn and the transcript came to finished.
     pub incomplete_wait_ms: u32,
     /// Smart Turn probability above which the turn is complete.
     pub smart_turn_threshold: f32,

@@ -6,11 +6,13 @@
 //! is over, the final transcript — no second STT pass. The turn ends when
 //!
 //! - Smart Turn (run beside whisper on the last 8 s) hears a finished turn, helped by the
-//!   transcript: final punctuation adds weight, a dangling word ("…and", "my number is")
-//!   takes it away; neither cue alone decides (models.md: the model alone judged flat
-//!   synthetic lines unfinished, and a long fixed fallback then dominated the p95), or
-//! - the turn looks unfinished but the caller stays silent for `incomplete_wait_ms` more —
-//!   a short, bounded fallback.
+//!   transcript: final punctuation adds weight, a dangling word ("…and", "my number is",
+//!   digits being read out) takes it away; neither cue alone decides (models.md: the model
+//!   alone judged flat synthetic lines unfinished), or
+//! - the turn falls short of that but the caller stays silent a while longer: up to
+//!   `incomplete_wait_ms` for words that dangle (or no words), less the nearer the score came
+//!   to the threshold — a finished sentence that the model doubts waits a little, a number
+//!   read halfway waits the whole fallback ([`extra_wait`]).
 //!
 //! Speech resuming before the decision continues the same turn. A turn with speech but no
 //! words is still reported (empty text), never dropped: the agent decides what to do with it.
@@ -188,9 +190,10 @@ impl Listener {
             // Decide the end of turn.
             let now = frame_time(detector.frames());
             if let Phase::Deciding { speech_end, stopped_at, transcript: Some(((transcript, probability), arrived)), .. } = &phase {
-                let finished = turn_complete(&transcript.text, *probability, self.turn.smart_turn_threshold);
+                let fallback = Duration::from_millis(self.turn.incomplete_wait_ms as u64);
+                let wait = extra_wait(&transcript.text, *probability, self.turn.smart_turn_threshold, fallback);
                 let waited = now.saturating_sub(*stopped_at);
-                if finished || waited >= Duration::from_millis(self.turn.incomplete_wait_ms as u64) {
+                if waited >= wait {
                     let turn = UserTurn {
                         text: transcript.text.clone(),
                         speech_end: *speech_end,
@@ -249,40 +252,40 @@ impl Listener {
     }
 }
 
-/// Weight of the transcript's cues against Smart Turn's probability.
+/// Weight of a finished sentence in the transcript against Smart Turn's probability.
 const PUNCTUATION_BONUS: f32 = 0.3;
-const DANGLING_PENALTY: f32 = 0.4;
 
-/// The end-of-turn decision from Smart Turn's probability (if it ran) and the transcript.
-pub fn turn_complete(text: &str, probability: Option<f32>, threshold: f32) -> bool {
-    if text.trim().is_empty() {
-        // No words: let the fallback wait decide (a cough, or words still to come).
-        return false;
+/// How much silence, after the VAD's, ends the turn: none when Smart Turn's probability and
+/// the transcript together reach `threshold`; all of `fallback` when there are no words or
+/// they dangle; in between, the share of `fallback` by which the score fell short.
+pub fn extra_wait(text: &str, probability: Option<f32>, threshold: f32, fallback: Duration) -> Duration {
+    if text.trim().is_empty() || is_dangling(text) {
+        // No words (a cough, or words still to come), or words that promise more.
+        return fallback;
     }
-    match probability {
-        None => reads_finished(text),
-        Some(p) => {
-            let mut score = p;
-            if reads_finished(text) {
-                score += PUNCTUATION_BONUS;
-            }
-            if is_dangling(text) {
-                score -= DANGLING_PENALTY;
-            }
-            score >= threshold
-        }
-    }
+    let score = match probability {
+        None if reads_finished(text) => return Duration::ZERO,
+        None => return fallback,
+        Some(p) if reads_finished(text) => p + PUNCTUATION_BONUS,
+        Some(p) => p,
+    };
+    let short = ((threshold - score) / threshold.max(f32::EPSILON)).clamp(0.0, 1.0);
+    fallback.mul_f32(short)
 }
 
-/// Ends like an unfinished thought: a trailing conjunction, "...", or a comma.
+/// Ends like an unfinished thought: a trailing conjunction, "...", a comma, or digits being
+/// read out (a phone number, an account number: "555", "five five five").
 pub fn is_dangling(text: &str) -> bool {
     let trimmed = text.trim_end();
     if trimmed.ends_with("...") || trimmed.ends_with(',') {
         return true;
     }
-    let last_word = trimmed.rsplit(char::is_whitespace).next().unwrap_or("").to_lowercase();
-    let bare = last_word.trim_end_matches(['.', '?', '!']);
-    ["and", "or", "but", "so", "is", "are", "the", "a", "an", "to", "my", "uh", "um", "because", "of", "at", "for"].contains(&bare)
+    let words: Vec<String> = trimmed.rsplit(char::is_whitespace).take(2).map(|w| w.trim_end_matches(['.', '?', '!']).to_lowercase()).collect();
+    let last = words.first().map(String::as_str).unwrap_or("");
+    const DIGITS: &[&str] = &["zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
+    let spelled_run = words.len() == 2 && words.iter().all(|w| DIGITS.contains(&w.as_str()));
+    let digits = last.len() >= 3 && last.chars().all(|c| c.is_ascii_digit() || c == '-');
+    spelled_run || digits || ["and", "or", "but", "so", "is", "are", "the", "a", "an", "to", "my", "uh", "um", "because", "of", "at", "for"].contains(&last)
 }
 
 /// True when a transcript reads as a complete turn: it ends a sentence or a question.
@@ -308,15 +311,30 @@ mod tests {
     }
 
     #[test]
-    fn smart_turn_and_transcript_decide_together() {
+    fn smart_turn_and_transcript_decide_the_wait_together() {
+        let fallback = Duration::from_millis(700);
+        let wait = |text, p| extra_wait(text, p, 0.5, fallback);
         // The model is unsure but the caller finished a sentence: done.
-        assert!(turn_complete("I'd like a table for two.", Some(0.3), 0.5));
-        // The model hears an ending, but the words dangle: wait.
-        assert!(!turn_complete("My number is five five five and", Some(0.8), 0.5));
+        assert_eq!(wait("I'd like a table for two.", Some(0.3)), Duration::ZERO);
         // No punctuation, but the model is confident: done.
-        assert!(turn_complete("My name is Sarah", Some(0.9), 0.5));
+        assert_eq!(wait("My name is Sarah", Some(0.9)), Duration::ZERO);
+        // A finished sentence the model doubts waits a little, in proportion.
+        assert!(wait("For four people.", Some(0.1)).as_millis().abs_diff(140) <= 1);
+        // The model hears an ending, but the words dangle or a number is half read: the whole fallback.
+        assert_eq!(wait("My number is five five five and", Some(0.8)), fallback);
+        assert_eq!(wait("My phone number is 555.", Some(0.9)), fallback);
+        assert_eq!(wait("My phone number is five five five.", Some(0.9)), fallback);
         // Without the model, punctuation decides.
-        assert!(turn_complete("Yes.", None, 0.5));
-        assert!(!turn_complete("", Some(1.0), 0.5));
+        assert_eq!(wait("Yes.", None), Duration::ZERO);
+        assert_eq!(wait("yes", None), fallback);
+        assert_eq!(wait("", Some(1.0)), fallback);
+    }
+
+    #[test]
+    fn numbers_being_read_out_dangle_but_a_count_does_not() {
+        assert!(is_dangling("It's 555-12"));
+        assert!(is_dangling("one two three"));
+        assert!(!is_dangling("For four people."));
+        assert!(!is_dangling("Table for 2."));
     }
 }

@@ -106,6 +106,7 @@ impl TurnProgress {
     }
 
     fn keep(&mut self, stage: Stage, texts: Vec<String>) {
+        let texts: Vec<&str> = texts.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).collect();
         let text = texts.join(" ");
         if !text.trim().is_empty() {
             self.unspoken.push((stage, text));
@@ -441,4 +442,40 @@ async fn play(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, progress:
     }
     let held = queued_text(&mut inbox);
     lock(&progress).keep(Stage::Play, held);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_chunk_stage_passes_chunks_on_and_a_cancel_keeps_the_rest() {
+        let progress = Progress::default();
+        let cancel = CancellationToken::new();
+        let (text_tx, text_rx) = mpsc::channel(64);
+        let (sentence_tx, mut sentence_rx) = mpsc::channel(32);
+        let stage = tokio::spawn(chunk(text_rx, sentence_tx, progress.clone(), cancel.clone()));
+        for piece in ["Hello there. ", "<no-interrupt>This call ", "is recorded.</no-interrupt> ", "How can", " I help?"] {
+            text_tx.send(Frame::LlmText(piece.into())).await.unwrap();
+        }
+        let mut chunks = Vec::new();
+        while chunks.len() < 2 {
+            if let Some(Frame::Sentence(chunk)) = sentence_rx.recv().await {
+                chunks.push((chunk.text, chunk.interruptible));
+            }
+        }
+        assert_eq!(chunks, vec![("Hello there.".to_string(), true), ("This call is recorded.".to_string(), false)]);
+        cancel.cancel();
+        stage.await.unwrap();
+        assert_eq!(lock(&progress).unspoken(), "How can I help?");
+    }
+
+    #[test]
+    fn unspoken_text_comes_back_in_the_order_it_would_have_been_said() {
+        let mut progress = TurnProgress::default();
+        progress.keep(Stage::Chunk, vec!["and the rest.".into()]);
+        progress.keep(Stage::Play, vec!["First this.".into()]);
+        progress.keep(Stage::Speak, vec!["Then that,".into(), String::new()]);
+        assert_eq!(progress.unspoken(), "First this. Then that, and the rest.");
+    }
 }
