@@ -6,9 +6,9 @@
 //! is over, the final transcript — no second STT pass. The turn ends when
 //!
 //! - Smart Turn (run beside whisper on the last 8 s) hears a finished turn, helped by the
-//!   transcript: final punctuation adds weight, a dangling word ("…and", "my number is",
-//!   digits being read out) takes it away; neither cue alone decides (models.md: the model
-//!   alone judged flat synthetic lines unfinished), or
+//!   transcript's final punctuation (models.md: the model alone judged flat synthetic lines
+//!   unfinished); words that dangle ("…and", "my number is", digits being read out) never end
+//!   the turn at once, or
 //! - the turn falls short of that but the caller stays silent a while longer: up to
 //!   `incomplete_wait_ms` for words that dangle (or no words), less the nearer the score came
 //!   to the threshold — a finished sentence that the model doubts waits a little, a number
