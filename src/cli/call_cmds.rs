@@ -405,10 +405,18 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
         let engines = load_engines(&store, &assistant).await?;
         let mut turns = Vec::new();
         let mut barge_ins = Vec::new();
+        let (mut vad_errors, mut vad_late) = (Vec::new(), 0);
         for index in 0..calls {
             eprintln!("call {}/{calls}: {} caller lines, in real time…", index + 1, script.lines.len());
             let call = simulate_call(&store, engines.clone(), assistant.clone(), script.clone(), BTreeMap::new(), DEFAULT_LINE_RATE, false).await?;
-            turns.extend(call.report.turns.iter().cloned());
+            // Count every turn from the caller's true end of speech (the script knows it), not
+            // from where the VAD placed it.
+            for turn in &call.report.turns {
+                let truth = call.log.caller_speech.iter().map(|(_, end)| *end).min_by_key(|end| abs_diff(*end, turn.speech_end_at)).unwrap_or(turn.speech_end_at);
+                vad_errors.push(abs_diff(truth, turn.speech_end_at));
+                vad_late += usize::from(turn.speech_end_at > truth);
+                turns.push(turn.counted_from(truth));
+            }
             // Barge-in reaction on the audio timeline: from when caller and agent were both
             // audible (the caller's scripted onset, or the agent's first sound when it began
             // over a caller already talking) to when the agent's audio stopped.
@@ -420,6 +428,8 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
         }
         println!("\n{} turns over {calls} call(s); assistant {} on {}", turns.len(), assistant.spec.name, assistant.spec.llm.model);
         print_percentiles(&turns);
+        let vad = |q| percentile(&vad_errors, q).map(|d| format!("{:.0}", ms_of(d))).unwrap_or_else(|| "-".into());
+        println!("{:<18} {:>8} {:>8}   (|VAD end of speech − true end|; late in {vad_late} of {} turns)", "vad end error", vad(0.5), vad(0.95), turns.len());
         let p = |q| percentile(&barge_ins, q).map(|d| format!("{:.0}", ms_of(d))).unwrap_or_else(|| "-".into());
         println!("{:<18} {:>8} {:>8}   (caller speech onset → agent audio stopped, {} barge-ins)", "barge-in reaction", p(0.5), p(0.95), barge_ins.len());
         let gaps: [(&str, fn(&TurnTimings) -> Duration, fn(&TurnTimings) -> Duration); 4] = [
@@ -436,10 +446,26 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
         // The tail, turn by turn: what the p95 is made of.
         let mut slowest: Vec<&TurnTimings> = turns.iter().collect();
         slowest.sort_by_key(|t| std::cmp::Reverse(t.voice_to_voice));
-        println!("\nslowest turns (voice-to-voice · end of turn · stt · llm first token):");
+        let mut fresh: Vec<usize> = turns.iter().map(|t| t.prompt_tokens.saturating_sub(t.cached_tokens)).collect();
+        fresh.sort_unstable();
+        println!("  (the LLM processed {} new prompt tokens a turn at p50)", fresh.get(fresh.len() / 2).copied().unwrap_or(0));
+        println!("\nslowest turns (voice-to-voice · end of turn · stt · llm first token · new prompt tokens):");
         for t in slowest.iter().take(3) {
-            println!("  {:>5.0} · {:>4.0} · {:>4.0} · {:>4.0} ms  \"{}\"", ms_of(t.voice_to_voice), ms_of(t.end_of_turn), ms_of(t.stt_final), ms_of(t.llm_first_token), t.user_text);
+            println!(
+                "  {:>5.0} · {:>4.0} · {:>4.0} · {:>4.0} ms · {:>3}  \"{}\" → \"{}\"",
+                ms_of(t.voice_to_voice),
+                ms_of(t.end_of_turn),
+                ms_of(t.stt_final),
+                ms_of(t.llm_first_token),
+                t.prompt_tokens.saturating_sub(t.cached_tokens),
+                t.user_text,
+                t.agent_text
+            );
         }
         Ok(())
     })
+}
+
+fn abs_diff(a: Duration, b: Duration) -> Duration {
+    a.max(b) - a.min(b)
 }

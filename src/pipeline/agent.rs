@@ -125,6 +125,10 @@ impl Agent {
             let _ = (&mut active.handle).await;
             self.finish_turn(&mut state, active, &report, true);
         }
+        if let Some(user) = state.deferred.take() {
+            // Said over a `<no-interrupt>` segment and never answered: the history still holds it.
+            state.history.push(Message::User { content: user.text });
+        }
         let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
         report.history = state.history;
     }
@@ -204,14 +208,20 @@ impl Agent {
             }
             return;
         }
+        // The transcript shows the words when they were said, even if the answer must wait.
+        self.emit(CallEvent::Caller { text: user.text.clone(), at: user.speech_end });
+        report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push(("caller".into(), user.text.clone(), user.speech_end));
         if self.protected_playing(state) {
             // The caller spoke through a `<no-interrupt>` segment: answer once it has played.
             state.deferred = Some(user);
             return;
         }
+        self.respond(state, user, report);
+    }
+
+    /// Answers a caller turn already in the transcript.
+    fn respond(&self, state: &mut State, user: UserTurn, report: &Arc<Mutex<CallReport>>) {
         state.interrupted = None;
-        self.emit(CallEvent::Caller { text: user.text.clone(), at: user.speech_end });
-        report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push(("caller".into(), user.text.clone(), user.speech_end));
         if state.active.is_some() {
             // The caller finished a turn over the agent (too briefly to count as a barge-in
             // while speaking): stop the agent and answer the new words.
@@ -335,6 +345,7 @@ impl Agent {
             let since_end = |t: Option<Duration>| t.map(|t| t.saturating_sub(user.speech_end)).unwrap_or_default();
             let timings = TurnTimings {
                 turn: state.turn_count,
+                speech_end_at: user.speech_end,
                 user_text: user.text.clone(),
                 agent_text: progress.segments.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join(" "),
                 end_of_turn: user.decided_at.saturating_sub(user.speech_end),
@@ -383,7 +394,7 @@ impl Agent {
         self.check_barge_in(state, report);
         if state.deferred.is_some() && !self.protected_playing(state) {
             let user = state.deferred.take().expect("checked above");
-            self.on_user_turn(state, user, report);
+            self.respond(state, user, report);
         }
         // A turn is done when its task finished and its audio has played out.
         if let Some(active) = &state.active {

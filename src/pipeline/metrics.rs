@@ -11,6 +11,10 @@ use serde::Serialize;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TurnTimings {
     pub turn: usize,
+    /// When the VAD heard the caller's speech end, on the call's timeline; every duration
+    /// below counts from here.
+    #[serde(serialize_with = "ms")]
+    pub speech_end_at: Duration,
     pub user_text: String,
     pub agent_text: String,
     /// Caller end of speech → end-of-turn decision.
@@ -30,6 +34,23 @@ pub struct TurnTimings {
     pub voice_to_voice: Duration,
     pub prompt_tokens: usize,
     pub cached_tokens: usize,
+}
+
+impl TurnTimings {
+    /// The same turn counted from `end` instead (the caller's true end of speech, where a
+    /// script knows it): every stage moves by the VAD's error.
+    pub fn counted_from(&self, end: Duration) -> TurnTimings {
+        let shift = |d: Duration| (d + self.speech_end_at).saturating_sub(end);
+        TurnTimings {
+            speech_end_at: end,
+            end_of_turn: shift(self.end_of_turn),
+            stt_final: shift(self.stt_final),
+            llm_first_token: shift(self.llm_first_token),
+            tts_first_audio: shift(self.tts_first_audio),
+            voice_to_voice: shift(self.voice_to_voice),
+            ..self.clone()
+        }
+    }
 }
 
 fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

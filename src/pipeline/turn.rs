@@ -239,7 +239,7 @@ async fn think(ctx: &Arc<TurnContext>, mut messages: Vec<Message>, outbox: &mpsc
             break;
         }
         // Run the tools, then let the LLM speak about their results.
-        let assistant_message = Message::Assistant { content: text.clone(), tool_calls: calls.clone() };
+        let assistant_message = Message::Assistant { content: strip_marks(&text), tool_calls: calls.clone() };
         messages.push(assistant_message.clone());
         lock(progress).tool_messages.push(assistant_message);
         let mut ends_call = false;
