@@ -1,9 +1,12 @@
 //! The listening stage: caller audio in, turn-taking frames out.
 //!
 //! Audio is resampled to 16 kHz and scored by Silero in 32 ms frames (~0.1 ms each, so it
-//! runs inline). When the VAD hears the caller stop, the utterance so far is transcribed on
-//! a blocking thread *at once*: the transcript is both the end-of-turn cue and, if the turn
-//! is over, the final transcript — no second STT pass. The turn ends when
+//! runs inline). Once the caller has been silent [`EARLY_HEAR_MS`] — before the VAD's own
+//! `endpointing_ms` calls the end of speech — the utterance so far is transcribed on a
+//! blocking thread, so whisper overlaps the rest of that silence; a sound before the VAD's
+//! call stops the job and it starts again at the next silence. The transcript is both the
+//! end-of-turn cue and, if the turn is over, the final transcript — no second STT pass. The
+//! turn ends when
 //!
 //! - Smart Turn (run beside whisper on the last 8 s) hears a finished turn, helped by the
 //!   transcript's final punctuation (models.md: the model alone judged flat synthetic lines
@@ -33,12 +36,16 @@ use super::frames::{Frame, UserTurn};
 use crate::assistant::TurnSpec;
 use crate::audio::resample::StreamResampler;
 use crate::audio::MODEL_RATE;
-use crate::stt::{SpeechToText, Transcript};
+use crate::stt::{SpeechToText, SttError, Transcript};
 use crate::transport::live::LiveReceiver;
 use crate::vad::silero::{SileroStream, SileroVad};
 use crate::vad::smart_turn::SmartTurn;
 use crate::vad::{VadDetector, VadEvent, FRAME_MS, FRAME_SAMPLES};
 
+/// Silence after which the final transcript and Smart Turn start, ahead of the VAD's end of
+/// speech. Their input is padded with the silence still to come, so they judge the same
+/// length of audio as at the VAD's call.
+const EARLY_HEAR_MS: u32 = 64;
 /// Audio kept from before the VAD's onset so the first syllable is not clipped.
 const PRE_ROLL_MS: usize = 320;
 /// The longest utterance sent to STT at once (whisper's window).
@@ -57,6 +64,18 @@ pub struct Listener {
     pub partial_every: Option<Duration>,
 }
 
+/// The final transcript and Smart Turn's judgement in flight: set `stop` to abandon them.
+struct HearJob {
+    stop: Arc<AtomicBool>,
+    heard: oneshot::Receiver<Heard>,
+}
+
+impl HearJob {
+    fn abandon(self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A partial transcript in flight: set `stop` to abandon it.
 struct PartialJob {
     stop: Arc<AtomicBool>,
@@ -67,7 +86,7 @@ enum Phase {
     Quiet,
     Speaking,
     /// The caller stopped; transcribing and deciding.
-    Deciding { speech_end: Duration, stopped_at: Duration, result: Option<oneshot::Receiver<Heard>>, transcript: Option<(Heard, Duration)> },
+    Deciding { speech_end: Duration, stopped_at: Duration, result: Option<HearJob>, transcript: Option<(Heard, Duration)> },
 }
 
 impl Listener {
@@ -91,6 +110,10 @@ impl Listener {
         let mut utterance: Vec<f32> = Vec::new();
         let mut phase = Phase::Quiet;
         let mut partial: Option<PartialJob> = None;
+        // The final transcript started early, on a short silence while still `Speaking`.
+        let mut early: Option<HearJob> = None;
+        let early_frames = EARLY_HEAR_MS.div_ceil(FRAME_MS);
+        let stop_frames = self.turn.vad_params().stop_ms.div_ceil(FRAME_MS).max(1);
         // Utterance length (samples) when the last partial started.
         let mut partial_from = 0usize;
         let partial_samples = self.partial_every.map(|every| (every.as_secs_f64() * MODEL_RATE as f64) as usize);
@@ -100,7 +123,7 @@ impl Listener {
             // Wait for audio, or for a pending transcript.
             let chunk = {
                 let result_rx = match &mut phase {
-                    Phase::Deciding { result: Some(rx), .. } => Some(rx),
+                    Phase::Deciding { result: Some(job), .. } => Some(&mut job.heard),
                     _ => None,
                 };
                 let partial_rx = partial.as_mut().map(|job| &mut job.words);
@@ -156,15 +179,19 @@ impl Listener {
                             if out.send(Frame::SpeechStarted { onset }).await.is_err() {
                                 return;
                             }
-                            if matches!(phase, Phase::Quiet) {
-                                // Start the utterance a little before the onset.
-                                let frames_since_onset = (detector.frames() - onset_frame) as usize * FRAME_SAMPLES;
-                                let keep = (frames_since_onset + pre_roll).min(recent.len());
-                                utterance = recent.iter().skip(recent.len() - keep).copied().collect();
-                                recent.clear();
+                            // Speech (re)started; if it resumed before the decision, the same turn goes on.
+                            match std::mem::replace(&mut phase, Phase::Speaking) {
+                                Phase::Quiet => {
+                                    // Start the utterance a little before the onset.
+                                    let frames_since_onset = (detector.frames() - onset_frame) as usize * FRAME_SAMPLES;
+                                    let keep = (frames_since_onset + pre_roll).min(recent.len());
+                                    utterance = recent.iter().skip(recent.len() - keep).copied().collect();
+                                    recent.clear();
+                                }
+                                // The transcript under way is of a turn that is not over.
+                                Phase::Deciding { result: Some(job), .. } => job.abandon(),
+                                _ => {}
                             }
-                            // Speech resumed: the same turn goes on.
-                            phase = Phase::Speaking;
                         }
                         Some(VadEvent::SpeechStopped { last_speech_frame }) => {
                             let speech_end = frame_time(last_speech_frame + 1);
@@ -174,13 +201,29 @@ impl Listener {
                             if let Some(job) = partial.take() {
                                 job.stop.store(true, Ordering::Relaxed);
                             }
-                            let rx = self.hear(utterance.clone());
-                            phase = Phase::Deciding { speech_end, stopped_at, result: Some(rx), transcript: None };
+                            let job = early.take().unwrap_or_else(|| self.hear(utterance.clone()));
+                            phase = Phase::Deciding { speech_end, stopped_at, result: Some(job), transcript: None };
                         }
                         None => {}
                     }
+                    if matches!(phase, Phase::Speaking) {
+                        let silent = detector.silent_frames();
+                        if silent == 0 {
+                            // A sound: the caller may be going on.
+                            if let Some(job) = early.take() {
+                                job.abandon();
+                            }
+                        } else if silent == early_frames && early_frames < stop_frames && early.is_none() {
+                            if let Some(job) = partial.take() {
+                                job.stop.store(true, Ordering::Relaxed);
+                            }
+                            let mut audio = utterance.clone();
+                            audio.resize(audio.len() + (stop_frames - early_frames) as usize * FRAME_SAMPLES, 0.0);
+                            early = Some(self.hear(audio));
+                        }
+                    }
                 }
-                if let (Phase::Speaking, None, Some(every)) = (&phase, &partial, partial_samples) {
+                if let (Phase::Speaking, None, None, Some(every)) = (&phase, &partial, &early, partial_samples) {
                     if utterance.len() >= partial_from + every {
                         partial_from = utterance.len();
                         partial = Some(self.transcribe_partial(utterance.clone()));
@@ -229,26 +272,36 @@ impl Listener {
         PartialJob { stop, words: rx }
     }
 
-    /// Transcribes `utterance` and asks Smart Turn about it, side by side in the shared pools.
-    fn hear(&self, utterance: Vec<f32>) -> oneshot::Receiver<Heard> {
+    /// Transcribes `utterance` and asks Smart Turn about it, side by side in the shared pools;
+    /// stoppable.
+    fn hear(&self, utterance: Vec<f32>) -> HearJob {
         let (tx, rx) = oneshot::channel();
+        let stop = Arc::new(AtomicBool::new(false));
         let (stt, smart_turn) = (self.stt.clone(), self.smart_turn.clone());
         let audio = Arc::new(utterance);
         let audio_for_turn = audio.clone();
+        let (stt_stop, turn_stop) = (stop.clone(), stop.clone());
         let words = super::pool::stt().run(move || {
-            stt.transcribe(&audio).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "transcription failed");
+            stt.transcribe_until(&audio, &stt_stop).unwrap_or_else(|e| {
+                if !matches!(e, SttError::Stopped) {
+                    tracing::warn!(error = %e, "transcription failed");
+                }
                 Transcript::default()
             })
         });
-        let complete = super::pool::end_of_turn().run(move || smart_turn.probability(&audio_for_turn).ok());
+        let complete = super::pool::end_of_turn().run(move || {
+            if turn_stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            smart_turn.probability(&audio_for_turn).ok()
+        });
         tokio::spawn(async move {
             let (words, complete) = futures::join!(words, complete);
             let transcript = words.unwrap_or_default();
             let probability = complete.ok().flatten();
             let _ = tx.send((transcript, probability));
         });
-        rx
+        HearJob { stop, heard: rx }
     }
 }
 

@@ -63,6 +63,16 @@ impl VadDetector {
         self.speaking
     }
 
+    /// Frames below the stop threshold since the last speech frame, while speaking (0 when
+    /// the latest frame was speech or the caller is quiet).
+    pub fn silent_frames(&self) -> u32 {
+        if self.speaking {
+            self.run
+        } else {
+            0
+        }
+    }
+
     /// Frames seen so far.
     pub fn frames(&self) -> u64 {
         self.frame
@@ -128,5 +138,20 @@ mod tests {
         assert_eq!(events[0], (6, VadEvent::SpeechStarted { onset_frame: 4 }));
         assert!(matches!(events[1], (_, VadEvent::SpeechStopped { last_speech_frame: 15 })), "{events:?}");
         assert!(!detector.is_speaking());
+    }
+
+    #[test]
+    fn silent_frames_count_the_gap_while_speaking_and_reset_on_speech() {
+        let mut detector = VadDetector::new(VadParams::default());
+        feed(&mut detector, &[0.9; 4]);
+        assert_eq!(detector.silent_frames(), 0);
+        feed(&mut detector, &[0.1, 0.1]);
+        assert_eq!(detector.silent_frames(), 2);
+        // Above the stop threshold (0.35) counts as speech again.
+        feed(&mut detector, &[0.4]);
+        assert_eq!(detector.silent_frames(), 0);
+        feed(&mut detector, &[0.0; 8]);
+        assert!(!detector.is_speaking());
+        assert_eq!(detector.silent_frames(), 0, "quiet is not a gap in speech");
     }
 }
