@@ -167,6 +167,11 @@ async fn print_events(mut events: mpsc::UnboundedReceiver<CallEvent>, print: boo
     }
 }
 
+/// The `q`-quantile of `values` in whole milliseconds, or "-" when there are none.
+fn ms_at(values: &[Duration], q: f64) -> String {
+    percentile(values, q).map(|d| format!("{:.0}", ms_of(d))).unwrap_or_else(|| "-".into())
+}
+
 pub fn print_percentiles(turns: &[TurnTimings]) {
     let stages: [(&str, fn(&TurnTimings) -> Duration); 5] = [
         ("end of turn", |t| t.end_of_turn),
@@ -178,8 +183,7 @@ pub fn print_percentiles(turns: &[TurnTimings]) {
     println!("{:<18} {:>8} {:>8}   (ms after the caller's end of speech, {} turns)", "stage", "p50", "p95", turns.len());
     for (name, get) in stages {
         let values: Vec<Duration> = turns.iter().map(get).collect();
-        let p = |q| percentile(&values, q).map(|d| format!("{:.0}", ms_of(d))).unwrap_or_else(|| "-".into());
-        println!("{:<18} {:>8} {:>8}", name, p(0.5), p(0.95));
+        println!("{:<18} {:>8} {:>8}", name, ms_at(&values, 0.5), ms_at(&values, 0.95));
     }
 }
 
@@ -412,8 +416,8 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
             // Count every turn from the caller's true end of speech (the script knows it), not
             // from where the VAD placed it.
             for turn in &call.report.turns {
-                let truth = call.log.caller_speech.iter().map(|(_, end)| *end).min_by_key(|end| abs_diff(*end, turn.speech_end_at)).unwrap_or(turn.speech_end_at);
-                vad_errors.push(abs_diff(truth, turn.speech_end_at));
+                let truth = call.log.caller_speech.iter().map(|(_, end)| *end).min_by_key(|end| end.abs_diff(turn.speech_end_at)).unwrap_or(turn.speech_end_at);
+                vad_errors.push(truth.abs_diff(turn.speech_end_at));
                 vad_late += usize::from(turn.speech_end_at > truth);
                 turns.push(turn.counted_from(truth));
             }
@@ -428,10 +432,20 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
         }
         println!("\n{} turns over {calls} call(s); assistant {} on {}", turns.len(), assistant.spec.name, assistant.spec.llm.model);
         print_percentiles(&turns);
-        let vad = |q| percentile(&vad_errors, q).map(|d| format!("{:.0}", ms_of(d))).unwrap_or_else(|| "-".into());
-        println!("{:<18} {:>8} {:>8}   (|VAD end of speech − true end|; late in {vad_late} of {} turns)", "vad end error", vad(0.5), vad(0.95), turns.len());
-        let p = |q| percentile(&barge_ins, q).map(|d| format!("{:.0}", ms_of(d))).unwrap_or_else(|| "-".into());
-        println!("{:<18} {:>8} {:>8}   (caller speech onset → agent audio stopped, {} barge-ins)", "barge-in reaction", p(0.5), p(0.95), barge_ins.len());
+        println!(
+            "{:<18} {:>8} {:>8}   (|VAD end of speech − true end|; late in {vad_late} of {} turns)",
+            "vad end error",
+            ms_at(&vad_errors, 0.5),
+            ms_at(&vad_errors, 0.95),
+            turns.len()
+        );
+        println!(
+            "{:<18} {:>8} {:>8}   (caller speech onset → agent audio stopped, {} barge-ins)",
+            "barge-in reaction",
+            ms_at(&barge_ins, 0.5),
+            ms_at(&barge_ins, 0.95),
+            barge_ins.len()
+        );
         let gaps: [(&str, fn(&TurnTimings) -> Duration, fn(&TurnTimings) -> Duration); 4] = [
             ("end of turn", |_| Duration::ZERO, |t| t.end_of_turn),
             ("stt (after eot)", |t| t.end_of_turn.min(t.stt_final), |t| t.stt_final.max(t.end_of_turn)),
@@ -464,8 +478,4 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
         }
         Ok(())
     })
-}
-
-fn abs_diff(a: Duration, b: Duration) -> Duration {
-    a.max(b) - a.min(b)
 }

@@ -82,6 +82,12 @@ struct PartialJob {
     words: oneshot::Receiver<String>,
 }
 
+impl PartialJob {
+    fn abandon(self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 enum Phase {
     Quiet,
     Speaking,
@@ -113,7 +119,7 @@ impl Listener {
         // The final transcript started early, on a short silence while still `Speaking`.
         let mut early: Option<HearJob> = None;
         let early_frames = EARLY_HEAR_MS.div_ceil(FRAME_MS);
-        let stop_frames = self.turn.vad_params().stop_ms.div_ceil(FRAME_MS).max(1);
+        let stop_frames = self.turn.vad_params().stop_frames();
         // Utterance length (samples) when the last partial started.
         let mut partial_from = 0usize;
         let partial_samples = self.partial_every.map(|every| (every.as_secs_f64() * MODEL_RATE as f64) as usize);
@@ -199,7 +205,7 @@ impl Listener {
                             let _ = out.send(Frame::SpeechStopped { at: speech_end }).await;
                             // The final transcript goes first: abandon a partial still running.
                             if let Some(job) = partial.take() {
-                                job.stop.store(true, Ordering::Relaxed);
+                                job.abandon();
                             }
                             let job = early.take().unwrap_or_else(|| self.hear(utterance.clone()));
                             phase = Phase::Deciding { speech_end, stopped_at, result: Some(job), transcript: None };
@@ -215,7 +221,7 @@ impl Listener {
                             }
                         } else if silent == early_frames && early_frames < stop_frames && early.is_none() {
                             if let Some(job) = partial.take() {
-                                job.stop.store(true, Ordering::Relaxed);
+                                job.abandon();
                             }
                             let mut audio = utterance.clone();
                             audio.resize(audio.len() + (stop_frames - early_frames) as usize * FRAME_SAMPLES, 0.0);

@@ -29,6 +29,18 @@ pub const DEFAULT_VAD_THRESHOLD: f32 = 0.5;
 pub const DEFAULT_VAD_START_MS: u32 = 96;
 pub const DEFAULT_VAD_STOP_MS: u32 = 256;
 
+impl VadParams {
+    /// Frames of speech before "speech started".
+    pub fn start_frames(&self) -> u32 {
+        self.start_ms.div_ceil(FRAME_MS).max(1)
+    }
+
+    /// Frames of silence before "speech stopped".
+    pub fn stop_frames(&self) -> u32 {
+        self.stop_ms.div_ceil(FRAME_MS).max(1)
+    }
+}
+
 impl Default for VadParams {
     fn default() -> Self {
         VadParams { threshold: DEFAULT_VAD_THRESHOLD, start_ms: DEFAULT_VAD_START_MS, stop_ms: DEFAULT_VAD_STOP_MS }
@@ -82,8 +94,7 @@ impl VadDetector {
     pub fn push(&mut self, probability: f32) -> Option<VadEvent> {
         let frame = self.frame;
         self.frame += 1;
-        let start_frames = self.params.start_ms.div_ceil(FRAME_MS).max(1);
-        let stop_frames = self.params.stop_ms.div_ceil(FRAME_MS).max(1);
+        let (start_frames, stop_frames) = (self.params.start_frames(), self.params.stop_frames());
         if !self.speaking {
             if probability >= self.params.threshold {
                 if self.run == 0 {
