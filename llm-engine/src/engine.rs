@@ -31,6 +31,7 @@ pub struct EngineConfig {
     pub batch_threads: i32,
     pub slots: u32,
     pub slot_ctx: u32,
+    pub flash_attention: bool,
 }
 
 /// What a request asks the worker to do.
@@ -121,7 +122,12 @@ fn worker(config: EngineConfig, inbox: std_mpsc::Receiver<Job>, ready: std_mpsc:
         .with_n_ubatch(BATCH as u32)
         .with_n_seq_max(config.slots)
         .with_n_threads(config.threads)
-        .with_n_threads_batch(config.batch_threads);
+        .with_n_threads_batch(config.batch_threads)
+        .with_flash_attention_policy(if config.flash_attention {
+            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED
+        } else {
+            llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED
+        });
     let mut ctx = match model.new_context(backend, params) {
         Ok(ctx) => ctx,
         Err(e) => {

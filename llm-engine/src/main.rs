@@ -36,6 +36,9 @@ struct Args {
     /// Context tokens per slot.
     #[arg(long, default_value_t = 2048)]
     slot_ctx: u32,
+    /// Flash attention (llama.cpp's fused attention kernel).
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    flash_attn: String,
     /// Name reported in responses (defaults to the file's stem).
     #[arg(long)]
     name: Option<String>,
@@ -49,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let name = args.name.clone().unwrap_or_else(|| args.model.file_stem().unwrap_or_default().to_string_lossy().into_owned());
-    let config = engine::EngineConfig { model: args.model, threads: args.threads, batch_threads: args.batch_threads.unwrap_or(args.threads), slots: args.slots, slot_ctx: args.slot_ctx };
+    let config = engine::EngineConfig { model: args.model, threads: args.threads, batch_threads: args.batch_threads.unwrap_or(args.threads), slots: args.slots, slot_ctx: args.slot_ctx, flash_attention: args.flash_attn == "on" };
     let engine = engine::Engine::start(config)?;
     let listener = tokio::net::TcpListener::bind(args.bind).await?;
     // The supervisor reads this line to learn the port.

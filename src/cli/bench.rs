@@ -21,6 +21,22 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         calls: usize,
     },
+    /// The local LLM engine: prompt processing and decoding speed over scripted conversations.
+    Llm {
+        #[arg(long, default_value = "assistants/luigis_booking.yaml")]
+        assistant: std::path::PathBuf,
+        /// Its lines are the conversation's user turns.
+        #[arg(long, default_value = "eval/callers/bench.yaml")]
+        caller: std::path::PathBuf,
+        /// A store model (e.g. qwen2.5-coder-0.5b); defaults to the assistant's.
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long, default_value_t = 3)]
+        conversations: usize,
+        /// Threads for both prompt processing and decoding (default: the pipeline's budget).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// API requests per second and p99 latency on SQLite and PostgreSQL (loopback).
     Api(super::bench_api::BenchApiArgs),
     /// Speech-to-text time and real-time factor for 2, 5 and 10 s utterances.
@@ -35,6 +51,9 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Stt { runs } => bench_stt(runs.max(1)),
         BenchCommand::Api(args) => super::bench_api::run(args),
+        BenchCommand::Llm { assistant, caller, model, conversations, threads } => {
+            super::call_cmds::bench_llm(&assistant, &caller, model, conversations.max(1), threads)
+        }
         BenchCommand::Latency { assistant, caller, calls } => super::call_cmds::bench_latency(&assistant, &caller, calls.max(1)),
     }
 }

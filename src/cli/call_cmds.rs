@@ -18,7 +18,7 @@ use super::models_cmd;
 use crate::assistant::prompt::{self, CallContext};
 use crate::assistant::Assistant;
 use crate::audio::write_wav_channels;
-use crate::llm::Message;
+use crate::llm::{LanguageModel, Message};
 use crate::models::ModelStore;
 use crate::pipeline::metrics::{ms_of, percentile, TurnTimings};
 use crate::pipeline::turn::{self, TurnContext, TurnProgress};
@@ -314,10 +314,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let store = ModelStore::from_env()?;
     let assistant = load_assistant(&args.assistant)?;
     let variables: BTreeMap<String, String> = args.vars.into_iter().collect();
-    let resolved = prompt::resolve_variables(&assistant, &variables).map_err(anyhow::Error::msg)?;
-    let call = CallContext { call_id: format!("chat_{}", std::process::id()), caller: "+15550100".into(), callee: "+15550199".into() };
-    let context = prompt::context(&assistant, &resolved, &call);
-    let system = prompt::render(&assistant.system_template, &context).map_err(anyhow::Error::msg)?;
+    let (system, context) = text_call_prompt(&assistant, &variables)?;
     runtime()?.block_on(async {
         let llm = pipeline::load_llm(&store, &assistant)?;
         llm.warm_up().await.context("starting the LLM")?;
@@ -393,6 +390,123 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
                 break;
             }
         }
+        Ok(())
+    })
+}
+
+/// The system prompt of a text-only conversation with `assistant` (and the template context,
+/// for its first message).
+fn text_call_prompt(assistant: &Assistant, variables: &BTreeMap<String, String>) -> anyhow::Result<(String, serde_json::Value)> {
+    let resolved = prompt::resolve_variables(assistant, variables).map_err(anyhow::Error::msg)?;
+    let call = CallContext { call_id: format!("chat_{}", std::process::id()), caller: "+15550100".into(), callee: "+15550199".into() };
+    let context = prompt::context(assistant, &resolved, &call);
+    let system = prompt::render(&assistant.system_template, &context).map_err(anyhow::Error::msg)?;
+    Ok((system, context))
+}
+
+/// One request's figures in `bench llm`.
+struct LlmSample {
+    new_tokens: usize,
+    prompt_secs: f64,
+    completion_tokens: usize,
+    decode_secs: f64,
+    first_text: Option<Duration>,
+}
+
+/// Sends `messages` and waits for the whole answer: its text and figures.
+async fn timed_request(llm: &dyn LanguageModel, request: crate::llm::ChatRequest) -> anyhow::Result<(String, LlmSample)> {
+    use futures::StreamExt;
+    let started = std::time::Instant::now();
+    let mut stream = llm.stream(request).await?;
+    let (mut text, mut first_text, mut usage) = (String::new(), None, None);
+    while let Some(event) = stream.next().await {
+        match event? {
+            crate::llm::LlmEvent::Text(piece) => {
+                first_text.get_or_insert_with(|| started.elapsed());
+                text.push_str(&piece);
+            }
+            crate::llm::LlmEvent::ToolCall(_) => {}
+            crate::llm::LlmEvent::Done(u) => usage = Some(u),
+        }
+    }
+    let usage = usage.ok_or_else(|| anyhow::anyhow!("the engine's stream ended without usage figures"))?;
+    let (Some(prompt_secs), Some(decode_secs)) = (usage.prompt_secs, usage.decode_secs) else {
+        anyhow::bail!("the engine did not report its timings (usage.timings): is this the local engine?");
+    };
+    let sample = LlmSample {
+        new_tokens: usage.prompt_tokens.saturating_sub(usage.cached_tokens),
+        prompt_secs,
+        completion_tokens: usage.completion_tokens,
+        decode_secs,
+        first_text,
+    };
+    Ok((text, sample))
+}
+
+/// `ringline bench llm`: the local engine's speed as a call uses it — a whole new prompt
+/// (system prompt and tools), then one turn after another on the cached prefix, with the
+/// pipeline's thread budget (or the one given).
+pub fn bench_llm(assistant_path: &Path, caller_path: &Path, model: Option<String>, conversations: usize, threads: Option<usize>) -> anyhow::Result<()> {
+    let store = ModelStore::from_env()?;
+    let assistant = load_assistant(assistant_path)?;
+    let script = CallerScript::load(caller_path)?;
+    let lines: Vec<String> = script.lines.iter().filter_map(|l| l.say.as_ref()).map(|s| s.replace("...", "")).collect();
+    let model = model.unwrap_or_else(|| assistant.spec.llm.model.clone());
+    let (system, context) = text_call_prompt(&assistant, &BTreeMap::new())?;
+    let first_message = assistant.spec.first_message.as_ref().map(|m| prompt::render(m, &context).map(|m| crate::text::strip_marks(&m))).transpose().map_err(anyhow::Error::msg)?;
+    let (decode_threads, batch_threads) = match threads {
+        Some(n) => (n, n),
+        None => (pipeline::LLM_THREADS, pipeline::LLM_BATCH_THREADS),
+    };
+    runtime()?.block_on(async {
+        let llm = crate::llm::local::LocalEngine::new(&store, &model, decode_threads, batch_threads)?;
+        eprintln!("starting the engine ({model})…");
+        llm.warm_up().await.context("starting the LLM engine")?;
+        let tools = pipeline::tools::specs(&assistant);
+        let (mut whole, mut turns) = (Vec::new(), Vec::new());
+        for index in 0..conversations {
+            eprintln!("conversation {}/{conversations}: {} turns…", index + 1, lines.len());
+            // A different first line each time, so nothing of the last conversation is cached.
+            let mut history = vec![Message::System { content: format!("Conversation {}.\n{system}", index + 1) }];
+            if let Some(first) = &first_message {
+                history.push(Message::Assistant { content: first.clone(), tool_calls: Vec::new() });
+            }
+            for (turn, line) in lines.iter().enumerate() {
+                history.push(Message::User { content: line.clone() });
+                let request = crate::llm::ChatRequest { messages: history.clone(), tools: tools.clone(), max_tokens: assistant.spec.llm.max_tokens, temperature: 0.0 };
+                let (text, sample) = timed_request(&llm, request).await?;
+                history.push(Message::Assistant { content: if text.trim().is_empty() { "Okay.".into() } else { text }, tool_calls: Vec::new() });
+                if turn == 0 { whole.push(sample) } else { turns.push(sample) }
+            }
+        }
+        let rate = |tokens: usize, secs: f64| if secs > 0.0 { tokens as f64 / secs } else { 0.0 };
+        let median = |mut values: Vec<f64>| -> f64 {
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied().unwrap_or(0.0)
+        };
+        println!("\n{model}: prompt processing on {batch_threads} thread(s), decoding on {decode_threads}; {conversations} conversation(s) of {} turns", lines.len());
+        println!("{:<40} {:>10} {:>10} {:>10}", "", "tokens p50", "ms p50", "tok/s p50");
+        let rows: [(&str, &Vec<LlmSample>); 2] = [("prompt: system prompt, tools, first line", &whole), ("prompt: a turn on the cached prefix", &turns)];
+        for (name, samples) in rows {
+            println!(
+                "{:<40} {:>10.0} {:>10.0} {:>10.0}",
+                name,
+                median(samples.iter().map(|s| s.new_tokens as f64).collect()),
+                median(samples.iter().map(|s| s.prompt_secs * 1000.0).collect()),
+                median(samples.iter().map(|s| rate(s.new_tokens, s.prompt_secs)).collect())
+            );
+        }
+        let all: Vec<&LlmSample> = whole.iter().chain(&turns).filter(|s| s.completion_tokens > 1).collect();
+        println!(
+            "{:<40} {:>10.0} {:>10.0} {:>10.0}",
+            "decode: the answer",
+            median(all.iter().map(|s| s.completion_tokens as f64).collect()),
+            median(all.iter().map(|s| s.decode_secs * 1000.0).collect()),
+            median(all.iter().map(|s| rate(s.completion_tokens, s.decode_secs)).collect())
+        );
+        let first: Vec<Duration> = turns.iter().filter_map(|s| s.first_text).collect();
+        println!("{:<40} {:>10} {:>10}   (request sent → first text, p95 {} ms)", "first text of a turn (client side)", "", ms_at(&first, 0.5), ms_at(&first, 0.95));
+        println!("\ntargets (2 cores, SmolLM2-135M): prompt processing ≥ 300 tok/s, decode ≥ 40 tok/s");
         Ok(())
     })
 }

@@ -118,6 +118,10 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub cached_tokens: usize,
     pub completion_tokens: usize,
+    /// Seconds the engine spent on the prompt's new tokens, and on generating, where it says
+    /// (the local engine does; cloud endpoints don't).
+    pub prompt_secs: Option<f64>,
+    pub decode_secs: Option<f64>,
 }
 
 pub type LlmStream = BoxStream<'static, Result<LlmEvent, LlmError>>;

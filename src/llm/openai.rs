@@ -51,6 +51,8 @@ impl StreamState {
             self.usage.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
             self.usage.completion_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
             self.usage.cached_tokens = u.pointer("/prompt_tokens_details/cached_tokens").and_then(Value::as_u64).unwrap_or(0) as usize;
+            self.usage.prompt_secs = u.pointer("/timings/prompt_secs").and_then(Value::as_f64);
+            self.usage.decode_secs = u.pointer("/timings/decode_secs").and_then(Value::as_f64);
         }
         let choice = chunk.pointer("/choices/0");
         if let Some(text) = choice.and_then(|c| c.pointer("/delta/content")).and_then(Value::as_str) {
