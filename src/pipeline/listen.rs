@@ -344,7 +344,26 @@ pub fn is_dangling(text: &str) -> bool {
     const DIGITS: &[&str] = &["zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
     let spelled_run = words.len() == 2 && words.iter().all(|w| DIGITS.contains(&w.as_str()));
     let digits = last.len() >= 3 && last.chars().all(|c| c.is_ascii_digit() || c == '-');
-    spelled_run || digits || ["and", "or", "but", "so", "is", "are", "the", "a", "an", "to", "my", "uh", "um", "because", "of", "at", "for"].contains(&last)
+    spelled_run || digits || number_under_way(trimmed) || ["and", "or", "but", "so", "is", "are", "the", "a", "an", "to", "my", "uh", "um", "because", "of", "at", "for"].contains(&last)
+}
+
+/// Digits (or words) a number given over the phone has at least: a local phone number.
+const NUMBER_MIN_DIGITS: usize = 7;
+
+/// "…number is" followed by fewer than [`NUMBER_MIN_DIGITS`] digits or words: the caller is
+/// still giving it. The words count too, because whisper often hears spelled digits from a
+/// flat voice as other words ("five five five" → "time time time").
+fn number_under_way(text: &str) -> bool {
+    let lower = text.to_lowercase();
+    let Some(at) = ["number is ", "number's ", "number: "].iter().filter_map(|cue| lower.rfind(cue).map(|i| i + cue.len())).max() else {
+        return false;
+    };
+    let given: usize = lower[at..]
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '.')
+        .filter(|w| !w.is_empty())
+        .map(|w| if w.chars().any(|c| c.is_ascii_digit()) { w.chars().filter(char::is_ascii_digit).count() } else { 1 })
+        .sum();
+    given < NUMBER_MIN_DIGITS
 }
 
 /// True when a transcript reads as a complete turn: it ends a sentence or a question.
@@ -395,5 +414,10 @@ mod tests {
         assert!(is_dangling("one two three"));
         assert!(!is_dangling("For four people."));
         assert!(!is_dangling("Table for 2."));
+        // A number under way, even when whisper mishears the digits.
+        assert!(is_dangling("My phone number is time time time."));
+        assert!(is_dangling("My number is 555."));
+        assert!(!is_dangling("My number is 555-1234, call me back."));
+        assert!(!is_dangling("My phone number is five five five one two three four, thanks."));
     }
 }
