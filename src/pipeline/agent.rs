@@ -274,11 +274,25 @@ impl Agent {
         }
     }
 
-    /// True while a segment marked `<no-interrupt>` is on the air.
+    /// True while a segment marked `<no-interrupt>` is on the air, or between two chunks of
+    /// one marked span (a long disclosure is synthesized in several chunks, and the next may
+    /// still be in synthesis when the last has played).
     fn protected_playing(&self, state: &State) -> bool {
         let Some(active) = &state.active else { return false };
         let progress = active.progress.lock().unwrap_or_else(|e| e.into_inner());
-        progress.segments.iter().any(|s| !s.interruptible && self.ctx.out.started_at(s.id).is_some() && self.ctx.out.heard(s.id) < 0.999)
+        let segments = &progress.segments;
+        let started = |s: &turn::SpokenSegment| self.ctx.out.started_at(s.id).is_some();
+        if segments.iter().any(|s| !s.interruptible && started(s) && self.ctx.out.heard(s.id) < 0.999) {
+            return true;
+        }
+        let Some(last) = segments.iter().rposition(started) else { return false };
+        if segments[last].interruptible {
+            return false;
+        }
+        match segments.get(last + 1) {
+            Some(next) => !next.interruptible,
+            None => !active.handle.is_finished(),
+        }
     }
 
     fn interrupt(&self, state: &mut State, onset: Duration, report: &Arc<Mutex<CallReport>>) {
