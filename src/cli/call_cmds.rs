@@ -486,24 +486,19 @@ pub fn bench_llm(assistant_path: &Path, caller_path: &Path, model: Option<String
         };
         println!("\n{model}: prompt processing on {batch_threads} thread(s), decoding on {decode_threads}; {conversations} conversation(s) of {} turns", lines.len());
         println!("{:<40} {:>10} {:>10} {:>10}", "", "tokens p50", "ms p50", "tok/s p50");
-        let rows: [(&str, &Vec<LlmSample>); 2] = [("prompt: system prompt, tools, first line", &whole), ("prompt: a turn on the cached prefix", &turns)];
-        for (name, samples) in rows {
+        // One row: (tokens, seconds) a request, at p50.
+        let row = |name: &str, work: Vec<(usize, f64)>| {
             println!(
                 "{:<40} {:>10.0} {:>10.0} {:>10.0}",
                 name,
-                median(samples.iter().map(|s| s.new_tokens as f64).collect()),
-                median(samples.iter().map(|s| s.prompt_secs * 1000.0).collect()),
-                median(samples.iter().map(|s| rate(s.new_tokens, s.prompt_secs)).collect())
+                median(work.iter().map(|(tokens, _)| *tokens as f64).collect()),
+                median(work.iter().map(|(_, secs)| secs * 1000.0).collect()),
+                median(work.iter().map(|(tokens, secs)| rate(*tokens, *secs)).collect())
             );
-        }
-        let all: Vec<&LlmSample> = whole.iter().chain(&turns).filter(|s| s.completion_tokens > 1).collect();
-        println!(
-            "{:<40} {:>10.0} {:>10.0} {:>10.0}",
-            "decode: the answer",
-            median(all.iter().map(|s| s.completion_tokens as f64).collect()),
-            median(all.iter().map(|s| s.decode_secs * 1000.0).collect()),
-            median(all.iter().map(|s| rate(s.completion_tokens, s.decode_secs)).collect())
-        );
+        };
+        row("prompt: system prompt, tools, first line", whole.iter().map(|s| (s.new_tokens, s.prompt_secs)).collect());
+        row("prompt: a turn on the cached prefix", turns.iter().map(|s| (s.new_tokens, s.prompt_secs)).collect());
+        row("decode: the answer", whole.iter().chain(&turns).filter(|s| s.completion_tokens > 1).map(|s| (s.completion_tokens, s.decode_secs)).collect());
         let first: Vec<Duration> = turns.iter().filter_map(|s| s.first_text).collect();
         println!("{:<40} {:>10} {:>10}   (request sent → first text, p95 {} ms)", "first text of a turn (client side)", "", ms_at(&first, 0.5), ms_at(&first, 0.95));
         println!("\ntargets (2 cores, SmolLM2-135M): prompt processing ≥ 300 tok/s, decode ≥ 40 tok/s");
@@ -546,20 +541,9 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
         }
         println!("\n{} turns over {calls} call(s); assistant {} on {}", turns.len(), assistant.spec.name, assistant.spec.llm.model);
         print_percentiles(&turns);
-        println!(
-            "{:<18} {:>8} {:>8}   (|VAD end of speech − true end|; late in {vad_late} of {} turns)",
-            "vad end error",
-            ms_at(&vad_errors, 0.5),
-            ms_at(&vad_errors, 0.95),
-            turns.len()
-        );
-        println!(
-            "{:<18} {:>8} {:>8}   (caller speech onset → agent audio stopped, {} barge-ins)",
-            "barge-in reaction",
-            ms_at(&barge_ins, 0.5),
-            ms_at(&barge_ins, 0.95),
-            barge_ins.len()
-        );
+        let spread = |name: &str, values: &[Duration], note: String| println!("{:<18} {:>8} {:>8}   ({note})", name, ms_at(values, 0.5), ms_at(values, 0.95));
+        spread("vad end error", &vad_errors, format!("|VAD end of speech − true end|; late in {vad_late} of {} turns", turns.len()));
+        spread("barge-in reaction", &barge_ins, format!("caller speech onset → agent audio stopped, {} barge-ins", barge_ins.len()));
         let gaps: [(&str, fn(&TurnTimings) -> Duration, fn(&TurnTimings) -> Duration); 4] = [
             ("end of turn", |_| Duration::ZERO, |t| t.end_of_turn),
             ("stt (after eot)", |t| t.end_of_turn.min(t.stt_final), |t| t.stt_final.max(t.end_of_turn)),
