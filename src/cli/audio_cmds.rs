@@ -10,6 +10,7 @@ use crate::audio::{self, Audio, MODEL_RATE};
 use crate::models::ModelStore;
 use crate::stt::whisper::WhisperStt;
 use crate::stt::SpeechToText;
+use crate::tts::piper::{PiperVoice, Scales};
 use crate::tts::{self, TextToSpeech};
 
 /// Default speech-to-text model.
@@ -89,14 +90,54 @@ pub struct SpeakArgs {
     /// Output sample rate (default: the voice's own).
     #[arg(long, value_name = "HZ")]
     pub rate: Option<u32>,
+    /// A Piper voice's variation in sound (default: the voice's config, usually 0.667).
+    /// With `--noise-w`, 0 makes a text always give the same audio.
+    #[arg(long, value_name = "0..=2")]
+    pub noise_scale: Option<f32>,
+    /// A Piper voice's variation in timing (default: the voice's config, usually 0.8).
+    #[arg(long, value_name = "0..=2")]
+    pub noise_w: Option<f32>,
+    /// A Piper voice's pace: > 1 speaks slower, < 1 faster (default: the voice's config, usually 1).
+    #[arg(long, value_name = "0.25..=4")]
+    pub length_scale: Option<f32>,
+}
+
+impl SpeakArgs {
+    /// Checks the Piper settings given on the command line; the first one given, if any.
+    fn scale_flag(&self) -> anyhow::Result<Option<&'static str>> {
+        let given = [("noise-scale", self.noise_scale, 0.0, 2.0), ("noise-w", self.noise_w, 0.0, 2.0), ("length-scale", self.length_scale, 0.25, 4.0)];
+        for (flag, value, min, max) in given {
+            if let Some(value) = value.filter(|v| !(min..=max).contains(v)) {
+                anyhow::bail!("--{flag} {value} is out of range: give a number from {min} to {max}");
+            }
+        }
+        Ok(given.iter().find(|(_, value, ..)| value.is_some()).map(|(flag, ..)| *flag))
+    }
+
+    fn apply(&self, scales: &mut Scales) {
+        scales.noise_scale = self.noise_scale.unwrap_or(scales.noise_scale);
+        scales.noise_w = self.noise_w.unwrap_or(scales.noise_w);
+        scales.length_scale = self.length_scale.unwrap_or(scales.length_scale);
+    }
 }
 
 pub fn speak(args: SpeakArgs) -> anyhow::Result<()> {
     if args.text.trim().is_empty() {
         anyhow::bail!("nothing to speak: the text is empty");
     }
+    let scale_flag = args.scale_flag()?;
     let store = ModelStore::from_env()?;
-    let voice = tts::load_voice(&store, &args.voice, threads()).with_context(|| format!("loading voice {}", args.voice))?;
+    let voice: Box<dyn TextToSpeech> = match scale_flag {
+        None => tts::load_voice(&store, &args.voice, threads()).with_context(|| format!("loading voice {}", args.voice))?,
+        Some(flag) if args.voice.starts_with("espeak") => {
+            anyhow::bail!("--{flag} applies to Piper voices only, not --voice {}: drop it, or pick a Piper voice", args.voice)
+        }
+        Some(_) => {
+            let mut voice = PiperVoice::load(&store, &args.voice, threads()).with_context(|| format!("loading voice {}", args.voice))?;
+            args.apply(voice.scales_mut());
+            Box::new(voice)
+        }
+    };
     let mut audio = voice.speak_all(&args.text)?;
     if let Some(rate) = args.rate {
         if rate == 0 {

@@ -23,7 +23,7 @@ struct VoiceConfig {
     audio: AudioConfig,
     espeak: EspeakConfig,
     #[serde(default)]
-    inference: InferenceConfig,
+    inference: Scales,
     phoneme_id_map: HashMap<String, Vec<i64>>,
 }
 
@@ -37,16 +37,20 @@ struct EspeakConfig {
     voice: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct InferenceConfig {
-    noise_scale: f32,
-    length_scale: f32,
-    noise_w: f32,
+/// Piper's sampling settings, from the voice's config unless overridden: how much the voice
+/// varies from one synthesis to the next (`noise_scale` in the sound, `noise_w` in the
+/// timing; with both at 0 a text always gives the same audio) and how slowly it speaks
+/// (`length_scale`, > 1 is slower).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct Scales {
+    pub noise_scale: f32,
+    pub length_scale: f32,
+    pub noise_w: f32,
 }
 
-impl Default for InferenceConfig {
+impl Default for Scales {
     fn default() -> Self {
-        InferenceConfig { noise_scale: 0.667, length_scale: 1.0, noise_w: 0.8 }
+        Scales { noise_scale: 0.667, length_scale: 1.0, noise_w: 0.8 }
     }
 }
 
@@ -54,8 +58,6 @@ pub struct PiperVoice {
     name: String,
     session: Mutex<Session>,
     config: VoiceConfig,
-    /// Speaking-rate multiplier on `length_scale` (> 1 is slower).
-    pub length_scale: f32,
 }
 
 impl PiperVoice {
@@ -66,8 +68,12 @@ impl PiperVoice {
         let config_path = store.require_file(&model_name, &format!("{}.json", model.file_name().unwrap_or_default().to_string_lossy()))?;
         let config = read_config(&config_path)?;
         let session = crate::onnx::session(store, &model, threads)?;
-        let length_scale = config.inference.length_scale;
-        Ok(PiperVoice { name: name.to_string(), session: Mutex::new(session), config, length_scale })
+        Ok(PiperVoice { name: name.to_string(), session: Mutex::new(session), config })
+    }
+
+    /// The sampling settings every synthesis uses (the voice config's, until changed).
+    pub fn scales_mut(&mut self) -> &mut Scales {
+        &mut self.config.inference
     }
 
     pub fn sample_rate(&self) -> u32 {
@@ -99,8 +105,8 @@ impl PiperVoice {
         let len = ids.len();
         let input = Tensor::from_array(([1usize, len], ids)).map_err(run_error)?;
         let lengths = Tensor::from_array(([1usize], vec![len as i64])).map_err(run_error)?;
-        let inference = &self.config.inference;
-        let scales = Tensor::from_array(([3usize], vec![inference.noise_scale, self.length_scale, inference.noise_w])).map_err(run_error)?;
+        let Scales { noise_scale, length_scale, noise_w } = self.config.inference;
+        let scales = Tensor::from_array(([3usize], vec![noise_scale, length_scale, noise_w])).map_err(run_error)?;
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
         let outputs = session
             .run(ort::inputs!["input" => input, "input_lengths" => lengths, "scales" => scales])

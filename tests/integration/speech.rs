@@ -13,6 +13,13 @@ fn speak(text: &str, voice: &str, out: &Path) {
     run_ok(ringline().args(["speak", text, "--voice", voice, "-o"]).arg(out).env("RINGLINE_MODELS_DIR", models_dir()));
 }
 
+/// Piper samples its sound and timing afresh on every synthesis; with both noises at 0 a text
+/// always gives the same audio, so what whisper hears does not change from run to run.
+fn speak_repeatably(text: &str, voice: &str, out: &Path) {
+    let flags = ["--noise-scale", "0", "--noise-w", "0"];
+    run_ok(ringline().args(["speak", text, "--voice", voice]).args(flags).arg("-o").arg(out).env("RINGLINE_MODELS_DIR", models_dir()));
+}
+
 /// Transcribes files in one process; returns one text per file (in order).
 fn transcribe(files: &[PathBuf], extra: &[&str]) -> Vec<String> {
     let stdout = run_ok(ringline().arg("transcribe").arg("--json").args(extra).args(files).env("RINGLINE_MODELS_DIR", models_dir()));
@@ -28,15 +35,17 @@ fn transcribe(files: &[PathBuf], extra: &[&str]) -> Vec<String> {
 #[test]
 fn piper_speech_transcribes_back_to_its_words() {
     let dir = tempfile::tempdir().unwrap();
+    // Names tiny.en hears reliably: it takes a sampled "Sarah Johnson" for "Eric Johnson"
+    // about one time in six.
     let sentences = [
-        "My name is Sarah Johnson.",
+        "My name is David Miller.",
         "Please call me back at seven o'clock tomorrow.",
         "My account number is four five six.",
         "Can you book a table for two people?",
     ];
     let files: Vec<PathBuf> = (0..sentences.len()).map(|i| dir.path().join(format!("{i}.wav"))).collect();
     for (sentence, file) in sentences.iter().zip(&files) {
-        speak(sentence, "en_US-joe-medium", file);
+        speak_repeatably(sentence, "en_US-joe-medium", file);
     }
     let heard = transcribe(&files, &[]);
     for (sentence, text) in sentences.iter().zip(&heard) {
@@ -45,7 +54,7 @@ fn piper_speech_transcribes_back_to_its_words() {
         assert!(recall >= 0.8, "said {sentence:?}, heard {text:?} ({recall:.2})");
     }
     // …but names, numbers and times must come through exactly.
-    for (i, key) in [(0, "sarah johnson"), (1, "seven o'clock"), (2, "four five six"), (3, "two people")] {
+    for (i, key) in [(0, "david miller"), (1, "seven o'clock"), (2, "four five six"), (3, "two people")] {
         assert!(word_recall(key, &heard[i]) >= 0.99, "{key:?} not in {:?}", heard[i]);
     }
     assert!(heard[3].trim_end().ends_with('?'), "a question should read as one: {:?}", heard[3]);
@@ -166,4 +175,25 @@ fn speak_resamples_and_espeak_is_a_fallback_voice() {
     assert!(word_recall("thank you for calling goodbye", &heard[1]) >= 0.6, "{heard:?}");
     let (ok, _, stderr) = run(ringline().args(["speak", "  ", "-o"]).arg(dir.path().join("x.wav")));
     assert!(!ok && stderr.contains("nothing to speak"), "{stderr}");
+}
+
+#[test]
+fn piper_settings_make_synthesis_repeatable_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [dir.path().join("a.wav"), dir.path().join("b.wav")];
+    for file in &files {
+        speak_repeatably("The same words twice.", "en_US-joe-medium", file);
+    }
+    assert_eq!(std::fs::read(&files[0]).unwrap(), std::fs::read(&files[1]).unwrap(), "noise 0 should give the same audio");
+    let slow = dir.path().join("slow.wav");
+    run_ok(ringline().args(["speak", "The same words twice.", "--noise-scale", "0", "--noise-w", "0", "--length-scale", "1.5", "-o"]).arg(&slow).env("RINGLINE_MODELS_DIR", models_dir()));
+    let (normal, slower) = (ringline::audio::decode_file(&files[0]).unwrap(), ringline::audio::decode_file(&slow).unwrap());
+    assert!(slower.duration_secs() > normal.duration_secs() * 1.3, "length-scale 1.5 should speak slower");
+
+    let out = dir.path().join("x.wav");
+    let (ok, _, stderr) = run(ringline().args(["speak", "hello", "--noise-w", "3", "-o"]).arg(&out));
+    assert!(!ok && stderr.contains("--noise-w 3") && stderr.contains("from 0 to 2"), "{stderr}");
+    let (ok, _, stderr) = run(ringline().args(["speak", "hello", "--voice", "espeak", "--noise-scale", "0", "-o"]).arg(&out));
+    assert!(!ok && stderr.contains("Piper voices only"), "{stderr}");
+    assert!(!out.exists(), "a refused request writes nothing");
 }
