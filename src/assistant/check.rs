@@ -166,10 +166,11 @@ pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
     }
 
     let turn = &spec.turn;
-    let ranges: [(&str, f64, f64, f64); 9] = [
+    let ranges: [(&str, f64, f64, f64); 10] = [
         ("endpointing_ms", turn.endpointing_ms as f64, 64.0, 5_000.0),
         ("vad_threshold", turn.vad_threshold as f64, 0.05, 0.95),
         ("vad_start_ms", turn.vad_start_ms as f64, 32.0, 2_000.0),
+        ("barge_in_pause_ms", turn.barge_in_pause_ms as f64, 32.0, 2_000.0),
         ("incomplete_wait_ms", turn.incomplete_wait_ms as f64, 0.0, 10_000.0),
         ("smart_turn_threshold", turn.smart_turn_threshold as f64, 0.0, 1.0),
         ("min_interrupt_ms", turn.min_interrupt_ms as f64, 0.0, 5_000.0),

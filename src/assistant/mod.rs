@@ -287,6 +287,10 @@ pub struct TurnSpec {
     pub vad_threshold: f32,
     /// Speech (ms) before the VAD calls speech started.
     pub vad_start_ms: u32,
+    /// Speech (ms) over the agent that pauses its audio while the VAD makes sure; the agent
+    /// plays on if it was not speech. At `vad_start_ms` or more, the pause waits for speech
+    /// started.
+    pub barge_in_pause_ms: u32,
     /// The longest extra silence (ms) to wait when the turn does not read as finished: all of
     /// it when the words dangle, less the nearer Smart Turn and the transcript came to finished.
     pub incomplete_wait_ms: u32,
@@ -308,6 +312,7 @@ impl Default for TurnSpec {
             endpointing_ms: 200,
             vad_threshold: 0.5,
             vad_start_ms: 96,
+            barge_in_pause_ms: 32,
             incomplete_wait_ms: 700,
             smart_turn_threshold: 0.5,
             interruptible: true,
@@ -322,7 +327,7 @@ impl Default for TurnSpec {
 
 impl TurnSpec {
     pub fn vad_params(&self) -> VadParams {
-        VadParams { threshold: self.vad_threshold, start_ms: self.vad_start_ms, stop_ms: self.endpointing_ms }
+        VadParams { threshold: self.vad_threshold, start_ms: self.vad_start_ms, suspect_ms: self.barge_in_pause_ms, stop_ms: self.endpointing_ms }
     }
 }
 

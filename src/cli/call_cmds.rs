@@ -518,6 +518,9 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
         let engines = load_engines(&store, &assistant).await?;
         let mut turns = Vec::new();
         let mut barge_ins = Vec::new();
+        // Each barge-in's reaction in two parts: Silero's onset after the true one, and the
+        // VAD's onset to the agent's audio stopping (start hysteresis, delivery, the pause).
+        let mut barge_in_parts: Vec<(Duration, Duration)> = Vec::new();
         let (mut vad_errors, mut vad_late) = (Vec::new(), 0);
         for index in 0..calls {
             eprintln!("call {}/{calls}: {} caller lines, in real time…", index + 1, script.lines.len());
@@ -537,6 +540,7 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
                 let scripted = call.log.caller_speech.iter().map(|(start, _)| *start).filter(|s| *s <= *onset + VAD_ONSET_SLACK).max().unwrap_or(*onset);
                 let truth = if *onset > scripted + VAD_ONSET_SLACK { *onset } else { scripted };
                 barge_ins.push(stopped.saturating_sub(truth));
+                barge_in_parts.push((onset.saturating_sub(truth), stopped.saturating_sub(*onset)));
             }
         }
         println!("\n{} turns over {calls} call(s); assistant {} on {}", turns.len(), assistant.spec.name, assistant.spec.llm.model);
@@ -573,6 +577,14 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
                 t.user_text,
                 t.agent_text
             );
+        }
+        if !barge_in_parts.is_empty() {
+            println!("\nbarge-ins (reaction = Silero's onset late by + its onset → agent audio stopped):");
+            let mut parts = barge_in_parts;
+            parts.sort_by_key(|(late, confirm)| std::cmp::Reverse(*late + *confirm));
+            for (late, confirm) in parts {
+                println!("  {:>4.0} = {:>4.0} + {:>4.0} ms", ms_of(late + confirm), ms_of(late), ms_of(confirm));
+            }
         }
         Ok(())
     })

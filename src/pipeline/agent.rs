@@ -153,6 +153,18 @@ impl Agent {
     fn on_frame(&self, state: &mut State, frame: Frame, report: &Arc<Mutex<CallReport>>) {
         let now = self.ctx.out.now();
         match frame {
+            Frame::SpeechSuspected { onset } => {
+                // Maybe the caller breaking in: hold the agent's audio while the VAD makes sure.
+                if !state.caller_speaking && self.may_interrupt(state) {
+                    self.pause(state, onset);
+                }
+            }
+            Frame::SpeechDismissed => {
+                if !state.caller_speaking && state.paused.take().is_some() {
+                    self.ctx.out.resume();
+                    tracing::debug!("not speech after all: playing on");
+                }
+            }
             Frame::SpeechStarted { onset } => {
                 state.caller_speaking = true;
                 state.caller_onset = Some(onset);
@@ -246,25 +258,12 @@ impl Agent {
     /// already talking when the agent began.
     fn check_barge_in(&self, state: &mut State, report: &Arc<Mutex<CallReport>>) {
         let (Some(onset), true) = (state.caller_onset, state.caller_speaking) else { return };
-        let spec = self.ctx.assistant.spec.turn;
-        let interruptible = state.active.as_ref().map(|a| a.interruptible).unwrap_or(spec.interruptible);
-        if !interruptible || !self.agent_speaking(state) || self.protected_playing(state) {
+        if !self.may_interrupt(state) {
             return;
         }
+        let spec = self.ctx.assistant.spec.turn;
         let now = self.ctx.out.now();
-        if state.paused.is_none() && !self.ctx.out.is_idle() {
-            // Overlap starts when both are audible: the later of the caller's onset and the
-            // first sound of the agent's turn.
-            let audible_from = state
-                .active
-                .as_ref()
-                .and_then(|a| a.progress.lock().unwrap_or_else(|e| e.into_inner()).segments.first().map(|s| s.id))
-                .and_then(|id| self.ctx.out.started_at(id))
-                .unwrap_or(now);
-            let stopped = self.ctx.out.pause();
-            state.paused = Some((onset.max(audible_from), stopped));
-            tracing::debug!(?onset, ?stopped, "caller talking over the agent: paused");
-        }
+        self.pause(state, onset);
         let overlap_start = match state.paused {
             Some((overlap, _)) => overlap,
             None => state.active.as_ref().map(|a| a.started_at.max(onset)).unwrap_or(onset),
@@ -272,6 +271,31 @@ impl Agent {
         if now >= overlap_start + Duration::from_millis(spec.min_interrupt_ms as u64) {
             self.interrupt(state, overlap_start, report);
         }
+    }
+
+    /// Whether caller speech now could cut the agent: it is speaking, and not through a
+    /// `<no-interrupt>` segment.
+    fn may_interrupt(&self, state: &State) -> bool {
+        let interruptible = state.active.as_ref().map(|a| a.interruptible).unwrap_or(self.ctx.assistant.spec.turn.interruptible);
+        interruptible && self.agent_speaking(state) && !self.protected_playing(state)
+    }
+
+    /// Pauses the agent's audio, if playing, for caller speech that began at `onset`.
+    fn pause(&self, state: &mut State, onset: Duration) {
+        if state.paused.is_some() || self.ctx.out.is_idle() {
+            return;
+        }
+        // Overlap starts when both are audible: the later of the caller's onset and the
+        // first sound of the agent's turn.
+        let audible_from = state
+            .active
+            .as_ref()
+            .and_then(|a| a.progress.lock().unwrap_or_else(|e| e.into_inner()).segments.first().map(|s| s.id))
+            .and_then(|id| self.ctx.out.started_at(id))
+            .unwrap_or_else(|| self.ctx.out.now());
+        let stopped = self.ctx.out.pause();
+        state.paused = Some((onset.max(audible_from), stopped));
+        tracing::debug!(?onset, ?stopped, "caller talking over the agent: paused");
     }
 
     /// True while a segment marked `<no-interrupt>` is on the air, or between two chunks of

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! transport ─ audio chunks (live edge) ─► listen
-//! listen ─ SpeechStarted · SpeechStopped · TranscriptPartial · TranscriptFinal · End · Error ─► agent
+//! listen ─ SpeechSuspected · SpeechDismissed · SpeechStarted · SpeechStopped
+//!          · TranscriptPartial · TranscriptFinal · End · Error ─► agent
 //! keypad ─ Dtmf ─► agent
 //! per turn: think ─ LlmText · LlmTextEnd ─► chunk ─ Sentence ─► speak ─ TtsAudio ─► play ─► transport
 //! ```
@@ -26,6 +27,10 @@ pub enum Frame {
     Error { stage: &'static str, message: String },
 
     // Control.
+    /// The VAD heard what may be caller speech (`onset` is when it began): the agent pauses.
+    SpeechSuspected { onset: Duration },
+    /// What the VAD suspected was not speech: the agent plays on.
+    SpeechDismissed,
     /// The VAD confirmed caller speech (`onset` is when the speech began).
     SpeechStarted { onset: Duration },
     /// The VAD heard the caller stop (`at` is when the speech ended).

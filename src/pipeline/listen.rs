@@ -180,6 +180,16 @@ impl Listener {
                         utterance.extend_from_slice(&frame);
                     }
                     match event {
+                        Some(VadEvent::SpeechSuspected { onset_frame }) => {
+                            if out.send(Frame::SpeechSuspected { onset: frame_time(onset_frame) }).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(VadEvent::SpeechDismissed) => {
+                            if out.send(Frame::SpeechDismissed).await.is_err() {
+                                return;
+                            }
+                        }
                         Some(VadEvent::SpeechStarted { onset_frame }) => {
                             let onset = frame_time(onset_frame);
                             if out.send(Frame::SpeechStarted { onset }).await.is_err() {

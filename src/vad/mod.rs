@@ -2,7 +2,9 @@
 //!
 //! [`silero::SileroVad`] scores each 32 ms frame; [`VadDetector`] applies hysteresis — speech
 //! starts after `start_ms` of frames above `threshold`, and stops after `stop_ms` below
-//! `threshold - 0.15` — so a breath or a click neither opens nor closes a turn.
+//! `threshold - 0.15` — so a breath or a click neither opens nor closes a turn. Before it
+//! starts, `suspect_ms` of speech makes it *suspected*, then either started or dismissed: the
+//! agent pauses its audio on a suspicion, so a barge-in does not wait out the hysteresis.
 
 pub mod silero;
 pub mod smart_turn;
@@ -21,6 +23,8 @@ pub struct VadParams {
     pub threshold: f32,
     /// Speech needed before "speech started".
     pub start_ms: u32,
+    /// Speech needed before "speech suspected" (no suspicions when ≥ `start_ms`).
+    pub suspect_ms: u32,
     /// Silence needed before "speech stopped".
     pub stop_ms: u32,
 }
@@ -28,11 +32,17 @@ pub struct VadParams {
 pub const DEFAULT_VAD_THRESHOLD: f32 = 0.5;
 pub const DEFAULT_VAD_START_MS: u32 = 96;
 pub const DEFAULT_VAD_STOP_MS: u32 = 256;
+pub const DEFAULT_VAD_SUSPECT_MS: u32 = 32;
 
 impl VadParams {
     /// Frames of speech before "speech started".
     pub fn start_frames(&self) -> u32 {
         self.start_ms.div_ceil(FRAME_MS).max(1)
+    }
+
+    /// Frames of speech before "speech suspected".
+    pub fn suspect_frames(&self) -> u32 {
+        self.suspect_ms.div_ceil(FRAME_MS).max(1)
     }
 
     /// Frames of silence before "speech stopped".
@@ -43,12 +53,16 @@ impl VadParams {
 
 impl Default for VadParams {
     fn default() -> Self {
-        VadParams { threshold: DEFAULT_VAD_THRESHOLD, start_ms: DEFAULT_VAD_START_MS, stop_ms: DEFAULT_VAD_STOP_MS }
+        VadParams { threshold: DEFAULT_VAD_THRESHOLD, start_ms: DEFAULT_VAD_START_MS, suspect_ms: DEFAULT_VAD_SUSPECT_MS, stop_ms: DEFAULT_VAD_STOP_MS }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VadEvent {
+    /// Maybe speech: `suspect_ms` of it, not yet `start_ms`; followed by started or dismissed.
+    SpeechSuspected { onset_frame: u64 },
+    /// A suspicion that did not last to `start_ms`.
+    SpeechDismissed,
     /// Speech began; `onset_frame` is the first speech frame (before the start delay).
     SpeechStarted { onset_frame: u64 },
     /// Speech ended; `last_speech_frame` is the last frame that was speech.
@@ -95,6 +109,7 @@ impl VadDetector {
         let frame = self.frame;
         self.frame += 1;
         let (start_frames, stop_frames) = (self.params.start_frames(), self.params.stop_frames());
+        let suspect_frames = self.params.suspect_frames();
         if !self.speaking {
             if probability >= self.params.threshold {
                 if self.run == 0 {
@@ -107,8 +122,15 @@ impl VadDetector {
                     self.last_speech = frame;
                     return Some(VadEvent::SpeechStarted { onset_frame: self.run_start });
                 }
+                if self.run == suspect_frames {
+                    return Some(VadEvent::SpeechSuspected { onset_frame: self.run_start });
+                }
             } else {
+                let suspected = self.run >= suspect_frames;
                 self.run = 0;
+                if suspected {
+                    return Some(VadEvent::SpeechDismissed);
+                }
             }
             return None;
         }
@@ -145,10 +167,25 @@ mod tests {
         p.extend([0.9; 5]);
         p.extend([0.0; 12]);
         let events = feed(&mut detector, &p);
-        assert_eq!(events.len(), 2, "{events:?}");
-        assert_eq!(events[0], (6, VadEvent::SpeechStarted { onset_frame: 4 }));
-        assert!(matches!(events[1], (_, VadEvent::SpeechStopped { last_speech_frame: 15 })), "{events:?}");
+        assert_eq!(events.len(), 5, "{events:?}");
+        // The blip is suspected, then dismissed; the speech suspected, then started.
+        assert_eq!(events[0], (1, VadEvent::SpeechSuspected { onset_frame: 1 }));
+        assert_eq!(events[1], (2, VadEvent::SpeechDismissed));
+        assert_eq!(events[2], (4, VadEvent::SpeechSuspected { onset_frame: 4 }));
+        assert_eq!(events[3], (6, VadEvent::SpeechStarted { onset_frame: 4 }));
+        assert!(matches!(events[4], (_, VadEvent::SpeechStopped { last_speech_frame: 15 })), "{events:?}");
         assert!(!detector.is_speaking());
+    }
+
+    #[test]
+    fn no_suspicions_when_they_would_not_come_before_the_start() {
+        let mut detector = VadDetector::new(VadParams { suspect_ms: 96, ..VadParams::default() });
+        let events = feed(&mut detector, &[0.0, 0.9, 0.9, 0.0, 0.9, 0.9, 0.9]);
+        assert_eq!(events, vec![(6, VadEvent::SpeechStarted { onset_frame: 4 })]);
+        // Two frames to suspect: a one-frame blip passes unremarked.
+        let mut detector = VadDetector::new(VadParams { suspect_ms: 64, ..VadParams::default() });
+        let events = feed(&mut detector, &[0.9, 0.0, 0.9, 0.9, 0.0]);
+        assert_eq!(events, vec![(3, VadEvent::SpeechSuspected { onset_frame: 2 }), (4, VadEvent::SpeechDismissed)]);
     }
 
     #[test]
