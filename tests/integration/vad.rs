@@ -2,6 +2,8 @@
 
 use ringline::audio::Audio;
 use ringline::models::ModelStore;
+use ringline::tts::piper::PiperVoice;
+use ringline::tts::TextToSpeech;
 use ringline::vad::silero::{SileroStream, SileroVad};
 use ringline::vad::{VadDetector, VadEvent, VadParams, FRAME_MS, FRAME_SAMPLES};
 
@@ -14,7 +16,9 @@ fn store() -> ModelStore {
 #[test]
 fn silero_finds_the_speech_between_silences() {
     let store = store();
-    let voice = ringline::tts::load_voice(&store, "en_US-joe-medium", 1).unwrap();
+    // Unsampled Piper (both noises 0): the same audio every run.
+    let mut voice = PiperVoice::load(&store, "en_US-joe-medium", 1).unwrap();
+    (voice.scales_mut().noise_scale, voice.scales_mut().noise_w) = (0.0, 0.0);
     let speech = voice.speak_all("I would like to book a table for two.").unwrap().to_rate(16_000).unwrap();
     let mut samples = Audio::silence(1.0, 16_000).samples;
     samples.extend(&speech.samples);
@@ -28,10 +32,14 @@ fn silero_finds_the_speech_between_silences() {
             events.push(event);
         }
     }
-    assert_eq!(events.len(), 2, "{events:?}");
+    // Suspected on the first speech frame (the agent would pause there), then started from
+    // that same frame once the hysteresis is satisfied, then stopped.
+    assert_eq!(events.len(), 3, "{events:?}");
     let ms = |frame: u64| frame as f32 * FRAME_MS as f32;
-    let VadEvent::SpeechStarted { onset_frame } = events[0] else { panic!("{events:?}") };
-    let VadEvent::SpeechStopped { last_speech_frame } = events[1] else { panic!("{events:?}") };
+    let VadEvent::SpeechSuspected { onset_frame: suspected } = events[0] else { panic!("{events:?}") };
+    let VadEvent::SpeechStarted { onset_frame } = events[1] else { panic!("{events:?}") };
+    let VadEvent::SpeechStopped { last_speech_frame } = events[2] else { panic!("{events:?}") };
+    assert_eq!(suspected, onset_frame, "{events:?}");
     // Piper leaves a little silence around its speech; allow for it.
     assert!((ms(onset_frame) - 1000.0).abs() < 250.0, "speech began at {} ms", ms(onset_frame));
     let speech_end = 1000.0 + speech.duration_secs() * 1000.0;
