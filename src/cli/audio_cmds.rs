@@ -129,7 +129,7 @@ pub fn speak(args: SpeakArgs) -> anyhow::Result<()> {
     let store = ModelStore::from_env()?;
     let voice: Box<dyn TextToSpeech> = match scale_flag {
         None => tts::load_voice(&store, &args.voice, threads()).with_context(|| format!("loading voice {}", args.voice))?,
-        Some(flag) if args.voice.starts_with("espeak") => {
+        Some(flag) if tts::espeak_voice(&args.voice).is_some() => {
             anyhow::bail!("--{flag} applies to Piper voices only, not --voice {}: drop it, or pick a Piper voice", args.voice)
         }
         Some(_) => {

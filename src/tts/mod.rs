@@ -60,11 +60,17 @@ pub const SENTENCE_PAUSE_SECS: f32 = 0.15;
 /// Loads a voice by name: a Piper voice in the store (`en_US-joe-medium`), or espeak-ng's
 /// formant voice (`espeak`, or `espeak:VOICE` such as `espeak:en-gb`).
 pub fn load_voice(store: &ModelStore, name: &str, threads: usize) -> Result<Box<dyn TextToSpeech>, TtsError> {
+    match espeak_voice(name) {
+        Some(voice) => Ok(Box::new(espeak::EspeakVoice::new(voice))),
+        None => Ok(Box::new(piper::PiperVoice::load(store, name, threads)?)),
+    }
+}
+
+/// espeak-ng's voice for a voice name that asks for one (`espeak`, `espeak:VOICE`); `None`
+/// for a Piper voice.
+pub fn espeak_voice(name: &str) -> Option<&str> {
     if name == "espeak" {
-        return Ok(Box::new(espeak::EspeakVoice::new("en-us")));
+        return Some("en-us");
     }
-    if let Some(voice) = name.strip_prefix("espeak:") {
-        return Ok(Box::new(espeak::EspeakVoice::new(voice)));
-    }
-    Ok(Box::new(piper::PiperVoice::load(store, name, threads)?))
+    name.strip_prefix("espeak:")
 }
