@@ -353,7 +353,10 @@ pub fn mel_filters() -> Vec<f32> {
         for (k, freq) in fft_freqs.iter().enumerate() {
             let lower = -(mel_points[m] - freq) / lower_width;
             let upper = (mel_points[m + 2] - freq) / upper_width;
-            let triangle = lower.min(upper).max(0.0) as f32;
+            // Not `.max(0.0)`: the first bin's `lower` is −0.0, and which zero `max` returns
+            // differs between builds, so the converted file's checksum did too.
+            let triangle = lower.min(upper);
+            let triangle = if triangle > 0.0 { triangle as f32 } else { 0.0 };
             weights[m * n_bins + k] = (triangle as f64 * enorm) as f32;
         }
     }
@@ -380,7 +383,8 @@ mod tests {
         // Every filter has some weight, none negative, and the first peaks near 40 Hz (bin 1).
         for m in 0..80 {
             let row = &filters[m * 201..(m + 1) * 201];
-            assert!(row.iter().all(|w| *w >= 0.0));
+            // Positive zeros too: a −0.0 would change the file's bytes, and its checksum.
+            assert!(row.iter().all(|w| *w >= 0.0 && w.is_sign_positive()), "filter {m} has a negative weight");
             assert!(row.iter().any(|w| *w > 0.0), "filter {m} is empty");
         }
         let first = &filters[..201];
