@@ -256,7 +256,12 @@ fn report_json(call: &SimulatedCall) -> anyhow::Result<String> {
         "transcript": report.transcript.iter().map(|(who, text, at)| serde_json::json!({ "speaker": who, "text": text, "at_ms": ms_of(*at).round() })).collect::<Vec<_>>(),
         "partials": report.partials.iter().map(|(text, at)| serde_json::json!({ "text": text, "at_ms": ms_of(*at).round() })).collect::<Vec<_>>(),
         "turns": report.turns,
-        "barge_ins": report.barge_ins.iter().map(|(onset, stopped)| serde_json::json!({ "onset_ms": ms_of(*onset).round(), "stopped_ms": ms_of(*stopped).round(), "reaction_ms": ms_of(stopped.saturating_sub(*onset)).round() })).collect::<Vec<_>>(),
+        "barge_ins": report.barge_ins.iter().map(|b| serde_json::json!({
+            "caller_onset_ms": ms_of(b.caller_onset).round(),
+            "onset_ms": ms_of(b.overlap_from).round(),
+            "stopped_ms": ms_of(b.stopped).round(),
+            "reaction_ms": ms_of(b.stopped.saturating_sub(b.overlap_from)).round(),
+        })).collect::<Vec<_>>(),
         "summary": report.summary,
         "disposition": pipeline::disposition(report),
         "disposition_notes": report.disposition.as_ref().map(|(_, notes)| notes.clone()),
@@ -534,13 +539,19 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
                 turns.push(turn.counted_from(truth));
             }
             // Barge-in reaction on the audio timeline: from when caller and agent were both
-            // audible (the caller's scripted onset, or the agent's first sound when it began
-            // over a caller already talking) to when the agent's audio stopped.
-            for (onset, stopped) in &call.report.barge_ins {
-                let scripted = call.log.caller_speech.iter().map(|(start, _)| *start).filter(|s| *s <= *onset + VAD_ONSET_SLACK).max().unwrap_or(*onset);
-                let truth = if *onset > scripted + VAD_ONSET_SLACK { *onset } else { scripted };
-                barge_ins.push(stopped.saturating_sub(truth));
-                barge_in_parts.push((onset.saturating_sub(truth), stopped.saturating_sub(*onset)));
+            // audible to when the agent's audio stopped. That is the caller's scripted onset
+            // when they broke in, or the agent's first sound when it began over a caller
+            // already talking (then Silero's lag is no part of it).
+            for b in &call.report.barge_ins {
+                let truth = if b.overlap_from > b.caller_onset {
+                    b.overlap_from
+                } else {
+                    let onset = b.caller_onset;
+                    let scripted = call.log.caller_speech.iter().map(|(start, _)| *start).filter(|s| *s <= onset + VAD_ONSET_SLACK).max().unwrap_or(onset);
+                    if onset > scripted + VAD_ONSET_SLACK { onset } else { scripted }
+                };
+                barge_ins.push(b.stopped.saturating_sub(truth));
+                barge_in_parts.push((b.overlap_from.saturating_sub(truth), b.stopped.saturating_sub(b.overlap_from)));
             }
         }
         println!("\n{} turns over {calls} call(s); assistant {} on {}", turns.len(), assistant.spec.name, assistant.spec.llm.model);

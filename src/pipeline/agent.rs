@@ -20,7 +20,7 @@ use super::frames::{Frame, UserTurn};
 use super::metrics::TurnTimings;
 use super::tools::Action;
 use super::turn::{self, Progress, TurnContext, TurnInput, TurnProgress};
-use super::{CallEvent, CallReport};
+use super::{BargeIn, CallEvent, CallReport};
 use crate::llm::Message;
 
 /// Said after `idle_reprompt_s` of silence.
@@ -327,7 +327,12 @@ impl Agent {
         let audible = paused.is_some() || !self.ctx.out.is_idle();
         let cleared = self.ctx.out.clear();
         if audible {
-            self.record_barge_in(onset, paused.map(|(_, at)| at).unwrap_or(cleared), report);
+            let barge_in = BargeIn {
+                caller_onset: state.caller_onset.unwrap_or(onset),
+                overlap_from: onset,
+                stopped: paused.map(|(_, at)| at).unwrap_or(cleared),
+            };
+            self.record_barge_in(barge_in, report);
         }
         if let Some(active) = state.active.take() {
             active.cancel.cancel();
@@ -335,9 +340,9 @@ impl Agent {
         }
     }
 
-    fn record_barge_in(&self, onset: Duration, stopped: Duration, report: &Arc<Mutex<CallReport>>) {
-        report.lock().unwrap_or_else(|e| e.into_inner()).barge_ins.push((onset, stopped));
-        self.emit(CallEvent::BargeIn { onset, stopped });
+    fn record_barge_in(&self, barge_in: BargeIn, report: &Arc<Mutex<CallReport>>) {
+        report.lock().unwrap_or_else(|e| e.into_inner()).barge_ins.push(barge_in);
+        self.emit(CallEvent::BargeIn { onset: barge_in.overlap_from, stopped: barge_in.stopped });
     }
 
     /// Records a finished (or cancelled) turn: heard text into history, metrics, actions.

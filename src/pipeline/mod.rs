@@ -147,6 +147,18 @@ pub enum CallEvent {
     Error(String),
 }
 
+/// One barge-in, on the line's audio timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BargeIn {
+    /// Where the VAD placed the start of the caller's speech.
+    pub caller_onset: Duration,
+    /// When caller and agent were both audible: the caller's onset, or the agent's first
+    /// sound when it began over a caller already talking.
+    pub overlap_from: Duration,
+    /// When the agent's audio stopped.
+    pub stopped: Duration,
+}
+
 /// Everything a call leaves behind.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CallReport {
@@ -156,8 +168,7 @@ pub struct CallReport {
     /// Partial transcripts of the caller's unfinished turns, with when each arrived.
     pub partials: Vec<(String, Duration)>,
     pub turns: Vec<TurnTimings>,
-    /// (caller onset, agent audio stopped) per barge-in.
-    pub barge_ins: Vec<(Duration, Duration)>,
+    pub barge_ins: Vec<BargeIn>,
     pub disposition: Option<(String, String)>,
     pub transfers: Vec<String>,
     pub dtmf_sent: String,
