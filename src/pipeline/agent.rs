@@ -269,7 +269,7 @@ impl Agent {
             None => state.active.as_ref().map(|a| a.started_at.max(onset)).unwrap_or(onset),
         };
         if now >= overlap_start + Duration::from_millis(spec.min_interrupt_ms as u64) {
-            self.interrupt(state, overlap_start, report);
+            self.interrupt(state, onset, overlap_start, report);
         }
     }
 
@@ -319,7 +319,9 @@ impl Agent {
         }
     }
 
-    fn interrupt(&self, state: &mut State, onset: Duration, report: &Arc<Mutex<CallReport>>) {
+    /// Stops the agent for caller speech that began at `caller_onset` (the VAD's) and has
+    /// overlapped the agent's audio since `overlap_from`.
+    fn interrupt(&self, state: &mut State, caller_onset: Duration, overlap_from: Duration, report: &Arc<Mutex<CallReport>>) {
         // The agent was heard if its audio was paused (or still playing): that is a barge-in.
         // A turn still thinking (nothing audible yet) is withdrawn quietly: the caller is
         // still talking, and their finished turn will start a new one.
@@ -327,12 +329,7 @@ impl Agent {
         let audible = paused.is_some() || !self.ctx.out.is_idle();
         let cleared = self.ctx.out.clear();
         if audible {
-            let barge_in = BargeIn {
-                caller_onset: state.caller_onset.unwrap_or(onset),
-                overlap_from: onset,
-                stopped: paused.map(|(_, at)| at).unwrap_or(cleared),
-            };
-            self.record_barge_in(barge_in, report);
+            self.record_barge_in(BargeIn { caller_onset, overlap_from, stopped: paused.map(|(_, at)| at).unwrap_or(cleared) }, report);
         }
         if let Some(active) = state.active.take() {
             active.cancel.cancel();
