@@ -42,6 +42,10 @@ struct Args {
     /// Name reported in responses (defaults to the file's stem).
     #[arg(long)]
     name: Option<String>,
+    /// Exit when standard input closes: the supervisor holds the other end of a pipe, and
+    /// the kernel closes it when the supervisor dies, even by `kill -9` — no orphan engine.
+    #[arg(long)]
+    exit_with_stdin: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -51,6 +55,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.exit_with_stdin {
+        watch_supervisor();
+    }
     let name = args.name.clone().unwrap_or_else(|| args.model.file_stem().unwrap_or_default().to_string_lossy().into_owned());
     let config = engine::EngineConfig { model: args.model, threads: args.threads, batch_threads: args.batch_threads.unwrap_or(args.threads), slots: args.slots, slot_ctx: args.slot_ctx, flash_attention: args.flash_attn == "on" };
     let engine = engine::Engine::start(config)?;
@@ -64,4 +71,17 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// Exits the process once standard input reaches its end (the supervisor is gone).
+fn watch_supervisor() {
+    std::thread::spawn(|| {
+        use std::io::Read;
+        let mut stdin = std::io::stdin();
+        let mut buffer = [0u8; 64];
+        // Anything the supervisor writes is ignored; only the end of the pipe matters.
+        while matches!(stdin.read(&mut buffer), Ok(n) if n > 0) {}
+        tracing::warn!("the supervising process is gone; exiting");
+        std::process::exit(0);
+    });
 }

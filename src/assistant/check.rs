@@ -191,6 +191,99 @@ pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
             problem("webhook_url".into(), format!("`{url}` is not an http(s) URL"));
         }
     }
+
+    let keys = [
+        ("llm", &spec.llm.api_key_env, &spec.llm.api_key_secret),
+        ("stt", &spec.stt.api_key_env, &spec.stt.api_key_secret),
+        ("voice", &spec.voice.api_key_env, &spec.voice.api_key_secret),
+    ];
+    for (section, env, secret) in keys {
+        if env.is_some() && secret.is_some() {
+            problem(format!("{section}.api_key_secret"), "give `api_key_env` or `api_key_secret`, not both".into());
+        }
+        if let Some(name) = secret {
+            if !is_secret_name(name) {
+                problem(format!("{section}.api_key_secret"), format!("`{}` is not a secret name; use letters, digits and underscores (at most {MAX_SECRET_NAME} characters)", clip(name)));
+            }
+        }
+    }
+    for (field, len, max) in sizes(spec) {
+        if len > max {
+            problem(field, format!("is {len} long; the most is {max}"));
+        }
+    }
+    out
+}
+
+/// The longest template (system prompt or prompt file) an assistant may have, in bytes.
+pub const MAX_TEMPLATE_BYTES: usize = 32 * 1024;
+pub const MAX_SECRET_NAME: usize = 64;
+
+/// The sizes an assistant may not exceed, as (field, actual, most), so that no spec can make
+/// a call or a request do unbounded work.
+fn sizes(spec: &AssistantSpec) -> Vec<(String, usize, usize)> {
+    let mut out = vec![
+        ("name".to_string(), spec.name.chars().count(), 200),
+        ("system_prompt".to_string(), spec.system_prompt.as_deref().map_or(0, str::len), MAX_TEMPLATE_BYTES),
+        ("first_message".to_string(), spec.first_message.as_deref().map_or(0, str::len), 2_000),
+        ("variables".to_string(), spec.variables.len(), 100),
+        ("intents".to_string(), spec.intents.len(), 1_000),
+        ("dispositions".to_string(), spec.dispositions.len(), 100),
+        ("extract".to_string(), spec.extract.len(), 100),
+        ("tools".to_string(), spec.tools.len(), 32),
+    ];
+    for (name, variable) in &spec.variables {
+        out.push((format!("variables.{name}"), name.len(), 64));
+        out.push((format!("variables.{name}.description"), variable.description.as_deref().map_or(0, str::len), 1_000));
+        out.push((format!("variables.{name}.default"), variable.default.as_ref().map_or(0, |v| v.to_string().len()), 2_000));
+    }
+    for (i, intent) in spec.intents.iter().enumerate() {
+        out.push((format!("intents.{i}.examples"), intent.examples.len(), 50));
+        for (j, example) in intent.examples.iter().enumerate() {
+            out.push((format!("intents.{i}.examples.{j}"), example.len(), 500));
+        }
+    }
+    for (i, d) in spec.dispositions.iter().enumerate() {
+        out.push((format!("dispositions.{i}.description"), d.description.len(), 1_000));
+    }
+    for (i, tool) in spec.tools.iter().enumerate() {
+        if let ToolEntry::Http(http) = tool {
+            out.push((format!("tools.{i}.description"), http.description.len(), 1_000));
+            out.push((format!("tools.{i}.url"), http.url.len(), 2_000));
+            out.push((format!("tools.{i}.parameters"), http.parameters.to_string().len(), 8_000));
+            out.push((format!("tools.{i}.filler"), http.filler.len(), 300));
+        }
+    }
+    out
+}
+
+/// A workspace secret's name: an identifier of at most [`MAX_SECRET_NAME`] characters.
+pub fn is_secret_name(name: &str) -> bool {
+    name.len() <= MAX_SECRET_NAME && (is_identifier(name) || name.starts_with('_') && name.len() > 1 && is_identifier(&name[1..]))
+}
+
+/// A value quoted in a message, cut to a readable length.
+pub fn clip(text: &str) -> String {
+    const MAX: usize = 80;
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// Rules for assistants a workspace sends over the API, on top of [`problems`]: they may not
+/// read the server's environment. (Their URLs are checked against the egress policy by the
+/// server, which knows it.)
+pub fn tenant_problems(spec: &AssistantSpec) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (section, env) in [("llm", &spec.llm.api_key_env), ("stt", &spec.stt.api_key_env), ("voice", &spec.voice.api_key_env)] {
+        if env.is_some() {
+            out.push((
+                format!("{section}.api_key_env"),
+                format!("assistants created over the API cannot read the server's environment; store the key with POST /v1/secrets and name it in `{section}.api_key_secret`"),
+            ));
+        }
+    }
     out
 }
 

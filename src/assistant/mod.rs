@@ -99,7 +99,11 @@ pub struct VoiceSpec {
     #[serde(default = "default_voice_name")]
     pub name: String,
     pub base_url: Option<String>,
+    /// The server environment variable holding the provider's key. Only the deployment's
+    /// own assistants (files) may name one; see `api_key_secret`.
     pub api_key_env: Option<String>,
+    /// The name of a workspace secret (`/v1/secrets`) holding the provider's key.
+    pub api_key_secret: Option<String>,
     pub model: Option<String>,
 }
 
@@ -113,7 +117,7 @@ fn default_voice_name() -> String {
 
 impl Default for VoiceSpec {
     fn default() -> Self {
-        VoiceSpec { provider: default_voice_provider(), name: default_voice_name(), base_url: None, api_key_env: None, model: None }
+        VoiceSpec { provider: default_voice_provider(), name: default_voice_name(), base_url: None, api_key_env: None, api_key_secret: None, model: None }
     }
 }
 
@@ -125,7 +129,11 @@ pub struct LlmSpec {
     #[serde(default = "default_llm_model")]
     pub model: String,
     pub base_url: Option<String>,
+    /// The server environment variable holding the provider's key. Only the deployment's
+    /// own assistants (files) may name one; see `api_key_secret`.
     pub api_key_env: Option<String>,
+    /// The name of a workspace secret (`/v1/secrets`) holding the provider's key.
+    pub api_key_secret: Option<String>,
     #[serde(default = "default_temperature")]
     pub temperature: f32,
     #[serde(default = "default_max_tokens")]
@@ -152,6 +160,7 @@ impl Default for LlmSpec {
             model: default_llm_model(),
             base_url: None,
             api_key_env: None,
+            api_key_secret: None,
             temperature: default_temperature(),
             max_tokens: default_max_tokens(),
         }
@@ -166,7 +175,11 @@ pub struct SttSpec {
     #[serde(default = "default_stt_model")]
     pub model: String,
     pub base_url: Option<String>,
+    /// The server environment variable holding the provider's key. Only the deployment's
+    /// own assistants (files) may name one; see `api_key_secret`.
     pub api_key_env: Option<String>,
+    /// The name of a workspace secret (`/v1/secrets`) holding the provider's key.
+    pub api_key_secret: Option<String>,
     /// How often (ms of new speech) to transcribe the caller's unfinished turn for live
     /// partial transcripts; 0 turns them off.
     #[serde(default = "default_partial_interval_ms")]
@@ -186,7 +199,7 @@ fn default_stt_model() -> String {
 
 impl Default for SttSpec {
     fn default() -> Self {
-        SttSpec { provider: default_stt_provider(), model: default_stt_model(), base_url: None, api_key_env: None, partial_interval_ms: default_partial_interval_ms() }
+        SttSpec { provider: default_stt_provider(), model: default_stt_model(), base_url: None, api_key_env: None, api_key_secret: None, partial_interval_ms: default_partial_interval_ms() }
     }
 }
 
@@ -360,6 +373,17 @@ impl Assistant {
 
     /// An assistant sent as JSON (over the API): the template must be inline (`system_prompt`).
     pub fn from_json(value: &Value, label: &str) -> Result<Assistant, Vec<AssistantError>> {
+        Assistant::json_spec(value, label).and_then(|(spec, path)| Assistant::from_spec(spec, &path, None, None))
+    }
+
+    /// An assistant version read back from the store: checked like [`Assistant::from_json`]
+    /// except that its templates are not rendered again (they were when it was saved, and
+    /// every call renders them within the limits anyway).
+    pub fn from_stored_json(value: &Value, label: &str) -> Result<Assistant, Vec<AssistantError>> {
+        Assistant::json_spec(value, label).and_then(|(spec, path)| Assistant::resolve(spec, &path, None, None, false))
+    }
+
+    fn json_spec(value: &Value, label: &str) -> Result<(AssistantSpec, PathBuf), Vec<AssistantError>> {
         let path = PathBuf::from(label);
         let spec: AssistantSpec = serde_path_to_error::deserialize(value).map_err(|e| {
             let field = e.path().to_string();
@@ -375,12 +399,16 @@ impl Assistant {
                 message: "an assistant created over the API carries its template inline: send `system_prompt` instead of a file name".into(),
             }]);
         }
-        Assistant::from_spec(spec, &path, None, None)
+        Ok((spec, path))
     }
 
     /// Resolves and checks a parsed spec. `base` is where prompt files are looked up; `text`
     /// (the file's own text) lets errors carry line numbers.
     pub fn from_spec(spec: AssistantSpec, path: &Path, base: Option<&Path>, text: Option<&str>) -> Result<Assistant, Vec<AssistantError>> {
+        Assistant::resolve(spec, path, base, text, true)
+    }
+
+    fn resolve(spec: AssistantSpec, path: &Path, base: Option<&Path>, text: Option<&str>, render_templates: bool) -> Result<Assistant, Vec<AssistantError>> {
         let invalid = |field: &str, message: String| AssistantError::Invalid {
             file: path.to_path_buf(),
             line: text.and_then(|t| check::line_of(t, field)),
@@ -421,6 +449,13 @@ impl Assistant {
             return Err(problems);
         };
         let assistant = Assistant { spec, source: path.to_path_buf(), system_template, timezone };
+        if assistant.system_template.len() > check::MAX_TEMPLATE_BYTES {
+            let field = if assistant.spec.prompt.is_some() { "prompt" } else { "system_prompt" };
+            return Err(vec![invalid(field, format!("the template is {} bytes; the most is {}", assistant.system_template.len(), check::MAX_TEMPLATE_BYTES))]);
+        }
+        if !render_templates {
+            return Ok(assistant);
+        }
         if let Err((field, message)) = prompt::check(&assistant) {
             return Err(vec![invalid(&field, message)]);
         }

@@ -76,16 +76,180 @@ pub fn context(assistant: &Assistant, variables: &Map<String, Value>, call: &Cal
     Value::Object(map)
 }
 
+/// Instructions one render may execute (minijinja's fuel): a prompt with loops over its
+/// variables needs a few thousand; nested `range()` loops that would stall a thread run out.
+pub const TEMPLATE_FUEL: u64 = 100_000;
+/// The longest text a template may render to.
+pub const MAX_RENDERED_BYTES: usize = 64 * 1024;
+/// The address space a sandboxed render may use: enough for any prompt, far short of what
+/// a template doubling a string in a loop would take.
+const SANDBOX_MEMORY_BYTES: u64 = 1 << 30;
+/// CPU seconds a sandboxed render may use, and the wall-clock limit around it.
+const SANDBOX_CPU_SECS: u64 = 2;
+const SANDBOX_WALL: std::time::Duration = std::time::Duration::from_secs(4);
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(false);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env
 }
 
+/// The binary that renders templates in a sandbox, when the process asked for one.
+static SANDBOX: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Makes every later [`render`] in this process run in a child process of `binary` (this
+/// program's `template-sandbox` command) with bounded memory and CPU: what `serve` does,
+/// since workspaces write templates. Without it, renders run here, bounded by fuel and
+/// output size only (the operator's own files and commands).
+pub fn sandbox_renders(binary: std::path::PathBuf) {
+    let _ = SANDBOX.set(binary);
+}
+
+/// Renders `template` with `context`, within the limits: [`TEMPLATE_FUEL`] instructions,
+/// [`MAX_RENDERED_BYTES`] of output and, in a sandboxed process, bounded memory and CPU.
+/// Blocks: call it off the async runtime's threads.
 pub fn render(template: &str, context: &Value) -> Result<String, String> {
+    match SANDBOX.get() {
+        Some(binary) => render_in_child(binary, template, context),
+        None => render_here(template, context),
+    }
+}
+
+/// Renders in this process (fuel and output limits only).
+pub fn render_here(template: &str, context: &Value) -> Result<String, String> {
     let env = environment();
-    env.render_str(template, context).map(|s| s.trim().to_string()).map_err(|e| describe(&e))
+    let compiled = env.template_from_str(template).map_err(|e| describe(&e))?;
+    let mut out = LimitedWriter { buffer: Vec::new(), overflowed: false };
+    let rendered = compiled.render_captured_to(context, &mut out).map(|_| ());
+    match rendered {
+        Ok(()) => String::from_utf8(out.buffer).map(|s| s.trim().to_string()).map_err(|e| e.to_string()),
+        Err(_) if out.overflowed => Err(format!("the template renders more than {} KB; shorten it", MAX_RENDERED_BYTES / 1024)),
+        Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+            Err(format!("the template does too much work (more than {TEMPLATE_FUEL} steps); simplify its loops"))
+        }
+        Err(e) => Err(describe(&e)),
+    }
+}
+
+/// What the sandbox child reads on stdin and answers on stdout.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SandboxJob {
+    template: String,
+    context: Value,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum SandboxAnswer {
+    Rendered(String),
+    Failed(String),
+}
+
+/// The child's side: reads one job on stdin, answers on stdout (`ringline template-sandbox`).
+pub fn sandbox_child() -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut input = Vec::new();
+    std::io::stdin().take((MAX_RENDERED_BYTES * 8) as u64 + 1_000_000).read_to_end(&mut input)?;
+    let answer = match serde_json::from_slice::<SandboxJob>(&input) {
+        Ok(job) => match render_here(&job.template, &job.context) {
+            Ok(text) => SandboxAnswer::Rendered(text),
+            Err(message) => SandboxAnswer::Failed(message),
+        },
+        Err(e) => SandboxAnswer::Failed(format!("bad sandbox job: {e}")),
+    };
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer(&mut stdout, &answer)?;
+    stdout.flush()
+}
+
+fn render_in_child(binary: &std::path::Path, template: &str, context: &Value) -> Result<String, String> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let job = serde_json::to_vec(&SandboxJob { template: template.to_string(), context: context.clone() }).map_err(|e| e.to_string())?;
+    let mut command = Command::new(binary);
+    command.arg("template-sandbox").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).env("RUST_LOG", "off");
+    limit_child(&mut command);
+    let mut child = command.spawn().map_err(|e| format!("cannot start the template sandbox: {e}"))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let writer = std::thread::spawn(move || stdin.write_all(&job));
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = (&mut stdout).take((MAX_RENDERED_BYTES * 8) as u64).read_to_end(&mut text);
+        text
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > SANDBOX_WALL => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(limits_exceeded());
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(2)),
+            Err(e) => return Err(format!("the template sandbox failed: {e}")),
+        }
+    };
+    let _ = writer.join();
+    let output = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(limits_exceeded());
+    }
+    match serde_json::from_slice::<SandboxAnswer>(&output) {
+        Ok(SandboxAnswer::Rendered(text)) => Ok(text),
+        Ok(SandboxAnswer::Failed(message)) => Err(message),
+        Err(_) => Err(limits_exceeded()),
+    }
+}
+
+fn limits_exceeded() -> String {
+    format!(
+        "the template exceeds the rendering limits ({} MB of memory, {SANDBOX_CPU_SECS} s of CPU); simplify it",
+        SANDBOX_MEMORY_BYTES >> 20
+    )
+}
+
+#[cfg(unix)]
+fn limit_child(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and calls only setrlimit, which is
+    // async-signal-safe; it touches no memory of the parent's.
+    unsafe {
+        command.pre_exec(|| {
+            let memory = libc::rlimit { rlim_cur: SANDBOX_MEMORY_BYTES, rlim_max: SANDBOX_MEMORY_BYTES };
+            let cpu = libc::rlimit { rlim_cur: SANDBOX_CPU_SECS, rlim_max: SANDBOX_CPU_SECS + 1 };
+            if libc::setrlimit(libc::RLIMIT_AS, &memory) != 0 || libc::setrlimit(libc::RLIMIT_CPU, &cpu) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(unix))]
+fn limit_child(_command: &mut std::process::Command) {}
+
+/// Collects output up to [`MAX_RENDERED_BYTES`], then refuses more.
+struct LimitedWriter {
+    buffer: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for LimitedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buffer.len() + data.len() > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered text too long"));
+        }
+        self.buffer.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn describe(error: &minijinja::Error) -> String {
@@ -115,4 +279,21 @@ pub fn check(assistant: &Assistant) -> Result<(), (String, String)> {
         render(first, &ctx).map_err(|e| ("first_message".to_string(), format!("{e} (declare the variable under `variables:` or fix the name)")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heavy_templates_stop_at_their_limits() {
+        let ctx = json!({ "name": "Ann" });
+        assert_eq!(render_here("Hello {{ name }}", &ctx).unwrap(), "Hello Ann");
+        let loops = render_here("{% for a in range(10000) %}{% for b in range(10000) %}{% endfor %}{% endfor %}", &ctx).unwrap_err();
+        assert!(loops.contains("too much work"), "{loops}");
+        let long = render_here("{{ 'x' * 50000000 }}", &ctx).unwrap_err();
+        assert!(long.contains("renders more than"), "{long}");
+        let many = render_here("{% for a in range(100) %}{{ 'y' * 1000 }}{% endfor %}", &ctx).unwrap_err();
+        assert!(many.contains("renders more than"), "{many}");
+    }
 }

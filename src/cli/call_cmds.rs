@@ -22,7 +22,8 @@ use crate::llm::{LanguageModel, Message};
 use crate::models::ModelStore;
 use crate::pipeline::metrics::{ms_of, percentile, TurnTimings};
 use crate::pipeline::turn::{self, TurnContext, TurnProgress};
-use crate::pipeline::{self, CallEvent, CallReport, CallSetup, Engines};
+use crate::egress::EgressPolicy;
+use crate::pipeline::{self, CallEvent, CallReport, CallSetup, Credentials, EngineLimits, EngineRegistry, Engines};
 use crate::transport::loopback::{CallerScript, LineLog, LoopbackLine, ScriptedCaller};
 use crate::transport::AudioOut;
 
@@ -191,10 +192,14 @@ fn load_assistant(path: &Path) -> anyhow::Result<Arc<Assistant>> {
     Ok(Arc::new(Assistant::load(path)?))
 }
 
+/// The operator's own commands: models from the store, keys from the environment, and no
+/// egress restriction (the operator runs these on their own machine).
+fn operator_engines(store: &ModelStore) -> EngineRegistry {
+    EngineRegistry::new(store.clone(), EgressPolicy::allow_all(), EngineLimits::default())
+}
+
 async fn load_engines(store: &ModelStore, assistant: &Assistant) -> anyhow::Result<Arc<Engines>> {
-    let engines = Engines::load(store, assistant).await?;
-    engines.llm.warm_up().await.context("starting the LLM")?;
-    Ok(Arc::new(engines))
+    Ok(operator_engines(store).engines_for(assistant, &Credentials::from_env()).await.context("loading the assistant's models")?)
 }
 
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -321,7 +326,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let variables: BTreeMap<String, String> = args.vars.into_iter().collect();
     let (system, context) = text_call_prompt(&assistant, &variables)?;
     runtime()?.block_on(async {
-        let llm = pipeline::load_llm(&store, &assistant)?;
+        let llm = operator_engines(&store).llm_for(&assistant, &Credentials::from_env()).await?;
         llm.warm_up().await.context("starting the LLM")?;
         let espeak: Arc<dyn crate::tts::TextToSpeech> = Arc::new(crate::tts::espeak::EspeakVoice::new("en-us"));
         let line = Arc::new(TextLine { log: Mutex::new(Vec::new()), started: std::time::Instant::now() });
@@ -332,7 +337,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
             assistant: assistant.clone(),
             out: line.clone(),
             tools: pipeline::tools::specs(&assistant),
-            http: reqwest::Client::new(),
+            http: EgressPolicy::allow_all().client(reqwest::Client::builder()),
             segment_ids: Arc::new(std::sync::atomic::AtomicU64::new(1)),
         });
         let mut history = vec![Message::System { content: system }];

@@ -47,6 +47,9 @@ pub enum Command {
     /// Print speed figures (benchmarks, not tests).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Renders one template job from stdin within resource limits (`serve` runs it).
+    #[command(hide = true)]
+    TemplateSandbox,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -61,5 +64,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(args) => serve_cmds::keys(args),
         Command::Assistants(command) => serve_cmds::assistants(command),
         Command::Bench(command) => bench::run(command),
+        Command::TemplateSandbox => Ok(crate::assistant::prompt::sandbox_child()?),
     }
 }

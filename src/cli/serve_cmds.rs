@@ -9,6 +9,9 @@ use clap::{Args, Subcommand};
 
 use crate::assistant::Assistant;
 use crate::models::ModelStore;
+use crate::egress::EgressPolicy;
+use crate::pipeline::EngineLimits;
+use crate::server::limits::Limits;
 use crate::server::{self, auth, ServeConfig};
 use crate::store::{self, Store, DEFAULT_DATABASE_URL};
 
@@ -28,6 +31,44 @@ pub struct ServeArgs {
     /// Seconds without a heartbeat after which a worker's calls are closed as failed.
     #[arg(long, env = "RINGLINE_WORKER_STALE_S", default_value_t = 15)]
     pub worker_stale_s: u64,
+    /// Lets calls connect to this address range although it is not public (loopback,
+    /// private, link-local): e.g. `--allow-egress 10.0.0.0/8` for a provider on your own
+    /// network. Repeat it, or give a comma-separated list.
+    #[arg(long, env = "RINGLINE_ALLOW_EGRESS", value_delimiter = ',', value_parser = parse_cidr)]
+    pub allow_egress: Vec<crate::egress::Cidr>,
+    /// Lets calls connect to any address, internal ones included. Only for a server whose
+    /// every API key is trusted.
+    #[arg(long, env = "RINGLINE_ALLOW_PRIVATE_EGRESS")]
+    pub allow_private_egress: bool,
+    /// Live calls one workspace may have at once (all workers together).
+    #[arg(long, env = "RINGLINE_MAX_CALLS_PER_WORKSPACE", default_value_t = Limits::default().calls_per_workspace)]
+    pub max_calls_per_workspace: u32,
+    /// Calls one workspace may place in a minute.
+    #[arg(long, env = "RINGLINE_MAX_CALLS_PER_MINUTE", default_value_t = Limits::default().calls_per_minute)]
+    pub max_calls_per_minute: u32,
+    /// Assistants one workspace may keep.
+    #[arg(long, env = "RINGLINE_MAX_ASSISTANTS", default_value_t = Limits::default().assistants_per_workspace)]
+    pub max_assistants: u32,
+    /// Phone numbers one workspace may keep.
+    #[arg(long, env = "RINGLINE_MAX_NUMBERS", default_value_t = Limits::default().numbers_per_workspace)]
+    pub max_numbers: u32,
+    /// Secrets one workspace may keep.
+    #[arg(long, env = "RINGLINE_MAX_SECRETS", default_value_t = Limits::default().secrets_per_workspace)]
+    pub max_secrets: u32,
+    /// Live calls this worker runs at once, for all workspaces.
+    #[arg(long, env = "RINGLINE_MAX_CALLS", default_value_t = Limits::default().calls_per_server)]
+    pub max_calls: u32,
+    /// Local models of each kind (Whisper models, voices, LLM engines) this worker may load.
+    #[arg(long, env = "RINGLINE_MAX_ENGINES", default_value_t = EngineLimits::default().per_kind)]
+    pub max_engines: usize,
+    /// The secrets key file: 32 random bytes in base64, created on first use (mode 0600).
+    /// Every worker of a deployment needs the same key; keep it with the database's backups.
+    #[arg(long, env = "RINGLINE_SECRETS_KEY_FILE", default_value = "ringline-secrets.key")]
+    pub secrets_key_file: PathBuf,
+}
+
+fn parse_cidr(text: &str) -> Result<crate::egress::Cidr, String> {
+    text.parse()
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +120,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         assistants_dir: args.assistants,
         rate_limit_per_min: args.rate_limit.max(1),
         worker_stale: Duration::from_secs(args.worker_stale_s.max(2)),
+        egress: if args.allow_private_egress { EgressPolicy::allow_all() } else { EgressPolicy::with_allowed(args.allow_egress) },
+        limits: Limits {
+            calls_per_workspace: args.max_calls_per_workspace,
+            calls_per_minute: args.max_calls_per_minute,
+            assistants_per_workspace: args.max_assistants,
+            numbers_per_workspace: args.max_numbers,
+            secrets_per_workspace: args.max_secrets,
+            calls_per_server: args.max_calls,
+        },
+        engine_limits: EngineLimits { per_kind: args.max_engines.max(1) },
+        secrets_key_file: args.secrets_key_file,
+        secrets_key: std::env::var("RINGLINE_SECRETS_KEY").ok().filter(|k| !k.trim().is_empty()),
     };
     runtime()?.block_on(server::serve(config, models))
 }

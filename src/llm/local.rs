@@ -2,7 +2,8 @@
 //!
 //! Started on first use with a model from the store and a thread budget, it prints the port
 //! it bound; from then on it is just another OpenAI-compatible endpoint. If it dies, the next
-//! request restarts it. It is killed when the owner drops (and with the parent process).
+//! request restarts it. It is killed when the owner drops, and it exits by itself when this
+//! process dies in any way (it watches a pipe from us: `--exit-with-stdin`).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -32,6 +33,8 @@ pub struct LocalEngine {
 
 struct Running {
     child: Child,
+    /// The engine exits when this pipe closes: when this process drops it or dies.
+    _lifeline: tokio::process::ChildStdin,
     client: Arc<OpenAiLlm>,
 }
 
@@ -70,12 +73,14 @@ impl LocalEngine {
             .arg("--model")
             .arg(&self.model_path)
             .args(["--bind", "127.0.0.1:0", "--threads", &self.threads.to_string(), "--batch-threads", &self.batch_threads.to_string()])
-            .args(["--name", &self.model_name])
+            .args(["--name", &self.model_name, "--exit-with-stdin"])
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| LlmError::Engine(format!("{}: {e}", binary.display())))?;
+        let lifeline = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(START_TIMEOUT, lines.next_line())
@@ -88,9 +93,10 @@ impl LocalEngine {
             .ok_or_else(|| LlmError::Engine(format!("unexpected first line from the engine: {line:?}")))?;
         // Keep draining stdout so the engine never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let client = Arc::new(OpenAiLlm::new(&format!("{url}/v1"), &self.model_name, "", READ_TIMEOUT));
+        // The engine is this process's own child on loopback: no egress policy applies.
+        let client = Arc::new(OpenAiLlm::new(&format!("{url}/v1"), &self.model_name, "", READ_TIMEOUT, &crate::egress::EgressPolicy::allow_all()));
         tracing::info!(model = %self.model_name, %url, "local LLM engine started");
-        Ok(Running { child, client })
+        Ok(Running { child, _lifeline: lifeline, client })
     }
 }
 

@@ -24,9 +24,10 @@ pub struct OpenAiLlm {
 
 impl OpenAiLlm {
     /// `api_key` may be empty for endpoints that take none (the local engine).
-    pub fn new(base_url: &str, model: &str, api_key: &str, timeout: std::time::Duration) -> Self {
+    /// Connections obey `egress` (checked again at each connection, see `crate::egress`).
+    pub fn new(base_url: &str, model: &str, api_key: &str, timeout: std::time::Duration, egress: &crate::egress::EgressPolicy) -> Self {
         let config = OpenAIConfig::new().with_api_base(base_url.trim_end_matches('/')).with_api_key(api_key);
-        let http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5)).read_timeout(timeout).build().unwrap_or_default();
+        let http = egress.client(reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5)).read_timeout(timeout));
         OpenAiLlm { client: Client::with_config(config).with_http_client(http), base_url: base_url.to_string(), model: model.to_string() }
     }
 }

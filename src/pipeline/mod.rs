@@ -12,12 +12,14 @@
 //! edges block (text 64, sentences 32, synthesized audio 4); events for display are unbounded
 //! because they are a handful per turn.
 //!
-//! Models load once per process ([`Engines`]) and are shared by every call; inference runs
+//! Models load once per process, by identity (`engines.rs`: [`EngineRegistry`]), and are
+//! shared by every call; inference runs
 //! in bounded, fair pools on blocking threads (whisper, Smart Turn, Piper: `pool.rs`) or in
 //! the engine process (LLM). Silero runs inline:
 //! ~0.1 ms per 32 ms frame, under the async runtime's budget.
 
 pub mod agent;
+pub mod engines;
 pub mod frames;
 pub mod listen;
 pub mod metrics;
@@ -36,98 +38,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::assistant::prompt::{self, CallContext};
 use crate::assistant::Assistant;
-use crate::llm::local::LocalEngine;
-use crate::llm::openai::OpenAiLlm;
-use crate::llm::{LanguageModel, LlmError, Message};
-use crate::models::ModelStore;
-use crate::stt::openai::OpenAiStt;
-use crate::stt::whisper::WhisperStt;
-use crate::stt::SpeechToText;
+use crate::llm::{LanguageModel, Message};
 use crate::transport::{AudioOut, CallInput};
-use crate::tts::openai::OpenAiTts;
-use crate::tts::TextToSpeech;
-use crate::vad::silero::SileroVad;
-use crate::vad::smart_turn::SmartTurn;
 use frames::Frame;
 use metrics::TurnTimings;
 
-/// Threads per engine on a 2-core machine. Whisper runs alone (the caller just stopped), so
-/// it takes both cores; the LLM keeps decoding while Piper speaks its first sentence, so they
-/// get one core each — measured: with two LLM threads, Piper's first audio came ~400 ms after
-/// the first token; with one each, the two overlap instead of fighting.
-pub const STT_THREADS: usize = 2;
-pub const TTS_THREADS: usize = 1;
-pub const LLM_THREADS: usize = 1;
-/// Prompt processing happens before anything is spoken: it gets both cores.
-pub const LLM_BATCH_THREADS: usize = 2;
-
-/// The models every call shares.
-pub struct Engines {
-    pub vad: Arc<SileroVad>,
-    pub smart_turn: Arc<SmartTurn>,
-    pub stt: Arc<dyn SpeechToText>,
-    pub tts: Arc<dyn TextToSpeech>,
-    /// espeak-ng: used when the main voice fails.
-    pub fallback_tts: Arc<dyn TextToSpeech>,
-    pub llm: Arc<dyn LanguageModel>,
-}
-
-impl Engines {
-    /// Loads what `assistant` needs (VAD, STT, voice, LLM) and starts the LLM engine.
-    pub async fn load(store: &ModelStore, assistant: &Assistant) -> anyhow::Result<Engines> {
-        let vad = Arc::new(SileroVad::load(store)?);
-        let smart_turn = Arc::new(SmartTurn::load(store)?);
-        let stt_model = match assistant.spec.stt.model.as_str() {
-            m if m.starts_with("whisper-") => m.to_string(),
-            m => format!("whisper-{m}"),
-        };
-        let stt_spec = &assistant.spec.stt;
-        let stt: Arc<dyn SpeechToText> = match stt_spec.provider.as_str() {
-            "openai" => Arc::new(OpenAiStt::new(
-                stt_spec.base_url.as_deref().unwrap_or("http://127.0.0.1:8000/v1"),
-                &stt_spec.model,
-                &api_key(stt_spec.api_key_env.as_deref())?,
-                Some(&assistant.spec.language),
-            )),
-            _ => Arc::new(WhisperStt::load(store, &stt_model, STT_THREADS, Some(&assistant.spec.language))?.without_timestamps()),
-        };
-        let voice = &assistant.spec.voice;
-        let tts: Arc<dyn TextToSpeech> = match voice.provider.as_str() {
-            "openai" => Arc::new(OpenAiTts::new(
-                voice.base_url.as_deref().unwrap_or("http://127.0.0.1:8000/v1"),
-                voice.model.as_deref().unwrap_or("tts-1"),
-                &voice.name,
-                &api_key(voice.api_key_env.as_deref())?,
-            )),
-            "espeak" => Arc::from(crate::tts::load_voice(store, &format!("espeak:{}", voice.name), TTS_THREADS)?),
-            _ => Arc::from(crate::tts::load_voice(store, &voice.name, TTS_THREADS)?),
-        };
-        let fallback_tts: Arc<dyn TextToSpeech> = Arc::new(crate::tts::espeak::EspeakVoice::new("en-us"));
-        let llm = load_llm(store, assistant)?;
-        Ok(Engines { vad, smart_turn, stt, tts, fallback_tts, llm })
-    }
-}
-
-/// The key in the environment variable an assistant names (`api_key_env`), or none.
-fn api_key(variable: Option<&str>) -> Result<String, LlmError> {
-    match variable {
-        Some(var) => std::env::var(var).map_err(|_| LlmError::MissingKey(var.to_string())),
-        None => Ok(String::new()),
-    }
-}
-
-/// The assistant's LLM: the local engine, or an OpenAI-compatible endpoint.
-pub fn load_llm(store: &ModelStore, assistant: &Assistant) -> Result<Arc<dyn LanguageModel>, LlmError> {
-    let spec = &assistant.spec.llm;
-    match spec.provider.as_str() {
-        "openai" => {
-            let key = api_key(spec.api_key_env.as_deref())?;
-            let base = spec.base_url.clone().unwrap_or_else(|| "http://127.0.0.1:8000/v1".into());
-            Ok(Arc::new(OpenAiLlm::new(&base, &spec.model, &key, Duration::from_secs(30))))
-        }
-        _ => Ok(Arc::new(LocalEngine::new(store, &spec.model, LLM_THREADS, LLM_BATCH_THREADS)?)),
-    }
-}
+pub use engines::{Credentials, EngineError, EngineLimits, EngineRegistry, Engines, LLM_BATCH_THREADS, LLM_THREADS, STT_THREADS, TTS_THREADS};
 
 /// How much new speech comes between partial transcripts, per the assistant (0: none).
 fn partial_every(assistant: &Assistant) -> Option<Duration> {
@@ -201,11 +117,15 @@ pub async fn run_call(
     let assistant = setup.assistant.clone();
     let variables = prompt::resolve_variables(&assistant, &setup.variables).map_err(anyhow::Error::msg)?;
     let context = prompt::context(&assistant, &variables, &setup.call);
-    let system_prompt = prompt::render(&assistant.system_template, &context).map_err(anyhow::Error::msg)?;
-    let first_message = match &assistant.spec.first_message {
-        Some(template) => Some(prompt::render(template, &context).map_err(anyhow::Error::msg)?),
-        None => None,
-    };
+    // Rendering may run a sandboxed child process: off the runtime's threads.
+    let templates = (assistant.system_template.clone(), assistant.spec.first_message.clone());
+    let (system_prompt, first_message) = tokio::task::spawn_blocking(move || -> Result<(String, Option<String>), String> {
+        let system_prompt = prompt::render(&templates.0, &context)?;
+        let first_message = templates.1.as_deref().map(|t| prompt::render(t, &context)).transpose()?;
+        Ok((system_prompt, first_message))
+    })
+    .await?
+    .map_err(anyhow::Error::msg)?;
     let report = Arc::new(Mutex::new(CallReport { call_id: setup.call.call_id.clone(), ..CallReport::default() }));
     let call_token = CancellationToken::new();
 
@@ -217,7 +137,7 @@ pub async fn run_call(
         assistant: assistant.clone(),
         out: out.clone(),
         tools: tools::specs(&assistant),
-        http: reqwest::Client::new(),
+        http: engines.http.clone(),
         segment_ids: Arc::new(AtomicU64::new(1)),
     });
     // Frames from the listener to the agent: few, never dropped.

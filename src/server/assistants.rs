@@ -89,10 +89,56 @@ pub fn stored_form(assistant: &Assistant) -> (String, String) {
     (spec, digest)
 }
 
-/// Rebuilds an assistant from a stored version.
+/// Rebuilds an assistant from a stored version (its templates were checked when it was saved).
 pub fn from_stored(id: &str, version: i64, spec: &str) -> Result<Assistant, ApiError> {
     let value: Value = serde_json::from_str(spec).map_err(|e| ApiError::internal(format!("assistant {id} v{version} is unreadable: {e}")))?;
-    Assistant::from_json(&value, &format!("assistant {id} v{version}")).map_err(|problems| first_problem(problems, ""))
+    Assistant::from_stored_json(&value, &format!("assistant {id} v{version}")).map_err(|problems| first_problem(problems, ""))
+}
+
+/// Checks an assistant a workspace sends: the spec's own rules (its templates rendered in the
+/// sandbox, off the async threads), then what a workspace may not do — read the server's
+/// environment, name secrets it does not have, or point the server at internal addresses.
+async fn tenant_assistant(state: &AppState, auth: &Auth, value: Value, label: &'static str) -> Result<Assistant, ApiError> {
+    let assistant = tokio::task::spawn_blocking(move || Assistant::from_json(&value, label))
+        .await
+        .map_err(|e| ApiError::internal(format!("checking the assistant stopped: {e}")))?
+        .map_err(|p| first_problem(p, ""))?;
+    if let Some((field, message)) = crate::assistant::check::tenant_problems(&assistant.spec).into_iter().next() {
+        return Err(ApiError::invalid(field.clone(), format!("{field}: {message}")).with_code("env_not_allowed"));
+    }
+    for (section, secret) in [("llm", &assistant.spec.llm.api_key_secret), ("stt", &assistant.spec.stt.api_key_secret), ("voice", &assistant.spec.voice.api_key_secret)] {
+        if let Some(name) = secret {
+            if state.store.secret(&auth.workspace_id, name).await?.is_none() {
+                return Err(ApiError::invalid(format!("{section}.api_key_secret"), format!("no secret `{name}` in this workspace; create it with POST /v1/secrets first"))
+                    .with_code("unknown_secret"));
+            }
+        }
+    }
+    let spec = &assistant.spec;
+    let mut urls: Vec<(String, &str)> = Vec::new();
+    let remote = [("llm", spec.llm.provider == "openai", &spec.llm.base_url), ("stt", spec.stt.provider == "openai", &spec.stt.base_url), ("voice", spec.voice.provider == "openai", &spec.voice.base_url)];
+    for (section, is_remote, base) in remote {
+        if let Some(base) = base {
+            urls.push((format!("{section}.base_url"), base));
+        } else if is_remote {
+            // No base_url means the default on the server's own loopback: not a tenant's.
+            urls.push((format!("{section}.base_url"), crate::pipeline::engines::DEFAULT_REMOTE_BASE));
+        }
+    }
+    for (i, tool) in spec.tools.iter().enumerate() {
+        if let crate::assistant::ToolEntry::Http(http) = tool {
+            urls.push((format!("tools.{i}.url"), &http.url));
+        }
+    }
+    if let Some(webhook) = &spec.webhook_url {
+        urls.push(("webhook_url".into(), webhook));
+    }
+    for (field, url) in urls {
+        if let Err(error) = state.runner.egress().check_url_resolved(url).await {
+            return Err(ApiError::invalid(field.clone(), format!("{field}: {error}")).with_code("egress_refused"));
+        }
+    }
+    Ok(assistant)
 }
 
 /// An assistant's problems as one API error (the first, naming its field).
@@ -189,7 +235,8 @@ pub async fn list(State(state): State<AppState>, auth: Auth, ApiQuery(page): Api
     responses((status = 201, body = AssistantView), (status = 422, body = ErrorBody)))]
 pub async fn create(State(state): State<AppState>, auth: Auth, body: axum::body::Bytes) -> Result<impl IntoResponse, ApiError> {
     let value: Value = parse_json(&body)?;
-    let assistant = Assistant::from_json(&value, "request body").map_err(|p| first_problem(p, ""))?;
+    let assistant = tenant_assistant(&state, &auth, value, "request body").await?;
+    state.limits.check_assistants(&state.store, &auth.workspace_id).await?;
     let id = store::new_id("asst");
     let (spec, digest) = stored_form(&assistant);
     state.store.create_assistant(&auth.workspace_id, &id, &assistant.spec.name, &spec, &digest).await?;
@@ -227,7 +274,7 @@ pub async fn update(State(state): State<AppState>, auth: Auth, Path(id): Path<St
         }
         let mut spec: Value = serde_json::from_str(&record.spec).map_err(|e| ApiError::internal(e.to_string()))?;
         merge_patch(&mut spec, &patch);
-        let assistant = Assistant::from_json(&spec, "patched assistant").map_err(|p| first_problem(p, ""))?;
+        let assistant = tenant_assistant(&state, &auth, spec, "patched assistant").await?;
         let (stored, digest) = stored_form(&assistant);
         if state.store.update_assistant(&id, record.current_version, &assistant.spec.name, &stored, &digest).await? {
             let record = state.store.assistant(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("assistant", &id))?;

@@ -22,7 +22,8 @@ use super::assistants::{from_stored, rfc3339};
 use super::auth::Auth;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use super::numbers::valid_number;
-use super::runner::{default_sandbox_caller, Control};
+use super::runner::{default_sandbox_caller, AssistantOwner, Control};
+use sha2::Digest;
 use super::AppState;
 use crate::assistant::prompt;
 use crate::pipeline::metrics::percentile;
@@ -34,8 +35,14 @@ pub const IDEMPOTENCY_WINDOW_MS: i64 = 5 * 60 * 1000;
 
 /// The caller id the sandbox uses when the request gives none.
 const SANDBOX_FROM: &str = "+15005550000";
+/// The longest value of one dynamic variable.
+const MAX_VARIABLE_BYTES: usize = 4 * 1024;
+/// The most JSON a call's metadata may hold.
+const MAX_METADATA_BYTES: usize = 32 * 1024;
+/// The most keys one DTMF action presses.
+const MAX_DTMF_DIGITS: usize = 64;
 
-#[derive(Deserialize, ToSchema)]
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundRequest {
     pub assistant_id: String,
@@ -58,7 +65,7 @@ pub struct OutboundRequest {
 #[derive(Serialize, ToSchema)]
 pub struct CallStatus {
     pub call_id: String,
-    /// queued, ringing, in-progress, completed, failed, no-answer, busy, canceled
+    /// queued, ringing, in-progress, ending, completed, failed, no-answer, busy, canceled
     pub status: String,
     pub reason: Option<String>,
     pub assistant_id: String,
@@ -101,17 +108,27 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
             .with_field("assistant_id")
     })?;
     let assistant = std::sync::Arc::new(from_stored(&record.id, record.current_version, &record.spec)?);
+    let owner = if record.source == "file" { AssistantOwner::Deployment } else { AssistantOwner::Workspace };
 
     let (to_number, to) = valid_number("to_number", &request.to_number, None)?;
     if !to.callable {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "number_not_callable", format!("{to_number}: {}", to.reason.unwrap_or_default())).with_field("to_number"));
     }
+    let (numbers, _) = state.store.numbers(&auth.workspace_id, i64::MAX, 0).await?;
     let from_number = match &request.from_number {
-        Some(raw) => valid_number("from_number", raw, None)?.0,
-        None => {
-            let (numbers, _) = state.store.numbers(&auth.workspace_id, 100, 0).await?;
-            numbers.into_iter().find(|n| n.assistant_id.as_deref() == Some(record.id.as_str())).map(|n| n.e164).unwrap_or_else(|| SANDBOX_FROM.to_string())
+        Some(raw) => {
+            let e164 = valid_number("from_number", raw, None)?.0;
+            if !numbers.iter().any(|n| n.e164 == e164) {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "from_number_not_owned",
+                    format!("{e164} is not one of this workspace's numbers; add it with POST /v1/numbers, or leave from_number out"),
+                )
+                .with_field("from_number"));
+            }
+            e164
         }
+        None => numbers.into_iter().find(|n| n.assistant_id.as_deref() == Some(record.id.as_str())).map(|n| n.e164).unwrap_or_else(|| SANDBOX_FROM.to_string()),
     };
 
     let mut variables = BTreeMap::new();
@@ -121,6 +138,9 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
             Value::Number(_) | Value::Bool(_) => value.to_string(),
             _ => return Err(ApiError::invalid(format!("dynamic_variables.{name}"), format!("`{name}` must be a string, number or boolean"))),
         };
+        if text.len() > MAX_VARIABLE_BYTES {
+            return Err(ApiError::invalid(format!("dynamic_variables.{name}"), format!("is {} bytes long; a variable's value is at most {MAX_VARIABLE_BYTES}", text.len())));
+        }
         variables.insert(name.clone(), text);
     }
     prompt::resolve_variables(&assistant, &variables).map_err(|message| {
@@ -130,24 +150,30 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
     })?;
 
     if let Some(url) = &request.webhook_url {
-        if reqwest::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
-            return Err(ApiError::invalid("webhook_url", format!("`{url}` is not an http(s) URL")));
-        }
+        state.runner.egress().check_url_resolved(url).await.map_err(|e| ApiError::invalid("webhook_url", e.to_string()))?;
     }
     let metadata = match &request.metadata {
         Value::Null => json!({}),
         Value::Object(_) => request.metadata.clone(),
         _ => return Err(ApiError::invalid("metadata", "must be a JSON object")),
     };
+    if metadata.to_string().len() > MAX_METADATA_BYTES {
+        return Err(ApiError::invalid("metadata", format!("is more than {} KB of JSON", MAX_METADATA_BYTES / 1024)));
+    }
     let script: CallerScript = match metadata.get("sandbox_caller") {
         Some(value) => serde_path_to_error::deserialize(value.clone()).map_err(|e| ApiError::invalid(format!("metadata.sandbox_caller.{}", e.path()), format!("not a caller script: {}", e.inner())))?,
         None => default_sandbox_caller(),
     };
+    if let Some((field, message)) = script.problems().into_iter().next() {
+        return Err(ApiError::invalid(format!("metadata.sandbox_caller.{field}"), message));
+    }
     if let Some(key) = &request.idempotency_key {
         if key.is_empty() || key.len() > 200 {
             return Err(ApiError::invalid("idempotency_key", "must be 1..200 characters"));
         }
     }
+    state.limits.check_call(&state.store, &auth.workspace_id, state.runner.running_calls()).await?;
+    let digest = hex::encode(sha2::Sha256::digest(serde_json::to_vec(&request).unwrap_or_default()));
 
     let now = store::now_ms();
     let call = CallRecord {
@@ -168,14 +194,19 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
         created_at: now,
         ..CallRecord::default()
     };
-    match state.store.insert_call(&call, IDEMPOTENCY_WINDOW_MS).await? {
+    match state.store.insert_call(&call, IDEMPOTENCY_WINDOW_MS, &digest).await? {
         Ok(()) => {
             state.metrics.call_started();
-            state.runner.start(call.clone(), assistant, script);
+            state.runner.start(call.clone(), assistant, owner, script);
             Ok((StatusCode::CREATED, Json(CallStatus::from(&call))))
         }
-        Err(existing) => {
-            let first = state.store.call(&auth.workspace_id, &existing).await?.ok_or_else(|| ApiError::internal("the idempotent call vanished"))?;
+        Err(hit) if !hit.same_request => Err(ApiError::conflict(
+            "idempotency_key_reused",
+            format!("idempotency_key was used for a different request (call {}) in the last 5 minutes; use a new key for a new call", hit.call_id),
+        )
+        .with_field("idempotency_key")),
+        Err(hit) => {
+            let first = state.store.call(&auth.workspace_id, &hit.call_id).await?.ok_or_else(|| ApiError::internal("the idempotent call vanished"))?;
             Ok((StatusCode::OK, Json(CallStatus::from(&first))))
         }
     }
@@ -296,7 +327,7 @@ pub fn time_bound(field: &str, raw: Option<&str>, end_of_day: bool, default: i64
     Err(ApiError::bad_request("invalid_query", format!("{field} `{raw}` is not a time: use RFC 3339 (2026-11-21T09:00:00Z) or a date (2026-11-21)")).with_field(field))
 }
 
-const STATUSES: &[&str] = &["queued", "ringing", "in-progress", "completed", "failed", "no-answer", "busy", "canceled"];
+const STATUSES: &[&str] = &["queued", "ringing", "in-progress", "ending", "completed", "failed", "no-answer", "busy", "canceled"];
 
 #[derive(Serialize, ToSchema)]
 pub struct History {
@@ -380,12 +411,30 @@ pub struct EndRequest {
 pub async fn end(State(state): State<AppState>, auth: Auth, Path(id): Path<String>, body: axum::body::Bytes) -> Result<impl IntoResponse, ApiError> {
     let request: EndRequest = if body.is_empty() { EndRequest::default() } else { super::error::parse_json(&body)? };
     let call = find(&state, &auth, &id).await?;
-    if !call.is_live() {
-        return Err(ApiError::conflict("call_not_active", format!("call {id} already ended ({})", call.status)));
-    }
     let reason = request.reason.unwrap_or_else(|| "ended through the API".into());
+    let call = begin_ending(&state, &auth, call).await?;
     state.runner.send(&call, Control::Hangup { reason }).await?;
     Ok((StatusCode::ACCEPTED, Json(CallStatus::from(&call))))
+}
+
+/// Moves a call to `ending` at once, so that its status says so and later controls get 409;
+/// returns the call as it now is.
+async fn begin_ending(state: &AppState, auth: &Auth, call: CallRecord) -> Result<CallRecord, ApiError> {
+    if call.status == "ending" {
+        return Err(ending_conflict(&call));
+    }
+    if !call.is_live() || !state.store.mark_ending(&call.id).await? {
+        let now = find(state, auth, &call.id).await?;
+        if now.status == "ending" {
+            return Err(ending_conflict(&now));
+        }
+        return Err(ApiError::conflict("call_not_active", format!("call {} already ended ({})", now.id, now.status)));
+    }
+    Ok(CallRecord { status: "ending".into(), ..call })
+}
+
+fn ending_conflict(call: &CallRecord) -> ApiError {
+    ApiError::conflict("call_ending", format!("call {} is already ending; it takes no more actions", call.id))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -404,8 +453,8 @@ pub enum ActionRequest {
 pub async fn actions(State(state): State<AppState>, auth: Auth, Path(id): Path<String>, ApiJson(request): ApiJson<ActionRequest>) -> Result<impl IntoResponse, ApiError> {
     let control = match request {
         ActionRequest::Dtmf { digits } => {
-            if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D')) {
-                return Err(ApiError::invalid("digits", format!("`{digits}`: use 0-9, *, # and A-D")));
+            if digits.is_empty() || digits.len() > MAX_DTMF_DIGITS || !digits.chars().all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D')) {
+                return Err(ApiError::invalid("digits", format!("`{}`: use 1..{MAX_DTMF_DIGITS} of 0-9, *, # and A-D", crate::assistant::check::clip(&digits))));
             }
             Control::Dtmf { digits }
         }
@@ -413,9 +462,16 @@ pub async fn actions(State(state): State<AppState>, auth: Auth, Path(id): Path<S
         ActionRequest::Hangup { reason } => Control::Hangup { reason: reason.unwrap_or_else(|| "hung up through the API".into()) },
     };
     let call = find(&state, &auth, &id).await?;
-    if !call.is_live() {
-        return Err(ApiError::conflict("call_not_active", format!("call {id} already ended ({})", call.status)));
-    }
+    let call = match control {
+        Control::Transfer { .. } if matches!(call.status.as_str(), "queued" | "ringing") => {
+            return Err(ApiError::conflict("call_not_answered", format!("call {id} is {}: transfers wait until it is answered", call.status)));
+        }
+        // Both end the call: only the first such request wins.
+        Control::Hangup { .. } | Control::Transfer { .. } => begin_ending(&state, &auth, call).await?,
+        Control::Dtmf { .. } if call.status == "ending" => return Err(ending_conflict(&call)),
+        Control::Dtmf { .. } if !call.is_live() => return Err(ApiError::conflict("call_not_active", format!("call {id} already ended ({})", call.status))),
+        Control::Dtmf { .. } => call,
+    };
     if !state.runner.send(&call, control).await? {
         return Err(ApiError::conflict("call_not_answered", format!("call {id} is {}: keys and transfers wait until it is answered", call.status)));
     }

@@ -79,9 +79,20 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The longest message an error carries: inputs quoted in messages are cut, never echoed whole.
+const MAX_MESSAGE_CHARS: usize = 600;
+
+fn clipped(message: String) -> String {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((end, _)) => format!("{}… (cut)", &message[..end]),
+        None => message,
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message, field: self.field } };
+        let field = self.field.map(|f| if f.len() > 200 { format!("{}…", &f[..f.char_indices().nth(200).map_or(f.len(), |(i, _)| i)]) } else { f });
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: clipped(self.message), field } };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after_s {
             response.headers_mut().insert("retry-after", HeaderValue::from(seconds));
@@ -99,6 +110,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = match axum::body::Bytes::from_request(request, state).await {
             Ok(bytes) => bytes,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is larger than {} KB", super::MAX_BODY_BYTES / 1024)))
+            }
             Err(e) => return Err(ApiError::bad_request("invalid_body", format!("cannot read the body: {e}"))),
         };
         parse_json(&bytes).map(ApiJson)
@@ -112,6 +126,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not JSON: {e}")))?;
+    if let Some((field, found)) = control_character(&value, "") {
+        return Err(control_character_error(&field, found));
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
@@ -136,5 +153,123 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             error.field = field.filter(|f| !f.is_empty());
             error
         })
+    }
+}
+
+/// Characters no text field may hold: C0 controls but tab, newline and carriage return, and
+/// DEL. (PostgreSQL cannot store NUL at all; the others are never meant.)
+fn is_forbidden(c: char) -> bool {
+    (c.is_control() && !matches!(c, '\t' | '\n' | '\r') && (c as u32) < 0x80) || c == '\u{7f}'
+}
+
+/// The first string (or key) in `value` holding a forbidden character: its field path and
+/// the character.
+pub fn control_character(value: &serde_json::Value, path: &str) -> Option<(String, char)> {
+    use serde_json::Value;
+    let join = |key: &str| if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+    match value {
+        Value::String(text) => text.chars().find(|c| is_forbidden(*c)).map(|c| (if path.is_empty() { "body".to_string() } else { path.to_string() }, c)),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| control_character(item, &join(&i.to_string()))),
+        Value::Object(map) => map.iter().find_map(|(key, item)| match key.chars().find(|c| is_forbidden(*c)) {
+            Some(c) => Some((join(&key.escape_default().to_string()), c)),
+            None => control_character(item, &join(key)),
+        }),
+        _ => None,
+    }
+}
+
+fn control_character_error(field: &str, found: char) -> ApiError {
+    ApiError::invalid(field, format!("{field} contains the control character U+{:04X}; remove it (text fields take no control characters but tab and newlines)", found as u32))
+        .with_code("invalid_characters")
+}
+
+impl ApiError {
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+}
+
+/// A percent-encoded control character (`%00`..`%1F`, `%7F`) in a path or query string.
+fn encoded_control(text: &str) -> Option<char> {
+    let bytes = text.as_bytes();
+    (0..bytes.len().saturating_sub(2)).find_map(|i| {
+        if bytes[i] != b'%' {
+            return None;
+        }
+        let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+        let byte = u8::from_str_radix(hex, 16).ok()?;
+        (byte < 0x20 || byte == 0x7f).then_some(byte as char).filter(|c| is_forbidden(*c))
+    })
+}
+
+/// Middleware: every answer of the API is in the one error shape. Requests whose path or
+/// query holds an encoded control character are refused before routing (422 naming where);
+/// error responses made outside the handlers (axum's 404/405, the body limit's 413, a path
+/// that does not parse) are rewritten into `{"error": …}`, with their headers kept.
+pub async fn uniform_errors(request: Request, next: axum::middleware::Next) -> Response {
+    let uri = request.uri();
+    if let Some(found) = encoded_control(uri.path()) {
+        return control_character_error("path", found).into_response();
+    }
+    if let Some(query) = uri.query() {
+        for pair in query.split('&') {
+            if let Some(found) = encoded_control(pair) {
+                let name = pair.split('=').next().unwrap_or("query");
+                let name = if encoded_control(name).is_some() { "query" } else { name };
+                return control_character_error(name, found).into_response();
+            }
+        }
+    }
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
+    let (code, default_message) = match status {
+        StatusCode::NOT_FOUND => ("no_route", "no such path; see GET /v1/openapi.json"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this path does not take that method"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the body is too large"),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ("headers_too_large", "the request's headers are too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send the body as application/json"),
+        StatusCode::BAD_REQUEST => ("invalid_request", "the request is malformed"),
+        _ if status.is_server_error() => ("internal", "the server failed; retry shortly"),
+        _ => ("invalid_request", "the request was refused"),
+    };
+    let message = if text.is_empty() || status.is_server_error() { default_message.to_string() } else { text };
+    let mut rewritten = ApiError::new(status, code, message).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            rewritten.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rewritten
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_found_with_their_field() {
+        let body = serde_json::json!({ "name": "ok\nfine\ttoo", "metadata": { "tags": ["a", "b\u{0}c"] } });
+        assert_eq!(control_character(&body, ""), Some(("metadata.tags.1".to_string(), '\0')));
+        assert_eq!(control_character(&serde_json::json!({ "a\u{1}": 1 }), "").map(|f| f.1), Some('\u{1}'));
+        assert_eq!(control_character(&serde_json::json!({ "text": "Ünïcode ☎ fine\r\n" }), ""), None);
+        assert_eq!(encoded_control("/v1/calls/abc%00"), Some('\0'));
+        assert_eq!(encoded_control("/v1/calls/abc%2F%7f"), Some('\u{7f}'));
+        assert_eq!(encoded_control("/v1/calls/a%20b"), None);
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let message = clipped("x".repeat(100_000));
+        assert!(message.len() < 700, "{}", message.len());
     }
 }

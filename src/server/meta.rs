@@ -25,6 +25,7 @@ use super::AppState;
         super::numbers::list, super::numbers::add, super::numbers::validate, super::numbers::assign,
         super::calls::outbound, super::calls::status, super::calls::transcript, super::calls::detail,
         super::calls::history, super::calls::events, super::calls::end, super::calls::actions,
+        super::secrets::create, super::secrets::replace, super::secrets::list, super::secrets::remove,
     ),
     components(schemas(ErrorBody, super::error::ErrorDetail, WorkspaceView, Analytics, DayCounts)),
     modifiers(&Security)
@@ -164,12 +165,28 @@ pub async fn analytics(State(state): State<AppState>, auth: Auth, ApiQuery(query
 #[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, description = "ok"), (status = 503, body = ErrorBody)))]
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     sqlx::query("SELECT 1").execute(&state.store.pool).await.map_err(crate::store::StoreError::from)?;
-    Ok(Json(serde_json::json!({ "status": "ok", "worker": &*state.worker_id, "database": format!("{:?}", state.store.backend).to_lowercase(), "live_calls": state.runner.live_calls() })))
+    let loaded = state.runner.loaded_engines();
+    Ok(Json(serde_json::json!({
+        "status": "ok",
+        "worker": &*state.worker_id,
+        "database": format!("{:?}", state.store.backend).to_lowercase(),
+        "live_calls": state.runner.live_calls(),
+        "call_limit": state.limits.calls_per_server,
+        "engines": { "whisper": loaded.whisper, "voices": loaded.voices, "llm": loaded.llms },
+    })))
 }
 
 /// Prometheus text exposition.
 pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(state.runner.live_calls()))
+    let mut text = state.metrics.render(state.runner.live_calls());
+    let loaded = state.runner.loaded_engines();
+    text.push_str("# HELP ringline_calls_limit Calls this worker runs at most (--max-calls).\n# TYPE ringline_calls_limit gauge\n");
+    text.push_str(&format!("ringline_calls_limit {}\n", state.limits.calls_per_server));
+    text.push_str("# HELP ringline_engines_loaded Local models loaded in this worker, by kind (shared by every call).\n# TYPE ringline_engines_loaded gauge\n");
+    for (kind, count) in [("vad", loaded.vad), ("smart_turn", loaded.smart_turn), ("whisper", loaded.whisper), ("voice", loaded.voices), ("llm", loaded.llms)] {
+        text.push_str(&format!("ringline_engines_loaded{{kind=\"{kind}\"}} {count}\n"));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 pub async fn not_found() -> ApiError {

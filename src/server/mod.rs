@@ -15,17 +15,19 @@ pub mod assistants;
 pub mod auth;
 pub mod calls;
 pub mod error;
+pub mod limits;
 pub mod meta;
 pub mod metrics;
 pub mod numbers;
 pub mod runner;
+pub mod secrets;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +36,9 @@ use crate::store::{self, Backend, Store};
 
 /// The channel control messages travel on between workers.
 pub const CONTROL_CHANNEL: &str = "ringline_control";
+
+/// The largest request body the API reads.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -45,6 +50,14 @@ pub struct ServeConfig {
     pub rate_limit_per_min: u32,
     /// A worker silent this long is dead: its calls are closed as failed.
     pub worker_stale: Duration,
+    /// Where calls may connect (LLM/STT/TTS endpoints, HTTP tools).
+    pub egress: crate::egress::EgressPolicy,
+    pub limits: limits::Limits,
+    pub engine_limits: crate::pipeline::EngineLimits,
+    /// The secrets key file (created on first use), unless `secrets_key` is given.
+    pub secrets_key_file: PathBuf,
+    /// The secrets key itself (base64 of 32 bytes), from the environment.
+    pub secrets_key: Option<String>,
 }
 
 /// What every handler shares; cheap to clone.
@@ -57,6 +70,8 @@ pub struct AppState {
     pub runner: Arc<runner::Runner>,
     pub metrics: Arc<metrics::Metrics>,
     pub worker_id: Arc<str>,
+    pub vault: Arc<secrets::Vault>,
+    pub limits: Arc<limits::Limits>,
 }
 
 /// The API's routes; the OpenAPI document describes the same set (see `meta::ApiDoc`).
@@ -77,6 +92,8 @@ pub fn router(state: AppState) -> Router {
         .route("/calls/{id}/events", get(calls::events))
         .route("/calls/{id}/end", post(calls::end))
         .route("/calls/{id}/actions", post(calls::actions))
+        .route("/secrets", get(secrets::list).post(secrets::create))
+        .route("/secrets/{name}", put(secrets::replace).delete(secrets::remove))
         .route("/analytics", get(meta::analytics))
         .route("/openapi.json", get(meta::openapi));
     Router::new()
@@ -84,6 +101,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(meta::healthz))
         .route("/metrics", get(meta::prometheus))
         .fallback(meta::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(error::uniform_errors))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
 }
@@ -107,10 +126,17 @@ pub async fn serve(config: ServeConfig, models: ModelStore) -> anyhow::Result<()
         tracing::warn!(closed, "closed calls left in progress by a stopped worker");
     }
 
+    // Workspaces write templates: every render runs in a child with bounded memory and CPU.
+    match std::env::current_exe() {
+        Ok(binary) => crate::assistant::prompt::sandbox_renders(binary),
+        Err(error) => anyhow::bail!("cannot find this program to sandbox template rendering: {error}"),
+    }
     let shutdown = CancellationToken::new();
     let catalog = Arc::new(assistants::Catalog::new(config.assistants_dir.clone()));
     catalog.reload(&store).await;
-    let runner = Arc::new(runner::Runner::new(store.clone(), models, worker_id.clone()));
+    let vault = Arc::new(secrets::Vault::new(config.secrets_key_file.clone(), config.secrets_key.clone()));
+    let engines = crate::pipeline::EngineRegistry::new(models.clone(), config.egress.clone(), config.engine_limits);
+    let runner = Arc::new(runner::Runner::new(store.clone(), models, engines, vault.clone(), worker_id.clone()));
     let state = AppState {
         store: store.clone(),
         config: Arc::new(config.clone()),
@@ -119,6 +145,8 @@ pub async fn serve(config: ServeConfig, models: ModelStore) -> anyhow::Result<()
         runner: runner.clone(),
         metrics: Arc::new(metrics::Metrics::default()),
         worker_id: worker_id.clone(),
+        vault,
+        limits: Arc::new(config.limits),
     };
     tokio::spawn(background(state.clone(), shutdown.clone()));
     if store.backend == Backend::Postgres {

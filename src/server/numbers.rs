@@ -87,6 +87,10 @@ pub fn describe(input: &str, country: Option<phonenumber::country::Id>) -> Numbe
         sandbox: false,
         reason: None,
     };
+    if let Some(problem) = not_dialable(input) {
+        info.reason = Some(problem);
+        return info;
+    }
     let number: PhoneNumber = match phonenumber::parse(country, input) {
         Ok(number) => number,
         Err(e) => {
@@ -117,6 +121,23 @@ pub fn describe(input: &str, country: Option<phonenumber::country::Id>) -> Numbe
         info.reason = Some(format!("no telephony provider is configured: only sandbox numbers ({SANDBOX_PREFIX}XXXX) can be called"));
     }
     info
+}
+
+/// The longest text a phone number may be given as.
+const MAX_NUMBER_CHARS: usize = 32;
+
+/// Why `input` cannot be a plain phone number, if it cannot: only digits, a leading `+`, and
+/// spaces, dashes, dots, slashes and parentheses between them. Extensions (`x12`, `ext. 12`,
+/// `;ext=12`), `tel:` prefixes and anything after the number are refused, never cut off and
+/// dialled without them.
+fn not_dialable(input: &str) -> Option<String> {
+    if input.chars().count() > MAX_NUMBER_CHARS {
+        return Some(format!("a phone number is at most {MAX_NUMBER_CHARS} characters; give it in E.164 form, e.g. +14155550123"));
+    }
+    let stray = input.char_indices().find(|(i, c)| !(c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')' | '/') || (*c == '+' && input[..*i].trim().is_empty())));
+    stray.map(|(_, c)| {
+        format!("not a phone number: it holds `{}`; give digits only, in E.164 form such as +14155550123 (no extension, no tel: prefix)", c.escape_default())
+    })
 }
 
 /// A valid number's E.164 form and description, or a 422 naming `field`.
@@ -300,6 +321,10 @@ pub struct AddNumberRequest {
 pub async fn add(State(state): State<AppState>, auth: Auth, ApiJson(request): ApiJson<AddNumberRequest>) -> Result<impl IntoResponse, ApiError> {
     let country = parse_country(request.country.as_deref())?;
     let (e164, _) = valid_number("number", &request.number, country)?;
+    if request.label.as_deref().is_some_and(|l| l.chars().count() > 100) {
+        return Err(ApiError::invalid("label", "is longer than 100 characters"));
+    }
+    state.limits.check_numbers(&state.store, &auth.workspace_id).await?;
     if let Some(assistant) = &request.assistant_id {
         state.store.assistant(&auth.workspace_id, assistant).await?.ok_or_else(|| ApiError::not_found("assistant", assistant).with_field("assistant_id"))?;
     }
@@ -365,5 +390,15 @@ mod tests {
         assert_eq!(sandbox("+15005550001"), Some(Sandbox::NoAnswer));
         assert_eq!(sandbox("+15005550002"), Some(Sandbox::Busy));
         assert_eq!(sandbox("+14155552671"), None);
+    }
+
+    #[test]
+    fn extensions_prefixes_and_trailing_text_are_refused_not_cut() {
+        for input in ["+1 415 555 2671 ext. 12", "+14155552671x12", "+14155552671;ext=12", "tel:+14155552671", "+14155552671\0", "+1415555267#", "+1 (415) 555-2671 call me"] {
+            let info = describe(input, None);
+            assert!(!info.valid && info.e164.is_none(), "{input:?} must be refused: {info:?}");
+        }
+        assert!(describe("+1 (415) 555-2671", None).valid);
+        assert!(!describe(&"1".repeat(40), None).valid);
     }
 }

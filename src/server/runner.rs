@@ -22,7 +22,8 @@ use crate::assistant::prompt::CallContext;
 use crate::assistant::Assistant;
 use crate::models::ModelStore;
 use crate::pipeline::metrics::ms_of;
-use crate::pipeline::{self, CallEvent, CallSetup, Engines};
+use super::secrets::Vault;
+use crate::pipeline::{self, CallEvent, CallSetup, Credentials, EngineRegistry};
 use crate::store::{CallOutcome, CallRecord, Store, TranscriptLine, TurnRecord};
 use crate::transport::loopback::{CallerScript, LoopbackLine, ScriptedCaller};
 use crate::transport::AudioOut;
@@ -115,27 +116,55 @@ pub struct Runner {
     models: ModelStore,
     worker_id: Arc<str>,
     live: Mutex<HashMap<String, LiveCall>>,
-    /// Engines by (stt, voice, llm): assistants that agree share one set of models.
-    engines: tokio::sync::Mutex<HashMap<String, Arc<Engines>>>,
+    /// Calls started here and not yet finished (ringing ones too): what the server's call
+    /// limit counts.
+    running: std::sync::atomic::AtomicUsize,
+    /// Every loaded model, shared by identity across assistants.
+    engines: EngineRegistry,
+    vault: Arc<Vault>,
+}
+
+/// Whose assistant a call runs: the deployment's (a file) or the workspace's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssistantOwner {
+    Deployment,
+    Workspace,
 }
 
 impl Runner {
-    pub fn new(store: Store, models: ModelStore, worker_id: Arc<str>) -> Self {
-        Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), engines: tokio::sync::Mutex::new(HashMap::new()) }
+    pub fn new(store: Store, models: ModelStore, engines: EngineRegistry, vault: Arc<Vault>, worker_id: Arc<str>) -> Self {
+        Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), running: Default::default(), engines, vault }
     }
 
+    /// Calls answered and in progress on this worker.
     pub fn live_calls(&self) -> usize {
         self.live.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// Calls started on this worker and not finished, ringing ones included.
+    pub fn running_calls(&self) -> usize {
+        self.running.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn loaded_engines(&self) -> crate::pipeline::engines::LoadedEngines {
+        self.engines.loaded()
+    }
+
+    pub fn egress(&self) -> &crate::egress::EgressPolicy {
+        self.engines.egress()
+    }
+
     /// Starts a stored (queued) call in the background.
-    pub fn start(self: &Arc<Self>, call: CallRecord, assistant: Arc<Assistant>, script: CallerScript) {
+    pub fn start(self: &Arc<Self>, call: CallRecord, assistant: Arc<Assistant>, owner: AssistantOwner, script: CallerScript) {
         let runner = self.clone();
+        runner.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             let id = call.id.clone();
             let log = Arc::new(EventLog::new(runner.store.clone(), &id));
-            let outcome = runner.run(&call, assistant, script, &log).await;
+            let mut outcome = runner.run(&call, assistant, owner, script, &log).await;
+            outcome.reason = outcome.reason.map(|r| public_reason(&r));
             runner.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            runner.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             match runner.store.finish_call(&id, &outcome).await {
                 Ok(true) => log.status(&outcome.status, outcome.reason.as_deref()).await,
                 Ok(false) => tracing::info!(call = %id, "the call was closed elsewhere before it finished"),
@@ -144,12 +173,21 @@ impl Runner {
         });
     }
 
-    /// True while the stored call is still live (an API hang-up while ringing closes it).
-    async fn still_live(&self, id: &str) -> bool {
-        matches!(self.store.call_any_workspace(id).await, Ok(Some(call)) if call.is_live())
+    /// True while the stored call may still be answered: not ended, and no hang-up asked
+    /// for while it rang.
+    async fn still_open(&self, id: &str) -> bool {
+        matches!(self.store.call_any_workspace(id).await, Ok(Some(call)) if call.is_live() && call.status != "ending")
     }
 
-    async fn run(self: &Arc<Self>, call: &CallRecord, assistant: Arc<Assistant>, script: CallerScript, log: &Arc<EventLog>) -> CallOutcome {
+    /// The credentials a call may use: the secrets its assistant names, and the server's
+    /// environment only for the deployment's own assistants.
+    async fn credentials(&self, call: &CallRecord, assistant: &Assistant, owner: AssistantOwner) -> Result<Credentials, String> {
+        let names = super::secrets::referenced(&assistant.spec);
+        let secrets = super::secrets::values(&self.store, &self.vault, &call.workspace_id, &names).await?;
+        Ok(Credentials::for_workspace(secrets, owner == AssistantOwner::Deployment))
+    }
+
+    async fn run(self: &Arc<Self>, call: &CallRecord, assistant: Arc<Assistant>, owner: AssistantOwner, script: CallerScript, log: &Arc<EventLog>) -> CallOutcome {
         let failed = |reason: String| CallOutcome { status: "failed".into(), reason: Some(reason), ..CallOutcome::default() };
         if let Err(error) = self.store.set_call_status(&call.id, "ringing", None).await {
             return failed(format!("storage: {error}"));
@@ -164,9 +202,13 @@ impl Runner {
             None => return failed("no telephony provider is configured for this number".into()),
         }
 
-        let engines = match self.engines_for(&assistant).await {
+        let credentials = match self.credentials(call, &assistant, owner).await {
+            Ok(credentials) => credentials,
+            Err(reason) => return failed(reason),
+        };
+        let engines = match self.engines.engines_for(&assistant, &credentials).await {
             Ok(engines) => engines,
-            Err(error) => return failed(format!("cannot load the assistant's models: {error:#}")),
+            Err(error) => return failed(format!("cannot start the assistant's models: {error}")),
         };
         let models = self.models.clone();
         let prepared = tokio::task::spawn_blocking(move || {
@@ -180,7 +222,7 @@ impl Runner {
             Err(error) => return failed(format!("cannot prepare the sandbox caller: {error}")),
         };
 
-        if !self.still_live(&call.id).await {
+        if !self.still_open(&call.id).await {
             return CallOutcome { status: "canceled".into(), reason: Some("ended before it was answered".into()), ..CallOutcome::default() };
         }
         let (line, input) = LoopbackLine::start(SANDBOX_RATE);
@@ -220,23 +262,6 @@ impl Runner {
             ended_by: report.ended_by.clone(),
             duration_ms: Some(ms_of(report.duration).round() as i64),
         }
-    }
-
-    /// The engines an assistant needs, loaded once per distinct (STT, voice, LLM).
-    async fn engines_for(&self, assistant: &Arc<Assistant>) -> anyhow::Result<Arc<Engines>> {
-        let key = serde_json::to_string(&(&assistant.spec.stt, &assistant.spec.voice, &assistant.spec.llm))?;
-        let mut engines = self.engines.lock().await;
-        if let Some(found) = engines.get(&key) {
-            return Ok(found.clone());
-        }
-        let (models, spec) = (self.models.clone(), assistant.clone());
-        let handle = tokio::runtime::Handle::current();
-        // Loading reads and prepares model files: keep it off the runtime's threads.
-        let loaded = tokio::task::spawn_blocking(move || handle.block_on(Engines::load(&models, &spec))).await??;
-        loaded.llm.warm_up().await?;
-        let loaded = Arc::new(loaded);
-        engines.insert(key, loaded.clone());
-        Ok(loaded)
     }
 
     /// Applies a control to a call, if this worker runs it. Returns whether it did.
@@ -290,6 +315,32 @@ impl Runner {
         self.store.notify(super::CONTROL_CHANNEL, &message).await?;
         Ok(true)
     }
+}
+
+/// A failure reason as a workspace may read it: absolute paths of the server's files are
+/// cut to their file names.
+pub fn public_reason(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    for (i, piece) in reason.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let trimmed = piece.trim_start_matches(['`', '\'', '"', '(', '[']);
+        let lead = &piece[..piece.len() - trimmed.len()];
+        if trimmed.starts_with('/') && trimmed[1..].contains('/') {
+            let end = trimmed.find(['`', '\'', '"', ')', ']', ',', ';']).unwrap_or(trimmed.len());
+            let (path, tail) = trimmed.split_at(end);
+            let path = path.trim_end_matches(':');
+            let name = path.rsplit('/').find(|p| !p.is_empty()).unwrap_or("");
+            out.push_str(lead);
+            out.push_str(name);
+            out.push_str(&trimmed[path.len()..end]);
+            out.push_str(tail);
+        } else {
+            out.push_str(piece);
+        }
+    }
+    out
 }
 
 /// Writes a call's pipeline events to the store as they arrive.
@@ -363,6 +414,14 @@ pub async fn listen_for_control(url: String, runner: Arc<Runner>, shutdown: Canc
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn failure_reasons_show_no_server_paths() {
+        let reason = super::public_reason("model whisper-tiny.en is missing: /root/work/models/cache/whisper/ggml-tiny.en.bin (run `ringline models pull`)");
+        assert_eq!(reason, "model whisper-tiny.en is missing: ggml-tiny.en.bin (run `ringline models pull`)");
+        assert_eq!(super::public_reason("cannot read `/etc/x/y.key`: denied"), "cannot read `y.key`: denied");
+        assert_eq!(super::public_reason("a/b and /single"), "a/b and /single");
+    }
+
     #[test]
     fn the_default_sandbox_caller_parses() {
         let script = super::default_sandbox_caller();

@@ -14,14 +14,35 @@ use sqlx::{AnyPool, Row};
 
 static MIGRATOR: Migrator = sqlx::migrate!("src/store/migrations");
 
-/// Calls in these states are still running somewhere.
-pub const LIVE_STATUSES: [&str; 3] = ["queued", "ringing", "in-progress"];
+/// Calls in these states are still running somewhere. `ending`: a hang-up was asked for and
+/// the call is closing; no other control applies any more.
+pub const LIVE_STATUSES: [&str; 4] = ["queued", "ringing", "in-progress", "ending"];
 
 /// [`LIVE_STATUSES`] as an SQL list, for `status IN` clauses (a macro so `concat!` can use it).
 macro_rules! live_statuses_sql {
     () => {
+        "('queued', 'ringing', 'in-progress', 'ending')"
+    };
+}
+
+/// The live statuses a call can still move between (all but `ending`, which only closes).
+macro_rules! open_statuses_sql {
+    () => {
         "('queued', 'ringing', 'in-progress')"
     };
+}
+
+// After the macros: the submodule uses them.
+mod secrets;
+
+pub use secrets::SecretRecord;
+
+/// A retried outbound request found the key already claimed within the window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotentHit {
+    pub call_id: String,
+    /// Whether the first request asked for the same thing (else the key was reused).
+    pub same_request: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -327,34 +348,69 @@ impl Store {
     /// Closes as failed every live call whose worker is gone: not `alive_worker`, and with no
     /// heartbeat since `stale_before`. Returns how many were closed.
     pub async fn close_orphaned_calls(&self, alive_worker: &str, stale_before: i64, reason: &str) -> Result<u64, StoreError> {
-        let now = now_ms();
-        let done = sqlx::query(
-            concat!(
-                "UPDATE calls SET status = 'failed', status_reason = $1, ended_at = $2 WHERE status IN ",
-                live_statuses_sql!(),
-                " AND (worker_id IS NULL OR worker_id <> $3) \
-                 AND (worker_id IS NULL OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = calls.worker_id AND w.heartbeat_at >= $4))"
-            ),
-        )
-        .bind(reason)
-        .bind(now)
+        let orphans: Vec<String> = sqlx::query_scalar(concat!(
+            "SELECT id FROM calls WHERE status IN ",
+            live_statuses_sql!(),
+            " AND (worker_id IS NULL OR worker_id <> $1) \
+             AND (worker_id IS NULL OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = calls.worker_id AND w.heartbeat_at >= $2))"
+        ))
         .bind(alive_worker)
         .bind(stale_before)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
+        let closed = self.fail_calls(&orphans, reason).await?;
         sqlx::query("DELETE FROM workers WHERE heartbeat_at < $1 AND id <> $2").bind(stale_before).bind(alive_worker).execute(&self.pool).await?;
-        Ok(done.rows_affected())
+        Ok(closed)
+    }
+
+    /// Ends each closed call's event stream with its final status (`failed`), so a client
+    /// following the events sees the call end even when its worker could not say so.
+    async fn final_status_events(&self, calls: &[String], reason: &str) {
+        let data = serde_json::json!({ "status": "failed", "reason": reason }).to_string();
+        for call in calls {
+            let written = sqlx::query(
+                "INSERT INTO call_events (call_id, seq, kind, data, created_at) \
+                 SELECT $1, COALESCE(MAX(seq), 0) + 1, 'status', $2, $3 FROM call_events WHERE call_id = $1 \
+                 ON CONFLICT (call_id, seq) DO NOTHING",
+            )
+            .bind(call)
+            .bind(&data)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await;
+            if let Err(error) = written {
+                tracing::warn!(%error, call, "cannot record the final status event of a closed call");
+            }
+        }
     }
 
     /// Closes this worker's own live calls (on shutdown).
     pub async fn close_worker_calls(&self, worker: &str, reason: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query(concat!("UPDATE calls SET status = 'failed', status_reason = $1, ended_at = $2 WHERE worker_id = $3 AND status IN ", live_statuses_sql!()))
-            .bind(reason)
-            .bind(now_ms())
+        let open: Vec<String> = sqlx::query_scalar(concat!("SELECT id FROM calls WHERE worker_id = $1 AND status IN ", live_statuses_sql!()))
             .bind(worker)
-            .execute(&self.pool)
+            .fetch_all(&self.pool)
             .await?;
-        Ok(done.rows_affected())
+        self.fail_calls(&open, reason).await
+    }
+
+    /// Closes each of `calls` that is still live as failed, and ends its event stream with
+    /// that status. Returns how many it closed.
+    async fn fail_calls(&self, calls: &[String], reason: &str) -> Result<u64, StoreError> {
+        let mut closed = Vec::new();
+        for call in calls {
+            // Still live: its worker may have finished it since it was listed.
+            let done = sqlx::query(concat!("UPDATE calls SET status = 'failed', status_reason = $1, ended_at = $2 WHERE id = $3 AND status IN ", live_statuses_sql!()))
+                .bind(reason)
+                .bind(now_ms())
+                .bind(call)
+                .execute(&self.pool)
+                .await?;
+            if done.rows_affected() == 1 {
+                closed.push(call.clone());
+            }
+        }
+        self.final_status_events(&closed, reason).await;
+        Ok(closed.len() as u64)
     }
 
     // ── calls ────────────────────────────────────────────────────────────────────────────
@@ -362,41 +418,46 @@ impl Store {
     /// Inserts a queued call. With an idempotency key, the key is claimed in the same
     /// transaction: if another call holds it (younger than `window_ms`), nothing is inserted
     /// and that call's id comes back as `Err(existing)`.
-    pub async fn insert_call(&self, call: &CallRecord, window_ms: i64) -> Result<Result<(), String>, StoreError> {
+    /// `request_digest` fingerprints what was asked, to tell a retry from a reused key.
+    pub async fn insert_call(&self, call: &CallRecord, window_ms: i64, request_digest: &str) -> Result<Result<(), IdempotentHit>, StoreError> {
         let mut tx = self.pool.begin().await?;
         if let Some(key) = &call.idempotency_key {
-            sqlx::query("INSERT INTO idempotency_keys (workspace_id, key, call_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (workspace_id, key) DO NOTHING")
+            sqlx::query("INSERT INTO idempotency_keys (workspace_id, key, call_id, created_at, request_digest) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (workspace_id, key) DO NOTHING")
                 .bind(&call.workspace_id)
                 .bind(key)
                 .bind(&call.id)
                 .bind(call.created_at)
+                .bind(request_digest)
                 .execute(&mut *tx)
                 .await?;
-            let (holder, since): (String, i64) = sqlx::query_as("SELECT call_id, created_at FROM idempotency_keys WHERE workspace_id = $1 AND key = $2")
-                .bind(&call.workspace_id)
-                .bind(key)
-                .fetch_one(&mut *tx)
-                .await?;
+            let (holder, since, digest): (String, i64, Option<String>) =
+                sqlx::query_as("SELECT call_id, created_at, request_digest FROM idempotency_keys WHERE workspace_id = $1 AND key = $2")
+                    .bind(&call.workspace_id)
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?;
             if holder != call.id {
                 if since >= call.created_at - window_ms {
-                    return Ok(Err(holder));
+                    let same_request = digest.as_deref().is_none_or(|d| d == request_digest);
+                    return Ok(Err(IdempotentHit { call_id: holder, same_request }));
                 }
                 // The old claim expired: take it over, unless another request just did.
-                let taken = sqlx::query("UPDATE idempotency_keys SET call_id = $1, created_at = $2 WHERE workspace_id = $3 AND key = $4 AND call_id = $5")
+                let taken = sqlx::query("UPDATE idempotency_keys SET call_id = $1, created_at = $2, request_digest = $6 WHERE workspace_id = $3 AND key = $4 AND call_id = $5")
                     .bind(&call.id)
                     .bind(call.created_at)
                     .bind(&call.workspace_id)
                     .bind(key)
                     .bind(&holder)
+                    .bind(request_digest)
                     .execute(&mut *tx)
                     .await?;
                 if taken.rows_affected() != 1 {
-                    let winner: String = sqlx::query_scalar("SELECT call_id FROM idempotency_keys WHERE workspace_id = $1 AND key = $2")
+                    let (winner, digest): (String, Option<String>) = sqlx::query_as("SELECT call_id, request_digest FROM idempotency_keys WHERE workspace_id = $1 AND key = $2")
                         .bind(&call.workspace_id)
                         .bind(key)
                         .fetch_one(&mut *tx)
                         .await?;
-                    return Ok(Err(winner));
+                    return Ok(Err(IdempotentHit { call_id: winner, same_request: digest.as_deref().is_none_or(|d| d == request_digest) }));
                 }
             }
         }
@@ -433,12 +494,12 @@ impl Store {
         Ok(sqlx::query_as::<_, CallRecord>(&format!("{CALL_COLUMNS} WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?)
     }
 
-    /// Moves a live call to `status`; a call already ended stays ended.
+    /// Moves a live call to `status`; a call already ended, or ending, stays so.
     pub async fn set_call_status(&self, id: &str, status: &str, reason: Option<&str>) -> Result<bool, StoreError> {
         let started = if status == "in-progress" { Some(now_ms()) } else { None };
         let done = sqlx::query(concat!(
             "UPDATE calls SET status = $1, status_reason = COALESCE($2, status_reason), started_at = COALESCE(started_at, $3) WHERE id = $4 AND status IN ",
-            live_statuses_sql!()
+            open_statuses_sql!()
         ))
             .bind(status)
             .bind(reason)
@@ -698,6 +759,8 @@ mod tests {
     fn the_sql_list_of_live_statuses_matches_the_constant() {
         let listed = super::LIVE_STATUSES.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
         assert_eq!(live_statuses_sql!(), format!("({listed})"));
+        let open = super::LIVE_STATUSES.iter().filter(|s| **s != "ending").map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
+        assert_eq!(open_statuses_sql!(), format!("({open})"));
     }
 }
 

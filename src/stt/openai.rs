@@ -19,9 +19,10 @@ pub struct OpenAiStt {
 
 impl OpenAiStt {
     /// Must be created inside the Tokio runtime that will drive its requests.
-    pub fn new(base_url: &str, model: &str, api_key: &str, language: Option<&str>) -> Self {
+    /// Connections obey `egress`.
+    pub fn new(base_url: &str, model: &str, api_key: &str, language: Option<&str>, egress: &crate::egress::EgressPolicy) -> Self {
         OpenAiStt {
-            client: reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap_or_default(),
+            client: egress.client(reqwest::Client::builder().timeout(Duration::from_secs(15))),
             base_url: base_url.trim_end_matches('/').to_string(),
             model: model.to_string(),
             api_key: api_key.to_string(),

@@ -7,7 +7,7 @@
 //! annotations, give an empty transcript rather than a hallucinated "you".
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
@@ -34,29 +34,37 @@ const MIN_SAMPLES: usize = 16_000 + 1_600;
 const NO_SPEECH_THRESHOLD: f32 = 0.8;
 
 pub struct WhisperStt {
-    context: WhisperContext,
-    /// Decoder states are large (KV caches); reuse them across utterances.
-    states: Mutex<Vec<WhisperState>>,
+    /// The model and its pooled decoder states, shared by every view of the same file.
+    model: Arc<WhisperModel>,
     threads: usize,
     language: Option<String>,
     /// Segment timestamps cost extra decoder tokens; live turns don't need them.
     timestamps: bool,
 }
 
+/// One loaded Whisper model file. Languages and other settings are per view
+/// ([`WhisperStt::for_language`]), so calls in different languages share it.
+pub struct WhisperModel {
+    name: String,
+    context: WhisperContext,
+    /// Decoder states are large (KV caches); reuse them across utterances.
+    states: Mutex<Vec<WhisperState>>,
+}
+
 impl WhisperStt {
     /// Loads `model` (a store name such as `whisper-tiny.en`).
     pub fn load(store: &ModelStore, model: &str, threads: usize, language: Option<&str>) -> Result<Self, SttError> {
-        let path = store.require(model)?;
-        let mut params = WhisperContextParameters::default();
-        params.use_gpu = false;
-        let context = WhisperContext::new_with_params(&path, params)
-            .map_err(|e| SttError::Whisper(format!("loading {}: {e}", path.display())))?;
+        Ok(WhisperStt::shared(Arc::new(WhisperModel::load(store, model)?), threads, language))
+    }
+
+    /// A view of an already loaded model with its own threads and language.
+    pub fn shared(model: Arc<WhisperModel>, threads: usize, language: Option<&str>) -> Self {
         let language = match language {
             Some(lang) => Some(lang.split(['-', '_']).next().unwrap_or(lang).to_lowercase()),
-            None if model.ends_with(".en") => Some("en".to_string()),
+            None if model.name.ends_with(".en") => Some("en".to_string()),
             None => None,
         };
-        Ok(WhisperStt { context, states: Mutex::new(Vec::new()), threads: threads.max(1), language, timestamps: true })
+        WhisperStt { model, threads: threads.max(1), language, timestamps: true }
     }
 
     /// Utterance mode: one segment, no timestamp tokens (faster; what a live turn uses).
@@ -66,11 +74,29 @@ impl WhisperStt {
     }
 
     fn take_state(&self) -> Result<WhisperState, SttError> {
-        let pooled = self.states.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let pooled = self.model.states.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match pooled {
             Some(state) => Ok(state),
-            None => self.context.create_state().map_err(|e| SttError::Whisper(format!("creating a decoder state: {e}"))),
+            None => self.model.context.create_state().map_err(|e| SttError::Whisper(format!("creating a decoder state: {e}"))),
         }
+    }
+
+    fn return_state(&self, state: WhisperState) {
+        self.model.states.lock().unwrap_or_else(|e| e.into_inner()).push(state);
+    }
+}
+
+impl WhisperModel {
+    /// Loads the store model `model` (e.g. `whisper-tiny.en`).
+    pub fn load(store: &ModelStore, model: &str) -> Result<Self, SttError> {
+        let path = store.require(model)?;
+        let mut params = WhisperContextParameters::default();
+        params.use_gpu = false;
+        let context = WhisperContext::new_with_params(&path, params).map_err(|e| {
+            let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            SttError::Whisper(format!("loading {model} ({file}): {e}"))
+        })?;
+        Ok(WhisperModel { name: model.to_string(), context, states: Mutex::new(Vec::new()) })
     }
 }
 
@@ -208,7 +234,7 @@ impl WhisperStt {
         let mut state = self.take_state()?;
         let result = state.full(params, padded);
         if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-            self.states.lock().unwrap_or_else(|e| e.into_inner()).push(state);
+            self.return_state(state);
             return Err(SttError::Stopped);
         }
         let transcript = result.map_err(|e| SttError::Whisper(e.to_string())).map(|_| {
@@ -229,7 +255,7 @@ impl WhisperStt {
             let text = segments.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join(" ");
             Transcript { text, segments, audio_secs, processing: Default::default() }
         });
-        self.states.lock().unwrap_or_else(|e| e.into_inner()).push(state);
+        self.return_state(state);
         transcript
     }
 }

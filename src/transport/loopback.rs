@@ -290,7 +290,58 @@ fn default_inner_pause_ms() -> u64 {
     900
 }
 
+/// The bounds a caller script sent over the API must keep (it is synthesized and played in
+/// real time on the server, so every length is work).
+const MAX_SCRIPT_LINES: usize = 40;
+const MAX_LINE_CHARS: usize = 500;
+const MAX_SCRIPT_WAIT_MS: u64 = 120_000;
+
 impl CallerScript {
+    /// Every bound this script breaks, as (field, message with the fix); checked before a
+    /// call is stored, so a bad script never reaches the line.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        match crate::tts::espeak_voice(&self.voice) {
+            Some(voice) if voice.is_empty() || voice.len() > 32 || !voice.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '+') => {
+                out.push(("voice".into(), format!("`{}` is not an espeak voice; use e.g. espeak:en-us", crate::assistant::check::clip(&self.voice))))
+            }
+            Some(_) => {}
+            None => {
+                let known = crate::models::Manifest::load().ok().is_none_or(|m| m.get(&format!("piper-{}", self.voice)).is_ok());
+                if !known {
+                    out.push(("voice".into(), format!("no voice `{}`; use espeak:en-us or an installed Piper voice", crate::assistant::check::clip(&self.voice))));
+                }
+            }
+        }
+        if self.lines.len() > MAX_SCRIPT_LINES {
+            out.push(("lines".into(), format!("has {} lines; the most is {MAX_SCRIPT_LINES}", self.lines.len())));
+        }
+        if self.final_wait_ms > MAX_SCRIPT_WAIT_MS {
+            out.push(("final_wait_ms".into(), format!("{} is more than {MAX_SCRIPT_WAIT_MS}", self.final_wait_ms)));
+        }
+        for (i, line) in self.lines.iter().enumerate() {
+            let field = |name: &str| format!("lines.{i}.{name}");
+            if line.say.as_deref().is_some_and(|s| s.chars().count() > MAX_LINE_CHARS) {
+                out.push((field("say"), format!("is longer than {MAX_LINE_CHARS} characters")));
+            }
+            if let Some(digits) = &line.dtmf {
+                if digits.is_empty() || digits.len() > 32 || !digits.chars().all(|c| c.is_ascii_digit() || "*#ABCD".contains(c)) {
+                    out.push((field("dtmf"), "use 1..32 of 0-9, *, # and A-D".into()));
+                }
+            }
+            if line.noise_ms.is_some_and(|ms| ms > 5_000) {
+                out.push((field("noise_ms"), "is more than 5000".into()));
+            }
+            let waits = [("pause_ms", line.pause_ms), ("inner_pause_ms", line.inner_pause_ms), ("then_silence_ms", line.then_silence_ms), ("barge_in_after_ms", line.barge_in_after_ms.unwrap_or(0))];
+            for (name, ms) in waits {
+                if ms > MAX_SCRIPT_WAIT_MS {
+                    out.push((field(name), format!("{ms} is more than {MAX_SCRIPT_WAIT_MS}")));
+                }
+            }
+        }
+        out
+    }
+
     pub fn load(path: &std::path::Path) -> anyhow::Result<CallerScript> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))

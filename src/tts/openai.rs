@@ -15,9 +15,10 @@ pub struct OpenAiTts {
 
 impl OpenAiTts {
     /// Must be created inside the Tokio runtime that will drive its requests.
-    pub fn new(base_url: &str, model: &str, voice: &str, api_key: &str) -> Self {
+    /// Connections obey `egress`.
+    pub fn new(base_url: &str, model: &str, voice: &str, api_key: &str, egress: &crate::egress::EgressPolicy) -> Self {
         OpenAiTts {
-            client: reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap_or_default(),
+            client: egress.client(reqwest::Client::builder().timeout(Duration::from_secs(15))),
             base_url: base_url.trim_end_matches('/').to_string(),
             model: model.to_string(),
             voice: voice.to_string(),

@@ -18,19 +18,19 @@ const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// A database for one test: a SQLite file in a temp folder, or a fresh PostgreSQL database
 /// (dropped at the end).
-struct Database {
-    url: String,
+pub struct Database {
+    pub url: String,
     pg_name: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Database {
-    fn sqlite() -> Database {
+    pub fn sqlite() -> Database {
         let dir = tempfile::tempdir().unwrap();
         Database { url: format!("sqlite://{}", dir.path().join("ringline.db").display()), pg_name: None, _dir: dir }
     }
 
-    fn postgres() -> Database {
+    pub fn postgres() -> Database {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let name = format!("ringline_t{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
@@ -54,18 +54,26 @@ fn psql(sql: &str) {
 }
 
 /// A running `ringline serve`; killed when dropped.
-struct Serve {
-    child: Child,
+pub struct Serve {
+    pub child: Child,
     base: String,
 }
 
 impl Serve {
-    fn start(db: &Database, assistants: &Path, extra_env: &[(&str, &str)]) -> Serve {
+    /// A server whose calls may reach loopback: the stand-ins for remote services live there.
+    pub fn start(db: &Database, assistants: &Path, extra_env: &[(&str, &str)]) -> Serve {
+        Serve::start_with(db, assistants, &["--allow-egress", "127.0.0.0/8"], extra_env)
+    }
+
+    /// A server with these extra flags (and no egress allowance unless they give one).
+    pub fn start_with(db: &Database, assistants: &Path, flags: &[&str], extra_env: &[(&str, &str)]) -> Serve {
         let mut command = ringline();
         command
             .args(["serve", "--bind", "127.0.0.1:0", "--database-url", &db.url, "--assistants"])
             .arg(assistants)
+            .args(flags)
             .env("RINGLINE_MODELS_DIR", models_dir())
+            .env("RINGLINE_SECRETS_KEY_FILE", db._dir.path().join("secrets.key"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -80,12 +88,12 @@ impl Serve {
         Serve { child, base }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// Kills the process without letting it clean up (a crash).
-    fn crash(mut self) {
+    pub fn crash(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -98,13 +106,13 @@ impl Drop for Serve {
     }
 }
 
-fn create_key(db: &Database, workspace: &str, extra: &[&str]) -> String {
+pub fn create_key(db: &Database, workspace: &str, extra: &[&str]) -> String {
     let out = run_ok(ringline().args(["keys", "create", "--workspace", workspace, "--database-url", &db.url]).args(extra));
     out.lines().last().unwrap().trim().to_string()
 }
 
 /// One HTTP request: (status, headers, JSON body or the text as a string).
-fn http(method: &str, url: &str, key: Option<&str>, body: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
+pub fn http(method: &str, url: &str, key: Option<&str>, body: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let client = reqwest::Client::new();
@@ -124,18 +132,18 @@ fn http(method: &str, url: &str, key: Option<&str>, body: Option<&str>) -> (u16,
     })
 }
 
-fn get(serve: &Serve, key: &str, path: &str) -> (u16, Value) {
+pub fn get(serve: &Serve, key: &str, path: &str) -> (u16, Value) {
     let (status, _, body) = http("GET", &serve.url(path), Some(key), None);
     (status, body)
 }
 
-fn post(serve: &Serve, key: &str, path: &str, body: Value) -> (u16, Value) {
+pub fn post(serve: &Serve, key: &str, path: &str, body: Value) -> (u16, Value) {
     let (status, _, body) = http("POST", &serve.url(path), Some(key), Some(&body.to_string()));
     (status, body)
 }
 
 /// Polls a call's status until `done` says so (bounded).
-fn wait_for(serve: &Serve, key: &str, call: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+pub fn wait_for(serve: &Serve, key: &str, call: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
     let started = Instant::now();
     loop {
         let (status, body) = get(serve, key, &format!("/v1/calls/{call}/status"));
@@ -148,16 +156,16 @@ fn wait_for(serve: &Serve, key: &str, call: &str, limit: Duration, done: impl Fn
     }
 }
 
-fn ended(body: &Value) -> bool {
-    !["queued", "ringing", "in-progress"].contains(&body["status"].as_str().unwrap_or(""))
+pub fn ended(body: &Value) -> bool {
+    !["queued", "ringing", "in-progress", "ending"].contains(&body["status"].as_str().unwrap_or(""))
 }
 
-fn repo_assistants() -> PathBuf {
+pub fn repo_assistants() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assistants")
 }
 
 /// An API assistant on the stand-in LLM.
-fn assistant_spec(llm: &Server) -> Value {
+pub fn assistant_spec(llm: &Server) -> Value {
     json!({
         "version": 1,
         "name": "API test assistant",
@@ -171,12 +179,12 @@ fn assistant_spec(llm: &Server) -> Value {
     })
 }
 
-fn short_caller() -> Value {
+pub fn short_caller() -> Value {
     json!({ "voice": "espeak:en-us", "final_wait_ms": 2500, "lines": [{ "say": "What time do you open tomorrow?" }] })
 }
 
 /// A caller who speaks once, then stays on the line, silent, for a minute.
-fn lingering_caller() -> Value {
+pub fn lingering_caller() -> Value {
     json!({ "voice": "espeak:en-us", "final_wait_ms": 60000, "lines": [{ "say": "Hello there." }] })
 }
 
@@ -267,7 +275,7 @@ fn full_api_flow(db: Database) {
     assert_eq!(status, 404, "{body}");
 }
 
-trait IntoPair {
+pub trait IntoPair {
     fn into_pair(self) -> (u16, Value);
 }
 
@@ -447,6 +455,11 @@ fn a_restart_closes_calls_left_in_flight() {
     assert!(status["reason"].as_str().unwrap_or_default().contains("stopped"), "{status}");
     let (_, transcript) = get(&serve, &key, &format!("/v1/calls/{call_id}/transcript"));
     assert!(!transcript["transcript"].as_array().unwrap().is_empty(), "what was said before the crash is kept: {transcript}");
+    // The event stream ends with the final status too, not at `in-progress`.
+    let (_, _, events) = http("GET", &serve.url(&format!("/v1/calls/{call_id}/events")), Some(&key), None);
+    let events = events.as_str().unwrap_or_default().to_string();
+    let last_status = events.rsplit("event: status").next().unwrap_or_default();
+    assert!(last_status.contains("\"failed\""), "the stream's last status is the recovery's: {events}");
 }
 
 #[test]

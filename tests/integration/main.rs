@@ -8,6 +8,7 @@
 mod api;
 mod call;
 mod models;
+mod security;
 mod speech;
 mod standin;
 mod support;

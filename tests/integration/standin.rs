@@ -19,10 +19,12 @@ pub struct Response {
     pub delay: Duration,
 }
 
-/// A tiny HTTP/1.1 server on 127.0.0.1 that records request bodies.
+/// A tiny HTTP/1.1 server on 127.0.0.1 that records request bodies and heads.
 pub struct Server {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Value>>>,
+    /// Each request's line and headers, as received.
+    pub heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -30,13 +32,16 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let heads = Arc::new(Mutex::new(Vec::new()));
         let recorded = requests.clone();
+        let recorded_heads = heads.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let body = match read_request(&stream) {
-                    Some(body) => body,
+                let (head, body) = match read_request(&stream) {
+                    Some(request) => request,
                     None => continue,
                 };
+                recorded_heads.lock().unwrap().push(head);
                 let index = {
                     let mut all = recorded.lock().unwrap();
                     all.push(body.clone());
@@ -46,7 +51,7 @@ impl Server {
                 std::thread::spawn(move || respond(stream, response));
             }
         });
-        Server { addr, requests }
+        Server { addr, requests, heads }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -56,19 +61,25 @@ impl Server {
     pub fn requests(&self) -> Vec<Value> {
         self.requests.lock().unwrap().clone()
     }
+
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
 }
 
-fn read_request(stream: &TcpStream) -> Option<Value> {
+fn read_request(stream: &TcpStream) -> Option<(String, Value)> {
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut length = 0;
     let mut request_line = String::new();
     reader.read_line(&mut request_line).ok()?;
+    let mut head = request_line.clone();
     loop {
         let mut line = String::new();
         reader.read_line(&mut line).ok()?;
         if line == "\r\n" || line.is_empty() {
             break;
         }
+        head.push_str(&line);
         if let Some((name, value)) = line.split_once(':') {
             if name.eq_ignore_ascii_case("content-length") {
                 length = value.trim().parse().unwrap_or(0);
@@ -78,7 +89,7 @@ fn read_request(stream: &TcpStream) -> Option<Value> {
     let mut body = vec![0; length];
     reader.read_exact(&mut body).ok()?;
     let query = request_line.split_whitespace().nth(1).and_then(|t| t.split_once('?')).map(|(_, q)| q.to_string());
-    Some(serde_json::from_slice(&body).unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&body), "query": query })))
+    Some((head, serde_json::from_slice(&body).unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&body), "query": query }))))
 }
 
 fn respond(mut stream: TcpStream, response: Response) {
