@@ -532,3 +532,81 @@ pub(crate) fn named_field(message: &str) -> Option<String> {
     let end = message[start..].find('`')?;
     Some(message[start..start + end].to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn example(name: &str) -> (PathBuf, String) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("assistants").join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        (path, text)
+    }
+
+    /// `text` with one edit: a character changed, inserted, or a span removed.
+    fn edited(text: &str, at: usize, kind: u8, with: char, span: usize) -> String {
+        let chars: Vec<char> = text.chars().collect();
+        let at = at % (chars.len() + 1);
+        let mut out: Vec<char> = chars[..at].to_vec();
+        match kind % 3 {
+            0 => out.push(with),
+            1 => out.extend(chars.get(at..(at + 1).min(chars.len())).into_iter().flatten().map(|_| with)),
+            _ => {}
+        }
+        let skip = match kind % 3 {
+            0 => 0,
+            1 => 1,
+            _ => span % 40,
+        };
+        out.extend(chars.iter().skip(at + skip));
+        out.into_iter().collect()
+    }
+
+    // Fuzzing: an assistant file with one edit, or any JSON sent as an assistant, loads or
+    // is refused with located problems; nothing panics.
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn an_edited_assistant_file_loads_or_names_its_problems(file in 0..3usize, at in any::<usize>(), kind in any::<u8>(), with in prop::sample::select(vec![':', ' ', '\n', '-', '{', '}', '"', '[', 'x', '9', '\t', '#', '\u{0}']), span in any::<usize>()) {
+            let (path, text) = example(["luigis_booking.yaml", "order_status.yaml", "appointment_reminder.yaml"][file]);
+            let text = edited(&text, at, kind, with, span);
+            if let Err(problems) = Assistant::parse_all(&text, &path) {
+                prop_assert!(!problems.is_empty());
+                for problem in problems {
+                    prop_assert!(!problem.to_string().is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn any_json_assistant_is_checked_without_panicking(
+            name in ".{0,20}", prompt in prop::sample::select(vec!["Hi.", "Hi {{ x }}", "{% for a in range(3) %}{{ a }}{% endfor %}", "{{", "{{ 'x' * 99999999 }}"]),
+            temperature in -1.0f64..3.0, tokens in 0u64..10_000, endpointing in 0u64..20_000, provider in prop::sample::select(vec!["local", "openai", "nope"]),
+            tool in prop::sample::select(vec![serde_json::json!("end_call"), serde_json::json!("fly"), serde_json::json!({ "name": "t", "url": "ftp://x" }), serde_json::json!({ "name": "end_call", "url": "http://a.b" })]),
+            secret in prop::sample::select(vec![None, Some("ok_name"), Some("bad name"), Some("")]),
+        ) {
+            let mut value = serde_json::json!({
+                "version": 1, "name": name, "system_prompt": prompt,
+                "llm": { "provider": provider, "temperature": temperature, "max_tokens": tokens, "api_key_secret": secret },
+                "turn": { "endpointing_ms": endpointing }, "tools": [tool],
+            });
+            if secret.is_none() {
+                value["llm"].as_object_mut().unwrap().remove("api_key_secret");
+            }
+            if let Err(problems) = Assistant::from_json(&value, "fuzz") {
+                prop_assert!(problems.iter().all(|p| p.field().is_some() || !p.to_string().is_empty()));
+            }
+        }
+
+        #[test]
+        fn an_edited_caller_script_parses_or_is_refused(at in any::<usize>(), kind in any::<u8>(), with in prop::sample::select(vec![':', ' ', '\n', '-', '9', 'x']), span in any::<usize>()) {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/callers/booking.yaml");
+            let text = edited(&std::fs::read_to_string(path).unwrap(), at, kind, with, span);
+            if let Ok(script) = serde_yaml::from_str::<crate::transport::loopback::CallerScript>(&text) {
+                let _ = script.problems();
+            }
+        }
+    }
+}

@@ -287,4 +287,63 @@ mod tests {
         let max_err = audio.samples.iter().zip(&tone).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(max_err < 1e-3, "FLAC differs by {max_err}");
     }
+
+    // Fuzzing: any bytes, and valid files with one byte changed, decode or are refused with
+    // an error; none panics. Bounded so the suite's time stays fixed.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn valid_files() -> Vec<Vec<u8>> {
+            let pcm: Vec<u8> = (0..64i16).flat_map(|i| (i * 500).to_le_bytes()).collect();
+            vec![
+                wav(FORMAT_PCM, 1, 8_000, 16, &pcm, false),
+                wav(FORMAT_PCM, 2, 44_100, 24, &pcm[..96], true),
+                wav(FORMAT_MULAW, 1, 8_000, 8, &pcm[..64], false),
+                wav(FORMAT_ALAW, 1, 8_000, 8, &pcm[..64], false),
+                wav(FORMAT_FLOAT, 1, 16_000, 32, &pcm, false),
+            ]
+        }
+
+        /// A small FLAC made by sox once (a build prerequisite, like the round-trip test).
+        fn flac_file() -> Vec<u8> {
+            static FLAC: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            FLAC.get_or_init(|| {
+                let dir = tempfile::tempdir().unwrap();
+                let wav_path = dir.path().join("t.wav");
+                let flac_path = dir.path().join("t.flac");
+                Audio::new((0..800).map(|i| 0.2 * (i as f32 * 0.05).sin()).collect(), 8_000).write_wav(&wav_path).unwrap();
+                let status = std::process::Command::new("sox").arg(&wav_path).arg(&flac_path).status().expect("sox is installed by .ci/setup");
+                assert!(status.success());
+                std::fs::read(&flac_path).unwrap()
+            })
+            .clone()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(prefix in 0..3usize, bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                let mut input = [b"RIFF".to_vec(), b"fLaC".to_vec(), Vec::new()][prefix].clone();
+                input.extend(bytes);
+                let _ = decode(&input);
+                let _ = g711::decode_mulaw(&input);
+                let _ = g711::decode_alaw(&input);
+                let _ = decode_raw_pcm16(&input, 8_000, 1);
+            }
+
+            #[test]
+            fn a_changed_byte_in_a_valid_file_never_panics(which in 0..6usize, position in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<prop::sample::Index>()) {
+                let mut files = valid_files();
+                files.push(flac_file());
+                let mut file = files[which].clone();
+                let at = position.index(file.len());
+                file[at] = byte;
+                let _ = decode(&file);
+                let end = cut.index(file.len());
+                let _ = decode(&file[..end]);
+            }
+        }
+    }
 }

@@ -190,6 +190,11 @@ impl ApiError {
     }
 }
 
+/// The most headers, and header bytes, a request may bring. Below the HTTP server's own
+/// limits (100 headers, ~400 KB), so that a request past ours gets the error shape.
+const MAX_HEADERS: usize = 64;
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// A percent-encoded control character (`%00`..`%1F`, `%7F`) in a path or query string.
 fn encoded_control(text: &str) -> Option<char> {
     let bytes = text.as_bytes();
@@ -208,6 +213,16 @@ fn encoded_control(text: &str) -> Option<char> {
 /// error responses made outside the handlers (axum's 404/405, the body limit's 413, a path
 /// that does not parse) are rewritten into `{"error": …}`, with their headers kept.
 pub async fn uniform_errors(request: Request, next: axum::middleware::Next) -> Response {
+    let headers = request.headers();
+    let header_bytes: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if headers.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("{} headers, {} bytes: the most is {MAX_HEADERS} headers and {} KB", headers.len(), header_bytes, MAX_HEADER_BYTES / 1024),
+        )
+        .into_response();
+    }
     let uri = request.uri();
     if let Some(found) = encoded_control(uri.path()) {
         return control_character_error("path", found).into_response();
@@ -271,5 +286,84 @@ mod tests {
     fn long_messages_are_cut() {
         let message = clipped("x".repeat(100_000));
         assert!(message.len() < 700, "{}", message.len());
+    }
+
+    // Fuzzing: any body, to every endpoint's body type, gives a value or an error in the
+    // documented shape (a 4xx with a code and a message); none panics.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        /// JSON built from the API's own field names, so the parser gets past the outer layer.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let names = prop::sample::select(vec![
+                "assistant_id", "to_number", "from_number", "dynamic_variables", "metadata", "sandbox_caller", "lines", "say", "voice",
+                "idempotency_key", "webhook_url", "action", "digits", "reason", "number", "country", "label", "name", "value", "dtmf",
+            ]);
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+                ".{0,40}".prop_map(Value::from),
+                prop::sample::select(vec!["+15005550006", "dtmf", "hangup", "transfer", "luigis_booking", "GB", "1#", "\u{0}"]).prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, move |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                    prop::collection::btree_map(names.clone(), inner, 0..6).prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+                ]
+            })
+        }
+
+        fn check<T: serde::de::DeserializeOwned>(bytes: &[u8]) {
+            if let Err(error) = parse_json::<T>(bytes) {
+                assert!(error.status.is_client_error(), "{error:?}");
+                assert!(!error.code.is_empty() && !error.message.is_empty(), "{error:?}");
+                let response = error.into_response();
+                assert!(response.status().is_client_error());
+            }
+        }
+
+        fn every_body(bytes: &[u8]) {
+            check::<crate::server::calls::OutboundRequest>(bytes);
+            check::<crate::server::calls::ActionRequest>(bytes);
+            check::<crate::server::calls::EndRequest>(bytes);
+            check::<crate::server::numbers::ValidateRequest>(bytes);
+            check::<crate::server::numbers::AddNumberRequest>(bytes);
+            check::<crate::server::numbers::AssignRequest>(bytes);
+            check::<crate::server::secrets::CreateSecret>(bytes);
+            check::<Value>(bytes);
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            #[test]
+            fn any_json_body_is_accepted_or_refused_in_the_error_shape(value in json_value()) {
+                every_body(value.to_string().as_bytes());
+                if let Ok(request) = serde_json::from_value::<crate::server::calls::OutboundRequest>(value.clone()) {
+                    // What the handler checks next must not panic either.
+                    let _ = crate::server::numbers::describe(&request.to_number, None);
+                    if let Some(script) = request.metadata.get("sandbox_caller") {
+                        if let Ok(script) = serde_json::from_value::<crate::transport::loopback::CallerScript>(script.clone()) {
+                            let _ = script.problems();
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn any_bytes_are_refused_in_the_error_shape(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+                every_body(&bytes);
+            }
+
+            #[test]
+            fn any_text_as_a_phone_number_is_described_or_refused(text in ".{0,40}") {
+                let info = crate::server::numbers::describe(&text, None);
+                prop_assert!(info.valid || info.reason.is_some());
+            }
+        }
     }
 }

@@ -267,6 +267,8 @@ fn every_answer_has_the_error_shape_and_controls_follow_the_status() {
     shape(status, &body, 405, "method_not_allowed");
     let (status, body) = get(&serve, &key, "/v1/assistants/luigis_booking/versions/first");
     shape(status, &body, 400, "invalid_request");
+    let (status, body) = many_headers(&serve.url("/v1/workspace"), &key, 80);
+    shape(status, &body, 431, "headers_too_large");
     let huge = json!({ "assistant_id": "luigis_booking", "to_number": "+15005550006", "metadata": { "blob": "x".repeat(300_000) } }).to_string();
     let (status, body) = http("POST", &serve.url("/v1/calls/outbound"), Some(&key), Some(&huge)).into_pair();
     shape(status, &body, 413, "payload_too_large");
@@ -314,6 +316,20 @@ fn every_answer_has_the_error_shape_and_controls_follow_the_status() {
     assert!(["call_ending", "call_not_active"].contains(&body["error"]["code"].as_str().unwrap_or("")), "{body}");
     let done = wait_for(&serve, &key, &call_id, Duration::from_secs(30), ended);
     assert_eq!(done["status"], "completed", "{done}");
+}
+
+/// A GET with `count` extra headers.
+fn many_headers(url: &str, key: &str, count: usize) -> (u16, Value) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut request = reqwest::Client::new().get(url).header("Authorization", format!("Bearer {key}"));
+        for i in 0..count {
+            request = request.header(format!("x-extra-{i}"), "1");
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
 }
 
 /// This process's children named `ringline-llm` that are still running.
