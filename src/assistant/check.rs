@@ -207,6 +207,20 @@ pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
             }
         }
     }
+    if let Some(flow) = &spec.flow {
+        let dispositions: Vec<String> = spec.dispositions.iter().map(|d| d.name.clone()).collect();
+        for (field, message) in crate::flow::problems(flow, &dispositions) {
+            problem(field, message);
+        }
+        let nodes = flow.nodes.len();
+        if nodes > 100 {
+            problem("flow.nodes".into(), format!("has {nodes} nodes; the most is 100"));
+        }
+        let text = serde_json::to_string(flow).map(|t| t.len()).unwrap_or(0);
+        if text > MAX_TEMPLATE_BYTES * 2 {
+            problem("flow".into(), format!("is {text} bytes of JSON; the most is {}", MAX_TEMPLATE_BYTES * 2));
+        }
+    }
     for (field, len, max) in sizes(spec) {
         if len > max {
             problem(field, format!("is {len} long; the most is {max}"));

@@ -81,6 +81,9 @@ pub struct AssistantSpec {
     #[serde(default)]
     pub turn: TurnSpec,
     pub webhook_url: Option<String>,
+    /// A conversation flow: nodes, slots, transitions (see `crate::flow`). Without one, the
+    /// LLM answers freely from the prompt.
+    pub flow: Option<crate::flow::FlowSpec>,
 }
 
 fn default_language() -> String {

@@ -278,6 +278,16 @@ pub fn check(assistant: &Assistant) -> Result<(), (String, String)> {
     if let Some(first) = &assistant.spec.first_message {
         render(first, &ctx).map_err(|e| ("first_message".to_string(), format!("{e} (declare the variable under `variables:` or fix the name)")))?;
     }
+    if let Some(flow) = &assistant.spec.flow {
+        let base = match &ctx {
+            Value::Object(map) => map.clone(),
+            _ => Map::new(),
+        };
+        let sample = crate::flow::sample_context(flow, &base);
+        for (field, template) in crate::flow::templates(flow) {
+            render(&template, &sample).map_err(|e| (field, format!("{e} (use a declared variable, a slot of the flow, or spoken.SLOT)")))?;
+        }
+    }
     Ok(())
 }
 

@@ -132,7 +132,7 @@ pub async fn simulate_call(
         }
     };
     let _ = printer.await;
-    report.summary = pipeline::summarize(engines.llm.as_ref(), &report.transcript).await;
+    report.summary = pipeline::summarize(engines.llm.as_ref(), &report).await;
     let (caller_track, agent_track) = line.recording();
     Ok(SimulatedCall { report, log: line.log(), caller_track, agent_track, rate: line_rate })
 }
@@ -161,6 +161,7 @@ async fn print_events(mut events: mpsc::UnboundedReceiver<CallEvent>, print: boo
                 onset.as_secs_f32(),
                 ms_of(stopped.saturating_sub(onset))
             ),
+            CallEvent::Flow { node, slots } => println!("          [flow: {node}] {}", serde_json::Value::Object(slots)),
             CallEvent::Note(note) => println!("          ({note})"),
             CallEvent::Error(error) => println!("          error: {error}"),
             CallEvent::Partial { text } => println!("          caller…  {text}"),
@@ -213,6 +214,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let call = simulate_call(&store, engines, assistant, script, BTreeMap::new(), args.line_rate, true).await?;
         println!("\nsummary    : {}", call.report.summary);
         println!("disposition: {}", pipeline::disposition(&call.report));
+        if !call.report.slots.is_empty() {
+            println!("slots      : {}", serde_json::Value::Object(call.report.slots.clone()));
+        }
         println!("ended by   : {}", call.report.ended_by.clone().unwrap_or_default());
         println!();
         print_percentiles(&call.report.turns);
@@ -248,6 +252,9 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         } else {
             println!("\nsummary    : {}", call.report.summary);
             println!("disposition: {}", pipeline::disposition(&call.report));
+            if !call.report.slots.is_empty() {
+                println!("slots      : {}", serde_json::Value::Object(call.report.slots.clone()));
+            }
             print_percentiles(&call.report.turns);
         }
         Ok(())
@@ -270,6 +277,8 @@ fn report_json(call: &SimulatedCall) -> anyhow::Result<String> {
         "summary": report.summary,
         "disposition": pipeline::disposition(report),
         "disposition_notes": report.disposition.as_ref().map(|(_, notes)| notes.clone()),
+        "slots": report.slots,
+        "flow_nodes": report.flow_nodes,
         "ended_by": report.ended_by,
         "transfers": report.transfers,
         "dtmf_sent": call.log.dtmf_sent,

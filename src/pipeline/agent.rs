@@ -21,6 +21,7 @@ use super::metrics::TurnTimings;
 use super::tools::Action;
 use super::turn::{self, Progress, TurnContext, TurnInput, TurnProgress};
 use super::{BargeIn, CallEvent, CallReport};
+use crate::flow::{Flow, Reply as FlowReply};
 use crate::llm::Message;
 
 /// Said after `idle_reprompt_s` of silence.
@@ -49,6 +50,8 @@ pub struct Agent {
     pub system_prompt: String,
     pub first_message: Option<String>,
     pub events: mpsc::UnboundedSender<CallEvent>,
+    /// The assistant's flow, when it has one: it answers the caller instead of the LLM.
+    pub flow: Option<Flow>,
 }
 
 /// The unheard rest of a cut reply: the unplayed part of its segments, then whatever its
@@ -86,13 +89,19 @@ struct State {
     paused: Option<(Duration, Duration)>,
     /// A caller turn that finished while a `<no-interrupt>` segment played.
     deferred: Option<UserTurn>,
+    flow: Option<Flow>,
 }
 
 impl Agent {
-    pub async fn run(self, mut inbox: mpsc::Receiver<Frame>, call: CancellationToken, report: Arc<Mutex<CallReport>>) {
+    pub async fn run(mut self, mut inbox: mpsc::Receiver<Frame>, call: CancellationToken, report: Arc<Mutex<CallReport>>) {
         let turn_spec = self.ctx.assistant.spec.turn;
-        let mut state = State { history: vec![Message::System { content: self.system_prompt.clone() }], ..State::default() };
-        if let Some(first) = self.first_message.clone() {
+        let mut state = State { history: vec![Message::System { content: self.system_prompt.clone() }], flow: self.flow.take(), ..State::default() };
+        let flow_speaks_first = self.first_message.is_none() && state.flow.is_some();
+        if flow_speaks_first {
+            // No first message: the flow's start node greets.
+            let reply = state.flow.as_mut().map(Flow::begin).expect("checked above");
+            self.follow_flow(&mut state, reply, None, &report);
+        } else if let Some(first) = self.first_message.clone() {
             let interruptible = turn_spec.interruptible && turn_spec.first_message_interruptible;
             self.start(&mut state, TurnInput::Say(first.clone()), None, interruptible);
             // While the greeting plays, have the LLM process the system prompt and greeting
@@ -190,7 +199,10 @@ impl Agent {
                 state.history.push(Message::User { content: format!("(the caller pressed {digit} on the keypad)") });
                 self.emit(CallEvent::Caller { text: format!("[DTMF {digit}]"), at: now });
                 self.replace_turn(state, report);
-                self.start(state, TurnInput::Respond, None, true);
+                match state.flow.as_mut().map(|flow| flow.on_digit(digit)) {
+                    Some(reply) => self.follow_flow(state, reply, None, report),
+                    None => self.start(state, TurnInput::Respond, None, true),
+                }
             }
             Frame::Error { stage, message } => {
                 report.lock().unwrap_or_else(|e| e.into_inner()).errors.push(format!("{stage}: {message}"));
@@ -240,7 +252,40 @@ impl Agent {
             self.replace_turn(state, report);
         }
         state.history.push(Message::User { content: user.text.clone() });
-        self.start(state, TurnInput::Respond, Some(user), true);
+        match state.flow.as_mut().map(|flow| flow.on_caller(&user.text)) {
+            Some(reply) => self.follow_flow(state, reply, Some(user), report),
+            None => self.start(state, TurnInput::Respond, Some(user), true),
+        }
+    }
+
+    /// Says a flow's reply and carries out its actions (the call ends or transfers once the
+    /// line has been said).
+    fn follow_flow(&self, state: &mut State, reply: FlowReply, user: Option<UserTurn>, report: &Arc<Mutex<CallReport>>) {
+        {
+            let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
+            report.slots = reply.slots.clone();
+            report.flow_nodes.push(reply.node.clone());
+            for action in &reply.actions {
+                match action {
+                    Action::EndCall { reason } => state.hang_up_when_done = Some(reason.clone()),
+                    Action::Transfer { destination } => {
+                        report.transfers.push(destination.clone());
+                        self.ctx.out.transfer(destination);
+                        state.hang_up_when_done = Some(format!("transferred to {destination}"));
+                    }
+                    Action::Disposition { name, notes } => report.disposition = Some((name.clone(), notes.clone())),
+                    Action::Dtmf { digits } => {
+                        report.dtmf_sent.push_str(digits);
+                        self.ctx.out.send_dtmf(digits);
+                    }
+                }
+            }
+        }
+        self.emit(CallEvent::Flow { node: reply.node.clone(), slots: reply.slots.clone() });
+        if reply.template.trim().is_empty() {
+            return;
+        }
+        self.start(state, TurnInput::Render { template: reply.template, context: reply.context }, user, true);
     }
 
     /// Cancels whatever the agent is doing without treating it as a barge-in.

@@ -59,6 +59,8 @@ pub enum CallEvent {
     Partial { text: String },
     Turn(TurnTimings),
     BargeIn { onset: Duration, stopped: Duration },
+    /// Where the assistant's flow is, and its slots so far, after each reply.
+    Flow { node: String, slots: serde_json::Map<String, serde_json::Value> },
     Note(String),
     Error(String),
 }
@@ -86,6 +88,10 @@ pub struct CallReport {
     pub turns: Vec<TurnTimings>,
     pub barge_ins: Vec<BargeIn>,
     pub disposition: Option<(String, String)>,
+    /// The flow's slots when the call ended (its extracted fields).
+    pub slots: serde_json::Map<String, serde_json::Value>,
+    /// The flow's nodes, one per reply, in order.
+    pub flow_nodes: Vec<String>,
     pub transfers: Vec<String>,
     pub dtmf_sent: String,
     pub ended_by: Option<String>,
@@ -117,6 +123,11 @@ pub async fn run_call(
     let assistant = setup.assistant.clone();
     let variables = prompt::resolve_variables(&assistant, &setup.variables).map_err(anyhow::Error::msg)?;
     let context = prompt::context(&assistant, &variables, &setup.call);
+    let flow_base = context.as_object().cloned().unwrap_or_default();
+    let flow = assistant.spec.flow.clone().map(|spec| {
+        let today = chrono::Utc::now().with_timezone(&assistant.timezone).date_naive();
+        crate::flow::Flow::new(spec, flow_base.clone(), today)
+    });
     // Rendering may run a sandboxed child process: off the runtime's threads.
     let templates = (assistant.system_template.clone(), assistant.spec.first_message.clone());
     let (system_prompt, first_message) = tokio::task::spawn_blocking(move || -> Result<(String, Option<String>), String> {
@@ -142,7 +153,7 @@ pub async fn run_call(
     });
     // Frames from the listener to the agent: few, never dropped.
     let (frames_tx, frames_rx) = mpsc::channel(64);
-    let agent = agent::Agent { ctx, system_prompt, first_message, events: events.clone() };
+    let agent = agent::Agent { ctx, system_prompt, first_message, events: events.clone(), flow };
     let agent_task = tokio::spawn(agent.run(frames_rx, call_token.clone(), report.clone()));
     // Source last: the listener turns caller audio into frames.
     let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate(), partial_every: partial_every(&assistant) };
@@ -170,12 +181,62 @@ pub async fn run_call(
     if report.ended_by.is_none() {
         report.ended_by = Some("caller hung up".into());
     }
+    // A flow's disposition notes are a template over the variables and the slots.
+    if let Some((name, notes)) = report.disposition.clone().filter(|(_, notes)| notes.contains("{{") || notes.contains("{%")) {
+        let mut values = flow_base;
+        values.extend(report.slots.clone());
+        let rendered = tokio::task::spawn_blocking(move || prompt::render(&notes, &serde_json::Value::Object(values))).await;
+        let notes = match rendered {
+            Ok(Ok(text)) => text,
+            Ok(Err(error)) => {
+                report.errors.push(format!("the disposition's notes did not render: {error}"));
+                String::new()
+            }
+            Err(error) => {
+                report.errors.push(format!("rendering the disposition's notes stopped: {error}"));
+                String::new()
+            }
+        };
+        report.disposition = Some((name, notes));
+    }
     Ok(report)
 }
 
-/// A one-sentence summary of a call by the assistant's own LLM (a simple version; the
-/// analysis stage refines it). Falls back to the caller's first words if the LLM fails.
-pub async fn summarize(llm: &dyn LanguageModel, transcript: &[(String, String, Duration)]) -> String {
+/// A summary of a call that followed a flow, from where it ended, without an LLM: the
+/// disposition and its notes, else the slots it filled. `None` for a free-form call.
+pub fn flow_summary(report: &CallReport) -> Option<String> {
+    if report.flow_nodes.is_empty() {
+        return None;
+    }
+    let spoke = report.transcript.iter().any(|(who, _, _)| who == "caller");
+    Some(match (&report.disposition, spoke) {
+        (_, false) => "The caller did not speak.".into(),
+        (Some((name, notes)), _) if !notes.is_empty() => format!("{}: {notes}.", sentence_case(&name.replace('_', " "))),
+        (Some((name, _)), _) => format!("{}.", sentence_case(&name.replace('_', " "))),
+        (None, _) if report.slots.is_empty() => "The caller spoke, but the flow filled no slots.".into(),
+        (None, _) => {
+            let slots: Vec<String> = report.slots.iter().map(|(k, v)| format!("{} {}", k.replace('_', " "), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect();
+            format!("The call ended in `{}` with {}.", report.flow_nodes.last().cloned().unwrap_or_default(), slots.join(", "))
+        }
+    })
+}
+
+fn sentence_case(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
+/// A one-sentence summary of a call: from its flow when it followed one, else by the
+/// assistant's own LLM (a simple version; the analysis stage refines it), falling back to the
+/// caller's first words if the LLM fails.
+pub async fn summarize(llm: &dyn LanguageModel, report: &CallReport) -> String {
+    if let Some(summary) = flow_summary(report) {
+        return summary;
+    }
+    summarize_transcript(llm, &report.transcript).await
+}
+
+async fn summarize_transcript(llm: &dyn LanguageModel, transcript: &[(String, String, Duration)]) -> String {
     use futures::StreamExt;
     let fallback = transcript.iter().find(|(who, _, _)| who == "caller").map(|(_, t, _)| format!("The caller said: {t}")).unwrap_or_else(|| "The caller did not speak.".into());
     if transcript.is_empty() {

@@ -59,6 +59,9 @@ pub enum TurnInput {
     Respond,
     /// Say these words as they are (first message, reprompts, re-saying after a false barge-in).
     Say(String),
+    /// Render this template with this context (within the template limits, off the async
+    /// threads), then say it: a flow's line.
+    Render { template: String, context: Value },
 }
 
 /// A chunk queued on the line as one segment.
@@ -151,6 +154,20 @@ pub fn write(ctx: Arc<TurnContext>, messages: Vec<Message>, input: TurnInput, pr
     tokio::spawn(async move {
         match input {
             TurnInput::Say(text) => say(&text_tx, &text).await,
+            TurnInput::Render { template, context } => {
+                let rendered = tokio::task::spawn_blocking(move || crate::assistant::prompt::render(&template, &context)).await;
+                match rendered {
+                    Ok(Ok(text)) => say(&text_tx, &text).await,
+                    Ok(Err(error)) => {
+                        lock(&progress).errors.push(format!("a flow line did not render: {error}"));
+                        say(&text_tx, LLM_APOLOGY).await;
+                    }
+                    Err(error) => {
+                        lock(&progress).errors.push(format!("rendering a flow line stopped: {error}"));
+                        say(&text_tx, LLM_APOLOGY).await;
+                    }
+                }
+            }
             TurnInput::Respond => think(&ctx, messages, &text_tx, &progress, &cancel).await,
         }
     });

@@ -73,6 +73,11 @@ pub struct CallStatus {
     pub to_number: String,
     pub from_number: String,
     pub disposition: Option<String>,
+    /// Why the disposition was chosen, when the agent or the flow said.
+    pub disposition_notes: Option<String>,
+    /// What the call extracted: a flow's slots (party size, time, name…), typed.
+    #[schema(value_type = Object)]
+    pub extracted: Value,
     pub created_at: String,
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
@@ -90,6 +95,8 @@ impl From<&CallRecord> for CallStatus {
             to_number: call.to_number.clone(),
             from_number: call.from_number.clone(),
             disposition: call.disposition.clone(),
+            disposition_notes: call.disposition_notes.clone(),
+            extracted: call.extracted.as_deref().and_then(|e| serde_json::from_str(e).ok()).unwrap_or_else(|| json!({})),
             created_at: rfc3339(call.created_at),
             started_at: call.started_at.map(rfc3339),
             ended_at: call.ended_at.map(rfc3339),
@@ -281,6 +288,8 @@ pub async fn detail(State(state): State<AppState>, auth: Auth, Path(id): Path<St
         "to_number": call.to_number,
         "from_number": call.from_number,
         "disposition": call.disposition,
+        "disposition_notes": call.disposition_notes,
+        "extracted": call.extracted.as_deref().and_then(|e| serde_json::from_str::<Value>(e).ok()).unwrap_or_else(|| json!({})),
         "summary": call.summary,
         "ended_by": call.ended_by,
         "dynamic_variables": serde_json::from_str::<Value>(&call.dynamic_variables).unwrap_or(Value::Null),

@@ -253,11 +253,13 @@ impl Runner {
         if let Some(reason) = ended_by.lock().unwrap_or_else(|e| e.into_inner()).take() {
             report.ended_by = Some(reason);
         }
-        report.summary = pipeline::summarize(engines.llm.as_ref(), &report.transcript).await;
+        report.summary = pipeline::summarize(engines.llm.as_ref(), &report).await;
         CallOutcome {
             status: "completed".into(),
             reason: None,
             disposition: Some(pipeline::disposition(&report)),
+            disposition_notes: report.disposition.as_ref().map(|(_, notes)| notes.clone()).filter(|n| !n.is_empty()),
+            extracted: (!report.slots.is_empty()).then(|| serde_json::Value::Object(report.slots.clone()).to_string()),
             summary: Some(report.summary.clone()),
             ended_by: report.ended_by.clone(),
             duration_ms: Some(ms_of(report.duration).round() as i64),
@@ -367,6 +369,7 @@ async fn write_events(log: Arc<EventLog>, store: Store, call_id: String, mut eve
             CallEvent::BargeIn { onset, stopped } => {
                 log.event("barge_in", json!({ "onset_ms": ms_of(onset).round(), "stopped_ms": ms_of(stopped).round() })).await
             }
+            CallEvent::Flow { node, slots } => log.event("flow", json!({ "node": node, "slots": slots })).await,
             CallEvent::Note(note) => log.event("note", json!({ "text": note })).await,
             CallEvent::Error(error) => log.event("error", json!({ "text": error })).await,
         }

@@ -514,8 +514,8 @@ impl Store {
     pub async fn finish_call(&self, id: &str, outcome: &CallOutcome) -> Result<bool, StoreError> {
         let done = sqlx::query(
             concat!(
-                "UPDATE calls SET status = $1, status_reason = $2, disposition = $3, summary = $4, ended_by = $5, ended_at = $6, duration_ms = $7 \
-                 WHERE id = $8 AND status IN ",
+                "UPDATE calls SET status = $1, status_reason = $2, disposition = $3, summary = $4, ended_by = $5, ended_at = $6, duration_ms = $7, \
+                 extracted = $9, disposition_notes = $10 WHERE id = $8 AND status IN ",
                 live_statuses_sql!()
             ),
         )
@@ -527,6 +527,8 @@ impl Store {
         .bind(now_ms())
         .bind(outcome.duration_ms)
         .bind(id)
+        .bind(&outcome.extracted)
+        .bind(&outcome.disposition_notes)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -725,7 +727,7 @@ pub struct NumberRecord {
 }
 
 const CALL_COLUMNS: &str = "SELECT id, workspace_id, assistant_id, assistant_version, direction, to_number, from_number, status, status_reason, disposition, summary, ended_by, \
-     dynamic_variables, metadata, webhook_url, idempotency_key, worker_id, day, created_at, started_at, ended_at, duration_ms FROM calls";
+     dynamic_variables, metadata, webhook_url, idempotency_key, worker_id, day, created_at, started_at, ended_at, duration_ms, extracted, disposition_notes FROM calls";
 
 #[derive(Debug, Clone, Default, sqlx::FromRow)]
 pub struct CallRecord {
@@ -751,6 +753,9 @@ pub struct CallRecord {
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub duration_ms: Option<i64>,
+    /// The fields the call extracted (a flow's slots), a JSON object.
+    pub extracted: Option<String>,
+    pub disposition_notes: Option<String>,
 }
 
 #[cfg(test)]
@@ -776,6 +781,9 @@ pub struct CallOutcome {
     pub status: String,
     pub reason: Option<String>,
     pub disposition: Option<String>,
+    pub disposition_notes: Option<String>,
+    /// A JSON object of the fields the call extracted.
+    pub extracted: Option<String>,
     pub summary: Option<String>,
     pub ended_by: Option<String>,
     pub duration_ms: Option<i64>,

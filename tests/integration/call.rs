@@ -348,3 +348,31 @@ fn a_voice_that_fails_mid_call_falls_back_to_espeak_and_the_call_goes_on() {
     assert_eq!(call.said("caller").len(), 2, "the call went on after the failure: {}", call.report);
     assert!(tts.requests().len() >= 2, "the cloud voice was tried again");
 }
+
+/// Runs a repository assistant (its own file and prompt) against a repository caller script.
+fn simulate_repo(assistant: &str, caller: &str) -> Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let stdout = run_ok(
+        ringline()
+            .args(["simulate", "--json", "--assistant"])
+            .arg(root.join("assistants").join(assistant))
+            .arg("--caller")
+            .arg(root.join("eval/callers").join(caller))
+            .env("RINGLINE_MODELS_DIR", models_dir()),
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn the_demo_booking_flow_books_the_table_on_the_local_models() {
+    // The demo's own assistant and caller: the flow carries the task, no LLM needed for it.
+    let report = simulate_repo("luigis_booking.yaml", "booking.yaml");
+    assert_eq!(report["disposition"], "booked", "{report:#}");
+    assert_eq!(report["slots"]["party_size"], 2, "{report:#}");
+    assert_eq!(report["slots"]["time"], "19:00", "{report:#}");
+    assert_eq!(report["slots"]["name"], "Sarah", "{report:#}");
+    let agent: String = report["transcript"].as_array().unwrap().iter().filter(|t| t["speaker"] == "agent").map(|t| t["text"].as_str().unwrap()).collect::<Vec<_>>().join(" ");
+    assert!(agent.contains("under the name Sarah. Is that right?"), "the booking is read back: {agent}");
+    assert!(report["ended_by"].as_str().unwrap_or("").starts_with("agent"), "the agent ends the call after booking: {report:#}");
+    assert!(report["summary"].as_str().unwrap_or("").starts_with("Booked: 2 people"), "{report:#}");
+}

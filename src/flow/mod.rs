@@ -1,0 +1,822 @@
+//! Conversation flows: an assistant as nodes with narrow goals, so that a small local model
+//! — or none — carries a task to its end.
+//!
+//! An assistant may have a `flow:` beside its free-form `prompt`. A node says a line (a
+//! template), collects typed slots (each with its question, a re-prompt and validation),
+//! optionally reads them back for a yes/no confirmation, and moves on: when its slots are
+//! filled, on yes or no, on a keypad digit, or on a condition over the slots; actions run on
+//! the way in (set a disposition, end the call, transfer it, press keys). Global handlers
+//! (a caller who wants a person, or has the wrong number) work in every node, and questions off
+//! the flow are answered from `knowledge:` before the flow asks again where it was.
+//!
+//! Slots are filled by the parsers in `parse.rs` from the words as heard: the slot asked for
+//! takes the whole utterance; the others are filled too when the words clearly hold them
+//! ("a table for two this evening" fills the party size and the date at once). Every line is
+//! a template the turn renders (within the template limits) with the call's variables, the
+//! slots, and `spoken` (each slot as the agent says it: "7 pm", "today", "5 5 5, 1 2 3 4").
+
+pub mod parse;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use chrono::{NaiveDate, NaiveTime};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::pipeline::tools::Action;
+use parse::TimeWindow;
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSpec {
+    /// The node the conversation begins in (after the first message).
+    pub start: String,
+    pub nodes: BTreeMap<String, NodeSpec>,
+    /// Handlers active in every node, tried before the node's own slots.
+    #[serde(default)]
+    pub global: Vec<HandlerSpec>,
+    /// Questions off the flow and their answers; the flow then asks again where it was.
+    #[serde(default)]
+    pub knowledge: Vec<KnowledgeSpec>,
+    /// Said when the caller's words fit nothing the node expects (default: the pending
+    /// question's re-prompt).
+    pub fallback: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Said on entering the node (a template).
+    pub say: Option<String>,
+    /// Slots to fill here, asked in order.
+    #[serde(default)]
+    pub collect: Vec<SlotSpec>,
+    /// Read back once the slots are filled; a yes goes to `next`, a no asks them again.
+    pub confirm: Option<String>,
+    /// Where to go when the slots are filled (and confirmed).
+    pub next: Option<String>,
+    /// For a yes/no question (`say` asks it): where each answer goes.
+    pub on_yes: Option<String>,
+    pub on_no: Option<String>,
+    /// Keypad digits and where each goes.
+    #[serde(default)]
+    pub on_digit: BTreeMap<String, String>,
+    /// Conditions over the slots, tried in order once they are filled (before `confirm`).
+    #[serde(default)]
+    pub when: Vec<ConditionSpec>,
+    /// Run on entering the node.
+    #[serde(default)]
+    pub actions: Vec<ActionSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotKind {
+    Integer,
+    Number,
+    Date,
+    Time,
+    Phone,
+    Email,
+    Enum,
+    Boolean,
+    Name,
+    String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlotSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: SlotKind,
+    /// How the agent asks for it (a template).
+    pub question: String,
+    /// Said when the answer held no value (default: "Sorry, I didn't catch that." and the question).
+    pub reprompt: Option<String>,
+    /// Said when the value is outside what `min`/`max`/`between` allow (default names the range).
+    pub invalid: Option<String>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// Times: the earliest and latest acceptable, `HH:MM` (opening hours).
+    pub between: Option<[String; 2]>,
+    /// Phone numbers: the fewest digits (default 7).
+    pub min_digits: Option<usize>,
+    /// Enums: each value and the phrases that name it.
+    #[serde(default)]
+    pub values: Vec<ChoiceSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChoiceSpec {
+    pub value: String,
+    #[serde(default)]
+    pub says: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionSpec {
+    pub slot: String,
+    pub equals: Option<Value>,
+    pub above: Option<f64>,
+    pub below: Option<f64>,
+    pub goto: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerSpec {
+    /// Phrases that trigger it (any one, as words in the utterance).
+    pub says: Vec<String>,
+    /// Said when it triggers (a template).
+    pub say: Option<String>,
+    /// Where the flow goes; none: back to where it was.
+    pub goto: Option<String>,
+    #[serde(default)]
+    pub actions: Vec<ActionSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KnowledgeSpec {
+    /// Phrases a caller asks it with (any one, as words in the utterance).
+    pub question: Vec<String>,
+    pub answer: String,
+}
+
+/// An action: `end_call`, or a map such as `{set_disposition: booked, notes: "…"}`,
+/// `{transfer_call: "+15550100"}`, `{send_dtmf: "1#"}`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum ActionSpec {
+    Named(String),
+    Disposition {
+        set_disposition: String,
+        #[serde(default)]
+        notes: String,
+    },
+    Transfer {
+        transfer_call: String,
+    },
+    Dtmf {
+        send_dtmf: String,
+    },
+}
+
+/// What the agent does next: say a line (a template rendered with `context`), and act.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub template: String,
+    pub context: Value,
+    pub actions: Vec<Action>,
+    /// Where the flow is now, and the slots so far (for events and the report).
+    pub node: String,
+    pub slots: Map<String, Value>,
+}
+
+/// What the flow waits for.
+#[derive(Debug, Clone, PartialEq)]
+enum Awaiting {
+    /// The slot at this index of the node's `collect`.
+    Slot(usize),
+    /// A yes/no to the node's read-back.
+    Confirmation,
+    /// A yes/no to the node's own question (`on_yes` / `on_no`).
+    Answer,
+    /// Nothing more here (the call is ending, or a dead end).
+    Nothing,
+}
+
+/// Attempts at one slot before the flow says its fallback and moves on without it.
+const MAX_ATTEMPTS: u32 = 3;
+const PARDON: &str = "Sorry, I didn't catch that.";
+
+/// One call's flow.
+pub struct Flow {
+    spec: FlowSpec,
+    /// Variables and built-ins, for templates.
+    base: Map<String, Value>,
+    today: NaiveDate,
+    node: String,
+    slots: Map<String, Value>,
+    spoken: Map<String, Value>,
+    awaiting: Awaiting,
+    attempts: u32,
+    /// Nodes entered, in order (a loop guard: a flow cannot pass through more than this many
+    /// nodes in one reply).
+    visited: Vec<String>,
+    /// Whether the start node was entered: by `begin` (the flow greets), or by the caller's
+    /// first words after the assistant's first message (which may already hold slots).
+    started: bool,
+}
+
+/// How many nodes one reply may pass through (`next` chains without a question).
+const MAX_HOPS: usize = 16;
+
+impl Flow {
+    /// `base` holds the call's variables and built-ins; `today` is the call's date in the
+    /// assistant's timezone.
+    pub fn new(spec: FlowSpec, base: Map<String, Value>, today: NaiveDate) -> Flow {
+        let node = spec.start.clone();
+        Flow { spec, base, today, node, slots: Map::new(), spoken: Map::new(), awaiting: Awaiting::Nothing, attempts: 0, visited: Vec::new(), started: false }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn slots(&self) -> &Map<String, Value> {
+        &self.slots
+    }
+
+    /// Enters the start node. Its line (if any) follows the first message.
+    pub fn begin(&mut self) -> Reply {
+        let mut lines = Vec::new();
+        let mut actions = Vec::new();
+        let start = self.spec.start.clone();
+        self.started = true;
+        self.enter(&start, "", &mut lines, &mut actions);
+        self.reply(lines, actions)
+    }
+
+    /// What the caller said; the reply to say.
+    pub fn on_caller(&mut self, text: &str) -> Reply {
+        self.visited.clear();
+        let mut lines = Vec::new();
+        let mut actions = Vec::new();
+        if let Some(handler) = self.spec.global.iter().find(|h| mentions(text, &h.says)).cloned() {
+            if let Some(say) = &handler.say {
+                lines.push(say.clone());
+            }
+            actions.extend(handler.actions.iter().filter_map(action));
+            let leaves = actions.iter().any(|a| matches!(a, Action::EndCall { .. } | Action::Transfer { .. }));
+            match &handler.goto {
+                Some(node) => {
+                    self.started = true;
+                    self.enter(node, "", &mut lines, &mut actions)
+                }
+                None if leaves => self.awaiting = Awaiting::Nothing,
+                None => lines.extend(self.pending_question()),
+            }
+            return self.reply(lines, actions);
+        }
+        if !self.started {
+            // The first words after the greeting: they begin the flow, and may fill its slots.
+            self.started = true;
+            let start = self.spec.start.clone();
+            self.enter(&start, text, &mut lines, &mut actions);
+            return self.reply(lines, actions);
+        }
+        match self.awaiting.clone() {
+            Awaiting::Slot(index) => self.on_slot_answer(index, text, &mut lines, &mut actions),
+            Awaiting::Confirmation => match parse::yes_no(text) {
+                Some(true) => self.after_confirmation(&mut lines, &mut actions),
+                Some(false) => {
+                    // Ask the slots again, keeping none of them.
+                    let node = self.current().clone();
+                    for slot in &node.collect {
+                        self.slots.remove(&slot.name);
+                        self.spoken.remove(&slot.name);
+                    }
+                    lines.push("Sorry about that, let's try again.".into());
+                    self.fill_or_ask(text, &mut lines, &mut actions);
+                }
+                None => self.not_understood(text, &mut lines),
+            },
+            Awaiting::Answer => match parse::yes_no(text) {
+                Some(answer) => {
+                    let node = self.current().clone();
+                    match if answer { node.on_yes } else { node.on_no } {
+                        Some(next) => self.enter(&next, "", &mut lines, &mut actions),
+                        None => self.not_understood(text, &mut lines),
+                    }
+                }
+                None => self.not_understood(text, &mut lines),
+            },
+            Awaiting::Nothing => {
+                if let Some(answer) = self.knowledge(text) {
+                    lines.push(answer);
+                } else {
+                    lines.push(self.spec.fallback.clone().unwrap_or_else(|| "Is there anything else I can help with?".into()));
+                }
+            }
+        }
+        self.reply(lines, actions)
+    }
+
+    /// A keypad digit.
+    pub fn on_digit(&mut self, digit: char) -> Reply {
+        self.visited.clear();
+        let mut lines = Vec::new();
+        let mut actions = Vec::new();
+        let node = self.current().clone();
+        match node.on_digit.get(&digit.to_string()) {
+            Some(next) => self.enter(next, "", &mut lines, &mut actions),
+            None => match (&self.awaiting, digit) {
+                (Awaiting::Confirmation | Awaiting::Answer, '1') => return self.on_caller("yes"),
+                (Awaiting::Confirmation | Awaiting::Answer, '2') => return self.on_caller("no"),
+                _ => lines.extend(self.pending_question()),
+            },
+        }
+        self.reply(lines, actions)
+    }
+
+    fn current(&self) -> &NodeSpec {
+        // Checked at load: every node the flow can reach exists.
+        self.spec.nodes.get(&self.node).expect("flow nodes are checked when the assistant loads")
+    }
+
+    fn reply(&self, lines: Vec<String>, actions: Vec<Action>) -> Reply {
+        Reply { template: lines.join(" "), context: self.context(), actions, node: self.node.clone(), slots: self.slots.clone() }
+    }
+
+    /// The template context: variables, slots, and `spoken`.
+    pub fn context(&self) -> Value {
+        let mut map = self.base.clone();
+        for (name, value) in &self.slots {
+            map.insert(name.clone(), value.clone());
+        }
+        map.insert("spoken".into(), Value::Object(self.spoken.clone()));
+        map.insert("node".into(), json!(self.node));
+        Value::Object(map)
+    }
+
+    /// Enters node `name`; `text` (the caller's words that led here, if any) may fill its slots.
+    fn enter(&mut self, name: &str, text: &str, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
+        if self.visited.len() >= MAX_HOPS || !self.spec.nodes.contains_key(name) {
+            self.awaiting = Awaiting::Nothing;
+            actions.push(Action::EndCall { reason: format!("the flow could not continue at `{name}`") });
+            return;
+        }
+        self.visited.push(name.to_string());
+        self.node = name.to_string();
+        self.attempts = 0;
+        let node = self.current().clone();
+        if let Some(say) = &node.say {
+            lines.push(say.clone());
+        }
+        actions.extend(node.actions.iter().filter_map(action));
+        if node.collect.is_empty() {
+            if node.on_yes.is_some() || node.on_no.is_some() {
+                self.awaiting = Awaiting::Answer;
+            } else if !node.on_digit.is_empty() {
+                self.awaiting = Awaiting::Answer;
+            } else if let Some(next) = self.route(&node).or(node.next.clone()) {
+                self.enter(&next, "", lines, actions);
+            } else {
+                self.awaiting = Awaiting::Nothing;
+            }
+            return;
+        }
+        self.fill_or_ask(text, lines, actions);
+    }
+
+    /// Fills what `text` holds (the asked slot leniently, others only on clear evidence),
+    /// then asks for the next missing slot, or moves on.
+    fn fill_or_ask(&mut self, text: &str, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
+        let node = self.current().clone();
+        if !text.is_empty() {
+            for slot in &node.collect {
+                if self.slots.contains_key(&slot.name) {
+                    continue;
+                }
+                if let Some((value, spoken)) = self.parse_slot(slot, text, true) {
+                    if self.validate(slot, &value).is_ok() {
+                        self.slots.insert(slot.name.clone(), value);
+                        self.spoken.insert(slot.name.clone(), json!(spoken));
+                    }
+                }
+            }
+        }
+        if let Some(next) = self.route(&node) {
+            // A condition holds as soon as its slot is known ("a party of ten").
+            self.enter(&next, "", lines, actions);
+            return;
+        }
+        match node.collect.iter().position(|s| !self.slots.contains_key(&s.name)) {
+            Some(index) => {
+                self.awaiting = Awaiting::Slot(index);
+                lines.push(node.collect[index].question.clone());
+            }
+            None => self.slots_filled(lines, actions),
+        }
+    }
+
+    fn on_slot_answer(&mut self, index: usize, text: &str, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
+        let node = self.current().clone();
+        let slot = &node.collect[index];
+        match self.parse_slot(slot, text, false) {
+            Some((value, spoken)) => match self.validate(slot, &value) {
+                Ok(()) => {
+                    self.slots.insert(slot.name.clone(), value);
+                    self.spoken.insert(slot.name.clone(), json!(spoken));
+                    self.attempts = 0;
+                    // The same words may hold the next slots too.
+                    self.fill_or_ask(text, lines, actions);
+                }
+                Err(message) => {
+                    self.attempts += 1;
+                    lines.push(message);
+                    lines.push(slot.question.clone());
+                }
+            },
+            None => {
+                if let Some(answer) = self.knowledge(text) {
+                    lines.push(answer);
+                    lines.push(slot.question.clone());
+                    return;
+                }
+                self.attempts += 1;
+                if self.attempts >= MAX_ATTEMPTS {
+                    // Don't loop forever on one slot: say the fallback and end politely.
+                    lines.push(self.spec.fallback.clone().unwrap_or_else(|| "I'm sorry, I'm having trouble understanding. Let me end the call here; please call back anytime. Goodbye.".into()));
+                    actions.push(Action::EndCall { reason: format!("slot `{}` not understood after {MAX_ATTEMPTS} tries", slot.name) });
+                    self.awaiting = Awaiting::Nothing;
+                    return;
+                }
+                lines.push(slot.reprompt.clone().unwrap_or_else(|| format!("{PARDON} {}", slot.question)));
+            }
+        }
+    }
+
+    fn slots_filled(&mut self, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
+        let node = self.current().clone();
+        if let Some(next) = self.route(&node) {
+            self.enter(&next, "", lines, actions);
+            return;
+        }
+        match &node.confirm {
+            Some(confirm) => {
+                self.awaiting = Awaiting::Confirmation;
+                lines.push(confirm.clone());
+            }
+            None => self.after_confirmation(lines, actions),
+        }
+    }
+
+    fn after_confirmation(&mut self, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
+        let node = self.current().clone();
+        match node.next.or(node.on_yes) {
+            Some(next) => self.enter(&next, "", lines, actions),
+            None => self.awaiting = Awaiting::Nothing,
+        }
+    }
+
+    /// The first condition over the slots that holds.
+    fn route(&self, node: &NodeSpec) -> Option<String> {
+        node.when.iter().find(|c| self.holds(c)).map(|c| c.goto.clone())
+    }
+
+    fn holds(&self, condition: &ConditionSpec) -> bool {
+        let Some(value) = self.slots.get(&condition.slot) else { return false };
+        let number = value.as_f64();
+        condition.equals.as_ref().is_none_or(|e| e == value || e.as_str().is_some_and(|s| value.as_str() == Some(s)))
+            && condition.above.is_none_or(|a| number.is_some_and(|n| n > a))
+            && condition.below.is_none_or(|b| number.is_some_and(|n| n < b))
+    }
+
+    fn not_understood(&mut self, text: &str, lines: &mut Vec<String>) {
+        if let Some(answer) = self.knowledge(text) {
+            lines.push(answer);
+        } else {
+            lines.push(PARDON.into());
+        }
+        lines.extend(self.pending_question());
+    }
+
+    /// The question the flow is waiting on, to ask again.
+    fn pending_question(&self) -> Option<String> {
+        let node = self.current();
+        match &self.awaiting {
+            Awaiting::Slot(index) => node.collect.get(*index).map(|s| s.question.clone()),
+            Awaiting::Confirmation => node.confirm.clone(),
+            Awaiting::Answer => node.say.clone(),
+            Awaiting::Nothing => None,
+        }
+    }
+
+    fn knowledge(&self, text: &str) -> Option<String> {
+        self.spec.knowledge.iter().find(|k| mentions(text, &k.question)).map(|k| k.answer.clone())
+    }
+
+    /// The slot's value in `text`, and how the agent says it. `opportunistic`: the slot was
+    /// not asked for, so only clear evidence counts ("two people", "at 7 pm", "the name is").
+    fn parse_slot(&self, slot: &SlotSpec, text: &str, opportunistic: bool) -> Option<(Value, String)> {
+        match slot.kind {
+            SlotKind::Integer => {
+                let found = if opportunistic { parse::count_of_people(text) } else { parse::integer(text) };
+                found.map(|n| (json!(n), n.to_string()))
+            }
+            SlotKind::Number => {
+                if opportunistic {
+                    return None;
+                }
+                parse::number(text).map(|n| (json!(n), trim_number(n)))
+            }
+            SlotKind::Time => {
+                if opportunistic && !says_a_time(text) {
+                    return None;
+                }
+                parse::time(text, window(slot)).map(|t| (parse::to_json_time(t), parse::spoken_time(t)))
+            }
+            SlotKind::Date => parse::date(text, self.today).map(|d| (json!(d.format("%Y-%m-%d").to_string()), self.spoken_date(d))),
+            SlotKind::Phone => {
+                let found = parse::phone(text, slot.min_digits.unwrap_or(7))?;
+                Some((json!(found), parse::spoken_digits(&found)))
+            }
+            SlotKind::Email => parse::email(text).map(|e| (json!(e), e.replace('@', " at ").replace('.', " dot "))),
+            SlotKind::Enum => {
+                let values: Vec<(String, Vec<String>)> = slot.values.iter().map(|v| (v.value.clone(), v.says.clone())).collect();
+                parse::choice(text, &values).map(|v| (json!(v), v.replace('_', " ")))
+            }
+            SlotKind::Boolean => {
+                if opportunistic {
+                    return None;
+                }
+                parse::yes_no(text).map(|b| (json!(b), if b { "yes".into() } else { "no".into() }))
+            }
+            SlotKind::Name => {
+                if opportunistic && !names_someone(text) {
+                    return None;
+                }
+                parse::name(text).map(|n| (json!(n), n))
+            }
+            SlotKind::String => {
+                if opportunistic {
+                    return None;
+                }
+                parse::free_text(text).map(|t| (json!(t), t))
+            }
+        }
+    }
+
+    fn spoken_date(&self, date: NaiveDate) -> String {
+        match (date - self.today).num_days() {
+            0 => "today".into(),
+            1 => "tomorrow".into(),
+            _ => parse::spoken_date(date),
+        }
+    }
+
+    /// Whether a value is inside the slot's bounds; else the message to say.
+    fn validate(&self, slot: &SlotSpec, value: &Value) -> Result<(), String> {
+        if let Some(n) = value.as_f64() {
+            let low = slot.min.is_none_or(|m| n >= m);
+            let high = slot.max.is_none_or(|m| n <= m);
+            if !(low && high) {
+                return Err(slot.invalid.clone().unwrap_or_else(|| match (slot.min, slot.max) {
+                    (Some(min), Some(max)) => format!("Sorry, that needs to be between {} and {}.", trim_number(min), trim_number(max)),
+                    (Some(min), None) => format!("Sorry, that needs to be at least {}.", trim_number(min)),
+                    (None, Some(max)) => format!("Sorry, that can be at most {}.", trim_number(max)),
+                    (None, None) => PARDON.to_string(),
+                }));
+            }
+        }
+        if slot.kind == SlotKind::Time {
+            let window = window(slot);
+            let time = value.as_str().and_then(|t| NaiveTime::parse_from_str(t, "%H:%M").ok());
+            if let Some(time) = time.filter(|t| !window.contains(*t)) {
+                return Err(slot.invalid.clone().unwrap_or_else(|| {
+                    let (from, to) = (window.from.map(parse::spoken_time).unwrap_or_default(), window.to.map(parse::spoken_time).unwrap_or_default());
+                    format!("Sorry, {} is outside our hours, {from} to {to}.", parse::spoken_time(time))
+                }));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn trim_number(n: f64) -> String {
+    if n.fract() == 0.0 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
+    }
+}
+
+fn window(slot: &SlotSpec) -> TimeWindow {
+    let parse_time = |t: &String| NaiveTime::parse_from_str(t, "%H:%M").ok();
+    match &slot.between {
+        Some([from, to]) => TimeWindow { from: parse_time(from), to: parse_time(to) },
+        None => TimeWindow::default(),
+    }
+}
+
+/// Whether the words hold one of `phrases` (as whole words).
+fn mentions(text: &str, phrases: &[String]) -> bool {
+    let said = format!(" {} ", normalized(text));
+    phrases.iter().any(|p| {
+        let phrase = normalized(p);
+        !phrase.is_empty() && said.contains(&format!(" {phrase} "))
+    })
+}
+
+fn normalized(text: &str) -> String {
+    crate::text::normalized_words(text).join(" ")
+}
+
+/// Clear evidence of a time of day.
+fn says_a_time(text: &str) -> bool {
+    let lowered = text.to_lowercase();
+    ["o'clock", "oclock", " pm", "p.m", " am ", "a.m", ":", "half past", "quarter", "noon", "midnight"].iter().any(|cue| lowered.contains(cue))
+        || crate::text::normalized_words(text).windows(2).any(|w| w[0] == "at" && (parse::integer(&w[1]).is_some()))
+}
+
+/// Clear evidence of a name.
+fn names_someone(text: &str) -> bool {
+    let lowered = format!(" {} ", normalized(text));
+    [" name is ", " name's ", " under the name ", " call me ", " spelled "].iter().any(|cue| lowered.contains(cue))
+}
+
+fn action(spec: &ActionSpec) -> Option<Action> {
+    match spec {
+        ActionSpec::Named(name) if name == "end_call" => Some(Action::EndCall { reason: "the flow ended the call".into() }),
+        ActionSpec::Named(_) => None,
+        ActionSpec::Disposition { set_disposition, notes } => Some(Action::Disposition { name: set_disposition.clone(), notes: notes.clone() }),
+        ActionSpec::Transfer { transfer_call } => Some(Action::Transfer { destination: transfer_call.clone() }),
+        ActionSpec::Dtmf { send_dtmf } => Some(Action::Dtmf { digits: send_dtmf.clone() }),
+    }
+}
+
+/// Every rule a flow breaks, as (field, message with the fix): unknown nodes and slots,
+/// unreachable nodes, dead ends, bad slot settings. `dispositions` are the assistant's.
+pub fn problems(flow: &FlowSpec, dispositions: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let known = |name: &str| flow.nodes.contains_key(name);
+    let names = flow.nodes.keys().cloned().collect::<Vec<_>>().join(", ");
+    let check_target = |out: &mut Vec<(String, String)>, field: String, target: &str| {
+        if !known(target) {
+            out.push((field, format!("no node `{target}`; use one of: {names}")));
+        }
+    };
+    if !known(&flow.start) {
+        check_target(&mut out, "flow.start".into(), &flow.start);
+    }
+    for (name, node) in &flow.nodes {
+        let field = format!("flow.nodes.{name}");
+        if !crate::assistant::check::is_identifier(name) {
+            out.push((field.clone(), format!("`{name}` is not a node name; use letters, digits and underscores")));
+        }
+        let targets = node.next.iter().map(|t| ("next".to_string(), t)).chain(node.on_yes.iter().map(|t| ("on_yes".to_string(), t))).chain(node.on_no.iter().map(|t| ("on_no".to_string(), t)));
+        let targets: Vec<(String, &String)> = targets.chain(node.on_digit.iter().map(|(d, t)| (format!("on_digit.{d}"), t))).chain(node.when.iter().enumerate().map(|(i, c)| (format!("when.{i}.goto"), &c.goto))).collect();
+        for (key, target) in &targets {
+            check_target(&mut out, format!("{field}.{key}"), target);
+        }
+        for digit in node.on_digit.keys() {
+            if digit.len() != 1 || !digit.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#') {
+                out.push((format!("{field}.on_digit.{digit}"), "is not one keypad key (0-9, * or #)".into()));
+            }
+        }
+        let ends = node.actions.iter().any(|a| matches!(a, ActionSpec::Named(n) if n == "end_call") || matches!(a, ActionSpec::Transfer { .. }));
+        let asks = node.on_yes.is_some() || node.on_no.is_some() || !node.on_digit.is_empty();
+        if targets.is_empty() && !ends && !asks && node.say.is_none() {
+            out.push((field.clone(), "is a dead end: it says nothing, goes nowhere and does not end the call; add `say`, `next`, or an `end_call` action".into()));
+        }
+        if !node.collect.is_empty() && node.next.is_none() && node.when.is_empty() && !ends {
+            out.push((format!("{field}.next"), "is missing: where does the flow go once the slots are filled? (or end the call with an `end_call` action)".into()));
+        }
+        if (node.on_yes.is_some() || node.on_no.is_some()) && node.say.is_none() {
+            out.push((format!("{field}.say"), "is missing: on_yes/on_no answer the node's own question, so `say` must ask it".into()));
+        }
+        let mut slots = BTreeSet::new();
+        for (i, slot) in node.collect.iter().enumerate() {
+            let sfield = format!("{field}.collect.{i}");
+            if !crate::assistant::check::is_identifier(&slot.name) || !slots.insert(slot.name.clone()) {
+                out.push((format!("{sfield}.name"), format!("`{}` must be an identifier, unique in the node", slot.name)));
+            }
+            if slot.kind == SlotKind::Enum && slot.values.is_empty() {
+                out.push((format!("{sfield}.values"), "an enum slot needs its values".into()));
+            }
+            if let Some([from, to]) = &slot.between {
+                for (which, t) in [("0", from), ("1", to)] {
+                    if NaiveTime::parse_from_str(t, "%H:%M").is_err() {
+                        out.push((format!("{sfield}.between.{which}"), format!("`{t}` is not a time; use HH:MM, e.g. 12:00")));
+                    }
+                }
+            }
+            if let (Some(min), Some(max)) = (slot.min, slot.max) {
+                if min > max {
+                    out.push((format!("{sfield}.min"), format!("{min} is above max {max}")));
+                }
+            }
+        }
+        for (i, condition) in node.when.iter().enumerate() {
+            if !node.collect.iter().any(|s| s.name == condition.slot) {
+                out.push((format!("{field}.when.{i}.slot"), format!("no slot `{}` is collected in this node", condition.slot)));
+            }
+        }
+        for (i, a) in node.actions.iter().enumerate() {
+            out.extend(action_problem(a, dispositions).map(|m| (format!("{field}.actions.{i}"), m)));
+        }
+    }
+    for (i, handler) in flow.global.iter().enumerate() {
+        if handler.says.iter().all(|s| s.trim().is_empty()) {
+            out.push((format!("flow.global.{i}.says"), "give at least one phrase that triggers it".into()));
+        }
+        if let Some(target) = &handler.goto {
+            check_target(&mut out, format!("flow.global.{i}.goto"), target);
+        }
+        for (j, a) in handler.actions.iter().enumerate() {
+            out.extend(action_problem(a, dispositions).map(|m| (format!("flow.global.{i}.actions.{j}"), m)));
+        }
+    }
+    for (i, entry) in flow.knowledge.iter().enumerate() {
+        if entry.question.iter().all(|s| s.trim().is_empty()) {
+            out.push((format!("flow.knowledge.{i}.question"), "give at least one phrase a caller would ask it with".into()));
+        }
+    }
+    // Reachability from the start and the global handlers.
+    if known(&flow.start) {
+        let mut seen = BTreeSet::new();
+        let mut queue: VecDeque<String> = VecDeque::from([flow.start.clone()]);
+        queue.extend(flow.global.iter().filter_map(|h| h.goto.clone()));
+        while let Some(name) = queue.pop_front() {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            if let Some(node) = flow.nodes.get(&name) {
+                queue.extend(node.next.iter().chain(&node.on_yes).chain(&node.on_no).chain(node.on_digit.values()).chain(node.when.iter().map(|c| &c.goto)).cloned());
+            }
+        }
+        for name in flow.nodes.keys().filter(|n| !seen.contains(*n)) {
+            out.push((format!("flow.nodes.{name}"), format!("is unreachable from `{}`; link it with next, on_yes, on_no, on_digit or when, or remove it", flow.start)));
+        }
+    }
+    out
+}
+
+fn action_problem(spec: &ActionSpec, dispositions: &[String]) -> Option<String> {
+    match spec {
+        ActionSpec::Named(name) if name != "end_call" => Some(format!("unknown action `{name}`; use end_call, {{set_disposition: NAME}}, {{transfer_call: NUMBER}} or {{send_dtmf: KEYS}}")),
+        ActionSpec::Disposition { set_disposition, .. } if !dispositions.contains(set_disposition) => {
+            Some(format!("no disposition `{set_disposition}`; declare it under `dispositions:` (declared: {})", dispositions.join(", ")))
+        }
+        ActionSpec::Dtmf { send_dtmf } if send_dtmf.is_empty() || !send_dtmf.chars().all(|c| c.is_ascii_digit() || "*#ABCDw".contains(c)) => {
+            Some(format!("`{send_dtmf}` is not keypad keys (0-9, *, #, A-D)"))
+        }
+        _ => None,
+    }
+}
+
+/// Every template of a flow, with its field, for the load-time render check.
+pub fn templates(flow: &FlowSpec) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, node) in &flow.nodes {
+        let field = format!("flow.nodes.{name}");
+        out.extend(node.say.iter().map(|t| (format!("{field}.say"), t.clone())));
+        out.extend(node.confirm.iter().map(|t| (format!("{field}.confirm"), t.clone())));
+        for (i, slot) in node.collect.iter().enumerate() {
+            out.push((format!("{field}.collect.{i}.question"), slot.question.clone()));
+            out.extend(slot.reprompt.iter().map(|t| (format!("{field}.collect.{i}.reprompt"), t.clone())));
+            out.extend(slot.invalid.iter().map(|t| (format!("{field}.collect.{i}.invalid"), t.clone())));
+        }
+    }
+    for (i, handler) in flow.global.iter().enumerate() {
+        out.extend(handler.say.iter().map(|t| (format!("flow.global.{i}.say"), t.clone())));
+    }
+    for (i, entry) in flow.knowledge.iter().enumerate() {
+        out.push((format!("flow.knowledge.{i}.answer"), entry.answer.clone()));
+    }
+    out.extend(flow.fallback.iter().map(|t| ("flow.fallback".to_string(), t.clone())));
+    for (name, node) in &flow.nodes {
+        for (i, action) in node.actions.iter().enumerate() {
+            if let ActionSpec::Disposition { notes, .. } = action {
+                out.push((format!("flow.nodes.{name}.actions.{i}.notes"), notes.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// A sample context for checking a flow's templates: every slot of every node with a value of
+/// its type, and `spoken`.
+pub fn sample_context(flow: &FlowSpec, base: &Map<String, Value>) -> Value {
+    let mut map = base.clone();
+    let mut spoken = Map::new();
+    for node in flow.nodes.values() {
+        for slot in &node.collect {
+            let value = match slot.kind {
+                SlotKind::Integer => json!(2),
+                SlotKind::Number => json!(2.5),
+                SlotKind::Date => json!("2026-12-04"),
+                SlotKind::Time => json!("19:00"),
+                SlotKind::Phone => json!("5551234"),
+                SlotKind::Email => json!("ann@example.com"),
+                SlotKind::Enum => json!(slot.values.first().map(|v| v.value.clone()).unwrap_or_default()),
+                SlotKind::Boolean => json!(true),
+                SlotKind::Name => json!("Ann"),
+                SlotKind::String => json!("something"),
+            };
+            spoken.insert(slot.name.clone(), json!(value.to_string()));
+            map.insert(slot.name.clone(), value);
+        }
+    }
+    map.insert("spoken".into(), Value::Object(spoken));
+    map.insert("node".into(), json!(flow.start));
+    Value::Object(map)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+use super::*;
+
+const BOOKING: &str = r#"
+start: booking
+nodes:
+  booking:
+    collect:
+      - { name: party_size, type: integer, question: "For how many people?", min: 1, max: 12 }
+      - { name: date, type: date, question: "For which day?" }
+      - { name: time, type: time, question: "What time would you like?", between: ["12:00", "23:00"] }
+      - { name: name, type: name, question: "And what name is the booking under?" }
+    when:
+      - { slot: party_size, above: 8, goto: large_party }
+    confirm: "So that's a table for {{ party_size }}, {{ spoken.date }} at {{ spoken.time }}, under {{ name }}. Is that right?"
+    next: booked
+  booked:
+    say: "Wonderful, you're booked. Goodbye!"
+    actions: [{ set_disposition: booked }, end_call]
+  large_party:
+    say: "For more than eight people, please call our events team. Goodbye."
+    actions: [{ set_disposition: not_booked }, end_call]
+  menu:
+    say: "Press 1 to book, or 2 to hear our hours."
+    on_digit: { "1": booking, "2": hours }
+  hours:
+    say: "We're open from noon."
+    next: menu
+global:
+  - { says: ["speak to a person", "a human", "real person"], say: "Let me put you through.", actions: [{ transfer_call: "+15550100" }] }
+  - { says: ["wrong number"], say: "Sorry to bother you. Goodbye.", actions: [end_call] }
+  - { says: ["menu"], goto: menu }
+knowledge:
+  - { question: ["opening hours", "when are you open", "what time do you open"], answer: "We're open from noon to eleven." }
+"#;
+
+fn flow() -> Flow {
+    let spec: FlowSpec = serde_yaml::from_str(BOOKING).unwrap();
+    assert_eq!(problems(&spec, &["booked".into(), "not_booked".into()]), Vec::<(String, String)>::new());
+    Flow::new(spec, Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap())
+}
+
+fn said(reply: &Reply) -> String {
+    crate::assistant::prompt::render_here(&reply.template, &reply.context).unwrap()
+}
+
+#[test]
+fn the_demo_booking_fills_every_slot_reads_it_back_and_books() {
+    let mut flow = flow();
+    let first = flow.begin();
+    assert_eq!(said(&first), "For how many people?");
+    let reply = flow.on_caller("Hi. I would like to book a table for two people this evening.");
+    assert_eq!(said(&reply), "What time would you like?", "the party size and the day came with the request: {:?}", reply.slots);
+    assert_eq!(reply.slots["party_size"], json!(2));
+    assert_eq!(reply.slots["date"], json!("2026-11-30"));
+    let reply = flow.on_caller("At seven o'clock, please.");
+    assert_eq!(said(&reply), "And what name is the booking under?");
+    let reply = flow.on_caller("The name is Sarah.");
+    assert_eq!(said(&reply), "So that's a table for 2, today at 7 pm, under Sarah. Is that right?");
+    let reply = flow.on_caller("Yes, that's right.");
+    assert_eq!(said(&reply), "Wonderful, you're booked. Goodbye!");
+    assert_eq!(reply.node, "booked");
+    assert!(reply.actions.contains(&Action::Disposition { name: "booked".into(), notes: String::new() }));
+    assert!(reply.actions.iter().any(|a| matches!(a, Action::EndCall { .. })));
+    assert_eq!(reply.slots["time"], json!("19:00"));
+    assert_eq!(reply.slots["name"], json!("Sarah"));
+}
+
+#[test]
+fn after_a_first_message_the_callers_first_words_begin_the_flow() {
+    let mut flow = flow();
+    let reply = flow.on_caller("Hi, I'd like a table for 3 tomorrow at 8 pm please");
+    assert_eq!(said(&reply), "And what name is the booking under?", "{:?}", reply.slots);
+    assert_eq!((reply.slots["party_size"].clone(), reply.slots["date"].clone(), reply.slots["time"].clone()), (json!(3), json!("2026-12-01"), json!("20:00")));
+}
+
+#[test]
+fn a_caller_who_says_no_is_asked_again_and_can_change_their_mind() {
+    let mut flow = flow();
+    flow.begin();
+    flow.on_caller("A table for four tomorrow at 8 pm please");
+    let reply = flow.on_caller("It's under Smith");
+    assert!(said(&reply).starts_with("So that's a table for 4, tomorrow at 8 pm, under Smith"), "{}", said(&reply));
+    let reply = flow.on_caller("No, actually make it for three people");
+    assert_eq!(reply.slots.get("party_size"), Some(&json!(3)), "the correction in the same breath counts");
+    assert_eq!(said(&reply), "Sorry about that, let's try again. For which day?");
+}
+
+#[test]
+fn bad_values_are_named_and_asked_again_then_the_flow_gives_up_politely() {
+    let mut flow = flow();
+    flow.begin();
+    let reply = flow.on_caller("just me");
+    assert_eq!(reply.slots["party_size"], json!(1));
+    assert_eq!(said(&reply), "For which day?");
+    let reply = flow.on_caller("on Friday");
+    assert_eq!(reply.slots["date"], json!("2026-12-04"));
+    let reply = flow.on_caller("nine in the morning");
+    assert_eq!(said(&reply), "Sorry, 9 am is outside our hours, noon to 11 pm. What time would you like?");
+    let reply = flow.on_caller("hmm let me think");
+    assert!(said(&reply).contains("What time would you like?"), "{}", said(&reply));
+    let reply = flow.on_caller("hmm let me think");
+    assert!(reply.actions.iter().any(|a| matches!(a, Action::EndCall { .. })), "three tries, then a polite end: {}", said(&reply));
+}
+
+#[test]
+fn conditions_global_handlers_knowledge_and_keys() {
+    let mut flow = flow();
+    flow.begin();
+    let reply = flow.on_caller("We are a party of ten");
+    assert_eq!(reply.node, "large_party");
+    assert!(reply.actions.contains(&Action::Disposition { name: "not_booked".into(), notes: String::new() }));
+
+    let mut flow = self::flow();
+    flow.begin();
+    let reply = flow.on_caller("When are you open?");
+    assert_eq!(said(&reply), "We're open from noon to eleven. For how many people?", "answered, then back to the question");
+    let reply = flow.on_caller("Can I speak to a person please");
+    assert_eq!(reply.actions, vec![Action::Transfer { destination: "+15550100".into() }]);
+
+    let mut flow = self::flow();
+    flow.begin();
+    let reply = flow.on_caller("menu");
+    assert_eq!(said(&reply), "Press 1 to book, or 2 to hear our hours.");
+    let reply = flow.on_digit('2');
+    assert_eq!(said(&reply), "We're open from noon. Press 1 to book, or 2 to hear our hours.");
+    let reply = flow.on_digit('1');
+    assert_eq!(said(&reply), "For how many people?");
+}
+
+#[test]
+fn a_flow_with_mistakes_is_refused_with_each_field() {
+    let spec: FlowSpec = serde_yaml::from_str(
+        r#"
+start: begin
+nodes:
+  begin:
+    collect: [{ name: n, type: integer, question: "How many?" }]
+    next: nowhere
+  orphan:
+    say: "Nobody comes here."
+    actions: [{ set_disposition: unknown_one }]
+  stuck: {}
+global:
+  - { says: ["help"], goto: missing }
+"#,
+    )
+    .unwrap();
+    let found = problems(&spec, &["done".into()]);
+    let fields: Vec<&str> = found.iter().map(|(f, _)| f.as_str()).collect();
+    for expected in ["flow.nodes.begin.next", "flow.global.0.goto", "flow.nodes.orphan.actions.0", "flow.nodes.stuck", "flow.nodes.orphan"] {
+        assert!(fields.contains(&expected), "{expected} missing from {found:?}");
+    }
+    assert!(found.iter().any(|(f, m)| f == "flow.nodes.orphan" && m.contains("unreachable")), "{found:?}");
+}
