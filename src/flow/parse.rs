@@ -248,11 +248,12 @@ pub fn time(text: &str, window: TimeWindow) -> Option<NaiveTime> {
     let pm_hint = ["pm", "evening", "tonight", "afternoon", "night", "dinner"].iter().any(|w| words.iter().any(|x| x == w))
         || joined.contains("this evening");
     let am_hint = ["am", "morning", "breakfast"].iter().any(|w| words.iter().any(|x| x == w));
-    if joined.contains("noon") || joined.contains("midday") || joined.contains("lunchtime") {
+    let said = |w: &str| words.iter().any(|x| x == w);
+    if said("noon") || said("midday") || said("lunchtime") {
         let minute = if joined.contains("half past") { 30 } else { 0 };
         return NaiveTime::from_hms_opt(12, minute, 0);
     }
-    if joined.contains("midnight") {
+    if said("midnight") {
         return NaiveTime::from_hms_opt(0, 0, 0);
     }
     let (hour, minute) = clock(&words)?;
@@ -527,7 +528,8 @@ pub fn phone(text: &str, min_digits: usize) -> Option<String> {
 pub fn email(text: &str) -> Option<String> {
     let lowered = text.to_lowercase();
     if let Some(found) = lowered.split_whitespace().find(|w| w.contains('@') && w.contains('.')) {
-        return Some(found.trim_matches(|c: char| !(c.is_alphanumeric() || c == '@' || c == '.' || c == '_' || c == '-')).to_string()).filter(|e| valid_email(e));
+        let trimmed = found.trim_matches(|c: char| !(c.is_alphanumeric() || c == '@' || c == '.' || c == '_' || c == '-')).trim_end_matches('.');
+        return Some(trimmed.to_string()).filter(|e| valid_email(e));
     }
     let words = words(text);
     let at = words.iter().position(|w| w == "at")?;
@@ -546,7 +548,13 @@ pub fn email(text: &str) -> Option<String> {
     // The local part: the words before "at" after a cue like "is".
     let start = words[..at].iter().rposition(|w| matches!(w.as_str(), "is" | "it's" | "email" | "address")).map(|p| p + 1).unwrap_or(0);
     let local = assemble(&words[start..at]);
-    let domain = assemble(&words[at + 1..]);
+    // The domain: a word, then ("dot" word)*; whatever follows ("thanks") is not part of it.
+    let rest = &words[at + 1..];
+    let mut end = rest.len().min(1);
+    while rest.get(end).is_some_and(|w| matches!(w.as_str(), "dot" | "period" | "point" | "dash" | "hyphen")) {
+        end = (end + 2).min(rest.len());
+    }
+    let domain = assemble(&rest[..end]);
     let address = format!("{local}@{domain}");
     valid_email(&address).then_some(address)
 }
@@ -851,6 +859,9 @@ mod tests {
         assert_eq!(name("Book it for Mary Ellen, please").as_deref(), Some("Mary Ellen"));
         assert_eq!(email("it's john dot smith at example dot com").as_deref(), Some("john.smith@example.com"));
         assert_eq!(email("jane@example.org please").as_deref(), Some("jane@example.org"));
+        assert_eq!(email("It is jane@example.org.").as_deref(), Some("jane@example.org"));
+        assert_eq!(email("bob at example dot co dot uk, cheers").as_deref(), Some("bob@example.co.uk"));
+        assert_eq!(time("Two o'clock in the afternoon", TimeWindow::default()), hm(14, 0), "afternoon is not noon");
         for (text, want) in [("Yes, that's right.", Some(true)), ("yeah", Some(true)), ("No, that's wrong", Some(false)), ("That's not right", Some(false)), ("nope", Some(false)), ("Sure, no problem", Some(true)), ("hmm", None)] {
             assert_eq!(yes_no(text), want, "{text}");
         }

@@ -1,4 +1,5 @@
 use super::*;
+use std::collections::BTreeMap;
 
 const BOOKING: &str = r#"
 start: booking
@@ -151,4 +152,57 @@ global:
         assert!(fields.contains(&expected), "{expected} missing from {found:?}");
     }
     assert!(found.iter().any(|(f, m)| f == "flow.nodes.orphan" && m.contains("unreachable")), "{found:?}");
+}
+
+/// The held-out phrasings (`eval/slots/phrasings.yaml`): every parser scored on cases never
+/// used to tune it. Prints the accuracy per kind; the README reports it.
+#[test]
+fn the_parsers_read_the_held_out_phrasings() {
+    #[derive(serde::Deserialize)]
+    struct Set {
+        today: String,
+        between: [String; 2],
+        cases: Vec<Case>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Case {
+        kind: String,
+        text: String,
+        want: Value,
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/slots/phrasings.yaml");
+    let set: Set = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let today = NaiveDate::parse_from_str(&set.today, "%Y-%m-%d").unwrap();
+    let window = parse::TimeWindow { from: NaiveTime::parse_from_str(&set.between[0], "%H:%M").ok(), to: NaiveTime::parse_from_str(&set.between[1], "%H:%M").ok() };
+    let mut scores: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut misses = Vec::new();
+    for case in &set.cases {
+        let got = match case.kind.as_str() {
+            "integer" => parse::integer(&case.text).map(|n| json!(n)),
+            "time" => parse::time(&case.text, window).map(parse::to_json_time),
+            "date" => parse::date(&case.text, today).map(|d| json!(d.format("%Y-%m-%d").to_string())),
+            "phone" => parse::phone(&case.text, 7).map(|p| json!(p)),
+            "boolean" => parse::yes_no(&case.text).map(|b| json!(b)),
+            "name" => parse::name(&case.text).map(|n| json!(n)),
+            "email" => parse::email(&case.text).map(|e| json!(e)),
+            other => panic!("unknown kind {other}"),
+        };
+        let entry = scores.entry(case.kind.clone()).or_default();
+        entry.1 += 1;
+        if got.as_ref() == Some(&case.want) {
+            entry.0 += 1;
+        } else {
+            misses.push(format!("{}: {:?} → {:?}, want {}", case.kind, case.text, got, case.want));
+        }
+    }
+    let (right, total) = scores.values().fold((0, 0), |(r, t), (a, b)| (r + a, t + b));
+    for (kind, (r, t)) in &scores {
+        println!("{kind:<8} {r:>3}/{t:<3} {:.1}%", 100.0 * *r as f64 / *t as f64);
+    }
+    println!("all      {right:>3}/{total:<3} {:.1}%", 100.0 * right as f64 / total as f64);
+    for miss in &misses {
+        println!("miss: {miss}");
+    }
+    assert!(total >= 300, "the set holds {total} phrasings");
+    assert!(right as f64 >= 0.95 * total as f64, "{right} of {total} right:\n{}", misses.join("\n"));
 }
