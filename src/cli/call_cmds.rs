@@ -356,6 +356,19 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
             println!("agent: {first}");
             history.push(Message::Assistant { content: first, tool_calls: Vec::new() });
         }
+        let mut flow = assistant.spec.flow.clone().map(|spec| {
+            let today = chrono::Utc::now().with_timezone(&assistant.timezone).date_naive();
+            crate::flow::Flow::new(spec, context.as_object().cloned().unwrap_or_default(), today)
+        });
+        if flow.is_some() {
+            println!("  (this assistant follows a flow; type /key N to press a keypad key)");
+        }
+        if let (Some(flow), None) = (flow.as_mut(), &assistant.spec.first_message) {
+            let reply = flow.begin();
+            if say_flow_reply(reply)? {
+                return Ok(());
+            }
+        }
         let stdin = std::io::stdin();
         loop {
             print!("you: ");
@@ -366,6 +379,16 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
             }
             let text = line_text.trim();
             if text.is_empty() {
+                continue;
+            }
+            if let Some(flow) = flow.as_mut() {
+                let reply = match text.strip_prefix("/key ").and_then(|k| k.trim().chars().next()) {
+                    Some(key) => flow.on_digit(key),
+                    None => flow.on_caller(text),
+                };
+                if say_flow_reply(reply)? {
+                    break;
+                }
                 continue;
             }
             history.push(Message::User { content: text.to_string() });
@@ -390,27 +413,53 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
             for note in line.log.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
                 println!("  ({note})");
             }
-            let mut ended = false;
-            for action in progress.actions {
-                match action {
-                    pipeline::tools::Action::EndCall { reason } => {
-                        println!("  (call ended{})", if reason.is_empty() { String::new() } else { format!(": {reason}") });
-                        ended = true;
-                    }
-                    pipeline::tools::Action::Disposition { name, notes } => println!("  (disposition: {name} {notes})"),
-                    pipeline::tools::Action::Transfer { destination } => {
-                        println!("  (transferred to {destination})");
-                        ended = true;
-                    }
-                    pipeline::tools::Action::Dtmf { .. } => {}
-                }
-            }
-            if ended {
+            if print_actions(&progress.actions) {
                 break;
             }
         }
         Ok(())
     })
+}
+
+/// Prints the actions a turn took; true when one ends the conversation.
+fn print_actions(actions: &[pipeline::tools::Action]) -> bool {
+    let mut ended = false;
+    for action in actions {
+        match action {
+            pipeline::tools::Action::EndCall { reason } => {
+                println!("  (call ended{})", if reason.is_empty() { String::new() } else { format!(": {reason}") });
+                ended = true;
+            }
+            pipeline::tools::Action::Disposition { name, notes } => println!("  (disposition: {name} {notes})"),
+            pipeline::tools::Action::Transfer { destination } => {
+                println!("  (transferred to {destination})");
+                ended = true;
+            }
+            pipeline::tools::Action::Dtmf { digits } => println!("  (pressed {digits})"),
+        }
+    }
+    ended
+}
+
+/// Prints a flow's reply in `chat`: the line, where the flow is, its slots and actions. True
+/// when the conversation has ended.
+fn say_flow_reply(reply: crate::flow::Reply) -> anyhow::Result<bool> {
+    let line = prompt::render(&reply.template, &reply.context).map_err(anyhow::Error::msg)?;
+    if !line.is_empty() {
+        println!("agent: {}", crate::text::strip_marks(&line));
+    }
+    println!("  [flow: {}] {}", reply.node, serde_json::Value::Object(reply.slots));
+    // Disposition notes are templates over the variables and slots.
+    let mut actions = Vec::new();
+    for action in reply.actions {
+        actions.push(match action {
+            pipeline::tools::Action::Disposition { name, notes } => {
+                pipeline::tools::Action::Disposition { name, notes: prompt::render(&notes, &reply.context).map_err(anyhow::Error::msg)? }
+            }
+            other => other,
+        });
+    }
+    Ok(print_actions(&actions))
 }
 
 /// The system prompt of a text-only conversation with `assistant` (and the template context,

@@ -55,6 +55,10 @@ pub struct NodeSpec {
     pub confirm: Option<String>,
     /// Where to go when the slots are filled (and confirmed).
     pub next: Option<String>,
+    /// For a question the node's `say` asks: phrases and where each leads, tried before
+    /// yes and no ("reschedule" → `reschedule`).
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
     /// For a yes/no question (`say` asks it): where each answer goes.
     pub on_yes: Option<String>,
     pub on_no: Option<String>,
@@ -113,6 +117,14 @@ pub struct ChoiceSpec {
     pub value: String,
     #[serde(default)]
     pub says: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Phrases that choose it (any one, as words in the answer).
+    pub says: Vec<String>,
+    pub goto: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -285,16 +297,11 @@ impl Flow {
                 }
                 None => self.not_understood(text, &mut lines),
             },
-            Awaiting::Answer => match parse::yes_no(text) {
-                Some(answer) => {
-                    let node = self.current().clone();
-                    match if answer { node.on_yes } else { node.on_no } {
-                        Some(next) => self.enter(&next, "", &mut lines, &mut actions),
-                        None => self.not_understood(text, &mut lines),
-                    }
+            Awaiting::Answer => {
+                if !self.answer(text, &mut lines, &mut actions) {
+                    self.not_understood(text, &mut lines);
                 }
-                None => self.not_understood(text, &mut lines),
-            },
+            }
             Awaiting::Nothing => {
                 if let Some(answer) = self.knowledge(text) {
                     lines.push(answer);
@@ -321,6 +328,23 @@ impl Flow {
             },
         }
         self.reply(lines, actions)
+    }
+
+    /// Follows the answer to the node's own question: a route's phrase, then yes or no.
+    /// False when the words choose nothing.
+    fn answer(&mut self, text: &str, lines: &mut Vec<String>, actions: &mut Vec<Action>) -> bool {
+        let node = self.current().clone();
+        let next = match node.routes.iter().find(|r| mentions(text, &r.says)) {
+            Some(route) => Some(route.goto.clone()),
+            None => parse::yes_no(text).and_then(|yes| if yes { node.on_yes.clone() } else { node.on_no.clone() }),
+        };
+        match next {
+            Some(next) => {
+                self.enter(&next, "", lines, actions);
+                true
+            }
+            None => false,
+        }
     }
 
     fn current(&self) -> &NodeSpec {
@@ -354,14 +378,26 @@ impl Flow {
         self.node = name.to_string();
         self.attempts = 0;
         let node = self.current().clone();
+        let asks = node.on_yes.is_some() || node.on_no.is_some() || !node.routes.is_empty() || !node.on_digit.is_empty();
+        if asks && node.collect.is_empty() && !text.is_empty() {
+            // The words that led here may already answer this node's question (the first
+            // message asked it): follow them without asking again.
+            self.awaiting = Awaiting::Answer;
+            actions.extend(node.actions.iter().filter_map(action));
+            if self.answer(text, lines, actions) {
+                return;
+            }
+            if let Some(say) = &node.say {
+                lines.push(say.clone());
+            }
+            return;
+        }
         if let Some(say) = &node.say {
             lines.push(say.clone());
         }
         actions.extend(node.actions.iter().filter_map(action));
         if node.collect.is_empty() {
-            if node.on_yes.is_some() || node.on_no.is_some() {
-                self.awaiting = Awaiting::Answer;
-            } else if !node.on_digit.is_empty() {
+            if asks {
                 self.awaiting = Awaiting::Answer;
             } else if let Some(next) = self.route(&node).or(node.next.clone()) {
                 self.enter(&next, "", lines, actions);
@@ -660,7 +696,11 @@ pub fn problems(flow: &FlowSpec, dispositions: &[String]) -> Vec<(String, String
             out.push((field.clone(), format!("`{name}` is not a node name; use letters, digits and underscores")));
         }
         let targets = node.next.iter().map(|t| ("next".to_string(), t)).chain(node.on_yes.iter().map(|t| ("on_yes".to_string(), t))).chain(node.on_no.iter().map(|t| ("on_no".to_string(), t)));
-        let targets: Vec<(String, &String)> = targets.chain(node.on_digit.iter().map(|(d, t)| (format!("on_digit.{d}"), t))).chain(node.when.iter().enumerate().map(|(i, c)| (format!("when.{i}.goto"), &c.goto))).collect();
+        let targets: Vec<(String, &String)> = targets
+            .chain(node.on_digit.iter().map(|(d, t)| (format!("on_digit.{d}"), t)))
+            .chain(node.when.iter().enumerate().map(|(i, c)| (format!("when.{i}.goto"), &c.goto)))
+            .chain(node.routes.iter().enumerate().map(|(i, r)| (format!("routes.{i}.goto"), &r.goto)))
+            .collect();
         for (key, target) in &targets {
             check_target(&mut out, format!("{field}.{key}"), target);
         }
@@ -670,15 +710,20 @@ pub fn problems(flow: &FlowSpec, dispositions: &[String]) -> Vec<(String, String
             }
         }
         let ends = node.actions.iter().any(|a| matches!(a, ActionSpec::Named(n) if n == "end_call") || matches!(a, ActionSpec::Transfer { .. }));
-        let asks = node.on_yes.is_some() || node.on_no.is_some() || !node.on_digit.is_empty();
+        let asks = node.on_yes.is_some() || node.on_no.is_some() || !node.on_digit.is_empty() || !node.routes.is_empty();
         if targets.is_empty() && !ends && !asks && node.say.is_none() {
             out.push((field.clone(), "is a dead end: it says nothing, goes nowhere and does not end the call; add `say`, `next`, or an `end_call` action".into()));
         }
         if !node.collect.is_empty() && node.next.is_none() && node.when.is_empty() && !ends {
             out.push((format!("{field}.next"), "is missing: where does the flow go once the slots are filled? (or end the call with an `end_call` action)".into()));
         }
-        if (node.on_yes.is_some() || node.on_no.is_some()) && node.say.is_none() {
-            out.push((format!("{field}.say"), "is missing: on_yes/on_no answer the node's own question, so `say` must ask it".into()));
+        if (node.on_yes.is_some() || node.on_no.is_some() || !node.routes.is_empty()) && node.say.is_none() {
+            out.push((format!("{field}.say"), "is missing: routes and on_yes/on_no answer the node's own question, so `say` must ask it".into()));
+        }
+        for (i, route) in node.routes.iter().enumerate() {
+            if route.says.iter().all(|s| s.trim().is_empty()) {
+                out.push((format!("{field}.routes.{i}.says"), "give at least one phrase that chooses it".into()));
+            }
         }
         let mut slots = BTreeSet::new();
         for (i, slot) in node.collect.iter().enumerate() {
@@ -737,7 +782,9 @@ pub fn problems(flow: &FlowSpec, dispositions: &[String]) -> Vec<(String, String
                 continue;
             }
             if let Some(node) = flow.nodes.get(&name) {
-                queue.extend(node.next.iter().chain(&node.on_yes).chain(&node.on_no).chain(node.on_digit.values()).chain(node.when.iter().map(|c| &c.goto)).cloned());
+                queue.extend(
+                    node.next.iter().chain(&node.on_yes).chain(&node.on_no).chain(node.on_digit.values()).chain(node.when.iter().map(|c| &c.goto)).chain(node.routes.iter().map(|r| &r.goto)).cloned(),
+                );
             }
         }
         for name in flow.nodes.keys().filter(|n| !seen.contains(*n)) {
