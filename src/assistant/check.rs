@@ -209,7 +209,11 @@ pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
     }
     if let Some(flow) = &spec.flow {
         let dispositions: Vec<String> = spec.dispositions.iter().map(|d| d.name.clone()).collect();
-        for (field, message) in crate::flow::problems(flow, &dispositions) {
+        let tools: Vec<String> = spec.tools.iter().filter_map(|t| match t {
+            ToolEntry::Http(http) => Some(http.name.clone()),
+            ToolEntry::Builtin(_) => None,
+        }).collect();
+        for (field, message) in crate::flow::problems(flow, &dispositions, &tools) {
             problem(field, message);
         }
         let nodes = flow.nodes.len();

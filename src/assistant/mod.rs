@@ -48,6 +48,9 @@ fn describe(file: &Path, line: Option<usize>, field: Option<&str>, message: &str
 
 pub const SPEC_VERSION: u32 = 1;
 
+/// The system prompt of an assistant that has a flow and no prompt of its own.
+const FLOW_ONLY_PROMPT: &str = "You are {{ assistant_name }}, a phone assistant. Answer in one short, polite sentence.";
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssistantSpec {
@@ -438,6 +441,8 @@ impl Assistant {
                 problems.push(invalid("system_prompt", "give `prompt` (a template file) or `system_prompt` (inline), not both".into()));
                 None
             }
+            // A flow carries the conversation; the LLM (for turns it leaves free) gets a plain role.
+            (None, None) if spec.flow.is_some() => Some(FLOW_ONLY_PROMPT.to_string()),
             (None, None) => {
                 problems.push(invalid("prompt", "missing: name a template file, e.g. `prompt: prompts/NAME.j2` (or give `system_prompt` inline)".into()));
                 None

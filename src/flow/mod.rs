@@ -41,6 +41,10 @@ pub struct FlowSpec {
     /// Said when the caller's words fit nothing the node expects (default: the pending
     /// question's re-prompt).
     pub fallback: Option<String>,
+    /// The start node's slot that the assistant's first message asks for ("what is your
+    /// order number?"): the caller's first words are read as its answer, not only searched
+    /// for clear evidence.
+    pub first_message_asks: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -71,6 +75,23 @@ pub struct NodeSpec {
     /// Run on entering the node.
     #[serde(default)]
     pub actions: Vec<ActionSpec>,
+    /// Slots forgotten on entering the node (to ask them again: "another order?").
+    #[serde(default)]
+    pub clear: Vec<String>,
+    /// An HTTP tool of the assistant to call on entering (after `say`, which covers the
+    /// wait); its result is the slot named after the tool, then the flow goes to `next`, or
+    /// to `on_failure` when the call fails.
+    pub call: Option<ToolCallSpec>,
+    pub on_failure: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCallSpec {
+    pub tool: String,
+    /// Each argument: a slot or variable as `{{ name }}`, or a fixed text.
+    #[serde(default)]
+    pub arguments: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -81,6 +102,8 @@ pub enum SlotKind {
     Date,
     Time,
     Phone,
+    /// An id read out digit by digit (order and account numbers); `min_digits` (default 4).
+    Digits,
     Email,
     Enum,
     Boolean,
@@ -186,6 +209,15 @@ pub struct Reply {
     /// Where the flow is now, and the slots so far (for events and the report).
     pub node: String,
     pub slots: Map<String, Value>,
+    /// A tool to call now; its result goes back through [`Flow::on_tool_result`].
+    pub tool: Option<ToolRequest>,
+}
+
+/// An HTTP tool call a flow asks for, with its arguments resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolRequest {
+    pub tool: String,
+    pub arguments: Map<String, Value>,
 }
 
 /// What the flow waits for.
@@ -197,6 +229,8 @@ enum Awaiting {
     Confirmation,
     /// A yes/no to the node's own question (`on_yes` / `on_no`).
     Answer,
+    /// The result of the node's tool call.
+    Tool,
     /// Nothing more here (the call is ending, or a dead end).
     Nothing,
 }
@@ -222,6 +256,10 @@ pub struct Flow {
     /// Whether the start node was entered: by `begin` (the flow greets), or by the caller's
     /// first words after the assistant's first message (which may already hold slots).
     started: bool,
+    /// A tool call the reply being built asks for.
+    tool: Option<ToolRequest>,
+    /// A slot whose answer is being read leniently though the flow did not ask it itself.
+    lenient: Option<String>,
 }
 
 /// How many nodes one reply may pass through (`next` chains without a question).
@@ -232,7 +270,7 @@ impl Flow {
     /// assistant's timezone.
     pub fn new(spec: FlowSpec, base: Map<String, Value>, today: NaiveDate) -> Flow {
         let node = spec.start.clone();
-        Flow { spec, base, today, node, slots: Map::new(), spoken: Map::new(), awaiting: Awaiting::Nothing, attempts: 0, visited: Vec::new(), started: false }
+        Flow { spec, base, today, node, slots: Map::new(), spoken: Map::new(), awaiting: Awaiting::Nothing, attempts: 0, visited: Vec::new(), started: false, tool: None, lenient: None }
     }
 
     pub fn node(&self) -> &str {
@@ -278,7 +316,9 @@ impl Flow {
             // The first words after the greeting: they begin the flow, and may fill its slots.
             self.started = true;
             let start = self.spec.start.clone();
+            self.lenient = self.spec.first_message_asks.clone();
             self.enter(&start, text, &mut lines, &mut actions);
+            self.lenient = None;
             return self.reply(lines, actions);
         }
         match self.awaiting.clone() {
@@ -302,7 +342,7 @@ impl Flow {
                     self.not_understood(text, &mut lines);
                 }
             }
-            Awaiting::Nothing => {
+            Awaiting::Tool | Awaiting::Nothing => {
                 if let Some(answer) = self.knowledge(text) {
                     lines.push(answer);
                 } else {
@@ -330,6 +370,16 @@ impl Flow {
         self.reply(lines, actions)
     }
 
+    /// A tool argument: `{{ name }}` is that slot's or variable's value; anything else is sent
+    /// as written.
+    fn argument(&self, text: &str) -> Value {
+        let name = text.trim().strip_prefix("{{").and_then(|t| t.strip_suffix("}}")).map(str::trim);
+        match name {
+            Some(name) => self.slots.get(name).or_else(|| self.base.get(name)).cloned().unwrap_or(Value::Null),
+            None => json!(text),
+        }
+    }
+
     /// Follows the answer to the node's own question: a route's phrase, then yes or no.
     /// False when the words choose nothing.
     fn answer(&mut self, text: &str, lines: &mut Vec<String>, actions: &mut Vec<Action>) -> bool {
@@ -352,8 +402,47 @@ impl Flow {
         self.spec.nodes.get(&self.node).expect("flow nodes are checked when the assistant loads")
     }
 
-    fn reply(&self, lines: Vec<String>, actions: Vec<Action>) -> Reply {
-        Reply { template: lines.join(" "), context: self.context(), actions, node: self.node.clone(), slots: self.slots.clone() }
+    fn reply(&mut self, lines: Vec<String>, actions: Vec<Action>) -> Reply {
+        let actions = actions.into_iter().map(|a| self.resolve(a)).collect();
+        Reply { template: lines.join(" "), context: self.context(), actions, node: self.node.clone(), slots: self.slots.clone(), tool: self.tool.take() }
+    }
+
+    /// An action's destination or keys given as `{{ name }}` take that slot's or variable's
+    /// value (no template engine: a lookup).
+    fn resolve(&self, action: Action) -> Action {
+        let lookup = |text: String| -> String {
+            let name = text.trim().strip_prefix("{{").and_then(|t| t.strip_suffix("}}")).map(str::trim);
+            match name.and_then(|n| self.slots.get(n).or_else(|| self.base.get(n))) {
+                Some(Value::String(value)) => value.clone(),
+                Some(value) => value.to_string(),
+                None => text,
+            }
+        };
+        match action {
+            Action::Transfer { destination } => Action::Transfer { destination: lookup(destination) },
+            Action::Dtmf { digits } => Action::Dtmf { digits: lookup(digits) },
+            other => other,
+        }
+    }
+
+    /// The result of the tool call the last reply asked for: stored as the slot named after
+    /// the tool, then the flow moves on (`next`, or `on_failure` when it failed).
+    pub fn on_tool_result(&mut self, succeeded: bool, result: Value) -> Reply {
+        self.visited.clear();
+        let mut lines = Vec::new();
+        let mut actions = Vec::new();
+        let node = self.current().clone();
+        if self.awaiting == Awaiting::Tool {
+            if let Some(call) = &node.call {
+                self.slots.insert(call.tool.clone(), result);
+            }
+            let next = if succeeded { self.route(&node).or(node.next.clone()) } else { node.on_failure.clone().or(node.next.clone()) };
+            match next {
+                Some(next) => self.enter(&next, "", &mut lines, &mut actions),
+                None => self.awaiting = Awaiting::Nothing,
+            }
+        }
+        self.reply(lines, actions)
     }
 
     /// The template context: variables, slots, and `spoken`.
@@ -378,6 +467,10 @@ impl Flow {
         self.node = name.to_string();
         self.attempts = 0;
         let node = self.current().clone();
+        for slot in &node.clear {
+            self.slots.remove(slot);
+            self.spoken.remove(slot);
+        }
         let asks = node.on_yes.is_some() || node.on_no.is_some() || !node.routes.is_empty() || !node.on_digit.is_empty();
         if asks && node.collect.is_empty() && !text.is_empty() {
             // The words that led here may already answer this node's question (the first
@@ -396,6 +489,12 @@ impl Flow {
             lines.push(say.clone());
         }
         actions.extend(node.actions.iter().filter_map(action));
+        if let Some(call) = &node.call {
+            let arguments = call.arguments.iter().map(|(name, value)| (name.clone(), self.argument(value))).collect();
+            self.tool = Some(ToolRequest { tool: call.tool.clone(), arguments });
+            self.awaiting = Awaiting::Tool;
+            return;
+        }
         if node.collect.is_empty() {
             if asks {
                 self.awaiting = Awaiting::Answer;
@@ -418,7 +517,8 @@ impl Flow {
                 if self.slots.contains_key(&slot.name) {
                     continue;
                 }
-                if let Some((value, spoken)) = self.parse_slot(slot, text, true) {
+                let opportunistic = self.lenient.as_deref() != Some(slot.name.as_str());
+                if let Some((value, spoken)) = self.parse_slot(slot, text, opportunistic) {
                     if self.validate(slot, &value).is_ok() {
                         self.slots.insert(slot.name.clone(), value);
                         self.spoken.insert(slot.name.clone(), json!(spoken));
@@ -529,7 +629,7 @@ impl Flow {
             Awaiting::Slot(index) => node.collect.get(*index).map(|s| s.question.clone()),
             Awaiting::Confirmation => node.confirm.clone(),
             Awaiting::Answer => node.say.clone(),
-            Awaiting::Nothing => None,
+            Awaiting::Tool | Awaiting::Nothing => None,
         }
     }
 
@@ -561,6 +661,14 @@ impl Flow {
             SlotKind::Phone => {
                 let found = parse::phone(text, slot.min_digits.unwrap_or(7))?;
                 Some((json!(found), parse::spoken_digits(&found)))
+            }
+            SlotKind::Digits => {
+                if opportunistic {
+                    return None;
+                }
+                let found = parse::digits(text);
+                let count = found.chars().filter(char::is_ascii_digit).count();
+                (count >= slot.min_digits.unwrap_or(4) && count <= 24).then(|| (json!(found.trim_start_matches('+')), parse::spoken_digits(&found)))
             }
             SlotKind::Email => parse::email(text).map(|e| (json!(e), e.replace('@', " at ").replace('.', " dot "))),
             SlotKind::Enum => {
@@ -678,7 +786,7 @@ fn action(spec: &ActionSpec) -> Option<Action> {
 
 /// Every rule a flow breaks, as (field, message with the fix): unknown nodes and slots,
 /// unreachable nodes, dead ends, bad slot settings. `dispositions` are the assistant's.
-pub fn problems(flow: &FlowSpec, dispositions: &[String]) -> Vec<(String, String)> {
+pub fn problems(flow: &FlowSpec, dispositions: &[String], tools: &[String]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let known = |name: &str| flow.nodes.contains_key(name);
     let names = flow.nodes.keys().cloned().collect::<Vec<_>>().join(", ");
@@ -700,7 +808,19 @@ pub fn problems(flow: &FlowSpec, dispositions: &[String]) -> Vec<(String, String
             .chain(node.on_digit.iter().map(|(d, t)| (format!("on_digit.{d}"), t)))
             .chain(node.when.iter().enumerate().map(|(i, c)| (format!("when.{i}.goto"), &c.goto)))
             .chain(node.routes.iter().enumerate().map(|(i, r)| (format!("routes.{i}.goto"), &r.goto)))
+            .chain(node.on_failure.iter().map(|t| ("on_failure".to_string(), t)))
             .collect();
+        if let Some(call) = &node.call {
+            if !tools.contains(&call.tool) {
+                out.push((format!("{field}.call.tool"), format!("no HTTP tool `{}` in the assistant's tools (declared: {})", call.tool, tools.join(", "))));
+            }
+            if node.next.is_none() {
+                out.push((format!("{field}.next"), "is missing: where does the flow go with the tool's result?".into()));
+            }
+            if !node.collect.is_empty() {
+                out.push((format!("{field}.call"), "a node either collects slots or calls a tool; split it in two".into()));
+            }
+        }
         for (key, target) in &targets {
             check_target(&mut out, format!("{field}.{key}"), target);
         }
@@ -711,7 +831,7 @@ pub fn problems(flow: &FlowSpec, dispositions: &[String]) -> Vec<(String, String
         }
         let ends = node.actions.iter().any(|a| matches!(a, ActionSpec::Named(n) if n == "end_call") || matches!(a, ActionSpec::Transfer { .. }));
         let asks = node.on_yes.is_some() || node.on_no.is_some() || !node.on_digit.is_empty() || !node.routes.is_empty();
-        if targets.is_empty() && !ends && !asks && node.say.is_none() {
+        if targets.is_empty() && !ends && !asks && node.say.is_none() && node.call.is_none() {
             out.push((field.clone(), "is a dead end: it says nothing, goes nowhere and does not end the call; add `say`, `next`, or an `end_call` action".into()));
         }
         if !node.collect.is_empty() && node.next.is_none() && node.when.is_empty() && !ends {
@@ -772,6 +892,12 @@ pub fn problems(flow: &FlowSpec, dispositions: &[String]) -> Vec<(String, String
             out.push((format!("flow.knowledge.{i}.question"), "give at least one phrase a caller would ask it with".into()));
         }
     }
+    if let Some(asked) = &flow.first_message_asks {
+        let in_start = flow.nodes.get(&flow.start).is_some_and(|n| n.collect.iter().any(|s| &s.name == asked));
+        if !in_start {
+            out.push(("flow.first_message_asks".into(), format!("no slot `{asked}` is collected in the start node `{}`", flow.start)));
+        }
+    }
     // Reachability from the start and the global handlers.
     if known(&flow.start) {
         let mut seen = BTreeSet::new();
@@ -783,7 +909,15 @@ pub fn problems(flow: &FlowSpec, dispositions: &[String]) -> Vec<(String, String
             }
             if let Some(node) = flow.nodes.get(&name) {
                 queue.extend(
-                    node.next.iter().chain(&node.on_yes).chain(&node.on_no).chain(node.on_digit.values()).chain(node.when.iter().map(|c| &c.goto)).chain(node.routes.iter().map(|r| &r.goto)).cloned(),
+                    node.next
+                        .iter()
+                        .chain(&node.on_yes)
+                        .chain(&node.on_no)
+                        .chain(&node.on_failure)
+                        .chain(node.on_digit.values())
+                        .chain(node.when.iter().map(|c| &c.goto))
+                        .chain(node.routes.iter().map(|r| &r.goto))
+                        .cloned(),
                 );
             }
         }
@@ -850,6 +984,7 @@ pub fn sample_context(flow: &FlowSpec, base: &Map<String, Value>) -> Value {
                 SlotKind::Date => json!("2026-12-04"),
                 SlotKind::Time => json!("19:00"),
                 SlotKind::Phone => json!("5551234"),
+                SlotKind::Digits => json!("12345"),
                 SlotKind::Email => json!("ann@example.com"),
                 SlotKind::Enum => json!(slot.values.first().map(|v| v.value.clone()).unwrap_or_default()),
                 SlotKind::Boolean => json!(true),
@@ -858,6 +993,13 @@ pub fn sample_context(flow: &FlowSpec, base: &Map<String, Value>) -> Value {
             };
             spoken.insert(slot.name.clone(), json!(value.to_string()));
             map.insert(slot.name.clone(), value);
+        }
+    }
+    for node in flow.nodes.values() {
+        if let Some(call) = &node.call {
+            // A tool's result is whatever JSON it answers: templates must cope with fields
+            // missing (`| default`, `is defined`).
+            map.insert(call.tool.clone(), json!({}));
         }
     }
     map.insert("spoken".into(), Value::Object(spoken));

@@ -36,7 +36,7 @@ knowledge:
 
 fn flow() -> Flow {
     let spec: FlowSpec = serde_yaml::from_str(BOOKING).unwrap();
-    assert_eq!(problems(&spec, &["booked".into(), "not_booked".into()]), Vec::<(String, String)>::new());
+    assert_eq!(problems(&spec, &["booked".into(), "not_booked".into()], &[]), Vec::<(String, String)>::new());
     Flow::new(spec, Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap())
 }
 
@@ -146,7 +146,7 @@ global:
 "#,
     )
     .unwrap();
-    let found = problems(&spec, &["done".into()]);
+    let found = problems(&spec, &["done".into()], &[]);
     let fields: Vec<&str> = found.iter().map(|(f, _)| f.as_str()).collect();
     for expected in ["flow.nodes.begin.next", "flow.global.0.goto", "flow.nodes.orphan.actions.0", "flow.nodes.stuck", "flow.nodes.orphan"] {
         assert!(fields.contains(&expected), "{expected} missing from {found:?}");
@@ -205,4 +205,47 @@ fn the_parsers_read_the_held_out_phrasings() {
     }
     assert!(total >= 300, "the set holds {total} phrasings");
     assert!(right as f64 >= 0.95 * total as f64, "{right} of {total} right:\n{}", misses.join("\n"));
+}
+
+#[test]
+fn a_tool_call_takes_its_arguments_from_slots_and_its_result_becomes_a_slot() {
+    let spec: FlowSpec = serde_yaml::from_str(
+        r#"
+start: ask
+first_message_asks: order
+nodes:
+  ask:
+    collect: [{ name: order, type: digits, question: "Your order number?" }]
+    next: lookup
+  lookup:
+    say: "One moment."
+    call: { tool: lookup_order, arguments: { order_number: "{{ order }}", source: phone } }
+    next: report
+    on_failure: sorry
+  report:
+    say: "It is {{ lookup_order.status | default('on its way') }}. Another?"
+    on_yes: again
+    on_no: bye
+  again:
+    clear: [order, lookup_order]
+    next: ask
+  bye: { say: "Bye.", actions: [end_call] }
+  sorry: { say: "Not found.", actions: [{ transfer_call: "{{ desk }}" }] }
+"#,
+    )
+    .unwrap();
+    assert_eq!(problems(&spec, &[], &["lookup_order".into()]), Vec::<(String, String)>::new());
+    assert!(problems(&spec, &[], &[]).iter().any(|(f, _)| f == "flow.nodes.lookup.call.tool"));
+    let base: Map<String, Value> = [("desk".to_string(), json!("+15550100"))].into_iter().collect();
+    let mut flow = Flow::new(spec, base, NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
+    let reply = flow.on_caller("it's 4 5 6 7");
+    assert_eq!(said(&reply), "One moment.");
+    assert_eq!(reply.tool, Some(ToolRequest { tool: "lookup_order".into(), arguments: [("order_number".to_string(), json!("4567")), ("source".to_string(), json!("phone"))].into_iter().collect() }));
+    let reply = flow.on_tool_result(true, json!({ "status": "shipped" }));
+    assert_eq!(said(&reply), "It is shipped. Another?");
+    let reply = flow.on_caller("yes please");
+    assert_eq!(said(&reply), "Your order number?", "the old order was forgotten");
+    flow.on_caller("1 2 3 4");
+    let reply = flow.on_tool_result(false, json!("error: 404"));
+    assert_eq!(reply.actions, vec![Action::Transfer { destination: "+15550100".into() }], "a variable as the destination");
 }

@@ -90,12 +90,22 @@ struct State {
     /// A caller turn that finished while a `<no-interrupt>` segment played.
     deferred: Option<UserTurn>,
     flow: Option<Flow>,
+    /// Where a flow's tool calls send their results (the run loop receives them).
+    tool_results: Option<mpsc::UnboundedSender<(bool, serde_json::Value)>>,
+    /// A flow reply waiting for the agent's current line to finish.
+    queued: Option<FlowReply>,
 }
 
 impl Agent {
     pub async fn run(mut self, mut inbox: mpsc::Receiver<Frame>, call: CancellationToken, report: Arc<Mutex<CallReport>>) {
         let turn_spec = self.ctx.assistant.spec.turn;
-        let mut state = State { history: vec![Message::System { content: self.system_prompt.clone() }], flow: self.flow.take(), ..State::default() };
+        let (tool_tx, mut tool_rx) = mpsc::unbounded_channel();
+        let mut state = State {
+            history: vec![Message::System { content: self.system_prompt.clone() }],
+            flow: self.flow.take(),
+            tool_results: Some(tool_tx),
+            ..State::default()
+        };
         let flow_speaks_first = self.first_message.is_none() && state.flow.is_some();
         if flow_speaks_first {
             // No first message: the flow's start node greets.
@@ -120,6 +130,17 @@ impl Agent {
                 frame = inbox.recv() => {
                     let Some(frame) = frame else { break };
                     self.on_frame(&mut state, frame, &report);
+                }
+                Some((succeeded, result)) = tool_rx.recv() => {
+                    let reply = state.flow.as_mut().map(|flow| flow.on_tool_result(succeeded, result));
+                    if let Some(reply) = reply {
+                        if state.active.is_some() || !self.ctx.out.is_idle() {
+                            // The line covering the wait is still playing: follow it.
+                            state.queued = Some(reply);
+                        } else {
+                            self.follow_flow(&mut state, reply, None, &report);
+                        }
+                    }
                 }
                 _ = tick.tick() => {
                     if self.on_tick(&mut state, &report) {
@@ -282,10 +303,32 @@ impl Agent {
             }
         }
         self.emit(CallEvent::Flow { node: reply.node.clone(), slots: reply.slots.clone() });
+        if let Some(request) = reply.tool.clone() {
+            self.call_tool(state, request);
+        }
         if reply.template.trim().is_empty() {
             return;
         }
         self.start(state, TurnInput::Render { template: reply.template, context: reply.context }, user, true);
+    }
+
+    /// Calls a flow's HTTP tool in the background; its result comes back to the run loop.
+    fn call_tool(&self, state: &State, request: crate::flow::ToolRequest) {
+        let Some(results) = state.tool_results.clone() else { return };
+        let Some(tool) = super::tools::http_tool(&self.ctx.assistant, &request.tool).cloned() else {
+            let _ = results.send((false, serde_json::json!({ "error": format!("no tool `{}`", request.tool) })));
+            return;
+        };
+        let client = self.ctx.http.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let result = super::tools::run_http(&client, &tool, &serde_json::Value::Object(request.arguments)).await;
+            if result.failed {
+                let _ = events.send(CallEvent::Note(format!("tool {} failed: {}", tool.name, result.content)));
+            }
+            let value = serde_json::from_str(&result.content).unwrap_or(serde_json::Value::String(result.content));
+            let _ = results.send((!result.failed, value));
+        });
     }
 
     /// Cancels whatever the agent is doing without treating it as a barge-in.
@@ -487,6 +530,10 @@ impl Agent {
                 let active = state.active.take().expect("checked above");
                 self.finish_turn(state, active, report, false);
                 state.last_activity = now;
+                if let Some(reply) = state.queued.take() {
+                    self.follow_flow(state, reply, None, report);
+                    return false;
+                }
                 if state.llm_failures >= MAX_LLM_FAILURES && state.hang_up_when_done.is_none() {
                     state.hang_up_when_done = Some("the LLM kept failing".into());
                     self.start(state, TurnInput::Say(GIVE_UP.into()), None, false);

@@ -376,3 +376,42 @@ fn the_demo_booking_flow_books_the_table_on_the_local_models() {
     assert!(report["ended_by"].as_str().unwrap_or("").starts_with("agent"), "the agent ends the call after booking: {report:#}");
     assert!(report["summary"].as_str().unwrap_or("").starts_with("Booked: 2 people"), "{report:#}");
 }
+
+#[test]
+fn a_flow_calls_its_http_tool_with_a_slot_and_says_the_result() {
+    let tool = Server::start(|_, _| Response { status: 200, content_type: "application/json", body: br#"{"status": "out for delivery", "eta": "tomorrow"}"#.to_vec(), delay: Duration::from_millis(300) });
+    let assistant = format!(
+        r#"first_message: "Thanks for calling. What is your order number?"
+dispositions: [{{ name: resolved }}, {{ name: unresolved }}]
+tools:
+  - name: lookup_order
+    url: "{}"
+    parameters: {{ type: object, properties: {{ order_number: {{ type: string }} }} }}
+flow:
+  start: ask
+  first_message_asks: order_number
+  nodes:
+    ask:
+      collect: [{{ name: order_number, type: digits, min_digits: 4, question: "What is your order number?" }}]
+      next: lookup
+    lookup:
+      say: "Let me check order {{{{ spoken.order_number }}}}."
+      call: {{ tool: lookup_order, arguments: {{ order_number: "{{{{ order_number }}}}" }} }}
+      next: report
+      on_failure: failed
+    report:
+      say: "It is {{{{ lookup_order.status | default('on its way') }}}}, expected {{{{ lookup_order.eta | default('soon') }}}}. Goodbye!"
+      actions: [{{ set_disposition: resolved }}, end_call]
+    failed:
+      say: "Sorry, I could not find it. Goodbye!"
+      actions: [{{ set_disposition: unresolved }}, end_call]
+"#,
+        tool.url("/orders")
+    );
+    let call = simulate(&assistant, "lines:\n  - say: \"It's four five six seven.\"\nfinal_wait_ms: 8000\n");
+    assert_eq!(tool.requests(), vec![json!({ "order_number": "4567" })], "{:#}", call.report);
+    let agent = call.agent_text();
+    assert!(agent.contains("Let me check order 4 5 6 7") && agent.contains("out for delivery, expected tomorrow"), "{agent}");
+    assert_eq!(call.report["disposition"], "resolved");
+    assert_eq!(call.report["slots"]["lookup_order"]["status"], "out for delivery");
+}
