@@ -8,6 +8,7 @@ pub mod assistant;
 pub mod audio;
 pub mod cli;
 pub mod egress;
+pub mod eval;
 pub mod flow;
 pub mod llm;
 pub mod models;

@@ -195,7 +195,7 @@ fn load_assistant(path: &Path) -> anyhow::Result<Arc<Assistant>> {
 
 /// The operator's own commands: models from the store, keys from the environment, and no
 /// egress restriction (the operator runs these on their own machine).
-fn operator_engines(store: &ModelStore) -> EngineRegistry {
+pub fn operator_engines(store: &ModelStore) -> EngineRegistry {
     EngineRegistry::new(store.clone(), EgressPolicy::allow_all(), EngineLimits::default())
 }
 

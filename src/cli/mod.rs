@@ -7,6 +7,7 @@ mod audio_cmds;
 mod bench;
 mod bench_api;
 pub mod call_cmds;
+mod eval_cmd;
 mod models_cmd;
 mod serve_cmds;
 
@@ -47,6 +48,9 @@ pub enum Command {
     /// Print speed figures (benchmarks, not tests).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Replay scenario suites against assistants and score them.
+    #[command(subcommand)]
+    Eval(eval_cmd::EvalCommand),
     /// Renders one template job from stdin within resource limits (`serve` runs it).
     #[command(hide = true)]
     TemplateSandbox,
@@ -64,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(args) => serve_cmds::keys(args),
         Command::Assistants(command) => serve_cmds::assistants(command),
         Command::Bench(command) => bench::run(command),
+        Command::Eval(command) => eval_cmd::run(command),
         Command::TemplateSandbox => Ok(crate::assistant::prompt::sandbox_child()?),
     }
 }

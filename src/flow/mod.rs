@@ -390,7 +390,8 @@ impl Flow {
         };
         match next {
             Some(next) => {
-                self.enter(&next, "", lines, actions);
+                // "Can we move it to Friday at 10?" chooses the route and fills its slots.
+                self.enter(&next, text, lines, actions);
                 true
             }
             None => false,

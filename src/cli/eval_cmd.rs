@@ -1,0 +1,201 @@
+//! `ringline eval run`: plays scenario suites through the real pipeline and scores them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::call_cmds::{self, DEFAULT_LINE_RATE};
+use crate::assistant::{prompt, Assistant};
+use crate::eval::{self, Outcome, Results, Scenario, Thresholds};
+use crate::models::ModelStore;
+use crate::pipeline::{Credentials, EngineRegistry};
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Run scenario suites (folders or files of YAML scenarios) and score them.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Suites: folders (searched for *.yaml) or scenario files.
+    #[arg(required = true)]
+    pub suites: Vec<PathBuf>,
+    /// Scenarios run at once (calls run in real time: more than the cores can hold slows all).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Only scenarios whose name matches this pattern (`*` matches anything).
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Write the results (figures and every scenario's outcome) as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// A previous run's JSON: exit non-zero, naming them, when scenarios or metrics regress.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Task success may drop this many points below the baseline's (0–100).
+    #[arg(long, default_value_t = 0.0)]
+    pub allowed_drop: f64,
+    /// Exit non-zero when any scenario fails (for CI's smoke suite).
+    #[arg(long)]
+    pub strict: bool,
+    /// The line's sample rate (8000 for the telephone band).
+    #[arg(long, default_value_t = DEFAULT_LINE_RATE)]
+    pub line_rate: u32,
+}
+
+pub fn run(command: EvalCommand) -> anyhow::Result<()> {
+    let EvalCommand::Run(args) = command;
+    let scenarios = match eval::load(&args.suites) {
+        Ok(scenarios) => scenarios,
+        Err(problems) => {
+            for problem in &problems {
+                println!("error   {problem}");
+            }
+            anyhow::bail!("{} problem(s) in the scenario files; nothing was run", problems.len());
+        }
+    };
+    let scenarios: Vec<Scenario> = scenarios.into_iter().filter(|s| args.filter.as_deref().is_none_or(|f| matches_glob(f, &s.name))).collect();
+    if scenarios.is_empty() {
+        anyhow::bail!("no scenario matches; check the suite paths and --filter");
+    }
+    let baseline: Option<Results> = match &args.baseline {
+        Some(path) => Some(serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading the baseline {}", path.display()))?).with_context(|| format!("{} is not a results file of `eval run --json`", path.display()))?),
+        None => None,
+    };
+    let store = ModelStore::from_env()?;
+    let registry = Arc::new(call_cmds::operator_engines(&store));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let progress = ProgressBar::new(scenarios.len() as u64);
+    progress.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} scenarios  {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let outcomes: Vec<Outcome> = runtime.block_on(async {
+        futures::stream::iter(scenarios.iter().cloned())
+            .map(|scenario| {
+                let (store, registry, progress) = (store.clone(), registry.clone(), progress.clone());
+                async move {
+                    progress.set_message(scenario.name.clone());
+                    let outcome = play(&store, &registry, &scenario, args.line_rate).await;
+                    progress.println(format!("{} {}", if outcome.passed { "PASS" } else { "FAIL" }, outcome.name));
+                    for failure in outcome.failures.iter().chain(outcome.error.iter()) {
+                        progress.println(format!("       {failure}"));
+                    }
+                    progress.inc(1);
+                    outcome
+                }
+            })
+            .buffered(args.jobs.max(1))
+            .collect()
+            .await
+    });
+    progress.finish_and_clear();
+    let results = eval::results(outcomes);
+    print_figures(&results);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?).with_context(|| format!("writing {}", path.display()))?;
+        println!("results: {}", path.display());
+    }
+    if let Some(baseline) = &baseline {
+        let thresholds = Thresholds { task_success_drop: args.allowed_drop / 100.0, ..Thresholds::default() };
+        let found = eval::regressions(&results, baseline, thresholds);
+        if !found.is_empty() {
+            for regression in &found {
+                println!("regression: {regression}");
+            }
+            anyhow::bail!("{} regression(s) against the baseline", found.len());
+        }
+        println!("no regression against the baseline");
+    }
+    let failed = results.overall.scenarios - results.overall.passed;
+    if args.strict && failed > 0 {
+        anyhow::bail!("{failed} of {} scenario(s) failed", results.overall.scenarios);
+    }
+    Ok(())
+}
+
+/// Plays one scenario; a scenario that cannot run is a failed outcome with the reason.
+async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario, line_rate: u32) -> Outcome {
+    let failed = |error: String| Outcome {
+        name: scenario.name.clone(),
+        file: scenario.file.display().to_string(),
+        assistant: scenario.assistant.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        error: Some(error),
+        ..Outcome::default()
+    };
+    let assistant = match Assistant::load(&scenario.assistant) {
+        Ok(assistant) => Arc::new(assistant),
+        Err(error) => return failed(error.to_string()),
+    };
+    if let Err(error) = prompt::resolve_variables(&assistant, &scenario.variables) {
+        return failed(format!("{}: {error}", scenario.file.display()));
+    }
+    let engines = match registry.engines_for(&assistant, &Credentials::from_env()).await {
+        Ok(engines) => engines,
+        Err(error) => return failed(format!("cannot load the assistant's models: {error}")),
+    };
+    let variables: BTreeMap<String, String> = scenario.variables.clone();
+    match call_cmds::simulate_call(store, engines, assistant, scenario.caller.clone(), variables, line_rate, false).await {
+        Ok(call) => {
+            let talk_over = eval::talk_over_ms(&call.caller_track, &call.agent_track, call.rate);
+            eval::score(scenario, &call.report, talk_over)
+        }
+        Err(error) => failed(format!("the call failed: {error:#}")),
+    }
+}
+
+fn print_figures(results: &Results) {
+    let pct = |v: Option<f64>| v.map(|v| format!("{:.0}%", v * 100.0)).unwrap_or_else(|| "-".into());
+    let ms = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
+    println!();
+    println!("{:<26} {:>9} {:>8} {:>12} {:>11} {:>8} {:>8}", "assistant", "scenarios", "success", "disposition", "extraction", "v2v p50", "v2v p95");
+    let rows = results.by_assistant.iter().map(|(name, f)| (name.as_str(), f)).chain([("all", &results.overall)]);
+    for (name, f) in rows {
+        println!(
+            "{:<26} {:>9} {:>8} {:>12} {:>11} {:>8} {:>8}",
+            name,
+            f.scenarios,
+            pct(Some(f.task_success)),
+            pct(f.disposition_accuracy),
+            pct(f.extraction_accuracy),
+            ms(f.voice_to_voice_p50_ms),
+            ms(f.voice_to_voice_p95_ms)
+        );
+    }
+    println!("barge-in reaction p95: {} ms; talk-over in all: {:.0} ms", ms(results.overall.barge_in_p95_ms), results.overall.talk_over_ms);
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn matches_glob(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let mut rest = name;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(after) = rest.strip_prefix(part) else { return false };
+            rest = after;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            let Some(at) = rest.find(part) else { return false };
+            rest = &rest[at + part.len()..];
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn globs() {
+        assert!(super::matches_glob("booking*", "booking happy path"));
+        assert!(super::matches_glob("*barge*", "a barge-in"));
+        assert!(!super::matches_glob("booking", "booking happy path"));
+        assert!(super::matches_glob("*", "anything"));
+    }
+}

@@ -1,0 +1,479 @@
+//! The eval harness: scenarios replayed through the real pipeline, scored, and compared with
+//! a baseline.
+//!
+//! A suite is a folder of YAML files under `eval/`; a file holds one scenario, or several
+//! under `scenarios:`. A scenario names an assistant file and its variables, the caller's side
+//! (a caller script inline or in a file), and what must happen: the disposition, extracted
+//! fields, phrases the agent must or must not say, who ended the call, latency and duration
+//! budgets. `ringline eval run` plays each through the pipeline on the loopback line (the
+//! running lives in `cli/eval_cmd.rs`); this module loads scenarios with located errors,
+//! scores a finished call, sums a run up, and finds regressions against a baseline.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::pipeline::CallReport;
+use crate::transport::loopback::CallerScript;
+
+/// What a scenario expects; every part is optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub disposition: Option<String>,
+    /// Fields the call must extract, with their values (a flow's slots).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub extracted: Map<String, Value>,
+    /// Regular expressions the agent must say (case-insensitive), each at least once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub says: Vec<String>,
+    /// Regular expressions the agent must never say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub never_says: Vec<String>,
+    /// `agent` or `caller`: who hung up.
+    pub ended_by: Option<String>,
+    /// Numbers the call was transferred to.
+    pub transferred_to: Option<String>,
+    pub max_duration_s: Option<f64>,
+    /// The 95th percentile of voice-to-voice latency over the call's turns.
+    pub voice_to_voice_p95_ms: Option<f64>,
+    /// The most time caller and agent may both be talking.
+    pub max_talk_over_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioSpec {
+    name: String,
+    /// An assistant file, relative to the scenario's folder or the working directory.
+    assistant: PathBuf,
+    #[serde(default)]
+    variables: BTreeMap<String, Value>,
+    /// The caller, inline.
+    caller: Option<CallerScript>,
+    /// The caller, as a script file.
+    caller_file: Option<PathBuf>,
+    #[serde(default)]
+    expect: Expect,
+    /// Free-form labels, for filtering and reports.
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum SuiteFile {
+    Many { scenarios: Vec<serde_yaml::Value> },
+    One(serde_yaml::Value),
+}
+
+/// A loaded scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub file: PathBuf,
+    pub assistant: PathBuf,
+    pub variables: BTreeMap<String, String>,
+    pub caller: CallerScript,
+    pub expect: Expect,
+    pub tags: Vec<String>,
+}
+
+/// Every scenario in `paths` (files, or folders searched for `*.yaml`), in path order; or
+/// every problem, each as `file[:line]: field: message`.
+pub fn load(paths: &[PathBuf]) -> Result<Vec<Scenario>, Vec<String>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = walk(path);
+            found.sort();
+            files.extend(found);
+        } else if path.is_file() {
+            files.push(path.clone());
+        } else {
+            return Err(vec![format!("{}: no such file or folder", path.display())]);
+        }
+    }
+    let mut scenarios = Vec::new();
+    let mut problems = Vec::new();
+    for file in files {
+        match load_file(&file) {
+            Ok(found) => scenarios.extend(found),
+            Err(found) => problems.extend(found),
+        }
+    }
+    let mut names = BTreeMap::new();
+    for scenario in &scenarios {
+        if let Some(other) = names.insert(scenario.name.clone(), scenario.file.clone()) {
+            problems.push(format!("{}: field `name`: `{}` is also the name of a scenario in {}; names must be unique", scenario.file.display(), scenario.name, other.display()));
+        }
+    }
+    if problems.is_empty() {
+        Ok(scenarios)
+    } else {
+        Err(problems)
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn load_file(file: &Path) -> Result<Vec<Scenario>, Vec<String>> {
+    let text = std::fs::read_to_string(file).map_err(|e| vec![format!("{}: cannot read: {e}", file.display())])?;
+    let parsed: SuiteFile = serde_yaml::from_str(&text).map_err(|e| vec![located(file, &text, &e)])?;
+    let values = match parsed {
+        SuiteFile::Many { scenarios } => scenarios,
+        SuiteFile::One(value) => vec![value],
+    };
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for (i, value) in values.into_iter().enumerate() {
+        let spec: ScenarioSpec = match serde_path_to_error::deserialize(value) {
+            Ok(spec) => spec,
+            Err(e) => {
+                let field = e.path().to_string();
+                let message = e.into_inner().to_string();
+                let field = crate::assistant::join_field(&field, crate::assistant::named_field(&message));
+                let line = crate::assistant::check::line_of(&text, field.trim_start_matches('.')).map(|l| format!(":{l}")).unwrap_or_default();
+                let which = if text.contains("scenarios:") { format!(" (scenario {})", i + 1) } else { String::new() };
+                problems.push(format!("{}{line}{which}: field `{field}`: {message}", file.display()));
+                continue;
+            }
+        };
+        match resolve(spec, file, &text) {
+            Ok(scenario) => out.push(scenario),
+            Err(found) => problems.extend(found),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+fn located(file: &Path, _text: &str, error: &serde_yaml::Error) -> String {
+    let line = error.location().map(|l| format!(":{}", l.line())).unwrap_or_default();
+    format!("{}{line}: {error}", file.display())
+}
+
+fn resolve(spec: ScenarioSpec, file: &Path, text: &str) -> Result<Scenario, Vec<String>> {
+    let mut problems = Vec::new();
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let at = |field: &str| crate::assistant::check::line_of(text, field).map(|l| format!(":{l}")).unwrap_or_default();
+    let problem = |field: &str, message: String| format!("{}{}: field `{field}`: {message}", file.display(), at(field));
+    let find = |relative: &Path| -> Option<PathBuf> { [dir.join(relative), relative.to_path_buf()].into_iter().find(|p| p.is_file()) };
+    let assistant = match find(&spec.assistant) {
+        Some(path) => path,
+        None => {
+            problems.push(problem("assistant", format!("`{}` is not a file (relative to the scenario's folder or the working directory)", spec.assistant.display())));
+            PathBuf::new()
+        }
+    };
+    let caller = match (spec.caller, &spec.caller_file) {
+        (Some(script), None) => Some(script),
+        (None, Some(path)) => match find(path).map(|p| CallerScript::load(&p)) {
+            Some(Ok(script)) => Some(script),
+            Some(Err(e)) => {
+                problems.push(problem("caller_file", e.to_string()));
+                None
+            }
+            None => {
+                problems.push(problem("caller_file", format!("`{}` is not a file", path.display())));
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            problems.push(problem("caller", "give `caller` or `caller_file`, not both".into()));
+            None
+        }
+        (None, None) => {
+            problems.push(problem("caller", "missing: the caller's lines (`caller: { lines: [...] }`) or a script file (`caller_file`)".into()));
+            None
+        }
+    };
+    if let Some(script) = &caller {
+        for (field, message) in script.problems() {
+            problems.push(problem(&format!("caller.{field}"), message));
+        }
+    }
+    for (list, field) in [(&spec.expect.says, "expect.says"), (&spec.expect.never_says, "expect.never_says")] {
+        for (i, pattern) in list.iter().enumerate() {
+            if let Err(e) = regex::RegexBuilder::new(pattern).case_insensitive(true).size_limit(1 << 20).build() {
+                problems.push(problem(&format!("{field}.{i}"), format!("not a regular expression: {e}")));
+            }
+        }
+    }
+    if spec.expect.ended_by.as_deref().is_some_and(|w| w != "agent" && w != "caller") {
+        problems.push(problem("expect.ended_by", "use agent or caller".into()));
+    }
+    let mut variables = BTreeMap::new();
+    for (name, value) in spec.variables {
+        match value {
+            Value::String(text) => {
+                variables.insert(name, text);
+            }
+            Value::Number(_) | Value::Bool(_) => {
+                variables.insert(name, value.to_string());
+            }
+            _ => problems.push(problem(&format!("variables.{name}"), "must be a string, number or boolean".into())),
+        }
+    }
+    match (caller, problems.is_empty()) {
+        (Some(caller), true) => Ok(Scenario { name: spec.name, file: file.to_path_buf(), assistant, variables, caller, expect: spec.expect, tags: spec.tags }),
+        _ => Err(problems),
+    }
+}
+
+/// How one scenario went.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Outcome {
+    pub name: String,
+    pub file: String,
+    pub assistant: String,
+    pub passed: bool,
+    /// Each expectation that did not hold, in words.
+    pub failures: Vec<String>,
+    pub disposition: String,
+    pub expected_disposition: Option<String>,
+    pub extracted: Map<String, Value>,
+    /// Expected fields matched, of those expected.
+    pub fields_right: usize,
+    pub fields_expected: usize,
+    pub voice_to_voice_ms: Vec<f64>,
+    pub barge_in_ms: Vec<f64>,
+    pub talk_over_ms: f64,
+    pub duration_s: f64,
+    pub ended_by: String,
+    /// (speaker, text)
+    pub transcript: Vec<(String, String)>,
+    /// Set when the call could not run at all.
+    pub error: Option<String>,
+}
+
+/// Scores a finished call against its scenario. `talk_over_ms` is measured on the recording.
+pub fn score(scenario: &Scenario, report: &CallReport, talk_over_ms: f64) -> Outcome {
+    let expect = &scenario.expect;
+    let mut failures = Vec::new();
+    let disposition = crate::pipeline::disposition(report);
+    if let Some(want) = &expect.disposition {
+        if &disposition != want {
+            failures.push(format!("disposition `{disposition}`, expected `{want}`"));
+        }
+    }
+    let mut fields_right = 0;
+    for (name, want) in &expect.extracted {
+        match report.slots.get(name) {
+            Some(got) if same_value(got, want) => fields_right += 1,
+            Some(got) => failures.push(format!("extracted {name} = {got}, expected {want}")),
+            None => failures.push(format!("{name} was not extracted (expected {want})")),
+        }
+    }
+    let agent_text: String = report.transcript.iter().filter(|(who, _, _)| who == "agent").map(|(_, text, _)| text.as_str()).collect::<Vec<_>>().join("\n");
+    for pattern in &expect.says {
+        let found = regex::RegexBuilder::new(pattern).case_insensitive(true).build().map(|r| r.is_match(&agent_text)).unwrap_or(false);
+        if !found {
+            failures.push(format!("the agent never said /{pattern}/"));
+        }
+    }
+    for pattern in &expect.never_says {
+        if let Some(found) = regex::RegexBuilder::new(pattern).case_insensitive(true).build().ok().and_then(|r| r.find(&agent_text).map(|m| m.as_str().to_string())) {
+            failures.push(format!("the agent said \"{found}\" (/{pattern}/ is forbidden)"));
+        }
+    }
+    let ended_by = report.ended_by.clone().unwrap_or_default();
+    let who_ended = if ended_by.starts_with("agent") { "agent" } else { "caller" };
+    if let Some(want) = &expect.ended_by {
+        if who_ended != want {
+            failures.push(format!("the {who_ended} ended the call ({ended_by}), expected the {want}"));
+        }
+    }
+    if let Some(want) = &expect.transferred_to {
+        if !report.transfers.iter().any(|t| t == want) {
+            failures.push(format!("not transferred to {want} (transfers: {:?})", report.transfers));
+        }
+    }
+    let duration_s = report.duration.as_secs_f64();
+    if let Some(max) = expect.max_duration_s {
+        if duration_s > max {
+            failures.push(format!("the call took {duration_s:.1} s, more than {max} s"));
+        }
+    }
+    let voice_to_voice_ms: Vec<f64> = report.turns.iter().map(|t| t.voice_to_voice.as_secs_f64() * 1000.0).collect();
+    if let (Some(budget), Some(p95)) = (expect.voice_to_voice_p95_ms, percentile(&voice_to_voice_ms, 0.95)) {
+        if p95 > budget {
+            failures.push(format!("voice-to-voice p95 {p95:.0} ms, over the budget of {budget:.0} ms"));
+        }
+    }
+    if let Some(max) = expect.max_talk_over_ms {
+        if talk_over_ms > max {
+            failures.push(format!("caller and agent talked over each other for {talk_over_ms:.0} ms, more than {max:.0} ms"));
+        }
+    }
+    let barge_in_ms = report.barge_ins.iter().map(|b| b.stopped.saturating_sub(b.overlap_from).as_secs_f64() * 1000.0).collect();
+    Outcome {
+        name: scenario.name.clone(),
+        file: scenario.file.display().to_string(),
+        assistant: scenario.assistant.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        passed: failures.is_empty(),
+        failures,
+        disposition,
+        expected_disposition: expect.disposition.clone(),
+        extracted: report.slots.clone(),
+        fields_right,
+        fields_expected: expect.extracted.len(),
+        voice_to_voice_ms,
+        barge_in_ms,
+        talk_over_ms,
+        duration_s,
+        ended_by,
+        transcript: report.transcript.iter().map(|(who, text, _)| (who.clone(), text.clone())).collect(),
+        error: None,
+    }
+}
+
+/// Values equal for a person: numbers by value, text without case or surrounding spaces.
+fn same_value(got: &Value, want: &Value) -> bool {
+    match (got, want) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Value::String(a), Value::String(b)) => a.trim().eq_ignore_ascii_case(b.trim()),
+        (Value::String(a), Value::Number(b)) | (Value::Number(b), Value::String(a)) => a.trim().parse::<f64>().ok() == b.as_f64(),
+        _ => got == want,
+    }
+}
+
+/// The `q`-quantile (nearest rank) of `values`.
+pub fn percentile(values: &[f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+/// A run's figures, overall or for one assistant.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Figures {
+    pub scenarios: usize,
+    pub passed: usize,
+    /// Scenarios whose every expectation held, of all.
+    pub task_success: f64,
+    pub disposition_accuracy: Option<f64>,
+    pub extraction_accuracy: Option<f64>,
+    pub voice_to_voice_p50_ms: Option<f64>,
+    pub voice_to_voice_p95_ms: Option<f64>,
+    pub barge_in_p95_ms: Option<f64>,
+    pub talk_over_ms: f64,
+}
+
+pub fn figures<'a>(outcomes: impl IntoIterator<Item = &'a Outcome>) -> Figures {
+    let outcomes: Vec<&Outcome> = outcomes.into_iter().collect();
+    let scenarios = outcomes.len();
+    let passed = outcomes.iter().filter(|o| o.passed).count();
+    let judged: Vec<&&Outcome> = outcomes.iter().filter(|o| o.expected_disposition.is_some()).collect();
+    let disposition_accuracy = (!judged.is_empty()).then(|| judged.iter().filter(|o| o.expected_disposition.as_deref() == Some(o.disposition.as_str())).count() as f64 / judged.len() as f64);
+    let (right, expected) = outcomes.iter().fold((0, 0), |(r, e), o| (r + o.fields_right, e + o.fields_expected));
+    let v2v: Vec<f64> = outcomes.iter().flat_map(|o| o.voice_to_voice_ms.iter().copied()).collect();
+    let barge: Vec<f64> = outcomes.iter().flat_map(|o| o.barge_in_ms.iter().copied()).collect();
+    Figures {
+        scenarios,
+        passed,
+        task_success: if scenarios == 0 { 0.0 } else { passed as f64 / scenarios as f64 },
+        disposition_accuracy,
+        extraction_accuracy: (expected > 0).then(|| right as f64 / expected as f64),
+        voice_to_voice_p50_ms: percentile(&v2v, 0.5),
+        voice_to_voice_p95_ms: percentile(&v2v, 0.95),
+        barge_in_p95_ms: percentile(&barge, 0.95),
+        talk_over_ms: outcomes.iter().map(|o| o.talk_over_ms).sum(),
+    }
+}
+
+/// A whole run, as `--json` writes it and `--baseline` reads it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Results {
+    pub overall: Figures,
+    pub by_assistant: BTreeMap<String, Figures>,
+    pub outcomes: Vec<Outcome>,
+}
+
+pub fn results(outcomes: Vec<Outcome>) -> Results {
+    let mut by_assistant: BTreeMap<String, Vec<&Outcome>> = BTreeMap::new();
+    for outcome in &outcomes {
+        by_assistant.entry(outcome.assistant.clone()).or_default().push(outcome);
+    }
+    let by_assistant = by_assistant.into_iter().map(|(name, list)| (name, figures(list))).collect();
+    Results { overall: figures(&outcomes), by_assistant, outcomes }
+}
+
+/// How much worse a run may be than its baseline before it fails.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// Task success may drop by this much (0.05 = five points).
+    pub task_success_drop: f64,
+    /// Voice-to-voice p95 may grow by this fraction (0.2 = 20%).
+    pub latency_growth: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds { task_success_drop: 0.0, latency_growth: 0.25 }
+    }
+}
+
+/// Each way `current` is worse than `baseline` past the thresholds, in words naming the
+/// scenario or the metric.
+pub fn regressions(current: &Results, baseline: &Results, thresholds: Thresholds) -> Vec<String> {
+    let mut out = Vec::new();
+    let before: BTreeMap<&str, &Outcome> = baseline.outcomes.iter().map(|o| (o.name.as_str(), o)).collect();
+    for outcome in &current.outcomes {
+        if let Some(old) = before.get(outcome.name.as_str()) {
+            if old.passed && !outcome.passed {
+                out.push(format!("scenario `{}` passed in the baseline and fails now: {}", outcome.name, outcome.failures.join("; ")));
+            }
+        }
+    }
+    let (now, then) = (&current.overall, &baseline.overall);
+    if now.task_success + thresholds.task_success_drop < then.task_success - 1e-9 {
+        out.push(format!("task success {:.0}% against {:.0}% in the baseline", now.task_success * 100.0, then.task_success * 100.0));
+    }
+    if let (Some(now_p95), Some(then_p95)) = (now.voice_to_voice_p95_ms, then.voice_to_voice_p95_ms) {
+        if now_p95 > then_p95 * (1.0 + thresholds.latency_growth) {
+            out.push(format!("voice-to-voice p95 {now_p95:.0} ms against {then_p95:.0} ms in the baseline (more than {:.0}% worse)", thresholds.latency_growth * 100.0));
+        }
+    }
+    if let (Some(now_acc), Some(then_acc)) = (now.disposition_accuracy, then.disposition_accuracy) {
+        if now_acc + 1e-9 < then_acc {
+            out.push(format!("disposition accuracy {:.0}% against {:.0}% in the baseline", now_acc * 100.0, then_acc * 100.0));
+        }
+    }
+    out
+}
+
+/// Milliseconds in which both channels carry sound (20 ms frames above -40 dBFS).
+pub fn talk_over_ms(caller: &[f32], agent: &[f32], rate: u32) -> f64 {
+    let frame = (rate as usize / 50).max(1);
+    let loud = |samples: &[f32]| {
+        let energy = samples.iter().map(|s| s * s).sum::<f32>() / samples.len().max(1) as f32;
+        energy > 1e-4
+    };
+    let frames = caller.len().min(agent.len()) / frame;
+    let both = (0..frames).filter(|i| loud(&caller[i * frame..(i + 1) * frame]) && loud(&agent[i * frame..(i + 1) * frame])).count();
+    both as f64 * 20.0
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,122 @@
+use std::time::Duration;
+
+use super::*;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// An assistant file outside the suite's folder (a suite folder holds only scenarios).
+fn assistant_file(dir: &Path) -> String {
+    let assistants = dir.join("assistants");
+    std::fs::create_dir_all(&assistants).unwrap();
+    write(&assistants, "a.yaml", "version: 1\nname: A\nsystem_prompt: Hi.\n").display().to_string()
+}
+
+#[test]
+fn scenarios_load_one_or_many_per_file_and_errors_name_file_line_and_field() {
+    let root = tempfile::tempdir().unwrap();
+    let a = assistant_file(root.path());
+    let suite = root.path().join("suite");
+    std::fs::create_dir_all(&suite).unwrap();
+    write(&suite, "one.yaml", &format!("name: one\nassistant: {a}\ncaller: {{ lines: [{{ say: hi }}] }}\nexpect: {{ disposition: booked }}\n"));
+    write(&suite, "many.yaml", &format!("scenarios:\n  - {{ name: two, assistant: {a}, caller: {{ lines: [{{ say: hi }}] }} }}\n  - {{ name: three, assistant: {a}, caller: {{ lines: [] }} }}\n"));
+    let scenarios = load(&[suite.clone()]).unwrap();
+    let names: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["two", "three", "one"]);
+
+    let bad = root.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    write(&bad, "bad.yaml", &format!("name: bad\nassistant: {a}\ncaller: {{ lines: [{{ say: hi }}] }}\nexpect:\n  disposition: x\n  surprise: 1\n"));
+    write(&bad, "missing.yaml", "name: gone\nassistant: nowhere.yaml\ncaller: { lines: [], final_wait_ms: 999999999 }\nexpect: { says: [\"(unclosed\"] }\n");
+    let problems = load(&[bad.clone()]).unwrap_err();
+    let all = problems.join("\n");
+    assert!(all.contains("bad.yaml:6") && all.contains("`expect.surprise`"), "{all}");
+    assert!(all.contains("missing.yaml:2: field `assistant`"), "{all}");
+    assert!(all.contains("field `caller.final_wait_ms`"), "{all}");
+    assert!(all.contains("field `expect.says.0`: not a regular expression"), "{all}");
+}
+
+fn report() -> CallReport {
+    let mut report = CallReport::default();
+    report.transcript = vec![
+        ("agent".into(), "Hello, how can I help?".into(), Duration::ZERO),
+        ("caller".into(), "A table for two.".into(), Duration::from_secs(3)),
+        ("agent".into(), "So that's a table for 2. Is that right?".into(), Duration::from_secs(5)),
+    ];
+    report.disposition = Some(("booked".into(), String::new()));
+    report.slots = [("party_size".to_string(), serde_json::json!(2)), ("name".to_string(), serde_json::json!("Sarah"))].into_iter().collect();
+    report.ended_by = Some("agent: the flow ended the call".into());
+    report.duration = Duration::from_secs(30);
+    report
+}
+
+fn scenario(expect: Expect) -> Scenario {
+    Scenario {
+        name: "s".into(),
+        file: "s.yaml".into(),
+        assistant: "assistants/luigis_booking.yaml".into(),
+        variables: BTreeMap::new(),
+        caller: serde_yaml::from_str("lines: []").unwrap(),
+        expect,
+        tags: Vec::new(),
+    }
+}
+
+#[test]
+fn a_call_is_scored_against_every_expectation() {
+    let good = Expect {
+        disposition: Some("booked".into()),
+        extracted: [("party_size".to_string(), serde_json::json!("2")), ("name".to_string(), serde_json::json!("sarah"))].into_iter().collect(),
+        says: vec!["is that right\\?".into()],
+        never_says: vec!["as an ai".into()],
+        ended_by: Some("agent".into()),
+        max_duration_s: Some(60.0),
+        ..Expect::default()
+    };
+    let outcome = score(&scenario(good), &report(), 0.0);
+    assert!(outcome.passed, "{:?}", outcome.failures);
+    assert_eq!((outcome.fields_right, outcome.fields_expected), (2, 2));
+
+    let bad = Expect {
+        disposition: Some("not_booked".into()),
+        extracted: [("time".to_string(), serde_json::json!("19:00"))].into_iter().collect(),
+        says: vec!["goodbye".into()],
+        never_says: vec!["table for \\d".into()],
+        ended_by: Some("caller".into()),
+        max_duration_s: Some(10.0),
+        max_talk_over_ms: Some(100.0),
+        ..Expect::default()
+    };
+    let outcome = score(&scenario(bad), &report(), 400.0);
+    assert!(!outcome.passed);
+    assert_eq!(outcome.failures.len(), 7, "{:#?}", outcome.failures);
+    assert!(outcome.failures.iter().any(|f| f.contains("\"table for 2\"")), "{:#?}", outcome.failures);
+}
+
+#[test]
+fn a_run_is_summed_up_and_compared_with_its_baseline() {
+    let pass = Outcome { name: "a".into(), assistant: "x".into(), passed: true, expected_disposition: Some("booked".into()), disposition: "booked".into(), voice_to_voice_ms: vec![500.0, 700.0], ..Outcome::default() };
+    let fail = Outcome { name: "b".into(), assistant: "y".into(), passed: false, failures: vec!["disposition `x`".into()], expected_disposition: Some("booked".into()), disposition: "x".into(), voice_to_voice_ms: vec![2_000.0], ..Outcome::default() };
+    let baseline = results(vec![pass.clone(), Outcome { passed: true, failures: vec![], ..fail.clone() }]);
+    let current = results(vec![pass, fail]);
+    assert_eq!(current.overall.task_success, 0.5);
+    assert_eq!(current.overall.disposition_accuracy, Some(0.5));
+    assert_eq!(current.by_assistant["x"].passed, 1);
+    let found = regressions(&current, &baseline, Thresholds::default());
+    assert!(found.iter().any(|r| r.contains("scenario `b` passed in the baseline")), "{found:?}");
+    assert!(found.iter().any(|r| r.starts_with("task success 50%")), "{found:?}");
+    assert!(regressions(&baseline, &baseline, Thresholds::default()).is_empty());
+}
+
+#[test]
+fn talk_over_counts_frames_where_both_sides_are_loud() {
+    let rate = 8_000;
+    let loud = vec![0.3f32; rate as usize];
+    let quiet = vec![0.0f32; rate as usize];
+    let half: Vec<f32> = (0..rate as usize).map(|i| if i < rate as usize / 2 { 0.3 } else { 0.0 }).collect();
+    assert_eq!(talk_over_ms(&loud, &quiet, rate), 0.0);
+    assert_eq!(talk_over_ms(&loud, &half, rate), 500.0);
+}
