@@ -71,6 +71,8 @@ pub struct AssistantSpec {
     /// An inline system prompt template, instead of `prompt`.
     pub system_prompt: Option<String>,
     pub first_message: Option<String>,
+    /// Said instead of an LLM reply refused twice (it refused to help, or repeated itself).
+    pub fallback: Option<String>,
     #[serde(default)]
     pub variables: BTreeMap<String, VariableSpec>,
     #[serde(default)]

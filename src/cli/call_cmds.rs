@@ -278,6 +278,7 @@ fn report_json(call: &SimulatedCall) -> anyhow::Result<String> {
         "disposition": pipeline::disposition(report),
         "disposition_notes": report.disposition.as_ref().map(|(_, notes)| notes.clone()),
         "slots": report.slots,
+        "guards": report.guards,
         "flow_nodes": report.flow_nodes,
         "ended_by": report.ended_by,
         "transfers": report.transfers,

@@ -80,9 +80,9 @@ pub fn run(command: EvalCommand) -> anyhow::Result<()> {
                 async move {
                     progress.set_message(scenario.name.clone());
                     let outcome = play(&store, &registry, &scenario, args.line_rate).await;
-                    progress.println(format!("{} {}", if outcome.passed { "PASS" } else { "FAIL" }, outcome.name));
+                    print_line(&progress, format!("{} {}", if outcome.passed { "PASS" } else { "FAIL" }, outcome.name));
                     for failure in outcome.failures.iter().chain(outcome.error.iter()) {
-                        progress.println(format!("       {failure}"));
+                        print_line(&progress, format!("       {failure}"));
                     }
                     progress.inc(1);
                     outcome
@@ -111,6 +111,7 @@ pub fn run(command: EvalCommand) -> anyhow::Result<()> {
         println!("no regression against the baseline");
     }
     let failed = results.overall.scenarios - results.overall.passed;
+    println!("eval: {} passed, {failed} failed", results.overall.passed);
     if args.strict && failed > 0 {
         anyhow::bail!("{failed} of {} scenario(s) failed", results.overall.scenarios);
     }
@@ -147,6 +148,15 @@ async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario
     }
 }
 
+/// A line above the progress bar, or plainly when there is no terminal to draw a bar on.
+fn print_line(progress: &ProgressBar, line: String) {
+    if progress.is_hidden() {
+        println!("{line}");
+    } else {
+        progress.println(line);
+    }
+}
+
 fn print_figures(results: &Results) {
     let pct = |v: Option<f64>| v.map(|v| format!("{:.0}%", v * 100.0)).unwrap_or_else(|| "-".into());
     let ms = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
@@ -166,6 +176,8 @@ fn print_figures(results: &Results) {
         );
     }
     println!("barge-in reaction p95: {} ms; talk-over in all: {:.0} ms", ms(results.overall.barge_in_p95_ms), results.overall.talk_over_ms);
+    let guards: Vec<String> = results.overall.guards.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+    println!("guards fired on LLM replies: {}", if guards.is_empty() { "none".to_string() } else { guards.join(", ") });
 }
 
 /// `*` matches any run of characters; everything else matches itself.

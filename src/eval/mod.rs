@@ -259,6 +259,9 @@ pub struct Outcome {
     pub ended_by: String,
     /// (speaker, text)
     pub transcript: Vec<(String, String)>,
+    /// How often each guard fired on the LLM's replies.
+    #[serde(default)]
+    pub guards: BTreeMap<String, usize>,
     /// Set when the call could not run at all.
     pub error: Option<String>,
 }
@@ -340,6 +343,7 @@ pub fn score(scenario: &Scenario, report: &CallReport, talk_over_ms: f64) -> Out
         duration_s,
         ended_by,
         transcript: report.transcript.iter().map(|(who, text, _)| (who.clone(), text.clone())).collect(),
+        guards: report.guards.clone(),
         error: None,
     }
 }
@@ -378,6 +382,9 @@ pub struct Figures {
     pub voice_to_voice_p95_ms: Option<f64>,
     pub barge_in_p95_ms: Option<f64>,
     pub talk_over_ms: f64,
+    /// How often each guard fired, over all scenarios.
+    #[serde(default)]
+    pub guards: BTreeMap<String, usize>,
 }
 
 pub fn figures<'a>(outcomes: impl IntoIterator<Item = &'a Outcome>) -> Figures {
@@ -399,6 +406,10 @@ pub fn figures<'a>(outcomes: impl IntoIterator<Item = &'a Outcome>) -> Figures {
         voice_to_voice_p95_ms: percentile(&v2v, 0.95),
         barge_in_p95_ms: percentile(&barge, 0.95),
         talk_over_ms: outcomes.iter().map(|o| o.talk_over_ms).sum(),
+        guards: outcomes.iter().flat_map(|o| o.guards.iter()).fold(BTreeMap::new(), |mut all, (kind, n)| {
+            *all.entry(kind.clone()).or_default() += n;
+            all
+        }),
     }
 }
 

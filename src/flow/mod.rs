@@ -313,7 +313,11 @@ impl Flow {
             return self.reply(lines, actions);
         }
         if !self.started {
-            // The first words after the greeting: they begin the flow, and may fill its slots.
+            // The first words after the greeting: they begin the flow, and may fill its slots;
+            // a question off the flow is answered first.
+            if let Some(answer) = self.knowledge(text) {
+                lines.push(answer);
+            }
             self.started = true;
             let start = self.spec.start.clone();
             self.lenient = self.spec.first_message_asks.clone();
@@ -356,6 +360,7 @@ impl Flow {
     /// A keypad digit.
     pub fn on_digit(&mut self, digit: char) -> Reply {
         self.visited.clear();
+        self.started = true;
         let mut lines = Vec::new();
         let mut actions = Vec::new();
         let node = self.current().clone();
@@ -384,14 +389,16 @@ impl Flow {
     /// False when the words choose nothing.
     fn answer(&mut self, text: &str, lines: &mut Vec<String>, actions: &mut Vec<Action>) -> bool {
         let node = self.current().clone();
-        let next = match node.routes.iter().find(|r| mentions(text, &r.says)) {
+        let next = match node.routes.iter().find(|r| mentions_affirmed(text, &r.says)) {
             Some(route) => Some(route.goto.clone()),
             None => parse::yes_no(text).and_then(|yes| if yes { node.on_yes.clone() } else { node.on_no.clone() }),
         };
         match next {
             Some(next) => {
-                // "Can we move it to Friday at 10?" chooses the route and fills its slots.
-                self.enter(&next, text, lines, actions);
+                // "Can we move it to Friday at 10?" chooses the route and fills its slots; the
+                // same words never answer the next node's own question too.
+                let collects = self.spec.nodes.get(&next).is_some_and(|n| !n.collect.is_empty());
+                self.enter(&next, if collects { text } else { "" }, lines, actions);
                 true
             }
             None => false,
@@ -758,6 +765,22 @@ fn mentions(text: &str, phrases: &[String]) -> bool {
     })
 }
 
+/// Like [`mentions`], but not when the phrase is negated just before it ("I don't want to
+/// renew" does not choose `renew`).
+fn mentions_affirmed(text: &str, phrases: &[String]) -> bool {
+    let said: Vec<String> = crate::text::normalized_words(text);
+    phrases.iter().any(|p| {
+        let phrase = crate::text::normalized_words(p);
+        if phrase.is_empty() {
+            return false;
+        }
+        said.windows(phrase.len()).enumerate().any(|(at, window)| {
+            let negated = said[at.saturating_sub(3)..at].iter().any(|w| matches!(w.as_str(), "not" | "don't" | "dont" | "no" | "never" | "won't" | "cannot" | "can't"));
+            window == phrase.as_slice() && !negated
+        })
+    })
+}
+
 fn normalized(text: &str) -> String {
     crate::text::normalized_words(text).join(" ")
 }
@@ -765,8 +788,10 @@ fn normalized(text: &str) -> String {
 /// Clear evidence of a time of day.
 fn says_a_time(text: &str) -> bool {
     let lowered = text.to_lowercase();
-    ["o'clock", "oclock", " pm", "p.m", " am ", "a.m", ":", "half past", "quarter", "noon", "midnight"].iter().any(|cue| lowered.contains(cue))
-        || crate::text::normalized_words(text).windows(2).any(|w| w[0] == "at" && (parse::integer(&w[1]).is_some()))
+    let words = parse::words(text);
+    ["o'clock", "oclock", "p.m", "a.m", ":", "half past", "quarter past", "quarter to", "noon", "midnight"].iter().any(|cue| lowered.contains(cue))
+        || words.iter().any(|w| w == "pm" || w == "am")
+        || words.windows(2).any(|w| w[0] == "at" && parse::integer(&w[1]).is_some())
 }
 
 /// Clear evidence of a name.

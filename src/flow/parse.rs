@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 /// The words of an utterance: lowercase, punctuation dropped except inside numbers
 /// (`7:30`, `7.30`, `555-1234` keep their digits together), `'s` kept.
-fn words(text: &str) -> Vec<String> {
+pub(crate) fn words(text: &str) -> Vec<String> {
     let lowered = text.to_lowercase().replace(['’', '‘'], "'");
     let mut out = Vec::new();
     for raw in lowered.split(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == '!' || c == '?') {
@@ -400,7 +400,7 @@ pub fn date(text: &str, today: NaiveDate) -> Option<NaiveDate> {
     if joined.contains(" tomorrow ") {
         return Some(today + Duration::days(1));
     }
-    if [" today ", " tonight ", " this evening ", " this afternoon ", " this morning ", " now "].iter().any(|p| joined.contains(p)) {
+    if [" today ", " tonight ", " this evening ", " this afternoon ", " this morning "].iter().any(|p| joined.contains(p)) {
         return Some(today);
     }
     if let Some(at) = words.iter().position(|w| w == "in") {
@@ -585,6 +585,12 @@ pub fn yes_no(text: &str) -> Option<bool> {
         // "No, that's right" is rare; "yes, no problem" is not: the first word decides, unless
         // the no-phrase negates the yes ("not right", "not correct").
         (Some(y), Some(n)) => {
+            // "Okay, no, I don't…": a filler before a no is no yes.
+            const WEAK: &[&str] = &[" ok ", " okay ", " alright ", " all right ", " right ", " fine ", " great ", " well "];
+            let strong_yes = YES_PHRASES.iter().filter(|p| !WEAK.contains(p)).any(|p| joined.contains(p));
+            if !strong_yes {
+                return Some(false);
+            }
             if joined.contains(" not right ") || joined.contains(" not correct ") || joined.contains(" that's not ") || joined.contains(" isn't right ") {
                 Some(false)
             } else if joined.contains(" no problem ") || joined.contains(" no worries ") {
@@ -862,7 +868,7 @@ mod tests {
         assert_eq!(email("It is jane@example.org.").as_deref(), Some("jane@example.org"));
         assert_eq!(email("bob at example dot co dot uk, cheers").as_deref(), Some("bob@example.co.uk"));
         assert_eq!(time("Two o'clock in the afternoon", TimeWindow::default()), hm(14, 0), "afternoon is not noon");
-        for (text, want) in [("Yes, that's right.", Some(true)), ("yeah", Some(true)), ("No, that's wrong", Some(false)), ("That's not right", Some(false)), ("nope", Some(false)), ("Sure, no problem", Some(true)), ("hmm", None)] {
+        for (text, want) in [("Yes, that's right.", Some(true)), ("yeah", Some(true)), ("No, that's wrong", Some(false)), ("That's not right", Some(false)), ("nope", Some(false)), ("Sure, no problem", Some(true)), ("hmm", None), ("Okay, no, I don't want it", Some(false)), ("Right, no thanks", Some(false))] {
             assert_eq!(yes_no(text), want, "{text}");
         }
         assert_eq!(spoken_time(NaiveTime::from_hms_opt(19, 30, 0).unwrap()), "7:30 pm");

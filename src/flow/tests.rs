@@ -75,6 +75,18 @@ fn after_a_first_message_the_callers_first_words_begin_the_flow() {
 }
 
 #[test]
+fn a_question_off_the_flow_first_is_answered_and_the_first_key_starts_the_flow() {
+    let mut flow = flow();
+    let reply = flow.on_caller("When are you open?");
+    assert_eq!(said(&reply), "We're open from noon to eleven. For how many people?");
+    let mut flow = self::flow();
+    flow.on_caller("menu");
+    flow.on_digit('1');
+    let reply = flow.on_caller("two people");
+    assert_eq!(said(&reply), "For which day?", "after a key, words answer the flow where it is");
+}
+
+#[test]
 fn a_caller_who_says_no_is_asked_again_and_can_change_their_mind() {
     let mut flow = flow();
     flow.begin();
@@ -248,4 +260,28 @@ nodes:
     flow.on_caller("1 2 3 4");
     let reply = flow.on_tool_result(false, json!("error: 404"));
     assert_eq!(reply.actions, vec![Action::Transfer { destination: "+15550100".into() }], "a variable as the destination");
+}
+
+#[test]
+fn a_negated_route_phrase_does_not_choose_the_route() {
+    let spec: FlowSpec = serde_yaml::from_str(
+        r#"
+start: offer
+nodes:
+  offer:
+    say: "Would you like to renew?"
+    routes: [{ says: ["renew"], goto: renew }]
+    on_yes: renew
+    on_no: decline
+  renew: { say: "Renewed.", actions: [end_call] }
+  decline: { say: "Declined.", actions: [end_call] }
+"#,
+    )
+    .unwrap();
+    let mut flow = Flow::new(spec.clone(), Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
+    flow.begin();
+    assert_eq!(flow.on_caller("Okay, no, I don't want to renew.").node, "decline");
+    let mut flow = Flow::new(spec, Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
+    flow.begin();
+    assert_eq!(flow.on_caller("Please renew it").node, "renew");
 }

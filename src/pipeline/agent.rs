@@ -96,6 +96,25 @@ struct State {
     queued: Option<FlowReply>,
 }
 
+/// The most messages after the system prompt that a turn sends to the LLM: a long call keeps
+/// its latest turns (a small model's context, and its speed, are short).
+const MAX_HISTORY: usize = 24;
+
+/// The system prompt and the last [`MAX_HISTORY`] messages, never starting on a tool result
+/// whose call was cut off.
+fn bounded(history: &[Message]) -> Vec<Message> {
+    if history.len() <= MAX_HISTORY + 1 {
+        return history.to_vec();
+    }
+    let mut out: Vec<Message> = history.iter().take(1).cloned().collect();
+    let mut rest = &history[history.len() - MAX_HISTORY..];
+    while let Some((Message::Tool { .. }, tail)) = rest.split_first() {
+        rest = tail;
+    }
+    out.extend(rest.iter().cloned());
+    out
+}
+
 impl Agent {
     pub async fn run(mut self, mut inbox: mpsc::Receiver<Frame>, call: CancellationToken, report: Arc<Mutex<CallReport>>) {
         let turn_spec = self.ctx.assistant.spec.turn;
@@ -170,7 +189,7 @@ impl Agent {
     fn start(&self, state: &mut State, input: TurnInput, user: Option<UserTurn>, interruptible: bool) {
         let progress = Arc::new(Mutex::new(TurnProgress::default()));
         let cancel = CancellationToken::new();
-        let messages = state.history.clone();
+        let messages = bounded(&state.history);
         let handle = tokio::spawn(turn::run(self.ctx.clone(), messages, input, progress.clone(), cancel.clone()));
         state.active = Some(ActiveTurn { cancel, handle, progress, interruptible, user, started_at: self.ctx.out.now() });
         state.reprompted = false;
@@ -451,6 +470,12 @@ impl Agent {
             report.transcript.push(("agent".into(), shown, active.started_at));
         }
         report.errors.extend(progress.errors.iter().cloned());
+        for guard in &progress.guards {
+            *report.guards.entry(guard.to_string()).or_default() += 1;
+        }
+        if !progress.guards.is_empty() {
+            self.emit(CallEvent::Note(format!("guards fired: {}", progress.guards.join(", "))));
+        }
         if progress.llm_failed {
             state.llm_failures += 1;
         } else if active.user.is_some() {

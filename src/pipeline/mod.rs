@@ -21,6 +21,7 @@
 pub mod agent;
 pub mod engines;
 pub mod frames;
+pub mod guard;
 pub mod listen;
 pub mod metrics;
 pub mod pool;
@@ -92,6 +93,8 @@ pub struct CallReport {
     pub slots: serde_json::Map<String, serde_json::Value>,
     /// The flow's nodes, one per reply, in order.
     pub flow_nodes: Vec<String>,
+    /// How often each guard fired on the LLM's replies (`refusal`, `repeat`, `fallback`).
+    pub guards: BTreeMap<String, usize>,
     pub transfers: Vec<String>,
     pub dtmf_sent: String,
     pub ended_by: Option<String>,

@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::frames::Frame;
+use super::guard;
 use super::tools::{self, Action};
 use crate::assistant::Assistant;
 use crate::llm::{ChatRequest, LanguageModel, LlmEvent, Message, ToolCall, ToolSpec};
@@ -51,6 +52,9 @@ pub const TOOL_APOLOGY: &str = "I'm sorry, I couldn't complete that right now.";
 pub const ROUNDS_EXHAUSTED: &str = "Sorry, could you tell me that once more?";
 /// Said after end_call when the LLM gave no goodbye of its own.
 pub const GOODBYE: &str = "Thank you for calling. Goodbye.";
+/// Said when the LLM's reply was refused twice (it refused to help or repeated itself) and
+/// the assistant has no `fallback` line of its own.
+pub const GUARD_FALLBACK: &str = "Sorry, I can't help with that on this call. Is there anything else I can do for you?";
 
 /// What the turn starts from.
 #[derive(Debug, Clone)]
@@ -95,6 +99,8 @@ pub struct TurnProgress {
     pub actions: Vec<Action>,
     pub errors: Vec<String>,
     pub llm_failed: bool,
+    /// Guards that fired on the LLM's replies: `refusal`, `repeat`, `fallback`.
+    pub guards: Vec<&'static str>,
     pub prompt_tokens: usize,
     pub cached_tokens: usize,
 }
@@ -194,13 +200,13 @@ async fn say(outbox: &mpsc::Sender<Frame>, text: &str) {
 async fn think(ctx: &Arc<TurnContext>, mut messages: Vec<Message>, outbox: &mpsc::Sender<Frame>, progress: &Progress, cancel: &CancellationToken) {
     let mut tool_failed = false;
     let mut spoke = false;
-    for round in 0..MAX_TOOL_ROUNDS {
-        let request = ChatRequest {
-            messages: messages.clone(),
-            tools: ctx.tools.clone(),
-            max_tokens: ctx.assistant.spec.llm.max_tokens,
-            temperature: ctx.assistant.spec.llm.temperature,
-        };
+    let mut temperature = ctx.assistant.spec.llm.temperature;
+    // Whether this turn already asked again after a refused reply (once per turn).
+    let mut regenerated = false;
+    let mut redo: Option<&'static str> = None;
+    // One more round than tools need: a refused reply takes one.
+    for round in 0..MAX_TOOL_ROUNDS + 1 {
+        let request = ChatRequest { messages: messages.clone(), tools: ctx.tools.clone(), max_tokens: ctx.assistant.spec.llm.max_tokens, temperature };
         let stream = tokio::select! {
             _ = cancel.cancelled() => return,
             stream = ctx.llm.stream(request) => stream,
@@ -216,6 +222,9 @@ async fn think(ctx: &Arc<TurnContext>, mut messages: Vec<Message>, outbox: &mpsc
         };
         let mut text = String::new();
         let mut calls: Vec<ToolCall> = Vec::new();
+        // The reply's opening is held until it can be judged (see `guard`); then it and the
+        // rest stream on as they come.
+        let mut opening: Option<String> = Some(String::new());
         loop {
             let event = tokio::select! {
                 biased;
@@ -227,9 +236,31 @@ async fn think(ctx: &Arc<TurnContext>, mut messages: Vec<Message>, outbox: &mpsc
                 Some(Ok(LlmEvent::Text(piece))) => {
                     lock(progress).first_token_at.get_or_insert_with(|| ctx.out.now());
                     text.push_str(&piece);
-                    spoke |= !piece.trim().is_empty();
-                    if outbox.send(Frame::LlmText(piece)).await.is_err() {
-                        return;
+                    let Some(held) = opening.as_mut() else {
+                        spoke |= !piece.trim().is_empty();
+                        if outbox.send(Frame::LlmText(piece)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    };
+                    held.push_str(&piece);
+                    if !guard::ready(held, &messages) {
+                        continue;
+                    }
+                    match guard::judge(held, &messages) {
+                        Some(kind) => {
+                            // Dropping the stream stops the generation; ask again, or give up.
+                            lock(progress).guards.push(kind);
+                            redo = Some(kind);
+                            break;
+                        }
+                        None => {
+                            let held = opening.take().unwrap_or_default();
+                            spoke |= !held.trim().is_empty();
+                            if outbox.send(Frame::LlmText(held)).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
                 Some(Ok(LlmEvent::ToolCall(call))) => calls.push(call),
@@ -247,6 +278,37 @@ async fn think(ctx: &Arc<TurnContext>, mut messages: Vec<Message>, outbox: &mpsc
                     }
                     return;
                 }
+            }
+        }
+        if let Some(kind) = redo.take() {
+            if regenerated {
+                // Twice in a row: the assistant's fallback line instead.
+                lock(progress).guards.push("fallback");
+                tracing::info!(guard = kind, "the LLM's reply was refused twice; saying the fallback line");
+                say(outbox, ctx.assistant.spec.fallback.as_deref().unwrap_or(GUARD_FALLBACK)).await;
+                return;
+            }
+            tracing::info!(guard = kind, "the LLM's reply was refused; asking again with other sampling");
+            regenerated = true;
+            temperature = (temperature + 0.6).min(1.2);
+            continue;
+        }
+        // A short reply that ended before its opening could be judged: judge it whole.
+        if let Some(held) = opening.take() {
+            if let Some(kind) = guard::judge(&held, &messages).filter(|_| calls.is_empty()) {
+                lock(progress).guards.push(kind);
+                if regenerated {
+                    lock(progress).guards.push("fallback");
+                    say(outbox, ctx.assistant.spec.fallback.as_deref().unwrap_or(GUARD_FALLBACK)).await;
+                    return;
+                }
+                regenerated = true;
+                temperature = (temperature + 0.6).min(1.2);
+                continue;
+            }
+            spoke |= !held.trim().is_empty();
+            if !held.is_empty() && outbox.send(Frame::LlmText(held)).await.is_err() {
+                return;
             }
         }
         if outbox.send(Frame::LlmTextEnd).await.is_err() {
@@ -283,7 +345,7 @@ async fn think(ctx: &Arc<TurnContext>, mut messages: Vec<Message>, outbox: &mpsc
             }
             return;
         }
-        if round + 1 == MAX_TOOL_ROUNDS {
+        if round + 1 >= MAX_TOOL_ROUNDS {
             tracing::warn!("tool rounds exhausted");
             if !spoke {
                 // The model kept calling tools without a word: never leave the caller in silence.

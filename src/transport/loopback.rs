@@ -401,6 +401,10 @@ impl ScriptedCaller {
                 continue;
             }
             if samples.is_empty() {
+                // A line with nothing to say may still be silence to keep (a voicemail).
+                if spec.then_silence_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(spec.then_silence_ms)).await;
+                }
                 continue;
             }
             let (start, end) = line.caller_says(&samples);

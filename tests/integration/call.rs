@@ -415,3 +415,24 @@ flow:
     assert_eq!(call.report["disposition"], "resolved");
     assert_eq!(call.report["slots"]["lookup_order"]["status"], "out for delivery");
 }
+
+#[test]
+fn a_refusing_or_repeating_llm_is_asked_again_then_replaced_by_the_fallback_line() {
+    // First turn: a refusal, then a proper answer on the second try. Second turn: the same
+    // reply as before (a repeat), twice — the assistant's fallback line is said instead.
+    let llm = standin::llm(vec![
+        Reply::Text("I'm sorry, but as an AI language model, I cannot book tables."),
+        Reply::Text("Sure, we have a table at seven."),
+        Reply::Text("Sure, we have a table at seven."),
+        Reply::Text("Sure, we have a table at seven."),
+    ]);
+    let assistant = standin_assistant(&llm, "fallback: \"Let me take a message for the manager instead.\"\n");
+    let call = simulate(&assistant, "lines:\n  - say: \"Can I book a table for two?\"\n  - say: \"And for tomorrow?\"\nfinal_wait_ms: 5000\n");
+    let agent = call.agent_text();
+    assert!(!agent.to_lowercase().contains("as an ai"), "a refused reply was spoken: {agent}");
+    assert!(agent.contains("we have a table at seven"), "{agent}");
+    assert!(agent.contains("take a message for the manager"), "a repeated reply twice gives the fallback: {agent}");
+    assert_eq!(call.report["guards"]["refusal"], 1, "{:#}", call.report["guards"]);
+    assert_eq!(call.report["guards"]["repeat"], 2, "{:#}", call.report["guards"]);
+    assert_eq!(call.report["guards"]["fallback"], 1, "{:#}", call.report["guards"]);
+}
