@@ -260,6 +260,8 @@ pub struct Flow {
     tool: Option<ToolRequest>,
     /// A slot whose answer is being read leniently though the flow did not ask it itself.
     lenient: Option<String>,
+    /// Keys pressed for a number slot, until `#`.
+    keyed: String,
 }
 
 /// How many nodes one reply may pass through (`next` chains without a question).
@@ -270,7 +272,7 @@ impl Flow {
     /// assistant's timezone.
     pub fn new(spec: FlowSpec, base: Map<String, Value>, today: NaiveDate) -> Flow {
         let node = spec.start.clone();
-        Flow { spec, base, today, node, slots: Map::new(), spoken: Map::new(), awaiting: Awaiting::Nothing, attempts: 0, visited: Vec::new(), started: false, tool: None, lenient: None }
+        Flow { spec, base, today, node, slots: Map::new(), spoken: Map::new(), awaiting: Awaiting::Nothing, attempts: 0, visited: Vec::new(), started: false, tool: None, lenient: None, keyed: String::new() }
     }
 
     pub fn node(&self) -> &str {
@@ -364,6 +366,22 @@ impl Flow {
         let mut lines = Vec::new();
         let mut actions = Vec::new();
         let node = self.current().clone();
+        // A number slot may be keyed in: digits, then # (or as many as a number can have).
+        if let Awaiting::Slot(index) = self.awaiting {
+            let keyable = node.collect.get(index).is_some_and(|s| matches!(s.kind, SlotKind::Digits | SlotKind::Phone | SlotKind::Integer | SlotKind::Number));
+            if keyable && !node.on_digit.contains_key(&digit.to_string()) {
+                if digit.is_ascii_digit() {
+                    self.keyed.push(digit);
+                    if self.keyed.len() < 16 {
+                        return self.reply(lines, actions);
+                    }
+                }
+                if digit == '#' || self.keyed.len() >= 16 {
+                    let keyed = std::mem::take(&mut self.keyed);
+                    return self.on_caller(&keyed);
+                }
+            }
+        }
         match node.on_digit.get(&digit.to_string()) {
             Some(next) => self.enter(next, "", &mut lines, &mut actions),
             None => match (&self.awaiting, digit) {

@@ -285,3 +285,27 @@ nodes:
     flow.begin();
     assert_eq!(flow.on_caller("Please renew it").node, "renew");
 }
+
+#[test]
+fn a_number_slot_can_be_keyed_in_and_ended_with_hash() {
+    let spec: FlowSpec = serde_yaml::from_str(
+        r#"
+start: ask
+nodes:
+  ask:
+    collect: [{ name: account, type: digits, min_digits: 4, question: "Your account number?" }]
+    next: done
+  done: { say: "Thanks, {{ spoken.account }}.", actions: [end_call] }
+"#,
+    )
+    .unwrap();
+    let mut flow = Flow::new(spec, Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
+    flow.begin();
+    for key in ['1', '2', '3', '4', '5'] {
+        let reply = flow.on_digit(key);
+        assert!(reply.template.is_empty(), "nothing is said while keys come in");
+    }
+    let reply = flow.on_digit('#');
+    assert_eq!(said(&reply), "Thanks, 1 2 3, 4 5.");
+    assert_eq!(reply.slots["account"], json!("12345"));
+}
