@@ -362,9 +362,16 @@ impl Flow {
     /// A keypad digit.
     pub fn on_digit(&mut self, digit: char) -> Reply {
         self.visited.clear();
-        self.started = true;
         let mut lines = Vec::new();
         let mut actions = Vec::new();
+        if !self.started {
+            // A key before any words: the first message asked the start node's question, so
+            // enter it without asking again, then take the key as its answer.
+            self.started = true;
+            let start = self.spec.start.clone();
+            let mut asked = Vec::new();
+            self.enter(&start, "", &mut asked, &mut actions);
+        }
         let node = self.current().clone();
         // A number slot may be keyed in: digits, then # (or as many as a number can have).
         if let Awaiting::Slot(index) = self.awaiting {

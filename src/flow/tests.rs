@@ -300,7 +300,7 @@ nodes:
     )
     .unwrap();
     let mut flow = Flow::new(spec, Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
-    flow.begin();
+    // No begin(): the first message asked, and the caller answers on the keypad at once.
     for key in ['1', '2', '3', '4', '5'] {
         let reply = flow.on_digit(key);
         assert!(reply.template.is_empty(), "nothing is said while keys come in");
