@@ -111,9 +111,16 @@ pub fn sandbox_renders(binary: std::path::PathBuf) {
 /// [`MAX_RENDERED_BYTES`] of output and, in a sandboxed process, bounded memory and CPU.
 /// Blocks: call it off the async runtime's threads.
 pub fn render(template: &str, context: &Value) -> Result<String, String> {
+    render_many(&[template.to_string()], context)?.pop().unwrap_or_else(|| Err(limits_exceeded()))
+}
+
+/// Renders several templates with one context, each within the limits, in one sandboxed
+/// child when the process sandboxes renders (so checking a flow's many lines costs one
+/// process, and its CPU limit bounds them all). `Err`: the batch exceeded the sandbox's limits.
+pub fn render_many(templates: &[String], context: &Value) -> Result<Vec<Result<String, String>>, String> {
     match SANDBOX.get() {
-        Some(binary) => render_in_child(binary, template, context),
-        None => render_here(template, context),
+        Some(binary) => render_in_child(binary, templates, context),
+        None => Ok(templates.iter().map(|t| render_here(t, context)).collect()),
     }
 }
 
@@ -136,9 +143,12 @@ pub fn render_here(template: &str, context: &Value) -> Result<String, String> {
 /// What the sandbox child reads on stdin and answers on stdout.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SandboxJob {
-    template: String,
+    templates: Vec<String>,
     context: Value,
 }
+
+/// The most a sandbox job and its answer may be (templates, context, rendered texts).
+const MAX_SANDBOX_IO: u64 = 8 << 20;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 enum SandboxAnswer {
@@ -150,23 +160,27 @@ enum SandboxAnswer {
 pub fn sandbox_child() -> std::io::Result<()> {
     use std::io::{Read, Write};
     let mut input = Vec::new();
-    std::io::stdin().take((MAX_RENDERED_BYTES * 8) as u64 + 1_000_000).read_to_end(&mut input)?;
-    let answer = match serde_json::from_slice::<SandboxJob>(&input) {
-        Ok(job) => match render_here(&job.template, &job.context) {
-            Ok(text) => SandboxAnswer::Rendered(text),
-            Err(message) => SandboxAnswer::Failed(message),
-        },
-        Err(e) => SandboxAnswer::Failed(format!("bad sandbox job: {e}")),
+    std::io::stdin().take(MAX_SANDBOX_IO).read_to_end(&mut input)?;
+    let answer: Vec<SandboxAnswer> = match serde_json::from_slice::<SandboxJob>(&input) {
+        Ok(job) => job
+            .templates
+            .iter()
+            .map(|template| match render_here(template, &job.context) {
+                Ok(text) => SandboxAnswer::Rendered(text),
+                Err(message) => SandboxAnswer::Failed(message),
+            })
+            .collect(),
+        Err(e) => vec![SandboxAnswer::Failed(format!("bad sandbox job: {e}"))],
     };
     let mut stdout = std::io::stdout().lock();
     serde_json::to_writer(&mut stdout, &answer)?;
     stdout.flush()
 }
 
-fn render_in_child(binary: &std::path::Path, template: &str, context: &Value) -> Result<String, String> {
+fn render_in_child(binary: &std::path::Path, templates: &[String], context: &Value) -> Result<Vec<Result<String, String>>, String> {
     use std::io::{Read, Write};
     use std::process::{Command, Stdio};
-    let job = serde_json::to_vec(&SandboxJob { template: template.to_string(), context: context.clone() }).map_err(|e| e.to_string())?;
+    let job = serde_json::to_vec(&SandboxJob { templates: templates.to_vec(), context: context.clone() }).map_err(|e| e.to_string())?;
     let mut command = Command::new(binary);
     command.arg("template-sandbox").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).env("RUST_LOG", "off");
     limit_child(&mut command);
@@ -176,7 +190,7 @@ fn render_in_child(binary: &std::path::Path, template: &str, context: &Value) ->
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let reader = std::thread::spawn(move || {
         let mut text = Vec::new();
-        let _ = (&mut stdout).take((MAX_RENDERED_BYTES * 8) as u64).read_to_end(&mut text);
+        let _ = (&mut stdout).take(MAX_SANDBOX_IO).read_to_end(&mut text);
         text
     });
     let started = std::time::Instant::now();
@@ -197,9 +211,21 @@ fn render_in_child(binary: &std::path::Path, template: &str, context: &Value) ->
     if !status.success() {
         return Err(limits_exceeded());
     }
-    match serde_json::from_slice::<SandboxAnswer>(&output) {
-        Ok(SandboxAnswer::Rendered(text)) => Ok(text),
-        Ok(SandboxAnswer::Failed(message)) => Err(message),
+    match serde_json::from_slice::<Vec<SandboxAnswer>>(&output) {
+        Ok(answers) if answers.len() == templates.len() => Ok(answers
+            .into_iter()
+            .map(|answer| match answer {
+                SandboxAnswer::Rendered(text) => Ok(text),
+                SandboxAnswer::Failed(message) => Err(message),
+            })
+            .collect()),
+        Ok(answers) => Err(answers
+            .into_iter()
+            .find_map(|a| match a {
+                SandboxAnswer::Failed(message) => Some(message),
+                SandboxAnswer::Rendered(_) => None,
+            })
+            .unwrap_or_else(limits_exceeded)),
         Err(_) => Err(limits_exceeded()),
     }
 }
@@ -260,7 +286,20 @@ fn describe(error: &minijinja::Error) -> String {
     message
 }
 
-/// Renders the system prompt and first message against a sample context (load-time check).
+/// Renders `(field, template)`s with one context in one batch; the first that fails, with its
+/// field and `hint`. A batch past the sandbox's limits fails on its first field.
+fn check_batch(batch: &[(String, String)], context: &Value, hint: &str) -> Result<(), (String, String)> {
+    let Some((first_field, _)) = batch.first() else { return Ok(()) };
+    let templates: Vec<String> = batch.iter().map(|(_, template)| template.clone()).collect();
+    let rendered = render_many(&templates, context).map_err(|e| (first_field.clone(), e))?;
+    for ((field, _), result) in batch.iter().zip(rendered) {
+        result.map_err(|e| (field.clone(), format!("{e} ({hint})")))?;
+    }
+    Ok(())
+}
+
+/// Renders the system prompt, the first message and a flow's lines against a sample context
+/// (the load-time check), each group in one batch.
 pub fn check(assistant: &Assistant) -> Result<(), (String, String)> {
     let mut sample = Map::new();
     for (name, spec) in &assistant.spec.variables {
@@ -273,20 +312,16 @@ pub fn check(assistant: &Assistant) -> Result<(), (String, String)> {
     }
     let ctx = context(assistant, &sample, &CallContext { call_id: "call_sample".into(), caller: "+15550100".into(), callee: "+15550199".into() });
     let template_field = if assistant.spec.prompt.is_some() { "prompt" } else { "system_prompt" };
-    render(&assistant.system_template, &ctx)
-        .map_err(|e| (template_field.to_string(), format!("the template does not render: {e} (declare the variable under `variables:` or fix the name)")))?;
-    if let Some(first) = &assistant.spec.first_message {
-        render(first, &ctx).map_err(|e| ("first_message".to_string(), format!("{e} (declare the variable under `variables:` or fix the name)")))?;
-    }
+    let mut own = vec![(template_field.to_string(), assistant.system_template.clone())];
+    own.extend(assistant.spec.first_message.iter().map(|first| ("first_message".to_string(), first.clone())));
+    check_batch(&own, &ctx, "declare the variable under `variables:` or fix the name").map_err(|(field, e)| {
+        let message = if field == template_field { format!("the template does not render: {e}") } else { e };
+        (field, message)
+    })?;
     if let Some(flow) = &assistant.spec.flow {
-        let base = match &ctx {
-            Value::Object(map) => map.clone(),
-            _ => Map::new(),
-        };
+        let base = ctx.as_object().cloned().unwrap_or_default();
         let sample = crate::flow::sample_context(flow, &base);
-        for (field, template) in crate::flow::templates(flow) {
-            render(&template, &sample).map_err(|e| (field, format!("{e} (use a declared variable, a slot of the flow, or spoken.SLOT)")))?;
-        }
+        check_batch(&crate::flow::templates(flow), &sample, "use a declared variable, a slot of the flow, or spoken.SLOT")?;
     }
     Ok(())
 }

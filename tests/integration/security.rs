@@ -211,6 +211,13 @@ fn templates_that_would_stall_or_flood_the_server_are_refused_at_creation() {
         assert!(body["error"]["message"].as_str().unwrap_or_default().contains(expected), "{expected}: {body}");
     }
     assert_eq!(get(&serve, &key, "/v1/assistants?limit=100").1["assistants"].as_array().unwrap().iter().filter(|a| a["source"] == "api").count(), 0);
+
+    // A flow's lines are checked in the sandbox too, all in one child.
+    let flow = |line: &str| json!({ "version": 1, "name": "flow", "flow": { "start": "a", "nodes": { "a": { "say": line, "actions": ["end_call"] } } } });
+    let (status, body) = post(&serve, &key, "/v1/assistants", flow(heavy[2].0));
+    expect_error(status, &body, 422, "invalid_field", Some("flow.nodes.a.say"));
+    let (status, body) = post(&serve, &key, "/v1/assistants", flow("Hello {{ assistant_name }}, goodbye."));
+    assert_eq!(status, 201, "{body}");
 }
 
 fn control_characters_get_422(db: Database) {
