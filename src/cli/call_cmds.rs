@@ -282,6 +282,7 @@ fn report_json(call: &SimulatedCall) -> anyhow::Result<String> {
         "flow_nodes": report.flow_nodes,
         "ended_by": report.ended_by,
         "transfers": report.transfers,
+        "line_transfers": call.log.transfers,
         "dtmf_sent": call.log.dtmf_sent,
         "errors": report.errors,
         "audio_dropped": report.audio_dropped,

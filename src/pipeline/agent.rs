@@ -94,6 +94,8 @@ struct State {
     tool_results: Option<mpsc::UnboundedSender<(bool, serde_json::Value)>>,
     /// A flow reply waiting for the agent's current line to finish.
     queued: Option<FlowReply>,
+    /// Where the call is handed over once the agent's last line has played.
+    transfer_to: Option<String>,
 }
 
 /// The most messages after the system prompt that a turn sends to the LLM: a long call keeps
@@ -310,7 +312,7 @@ impl Agent {
                     Action::EndCall { reason } => state.hang_up_when_done = Some(reason.clone()),
                     Action::Transfer { destination } => {
                         report.transfers.push(destination.clone());
-                        self.ctx.out.transfer(destination);
+                        state.transfer_to = Some(destination.clone());
                         state.hang_up_when_done = Some(format!("transferred to {destination}"));
                     }
                     Action::Disposition { name, notes } => report.disposition = Some((name.clone(), notes.clone())),
@@ -486,6 +488,7 @@ impl Agent {
                 Action::EndCall { reason } => state.hang_up_when_done = Some(if reason.is_empty() { "end_call".into() } else { reason.clone() }),
                 Action::Transfer { destination } => {
                     report.transfers.push(destination.clone());
+                    state.transfer_to = Some(destination.clone());
                     state.hang_up_when_done = Some(format!("transferred to {destination}"));
                 }
                 Action::Disposition { name, notes } => report.disposition = Some((name.clone(), notes.clone())),
@@ -570,6 +573,10 @@ impl Agent {
         }
         if let Some(reason) = state.hang_up_when_done.take() {
             report.lock().unwrap_or_else(|e| e.into_inner()).ended_by = Some(format!("agent: {reason}"));
+            // A transfer reaches the line after the words that announce it have played.
+            if let Some(destination) = state.transfer_to.take() {
+                self.ctx.out.transfer(&destination);
+            }
             self.ctx.out.hang_up();
             return true;
         }
