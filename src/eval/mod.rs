@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::pipeline::metrics::percentile;
 use crate::pipeline::CallReport;
 use crate::transport::loopback::CallerScript;
 
@@ -132,7 +133,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 fn load_file(file: &Path) -> Result<Vec<Scenario>, Vec<String>> {
     let text = std::fs::read_to_string(file).map_err(|e| vec![format!("{}: cannot read: {e}", file.display())])?;
-    let parsed: SuiteFile = serde_yaml::from_str(&text).map_err(|e| vec![located(file, &text, &e)])?;
+    let parsed: SuiteFile = serde_yaml::from_str(&text).map_err(|e| vec![located(file, &e)])?;
     let values = match parsed {
         SuiteFile::Many { scenarios } => scenarios,
         SuiteFile::One(value) => vec![value],
@@ -164,7 +165,7 @@ fn load_file(file: &Path) -> Result<Vec<Scenario>, Vec<String>> {
     }
 }
 
-fn located(file: &Path, _text: &str, error: &serde_yaml::Error) -> String {
+fn located(file: &Path, error: &serde_yaml::Error) -> String {
     let line = error.location().map(|l| format!(":{}", l.line())).unwrap_or_default();
     format!("{}{line}: {error}", file.display())
 }
@@ -356,17 +357,6 @@ fn same_value(got: &Value, want: &Value) -> bool {
         (Value::String(a), Value::Number(b)) | (Value::Number(b), Value::String(a)) => a.trim().parse::<f64>().ok() == b.as_f64(),
         _ => got == want,
     }
-}
-
-/// The `q`-quantile (nearest rank) of `values`.
-pub fn percentile(values: &[f64], q: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
 }
 
 /// A run's figures, overall or for one assistant.

@@ -403,8 +403,7 @@ impl Flow {
     /// A tool argument: `{{ name }}` is that slot's or variable's value; anything else is sent
     /// as written.
     fn argument(&self, text: &str) -> Value {
-        let name = text.trim().strip_prefix("{{").and_then(|t| t.strip_suffix("}}")).map(str::trim);
-        match name {
+        match reference(text) {
             Some(name) => self.slots.get(name).or_else(|| self.base.get(name)).cloned().unwrap_or(Value::Null),
             None => json!(text),
         }
@@ -444,8 +443,7 @@ impl Flow {
     /// value (no template engine: a lookup).
     fn resolve(&self, action: Action) -> Action {
         let lookup = |text: String| -> String {
-            let name = text.trim().strip_prefix("{{").and_then(|t| t.strip_suffix("}}")).map(str::trim);
-            match name.and_then(|n| self.slots.get(n).or_else(|| self.base.get(n))) {
+            match reference(&text).and_then(|n| self.slots.get(n).or_else(|| self.base.get(n))) {
                 Some(Value::String(value)) => value.clone(),
                 Some(value) => value.to_string(),
                 None => text,
@@ -763,6 +761,11 @@ impl Flow {
         }
         Ok(())
     }
+}
+
+/// The name in a `{{ name }}` that stands alone (an argument or a destination), if it is one.
+fn reference(text: &str) -> Option<&str> {
+    text.trim().strip_prefix("{{").and_then(|t| t.strip_suffix("}}")).map(str::trim)
 }
 
 fn trim_number(n: f64) -> String {

@@ -117,6 +117,23 @@ fn bounded(history: &[Message]) -> Vec<Message> {
     out
 }
 
+/// What a turn's or a flow's actions do to the call: the disposition and keys are recorded;
+/// an end or a transfer waits for the agent's last line to play (see `on_tick`).
+fn record_actions(state: &mut State, report: &mut CallReport, actions: &[Action]) {
+    for action in actions {
+        match action {
+            Action::EndCall { reason } => state.hang_up_when_done = Some(if reason.is_empty() { "end_call".into() } else { reason.clone() }),
+            Action::Transfer { destination } => {
+                report.transfers.push(destination.clone());
+                state.transfer_to = Some(destination.clone());
+                state.hang_up_when_done = Some(format!("transferred to {destination}"));
+            }
+            Action::Disposition { name, notes } => report.disposition = Some((name.clone(), notes.clone())),
+            Action::Dtmf { digits } => report.dtmf_sent.push_str(digits),
+        }
+    }
+}
+
 impl Agent {
     pub async fn run(mut self, mut inbox: mpsc::Receiver<Frame>, call: CancellationToken, report: Arc<Mutex<CallReport>>) {
         let turn_spec = self.ctx.assistant.spec.turn;
@@ -308,20 +325,12 @@ impl Agent {
             report.slots = reply.slots.clone();
             report.flow_nodes.push(reply.node.clone());
             for action in &reply.actions {
-                match action {
-                    Action::EndCall { reason } => state.hang_up_when_done = Some(reason.clone()),
-                    Action::Transfer { destination } => {
-                        report.transfers.push(destination.clone());
-                        state.transfer_to = Some(destination.clone());
-                        state.hang_up_when_done = Some(format!("transferred to {destination}"));
-                    }
-                    Action::Disposition { name, notes } => report.disposition = Some((name.clone(), notes.clone())),
-                    Action::Dtmf { digits } => {
-                        report.dtmf_sent.push_str(digits);
-                        self.ctx.out.send_dtmf(digits);
-                    }
+                // An LLM turn presses its keys as it goes; a flow's are pressed here.
+                if let Action::Dtmf { digits } = action {
+                    self.ctx.out.send_dtmf(digits);
                 }
             }
+            record_actions(state, &mut report, &reply.actions);
         }
         self.emit(CallEvent::Flow { node: reply.node.clone(), slots: reply.slots.clone() });
         if let Some(request) = reply.tool.clone() {
@@ -483,18 +492,7 @@ impl Agent {
         } else if active.user.is_some() {
             state.llm_failures = 0;
         }
-        for action in &progress.actions {
-            match action {
-                Action::EndCall { reason } => state.hang_up_when_done = Some(if reason.is_empty() { "end_call".into() } else { reason.clone() }),
-                Action::Transfer { destination } => {
-                    report.transfers.push(destination.clone());
-                    state.transfer_to = Some(destination.clone());
-                    state.hang_up_when_done = Some(format!("transferred to {destination}"));
-                }
-                Action::Disposition { name, notes } => report.disposition = Some((name.clone(), notes.clone())),
-                Action::Dtmf { digits } => report.dtmf_sent.push_str(digits),
-            }
-        }
+        record_actions(state, &mut report, &progress.actions);
         if let Some(user) = active.user {
             state.turn_count += 1;
             let first_audio_out = progress.segments.first().and_then(|s| self.ctx.out.started_at(s.id));

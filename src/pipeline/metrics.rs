@@ -62,12 +62,12 @@ pub fn ms_of(d: Duration) -> f64 {
 }
 
 /// The `q`-quantile (0..=1) of `values` by nearest rank; `None` when empty.
-pub fn percentile(values: &[Duration], q: f64) -> Option<Duration> {
+pub fn percentile<T: Copy + PartialOrd>(values: &[T], q: f64) -> Option<T> {
     if values.is_empty() {
         return None;
     }
     let mut sorted = values.to_vec();
-    sorted.sort();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     Some(sorted[rank - 1])
 }
@@ -81,6 +81,6 @@ mod tests {
         let values: Vec<Duration> = (1..=20).map(|i| Duration::from_millis(i * 10)).collect();
         assert_eq!(percentile(&values, 0.5), Some(Duration::from_millis(100)));
         assert_eq!(percentile(&values, 0.95), Some(Duration::from_millis(190)));
-        assert_eq!(percentile(&[], 0.5), None);
+        assert_eq!(percentile::<Duration>(&[], 0.5), None);
     }
 }
