@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::engine::{Engine, Event, Finish, Job};
+use crate::engine::{Constraint, Engine, Event, Finish, Job};
+use crate::grammar::{self, CallForm};
 use crate::template::{parse_call, partial_marker_len, ParsedCall, TOOL_CLOSE, TOOL_OPEN};
 
 #[derive(Clone)]
@@ -60,6 +61,12 @@ struct ChatRequest {
     presence_penalty: Option<f32>,
     #[serde(default)]
     stop: Option<StopField>,
+    /// OpenAI's `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
+    response_format: Option<Value>,
+    /// OpenAI's `"auto" | "none" | "required" | {"type": "function", "function": {"name": …}}`.
+    tool_choice: Option<Value>,
+    /// A raw GBNF grammar (llama.cpp's server extension).
+    grammar: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,7 +96,12 @@ async fn chat_completions(State(state): State<AppState>, body: axum::body::Bytes
     if request.messages.is_empty() {
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", "`messages` must not be empty".into());
     }
-    let prompt = match state.engine.template.render(&request.messages, &request.tools) {
+    let tools = if request.tool_choice.as_ref().and_then(Value::as_str) == Some("none") { Vec::new() } else { request.tools.clone() };
+    let constraint = match constraint(&request, &tools) {
+        Ok(c) => c,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", message),
+    };
+    let prompt = match state.engine.template.render(&request.messages, &tools) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string()),
     };
@@ -108,6 +120,7 @@ async fn chat_completions(State(state): State<AppState>, body: axum::body::Bytes
         frequency_penalty: request.frequency_penalty.unwrap_or(0.0),
         presence_penalty: request.presence_penalty.unwrap_or(0.0),
         stop,
+        constraint,
         events: events_tx,
     };
     if let Err(reason) = state.engine.submit(job) {
@@ -122,6 +135,56 @@ async fn chat_completions(State(state): State<AppState>, body: axum::body::Bytes
     } else {
         complete(events_rx, id, model).await
     }
+}
+
+/// The grammar a request's output must follow: its `grammar`, its `response_format`, a forced
+/// tool call, or — whenever tools are offered — any call the model opens.
+fn constraint(request: &ChatRequest, tools: &[Value]) -> Result<Option<Constraint>, String> {
+    if let Some(gbnf) = &request.grammar {
+        if gbnf.len() > 64 * 1024 {
+            return Err("`grammar` is longer than 64 KB".into());
+        }
+        return Ok(Some(Constraint::Always(gbnf.clone())));
+    }
+    let forced = match &request.tool_choice {
+        None => None,
+        Some(Value::String(choice)) => match choice.as_str() {
+            "auto" | "none" => None,
+            "required" => Some(None),
+            other => return Err(format!("`tool_choice` {other:?} is not one of auto, none, required, or {{\"type\": \"function\", \"function\": {{\"name\": …}}}}")),
+        },
+        Some(choice) => match choice.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) => Some(Some(name.to_string())),
+            None => return Err(format!("`tool_choice` {choice} names no function; send {{\"type\": \"function\", \"function\": {{\"name\": …}}}}")),
+        },
+    };
+    if let Some(only) = forced {
+        let gbnf = grammar::tool_call(tools, only.as_deref(), CallForm::Bare).map_err(|e| e.under(""))?;
+        return Ok(Some(Constraint::Always(gbnf)));
+    }
+    if let Some(format) = &request.response_format {
+        let implied = if format.get("json_schema").is_some() { "json_schema" } else { "text" };
+        let gbnf = match format.get("type").and_then(Value::as_str).unwrap_or(implied) {
+            "text" => None,
+            "json_object" => Some(grammar::json_object()),
+            "json_schema" => {
+                let schema = format
+                    .pointer("/json_schema/schema")
+                    .ok_or("`response_format.json_schema.schema` is missing: send {\"type\": \"json_schema\", \"json_schema\": {\"name\": …, \"schema\": {…}}}")?;
+                Some(grammar::from_schema(schema).map_err(|e| e.under("response_format.json_schema.schema"))?)
+            }
+            other => return Err(format!("`response_format.type` {other:?} is not one of text, json_object, json_schema")),
+        };
+        if let Some(gbnf) = gbnf {
+            return Ok(Some(Constraint::Always(gbnf)));
+        }
+    }
+    if tools.is_empty() {
+        return Ok(None);
+    }
+    let tagged = grammar::tool_call(tools, None, CallForm::Tagged).map_err(|e| e.under(""))?;
+    let bare = grammar::tool_call(tools, None, CallForm::Bare).map_err(|e| e.under(""))?;
+    Ok(Some(Constraint::ToolCalls { tagged, bare }))
 }
 
 /// Splits streamed text into content and tool calls.
@@ -210,10 +273,11 @@ impl CallScanner {
         }
         let rest = std::mem::take(&mut self.buffer);
         if self.in_call {
+            // A call cut short is dropped, never spoken.
             if let Some(call) = parse_call(&rest) {
                 self.calls.push(call);
-                return String::new();
             }
+            return String::new();
         }
         rest
     }
@@ -343,7 +407,7 @@ async fn complete(mut events: mpsc::Receiver<Event>, id: String, model: String) 
             Event::Prompt { new_tokens, cached_tokens, secs } => (prompt_new, cached, prompt_secs) = (new_tokens, cached_tokens, secs),
             Event::Text(text) => content.push_str(&scanner.feed(&text)),
             Event::Error(message) => {
-                let status = if message.starts_with("context_length_exceeded") { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
+                let status = if message.starts_with("context_length_exceeded") || message.starts_with("invalid_grammar") { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
                 return error(status, "server_error", message);
             }
             Event::Done { finish, completion_tokens, decode_secs } => {

@@ -45,8 +45,24 @@ pub struct Job {
     pub frequency_penalty: f32,
     pub presence_penalty: f32,
     pub stop: Vec<String>,
+    /// What the output must follow, if anything.
+    pub constraint: Option<Constraint>,
     pub events: mpsc::Sender<Event>,
 }
+
+/// Grammars (GBNF, see [`crate::grammar`]) the output must follow.
+#[derive(Debug, Clone)]
+pub enum Constraint {
+    /// The whole reply.
+    Always(String),
+    /// Free text, until the model opens a tool call: from `<tool_call>` on the output follows
+    /// `tagged`; a reply that opens with `{` follows `bare`.
+    ToolCalls { tagged: String, bare: String },
+}
+
+/// Tokens a tool call may run past `max_tokens` once its grammar holds: a call cut short
+/// would be lost.
+const CALL_ALLOWANCE: usize = 160;
 
 #[derive(Debug)]
 pub enum Event {
@@ -222,14 +238,25 @@ fn run_job(
     let mut sent = 0; // bytes of `text` already sent
     let mut position = prompt.len();
     let mut logits_index = batch.n_tokens() - 1;
+    let mut grammar = match &job.constraint {
+        Some(Constraint::Always(gbnf)) => Some(compile(model, gbnf)?),
+        _ => None,
+    };
+    let mut allowance = 0;
     let finish = loop {
-        if produced >= job.max_tokens || position + 1 >= slot_ctx {
+        if produced >= job.max_tokens + allowance || position + 1 >= slot_ctx {
             break Finish::Length;
         }
-        let token = sampler.sample(ctx, logits_index);
-        sampler.accept(token);
+        let token = match grammar.as_mut() {
+            Some(grammar) => sample_constrained(ctx, logits_index, &mut sampler, grammar),
+            None => sampler.sample(ctx, logits_index),
+        };
         if model.vocab().is_eog(token) {
             break Finish::Stop;
+        }
+        sampler.accept(token);
+        if let Some(grammar) = grammar.as_mut() {
+            grammar.accept(token);
         }
         produced += 1;
         pending_bytes.extend(model.vocab().token_to_piece(token, false, None));
@@ -243,6 +270,22 @@ fn run_job(
             Err(_) => {
                 text.push_str(&String::from_utf8_lossy(&pending_bytes));
                 pending_bytes.clear();
+            }
+        }
+        if grammar.is_none() {
+            if let Some(Constraint::ToolCalls { tagged, bare }) = &job.constraint {
+                // The model opens a call: what follows must be one. Text the opening token
+                // carried past the marker is dropped; the grammar writes the call afresh.
+                let opened = match text.find(crate::template::TOOL_OPEN) {
+                    Some(at) => Some((at + crate::template::TOOL_OPEN.len(), tagged)),
+                    None if sent == 0 || text[..sent].trim().is_empty() => text.find(|c: char| !c.is_whitespace()).filter(|at| text[*at..].starts_with('{')).map(|at| (at, bare)),
+                    None => None,
+                };
+                if let Some((keep, gbnf)) = opened {
+                    text.truncate(keep);
+                    grammar = Some(compile(model, gbnf)?);
+                    allowance = CALL_ALLOWANCE;
+                }
             }
         }
         if let Some(stop_at) = job.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
@@ -274,6 +317,36 @@ fn run_job(
     }
     let _ = job.events.blocking_send(Event::Done { finish, completion_tokens: produced, decode_secs: decode_started.elapsed().as_secs_f64() });
     Ok(())
+}
+
+fn compile(model: &LlamaModel, gbnf: &str) -> Result<LlamaSampler, String> {
+    LlamaSampler::grammar(model, gbnf, "root").map_err(|e| format!("invalid_grammar: llama.cpp refused the grammar ({e})"))
+}
+
+/// Samples a token the grammar allows. The usual chain picks first and only that token is
+/// checked (one grammar test instead of one per vocabulary entry); if the grammar refuses
+/// it, the grammar filters the whole vocabulary and the chain picks again.
+fn sample_constrained(ctx: &LlamaContext<'_>, index: i32, chain: &mut LlamaSampler, grammar: &mut LlamaSampler) -> LlamaToken {
+    let mut candidates = ctx.token_data_array_ith(index);
+    let logits: Vec<f32> = candidates.data.iter().map(|d| d.logit()).collect();
+    candidates.apply_sampler(chain);
+    if let Some(token) = candidates.selected_token() {
+        let mut single = llama_cpp_2::token::data_array::LlamaTokenDataArray::new(
+            vec![llama_cpp_2::token::data::LlamaTokenData::new(token, logits[token.0 as usize], 0.0)],
+            false,
+        );
+        single.apply_sampler(grammar);
+        if single.data[0].logit().is_finite() {
+            return token;
+        }
+    }
+    let mut candidates = ctx.token_data_array_ith(index);
+    candidates.apply_sampler(grammar);
+    candidates.apply_sampler(chain);
+    candidates.selected_token().unwrap_or_else(|| {
+        // Only reachable if the chain selected nothing: take the grammar's best.
+        candidates.data.iter().filter(|d| d.logit().is_finite()).max_by(|a, b| a.logit().total_cmp(&b.logit())).map(|d| d.id()).unwrap_or(LlamaToken(0))
+    })
 }
 
 /// Used when a GGUF carries no chat template.

@@ -8,6 +8,7 @@
 
 mod api;
 mod engine;
+mod grammar;
 mod template;
 
 use std::net::SocketAddr;

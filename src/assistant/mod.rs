@@ -192,6 +192,11 @@ pub struct SttSpec {
     /// partial transcripts; 0 turns them off.
     #[serde(default = "default_partial_interval_ms")]
     pub partial_interval_ms: u32,
+    /// Words callers say that the recognizer should expect (the business's name, products):
+    /// given to it as a prompt with the call's short variable values and, in a flow, what the
+    /// current question expects.
+    #[serde(default)]
+    pub vocabulary: Vec<String>,
 }
 
 fn default_partial_interval_ms() -> u32 {
@@ -207,7 +212,7 @@ fn default_stt_model() -> String {
 
 impl Default for SttSpec {
     fn default() -> Self {
-        SttSpec { provider: default_stt_provider(), model: default_stt_model(), base_url: None, api_key_env: None, api_key_secret: None, partial_interval_ms: default_partial_interval_ms() }
+        SttSpec { provider: default_stt_provider(), model: default_stt_model(), base_url: None, api_key_env: None, api_key_secret: None, vocabulary: Vec::new(), partial_interval_ms: default_partial_interval_ms() }
     }
 }
 

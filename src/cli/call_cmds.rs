@@ -360,7 +360,9 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
         }
         let mut flow = assistant.spec.flow.clone().map(|spec| {
             let today = chrono::Utc::now().with_timezone(&assistant.timezone).date_naive();
-            crate::flow::Flow::new(spec, context.as_object().cloned().unwrap_or_default(), today)
+            let mut flow = crate::flow::Flow::new(spec, context.as_object().cloned().unwrap_or_default(), today);
+            flow.read_with_llm(true);
+            flow
         });
         if flow.is_some() {
             println!("  (this assistant follows a flow; type /key N to press a keypad key)");
@@ -384,10 +386,22 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
                 continue;
             }
             if let Some(flow) = flow.as_mut() {
-                let reply = match text.strip_prefix("/key ").and_then(|k| k.trim().chars().next()) {
+                let mut reply = match text.strip_prefix("/key ").and_then(|k| k.trim().chars().next()) {
                     Some(key) => flow.on_digit(key),
                     None => flow.on_caller(text),
                 };
+                if let Some(request) = reply.extract.take() {
+                    let chat = crate::llm::ChatRequest { messages: request.messages(), tools: Vec::new(), max_tokens: 48, temperature: 0.0, schema: Some(request.schema.clone()) };
+                    let value = match crate::llm::complete_text(ctx.llm.as_ref(), chat).await {
+                        Ok(answer) => crate::flow::ExtractRequest::read(&answer),
+                        Err(e) => {
+                            println!("  (the LLM could not read it: {e})");
+                            None
+                        }
+                    };
+                    println!("  (no parser understood that; the LLM read: {})", value.as_ref().map_or("nothing".to_string(), |v| v.to_string()));
+                    reply = flow.on_extracted(request.id, value);
+                }
                 if say_flow_reply(reply)? {
                     break;
                 }
@@ -543,7 +557,7 @@ pub fn bench_llm(assistant_path: &Path, caller_path: &Path, model: Option<String
             }
             for (turn, line) in lines.iter().enumerate() {
                 history.push(Message::User { content: line.clone() });
-                let request = crate::llm::ChatRequest { messages: history.clone(), tools: tools.clone(), max_tokens: assistant.spec.llm.max_tokens, temperature: 0.0 };
+                let request = crate::llm::ChatRequest { messages: history.clone(), tools: tools.clone(), max_tokens: assistant.spec.llm.max_tokens, temperature: 0.0, schema: None };
                 let (text, sample) = timed_request(&llm, request).await?;
                 history.push(Message::Assistant { content: if text.trim().is_empty() { "Okay.".into() } else { text }, tool_calls: Vec::new() });
                 if turn == 0 { whole.push(sample) } else { turns.push(sample) }

@@ -14,8 +14,11 @@
 //! ("a table for two this evening" fills the party size and the date at once). Every line is
 //! a template the turn renders (within the template limits) with the call's variables, the
 //! slots, and `spoken` (each slot as the agent says it: "7 pm", "today", "5 5 5, 1 2 3 4").
+//! Where the parsers find nothing in an answer to a choice, a name or a yes/no, the LLM reads
+//! it under a JSON schema (`extract.rs`) and the flow checks what it found.
 
-pub mod parse;
+pub mod extract;
+mod parse;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -24,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::pipeline::tools::Action;
+pub use extract::ExtractRequest;
 use parse::TimeWindow;
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -45,6 +49,14 @@ pub struct FlowSpec {
     /// order number?"): the caller's first words are read as its answer, not only searched
     /// for clear evidence.
     pub first_message_asks: Option<String>,
+    /// Whether answers to a choice, a name or a yes/no that the parsers don't understand go to
+    /// the LLM, under a JSON schema of what the slot can take (default true).
+    #[serde(default = "default_true")]
+    pub llm_reads: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -211,6 +223,9 @@ pub struct Reply {
     pub slots: Map<String, Value>,
     /// A tool to call now; its result goes back through [`Flow::on_tool_result`].
     pub tool: Option<ToolRequest>,
+    /// Words no parser understood, for the LLM to read; its answer goes back through
+    /// [`Flow::on_extracted`].
+    pub extract: Option<ExtractRequest>,
 }
 
 /// An HTTP tool call a flow asks for, with its arguments resolved.
@@ -231,6 +246,8 @@ enum Awaiting {
     Answer,
     /// The result of the node's tool call.
     Tool,
+    /// The LLM reading `text`: for the slot at this index, or (`None`) a yes/no to the read-back.
+    Extraction { slot: Option<usize>, text: String, id: u64 },
     /// Nothing more here (the call is ending, or a dead end).
     Nothing,
 }
@@ -262,6 +279,12 @@ pub struct Flow {
     lenient: Option<String>,
     /// Keys pressed for a number slot, until `#`.
     keyed: String,
+    /// Whether words no parser understood go to the LLM ([`Flow::read_with_llm`]).
+    llm_reads: bool,
+    /// What the reply being built asks the LLM to read.
+    extract: Option<ExtractRequest>,
+    /// Readings asked for so far: each has its number, and only the latest counts.
+    readings: u64,
 }
 
 /// How many nodes one reply may pass through (`next` chains without a question).
@@ -272,7 +295,40 @@ impl Flow {
     /// assistant's timezone.
     pub fn new(spec: FlowSpec, base: Map<String, Value>, today: NaiveDate) -> Flow {
         let node = spec.start.clone();
-        Flow { spec, base, today, node, slots: Map::new(), spoken: Map::new(), awaiting: Awaiting::Nothing, attempts: 0, visited: Vec::new(), started: false, tool: None, lenient: None, keyed: String::new() }
+        Flow { spec, base, today, node, slots: Map::new(), spoken: Map::new(), awaiting: Awaiting::Nothing, attempts: 0, visited: Vec::new(), started: false, tool: None, lenient: None, keyed: String::new(), llm_reads: false, extract: None, readings: 0 }
+    }
+
+    /// Lets the flow ask the LLM to read answers its parsers don't understand (see
+    /// [`extract`]); the agent turns this on when the assistant has an LLM.
+    pub fn read_with_llm(&mut self, on: bool) {
+        self.llm_reads = on && self.spec.llm_reads;
+    }
+
+    /// Words the caller is likely to say next, to prime the recognizer with: the choices of
+    /// the slot asked for, a yes or no, digits read one by one.
+    pub fn expects(&self) -> String {
+        let node = self.current();
+        match &self.awaiting {
+            Awaiting::Slot(index) => match node.collect.get(*index) {
+                Some(slot) => match slot.kind {
+                    SlotKind::Enum => {
+                        let mut said: Vec<String> = Vec::new();
+                        for choice in &slot.values {
+                            said.push(choice.value.replace('_', " "));
+                            said.extend(choice.says.iter().cloned());
+                        }
+                        format!("{}.", said.join(", "))
+                    }
+                    SlotKind::Boolean => "Yes. No.".into(),
+                    SlotKind::Phone | SlotKind::Digits => "5 5 5, 0 1 2 3.".into(),
+                    SlotKind::Time => "At 7:30 pm.".into(),
+                    _ => String::new(),
+                },
+                None => String::new(),
+            },
+            Awaiting::Confirmation | Awaiting::Answer => "Yes, that's right. No.".into(),
+            _ => String::new(),
+        }
     }
 
     pub fn node(&self) -> &str {
@@ -330,16 +386,10 @@ impl Flow {
         match self.awaiting.clone() {
             Awaiting::Slot(index) => self.on_slot_answer(index, text, &mut lines, &mut actions),
             Awaiting::Confirmation => match parse::yes_no(text) {
-                Some(true) => self.after_confirmation(&mut lines, &mut actions),
-                Some(false) => {
-                    // Ask the slots again, keeping none of them.
-                    let node = self.current().clone();
-                    for slot in &node.collect {
-                        self.slots.remove(&slot.name);
-                        self.spoken.remove(&slot.name);
-                    }
-                    lines.push("Sorry about that, let's try again.".into());
-                    self.fill_or_ask(text, &mut lines, &mut actions);
+                Some(answer) => self.confirmed(answer, text, &mut lines, &mut actions),
+                None if self.llm_reads && self.knowledge(text).is_none() => {
+                    let question = self.current().confirm.clone().unwrap_or_default();
+                    self.ask_llm(extract::for_yes_no(&question, text), None, text);
                 }
                 None => self.not_understood(text, &mut lines),
             },
@@ -347,6 +397,12 @@ impl Flow {
                 if !self.answer(text, &mut lines, &mut actions) {
                     self.not_understood(text, &mut lines);
                 }
+            }
+            Awaiting::Extraction { slot, .. } => {
+                // New words while the LLM read the last ones: these are the answer now (the
+                // reading still in flight finds the flow no longer waiting for it).
+                self.awaiting = slot.map_or(Awaiting::Confirmation, Awaiting::Slot);
+                return self.on_caller(text);
             }
             Awaiting::Tool | Awaiting::Nothing => {
                 if let Some(answer) = self.knowledge(text) {
@@ -436,7 +492,7 @@ impl Flow {
 
     fn reply(&mut self, lines: Vec<String>, actions: Vec<Action>) -> Reply {
         let actions = actions.into_iter().map(|a| self.resolve(a)).collect();
-        Reply { template: lines.join(" "), context: self.context(), actions, node: self.node.clone(), slots: self.slots.clone(), tool: self.tool.take() }
+        Reply { template: lines.join(" "), context: self.context(), actions, node: self.node.clone(), slots: self.slots.clone(), tool: self.tool.take(), extract: self.extract.take() }
     }
 
     /// An action's destination or keys given as `{{ name }}` take that slot's or variable's
@@ -575,37 +631,111 @@ impl Flow {
         let node = self.current().clone();
         let slot = &node.collect[index];
         match self.parse_slot(slot, text, false) {
-            Some((value, spoken)) => match self.validate(slot, &value) {
-                Ok(()) => {
-                    self.slots.insert(slot.name.clone(), value);
-                    self.spoken.insert(slot.name.clone(), json!(spoken));
-                    self.attempts = 0;
-                    // The same words may hold the next slots too.
-                    self.fill_or_ask(text, lines, actions);
-                }
-                Err(message) => {
-                    self.attempts += 1;
-                    lines.push(message);
-                    lines.push(slot.question.clone());
-                }
-            },
+            Some((value, spoken)) => self.take_slot(index, value, spoken, text, lines, actions),
             None => {
                 if let Some(answer) = self.knowledge(text) {
                     lines.push(answer);
                     lines.push(slot.question.clone());
                     return;
                 }
-                self.attempts += 1;
-                if self.attempts >= MAX_ATTEMPTS {
-                    // Don't loop forever on one slot: say the fallback and end politely.
-                    lines.push(self.spec.fallback.clone().unwrap_or_else(|| "I'm sorry, I'm having trouble understanding. Let me end the call here; please call back anytime. Goodbye.".into()));
-                    actions.push(Action::EndCall { reason: format!("slot `{}` not understood after {MAX_ATTEMPTS} tries", slot.name) });
-                    self.awaiting = Awaiting::Nothing;
-                    return;
+                if self.llm_reads {
+                    if let Some(request) = extract::for_slot(slot, text) {
+                        self.ask_llm(request, Some(index), text);
+                        return;
+                    }
                 }
-                lines.push(slot.reprompt.clone().unwrap_or_else(|| format!("{PARDON} {}", slot.question)));
+                self.slot_missed(index, lines, actions);
             }
         }
+    }
+
+    fn ask_llm(&mut self, mut request: ExtractRequest, slot: Option<usize>, text: &str) {
+        self.readings += 1;
+        request.id = self.readings;
+        self.extract = Some(request);
+        self.awaiting = Awaiting::Extraction { slot, text: text.to_string(), id: self.readings };
+    }
+
+    /// What the LLM read for request `id` ([`Reply::extract`]); `value` is `None` when it
+    /// found nothing or failed. A reading the flow no longer waits for changes nothing.
+    pub fn on_extracted(&mut self, id: u64, value: Option<Value>) -> Reply {
+        self.visited.clear();
+        let mut lines = Vec::new();
+        let mut actions = Vec::new();
+        if let Awaiting::Extraction { slot, text, id: waiting_for } = self.awaiting.clone() {
+            if waiting_for != id {
+                return self.reply(lines, actions);
+            }
+            match slot {
+                Some(index) => {
+                    self.awaiting = Awaiting::Slot(index);
+                    let node = self.current().clone();
+                    match value.and_then(|v| extract::accept(node.collect.get(index), &text, &v)) {
+                        Some((value, spoken)) => self.take_slot(index, value, spoken, &text, &mut lines, &mut actions),
+                        None => self.slot_missed(index, &mut lines, &mut actions),
+                    }
+                }
+                None => {
+                    self.awaiting = Awaiting::Confirmation;
+                    match value.and_then(|v| v.as_bool()) {
+                        Some(answer) => self.confirmed(answer, &text, &mut lines, &mut actions),
+                        None => self.not_understood(&text, &mut lines),
+                    }
+                }
+            }
+        }
+        self.reply(lines, actions)
+    }
+
+    /// A value for the slot at `index`, found in `text`: kept if valid, then on to the next.
+    fn take_slot(&mut self, index: usize, value: Value, spoken: String, text: &str, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
+        let node = self.current().clone();
+        let slot = &node.collect[index];
+        match self.validate(slot, &value) {
+            Ok(()) => {
+                self.slots.insert(slot.name.clone(), value);
+                self.spoken.insert(slot.name.clone(), json!(spoken));
+                self.attempts = 0;
+                // The same words may hold the next slots too.
+                self.fill_or_ask(text, lines, actions);
+            }
+            Err(message) => {
+                self.attempts += 1;
+                lines.push(message);
+                lines.push(slot.question.clone());
+            }
+        }
+    }
+
+    /// No value for the slot at `index`: ask again, or after [`MAX_ATTEMPTS`] end politely.
+    fn slot_missed(&mut self, index: usize, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
+        let node = self.current().clone();
+        let slot = &node.collect[index];
+        self.attempts += 1;
+        if self.attempts >= MAX_ATTEMPTS {
+            // Don't loop forever on one slot: say the fallback and end politely.
+            lines.push(self.spec.fallback.clone().unwrap_or_else(|| "I'm sorry, I'm having trouble understanding. Let me end the call here; please call back anytime. Goodbye.".into()));
+            actions.push(Action::EndCall { reason: format!("slot `{}` not understood after {MAX_ATTEMPTS} tries", slot.name) });
+            self.awaiting = Awaiting::Nothing;
+            return;
+        }
+        lines.push(slot.reprompt.clone().unwrap_or_else(|| format!("{PARDON} {}", slot.question)));
+    }
+
+    /// The caller's yes or no to the read-back.
+    fn confirmed(&mut self, yes: bool, text: &str, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
+        if yes {
+            self.after_confirmation(lines, actions);
+            return;
+        }
+        // Ask the slots again, keeping none of them.
+        let node = self.current().clone();
+        for slot in &node.collect {
+            self.slots.remove(&slot.name);
+            self.spoken.remove(&slot.name);
+        }
+        lines.push("Sorry about that, let's try again.".into());
+        self.fill_or_ask(text, lines, actions);
     }
 
     fn slots_filled(&mut self, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
@@ -660,6 +790,8 @@ impl Flow {
             Awaiting::Slot(index) => node.collect.get(*index).map(|s| s.question.clone()),
             Awaiting::Confirmation => node.confirm.clone(),
             Awaiting::Answer => node.say.clone(),
+            Awaiting::Extraction { slot: Some(index), .. } => node.collect.get(*index).map(|s| s.question.clone()),
+            Awaiting::Extraction { slot: None, .. } => node.confirm.clone(),
             Awaiting::Tool | Awaiting::Nothing => None,
         }
     }

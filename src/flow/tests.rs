@@ -309,3 +309,47 @@ nodes:
     assert_eq!(said(&reply), "Thanks, 1 2 3, 4 5.");
     assert_eq!(reply.slots["account"], json!("12345"));
 }
+
+#[test]
+fn answers_no_parser_understands_go_to_the_llm_and_what_it_reads_is_checked() {
+    let mut flow = flow();
+    flow.read_with_llm(true);
+    flow.begin();
+    flow.on_caller("a table for two tomorrow");
+    flow.on_caller("at eight pm");
+    // The name parser finds no name here; the LLM is asked, under a schema, and says nothing yet.
+    let reply = flow.on_caller("oh right it will be for the hendersons then thanks");
+    let request = reply.extract.clone().expect("the LLM is asked to read the name");
+    assert!(reply.template.is_empty(), "nothing is said while the LLM reads: {:?}", reply.template);
+    assert_eq!(request.user, "oh right it will be for the hendersons then thanks");
+    assert!(request.schema.to_string().contains("maxLength"), "{}", request.schema);
+    // A name the caller never said is refused: the question comes again.
+    assert_eq!(flow.on_extracted(request.id + 1, Some(json!("Hendersons"))).slots.get("name"), None, "a reading not waited for changes nothing");
+    let reply = flow.on_extracted(request.id, Some(json!("John Smith")));
+    assert_eq!(said(&reply), "Sorry, I didn't catch that. And what name is the booking under?");
+    let id = flow.on_caller("oh right it will be for the hendersons then thanks").extract.unwrap().id;
+    let reply = flow.on_extracted(id, Some(json!("hendersons")));
+    assert_eq!(reply.slots["name"], json!("Hendersons"));
+    assert!(said(&reply).starts_with("So that's a table for 2, tomorrow at 8 pm, under Hendersons."), "{}", said(&reply));
+    // The read-back's yes, said sideways, is read by the LLM too.
+    let reply = flow.on_caller("hmm lovely, I reckon");
+    let id = reply.extract.expect("the yes/no goes to the LLM").id;
+    let reply = flow.on_extracted(id, Some(json!(true)));
+    assert_eq!(said(&reply), "Wonderful, you're booked. Goodbye!");
+
+    // Without an LLM (or with `llm_reads: false`) the flow asks again at once.
+    let mut flow = flow_without_llm();
+    flow.begin();
+    flow.on_caller("a table for two tomorrow at eight pm");
+    let reply = flow.on_caller("oh right it will be for the hendersons then thanks");
+    assert!(reply.extract.is_none());
+    assert_eq!(said(&reply), "Sorry, I didn't catch that. And what name is the booking under?");
+}
+
+fn flow_without_llm() -> Flow {
+    let mut spec: FlowSpec = serde_yaml::from_str(BOOKING).unwrap();
+    spec.llm_reads = false;
+    let mut flow = Flow::new(spec, Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
+    flow.read_with_llm(true);
+    flow
+}

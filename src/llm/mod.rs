@@ -81,6 +81,9 @@ pub struct ChatRequest {
     pub tools: Vec<ToolSpec>,
     pub max_tokens: usize,
     pub temperature: f32,
+    /// A JSON Schema the reply must follow (OpenAI's `response_format: json_schema`; the local
+    /// engine enforces it with a grammar).
+    pub schema: Option<Value>,
 }
 
 impl ChatRequest {
@@ -94,6 +97,9 @@ impl ChatRequest {
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
         });
+        if let Some(schema) = &self.schema {
+            body["response_format"] = json!({ "type": "json_schema", "json_schema": { "name": "answer", "schema": schema, "strict": true } });
+        }
         if !self.tools.is_empty() {
             body["tools"] = self
                 .tools
@@ -103,6 +109,19 @@ impl ChatRequest {
         }
         body
     }
+}
+
+/// The whole reply's text (tool calls ignored): for short structured answers.
+pub async fn complete_text(llm: &dyn LanguageModel, request: ChatRequest) -> Result<String, LlmError> {
+    use futures::StreamExt;
+    let mut stream = llm.stream(request).await?;
+    let mut text = String::new();
+    while let Some(event) = stream.next().await {
+        if let LlmEvent::Text(piece) = event? {
+            text.push_str(&piece);
+        }
+    }
+    Ok(text)
 }
 
 /// What a streaming completion yields.

@@ -22,7 +22,7 @@ use super::tools::Action;
 use super::turn::{self, Progress, TurnContext, TurnInput, TurnProgress};
 use super::{BargeIn, CallEvent, CallReport};
 use crate::flow::{Flow, Reply as FlowReply};
-use crate::llm::Message;
+use crate::llm::{ChatRequest, Message};
 
 /// Said after `idle_reprompt_s` of silence.
 pub const REPROMPT: &str = "Are you still there?";
@@ -52,6 +52,9 @@ pub struct Agent {
     pub events: mpsc::UnboundedSender<CallEvent>,
     /// The assistant's flow, when it has one: it answers the caller instead of the LLM.
     pub flow: Option<Flow>,
+    /// What the recognizer is primed with: `vocabulary`, and what the flow's question expects.
+    pub recognizer_prompt: crate::stt::Prompt,
+    pub vocabulary: String,
 }
 
 /// The unheard rest of a cut reply: the unplayed part of its segments, then whatever its
@@ -67,6 +70,17 @@ impl Interrupted {
         [self.rest.as_str(), held.as_str()].iter().filter(|t| !t.is_empty()).copied().collect::<Vec<_>>().join(" ")
     }
 }
+
+/// What a flow waited for, arriving in the run loop.
+enum FlowResult {
+    /// A tool call: whether it succeeded, and its result.
+    Tool(bool, serde_json::Value),
+    /// What the LLM read from the caller's words for reading `id` (`None`: nothing, or it failed).
+    Extracted(u64, Option<serde_json::Value>),
+}
+
+/// How long the LLM may take to read a caller's words before the flow asks again.
+const EXTRACTION_TIMEOUT: Duration = Duration::from_secs(4);
 
 #[derive(Default)]
 struct State {
@@ -90,8 +104,8 @@ struct State {
     /// A caller turn that finished while a `<no-interrupt>` segment played.
     deferred: Option<UserTurn>,
     flow: Option<Flow>,
-    /// Where a flow's tool calls send their results (the run loop receives them).
-    tool_results: Option<mpsc::UnboundedSender<(bool, serde_json::Value)>>,
+    /// Where a flow's tool calls and LLM readings send their results (the run loop receives them).
+    flow_results: Option<mpsc::UnboundedSender<FlowResult>>,
     /// A flow reply waiting for the agent's current line to finish.
     queued: Option<FlowReply>,
     /// Where the call is handed over once the agent's last line has played.
@@ -137,11 +151,11 @@ fn record_actions(state: &mut State, report: &mut CallReport, actions: &[Action]
 impl Agent {
     pub async fn run(mut self, mut inbox: mpsc::Receiver<Frame>, call: CancellationToken, report: Arc<Mutex<CallReport>>) {
         let turn_spec = self.ctx.assistant.spec.turn;
-        let (tool_tx, mut tool_rx) = mpsc::unbounded_channel();
+        let (flow_tx, mut flow_rx) = mpsc::unbounded_channel();
         let mut state = State {
             history: vec![Message::System { content: self.system_prompt.clone() }],
             flow: self.flow.take(),
-            tool_results: Some(tool_tx),
+            flow_results: Some(flow_tx),
             ..State::default()
         };
         let flow_speaks_first = self.first_message.is_none() && state.flow.is_some();
@@ -169,8 +183,15 @@ impl Agent {
                     let Some(frame) = frame else { break };
                     self.on_frame(&mut state, frame, &report);
                 }
-                Some((succeeded, result)) = tool_rx.recv() => {
-                    let reply = state.flow.as_mut().map(|flow| flow.on_tool_result(succeeded, result));
+                Some(result) = flow_rx.recv() => {
+                    let reply = state.flow.as_mut().map(|flow| match result {
+                        FlowResult::Tool(succeeded, result) => flow.on_tool_result(succeeded, result),
+                        FlowResult::Extracted(id, value) => {
+                            let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
+                            *report.guards.entry(if value.is_some() { "slot_read_by_llm" } else { "slot_not_read_by_llm" }.to_string()).or_default() += 1;
+                            flow.on_extracted(id, value)
+                        }
+                    });
                     if let Some(reply) = reply {
                         if state.active.is_some() || !self.ctx.out.is_idle() {
                             // The line covering the wait is still playing: follow it.
@@ -333,8 +354,14 @@ impl Agent {
             record_actions(state, &mut report, &reply.actions);
         }
         self.emit(CallEvent::Flow { node: reply.node.clone(), slots: reply.slots.clone() });
+        if let Some(flow) = &state.flow {
+            self.recognizer_prompt.set(format!("{} {}", self.vocabulary, flow.expects()).trim());
+        }
         if let Some(request) = reply.tool.clone() {
             self.call_tool(state, request);
+        }
+        if let Some(request) = reply.extract.clone() {
+            self.read_with_llm(state, request);
         }
         if reply.template.trim().is_empty() {
             return;
@@ -342,11 +369,31 @@ impl Agent {
         self.start(state, TurnInput::Render { template: reply.template, context: reply.context }, user, true);
     }
 
+    /// Asks the LLM, under the request's schema, what the caller's words hold; the answer
+    /// comes back to the run loop.
+    fn read_with_llm(&self, state: &State, request: crate::flow::ExtractRequest) {
+        let Some(results) = state.flow_results.clone() else { return };
+        let llm = self.ctx.llm.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let chat = ChatRequest { messages: request.messages(), tools: Vec::new(), max_tokens: 48, temperature: 0.0, schema: Some(request.schema.clone()) };
+            let value = match tokio::time::timeout(EXTRACTION_TIMEOUT, crate::llm::complete_text(llm.as_ref(), chat)).await {
+                Ok(Ok(reply)) => crate::flow::ExtractRequest::read(&reply),
+                Ok(Err(e)) => {
+                    let _ = events.send(CallEvent::Note(format!("the LLM could not read the caller's answer: {e}")));
+                    None
+                }
+                Err(_) => None,
+            };
+            let _ = results.send(FlowResult::Extracted(request.id, value));
+        });
+    }
+
     /// Calls a flow's HTTP tool in the background; its result comes back to the run loop.
     fn call_tool(&self, state: &State, request: crate::flow::ToolRequest) {
-        let Some(results) = state.tool_results.clone() else { return };
+        let Some(results) = state.flow_results.clone() else { return };
         let Some(tool) = super::tools::http_tool(&self.ctx.assistant, &request.tool).cloned() else {
-            let _ = results.send((false, serde_json::json!({ "error": format!("no tool `{}`", request.tool) })));
+            let _ = results.send(FlowResult::Tool(false, serde_json::json!({ "error": format!("no tool `{}`", request.tool) })));
             return;
         };
         let client = self.ctx.http.clone();
@@ -357,7 +404,7 @@ impl Agent {
                 let _ = events.send(CallEvent::Note(format!("tool {} failed: {}", tool.name, result.content)));
             }
             let value = serde_json::from_str(&result.content).unwrap_or(serde_json::Value::String(result.content));
-            let _ = results.send((!result.failed, value));
+            let _ = results.send(FlowResult::Tool(!result.failed, value));
         });
     }
 

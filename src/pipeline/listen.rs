@@ -62,6 +62,8 @@ pub struct Listener {
     pub input_rate: u32,
     /// New speech between partial transcripts; `None` for no partials.
     pub partial_every: Option<Duration>,
+    /// What the recognizer is primed with; the agent keeps it current.
+    pub prompt: crate::stt::Prompt,
 }
 
 /// The final transcript and Smart Turn's judgement in flight: set `stop` to abandon them.
@@ -278,8 +280,8 @@ impl Listener {
     fn transcribe_partial(&self, utterance: Vec<f32>) -> PartialJob {
         let (tx, rx) = oneshot::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let (stt, job_stop) = (self.stt.clone(), stop.clone());
-        let words = super::pool::stt().run(move || stt.transcribe_until(&utterance, &job_stop).map(|t| t.text));
+        let (stt, job_stop, prompt) = (self.stt.clone(), stop.clone(), self.prompt.get());
+        let words = super::pool::stt().run(move || stt.transcribe_primed(&utterance, &job_stop, &prompt).map(|t| t.text));
         tokio::spawn(async move {
             if let Ok(Ok(text)) = words.await {
                 let _ = tx.send(text);
@@ -293,12 +295,12 @@ impl Listener {
     fn hear(&self, utterance: Vec<f32>) -> HearJob {
         let (tx, rx) = oneshot::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let (stt, smart_turn) = (self.stt.clone(), self.smart_turn.clone());
+        let (stt, smart_turn, prompt) = (self.stt.clone(), self.smart_turn.clone(), self.prompt.get());
         let audio = Arc::new(utterance);
         let audio_for_turn = audio.clone();
         let (stt_stop, turn_stop) = (stop.clone(), stop.clone());
         let words = super::pool::stt().run(move || {
-            stt.transcribe_until(&audio, &stt_stop).unwrap_or_else(|e| {
+            stt.transcribe_primed(&audio, &stt_stop, &prompt).unwrap_or_else(|e| {
                 if !matches!(e, SttError::Stopped) {
                     tracing::warn!(error = %e, "transcription failed");
                 }

@@ -129,7 +129,9 @@ pub async fn run_call(
     let flow_base = context.as_object().cloned().unwrap_or_default();
     let flow = assistant.spec.flow.clone().map(|spec| {
         let today = chrono::Utc::now().with_timezone(&assistant.timezone).date_naive();
-        crate::flow::Flow::new(spec, flow_base.clone(), today)
+        let mut flow = crate::flow::Flow::new(spec, flow_base.clone(), today);
+        flow.read_with_llm(true);
+        flow
     });
     // Rendering may run a sandboxed child process: off the runtime's threads.
     let templates = (assistant.system_template.clone(), assistant.spec.first_message.clone());
@@ -156,10 +158,13 @@ pub async fn run_call(
     });
     // Frames from the listener to the agent: few, never dropped.
     let (frames_tx, frames_rx) = mpsc::channel(64);
-    let agent = agent::Agent { ctx, system_prompt, first_message, events: events.clone(), flow };
+    let recognizer_prompt = crate::stt::Prompt::default();
+    let vocabulary = vocabulary(&assistant, &variables);
+    recognizer_prompt.set(&vocabulary);
+    let agent = agent::Agent { ctx, system_prompt, first_message, events: events.clone(), flow, recognizer_prompt: recognizer_prompt.clone(), vocabulary };
     let agent_task = tokio::spawn(agent.run(frames_rx, call_token.clone(), report.clone()));
     // Source last: the listener turns caller audio into frames.
-    let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate(), partial_every: partial_every(&assistant) };
+    let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate(), partial_every: partial_every(&assistant), prompt: recognizer_prompt };
     let CallInput { audio, mut dtmf } = input;
     let drops = audio.drop_counter();
     // Keypad digits go straight to the agent.
@@ -239,6 +244,26 @@ pub async fn summarize(llm: &dyn LanguageModel, report: &CallReport) -> String {
     summarize_transcript(llm, &report.transcript).await
 }
 
+/// Words the recognizer should expect on this call: the assistant's `stt.vocabulary` and the
+/// call's short text variables (a customer's name, a business's name).
+fn vocabulary(assistant: &Assistant, variables: &serde_json::Map<String, serde_json::Value>) -> String {
+    let mut words: Vec<String> = assistant.spec.stt.vocabulary.clone();
+    for value in variables.values() {
+        if let Some(text) = value.as_str() {
+            let text = text.trim();
+            if !text.is_empty() && text.len() <= 40 && text.chars().any(char::is_alphabetic) && !text.contains("://") {
+                words.push(text.to_string());
+            }
+        }
+    }
+    if words.is_empty() {
+        return String::new();
+    }
+    let mut text = words.iter().map(|w| w.trim().trim_end_matches('.')).collect::<Vec<_>>().join(". ");
+    text.push('.');
+    text
+}
+
 async fn summarize_transcript(llm: &dyn LanguageModel, transcript: &[(String, String, Duration)]) -> String {
     use futures::StreamExt;
     let fallback = transcript.iter().find(|(who, _, _)| who == "caller").map(|(_, t, _)| format!("The caller said: {t}")).unwrap_or_else(|| "The caller did not speak.".into());
@@ -254,6 +279,7 @@ async fn summarize_transcript(llm: &dyn LanguageModel, transcript: &[(String, St
         tools: Vec::new(),
         max_tokens: 60,
         temperature: 0.0,
+        schema: None,
     };
     let Ok(mut stream) = llm.stream(request).await else { return fallback };
     let mut text = String::new();

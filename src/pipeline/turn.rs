@@ -183,7 +183,7 @@ pub fn write(ctx: Arc<TurnContext>, messages: Vec<Message>, input: TurnInput, pr
 /// Sends the conversation so far with `max_tokens: 1`, so that an engine with a KV cache
 /// (the local one) has processed it before the caller's first words arrive.
 pub async fn prefill(ctx: Arc<TurnContext>, messages: Vec<Message>) {
-    let request = ChatRequest { messages, tools: ctx.tools.clone(), max_tokens: 1, temperature: 0.0 };
+    let request = ChatRequest { messages, tools: ctx.tools.clone(), max_tokens: 1, temperature: 0.0, schema: None };
     if let Ok(mut stream) = ctx.llm.stream(request).await {
         while stream.next().await.is_some() {}
     }
@@ -206,7 +206,7 @@ async fn think(ctx: &Arc<TurnContext>, mut messages: Vec<Message>, outbox: &mpsc
     let mut redo: Option<&'static str> = None;
     // One more round than tools need: a refused reply takes one.
     for round in 0..MAX_TOOL_ROUNDS + 1 {
-        let request = ChatRequest { messages: messages.clone(), tools: ctx.tools.clone(), max_tokens: ctx.assistant.spec.llm.max_tokens, temperature };
+        let request = ChatRequest { messages: messages.clone(), tools: ctx.tools.clone(), max_tokens: ctx.assistant.spec.llm.max_tokens, temperature, schema: None };
         let stream = tokio::select! {
             _ = cancel.cancelled() => return,
             stream = ctx.llm.stream(request) => stream,

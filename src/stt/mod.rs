@@ -58,6 +58,29 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_f64(d.as_secs_f64())
 }
 
+/// Text the recognizer is primed with (Whisper's initial prompt): words the caller is likely
+/// to say next. The agent sets it as the conversation moves; the listener reads it for each
+/// utterance.
+#[derive(Debug, Clone, Default)]
+pub struct Prompt(std::sync::Arc<std::sync::Mutex<String>>);
+
+/// Longest prompt kept: Whisper's prompt shares its 448-token window with the transcript.
+const PROMPT_CHARS: usize = 600;
+
+impl Prompt {
+    pub fn set(&self, text: &str) {
+        let mut end = text.len().min(PROMPT_CHARS);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = text[..end].to_string();
+    }
+
+    pub fn get(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// Anything that can transcribe a finished utterance of 16 kHz mono audio.
 pub trait SpeechToText: Send + Sync {
     fn transcribe(&self, samples_16k: &[f32]) -> Result<Transcript, SttError>;
@@ -70,5 +93,12 @@ pub trait SpeechToText: Send + Sync {
             return Err(SttError::Stopped);
         }
         self.transcribe(samples_16k)
+    }
+
+    /// Like [`SpeechToText::transcribe_until`], primed with `prompt` (words likely to be
+    /// said). A provider without priming ignores it.
+    fn transcribe_primed(&self, samples_16k: &[f32], stop: &AtomicBool, prompt: &str) -> Result<Transcript, SttError> {
+        let _ = prompt;
+        self.transcribe_until(samples_16k, stop)
     }
 }

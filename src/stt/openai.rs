@@ -34,6 +34,20 @@ impl OpenAiStt {
 
 impl SpeechToText for OpenAiStt {
     fn transcribe(&self, samples_16k: &[f32]) -> Result<Transcript, SttError> {
+        self.transcribe_prompted(samples_16k, "")
+    }
+
+    fn transcribe_primed(&self, samples_16k: &[f32], stop: &std::sync::atomic::AtomicBool, prompt: &str) -> Result<Transcript, SttError> {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(SttError::Stopped);
+        }
+        self.transcribe_prompted(samples_16k, prompt)
+    }
+}
+
+impl OpenAiStt {
+    /// One request; `prompt` is the API's `prompt` field (text the model continues from).
+    fn transcribe_prompted(&self, samples_16k: &[f32], prompt: &str) -> Result<Transcript, SttError> {
         let started = Instant::now();
         let audio_secs = samples_16k.len() as f64 / 16_000.0;
         let wav = Audio::new(samples_16k.to_vec(), 16_000).to_wav_bytes().map_err(|e| SttError::Whisper(e.to_string()))?;
@@ -43,6 +57,9 @@ impl SpeechToText for OpenAiStt {
         let mut form = reqwest::multipart::Form::new().part("file", part).text("model", self.model.clone()).text("response_format", "json");
         if let Some(language) = &self.language {
             form = form.text("language", language.clone());
+        }
+        if !prompt.is_empty() {
+            form = form.text("prompt", prompt.to_string());
         }
         let request = self.client.post(&url).bearer_auth(&self.api_key).multipart(form);
         let body: serde_json::Value = self.runtime.block_on(async {

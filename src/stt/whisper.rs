@@ -147,6 +147,18 @@ pub fn collapse_loops(text: &str) -> String {
 }
 
 /// True for texts like "[BLANK_AUDIO]", "(music)" or "♪" that are not words.
+/// Whether a transcript is (most of) the prompt it was primed with: four or more words in a
+/// row from the prompt, making up most of the transcript.
+fn echoes_prompt(text: &str, prompt: &str) -> bool {
+    let norm = |t: &str| -> Vec<String> { t.split_whitespace().map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase()).filter(|w| !w.is_empty()).collect() };
+    let (said, primed) = (norm(text), norm(prompt));
+    if said.len() < 4 {
+        return false;
+    }
+    let copied = said.windows(4).filter(|w| primed.windows(4).any(|p| p == *w)).count();
+    copied * 2 >= said.len().saturating_sub(3)
+}
+
 fn is_annotation(text: &str) -> bool {
     let trimmed = text.trim();
     trimmed.is_empty()
@@ -157,11 +169,15 @@ fn is_annotation(text: &str) -> bool {
 
 impl SpeechToText for WhisperStt {
     fn transcribe(&self, samples_16k: &[f32]) -> Result<Transcript, SttError> {
-        self.transcribe_with(samples_16k, None)
+        self.transcribe_with(samples_16k, None, "")
     }
 
     fn transcribe_until(&self, samples_16k: &[f32], stop: &AtomicBool) -> Result<Transcript, SttError> {
-        self.transcribe_with(samples_16k, Some(stop))
+        self.transcribe_with(samples_16k, Some(stop), "")
+    }
+
+    fn transcribe_primed(&self, samples_16k: &[f32], stop: &AtomicBool, prompt: &str) -> Result<Transcript, SttError> {
+        self.transcribe_with(samples_16k, Some(stop), prompt)
     }
 }
 
@@ -174,7 +190,7 @@ unsafe extern "C" fn stop_requested(user_data: *mut std::ffi::c_void) -> bool {
 }
 
 impl WhisperStt {
-    fn transcribe_with(&self, samples_16k: &[f32], stop: Option<&AtomicBool>) -> Result<Transcript, SttError> {
+    fn transcribe_with(&self, samples_16k: &[f32], stop: Option<&AtomicBool>, prompt: &str) -> Result<Transcript, SttError> {
         if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
             return Err(SttError::Stopped);
         }
@@ -189,12 +205,17 @@ impl WhisperStt {
             padded.resize(MIN_SAMPLES, 0.0);
         }
 
-        let mut transcript = self.decode(&padded, audio_ctx_for(padded.len()), audio_secs, stop)?;
+        let mut transcript = self.decode(&padded, audio_ctx_for(padded.len()), audio_secs, stop, prompt)?;
+        if !prompt.is_empty() && echoes_prompt(&transcript.text, prompt) {
+            // Whisper wrote out its prompt instead of the audio: decode again unprimed.
+            tracing::debug!(text = %transcript.text, "whisper echoed its prompt; decoding unprimed");
+            transcript = self.decode(&padded, audio_ctx_for(padded.len()), audio_secs, stop, "")?;
+        }
         if is_looping(&transcript.text) {
             // A loop on a short window: decode once more on the full window, then give up
             // on decoding and keep one copy of the looped phrase. Bounded: at most two passes.
             tracing::debug!(text = %transcript.text, "whisper looped; retrying on the full window");
-            transcript = self.decode(&padded, FULL_AUDIO_CTX, audio_secs, stop)?;
+            transcript = self.decode(&padded, FULL_AUDIO_CTX, audio_secs, stop, "")?;
             if is_looping(&transcript.text) {
                 transcript.text = collapse_loops(&transcript.text);
                 for segment in &mut transcript.segments {
@@ -206,8 +227,11 @@ impl WhisperStt {
         Ok(transcript)
     }
 
-    fn decode(&self, padded: &[f32], audio_ctx: usize, audio_secs: f64, stop: Option<&AtomicBool>) -> Result<Transcript, SttError> {
+    fn decode(&self, padded: &[f32], audio_ctx: usize, audio_secs: f64, stop: Option<&AtomicBool>, prompt: &str) -> Result<Transcript, SttError> {
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        if !prompt.is_empty() {
+            params.set_initial_prompt(prompt);
+        }
         params.set_n_threads(self.threads as i32);
         params.set_language(self.language.as_deref());
         params.set_no_context(true);
@@ -279,6 +303,14 @@ mod tests {
         assert!(!is_looping("my number is five five five one two three four"));
         assert_eq!(collapse_loops("I said go on go on go on go on go on now"), "I said go on now");
         assert_eq!(collapse_loops("5 5 5 5 5 5 5 5"), "5");
+    }
+
+    #[test]
+    fn a_transcript_that_copies_its_prompt_is_caught() {
+        let prompt = "Luigi's. For how many people? Two people. Four.";
+        assert!(echoes_prompt("For how many people? Two people.", prompt));
+        assert!(!echoes_prompt("A table for two people please", prompt));
+        assert!(!echoes_prompt("Two.", prompt));
     }
 
     #[test]

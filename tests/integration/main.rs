@@ -7,6 +7,7 @@
 
 mod api;
 mod call;
+mod engine;
 mod models;
 mod security;
 mod speech;
