@@ -304,31 +304,55 @@ impl Flow {
         self.llm_reads = on && self.spec.llm_reads;
     }
 
-    /// Words the caller is likely to say next, to prime the recognizer with: the choices of
-    /// the slot asked for, a yes or no, digits read one by one.
+    /// Phrases the caller is likely to say next, to prime the recognizer with: what works
+    /// anywhere (global handlers, knowledge questions), then what the current question expects
+    /// (the slot's choices, examples of its kind, a yes or no, the node's routes).
     pub fn expects(&self) -> String {
         let node = self.current();
-        match &self.awaiting {
-            Awaiting::Slot(index) => match node.collect.get(*index) {
-                Some(slot) => match slot.kind {
-                    SlotKind::Enum => {
-                        let mut said: Vec<String> = Vec::new();
-                        for choice in &slot.values {
-                            said.push(choice.value.replace('_', " "));
-                            said.extend(choice.says.iter().cloned());
-                        }
-                        format!("{}.", said.join(", "))
-                    }
-                    SlotKind::Boolean => "Yes. No.".into(),
-                    SlotKind::Phone | SlotKind::Digits => "5 5 5, 0 1 2 3.".into(),
-                    SlotKind::Time => "At 7:30 pm.".into(),
-                    _ => String::new(),
-                },
-                None => String::new(),
-            },
-            Awaiting::Confirmation | Awaiting::Answer => "Yes, that's right. No.".into(),
-            _ => String::new(),
+        // What works anywhere first: Whisper heeds the end of its prompt most.
+        let mut phrases: Vec<String> = Vec::new();
+        for handler in &self.spec.global {
+            phrases.extend(handler.says.iter().cloned());
         }
+        for entry in &self.spec.knowledge {
+            phrases.extend(entry.question.iter().cloned());
+        }
+        let yes_no = || vec!["yes".to_string(), "no".to_string()];
+        match &self.awaiting {
+            Awaiting::Slot(index) => {
+                if let Some(slot) = node.collect.get(*index) {
+                    let examples: &[&str] = match slot.kind {
+                        SlotKind::Time => &["at 7:30 pm", "two in the afternoon", "half past eight"],
+                        SlotKind::Date => &["tomorrow", "next Tuesday", "on Friday"],
+                        SlotKind::Phone | SlotKind::Digits => &["5 5 5, 0 1 2 3"],
+                        SlotKind::Email => &["john dot smith at example dot com"],
+                        SlotKind::Boolean => &["yes", "no"],
+                        _ => &[],
+                    };
+                    phrases.extend(examples.iter().map(|e| e.to_string()));
+                    for choice in &slot.values {
+                        phrases.push(choice.value.replace('_', " "));
+                        phrases.extend(choice.says.iter().cloned());
+                    }
+                }
+            }
+            Awaiting::Confirmation => phrases.extend(yes_no()),
+            Awaiting::Answer => {
+                for route in &node.routes {
+                    phrases.extend(route.says.iter().cloned());
+                }
+                if node.on_yes.is_some() || node.on_no.is_some() {
+                    phrases.extend(yes_no());
+                }
+            }
+            _ => {}
+        }
+        let mut seen = BTreeSet::new();
+        phrases.retain(|p| !p.trim().is_empty() && seen.insert(p.to_lowercase()));
+        if phrases.is_empty() {
+            return String::new();
+        }
+        format!("{}.", phrases.join(", "))
     }
 
     pub fn node(&self) -> &str {

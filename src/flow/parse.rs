@@ -256,8 +256,30 @@ pub fn time(text: &str, window: TimeWindow) -> Option<NaiveTime> {
     if said("midnight") {
         return NaiveTime::from_hms_opt(0, 0, 0);
     }
-    let (hour, minute) = clock(&words)?;
+    let (hour, minute) = clock(&words).or_else(|| clock(&heard_as_numbers(&words)))?;
     resolve_hour(hour, minute, pm_hint, am_hint, window)
+}
+
+/// Words that sound like numbers where a time is said, as the numbers: speech recognition
+/// writes "two in the afternoon" as "to the afternoon", "at eight" as "at ate". Only at the
+/// start or after "at"/"about"/"around"/"by", and only before a time word.
+fn heard_as_numbers(words: &[String]) -> Vec<String> {
+    let mut out = words.to_vec();
+    for (i, word) in words.iter().enumerate() {
+        let number = match word.as_str() {
+            "to" | "too" => "two",
+            "for" => "four",
+            "ate" => "eight",
+            "won" => "one",
+            _ => continue,
+        };
+        let after_cue = i == 0 || matches!(words[i - 1].as_str(), "at" | "about" | "around" | "by");
+        let before_time = matches!(words.get(i + 1).map(String::as_str), Some("in" | "the" | "pm" | "am" | "o'clock" | "oclock" | "thirty" | "fifteen" | "forty" | "forty-five"));
+        if after_cue && before_time {
+            out[i] = number.to_string();
+        }
+    }
+    out
 }
 
 /// The hour and minute said, before am/pm is decided.
@@ -824,12 +846,16 @@ mod tests {
             ("noon", hm(12, 0)),
             ("8 in the morning", hm(8, 0)),
             ("around 9pm", hm(21, 0)),
+            // Numbers as speech recognition mishears them.
+            ("to the afternoon.", hm(14, 0)),
+            ("at ate pm", hm(20, 0)),
         ];
         for (text, want) in cases {
             assert_eq!(time(text, EVENING), want, "{text}");
         }
         assert_eq!(time("9", TimeWindow::default()), hm(9, 0), "no window: 7–11 read as morning");
         assert_eq!(time("whenever suits", EVENING), None);
+        assert_eq!(time("I'd like to come in the afternoon", EVENING), None, "a `to` inside a sentence is not a two");
     }
 
     #[test]

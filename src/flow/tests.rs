@@ -353,3 +353,16 @@ fn flow_without_llm() -> Flow {
     flow.read_with_llm(true);
     flow
 }
+
+#[test]
+fn the_recognizer_is_primed_with_what_the_question_expects_last() {
+    let mut flow = flow();
+    flow.begin();
+    let primed = flow.expects();
+    assert!(primed.starts_with("speak to a person, a human, real person, wrong number, menu, opening hours"), "{primed}");
+    flow.on_caller("a table for two tomorrow");
+    assert!(flow.expects().ends_with("at 7:30 pm, two in the afternoon, half past eight."), "{}", flow.expects());
+    flow.on_caller("at eight pm");
+    flow.on_caller("the name is Sarah");
+    assert!(flow.expects().ends_with("yes, no."), "a read-back expects a yes or no: {}", flow.expects());
+}

@@ -158,6 +158,10 @@ impl Agent {
             flow_results: Some(flow_tx),
             ..State::default()
         };
+        if let Some(flow) = &state.flow {
+            // Before the flow's first reply, the caller may already say what works anywhere.
+            self.recognizer_prompt.set(format!("{} {}", self.vocabulary, flow.expects()).trim());
+        }
         let flow_speaks_first = self.first_message.is_none() && state.flow.is_some();
         if flow_speaks_first {
             // No first message: the flow's start node greets.

@@ -68,12 +68,13 @@ pub struct Prompt(std::sync::Arc<std::sync::Mutex<String>>);
 const PROMPT_CHARS: usize = 600;
 
 impl Prompt {
+    /// Sets the prompt; a long one keeps its end (what Whisper heeds most).
     pub fn set(&self, text: &str) {
-        let mut end = text.len().min(PROMPT_CHARS);
-        while !text.is_char_boundary(end) {
-            end -= 1;
+        let mut start = text.len().saturating_sub(PROMPT_CHARS);
+        while !text.is_char_boundary(start) {
+            start += 1;
         }
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = text[..end].to_string();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = text[start..].to_string();
     }
 
     pub fn get(&self) -> String {
