@@ -20,6 +20,10 @@ pub enum BenchCommand {
         /// How many calls to run (each plays the whole script).
         #[arg(long, default_value_t = 2)]
         calls: usize,
+        /// Then run 1, 2, … up to this many calls at once, and report voice-to-voice for each
+        /// count beside one call alone.
+        #[arg(long, default_value_t = 1)]
+        concurrent: usize,
     },
     /// The local LLM engine: prompt processing and decoding speed over scripted conversations.
     Llm {
@@ -54,7 +58,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Llm { assistant, caller, model, conversations, threads } => {
             super::call_cmds::bench_llm(&assistant, &caller, model, conversations.max(1), threads)
         }
-        BenchCommand::Latency { assistant, caller, calls } => super::call_cmds::bench_latency(&assistant, &caller, calls.max(1)),
+        BenchCommand::Latency { assistant, caller, calls, concurrent } => super::call_cmds::bench_latency(&assistant, &caller, calls.max(1), concurrent.clamp(1, 16)),
     }
 }
 

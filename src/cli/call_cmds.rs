@@ -114,7 +114,7 @@ pub async fn simulate_call(
     let caller = ScriptedCaller::prepare(script, caller_voice.as_ref(), line_rate)?;
     let (line, input) = LoopbackLine::start(line_rate);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let printer = tokio::spawn(print_events(events_rx, print));
+    let printer = tokio::spawn(print_events(events_rx, print, Some(line.clone())));
     tokio::spawn(caller.run(line.clone()));
     let setup = CallSetup {
         assistant: assistant.clone(),
@@ -137,8 +137,13 @@ pub async fn simulate_call(
     Ok(SimulatedCall { report, log: line.log(), caller_track, agent_track, rate: line_rate })
 }
 
-async fn print_events(mut events: mpsc::UnboundedReceiver<CallEvent>, print: bool) {
+/// Prints a call's events as they come (when `print`), and passes the agent's words to the
+/// scripted caller's `line`.
+async fn print_events(mut events: mpsc::UnboundedReceiver<CallEvent>, print: bool, line: Option<LoopbackLine>) {
     while let Some(event) = events.recv().await {
+        if let (Some(line), CallEvent::Agent { text, .. }) = (&line, &event) {
+            line.agent_said(text);
+        }
         if !print {
             continue;
         }
@@ -594,7 +599,70 @@ pub fn bench_llm(assistant_path: &Path, caller_path: &Path, model: Option<String
 const VAD_ONSET_SLACK: Duration = Duration::from_millis(250);
 
 /// `ringline bench latency`: several scripted calls, then percentiles of every stage.
-pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) -> anyhow::Result<()> {
+/// A simulated call's turns counted from the caller's true end of speech (the script knows
+/// it), not from where the VAD placed it; with each turn's VAD error.
+fn turns_from_truth(call: &SimulatedCall) -> Vec<(TurnTimings, Duration, bool)> {
+    call.report
+        .turns
+        .iter()
+        .map(|turn| {
+            let truth = call.log.caller_speech.iter().map(|(_, end)| *end).min_by_key(|end| end.abs_diff(turn.speech_end_at)).unwrap_or(turn.speech_end_at);
+            (turn.counted_from(truth), truth.abs_diff(turn.speech_end_at), turn.speech_end_at > truth)
+        })
+        .collect()
+}
+
+/// Resident and peak resident memory of this process, in MiB.
+fn memory_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0;
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The machine in a line: CPU model, cores, memory.
+pub fn machine_line() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| info.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .map(|kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "unknown memory".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    format!("{cores} cores of {cpu}, {memory}, {profile} build")
+}
+
+/// Runs 1, 2, … `most` calls at once and prints voice-to-voice for each count beside one call
+/// alone, and the most calls that kept p95 within 1.5 s.
+async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: Arc<Assistant>, script: &CallerScript, most: usize) -> anyhow::Result<()> {
+    println!("\ncalls at once on {} (voice-to-voice from the true end of speech):", machine_line());
+    println!("{:>6} {:>6} {:>8} {:>8} {:>12} {:>14}", "calls", "turns", "p50 ms", "p95 ms", "p95 vs one", "MiB per call");
+    let (resident_before, _) = memory_mib();
+    let mut alone_p95 = None;
+    let mut within = 0;
+    for n in 1..=most {
+        eprintln!("{n} call(s) at once, in real time…");
+        let calls = futures::future::join_all((0..n).map(|_| simulate_call(store, engines.clone(), assistant.clone(), script.clone(), BTreeMap::new(), DEFAULT_LINE_RATE, false))).await;
+        let mut v2v = Vec::new();
+        for call in calls {
+            v2v.extend(turns_from_truth(&call?).into_iter().map(|(t, _, _)| t.voice_to_voice));
+        }
+        let (p50, p95) = (percentile(&v2v, 0.5).map(ms_of).unwrap_or(0.0), percentile(&v2v, 0.95).map(ms_of).unwrap_or(0.0));
+        let alone = *alone_p95.get_or_insert(p95);
+        let (_, peak) = memory_mib();
+        if p95 <= 1500.0 {
+            within = n;
+        }
+        println!("{n:>6} {:>6} {p50:>8.0} {p95:>8.0} {:>11.2}× {:>14.0}", v2v.len(), if alone > 0.0 { p95 / alone } else { 0.0 }, (peak - resident_before).max(0.0) / n as f64);
+    }
+    println!("most calls at once with voice-to-voice p95 ≤ 1.5 s: {within}");
+    Ok(())
+}
+
+pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, concurrent: usize) -> anyhow::Result<()> {
     let store = ModelStore::from_env()?;
     let assistant = load_assistant(assistant_path)?;
     let script = CallerScript::load(caller_path)?;
@@ -611,11 +679,10 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
             let call = simulate_call(&store, engines.clone(), assistant.clone(), script.clone(), BTreeMap::new(), DEFAULT_LINE_RATE, false).await?;
             // Count every turn from the caller's true end of speech (the script knows it), not
             // from where the VAD placed it.
-            for turn in &call.report.turns {
-                let truth = call.log.caller_speech.iter().map(|(_, end)| *end).min_by_key(|end| end.abs_diff(turn.speech_end_at)).unwrap_or(turn.speech_end_at);
-                vad_errors.push(truth.abs_diff(turn.speech_end_at));
-                vad_late += usize::from(turn.speech_end_at > truth);
-                turns.push(turn.counted_from(truth));
+            for (turn, error, late) in turns_from_truth(&call) {
+                vad_errors.push(error);
+                vad_late += usize::from(late);
+                turns.push(turn);
             }
             // Barge-in reaction on the audio timeline: from when caller and agent were both
             // audible to when the agent's audio stopped. That is the caller's scripted onset
@@ -633,7 +700,7 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
                 barge_in_parts.push((b.overlap_from.saturating_sub(truth), b.stopped.saturating_sub(b.overlap_from)));
             }
         }
-        println!("\n{} turns over {calls} call(s); assistant {} on {}", turns.len(), assistant.spec.name, assistant.spec.llm.model);
+        println!("\n{} turns over {calls} call(s); assistant {} on {}; {}", turns.len(), assistant.spec.name, assistant.spec.llm.model, machine_line());
         print_percentiles(&turns);
         let spread = |name: &str, values: &[Duration], note: String| println!("{:<18} {:>8} {:>8}   ({note})", name, ms_at(values, 0.5), ms_at(values, 0.95));
         spread("vad end error", &vad_errors, format!("|VAD end of speech − true end|; late in {vad_late} of {} turns", turns.len()));
@@ -675,6 +742,9 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize) ->
             for (late, confirm) in parts {
                 println!("  {:>4.0} = {:>4.0} + {:>4.0} ms", ms_of(late + confirm), ms_of(late), ms_of(confirm));
             }
+        }
+        if concurrent > 1 {
+            bench_concurrent(&store, engines.clone(), assistant.clone(), &script, concurrent).await?;
         }
         Ok(())
     })

@@ -19,6 +19,17 @@ use crate::pipeline::{Credentials, EngineRegistry};
 pub enum EvalCommand {
     /// Run scenario suites (folders or files of YAML scenarios) and score them.
     Run(RunArgs),
+    /// Render a run's results (`eval run --json`) as an HTML report.
+    Report {
+        /// The results file.
+        results: PathBuf,
+        /// An earlier run's results, to compare with.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Where to write the page.
+        #[arg(long, default_value = "eval-report.html")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -47,10 +58,22 @@ pub struct RunArgs {
     /// The line's sample rate (8000 for the telephone band).
     #[arg(long, default_value_t = DEFAULT_LINE_RATE)]
     pub line_rate: u32,
+    /// Write an HTML report (self-contained; each call's recording goes beside it in
+    /// FILE-audio/).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 pub fn run(command: EvalCommand) -> anyhow::Result<()> {
-    let EvalCommand::Run(args) = command;
+    let args = match command {
+        EvalCommand::Run(args) => args,
+        EvalCommand::Report { results, baseline, out } => {
+            let results = read_results(&results)?;
+            let baseline = baseline.as_deref().map(read_results).transpose()?;
+            write_report(&out, &results, baseline.as_ref())?;
+            return Ok(());
+        }
+    };
     let scenarios = match eval::load(&args.suites) {
         Ok(scenarios) => scenarios,
         Err(problems) => {
@@ -64,8 +87,15 @@ pub fn run(command: EvalCommand) -> anyhow::Result<()> {
     if scenarios.is_empty() {
         anyhow::bail!("no scenario matches; check the suite paths and --filter");
     }
-    let baseline: Option<Results> = match &args.baseline {
-        Some(path) => Some(serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading the baseline {}", path.display()))?).with_context(|| format!("{} is not a results file of `eval run --json`", path.display()))?),
+    let baseline: Option<Results> = args.baseline.as_deref().map(read_results).transpose()?;
+    // Recordings go beside the report, in FILE-audio/, named by the scenario's place in the run.
+    let audio_dir: Option<(PathBuf, String)> = match &args.report {
+        Some(report) => {
+            let folder = format!("{}-audio", report.file_stem().unwrap_or_default().to_string_lossy());
+            let dir = report.parent().unwrap_or(std::path::Path::new(".")).join(&folder);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            Some((dir, folder))
+        }
         None => None,
     };
     let store = ModelStore::from_env()?;
@@ -74,12 +104,13 @@ pub fn run(command: EvalCommand) -> anyhow::Result<()> {
     let progress = ProgressBar::new(scenarios.len() as u64);
     progress.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} scenarios  {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     let outcomes: Vec<Outcome> = runtime.block_on(async {
-        futures::stream::iter(scenarios.iter().cloned())
-            .map(|scenario| {
+        futures::stream::iter(scenarios.iter().cloned().enumerate())
+            .map(|(index, scenario)| {
                 let (store, registry, progress) = (store.clone(), registry.clone(), progress.clone());
+                let audio = audio_dir.as_ref().map(|(dir, folder)| (dir.join(format!("{index:03}.wav")), format!("{folder}/{index:03}.wav")));
                 async move {
                     progress.set_message(scenario.name.clone());
-                    let outcome = play(&store, &registry, &scenario, args.line_rate).await;
+                    let outcome = play(&store, &registry, &scenario, args.line_rate, audio).await;
                     print_line(&progress, format!("{} {}", if outcome.passed { "PASS" } else { "FAIL" }, outcome.name));
                     for failure in outcome.failures.iter().chain(outcome.error.iter()) {
                         print_line(&progress, format!("       {failure}"));
@@ -98,6 +129,9 @@ pub fn run(command: EvalCommand) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?).with_context(|| format!("writing {}", path.display()))?;
         println!("results: {}", path.display());
+    }
+    if let Some(report) = &args.report {
+        write_report(report, &results, baseline.as_ref())?;
     }
     if let Some(baseline) = &baseline {
         let thresholds = Thresholds { task_success_drop: args.allowed_drop / 100.0, ..Thresholds::default() };
@@ -118,8 +152,26 @@ pub fn run(command: EvalCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn read_results(path: &std::path::Path) -> anyhow::Result<Results> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not a results file of `eval run --json`", path.display()))
+}
+
+fn write_report(path: &std::path::Path, results: &Results, baseline: Option<&Results>) -> anyhow::Result<()> {
+    let page = eval::report::html(results, baseline, &machine());
+    std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
+    println!("report: {}", path.display());
+    Ok(())
+}
+
+/// This machine in a line: the figures in a report are this machine's.
+fn machine() -> String {
+    format!("Run on {}; ringline {}.", call_cmds::machine_line(), env!("CARGO_PKG_VERSION"))
+}
+
 /// Plays one scenario; a scenario that cannot run is a failed outcome with the reason.
-async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario, line_rate: u32) -> Outcome {
+/// `audio`: where to write the call's recording, and its path as the report links it.
+async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario, line_rate: u32, audio: Option<(PathBuf, String)>) -> Outcome {
     let failed = |error: String| Outcome {
         name: scenario.name.clone(),
         file: scenario.file.display().to_string(),
@@ -142,7 +194,16 @@ async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario
     match call_cmds::simulate_call(store, engines, assistant, scenario.caller.clone(), variables, line_rate, false).await {
         Ok(call) => {
             let talk_over = eval::talk_over_ms(&call.caller_track, &call.agent_track, call.rate);
-            eval::score(scenario, &call.report, talk_over)
+            let mut outcome = eval::score(scenario, &call.report, talk_over);
+            outcome.caller_speech = eval::activity(&call.caller_track, call.rate);
+            outcome.agent_speech = eval::activity(&call.agent_track, call.rate);
+            if let Some((path, link)) = audio {
+                match crate::audio::write_wav_channels(&path, call.rate, &[&call.caller_track, &call.agent_track]) {
+                    Ok(()) => outcome.audio = Some(link),
+                    Err(error) => tracing::warn!(path = %path.display(), %error, "the recording could not be written; the report will lack it"),
+                }
+            }
+            outcome
         }
         Err(error) => failed(format!("the call failed: {error:#}")),
     }

@@ -265,6 +265,36 @@ pub struct Outcome {
     pub guards: BTreeMap<String, usize>,
     /// Set when the call could not run at all.
     pub error: Option<String>,
+    /// When each transcript line was said (seconds into the call), in the transcript's order.
+    #[serde(default)]
+    pub said_at_s: Vec<f64>,
+    /// Each answered turn's stage latencies.
+    #[serde(default)]
+    pub turns: Vec<TurnFigures>,
+    /// When each side made sound: (from, to) in seconds, measured on the recording.
+    #[serde(default)]
+    pub caller_speech: Vec<(f64, f64)>,
+    #[serde(default)]
+    pub agent_speech: Vec<(f64, f64)>,
+    /// When each barge-in stopped the agent (seconds into the call).
+    #[serde(default)]
+    pub barge_ins_at_s: Vec<f64>,
+    /// The call's recording (caller left, agent right), relative to the report, when one was
+    /// written.
+    #[serde(default)]
+    pub audio: Option<String>,
+}
+
+/// One turn's latencies, counted from the caller's end of speech.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TurnFigures {
+    /// When the caller's speech ended (seconds into the call).
+    pub at_s: f64,
+    pub end_of_turn_ms: f64,
+    pub stt_ms: f64,
+    pub llm_ms: f64,
+    pub tts_ms: f64,
+    pub voice_to_voice_ms: f64,
 }
 
 /// Scores a finished call against its scenario. `talk_over_ms` is measured on the recording.
@@ -346,6 +376,26 @@ pub fn score(scenario: &Scenario, report: &CallReport, talk_over_ms: f64) -> Out
         transcript: report.transcript.iter().map(|(who, text, _)| (who.clone(), text.clone())).collect(),
         guards: report.guards.clone(),
         error: None,
+        said_at_s: report.transcript.iter().map(|(_, _, at)| at.as_secs_f64()).collect(),
+        turns: report
+            .turns
+            .iter()
+            .map(|t| {
+                let ms = |d: std::time::Duration| (d.as_secs_f64() * 1000.0).round();
+                TurnFigures {
+                    at_s: t.speech_end_at.as_secs_f64(),
+                    end_of_turn_ms: ms(t.end_of_turn),
+                    stt_ms: ms(t.stt_final),
+                    llm_ms: ms(t.llm_first_token),
+                    tts_ms: ms(t.tts_first_audio),
+                    voice_to_voice_ms: ms(t.voice_to_voice),
+                }
+            })
+            .collect(),
+        caller_speech: Vec::new(),
+        agent_speech: Vec::new(),
+        barge_ins_at_s: report.barge_ins.iter().map(|b| b.stopped.as_secs_f64()).collect(),
+        audio: None,
     }
 }
 
@@ -464,6 +514,26 @@ pub fn regressions(current: &Results, baseline: &Results, thresholds: Thresholds
     out
 }
 
+/// When a track carries sound: (from, to) in seconds, from 20 ms frames above -40 dBFS, with
+/// gaps under 300 ms bridged and blips under 60 ms dropped.
+pub fn activity(track: &[f32], rate: u32) -> Vec<(f64, f64)> {
+    let frame = (rate as usize / 50).max(1);
+    let mut spans: Vec<(f64, f64)> = Vec::new();
+    for (i, chunk) in track.chunks(frame).enumerate() {
+        let energy = chunk.iter().map(|s| s * s).sum::<f32>() / chunk.len().max(1) as f32;
+        if energy <= 1e-4 {
+            continue;
+        }
+        let (from, to) = (i as f64 * 0.02, (i + 1) as f64 * 0.02);
+        match spans.last_mut() {
+            Some(last) if from - last.1 < 0.3 => last.1 = to,
+            _ => spans.push((from, to)),
+        }
+    }
+    spans.retain(|(from, to)| to - from >= 0.06);
+    spans.iter().map(|(a, b)| ((a * 100.0).round() / 100.0, (b * 100.0).round() / 100.0)).collect()
+}
+
 /// Milliseconds in which both channels carry sound (20 ms frames above -40 dBFS).
 pub fn talk_over_ms(caller: &[f32], agent: &[f32], rate: u32) -> f64 {
     let frame = (rate as usize / 50).max(1);
@@ -475,6 +545,8 @@ pub fn talk_over_ms(caller: &[f32], agent: &[f32], rate: u32) -> f64 {
     let both = (0..frames).filter(|i| loud(&caller[i * frame..(i + 1) * frame]) && loud(&agent[i * frame..(i + 1) * frame])).count();
     both as f64 * 20.0
 }
+
+pub mod report;
 
 #[cfg(test)]
 mod tests;

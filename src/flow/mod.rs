@@ -321,9 +321,9 @@ impl Flow {
         match &self.awaiting {
             Awaiting::Slot(index) => {
                 if let Some(slot) = node.collect.get(*index) {
+                    // No examples of times or dates: primed with "at 7:30 pm", Whisper heard
+                    // "at 11 a.m." as "I'll be leaving the end" (eval, 2026-11-30).
                     let examples: &[&str] = match slot.kind {
-                        SlotKind::Time => &["at 7:30 pm", "two in the afternoon", "half past eight"],
-                        SlotKind::Date => &["tomorrow", "next Tuesday", "on Friday"],
                         SlotKind::Phone | SlotKind::Digits => &["5 5 5, 0 1 2 3"],
                         SlotKind::Email => &["john dot smith at example dot com"],
                         SlotKind::Boolean => &["yes", "no"],

@@ -361,7 +361,7 @@ fn the_recognizer_is_primed_with_what_the_question_expects_last() {
     let primed = flow.expects();
     assert!(primed.starts_with("speak to a person, a human, real person, wrong number, menu, opening hours"), "{primed}");
     flow.on_caller("a table for two tomorrow");
-    assert!(flow.expects().ends_with("at 7:30 pm, two in the afternoon, half past eight."), "{}", flow.expects());
+    assert!(flow.expects().ends_with("opening hours, when are you open, what time do you open."), "a time is not primed with examples: {}", flow.expects());
     flow.on_caller("at eight pm");
     flow.on_caller("the name is Sarah");
     assert!(flow.expects().ends_with("yes, no."), "a read-back expects a yes or no: {}", flow.expects());

@@ -281,7 +281,7 @@ impl Listener {
         let (tx, rx) = oneshot::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let (stt, job_stop, prompt) = (self.stt.clone(), stop.clone(), self.prompt.get());
-        let words = super::pool::stt().run(move || stt.transcribe_primed(&utterance, &job_stop, &prompt).map(|t| t.text));
+        let words = super::pool::stt().run_with(super::pool::Urgency::Ahead, move || stt.transcribe_primed(&utterance, &job_stop, &prompt).map(|t| t.text));
         tokio::spawn(async move {
             if let Ok(Ok(text)) = words.await {
                 let _ = tx.send(text);

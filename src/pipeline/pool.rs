@@ -2,23 +2,83 @@
 //!
 //! Each kind of inference (speech-to-text, end-of-turn, speech synthesis) has a fixed number
 //! of slots sized to the machine's cores and the threads each job uses. A job waits for a
-//! slot, then runs on a blocking thread — never on the async runtime's threads. Waiters are
-//! served in arrival order (tokio's semaphore is FIFO), so one busy call cannot starve the
-//! others: its next sentence queues behind the other calls' requests. A job whose caller
-//! stops waiting (a barge-in) still holds its slot until it finishes, because the CPU is
-//! still busy with it.
+//! slot, then runs on a blocking thread — never on the async runtime's threads. A free slot
+//! goes to the most urgent waiter ([`Urgency`]): a caller waiting for a reply's first sentence
+//! or a turn's final transcript goes before another call's third sentence or a partial
+//! transcript; among equals, waiters are served in arrival order, so one busy call cannot
+//! starve the others. A job whose caller stops waiting (a barge-in) still holds its slot until
+//! it finishes, because the CPU is still busy with it; a waiter that gives up before its turn
+//! passes the slot on.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
+
+/// How soon a job's result is needed: a free slot goes to the most urgent waiter, and among
+/// equals to the first to ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Urgency {
+    /// Someone is waiting on it now: a turn's final transcript or end-of-turn check, the first
+    /// sentence of a reply.
+    Now,
+    /// Needed later: the next sentences of a reply that is already playing, partial
+    /// transcripts.
+    Ahead,
+}
 
 pub struct InferencePool {
     name: &'static str,
-    slots: Arc<Semaphore>,
+    shared: Arc<Shared>,
     size: usize,
     jobs: AtomicU64,
     waited: AtomicU64,
+}
+
+struct Shared {
+    state: Mutex<Slots>,
+}
+
+struct Slots {
+    free: usize,
+    /// Waiters by (urgency, arrival): the first entry is served next.
+    waiting: BTreeMap<(Urgency, u64), oneshot::Sender<Permit>>,
+    arrivals: u64,
+}
+
+/// A slot held; dropping it hands the slot to the next waiter (or frees it).
+struct Permit {
+    shared: Arc<Shared>,
+    /// False for a permit that never reached its waiter (it gave up): dropping it must not
+    /// release the slot a second time.
+    armed: bool,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.release();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn release(self: &Arc<Self>) {
+        let mut slots = self.lock();
+        while let Some((_, waiter)) = slots.waiting.pop_first() {
+            match waiter.send(Permit { shared: self.clone(), armed: true }) {
+                Ok(()) => return,
+                // The waiter gave up (its call moved on): the next one gets the slot.
+                Err(mut unused) => unused.armed = false,
+            }
+        }
+        slots.free += 1;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,22 +88,42 @@ pub struct PoolError(&'static str);
 impl InferencePool {
     pub fn new(name: &'static str, slots: usize) -> Self {
         let size = slots.max(1);
-        InferencePool { name, slots: Arc::new(Semaphore::new(size)), size, jobs: AtomicU64::new(0), waited: AtomicU64::new(0) }
+        let shared = Arc::new(Shared { state: Mutex::new(Slots { free: size, waiting: BTreeMap::new(), arrivals: 0 }) });
+        InferencePool { name, shared, size, jobs: AtomicU64::new(0), waited: AtomicU64::new(0) }
     }
 
-    /// Runs `job` on a blocking thread once a slot is free.
+    /// Runs `job` on a blocking thread once a slot is free, as needed [`Urgency::Now`].
     pub async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolError> {
+        self.run_with(Urgency::Now, job).await
+    }
+
+    /// Runs `job` on a blocking thread once a slot is free and no more urgent job waits.
+    pub async fn run_with<T: Send + 'static>(&self, urgency: Urgency, job: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolError> {
         self.jobs.fetch_add(1, Ordering::Relaxed);
-        if self.slots.available_permits() == 0 {
-            self.waited.fetch_add(1, Ordering::Relaxed);
-        }
-        let permit = self.slots.clone().acquire_owned().await.map_err(|_| PoolError(self.name))?;
+        let permit = self.acquire(urgency).await?;
         tokio::task::spawn_blocking(move || {
             let _slot = permit;
             job()
         })
         .await
         .map_err(|_| PoolError(self.name))
+    }
+
+    async fn acquire(&self, urgency: Urgency) -> Result<Permit, PoolError> {
+        let waiting = {
+            let mut slots = self.shared.lock();
+            if slots.free > 0 && slots.waiting.is_empty() {
+                slots.free -= 1;
+                return Ok(Permit { shared: self.shared.clone(), armed: true });
+            }
+            self.waited.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            slots.arrivals += 1;
+            let key = (urgency, slots.arrivals);
+            slots.waiting.insert(key, tx);
+            rx
+        };
+        waiting.await.map_err(|_| PoolError(self.name))
     }
 
     /// (jobs run, jobs that had to wait for a slot, slots).
@@ -87,7 +167,7 @@ mod tests {
         let most = Arc::new(AtomicUsize::new(0));
         let order = Arc::new(Mutex::new(Vec::new()));
         // Hold the slot so every job queues behind it, in the order each is first polled.
-        let gate = pool.slots.clone().acquire_owned().await.unwrap();
+        let gate = pool.acquire(Urgency::Now).await.unwrap();
         let mut jobs = Vec::new();
         for i in 0..4 {
             let (running, most, order) = (running.clone(), most.clone(), order.clone());
@@ -108,5 +188,34 @@ mod tests {
         assert_eq!(most.load(Ordering::SeqCst), 1);
         assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
         assert_eq!(pool.stats(), (4, 4, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_needed_now_overtakes_jobs_needed_later_and_a_waiter_that_leaves_passes_its_turn() {
+        let pool = Arc::new(InferencePool::new("test", 1));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let gate = pool.acquire(Urgency::Now).await.unwrap();
+        let job = |name: &'static str, urgency: Urgency| {
+            let order = order.clone();
+            Box::pin(pool.run_with(urgency, move || order.lock().unwrap().push(name)))
+        };
+        // Another call's later sentences queued first, then this call's first sentence.
+        let mut later_1 = job("other call, sentence 2", Urgency::Ahead);
+        let mut later_2 = job("other call, sentence 3", Urgency::Ahead);
+        let mut gone = job("a partial no one waits for any more", Urgency::Now);
+        let mut first = job("this call, sentence 1", Urgency::Now);
+        for waiting in [&mut later_1, &mut later_2, &mut gone, &mut first] {
+            assert!(futures::poll!(waiting).is_pending());
+        }
+        drop(gone);
+        drop(gate);
+        let (a, b, c) = futures::join!(later_1, later_2, first);
+        a.unwrap();
+        b.unwrap();
+        c.unwrap();
+        assert_eq!(*order.lock().unwrap(), vec!["this call, sentence 1", "other call, sentence 2", "other call, sentence 3"]);
+        // Every slot came back: a new job runs at once.
+        let slots = pool.shared.lock();
+        assert!(slots.free == 1 && slots.waiting.is_empty());
     }
 }

@@ -469,7 +469,9 @@ async fn speak(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, outbox: 
         let rate = ctx.out.rate();
         let (tts, fallback) = (ctx.tts.clone(), ctx.fallback_tts.clone());
         let text = sentence.text.clone();
-        let synthesis = super::pool::tts().run(move || {
+        // The reply's first sentence is what the caller waits for; later ones play after it.
+        let urgency = if lock(&progress).first_audio_at.is_none() { super::pool::Urgency::Now } else { super::pool::Urgency::Ahead };
+        let synthesis = super::pool::tts().run_with(urgency, move || {
             let audio = match tts.speak_all(&text) {
                 Ok(audio) => Ok((audio, None)),
                 Err(e) => fallback.speak_all(&text).map(|a| (a, Some(e.to_string()))).map_err(|f| format!("{e}; fallback: {f}")),

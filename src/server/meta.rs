@@ -26,6 +26,8 @@ use super::AppState;
         super::calls::outbound, super::calls::status, super::calls::transcript, super::calls::detail,
         super::calls::history, super::calls::events, super::calls::end, super::calls::actions,
         super::secrets::create, super::secrets::replace, super::secrets::list, super::secrets::remove,
+        super::webhooks::create, super::webhooks::list, super::webhooks::read, super::webhooks::remove,
+        super::webhooks::deliveries, super::webhooks::all_deliveries, super::webhooks::resend, super::webhooks::signing,
     ),
     components(schemas(ErrorBody, super::error::ErrorDetail, WorkspaceView, Analytics, DayCounts)),
     modifiers(&Security)

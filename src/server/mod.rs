@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod numbers;
 pub mod runner;
 pub mod secrets;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -94,6 +95,12 @@ pub fn router(state: AppState) -> Router {
         .route("/calls/{id}/actions", post(calls::actions))
         .route("/secrets", get(secrets::list).post(secrets::create))
         .route("/secrets/{name}", put(secrets::replace).delete(secrets::remove))
+        .route("/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/webhooks/signing-secret", get(webhooks::signing))
+        .route("/webhooks/{id}", get(webhooks::read).delete(webhooks::remove))
+        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/webhook-deliveries", get(webhooks::all_deliveries))
+        .route("/webhook-deliveries/{id}/resend", post(webhooks::resend))
         .route("/analytics", get(meta::analytics))
         .route("/openapi.json", get(meta::openapi));
     Router::new()
@@ -125,6 +132,10 @@ pub async fn serve(config: ServeConfig, models: ModelStore) -> anyhow::Result<()
     if closed > 0 {
         tracing::warn!(closed, "closed calls left in progress by a stopped worker");
     }
+    if store.backend == Backend::Sqlite {
+        // One process per SQLite file: a claim left by a killed server holds nothing.
+        store.release_delivery_claims().await?;
+    }
 
     // Workspaces write templates: every render runs in a child with bounded memory and CPU.
     match std::env::current_exe() {
@@ -149,6 +160,7 @@ pub async fn serve(config: ServeConfig, models: ModelStore) -> anyhow::Result<()
         limits: Arc::new(config.limits),
     };
     tokio::spawn(background(state.clone(), shutdown.clone()));
+    tokio::spawn(webhooks::deliver_loop(store.clone(), state.vault.clone(), config.egress.clone(), shutdown.clone()));
     if store.backend == Backend::Postgres {
         tokio::spawn(runner::listen_for_control(store.url.clone(), runner.clone(), shutdown.clone()));
     }

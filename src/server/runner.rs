@@ -161,16 +161,49 @@ impl Runner {
         tokio::spawn(async move {
             let id = call.id.clone();
             let log = Arc::new(EventLog::new(runner.store.clone(), &id));
+            let hook = assistant.spec.webhook_url.clone();
+            runner.webhook(&call, hook.as_deref(), "queued").await;
             let mut outcome = runner.run(&call, assistant, owner, script, &log).await;
             outcome.reason = outcome.reason.map(|r| public_reason(&r));
             runner.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             runner.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             match runner.store.finish_call(&id, &outcome).await {
-                Ok(true) => log.status(&outcome.status, outcome.reason.as_deref()).await,
+                Ok(true) => {
+                    log.status(&outcome.status, outcome.reason.as_deref()).await;
+                    runner.webhook(&call, hook.as_deref(), &outcome.status).await;
+                }
                 Ok(false) => tracing::info!(call = %id, "the call was closed elsewhere before it finished"),
                 Err(error) => tracing::error!(%error, call = %id, "cannot record the call's outcome"),
             }
         });
+    }
+
+    /// Stores the webhook deliveries for the call's move to `status` (with the call as it now
+    /// is); once it has ended, its transcript and analysis follow.
+    async fn webhook(&self, call: &CallRecord, assistant_hook: Option<&str>, status: &str) {
+        let Some(event) = super::webhooks::status_event(status) else { return };
+        let now = match self.store.call_any_workspace(&call.id).await {
+            Ok(Some(now)) => now,
+            _ => call.clone(),
+        };
+        let data = super::webhooks::call_data(&now);
+        super::webhooks::emit(&self.store, &now, assistant_hook, event, data.clone()).await;
+        if event == "call.completed" {
+            let transcript: Vec<Value> = match self.store.transcript(&call.id).await {
+                Ok(lines) => lines.iter().map(|l| json!({ "speaker": l.speaker, "text": l.text, "at_ms": l.at_ms })).collect(),
+                Err(_) => Vec::new(),
+            };
+            super::webhooks::emit(&self.store, &now, assistant_hook, "call.transcript_ready", json!({ "call_id": now.id, "transcript": transcript })).await;
+            let extracted = now.extracted.as_deref().and_then(|e| serde_json::from_str::<Value>(e).ok()).unwrap_or(Value::Null);
+            super::webhooks::emit(
+                &self.store,
+                &now,
+                assistant_hook,
+                "call.analysis_ready",
+                json!({ "call_id": now.id, "summary": now.summary, "disposition": now.disposition, "disposition_notes": now.disposition_notes, "extracted": extracted }),
+            )
+            .await;
+        }
     }
 
     /// True while the stored call may still be answered: not ended, and no hang-up asked
@@ -193,6 +226,7 @@ impl Runner {
             return failed(format!("storage: {error}"));
         }
         log.status("ringing", None).await;
+        self.webhook(call, assistant.spec.webhook_url.as_deref(), "ringing").await;
         tokio::time::sleep(RING).await;
         match sandbox(&call.to_number) {
             Some(Sandbox::NoAnswer) => return CallOutcome { status: "no-answer".into(), reason: Some("the number did not answer".into()), ..CallOutcome::default() },
@@ -230,6 +264,7 @@ impl Runner {
         self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), LiveCall { line: line.clone(), ended_by: ended_by.clone(), log: log.clone() });
         let _ = self.store.set_call_status(&call.id, "in-progress", None).await;
         log.status("in-progress", None).await;
+        self.webhook(call, assistant.spec.webhook_url.as_deref(), "in-progress").await;
         tokio::spawn(caller.run(line.clone()));
 
         let variables: BTreeMap<String, String> = serde_json::from_str(&call.dynamic_variables).unwrap_or_default();
@@ -239,7 +274,7 @@ impl Runner {
             call: CallContext { call_id: call.id.clone(), caller: call.from_number.clone(), callee: call.to_number.clone() },
         };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_events(log.clone(), self.store.clone(), call.id.clone(), events_rx));
+        let writer = tokio::spawn(write_events(log.clone(), self.store.clone(), call.id.clone(), events_rx, line.clone()));
         let limit = Duration::from_secs_f32(assistant.spec.turn.max_duration_s + 30.0);
         let out: Arc<dyn AudioOut> = Arc::new(line.clone());
         let result = tokio::time::timeout(limit, pipeline::run_call(engines.clone(), setup, out, input, line.hung_up(), events_tx)).await;
@@ -346,10 +381,15 @@ pub fn public_reason(reason: &str) -> String {
 }
 
 /// Writes a call's pipeline events to the store as they arrive.
-async fn write_events(log: Arc<EventLog>, store: Store, call_id: String, mut events: mpsc::UnboundedReceiver<CallEvent>) {
+/// Stores a call's events as they come; the agent's words also reach the scripted caller's
+/// `line` (for its `after:` waits).
+async fn write_events(log: Arc<EventLog>, store: Store, call_id: String, mut events: mpsc::UnboundedReceiver<CallEvent>, line: LoopbackLine) {
     while let Some(event) = events.recv().await {
         match event {
-            CallEvent::Agent { text, at, interrupted } => log.transcript("agent", &text, at, interrupted).await,
+            CallEvent::Agent { text, at, interrupted } => {
+                line.agent_said(&text);
+                log.transcript("agent", &text, at, interrupted).await
+            }
             CallEvent::Caller { text, at } => log.transcript("caller", &text, at, false).await,
             CallEvent::Partial { text } => log.event("partial", json!({ "text": text })).await,
             CallEvent::Turn(t) => {

@@ -34,8 +34,10 @@ macro_rules! open_statuses_sql {
 
 // After the macros: the submodule uses them.
 mod secrets;
+mod webhooks;
 
 pub use secrets::SecretRecord;
+pub use webhooks::{DeliveryRecord, WebhookRecord};
 
 /// A retried outbound request found the key already claimed within the window.
 #[derive(Debug, Clone, PartialEq, Eq)]

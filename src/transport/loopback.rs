@@ -51,6 +51,8 @@ struct State {
     ticks: u64,
     paused: bool,
     log: LineLog,
+    /// What the agent said since the caller's last line began (for `after:` waits).
+    agent_words: String,
 }
 
 /// The line itself; cheap to clone (shared state).
@@ -134,6 +136,7 @@ impl LoopbackLine {
     /// Queues caller audio (at the line's rate); returns when it will have been heard.
     pub fn caller_says(&self, samples: &[f32]) -> (Duration, Duration) {
         let mut state = self.lock();
+        state.agent_words.clear();
         let now = TICK * state.ticks as u32;
         let start = now + Duration::from_secs_f64(state.caller_queue.len() as f64 / self.rate as f64);
         state.caller_queue.extend(samples.iter().copied());
@@ -143,6 +146,22 @@ impl LoopbackLine {
 
     pub fn caller_is_speaking(&self) -> bool {
         !self.lock().caller_queue.is_empty()
+    }
+
+    /// The agent's words, as the call reports them once said: a scripted caller may wait for
+    /// a phrase (`after:`).
+    pub fn agent_said(&self, text: &str) {
+        let mut state = self.lock();
+        state.agent_words.push(' ');
+        state.agent_words.push_str(text);
+    }
+
+    /// Whether the agent said `phrase` (words, case and punctuation aside) since the caller's
+    /// last line began.
+    pub fn agent_has_said(&self, phrase: &str) -> bool {
+        let said = crate::text::normalized_words(&self.lock().agent_words).join(" ");
+        let phrase = crate::text::normalized_words(phrase).join(" ");
+        !phrase.is_empty() && format!(" {said} ").contains(&format!(" {phrase} "))
     }
 
     pub fn record_caller_speech(&self, start: Duration, end: Duration) {
@@ -281,7 +300,14 @@ pub struct CallerLine {
     /// Stay silent this long after the line (to test idle handling).
     #[serde(default)]
     pub then_silence_ms: u64,
+    /// Wait until the agent has said this phrase (then for it to finish) before the line, so
+    /// the script stays in step with an agent that answers differently; after
+    /// [`PHRASE_TIMEOUT`] the line is said anyway.
+    pub after: Option<String>,
 }
+
+/// How long a line with `after:` waits for its phrase.
+pub const PHRASE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn default_pause_ms() -> u64 {
     600
@@ -323,6 +349,9 @@ impl CallerScript {
             let field = |name: &str| format!("lines.{i}.{name}");
             if line.say.as_deref().is_some_and(|s| s.chars().count() > MAX_LINE_CHARS) {
                 out.push((field("say"), format!("is longer than {MAX_LINE_CHARS} characters")));
+            }
+            if line.after.as_deref().is_some_and(|a| a.chars().count() > 200 || crate::text::normalized_words(a).is_empty()) {
+                out.push((field("after"), "must be a phrase of words, at most 200 characters".into()));
             }
             if let Some(digits) = &line.dtmf {
                 if digits.is_empty() || digits.len() > 32 || !digits.chars().all(|c| c.is_ascii_digit() || "*#ABCD".contains(c)) {
@@ -393,6 +422,12 @@ impl ScriptedCaller {
                 wait_for_agent_to_speak(&line).await;
                 tokio::time::sleep(Duration::from_millis(after)).await;
             } else {
+                if let Some(phrase) = &spec.after {
+                    let deadline = tokio::time::Instant::now() + PHRASE_TIMEOUT;
+                    while !line.agent_has_said(phrase) && tokio::time::Instant::now() < deadline && !line.is_hung_up() {
+                        tokio::time::sleep(TICK).await;
+                    }
+                }
                 wait_for_quiet(&line, Duration::from_millis(spec.pause_ms), tokio::time::Instant::now() + ANSWER_TIMEOUT).await;
             }
             if let Some(digits) = &spec.dtmf {
@@ -471,4 +506,21 @@ fn cough(ms: u32, rate: u32) -> Vec<f32> {
             0.5 * noise * envelope
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_phrase_counts_once_the_agent_said_it_since_the_callers_last_line() {
+        let (line, _input) = LoopbackLine::start(8_000);
+        assert!(!line.agent_has_said("what time"));
+        line.agent_said("Of course. And at what time?");
+        assert!(line.agent_has_said("At what TIME"), "case and punctuation aside");
+        assert!(!line.agent_has_said("what tim"), "whole words only");
+        line.caller_says(&[0.0; 80]);
+        assert!(!line.agent_has_said("what time"), "said before the caller's last line");
+        line.caller_hangs_up();
+    }
 }

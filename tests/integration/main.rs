@@ -7,6 +7,7 @@
 
 mod api;
 mod call;
+mod eval;
 mod engine;
 mod models;
 mod security;
@@ -14,3 +15,4 @@ mod speech;
 mod standin;
 mod support;
 mod vad;
+mod webhooks;

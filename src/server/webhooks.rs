@@ -1,0 +1,518 @@
+//! Webhooks: a call's events leave the process, signed, at least once.
+//!
+//! ```text
+//! call status changes ─► emit ─► one row per receiver (subscriptions, the call's and its
+//!                                 assistant's webhook_url) ─► deliver loop (any worker):
+//!                                 claim ─► POST, signed ─► delivered | retry later | give up
+//! ```
+//!
+//! Every delivery is a database row before anything is sent, so an event survives a crash and
+//! is delivered by the next worker to look. A receiver that is slow or down never touches a
+//! call or the API: deliveries run on their own tasks, bounded in number, each with a timeout.
+//! Receivers must be public addresses unless the server allows more (`--allow-egress`,
+//! `--allow-private-egress`), so a key holder cannot make the server probe its network.
+//!
+//! Signature: `X-Ringline-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`
+//! with the subscription's secret (or, for a `webhook_url`, the workspace's signing secret).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+use super::assistants::rfc3339;
+use super::auth::Auth;
+use super::error::{ApiError, ApiJson, ErrorBody};
+use super::secrets::Vault;
+use super::AppState;
+use crate::egress::EgressPolicy;
+use crate::store::{new_id, now_ms, CallRecord, DeliveryRecord, SecretRecord, Store, WebhookRecord};
+
+/// The events a subscription may ask for (`*` is every one).
+pub const EVENTS: &[&str] = &[
+    "call.initiated",
+    "call.ringing",
+    "call.answered",
+    "call.completed",
+    "call.failed",
+    "call.transcript_ready",
+    "call.analysis_ready",
+];
+
+/// Subscriptions one workspace may hold.
+const MAX_WEBHOOKS: i64 = 20;
+/// How long a delivery is retried before it is given up.
+const GIVE_UP_AFTER_MS: i64 = 24 * 3600 * 1000;
+/// One attempt's time limit; a claim outlasts it so no other worker sends it meanwhile.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+const CLAIM_MS: i64 = 20_000;
+/// Deliveries in flight at once on this worker.
+const IN_FLIGHT: usize = 8;
+const SIGNATURE_HEADER: &str = "X-Ringline-Signature";
+
+/// Wakes the deliver loop when an event was stored (it also looks every second).
+pub fn wake() -> &'static tokio::sync::Notify {
+    static NOTIFY: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
+    NOTIFY.get_or_init(tokio::sync::Notify::new)
+}
+
+/// The signature header's value for `body`, sent at `t` (unix seconds).
+pub fn sign(secret: &str, t: i64, body: &str) -> String {
+    let mac = hmac_sha256(secret.as_bytes(), format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac))
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let digest = |bytes: &[u8]| -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(bytes).into()
+    };
+    // RFC 2104, over SHA-256 (block size 64).
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let mut inner = pad(0x36);
+    inner.extend_from_slice(data);
+    let mut outer = pad(0x5c);
+    outer.extend_from_slice(&digest(&inner));
+    digest(&outer).to_vec()
+}
+
+/// A new signing secret: `whsec_` and 32 random bytes in hex.
+fn new_secret() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("whsec_{}", hex::encode(bytes))
+}
+
+/// The sealed name a subscription's secret is bound to (its id); `webhook_url` deliveries use
+/// the workspace's signing secret, bound to this name.
+const SIGNING_NAME: &str = "webhook-signing";
+
+fn open(vault: &Vault, workspace_id: &str, name: &str, ciphertext: &str, key_id: &str) -> Result<String, String> {
+    let record = SecretRecord { name: name.to_string(), ciphertext: ciphertext.to_string(), key_id: key_id.to_string(), created_at: 0, updated_at: 0 };
+    vault.open(workspace_id, &record).map_err(|e| e.to_string())
+}
+
+/// The workspace's signing secret for `webhook_url` deliveries, created on first use.
+pub async fn signing_secret(store: &Store, vault: &Vault, workspace_id: &str) -> Result<String, String> {
+    if store.signing_secret(workspace_id).await.map_err(|e| e.to_string())?.is_none() {
+        let (ciphertext, key_id) = vault.seal(workspace_id, SIGNING_NAME, &new_secret()).map_err(|e| e.to_string())?;
+        store.put_signing_secret(workspace_id, &ciphertext, &key_id).await.map_err(|e| e.to_string())?;
+    }
+    let (ciphertext, key_id) = store.signing_secret(workspace_id).await.map_err(|e| e.to_string())?.ok_or("the signing secret vanished")?;
+    open(vault, workspace_id, SIGNING_NAME, &ciphertext, &key_id)
+}
+
+// ── events ────────────────────────────────────────────────────────────────────────────────
+
+/// The event a call's new status is, if any.
+pub fn status_event(status: &str) -> Option<&'static str> {
+    Some(match status {
+        "queued" => "call.initiated",
+        "ringing" => "call.ringing",
+        "in-progress" => "call.answered",
+        "completed" => "call.completed",
+        "failed" | "no-answer" | "busy" | "canceled" => "call.failed",
+        _ => return None,
+    })
+}
+
+/// The call as an event's `data` shows it.
+pub fn call_data(call: &CallRecord) -> Value {
+    json!({
+        "call_id": call.id,
+        "assistant_id": call.assistant_id,
+        "direction": call.direction,
+        "to_number": call.to_number,
+        "from_number": call.from_number,
+        "status": call.status,
+        "reason": call.status_reason,
+        "disposition": call.disposition,
+        "summary": call.summary,
+        "ended_by": call.ended_by,
+        "duration_seconds": call.duration_ms.map(|ms| ms as f64 / 1000.0),
+        "metadata": serde_json::from_str::<Value>(&call.metadata).unwrap_or(Value::Null),
+    })
+}
+
+/// Stores one delivery of `event` for every receiver that wants it: the workspace's
+/// subscriptions to it, the call's `webhook_url` and its assistant's. Never fails a call: a
+/// storage error is logged.
+pub async fn emit(store: &Store, call: &CallRecord, assistant_webhook: Option<&str>, event: &str, data: Value) {
+    if let Err(error) = try_emit(store, call, assistant_webhook, event, data).await {
+        tracing::error!(%error, call = %call.id, event, "cannot store a webhook delivery");
+    }
+}
+
+async fn try_emit(store: &Store, call: &CallRecord, assistant_webhook: Option<&str>, event: &str, data: Value) -> Result<(), crate::store::StoreError> {
+    let now = now_ms();
+    let event_id = new_id("evt");
+    let body = json!({ "id": event_id, "type": event, "created_at": rfc3339(now), "data": data }).to_string();
+    let mut receivers: Vec<(Option<String>, String)> = Vec::new();
+    for hook in store.webhooks(&call.workspace_id).await? {
+        let wanted: Vec<String> = serde_json::from_str(&hook.events).unwrap_or_default();
+        if wanted.iter().any(|e| e == "*" || e == event) {
+            receivers.push((Some(hook.id.clone()), hook.url.clone()));
+        }
+    }
+    for url in [call.webhook_url.as_deref(), assistant_webhook].into_iter().flatten() {
+        if !receivers.iter().any(|(hook, u)| hook.is_none() && u == url) {
+            receivers.push((None, url.to_string()));
+        }
+    }
+    for (webhook_id, url) in receivers {
+        let delivery = DeliveryRecord {
+            id: new_id("dlv"),
+            workspace_id: call.workspace_id.clone(),
+            webhook_id,
+            event_id: event_id.clone(),
+            event: event.to_string(),
+            call_id: Some(call.id.clone()),
+            url,
+            body: body.clone(),
+            state: "pending".into(),
+            attempts: 0,
+            next_attempt_at: now,
+            claimed_until: 0,
+            last_status: None,
+            last_error: None,
+            created_at: now,
+            delivered_at: None,
+        };
+        store.insert_delivery(&delivery).await?;
+    }
+    wake().notify_one();
+    Ok(())
+}
+
+// ── delivery ──────────────────────────────────────────────────────────────────────────────
+
+/// The wait before attempt `attempts + 1`: 5 s doubling to at most an hour, ±20% jitter so
+/// a receiver coming back is not hit by every retry at once.
+pub fn backoff_ms(attempts: i64) -> i64 {
+    use rand::Rng;
+    let base = (5_000i64 << attempts.clamp(0, 20).saturating_sub(1).min(10)).min(3_600_000);
+    let jitter = rand::rng().random_range(0.8..1.2);
+    (base as f64 * jitter) as i64
+}
+
+/// Delivers due events until `shutdown`: every second, or at once when one is stored.
+pub async fn deliver_loop(store: Store, vault: Arc<Vault>, egress: EgressPolicy, shutdown: CancellationToken) {
+    let client = egress.client(reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).connect_timeout(Duration::from_secs(5)));
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wake().notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let due = match store.due_deliveries(now_ms(), IN_FLIGHT as i64 * 2).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read due webhook deliveries");
+                continue;
+            }
+        };
+        for delivery in due {
+            let Ok(permit) = slots.clone().acquire_owned().await else { return };
+            let now = now_ms();
+            match store.claim_delivery(&delivery.id, now, now + CLAIM_MS).await {
+                Ok(true) => {}
+                Ok(false) => continue, // another worker has it
+                Err(error) => {
+                    tracing::warn!(%error, "cannot claim a webhook delivery");
+                    continue;
+                }
+            }
+            let (store, vault, egress, client) = (store.clone(), vault.clone(), egress.clone(), client.clone());
+            tokio::spawn(async move {
+                let _slot = permit;
+                attempt(&store, &vault, &egress, &client, delivery).await;
+            });
+        }
+    }
+}
+
+/// One attempt at one (claimed) delivery, and its record.
+async fn attempt(store: &Store, vault: &Vault, egress: &EgressPolicy, client: &reqwest::Client, delivery: DeliveryRecord) {
+    let attempts = delivery.attempts + 1;
+    let outcome = post(store, vault, egress, client, &delivery).await;
+    let (delivered, status, error) = match &outcome {
+        Ok(status) if (200..300).contains(status) => (true, Some(*status as i64), None),
+        Ok(status) => (false, Some(*status as i64), Some(format!("the receiver answered HTTP {status}"))),
+        Err(error) => (false, None, Some(error.clone())),
+    };
+    // 4xx other than 408 and 429 will not change by retrying... except that a receiver being
+    // deployed often answers 404 for a moment: every failure is retried, within the 24 hours.
+    let retry_at = (!delivered).then(|| now_ms() + backoff_ms(attempts)).filter(|at| *at < delivery.created_at + GIVE_UP_AFTER_MS);
+    if let Err(e) = store.record_attempt(&delivery.id, delivered, status, error.as_deref(), retry_at).await {
+        tracing::warn!(error = %e, delivery = %delivery.id, "cannot record a webhook attempt; it will be tried again");
+    }
+    if !delivered {
+        tracing::info!(delivery = %delivery.id, url = %delivery.url, attempts, error = ?error, "webhook delivery failed");
+    }
+}
+
+async fn post(store: &Store, vault: &Vault, egress: &EgressPolicy, client: &reqwest::Client, delivery: &DeliveryRecord) -> Result<u16, String> {
+    // IP literals skip the resolver's check: check the URL itself on every attempt.
+    egress.check_url(&delivery.url).map_err(|e| e.to_string())?;
+    let secret = match &delivery.webhook_id {
+        Some(id) => {
+            let hook = store.webhook(&delivery.workspace_id, id).await.map_err(|e| e.to_string())?.ok_or("the subscription was deleted")?;
+            open(vault, &delivery.workspace_id, &hook.id, &hook.secret_ciphertext, &hook.key_id)?
+        }
+        None => signing_secret(store, vault, &delivery.workspace_id).await?,
+    };
+    let signature = sign(&secret, now_ms() / 1000, &delivery.body);
+    let response = client
+        .post(&delivery.url)
+        .header("content-type", "application/json")
+        .header("user-agent", concat!("Ringline-Webhooks/", env!("CARGO_PKG_VERSION")))
+        .header(SIGNATURE_HEADER, signature)
+        .header("X-Ringline-Event", &delivery.event)
+        .header("X-Ringline-Event-Id", &delivery.event_id)
+        .header("X-Ringline-Delivery", &delivery.id)
+        .body(delivery.body.clone())
+        .send()
+        .await
+        .map_err(|e| format!("{e}"))?;
+    Ok(response.status().as_u16())
+}
+
+// ── the API ───────────────────────────────────────────────────────────────────────────────
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// Where events are POSTed (https, or http).
+    pub url: String,
+    /// Event names, or `["*"]` for every one.
+    pub events: Vec<String>,
+    /// The signing secret (16 to 200 characters); generated when absent.
+    pub secret: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookView {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    /// Only in the answer to its creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    pub created_at: String,
+}
+
+fn view(hook: &WebhookRecord, secret: Option<String>) -> WebhookView {
+    WebhookView { id: hook.id.clone(), url: hook.url.clone(), events: serde_json::from_str(&hook.events).unwrap_or_default(), secret, created_at: rfc3339(hook.created_at) }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookList {
+    pub webhooks: Vec<WebhookView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryView {
+    pub id: String,
+    pub webhook_id: Option<String>,
+    pub event_id: String,
+    pub event: String,
+    pub call_id: Option<String>,
+    pub url: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    pub attempts: i64,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<String>,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+    /// The event as it was (and will be) sent.
+    pub body: Value,
+}
+
+impl From<&DeliveryRecord> for DeliveryView {
+    fn from(d: &DeliveryRecord) -> Self {
+        DeliveryView {
+            id: d.id.clone(),
+            webhook_id: d.webhook_id.clone(),
+            event_id: d.event_id.clone(),
+            event: d.event.clone(),
+            call_id: d.call_id.clone(),
+            url: d.url.clone(),
+            state: d.state.clone(),
+            attempts: d.attempts,
+            last_status: d.last_status,
+            last_error: d.last_error.clone(),
+            next_attempt_at: (d.state == "pending").then(|| rfc3339(d.next_attempt_at)),
+            created_at: rfc3339(d.created_at),
+            delivered_at: d.delivered_at.map(rfc3339),
+            body: serde_json::from_str(&d.body).unwrap_or(Value::Null),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryList {
+    pub deliveries: Vec<DeliveryView>,
+}
+
+#[derive(Deserialize)]
+pub struct DeliveryQuery {
+    pub limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SigningSecret {
+    /// Signs deliveries to a call's or an assistant's own `webhook_url`.
+    pub secret: String,
+}
+
+/// Subscribe a URL to call events. The answer holds the signing secret; it is not shown again.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
+    responses((status = 201, body = WebhookView), (status = 422, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create(State(state): State<AppState>, auth: Auth, ApiJson(request): ApiJson<CreateWebhook>) -> Result<impl IntoResponse, ApiError> {
+    let url = request.url.trim();
+    if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
+        return Err(ApiError::invalid("url", format!("`{}` is not an http(s) URL of at most 2048 characters", crate::assistant::check::clip(url))));
+    }
+    state.runner.egress().check_url_resolved(url).await.map_err(|e| ApiError::invalid("url", e.to_string()))?;
+    if request.events.is_empty() || request.events.len() > EVENTS.len() {
+        return Err(ApiError::invalid("events", format!("name 1 to {} events, or [\"*\"] for all of them: {}", EVENTS.len(), EVENTS.join(", "))));
+    }
+    for event in &request.events {
+        if event != "*" && !EVENTS.contains(&event.as_str()) {
+            return Err(ApiError::invalid("events", format!("`{}` is not an event; use one of {} or \"*\"", crate::assistant::check::clip(event), EVENTS.join(", "))));
+        }
+    }
+    let secret = match request.secret {
+        Some(secret) if (16..=200).contains(&secret.len()) && secret.chars().all(|c| c.is_ascii_graphic()) => secret,
+        Some(_) => return Err(ApiError::invalid("secret", "must be 16 to 200 printable characters without spaces; leave it out to have one generated")),
+        None => new_secret(),
+    };
+    if state.store.count_webhooks(&auth.workspace_id).await? >= MAX_WEBHOOKS {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "webhook_limit", format!("this workspace has {MAX_WEBHOOKS} webhooks, its limit; delete one first")));
+    }
+    let id = new_id("whk");
+    let (secret_ciphertext, key_id) = state.vault.seal(&auth.workspace_id, &id, &secret).map_err(|error| {
+        tracing::error!(%error, "cannot seal a webhook secret");
+        ApiError::internal("the server cannot encrypt secrets; its operator must fix the secrets key")
+    })?;
+    let hook = WebhookRecord {
+        id,
+        workspace_id: auth.workspace_id.clone(),
+        url: url.to_string(),
+        events: serde_json::to_string(&request.events).unwrap_or_else(|_| "[]".into()),
+        secret_ciphertext,
+        key_id,
+        created_at: now_ms(),
+    };
+    state.store.insert_webhook(&hook).await?;
+    Ok((StatusCode::CREATED, Json(view(&hook, Some(secret)))))
+}
+
+/// The workspace's subscriptions (without their secrets).
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", responses((status = 200, body = WebhookList)))]
+pub async fn list(State(state): State<AppState>, auth: Auth) -> Result<Json<WebhookList>, ApiError> {
+    let hooks = state.store.webhooks(&auth.workspace_id).await?;
+    Ok(Json(WebhookList { webhooks: hooks.iter().map(|h| view(h, None)).collect() }))
+}
+
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", responses((status = 200, body = WebhookView), (status = 404, body = ErrorBody)))]
+pub async fn read(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<WebhookView>, ApiError> {
+    let hook = state.store.webhook(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("webhook", &id))?;
+    Ok(Json(view(&hook, None)))
+}
+
+/// Unsubscribe; deliveries not yet made are given up.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn remove(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    if !state.store.delete_webhook(&auth.workspace_id, &id).await? {
+        return Err(ApiError::not_found("webhook", &id));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A subscription's deliveries, newest first: state, attempts, the last answer.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", responses((status = 200, body = DeliveryList), (status = 404, body = ErrorBody)))]
+pub async fn deliveries(State(state): State<AppState>, auth: Auth, Path(id): Path<String>, Query(query): Query<DeliveryQuery>) -> Result<Json<DeliveryList>, ApiError> {
+    state.store.webhook(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("webhook", &id))?;
+    let rows = state.store.deliveries(&auth.workspace_id, Some(&id), query.limit.unwrap_or(50).clamp(1, 500)).await?;
+    Ok(Json(DeliveryList { deliveries: rows.iter().map(DeliveryView::from).collect() }))
+}
+
+/// Every delivery of the workspace (subscriptions and `webhook_url`s), newest first.
+#[utoipa::path(get, path = "/v1/webhook-deliveries", tag = "webhooks", responses((status = 200, body = DeliveryList)))]
+pub async fn all_deliveries(State(state): State<AppState>, auth: Auth, Query(query): Query<DeliveryQuery>) -> Result<Json<DeliveryList>, ApiError> {
+    let rows = state.store.deliveries(&auth.workspace_id, None, query.limit.unwrap_or(50).clamp(1, 500)).await?;
+    Ok(Json(DeliveryList { deliveries: rows.iter().map(DeliveryView::from).collect() }))
+}
+
+/// Send a delivery again now: the same event id and body.
+#[utoipa::path(post, path = "/v1/webhook-deliveries/{id}/resend", tag = "webhooks", responses((status = 202, body = DeliveryView), (status = 404, body = ErrorBody)))]
+pub async fn resend(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    if !state.store.resend_delivery(&auth.workspace_id, &id).await? {
+        return Err(ApiError::not_found("delivery", &id));
+    }
+    wake().notify_one();
+    let delivery = state.store.delivery(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("delivery", &id))?;
+    Ok((StatusCode::ACCEPTED, Json(DeliveryView::from(&delivery))))
+}
+
+/// The secret that signs deliveries to a call's or an assistant's own `webhook_url`.
+#[utoipa::path(get, path = "/v1/webhooks/signing-secret", tag = "webhooks", responses((status = 200, body = SigningSecret)))]
+pub async fn signing(State(state): State<AppState>, auth: Auth) -> Result<Json<SigningSecret>, ApiError> {
+    let secret = signing_secret(&state.store, &state.vault, &auth.workspace_id).await.map_err(|error| {
+        tracing::error!(%error, "cannot open the webhook signing secret");
+        ApiError::internal("the server cannot open its secrets; its operator must fix the secrets key")
+    })?;
+    Ok(Json(SigningSecret { secret }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        // Test case 2 of RFC 4231.
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(hex::encode(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        // Test case 6: a key longer than the block.
+        let mac = hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First");
+        assert_eq!(hex::encode(mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+        assert_eq!(sign("whsec_x", 1700000000, "{}"), format!("t=1700000000,v1={}", hex::encode(hmac_sha256(b"whsec_x", b"1700000000.{}"))));
+    }
+
+    #[test]
+    fn retries_back_off_to_an_hour_with_jitter() {
+        for (attempts, low, high) in [(1, 4_000, 6_000), (2, 8_000, 12_000), (4, 32_000, 48_000), (30, 2_880_000, 4_320_000)] {
+            let wait = backoff_ms(attempts);
+            assert!((low..=high).contains(&wait), "attempt {attempts}: {wait} ms");
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_events() {
+        assert_eq!(status_event("in-progress"), Some("call.answered"));
+        assert_eq!(status_event("no-answer"), Some("call.failed"));
+        assert_eq!(status_event("ending"), None);
+        for event in EVENTS {
+            assert!(event.starts_with("call."));
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! `ringline eval`: a real scenario through the pipeline, its results, and its HTML report
+//! rendered by headless Chromium (Debian's `chromium`, installed by `.ci/setup`).
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{ringline, run, run_ok};
+
+const SMOKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/eval/suites/smoke");
+
+#[test]
+fn a_run_writes_results_and_a_report_that_chromium_renders_and_a_baseline_is_compared() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, page) = (dir.path().join("run.json"), dir.path().join("run.html"));
+    let out = run_ok(ringline().args(["eval", "run", SMOKE, "--filter", "*books a table*", "--json"]).arg(&json).arg("--report").arg(&page));
+    assert!(out.contains("eval: 1 passed, 0 failed"), "{out}");
+    let results: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let outcome = &results["outcomes"][0];
+    assert!(!outcome["agent_speech"].as_array().unwrap().is_empty(), "the timeline has the agent's speech: {outcome}");
+    let audio = outcome["audio"].as_str().expect("the recording is linked");
+    assert!(dir.path().join(audio).is_file(), "{audio} is beside the report");
+
+    // Rendered again from the results, against itself as the baseline.
+    let again = dir.path().join("again.html");
+    run_ok(ringline().args(["eval", "report"]).arg(&json).arg("--baseline").arg(&json).arg("--out").arg(&again));
+    let text = std::fs::read_to_string(&again).unwrap();
+    assert!(text.contains("No regression."), "a run against itself does not regress");
+
+    let (dom, console) = chromium_dom(&page);
+    for part in ["Ringline eval: 1 of 1 scenarios passed", "id=\"histogram\"", "id=\"confusion\"", "class=\"timeline\"", "<audio"] {
+        assert!(dom.contains(part), "the rendered page lacks {part}:\n{}", &dom[..dom.len().min(2000)]);
+    }
+    assert!(!console.contains("Uncaught") && !console.contains(":ERROR:CONSOLE"), "the page logged errors:\n{console}");
+}
+
+#[test]
+fn a_baseline_that_passed_more_fails_the_run_naming_the_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    run_ok(ringline().args(["eval", "run", SMOKE, "--filter", "*keypad*", "--json"]).arg(&json));
+    // The same scenario, failing in the new run: a baseline where a second scenario passed
+    // and the figures were better.
+    let mut baseline: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let mut extra = baseline["outcomes"][0].clone();
+    extra["name"] = "a scenario that no longer runs".into();
+    baseline["outcomes"].as_array_mut().unwrap().push(extra);
+    baseline["overall"]["task_success"] = 1.0.into();
+    let mut current: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    current["outcomes"][0]["passed"] = false.into();
+    current["outcomes"][0]["failures"] = serde_json::json!(["disposition `completed`, expected `confirmed`"]);
+    current["overall"]["task_success"] = 0.0.into();
+    let (current_path, baseline_path) = (dir.path().join("current.json"), dir.path().join("baseline.json"));
+    std::fs::write(&current_path, current.to_string()).unwrap();
+    std::fs::write(&baseline_path, baseline.to_string()).unwrap();
+    let page = dir.path().join("diff.html");
+    run_ok(ringline().args(["eval", "report"]).arg(&current_path).arg("--baseline").arg(&baseline_path).arg("--out").arg(&page));
+    let text = std::fs::read_to_string(&page).unwrap();
+    assert!(text.contains("passed in the baseline and fails now"), "the diff names the scenario");
+    assert!(text.contains("task success 0% against 100%"), "and the metric");
+
+    // A results file that is not one is a clear error.
+    std::fs::write(dir.path().join("bad.json"), "{}").unwrap();
+    let (ok, stdout, stderr) = run(ringline().args(["eval", "report"]).arg(dir.path().join("bad.json")));
+    assert!(!ok);
+    assert!(format!("{stdout}{stderr}").contains("is not a results file of `eval run --json`"), "{stderr}");
+}
+
+/// The page's DOM after Chromium loaded it, and what Chromium logged.
+fn chromium_dom(page: &Path) -> (String, String) {
+    let binary = ["chromium", "chromium-browser"].into_iter().find(|b| Command::new(b).arg("--version").output().is_ok()).expect("chromium is installed (.ci/setup installs Debian's chromium)");
+    let profile = tempfile::tempdir().unwrap();
+    let output = Command::new(binary)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=3000"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium runs");
+    assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
+    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
