@@ -309,6 +309,15 @@ impl Flow {
     /// (the slot's choices, examples of its kind, a yes or no, the node's routes).
     pub fn expects(&self) -> String {
         let node = self.current();
+        // Answers in open words — times, dates, numbers, names — are decoded unprimed: a list
+        // of phrases before "At 11 a.m." made Whisper write "happy land, running" (eval,
+        // 2026-11-30). Priming helps short set phrases: choices, yes/no, digits, the phrases
+        // that work anywhere.
+        if let Awaiting::Slot(index) = &self.awaiting {
+            if node.collect.get(*index).is_some_and(|slot| !matches!(slot.kind, SlotKind::Enum | SlotKind::Boolean | SlotKind::Phone | SlotKind::Digits)) {
+                return String::new();
+            }
+        }
         // What works anywhere first: Whisper heeds the end of its prompt most.
         let mut phrases: Vec<String> = Vec::new();
         for handler in &self.spec.global {
@@ -321,8 +330,6 @@ impl Flow {
         match &self.awaiting {
             Awaiting::Slot(index) => {
                 if let Some(slot) = node.collect.get(*index) {
-                    // No examples of times or dates: primed with "at 7:30 pm", Whisper heard
-                    // "at 11 a.m." as "I'll be leaving the end" (eval, 2026-11-30).
                     let examples: &[&str] = match slot.kind {
                         SlotKind::Phone | SlotKind::Digits => &["5 5 5, 0 1 2 3"],
                         SlotKind::Email => &["john dot smith at example dot com"],
