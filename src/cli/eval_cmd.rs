@@ -191,12 +191,17 @@ async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario
         Err(error) => return failed(format!("cannot load the assistant's models: {error}")),
     };
     let variables: BTreeMap<String, String> = scenario.variables.clone();
+    let stt = engines.stt.clone();
     match call_cmds::simulate_call(store, engines, assistant, scenario.caller.clone(), variables, line_rate, false).await {
         Ok(call) => {
             let talk_over = eval::talk_over_ms(&call.caller_track, &call.agent_track, call.rate);
             let mut outcome = eval::score(scenario, &call.report, talk_over);
             outcome.caller_speech = eval::activity(&call.caller_track, call.rate);
             outcome.agent_speech = eval::activity(&call.agent_track, call.rate);
+            // Intelligibility: the agent's audio transcribed back, against what it meant to say.
+            let meant: String = call.report.transcript.iter().filter(|(who, _, _)| who == "agent").map(|(_, text, _)| text.as_str()).collect::<Vec<_>>().join(" ");
+            let heard = transcribe_spans(stt, &call.agent_track, call.rate, &outcome.agent_speech).await;
+            (outcome.agent_errors, outcome.agent_words) = eval::word_errors(&meant, &heard);
             if let Some((path, link)) = audio {
                 match crate::audio::write_wav_channels(&path, call.rate, &[&call.caller_track, &call.agent_track]) {
                     Ok(()) => outcome.audio = Some(link),
@@ -207,6 +212,20 @@ async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario
         }
         Err(error) => failed(format!("the call failed: {error:#}")),
     }
+}
+
+/// The words in `track` over each of its `spans` of sound, transcribed one span at a time.
+async fn transcribe_spans(stt: Arc<dyn crate::stt::SpeechToText>, track: &[f32], rate: u32, spans: &[(f64, f64)]) -> String {
+    let mut words = Vec::new();
+    for (from, to) in spans {
+        let (start, end) = (((from * rate as f64) as usize).min(track.len()), ((to * rate as f64) as usize).min(track.len()));
+        let Ok(audio) = crate::audio::Audio::new(track[start..end].to_vec(), rate).to_rate(16_000) else { continue };
+        let stt = stt.clone();
+        if let Ok(Ok(transcript)) = crate::pipeline::pool::stt().run_with(crate::pipeline::pool::Urgency::Ahead, move || stt.transcribe(&audio.samples)).await {
+            words.push(transcript.text);
+        }
+    }
+    words.join(" ")
 }
 
 /// A line above the progress bar, or plainly when there is no terminal to draw a bar on.
@@ -237,6 +256,11 @@ fn print_figures(results: &Results) {
         );
     }
     println!("barge-in reaction p95: {} ms; talk-over in all: {:.0} ms", ms(results.overall.barge_in_p95_ms), results.overall.talk_over_ms);
+    println!(
+        "caller speech recognized at {} word error rate; the agent's speech transcribed back at {} (intelligibility)",
+        pct(results.overall.stt_wer),
+        pct(results.overall.agent_wer)
+    );
     let guards: Vec<String> = results.overall.guards.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
     println!("guards fired on LLM replies: {}", if guards.is_empty() { "none".to_string() } else { guards.join(", ") });
 }

@@ -184,7 +184,10 @@ fn resolve(spec: ScenarioSpec, file: &Path, text: &str) -> Result<Scenario, Vec<
         }
     };
     let caller = match (spec.caller, &spec.caller_file) {
-        (Some(script), None) => Some(script),
+        (Some(mut script), None) => {
+            script.resolve_recordings(dir);
+            Some(script)
+        }
         (None, Some(path)) => match find(path).map(|p| CallerScript::load(&p)) {
             Some(Ok(script)) => Some(script),
             Some(Err(e)) => {
@@ -208,6 +211,11 @@ fn resolve(spec: ScenarioSpec, file: &Path, text: &str) -> Result<Scenario, Vec<
     if let Some(script) = &caller {
         for (field, message) in script.problems() {
             problems.push(problem(&format!("caller.{field}"), message));
+        }
+        for (i, line) in script.lines.iter().enumerate() {
+            if let Some(audio) = line.audio.as_ref().filter(|a| !a.is_file()) {
+                problems.push(problem(&format!("caller.lines.{i}.audio"), format!("`{}` is not a file (relative to the scenario's folder)", audio.display())));
+            }
         }
     }
     for (list, field) in [(&spec.expect.says, "expect.says"), (&spec.expect.never_says, "expect.never_says")] {
@@ -283,6 +291,53 @@ pub struct Outcome {
     /// written.
     #[serde(default)]
     pub audio: Option<String>,
+    /// Speech recognition of the caller: word errors against what the script says, and the
+    /// words it says.
+    #[serde(default)]
+    pub stt_errors: usize,
+    #[serde(default)]
+    pub stt_words: usize,
+    /// The agent's intelligibility: its audio transcribed back, word errors against what it
+    /// meant to say, and those words.
+    #[serde(default)]
+    pub agent_errors: usize,
+    #[serde(default)]
+    pub agent_words: usize,
+}
+
+/// Word errors (substitutions, insertions, deletions) turning `reference` into `heard`, over
+/// normalized words; and the reference's length.
+pub fn word_errors(reference: &str, heard: &str) -> (usize, usize) {
+    const NUMBERS: [&str; 21] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
+    ];
+    // Number words and digits alike ("two" and "2"), as a listener would count them.
+    let canon = |text: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        for word in crate::text::normalized_words(text) {
+            // "8pm" and "8 p.m." alike.
+            let digits = word.chars().take_while(char::is_ascii_digit).count();
+            if digits > 0 && digits < word.len() && word[digits..].chars().all(char::is_alphabetic) {
+                out.push(word[..digits].to_string());
+                out.push(word[digits..].to_string());
+            } else {
+                out.push(NUMBERS.iter().position(|n| *n == word).map(|n| n.to_string()).unwrap_or(word));
+            }
+        }
+        out
+    };
+    let (r, h) = (canon(reference), canon(heard));
+    let mut row: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, hw) in h.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = if rw == hw { previous } else { 1 + previous.min(row[j]).min(row[j + 1]) };
+            previous = current;
+        }
+    }
+    (row[h.len()], r.len())
 }
 
 /// One turn's latencies, counted from the caller's end of speech.
@@ -357,6 +412,8 @@ pub fn score(scenario: &Scenario, report: &CallReport, talk_over_ms: f64) -> Out
         }
     }
     let barge_in_ms = report.barge_ins.iter().map(|b| b.stopped.saturating_sub(b.overlap_from).as_secs_f64() * 1000.0).collect();
+    let heard: String = report.transcript.iter().filter(|(who, _, _)| who == "caller").map(|(_, text, _)| text.as_str()).collect::<Vec<_>>().join(" ");
+    let (stt_errors, stt_words) = word_errors(&scenario.caller.reference_text(), &heard);
     Outcome {
         name: scenario.name.clone(),
         file: scenario.file.display().to_string(),
@@ -396,6 +453,10 @@ pub fn score(scenario: &Scenario, report: &CallReport, talk_over_ms: f64) -> Out
         agent_speech: Vec::new(),
         barge_ins_at_s: report.barge_ins.iter().map(|b| b.stopped.as_secs_f64()).collect(),
         audio: None,
+        stt_errors,
+        stt_words,
+        agent_errors: 0,
+        agent_words: 0,
     }
 }
 
@@ -422,6 +483,12 @@ pub struct Figures {
     pub voice_to_voice_p95_ms: Option<f64>,
     pub barge_in_p95_ms: Option<f64>,
     pub talk_over_ms: f64,
+    /// Word error rate of the caller's speech as recognized, against the scripts.
+    #[serde(default)]
+    pub stt_wer: Option<f64>,
+    /// Word error rate of the agent's audio transcribed back, against what it meant to say.
+    #[serde(default)]
+    pub agent_wer: Option<f64>,
     /// How often each guard fired, over all scenarios.
     #[serde(default)]
     pub guards: BTreeMap<String, usize>,
@@ -446,11 +513,19 @@ pub fn figures<'a>(outcomes: impl IntoIterator<Item = &'a Outcome>) -> Figures {
         voice_to_voice_p95_ms: percentile(&v2v, 0.95),
         barge_in_p95_ms: percentile(&barge, 0.95),
         talk_over_ms: outcomes.iter().map(|o| o.talk_over_ms).sum(),
+        stt_wer: rate(outcomes.iter().map(|o| (o.stt_errors, o.stt_words))),
+        agent_wer: rate(outcomes.iter().map(|o| (o.agent_errors, o.agent_words))),
         guards: outcomes.iter().flat_map(|o| o.guards.iter()).fold(BTreeMap::new(), |mut all, (kind, n)| {
             *all.entry(kind.clone()).or_default() += n;
             all
         }),
     }
+}
+
+/// Errors over words, summed; `None` without words.
+fn rate<'a>(counts: impl Iterator<Item = (usize, usize)>) -> Option<f64> {
+    let (errors, words) = counts.fold((0, 0), |(e, w), (de, dw)| (e + de, w + dw));
+    (words > 0).then(|| errors as f64 / words as f64)
 }
 
 /// A whole run, as `--json` writes it and `--baseline` reads it.

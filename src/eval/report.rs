@@ -76,7 +76,7 @@ pub fn html(results: &Results, baseline: Option<&Results>, machine: &str) -> Str
 }
 
 fn summary(page: &mut String, results: &Results, baseline: Option<&Results>) {
-    page.push_str("<h2>Summary</h2><table><tr><th>assistant</th><th>scenarios</th><th>task success</th><th>disposition</th><th>extraction</th><th>v2v p50 ms</th><th>v2v p95 ms</th><th>barge-in p95 ms</th><th>talk-over ms</th></tr>");
+    page.push_str("<h2>Summary</h2><table><tr><th>assistant</th><th>scenarios</th><th>task success</th><th>disposition</th><th>extraction</th><th>v2v p50 ms</th><th>v2v p95 ms</th><th>barge-in p95 ms</th><th>talk-over ms</th><th>caller WER</th><th>agent WER</th></tr>");
     let rows = results.by_assistant.iter().map(|(name, f)| (name.as_str(), f)).chain([("all", &results.overall)]);
     for (name, figures) in rows {
         let old: Option<&Figures> = baseline.and_then(|b| if name == "all" { Some(&b.overall) } else { b.by_assistant.get(name) });
@@ -86,7 +86,7 @@ fn summary(page: &mut String, results: &Results, baseline: Option<&Results>) {
         };
         let _ = write!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td><td>{}</td></tr>",
             esc(name),
             figures.scenarios,
             was(pct(Some(figures.task_success)), old.map(|o| pct(Some(o.task_success)))),
@@ -95,7 +95,9 @@ fn summary(page: &mut String, results: &Results, baseline: Option<&Results>) {
             was(ms(figures.voice_to_voice_p50_ms), old.map(|o| ms(o.voice_to_voice_p50_ms))),
             was(ms(figures.voice_to_voice_p95_ms), old.map(|o| ms(o.voice_to_voice_p95_ms))),
             ms(figures.barge_in_p95_ms),
-            figures.talk_over_ms
+            figures.talk_over_ms,
+            was(pct(figures.stt_wer), old.map(|o| pct(o.stt_wer))),
+            pct(figures.agent_wer)
         );
     }
     page.push_str("</table>");
@@ -233,6 +235,13 @@ fn scenario(page: &mut String, index: usize, outcome: &Outcome, before: Option<&
         let _ = write!(page, "<div><span class=\"was\">{at}</span><span class=\"who {}\">{}</span> {}</div>", esc(who), esc(who), esc(text));
     }
     page.push_str("</div>");
+    if outcome.stt_words > 0 || outcome.agent_words > 0 {
+        let _ = write!(
+            page,
+            "<p class=\"was\">Caller recognized with {} word errors in {}; the agent transcribed back with {} in {}.</p>",
+            outcome.stt_errors, outcome.stt_words, outcome.agent_errors, outcome.agent_words
+        );
+    }
     if !outcome.extracted.is_empty() {
         let fields: Vec<String> = outcome.extracted.iter().map(|(k, v)| format!("{} = {}", esc(k), esc(&v.to_string()))).collect();
         let _ = write!(page, "<p>Extracted: {}</p>", fields.join(", "));

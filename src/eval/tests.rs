@@ -120,3 +120,11 @@ fn talk_over_counts_frames_where_both_sides_are_loud() {
     assert_eq!(talk_over_ms(&loud, &quiet, rate), 0.0);
     assert_eq!(talk_over_ms(&loud, &half, rate), 500.0);
 }
+
+#[test]
+fn word_errors_count_numbers_as_a_listener_would() {
+    assert_eq!(word_errors("A table for two at 8 p.m.", "a table for 2 at 8pm"), (0, 7));
+    assert_eq!(word_errors("It's under Patel.", "It's under hotel."), (1, 3));
+    assert_eq!(word_errors("yes", ""), (1, 1));
+    assert_eq!(word_errors("", "uh"), (1, 0));
+}

@@ -309,15 +309,6 @@ impl Flow {
     /// (the slot's choices, examples of its kind, a yes or no, the node's routes).
     pub fn expects(&self) -> String {
         let node = self.current();
-        // Answers in open words — times, dates, numbers, names — are decoded unprimed: a list
-        // of phrases before "At 11 a.m." made Whisper write "happy land, running" (eval,
-        // 2026-11-30). Priming helps short set phrases: choices, yes/no, digits, the phrases
-        // that work anywhere.
-        if let Awaiting::Slot(index) = &self.awaiting {
-            if node.collect.get(*index).is_some_and(|slot| !matches!(slot.kind, SlotKind::Enum | SlotKind::Boolean | SlotKind::Phone | SlotKind::Digits)) {
-                return String::new();
-            }
-        }
         // What works anywhere first: Whisper heeds the end of its prompt most.
         let mut phrases: Vec<String> = Vec::new();
         for handler in &self.spec.global {
@@ -331,6 +322,8 @@ impl Flow {
             Awaiting::Slot(index) => {
                 if let Some(slot) = node.collect.get(*index) {
                     let examples: &[&str] = match slot.kind {
+                        SlotKind::Time => &["at 7:30 pm", "two in the afternoon", "half past eight"],
+                        SlotKind::Date => &["tomorrow", "next Tuesday", "on Friday"],
                         SlotKind::Phone | SlotKind::Digits => &["5 5 5, 0 1 2 3"],
                         SlotKind::Email => &["john dot smith at example dot com"],
                         SlotKind::Boolean => &["yes", "no"],

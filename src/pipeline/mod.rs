@@ -245,16 +245,16 @@ pub async fn summarize(llm: &dyn LanguageModel, report: &CallReport) -> String {
 }
 
 /// Words the recognizer should expect on this call: the assistant's `stt.vocabulary` and the
-/// call's name-like variables (up to three words, no digits: a customer's name). Variables
-/// holding times or numbers are left out: primed with "Monday at 10 am", Whisper heard
-/// "at 9 a.m." as "at 10 am" (eval, 2026-11-30).
+/// call's short text variables without digits (a customer's name, opening hours in words).
+/// Variables holding times or numbers are left out: primed with "Monday at 10 am", Whisper
+/// heard "at 9 a.m." as "at 10 am" (eval, 2026-11-30).
 fn vocabulary(assistant: &Assistant, variables: &serde_json::Map<String, serde_json::Value>) -> String {
     let mut words: Vec<String> = assistant.spec.stt.vocabulary.clone();
     for value in variables.values() {
         if let Some(text) = value.as_str() {
             let text = text.trim();
-            let name_like = text.split_whitespace().count() <= 3 && text.chars().any(char::is_alphabetic) && !text.chars().any(|c| c.is_ascii_digit() || c == '/' || c == '@');
-            if !text.is_empty() && name_like {
+            let wordy = text.len() <= 40 && text.chars().any(char::is_alphabetic) && !text.chars().any(|c| c.is_ascii_digit() || c == '/' || c == '@');
+            if !text.is_empty() && wordy {
                 words.push(text.to_string());
             }
         }

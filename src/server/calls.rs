@@ -171,7 +171,7 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
         Some(value) => serde_path_to_error::deserialize(value.clone()).map_err(|e| ApiError::invalid(format!("metadata.sandbox_caller.{}", e.path()), format!("not a caller script: {}", e.inner())))?,
         None => default_sandbox_caller(),
     };
-    if let Some((field, message)) = script.problems().into_iter().next() {
+    if let Some((field, message)) = script.problems_over_api().into_iter().next() {
         return Err(ApiError::invalid(format!("metadata.sandbox_caller.{field}"), message));
     }
     if let Some(key) = &request.idempotency_key {

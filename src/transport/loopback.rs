@@ -300,6 +300,11 @@ pub struct CallerLine {
     /// Stay silent this long after the line (to test idle handling).
     #[serde(default)]
     pub then_silence_ms: u64,
+    /// A recording to play as this turn, instead of synthesized words (any format `transcribe`
+    /// reads, at any rate; a path relative to the script or scenario file). Not over the API.
+    pub audio: Option<std::path::PathBuf>,
+    /// What the recording says: the reference its transcript is scored against.
+    pub text: Option<String>,
     /// Wait until the agent has said this phrase (then for it to finish) before the line, so
     /// the script stays in step with an agent that answers differently; after
     /// [`PHRASE_TIMEOUT`] the line is said anyway.
@@ -353,6 +358,12 @@ impl CallerScript {
             if line.after.as_deref().is_some_and(|a| a.chars().count() > 200 || crate::text::normalized_words(a).is_empty()) {
                 out.push((field("after"), "must be a phrase of words, at most 200 characters".into()));
             }
+            if line.audio.is_some() && (line.say.is_some() || line.dtmf.is_some() || line.noise_ms.is_some()) {
+                out.push((field("audio"), "a line plays a recording, or says words, or presses keys, or coughs: one of them".into()));
+            }
+            if line.text.as_deref().is_some_and(|t| t.chars().count() > MAX_LINE_CHARS) {
+                out.push((field("text"), format!("is longer than {MAX_LINE_CHARS} characters")));
+            }
             if let Some(digits) = &line.dtmf {
                 if digits.is_empty() || digits.len() > 32 || !digits.chars().all(|c| c.is_ascii_digit() || "*#ABCD".contains(c)) {
                     out.push((field("dtmf"), "use 1..32 of 0-9, *, # and A-D".into()));
@@ -373,7 +384,37 @@ impl CallerScript {
 
     pub fn load(path: &std::path::Path) -> anyhow::Result<CallerScript> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        let mut script: CallerScript = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        script.resolve_recordings(path.parent().unwrap_or(std::path::Path::new(".")));
+        Ok(script)
+    }
+
+    /// Makes recordings' paths relative to `dir` (the file that named them) absolute.
+    pub fn resolve_recordings(&mut self, dir: &std::path::Path) {
+        for line in &mut self.lines {
+            if let Some(audio) = &line.audio {
+                if audio.is_relative() && dir.join(audio).is_file() {
+                    line.audio = Some(dir.join(audio));
+                }
+            }
+        }
+    }
+
+    /// [`CallerScript::problems`], and what a script sent over the API may not do: play a
+    /// file from the server's disk.
+    pub fn problems_over_api(&self) -> Vec<(String, String)> {
+        let mut out = self.problems();
+        for (i, line) in self.lines.iter().enumerate() {
+            if line.audio.is_some() {
+                out.push((format!("lines.{i}.audio"), "recordings are files on the server: a script sent over the API may only `say` words".into()));
+            }
+        }
+        out
+    }
+
+    /// What the caller says, in order: the reference for the transcript of their turns.
+    pub fn reference_text(&self) -> String {
+        self.lines.iter().filter_map(|l| l.text.as_deref().or(l.say.as_deref())).map(|t| t.replace("...", " ")).collect::<Vec<_>>().join(" ")
     }
 }
 
@@ -393,7 +434,10 @@ impl ScriptedCaller {
         let mut audio = Vec::new();
         for line in &script.lines {
             let mut samples = Vec::new();
-            if let Some(text) = &line.say {
+            if let Some(path) = &line.audio {
+                let recording = crate::audio::decode::decode_file(path).map_err(|e| anyhow::anyhow!("the caller's recording {}: {e}", path.display()))?;
+                samples = trim_silence(&recording.to_rate(rate)?.samples);
+            } else if let Some(text) = &line.say {
                 for (i, part) in text.split("...").map(str::trim).filter(|p| !p.is_empty()).enumerate() {
                     if i > 0 {
                         samples.extend(Audio::silence(line.inner_pause_ms as f32 / 1000.0, rate).samples);
@@ -511,6 +555,17 @@ fn cough(ms: u32, rate: u32) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_script_over_the_api_may_not_play_files_and_lines_do_one_thing() {
+        let script: CallerScript = serde_yaml::from_str("lines: [{ audio: /etc/passwd }]").unwrap();
+        assert!(script.problems().is_empty(), "an eval scenario may play recordings");
+        assert!(script.problems_over_api().iter().any(|(field, _)| field == "lines.0.audio"));
+        let script: CallerScript = serde_yaml::from_str("lines: [{ audio: a.wav, say: hi, text: hi }]").unwrap();
+        assert!(script.problems().iter().any(|(field, _)| field == "lines.0.audio"));
+        let script: CallerScript = serde_yaml::from_str("lines: [{ say: 'one ... two' }, { audio: a.wav, text: three }, { dtmf: '1' }]").unwrap();
+        assert_eq!(script.reference_text(), "one   two three");
+    }
 
     #[tokio::test]
     async fn a_phrase_counts_once_the_agent_said_it_since_the_callers_last_line() {

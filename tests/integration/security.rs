@@ -296,6 +296,12 @@ fn every_answer_has_the_error_shape_and_controls_follow_the_status() {
     let (status, body) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": "luigis_booking", "to_number": "+15005550006", "metadata": { "sandbox_caller": script } }));
     shape(status, &body, 422, "invalid_field");
     assert_eq!(body["error"]["field"], "metadata.sandbox_caller.lines.0.pause_ms");
+    // A sandbox caller may not play a file of the server's to the line (and so into the
+    // recording and the transcript).
+    let script = json!({ "lines": [{ "audio": "/etc/passwd" }] });
+    let (status, body) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": "luigis_booking", "to_number": "+15005550006", "metadata": { "sandbox_caller": script } }));
+    shape(status, &body, 422, "invalid_field");
+    assert_eq!(body["error"]["field"], "metadata.sandbox_caller.lines.0.audio");
 
     // An idempotency key names one request: a different body with it is a conflict.
     let llm = standin::llm(vec![Reply::Text("Hello, I am listening.")]);
