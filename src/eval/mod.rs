@@ -42,6 +42,20 @@ pub struct Expect {
     pub voice_to_voice_p95_ms: Option<f64>,
     /// The most time caller and agent may both be talking.
     pub max_talk_over_ms: Option<f64>,
+    /// Tools the call must call (the LLM's, or a flow's HTTP tools), each with at least these
+    /// arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolExpect>,
+}
+
+/// A tool a scenario expects to be called.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ToolExpect {
+    pub name: String,
+    /// Arguments the call must have had, with these values (others may be there too).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub arguments: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -392,6 +406,13 @@ pub fn score(scenario: &Scenario, report: &CallReport, talk_over_ms: f64) -> Out
     if let Some(want) = &expect.transferred_to {
         if !report.transfers.iter().any(|t| t == want) {
             failures.push(format!("not transferred to {want} (transfers: {:?})", report.transfers));
+        }
+    }
+    for want in &expect.tools {
+        let matches = |(name, arguments): &(String, Value)| name == &want.name && want.arguments.iter().all(|(k, v)| arguments.get(k).is_some_and(|got| same_value(got, v)));
+        if !report.tool_calls.iter().any(matches) {
+            let made: Vec<String> = report.tool_calls.iter().map(|(name, args)| format!("{name}({args})")).collect();
+            failures.push(format!("tool `{}` was not called with {} (calls: {})", want.name, Value::Object(want.arguments.clone()), if made.is_empty() { "none".into() } else { made.join(", ") }));
         }
     }
     let duration_s = report.duration.as_secs_f64();

@@ -50,6 +50,7 @@ fn report() -> CallReport {
     report.slots = [("party_size".to_string(), serde_json::json!(2)), ("name".to_string(), serde_json::json!("Sarah"))].into_iter().collect();
     report.ended_by = Some("agent: the flow ended the call".into());
     report.duration = Duration::from_secs(30);
+    report.tool_calls = vec![("lookup_order".into(), serde_json::json!({ "order_number": "29340", "channel": "phone" }))];
     report
 }
 
@@ -74,6 +75,7 @@ fn a_call_is_scored_against_every_expectation() {
         never_says: vec!["as an ai".into()],
         ended_by: Some("agent".into()),
         max_duration_s: Some(60.0),
+        tools: vec![ToolExpect { name: "lookup_order".into(), arguments: [("order_number".to_string(), serde_json::json!(29340))].into_iter().collect() }],
         ..Expect::default()
     };
     let outcome = score(&scenario(good), &report(), 0.0);
@@ -88,11 +90,13 @@ fn a_call_is_scored_against_every_expectation() {
         ended_by: Some("caller".into()),
         max_duration_s: Some(10.0),
         max_talk_over_ms: Some(100.0),
+        tools: vec![ToolExpect { name: "lookup_order".into(), arguments: [("order_number".to_string(), serde_json::json!("1234"))].into_iter().collect() }],
         ..Expect::default()
     };
     let outcome = score(&scenario(bad), &report(), 400.0);
     assert!(!outcome.passed);
-    assert_eq!(outcome.failures.len(), 7, "{:#?}", outcome.failures);
+    assert_eq!(outcome.failures.len(), 8, "{:#?}", outcome.failures);
+    assert!(outcome.failures.iter().any(|f| f.contains("tool `lookup_order` was not called with {\"order_number\":\"1234\"}")), "{:#?}", outcome.failures);
     assert!(outcome.failures.iter().any(|f| f.contains("\"table for 2\"")), "{:#?}", outcome.failures);
 }
 

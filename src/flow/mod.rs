@@ -235,6 +235,9 @@ pub struct ToolRequest {
     pub arguments: Map<String, Value>,
 }
 
+/// Whether words answer what the flow waits for ([`Flow::answer_check`]).
+pub type AnswerCheck = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// What the flow waits for.
 #[derive(Debug, Clone, PartialEq)]
 enum Awaiting {
@@ -302,6 +305,31 @@ impl Flow {
     /// [`extract`]); the agent turns this on when the assistant has an LLM.
     pub fn read_with_llm(&mut self, on: bool) {
         self.llm_reads = on && self.spec.llm_reads;
+    }
+
+    /// A test of whether words already answer what the flow waits for — a number, a date, a
+    /// time, a choice, a yes or no — so the listener can end the caller's turn at once instead
+    /// of waiting out a hesitation. `None` where an answer may pause midway (digits read out,
+    /// names, free text) or nothing is awaited.
+    pub fn answer_check(&self) -> Option<AnswerCheck> {
+        let node = self.current().clone();
+        let probe = Flow::new(self.spec.clone(), Map::new(), self.today);
+        match &self.awaiting {
+            Awaiting::Slot(index) => {
+                let slot = node.collect.get(*index)?.clone();
+                if !matches!(slot.kind, SlotKind::Integer | SlotKind::Number | SlotKind::Date | SlotKind::Time | SlotKind::Enum | SlotKind::Boolean) {
+                    return None;
+                }
+                Some(std::sync::Arc::new(move |text: &str| probe.parse_slot(&slot, text, false).is_some()))
+            }
+            Awaiting::Confirmation => Some(std::sync::Arc::new(|text: &str| parse::yes_no(text).is_some())),
+            Awaiting::Answer => {
+                let routes: Vec<Vec<String>> = node.routes.iter().map(|r| r.says.clone()).collect();
+                let yes_no = node.on_yes.is_some() || node.on_no.is_some();
+                Some(std::sync::Arc::new(move |text: &str| (yes_no && parse::yes_no(text).is_some()) || routes.iter().any(|says| mentions(text, says))))
+            }
+            _ => None,
+        }
     }
 
     /// Phrases the caller is likely to say next, to prime the recognizer with: what works
@@ -654,6 +682,15 @@ impl Flow {
     fn on_slot_answer(&mut self, index: usize, text: &str, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
         let node = self.current().clone();
         let slot = &node.collect[index];
+        if matches!(slot.kind, SlotKind::Name | SlotKind::String) {
+            // Any words can be a name: a question off the flow ("is there parking nearby?")
+            // is answered first, not booked under "There Parking Nearby".
+            if let Some(answer) = self.knowledge(text) {
+                lines.push(answer);
+                lines.push(slot.question.clone());
+                return;
+            }
+        }
         match self.parse_slot(slot, text, false) {
             Some((value, spoken)) => self.take_slot(index, value, spoken, text, lines, actions),
             None => {

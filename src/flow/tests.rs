@@ -366,3 +366,23 @@ fn the_recognizer_is_primed_with_what_the_question_expects_last() {
     flow.on_caller("the name is Sarah");
     assert!(flow.expects().ends_with("yes, no."), "a read-back expects a yes or no: {}", flow.expects());
 }
+
+#[test]
+fn words_that_answer_the_question_end_the_turn_and_a_question_is_not_a_name() {
+    let mut flow = flow();
+    flow.begin();
+    let check = flow.answer_check().expect("a number is awaited");
+    assert!(check("two people"));
+    assert!(!check("um, let me see"));
+    flow.on_caller("a table for two tomorrow");
+    let check = flow.answer_check().expect("a time is awaited");
+    assert!(check("half past seven") && !check("well"));
+    flow.on_caller("at eight pm");
+    assert!(flow.answer_check().is_none(), "a name may pause midway: no early end");
+    let reply = flow.on_caller("so when are you open");
+    assert_eq!(said(&reply), "We're open from noon to eleven. And what name is the booking under?");
+    assert!(reply.slots.get("name").is_none(), "a question is not a name");
+    flow.on_caller("the name is Sarah");
+    let check = flow.answer_check().expect("a yes or no is awaited");
+    assert!(check("yes that's right") && !check("hmm"));
+}

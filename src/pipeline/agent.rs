@@ -55,6 +55,8 @@ pub struct Agent {
     /// What the recognizer is primed with: `vocabulary`, and what the flow's question expects.
     pub recognizer_prompt: crate::stt::Prompt,
     pub vocabulary: String,
+    /// The flow question's test of an answer, for the listener's end of turn.
+    pub answers: super::listen::Answers,
 }
 
 /// The unheard rest of a cut reply: the unplayed part of its segments, then whatever its
@@ -360,8 +362,10 @@ impl Agent {
         self.emit(CallEvent::Flow { node: reply.node.clone(), slots: reply.slots.clone() });
         if let Some(flow) = &state.flow {
             self.recognizer_prompt.set(format!("{} {}", self.vocabulary, flow.expects()).trim());
+            self.answers.set(flow.answer_check());
         }
         if let Some(request) = reply.tool.clone() {
+            report.lock().unwrap_or_else(|e| e.into_inner()).tool_calls.push((request.tool.clone(), serde_json::Value::Object(request.arguments.clone())));
             self.call_tool(state, request);
         }
         if let Some(request) = reply.extract.clone() {
@@ -520,6 +524,16 @@ impl Agent {
             state.interrupted = Some(Interrupted { rest: unheard, progress: active.progress.clone() });
         }
         state.history.extend(progress.tool_messages.iter().cloned());
+        let called: Vec<(String, serde_json::Value)> = progress
+            .tool_messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Assistant { tool_calls, .. } => Some(tool_calls),
+                _ => None,
+            })
+            .flatten()
+            .map(|c| (c.name.clone(), serde_json::from_str(&c.arguments).unwrap_or(serde_json::Value::Null)))
+            .collect();
         // The history holds the words as heard, with no mark of the cut: a small model copies
         // whatever ends its last reply ("I'm sorry—" again and again); the transcript shows it.
         let shown = if cut && !heard.is_empty() { format!("{heard}—") } else { heard.clone() };
@@ -532,6 +546,7 @@ impl Agent {
             report.transcript.push(("agent".into(), shown, active.started_at));
         }
         report.errors.extend(progress.errors.iter().cloned());
+        report.tool_calls.extend(called);
         for guard in &progress.guards {
             *report.guards.entry(guard.to_string()).or_default() += 1;
         }

@@ -64,6 +64,24 @@ pub struct Listener {
     pub partial_every: Option<Duration>,
     /// What the recognizer is primed with; the agent keeps it current.
     pub prompt: crate::stt::Prompt,
+    /// Whether words already answer the flow's question; the agent keeps it current.
+    pub answers: Answers,
+}
+
+/// Shared between agent and listener: the current flow question's test of an answer. A
+/// transcript that answers it ends the turn at once (no wait for a hesitation to resolve).
+#[derive(Clone, Default)]
+pub struct Answers(Arc<std::sync::Mutex<Option<crate::flow::AnswerCheck>>>);
+
+impl Answers {
+    pub fn set(&self, check: Option<crate::flow::AnswerCheck>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = check;
+    }
+
+    pub fn answered_by(&self, text: &str) -> bool {
+        let check = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        check.is_some_and(|check| !text.trim().is_empty() && check(text))
+    }
 }
 
 /// The final transcript and Smart Turn's judgement in flight: set `stop` to abandon them.
@@ -252,7 +270,11 @@ impl Listener {
             let now = frame_time(detector.frames());
             if let Phase::Deciding { speech_end, stopped_at, transcript: Some(((transcript, probability), arrived)), .. } = &phase {
                 let fallback = Duration::from_millis(self.turn.incomplete_wait_ms as u64);
-                let wait = extra_wait(&transcript.text, *probability, self.turn.smart_turn_threshold, fallback);
+                let wait = if self.answers.answered_by(&transcript.text) {
+                    Duration::ZERO
+                } else {
+                    extra_wait(&transcript.text, *probability, self.turn.smart_turn_threshold, fallback)
+                };
                 let waited = now.saturating_sub(*stopped_at);
                 if waited >= wait {
                     let turn = UserTurn {

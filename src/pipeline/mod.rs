@@ -96,6 +96,8 @@ pub struct CallReport {
     /// How often each guard fired on the LLM's replies (`refusal`, `repeat`, `fallback`).
     pub guards: BTreeMap<String, usize>,
     pub transfers: Vec<String>,
+    /// Tools called, by the LLM or a flow: (name, arguments).
+    pub tool_calls: Vec<(String, serde_json::Value)>,
     pub dtmf_sent: String,
     pub ended_by: Option<String>,
     pub errors: Vec<String>,
@@ -159,12 +161,13 @@ pub async fn run_call(
     // Frames from the listener to the agent: few, never dropped.
     let (frames_tx, frames_rx) = mpsc::channel(64);
     let recognizer_prompt = crate::stt::Prompt::default();
+    let answers = listen::Answers::default();
     let vocabulary = vocabulary(&assistant, &variables);
     recognizer_prompt.set(&vocabulary);
-    let agent = agent::Agent { ctx, system_prompt, first_message, events: events.clone(), flow, recognizer_prompt: recognizer_prompt.clone(), vocabulary };
+    let agent = agent::Agent { ctx, system_prompt, first_message, events: events.clone(), flow, recognizer_prompt: recognizer_prompt.clone(), vocabulary, answers: answers.clone() };
     let agent_task = tokio::spawn(agent.run(frames_rx, call_token.clone(), report.clone()));
     // Source last: the listener turns caller audio into frames.
-    let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate(), partial_every: partial_every(&assistant), prompt: recognizer_prompt };
+    let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate(), partial_every: partial_every(&assistant), prompt: recognizer_prompt, answers };
     let CallInput { audio, mut dtmf } = input;
     let drops = audio.drop_counter();
     // Keypad digits go straight to the agent.
