@@ -380,7 +380,13 @@ impl Flow {
         if phrases.is_empty() {
             return String::new();
         }
-        format!("{}.", phrases.join(", "))
+        // Sentences, not a comma list: after "tomorrow, next Tuesday, on Friday," Whisper went on
+        // listing ("tomorrow evening, tomorrow evening, …").
+        let sentence = |p: &String| {
+            let mut chars = p.trim().trim_end_matches(['.', '?', '!']).chars();
+            chars.next().map(|c| c.to_uppercase().chain(chars).collect::<String>()).unwrap_or_default()
+        };
+        format!("{}.", phrases.iter().map(sentence).collect::<Vec<_>>().join(". "))
     }
 
     pub fn node(&self) -> &str {

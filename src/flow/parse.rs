@@ -647,6 +647,8 @@ const NOT_NAMES: &[&str] = &[
     "the", "a", "an", "is", "it", "it's", "its", "please", "thanks", "thank", "you", "yes", "yeah", "no", "sure", "um", "uh", "er", "okay", "ok", "my",
     "name", "name's", "and", "so", "well", "hi", "hello", "that's", "that", "booking", "reservation", "table", "be", "will", "under", "of", "just", "oh",
     "spelled", "spelt", "as", "in", "i", "i'm", "am", "me", "call", "this", "for", "we", "are", "our", "surname", "last", "first", "would", "like", "to",
+    // Words a caller breaks off with ("Wait. Sorry. Let me ask something else.").
+    "wait", "sorry", "let", "hold", "hang", "actually", "hmm", "excuse", "ask", "something", "else", "question",
 ];
 
 /// A person's name: spelled ("S A R A H", "S-A-R-A-H"), after a cue ("the name is Sarah",
@@ -830,6 +832,12 @@ mod tests {
             assert_eq!(integer(text), Some(want), "{text}");
         }
         assert_eq!(integer("I'm not sure yet"), None);
+    }
+
+    #[test]
+    fn words_a_caller_breaks_off_with_are_no_name() {
+        assert_eq!(name("Wait. Sorry. Let me ask something else."), None);
+        assert_eq!(name("Sorry, it's Sarah."), Some("Sarah".into()));
     }
 
     #[test]

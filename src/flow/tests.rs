@@ -358,13 +358,13 @@ fn flow_without_llm() -> Flow {
 fn the_recognizer_is_primed_with_what_the_question_expects_last() {
     let mut flow = flow();
     let primed = flow.expects();
-    assert!(primed.starts_with("speak to a person, a human, real person, wrong number, menu, opening hours"), "before the first question, what works anywhere: {primed}");
+    assert!(primed.starts_with("Speak to a person. A human. Real person. Wrong number. Menu. Opening hours"), "before the first question, what works anywhere: {primed}");
     flow.begin();
     flow.on_caller("a table for two tomorrow");
-    assert!(flow.expects().ends_with("at 7:30 pm, two in the afternoon, half past eight."), "a time, by example: {}", flow.expects());
+    assert!(flow.expects().ends_with("At 7:30 pm. Two in the afternoon. Half past eight."), "a time, by example: {}", flow.expects());
     flow.on_caller("at eight pm");
     flow.on_caller("the name is Sarah");
-    assert!(flow.expects().ends_with("yes, no."), "a read-back expects a yes or no: {}", flow.expects());
+    assert!(flow.expects().ends_with("Yes. No."), "a read-back expects a yes or no: {}", flow.expects());
 }
 
 #[test]

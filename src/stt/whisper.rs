@@ -206,9 +206,10 @@ impl WhisperStt {
         }
 
         let mut transcript = self.decode(&padded, audio_ctx_for(padded.len()), audio_secs, stop, prompt)?;
-        if !prompt.is_empty() && echoes_prompt(&transcript.text, prompt) {
-            // Whisper wrote out its prompt instead of the audio: decode again unprimed.
-            tracing::debug!(text = %transcript.text, "whisper echoed its prompt; decoding unprimed");
+        if !prompt.is_empty() && (echoes_prompt(&transcript.text, prompt) || is_looping(&transcript.text)) {
+            // Whisper wrote out its prompt, or fell into repeating (a prompt of phrases invites
+            // "tomorrow evening, tomorrow evening, …"): decode again unprimed, same window.
+            tracing::debug!(text = %transcript.text, "whisper echoed or looped on its prompt; decoding unprimed");
             transcript = self.decode(&padded, audio_ctx_for(padded.len()), audio_secs, stop, "")?;
         }
         if is_looping(&transcript.text) {
@@ -232,6 +233,9 @@ impl WhisperStt {
         if !prompt.is_empty() {
             params.set_initial_prompt(prompt);
         }
+        // Speech runs at about three words (four tokens) a second: a decode far past that is a
+        // loop, cut short rather than paid for.
+        params.set_max_tokens((audio_secs * 8.0).ceil().max(24.0) as i32);
         params.set_n_threads(self.threads as i32);
         params.set_language(self.language.as_deref());
         params.set_no_context(true);
