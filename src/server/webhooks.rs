@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Every delivery is a database row before anything is sent, so an event survives a crash and
-//! is delivered by the next worker to look. A receiver that is slow or down never touches a
+//! is delivered by the next worker to look. A receiver gets its events in the order they
+//! happened, one at a time; one that failed and is retried comes after later ones. A receiver that is slow or down never touches a
 //! call or the API: deliveries run on their own tasks, bounded in number, each with a timeout.
 //! Receivers must be public addresses unless the server allows more (`--allow-egress`,
 //! `--allow-private-egress`), so a key holder cannot make the server probe its network.
@@ -157,8 +158,21 @@ pub async fn emit(store: &Store, call: &CallRecord, assistant_webhook: Option<&s
     }
 }
 
-async fn try_emit(store: &Store, call: &CallRecord, assistant_webhook: Option<&str>, event: &str, data: Value) -> Result<(), crate::store::StoreError> {
+/// Milliseconds that never repeat in this process: events stored in the same millisecond
+/// still order by `created_at`.
+fn event_time() -> i64 {
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
     let now = now_ms();
+    let previous = LAST.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+    if previous >= now {
+        LAST.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    } else {
+        now
+    }
+}
+
+async fn try_emit(store: &Store, call: &CallRecord, assistant_webhook: Option<&str>, event: &str, data: Value) -> Result<(), crate::store::StoreError> {
+    let now = event_time();
     let event_id = new_id("evt");
     let body = json!({ "id": event_id, "type": event, "created_at": rfc3339(now), "data": data }).to_string();
     let mut receivers: Vec<(Option<String>, String)> = Vec::new();
@@ -226,21 +240,27 @@ pub async fn deliver_loop(store: Store, vault: Arc<Vault>, egress: EgressPolicy,
                 continue;
             }
         };
+        // One task per receiver, delivering its events in the order they happened.
+        let mut by_receiver: Vec<(String, Vec<DeliveryRecord>)> = Vec::new();
         for delivery in due {
-            let Ok(permit) = slots.clone().acquire_owned().await else { return };
-            let now = now_ms();
-            match store.claim_delivery(&delivery.id, now, now + CLAIM_MS).await {
-                Ok(true) => {}
-                Ok(false) => continue, // another worker has it
-                Err(error) => {
-                    tracing::warn!(%error, "cannot claim a webhook delivery");
-                    continue;
-                }
+            match by_receiver.iter_mut().find(|(url, _)| *url == delivery.url) {
+                Some((_, list)) => list.push(delivery),
+                None => by_receiver.push((delivery.url.clone(), vec![delivery])),
             }
+        }
+        for (_, deliveries) in by_receiver {
+            let Ok(permit) = slots.clone().acquire_owned().await else { return };
             let (store, vault, egress, client) = (store.clone(), vault.clone(), egress.clone(), client.clone());
             tokio::spawn(async move {
                 let _slot = permit;
-                attempt(&store, &vault, &egress, &client, delivery).await;
+                for delivery in deliveries {
+                    let now = now_ms();
+                    match store.claim_delivery(&delivery.id, now, now + CLAIM_MS).await {
+                        Ok(true) => attempt(&store, &vault, &egress, &client, delivery).await,
+                        Ok(false) => {} // another worker has it
+                        Err(error) => tracing::warn!(%error, "cannot claim a webhook delivery"),
+                    }
+                }
             });
         }
     }

@@ -128,7 +128,7 @@ impl Store {
     /// Pending deliveries whose time has come and that no live claim holds, oldest first.
     pub async fn due_deliveries(&self, now: i64, limit: i64) -> Result<Vec<DeliveryRecord>, StoreError> {
         Ok(sqlx::query_as::<_, DeliveryRecord>(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $1 AND claimed_until < $1 ORDER BY next_attempt_at LIMIT $2"
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $1 AND claimed_until < $1 ORDER BY next_attempt_at, created_at LIMIT $2"
         ))
         .bind(now)
         .bind(limit)

@@ -29,15 +29,15 @@ impl Received {
     }
 }
 
-/// An HTTP/1.1 receiver on loopback: answers each request with the next queued status
-/// (200 once the queue is empty) and keeps what it got.
+/// An HTTP/1.1 receiver on loopback: answers a request to a path with the next status queued
+/// for that path (200 once there is none) and keeps what it got.
 struct Receiver {
     port: u16,
     got: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Receiver {
-    fn start(listener: TcpListener, statuses: Vec<u16>) -> Receiver {
+    fn start(listener: TcpListener, statuses: Vec<(&'static str, u16)>) -> Receiver {
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
         let queue = Arc::new(Mutex::new(VecDeque::from(statuses)));
@@ -66,7 +66,13 @@ impl Receiver {
                     let length = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(0);
                     let mut body = vec![0u8; length];
                     let _ = reader.read_exact(&mut body);
-                    let status = queue.lock().unwrap().pop_front().unwrap_or(200);
+                    let status = {
+                        let mut queue = queue.lock().unwrap();
+                        match queue.iter().position(|(p, _)| *p == path) {
+                            Some(at) => queue.remove(at).map(|(_, status)| status).unwrap_or(200),
+                            None => 200,
+                        }
+                    };
                     kept.lock().unwrap().push(Received { path, headers, body: String::from_utf8_lossy(&body).into_owned() });
                     let _ = write!(stream, "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
                 });
@@ -131,8 +137,8 @@ fn events_are_signed_retried_after_a_500_listed_and_resent() {
     let db = Database::sqlite();
     let key = create_key(&db, "acme", &[]);
     let serve = Serve::start(&db, &repo_assistants(), &[]);
-    // The first delivery the receiver sees is refused with a 500.
-    let receiver = Receiver::start(TcpListener::bind("127.0.0.1:0").unwrap(), vec![500]);
+    // The subscription's first delivery is refused with a 500.
+    let receiver = Receiver::start(TcpListener::bind("127.0.0.1:0").unwrap(), vec![("/sub", 500)]);
 
     for (body, field) in [
         (json!({ "url": "ftp://example.com/x", "events": ["call.completed"] }), "url"),
@@ -179,11 +185,12 @@ fn events_are_signed_retried_after_a_500_listed_and_resent() {
 
     // Sent again on request: the same event once more.
     let delivery = deliveries[0]["id"].as_str().unwrap();
-    let (status, resent) = post(&serve, &key, &format!("/v1/webhook-deliveries/{delivery}/resend"), json!({}));
-    assert_eq!(status, 202, "{resent}");
     let event_id = deliveries[0]["event_id"].as_str().unwrap().to_string();
     let count = |got: &[Received]| got.iter().filter(|r| r.json()["id"] == event_id.as_str()).count();
+    // Counted before asking: the loop is woken at once and may deliver before this returns.
     let before = count(&receiver.received());
+    let (status, resent) = post(&serve, &key, &format!("/v1/webhook-deliveries/{delivery}/resend"), json!({}));
+    assert_eq!(status, 202, "{resent}");
     receiver.wait_for(Duration::from_secs(10), "the resent delivery", |got| count(got) > before);
 
     // Another workspace sees none of it.
