@@ -307,17 +307,19 @@ impl Flow {
         self.llm_reads = on && self.spec.llm_reads;
     }
 
-    /// A test of whether words already answer what the flow waits for — a number, a date, a
-    /// time, a choice, a yes or no — so the listener can end the caller's turn at once instead
-    /// of waiting out a hesitation. `None` where an answer may pause midway (digits read out,
-    /// names, free text) or nothing is awaited.
+    /// A test of whether words already answer what the flow waits for — a choice, a yes or no,
+    /// a route — so the listener can end the caller's turn at once instead of waiting out
+    /// Smart Turn's doubt. `None` where an answer may pause midway (numbers, dates, times,
+    /// digits, names, free text) or nothing is awaited.
     pub fn answer_check(&self) -> Option<AnswerCheck> {
         let node = self.current().clone();
         let probe = Flow::new(self.spec.clone(), Map::new(), self.today);
         match &self.awaiting {
             Awaiting::Slot(index) => {
                 let slot = node.collect.get(*index)?.clone();
-                if !matches!(slot.kind, SlotKind::Integer | SlotKind::Number | SlotKind::Date | SlotKind::Time | SlotKind::Enum | SlotKind::Boolean) {
+                // Not numbers, dates or times: callers pause inside them ("for two… this
+                // evening"), and an early end cut the eval's hesitations short (2026-11-30).
+                if !matches!(slot.kind, SlotKind::Enum | SlotKind::Boolean) {
                     return None;
                 }
                 Some(std::sync::Arc::new(move |text: &str| probe.parse_slot(&slot, text, false).is_some()))

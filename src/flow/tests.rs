@@ -371,12 +371,8 @@ fn the_recognizer_is_primed_with_what_the_question_expects_last() {
 fn words_that_answer_the_question_end_the_turn_and_a_question_is_not_a_name() {
     let mut flow = flow();
     flow.begin();
-    let check = flow.answer_check().expect("a number is awaited");
-    assert!(check("two people"));
-    assert!(!check("um, let me see"));
+    assert!(flow.answer_check().is_none(), "a number may pause midway: no early end");
     flow.on_caller("a table for two tomorrow");
-    let check = flow.answer_check().expect("a time is awaited");
-    assert!(check("half past seven") && !check("well"));
     flow.on_caller("at eight pm");
     assert!(flow.answer_check().is_none(), "a name may pause midway: no early end");
     let reply = flow.on_caller("so when are you open");
