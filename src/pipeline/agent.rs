@@ -162,7 +162,7 @@ impl Agent {
         };
         if let Some(flow) = &state.flow {
             // Before the flow's first reply, the caller may already say what works anywhere.
-            self.recognizer_prompt.set(format!("{} {}", self.vocabulary, flow.expects()).trim());
+            self.prime(flow);
         }
         let flow_speaks_first = self.first_message.is_none() && state.flow.is_some();
         if flow_speaks_first {
@@ -226,6 +226,11 @@ impl Agent {
         }
         let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
         report.history = state.history;
+    }
+
+    /// Primes the recognizer with the call's vocabulary and what the flow expects next.
+    fn prime(&self, flow: &Flow) {
+        self.recognizer_prompt.set(format!("{} {}", self.vocabulary, flow.expects()).trim());
     }
 
     fn emit(&self, event: CallEvent) {
@@ -361,7 +366,7 @@ impl Agent {
         }
         self.emit(CallEvent::Flow { node: reply.node.clone(), slots: reply.slots.clone() });
         if let Some(flow) = &state.flow {
-            self.recognizer_prompt.set(format!("{} {}", self.vocabulary, flow.expects()).trim());
+            self.prime(flow);
             self.answers.set(flow.answer_check());
         }
         if let Some(request) = reply.tool.clone() {

@@ -70,24 +70,16 @@ pub fn sign(secret: &str, t: i64, body: &str) -> String {
     format!("t={t},v1={}", hex::encode(mac))
 }
 
+/// HMAC-SHA256 through the OpenSSL the server already links for its secrets.
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let digest = |bytes: &[u8]| -> [u8; 32] {
-        use sha2::Digest;
-        sha2::Sha256::digest(bytes).into()
+    let mac = || -> Result<Vec<u8>, openssl::error::ErrorStack> {
+        let key = openssl::pkey::PKey::hmac(key)?;
+        let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key)?;
+        signer.update(data)?;
+        signer.sign_to_vec()
     };
-    // RFC 2104, over SHA-256 (block size 64).
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
-    let mut inner = pad(0x36);
-    inner.extend_from_slice(data);
-    let mut outer = pad(0x5c);
-    outer.extend_from_slice(&digest(&inner));
-    digest(&outer).to_vec()
+    // OpenSSL's HMAC fails only without memory; an empty signature is then refused by receivers.
+    mac().unwrap_or_default()
 }
 
 /// A new signing secret: `whsec_` and 32 random bytes in hex.
