@@ -250,3 +250,17 @@ fn a_delivery_pending_when_the_server_is_killed_arrives_after_a_restart() {
     }
     drop(serve);
 }
+
+#[test]
+fn a_key_cannot_point_webhooks_at_internal_addresses() {
+    let db = Database::sqlite();
+    let key = create_key(&db, "acme", &[]);
+    // No egress allowance: only public receivers.
+    let serve = Serve::start_with(&db, &repo_assistants(), &[], &[]);
+    for url in ["http://127.0.0.1:9/x", "http://169.254.169.254/latest", "http://[::1]/x", "http://10.0.0.1/x"] {
+        let (status, body) = post(&serve, &key, "/v1/webhooks", json!({ "url": url, "events": ["*"] }));
+        assert_eq!((status, body["error"]["field"].as_str()), (422, Some("url")), "{url}: {body}");
+    }
+    let (_, list) = get(&serve, &key, "/v1/webhooks");
+    assert_eq!(list["webhooks"].as_array().map(Vec::len), Some(0));
+}
