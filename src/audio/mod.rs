@@ -119,3 +119,22 @@ pub fn downmix(interleaved: &[f32], channels: usize) -> Vec<f32> {
         .map(|frame| frame.iter().sum::<f32>() / channels as f32)
         .collect()
 }
+
+/// A keypad key as its dual tone (ITU-T Q.23): 100 ms of the row and column frequencies, then
+/// 60 ms of silence, at `rate`. `None` for anything that is not a key.
+pub fn dtmf_tone(key: char, rate: u32) -> Option<Vec<f32>> {
+    const ROWS: [f32; 4] = [697.0, 770.0, 852.0, 941.0];
+    const COLUMNS: [f32; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
+    const KEYS: [[char; 4]; 4] = [['1', '2', '3', 'A'], ['4', '5', '6', 'B'], ['7', '8', '9', 'C'], ['*', '0', '#', 'D']];
+    let (row, column) = KEYS.iter().enumerate().find_map(|(r, keys)| keys.iter().position(|&k| k == key).map(|c| (r, c)))?;
+    let tone = (rate as usize) / 10;
+    let gap = (rate as usize) * 6 / 100;
+    let mut samples: Vec<f32> = (0..tone)
+        .map(|i| {
+            let t = i as f32 / rate as f32;
+            0.25 * ((std::f32::consts::TAU * ROWS[row] * t).sin() + (std::f32::consts::TAU * COLUMNS[column] * t).sin())
+        })
+        .collect();
+    samples.resize(tone + gap, 0.0);
+    Some(samples)
+}

@@ -65,6 +65,21 @@ pub struct ServeArgs {
     /// Every worker of a deployment needs the same key; keep it with the database's backups.
     #[arg(long, env = "RINGLINE_SECRETS_KEY_FILE", default_value = "ringline-secrets.key")]
     pub secrets_key_file: PathBuf,
+    /// Twilio account SID: with the auth token, real phone calls through Twilio (inbound
+    /// numbers, outbound calls to any number).
+    #[arg(long, env = "TWILIO_ACCOUNT_SID", requires = "twilio_auth_token")]
+    pub twilio_account_sid: Option<String>,
+    /// Twilio auth token (signs Twilio's webhooks and authenticates our REST calls). Prefer
+    /// the environment variable to the flag.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true, requires = "twilio_account_sid")]
+    pub twilio_auth_token: Option<String>,
+    /// Twilio's REST API base.
+    #[arg(long, env = "RINGLINE_TWILIO_API_BASE", default_value = "https://api.twilio.com")]
+    pub twilio_api_base: String,
+    /// Where Twilio reaches this server, e.g. https://voice.example.com (a tunnel's URL in
+    /// development). Default: the address it listens on.
+    #[arg(long, env = "RINGLINE_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 fn parse_cidr(text: &str) -> Result<crate::egress::Cidr, String> {
@@ -132,6 +147,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine_limits: EngineLimits { per_kind: args.max_engines.max(1) },
         secrets_key_file: args.secrets_key_file,
         secrets_key: std::env::var("RINGLINE_SECRETS_KEY").ok().filter(|k| !k.trim().is_empty()),
+        twilio: match (args.twilio_account_sid, args.twilio_auth_token) {
+            (Some(account_sid), Some(auth_token)) => {
+                Some(server::twilio::TwilioConfig { account_sid, auth_token, api_base: args.twilio_api_base, public_url: args.public_url.unwrap_or_default() })
+            }
+            _ => None,
+        },
     };
     runtime()?.block_on(server::serve(config, models))
 }

@@ -22,7 +22,7 @@ use super::assistants::{from_stored, rfc3339};
 use super::auth::Auth;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use super::numbers::valid_number;
-use super::runner::{default_sandbox_caller, AssistantOwner, Control};
+use super::runner::{default_sandbox_caller, AssistantOwner, Connect, Control};
 use sha2::Digest;
 use super::AppState;
 use crate::assistant::prompt;
@@ -105,6 +105,29 @@ impl From<&CallRecord> for CallStatus {
     }
 }
 
+/// A call's dynamic variables as text, checked against the assistant's declarations; errors
+/// name `dynamic_variables.<name>`.
+pub fn call_variables(assistant: &crate::assistant::Assistant, given: &BTreeMap<String, Value>) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut variables = BTreeMap::new();
+    for (name, value) in given {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(_) | Value::Bool(_) => value.to_string(),
+            _ => return Err(ApiError::invalid(format!("dynamic_variables.{name}"), format!("`{name}` must be a string, number or boolean"))),
+        };
+        if text.len() > MAX_VARIABLE_BYTES {
+            return Err(ApiError::invalid(format!("dynamic_variables.{name}"), format!("is {} bytes long; a variable's value is at most {MAX_VARIABLE_BYTES}", text.len())));
+        }
+        variables.insert(name.clone(), text);
+    }
+    prompt::resolve_variables(assistant, &variables).map_err(|message| {
+        let field = message.split('`').nth(1).map(|v| format!("dynamic_variables.{v}")).unwrap_or_else(|| "dynamic_variables".into());
+        let code = if message.contains("is required") { "missing_variable" } else { "invalid_variable" };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message.replace("--var ", "dynamic_variables ")).with_field(field)
+    })?;
+    Ok(variables)
+}
+
 /// Place an outbound call.
 #[utoipa::path(post, path = "/v1/calls/outbound", tag = "calls", request_body = OutboundRequest,
     responses((status = 201, body = CallStatus), (status = 200, description = "an idempotent retry: the first call", body = CallStatus),
@@ -118,6 +141,7 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
     let owner = if record.source == "file" { AssistantOwner::Deployment } else { AssistantOwner::Workspace };
 
     let (to_number, to) = valid_number("to_number", &request.to_number, None)?;
+    let to = super::numbers::with_telephony(to, state.twilio.is_some());
     if !to.callable {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "number_not_callable", format!("{to_number}: {}", to.reason.unwrap_or_default())).with_field("to_number"));
     }
@@ -138,23 +162,7 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
         None => numbers.into_iter().find(|n| n.assistant_id.as_deref() == Some(record.id.as_str())).map(|n| n.e164).unwrap_or_else(|| SANDBOX_FROM.to_string()),
     };
 
-    let mut variables = BTreeMap::new();
-    for (name, value) in &request.dynamic_variables {
-        let text = match value {
-            Value::String(s) => s.clone(),
-            Value::Number(_) | Value::Bool(_) => value.to_string(),
-            _ => return Err(ApiError::invalid(format!("dynamic_variables.{name}"), format!("`{name}` must be a string, number or boolean"))),
-        };
-        if text.len() > MAX_VARIABLE_BYTES {
-            return Err(ApiError::invalid(format!("dynamic_variables.{name}"), format!("is {} bytes long; a variable's value is at most {MAX_VARIABLE_BYTES}", text.len())));
-        }
-        variables.insert(name.clone(), text);
-    }
-    prompt::resolve_variables(&assistant, &variables).map_err(|message| {
-        let field = message.split('`').nth(1).map(|v| format!("dynamic_variables.{v}")).unwrap_or_else(|| "dynamic_variables".into());
-        let code = if message.contains("is required") { "missing_variable" } else { "invalid_variable" };
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message.replace("--var ", "dynamic_variables ")).with_field(field)
-    })?;
+    let variables = call_variables(&assistant, &request.dynamic_variables)?;
 
     if let Some(url) = &request.webhook_url {
         state.runner.egress().check_url_resolved(url).await.map_err(|e| ApiError::invalid("webhook_url", e.to_string()))?;
@@ -204,7 +212,7 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
     match state.store.insert_call(&call, IDEMPOTENCY_WINDOW_MS, &digest).await? {
         Ok(()) => {
             state.metrics.call_started();
-            state.runner.start(call.clone(), assistant, owner, script);
+            state.runner.start(call.clone(), assistant, owner, Connect::Dial(script));
             Ok((StatusCode::CREATED, Json(CallStatus::from(&call))))
         }
         Err(hit) if !hit.same_request => Err(ApiError::conflict(

@@ -21,6 +21,8 @@ pub mod metrics;
 pub mod numbers;
 pub mod runner;
 pub mod secrets;
+pub mod twilio;
+pub mod webcall;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -59,6 +61,8 @@ pub struct ServeConfig {
     pub secrets_key_file: PathBuf,
     /// The secrets key itself (base64 of 32 bytes), from the environment.
     pub secrets_key: Option<String>,
+    /// Real phone calls through Twilio; an empty `public_url` means the listening address.
+    pub twilio: Option<twilio::TwilioConfig>,
 }
 
 /// What every handler shares; cheap to clone.
@@ -73,6 +77,7 @@ pub struct AppState {
     pub worker_id: Arc<str>,
     pub vault: Arc<secrets::Vault>,
     pub limits: Arc<limits::Limits>,
+    pub twilio: Option<Arc<twilio::Twilio>>,
 }
 
 /// The API's routes; the OpenAPI document describes the same set (see `meta::ApiDoc`).
@@ -101,10 +106,17 @@ pub fn router(state: AppState) -> Router {
         .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/webhook-deliveries", get(webhooks::all_deliveries))
         .route("/webhook-deliveries/{id}/resend", post(webhooks::resend))
+        .route("/webcall/token", post(webcall::token))
+        .route("/webcall/ws", get(webcall::socket))
         .route("/analytics", get(meta::analytics))
         .route("/openapi.json", get(meta::openapi));
     Router::new()
         .nest("/v1", v1)
+        .route("/webcall.js", get(webcall::widget))
+        .route("/webcall", get(webcall::page))
+        .route("/twilio/voice", post(twilio::voice))
+        .route("/twilio/status", post(twilio::status))
+        .route("/twilio/stream", get(twilio::stream))
         .route("/healthz", get(meta::healthz))
         .route("/metrics", get(meta::prometheus))
         .fallback(meta::not_found)
@@ -147,7 +159,17 @@ pub async fn serve(config: ServeConfig, models: ModelStore) -> anyhow::Result<()
     catalog.reload(&store).await;
     let vault = Arc::new(secrets::Vault::new(config.secrets_key_file.clone(), config.secrets_key.clone()));
     let engines = crate::pipeline::EngineRegistry::new(models.clone(), config.egress.clone(), config.engine_limits);
-    let runner = Arc::new(runner::Runner::new(store.clone(), models, engines, vault.clone(), worker_id.clone()));
+    let twilio = match config.twilio.clone() {
+        Some(mut twilio) => {
+            if twilio.public_url.is_empty() {
+                twilio.public_url = format!("http://{address}");
+            }
+            tracing::info!(public_url = %twilio.public_url, "Twilio is configured: POST /twilio/voice answers its numbers");
+            Some(Arc::new(twilio::Twilio::new(twilio)?))
+        }
+        None => None,
+    };
+    let runner = Arc::new(runner::Runner::new(store.clone(), models, engines, vault.clone(), worker_id.clone(), twilio.clone()));
     let state = AppState {
         store: store.clone(),
         config: Arc::new(config.clone()),
@@ -158,6 +180,7 @@ pub async fn serve(config: ServeConfig, models: ModelStore) -> anyhow::Result<()
         worker_id: worker_id.clone(),
         vault,
         limits: Arc::new(config.limits),
+        twilio,
     };
     tokio::spawn(background(state.clone(), shutdown.clone()));
     tokio::spawn(webhooks::deliver_loop(store.clone(), state.vault.clone(), config.egress.clone(), shutdown.clone()));

@@ -123,6 +123,15 @@ pub fn describe(input: &str, country: Option<phonenumber::country::Id>) -> Numbe
     info
 }
 
+/// `info` once a telephony provider is configured: every valid number is callable.
+pub fn with_telephony(mut info: NumberInfo, telephony: bool) -> NumberInfo {
+    if telephony && info.valid && !info.callable {
+        info.callable = true;
+        info.reason = None;
+    }
+    info
+}
+
 /// The longest text a phone number may be given as.
 const MAX_NUMBER_CHARS: usize = 32;
 
@@ -268,9 +277,9 @@ pub struct ValidateRequest {
 /// Validate a phone number: E.164 form, country, type, formats, timezone, callable.
 #[utoipa::path(post, path = "/v1/numbers/validate", tag = "numbers", request_body = ValidateRequest,
     responses((status = 200, body = NumberInfo), (status = 422, body = ErrorBody)))]
-pub async fn validate(_auth: Auth, ApiJson(request): ApiJson<ValidateRequest>) -> Result<Json<NumberInfo>, ApiError> {
+pub async fn validate(State(state): State<AppState>, _auth: Auth, ApiJson(request): ApiJson<ValidateRequest>) -> Result<Json<NumberInfo>, ApiError> {
     let country = parse_country(request.country.as_deref())?;
-    Ok(Json(describe(&request.number, country)))
+    Ok(Json(with_telephony(describe(&request.number, country), state.twilio.is_some())))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -325,6 +334,14 @@ pub async fn add(State(state): State<AppState>, auth: Auth, ApiJson(request): Ap
         return Err(ApiError::invalid("label", "is longer than 100 characters"));
     }
     state.limits.check_numbers(&state.store, &auth.workspace_id).await?;
+    if sandbox(&e164).is_none() {
+        // A real number rings one workspace's assistant: the first to add it holds it.
+        if let Some(holder) = state.store.number_holder(&e164).await? {
+            if holder.workspace_id != auth.workspace_id {
+                return Err(ApiError::conflict("number_taken", format!("{e164} belongs to another workspace on this server")).with_field("number"));
+            }
+        }
+    }
     if let Some(assistant) = &request.assistant_id {
         state.store.assistant(&auth.workspace_id, assistant).await?.ok_or_else(|| ApiError::not_found("assistant", assistant).with_field("assistant_id"))?;
     }

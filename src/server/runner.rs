@@ -23,10 +23,11 @@ use crate::assistant::Assistant;
 use crate::models::ModelStore;
 use crate::pipeline::metrics::ms_of;
 use super::secrets::Vault;
-use crate::pipeline::{self, CallEvent, CallSetup, Credentials, EngineRegistry};
+use crate::pipeline::{self, CallEvent, CallSetup, Credentials, EngineRegistry, Engines};
 use crate::store::{CallOutcome, CallRecord, Store, TranscriptLine, TurnRecord};
 use crate::transport::loopback::{CallerScript, LoopbackLine, ScriptedCaller};
-use crate::transport::AudioOut;
+use crate::transport::stream::StreamLine;
+use crate::transport::{AudioOut, CallInput};
 
 /// The sandbox's default caller, used when a call brings no `metadata.sandbox_caller`.
 const DEFAULT_SANDBOX_CALLER: &str = include_str!("../../eval/callers/sandbox.yaml");
@@ -105,9 +106,70 @@ impl EventLog {
 /// A call running on this worker.
 #[derive(Clone)]
 struct LiveCall {
-    line: LoopbackLine,
+    line: Arc<dyn AudioOut>,
+    /// Cancelled when the caller's side is gone (hung up, stream stopped).
+    caller_gone: CancellationToken,
     ended_by: Arc<Mutex<Option<String>>>,
     log: Arc<EventLog>,
+}
+
+/// How a call reaches its line.
+pub enum Connect {
+    /// Dial `to_number`: the sandbox line answers a sandbox number with this caller; any other
+    /// number is placed through Twilio.
+    Dial(CallerScript),
+    /// Twilio already has the call (inbound): wait for its media stream.
+    Twilio(Waiting),
+    /// The line is already connected (a browser's web call).
+    Line(StreamLine, CallInput),
+}
+
+/// A call waiting for its media stream; `token` goes into the TwiML and must come back in
+/// the stream's `start`.
+pub struct Waiting {
+    pub token: String,
+    answered: tokio::sync::oneshot::Receiver<Answer>,
+}
+
+/// What ends a call's wait for its stream.
+enum Answer {
+    Stream(StreamLine, CallInput),
+    /// The provider reports the call over before it streamed (busy, no-answer, …).
+    Ended { status: String },
+}
+
+/// Handed to the socket that brought a waiting call's stream.
+pub struct StreamAnswer {
+    tx: tokio::sync::oneshot::Sender<Answer>,
+}
+
+impl StreamAnswer {
+    /// Gives the call its line; false when the call stopped waiting.
+    pub fn answer(self, line: StreamLine, input: CallInput) -> bool {
+        self.tx.send(Answer::Stream(line, input)).is_ok()
+    }
+}
+
+struct Pending {
+    token: String,
+    tx: tokio::sync::oneshot::Sender<Answer>,
+}
+
+/// How long an outbound call may ring and an answered one take to stream.
+const ANSWER_WITHIN: Duration = Duration::from_secs(75);
+/// How long an inbound call's stream may take after the webhook answered it.
+const STREAM_WITHIN: Duration = Duration::from_secs(20);
+
+/// A line answered and ready for the pipeline.
+struct Answered {
+    out: Arc<dyn AudioOut>,
+    input: CallInput,
+    caller_gone: CancellationToken,
+    /// The loopback line, whose scripted caller hears the agent's words.
+    loopback: Option<LoopbackLine>,
+    /// The streamed line (Twilio, a web call), whose socket may end the call with a reason
+    /// and which shows the far end the live transcript.
+    stream: Option<StreamLine>,
 }
 
 /// The calls this worker owns, and the engines they share.
@@ -122,6 +184,9 @@ pub struct Runner {
     /// Every loaded model, shared by identity across assistants.
     engines: EngineRegistry,
     vault: Arc<Vault>,
+    /// Calls waiting for a Twilio media stream, by call id.
+    pending: Mutex<HashMap<String, Pending>>,
+    twilio: Option<Arc<super::twilio::Twilio>>,
 }
 
 /// Whose assistant a call runs: the deployment's (a file) or the workspace's own.
@@ -132,8 +197,59 @@ pub enum AssistantOwner {
 }
 
 impl Runner {
-    pub fn new(store: Store, models: ModelStore, engines: EngineRegistry, vault: Arc<Vault>, worker_id: Arc<str>) -> Self {
-        Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), running: Default::default(), engines, vault }
+    pub fn new(store: Store, models: ModelStore, engines: EngineRegistry, vault: Arc<Vault>, worker_id: Arc<str>, twilio: Option<Arc<super::twilio::Twilio>>) -> Self {
+        Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), running: Default::default(), engines, vault, pending: Mutex::new(HashMap::new()), twilio }
+    }
+
+    /// Registers a call as waiting for its media stream.
+    pub fn expect_stream(&self, call_id: &str) -> Waiting {
+        use rand::RngCore;
+        let mut bytes = [0u8; 24];
+        rand::rng().fill_bytes(&mut bytes);
+        let token = hex::encode(bytes);
+        let (tx, answered) = tokio::sync::oneshot::channel();
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(call_id.to_string(), Pending { token: token.clone(), tx });
+        Waiting { token, answered }
+    }
+
+    /// The token of a call waiting for its stream (the voice webhook of a call we placed).
+    pub fn stream_token(&self, call_id: &str) -> Option<String> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).get(call_id).map(|p| p.token.clone())
+    }
+
+    /// The waiting call a stream's `start` names, if its token is that call's; the token is
+    /// used up.
+    pub fn take_stream(&self, call_id: &str, token: &str) -> Option<StreamAnswer> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let expected = pending.get(call_id)?;
+        if expected.token.len() != token.len() || !openssl::memcmp::eq(expected.token.as_bytes(), token.as_bytes()) {
+            return None;
+        }
+        pending.remove(call_id).map(|p| StreamAnswer { tx: p.tx })
+    }
+
+    /// Twilio reports a call's progress.
+    pub async fn provider_status(&self, call_id: &str, status: &str) {
+        match status {
+            "ringing" => {
+                if let Ok(Some(call)) = self.store.call_any_workspace(call_id).await {
+                    if call.status == "queued" {
+                        let _ = self.store.set_call_status(call_id, "ringing", None).await;
+                    }
+                }
+            }
+            "busy" | "no-answer" | "failed" | "canceled" | "completed" => {
+                let waiting = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(call_id);
+                if let Some(waiting) = waiting {
+                    let _ = waiting.tx.send(Answer::Ended { status: status.to_string() });
+                }
+                let live = self.live.lock().unwrap_or_else(|e| e.into_inner()).get(call_id).cloned();
+                if let Some(live) = live {
+                    live.caller_gone.cancel();
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Calls answered and in progress on this worker.
@@ -155,7 +271,7 @@ impl Runner {
     }
 
     /// Starts a stored (queued) call in the background.
-    pub fn start(self: &Arc<Self>, call: CallRecord, assistant: Arc<Assistant>, owner: AssistantOwner, script: CallerScript) {
+    pub fn start(self: &Arc<Self>, call: CallRecord, assistant: Arc<Assistant>, owner: AssistantOwner, connect: Connect) {
         let runner = self.clone();
         runner.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
@@ -163,7 +279,8 @@ impl Runner {
             let log = Arc::new(EventLog::new(runner.store.clone(), &id));
             let hook = assistant.spec.webhook_url.clone();
             runner.webhook(&call, hook.as_deref(), "queued").await;
-            let mut outcome = runner.run(&call, assistant, owner, script, &log).await;
+            let mut outcome = runner.run(&call, assistant, owner, connect, &log).await;
+            runner.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             outcome.reason = outcome.reason.map(|r| public_reason(&r));
             runner.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             runner.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -220,30 +337,70 @@ impl Runner {
         Ok(Credentials::for_workspace(secrets, owner == AssistantOwner::Deployment))
     }
 
-    async fn run(self: &Arc<Self>, call: &CallRecord, assistant: Arc<Assistant>, owner: AssistantOwner, script: CallerScript, log: &Arc<EventLog>) -> CallOutcome {
+    async fn run(self: &Arc<Self>, call: &CallRecord, assistant: Arc<Assistant>, owner: AssistantOwner, connect: Connect, log: &Arc<EventLog>) -> CallOutcome {
         let failed = |reason: String| CallOutcome { status: "failed".into(), reason: Some(reason), ..CallOutcome::default() };
         if let Err(error) = self.store.set_call_status(&call.id, "ringing", None).await {
             return failed(format!("storage: {error}"));
         }
         log.status("ringing", None).await;
         self.webhook(call, assistant.spec.webhook_url.as_deref(), "ringing").await;
-        tokio::time::sleep(RING).await;
-        match sandbox(&call.to_number) {
-            Some(Sandbox::NoAnswer) => return CallOutcome { status: "no-answer".into(), reason: Some("the number did not answer".into()), ..CallOutcome::default() },
-            Some(Sandbox::Busy) => return CallOutcome { status: "busy".into(), reason: Some("the number was busy".into()), ..CallOutcome::default() },
-            Some(Sandbox::Fail) => return failed("the sandbox's failing number (+1 500 555 0003)".into()),
-            Some(Sandbox::Answer) => {}
-            None => return failed("no telephony provider is configured for this number".into()),
-        }
 
-        let credentials = match self.credentials(call, &assistant, owner).await {
-            Ok(credentials) => credentials,
-            Err(reason) => return failed(reason),
+        // The models are ready before the line is answered: a caller's first words are heard.
+        let answered = match connect {
+            Connect::Dial(script) => match sandbox(&call.to_number) {
+                Some(behaviour) => self.answer_sandbox(call, &assistant, owner, behaviour, script).await,
+                None => match &self.twilio {
+                    Some(twilio) => {
+                        let engines = match self.prepare(call, &assistant, owner).await {
+                            Ok(engines) => engines,
+                            Err(outcome) => return outcome,
+                        };
+                        let waiting = self.expect_stream(&call.id);
+                        match twilio.place_call(call).await {
+                            Ok(sid) => {
+                                tracing::info!(call = %call.id, call_sid = %sid, "placed through Twilio");
+                                self.await_stream(waiting, ANSWER_WITHIN).await.map(|answered| (answered, engines))
+                            }
+                            Err(reason) => Err(failed(reason)),
+                        }
+                    }
+                    None => Err(failed("no telephony provider is configured for this number".into())),
+                },
+            },
+            Connect::Line(line, input) => match self.prepare(call, &assistant, owner).await {
+                Ok(engines) => Ok((Answered { out: Arc::new(line.clone()), input, caller_gone: line.ended(), loopback: None, stream: Some(line) }, engines)),
+                Err(outcome) => Err(outcome),
+            },
+            Connect::Twilio(waiting) => match self.prepare(call, &assistant, owner).await {
+                Ok(engines) => self.await_stream(waiting, STREAM_WITHIN).await.map(|answered| (answered, engines)),
+                Err(outcome) => Err(outcome),
+            },
         };
-        let engines = match self.engines.engines_for(&assistant, &credentials).await {
-            Ok(engines) => engines,
-            Err(error) => return failed(format!("cannot start the assistant's models: {error}")),
+        let (answered, engines) = match answered {
+            Ok(answered) => answered,
+            Err(outcome) => return outcome,
         };
+        let (caller_gone, stream) = (answered.caller_gone.clone(), answered.stream.clone());
+        let outcome = self.converse(call, assistant, engines, answered, log).await;
+        caller_gone.cancel();
+        match stream.as_ref().and_then(StreamLine::failure) {
+            Some(reason) => failed(reason),
+            None => outcome,
+        }
+    }
+
+    /// The sandbox line: rings, then answers (or not) as the number's last digits say, with a
+    /// scripted caller on the far end.
+    async fn answer_sandbox(&self, call: &CallRecord, assistant: &Assistant, owner: AssistantOwner, behaviour: Sandbox, script: CallerScript) -> Result<(Answered, Arc<Engines>), CallOutcome> {
+        let failed = |reason: String| CallOutcome { status: "failed".into(), reason: Some(reason), ..CallOutcome::default() };
+        tokio::time::sleep(RING).await;
+        match behaviour {
+            Sandbox::NoAnswer => return Err(CallOutcome { status: "no-answer".into(), reason: Some("the number did not answer".into()), ..CallOutcome::default() }),
+            Sandbox::Busy => return Err(CallOutcome { status: "busy".into(), reason: Some("the number was busy".into()), ..CallOutcome::default() }),
+            Sandbox::Fail => return Err(failed("the sandbox's failing number (+1 500 555 0003)".into())),
+            Sandbox::Answer => {}
+        }
+        let engines = self.prepare(call, assistant, owner).await?;
         let models = self.models.clone();
         let prepared = tokio::task::spawn_blocking(move || {
             let voice = crate::tts::load_voice(&models, &script.voice, 1)?;
@@ -252,20 +409,51 @@ impl Runner {
         .await;
         let caller = match prepared {
             Ok(Ok(caller)) => caller,
-            Ok(Err(error)) => return failed(format!("cannot prepare the sandbox caller: {error:#}")),
-            Err(error) => return failed(format!("cannot prepare the sandbox caller: {error}")),
+            Ok(Err(error)) => return Err(failed(format!("cannot prepare the sandbox caller: {error:#}"))),
+            Err(error) => return Err(failed(format!("cannot prepare the sandbox caller: {error}"))),
         };
-
         if !self.still_open(&call.id).await {
-            return CallOutcome { status: "canceled".into(), reason: Some("ended before it was answered".into()), ..CallOutcome::default() };
+            return Err(CallOutcome { status: "canceled".into(), reason: Some("ended before it was answered".into()), ..CallOutcome::default() });
         }
         let (line, input) = LoopbackLine::start(SANDBOX_RATE);
+        tokio::spawn(caller.run(line.clone()));
+        Ok((Answered { out: Arc::new(line.clone()), input, caller_gone: line.hung_up(), loopback: Some(line), stream: None }, engines))
+    }
+
+    /// Waits for a Twilio call's media stream (or the provider's word that it ended).
+    async fn await_stream(&self, waiting: Waiting, within: Duration) -> Result<Answered, CallOutcome> {
+        let ended = |status: &str, reason: &str| CallOutcome { status: status.into(), reason: Some(reason.into()), ..CallOutcome::default() };
+        match tokio::time::timeout(within, waiting.answered).await {
+            Ok(Ok(Answer::Stream(line, input))) => Ok(Answered { out: Arc::new(line.clone()), input, caller_gone: line.ended(), loopback: None, stream: Some(line) }),
+            Ok(Ok(Answer::Ended { status })) => Err(match status.as_str() {
+                "busy" => ended("busy", "the number was busy"),
+                "no-answer" => ended("no-answer", "the number did not answer"),
+                "canceled" => ended("canceled", "the call was canceled before it was answered"),
+                "completed" => ended("failed", "the call ended before its media stream started"),
+                _ => ended("failed", "Twilio could not connect the call"),
+            }),
+            Ok(Err(_)) => Err(ended("failed", "the call stopped waiting for its media stream")),
+            Err(_) => Err(ended("no-answer", &format!("no media stream arrived within {within:?}"))),
+        }
+    }
+
+    /// The call's credentials and models, loaded before it is answered.
+    async fn prepare(&self, call: &CallRecord, assistant: &Assistant, owner: AssistantOwner) -> Result<Arc<Engines>, CallOutcome> {
+        let failed = |reason: String| CallOutcome { status: "failed".into(), reason: Some(reason), ..CallOutcome::default() };
+        let credentials = self.credentials(call, assistant, owner).await.map_err(failed)?;
+        self.engines.engines_for(assistant, &credentials).await.map_err(|error| failed(format!("cannot start the assistant's models: {error}")))
+    }
+
+    /// The conversation on an answered line, to its summary and disposition.
+    async fn converse(self: &Arc<Self>, call: &CallRecord, assistant: Arc<Assistant>, engines: Arc<Engines>, answered: Answered, log: &Arc<EventLog>) -> CallOutcome {
+        let Answered { out, input, caller_gone, loopback, stream } = answered;
+        let failed = |reason: String| CallOutcome { status: "failed".into(), reason: Some(reason), ..CallOutcome::default() };
         let ended_by = Arc::new(Mutex::new(None));
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), LiveCall { line: line.clone(), ended_by: ended_by.clone(), log: log.clone() });
+        let live = LiveCall { line: out.clone(), caller_gone: caller_gone.clone(), ended_by: ended_by.clone(), log: log.clone() };
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), live);
         let _ = self.store.set_call_status(&call.id, "in-progress", None).await;
         log.status("in-progress", None).await;
         self.webhook(call, assistant.spec.webhook_url.as_deref(), "in-progress").await;
-        tokio::spawn(caller.run(line.clone()));
 
         let variables: BTreeMap<String, String> = serde_json::from_str(&call.dynamic_variables).unwrap_or_default();
         let setup = CallSetup {
@@ -274,11 +462,10 @@ impl Runner {
             call: CallContext { call_id: call.id.clone(), caller: call.from_number.clone(), callee: call.to_number.clone() },
         };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_events(log.clone(), self.store.clone(), call.id.clone(), events_rx, line.clone()));
+        let writer = tokio::spawn(write_events(log.clone(), self.store.clone(), call.id.clone(), events_rx, loopback, stream));
         let limit = Duration::from_secs_f32(assistant.spec.turn.max_duration_s + 30.0);
-        let out: Arc<dyn AudioOut> = Arc::new(line.clone());
-        let result = tokio::time::timeout(limit, pipeline::run_call(engines.clone(), setup, out, input, line.hung_up(), events_tx)).await;
-        line.caller_hangs_up();
+        let result = tokio::time::timeout(limit, pipeline::run_call(engines.clone(), setup, out, input, caller_gone.clone(), events_tx)).await;
+        caller_gone.cancel();
         let _ = writer.await;
         let mut report = match result {
             Ok(Ok(report)) => report,
@@ -318,6 +505,7 @@ impl Runner {
                 *call.ended_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("transferred to {to} through the API"));
                 call.log.event("action", json!({ "type": "transfer", "to": to })).await;
                 call.line.transfer(to);
+                // The sandbox line records the transfer and hangs up; Twilio's hands the call on.
                 call.line.hang_up();
             }
         }
@@ -383,15 +571,29 @@ pub fn public_reason(reason: &str) -> String {
 /// Writes a call's pipeline events to the store as they arrive.
 /// Stores a call's events as they come; the agent's words also reach the scripted caller's
 /// `line` (for its `after:` waits).
-async fn write_events(log: Arc<EventLog>, store: Store, call_id: String, mut events: mpsc::UnboundedReceiver<CallEvent>, line: LoopbackLine) {
+async fn write_events(log: Arc<EventLog>, store: Store, call_id: String, mut events: mpsc::UnboundedReceiver<CallEvent>, line: Option<LoopbackLine>, stream: Option<StreamLine>) {
+    let show = |event: Value| {
+        if let Some(stream) = &stream {
+            stream.notify(event);
+        }
+    };
     while let Some(event) = events.recv().await {
         match event {
             CallEvent::Agent { text, at, interrupted } => {
-                line.agent_said(&text);
+                if let Some(line) = &line {
+                    line.agent_said(&text);
+                }
+                show(json!({ "type": "transcript", "speaker": "agent", "text": text, "interrupted": interrupted }));
                 log.transcript("agent", &text, at, interrupted).await
             }
-            CallEvent::Caller { text, at } => log.transcript("caller", &text, at, false).await,
-            CallEvent::Partial { text } => log.event("partial", json!({ "text": text })).await,
+            CallEvent::Caller { text, at } => {
+                show(json!({ "type": "transcript", "speaker": "caller", "text": text }));
+                log.transcript("caller", &text, at, false).await
+            }
+            CallEvent::Partial { text } => {
+                show(json!({ "type": "partial", "text": text }));
+                log.event("partial", json!({ "text": text })).await
+            }
             CallEvent::Turn(t) => {
                 let record = TurnRecord {
                     turn: t.turn as i64,

@@ -88,6 +88,23 @@ impl Vault {
         Ok(key)
     }
 
+    /// A MAC of `data` under a key derived from the secrets key for `purpose` (so every worker
+    /// of a deployment signs and checks alike, and no two purposes share a key).
+    pub fn mac(&self, purpose: &str, data: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let key = self.key(true)?;
+        let hmac = |key: &[u8], data: &[u8]| -> Vec<u8> {
+            openssl::pkey::PKey::hmac(key)
+                .and_then(|key| {
+                    let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key)?;
+                    signer.update(data)?;
+                    signer.sign_to_vec()
+                })
+                .unwrap_or_default()
+        };
+        let derived = hmac(&key.bytes, purpose.as_bytes());
+        Ok(hmac(&derived, data))
+    }
+
     fn create_file(&self) -> Result<String, VaultError> {
         use rand::RngCore;
         use std::io::Write;

@@ -324,6 +324,12 @@ impl Store {
         Ok(sqlx::query_as::<_, NumberRecord>(&format!("{NUMBER_COLUMNS} WHERE workspace_id = $1 AND id = $2")).bind(workspace_id).bind(id).fetch_optional(&self.pool).await?)
     }
 
+    /// The workspace's record of a number that reaches this server, for an inbound call: the
+    /// first workspace to add it holds it (a later one is refused when it tries).
+    pub async fn number_holder(&self, e164: &str) -> Result<Option<NumberRecord>, StoreError> {
+        Ok(sqlx::query_as::<_, NumberRecord>(&format!("{NUMBER_COLUMNS} WHERE e164 = $1 ORDER BY created_at, id LIMIT 1")).bind(e164).fetch_optional(&self.pool).await?)
+    }
+
     pub async fn assign_number(&self, workspace_id: &str, id: &str, assistant_id: Option<&str>) -> Result<(), StoreError> {
         sqlx::query("UPDATE numbers SET assistant_id = $1 WHERE workspace_id = $2 AND id = $3").bind(assistant_id).bind(workspace_id).bind(id).execute(&self.pool).await?;
         Ok(())

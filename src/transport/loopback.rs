@@ -9,7 +9,7 @@
 //! [`ScriptedCaller`] plays a caller script into the line: lines spoken in a voice other than
 //! the agent's, pauses inside a sentence, barge-ins timed against the agent's speech, coughs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::live::LiveSender;
+use super::playout::Playout;
 use super::AudioOut;
 use crate::audio::Audio;
 
@@ -34,22 +35,13 @@ pub struct LineLog {
     pub transfers: Vec<String>,
 }
 
-struct Segment {
-    id: u64,
-    samples: Vec<f32>,
-    offset: usize,
-}
-
 #[derive(Default)]
 struct State {
-    agent_queue: VecDeque<Segment>,
-    progress: HashMap<u64, (usize, usize)>,
-    started: HashMap<u64, Duration>,
+    playout: Playout,
     caller_queue: VecDeque<f32>,
     caller_track: Vec<f32>,
     agent_track: Vec<f32>,
     ticks: u64,
-    paused: bool,
     log: LineLog,
     /// What the agent said since the caller's last line began (for `after:` waits).
     agent_words: String,
@@ -111,23 +103,7 @@ impl LoopbackLine {
             caller.push(state.caller_queue.pop_front().unwrap_or(0.0));
         }
         state.caller_track.extend_from_slice(&caller);
-        let mut out = Vec::with_capacity(chunk);
-        while out.len() < chunk && !state.paused {
-            let Some(segment) = state.agent_queue.front_mut() else { break };
-            let id = segment.id;
-            let take = (chunk - out.len()).min(segment.samples.len() - segment.offset);
-            out.extend_from_slice(&segment.samples[segment.offset..segment.offset + take]);
-            segment.offset += take;
-            let done = segment.offset >= segment.samples.len();
-            let offset = segment.offset;
-            state.started.entry(id).or_insert(now);
-            if let Some(progress) = state.progress.get_mut(&id) {
-                progress.0 = offset;
-            }
-            if done {
-                state.agent_queue.pop_front();
-            }
-        }
+        let mut out = state.playout.step(chunk, now).samples;
         out.resize(chunk, 0.0);
         state.agent_track.extend_from_slice(&out);
         caller
@@ -205,44 +181,37 @@ impl AudioOut for LoopbackLine {
     }
 
     fn play(&self, segment: u64, samples: Vec<f32>) {
-        let mut state = self.lock();
-        state.progress.insert(segment, (0, samples.len()));
-        state.agent_queue.push_back(Segment { id: segment, samples, offset: 0 });
+        self.lock().playout.play(segment, samples);
     }
 
     fn clear(&self) -> Duration {
         let mut state = self.lock();
         let now = TICK * state.ticks as u32;
-        let cut = !state.agent_queue.is_empty();
-        state.agent_queue.clear();
-        state.paused = false;
+        let cut = state.playout.clear();
         state.log.clears.push((now, cut));
         now
     }
 
     fn pause(&self) -> Duration {
         let mut state = self.lock();
-        state.paused = true;
+        state.playout.pause();
         TICK * state.ticks as u32
     }
 
     fn resume(&self) {
-        self.lock().paused = false;
+        self.lock().playout.resume();
     }
 
     fn heard(&self, segment: u64) -> f32 {
-        match self.lock().progress.get(&segment) {
-            Some((played, total)) if *total > 0 => *played as f32 / *total as f32,
-            _ => 0.0,
-        }
+        self.lock().playout.heard(segment)
     }
 
     fn is_idle(&self) -> bool {
-        self.lock().agent_queue.is_empty()
+        self.lock().playout.is_idle()
     }
 
     fn started_at(&self, segment: u64) -> Option<Duration> {
-        self.lock().started.get(&segment).copied()
+        self.lock().playout.started_at(segment)
     }
 
     fn hang_up(&self) {

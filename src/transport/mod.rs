@@ -6,6 +6,10 @@
 //! not yet played — the equivalent of Twilio's `clear` or flushing an RTP queue.
 
 pub mod live;
+pub mod playout;
+pub mod stream;
+pub mod twilio;
+pub mod webcall;
 pub mod loopback;
 
 use std::time::Duration;

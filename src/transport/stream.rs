@@ -1,0 +1,323 @@
+//! A streamed line: a call whose audio travels over one socket in 20 ms frames — a Twilio
+//! Media Stream, a browser's web call. The protocol modules (`twilio`, `webcall`) turn
+//! messages into calls on this line and [`Outgoing`] into messages.
+//!
+//! The agent's audio goes out on the line's own 20 ms clock, one frame a tick, so the far end
+//! never holds more than a frame or two: what was sent is what the caller heard, a pause stops
+//! the audio at once, and a mark after each segment lets the far end confirm its end.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::live::LiveSender;
+use super::playout::Playout;
+use super::AudioOut;
+
+const TICK: Duration = Duration::from_millis(20);
+/// Outgoing messages queued for the socket before the line counts it as not keeping up (10 s).
+const OUT_DEPTH: usize = 500;
+/// Ids of the segments this line plays for DTMF tones, counted down from the top so they never
+/// meet the pipeline's.
+const DTMF_SEGMENTS: u64 = u64::MAX - 1_000_000;
+
+/// What the line asks its socket to send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// One 20 ms frame of agent audio at the line's rate.
+    Audio(Vec<f32>),
+    /// The segment whose last frame was just sent.
+    Mark(u64),
+    /// Drop whatever agent audio is buffered (a barge-in).
+    Clear,
+    /// A JSON event for the far end (a web call's transcript); audio-only protocols drop it.
+    Event(serde_json::Value),
+}
+
+/// What the call does beyond audio (for Twilio, through its REST API).
+pub trait CallControl: Send + Sync {
+    /// Ends the call for both sides.
+    fn hang_up(&self);
+    /// Sends the caller on to `destination`, then cancels `done` (which closes the stream).
+    fn transfer(&self, destination: &str, done: CancellationToken);
+}
+
+/// What happened on the line, for the call's record and tests.
+#[derive(Debug, Clone, Default)]
+pub struct StreamLog {
+    pub frames_sent: u64,
+    pub clears_sent: u64,
+    pub marks_sent: u64,
+    /// Marks Twilio reported played: segments the caller heard to their end.
+    pub marks_played: u64,
+    pub dtmf_received: String,
+    /// Ticks on which the socket's queue was full (the socket is not keeping up).
+    pub frames_late: u64,
+}
+
+struct State {
+    playout: Playout,
+    ticks: u64,
+    log: StreamLog,
+    next_dtmf_segment: u64,
+}
+
+/// One live streamed call; cheap to clone.
+#[derive(Clone)]
+pub struct StreamLine {
+    /// The stream's name in logs (Twilio's stream sid, a web call's id).
+    name: Arc<str>,
+    rate: u32,
+    state: Arc<Mutex<State>>,
+    out: mpsc::Sender<Outgoing>,
+    audio_in: Arc<LiveSender>,
+    dtmf_in: mpsc::UnboundedSender<char>,
+    /// Cancelled when the call is over, by either side.
+    ended: CancellationToken,
+    control: Option<Arc<dyn CallControl>>,
+    /// Why the stream broke, if it did (the call is then `failed` with this reason).
+    failure: Arc<Mutex<Option<String>>>,
+    /// A transfer is under way: the call is handed on, not hung up.
+    transferring: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StreamLine {
+    /// Starts the line's clock for a started stream at `rate`. What the socket must send
+    /// arrives on the returned receiver; the caller's audio and keys reach the call through the
+    /// `CallInput`.
+    pub fn start(name: &str, rate: u32, control: Option<Arc<dyn CallControl>>) -> (StreamLine, super::CallInput, mpsc::Receiver<Outgoing>) {
+        let (out, out_rx) = mpsc::channel(OUT_DEPTH);
+        let (audio_tx, audio_rx) = super::live::channel(AUDIO_IN_DEPTH);
+        let (dtmf_tx, dtmf_rx) = mpsc::unbounded_channel();
+        let line = StreamLine {
+            name: Arc::from(name),
+            rate,
+            state: Arc::new(Mutex::new(State { playout: Playout::default(), ticks: 0, log: StreamLog::default(), next_dtmf_segment: DTMF_SEGMENTS })),
+            out,
+            audio_in: Arc::new(audio_tx),
+            dtmf_in: dtmf_tx,
+            ended: CancellationToken::new(),
+            control,
+            failure: Arc::new(Mutex::new(None)),
+            transferring: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        tokio::spawn(line.clone().run_clock());
+        (line, super::CallInput { audio: audio_rx, dtmf: dtmf_rx }, out_rx)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn run_clock(self) {
+        let start = Instant::now();
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::from_std(start), TICK);
+        // A late tick sends its frame at once: the caller hears a gap, not a drift.
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        loop {
+            tokio::select! {
+                _ = self.ended.cancelled() => break,
+                _ = interval.tick() => {}
+            }
+            let messages = {
+                let mut state = self.lock();
+                let now = TICK * state.ticks as u32;
+                state.ticks += 1;
+                let frame_len = (self.rate / 50) as usize;
+                let step = state.playout.step(frame_len, now);
+                let mut messages = Vec::new();
+                if !step.samples.is_empty() {
+                    let mut frame = step.samples;
+                    frame.resize(frame_len, 0.0);
+                    messages.push(Outgoing::Audio(frame));
+                    state.log.frames_sent += 1;
+                }
+                for segment in step.finished {
+                    messages.push(Outgoing::Mark(segment));
+                    state.log.marks_sent += 1;
+                }
+                messages
+            };
+            for message in messages {
+                self.send(message);
+            }
+        }
+    }
+
+    fn send(&self, message: Outgoing) {
+        if let Err(error) = self.out.try_send(message) {
+            if matches!(error, mpsc::error::TrySendError::Full(_)) {
+                self.lock().log.frames_late += 1;
+                tracing::warn!(stream = %self.name, "the socket is not keeping up; a message was dropped");
+            }
+        }
+    }
+
+    /// Caller audio at the line's rate.
+    pub fn caller_audio(&self, samples: Vec<f32>) {
+        if !samples.is_empty() {
+            self.audio_in.push(samples);
+        }
+    }
+
+    /// The caller pressed a key.
+    pub fn caller_key(&self, digit: char) {
+        self.lock().log.dtmf_received.push(digit);
+        let _ = self.dtmf_in.send(digit);
+    }
+
+    /// The far end reports a segment's mark played: the caller heard it to its end.
+    pub fn mark_played(&self) {
+        self.lock().log.marks_played += 1;
+    }
+
+    /// Sends an event to the far end (a web call's live transcript); lines that carry only
+    /// audio drop it.
+    pub fn notify(&self, event: serde_json::Value) {
+        self.send(Outgoing::Event(event));
+    }
+
+    /// Cancelled when the call is over (the caller hung up, the stream stopped, or the agent
+    /// ended it).
+    pub fn ended(&self) -> CancellationToken {
+        self.ended.clone()
+    }
+
+    /// The socket is gone: the call is over.
+    pub fn close(&self) {
+        self.ended.cancel();
+    }
+
+    /// The stream broke (a malformed message, a dead socket): the call ends as failed.
+    pub fn fail(&self, reason: &str) {
+        tracing::warn!(stream = %self.name, reason, "a stream failed; its call ends");
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| reason.to_string());
+        self.ended.cancel();
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn log(&self) -> StreamLog {
+        self.lock().log.clone()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Caller frames buffered before the oldest is dropped (~1 s).
+const AUDIO_IN_DEPTH: usize = 50;
+
+impl AudioOut for StreamLine {
+    fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    fn now(&self) -> Duration {
+        TICK * self.lock().ticks as u32
+    }
+
+    fn play(&self, segment: u64, samples: Vec<f32>) {
+        self.lock().playout.play(segment, samples);
+    }
+
+    fn clear(&self) -> Duration {
+        let now = {
+            let mut state = self.lock();
+            state.playout.clear();
+            state.log.clears_sent += 1;
+            TICK * state.ticks as u32
+        };
+        // The far end drops whatever it still buffers (a frame or two at most, on this clock).
+        self.send(Outgoing::Clear);
+        now
+    }
+
+    fn pause(&self) -> Duration {
+        let mut state = self.lock();
+        state.playout.pause();
+        TICK * state.ticks as u32
+    }
+
+    fn resume(&self) {
+        self.lock().playout.resume();
+    }
+
+    fn heard(&self, segment: u64) -> f32 {
+        self.lock().playout.heard(segment)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.lock().playout.is_idle()
+    }
+
+    fn started_at(&self, segment: u64) -> Option<Duration> {
+        self.lock().playout.started_at(segment)
+    }
+
+    fn hang_up(&self) {
+        if self.transferring.load(std::sync::atomic::Ordering::SeqCst) {
+            // The transfer closes the stream once Twilio has the new instructions; closing it
+            // now would end the call first.
+            return;
+        }
+        if let Some(control) = &self.control {
+            control.hang_up();
+        }
+        // Closing the stream ends the call (for Twilio: `<Connect>` ends and the TwiML has
+        // nothing after it).
+        self.ended.cancel();
+    }
+
+    fn send_dtmf(&self, digits: &str) {
+        // In band, as tones the far end's keypad detector hears (a stream has no out-of-band
+        // DTMF towards the caller).
+        let mut state = self.lock();
+        for digit in digits.chars() {
+            if let Some(tone) = crate::audio::dtmf_tone(digit, self.rate) {
+                let id = state.next_dtmf_segment;
+                state.next_dtmf_segment += 1;
+                state.playout.play(id, tone);
+            }
+        }
+    }
+
+    fn transfer(&self, destination: &str) {
+        match &self.control {
+            Some(control) => {
+                self.transferring.store(true, std::sync::atomic::Ordering::SeqCst);
+                control.transfer(destination, self.ended.clone());
+            }
+            None => tracing::warn!(destination, "this line has no call control: the transfer cannot happen"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn agent_audio_goes_out_in_frames_then_a_mark_and_a_clear_follows_a_barge_in() {
+        let (line, _input, mut out) = StreamLine::start("test", 8_000, None);
+        line.play(7, vec![0.1; 160 * 2 + 10]);
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            got.push(out.recv().await.unwrap());
+        }
+        assert!(matches!(&got[0], Outgoing::Audio(frame) if frame.len() == 160), "20 ms frames");
+        assert!(matches!(&got[2], Outgoing::Audio(_)));
+        assert_eq!(got[3], Outgoing::Mark(7));
+        assert_eq!(line.heard(7), 1.0);
+        line.play(8, vec![0.1; 160 * 50]);
+        line.clear();
+        while out.recv().await.unwrap() != Outgoing::Clear {}
+        assert!(line.heard(8) < 0.2);
+        line.close();
+    }
+}
