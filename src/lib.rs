@@ -6,6 +6,7 @@
 
 pub mod assistant;
 pub mod audio;
+pub mod call;
 pub mod cli;
 pub mod egress;
 pub mod eval;

@@ -86,6 +86,10 @@ pub struct AssistantSpec {
     #[serde(default)]
     pub turn: TurnSpec,
     pub webhook_url: Option<String>,
+    /// Record this assistant's calls: a stereo WAV per call (caller left, agent right), served
+    /// at `/v1/calls/{id}/recording`. A call may say otherwise (`record`).
+    #[serde(default)]
+    pub recording: bool,
     /// A conversation flow: nodes, slots, transitions (see `crate::flow`). Without one, the
     /// LLM answers freely from the prompt.
     pub flow: Option<crate::flow::FlowSpec>,

@@ -43,6 +43,9 @@ pub enum BenchCommand {
     },
     /// API requests per second and p99 latency on SQLite and PostgreSQL (loopback).
     Api(super::bench_api::BenchApiArgs),
+    /// Concurrent calls over Twilio Media Streams on loopback (a scripted agent): frames on
+    /// time, CPU and memory per call.
+    Calls(super::bench_calls::BenchCallsArgs),
     /// Speech-to-text time and real-time factor for 2, 5 and 10 s utterances.
     Stt {
         /// Runs per utterance length (after one warm-up run).
@@ -55,6 +58,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Stt { runs } => bench_stt(runs.max(1)),
         BenchCommand::Api(args) => super::bench_api::run(args),
+        BenchCommand::Calls(args) => super::bench_calls::run(args),
         BenchCommand::Llm { assistant, caller, model, conversations, threads } => {
             super::call_cmds::bench_llm(&assistant, &caller, model, conversations.max(1), threads)
         }

@@ -334,6 +334,10 @@ impl AudioOut for TextLine {
     fn transfer(&self, destination: &str) {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).push(format!("transferred to {destination}"));
     }
+
+    fn record(&self, _recorder: crate::transport::recorder::Recorder) {
+        // A text chat has no audio to record.
+    }
 }
 
 pub fn chat(args: ChatArgs) -> anyhow::Result<()> {

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// development). Default: the address it listens on.
     #[arg(long, env = "RINGLINE_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Where recordings of calls are written (`<call id>.wav`; an assistant's `recording: true`
+    /// or a call's `record: true` turns them on).
+    #[arg(long, env = "RINGLINE_RECORDINGS_DIR", default_value = "recordings")]
+    pub recordings_dir: PathBuf,
 }
 
 fn parse_cidr(text: &str) -> Result<crate::egress::Cidr, String> {
@@ -147,6 +151,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine_limits: EngineLimits { per_kind: args.max_engines.max(1) },
         secrets_key_file: args.secrets_key_file,
         secrets_key: std::env::var("RINGLINE_SECRETS_KEY").ok().filter(|k| !k.trim().is_empty()),
+        recordings_dir: args.recordings_dir,
         twilio: match (args.twilio_account_sid, args.twilio_auth_token) {
             (Some(account_sid), Some(auth_token)) => {
                 Some(server::twilio::TwilioConfig { account_sid, auth_token, api_base: args.twilio_api_base, public_url: args.public_url.unwrap_or_default() })

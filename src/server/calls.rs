@@ -22,6 +22,7 @@ use super::assistants::{from_stored, rfc3339};
 use super::auth::Auth;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use super::numbers::valid_number;
+use crate::call::CallStatus as Status;
 use super::runner::{default_sandbox_caller, AssistantOwner, Connect, Control};
 use sha2::Digest;
 use super::AppState;
@@ -60,6 +61,9 @@ pub struct OutboundRequest {
     #[schema(value_type = Object)]
     pub metadata: Value,
     pub idempotency_key: Option<String>,
+    /// Record this call (a stereo WAV: caller left, agent right); default: the assistant's
+    /// `recording`.
+    pub record: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -126,6 +130,38 @@ pub fn call_variables(assistant: &crate::assistant::Assistant, given: &BTreeMap<
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message.replace("--var ", "dynamic_variables ")).with_field(field)
     })?;
     Ok(variables)
+}
+
+/// A call's recording: a stereo WAV, the caller on the left and the agent on the right.
+#[utoipa::path(get, path = "/v1/calls/{id}/recording", tag = "calls",
+    responses((status = 200, description = "audio/wav"), (status = 404, body = ErrorBody)))]
+pub async fn recording(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<axum::response::Response, ApiError> {
+    let call = find(&state, &auth, &id).await?;
+    let path = state.runner.recording_path(&call.id);
+    let file = tokio::fs::File::open(&path).await.map_err(|_| {
+        ApiError::new(StatusCode::NOT_FOUND, "recording_not_found", format!("call {id} has no recording here (record a call with `record: true`, or `recording: true` on its assistant)"))
+    })?;
+    let length = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok(([(axum::http::header::CONTENT_TYPE, "audio/wav".to_string()), (axum::http::header::CONTENT_LENGTH, length.to_string())], body).into_response())
+}
+
+/// Delete an ended call: its record, transcript, events, turns and recording.
+#[utoipa::path(delete, path = "/v1/calls/{id}", tag = "calls",
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn remove(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let call = find(&state, &auth, &id).await?;
+    if call.is_live() {
+        return Err(ApiError::conflict("call_in_progress", format!("call {id} is `{}`; end it first (POST /v1/calls/{id}/end)", call.status)));
+    }
+    let path = state.runner.recording_path(&call.id);
+    if let Err(error) = tokio::fs::remove_file(&path).await {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            return Err(ApiError::internal(format!("cannot delete the call's recording: {error}")));
+        }
+    }
+    state.store.delete_call(&auth.workspace_id, &call.id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Place an outbound call.
@@ -199,7 +235,7 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
         direction: "outbound".into(),
         to_number,
         from_number,
-        status: "queued".into(),
+        status: Status::Queued.as_str().into(),
         dynamic_variables: serde_json::to_string(&variables).unwrap_or_default(),
         metadata: metadata.to_string(),
         webhook_url: request.webhook_url.clone(),
@@ -212,7 +248,8 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
     match state.store.insert_call(&call, IDEMPOTENCY_WINDOW_MS, &digest).await? {
         Ok(()) => {
             state.metrics.call_started();
-            state.runner.start(call.clone(), assistant, owner, Connect::Dial(script));
+            let record = request.record.unwrap_or(assistant.spec.recording);
+            state.runner.start(call.clone(), assistant, owner, Connect::Dial(script), record);
             Ok((StatusCode::CREATED, Json(CallStatus::from(&call))))
         }
         Err(hit) if !hit.same_request => Err(ApiError::conflict(
@@ -299,6 +336,7 @@ pub async fn detail(State(state): State<AppState>, auth: Auth, Path(id): Path<St
         "disposition_notes": call.disposition_notes,
         "extracted": call.extracted.as_deref().and_then(|e| serde_json::from_str::<Value>(e).ok()).unwrap_or_else(|| json!({})),
         "summary": call.summary,
+        "recording_url": state.runner.recording_path(&call.id).is_file().then(|| format!("/v1/calls/{}/recording", call.id)),
         "ended_by": call.ended_by,
         "dynamic_variables": serde_json::from_str::<Value>(&call.dynamic_variables).unwrap_or(Value::Null),
         "metadata": serde_json::from_str::<Value>(&call.metadata).unwrap_or(Value::Null),
@@ -344,7 +382,6 @@ pub fn time_bound(field: &str, raw: Option<&str>, end_of_day: bool, default: i64
     Err(ApiError::bad_request("invalid_query", format!("{field} `{raw}` is not a time: use RFC 3339 (2026-11-21T09:00:00Z) or a date (2026-11-21)")).with_field(field))
 }
 
-const STATUSES: &[&str] = &["queued", "ringing", "in-progress", "ending", "completed", "failed", "no-answer", "busy", "canceled"];
 
 #[derive(Serialize, ToSchema)]
 pub struct History {
@@ -360,8 +397,9 @@ pub struct History {
 pub async fn history(State(state): State<AppState>, auth: Auth, ApiQuery(query): ApiQuery<HistoryQuery>) -> Result<Json<History>, ApiError> {
     let (limit, offset) = super::assistants::Page { limit: query.limit, offset: query.offset }.resolve()?;
     if let Some(status) = &query.status {
-        if !STATUSES.contains(&status.as_str()) {
-            return Err(ApiError::bad_request("invalid_query", format!("status `{status}` is not one of {}", STATUSES.join(", "))).with_field("status"));
+        if Status::parse(status).is_none() {
+            let names: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+            return Err(ApiError::bad_request("invalid_query", format!("status `{status}` is not one of {}", names.join(", "))).with_field("status"));
         }
     }
     let filter = HistoryFilter {
@@ -437,17 +475,17 @@ pub async fn end(State(state): State<AppState>, auth: Auth, Path(id): Path<Strin
 /// Moves a call to `ending` at once, so that its status says so and later controls get 409;
 /// returns the call as it now is.
 async fn begin_ending(state: &AppState, auth: &Auth, call: CallRecord) -> Result<CallRecord, ApiError> {
-    if call.status == "ending" {
+    if call.status == Status::Ending.as_str() {
         return Err(ending_conflict(&call));
     }
     if !call.is_live() || !state.store.mark_ending(&call.id).await? {
         let now = find(state, auth, &call.id).await?;
-        if now.status == "ending" {
+        if now.status == Status::Ending.as_str() {
             return Err(ending_conflict(&now));
         }
         return Err(ApiError::conflict("call_not_active", format!("call {} already ended ({})", now.id, now.status)));
     }
-    Ok(CallRecord { status: "ending".into(), ..call })
+    Ok(CallRecord { status: Status::Ending.as_str().into(), ..call })
 }
 
 fn ending_conflict(call: &CallRecord) -> ApiError {
@@ -480,12 +518,12 @@ pub async fn actions(State(state): State<AppState>, auth: Auth, Path(id): Path<S
     };
     let call = find(&state, &auth, &id).await?;
     let call = match control {
-        Control::Transfer { .. } if matches!(call.status.as_str(), "queued" | "ringing") => {
+        Control::Transfer { .. } if matches!(Status::parse(&call.status), Some(Status::Queued | Status::Ringing)) => {
             return Err(ApiError::conflict("call_not_answered", format!("call {id} is {}: transfers wait until it is answered", call.status)));
         }
         // Both end the call: only the first such request wins.
         Control::Hangup { .. } | Control::Transfer { .. } => begin_ending(&state, &auth, call).await?,
-        Control::Dtmf { .. } if call.status == "ending" => return Err(ending_conflict(&call)),
+        Control::Dtmf { .. } if call.status == Status::Ending.as_str() => return Err(ending_conflict(&call)),
         Control::Dtmf { .. } if !call.is_live() => return Err(ApiError::conflict("call_not_active", format!("call {id} already ended ({})", call.status))),
         Control::Dtmf { .. } => call,
     };

@@ -25,6 +25,7 @@ use super::AppState;
         super::numbers::list, super::numbers::add, super::numbers::validate, super::numbers::assign,
         super::calls::outbound, super::calls::status, super::calls::transcript, super::calls::detail,
         super::calls::history, super::calls::events, super::calls::end, super::calls::actions,
+        super::calls::recording, super::calls::remove, super::webcall::token,
         super::secrets::create, super::secrets::replace, super::secrets::list, super::secrets::remove,
         super::webhooks::create, super::webhooks::list, super::webhooks::read, super::webhooks::remove,
         super::webhooks::deliveries, super::webhooks::all_deliveries, super::webhooks::resend, super::webhooks::signing,
@@ -133,21 +134,22 @@ pub async fn analytics(State(state): State<AppState>, auth: Auth, ApiQuery(query
         result.total_calls += row.calls;
         let day = days.entry(row.day.clone()).or_insert_with(|| DayCounts { day: row.day.clone(), ..DayCounts::default() });
         day.calls += row.calls;
-        match row.status.as_str() {
-            "completed" => {
+        use crate::call::CallStatus;
+        match CallStatus::parse(&row.status).unwrap_or(CallStatus::InProgress) {
+            CallStatus::Completed => {
                 result.completed += row.calls;
                 day.completed += row.calls;
             }
-            "failed" => {
+            CallStatus::Failed => {
                 result.failed += row.calls;
                 day.failed += row.calls;
             }
-            "no-answer" => {
+            CallStatus::NoAnswer => {
                 result.no_answer += row.calls;
                 day.no_answer += row.calls;
             }
-            "busy" => result.busy += row.calls,
-            "canceled" => result.canceled += row.calls,
+            CallStatus::Busy => result.busy += row.calls,
+            CallStatus::Canceled => result.canceled += row.calls,
             _ => result.in_progress += row.calls,
         }
         if !row.disposition.is_empty() {

@@ -63,6 +63,8 @@ pub struct ServeConfig {
     pub secrets_key: Option<String>,
     /// Real phone calls through Twilio; an empty `public_url` means the listening address.
     pub twilio: Option<twilio::TwilioConfig>,
+    /// Where recordings of calls are written.
+    pub recordings_dir: PathBuf,
 }
 
 /// What every handler shares; cheap to clone.
@@ -92,9 +94,10 @@ pub fn router(state: AppState) -> Router {
         .route("/numbers/{id}/assign", post(numbers::assign))
         .route("/calls/outbound", post(calls::outbound))
         .route("/calls/history", get(calls::history))
-        .route("/calls/{id}", get(calls::detail))
+        .route("/calls/{id}", get(calls::detail).delete(calls::remove))
         .route("/calls/{id}/status", get(calls::status))
         .route("/calls/{id}/transcript", get(calls::transcript))
+        .route("/calls/{id}/recording", get(calls::recording))
         .route("/calls/{id}/events", get(calls::events))
         .route("/calls/{id}/end", post(calls::end))
         .route("/calls/{id}/actions", post(calls::actions))
@@ -169,7 +172,7 @@ pub async fn serve(config: ServeConfig, models: ModelStore) -> anyhow::Result<()
         }
         None => None,
     };
-    let runner = Arc::new(runner::Runner::new(store.clone(), models, engines, vault.clone(), worker_id.clone(), twilio.clone()));
+    let runner = Arc::new(runner::Runner::new(store.clone(), models, engines, vault.clone(), worker_id.clone(), twilio.clone(), config.recordings_dir.clone()));
     let state = AppState {
         store: store.clone(),
         config: Arc::new(config.clone()),

@@ -24,8 +24,10 @@ use crate::models::ModelStore;
 use crate::pipeline::metrics::ms_of;
 use super::secrets::Vault;
 use crate::pipeline::{self, CallEvent, CallSetup, Credentials, EngineRegistry, Engines};
+use crate::call::CallStatus;
 use crate::store::{CallOutcome, CallRecord, Store, TranscriptLine, TurnRecord};
 use crate::transport::loopback::{CallerScript, LoopbackLine, ScriptedCaller};
+use crate::transport::recorder::Recorder;
 use crate::transport::stream::StreamLine;
 use crate::transport::{AudioOut, CallInput};
 
@@ -98,7 +100,7 @@ impl EventLog {
         self.event("transcript", json!({ "speaker": speaker, "text": text, "at_ms": line.at_ms, "interrupted": interrupted, "final": true })).await;
     }
 
-    async fn status(&self, status: &str, reason: Option<&str>) {
+    async fn status(&self, status: CallStatus, reason: Option<&str>) {
         self.event("status", json!({ "status": status, "reason": reason })).await;
     }
 }
@@ -135,7 +137,7 @@ pub struct Waiting {
 enum Answer {
     Stream(StreamLine, CallInput),
     /// The provider reports the call over before it streamed (busy, no-answer, …).
-    Ended { status: String },
+    Ended { status: CallStatus },
 }
 
 /// Handed to the socket that brought a waiting call's stream.
@@ -187,6 +189,8 @@ pub struct Runner {
     /// Calls waiting for a Twilio media stream, by call id.
     pending: Mutex<HashMap<String, Pending>>,
     twilio: Option<Arc<super::twilio::Twilio>>,
+    /// Where calls' recordings are written (`<call id>.wav`).
+    recordings: std::path::PathBuf,
 }
 
 /// Whose assistant a call runs: the deployment's (a file) or the workspace's own.
@@ -197,8 +201,15 @@ pub enum AssistantOwner {
 }
 
 impl Runner {
-    pub fn new(store: Store, models: ModelStore, engines: EngineRegistry, vault: Arc<Vault>, worker_id: Arc<str>, twilio: Option<Arc<super::twilio::Twilio>>) -> Self {
-        Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), running: Default::default(), engines, vault, pending: Mutex::new(HashMap::new()), twilio }
+    pub fn new(store: Store, models: ModelStore, engines: EngineRegistry, vault: Arc<Vault>, worker_id: Arc<str>, twilio: Option<Arc<super::twilio::Twilio>>, recordings: std::path::PathBuf) -> Self {
+        Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), running: Default::default(), engines, vault, pending: Mutex::new(HashMap::new()), twilio, recordings }
+    }
+
+    /// Where a call's recording is (or would be). Call ids are generated (`call_` and hex),
+    /// never a caller's text, so the name cannot leave the folder.
+    pub fn recording_path(&self, call_id: &str) -> std::path::PathBuf {
+        let safe: String = call_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        self.recordings.join(format!("{safe}.wav"))
     }
 
     /// Registers a call as waiting for its media stream.
@@ -229,19 +240,19 @@ impl Runner {
     }
 
     /// Twilio reports a call's progress.
-    pub async fn provider_status(&self, call_id: &str, status: &str) {
+    pub async fn provider_status(&self, call_id: &str, status: CallStatus) {
         match status {
-            "ringing" => {
+            CallStatus::Ringing => {
                 if let Ok(Some(call)) = self.store.call_any_workspace(call_id).await {
-                    if call.status == "queued" {
-                        let _ = self.store.set_call_status(call_id, "ringing", None).await;
+                    if call.status == CallStatus::Queued.as_str() {
+                        let _ = self.store.set_call_status(call_id, CallStatus::Ringing, None).await;
                     }
                 }
             }
-            "busy" | "no-answer" | "failed" | "canceled" | "completed" => {
+            CallStatus::Busy | CallStatus::NoAnswer | CallStatus::Failed | CallStatus::Canceled | CallStatus::Completed => {
                 let waiting = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(call_id);
                 if let Some(waiting) = waiting {
-                    let _ = waiting.tx.send(Answer::Ended { status: status.to_string() });
+                    let _ = waiting.tx.send(Answer::Ended { status });
                 }
                 let live = self.live.lock().unwrap_or_else(|e| e.into_inner()).get(call_id).cloned();
                 if let Some(live) = live {
@@ -271,23 +282,23 @@ impl Runner {
     }
 
     /// Starts a stored (queued) call in the background.
-    pub fn start(self: &Arc<Self>, call: CallRecord, assistant: Arc<Assistant>, owner: AssistantOwner, connect: Connect) {
+    pub fn start(self: &Arc<Self>, call: CallRecord, assistant: Arc<Assistant>, owner: AssistantOwner, connect: Connect, record: bool) {
         let runner = self.clone();
         runner.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             let id = call.id.clone();
             let log = Arc::new(EventLog::new(runner.store.clone(), &id));
             let hook = assistant.spec.webhook_url.clone();
-            runner.webhook(&call, hook.as_deref(), "queued").await;
-            let mut outcome = runner.run(&call, assistant, owner, connect, &log).await;
+            runner.webhook(&call, hook.as_deref(), CallStatus::Queued).await;
+            let mut outcome = runner.run(&call, assistant, owner, connect, record, &log).await;
             runner.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             outcome.reason = outcome.reason.map(|r| public_reason(&r));
             runner.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             runner.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             match runner.store.finish_call(&id, &outcome).await {
                 Ok(true) => {
-                    log.status(&outcome.status, outcome.reason.as_deref()).await;
-                    runner.webhook(&call, hook.as_deref(), &outcome.status).await;
+                    log.status(outcome.status, outcome.reason.as_deref()).await;
+                    runner.webhook(&call, hook.as_deref(), outcome.status).await;
                 }
                 Ok(false) => tracing::info!(call = %id, "the call was closed elsewhere before it finished"),
                 Err(error) => tracing::error!(%error, call = %id, "cannot record the call's outcome"),
@@ -297,7 +308,7 @@ impl Runner {
 
     /// Stores the webhook deliveries for the call's move to `status` (with the call as it now
     /// is); once it has ended, its transcript and analysis follow.
-    async fn webhook(&self, call: &CallRecord, assistant_hook: Option<&str>, status: &str) {
+    async fn webhook(&self, call: &CallRecord, assistant_hook: Option<&str>, status: CallStatus) {
         let Some(event) = super::webhooks::status_event(status) else { return };
         let now = match self.store.call_any_workspace(&call.id).await {
             Ok(Some(now)) => now,
@@ -326,7 +337,7 @@ impl Runner {
     /// True while the stored call may still be answered: not ended, and no hang-up asked
     /// for while it rang.
     async fn still_open(&self, id: &str) -> bool {
-        matches!(self.store.call_any_workspace(id).await, Ok(Some(call)) if call.is_live() && call.status != "ending")
+        matches!(self.store.call_any_workspace(id).await, Ok(Some(call)) if call.is_live() && call.status != CallStatus::Ending.as_str())
     }
 
     /// The credentials a call may use: the secrets its assistant names, and the server's
@@ -337,13 +348,13 @@ impl Runner {
         Ok(Credentials::for_workspace(secrets, owner == AssistantOwner::Deployment))
     }
 
-    async fn run(self: &Arc<Self>, call: &CallRecord, assistant: Arc<Assistant>, owner: AssistantOwner, connect: Connect, log: &Arc<EventLog>) -> CallOutcome {
-        let failed = |reason: String| CallOutcome { status: "failed".into(), reason: Some(reason), ..CallOutcome::default() };
-        if let Err(error) = self.store.set_call_status(&call.id, "ringing", None).await {
+    async fn run(self: &Arc<Self>, call: &CallRecord, assistant: Arc<Assistant>, owner: AssistantOwner, connect: Connect, record: bool, log: &Arc<EventLog>) -> CallOutcome {
+        let failed = |reason: String| CallOutcome::ended(CallStatus::Failed, reason);
+        if let Err(error) = self.store.set_call_status(&call.id, CallStatus::Ringing, None).await {
             return failed(format!("storage: {error}"));
         }
-        log.status("ringing", None).await;
-        self.webhook(call, assistant.spec.webhook_url.as_deref(), "ringing").await;
+        log.status(CallStatus::Ringing, None).await;
+        self.webhook(call, assistant.spec.webhook_url.as_deref(), CallStatus::Ringing).await;
 
         // The models are ready before the line is answered: a caller's first words are heard.
         let answered = match connect {
@@ -380,6 +391,12 @@ impl Runner {
             Ok(answered) => answered,
             Err(outcome) => return outcome,
         };
+        if record {
+            match Recorder::create(&self.recording_path(&call.id), answered.out.rate()) {
+                Ok(recorder) => answered.out.record(recorder),
+                Err(error) => tracing::warn!(%error, call = %call.id, "the call goes on unrecorded"),
+            }
+        }
         let (caller_gone, stream) = (answered.caller_gone.clone(), answered.stream.clone());
         let outcome = self.converse(call, assistant, engines, answered, log).await;
         caller_gone.cancel();
@@ -392,11 +409,11 @@ impl Runner {
     /// The sandbox line: rings, then answers (or not) as the number's last digits say, with a
     /// scripted caller on the far end.
     async fn answer_sandbox(&self, call: &CallRecord, assistant: &Assistant, owner: AssistantOwner, behaviour: Sandbox, script: CallerScript) -> Result<(Answered, Arc<Engines>), CallOutcome> {
-        let failed = |reason: String| CallOutcome { status: "failed".into(), reason: Some(reason), ..CallOutcome::default() };
+        let failed = |reason: String| CallOutcome::ended(CallStatus::Failed, reason);
         tokio::time::sleep(RING).await;
         match behaviour {
-            Sandbox::NoAnswer => return Err(CallOutcome { status: "no-answer".into(), reason: Some("the number did not answer".into()), ..CallOutcome::default() }),
-            Sandbox::Busy => return Err(CallOutcome { status: "busy".into(), reason: Some("the number was busy".into()), ..CallOutcome::default() }),
+            Sandbox::NoAnswer => return Err(CallOutcome::ended(CallStatus::NoAnswer, "the number did not answer")),
+            Sandbox::Busy => return Err(CallOutcome::ended(CallStatus::Busy, "the number was busy")),
             Sandbox::Fail => return Err(failed("the sandbox's failing number (+1 500 555 0003)".into())),
             Sandbox::Answer => {}
         }
@@ -413,7 +430,7 @@ impl Runner {
             Err(error) => return Err(failed(format!("cannot prepare the sandbox caller: {error}"))),
         };
         if !self.still_open(&call.id).await {
-            return Err(CallOutcome { status: "canceled".into(), reason: Some("ended before it was answered".into()), ..CallOutcome::default() });
+            return Err(CallOutcome::ended(CallStatus::Canceled, "ended before it was answered"));
         }
         let (line, input) = LoopbackLine::start(SANDBOX_RATE);
         tokio::spawn(caller.run(line.clone()));
@@ -422,24 +439,24 @@ impl Runner {
 
     /// Waits for a Twilio call's media stream (or the provider's word that it ended).
     async fn await_stream(&self, waiting: Waiting, within: Duration) -> Result<Answered, CallOutcome> {
-        let ended = |status: &str, reason: &str| CallOutcome { status: status.into(), reason: Some(reason.into()), ..CallOutcome::default() };
+        let ended = |status: CallStatus, reason: &str| CallOutcome::ended(status, reason);
         match tokio::time::timeout(within, waiting.answered).await {
             Ok(Ok(Answer::Stream(line, input))) => Ok(Answered { out: Arc::new(line.clone()), input, caller_gone: line.ended(), loopback: None, stream: Some(line) }),
-            Ok(Ok(Answer::Ended { status })) => Err(match status.as_str() {
-                "busy" => ended("busy", "the number was busy"),
-                "no-answer" => ended("no-answer", "the number did not answer"),
-                "canceled" => ended("canceled", "the call was canceled before it was answered"),
-                "completed" => ended("failed", "the call ended before its media stream started"),
-                _ => ended("failed", "Twilio could not connect the call"),
+            Ok(Ok(Answer::Ended { status })) => Err(match status {
+                CallStatus::Busy => ended(status, "the number was busy"),
+                CallStatus::NoAnswer => ended(status, "the number did not answer"),
+                CallStatus::Canceled => ended(status, "the call was canceled before it was answered"),
+                CallStatus::Completed => ended(CallStatus::Failed, "the call ended before its media stream started"),
+                _ => ended(CallStatus::Failed, "Twilio could not connect the call"),
             }),
-            Ok(Err(_)) => Err(ended("failed", "the call stopped waiting for its media stream")),
-            Err(_) => Err(ended("no-answer", &format!("no media stream arrived within {within:?}"))),
+            Ok(Err(_)) => Err(ended(CallStatus::Failed, "the call stopped waiting for its media stream")),
+            Err(_) => Err(ended(CallStatus::NoAnswer, &format!("no media stream arrived within {within:?}"))),
         }
     }
 
     /// The call's credentials and models, loaded before it is answered.
     async fn prepare(&self, call: &CallRecord, assistant: &Assistant, owner: AssistantOwner) -> Result<Arc<Engines>, CallOutcome> {
-        let failed = |reason: String| CallOutcome { status: "failed".into(), reason: Some(reason), ..CallOutcome::default() };
+        let failed = |reason: String| CallOutcome::ended(CallStatus::Failed, reason);
         let credentials = self.credentials(call, assistant, owner).await.map_err(failed)?;
         self.engines.engines_for(assistant, &credentials).await.map_err(|error| failed(format!("cannot start the assistant's models: {error}")))
     }
@@ -447,13 +464,13 @@ impl Runner {
     /// The conversation on an answered line, to its summary and disposition.
     async fn converse(self: &Arc<Self>, call: &CallRecord, assistant: Arc<Assistant>, engines: Arc<Engines>, answered: Answered, log: &Arc<EventLog>) -> CallOutcome {
         let Answered { out, input, caller_gone, loopback, stream } = answered;
-        let failed = |reason: String| CallOutcome { status: "failed".into(), reason: Some(reason), ..CallOutcome::default() };
+        let failed = |reason: String| CallOutcome::ended(CallStatus::Failed, reason);
         let ended_by = Arc::new(Mutex::new(None));
         let live = LiveCall { line: out.clone(), caller_gone: caller_gone.clone(), ended_by: ended_by.clone(), log: log.clone() };
         self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), live);
-        let _ = self.store.set_call_status(&call.id, "in-progress", None).await;
-        log.status("in-progress", None).await;
-        self.webhook(call, assistant.spec.webhook_url.as_deref(), "in-progress").await;
+        let _ = self.store.set_call_status(&call.id, CallStatus::InProgress, None).await;
+        log.status(CallStatus::InProgress, None).await;
+        self.webhook(call, assistant.spec.webhook_url.as_deref(), CallStatus::InProgress).await;
 
         let variables: BTreeMap<String, String> = serde_json::from_str(&call.dynamic_variables).unwrap_or_default();
         let setup = CallSetup {
@@ -477,7 +494,7 @@ impl Runner {
         }
         report.summary = pipeline::summarize(engines.llm.as_ref(), &report).await;
         CallOutcome {
-            status: "completed".into(),
+            status: CallStatus::Completed,
             reason: None,
             disposition: Some(pipeline::disposition(&report)),
             disposition_notes: report.disposition.as_ref().map(|(_, notes)| notes.clone()).filter(|n| !n.is_empty()),
@@ -530,7 +547,7 @@ impl Runner {
                 return Ok(true);
             }
             if let Control::Hangup { reason } = &control {
-                let outcome = CallOutcome { status: "canceled".into(), reason: Some(reason.clone()), ended_by: Some(reason.clone()), ..CallOutcome::default() };
+                let outcome = CallOutcome { ended_by: Some(reason.clone()), ..CallOutcome::ended(CallStatus::Canceled, reason.clone()) };
                 self.store.finish_call(&call.id, &outcome).await?;
                 return Ok(true);
             }

@@ -14,12 +14,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
 
 use super::runner::{AssistantOwner, Connect};
 use super::AppState;
 use crate::store::{self, CallRecord};
-use crate::transport::stream::{CallControl, StreamLine};
+use crate::transport::stream::{CallControl, Outgoing, StreamLine};
 use crate::transport::twilio::{self, Incoming};
 
 /// How Ringline reaches Twilio and Twilio reaches Ringline.
@@ -277,7 +279,7 @@ async fn inbound(state: &AppState, params: &[(String, String)]) -> Result<(Strin
         direction: "inbound".into(),
         to_number: to.to_string(),
         from_number: from.to_string(),
-        status: "queued".into(),
+        status: crate::call::CallStatus::Queued.as_str().into(),
         dynamic_variables: "{}".into(),
         metadata: serde_json::json!({ "twilio_call_sid": param(params, "CallSid") }).to_string(),
         worker_id: Some(state.worker_id.to_string()),
@@ -293,7 +295,8 @@ async fn inbound(state: &AppState, params: &[(String, String)]) -> Result<(Strin
     state.metrics.call_started();
     let waiting = state.runner.expect_stream(&call.id);
     let token = waiting.token.clone();
-    state.runner.start(call.clone(), Arc::new(assistant), owner, Connect::Twilio(waiting));
+    let record = assistant.spec.recording;
+    state.runner.start(call.clone(), Arc::new(assistant), owner, Connect::Twilio(waiting), record);
     Ok((call.id, token))
 }
 
@@ -305,7 +308,7 @@ pub async fn status(State(state): State<AppState>, uri: Uri, headers: HeaderMap,
         tracing::warn!(path = %uri, "refused a Twilio status callback with a bad signature");
         return forbidden();
     }
-    if let (Some(call_id), Some(status)) = (query_call_id(&uri), param(&params, "CallStatus")) {
+    if let (Some(call_id), Some(status)) = (query_call_id(&uri), param(&params, "CallStatus").and_then(crate::call::CallStatus::from_twilio)) {
         state.runner.provider_status(&call_id, status).await;
     }
     StatusCode::NO_CONTENT.into_response()
@@ -344,18 +347,24 @@ async fn run_stream(socket: WebSocket, state: AppState) {
         return;
     };
     let control = state.twilio.clone().filter(|_| !start.call_sid.is_empty()).map(|twilio| Arc::new(RestControl { twilio, call_sid: start.call_sid.clone() }) as Arc<dyn CallControl>);
-    let (line, input, mut outgoing) = StreamLine::start(&start.stream_sid, twilio::RATE, control);
+    let (line, input, outgoing) = StreamLine::start(&start.stream_sid, twilio::RATE, control);
     if !answer.answer(line.clone(), input) {
         line.close();
         let _ = sink.close().await;
         return;
     }
+    pump(sink, messages, &line, outgoing, &start.stream_sid).await;
+}
+
+/// Carries a started stream both ways until its call ends: Twilio's events to the line, the
+/// line's frames, marks and clears to Twilio. A malformed message fails the call.
+pub async fn pump(mut sink: SplitSink<WebSocket, Message>, mut messages: SplitStream<WebSocket>, line: &StreamLine, mut outgoing: mpsc::Receiver<Outgoing>, stream_sid: &str) {
     let ended = line.ended();
     loop {
         tokio::select! {
             _ = ended.cancelled() => break,
             Some(message) = outgoing.recv() => {
-                let Some(text) = twilio::encode(&start.stream_sid, &message) else { continue };
+                let Some(text) = twilio::encode(stream_sid, &message) else { continue };
                 if sink.send(Message::Text(text.into())).await.is_err() {
                     line.fail("the Twilio socket closed while sending");
                     break;
@@ -367,7 +376,7 @@ async fn run_stream(socket: WebSocket, state: AppState) {
                         line.fail("Twilio sent a second start on one stream");
                         break;
                     }
-                    Ok(event) => twilio::receive(&line, event),
+                    Ok(event) => twilio::receive(line, event),
                     Err(problem) => {
                         line.fail(&format!("a malformed Twilio message: {problem}"));
                         break;
@@ -388,7 +397,7 @@ async fn run_stream(socket: WebSocket, state: AppState) {
     }
     // Whatever is still queued for Twilio goes out before the socket closes.
     while let Ok(message) = outgoing.try_recv() {
-        let Some(text) = twilio::encode(&start.stream_sid, &message) else { continue };
+        let Some(text) = twilio::encode(stream_sid, &message) else { continue };
         if sink.send(Message::Text(text.into())).await.is_err() {
             break;
         }
@@ -398,7 +407,7 @@ async fn run_stream(socket: WebSocket, state: AppState) {
 }
 
 /// Reads `connected` (optional) and then `start`.
-async fn first_start(messages: &mut futures::stream::SplitStream<WebSocket>) -> Result<twilio::Start, String> {
+pub async fn first_start(messages: &mut SplitStream<WebSocket>) -> Result<twilio::Start, String> {
     while let Some(message) = messages.next().await {
         match message {
             Ok(Message::Text(text)) => match twilio::parse(&text)? {

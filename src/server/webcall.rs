@@ -51,6 +51,8 @@ pub struct TokenRequest {
     pub dynamic_variables: BTreeMap<String, Value>,
     /// How long the token may be used to start the call (seconds, ≤ 3600; default 300).
     pub ttl_s: Option<u64>,
+    /// Record the call; default: the assistant's `recording`.
+    pub record: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -71,6 +73,7 @@ struct Claims {
     assistant_id: String,
     variables: BTreeMap<String, String>,
     expires_ms: i64,
+    record: bool,
 }
 
 /// A token for one browser call to an assistant.
@@ -90,6 +93,7 @@ pub async fn token(State(state): State<AppState>, auth: Auth, ApiJson(request): 
         assistant_id: record.id.clone(),
         variables,
         expires_ms: store::now_ms() + (ttl as i64) * 1000,
+        record: request.record.unwrap_or(assistant.spec.recording),
     };
     let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
     let mac = state.vault.mac(TOKEN_PURPOSE, payload.as_bytes()).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -145,7 +149,7 @@ pub async fn socket(State(state): State<AppState>, Query(query): Query<SocketQue
         direction: "web".into(),
         to_number: "web".into(),
         from_number: "browser".into(),
-        status: "queued".into(),
+        status: crate::call::CallStatus::Queued.as_str().into(),
         dynamic_variables: serde_json::to_string(&claims.variables).unwrap_or_default(),
         metadata: "{}".into(),
         worker_id: Some(state.worker_id.to_string()),
@@ -162,18 +166,18 @@ pub async fn socket(State(state): State<AppState>, Query(query): Query<SocketQue
     Ok(ws
         .max_message_size(webcall::MAX_MESSAGE_BYTES)
         .max_frame_size(webcall::MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| run_socket(socket, state, call, assistant, owner))
+        .on_upgrade(move |socket| run_socket(socket, state, call, assistant, owner, claims.record))
         .into_response())
 }
 
-async fn run_socket(socket: WebSocket, state: AppState, call: CallRecord, assistant: Arc<crate::assistant::Assistant>, owner: AssistantOwner) {
+async fn run_socket(socket: WebSocket, state: AppState, call: CallRecord, assistant: Arc<crate::assistant::Assistant>, owner: AssistantOwner, record: bool) {
     let (mut sink, mut messages) = socket.split();
     let (line, input, mut outgoing) = StreamLine::start(&call.id, webcall::RATE, None);
     let hello = json!({ "type": "call", "call_id": call.id }).to_string();
     if sink.send(Message::Text(hello.into())).await.is_err() {
         line.close();
     }
-    state.runner.start(call.clone(), assistant, owner, Connect::Line(line.clone(), input));
+    state.runner.start(call.clone(), assistant, owner, Connect::Line(line.clone(), input), record);
     let ended = line.ended();
     let mut reason = "the call ended".to_string();
     loop {

@@ -112,14 +112,15 @@ pub async fn signing_secret(store: &Store, vault: &Vault, workspace_id: &str) ->
 // ── events ────────────────────────────────────────────────────────────────────────────────
 
 /// The event a call's new status is, if any.
-pub fn status_event(status: &str) -> Option<&'static str> {
+pub fn status_event(status: crate::call::CallStatus) -> Option<&'static str> {
+    use crate::call::CallStatus;
     Some(match status {
-        "queued" => "call.initiated",
-        "ringing" => "call.ringing",
-        "in-progress" => "call.answered",
-        "completed" => "call.completed",
-        "failed" | "no-answer" | "busy" | "canceled" => "call.failed",
-        _ => return None,
+        CallStatus::Queued => "call.initiated",
+        CallStatus::Ringing => "call.ringing",
+        CallStatus::InProgress => "call.answered",
+        CallStatus::Completed => "call.completed",
+        CallStatus::Failed | CallStatus::NoAnswer | CallStatus::Busy | CallStatus::Canceled => "call.failed",
+        CallStatus::Ending => return None,
     })
 }
 
@@ -520,9 +521,10 @@ mod tests {
 
     #[test]
     fn statuses_map_to_events() {
-        assert_eq!(status_event("in-progress"), Some("call.answered"));
-        assert_eq!(status_event("no-answer"), Some("call.failed"));
-        assert_eq!(status_event("ending"), None);
+        use crate::call::CallStatus;
+        assert_eq!(status_event(CallStatus::InProgress), Some("call.answered"));
+        assert_eq!(status_event(CallStatus::NoAnswer), Some("call.failed"));
+        assert_eq!(status_event(CallStatus::Ending), None);
         for event in EVENTS {
             assert!(event.starts_with("call."));
         }

@@ -8,6 +8,7 @@
 //! Everything about a call is written as it happens (status changes, each transcript line,
 //! each turn's timings, each event), so a crash loses at most the turn in flight.
 
+use crate::call::CallStatus;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
@@ -374,7 +375,7 @@ impl Store {
     /// Ends each closed call's event stream with its final status (`failed`), so a client
     /// following the events sees the call end even when its worker could not say so.
     async fn final_status_events(&self, calls: &[String], reason: &str) {
-        let data = serde_json::json!({ "status": "failed", "reason": reason }).to_string();
+        let data = serde_json::json!({ "status": CallStatus::Failed, "reason": reason }).to_string();
         for call in calls {
             let written = sqlx::query(
                 "INSERT INTO call_events (call_id, seq, kind, data, created_at) \
@@ -503,13 +504,29 @@ impl Store {
     }
 
     /// Moves a live call to `status`; a call already ended, or ending, stays so.
-    pub async fn set_call_status(&self, id: &str, status: &str, reason: Option<&str>) -> Result<bool, StoreError> {
-        let started = if status == "in-progress" { Some(now_ms()) } else { None };
+    /// Deletes a call of the workspace and everything kept about it (its webhook deliveries
+    /// stay: they are the record of what was sent).
+    pub async fn delete_call(&self, workspace_id: &str, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let owned: Option<String> = sqlx::query_scalar("SELECT id FROM calls WHERE workspace_id = $1 AND id = $2").bind(workspace_id).bind(id).fetch_optional(&mut *tx).await?;
+        if owned.is_none() {
+            return Ok(false);
+        }
+        for table in ["turns", "transcript_lines", "call_events", "idempotency_keys"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE call_id = $1")).bind(id).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM calls WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn set_call_status(&self, id: &str, status: CallStatus, reason: Option<&str>) -> Result<bool, StoreError> {
+        let started = if status == CallStatus::InProgress { Some(now_ms()) } else { None };
         let done = sqlx::query(concat!(
             "UPDATE calls SET status = $1, status_reason = COALESCE($2, status_reason), started_at = COALESCE(started_at, $3) WHERE id = $4 AND status IN ",
             open_statuses_sql!()
         ))
-            .bind(status)
+            .bind(status.as_str())
             .bind(reason)
             .bind(started)
             .bind(id)
@@ -527,7 +544,7 @@ impl Store {
                 live_statuses_sql!()
             ),
         )
-        .bind(&outcome.status)
+        .bind(outcome.status.as_str())
         .bind(&outcome.reason)
         .bind(&outcome.disposition)
         .bind(&outcome.summary)
@@ -772,6 +789,8 @@ mod tests {
     fn the_sql_list_of_live_statuses_matches_the_constant() {
         let listed = super::LIVE_STATUSES.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
         assert_eq!(live_statuses_sql!(), format!("({listed})"));
+        let live: Vec<&str> = crate::call::CallStatus::ALL.iter().filter(|s| s.is_live()).map(|s| s.as_str()).collect();
+        assert_eq!(live, super::LIVE_STATUSES, "the stored list of live statuses is the enum's");
         let open = super::LIVE_STATUSES.iter().filter(|s| **s != "ending").map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
         assert_eq!(open_statuses_sql!(), format!("({open})"));
     }
@@ -784,9 +803,9 @@ impl CallRecord {
 }
 
 /// How a call ended.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CallOutcome {
-    pub status: String,
+    pub status: CallStatus,
     pub reason: Option<String>,
     pub disposition: Option<String>,
     pub disposition_notes: Option<String>,
@@ -795,6 +814,13 @@ pub struct CallOutcome {
     pub summary: Option<String>,
     pub ended_by: Option<String>,
     pub duration_ms: Option<i64>,
+}
+
+impl CallOutcome {
+    /// A call that ended with `status` for `reason`, and nothing else to keep.
+    pub fn ended(status: CallStatus, reason: impl Into<String>) -> CallOutcome {
+        CallOutcome { status, reason: Some(reason.into()), disposition: None, disposition_notes: None, extracted: None, summary: None, ended_by: None, duration_ms: None }
+    }
 }
 
 #[derive(Debug, Clone)]

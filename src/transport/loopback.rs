@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::live::LiveSender;
 use super::playout::Playout;
+use super::recorder::Recorder;
 use super::AudioOut;
 use crate::audio::Audio;
 
@@ -38,6 +39,7 @@ pub struct LineLog {
 #[derive(Default)]
 struct State {
     playout: Playout,
+    recorder: Option<Recorder>,
     caller_queue: VecDeque<f32>,
     caller_track: Vec<f32>,
     agent_track: Vec<f32>,
@@ -91,6 +93,9 @@ impl LoopbackLine {
             }
             audio_in.push(self.tick(chunk));
         }
+        if let Some(recorder) = self.lock().recorder.take() {
+            recorder.finish();
+        }
     }
 
     /// One 20 ms step in both directions; returns the caller's chunk.
@@ -105,6 +110,10 @@ impl LoopbackLine {
         state.caller_track.extend_from_slice(&caller);
         let mut out = state.playout.step(chunk, now).samples;
         out.resize(chunk, 0.0);
+        if let Some(recorder) = &state.recorder {
+            recorder.caller(&caller);
+            recorder.step(&out);
+        }
         state.agent_track.extend_from_slice(&out);
         caller
     }
@@ -226,6 +235,10 @@ impl AudioOut for LoopbackLine {
 
     fn transfer(&self, destination: &str) {
         self.lock().log.transfers.push(destination.to_string());
+    }
+
+    fn record(&self, recorder: Recorder) {
+        self.lock().recorder = Some(recorder);
     }
 }
 

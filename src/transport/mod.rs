@@ -7,6 +7,7 @@
 
 pub mod live;
 pub mod playout;
+pub mod recorder;
 pub mod stream;
 pub mod twilio;
 pub mod webcall;
@@ -50,4 +51,6 @@ pub trait AudioOut: Send + Sync {
     fn send_dtmf(&self, digits: &str);
     /// Transfers the call (a transport without telephony records the request).
     fn transfer(&self, destination: &str);
+    /// Records both sides from now on, one clock step at a time, until the line closes.
+    fn record(&self, recorder: recorder::Recorder);
 }

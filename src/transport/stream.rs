@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::live::LiveSender;
 use super::playout::Playout;
+use super::recorder::Recorder;
 use super::AudioOut;
 
 const TICK: Duration = Duration::from_millis(20);
@@ -55,10 +56,16 @@ pub struct StreamLog {
     pub dtmf_received: String,
     /// Ticks on which the socket's queue was full (the socket is not keeping up).
     pub frames_late: u64,
+    /// Clock ticks, and those that ran more than a frame (20 ms) after their due time.
+    pub ticks: u64,
+    pub ticks_late: u64,
+    /// The latest a tick ran after its due time.
+    pub max_lateness: Duration,
 }
 
 struct State {
     playout: Playout,
+    recorder: Option<Recorder>,
     ticks: u64,
     log: StreamLog,
     next_dtmf_segment: u64,
@@ -94,7 +101,7 @@ impl StreamLine {
         let line = StreamLine {
             name: Arc::from(name),
             rate,
-            state: Arc::new(Mutex::new(State { playout: Playout::default(), ticks: 0, log: StreamLog::default(), next_dtmf_segment: DTMF_SEGMENTS })),
+            state: Arc::new(Mutex::new(State { playout: Playout::default(), recorder: None, ticks: 0, log: StreamLog::default(), next_dtmf_segment: DTMF_SEGMENTS })),
             out,
             audio_in: Arc::new(audio_tx),
             dtmf_in: dtmf_tx,
@@ -117,16 +124,25 @@ impl StreamLine {
         // A late tick sends its frame at once: the caller hears a gap, not a drift.
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         loop {
-            tokio::select! {
+            let due = tokio::select! {
                 _ = self.ended.cancelled() => break,
-                _ = interval.tick() => {}
-            }
+                due = interval.tick() => due,
+            };
+            let lateness = due.elapsed();
             let messages = {
                 let mut state = self.lock();
+                state.log.ticks += 1;
+                if lateness > TICK {
+                    state.log.ticks_late += 1;
+                }
+                state.log.max_lateness = state.log.max_lateness.max(lateness);
                 let now = TICK * state.ticks as u32;
                 state.ticks += 1;
                 let frame_len = (self.rate / 50) as usize;
                 let step = state.playout.step(frame_len, now);
+                if let Some(recorder) = &state.recorder {
+                    recorder.step(&step.samples);
+                }
                 let mut messages = Vec::new();
                 if !step.samples.is_empty() {
                     let mut frame = step.samples;
@@ -144,6 +160,9 @@ impl StreamLine {
                 self.send(message);
             }
         }
+        if let Some(recorder) = self.lock().recorder.take() {
+            recorder.finish();
+        }
     }
 
     fn send(&self, message: Outgoing) {
@@ -158,6 +177,9 @@ impl StreamLine {
     /// Caller audio at the line's rate.
     pub fn caller_audio(&self, samples: Vec<f32>) {
         if !samples.is_empty() {
+            if let Some(recorder) = &self.lock().recorder {
+                recorder.caller(&samples);
+            }
             self.audio_in.push(samples);
         }
     }
@@ -285,6 +307,10 @@ impl AudioOut for StreamLine {
                 state.playout.play(id, tone);
             }
         }
+    }
+
+    fn record(&self, recorder: Recorder) {
+        self.lock().recorder = Some(recorder);
     }
 
     fn transfer(&self, destination: &str) {

@@ -74,6 +74,7 @@ impl Serve {
             .args(flags)
             .env("RINGLINE_MODELS_DIR", models_dir())
             .env("RINGLINE_SECRETS_KEY_FILE", db._dir.path().join("secrets.key"))
+            .env("RINGLINE_RECORDINGS_DIR", db._dir.path().join("recordings"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

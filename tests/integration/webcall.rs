@@ -130,7 +130,9 @@ fn a_browser_calls_an_assistant_through_the_widget_and_tokens_are_single_use() {
     let db = Database::sqlite();
     let key = create_key(&db, "shop", &[]);
     let serve = Serve::start(&db, &crate::api::repo_assistants(), &[]);
-    let (status, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
+    let mut spec = crate::twilio::assistant(&llm);
+    spec["recording"] = json!(true);
+    let (status, created) = post(&serve, &key, "/v1/assistants", spec);
     assert_eq!(status, 201, "{created}");
 
     // Bad requests are named.
@@ -188,4 +190,37 @@ fn a_browser_calls_an_assistant_through_the_widget_and_tokens_are_single_use() {
 
     // The token started its call: it cannot start another.
     assert_eq!(open_socket(&serve, &token), Err(409), "a used token is refused");
+
+    // The assistant records its calls: caller left, agent right, downloadable with the key.
+    assert_eq!(detail["recording_url"].as_str(), Some(format!("/v1/calls/{call_id}/recording").as_str()), "{detail}");
+    let (status, wav) = download(&serve, &key, &format!("/v1/calls/{call_id}/recording"));
+    assert_eq!(status, 200);
+    let mut reader = hound::WavReader::new(std::io::Cursor::new(wav)).expect("the recording is a WAV");
+    assert_eq!((reader.spec().channels, reader.spec().sample_rate), (2, 16_000));
+    let samples: Vec<f32> = reader.samples::<i16>().map(|s| s.unwrap() as f32 / 32768.0).collect();
+    let (caller, agent): (Vec<f32>, Vec<f32>) = (samples.iter().step_by(2).copied().collect(), samples.iter().skip(1).step_by(2).copied().collect());
+    let channel = |name: &str, audio: Vec<f32>| {
+        let path = dir.path().join(format!("{name}.wav"));
+        ringline::audio::Audio::new(audio, 16_000).write_wav(&path).unwrap();
+        let out = crate::support::run_ok(crate::support::ringline().arg("transcribe").arg(&path).env("RINGLINE_MODELS_DIR", crate::support::models_dir()));
+        out.to_lowercase()
+    };
+    let left = channel("left", caller);
+    assert!(word_recall("eight of spades four of clubs seven of hearts", &left) >= 0.5, "the caller's channel: {left:?}");
+    let right = channel("right", agent);
+    assert!(right.contains("thank you for calling") && !right.contains("spades"), "the agent's channel: {right:?}");
+
+    // Deleting the call deletes its recording.
+    let (status, _, _) = crate::api::http("DELETE", &serve.url(&format!("/v1/calls/{call_id}")), Some(&key), None);
+    assert_eq!(status, 204);
+    assert_eq!(get(&serve, &key, &format!("/v1/calls/{call_id}")).0, 404);
+    assert_eq!(download(&serve, &key, &format!("/v1/calls/{call_id}/recording")).0, 404);
+}
+
+fn download(serve: &Serve, key: &str, path: &str) -> (u16, Vec<u8>) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let response = reqwest::Client::new().get(serve.url(path)).bearer_auth(key).send().await.unwrap();
+        (response.status().as_u16(), response.bytes().await.unwrap().to_vec())
+    })
 }
