@@ -16,6 +16,7 @@ pub mod models;
 pub mod onnx;
 pub mod pipeline;
 pub mod server;
+pub mod simulation;
 pub mod store;
 pub mod stt;
 pub mod telemetry;

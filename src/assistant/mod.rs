@@ -623,7 +623,7 @@ mod tests {
         fn an_edited_caller_script_parses_or_is_refused(at in any::<usize>(), kind in any::<u8>(), with in prop::sample::select(vec![':', ' ', '\n', '-', '9', 'x']), span in any::<usize>()) {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/callers/booking.yaml");
             let text = edited(&std::fs::read_to_string(path).unwrap(), at, kind, with, span);
-            if let Ok(script) = serde_yaml::from_str::<crate::transport::loopback::CallerScript>(&text) {
+            if let Ok(script) = serde_yaml::from_str::<crate::simulation::CallerScript>(&text) {
                 let _ = script.problems();
             }
         }

@@ -24,7 +24,8 @@ use crate::pipeline::metrics::{ms_of, percentile, TurnTimings};
 use crate::pipeline::turn::{self, TurnContext, TurnProgress};
 use crate::egress::EgressPolicy;
 use crate::pipeline::{self, CallEvent, CallReport, CallSetup, Credentials, EngineLimits, EngineRegistry, Engines};
-use crate::transport::loopback::{CallerScript, LineLog, LoopbackLine, ScriptedCaller};
+use crate::simulation::{CallerScript, ScriptedCaller};
+use crate::transport::loopback::{LineLog, LoopbackLine};
 use crate::transport::AudioOut;
 
 /// The simulated line's default rate: wideband, as a browser or HD-voice call. The
@@ -121,18 +122,9 @@ pub async fn simulate_call(
         variables,
         call: CallContext { call_id: format!("sim_{}", std::process::id()), caller: "+15550100".into(), callee: "+15550199".into() },
     };
-    let limit = Duration::from_secs_f32(assistant.spec.turn.max_duration_s + 30.0);
     let out: Arc<dyn AudioOut> = Arc::new(line.clone());
-    let call = pipeline::run_call(engines.clone(), setup, out, input, line.hung_up(), events_tx);
-    let mut report = match tokio::time::timeout(limit, call).await {
-        Ok(report) => report?,
-        Err(_) => {
-            line.caller_hangs_up();
-            anyhow::bail!("the call did not end within {limit:?}")
-        }
-    };
+    let report = pipeline::converse(engines, setup, out, input, line.hung_up(), events_tx).await?;
     let _ = printer.await;
-    report.summary = pipeline::summarize(engines.llm.as_ref(), &report).await;
     let (caller_track, agent_track) = line.recording();
     Ok(SimulatedCall { report, log: line.log(), caller_track, agent_track, rate: line_rate })
 }

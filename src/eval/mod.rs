@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::pipeline::metrics::percentile;
 use crate::pipeline::CallReport;
-use crate::transport::loopback::CallerScript;
+use crate::simulation::CallerScript;
 
 /// What a scenario expects; every part is optional.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

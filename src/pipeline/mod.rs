@@ -237,6 +237,29 @@ fn sentence_case(text: &str) -> String {
     chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
+/// One answered call to its end, on any line: the pipeline under the assistant's duration
+/// limit (and a grace for the goodbye), then its summary. A call past the limit is hung up and
+/// is an error. The server's runner, `simulate`, `demo` and the eval all go through here.
+pub async fn converse(
+    engines: Arc<Engines>,
+    setup: CallSetup,
+    out: Arc<dyn AudioOut>,
+    input: CallInput,
+    hung_up: CancellationToken,
+    events: mpsc::UnboundedSender<CallEvent>,
+) -> anyhow::Result<CallReport> {
+    let limit = Duration::from_secs_f32(setup.assistant.spec.turn.max_duration_s + 30.0);
+    let llm = engines.llm.clone();
+    let result = tokio::time::timeout(limit, run_call(engines, setup, out, input, hung_up.clone(), events)).await;
+    hung_up.cancel();
+    let mut report = match result {
+        Ok(report) => report?,
+        Err(_) => anyhow::bail!("the call did not end within {limit:?}"),
+    };
+    report.summary = summarize(llm.as_ref(), &report).await;
+    Ok(report)
+}
+
 /// A one-sentence summary of a call: from its flow when it followed one, else by the
 /// assistant's own LLM (a simple version; the analysis stage refines it), falling back to the
 /// caller's first words if the LLM fails.

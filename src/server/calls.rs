@@ -29,7 +29,7 @@ use super::AppState;
 use crate::assistant::prompt;
 use crate::pipeline::metrics::percentile;
 use crate::store::{self, CallRecord, HistoryFilter};
-use crate::transport::loopback::CallerScript;
+use crate::simulation::CallerScript;
 
 /// A retried request with the same key within this window returns the first call.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 5 * 60 * 1000;

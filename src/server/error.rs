@@ -347,7 +347,7 @@ mod tests {
                     // What the handler checks next must not panic either.
                     let _ = crate::server::numbers::describe(&request.to_number, None);
                     if let Some(script) = request.metadata.get("sandbox_caller") {
-                        if let Ok(script) = serde_json::from_value::<crate::transport::loopback::CallerScript>(script.clone()) {
+                        if let Ok(script) = serde_json::from_value::<crate::simulation::CallerScript>(script.clone()) {
                             let _ = script.problems();
                         }
                     }

@@ -26,7 +26,8 @@ use super::secrets::Vault;
 use crate::pipeline::{self, CallEvent, CallSetup, Credentials, EngineRegistry, Engines};
 use crate::call::CallStatus;
 use crate::store::{CallOutcome, CallRecord, Store, TranscriptLine, TurnRecord};
-use crate::transport::loopback::{CallerScript, LoopbackLine, ScriptedCaller};
+use crate::simulation::{CallerScript, ScriptedCaller};
+use crate::transport::loopback::LoopbackLine;
 use crate::transport::recorder::Recorder;
 use crate::transport::stream::StreamLine;
 use crate::transport::{AudioOut, CallInput};
@@ -480,19 +481,15 @@ impl Runner {
         };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_events(log.clone(), self.store.clone(), call.id.clone(), events_rx, loopback, stream));
-        let limit = Duration::from_secs_f32(assistant.spec.turn.max_duration_s + 30.0);
-        let result = tokio::time::timeout(limit, pipeline::run_call(engines.clone(), setup, out, input, caller_gone.clone(), events_tx)).await;
-        caller_gone.cancel();
+        let result = pipeline::converse(engines, setup, out, input, caller_gone, events_tx).await;
         let _ = writer.await;
         let mut report = match result {
-            Ok(Ok(report)) => report,
-            Ok(Err(error)) => return failed(format!("{error:#}")),
-            Err(_) => return failed(format!("the call did not end within {limit:?}")),
+            Ok(report) => report,
+            Err(error) => return failed(format!("{error:#}")),
         };
         if let Some(reason) = ended_by.lock().unwrap_or_else(|e| e.into_inner()).take() {
             report.ended_by = Some(reason);
         }
-        report.summary = pipeline::summarize(engines.llm.as_ref(), &report).await;
         CallOutcome {
             status: CallStatus::Completed,
             reason: None,

@@ -1,0 +1,321 @@
+//! Simulated callers: a caller script (YAML) and the [`ScriptedCaller`] that plays it into a
+//! loopback line — lines spoken in a voice other than the agent's, pauses inside a sentence,
+//! barge-ins timed against the agent's speech, coughs, keypad digits, recordings, and lines
+//! that wait for a phrase of the agent. The sandbox line, `simulate`, `demo` and the eval
+//! harness use them; nothing here knows a server or a real line.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::audio::Audio;
+use crate::transport::loopback::{LoopbackLine, TICK};
+use crate::transport::AudioOut;
+
+/// A caller script (YAML): what the synthetic caller says and when.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerScript {
+    /// The caller's voice: `espeak:VOICE` or a Piper voice name.
+    #[serde(default = "default_caller_voice")]
+    pub voice: String,
+    pub lines: Vec<CallerLine>,
+    /// How long the caller waits for the agent's last answer before hanging up.
+    #[serde(default = "default_final_wait_ms")]
+    pub final_wait_ms: u64,
+}
+
+fn default_caller_voice() -> String {
+    "espeak:en-us".into()
+}
+fn default_final_wait_ms() -> u64 {
+    8_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerLine {
+    /// Words to say; `...` inside marks a pause of `inner_pause_ms`.
+    pub say: Option<String>,
+    /// A burst of noise this long (a cough), instead of words.
+    pub noise_ms: Option<u32>,
+    /// Keypad digits to press, instead of words.
+    pub dtmf: Option<String>,
+    /// Silence to leave after the agent stops talking before this line.
+    #[serde(default = "default_pause_ms")]
+    pub pause_ms: u64,
+    /// Speak this long after the agent *starts* answering (a barge-in), instead of waiting.
+    pub barge_in_after_ms: Option<u64>,
+    /// The pause that `...` stands for.
+    #[serde(default = "default_inner_pause_ms")]
+    pub inner_pause_ms: u64,
+    /// Stay silent this long after the line (to test idle handling).
+    #[serde(default)]
+    pub then_silence_ms: u64,
+    /// A recording to play as this turn, instead of synthesized words (any format `transcribe`
+    /// reads, at any rate; a path relative to the script or scenario file). Not over the API.
+    pub audio: Option<std::path::PathBuf>,
+    /// What the recording says: the reference its transcript is scored against.
+    pub text: Option<String>,
+    /// Wait until the agent has said this phrase (then for it to finish) before the line, so
+    /// the script stays in step with an agent that answers differently; after
+    /// [`PHRASE_TIMEOUT`] the line is said anyway.
+    pub after: Option<String>,
+}
+
+/// How long a line with `after:` waits for its phrase.
+pub const PHRASE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn default_pause_ms() -> u64 {
+    600
+}
+fn default_inner_pause_ms() -> u64 {
+    900
+}
+
+/// The bounds a caller script sent over the API must keep (it is synthesized and played in
+/// real time on the server, so every length is work).
+const MAX_SCRIPT_LINES: usize = 40;
+const MAX_LINE_CHARS: usize = 500;
+const MAX_SCRIPT_WAIT_MS: u64 = 120_000;
+
+impl CallerScript {
+    /// Every bound this script breaks, as (field, message with the fix); checked before a
+    /// call is stored, so a bad script never reaches the line.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        match crate::tts::espeak_voice(&self.voice) {
+            Some(voice) if voice.is_empty() || voice.len() > 32 || !voice.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '+') => {
+                out.push(("voice".into(), format!("`{}` is not an espeak voice; use e.g. espeak:en-us", crate::assistant::check::clip(&self.voice))))
+            }
+            Some(_) => {}
+            None => {
+                let known = crate::models::Manifest::load().ok().is_none_or(|m| m.get(&format!("piper-{}", self.voice)).is_ok());
+                if !known {
+                    out.push(("voice".into(), format!("no voice `{}`; use espeak:en-us or an installed Piper voice", crate::assistant::check::clip(&self.voice))));
+                }
+            }
+        }
+        if self.lines.len() > MAX_SCRIPT_LINES {
+            out.push(("lines".into(), format!("has {} lines; the most is {MAX_SCRIPT_LINES}", self.lines.len())));
+        }
+        if self.final_wait_ms > MAX_SCRIPT_WAIT_MS {
+            out.push(("final_wait_ms".into(), format!("{} is more than {MAX_SCRIPT_WAIT_MS}", self.final_wait_ms)));
+        }
+        for (i, line) in self.lines.iter().enumerate() {
+            let field = |name: &str| format!("lines.{i}.{name}");
+            if line.say.as_deref().is_some_and(|s| s.chars().count() > MAX_LINE_CHARS) {
+                out.push((field("say"), format!("is longer than {MAX_LINE_CHARS} characters")));
+            }
+            if line.after.as_deref().is_some_and(|a| a.chars().count() > 200 || crate::text::normalized_words(a).is_empty()) {
+                out.push((field("after"), "must be a phrase of words, at most 200 characters".into()));
+            }
+            if line.audio.is_some() && (line.say.is_some() || line.dtmf.is_some() || line.noise_ms.is_some()) {
+                out.push((field("audio"), "a line plays a recording, or says words, or presses keys, or coughs: one of them".into()));
+            }
+            if line.text.as_deref().is_some_and(|t| t.chars().count() > MAX_LINE_CHARS) {
+                out.push((field("text"), format!("is longer than {MAX_LINE_CHARS} characters")));
+            }
+            if let Some(digits) = &line.dtmf {
+                if digits.is_empty() || digits.len() > 32 || !digits.chars().all(|c| c.is_ascii_digit() || "*#ABCD".contains(c)) {
+                    out.push((field("dtmf"), "use 1..32 of 0-9, *, # and A-D".into()));
+                }
+            }
+            if line.noise_ms.is_some_and(|ms| ms > 5_000) {
+                out.push((field("noise_ms"), "is more than 5000".into()));
+            }
+            let waits = [("pause_ms", line.pause_ms), ("inner_pause_ms", line.inner_pause_ms), ("then_silence_ms", line.then_silence_ms), ("barge_in_after_ms", line.barge_in_after_ms.unwrap_or(0))];
+            for (name, ms) in waits {
+                if ms > MAX_SCRIPT_WAIT_MS {
+                    out.push((field(name), format!("{ms} is more than {MAX_SCRIPT_WAIT_MS}")));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn load(path: &std::path::Path) -> anyhow::Result<CallerScript> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut script: CallerScript = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        script.resolve_recordings(path.parent().unwrap_or(std::path::Path::new(".")));
+        Ok(script)
+    }
+
+    /// Makes recordings' paths relative to `dir` (the file that named them) absolute.
+    pub fn resolve_recordings(&mut self, dir: &std::path::Path) {
+        for line in &mut self.lines {
+            if let Some(audio) = &line.audio {
+                if audio.is_relative() && dir.join(audio).is_file() {
+                    line.audio = Some(dir.join(audio));
+                }
+            }
+        }
+    }
+
+    /// [`CallerScript::problems`], and what a script sent over the API may not do: play a
+    /// file from the server's disk.
+    pub fn problems_over_api(&self) -> Vec<(String, String)> {
+        let mut out = self.problems();
+        for (i, line) in self.lines.iter().enumerate() {
+            if line.audio.is_some() {
+                out.push((format!("lines.{i}.audio"), "recordings are files on the server: a script sent over the API may only `say` words".into()));
+            }
+        }
+        out
+    }
+
+    /// What the caller says, in order: the reference for the transcript of their turns.
+    pub fn reference_text(&self) -> String {
+        self.lines.iter().filter_map(|l| l.text.as_deref().or(l.say.as_deref())).map(|t| t.replace("...", " ")).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// Plays a [`CallerScript`] into a line, taking turns with the agent.
+pub struct ScriptedCaller {
+    pub script: CallerScript,
+    /// Each line's audio at the line's rate (empty for keypad lines).
+    audio: Vec<Vec<f32>>,
+}
+
+/// How long the caller waits for the agent to begin answering before speaking anyway.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl ScriptedCaller {
+    /// Synthesizes every line up front (so synthesis never delays the caller's timing).
+    pub fn prepare(script: CallerScript, voice: &dyn crate::tts::TextToSpeech, rate: u32) -> anyhow::Result<ScriptedCaller> {
+        let mut audio = Vec::new();
+        for line in &script.lines {
+            let mut samples = Vec::new();
+            if let Some(path) = &line.audio {
+                let recording = crate::audio::decode::decode_file(path).map_err(|e| anyhow::anyhow!("the caller's recording {}: {e}", path.display()))?;
+                samples = trim_silence(&recording.to_rate(rate)?.samples);
+            } else if let Some(text) = &line.say {
+                for (i, part) in text.split("...").map(str::trim).filter(|p| !p.is_empty()).enumerate() {
+                    if i > 0 {
+                        samples.extend(Audio::silence(line.inner_pause_ms as f32 / 1000.0, rate).samples);
+                    }
+                    let spoken = voice.speak_all(part)?.to_rate(rate)?;
+                    samples.extend(trim_silence(&spoken.samples));
+                }
+            } else if let Some(ms) = line.noise_ms {
+                samples = cough(ms, rate);
+            }
+            audio.push(samples);
+        }
+        Ok(ScriptedCaller { script, audio })
+    }
+
+    /// Runs the script on `line`; `agent_idle` tells whether the agent is silent.
+    pub async fn run(self, line: LoopbackLine) {
+        // Let the agent say its first message.
+        wait_for_quiet(&line, Duration::from_millis(600), tokio::time::Instant::now() + ANSWER_TIMEOUT).await;
+        for (spec, samples) in self.script.lines.iter().zip(self.audio) {
+            if line.is_hung_up() {
+                return;
+            }
+            if let Some(after) = spec.barge_in_after_ms {
+                // Wait for the agent to start talking, then talk over it.
+                wait_for_agent_to_speak(&line).await;
+                tokio::time::sleep(Duration::from_millis(after)).await;
+            } else {
+                if let Some(phrase) = &spec.after {
+                    let deadline = tokio::time::Instant::now() + PHRASE_TIMEOUT;
+                    while !line.agent_has_said(phrase) && tokio::time::Instant::now() < deadline && !line.is_hung_up() {
+                        tokio::time::sleep(TICK).await;
+                    }
+                }
+                wait_for_quiet(&line, Duration::from_millis(spec.pause_ms), tokio::time::Instant::now() + ANSWER_TIMEOUT).await;
+            }
+            if let Some(digits) = &spec.dtmf {
+                line.caller_presses(digits);
+                wait_for_agent_to_speak(&line).await;
+                continue;
+            }
+            if samples.is_empty() {
+                // A line with nothing to say may still be silence to keep (a voicemail).
+                if spec.then_silence_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(spec.then_silence_ms)).await;
+                }
+                continue;
+            }
+            let (start, end) = line.caller_says(&samples);
+            line.record_caller_speech(start, end);
+            // Wait until the line has played our words, plus any scripted silence.
+            while line.caller_is_speaking() && !line.is_hung_up() {
+                tokio::time::sleep(TICK).await;
+            }
+            if spec.then_silence_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(spec.then_silence_ms)).await;
+            }
+            // Give the agent a moment to begin answering before judging it idle.
+            if spec.barge_in_after_ms.is_none() {
+                wait_for_agent_to_speak(&line).await;
+            }
+        }
+        // Hear the last answer out, then hang up.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.script.final_wait_ms);
+        wait_for_quiet(&line, Duration::from_millis(1_500), deadline).await;
+        line.caller_hangs_up();
+    }
+}
+
+/// Waits until the agent has been silent for `quiet` (or the deadline, or a hang-up).
+async fn wait_for_quiet(line: &LoopbackLine, quiet: Duration, deadline: tokio::time::Instant) {
+    let mut silent_since = tokio::time::Instant::now();
+    while tokio::time::Instant::now() < deadline && !line.is_hung_up() {
+        if !line.is_idle() {
+            silent_since = tokio::time::Instant::now();
+        } else if silent_since.elapsed() >= quiet {
+            return;
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+/// Waits until agent audio is on the line (at most [`ANSWER_TIMEOUT`]).
+async fn wait_for_agent_to_speak(line: &LoopbackLine) {
+    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    while line.is_idle() && tokio::time::Instant::now() < deadline && !line.is_hung_up() {
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+/// Drops leading and trailing silence so a line's end is the end of its speech.
+fn trim_silence(samples: &[f32]) -> Vec<f32> {
+    let loud = |s: &f32| s.abs() > 0.01;
+    let start = samples.iter().position(loud).unwrap_or(0);
+    let end = samples.iter().rposition(loud).map(|e| e + 1).unwrap_or(0);
+    samples[start..end.max(start)].to_vec()
+}
+
+/// A short burst of loud noise shaped like a cough.
+fn cough(ms: u32, rate: u32) -> Vec<f32> {
+    let n = (rate as u64 * ms as u64 / 1000) as usize;
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    (0..n)
+        .map(|i| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let noise = (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            let envelope = (std::f32::consts::PI * i as f32 / n as f32).sin();
+            0.5 * noise * envelope
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_over_the_api_may_not_play_files_and_lines_do_one_thing() {
+        let script: CallerScript = serde_yaml::from_str("lines: [{ audio: /etc/passwd }]").unwrap();
+        assert!(script.problems().is_empty(), "an eval scenario may play recordings");
+        assert!(script.problems_over_api().iter().any(|(field, _)| field == "lines.0.audio"));
+        let script: CallerScript = serde_yaml::from_str("lines: [{ audio: a.wav, say: hi, text: hi }]").unwrap();
+        assert!(script.problems().iter().any(|(field, _)| field == "lines.0.audio"));
+        let script: CallerScript = serde_yaml::from_str("lines: [{ say: 'one ... two' }, { audio: a.wav, text: three }, { dtmf: '1' }]").unwrap();
+        assert_eq!(script.reference_text(), "one   two three");
+    }
+}
