@@ -85,9 +85,12 @@ async fn bench(args: BenchCallsArgs) -> anyhow::Result<()> {
     println!("{:>6} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10}", "calls", "frames", "late", "max late ms", "CPU % core", "MB/call", "CPU ms/s/call");
     let mut passed = 0;
     let mut n = args.step.max(1);
+    // Memory per call against the process before any call: conservative (what earlier steps
+    // freed but the allocator kept counts against this one).
+    let rss_idle = rss_bytes();
     while n <= args.calls {
         collected.lock().unwrap_or_else(|e| e.into_inner()).logs.clear();
-        let (cpu_before, rss_before) = (cpu_seconds(), rss_bytes());
+        let cpu_before = cpu_seconds();
         let started = Instant::now();
         let hold = Duration::from_secs(args.seconds.max(2));
         let clients: Vec<_> = (0..n).map(|i| tokio::spawn(play_twilio(url.clone(), i, hold))).collect();
@@ -111,7 +114,7 @@ async fn bench(args: BenchCallsArgs) -> anyhow::Result<()> {
         let frames: u64 = logs.iter().map(|l| l.ticks).sum();
         let late: u64 = logs.iter().map(|l| l.ticks_late).sum();
         let max_late = logs.iter().map(|l| l.max_lateness).max().unwrap_or_default();
-        let per_call_mb = rss_during.saturating_sub(rss_before) as f64 / n as f64 / 1e6;
+        let per_call_mb = rss_during.saturating_sub(rss_idle) as f64 / n as f64 / 1e6;
         println!(
             "{n:>6} {frames:>10} {late:>10} {:>12.1} {:>12.0} {per_call_mb:>10.2} {:>10.2}{}",
             max_late.as_secs_f64() * 1000.0,

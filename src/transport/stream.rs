@@ -110,7 +110,7 @@ impl StreamLine {
             failure: Arc::new(Mutex::new(None)),
             transferring: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
-        tokio::spawn(line.clone().run_clock());
+        Clock::shared().add(line.clone());
         (line, super::CallInput { audio: audio_rx, dtmf: dtmf_rx }, out_rx)
     }
 
@@ -118,48 +118,43 @@ impl StreamLine {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn run_clock(self) {
-        let start = Instant::now();
-        let mut interval = tokio::time::interval_at(tokio::time::Instant::from_std(start), TICK);
-        // A late tick sends its frame at once: the caller hears a gap, not a drift.
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        loop {
-            let due = tokio::select! {
-                _ = self.ended.cancelled() => break,
-                due = interval.tick() => due,
-            };
-            let lateness = due.elapsed();
-            let messages = {
-                let mut state = self.lock();
-                state.log.ticks += 1;
-                if lateness > TICK {
-                    state.log.ticks_late += 1;
-                }
-                state.log.max_lateness = state.log.max_lateness.max(lateness);
-                let now = TICK * state.ticks as u32;
-                state.ticks += 1;
-                let frame_len = (self.rate / 50) as usize;
-                let step = state.playout.step(frame_len, now);
-                if let Some(recorder) = &state.recorder {
-                    recorder.step(&step.samples);
-                }
-                let mut messages = Vec::new();
-                if !step.samples.is_empty() {
-                    let mut frame = step.samples;
-                    frame.resize(frame_len, 0.0);
-                    messages.push(Outgoing::Audio(frame));
-                    state.log.frames_sent += 1;
-                }
-                for segment in step.finished {
-                    messages.push(Outgoing::Mark(segment));
-                    state.log.marks_sent += 1;
-                }
-                messages
-            };
-            for message in messages {
-                self.send(message);
+    /// One step of the clock, `lateness` after its due time: the next frame out, and a mark
+    /// for each segment that ended in it.
+    fn tick(&self, lateness: Duration) {
+        let messages = {
+            let mut state = self.lock();
+            state.log.ticks += 1;
+            if lateness > TICK {
+                state.log.ticks_late += 1;
             }
+            state.log.max_lateness = state.log.max_lateness.max(lateness);
+            let now = TICK * state.ticks as u32;
+            state.ticks += 1;
+            let frame_len = (self.rate / 50) as usize;
+            let step = state.playout.step(frame_len, now);
+            if let Some(recorder) = &state.recorder {
+                recorder.step(&step.samples);
+            }
+            let mut messages = Vec::new();
+            if !step.samples.is_empty() {
+                let mut frame = step.samples;
+                frame.resize(frame_len, 0.0);
+                messages.push(Outgoing::Audio(frame));
+                state.log.frames_sent += 1;
+            }
+            for segment in step.finished {
+                messages.push(Outgoing::Mark(segment));
+                state.log.marks_sent += 1;
+            }
+            messages
+        };
+        for message in messages {
+            self.send(message);
         }
+    }
+
+    /// The line has closed: its recording is finished.
+    fn finish(&self) {
         if let Some(recorder) = self.lock().recorder.take() {
             recorder.finish();
         }
@@ -320,6 +315,57 @@ impl AudioOut for StreamLine {
                 control.transfer(destination, self.ended.clone());
             }
             None => tracing::warn!(destination, "this line has no call control: the transfer cannot happen"),
+        }
+    }
+}
+
+/// The clock every streamed line steps on: one thread, one 20 ms tick, every live line in
+/// turn. One timer for all calls instead of one each: hundreds of calls cost one wake-up a
+/// tick, and no line's frame waits behind the async runtime's other work. A tick that runs late
+/// sends its frames at once and the next ones follow on schedule (the caller hears a gap, not a
+/// drift).
+struct Clock {
+    lines: Mutex<Vec<StreamLine>>,
+}
+
+impl Clock {
+    fn shared() -> &'static Clock {
+        static CLOCK: std::sync::OnceLock<&'static Clock> = std::sync::OnceLock::new();
+        CLOCK.get_or_init(|| {
+            let clock: &'static Clock = Box::leak(Box::new(Clock { lines: Mutex::new(Vec::new()) }));
+            std::thread::Builder::new().name("line-clock".into()).spawn(move || clock.run()).expect("the line clock's thread starts");
+            clock
+        })
+    }
+
+    fn add(&self, line: StreamLine) {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+    }
+
+    fn run(&self) {
+        let start = Instant::now();
+        let mut ticks: u64 = 0;
+        loop {
+            ticks += 1;
+            let due = start + Duration::from_micros(TICK.as_micros() as u64 * ticks);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let lateness = Instant::now().saturating_duration_since(due);
+            let lines: Vec<StreamLine> = self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut closed = false;
+            for line in &lines {
+                if line.ended.is_cancelled() {
+                    line.finish();
+                    closed = true;
+                } else {
+                    line.tick(lateness);
+                }
+            }
+            if closed {
+                self.lines.lock().unwrap_or_else(|e| e.into_inner()).retain(|line| !line.ended.is_cancelled());
+            }
         }
     }
 }
