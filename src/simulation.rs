@@ -3,6 +3,11 @@
 //! barge-ins timed against the agent's speech, coughs, keypad digits, recordings, and lines
 //! that wait for a phrase of the agent. The sandbox line, `simulate`, `demo` and the eval
 //! harness use them; nothing here knows a server or a real line.
+//!
+//! **The sandbox.** Numbers under `+1 500 555` (`+1500555XXXX`) reach the simulated line: a
+//! scripted caller answers through the real pipeline. The last four digits choose what
+//! happens, like a provider's test numbers: `0001` never answers (no-answer), `0002` is busy,
+//! `0003` fails, anything else answers.
 
 use std::time::Duration;
 
@@ -11,6 +16,31 @@ use serde::Deserialize;
 use crate::audio::Audio;
 use crate::transport::loopback::{LoopbackLine, TICK};
 use crate::transport::AudioOut;
+
+pub const SANDBOX_PREFIX: &str = "+1500555";
+
+/// What the sandbox line does with a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sandbox {
+    Answer,
+    NoAnswer,
+    Busy,
+    Fail,
+}
+
+/// The sandbox behaviour of an E.164 number, if it is a sandbox number.
+pub fn sandbox(e164: &str) -> Option<Sandbox> {
+    let rest = e164.strip_prefix(SANDBOX_PREFIX)?;
+    if rest.len() != 4 || !rest.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some(match rest {
+        "0001" => Sandbox::NoAnswer,
+        "0002" => Sandbox::Busy,
+        "0003" => Sandbox::Fail,
+        _ => Sandbox::Answer,
+    })
+}
 
 /// A caller script (YAML): what the synthetic caller says and when.
 #[derive(Debug, Clone, Deserialize)]

@@ -1,10 +1,5 @@
-//! Phone numbers: validation (E.164 through the `phonenumber` crate), the workspace's numbers,
-//! and the sandbox.
-//!
-//! **The sandbox.** Until a telephony provider is configured, numbers under `+1 500 555`
-//! (`+1500555XXXX`) reach the built-in simulated line: a scripted caller answers through the
-//! real pipeline. The last four digits choose what happens, like a provider's test numbers:
-//! `0001` never answers (no-answer), `0002` is busy, `0003` fails, anything else answers.
+//! Phone numbers: validation (E.164 through the `phonenumber` crate) and the workspace's
+//! numbers. Sandbox numbers (`crate::simulation::sandbox`) are valid and always callable.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -18,32 +13,8 @@ use super::assistants::{rfc3339, Page};
 use super::auth::Auth;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use super::AppState;
+use crate::simulation::{sandbox, SANDBOX_PREFIX};
 use crate::store::{self, NumberRecord};
-
-pub const SANDBOX_PREFIX: &str = "+1500555";
-
-/// What the sandbox line does with a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sandbox {
-    Answer,
-    NoAnswer,
-    Busy,
-    Fail,
-}
-
-/// The sandbox behaviour of an E.164 number, if it is a sandbox number.
-pub fn sandbox(e164: &str) -> Option<Sandbox> {
-    let rest = e164.strip_prefix(SANDBOX_PREFIX)?;
-    if rest.len() != 4 || !rest.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    Some(match rest {
-        "0001" => Sandbox::NoAnswer,
-        "0002" => Sandbox::Busy,
-        "0003" => Sandbox::Fail,
-        _ => Sandbox::Answer,
-    })
-}
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct NumberInfo {
@@ -404,8 +375,8 @@ mod tests {
     fn sandbox_numbers_are_callable() {
         let info = describe("+15005550006", None);
         assert!(info.valid && info.callable && info.sandbox, "{info:?}");
-        assert_eq!(sandbox("+15005550001"), Some(Sandbox::NoAnswer));
-        assert_eq!(sandbox("+15005550002"), Some(Sandbox::Busy));
+        assert_eq!(sandbox("+15005550001"), Some(crate::simulation::Sandbox::NoAnswer));
+        assert_eq!(sandbox("+15005550002"), Some(crate::simulation::Sandbox::Busy));
         assert_eq!(sandbox("+14155552671"), None);
     }
 

@@ -17,7 +17,6 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::numbers::{sandbox, Sandbox};
 use crate::assistant::prompt::CallContext;
 use crate::assistant::Assistant;
 use crate::models::ModelStore;
@@ -26,7 +25,7 @@ use super::secrets::Vault;
 use crate::pipeline::{self, CallEvent, CallSetup, Credentials, EngineRegistry, Engines};
 use crate::call::CallStatus;
 use crate::store::{CallOutcome, CallRecord, Store, TranscriptLine, TurnRecord};
-use crate::simulation::{CallerScript, ScriptedCaller};
+use crate::simulation::{sandbox, CallerScript, Sandbox, ScriptedCaller};
 use crate::transport::loopback::LoopbackLine;
 use crate::transport::recorder::Recorder;
 use crate::transport::stream::StreamLine;
