@@ -155,6 +155,9 @@ impl StreamAnswer {
 struct Pending {
     token: String,
     tx: tokio::sync::oneshot::Sender<Answer>,
+    /// Twilio's id of a call we placed, once its REST answer came: what to cancel if the
+    /// server stops while it rings.
+    call_sid: Option<String>,
 }
 
 /// How long an outbound call may ring and an answered one take to stream.
@@ -219,7 +222,7 @@ impl Runner {
         rand::rng().fill_bytes(&mut bytes);
         let token = hex::encode(bytes);
         let (tx, answered) = tokio::sync::oneshot::channel();
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(call_id.to_string(), Pending { token: token.clone(), tx });
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(call_id.to_string(), Pending { token: token.clone(), tx, call_sid: None });
         Waiting { token, answered }
     }
 
@@ -370,6 +373,9 @@ impl Runner {
                         match twilio.place_call(call).await {
                             Ok(sid) => {
                                 tracing::info!(call = %call.id, call_sid = %sid, "placed through Twilio");
+                                if let Some(pending) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&call.id) {
+                                    pending.call_sid = Some(sid);
+                                }
                                 self.await_stream(waiting, ANSWER_WITHIN).await.map(|answered| (answered, engines))
                             }
                             Err(reason) => Err(failed(reason)),
@@ -526,13 +532,29 @@ impl Runner {
     }
 
     /// Hangs up every live call (shutdown). Returns how many there were.
+    /// Calls still waiting for their stream are canceled (and a call we placed that is still
+    /// ringing is canceled at Twilio), so nothing is left ringing behind a stopped server.
     pub fn hang_up_all(&self, reason: &str) -> usize {
         let calls: Vec<LiveCall> = self.live.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for call in &calls {
             *call.ended_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
             call.line.hang_up();
         }
-        calls.len()
+        let waiting: Vec<Pending> = self.pending.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, pending)| pending).collect();
+        for pending in &waiting {
+            if let (Some(twilio), Some(sid)) = (self.twilio.clone(), pending.call_sid.clone()) {
+                tokio::spawn(async move {
+                    if let Err(error) = twilio.update_call(&sid, &[("Status", "canceled")]).await {
+                        tracing::warn!(%error, call_sid = %sid, "cannot cancel a ringing Twilio call at shutdown");
+                    }
+                });
+            }
+        }
+        let count = calls.len() + waiting.len();
+        for pending in waiting {
+            let _ = pending.tx.send(Answer::Ended { status: CallStatus::Canceled });
+        }
+        count
     }
 
     /// Sends a control to whichever worker owns the call. `Ok(false)`: this worker owns it but

@@ -25,6 +25,8 @@ const NUMBER: &str = "+14155552671";
 const CALLER: &str = "+14155552672";
 /// The stand-in answers a call to this number with `busy`.
 const BUSY: &str = "+14155552673";
+/// The stand-in lets a call to this number ring and ring.
+const NEVER: &str = "+14155552674";
 /// Human speech (Debian's pocketsphinx-testdata): "eight of spades four of clubs seven of hearts".
 const CARDS: &str = "/usr/share/pocketsphinx/test/data/cards/005.wav";
 
@@ -245,6 +247,9 @@ fn rest_standin(plan: Plan) -> (Server, Arc<Mutex<Vec<Session>>>) {
                     assert_eq!(status("busy").0, 204);
                     return;
                 }
+                if form["To"] == NEVER {
+                    return;
+                }
                 let params = [("CallSid", call_sid.as_str()), ("AccountSid", ACCOUNT), ("CallStatus", "in-progress"), ("Direction", "outbound-api"), ("To", &form["To"]), ("From", &form["From"])];
                 let (code, twiml) = webhook(&form["Url"], &params, None);
                 assert_eq!(code, 200, "{twiml}");
@@ -443,4 +448,30 @@ fn a_malformed_stream_fails_its_call_only() {
     // The server carries on: a health check and the API still answer.
     let (status, _) = get(&serve, &key, "/v1/workspace");
     assert_eq!(status, 200);
+}
+
+#[test]
+fn a_server_that_stops_cancels_a_call_still_ringing_at_twilio() {
+    let llm = standin::llm(vec![Reply::Text("Hello.")]);
+    let (rest, _) = rest_standin(Plan { barge_in_after: None, dtmf: None, hang_up_after_quiet: None });
+    let db = Database::sqlite();
+    let key = create_key(&db, "shop", &[]);
+    let mut serve = serve_with_twilio(&db, &rest);
+    let (_, created) = post(&serve, &key, "/v1/assistants", assistant(&llm));
+    post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
+    let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": created["id"], "to_number": NEVER, "from_number": NUMBER }));
+    assert_eq!(status, 201, "{call}");
+    let id = call["call_id"].as_str().unwrap().to_string();
+    wait_for(&serve, &key, &id, Duration::from_secs(20), |c| c["status"] == "ringing");
+    let started = Instant::now();
+    while !rest.heads().iter().any(|h| h.starts_with(&format!("POST /2010-04-01/Accounts/{ACCOUNT}/Calls.json"))) {
+        assert!(started.elapsed() < Duration::from_secs(20), "the call was never placed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(serve.child.id() as i32, libc::SIGTERM) };
+    let _ = serve.child.wait();
+    let canceled = rest.requests().iter().any(|r| r["raw"].as_str().is_some_and(|raw| raw.contains("Status=canceled")));
+    assert!(canceled, "the ringing call was canceled at Twilio: {:?}", rest.heads());
 }
