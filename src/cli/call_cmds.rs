@@ -85,7 +85,7 @@ pub fn parse_var(raw: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{raw}` is not name=value (e.g. --var customer_name=Sarah)"))
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
@@ -186,7 +186,7 @@ pub fn print_percentiles(turns: &[TurnTimings]) {
     }
 }
 
-fn load_assistant(path: &Path) -> anyhow::Result<Arc<Assistant>> {
+pub(super) fn load_assistant(path: &Path) -> anyhow::Result<Arc<Assistant>> {
     Ok(Arc::new(Assistant::load(path)?))
 }
 
@@ -196,7 +196,7 @@ pub fn operator_engines(store: &ModelStore) -> EngineRegistry {
     EngineRegistry::new(store.clone(), EgressPolicy::allow_all(), EngineLimits::default())
 }
 
-async fn load_engines(store: &ModelStore, assistant: &Assistant) -> anyhow::Result<Arc<Engines>> {
+pub(super) async fn load_engines(store: &ModelStore, assistant: &Assistant) -> anyhow::Result<Arc<Engines>> {
     Ok(operator_engines(store).engines_for(assistant, &Credentials::from_env()).await.context("loading the assistant's models")?)
 }
 

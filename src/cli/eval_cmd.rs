@@ -19,6 +19,9 @@ use crate::pipeline::{Credentials, EngineRegistry};
 pub enum EvalCommand {
     /// Run scenario suites (folders or files of YAML scenarios) and score them.
     Run(RunArgs),
+    /// Replay a recorded two-channel call against an assistant: the caller's turns (cut by the
+    /// VAD) are played as the new agent answers, beside what the recorded agent said.
+    Replay(super::replay_cmd::ReplayArgs),
     /// Render a run's results (`eval run --json`) as an HTML report.
     Report {
         /// The results file.
@@ -67,6 +70,7 @@ pub struct RunArgs {
 pub fn run(command: EvalCommand) -> anyhow::Result<()> {
     let args = match command {
         EvalCommand::Run(args) => args,
+        EvalCommand::Replay(args) => return super::replay_cmd::run(args),
         EvalCommand::Report { results, baseline, out } => {
             let results = read_results(&results)?;
             let baseline = baseline.as_deref().map(read_results).transpose()?;

@@ -7,6 +7,7 @@ mod audio_cmds;
 mod bench;
 mod bench_api;
 mod bench_calls;
+mod replay_cmd;
 pub mod call_cmds;
 mod eval_cmd;
 mod models_cmd;

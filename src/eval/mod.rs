@@ -642,6 +642,7 @@ pub fn talk_over_ms(caller: &[f32], agent: &[f32], rate: u32) -> f64 {
     both as f64 * 20.0
 }
 
+pub mod replay;
 pub mod report;
 
 #[cfg(test)]

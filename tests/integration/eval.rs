@@ -81,3 +81,22 @@ fn chromium_dom(page: &Path) -> (String, String) {
     assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
     (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
+
+#[test]
+fn a_recorded_call_is_replayed_turn_by_turn_against_the_assistant() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let assistant = root.join("assistants/luigis_booking.yaml");
+    run_ok(ringline().args(["simulate", "--json", "--assistant"]).arg(&assistant).arg("--caller").arg(root.join("eval/callers/booking.yaml")).arg("--out").arg(dir.path()));
+    let recording = dir.path().join("call.wav");
+    let json = dir.path().join("replay.json");
+    let out = run_ok(ringline().args(["eval", "replay"]).arg(&recording).arg("--assistant").arg(&assistant).arg("--json").arg(&json));
+    assert!(out.contains("turn by turn"), "{out}");
+    let replay: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let turns = replay["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 4, "the booking caller's four turns, cut by the VAD: {replay}");
+    assert!(turns.iter().all(|t| !t["recorded_agent"].as_str().unwrap_or_default().is_empty() && !t["agent"].as_str().unwrap_or_default().is_empty()), "each turn has both answers: {replay}");
+    assert_eq!(replay["disposition"], "booked", "{replay}");
+    let (ok, _, stderr) = run(ringline().args(["eval", "replay"]).arg(root.join("eval/recordings/tidigits-dhd-2934z.wav")).arg("--assistant").arg(&assistant));
+    assert!(!ok && stderr.contains("two channels"), "a mono file is refused with the reason: {stderr}");
+}

@@ -1,0 +1,61 @@
+//! Replaying a recorded call: the caller's channel cut into turns by the VAD, each turn to be
+//! played after the new agent has answered the one before (reactive replay); the recorded
+//! agent's channel is the reference the new answers are set beside.
+
+use crate::vad::{VadDetector, VadEvent, VadParams, FRAME_SAMPLES};
+
+/// Silence that separates two caller turns (shorter pauses stay inside a turn).
+pub const TURN_GAP_MS: u32 = 1_200;
+/// Turns shorter than this are noise, not speech.
+pub const MIN_TURN_MS: u32 = 250;
+
+/// Speech spans (start, end) in samples at 16 kHz, found by the VAD: `probability` gives a
+/// 512-sample frame's speech probability. Spans closer than [`TURN_GAP_MS`] are one turn.
+pub fn caller_turns(samples_16k: &[f32], mut probability: impl FnMut(&[f32]) -> f32) -> Vec<(usize, usize)> {
+    let mut vad = VadDetector::new(VadParams::default());
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut open: Option<usize> = None;
+    for frame in samples_16k.chunks_exact(FRAME_SAMPLES) {
+        match vad.push(probability(frame)) {
+            Some(VadEvent::SpeechStarted { onset_frame }) => open = Some(onset_frame as usize * FRAME_SAMPLES),
+            Some(VadEvent::SpeechStopped { last_speech_frame }) => {
+                if let Some(start) = open.take() {
+                    spans.push((start, (last_speech_frame as usize + 1) * FRAME_SAMPLES));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = open {
+        spans.push((start, samples_16k.len()));
+    }
+    let gap = (TURN_GAP_MS as usize) * 16;
+    let mut turns: Vec<(usize, usize)> = Vec::new();
+    for (start, end) in spans {
+        match turns.last_mut() {
+            Some(last) if start.saturating_sub(last.1) < gap => last.1 = end,
+            _ => turns.push((start, end)),
+        }
+    }
+    turns.retain(|(start, end)| end - start >= MIN_TURN_MS as usize * 16);
+    turns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speech_spans_become_turns_and_short_pauses_stay_inside_one() {
+        // 16 kHz: speech (1.0) for 1 s, a 0.5 s pause, 1 s more, 3 s of silence, 0.8 s, silence.
+        let mut samples = Vec::new();
+        for (value, seconds) in [(1.0f32, 1.0f32), (0.0, 0.5), (1.0, 1.0), (0.0, 3.0), (1.0, 0.8), (0.0, 2.0)] {
+            samples.extend(std::iter::repeat_n(value, (seconds * 16_000.0) as usize));
+        }
+        let turns = caller_turns(&samples, |frame| frame[0]);
+        assert_eq!(turns.len(), 2, "{turns:?}");
+        let seconds = |s: usize| s as f32 / 16_000.0;
+        assert!(seconds(turns[0].0) < 0.05 && (seconds(turns[0].1) - 2.5).abs() < 0.1, "{turns:?}");
+        assert!((seconds(turns[1].0) - 5.5).abs() < 0.1 && (seconds(turns[1].1) - 6.3).abs() < 0.1, "{turns:?}");
+    }
+}
