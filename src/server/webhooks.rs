@@ -220,6 +220,9 @@ pub fn backoff_ms(attempts: i64) -> i64 {
 pub async fn deliver_loop(store: Store, vault: Arc<Vault>, egress: EgressPolicy, shutdown: CancellationToken) {
     let client = egress.client(reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).connect_timeout(Duration::from_secs(5)));
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    // Receivers with a task sending to them now: the next of their events waits for it, so
+    // that an event stored while an earlier one is on the wire does not overtake it.
+    let busy: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Default::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -241,11 +244,15 @@ pub async fn deliver_loop(store: Store, vault: Arc<Vault>, egress: EgressPolicy,
                 None => by_receiver.push((delivery.url.clone(), vec![delivery])),
             }
         }
-        for (_, deliveries) in by_receiver {
+        for (url, deliveries) in by_receiver {
+            if !busy.lock().unwrap_or_else(|e| e.into_inner()).insert(url.clone()) {
+                continue;
+            }
             let Ok(permit) = slots.clone().acquire_owned().await else { return };
-            let (store, vault, egress, client) = (store.clone(), vault.clone(), egress.clone(), client.clone());
+            let (store, vault, egress, client, busy) = (store.clone(), vault.clone(), egress.clone(), client.clone(), busy.clone());
             tokio::spawn(async move {
                 let _slot = permit;
+                let _receiver = Busy(busy, url);
                 for delivery in deliveries {
                     let now = now_ms();
                     match store.claim_delivery(&delivery.id, now, now + CLAIM_MS).await {
@@ -256,6 +263,17 @@ pub async fn deliver_loop(store: Store, vault: Arc<Vault>, egress: EgressPolicy,
                 }
             });
         }
+    }
+}
+
+/// A receiver marked busy while its task runs; released however the task ends, and then what
+/// was stored for it meanwhile goes at once, not at the next tick.
+struct Busy(Arc<std::sync::Mutex<std::collections::HashSet<String>>>, String);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+        wake().notify_one();
     }
 }
 
