@@ -241,7 +241,7 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
         webhook_url: request.webhook_url.clone(),
         idempotency_key: request.idempotency_key.clone(),
         worker_id: Some(state.worker_id.to_string()),
-        day: chrono::DateTime::from_timestamp_millis(now).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default(),
+        day: store::day_of(now),
         created_at: now,
         ..CallRecord::default()
     };

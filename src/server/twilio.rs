@@ -71,13 +71,7 @@ impl Twilio {
             data.push_str(name);
             data.push_str(value);
         }
-        let digest = openssl::pkey::PKey::hmac(auth_token.as_bytes())
-            .and_then(|key| {
-                let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha1(), &key)?;
-                signer.update(data.as_bytes())?;
-                signer.sign_to_vec()
-            })
-            .unwrap_or_default();
+        let digest = super::secrets::hmac(openssl::hash::MessageDigest::sha1(), auth_token.as_bytes(), data.as_bytes());
         base64::engine::general_purpose::STANDARD.encode(digest)
     }
 
@@ -283,7 +277,7 @@ async fn inbound(state: &AppState, params: &[(String, String)]) -> Result<(Strin
         dynamic_variables: "{}".into(),
         metadata: serde_json::json!({ "twilio_call_sid": param(params, "CallSid") }).to_string(),
         worker_id: Some(state.worker_id.to_string()),
-        day: chrono::DateTime::from_timestamp_millis(now).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default(),
+        day: store::day_of(now),
         created_at: now,
         ..CallRecord::default()
     };

@@ -153,7 +153,7 @@ pub async fn socket(State(state): State<AppState>, Query(query): Query<SocketQue
         dynamic_variables: serde_json::to_string(&claims.variables).unwrap_or_default(),
         metadata: "{}".into(),
         worker_id: Some(state.worker_id.to_string()),
-        day: chrono::DateTime::from_timestamp_millis(now).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default(),
+        day: store::day_of(now),
         created_at: now,
         ..CallRecord::default()
     };
@@ -184,11 +184,7 @@ async fn run_socket(socket: WebSocket, state: AppState, call: CallRecord, assist
         tokio::select! {
             _ = ended.cancelled() => break,
             Some(message) = outgoing.recv() => {
-                let frame = match webcall::encode(&message) {
-                    Some(ToBrowser::Binary(bytes)) => Message::Binary(bytes.into()),
-                    Some(ToBrowser::Text(text)) => Message::Text(text.into()),
-                    None => continue,
-                };
+                let Some(frame) = frame(&message) else { continue };
                 if sink.send(frame).await.is_err() {
                     line.fail("the browser's socket closed while sending");
                     break;
@@ -224,11 +220,7 @@ async fn run_socket(socket: WebSocket, state: AppState, call: CallRecord, assist
         }
     }
     while let Ok(message) = outgoing.try_recv() {
-        let frame = match webcall::encode(&message) {
-            Some(ToBrowser::Binary(bytes)) => Message::Binary(bytes.into()),
-            Some(ToBrowser::Text(text)) => Message::Text(text.into()),
-            None => continue,
-        };
+        let Some(frame) = frame(&message) else { continue };
         if sink.send(frame).await.is_err() {
             break;
         }
@@ -236,6 +228,14 @@ async fn run_socket(socket: WebSocket, state: AppState, call: CallRecord, assist
     line.close();
     let _ = sink.send(Message::Text(json!({ "type": "ended", "reason": reason }).to_string().into())).await;
     let _ = sink.close().await;
+}
+
+/// The socket frame for what the line sends, if the browser gets one.
+fn frame(message: &crate::transport::stream::Outgoing) -> Option<Message> {
+    Some(match webcall::encode(message)? {
+        ToBrowser::Binary(bytes) => Message::Binary(bytes.into()),
+        ToBrowser::Text(text) => Message::Text(text.into()),
+    })
 }
 
 /// `GET /webcall.js`: the embeddable widget.

@@ -71,6 +71,11 @@ pub struct Store {
     pub url: String,
 }
 
+/// The UTC day (`2026-11-30`) of a time in ms since the epoch: what a call's `day` holds.
+pub fn day_of(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default()
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
