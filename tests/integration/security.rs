@@ -425,3 +425,32 @@ fn assistants_that_differ_in_settings_share_one_engine_set_and_kill_9_leaves_no_
     assert!(engine_children(restarted.child.id()).is_empty());
     assert!(!engines.iter().any(|pid| alive(*pid)));
 }
+
+#[test]
+fn a_tenant_cannot_fetch_delete_or_call_with_another_workspaces_recordings_and_tokens() {
+    let llm = standin::llm(vec![Reply::Text("We open at nine."), Reply::Text("A short call.")]);
+    let db = Database::sqlite();
+    let (owner, attacker) = (create_key(&db, "owner", &[]), create_key(&db, "attacker", &[]));
+    let serve = Serve::start(&db, &repo_assistants(), &[]);
+    let (status, created) = post(&serve, &owner, "/v1/assistants", crate::api::assistant_spec(&llm));
+    assert_eq!(status, 201, "{created}");
+    let request = json!({ "assistant_id": created["id"], "to_number": "+15005550006", "record": true,
+        "dynamic_variables": { "customer_name": "Ann" }, "metadata": { "sandbox_caller": short_caller() } });
+    let (status, call) = post(&serve, &owner, "/v1/calls/outbound", request);
+    assert_eq!(status, 201, "{call}");
+    let id = call["call_id"].as_str().unwrap().to_string();
+    wait_for(&serve, &owner, &id, Duration::from_secs(60), ended);
+    let (_, detail) = get(&serve, &owner, &format!("/v1/calls/{id}"));
+    assert!(detail["recording_url"].is_string(), "the owner's call was recorded: {detail}");
+
+    // Another workspace sees none of it, and cannot delete it.
+    let (status, body) = get(&serve, &attacker, &format!("/v1/calls/{id}/recording"));
+    assert_eq!(status, 404, "{body}");
+    let (status, _, _) = http("DELETE", &serve.url(&format!("/v1/calls/{id}")), Some(&attacker), None);
+    assert_eq!(status, 404);
+    // Nor mint a web call token for the owner's assistant.
+    let (status, body) = post(&serve, &attacker, "/v1/webcall/token", json!({ "assistant_id": created["id"], "dynamic_variables": { "customer_name": "x" } }));
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = get(&serve, &owner, &format!("/v1/calls/{id}"));
+    assert_eq!(status, 200, "the call and its recording are still there");
+}
