@@ -18,7 +18,7 @@
 //! it under a JSON schema (`extract.rs`) and the flow checks what it found.
 
 pub mod extract;
-mod parse;
+pub mod parse;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -357,6 +357,9 @@ impl Flow {
                         SlotKind::Phone | SlotKind::Digits => &["5 5 5, 0 1 2 3"],
                         SlotKind::Email => &["john dot smith at example dot com"],
                         SlotKind::Boolean => &["yes", "no"],
+                        // A name said after a cue: without one, tiny.en on a phone line took
+                        // "The name is Sarah" for "Mm-hmm" or "the name is Error".
+                        SlotKind::Name => &["My name is John Smith", "It's under Maria Garcia"],
                         _ => &[],
                     };
                     phrases.extend(examples.iter().map(|e| e.to_string()));
