@@ -344,11 +344,11 @@ fn tool_calls_json(calls: &[ParsedCall], id: &str) -> Value {
     )
 }
 
-fn usage(prompt_new: usize, cached: usize, completion: usize, prompt_secs: f64, decode_secs: f64) -> Value {
+fn usage(prompt_new: usize, cached: usize, completion: usize, prompt_secs: f64, decode_secs: f64, most_sequences: usize) -> Value {
     json!({
         "prompt_tokens": prompt_new + cached, "completion_tokens": completion, "total_tokens": prompt_new + cached + completion,
         "prompt_tokens_details": { "cached_tokens": cached },
-        "timings": { "prompt_secs": prompt_secs, "decode_secs": decode_secs }
+        "timings": { "prompt_secs": prompt_secs, "decode_secs": decode_secs, "most_sequences_per_step": most_sequences }
     })
 }
 
@@ -371,7 +371,7 @@ async fn stream_events(mut events: mpsc::Receiver<Event>, out: mpsc::Sender<Resu
                     return; // client gone: dropping `events` stops the worker
                 }
             }
-            Event::Done { finish, completion_tokens, decode_secs } => {
+            Event::Done { finish, completion_tokens, decode_secs, most_sequences } => {
                 let rest = scanner.finish();
                 if !rest.is_empty() {
                     send(chunk(&id, &model, json!({ "content": rest }), None)).await;
@@ -385,7 +385,7 @@ async fn stream_events(mut events: mpsc::Receiver<Event>, out: mpsc::Sender<Resu
                     "stop"
                 };
                 let mut last = chunk(&id, &model, json!({}), Some(reason));
-                last["usage"] = usage(prompt_new, cached, completion_tokens, prompt_secs, decode_secs);
+                last["usage"] = usage(prompt_new, cached, completion_tokens, prompt_secs, decode_secs, most_sequences);
                 send(last).await;
                 let _ = out.send(Ok(SseEvent::default().data("[DONE]"))).await;
                 return;
@@ -410,7 +410,7 @@ async fn complete(mut events: mpsc::Receiver<Event>, id: String, model: String) 
                 let status = if message.starts_with("context_length_exceeded") || message.starts_with("invalid_grammar") { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
                 return error(status, "server_error", message);
             }
-            Event::Done { finish, completion_tokens, decode_secs } => {
+            Event::Done { finish, completion_tokens, decode_secs, most_sequences } => {
                 content.push_str(&scanner.finish());
                 let mut message = json!({ "role": "assistant", "content": content });
                 let reason = if !scanner.calls.is_empty() {
@@ -424,7 +424,7 @@ async fn complete(mut events: mpsc::Receiver<Event>, id: String, model: String) 
                 return Json(json!({
                     "id": id, "object": "chat.completion", "created": now(), "model": model,
                     "choices": [{ "index": 0, "message": message, "finish_reason": reason }],
-                    "usage": usage(prompt_new, cached, completion_tokens, prompt_secs, decode_secs),
+                    "usage": usage(prompt_new, cached, completion_tokens, prompt_secs, decode_secs, most_sequences),
                 }))
                 .into_response();
             }

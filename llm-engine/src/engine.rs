@@ -1,13 +1,22 @@
-//! The inference worker: one thread owns llama.cpp; requests queue to it in arrival order.
+//! The inference worker: one thread owns llama.cpp and advances every active request
+//! together — continuous batching.
 //!
 //! The context holds several sequences ("slots"). Each slot remembers the tokens in its KV
-//! cache; a request takes the slot sharing the longest prefix with its prompt, drops the rest,
-//! and processes only the new tokens. A call's turns share everything up to the new user
+//! cache; a request takes the free slot sharing the longest prefix with its prompt, drops the
+//! rest, and processes only the new tokens. A call's turns share everything up to the new user
 //! line, so the system prompt is processed once per call, not once per turn.
 //!
+//! Each step builds one llama.cpp batch: the next token of every request that is generating,
+//! then prompt tokens of requests still reading theirs (in chunks while others generate, so
+//! a long prompt never stalls the others for long). A new turn therefore joins the running
+//! batch at once instead of waiting for other calls' whole replies; on a CPU one step with
+//! several sequences costs little more than a step with one. Requests beyond the slots wait,
+//! in arrival order.
+//!
 //! Generation stops at an end-of-generation token, a stop string, `max_tokens`, or when the
-//! requester goes away (its channel closes): a barge-in cancels inference within one token.
+//! requester goes away (its channel closes): a barge-in cancels inference within one step.
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
@@ -69,7 +78,9 @@ pub enum Event {
     /// Prompt processed: how many tokens were new and how many came from the cache.
     Prompt { new_tokens: usize, cached_tokens: usize, secs: f64 },
     Text(String),
-    Done { finish: Finish, completion_tokens: usize, decode_secs: f64 },
+    /// `most_sequences`: the most requests (this one included) that shared one decode step
+    /// with it.
+    Done { finish: Finish, completion_tokens: usize, decode_secs: f64, most_sequences: usize },
     Error(String),
 }
 
@@ -89,6 +100,9 @@ pub struct Engine {
 /// Jobs waiting for the worker; beyond this the API answers 503 instead of queueing forever.
 const QUEUE_DEPTH: usize = 64;
 const BATCH: usize = 512;
+/// Prompt tokens one request may add to a step in which others are generating: bounds how
+/// long a long prompt holds up their next token.
+const PREFILL_CHUNK: usize = 128;
 /// Tokens the repetition penalties look back over.
 const PENALTY_WINDOW: i32 = 64;
 
@@ -111,8 +125,35 @@ impl Engine {
 }
 
 struct Slot {
+    /// The tokens in this sequence's KV cache, in order.
     tokens: Vec<LlamaToken>,
     last_used: u64,
+    busy: bool,
+}
+
+/// A request being served: reading its prompt, then generating.
+struct Active {
+    job: Job,
+    slot: usize,
+    prompt: Vec<LlamaToken>,
+    /// Prompt tokens in the cache (or in the step being decoded).
+    fed: usize,
+    cached: usize,
+    started: Instant,
+    decode_started: Option<Instant>,
+    sampler: LlamaSampler,
+    grammar: Option<LlamaSampler>,
+    allowance: usize,
+    produced: usize,
+    text: String,
+    pending_bytes: Vec<u8>,
+    /// Bytes of `text` already sent.
+    sent: usize,
+    /// The token sampled last, to be decoded in the next step.
+    next: Option<LlamaToken>,
+    /// Where this request's logits are in the step just decoded.
+    logits_at: Option<i32>,
+    most_sequences: usize,
 }
 
 fn worker(config: EngineConfig, inbox: std_mpsc::Receiver<Job>, ready: std_mpsc::Sender<Result<String, String>>) {
@@ -152,20 +193,50 @@ fn worker(config: EngineConfig, inbox: std_mpsc::Receiver<Job>, ready: std_mpsc:
         }
     };
     let _ = ready.send(Ok(template));
-    let mut slots: Vec<Slot> = (0..config.slots).map(|_| Slot { tokens: Vec::new(), last_used: 0 }).collect();
+    let slot_ctx = config.slot_ctx as usize;
+    let mut slots: Vec<Slot> = (0..config.slots).map(|_| Slot { tokens: Vec::new(), last_used: 0, busy: false }).collect();
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut active: Vec<Active> = Vec::new();
+    let mut batch = LlamaBatch::new(BATCH, config.slots as i32);
     let mut clock = 0u64;
-    for job in inbox {
-        clock += 1;
-        if job.events.is_closed() {
+    loop {
+        // Take new requests: wait for one when there is nothing to do.
+        if active.is_empty() && waiting.is_empty() {
+            match inbox.recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(_) => return,
+            }
+        }
+        while let Ok(job) = inbox.try_recv() {
+            waiting.push_back(job);
+        }
+        while slots.iter().any(|s| !s.busy) {
+            let Some(job) = waiting.pop_front() else { break };
+            if job.events.is_closed() {
+                continue;
+            }
+            clock += 1;
+            match admit(model, &mut ctx, &mut slots, clock, slot_ctx, job) {
+                Ok(request) => active.push(request),
+                Err((job, error)) => {
+                    let _ = job.events.blocking_send(Event::Error(error));
+                }
+            }
+        }
+        if active.is_empty() {
             continue;
         }
-        if let Err(error) = run_job(model, &mut ctx, &mut slots, clock, config.slot_ctx as usize, &job) {
-            // After a failed decode the KV state is unknown: start every slot afresh.
+        if let Err(error) = step(model, &mut ctx, &mut slots, &mut active, &mut batch, slot_ctx) {
+            // After a failed decode the KV state is unknown: every request fails, every slot
+            // starts afresh.
             ctx.clear_kv_cache();
             for slot in &mut slots {
                 slot.tokens.clear();
+                slot.busy = false;
             }
-            let _ = job.events.blocking_send(Event::Error(error));
+            for request in active.drain(..) {
+                let _ = request.job.events.blocking_send(Event::Error(error.clone()));
+            }
         }
     }
 }
@@ -174,53 +245,37 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-fn run_job(
-    model: &LlamaModel,
-    ctx: &mut LlamaContext<'_>,
-    slots: &mut [Slot],
-    clock: u64,
-    slot_ctx: usize,
-    job: &Job,
-) -> Result<(), String> {
+/// Gives a request a free slot (the one sharing the longest prefix with its prompt, else the
+/// least recently used) and drops what that slot held past the shared part.
+fn admit(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], clock: u64, slot_ctx: usize, job: Job) -> Result<Active, (Job, String)> {
     let started = Instant::now();
     let prompt = model.vocab().tokenize(job.prompt.as_bytes(), false, true);
     if prompt.is_empty() {
-        return Err("the prompt is empty".into());
+        return Err((job, "the prompt is empty".into()));
     }
     if prompt.len() + job.max_tokens.min(64) > slot_ctx {
-        return Err(format!("context_length_exceeded: the prompt has {} tokens; this engine holds {slot_ctx} per conversation", prompt.len()));
+        let message = format!("context_length_exceeded: the prompt has {} tokens; this engine holds {slot_ctx} per conversation", prompt.len());
+        return Err((job, message));
     }
-    // The slot with the longest shared prefix, else the least recently used.
     let (index, shared) = slots
         .iter()
         .enumerate()
+        .filter(|(_, s)| !s.busy)
         .map(|(i, s)| (i, common_prefix(&s.tokens, &prompt)))
         .max_by_key(|(i, shared)| (*shared, std::cmp::Reverse(slots[*i].last_used)))
-        .expect("at least one slot");
-    let seq = index as i32;
+        .expect("admit is called with a free slot");
     // At least one prompt token must be decoded to get logits.
     let keep = shared.min(prompt.len() - 1);
-    ctx.kv_cache_seq_rm(seq, Some(keep as u32), None).map_err(|e| e.to_string())?;
-    slots[index].tokens.truncate(keep);
-    slots[index].last_used = clock;
-
-    let mut batch = LlamaBatch::new(BATCH, 1);
-    let new = &prompt[keep..];
-    for (chunk_index, chunk) in new.chunks(BATCH).enumerate() {
-        batch.clear();
-        let base = keep + chunk_index * BATCH;
-        for (i, token) in chunk.iter().enumerate() {
-            let position = base + i;
-            batch.add(*token, position as i32, &[seq], position == prompt.len() - 1).map_err(|e| e.to_string())?;
-        }
-        ctx.decode(&mut batch).map_err(|e| format!("prompt decode failed: {e}"))?;
-        slots[index].tokens.extend_from_slice(chunk);
+    if let Err(e) = ctx.kv_cache_seq_rm(index as i32, Some(keep as u32), None) {
+        return Err((job, e.to_string()));
     }
-    let _ = job.events.blocking_send(Event::Prompt { new_tokens: new.len(), cached_tokens: keep, secs: started.elapsed().as_secs_f64() });
-
+    let slot = &mut slots[index];
+    slot.tokens.truncate(keep);
+    slot.last_used = clock;
+    slot.busy = true;
     // Small models loop ("I'm sorry, I'm sorry, …") without a repetition penalty.
     let penalties = LlamaSampler::penalties(model.n_vocab(), PENALTY_WINDOW, job.repeat_penalty.max(0.01), job.frequency_penalty, job.presence_penalty);
-    let mut sampler = if job.temperature <= 0.0 {
+    let sampler = if job.temperature <= 0.0 {
         LlamaSampler::chain_simple([penalties, LlamaSampler::greedy()])
     } else {
         LlamaSampler::chain_simple([
@@ -231,92 +286,192 @@ fn run_job(
             LlamaSampler::dist(clock as u32),
         ])
     };
-    let decode_started = Instant::now();
-    let mut produced = 0;
-    let mut text = String::new();
-    let mut pending_bytes: Vec<u8> = Vec::new();
-    let mut sent = 0; // bytes of `text` already sent
-    let mut position = prompt.len();
-    let mut logits_index = batch.n_tokens() - 1;
-    let mut grammar = match &job.constraint {
-        Some(Constraint::Always(gbnf)) => Some(compile(model, gbnf)?),
+    let grammar = match &job.constraint {
+        Some(Constraint::Always(gbnf)) => match compile(model, gbnf) {
+            Ok(grammar) => Some(grammar),
+            Err(error) => {
+                slots[index].busy = false;
+                return Err((job, error));
+            }
+        },
         _ => None,
     };
-    let mut allowance = 0;
-    let finish = loop {
-        if produced >= job.max_tokens + allowance || position + 1 >= slot_ctx {
-            break Finish::Length;
+    Ok(Active {
+        job,
+        slot: index,
+        prompt,
+        fed: keep,
+        cached: keep,
+        started,
+        decode_started: None,
+        sampler,
+        grammar,
+        allowance: 0,
+        produced: 0,
+        text: String::new(),
+        pending_bytes: Vec::new(),
+        sent: 0,
+        next: None,
+        logits_at: None,
+        most_sequences: 1,
+    })
+}
+
+/// One decode step over every active request; finished ones leave `active` and free their slot.
+fn step(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], active: &mut Vec<Active>, batch: &mut LlamaBatch, slot_ctx: usize) -> Result<(), String> {
+    // A request whose caller went away (a barge-in) stops here; what it decoded stays cached.
+    active.retain(|request| {
+        let gone = request.job.events.is_closed();
+        if gone {
+            slots[request.slot].busy = false;
         }
-        let token = match grammar.as_mut() {
-            Some(grammar) => sample_constrained(ctx, logits_index, &mut sampler, grammar),
-            None => sampler.sample(ctx, logits_index),
-        };
-        if model.vocab().is_eog(token) {
-            break Finish::Stop;
+        !gone
+    });
+    batch.clear();
+    let generating = active.iter().filter(|r| r.next.is_some()).count();
+    let mut sequences = generating;
+    // First every generating request's next token…
+    for request in active.iter_mut() {
+        request.logits_at = None;
+        if let Some(token) = request.next {
+            let position = slots[request.slot].tokens.len();
+            request.logits_at = Some(batch.n_tokens());
+            batch.add(token, position as i32, &[request.slot as i32], true).map_err(|e| e.to_string())?;
         }
-        sampler.accept(token);
-        if let Some(grammar) = grammar.as_mut() {
-            grammar.accept(token);
-        }
-        produced += 1;
-        pending_bytes.extend(model.vocab().token_to_piece(token, false, None));
-        // Emit only complete UTF-8; a multi-byte character may span tokens.
-        match std::str::from_utf8(&pending_bytes) {
-            Ok(piece) => {
-                text.push_str(piece);
-                pending_bytes.clear();
-            }
-            Err(e) if e.error_len().is_none() => {}
-            Err(_) => {
-                text.push_str(&String::from_utf8_lossy(&pending_bytes));
-                pending_bytes.clear();
-            }
-        }
-        if grammar.is_none() {
-            if let Some(Constraint::ToolCalls { tagged, bare }) = &job.constraint {
-                // The model opens a call: what follows must be one. Text the opening token
-                // carried past the marker is dropped; the grammar writes the call afresh.
-                let opened = match text.find(crate::template::TOOL_OPEN) {
-                    Some(at) => Some((at + crate::template::TOOL_OPEN.len(), tagged)),
-                    None if sent == 0 || text[..sent].trim().is_empty() => text.find(|c: char| !c.is_whitespace()).filter(|at| text[*at..].starts_with('{')).map(|at| (at, bare)),
-                    None => None,
-                };
-                if let Some((keep, gbnf)) = opened {
-                    text.truncate(keep);
-                    grammar = Some(compile(model, gbnf)?);
-                    allowance = CALL_ALLOWANCE;
-                }
-            }
-        }
-        if let Some(stop_at) = job.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-            text.truncate(stop_at);
-            if text.len() > sent {
-                let _ = job.events.blocking_send(Event::Text(text[sent..].to_string()));
-            }
-            sent = text.len();
-            break Finish::Stop;
-        }
-        // Hold back a tail that could be the start of a stop string.
-        let hold = job.stop.iter().map(|s| crate::template::partial_marker_len(&text, s)).max().unwrap_or(0);
-        let ready_to = text.len() - hold;
-        if ready_to > sent && text.is_char_boundary(ready_to) {
-            if job.events.blocking_send(Event::Text(text[sent..ready_to].to_string())).is_err() {
-                break Finish::Stop; // the caller went away: stop spending compute
-            }
-            sent = ready_to;
-        }
-        batch.clear();
-        batch.add(token, position as i32, &[seq], true).map_err(|e| e.to_string())?;
-        ctx.decode(&mut batch).map_err(|e| format!("decode failed: {e}"))?;
-        slots[index].tokens.push(token);
-        position += 1;
-        logits_index = 0;
-    };
-    if text.len() > sent {
-        let _ = job.events.blocking_send(Event::Text(text[sent..].to_string()));
     }
-    let _ = job.events.blocking_send(Event::Done { finish, completion_tokens: produced, decode_secs: decode_started.elapsed().as_secs_f64() });
+    // …then prompt tokens, in arrival order, in the room left.
+    let mut room = BATCH - generating;
+    for request in active.iter_mut().filter(|r| r.fed < r.prompt.len()) {
+        let chunk = if generating > 0 { PREFILL_CHUNK } else { BATCH };
+        let take = (request.prompt.len() - request.fed).min(room).min(chunk);
+        if take == 0 {
+            break;
+        }
+        for position in request.fed..request.fed + take {
+            let last = position == request.prompt.len() - 1;
+            if last {
+                request.logits_at = Some(batch.n_tokens());
+            }
+            batch.add(request.prompt[position], position as i32, &[request.slot as i32], last).map_err(|e| e.to_string())?;
+        }
+        room -= take;
+        request.fed += take;
+        sequences += 1;
+    }
+    if batch.n_tokens() == 0 {
+        return Ok(());
+    }
+    ctx.decode(batch).map_err(|e| format!("decode failed: {e}"))?;
+    // What was decoded is now in each slot's cache.
+    for request in active.iter_mut() {
+        let slot = &mut slots[request.slot];
+        if let Some(token) = request.next.take() {
+            slot.tokens.push(token);
+        } else {
+            let cached = slot.tokens.len();
+            if request.fed > cached {
+                slot.tokens.extend_from_slice(&request.prompt[cached..request.fed]);
+            }
+        }
+        request.most_sequences = request.most_sequences.max(sequences);
+    }
+    let mut finished = Vec::new();
+    for (i, request) in active.iter_mut().enumerate() {
+        let Some(index) = request.logits_at else { continue };
+        if request.decode_started.is_none() {
+            let new_tokens = request.prompt.len() - request.cached;
+            let _ = request.job.events.blocking_send(Event::Prompt { new_tokens, cached_tokens: request.cached, secs: request.started.elapsed().as_secs_f64() });
+            request.decode_started = Some(Instant::now());
+        }
+        if let Some(finish) = advance(model, ctx, request, index, slots[request.slot].tokens.len(), slot_ctx)? {
+            finished.push((i, finish));
+        }
+    }
+    for (i, finish) in finished.into_iter().rev() {
+        let request = active.swap_remove(i);
+        if request.text.len() > request.sent {
+            let _ = request.job.events.blocking_send(Event::Text(request.text[request.sent..].to_string()));
+        }
+        let decode_secs = request.decode_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let done = Event::Done { finish, completion_tokens: request.produced, decode_secs, most_sequences: request.most_sequences };
+        let _ = request.job.events.blocking_send(done);
+        slots[request.slot].busy = false;
+    }
     Ok(())
+}
+
+/// Samples a request's next token from its logits at `index`, emits the text it completes,
+/// and says whether the request is done (`position`: the tokens in its cache).
+fn advance(model: &LlamaModel, ctx: &LlamaContext<'_>, request: &mut Active, index: i32, position: usize, slot_ctx: usize) -> Result<Option<Finish>, String> {
+    if request.produced >= request.job.max_tokens + request.allowance || position + 1 >= slot_ctx {
+        return Ok(Some(Finish::Length));
+    }
+    let token = match request.grammar.as_mut() {
+        Some(grammar) => sample_constrained(ctx, index, &mut request.sampler, grammar),
+        None => request.sampler.sample(ctx, index),
+    };
+    if model.vocab().is_eog(token) {
+        return Ok(Some(Finish::Stop));
+    }
+    request.sampler.accept(token);
+    if let Some(grammar) = request.grammar.as_mut() {
+        grammar.accept(token);
+    }
+    request.produced += 1;
+    request.pending_bytes.extend(model.vocab().token_to_piece(token, false, None));
+    // Emit only complete UTF-8; a multi-byte character may span tokens.
+    match std::str::from_utf8(&request.pending_bytes) {
+        Ok(piece) => {
+            request.text.push_str(piece);
+            request.pending_bytes.clear();
+        }
+        Err(e) if e.error_len().is_none() => {}
+        Err(_) => {
+            request.text.push_str(&String::from_utf8_lossy(&request.pending_bytes));
+            request.pending_bytes.clear();
+        }
+    }
+    if request.grammar.is_none() {
+        if let Some(Constraint::ToolCalls { tagged, bare }) = &request.job.constraint {
+            // The model opens a call: what follows must be one. Text the opening token
+            // carried past the marker is dropped; the grammar writes the call afresh.
+            let text = &request.text;
+            let opened = match text.find(crate::template::TOOL_OPEN) {
+                Some(at) => Some((at + crate::template::TOOL_OPEN.len(), tagged)),
+                None if request.sent == 0 || text[..request.sent].trim().is_empty() => {
+                    text.find(|c: char| !c.is_whitespace()).filter(|at| text[*at..].starts_with('{')).map(|at| (at, bare))
+                }
+                None => None,
+            };
+            if let Some((keep, gbnf)) = opened {
+                let grammar = compile(model, gbnf)?;
+                request.text.truncate(keep);
+                request.grammar = Some(grammar);
+                request.allowance = CALL_ALLOWANCE;
+            }
+        }
+    }
+    if let Some(stop_at) = request.job.stop.iter().filter_map(|s| request.text.find(s.as_str())).min() {
+        request.text.truncate(stop_at);
+        return Ok(Some(Finish::Stop));
+    }
+    // Hold back a tail that could be the start of a stop string.
+    let hold = request.job.stop.iter().map(|s| crate::template::partial_marker_len(&request.text, s)).max().unwrap_or(0);
+    let ready_to = request.text.len() - hold;
+    if ready_to > request.sent && request.text.is_char_boundary(ready_to) {
+        let piece = request.text[request.sent..ready_to].to_string();
+        let delivered = match request.job.events.try_send(Event::Text(piece)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(event)) => request.job.events.blocking_send(event).is_ok(),
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        if !delivered {
+            return Ok(Some(Finish::Stop)); // the caller went away: stop spending compute
+        }
+        request.sent = ready_to;
+    }
+    request.next = Some(token);
+    Ok(None)
 }
 
 fn compile(model: &LlamaModel, gbnf: &str) -> Result<LlamaSampler, String> {

@@ -41,11 +41,15 @@ fn default_gguf() -> PathBuf {
 }
 
 fn start() -> Engine {
+    start_with_slots(1)
+}
+
+fn start_with_slots(slots: u32) -> Engine {
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_ringline")).with_file_name("ringline-llm");
     let mut child = Command::new(&binary)
         .args(["--model"])
         .arg(default_gguf())
-        .args(["--slots", "1", "--slot-ctx", "1024", "--exit-with-stdin"])
+        .args(["--slots", &slots.to_string(), "--slot-ctx", "1024", "--exit-with-stdin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -130,4 +134,48 @@ fn the_default_model_answers_inside_a_schema_a_forced_call_and_any_call_it_opens
     assert!(answer["error"]["message"].as_str().unwrap_or_default().contains("no tool is named `launch`"), "{answer}");
     let (status, answer) = ask(&engine, json!({ "messages": [{ "role": "user", "content": "hi" }], "grammar": "root ::= \"unclosed" }));
     assert_eq!(status, 400, "{answer}");
+}
+
+/// Several conversations at once advance together, one llama.cpp batch per step: each request
+/// is answered in full (JSON under its schema, free text to its length), and the engine
+/// reports that steps carried more than one of them.
+#[test]
+fn requests_made_together_are_decoded_in_one_batch_and_each_is_answered_whole() {
+    let engine = start_with_slots(4);
+    let url = format!("{}/v1/chat/completions", engine.url);
+    let schema = json!({ "type": "object", "properties": { "people": { "type": "integer" } }, "required": ["people"] });
+    let bodies: Vec<Value> = (0..4)
+        .map(|i| {
+            if i % 2 == 0 {
+                json!({ "messages": [{ "role": "user", "content": format!("Tell me a short story about a cat number {i}.") }], "max_tokens": 48, "temperature": 0.0 })
+            } else {
+                json!({ "messages": [{ "role": "system", "content": "How many people? Answer in JSON." }, { "role": "user", "content": format!("a table for {i} please") }],
+                        "response_format": { "type": "json_schema", "json_schema": { "name": "n", "schema": schema } }, "max_tokens": 24 })
+            }
+        })
+        .collect();
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = bodies.iter().map(|body| scope.spawn(|| {
+            let (status, _, answer) = crate::api::http("POST", &url, None, Some(&body.to_string()));
+            (status, answer)
+        })).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut most = 0;
+    for (i, (status, answer)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "{answer}");
+        let text = content(answer);
+        if i % 2 == 0 {
+            assert!(!text.trim().is_empty(), "{answer}");
+            assert!(answer["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "{answer}");
+        } else {
+            let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+            assert!(value["people"].is_i64(), "{value}");
+        }
+        most = most.max(answer["usage"]["timings"]["most_sequences_per_step"].as_u64().unwrap_or(0));
+    }
+    assert!(most >= 2, "no step carried two requests: {answers:?}");
+    // The engine is still whole afterwards: one request alone.
+    let (status, answer) = ask(&engine, json!({ "messages": [{ "role": "user", "content": "Say hello." }], "max_tokens": 8 }));
+    assert_eq!((status, answer["usage"]["timings"]["most_sequences_per_step"].as_u64()), (200, Some(1)), "{answer}");
 }
