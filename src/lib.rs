@@ -4,6 +4,7 @@
 //! resampling), `stt`, `tts`, with `models` (the local model store) and `onnx` underneath
 //! them and `cli` on top.
 
+pub mod analysis;
 pub mod assistant;
 pub mod audio;
 pub mod call;

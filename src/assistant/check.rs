@@ -112,6 +112,32 @@ pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
             problem(format!("{field}.examples"), format!("intent `{}` has no examples; give at least one phrase a caller would say", intent.name));
         }
     }
+    if !(0.0..=1.0).contains(&spec.intent_threshold) {
+        problem("intent_threshold".into(), format!("{} is not a similarity; give a value from 0 to 1 (default 0.5)", spec.intent_threshold));
+    }
+    for (i, route) in spec.routes.iter().enumerate() {
+        let field = format!("routes.{i}");
+        match &route.intent {
+            Some(intent) if !spec.intents.iter().any(|d| &d.name == intent) => {
+                problem(format!("{field}.intent"), format!("no intent `{intent}` in `intents`; declare it there or name one of those"))
+            }
+            None if !route.escalation => problem(field.clone(), "a route needs an `intent` or `escalation: true`".into()),
+            _ => {}
+        }
+        if route.say.is_none() && route.transfer.is_none() && !route.end_call && route.disposition.is_none() {
+            problem(field.clone(), "a route does nothing; give it `say`, `transfer`, `end_call` or `disposition`".into());
+        }
+        if let Some(disposition) = &route.disposition {
+            if !spec.dispositions.is_empty() && !spec.dispositions.iter().any(|d| &d.name == disposition) {
+                problem(format!("{field}.disposition"), format!("no disposition `{disposition}` in `dispositions`"));
+            }
+        }
+        if let Some(destination) = &route.transfer {
+            if destination.trim().is_empty() {
+                problem(format!("{field}.transfer"), "an empty destination; give a phone number or SIP address".into());
+            }
+        }
+    }
     let mut seen = BTreeSet::new();
     for (i, disposition) in spec.dispositions.iter().enumerate() {
         if !is_identifier(&disposition.name) {
@@ -236,6 +262,8 @@ pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
 /// The longest template (system prompt or prompt file) an assistant may have, in bytes.
 pub const MAX_TEMPLATE_BYTES: usize = 32 * 1024;
 pub const MAX_SECRET_NAME: usize = 64;
+/// The most intent examples an assistant (or one `/v1/analysis/intent` request) may carry.
+pub const MAX_INTENT_EXAMPLES: usize = 5_000;
 
 /// The sizes an assistant may not exceed, as (field, actual, most), so that no spec can make
 /// a call or a request do unbounded work.
@@ -249,7 +277,14 @@ fn sizes(spec: &AssistantSpec) -> Vec<(String, usize, usize)> {
         ("dispositions".to_string(), spec.dispositions.len(), 100),
         ("extract".to_string(), spec.extract.len(), 100),
         ("tools".to_string(), spec.tools.len(), 32),
+        ("routes".to_string(), spec.routes.len(), 50),
+        // Every example is embedded once per assistant version: bounded work.
+        ("intents (examples in all)".to_string(), spec.intents.iter().map(|i| i.examples.len()).sum(), MAX_INTENT_EXAMPLES),
     ];
+    for (i, route) in spec.routes.iter().enumerate() {
+        out.push((format!("routes.{i}.say"), route.say.as_deref().map_or(0, str::len), 1_000));
+        out.push((format!("routes.{i}.transfer"), route.transfer.as_deref().map_or(0, str::len), 200));
+    }
     for (name, variable) in &spec.variables {
         out.push((format!("variables.{name}"), name.len(), 64));
         out.push((format!("variables.{name}.description"), variable.description.as_deref().map_or(0, str::len), 1_000));
@@ -260,6 +295,7 @@ fn sizes(spec: &AssistantSpec) -> Vec<(String, usize, usize)> {
         for (j, example) in intent.examples.iter().enumerate() {
             out.push((format!("intents.{i}.examples.{j}"), example.len(), 500));
         }
+        out.push((format!("intents.{i}.description"), intent.description.as_deref().map_or(0, str::len), 500));
     }
     for (i, d) in spec.dispositions.iter().enumerate() {
         out.push((format!("dispositions.{i}.description"), d.description.len(), 1_000));

@@ -77,6 +77,13 @@ pub struct AssistantSpec {
     pub variables: BTreeMap<String, VariableSpec>,
     #[serde(default)]
     pub intents: Vec<IntentSpec>,
+    /// Below this similarity to its nearest example an utterance's intent is `unknown`.
+    #[serde(default = "default_intent_threshold")]
+    pub intent_threshold: f32,
+    /// What the call does on an intent or on escalation, decided by the analysis without
+    /// asking the LLM (the first that matches, once per call).
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
     #[serde(default)]
     pub dispositions: Vec<DispositionSpec>,
     #[serde(default)]
@@ -93,6 +100,10 @@ pub struct AssistantSpec {
     /// A conversation flow: nodes, slots, transitions (see `crate::flow`). Without one, the
     /// LLM answers freely from the prompt.
     pub flow: Option<crate::flow::FlowSpec>,
+}
+
+fn default_intent_threshold() -> f32 {
+    crate::analysis::intent::DEFAULT_THRESHOLD
 }
 
 fn default_language() -> String {
@@ -239,8 +250,32 @@ fn default_var_type() -> String {
 #[serde(deny_unknown_fields)]
 pub struct IntentSpec {
     pub name: String,
+    /// What the intent means, in a sentence; matched like an example.
+    pub description: Option<String>,
     #[serde(default)]
     pub examples: Vec<String>,
+}
+
+/// A rule the live analysis applies: on `intent` (or on escalation), say `say` and then
+/// transfer, end the call, or only set the disposition.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub intent: Option<String>,
+    #[serde(default)]
+    pub escalation: bool,
+    pub say: Option<String>,
+    pub transfer: Option<String>,
+    #[serde(default)]
+    pub end_call: bool,
+    pub disposition: Option<String>,
+}
+
+impl RouteSpec {
+    /// Whether an utterance with `intent` (and `escalation`) triggers this route.
+    pub fn matches(&self, intent: Option<&str>, escalation: bool) -> bool {
+        (self.escalation && escalation) || self.intent.as_deref().is_some_and(|wanted| Some(wanted) == intent)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

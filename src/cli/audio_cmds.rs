@@ -36,6 +36,10 @@ pub struct TranscribeArgs {
     /// Spoken language (e.g. en, de); English-only models imply `en`.
     #[arg(long)]
     pub language: Option<String>,
+    /// Prime the recognizer with these words (names, a business's vocabulary), as a call's
+    /// assistant and flow do.
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,7 +57,12 @@ pub fn transcribe(args: TranscribeArgs) -> anyhow::Result<()> {
     for file in &args.files {
         let audio = read_audio(file, args.raw_rate, args.raw_channels)?;
         let audio = audio.to_rate(MODEL_RATE).with_context(|| format!("resampling {}", file.display()))?;
-        let transcript = stt.transcribe(&audio.samples).with_context(|| format!("transcribing {}", file.display()))?;
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let transcript = match args.prompt.as_deref() {
+            Some(prompt) => stt.transcribe_primed(&audio.samples, &never, prompt),
+            None => stt.transcribe(&audio.samples),
+        }
+        .with_context(|| format!("transcribing {}", file.display()))?;
         if args.json {
             let record = FileTranscript { file, transcript: &transcript, real_time_factor: transcript.real_time_factor() };
             println!("{}", serde_json::to_string(&record)?);

@@ -161,6 +161,18 @@ async fn print_events(mut events: mpsc::UnboundedReceiver<CallEvent>, print: boo
             CallEvent::Flow { node, slots } => println!("          [flow: {node}] {}", serde_json::Value::Object(slots)),
             CallEvent::Note(note) => println!("          ({note})"),
             CallEvent::Error(error) => println!("          error: {error}"),
+            CallEvent::Analysis(turn) => {
+                let a = &turn.analysis;
+                let intent = a.intent.as_ref().map(|m| format!("intent {} ({:.2}) · ", m.intent, m.confidence)).unwrap_or_default();
+                let entities: Vec<String> = a.entities.iter().map(|e| format!("{}={}", e.kind, e.value)).collect();
+                println!(
+                    "          [{intent}sentiment {} {:+.2}{}{}]",
+                    a.sentiment.label.as_str(),
+                    a.sentiment.score,
+                    if entities.is_empty() { String::new() } else { format!(" · {}", entities.join(" ")) },
+                    if turn.escalation { " · ESCALATION" } else { "" }
+                )
+            }
             CallEvent::Partial { text } => println!("          caller…  {text}"),
         }
     }

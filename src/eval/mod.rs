@@ -46,6 +46,11 @@ pub struct Expect {
     /// arguments.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolExpect>,
+    /// Intents the caller's lines must show, in this order (other lines may come between).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intents: Vec<String>,
+    /// Whether the live analysis must (or must not) flag the caller as escalating.
+    pub escalated: Option<bool>,
 }
 
 /// A tool a scenario expects to be called.
@@ -413,6 +418,26 @@ pub fn score(scenario: &Scenario, report: &CallReport, talk_over_ms: f64) -> Out
         if !report.tool_calls.iter().any(matches) {
             let made: Vec<String> = report.tool_calls.iter().map(|(name, args)| format!("{name}({args})")).collect();
             failures.push(format!("tool `{}` was not called with {} (calls: {})", want.name, Value::Object(want.arguments.clone()), if made.is_empty() { "none".into() } else { made.join(", ") }));
+        }
+    }
+    if !expect.intents.is_empty() {
+        let mut analyses = report.analyses.clone();
+        analyses.sort_by_key(|a| a.line);
+        let found: Vec<&str> = analyses.iter().filter_map(|a| a.analysis.intent.as_ref()).map(|m| m.intent.as_str()).collect();
+        let mut wanted = expect.intents.iter().peekable();
+        for intent in &found {
+            if wanted.peek().is_some_and(|w| w.as_str() == *intent) {
+                wanted.next();
+            }
+        }
+        if let Some(missing) = wanted.next() {
+            failures.push(format!("intents {:?} do not show {:?} in order (missing from `{missing}` on)", found, expect.intents));
+        }
+    }
+    if let Some(want) = expect.escalated {
+        let escalated = report.analyses.iter().any(|a| a.escalation);
+        if escalated != want {
+            failures.push(format!("the caller was {}flagged as escalating", if escalated { "" } else { "not " }));
         }
     }
     let duration_s = report.duration.as_secs_f64();

@@ -57,6 +57,10 @@ pub struct Agent {
     pub vocabulary: String,
     /// The flow question's test of an answer, for the listener's end of turn.
     pub answers: super::listen::Answers,
+    /// Where final caller utterances go for intent, sentiment and entities.
+    pub analysis: super::analyze::AnalysisInbox,
+    /// Routes the analysis matched (an intent, escalation), for the agent to act on.
+    pub routes: Option<mpsc::UnboundedReceiver<crate::assistant::RouteSpec>>,
 }
 
 /// The unheard rest of a cut reply: the unplayed part of its segments, then whatever its
@@ -112,6 +116,8 @@ struct State {
     queued: Option<FlowReply>,
     /// Where the call is handed over once the agent's last line has played.
     transfer_to: Option<String>,
+    /// Caller lines in the transcript so far (keypad lines included).
+    caller_lines: usize,
 }
 
 /// The most messages after the system prompt that a turn sends to the LLM: a long call keeps
@@ -131,6 +137,14 @@ fn bounded(history: &[Message]) -> Vec<Message> {
     }
     out.extend(rest.iter().cloned());
     out
+}
+
+/// The next route from the analysis, or never when the call has no analysis routes.
+async fn next_route(routes: &mut Option<mpsc::UnboundedReceiver<crate::assistant::RouteSpec>>) -> Option<crate::assistant::RouteSpec> {
+    match routes {
+        Some(routes) => routes.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What a turn's or a flow's actions do to the call: the disposition and keys are recorded;
@@ -182,9 +196,11 @@ impl Agent {
         }
         // One line frame: a barge-in is noticed within 20 ms.
         let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut routes = self.routes.take();
         loop {
             tokio::select! {
                 _ = call.cancelled() => break,
+                Some(route) = next_route(&mut routes) => self.on_route(&mut state, route, &report),
                 frame = inbox.recv() => {
                     let Some(frame) = frame else { break };
                     self.on_frame(&mut state, frame, &report);
@@ -289,6 +305,7 @@ impl Agent {
             Frame::Dtmf(digit) => {
                 state.history.push(Message::User { content: format!("(the caller pressed {digit} on the keypad)") });
                 self.emit(CallEvent::Caller { text: format!("[DTMF {digit}]"), at: now });
+                state.caller_lines += 1;
                 self.replace_turn(state, report);
                 match state.flow.as_mut().map(|flow| flow.on_digit(digit)) {
                     Some(reply) => self.follow_flow(state, reply, None, report),
@@ -325,6 +342,8 @@ impl Agent {
         }
         // The transcript shows the words when they were said, even if the answer must wait.
         self.emit(CallEvent::Caller { text: user.text.clone(), at: user.speech_end });
+        self.analysis.analyze(state.caller_lines, &user.text);
+        state.caller_lines += 1;
         report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push(("caller".into(), user.text.clone(), user.speech_end));
         if self.protected_playing(state) {
             // The caller spoke through a `<no-interrupt>` segment: answer once it has played.
@@ -610,6 +629,32 @@ impl Agent {
         rest.push(progress.unspoken());
         rest.retain(|t| !t.is_empty());
         (heard.join(" "), rest.join(" "))
+    }
+
+    /// A route the analysis matched: its line replaces whatever the agent was about to say,
+    /// then the call is transferred or ended once it has played.
+    fn on_route(&self, state: &mut State, route: crate::assistant::RouteSpec, report: &Arc<Mutex<CallReport>>) {
+        let trigger = route.intent.as_deref().map_or("escalation".to_string(), |i| format!("intent {i}"));
+        self.emit(CallEvent::Note(format!("route on {trigger}")));
+        let mut actions = Vec::new();
+        if let Some(name) = &route.disposition {
+            actions.push(Action::Disposition { name: name.clone(), notes: format!("route on {trigger}") });
+        }
+        if let Some(destination) = &route.transfer {
+            actions.push(Action::Transfer { destination: destination.clone() });
+        } else if route.end_call {
+            actions.push(Action::EndCall { reason: format!("route on {trigger}") });
+        }
+        let takes_over = route.say.is_some() || route.transfer.is_some() || route.end_call;
+        if takes_over {
+            // The flow's or the LLM's answer to the same words is not said.
+            state.queued = None;
+            self.replace_turn(state, report);
+            if let Some(line) = &route.say {
+                self.start(state, TurnInput::Say(line.clone()), None, false);
+            }
+        }
+        record_actions(state, &mut report.lock().unwrap_or_else(|e| e.into_inner()), &actions);
     }
 
     /// Periodic checks; returns true when the call should end.

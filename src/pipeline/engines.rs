@@ -58,6 +58,8 @@ pub enum EngineError {
     Llm(#[from] crate::llm::LlmError),
     #[error(transparent)]
     Onnx(#[from] crate::onnx::OnnxError),
+    #[error(transparent)]
+    Analysis(#[from] crate::analysis::AnalysisError),
     #[error("this server holds {limit} local {kind} models already (`--max-engines`); {wanted} would be one more")]
     TooManyEngines { kind: &'static str, limit: usize, wanted: String },
     #[error("loading a model stopped unexpectedly: {0}")]
@@ -129,6 +131,8 @@ pub struct Engines {
     pub llm: Arc<dyn LanguageModel>,
     /// For the assistant's HTTP tools: obeys the egress policy.
     pub http: reqwest::Client,
+    /// The embedding model, when the assistant declares intents.
+    pub analyzer: Option<Arc<crate::analysis::Analyzer>>,
 }
 
 type Cells<T> = Mutex<HashMap<String, Arc<OnceCell<T>>>>;
@@ -212,7 +216,17 @@ impl EngineRegistry {
         let llm = self.llm_for(assistant, credentials).await?;
         llm.warm_up().await?;
         let http = self.egress_for(credentials).client(reqwest::Client::builder());
-        Ok(Arc::new(Engines { vad, smart_turn, stt, tts, fallback_tts: self.fallback_tts.clone(), llm, http }))
+        let analyzer = match assistant.spec.intents.is_empty() {
+            true => None,
+            false => Some(self.analyzer().await?),
+        };
+        Ok(Arc::new(Engines { vad, smart_turn, stt, tts, fallback_tts: self.fallback_tts.clone(), llm, http, analyzer }))
+    }
+
+    /// The process's embedding model (loaded once, off the runtime).
+    pub async fn analyzer(&self) -> Result<Arc<crate::analysis::Analyzer>, EngineError> {
+        let store = self.store.clone();
+        blocking(move || Ok(crate::analysis::Analyzer::shared(&store)?)).await
     }
 
     async fn stt_for(&self, assistant: &Assistant, credentials: &Credentials) -> Result<Arc<dyn SpeechToText>, EngineError> {

@@ -19,6 +19,7 @@
 //! ~0.1 ms per 32 ms frame, under the async runtime's budget.
 
 pub mod agent;
+pub mod analyze;
 pub mod engines;
 pub mod frames;
 pub mod guard;
@@ -60,6 +61,8 @@ pub enum CallEvent {
     Partial { text: String },
     Turn(TurnTimings),
     BargeIn { onset: Duration, stopped: Duration },
+    /// Intent, sentiment and entities of a caller line, a moment after it.
+    Analysis(analyze::TurnAnalysis),
     /// Where the assistant's flow is, and its slots so far, after each reply.
     Flow { node: String, slots: serde_json::Map<String, serde_json::Value> },
     Note(String),
@@ -88,6 +91,8 @@ pub struct CallReport {
     pub partials: Vec<(String, Duration)>,
     pub turns: Vec<TurnTimings>,
     pub barge_ins: Vec<BargeIn>,
+    /// The analysis of each caller utterance, in order.
+    pub analyses: Vec<analyze::TurnAnalysis>,
     pub disposition: Option<(String, String)>,
     /// The flow's slots when the call ended (its extracted fields).
     pub slots: serde_json::Map<String, serde_json::Value>,
@@ -164,7 +169,22 @@ pub async fn run_call(
     let answers = listen::Answers::default();
     let vocabulary = vocabulary(&assistant, &variables);
     recognizer_prompt.set(&vocabulary);
-    let agent = agent::Agent { ctx, system_prompt, first_message, events: events.clone(), flow, recognizer_prompt: recognizer_prompt.clone(), vocabulary, answers: answers.clone() };
+    // Beside the voice path: intent, sentiment and entities of each caller utterance.
+    let (routes_tx, routes_rx) = mpsc::unbounded_channel();
+    let today = chrono::Utc::now().with_timezone(&assistant.timezone).date_naive();
+    let (analysis, analysis_branch) = analyze::AnalysisBranch::start(&assistant, engines.analyzer.clone(), today, events.clone(), report.clone(), routes_tx);
+    let agent = agent::Agent {
+        ctx,
+        system_prompt,
+        first_message,
+        events: events.clone(),
+        flow,
+        recognizer_prompt: recognizer_prompt.clone(),
+        vocabulary,
+        answers: answers.clone(),
+        analysis,
+        routes: (!assistant.spec.routes.is_empty()).then_some(routes_rx),
+    };
     let agent_task = tokio::spawn(agent.run(frames_rx, call_token.clone(), report.clone()));
     // Source last: the listener turns caller audio into frames.
     let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate(), partial_every: partial_every(&assistant), prompt: recognizer_prompt, answers };
@@ -185,6 +205,7 @@ pub async fn run_call(
     call_token.cancel();
     let _ = listen_task.await;
     let _ = agent_task.await;
+    analysis_branch.finish().await;
     let mut report = std::mem::take(&mut *report.lock().unwrap_or_else(|e| e.into_inner()));
     report.duration = out.now();
     // Read after the listener has finished: every drop is counted by now.

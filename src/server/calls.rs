@@ -283,6 +283,10 @@ pub struct TranscriptEntry {
     pub at_ms: i64,
     /// The agent was cut off here (the text is what the caller heard).
     pub interrupted: bool,
+    /// A caller line's intent, sentiment and entities (present once analysed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub analysis: Option<Value>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -300,7 +304,7 @@ pub async fn transcript(State(state): State<AppState>, auth: Auth, Path(id): Pat
     Ok(Json(Transcript {
         call_id: id,
         status: call.status,
-        transcript: lines.into_iter().map(|l| TranscriptEntry { speaker: l.speaker, text: l.text, at_ms: l.at_ms, interrupted: l.interrupted }).collect(),
+        transcript: lines.into_iter().map(|l| TranscriptEntry { speaker: l.speaker, text: l.text, at_ms: l.at_ms, interrupted: l.interrupted, analysis: l.analysis }).collect(),
     }))
 }
 
@@ -346,13 +350,35 @@ pub async fn detail(State(state): State<AppState>, auth: Auth, Path(id): Path<St
         "started_at": call.started_at.map(rfc3339),
         "ended_at": call.ended_at.map(rfc3339),
         "duration_ms": call.duration_ms,
-        "transcript": lines.iter().map(|l| json!({ "speaker": l.speaker, "text": l.text, "at_ms": l.at_ms, "interrupted": l.interrupted })).collect::<Vec<_>>(),
+        "transcript": lines.iter().map(|l| {
+            let mut entry = json!({ "speaker": l.speaker, "text": l.text, "at_ms": l.at_ms, "interrupted": l.interrupted });
+            if let Some(analysis) = &l.analysis {
+                entry["analysis"] = analysis.clone();
+            }
+            entry
+        }).collect::<Vec<_>>(),
+        "analysis": call_analysis(&lines),
         "turns": turns.iter().map(|t| json!({
             "turn": t.turn, "end_of_turn_ms": t.end_of_turn_ms, "stt_final_ms": t.stt_final_ms, "llm_first_token_ms": t.llm_first_token_ms,
             "tts_first_audio_ms": t.tts_first_audio_ms, "voice_to_voice_ms": t.voice_to_voice_ms,
         })).collect::<Vec<_>>(),
         "latency": latency,
     })))
+}
+
+/// The call's analysis over its caller lines: intents in order, mean and lowest sentiment,
+/// and whether the caller escalated.
+fn call_analysis(lines: &[store::TranscriptLine]) -> Value {
+    let analysed: Vec<&Value> = lines.iter().filter_map(|l| l.analysis.as_ref()).collect();
+    let scores: Vec<f64> = analysed.iter().filter_map(|a| a["sentiment"]["score"].as_f64()).collect();
+    let intents: Vec<&str> = analysed.iter().filter_map(|a| a["intent"]["intent"].as_str()).filter(|i| *i != crate::analysis::intent::UNKNOWN).collect();
+    let mean = (!scores.is_empty()).then(|| (scores.iter().sum::<f64>() / scores.len() as f64 * 1000.0).round() / 1000.0);
+    let label = mean.map(|m| if m <= -0.2 { "negative" } else if m >= 0.2 { "positive" } else { "neutral" });
+    json!({
+        "intents": intents,
+        "sentiment": { "mean": mean, "lowest": scores.iter().copied().reduce(f64::min), "label": label },
+        "escalated": analysed.iter().any(|a| a["escalation"] == json!(true)),
+    })
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -365,6 +391,8 @@ pub struct HistoryQuery {
     pub assistant_id: Option<String>,
     pub status: Option<String>,
     pub disposition: Option<String>,
+    /// Calls in which a caller line had this intent.
+    pub intent: Option<String>,
     pub limit: Option<i64>,
     pub offset: Option<i64>,
 }
@@ -408,6 +436,7 @@ pub async fn history(State(state): State<AppState>, auth: Auth, ApiQuery(query):
         assistant_id: query.assistant_id,
         status: query.status,
         disposition: query.disposition,
+        intent: query.intent,
         limit,
         offset,
     };

@@ -29,6 +29,7 @@ use super::AppState;
         super::secrets::create, super::secrets::replace, super::secrets::list, super::secrets::remove,
         super::webhooks::create, super::webhooks::list, super::webhooks::read, super::webhooks::remove,
         super::webhooks::deliveries, super::webhooks::all_deliveries, super::webhooks::resend, super::webhooks::signing,
+        super::analysis::intent, super::analysis::sentiment,
     ),
     components(schemas(ErrorBody, super::error::ErrorDetail, WorkspaceView, Analytics, DayCounts)),
     modifiers(&Security)

@@ -11,6 +11,7 @@
 //! reaches the owner through PostgreSQL's LISTEN/NOTIFY. Workers heartbeat into `workers`;
 //! calls of a worker that stopped heartbeating are closed as failed, never left in progress.
 
+pub mod analysis;
 pub mod assistants;
 pub mod auth;
 pub mod calls;
@@ -111,6 +112,8 @@ pub fn router(state: AppState) -> Router {
         .route("/webhook-deliveries/{id}/resend", post(webhooks::resend))
         .route("/webcall/token", post(webcall::token))
         .route("/webcall/ws", get(webcall::socket))
+        .route("/analysis/intent", post(analysis::intent))
+        .route("/analysis/sentiment", post(analysis::sentiment))
         .route("/analytics", get(meta::analytics))
         .route("/openapi.json", get(meta::openapi));
     Router::new()

@@ -87,17 +87,18 @@ impl EventLog {
         }
     }
 
-    async fn transcript(&self, speaker: &str, text: &str, at: Duration, interrupted: bool) {
+    async fn transcript(&self, speaker: &str, text: &str, at: Duration, interrupted: bool) -> i64 {
         let seq = {
             let mut next = self.next.lock().await;
             next.transcript_line += 1;
             next.transcript_line - 1
         };
-        let line = TranscriptLine { seq, speaker: speaker.into(), text: text.into(), at_ms: ms_of(at).round() as i64, interrupted };
+        let line = TranscriptLine { seq, speaker: speaker.into(), text: text.into(), at_ms: ms_of(at).round() as i64, interrupted, analysis: None };
         if let Err(error) = self.store.insert_transcript_line(&self.call_id, &line).await {
             tracing::warn!(%error, call = %self.call_id, "cannot record a transcript line");
         }
         self.event("transcript", json!({ "speaker": speaker, "text": text, "at_ms": line.at_ms, "interrupted": interrupted, "final": true })).await;
+        seq
     }
 
     async fn status(&self, status: CallStatus, reason: Option<&str>) {
@@ -278,6 +279,11 @@ impl Runner {
 
     pub fn loaded_engines(&self) -> crate::pipeline::engines::LoadedEngines {
         self.engines.loaded()
+    }
+
+    /// The embedding model for `/v1/analysis/intent` (loaded once).
+    pub async fn analyzer(&self) -> Result<Arc<crate::analysis::Analyzer>, crate::pipeline::engines::EngineError> {
+        self.engines.analyzer().await
     }
 
     pub fn egress(&self) -> &crate::egress::EgressPolicy {
@@ -485,7 +491,8 @@ impl Runner {
             call: CallContext { call_id: call.id.clone(), caller: call.from_number.clone(), callee: call.to_number.clone() },
         };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_events(log.clone(), self.store.clone(), call.id.clone(), events_rx, loopback, stream));
+        let hooks = Hooks { call: call.clone(), assistant: assistant.spec.webhook_url.clone() };
+        let writer = tokio::spawn(write_events(log.clone(), self.store.clone(), hooks, events_rx, loopback, stream));
         let result = pipeline::converse(engines, setup, out, input, caller_gone, events_tx).await;
         let _ = writer.await;
         let mut report = match result {
@@ -606,12 +613,22 @@ pub fn public_reason(reason: &str) -> String {
 /// Writes a call's pipeline events to the store as they arrive.
 /// Stores a call's events as they come; the agent's words also reach the scripted caller's
 /// `line` (for its `after:` waits).
-async fn write_events(log: Arc<EventLog>, store: Store, call_id: String, mut events: mpsc::UnboundedReceiver<CallEvent>, line: Option<LoopbackLine>, stream: Option<StreamLine>) {
+/// Where a call's live events go beyond its own log: the webhooks of its workspace, the call's
+/// and its assistant's.
+struct Hooks {
+    call: CallRecord,
+    assistant: Option<String>,
+}
+
+async fn write_events(log: Arc<EventLog>, store: Store, hooks: Hooks, mut events: mpsc::UnboundedReceiver<CallEvent>, line: Option<LoopbackLine>, stream: Option<StreamLine>) {
+    let call_id = hooks.call.id.clone();
     let show = |event: Value| {
         if let Some(stream) = &stream {
             stream.notify(event);
         }
     };
+    // The transcript line of each caller line, in order (analyses name caller lines).
+    let mut caller_lines: Vec<i64> = Vec::new();
     while let Some(event) = events.recv().await {
         match event {
             CallEvent::Agent { text, at, interrupted } => {
@@ -619,11 +636,32 @@ async fn write_events(log: Arc<EventLog>, store: Store, call_id: String, mut eve
                     line.agent_said(&text);
                 }
                 show(json!({ "type": "transcript", "speaker": "agent", "text": text, "interrupted": interrupted }));
-                log.transcript("agent", &text, at, interrupted).await
+                log.transcript("agent", &text, at, interrupted).await;
             }
             CallEvent::Caller { text, at } => {
                 show(json!({ "type": "transcript", "speaker": "caller", "text": text }));
-                log.transcript("caller", &text, at, false).await
+                caller_lines.push(log.transcript("caller", &text, at, false).await);
+            }
+            CallEvent::Analysis(turn) => {
+                let data = serde_json::to_value(&turn).unwrap_or(Value::Null);
+                if let Some(&seq) = caller_lines.get(turn.line) {
+                    let intent = turn.analysis.intent.as_ref().map(|m| m.intent.as_str());
+                    if let Err(error) = store.set_line_analysis(&call_id, seq, intent, &data).await {
+                        tracing::warn!(%error, call = %call_id, "cannot record a line's analysis");
+                    }
+                }
+                let mut shown = data.clone();
+                shown["type"] = json!("analysis");
+                show(shown);
+                log.event("analysis", data.clone()).await;
+                let known = turn.analysis.intent.as_ref().is_some_and(|m| m.intent != crate::analysis::intent::UNKNOWN);
+                for (wanted, event) in [(known, "call.intent"), (turn.escalation, "call.escalated")] {
+                    if wanted {
+                        let mut body = data.clone();
+                        body["call_id"] = json!(call_id);
+                        super::webhooks::emit(&store, &hooks.call, hooks.assistant.as_deref(), event, body).await;
+                    }
+                }
             }
             CallEvent::Partial { text } => {
                 show(json!({ "type": "partial", "text": text }));

@@ -45,6 +45,10 @@ pub const EVENTS: &[&str] = &[
     "call.failed",
     "call.transcript_ready",
     "call.analysis_ready",
+    // Live, from the analysis of each caller line: a recognized intent; a caller turning
+    // sharply negative.
+    "call.intent",
+    "call.escalated",
 ];
 
 /// Subscriptions one workspace may hold.

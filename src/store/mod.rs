@@ -577,8 +577,20 @@ impl Store {
         Ok(())
     }
 
+    /// Records the analysis of transcript line `seq` (a caller line).
+    pub async fn set_line_analysis(&self, call_id: &str, seq: i64, intent: Option<&str>, analysis: &serde_json::Value) -> Result<(), StoreError> {
+        sqlx::query("UPDATE transcript_lines SET intent = $1, analysis = $2 WHERE call_id = $3 AND seq = $4")
+            .bind(intent)
+            .bind(analysis.to_string())
+            .bind(call_id)
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn transcript(&self, call_id: &str) -> Result<Vec<TranscriptLine>, StoreError> {
-        let rows = sqlx::query("SELECT seq, speaker, text, at_ms, interrupted FROM transcript_lines WHERE call_id = $1 ORDER BY seq").bind(call_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT seq, speaker, text, at_ms, interrupted, analysis FROM transcript_lines WHERE call_id = $1 ORDER BY seq").bind(call_id).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row: &AnyRow| {
                 Ok(TranscriptLine {
@@ -587,6 +599,7 @@ impl Store {
                     text: row.try_get(2)?,
                     at_ms: row.try_get(3)?,
                     interrupted: row.try_get::<i64, _>(4)? != 0,
+                    analysis: row.try_get::<Option<String>, _>(5)?.and_then(|a| serde_json::from_str(&a).ok()),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -653,6 +666,11 @@ impl Store {
         text_clause("assistant_id", &filter.assistant_id, &mut clauses);
         text_clause("status", &filter.status, &mut clauses);
         text_clause("disposition", &filter.disposition, &mut clauses);
+        if let Some(intent) = &filter.intent {
+            clauses.push(format!("EXISTS (SELECT 1 FROM transcript_lines t WHERE t.call_id = calls.id AND t.intent = ${next})"));
+            next += 1;
+            texts.push(intent.clone());
+        }
         clauses.push(format!("created_at >= ${next}"));
         clauses.push(format!("created_at < ${}", next + 1));
         let where_clause = clauses.join(" AND ");
@@ -835,6 +853,8 @@ pub struct TranscriptLine {
     pub text: String,
     pub at_ms: i64,
     pub interrupted: bool,
+    /// A caller line's intent, sentiment and entities, once analysed.
+    pub analysis: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, sqlx::FromRow)]
@@ -862,6 +882,8 @@ pub struct HistoryFilter {
     pub assistant_id: Option<String>,
     pub status: Option<String>,
     pub disposition: Option<String>,
+    /// Calls with a caller line of this intent.
+    pub intent: Option<String>,
     pub limit: i64,
     pub offset: i64,
 }

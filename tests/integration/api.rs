@@ -114,10 +114,15 @@ pub fn create_key(db: &Database, workspace: &str, extra: &[&str]) -> String {
 
 /// One HTTP request: (status, headers, JSON body or the text as a string).
 pub fn http(method: &str, url: &str, key: Option<&str>, body: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
+    http_within(method, url, key, body, Duration::from_secs(30))
+}
+
+/// [`http`] with a time limit of its own.
+pub fn http_within(method: &str, url: &str, key: Option<&str>, body: Option<&str>, limit: Duration) -> (u16, reqwest::header::HeaderMap, Value) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let client = reqwest::Client::new();
-        let mut request = client.request(method.parse().unwrap(), url).timeout(Duration::from_secs(30));
+        let mut request = client.request(method.parse().unwrap(), url).timeout(limit);
         if let Some(key) = key {
             request = request.header("Authorization", format!("Bearer {key}"));
         }

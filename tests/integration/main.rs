@@ -5,6 +5,7 @@
 //! never mocked; remote services a call talks to (a cloud LLM, a customer's HTTP tool) are
 //! loopback stand-ins speaking their wire protocols (`standin.rs`).
 
+mod analysis;
 mod api;
 mod call;
 mod eval;
