@@ -4,6 +4,7 @@
 //! their chatter is filtered like ours instead of flooding the terminal. whisper.cpp's own
 //! log is off unless `RUST_LOG` names `whisper_rs`: every failure of it comes back to us as an
 //! error anyway, and it logs a partial transcript stopped on purpose as "failed to encode".
+//! Also here: the one-line description of the machine that benchmarks and reports print.
 
 use tracing_subscriber::EnvFilter;
 
@@ -16,4 +17,20 @@ pub fn init(verbose: bool) {
     }
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
     whisper_rs::install_logging_hooks();
+}
+
+/// The machine in a line: CPU model, cores, memory.
+pub fn machine_line() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| info.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
+        .map(|kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "unknown memory".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    format!("{cores} cores of {cpu}, {memory}, {profile} build")
 }

@@ -406,6 +406,12 @@ pub struct Assistant {
 }
 
 impl Assistant {
+    /// Whether a call to this assistant runs on this machine's models (Whisper, a Piper or
+    /// espeak voice, the local LLM), and so counts against the local call capacity.
+    pub fn uses_local_models(&self) -> bool {
+        self.spec.stt.provider != "openai" || self.spec.voice.provider != "openai" || self.spec.llm.provider == "local"
+    }
+
     pub fn load(path: &Path) -> Result<Assistant, AssistantError> {
         let text = std::fs::read_to_string(path).map_err(|source| AssistantError::Read { file: path.to_path_buf(), source })?;
         Assistant::parse(&text, path)

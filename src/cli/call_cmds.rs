@@ -627,21 +627,7 @@ fn memory_mib() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// The machine in a line: CPU model, cores, memory.
-pub fn machine_line() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| info.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
-        .map(|kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0))
-        .unwrap_or_else(|| "unknown memory".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
-    format!("{cores} cores of {cpu}, {memory}, {profile} build")
-}
+pub use crate::telemetry::machine_line;
 
 /// Runs 1, 2, … `most` calls at once and prints voice-to-voice for each count beside one call
 /// alone, and the most calls that kept p95 within 1.5 s.
@@ -667,6 +653,12 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
         println!("{n:>6} {:>6} {p50:>8.0} {p95:>8.0} {:>11.2}× {:>14.0}", v2v.len(), if alone > 0.0 { p95 / alone } else { 0.0 }, (peak - resident_before).max(0.0) / n as f64);
     }
     println!("most calls at once with voice-to-voice p95 ≤ 1.5 s: {within}");
+    // What `serve` admits on its local models unless told otherwise (`--max-local-calls`).
+    let capacity = crate::server::limits::Capacity { local_calls: within as u32, machine: machine_line(), measured_with: assistant.spec.name.clone() };
+    match capacity.save(store) {
+        Ok(path) => println!("saved as this machine's capacity for `ringline serve`: {}", path.display()),
+        Err(error) => eprintln!("could not save the capacity: {error}"),
+    }
     Ok(())
 }
 

@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// Live calls this worker runs at once, for all workspaces.
     #[arg(long, env = "RINGLINE_MAX_CALLS", default_value_t = Limits::default().calls_per_server)]
     pub max_calls: u32,
+    /// Calls on the local models this worker admits at once (0: what `ringline bench latency
+    /// --concurrent N` measured on this machine, else one per core). Past it, new calls get
+    /// 429 `local_capacity` instead of slowing every live call down.
+    #[arg(long, env = "RINGLINE_MAX_LOCAL_CALLS", default_value_t = 0)]
+    pub max_local_calls: u32,
     /// Local models of each kind (Whisper models, voices, LLM engines) this worker may load.
     #[arg(long, env = "RINGLINE_MAX_ENGINES", default_value_t = EngineLimits::default().per_kind)]
     pub max_engines: usize,
@@ -133,6 +138,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let models = ModelStore::from_env()?;
+    let (local_calls, capacity_source) = server::limits::Capacity::resolve(args.max_local_calls, &models);
+    tracing::info!(local_calls, source = %capacity_source, "local call capacity");
     let config = ServeConfig {
         bind: args.bind,
         database_url: args.database_url,
@@ -147,6 +154,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             numbers_per_workspace: args.max_numbers,
             secrets_per_workspace: args.max_secrets,
             calls_per_server: args.max_calls,
+            local_calls,
         },
         engine_limits: EngineLimits { per_kind: args.max_engines.max(1) },
         secrets_key_file: args.secrets_key_file,

@@ -459,13 +459,35 @@ fn text_of(frame: Frame) -> Option<String> {
 /// The speak stage: chunks in, synthesized audio at the line's rate out.
 async fn speak(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, outbox: mpsc::Sender<Frame>, progress: Progress, cancel: CancellationToken) {
     let mut held: Vec<String> = Vec::new();
-    loop {
+    // This reply's audio so far, and when its first sentence was ready to play.
+    let mut produced = Duration::ZERO;
+    let mut first_ready: Option<Duration> = None;
+    'sentences: loop {
         let Ok(frame) = receive(&mut inbox, &cancel).await else { break };
         let sentence = match frame {
             Some(Frame::Sentence(sentence)) => sentence,
             Some(_) => continue,
             None => break,
         };
+        // Paced to playback: a later sentence is synthesized when the audio ahead of it runs
+        // short, not as soon as its text is ready, so meanwhile the cores serve what other
+        // calls' callers are waiting for.
+        if let Some(start) = first_ready {
+            loop {
+                let ahead = produced.saturating_sub(ctx.out.now().saturating_sub(start));
+                if ahead <= SYNTHESIS_LOOKAHEAD {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => {
+                        held.push(sentence.text);
+                        break 'sentences;
+                    }
+                    _ = tokio::time::sleep((ahead - SYNTHESIS_LOOKAHEAD).min(Duration::from_millis(100))) => {}
+                }
+            }
+        }
         let rate = ctx.out.rate();
         let (tts, fallback) = (ctx.tts.clone(), ctx.fallback_tts.clone());
         let text = sentence.text.clone();
@@ -495,6 +517,8 @@ async fn speak(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, outbox: 
                     }
                     p.first_audio_at.get_or_insert_with(|| ctx.out.now());
                 }
+                first_ready.get_or_insert_with(|| ctx.out.now());
+                produced += Duration::from_secs_f64(audio.samples.len() as f64 / rate.max(1) as f64);
                 if let Err(mpsc::error::SendError(frame)) = outbox.send(Frame::TtsAudio { sentence, samples: audio.samples }).await {
                     held.extend(text_of(frame));
                 }
@@ -506,6 +530,10 @@ async fn speak(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, outbox: 
     held.extend(queued_text(&mut inbox));
     lock(&progress).keep(Stage::Speak, held);
 }
+
+/// How much of a reply's audio must still be ahead of playback before its next sentence is
+/// synthesized: enough to cover one synthesis on a busy machine.
+const SYNTHESIS_LOOKAHEAD: Duration = Duration::from_millis(1500);
 
 /// The play stage: each chunk's audio onto the line as one segment.
 async fn play(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, progress: Progress, cancel: CancellationToken) {

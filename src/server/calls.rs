@@ -223,7 +223,7 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
             return Err(ApiError::invalid("idempotency_key", "must be 1..200 characters"));
         }
     }
-    state.limits.check_call(&state.store, &auth.workspace_id, state.runner.running_calls()).await?;
+    state.limits.check_call(&state.store, &auth.workspace_id, state.runner.load_for(&assistant)).await?;
     let digest = hex::encode(sha2::Sha256::digest(serde_json::to_vec(&request).unwrap_or_default()));
 
     let now = store::now_ms();

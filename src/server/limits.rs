@@ -5,6 +5,14 @@
 //! with `Retry-After`; one past a quota (how many things a workspace may keep) gets 403.
 //! Every answer names the limit and how to get more. Counts come from the database, so
 //! workers sharing PostgreSQL agree on a workspace's usage.
+//!
+//! Admission: calls on the local models share this machine's cores, and past a certain number
+//! every live call answers late. That number is the server's local call capacity — measured
+//! by `ringline bench latency --concurrent N` (the most calls that kept voice-to-voice p95
+//! within 1.5 s, saved beside the models), or set with `--max-local-calls`; without either, one
+//! call per core. A call past it is refused with `local_capacity` (429, `Retry-After`) rather
+//! than admitted to slow down the others; calls on cloud providers only count against
+//! `--max-calls`.
 
 use axum::http::StatusCode;
 
@@ -22,6 +30,61 @@ pub struct Limits {
     pub secrets_per_workspace: u32,
     /// Live calls this worker runs, for all workspaces together.
     pub calls_per_server: u32,
+    /// Live calls on the local models (Whisper, Piper, the local LLM) this worker admits.
+    pub local_calls: u32,
+}
+
+/// The local call capacity `bench latency --concurrent` measured on this machine.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Capacity {
+    pub local_calls: u32,
+    pub machine: String,
+    /// The assistant the bench ran.
+    pub measured_with: String,
+}
+
+const CAPACITY_FILE: &str = "capacity.json";
+
+impl Capacity {
+    pub fn save(&self, models: &crate::models::ModelStore) -> std::io::Result<std::path::PathBuf> {
+        let path = models.model_dir(CAPACITY_FILE);
+        std::fs::write(&path, serde_json::to_string_pretty(self).unwrap_or_default())?;
+        Ok(path)
+    }
+
+    /// The saved measurement, if one was made on a machine like this one (same cores and CPU).
+    pub fn load(models: &crate::models::ModelStore) -> Option<Capacity> {
+        let text = std::fs::read_to_string(models.model_dir(CAPACITY_FILE)).ok()?;
+        let saved: Capacity = serde_json::from_str(&text).ok()?;
+        let here = crate::telemetry::machine_line();
+        // The build profile differs between a bench and a server often; the CPU must not.
+        let cpu = |line: &str| line.split(", ").next().map(str::to_string);
+        (cpu(&saved.machine) == cpu(&here)).then_some(saved)
+    }
+
+    /// `configured` (non-zero), else the saved measurement, else one call per core; with where
+    /// the number came from.
+    pub fn resolve(configured: u32, models: &crate::models::ModelStore) -> (u32, String) {
+        if configured > 0 {
+            return (configured, "--max-local-calls".into());
+        }
+        if let Some(saved) = Capacity::load(models) {
+            return (saved.local_calls.max(1), format!("measured by `ringline bench latency` ({})", saved.machine));
+        }
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u32;
+        (cores, format!("one per core ({cores}); measure with `ringline bench latency --concurrent 4`"))
+    }
+}
+
+/// What this worker runs now, for admitting one more call.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Calls started and not finished.
+    pub running: usize,
+    /// Those on the local models.
+    pub local: usize,
+    /// The new call would run on the local models.
+    pub wants_local: bool,
 }
 
 impl Default for Limits {
@@ -33,6 +96,7 @@ impl Default for Limits {
             numbers_per_workspace: 100,
             secrets_per_workspace: 50,
             calls_per_server: 20,
+            local_calls: 2,
         }
     }
 }
@@ -52,10 +116,20 @@ fn within_quota(count: i64, limit: u32, code: &'static str, what: &str) -> Resul
 }
 
 impl Limits {
-    /// Before a call is placed: `live_here` is how many calls this worker runs now.
-    pub async fn check_call(&self, store: &Store, workspace_id: &str, live_here: usize) -> Result<(), ApiError> {
-        if live_here >= self.calls_per_server as usize {
+    /// Before a call is placed, with what this worker runs now.
+    pub async fn check_call(&self, store: &Store, workspace_id: &str, load: Load) -> Result<(), ApiError> {
+        if load.running >= self.calls_per_server as usize {
             return Err(too_many("server_at_capacity", 5, format!("this server is running its limit of {} calls; retry shortly", self.calls_per_server)));
+        }
+        if load.wants_local && load.local >= self.local_calls as usize {
+            return Err(too_many(
+                "local_capacity",
+                10,
+                format!(
+                    "this server runs {} call(s) on its local models, the most it answers within its latency target; retry shortly, or use a cloud provider for this assistant (the operator sets the capacity with --max-local-calls)",
+                    load.local
+                ),
+            ));
         }
         let live = store.count_live_calls(workspace_id).await?;
         if live >= self.calls_per_workspace as i64 {

@@ -177,6 +177,8 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::V
         "database": format!("{:?}", state.store.backend).to_lowercase(),
         "live_calls": state.runner.live_calls(),
         "call_limit": state.limits.calls_per_server,
+        "local_calls": state.runner.running_local_calls(),
+        "local_call_limit": state.limits.local_calls,
         "engines": { "whisper": loaded.whisper, "voices": loaded.voices, "llm": loaded.llms },
     })))
 }
@@ -187,6 +189,10 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
     let loaded = state.runner.loaded_engines();
     text.push_str("# HELP ringline_calls_limit Calls this worker runs at most (--max-calls).\n# TYPE ringline_calls_limit gauge\n");
     text.push_str(&format!("ringline_calls_limit {}\n", state.limits.calls_per_server));
+    text.push_str("# HELP ringline_local_calls_limit Calls on the local models this worker admits (measured capacity or --max-local-calls).\n# TYPE ringline_local_calls_limit gauge\n");
+    text.push_str(&format!("ringline_local_calls_limit {}\n", state.limits.local_calls));
+    text.push_str("# HELP ringline_local_calls_running Calls on the local models started here and not finished.\n# TYPE ringline_local_calls_running gauge\n");
+    text.push_str(&format!("ringline_local_calls_running {}\n", state.runner.running_local_calls()));
     text.push_str("# HELP ringline_engines_loaded Local models loaded in this worker, by kind (shared by every call).\n# TYPE ringline_engines_loaded gauge\n");
     for (kind, count) in [("vad", loaded.vad), ("smart_turn", loaded.smart_turn), ("whisper", loaded.whisper), ("voice", loaded.voices), ("llm", loaded.llms)] {
         text.push_str(&format!("ringline_engines_loaded{{kind=\"{kind}\"}} {count}\n"));

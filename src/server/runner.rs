@@ -187,6 +187,8 @@ pub struct Runner {
     /// Calls started here and not yet finished (ringing ones too): what the server's call
     /// limit counts.
     running: std::sync::atomic::AtomicUsize,
+    /// Those of them on the local models: what the local call capacity counts.
+    running_local: std::sync::atomic::AtomicUsize,
     /// Every loaded model, shared by identity across assistants.
     engines: EngineRegistry,
     vault: Arc<Vault>,
@@ -206,7 +208,7 @@ pub enum AssistantOwner {
 
 impl Runner {
     pub fn new(store: Store, models: ModelStore, engines: EngineRegistry, vault: Arc<Vault>, worker_id: Arc<str>, twilio: Option<Arc<super::twilio::Twilio>>, recordings: std::path::PathBuf) -> Self {
-        Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), running: Default::default(), engines, vault, pending: Mutex::new(HashMap::new()), twilio, recordings }
+        Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), running: Default::default(), running_local: Default::default(), engines, vault, pending: Mutex::new(HashMap::new()), twilio, recordings }
     }
 
     /// Where a call's recording is (or would be). Call ids are generated (`call_` and hex),
@@ -277,6 +279,16 @@ impl Runner {
         self.running.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Those of them on the local models.
+    pub fn running_local_calls(&self) -> usize {
+        self.running_local.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// This worker's load, for admitting a call to `assistant`.
+    pub fn load_for(&self, assistant: &Assistant) -> super::limits::Load {
+        super::limits::Load { running: self.running_calls(), local: self.running_local_calls(), wants_local: assistant.uses_local_models() }
+    }
+
     pub fn loaded_engines(&self) -> crate::pipeline::engines::LoadedEngines {
         self.engines.loaded()
     }
@@ -294,6 +306,10 @@ impl Runner {
     pub fn start(self: &Arc<Self>, call: CallRecord, assistant: Arc<Assistant>, owner: AssistantOwner, connect: Connect, record: bool) {
         let runner = self.clone();
         runner.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let local = assistant.uses_local_models();
+        if local {
+            runner.running_local.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         tokio::spawn(async move {
             let id = call.id.clone();
             let log = Arc::new(EventLog::new(runner.store.clone(), &id));
@@ -304,6 +320,9 @@ impl Runner {
             outcome.reason = outcome.reason.map(|r| public_reason(&r));
             runner.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             runner.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            if local {
+                runner.running_local.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
             match runner.store.finish_call(&id, &outcome).await {
                 Ok(true) => {
                     log.status(outcome.status, outcome.reason.as_deref()).await;

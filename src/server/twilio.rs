@@ -260,7 +260,7 @@ async fn inbound(state: &AppState, params: &[(String, String)]) -> Result<(Strin
         _ => return Err(NOT_IN_SERVICE.into()),
     };
     let Ok(assistant) = super::assistants::from_stored(&record.id, record.current_version, &record.spec) else { return Err(NOT_IN_SERVICE.into()) };
-    if state.limits.check_call(&state.store, &number.workspace_id, state.runner.running_calls()).await.is_err() {
+    if state.limits.check_call(&state.store, &number.workspace_id, state.runner.load_for(&assistant)).await.is_err() {
         return Err("Sorry, all our lines are busy. Please call again later.".into());
     }
     let owner = if record.source == "file" { AssistantOwner::Deployment } else { AssistantOwner::Workspace };

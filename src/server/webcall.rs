@@ -139,7 +139,7 @@ pub async fn socket(State(state): State<AppState>, Query(query): Query<SocketQue
     let record = state.store.assistant(&claims.workspace_id, &claims.assistant_id).await?.ok_or_else(|| ApiError::not_found("assistant", &claims.assistant_id))?;
     let assistant = Arc::new(from_stored(&record.id, record.current_version, &record.spec)?);
     let owner = if record.source == "file" { AssistantOwner::Deployment } else { AssistantOwner::Workspace };
-    state.limits.check_call(&state.store, &claims.workspace_id, state.runner.running_calls()).await?;
+    state.limits.check_call(&state.store, &claims.workspace_id, state.runner.load_for(&assistant)).await?;
     let now = store::now_ms();
     let call = CallRecord {
         id: claims.call_id.clone(),

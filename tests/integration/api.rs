@@ -76,6 +76,8 @@ impl Serve {
             .env("RINGLINE_SECRETS_KEY_FILE", db._dir.path().join("secrets.key"))
             .env("RINGLINE_RECORDINGS_DIR", db._dir.path().join("recordings"))
             .env("RUST_LOG", "warn")
+            // Tests place several sandbox calls at once; the admission test sets its own.
+            .env("RINGLINE_MAX_LOCAL_CALLS", "50")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in extra_env {

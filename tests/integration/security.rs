@@ -454,3 +454,40 @@ fn a_tenant_cannot_fetch_delete_or_call_with_another_workspaces_recordings_and_t
     let (status, _) = get(&serve, &owner, &format!("/v1/calls/{id}"));
     assert_eq!(status, 200, "the call and its recording are still there");
 }
+
+/// Past its local call capacity the server refuses a new call on the local models with a
+/// clear code instead of slowing every live call down; the capacity shows in /healthz and
+/// /metrics, and a call that ends frees its place.
+#[test]
+fn calls_past_the_local_capacity_are_refused_not_admitted_to_slow_the_others() {
+    let db = Database::sqlite();
+    let key = create_key(&db, "acme", &[]);
+    let serve = Serve::start_with(&db, &repo_assistants(), &["--max-local-calls", "1"], &[]);
+    let place = || {
+        post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": "luigis_booking", "to_number": "+15005550006", "metadata": { "sandbox_caller": lingering_caller() } }))
+    };
+    let (status, first) = place();
+    assert_eq!(status, 201, "{first}");
+    let (status, _, refused) = http("POST", &serve.url("/v1/calls/outbound"), Some(&key), Some(&json!({ "assistant_id": "luigis_booking", "to_number": "+15005550006" }).to_string()));
+    assert_eq!((status, refused["error"]["code"].as_str()), (429, Some("local_capacity")), "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap_or_default().contains("--max-local-calls"), "{refused}");
+    let (_, health) = get(&serve, &key, "/healthz");
+    assert_eq!((health["local_call_limit"].as_u64(), health["local_calls"].as_u64()), (Some(1), Some(1)), "{health}");
+    let (_, _, metrics) = http("GET", &serve.url("/metrics"), None, None);
+    assert!(metrics.as_str().unwrap_or_default().contains("ringline_local_calls_limit 1"), "{metrics}");
+    // Ending the first call frees its place.
+    let id = first["call_id"].as_str().unwrap().to_string();
+    let (status, _) = post(&serve, &key, &format!("/v1/calls/{id}/end"), json!({}));
+    assert!(status < 300, "end: {status}");
+    wait_for(&serve, &key, &id, Duration::from_secs(60), ended);
+    // Its place is free once the worker has let go of the call (a moment after its status).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (status, second) = loop {
+        let (status, body) = place();
+        if status != 429 || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(status, 201, "{second}");
+}
