@@ -366,6 +366,33 @@ pub async fn detail(State(state): State<AppState>, auth: Auth, Path(id): Path<St
     })))
 }
 
+/// A call's analysis: per caller line (intent, sentiment, entities, escalation) and for the
+/// whole call (intents, sentiment, escalation, summary, disposition, extracted fields).
+#[utoipa::path(get, path = "/v1/calls/{id}/analysis", tag = "calls", responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+pub async fn analysis(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let call = find(&state, &auth, &id).await?;
+    let lines = state.store.transcript(&id).await?;
+    let turns: Vec<Value> = lines
+        .iter()
+        .filter(|l| l.speaker == "caller")
+        .map(|l| {
+            let mut turn = json!({ "text": l.text, "at_ms": l.at_ms });
+            if let Some(Value::Object(found)) = &l.analysis {
+                for key in ["intent", "sentiment", "entities", "escalation"] {
+                    turn[key] = found.get(key).cloned().unwrap_or(Value::Null);
+                }
+            }
+            turn
+        })
+        .collect();
+    let mut whole = call_analysis(&lines);
+    whole["summary"] = json!(call.summary);
+    whole["disposition"] = json!(call.disposition);
+    whole["disposition_notes"] = json!(call.disposition_notes);
+    whole["extracted"] = call.extracted.as_deref().and_then(|e| serde_json::from_str::<Value>(e).ok()).unwrap_or_else(|| json!({}));
+    Ok(Json(json!({ "call_id": call.id, "status": call.status, "call": whole, "turns": turns })))
+}
+
 /// The call's analysis over its caller lines: intents in order, mean and lowest sentiment,
 /// and whether the caller escalated.
 fn call_analysis(lines: &[store::TranscriptLine]) -> Value {

@@ -25,7 +25,7 @@ use super::AppState;
         super::numbers::list, super::numbers::add, super::numbers::validate, super::numbers::assign,
         super::calls::outbound, super::calls::status, super::calls::transcript, super::calls::detail,
         super::calls::history, super::calls::events, super::calls::end, super::calls::actions,
-        super::calls::recording, super::calls::remove, super::webcall::token,
+        super::calls::recording, super::calls::remove, super::calls::analysis, super::webcall::token,
         super::secrets::create, super::secrets::replace, super::secrets::list, super::secrets::remove,
         super::webhooks::create, super::webhooks::list, super::webhooks::read, super::webhooks::remove,
         super::webhooks::deliveries, super::webhooks::all_deliveries, super::webhooks::resend, super::webhooks::signing,

@@ -98,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/calls/{id}", get(calls::detail).delete(calls::remove))
         .route("/calls/{id}/status", get(calls::status))
         .route("/calls/{id}/transcript", get(calls::transcript))
+        .route("/calls/{id}/analysis", get(calls::analysis))
         .route("/calls/{id}/recording", get(calls::recording))
         .route("/calls/{id}/events", get(calls::events))
         .route("/calls/{id}/end", post(calls::end))

@@ -674,7 +674,7 @@ async fn write_events(log: Arc<EventLog>, store: Store, hooks: Hooks, mut events
                 show(shown);
                 log.event("analysis", data.clone()).await;
                 let known = turn.analysis.intent.as_ref().is_some_and(|m| m.intent != crate::analysis::intent::UNKNOWN);
-                for (wanted, event) in [(known, "call.intent"), (turn.escalation, "call.escalated")] {
+                for (wanted, event) in [(known, "call.intent"), (true, "call.sentiment")] {
                     if wanted {
                         let mut body = data.clone();
                         body["call_id"] = json!(call_id);

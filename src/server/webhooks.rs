@@ -45,10 +45,10 @@ pub const EVENTS: &[&str] = &[
     "call.failed",
     "call.transcript_ready",
     "call.analysis_ready",
-    // Live, from the analysis of each caller line: a recognized intent; a caller turning
-    // sharply negative.
+    // Live, from the analysis of each caller line: a recognized intent; every line's sentiment
+    // (with `escalation` when the caller turned sharply negative).
     "call.intent",
-    "call.escalated",
+    "call.sentiment",
 ];
 
 /// Subscriptions one workspace may hold.

@@ -128,6 +128,12 @@ fn a_calls_caller_lines_are_analysed_live_and_an_angry_caller_is_routed_to_a_per
     assert_eq!(detail["disposition"], "transferred", "{detail}");
     assert!(detail["ended_by"].as_str().unwrap_or("").contains("transferred to +15005550100"), "{detail}");
 
+    // The same, per turn and for the call, at the call's analysis.
+    let (status, whole) = get(&serve, &key, &format!("/v1/calls/{id}/analysis"));
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!((whole["call"]["escalated"].as_bool(), whole["call"]["disposition"].as_str()), (Some(true), Some("transferred")), "{whole}");
+    assert_eq!(whole["turns"][0]["sentiment"]["label"], "negative", "{whole}");
+    assert_eq!(whole["turns"][0]["escalation"], true, "{whole}");
     // Calls are found by the intents their callers showed.
     let intent = analysis["intent"]["intent"].as_str().unwrap();
     let (_, found) = get(&serve, &key, &format!("/v1/calls/history?intent={intent}"));

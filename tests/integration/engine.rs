@@ -154,6 +154,8 @@ fn requests_made_together_are_decoded_in_one_batch_and_each_is_answered_whole() 
             }
         })
         .collect();
+    // Each alone first: greedy decoding in a shared batch must give what it gives alone.
+    let alone: Vec<String> = bodies.iter().map(|body| content(&ask(&engine, body.clone()).1)).collect();
     let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
         let handles: Vec<_> = bodies.iter().map(|body| scope.spawn(|| {
             let (status, _, answer) = crate::api::http("POST", &url, None, Some(&body.to_string()));
@@ -167,10 +169,12 @@ fn requests_made_together_are_decoded_in_one_batch_and_each_is_answered_whole() 
         let text = content(answer);
         if i % 2 == 0 {
             assert!(!text.trim().is_empty(), "{answer}");
+            assert_eq!(text, alone[i], "greedy output changed when decoded beside others");
             assert!(answer["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "{answer}");
         } else {
             let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
             assert!(value["people"].is_i64(), "{value}");
+            assert_eq!(text, alone[i], "constrained greedy output changed when decoded beside others");
         }
         most = most.max(answer["usage"]["timings"]["most_sequences_per_step"].as_u64().unwrap_or(0));
     }
