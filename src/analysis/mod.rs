@@ -52,6 +52,13 @@ pub struct UtteranceAnalysis {
     pub entities: Vec<Entity>,
 }
 
+impl UtteranceAnalysis {
+    /// Sentiment and entities: what needs no model.
+    pub fn without_intent(text: &str, today: NaiveDate) -> Self {
+        UtteranceAnalysis { intent: None, sentiment: sentiment::score(text), entities: entities::find(text, today) }
+    }
+}
+
 pub struct Analyzer {
     model: minilm::MiniLm,
     cache: Mutex<HashMap<String, Arc<[f32]>>>,
@@ -116,7 +123,7 @@ impl Analyzer {
             let vector = self.embed(&[text.to_string()], &|_| {}).remove(0);
             set.classify(&vector, threshold)
         });
-        UtteranceAnalysis { intent, sentiment: sentiment::score(text), entities: entities::find(text, today) }
+        UtteranceAnalysis { intent, ..UtteranceAnalysis::without_intent(text, today) }
     }
 }
 

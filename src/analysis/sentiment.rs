@@ -24,6 +24,17 @@ pub enum Label {
 }
 
 impl Label {
+    /// The label of a score: negative or positive outside the neutral band.
+    pub fn of(score: f32) -> Label {
+        if score <= -NEUTRAL_BAND {
+            Label::Negative
+        } else if score >= NEUTRAL_BAND {
+            Label::Positive
+        } else {
+            Label::Neutral
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Label::Negative => "negative",
@@ -107,14 +118,7 @@ pub fn score(text: &str) -> Sentiment {
         sum += sum.signum() * 0.29 * exclaims;
     }
     let score = (sum / (sum * sum + 15.0).sqrt()).clamp(-1.0, 1.0);
-    let label = if score <= -NEUTRAL_BAND {
-        Label::Negative
-    } else if score >= NEUTRAL_BAND {
-        Label::Positive
-    } else {
-        Label::Neutral
-    };
-    Sentiment { score: (score * 1000.0).round() / 1000.0, label }
+    Sentiment { score: (score * 1000.0).round() / 1000.0, label: Label::of(score) }
 }
 
 /// The longest lexicon entry starting at word `i`: (valence, words spanned).

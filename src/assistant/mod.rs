@@ -256,6 +256,13 @@ pub struct IntentSpec {
     pub examples: Vec<String>,
 }
 
+impl IntentSpec {
+    /// The intent as the analysis takes it.
+    pub fn def(&self) -> crate::analysis::IntentDef {
+        crate::analysis::IntentDef { name: self.name.clone(), description: self.description.clone(), examples: self.examples.clone() }
+    }
+}
+
 /// A rule the live analysis applies: on `intent` (or on escalation), say `say` and then
 /// transfer, end the call, or only set the disposition.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -105,7 +105,7 @@ fn bench_analysis(assistant: &std::path::Path) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let analyzer = Analyzer::shared(&store)?;
     let load = started.elapsed();
-    let defs: Vec<IntentDef> = assistant.spec.intents.iter().map(|i| IntentDef { name: i.name.clone(), description: i.description.clone(), examples: i.examples.clone() }).collect();
+    let defs: Vec<IntentDef> = assistant.spec.intents.iter().map(crate::assistant::IntentSpec::def).collect();
     let texts: usize = defs.iter().map(|d| d.texts().len()).sum();
     let started = std::time::Instant::now();
     let set = analyzer.intent_set(&defs);

@@ -64,12 +64,7 @@ impl AnalysisBranch {
         routes: mpsc::UnboundedSender<RouteSpec>,
     ) -> (AnalysisInbox, Self) {
         let (tx, mut rx) = mpsc::unbounded_channel::<(usize, String)>();
-        let defs: Vec<IntentDef> = assistant
-            .spec
-            .intents
-            .iter()
-            .map(|i| IntentDef { name: i.name.clone(), description: i.description.clone(), examples: i.examples.clone() })
-            .collect();
+        let defs: Vec<IntentDef> = assistant.spec.intents.iter().map(crate::assistant::IntentSpec::def).collect();
         let threshold = assistant.spec.intent_threshold;
         let rules = assistant.spec.routes.clone();
         let task = tokio::spawn(async move {
@@ -84,11 +79,7 @@ impl AnalysisBranch {
                 let (analyzer, set, text_for) = (analyzer.clone(), set.clone(), text.clone());
                 let analysis = tokio::task::spawn_blocking(move || match analyzer {
                     Some(analyzer) => analyzer.analyze(&text_for, set.as_deref(), threshold, today),
-                    None => UtteranceAnalysis {
-                        intent: None,
-                        sentiment: crate::analysis::sentiment::score(&text_for),
-                        entities: crate::analysis::entities::find(&text_for, today),
-                    },
+                    None => UtteranceAnalysis::without_intent(&text_for, today),
                 })
                 .await;
                 let Ok(analysis) = analysis else { continue };

@@ -83,7 +83,7 @@ pub async fn intent(State(state): State<AppState>, auth: Auth, ApiJson(request):
             if spec.intents.is_empty() {
                 return Err(ApiError::invalid("assistant_id", format!("assistant `{id}` declares no `intents`; add some or send `intents`")));
             }
-            let defs = spec.intents.iter().map(|i| IntentDef { name: i.name.clone(), description: i.description.clone(), examples: i.examples.clone() }).collect();
+            let defs = spec.intents.iter().map(crate::assistant::IntentSpec::def).collect();
             (defs, Some(spec.intent_threshold), Some(spec.timezone))
         }
     };

@@ -400,7 +400,7 @@ fn call_analysis(lines: &[store::TranscriptLine]) -> Value {
     let scores: Vec<f64> = analysed.iter().filter_map(|a| a["sentiment"]["score"].as_f64()).collect();
     let intents: Vec<&str> = analysed.iter().filter_map(|a| a["intent"]["intent"].as_str()).filter(|i| *i != crate::analysis::intent::UNKNOWN).collect();
     let mean = (!scores.is_empty()).then(|| (scores.iter().sum::<f64>() / scores.len() as f64 * 1000.0).round() / 1000.0);
-    let label = mean.map(|m| if m <= -0.2 { "negative" } else if m >= 0.2 { "positive" } else { "neutral" });
+    let label = mean.map(|m| crate::analysis::Label::of(m as f32).as_str());
     json!({
         "intents": intents,
         "sentiment": { "mean": mean, "lowest": scores.iter().copied().reduce(f64::min), "label": label },
