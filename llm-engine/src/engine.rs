@@ -128,7 +128,6 @@ struct Slot {
     /// The tokens in this sequence's KV cache, in order.
     tokens: Vec<LlamaToken>,
     last_used: u64,
-    busy: bool,
 }
 
 /// A request being served: reading its prompt, then generating.
@@ -194,7 +193,7 @@ fn worker(config: EngineConfig, inbox: std_mpsc::Receiver<Job>, ready: std_mpsc:
     };
     let _ = ready.send(Ok(template));
     let slot_ctx = config.slot_ctx as usize;
-    let mut slots: Vec<Slot> = (0..config.slots).map(|_| Slot { tokens: Vec::new(), last_used: 0, busy: false }).collect();
+    let mut slots: Vec<Slot> = (0..config.slots).map(|_| Slot { tokens: Vec::new(), last_used: 0 }).collect();
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut active: Vec<Active> = Vec::new();
     let mut batch = LlamaBatch::new(BATCH, config.slots as i32);
@@ -210,13 +209,15 @@ fn worker(config: EngineConfig, inbox: std_mpsc::Receiver<Job>, ready: std_mpsc:
         while let Ok(job) = inbox.try_recv() {
             waiting.push_back(job);
         }
-        while slots.iter().any(|s| !s.busy) {
+        // Each active request holds one slot; the others are free.
+        while active.len() < slots.len() {
             let Some(job) = waiting.pop_front() else { break };
             if job.events.is_closed() {
                 continue;
             }
             clock += 1;
-            match admit(model, &mut ctx, &mut slots, clock, slot_ctx, job) {
+            let taken: Vec<usize> = active.iter().map(|r| r.slot).collect();
+            match admit(model, &mut ctx, &mut slots, &taken, clock, slot_ctx, job) {
                 Ok(request) => active.push(request),
                 Err((job, error)) => {
                     let _ = job.events.blocking_send(Event::Error(error));
@@ -232,7 +233,6 @@ fn worker(config: EngineConfig, inbox: std_mpsc::Receiver<Job>, ready: std_mpsc:
             ctx.clear_kv_cache();
             for slot in &mut slots {
                 slot.tokens.clear();
-                slot.busy = false;
             }
             for request in active.drain(..) {
                 let _ = request.job.events.blocking_send(Event::Error(error.clone()));
@@ -247,7 +247,7 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
 
 /// Gives a request a free slot (the one sharing the longest prefix with its prompt, else the
 /// least recently used) and drops what that slot held past the shared part.
-fn admit(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], clock: u64, slot_ctx: usize, job: Job) -> Result<Active, (Job, String)> {
+fn admit(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], taken: &[usize], clock: u64, slot_ctx: usize, job: Job) -> Result<Active, (Job, String)> {
     let started = Instant::now();
     let prompt = model.vocab().tokenize(job.prompt.as_bytes(), false, true);
     if prompt.is_empty() {
@@ -260,7 +260,7 @@ fn admit(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], clo
     let (index, shared) = slots
         .iter()
         .enumerate()
-        .filter(|(_, s)| !s.busy)
+        .filter(|(i, _)| !taken.contains(i))
         .map(|(i, s)| (i, common_prefix(&s.tokens, &prompt)))
         .max_by_key(|(i, shared)| (*shared, std::cmp::Reverse(slots[*i].last_used)))
         .expect("admit is called with a free slot");
@@ -272,7 +272,6 @@ fn admit(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], clo
     let slot = &mut slots[index];
     slot.tokens.truncate(keep);
     slot.last_used = clock;
-    slot.busy = true;
     // Small models loop ("I'm sorry, I'm sorry, …") without a repetition penalty.
     let penalties = LlamaSampler::penalties(model.n_vocab(), PENALTY_WINDOW, job.repeat_penalty.max(0.01), job.frequency_penalty, job.presence_penalty);
     let sampler = if job.temperature <= 0.0 {
@@ -289,10 +288,7 @@ fn admit(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], clo
     let grammar = match &job.constraint {
         Some(Constraint::Always(gbnf)) => match compile(model, gbnf) {
             Ok(grammar) => Some(grammar),
-            Err(error) => {
-                slots[index].busy = false;
-                return Err((job, error));
-            }
+            Err(error) => return Err((job, error)),
         },
         _ => None,
     };
@@ -320,13 +316,7 @@ fn admit(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], clo
 /// One decode step over every active request; finished ones leave `active` and free their slot.
 fn step(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], active: &mut Vec<Active>, batch: &mut LlamaBatch, slot_ctx: usize) -> Result<(), String> {
     // A request whose caller went away (a barge-in) stops here; what it decoded stays cached.
-    active.retain(|request| {
-        let gone = request.job.events.is_closed();
-        if gone {
-            slots[request.slot].busy = false;
-        }
-        !gone
-    });
+    active.retain(|request| !request.job.events.is_closed());
     batch.clear();
     let generating = active.iter().filter(|r| r.next.is_some()).count();
     let mut sequences = generating;
@@ -395,7 +385,6 @@ fn step(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], acti
         let decode_secs = request.decode_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let done = Event::Done { finish, completion_tokens: request.produced, decode_secs, most_sequences: request.most_sequences };
         let _ = request.job.events.blocking_send(done);
-        slots[request.slot].busy = false;
     }
     Ok(())
 }
