@@ -1,8 +1,9 @@
 //! A call's status: the one vocabulary the lines, the runner, the API, webhooks and storage
-//! share. Ringg's statuses, plus `ending` (a hang-up asked for, not yet done) and `canceled`.
+//! share. Ringg's statuses (`initiated` first), plus `ending` (a hang-up asked for, not yet
+//! done) and `canceled`. Rows stored as `queued` by earlier versions were renamed (migration 0006).
 //!
 //! ```text
-//! queued ─► ringing ─► in-progress ─► (ending) ─► completed │ failed
+//! initiated ─► ringing ─► in-progress ─► (ending) ─► completed │ failed
 //!              └─► no-answer │ busy │ failed │ canceled
 //! ```
 
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CallStatus {
-    Queued,
+    Initiated,
     Ringing,
     InProgress,
     Ending,
@@ -24,7 +25,7 @@ pub enum CallStatus {
 
 impl CallStatus {
     pub const ALL: [CallStatus; 9] = [
-        CallStatus::Queued,
+        CallStatus::Initiated,
         CallStatus::Ringing,
         CallStatus::InProgress,
         CallStatus::Ending,
@@ -38,7 +39,7 @@ impl CallStatus {
     /// The name stored and shown (`in-progress`, `no-answer`, …).
     pub fn as_str(self) -> &'static str {
         match self {
-            CallStatus::Queued => "queued",
+            CallStatus::Initiated => "initiated",
             CallStatus::Ringing => "ringing",
             CallStatus::InProgress => "in-progress",
             CallStatus::Ending => "ending",
@@ -54,15 +55,23 @@ impl CallStatus {
         CallStatus::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
-    /// Not over yet.
-    pub fn is_live(self) -> bool {
-        matches!(self, CallStatus::Queued | CallStatus::Ringing | CallStatus::InProgress | CallStatus::Ending)
+    /// A status a client may name in a filter: ours, and `queued` (the old name of `initiated`).
+    pub fn parse_lenient(name: &str) -> Option<CallStatus> {
+        match name {
+            "queued" => Some(CallStatus::Initiated),
+            other => CallStatus::parse(other),
+        }
     }
 
-    /// Twilio's `CallStatus` as ours (`initiated` is still queued; `answered` is in progress).
+    /// Not over yet.
+    pub fn is_live(self) -> bool {
+        matches!(self, CallStatus::Initiated | CallStatus::Ringing | CallStatus::InProgress | CallStatus::Ending)
+    }
+
+    /// Twilio's `CallStatus` as ours (`queued` is still initiated; `answered` is in progress).
     pub fn from_twilio(name: &str) -> Option<CallStatus> {
         match name {
-            "queued" | "initiated" => Some(CallStatus::Queued),
+            "queued" | "initiated" => Some(CallStatus::Initiated),
             "answered" => Some(CallStatus::InProgress),
             other => CallStatus::parse(other).filter(|s| *s != CallStatus::Ending),
         }
@@ -85,7 +94,8 @@ mod tests {
             assert_eq!(CallStatus::parse(status.as_str()), Some(status));
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
-        assert_eq!(CallStatus::from_twilio("initiated"), Some(CallStatus::Queued));
+        assert_eq!(CallStatus::from_twilio("queued"), Some(CallStatus::Initiated));
+        assert_eq!(CallStatus::parse_lenient("queued"), Some(CallStatus::Initiated));
         assert_eq!(CallStatus::from_twilio("no-answer"), Some(CallStatus::NoAnswer));
         assert_eq!(CallStatus::from_twilio("ending"), None);
         assert!(CallStatus::Ending.is_live() && !CallStatus::Busy.is_live());

@@ -72,14 +72,14 @@ const LEXICON: &[(&str, f32)] = &[
 const NEGATIONS: &[&str] = &["not", "no", "never", "dont", "don't", "isnt", "isn't", "wasnt", "wasn't", "cant", "can't", "cannot", "wont", "won't", "didnt", "didn't", "aint", "hardly", "without", "nor"];
 const BOOSTERS: &[(&str, f32)] = &[("very", 0.3), ("really", 0.3), ("so", 0.25), ("extremely", 0.4), ("absolutely", 0.35), ("totally", 0.3), ("completely", 0.3), ("incredibly", 0.4), ("quite", 0.1), ("bit", -0.3), ("slightly", -0.3), ("somewhat", -0.2)];
 
+/// Lower-case words, apostrophes kept inside them ("don't").
+fn words_of(text: &str) -> Vec<String> {
+    text.to_lowercase().split(|c: char| !(c.is_alphanumeric() || c == '\'')).filter(|w| !w.is_empty()).map(|w| w.trim_matches('\'').to_string()).collect()
+}
+
 /// The sentiment of `text`.
 pub fn score(text: &str) -> Sentiment {
-    let words: Vec<String> = text
-        .to_lowercase()
-        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
-        .filter(|w| !w.is_empty())
-        .map(|w| w.trim_matches('\'').to_string())
-        .collect();
+    let words = words_of(text);
     // After "but", what follows counts more than what came before ("the food was fine but the
     // service was awful").
     let but = words.iter().rposition(|w| w == "but" || w == "however");
@@ -119,6 +119,36 @@ pub fn score(text: &str) -> Sentiment {
     }
     let score = (sum / (sum * sum + 15.0).sqrt()).clamp(-1.0, 1.0);
     Sentiment { score: (score * 1000.0).round() / 1000.0, label: Label::of(score) }
+}
+
+/// The words that carried the sentiment, each with the booster or negation before it
+/// ("extremely frustrating", "not happy"), strongest first.
+pub fn key_phrases(text: &str) -> Vec<String> {
+    let words = words_of(text);
+    let mut found: Vec<(f32, String)> = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let Some((valence, span)) = lookup(&words, i) else {
+            i += 1;
+            continue;
+        };
+        let start = match i.checked_sub(1).map(|j| words[j].as_str()) {
+            Some(prev) if BOOSTERS.iter().any(|(b, _)| *b == prev) || NEGATIONS.contains(&prev) => i - 1,
+            _ => i,
+        };
+        // A complaint about waiting says how long: keep "for 3 weeks" with it.
+        let mut end = i + span;
+        if words[i] == "waiting" && words.get(end).is_some_and(|w| w == "for") {
+            end = (end + 3).min(words.len());
+        }
+        let phrase = words[start..end].join(" ");
+        if !found.iter().any(|(_, p)| *p == phrase) {
+            found.push((valence.abs(), phrase));
+        }
+        i += span;
+    }
+    found.sort_by(|a, b| b.0.total_cmp(&a.0));
+    found.into_iter().map(|(_, p)| p).take(5).collect()
 }
 
 /// The longest lexicon entry starting at word `i`: (valence, words spanned).

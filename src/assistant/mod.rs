@@ -75,6 +75,10 @@ pub struct AssistantSpec {
     pub fallback: Option<String>,
     #[serde(default)]
     pub variables: BTreeMap<String, VariableSpec>,
+    /// A call may also pass variables not declared above (as text), as Ringg's clients do;
+    /// otherwise an undeclared variable is refused, naming it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_any_variables: bool,
     #[serde(default)]
     pub intents: Vec<IntentSpec>,
     /// Below this similarity to its nearest example an utterance's intent is `unknown`.

@@ -35,7 +35,11 @@ pub fn resolve_variables(assistant: &Assistant, provided: &BTreeMap<String, Stri
         };
         out.insert(name.clone(), value);
     }
-    for name in provided.keys() {
+    for (name, raw) in provided {
+        if assistant.spec.accept_any_variables {
+            out.entry(name.clone()).or_insert_with(|| json!(raw));
+            continue;
+        }
         if !assistant.spec.variables.contains_key(name) {
             return Err(format!(
                 "variable `{name}` is not declared by {} (declared: {})",

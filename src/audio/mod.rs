@@ -121,8 +121,12 @@ pub fn downmix(interleaved: &[f32], channels: usize) -> Vec<f32> {
 }
 
 /// A keypad key as its dual tone (ITU-T Q.23): 100 ms of the row and column frequencies, then
-/// 60 ms of silence, at `rate`. `None` for anything that is not a key.
+/// 60 ms of silence, at `rate`; `w` (or `W`) is half a second of silence, the pause dialers
+/// write between keys. `None` for anything that is not a key.
 pub fn dtmf_tone(key: char, rate: u32) -> Option<Vec<f32>> {
+    if key.eq_ignore_ascii_case(&'w') {
+        return Some(vec![0.0; rate as usize / 2]);
+    }
     const ROWS: [f32; 4] = [697.0, 770.0, 852.0, 941.0];
     const COLUMNS: [f32; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
     const KEYS: [[char; 4]; 4] = [['1', '2', '3', 'A'], ['4', '5', '6', 'B'], ['7', '8', '9', 'C'], ['*', '0', '#', 'D']];
@@ -137,4 +141,9 @@ pub fn dtmf_tone(key: char, rate: u32) -> Option<Vec<f32>> {
         .collect();
     samples.resize(tone + gap, 0.0);
     Some(samples)
+}
+
+/// Whether `digits` is something a keypad can send: 0-9, *, #, A-D and `w` pauses.
+pub fn is_dialable(digits: &str) -> bool {
+    digits.chars().all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D' | 'w' | 'W'))
 }

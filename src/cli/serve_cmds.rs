@@ -89,6 +89,11 @@ pub struct ServeArgs {
     /// or a call's `record: true` turns them on).
     #[arg(long, env = "RINGLINE_RECORDINGS_DIR", default_value = "recordings")]
     pub recordings_dir: PathBuf,
+    /// Every valid number is answered by the sandbox line (a scripted caller), not only
+    /// +1 500 555 XXXX: try a client written for real numbers unchanged, with no call leaving
+    /// the machine. Wins over Twilio.
+    #[arg(long, env = "RINGLINE_SANDBOX_LINE")]
+    pub sandbox_line: bool,
 }
 
 fn parse_cidr(text: &str) -> Result<crate::egress::Cidr, String> {
@@ -160,6 +165,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         secrets_key_file: args.secrets_key_file,
         secrets_key: std::env::var("RINGLINE_SECRETS_KEY").ok().filter(|k| !k.trim().is_empty()),
         recordings_dir: args.recordings_dir,
+        sandbox_line: args.sandbox_line,
         twilio: match (args.twilio_account_sid, args.twilio_auth_token) {
             (Some(account_sid), Some(auth_token)) => {
                 Some(server::twilio::TwilioConfig { account_sid, auth_token, api_base: args.twilio_api_base, public_url: args.public_url.unwrap_or_default() })

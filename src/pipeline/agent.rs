@@ -699,6 +699,11 @@ impl Agent {
             self.start(state, TurnInput::Say(TIME_LIMIT.into()), None, false);
             return false;
         }
+        if self.ctx.out.held() {
+            // On hold nobody is expected to speak: the wait is not the caller's silence.
+            state.last_activity = now;
+            return false;
+        }
         if state.caller_speaking {
             return false;
         }

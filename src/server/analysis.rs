@@ -93,15 +93,7 @@ pub async fn intent(State(state): State<AppState>, auth: Auth, ApiJson(request):
         None => threshold.unwrap_or(intent::DEFAULT_THRESHOLD),
     };
     let today = today_in(request.timezone.or(timezone).as_deref())?;
-    let analyzer = state.runner.analyzer().await.map_err(|e| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", e.to_string()))?;
-    let _permit = JOBS.acquire().await.map_err(|_| ApiError::internal("the analysis queue closed"))?;
-    let text = request.text;
-    let found = tokio::task::spawn_blocking(move || {
-        let set = analyzer.intent_set(&defs);
-        analyzer.analyze(&text, Some(&set), threshold, today)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("the analysis stopped: {e}")))?;
+    let found = analyze(&state, request.text, Some(defs), threshold, today).await?;
     let matched = found.intent.expect("intents were given");
     Ok(Json(IntentResponse {
         intent: matched.intent,
@@ -109,6 +101,23 @@ pub async fn intent(State(state): State<AppState>, auth: Auth, ApiJson(request):
         runner_up: matched.runner_up.map(|(intent, confidence)| RunnerUp { intent, confidence }),
         entities: found.entities.iter().map(|e| serde_json::json!({ "type": e.kind, "value": e.value })).collect(),
     }))
+}
+
+/// A text's analysis against `intents` (or sentiment and entities alone without them): the one
+/// path every dialect's intent endpoint takes. Embedding runs on a blocking thread, one job at
+/// a time per server.
+pub async fn analyze(state: &AppState, text: String, intents: Option<Vec<IntentDef>>, threshold: f32, today: chrono::NaiveDate) -> Result<crate::analysis::UtteranceAnalysis, ApiError> {
+    let Some(defs) = intents else {
+        return Ok(crate::analysis::UtteranceAnalysis::without_intent(&text, today));
+    };
+    let analyzer = state.runner.analyzer().await.map_err(|e| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", e.to_string()))?;
+    let _permit = JOBS.acquire().await.map_err(|_| ApiError::internal("the analysis queue closed"))?;
+    tokio::task::spawn_blocking(move || {
+        let set = analyzer.intent_set(&defs);
+        analyzer.analyze(&text, Some(&set), threshold, today)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the analysis stopped: {e}")))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -134,7 +143,7 @@ pub async fn sentiment(_auth: Auth, ApiJson(request): ApiJson<SentimentRequest>)
     Ok(Json(SentimentResponse { score, label: label.as_str().to_string() }))
 }
 
-fn check_text(text: &str) -> Result<(), ApiError> {
+pub fn check_text(text: &str) -> Result<(), ApiError> {
     let chars = text.chars().count();
     if text.trim().is_empty() {
         return Err(ApiError::invalid("text", "is empty; send what the caller said"));
@@ -145,7 +154,7 @@ fn check_text(text: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_intents(intents: Vec<IntentInput>) -> Result<Vec<IntentDef>, ApiError> {
+pub fn check_intents(intents: Vec<IntentInput>) -> Result<Vec<IntentDef>, ApiError> {
     if intents.is_empty() {
         return Err(ApiError::invalid("intents", "is empty; give at least one intent with examples"));
     }
@@ -180,7 +189,7 @@ fn check_intents(intents: Vec<IntentInput>) -> Result<Vec<IntentDef>, ApiError> 
     Ok(intents.into_iter().map(|i| IntentDef { name: i.name.trim().to_string(), description: i.description, examples: i.examples }).collect())
 }
 
-fn today_in(timezone: Option<&str>) -> Result<chrono::NaiveDate, ApiError> {
+pub fn today_in(timezone: Option<&str>) -> Result<chrono::NaiveDate, ApiError> {
     let zone: chrono_tz::Tz = match timezone {
         None => chrono_tz::UTC,
         Some(name) => name.parse().map_err(|_| ApiError::invalid("timezone", format!("`{name}` is not an IANA timezone such as Europe/London")))?,

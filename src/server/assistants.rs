@@ -158,11 +158,43 @@ fn first_problem(mut problems: Vec<AssistantError>, prefix: &str) -> ApiError {
     error
 }
 
+/// Ringg's simple assistant body as a spec: `prompt` is the system prompt's text (an API
+/// assistant has no files to name), `voice` a voice name (Ringg's `female-1`, or a Piper or
+/// espeak voice), and `version` defaults to 1. A full spec passes through unchanged.
+pub fn from_simple_body(mut value: Value) -> Value {
+    let Some(object) = value.as_object_mut() else { return value };
+    let mut simple = false;
+    if !object.contains_key("system_prompt") {
+        if let Some(Value::String(text)) = object.get("prompt").cloned() {
+            object.remove("prompt");
+            object.insert("system_prompt".into(), Value::String(text));
+            simple = true;
+        }
+    }
+    if let Some(Value::String(name)) = object.get("voice").cloned() {
+        let voice = match crate::tts::resolve_named_voice(&name) {
+            Some((provider, voice)) => serde_json::json!({ "provider": provider, "name": voice }),
+            None => serde_json::json!({ "name": name }),
+        };
+        object.insert("voice".into(), voice);
+        simple = true;
+    }
+    if simple && !object.contains_key("variables") && !object.contains_key("flow") {
+        // Ringg's assistants take whatever variables a call brings.
+        object.entry("accept_any_variables").or_insert(Value::Bool(true));
+    }
+    value
+}
+
 /// An assistant as the API shows it.
 #[derive(Serialize, ToSchema)]
 pub struct AssistantView {
     pub id: String,
     pub name: String,
+    /// The language it speaks (BCP 47).
+    pub language: String,
+    /// `active` (every stored assistant can take calls).
+    pub status: String,
     /// `file` (read-only, from assistants/*.yaml) or `api`.
     pub source: String,
     pub version: i64,
@@ -175,14 +207,17 @@ pub struct AssistantView {
 
 impl From<AssistantRecord> for AssistantView {
     fn from(record: AssistantRecord) -> Self {
+        let spec: Value = serde_json::from_str(&record.spec).unwrap_or(Value::Null);
         AssistantView {
             id: record.id,
             name: record.name,
+            language: spec.get("language").and_then(Value::as_str).unwrap_or("en-US").to_string(),
+            status: "active".into(),
             source: record.source,
             version: record.current_version,
             created_at: rfc3339(record.created_at),
             updated_at: rfc3339(record.updated_at),
-            spec: serde_json::from_str(&record.spec).unwrap_or(Value::Null),
+            spec,
         }
     }
 }
@@ -230,12 +265,17 @@ pub async fn list(State(state): State<AppState>, auth: Auth, ApiQuery(page): Api
     Ok(Json(AssistantList { has_more: offset + (rows.len() as i64) < total, assistants: rows.into_iter().map(AssistantView::from).collect(), total, limit, offset }))
 }
 
-/// Create an assistant from a spec (the YAML fields as JSON; the template inline in `system_prompt`).
+/// Create an assistant from a spec (the YAML fields as JSON; the template inline in
+/// `system_prompt`), or from Ringg's simple body (`name`, `language`, `prompt`, `voice`,
+/// `first_message`).
 #[utoipa::path(post, path = "/v1/assistants", tag = "assistants", request_body(content = Object, description = "an assistant spec"),
     responses((status = 201, body = AssistantView), (status = 422, body = ErrorBody)))]
 pub async fn create(State(state): State<AppState>, auth: Auth, body: axum::body::Bytes) -> Result<impl IntoResponse, ApiError> {
-    let value: Value = parse_json(&body)?;
-    let assistant = tenant_assistant(&state, &auth, value, "request body").await?;
+    let mut value: Value = parse_json(&body)?;
+    if let Some(object) = value.as_object_mut() {
+        object.entry("version").or_insert(Value::from(1));
+    }
+    let assistant = tenant_assistant(&state, &auth, from_simple_body(value), "request body").await?;
     state.limits.check_assistants(&state.store, &auth.workspace_id).await?;
     let id = store::new_id("asst");
     let (spec, digest) = stored_form(&assistant);
@@ -263,7 +303,7 @@ pub async fn read_version(State(state): State<AppState>, auth: Auth, Path((id, v
 #[utoipa::path(patch, path = "/v1/assistants/{id}", tag = "assistants", request_body(content = Object, description = "fields to change; null removes"),
     responses((status = 200, body = AssistantView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn update(State(state): State<AppState>, auth: Auth, Path(id): Path<String>, body: axum::body::Bytes) -> Result<Json<AssistantView>, ApiError> {
-    let patch: Value = parse_json(&body)?;
+    let patch: Value = from_simple_body(parse_json(&body)?);
     if !patch.is_object() {
         return Err(ApiError::bad_request("invalid_json", "a PATCH body is a JSON object of the fields to change"));
     }
@@ -315,6 +355,22 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ringgs_simple_body_becomes_a_spec_and_a_full_spec_passes_through() {
+        let simple = serde_json::json!({ "name": "My Voice Agent", "language": "en", "prompt": "You are helpful.", "voice": "female-1", "first_message": "Hello!" });
+        let spec = from_simple_body(simple);
+        assert_eq!(spec["system_prompt"], "You are helpful.");
+        assert!(spec.get("prompt").is_none());
+        assert_eq!(spec["voice"], serde_json::json!({ "provider": "espeak", "name": "en-us+f3" }));
+        assert_eq!(spec["accept_any_variables"], true, "a simple assistant takes the variables a call brings");
+        assert_eq!(from_simple_body(serde_json::json!({ "voice": "male-1" }))["voice"]["name"], crate::tts::DEFAULT_VOICE);
+        assert_eq!(from_simple_body(serde_json::json!({ "voice": "en_US-joe-medium" }))["voice"], serde_json::json!({ "name": "en_US-joe-medium" }));
+        let full = serde_json::json!({ "name": "a", "system_prompt": "x", "prompt": "kept", "voice": { "name": "en_US-joe-medium" } });
+        assert_eq!(from_simple_body(full.clone()), full, "a full spec passes through unchanged");
+        let declared = serde_json::json!({ "name": "a", "prompt": "x", "variables": { "who": { "type": "string" } } });
+        assert!(from_simple_body(declared).get("accept_any_variables").is_none(), "declared variables stay the only ones");
+    }
 
     #[test]
     fn merge_patch_merges_removes_and_replaces() {

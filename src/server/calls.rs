@@ -69,7 +69,7 @@ pub struct OutboundRequest {
 #[derive(Serialize, ToSchema)]
 pub struct CallStatus {
     pub call_id: String,
-    /// queued, ringing, in-progress, ending, completed, failed, no-answer, busy, canceled
+    /// initiated, ringing, in-progress, ending, completed, failed, no-answer, busy, canceled
     pub status: String,
     pub reason: Option<String>,
     pub assistant_id: String,
@@ -86,6 +86,10 @@ pub struct CallStatus {
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
     pub duration_ms: Option<i64>,
+    /// The same, in whole seconds (rounded), as Ringg's clients read it.
+    pub duration_seconds: Option<i64>,
+    /// The after-call summary, once the call has ended.
+    pub summary: Option<String>,
 }
 
 impl From<&CallRecord> for CallStatus {
@@ -105,6 +109,8 @@ impl From<&CallRecord> for CallStatus {
             started_at: call.started_at.map(rfc3339),
             ended_at: call.ended_at.map(rfc3339),
             duration_ms: call.duration_ms,
+            duration_seconds: call.duration_ms.map(|ms| (ms + 500) / 1000),
+            summary: call.summary.clone(),
         }
     }
 }
@@ -169,15 +175,56 @@ pub async fn remove(State(state): State<AppState>, auth: Auth, Path(id): Path<St
     responses((status = 201, body = CallStatus), (status = 200, description = "an idempotent retry: the first call", body = CallStatus),
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request): ApiJson<OutboundRequest>) -> Result<impl IntoResponse, ApiError> {
+    Ok(match place(&state, &auth, request, Placement::default()).await? {
+        Placed::New(call) => (StatusCode::CREATED, Json(CallStatus::from(&call))),
+        Placed::Retry(call) => (StatusCode::OK, Json(CallStatus::from(&call))),
+    })
+}
+
+/// What a dialect adds to an outbound call beyond Ringline's own request.
+#[derive(Debug, Default, Clone)]
+pub struct Placement {
+    /// The Ringez session and agent (`X-Agent-ID`) it is placed for.
+    pub session_id: Option<String>,
+    pub agent_id: Option<String>,
+    /// `ringez` for Ringez's paths.
+    pub dialect: Option<String>,
+    /// Bridge mode: once answered, hand the call to this number.
+    pub transfer_on_answer: Option<String>,
+    /// A hang-up after this long (Ringez's `call_settings.max_duration`).
+    pub max_duration_s: Option<u32>,
+}
+
+/// An outbound call placed, or the first one again for a retried request.
+pub enum Placed {
+    New(CallRecord),
+    Retry(CallRecord),
+}
+
+impl Placed {
+    pub fn call(&self) -> &CallRecord {
+        match self {
+            Placed::New(call) | Placed::Retry(call) => call,
+        }
+    }
+}
+
+/// Places an outbound call: the one implementation behind Ringline's, Ringg's and Ringez's
+/// paths. Every check runs before anything is stored.
+pub async fn place(state: &AppState, auth: &Auth, request: OutboundRequest, placement: Placement) -> Result<Placed, ApiError> {
     let record = state.store.assistant(&auth.workspace_id, &request.assistant_id).await?.ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "assistant_not_found", format!("no assistant `{}` in this workspace (GET /v1/assistants lists them)", request.assistant_id))
             .with_field("assistant_id")
     })?;
-    let assistant = std::sync::Arc::new(from_stored(&record.id, record.current_version, &record.spec)?);
+    let mut assistant = from_stored(&record.id, record.current_version, &record.spec)?;
+    if let Some(limit) = placement.max_duration_s {
+        assistant.spec.turn.max_duration_s = assistant.spec.turn.max_duration_s.min(limit as f32);
+    }
+    let assistant = std::sync::Arc::new(assistant);
     let owner = if record.source == "file" { AssistantOwner::Deployment } else { AssistantOwner::Workspace };
 
     let (to_number, to) = valid_number("to_number", &request.to_number, None)?;
-    let to = super::numbers::with_telephony(to, state.twilio.is_some());
+    let to = super::numbers::with_telephony(to, state.can_dial_out());
     if !to.callable {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "number_not_callable", format!("{to_number}: {}", to.reason.unwrap_or_default())).with_field("to_number"));
     }
@@ -235,7 +282,7 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
         direction: "outbound".into(),
         to_number,
         from_number,
-        status: Status::Queued.as_str().into(),
+        status: Status::Initiated.as_str().into(),
         dynamic_variables: serde_json::to_string(&variables).unwrap_or_default(),
         metadata: metadata.to_string(),
         webhook_url: request.webhook_url.clone(),
@@ -243,14 +290,18 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
         worker_id: Some(state.worker_id.to_string()),
         day: store::day_of(now),
         created_at: now,
+        session_id: placement.session_id.clone(),
+        agent_id: placement.agent_id.clone(),
+        dialect: placement.dialect.clone(),
         ..CallRecord::default()
     };
     match state.store.insert_call(&call, IDEMPOTENCY_WINDOW_MS, &digest).await? {
         Ok(()) => {
             state.metrics.call_started();
             let record = request.record.unwrap_or(assistant.spec.recording);
-            state.runner.start(call.clone(), assistant, owner, Connect::Dial(script), record);
-            Ok((StatusCode::CREATED, Json(CallStatus::from(&call))))
+            let connect = Connect::Dial { script, transfer_on_answer: placement.transfer_on_answer };
+            state.runner.start(call.clone(), assistant, owner, connect, record);
+            Ok(Placed::New(call))
         }
         Err(hit) if !hit.same_request => Err(ApiError::conflict(
             "idempotency_key_reused",
@@ -259,12 +310,12 @@ pub async fn outbound(State(state): State<AppState>, auth: Auth, ApiJson(request
         .with_field("idempotency_key")),
         Err(hit) => {
             let first = state.store.call(&auth.workspace_id, &hit.call_id).await?.ok_or_else(|| ApiError::internal("the idempotent call vanished"))?;
-            Ok((StatusCode::OK, Json(CallStatus::from(&first))))
+            Ok(Placed::Retry(first))
         }
     }
 }
 
-async fn find(state: &AppState, auth: &Auth, id: &str) -> Result<CallRecord, ApiError> {
+pub async fn find(state: &AppState, auth: &Auth, id: &str) -> Result<CallRecord, ApiError> {
     state.store.call(&auth.workspace_id, id).await?.ok_or_else(|| ApiError::not_found("call", id))
 }
 
@@ -278,6 +329,8 @@ pub async fn status(State(state): State<AppState>, auth: Auth, Path(id): Path<St
 pub struct TranscriptEntry {
     /// `agent` or `caller`.
     pub speaker: String,
+    /// The same as Ringg names it: `agent` or `customer`.
+    pub role: String,
     pub text: String,
     /// Milliseconds from the start of the call.
     pub at_ms: i64,
@@ -294,6 +347,25 @@ pub struct Transcript {
     pub call_id: String,
     pub status: String,
     pub transcript: Vec<TranscriptEntry>,
+    /// The assistant's language (a BCP 47 tag such as en-US).
+    pub language: String,
+}
+
+/// Ringg's name for a transcript speaker: the caller is the `customer`.
+pub fn role_of(speaker: &str) -> &'static str {
+    if speaker == "agent" {
+        "agent"
+    } else {
+        "customer"
+    }
+}
+
+/// The language of the assistant version a call ran.
+pub async fn call_language(state: &AppState, call: &CallRecord) -> String {
+    let spec = state.store.assistant_version(&call.assistant_id, call.assistant_version).await.ok().flatten();
+    spec.and_then(|spec| serde_json::from_str::<Value>(&spec).ok())
+        .and_then(|spec| spec.get("language").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| "en-US".into())
 }
 
 /// A call's transcript so far (it grows while the call runs).
@@ -301,10 +373,12 @@ pub struct Transcript {
 pub async fn transcript(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Transcript>, ApiError> {
     let call = find(&state, &auth, &id).await?;
     let lines = state.store.transcript(&id).await?;
+    let language = call_language(&state, &call).await;
     Ok(Json(Transcript {
         call_id: id,
         status: call.status,
-        transcript: lines.into_iter().map(|l| TranscriptEntry { speaker: l.speaker, text: l.text, at_ms: l.at_ms, interrupted: l.interrupted, analysis: l.analysis }).collect(),
+        transcript: lines.into_iter().map(|l| TranscriptEntry { role: role_of(&l.speaker).into(), speaker: l.speaker, text: l.text, at_ms: l.at_ms, interrupted: l.interrupted, analysis: l.analysis }).collect(),
+        language,
     }))
 }
 
@@ -350,8 +424,9 @@ pub async fn detail(State(state): State<AppState>, auth: Auth, Path(id): Path<St
         "started_at": call.started_at.map(rfc3339),
         "ended_at": call.ended_at.map(rfc3339),
         "duration_ms": call.duration_ms,
+        "duration_seconds": call.duration_ms.map(|ms| (ms + 500) / 1000),
         "transcript": lines.iter().map(|l| {
-            let mut entry = json!({ "speaker": l.speaker, "text": l.text, "at_ms": l.at_ms, "interrupted": l.interrupted });
+            let mut entry = json!({ "speaker": l.speaker, "role": role_of(&l.speaker), "text": l.text, "at_ms": l.at_ms, "interrupted": l.interrupted });
             if let Some(analysis) = &l.analysis {
                 entry["analysis"] = analysis.clone();
             }
@@ -452,7 +527,7 @@ pub struct History {
 pub async fn history(State(state): State<AppState>, auth: Auth, ApiQuery(query): ApiQuery<HistoryQuery>) -> Result<Json<History>, ApiError> {
     let (limit, offset) = super::assistants::Page { limit: query.limit, offset: query.offset }.resolve()?;
     if let Some(status) = &query.status {
-        if Status::parse(status).is_none() {
+        if Status::parse_lenient(status).is_none() {
             let names: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
             return Err(ApiError::bad_request("invalid_query", format!("status `{status}` is not one of {}", names.join(", "))).with_field("status"));
         }
@@ -461,11 +536,12 @@ pub async fn history(State(state): State<AppState>, auth: Auth, ApiQuery(query):
         from: time_bound("from", query.from.as_deref(), false, 0)?,
         to: time_bound("to", query.to.as_deref(), true, i64::MAX)?,
         assistant_id: query.assistant_id,
-        status: query.status,
+        status: query.status.as_deref().and_then(Status::parse_lenient).map(|s| s.as_str().to_string()),
         disposition: query.disposition,
         intent: query.intent,
         limit,
         offset,
+        ..HistoryFilter::default()
     };
     let (calls, total) = state.store.history(&auth.workspace_id, &filter).await?;
     Ok(Json(History { has_more: offset + (calls.len() as i64) < total, calls: calls.iter().map(CallStatus::from).collect(), total, limit, offset }))
@@ -548,11 +624,22 @@ fn ending_conflict(call: &CallRecord) -> ApiError {
     ApiError::conflict("call_ending", format!("call {} is already ending; it takes no more actions", call.id))
 }
 
+/// DTMF digits as a line takes them, or a 422 naming `digits`.
+pub fn check_digits(digits: &str) -> Result<String, ApiError> {
+    if digits.is_empty() || digits.len() > MAX_DTMF_DIGITS || !crate::audio::is_dialable(digits) {
+        return Err(ApiError::invalid("digits", format!("`{}`: use 1..{MAX_DTMF_DIGITS} of 0-9, *, #, A-D and w (a half-second pause)", crate::assistant::check::clip(digits))));
+    }
+    Ok(digits.to_string())
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, tag = "action", rename_all = "snake_case")]
 pub enum ActionRequest {
-    /// Press keys on the line (0-9, *, #, A-D).
+    /// Press keys on the line (0-9, *, #, A-D; `w` waits half a second).
     Dtmf { digits: String },
+    /// Put the call on hold: the agent neither hears nor speaks until `unhold`.
+    Hold,
+    Unhold,
     /// Hand the call to another number.
     Transfer { to_number: String },
     Hangup { reason: Option<String> },
@@ -564,27 +651,35 @@ pub enum ActionRequest {
 pub async fn actions(State(state): State<AppState>, auth: Auth, Path(id): Path<String>, ApiJson(request): ApiJson<ActionRequest>) -> Result<impl IntoResponse, ApiError> {
     let control = match request {
         ActionRequest::Dtmf { digits } => {
-            if digits.is_empty() || digits.len() > MAX_DTMF_DIGITS || !digits.chars().all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D')) {
-                return Err(ApiError::invalid("digits", format!("`{}`: use 1..{MAX_DTMF_DIGITS} of 0-9, *, # and A-D", crate::assistant::check::clip(&digits))));
-            }
-            Control::Dtmf { digits }
+            Control::Dtmf { digits: check_digits(&digits)? }
         }
         ActionRequest::Transfer { to_number } => Control::Transfer { to: valid_number("to_number", &to_number, None)?.0 },
         ActionRequest::Hangup { reason } => Control::Hangup { reason: reason.unwrap_or_else(|| "hung up through the API".into()) },
+        ActionRequest::Hold => Control::Hold { on: true },
+        ActionRequest::Unhold => Control::Hold { on: false },
     };
     let call = find(&state, &auth, &id).await?;
+    let call = apply_control(&state, &auth, call, control).await?;
+    Ok((StatusCode::ACCEPTED, Json(CallStatus::from(&call))))
+}
+
+/// Applies a control to a live call (the one implementation behind every dialect's actions):
+/// hang-ups and transfers end it once; keys and hold need it answered. Returns the call as it
+/// now is.
+pub async fn apply_control(state: &AppState, auth: &Auth, call: CallRecord, control: Control) -> Result<CallRecord, ApiError> {
+    let id = call.id.clone();
     let call = match control {
-        Control::Transfer { .. } if matches!(Status::parse(&call.status), Some(Status::Queued | Status::Ringing)) => {
+        Control::Transfer { .. } if matches!(Status::parse(&call.status), Some(Status::Initiated | Status::Ringing)) => {
             return Err(ApiError::conflict("call_not_answered", format!("call {id} is {}: transfers wait until it is answered", call.status)));
         }
         // Both end the call: only the first such request wins.
-        Control::Hangup { .. } | Control::Transfer { .. } => begin_ending(&state, &auth, call).await?,
-        Control::Dtmf { .. } if call.status == Status::Ending.as_str() => return Err(ending_conflict(&call)),
-        Control::Dtmf { .. } if !call.is_live() => return Err(ApiError::conflict("call_not_active", format!("call {id} already ended ({})", call.status))),
-        Control::Dtmf { .. } => call,
+        Control::Hangup { .. } | Control::Transfer { .. } => begin_ending(state, auth, call).await?,
+        Control::Dtmf { .. } | Control::Hold { .. } if call.status == Status::Ending.as_str() => return Err(ending_conflict(&call)),
+        Control::Dtmf { .. } | Control::Hold { .. } if !call.is_live() => return Err(ApiError::conflict("call_not_active", format!("call {id} already ended ({})", call.status))),
+        Control::Dtmf { .. } | Control::Hold { .. } => call,
     };
     if !state.runner.send(&call, control).await? {
-        return Err(ApiError::conflict("call_not_answered", format!("call {id} is {}: keys and transfers wait until it is answered", call.status)));
+        return Err(ApiError::conflict("call_not_answered", format!("call {id} is {}: keys, hold and transfers wait until it is answered", call.status)));
     }
-    Ok((StatusCode::ACCEPTED, Json(CallStatus::from(&call))))
+    Ok(call)
 }

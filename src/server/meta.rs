@@ -31,10 +31,38 @@ use super::AppState;
         super::webhooks::deliveries, super::webhooks::all_deliveries, super::webhooks::resend, super::webhooks::signing,
         super::analysis::intent, super::analysis::sentiment,
     ),
-    components(schemas(ErrorBody, super::error::ErrorDetail, WorkspaceView, Analytics, DayCounts)),
-    modifiers(&Security)
+    components(schemas(ErrorBody, super::error::ErrorDetail, WorkspaceView, Plan, Usage, Analytics, DayCounts)),
+    modifiers(&Security, &Dialects)
 )]
 pub struct ApiDoc;
+
+/// Ringg's overview paths and Ringez's API, under tags of their own (their handlers are thin
+/// adapters over the operations documented above).
+struct Dialects;
+
+impl utoipa::Modify for Dialects {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{HttpMethod, OperationBuilder};
+        use utoipa::openapi::ResponseBuilder;
+        for (tag, paths) in [("ringg", super::ringg::PATHS), ("ringez", super::ringez::PATHS)] {
+            for (method, path, summary) in paths {
+                let method = match *method {
+                    "GET" => HttpMethod::Get,
+                    "POST" => HttpMethod::Post,
+                    "PUT" => HttpMethod::Put,
+                    "PATCH" => HttpMethod::Patch,
+                    _ => HttpMethod::Delete,
+                };
+                let operation = OperationBuilder::new()
+                    .tag(tag)
+                    .summary(Some(*summary))
+                    .response("200", ResponseBuilder::new().description("JSON in the dialect's shape").build())
+                    .build();
+                openapi.paths.add_path_operation(*path, vec![method], operation);
+            }
+        }
+    }
+}
 
 struct Security;
 
@@ -61,6 +89,31 @@ pub struct WorkspaceView {
     pub assistants: i64,
     pub numbers: i64,
     pub calls: i64,
+    /// `self-hosted`: what this server allows the workspace (its operator sets the limits).
+    pub plan: Plan,
+    pub usage: Usage,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Plan {
+    pub name: String,
+    pub concurrent_calls: u32,
+    pub calls_per_minute: u32,
+    pub assistants: u32,
+    pub numbers: u32,
+    pub requests_per_minute: u32,
+}
+
+/// What the workspace used this calendar month (UTC) and in all.
+#[derive(Serialize, ToSchema)]
+pub struct Usage {
+    /// The month counted, `2026-11`.
+    pub period: String,
+    pub calls_this_month: i64,
+    /// Billable minutes this month: each answered call rounded up to a whole minute.
+    pub minutes_this_month: i64,
+    pub live_calls: i64,
+    pub total_calls: i64,
 }
 
 /// The workspace of the key in use.
@@ -68,7 +121,31 @@ pub struct WorkspaceView {
 pub async fn workspace(State(state): State<AppState>, auth: Auth) -> Result<Json<WorkspaceView>, ApiError> {
     let workspace = state.store.workspace(&auth.workspace_id).await?.ok_or_else(|| ApiError::not_found("workspace", &auth.workspace_id))?;
     let (assistants, numbers, calls) = state.store.count_workspace(&workspace.id).await?;
-    Ok(Json(WorkspaceView { id: workspace.id, name: workspace.name, created_at: rfc3339(workspace.created_at), assistants, numbers, calls }))
+    let now = chrono::Utc::now();
+    let month_start = chrono::NaiveDate::from_ymd_opt(chrono::Datelike::year(&now), chrono::Datelike::month(&now), 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_millis())
+        .unwrap_or(0);
+    let month = state.store.usage_since(&workspace.id, month_start).await?;
+    let live = state.store.count_live_calls(&workspace.id).await?;
+    let limits = &state.limits;
+    Ok(Json(WorkspaceView {
+        id: workspace.id,
+        name: workspace.name,
+        created_at: rfc3339(workspace.created_at),
+        assistants,
+        numbers,
+        calls,
+        plan: Plan {
+            name: "self-hosted".into(),
+            concurrent_calls: limits.calls_per_workspace,
+            calls_per_minute: limits.calls_per_minute,
+            assistants: limits.assistants_per_workspace,
+            numbers: limits.numbers_per_workspace,
+            requests_per_minute: state.config.rate_limit_per_min,
+        },
+        usage: Usage { period: now.format("%Y-%m").to_string(), calls_this_month: month.calls, minutes_this_month: month.minutes, live_calls: live, total_calls: calls },
+    }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -101,6 +178,8 @@ pub struct Analytics {
     pub in_progress: i64,
     /// Mean duration of calls that were answered, in seconds.
     pub average_duration_s: Option<f64>,
+    /// The same, rounded to whole seconds (Ringg's name).
+    pub avg_duration_seconds: Option<i64>,
     /// Calls per disposition.
     pub dispositions: BTreeMap<String, i64>,
     pub by_day: Vec<DayCounts>,
@@ -126,6 +205,7 @@ pub async fn analytics(State(state): State<AppState>, auth: Auth, ApiQuery(query
         canceled: 0,
         in_progress: 0,
         average_duration_s: None,
+        avg_duration_seconds: None,
         dispositions: BTreeMap::new(),
         by_day: Vec::new(),
     };
@@ -161,6 +241,7 @@ pub async fn analytics(State(state): State<AppState>, auth: Auth, ApiQuery(query
     }
     if timed > 0 {
         result.average_duration_s = Some((duration_ms as f64 / timed as f64 / 1000.0 * 10.0).round() / 10.0);
+        result.avg_duration_seconds = Some((duration_ms as f64 / timed as f64 / 1000.0).round() as i64);
     }
     result.by_day = days.into_values().collect();
     Ok(Json(result))

@@ -20,6 +20,8 @@ pub mod limits;
 pub mod meta;
 pub mod metrics;
 pub mod numbers;
+pub mod ringez;
+pub mod ringg;
 pub mod runner;
 pub mod secrets;
 pub mod twilio;
@@ -66,6 +68,8 @@ pub struct ServeConfig {
     pub twilio: Option<twilio::TwilioConfig>,
     /// Where recordings of calls are written.
     pub recordings_dir: PathBuf,
+    /// Every valid number reaches the sandbox line (see `ringline serve --sandbox-line`).
+    pub sandbox_line: bool,
 }
 
 /// What every handler shares; cheap to clone.
@@ -81,6 +85,14 @@ pub struct AppState {
     pub vault: Arc<secrets::Vault>,
     pub limits: Arc<limits::Limits>,
     pub twilio: Option<Arc<twilio::Twilio>>,
+}
+
+impl AppState {
+    /// Whether numbers beyond the sandbox's can be called: a telephony provider, or every
+    /// number going to the sandbox line.
+    pub fn can_dial_out(&self) -> bool {
+        self.twilio.is_some() || self.config.sandbox_line
+    }
 }
 
 /// The API's routes; the OpenAPI document describes the same set (see `meta::ApiDoc`).
@@ -118,7 +130,8 @@ pub fn router(state: AppState) -> Router {
         .route("/analytics", get(meta::analytics))
         .route("/openapi.json", get(meta::openapi));
     Router::new()
-        .nest("/v1", v1)
+        .nest("/v1", v1.merge(ringg::router()))
+        .nest("/api/v1", ringez::router())
         .route("/webcall.js", get(webcall::widget))
         .route("/webcall", get(webcall::page))
         .route("/twilio/voice", post(twilio::voice))
@@ -176,7 +189,7 @@ pub async fn serve(config: ServeConfig, models: ModelStore) -> anyhow::Result<()
         }
         None => None,
     };
-    let runner = Arc::new(runner::Runner::new(store.clone(), models, engines, vault.clone(), worker_id.clone(), twilio.clone(), config.recordings_dir.clone()));
+    let runner = Arc::new(runner::Runner::new(store.clone(), models, engines, vault.clone(), worker_id.clone(), twilio.clone(), config.recordings_dir.clone()).with_sandbox_line(config.sandbox_line));
     let state = AppState {
         store: store.clone(),
         config: Arc::new(config.clone()),

@@ -225,7 +225,7 @@ fn nanp_timezone(e164: &str) -> Option<&'static str> {
     })
 }
 
-fn parse_country(country: Option<&str>) -> Result<Option<phonenumber::country::Id>, ApiError> {
+pub fn parse_country(country: Option<&str>) -> Result<Option<phonenumber::country::Id>, ApiError> {
     match country {
         None => Ok(None),
         Some(code) => code
@@ -239,7 +239,9 @@ fn parse_country(country: Option<&str>) -> Result<Option<phonenumber::country::I
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateRequest {
-    /// The number, E.164 (`+14155550123`) or national with `country`.
+    /// The number, E.164 (`+14155550123`) or national with `country` (`phone_number` is taken
+    /// too, as Ringez names it).
+    #[serde(alias = "phone_number")]
     pub number: String,
     /// Default country for a national number (ISO 3166, e.g. US).
     pub country: Option<String>,
@@ -250,7 +252,7 @@ pub struct ValidateRequest {
     responses((status = 200, body = NumberInfo), (status = 422, body = ErrorBody)))]
 pub async fn validate(State(state): State<AppState>, _auth: Auth, ApiJson(request): ApiJson<ValidateRequest>) -> Result<Json<NumberInfo>, ApiError> {
     let country = parse_country(request.country.as_deref())?;
-    Ok(Json(with_telephony(describe(&request.number, country), state.twilio.is_some())))
+    Ok(Json(with_telephony(describe(&request.number, country), state.can_dial_out())))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -45,8 +45,11 @@ const RING: Duration = Duration::from_millis(800);
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Control {
     Hangup { reason: String },
+    /// Keys to press; `w` waits half a second.
     Dtmf { digits: String },
     Transfer { to: String },
+    /// On hold (`true`) the agent neither hears nor speaks; off hold it goes on.
+    Hold { on: bool },
 }
 
 /// A control message between workers.
@@ -109,7 +112,7 @@ impl EventLog {
 /// A call running on this worker.
 #[derive(Clone)]
 struct LiveCall {
-    line: Arc<dyn AudioOut>,
+    line: Arc<crate::transport::hold::HoldableLine>,
     /// Cancelled when the caller's side is gone (hung up, stream stopped).
     caller_gone: CancellationToken,
     ended_by: Arc<Mutex<Option<String>>>,
@@ -119,8 +122,9 @@ struct LiveCall {
 /// How a call reaches its line.
 pub enum Connect {
     /// Dial `to_number`: the sandbox line answers a sandbox number with this caller; any other
-    /// number is placed through Twilio.
-    Dial(CallerScript),
+    /// number is placed through Twilio. With `transfer_on_answer` the agent only bridges: once
+    /// answered, the call goes on to that number (Ringez's bridge mode).
+    Dial { script: CallerScript, transfer_on_answer: Option<String> },
     /// Twilio already has the call (inbound): wait for its media stream.
     Twilio(Waiting),
     /// The line is already connected (a browser's web call).
@@ -197,6 +201,8 @@ pub struct Runner {
     twilio: Option<Arc<super::twilio::Twilio>>,
     /// Where calls' recordings are written (`<call id>.wav`).
     recordings: std::path::PathBuf,
+    /// Every number is answered by the sandbox line (`serve --sandbox-line`).
+    sandbox_line: bool,
 }
 
 /// Whose assistant a call runs: the deployment's (a file) or the workspace's own.
@@ -208,7 +214,13 @@ pub enum AssistantOwner {
 
 impl Runner {
     pub fn new(store: Store, models: ModelStore, engines: EngineRegistry, vault: Arc<Vault>, worker_id: Arc<str>, twilio: Option<Arc<super::twilio::Twilio>>, recordings: std::path::PathBuf) -> Self {
-        Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), running: Default::default(), running_local: Default::default(), engines, vault, pending: Mutex::new(HashMap::new()), twilio, recordings }
+        Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), running: Default::default(), running_local: Default::default(), engines, vault, pending: Mutex::new(HashMap::new()), twilio, recordings, sandbox_line: false }
+    }
+
+    /// Sends every number to the sandbox line (see `serve --sandbox-line`).
+    pub fn with_sandbox_line(mut self, on: bool) -> Self {
+        self.sandbox_line = on;
+        self
     }
 
     /// Where a call's recording is (or would be). Call ids are generated (`call_` and hex),
@@ -250,7 +262,7 @@ impl Runner {
         match status {
             CallStatus::Ringing => {
                 if let Ok(Some(call)) = self.store.call_any_workspace(call_id).await {
-                    if call.status == CallStatus::Queued.as_str() {
+                    if call.status == CallStatus::Initiated.as_str() {
                         let _ = self.store.set_call_status(call_id, CallStatus::Ringing, None).await;
                     }
                 }
@@ -314,7 +326,7 @@ impl Runner {
             let id = call.id.clone();
             let log = Arc::new(EventLog::new(runner.store.clone(), &id));
             let hook = assistant.spec.webhook_url.clone();
-            runner.webhook(&call, hook.as_deref(), CallStatus::Queued).await;
+            runner.webhook(&call, hook.as_deref(), CallStatus::Initiated).await;
             let mut outcome = runner.run(&call, assistant, owner, connect, record, &log).await;
             runner.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             outcome.reason = outcome.reason.map(|r| public_reason(&r));
@@ -385,8 +397,12 @@ impl Runner {
         self.webhook(call, assistant.spec.webhook_url.as_deref(), CallStatus::Ringing).await;
 
         // The models are ready before the line is answered: a caller's first words are heard.
+        let bridge_to = match &connect {
+            Connect::Dial { transfer_on_answer, .. } => transfer_on_answer.clone(),
+            _ => None,
+        };
         let answered = match connect {
-            Connect::Dial(script) => match sandbox(&call.to_number) {
+            Connect::Dial { script, .. } => match sandbox(&call.to_number).or(self.sandbox_line.then_some(Sandbox::Answer)) {
                 Some(behaviour) => self.answer_sandbox(call, &assistant, owner, behaviour, script).await,
                 None => match &self.twilio {
                     Some(twilio) => {
@@ -429,7 +445,10 @@ impl Runner {
             }
         }
         let (caller_gone, stream) = (answered.caller_gone.clone(), answered.stream.clone());
-        let outcome = self.converse(call, assistant, engines, answered, log).await;
+        let outcome = match bridge_to {
+            Some(to) => self.bridge(call, &assistant, answered, &to, log).await,
+            None => self.converse(call, assistant, engines, answered, log).await,
+        };
         caller_gone.cancel();
         match stream.as_ref().and_then(StreamLine::failure) {
             Some(reason) => failed(reason),
@@ -492,12 +511,35 @@ impl Runner {
         self.engines.engines_for(assistant, &credentials).await.map_err(|error| failed(format!("cannot start the assistant's models: {error}")))
     }
 
+    /// Bridge mode: the answered line goes straight on to `to`; the agent says nothing.
+    async fn bridge(&self, call: &CallRecord, assistant: &Assistant, answered: Answered, to: &str, log: &Arc<EventLog>) -> CallOutcome {
+        let _ = self.store.set_call_status(&call.id, CallStatus::InProgress, None).await;
+        log.status(CallStatus::InProgress, None).await;
+        self.webhook(call, assistant.spec.webhook_url.as_deref(), CallStatus::InProgress).await;
+        let started = answered.out.now();
+        log.event("action", json!({ "type": "transfer", "to": to, "bridge": true })).await;
+        answered.out.transfer(to);
+        answered.out.hang_up();
+        CallOutcome {
+            status: CallStatus::Completed,
+            reason: None,
+            disposition: Some("transferred".into()),
+            disposition_notes: Some(format!("bridged to {to} on answer")),
+            extracted: None,
+            summary: Some(format!("Bridged the answered call to {to}.")),
+            ended_by: Some(format!("bridged to {to}")),
+            duration_ms: Some(ms_of(answered.out.now().saturating_sub(started)).round() as i64),
+        }
+    }
+
     /// The conversation on an answered line, to its summary and disposition.
     async fn converse(self: &Arc<Self>, call: &CallRecord, assistant: Arc<Assistant>, engines: Arc<Engines>, answered: Answered, log: &Arc<EventLog>) -> CallOutcome {
         let Answered { out, input, caller_gone, loopback, stream } = answered;
         let failed = |reason: String| CallOutcome::ended(CallStatus::Failed, reason);
         let ended_by = Arc::new(Mutex::new(None));
-        let live = LiveCall { line: out.clone(), caller_gone: caller_gone.clone(), ended_by: ended_by.clone(), log: log.clone() };
+        let holdable = Arc::new(crate::transport::hold::HoldableLine::new(out, input.audio.silencer()));
+        let out: Arc<dyn AudioOut> = holdable.clone();
+        let live = LiveCall { line: holdable, caller_gone: caller_gone.clone(), ended_by: ended_by.clone(), log: log.clone() };
         self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), live);
         let _ = self.store.set_call_status(&call.id, CallStatus::InProgress, None).await;
         log.status(CallStatus::InProgress, None).await;
@@ -545,6 +587,11 @@ impl Runner {
             Control::Dtmf { digits } => {
                 call.log.event("action", json!({ "type": "dtmf", "digits": digits })).await;
                 call.line.send_dtmf(digits);
+            }
+            Control::Hold { on } => {
+                if call.line.set_hold(*on) {
+                    call.log.event("action", json!({ "type": if *on { "hold" } else { "unhold" } })).await;
+                }
             }
             Control::Transfer { to } => {
                 *call.ended_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("transferred to {to} through the API"));
@@ -639,6 +686,17 @@ struct Hooks {
     assistant: Option<String>,
 }
 
+/// `transcription.updated` for a final line, to the subscriptions that ask for it and the URL a
+/// client gave for this call's transcription (read now: it may have been set mid-call).
+async fn transcription_event(store: &Store, hooks: &Hooks, speaker: &str, text: &str, at: Duration) {
+    let call = match store.call_any_workspace(&hooks.call.id).await {
+        Ok(Some(call)) => call,
+        _ => hooks.call.clone(),
+    };
+    let data = json!({ "call_id": call.id, "speaker": speaker, "text": text, "at_ms": ms_of(at).round() as i64, "final": true });
+    super::webhooks::emit(store, &call, hooks.assistant.as_deref(), "transcription.updated", data).await;
+}
+
 async fn write_events(log: Arc<EventLog>, store: Store, hooks: Hooks, mut events: mpsc::UnboundedReceiver<CallEvent>, line: Option<LoopbackLine>, stream: Option<StreamLine>) {
     let call_id = hooks.call.id.clone();
     let show = |event: Value| {
@@ -656,10 +714,12 @@ async fn write_events(log: Arc<EventLog>, store: Store, hooks: Hooks, mut events
                 }
                 show(json!({ "type": "transcript", "speaker": "agent", "text": text, "interrupted": interrupted }));
                 log.transcript("agent", &text, at, interrupted).await;
+                transcription_event(&store, &hooks, "agent", &text, at).await;
             }
             CallEvent::Caller { text, at } => {
                 show(json!({ "type": "transcript", "speaker": "caller", "text": text }));
                 caller_lines.push(log.transcript("caller", &text, at, false).await);
+                transcription_event(&store, &hooks, "caller", &text, at).await;
             }
             CallEvent::Analysis(turn) => {
                 let data = serde_json::to_value(&turn).unwrap_or(Value::Null);

@@ -273,7 +273,7 @@ async fn inbound(state: &AppState, params: &[(String, String)]) -> Result<(Strin
         direction: "inbound".into(),
         to_number: to.to_string(),
         from_number: from.to_string(),
-        status: crate::call::CallStatus::Queued.as_str().into(),
+        status: crate::call::CallStatus::Initiated.as_str().into(),
         dynamic_variables: "{}".into(),
         metadata: serde_json::json!({ "twilio_call_sid": param(params, "CallSid") }).to_string(),
         worker_id: Some(state.worker_id.to_string()),

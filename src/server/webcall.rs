@@ -53,6 +53,10 @@ pub struct TokenRequest {
     pub ttl_s: Option<u64>,
     /// Record the call; default: the assistant's `recording`.
     pub record: Option<bool>,
+    /// Who is on the page (Ringg's `visitor_info`: `name`, `page_url`, …), kept with the call
+    /// as its metadata.
+    #[schema(value_type = Option<Object>)]
+    pub visitor_info: Option<Value>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -74,7 +78,13 @@ struct Claims {
     variables: BTreeMap<String, String>,
     expires_ms: i64,
     record: bool,
+    /// `{"visitor_info": …}` when the page said who is there.
+    #[serde(default)]
+    metadata: Value,
 }
+
+/// The most JSON `visitor_info` may hold (it travels inside the token).
+const MAX_VISITOR_INFO_BYTES: usize = 2 * 1024;
 
 /// A token for one browser call to an assistant.
 #[utoipa::path(post, path = "/v1/webcall/token", tag = "calls", request_body = TokenRequest,
@@ -87,7 +97,14 @@ pub async fn token(State(state): State<AppState>, auth: Auth, ApiJson(request): 
     if ttl == 0 || ttl > MAX_TTL_S {
         return Err(ApiError::invalid("ttl_s", format!("is {ttl}; give 1..{MAX_TTL_S} seconds")));
     }
+    let metadata = match request.visitor_info {
+        None | Some(Value::Null) => json!({}),
+        Some(info @ Value::Object(_)) if info.to_string().len() <= MAX_VISITOR_INFO_BYTES => json!({ "visitor_info": info }),
+        Some(Value::Object(_)) => return Err(ApiError::invalid("visitor_info", format!("is more than {MAX_VISITOR_INFO_BYTES} bytes of JSON; keep it to a name, a page and a few fields"))),
+        Some(_) => return Err(ApiError::invalid("visitor_info", "must be a JSON object such as {\"name\": \"Website Visitor\", \"page_url\": \"https://example.com/pricing\"}")),
+    };
     let claims = Claims {
+        metadata,
         call_id: store::new_id("call"),
         workspace_id: auth.workspace_id.clone(),
         assistant_id: record.id.clone(),
@@ -149,9 +166,9 @@ pub async fn socket(State(state): State<AppState>, Query(query): Query<SocketQue
         direction: "web".into(),
         to_number: "web".into(),
         from_number: "browser".into(),
-        status: crate::call::CallStatus::Queued.as_str().into(),
+        status: crate::call::CallStatus::Initiated.as_str().into(),
         dynamic_variables: serde_json::to_string(&claims.variables).unwrap_or_default(),
-        metadata: "{}".into(),
+        metadata: if claims.metadata.is_object() { claims.metadata.to_string() } else { "{}".into() },
         worker_id: Some(state.worker_id.to_string()),
         day: store::day_of(now),
         created_at: now,

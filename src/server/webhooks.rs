@@ -49,6 +49,12 @@ pub const EVENTS: &[&str] = &[
     // (with `escalation` when the caller turned sharply negative).
     "call.intent",
     "call.sentiment",
+    // Every final transcript line, as it is said: for subscriptions that name it (a call's own
+    // webhook_url does not get it).
+    "transcription.updated",
+    // Ringg's campaign events: accepted in subscriptions now, sent once campaigns exist.
+    "campaign.started",
+    "campaign.completed",
 ];
 
 /// Subscriptions one workspace may hold.
@@ -61,6 +67,10 @@ const CLAIM_MS: i64 = 20_000;
 /// Deliveries in flight at once on this worker.
 const IN_FLIGHT: usize = 8;
 const SIGNATURE_HEADER: &str = "X-Ringline-Signature";
+/// Ringez's header: the hex HMAC-SHA256 of the raw body with the subscription's secret.
+const RINGEZ_SIGNATURE_HEADER: &str = "X-Ringez-Signature";
+pub const FORMAT_RINGLINE: &str = "ringline";
+pub const FORMAT_RINGEZ: &str = "ringez";
 
 /// Wakes the deliver loop when an event was stored (it also looks every second).
 pub fn wake() -> &'static tokio::sync::Notify {
@@ -72,6 +82,11 @@ pub fn wake() -> &'static tokio::sync::Notify {
 pub fn sign(secret: &str, t: i64, body: &str) -> String {
     let mac = super::secrets::hmac(openssl::hash::MessageDigest::sha256(), secret.as_bytes(), format!("{t}.{body}").as_bytes());
     format!("t={t},v1={}", hex::encode(mac))
+}
+
+/// Ringez's signature of `body`: the hex HMAC-SHA256 of the raw body.
+pub fn sign_ringez(secret: &str, body: &str) -> String {
+    hex::encode(super::secrets::hmac(openssl::hash::MessageDigest::sha256(), secret.as_bytes(), body.as_bytes()))
 }
 
 /// A new signing secret: `whsec_` and 32 random bytes in hex.
@@ -107,7 +122,7 @@ pub async fn signing_secret(store: &Store, vault: &Vault, workspace_id: &str) ->
 pub fn status_event(status: crate::call::CallStatus) -> Option<&'static str> {
     use crate::call::CallStatus;
     Some(match status {
-        CallStatus::Queued => "call.initiated",
+        CallStatus::Initiated => "call.initiated",
         CallStatus::Ringing => "call.ringing",
         CallStatus::InProgress => "call.answered",
         CallStatus::Completed => "call.completed",
@@ -156,23 +171,38 @@ fn event_time() -> i64 {
     }
 }
 
+/// Events only subscriptions that name them receive (not a call's or assistant's webhook_url).
+const SUBSCRIPTION_ONLY: &[&str] = &["transcription.updated"];
+
 async fn try_emit(store: &Store, call: &CallRecord, assistant_webhook: Option<&str>, event: &str, data: Value) -> Result<(), crate::store::StoreError> {
     let now = event_time();
     let event_id = new_id("evt");
-    let body = json!({ "id": event_id, "type": event, "created_at": rfc3339(now), "data": data }).to_string();
-    let mut receivers: Vec<(Option<String>, String)> = Vec::new();
+    let ringline_body = json!({ "id": event_id, "type": event, "created_at": rfc3339(now), "data": data }).to_string();
+    let ringez_body = json!({ "event": event, "event_id": event_id, "timestamp": rfc3339(now), "data": super::ringez::event_data(call, &data) }).to_string();
+    // (subscription, url, format) for each receiver.
+    let mut receivers: Vec<(Option<String>, String, &str)> = Vec::new();
     for hook in store.webhooks(&call.workspace_id).await? {
         let wanted: Vec<String> = serde_json::from_str(&hook.events).unwrap_or_default();
-        if wanted.iter().any(|e| e == "*" || e == event) {
-            receivers.push((Some(hook.id.clone()), hook.url.clone()));
+        let wildcard = wanted.iter().any(|e| e == "*") && !SUBSCRIPTION_ONLY.contains(&event);
+        if wildcard || wanted.iter().any(|e| e == event) {
+            let format = if hook.format == FORMAT_RINGEZ { FORMAT_RINGEZ } else { FORMAT_RINGLINE };
+            receivers.push((Some(hook.id.clone()), hook.url.clone(), format));
         }
     }
-    for url in [call.webhook_url.as_deref(), assistant_webhook].into_iter().flatten() {
-        if !receivers.iter().any(|(hook, u)| hook.is_none() && u == url) {
-            receivers.push((None, url.to_string()));
+    let call_format = if call.dialect.as_deref() == Some(FORMAT_RINGEZ) { FORMAT_RINGEZ } else { FORMAT_RINGLINE };
+    let own: Vec<String> = if SUBSCRIPTION_ONLY.contains(&event) {
+        // A Ringez client asks for a call's transcription at its own URL.
+        let metadata: Value = serde_json::from_str(&call.metadata).unwrap_or(Value::Null);
+        metadata.get("transcription_webhook_url").and_then(Value::as_str).map(str::to_string).into_iter().collect()
+    } else {
+        [call.webhook_url.as_deref(), assistant_webhook].into_iter().flatten().map(str::to_string).collect()
+    };
+    for url in own {
+        if !receivers.iter().any(|(hook, u, _)| hook.is_none() && *u == url) {
+            receivers.push((None, url, call_format));
         }
     }
-    for (webhook_id, url) in receivers {
+    for (webhook_id, url, format) in receivers {
         let delivery = DeliveryRecord {
             id: new_id("dlv"),
             workspace_id: call.workspace_id.clone(),
@@ -181,7 +211,7 @@ async fn try_emit(store: &Store, call: &CallRecord, assistant_webhook: Option<&s
             event: event.to_string(),
             call_id: Some(call.id.clone()),
             url,
-            body: body.clone(),
+            body: if format == FORMAT_RINGEZ { ringez_body.clone() } else { ringline_body.clone() },
             state: "pending".into(),
             attempts: 0,
             next_attempt_at: now,
@@ -190,6 +220,7 @@ async fn try_emit(store: &Store, call: &CallRecord, assistant_webhook: Option<&s
             last_error: None,
             created_at: now,
             delivered_at: None,
+            format: format.to_string(),
         };
         store.insert_delivery(&delivery).await?;
     }
@@ -299,12 +330,16 @@ async fn post(store: &Store, vault: &Vault, egress: &EgressPolicy, client: &reqw
         }
         None => signing_secret(store, vault, &delivery.workspace_id).await?,
     };
-    let signature = sign(&secret, now_ms() / 1000, &delivery.body);
+    let (header, signature) = if delivery.format == FORMAT_RINGEZ {
+        (RINGEZ_SIGNATURE_HEADER, sign_ringez(&secret, &delivery.body))
+    } else {
+        (SIGNATURE_HEADER, sign(&secret, now_ms() / 1000, &delivery.body))
+    };
     let response = client
         .post(&delivery.url)
         .header("content-type", "application/json")
         .header("user-agent", concat!("Ringline-Webhooks/", env!("CARGO_PKG_VERSION")))
-        .header(SIGNATURE_HEADER, signature)
+        .header(header, signature)
         .header("X-Ringline-Event", &delivery.event)
         .header("X-Ringline-Event-Id", &delivery.event_id)
         .header("X-Ringline-Delivery", &delivery.id)
@@ -409,11 +444,6 @@ pub struct SigningSecret {
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
     responses((status = 201, body = WebhookView), (status = 422, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create(State(state): State<AppState>, auth: Auth, ApiJson(request): ApiJson<CreateWebhook>) -> Result<impl IntoResponse, ApiError> {
-    let url = request.url.trim();
-    if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
-        return Err(ApiError::invalid("url", format!("`{}` is not an http(s) URL of at most 2048 characters", crate::assistant::check::clip(url))));
-    }
-    state.runner.egress().check_url_resolved(url).await.map_err(|e| ApiError::invalid("url", e.to_string()))?;
     if request.events.is_empty() || request.events.len() > EVENTS.len() {
         return Err(ApiError::invalid("events", format!("name 1 to {} events, or [\"*\"] for all of them: {}", EVENTS.len(), EVENTS.join(", "))));
     }
@@ -422,7 +452,23 @@ pub async fn create(State(state): State<AppState>, auth: Auth, ApiJson(request):
             return Err(ApiError::invalid("events", format!("`{}` is not an event; use one of {} or \"*\"", crate::assistant::check::clip(event), EVENTS.join(", "))));
         }
     }
-    let secret = match request.secret {
+    let view = subscribe(&state, &auth, &request.url, "url", request.events, request.secret, FORMAT_RINGLINE).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Stores a subscription whose events are already checked (the one path for every dialect):
+/// the URL (named `field` in errors) must be one the server may reach; the secret is given
+/// (16 to 200 characters) or generated, and sealed.
+pub async fn subscribe(state: &AppState, auth: &Auth, url: &str, field: &str, events: Vec<String>, secret: Option<String>, format: &str) -> Result<WebhookView, ApiError> {
+    let url = url.trim();
+    if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
+        return Err(ApiError::invalid(field, format!("`{}` is not an http(s) URL of at most 2048 characters", crate::assistant::check::clip(url))));
+    }
+    state.runner.egress().check_url_resolved(url).await.map_err(|e| ApiError::invalid(field, e.to_string()))?;
+    if events.is_empty() {
+        return Err(ApiError::invalid("events", "name at least one event"));
+    }
+    let secret = match secret {
         Some(secret) if (16..=200).contains(&secret.len()) && secret.chars().all(|c| c.is_ascii_graphic()) => secret,
         Some(_) => return Err(ApiError::invalid("secret", "must be 16 to 200 printable characters without spaces; leave it out to have one generated")),
         None => new_secret(),
@@ -439,13 +485,14 @@ pub async fn create(State(state): State<AppState>, auth: Auth, ApiJson(request):
         id,
         workspace_id: auth.workspace_id.clone(),
         url: url.to_string(),
-        events: serde_json::to_string(&request.events).unwrap_or_else(|_| "[]".into()),
+        events: serde_json::to_string(&events).unwrap_or_else(|_| "[]".into()),
         secret_ciphertext,
         key_id,
         created_at: now_ms(),
+        format: format.to_string(),
     };
     state.store.insert_webhook(&hook).await?;
-    Ok((StatusCode::CREATED, Json(view(&hook, Some(secret)))))
+    Ok(view(&hook, Some(secret)))
 }
 
 /// The workspace's subscriptions (without their secrets).
@@ -537,7 +584,10 @@ mod tests {
         assert_eq!(status_event(CallStatus::NoAnswer), Some("call.failed"));
         assert_eq!(status_event(CallStatus::Ending), None);
         for event in EVENTS {
-            assert!(event.starts_with("call."));
+            assert!(["call.", "campaign.", "transcription."].iter().any(|p| event.starts_with(p)), "{event}");
+        }
+        for event in super::super::ringez::EVENTS {
+            assert!(EVENTS.contains(event) || *event == "balance.low", "Ringez's {event} is one of ours (balance.low needs a wallet)");
         }
     }
 }

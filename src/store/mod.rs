@@ -17,19 +17,19 @@ static MIGRATOR: Migrator = sqlx::migrate!("src/store/migrations");
 
 /// Calls in these states are still running somewhere. `ending`: a hang-up was asked for and
 /// the call is closing; no other control applies any more.
-pub const LIVE_STATUSES: [&str; 4] = ["queued", "ringing", "in-progress", "ending"];
+pub const LIVE_STATUSES: [&str; 4] = ["initiated", "ringing", "in-progress", "ending"];
 
 /// [`LIVE_STATUSES`] as an SQL list, for `status IN` clauses (a macro so `concat!` can use it).
 macro_rules! live_statuses_sql {
     () => {
-        "('queued', 'ringing', 'in-progress', 'ending')"
+        "('initiated', 'ringing', 'in-progress', 'ending')"
     };
 }
 
 /// The live statuses a call can still move between (all but `ending`, which only closes).
 macro_rules! open_statuses_sql {
     () => {
-        "('queued', 'ringing', 'in-progress')"
+        "('initiated', 'ringing', 'in-progress')"
     };
 }
 
@@ -429,7 +429,7 @@ impl Store {
 
     // ── calls ────────────────────────────────────────────────────────────────────────────
 
-    /// Inserts a queued call. With an idempotency key, the key is claimed in the same
+    /// Inserts an initiated call. With an idempotency key, the key is claimed in the same
     /// transaction: if another call holds it (younger than `window_ms`), nothing is inserted
     /// and that call's id comes back as `Err(existing)`.
     /// `request_digest` fingerprints what was asked, to tell a retry from a reused key.
@@ -476,8 +476,8 @@ impl Store {
             }
         }
         sqlx::query(
-            "INSERT INTO calls (id, workspace_id, assistant_id, assistant_version, direction, to_number, from_number, status, dynamic_variables, metadata, webhook_url, idempotency_key, worker_id, day, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            "INSERT INTO calls (id, workspace_id, assistant_id, assistant_version, direction, to_number, from_number, status, dynamic_variables, metadata, webhook_url, idempotency_key, worker_id, day, created_at, session_id, agent_id, dialect) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(&call.id)
         .bind(&call.workspace_id)
@@ -494,6 +494,9 @@ impl Store {
         .bind(&call.worker_id)
         .bind(&call.day)
         .bind(call.created_at)
+        .bind(&call.session_id)
+        .bind(&call.agent_id)
+        .bind(&call.dialect)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -666,6 +669,8 @@ impl Store {
         text_clause("assistant_id", &filter.assistant_id, &mut clauses);
         text_clause("status", &filter.status, &mut clauses);
         text_clause("disposition", &filter.disposition, &mut clauses);
+        text_clause("session_id", &filter.session_id, &mut clauses);
+        text_clause("to_number", &filter.to_number, &mut clauses);
         if let Some(intent) = &filter.intent {
             clauses.push(format!("EXISTS (SELECT 1 FROM transcript_lines t WHERE t.call_id = calls.id AND t.intent = ${next})"));
             next += 1;
@@ -709,6 +714,20 @@ impl Store {
         let numbers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM numbers WHERE workspace_id = $1").bind(workspace_id).fetch_one(&self.pool).await?;
         let calls: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM calls WHERE workspace_id = $1").bind(workspace_id).fetch_one(&self.pool).await?;
         Ok((assistants, numbers, calls))
+    }
+
+    /// Calls created since `since` and their billable minutes (each answered call's duration
+    /// rounded up to a whole minute).
+    pub async fn usage_since(&self, workspace_id: &str, since: i64) -> Result<Usage, StoreError> {
+        let (calls, minutes): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN duration_ms > 0 THEN (duration_ms + 59999) / 60000 ELSE 0 END), 0) AS BIGINT) \
+             FROM calls WHERE workspace_id = $1 AND created_at >= $2",
+        )
+        .bind(workspace_id)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Usage { calls, minutes })
     }
 
     /// A control message for the worker that owns a call (PostgreSQL only).
@@ -775,7 +794,7 @@ pub struct NumberRecord {
 }
 
 const CALL_COLUMNS: &str = "SELECT id, workspace_id, assistant_id, assistant_version, direction, to_number, from_number, status, status_reason, disposition, summary, ended_by, \
-     dynamic_variables, metadata, webhook_url, idempotency_key, worker_id, day, created_at, started_at, ended_at, duration_ms, extracted, disposition_notes FROM calls";
+     dynamic_variables, metadata, webhook_url, idempotency_key, worker_id, day, created_at, started_at, ended_at, duration_ms, extracted, disposition_notes, session_id, agent_id, dialect FROM calls";
 
 #[derive(Debug, Clone, Default, sqlx::FromRow)]
 pub struct CallRecord {
@@ -804,6 +823,11 @@ pub struct CallRecord {
     /// The fields the call extracted (a flow's slots), a JSON object.
     pub extracted: Option<String>,
     pub disposition_notes: Option<String>,
+    /// The Ringez session it was placed in, and the agent that placed it (`X-Agent-ID`).
+    pub session_id: Option<String>,
+    pub agent_id: Option<String>,
+    /// `ringez` when placed through Ringez's paths (its own webhook_url gets that format).
+    pub dialect: Option<String>,
 }
 
 #[cfg(test)]
@@ -884,8 +908,17 @@ pub struct HistoryFilter {
     pub disposition: Option<String>,
     /// Calls with a caller line of this intent.
     pub intent: Option<String>,
+    /// Calls placed in this Ringez session.
+    pub session_id: Option<String>,
+    pub to_number: Option<String>,
     pub limit: i64,
     pub offset: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub calls: i64,
+    pub minutes: i64,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -17,6 +17,8 @@ pub struct WebhookRecord {
     pub secret_ciphertext: String,
     pub key_id: String,
     pub created_at: i64,
+    /// `ringline` or `ringez`: how its deliveries are shaped and signed.
+    pub format: String,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -39,13 +41,15 @@ pub struct DeliveryRecord {
     pub last_error: Option<String>,
     pub created_at: i64,
     pub delivered_at: Option<i64>,
+    /// `ringline` or `ringez`: which signature header it carries.
+    pub format: String,
 }
 
-const DELIVERY_COLUMNS: &str = "id, workspace_id, webhook_id, event_id, event, call_id, url, body, state, attempts, next_attempt_at, claimed_until, last_status, last_error, created_at, delivered_at";
+const DELIVERY_COLUMNS: &str = "id, workspace_id, webhook_id, event_id, event, call_id, url, body, state, attempts, next_attempt_at, claimed_until, last_status, last_error, created_at, delivered_at, format";
 
 impl Store {
     pub async fn insert_webhook(&self, hook: &WebhookRecord) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO webhooks (id, workspace_id, url, events, secret_ciphertext, key_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        sqlx::query("INSERT INTO webhooks (id, workspace_id, url, events, secret_ciphertext, key_id, created_at, format) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(&hook.id)
             .bind(&hook.workspace_id)
             .bind(&hook.url)
@@ -53,20 +57,21 @@ impl Store {
             .bind(&hook.secret_ciphertext)
             .bind(&hook.key_id)
             .bind(hook.created_at)
+            .bind(&hook.format)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
     pub async fn webhooks(&self, workspace_id: &str) -> Result<Vec<WebhookRecord>, StoreError> {
-        Ok(sqlx::query_as::<_, WebhookRecord>("SELECT id, workspace_id, url, events, secret_ciphertext, key_id, created_at FROM webhooks WHERE workspace_id = $1 ORDER BY created_at, id")
+        Ok(sqlx::query_as::<_, WebhookRecord>("SELECT id, workspace_id, url, events, secret_ciphertext, key_id, created_at, format FROM webhooks WHERE workspace_id = $1 ORDER BY created_at, id")
             .bind(workspace_id)
             .fetch_all(&self.pool)
             .await?)
     }
 
     pub async fn webhook(&self, workspace_id: &str, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
-        Ok(sqlx::query_as::<_, WebhookRecord>("SELECT id, workspace_id, url, events, secret_ciphertext, key_id, created_at FROM webhooks WHERE workspace_id = $1 AND id = $2")
+        Ok(sqlx::query_as::<_, WebhookRecord>("SELECT id, workspace_id, url, events, secret_ciphertext, key_id, created_at, format FROM webhooks WHERE workspace_id = $1 AND id = $2")
             .bind(workspace_id)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -107,8 +112,8 @@ impl Store {
 
     pub async fn insert_delivery(&self, d: &DeliveryRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO webhook_deliveries (id, workspace_id, webhook_id, event_id, event, call_id, url, body, state, attempts, next_attempt_at, claimed_until, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, 0, $10)",
+            "INSERT INTO webhook_deliveries (id, workspace_id, webhook_id, event_id, event, call_id, url, body, state, attempts, next_attempt_at, claimed_until, created_at, format) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, 0, $10, $11)",
         )
         .bind(&d.id)
         .bind(&d.workspace_id)
@@ -120,6 +125,7 @@ impl Store {
         .bind(&d.body)
         .bind(d.next_attempt_at)
         .bind(d.created_at)
+        .bind(&d.format)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -16,6 +16,8 @@ struct Shared {
     notify: Notify,
     closed: AtomicBool,
     dropped: AtomicU64,
+    /// The call is on hold: the listener gets silence of the same length instead.
+    silenced: AtomicBool,
 }
 
 /// Creates the edge; `capacity` chunks are buffered before the oldest is dropped.
@@ -26,6 +28,7 @@ pub fn channel(capacity: usize) -> (LiveSender, LiveReceiver) {
         notify: Notify::new(),
         closed: AtomicBool::new(false),
         dropped: AtomicU64::new(0),
+        silenced: AtomicBool::new(false),
     });
     (LiveSender { shared: shared.clone() }, LiveReceiver { shared })
 }
@@ -70,7 +73,10 @@ impl LiveReceiver {
     pub async fn recv(&mut self) -> Option<Vec<f32>> {
         loop {
             let notified = self.shared.notify.notified();
-            if let Some(chunk) = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+            if let Some(mut chunk) = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+                if self.shared.silenced.load(Ordering::Acquire) {
+                    chunk.fill(0.0);
+                }
                 return Some(chunk);
             }
             if self.shared.closed.load(Ordering::Acquire) {
@@ -88,6 +94,23 @@ impl LiveReceiver {
     pub fn drop_counter(&self) -> DropCounter {
         DropCounter { shared: self.shared.clone() }
     }
+
+    /// A handle that turns what the listener hears into silence and back (a call on hold).
+    pub fn silencer(&self) -> Silencer {
+        Silencer { shared: self.shared.clone() }
+    }
+}
+
+/// Silences the edge while set (see [`LiveReceiver::silencer`]).
+#[derive(Clone)]
+pub struct Silencer {
+    shared: Arc<Shared>,
+}
+
+impl Silencer {
+    pub fn set(&self, silent: bool) {
+        self.shared.silenced.store(silent, Ordering::Release);
+    }
 }
 
 /// Reads how many chunks the edge dropped (see [`LiveReceiver::drop_counter`]).
@@ -104,6 +127,20 @@ impl DropCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_silenced_edge_delivers_silence_of_the_same_length() {
+        let (tx, mut rx) = channel(4);
+        let silencer = rx.silencer();
+        tx.push(vec![0.5; 3]);
+        silencer.set(true);
+        tx.push(vec![0.5; 3]);
+        assert_eq!(rx.recv().await, Some(vec![0.0; 3]), "a chunk read while on hold is silence, even if it came before");
+        assert_eq!(rx.recv().await, Some(vec![0.0; 3]));
+        silencer.set(false);
+        tx.push(vec![0.5; 2]);
+        assert_eq!(rx.recv().await, Some(vec![0.5; 2]));
+    }
 
     #[tokio::test]
     async fn the_oldest_chunk_is_dropped_and_counted() {

@@ -5,6 +5,7 @@
 //! can ask how much of each segment the caller actually heard, and `clear` drops everything
 //! not yet played — the equivalent of Twilio's `clear` or flushing an RTP queue.
 
+pub mod hold;
 pub mod live;
 pub mod playout;
 pub mod recorder;
@@ -53,4 +54,8 @@ pub trait AudioOut: Send + Sync {
     fn transfer(&self, destination: &str);
     /// Records both sides from now on, one clock step at a time, until the line closes.
     fn record(&self, recorder: recorder::Recorder);
+    /// The call is on hold (see [`hold::HoldableLine`]): the agent neither hears nor speaks.
+    fn held(&self) -> bool {
+        false
+    }
 }

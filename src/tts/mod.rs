@@ -57,6 +57,21 @@ pub trait TextToSpeech: Send + Sync {
 /// Silence between sentences in `speak_all`.
 pub const SENTENCE_PAUSE_SECS: f32 = 0.15;
 
+/// Ringg's named voices and the installed voice each speaks with, as (name, provider, voice).
+/// The store holds one Piper voice (male); the female names are espeak-ng's formant variants
+/// until a female Piper voice is in the store.
+pub const NAMED_VOICES: &[(&str, &str, &str)] = &[
+    ("male-1", "piper", DEFAULT_VOICE),
+    ("male-2", "espeak", "en-us+m3"),
+    ("female-1", "espeak", "en-us+f3"),
+    ("female-2", "espeak", "en-us+f4"),
+];
+
+/// The (provider, voice) a Ringg voice name (`female-1`) stands for.
+pub fn resolve_named_voice(name: &str) -> Option<(&'static str, &'static str)> {
+    NAMED_VOICES.iter().find(|(named, ..)| named.eq_ignore_ascii_case(name)).map(|(_, provider, voice)| (*provider, *voice))
+}
+
 /// Loads a voice by name: a Piper voice in the store (`en_US-joe-medium`), or espeak-ng's
 /// formant voice (`espeak`, or `espeak:VOICE` such as `espeak:en-gb`).
 pub fn load_voice(store: &ModelStore, name: &str, threads: usize) -> Result<Box<dyn TextToSpeech>, TtsError> {

@@ -165,7 +165,7 @@ pub fn wait_for(serve: &Serve, key: &str, call: &str, limit: Duration, done: imp
 }
 
 pub fn ended(body: &Value) -> bool {
-    !["queued", "ringing", "in-progress", "ending"].contains(&body["status"].as_str().unwrap_or(""))
+    !["initiated", "ringing", "in-progress", "ending"].contains(&body["status"].as_str().unwrap_or(""))
 }
 
 pub fn repo_assistants() -> PathBuf {
@@ -525,7 +525,7 @@ fn assistant_files_reload_and_a_bad_edit_keeps_the_last_good_version() {
 #[test]
 fn assistants_check_reports_file_line_field_and_fix() {
     let ok = run_ok(ringline().args(["assistants", "check"]).arg(repo_assistants()));
-    assert!(ok.contains("5 assistant file(s) are valid"), "{ok}");
+    assert!(ok.contains("6 assistant file(s) are valid"), "{ok}");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad.yaml"), "version: 1\nname: Bad\nsystem_prompt: Hi.\nvariables:\n  who: { type: strin }\nturn: { endpointing_ms: 10 }\n").unwrap();
     let (ok, stdout, stderr) = crate::support::run(ringline().args(["assistants", "check"]).arg(dir.path()));

@@ -8,6 +8,7 @@
 mod analysis;
 mod api;
 mod call;
+mod dialects;
 mod eval;
 mod engine;
 mod models;
