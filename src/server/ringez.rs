@@ -77,6 +77,8 @@ pub const PATHS: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/agents/call-routing", "The workspace number labelled for a department, with fallbacks"),
     ("GET", "/api/v1/analytics/call-metrics", "Totals, cost, success rate, by country, type, status and period"),
     ("GET", "/api/v1/analytics/spending", "This month's spending against the session's budget"),
+    ("POST", "/api/v1/agents/voice-synthesis", "Speak a text with an installed voice: a WAV kept for an hour"),
+    ("GET", "/api/v1/audio/{id}", "A synthesized clip (the workspace's own, within its hour)"),
 ];
 
 pub fn router() -> Router<AppState> {
@@ -102,7 +104,8 @@ pub fn router() -> Router<AppState> {
         .route("/agents/call-routing", post(call_routing))
         .route("/analytics/call-metrics", get(call_metrics))
         .route("/analytics/spending", get(spending))
-        .route("/agents/voice-synthesis", post(not_here))
+        .route("/agents/voice-synthesis", post(voice_synthesis))
+        .route("/audio/{id}", get(audio))
         .route("/wallet/add-credits", post(not_here))
         .route("/batch/calls", post(not_here))
         .route("/scheduled-calls", post(not_here))
@@ -341,9 +344,13 @@ async fn balance(state: &AppState, session: &SessionRecord) -> Result<Value, Api
     Ok(json!({ "minutes": (left / per_minute).floor() as i64, "currency": currency, "value": left, "unlimited": false }))
 }
 
-/// Calls of a workspace (and session) created in a window, newest first, at most 50,000.
+/// The most calls one summary reads (the newest): bounds the memory a request can take.
+const MAX_SUMMARIZED_CALLS: i64 = 10_000;
+
+/// Calls of a workspace (and session) created in a window, newest first, at most
+/// [`MAX_SUMMARIZED_CALLS`].
 async fn calls_in(state: &AppState, workspace_id: &str, session_id: Option<&str>, from: i64, to: i64) -> Result<Vec<CallRecord>, ApiError> {
-    let filter = HistoryFilter { from, to, session_id: session_id.map(str::to_string), limit: 50_000, offset: 0, ..HistoryFilter::default() };
+    let filter = HistoryFilter { from, to, session_id: session_id.map(str::to_string), limit: MAX_SUMMARIZED_CALLS, offset: 0, ..HistoryFilter::default() };
     Ok(state.store.history(workspace_id, &filter).await?.0)
 }
 
@@ -581,6 +588,14 @@ pub async fn initiate(State(state): State<AppState>, caller: RingezCaller, ApiJs
         Some(raw) => Some(super::numbers::valid_number("user_phone", &raw, None)?.0),
         None => None,
     };
+    // Premium-rate numbers are where toll fraud sends calls: never dialled for a key.
+    for (field, number) in [("to_number", Some(request.to_number.clone())), ("user_phone", user_phone.clone())] {
+        if let Some(number) = number {
+            if describe(&number, None).kind.as_deref() == Some("premium_rate") {
+                return Err(ApiError::invalid(field, format!("{number} is a premium-rate number; Ringline does not dial those")));
+            }
+        }
+    }
     let mode = match request.mode.as_deref() {
         None => if user_phone.is_some() { "bridge" } else { "direct" },
         Some("direct") => "direct",
@@ -1086,8 +1101,8 @@ pub async fn list_contacts(State(state): State<AppState>, caller: RingezCaller, 
     }
     let pattern = format!("%{}%", like_escaped(&search.unwrap_or("").to_lowercase()));
     let digits: String = search.unwrap_or("").chars().filter(|c| c.is_ascii_digit()).collect();
-    let number_pattern = if digits.is_empty() { "\u{0}".to_string() } else { format!("%{digits}%") };
-    let where_clause = "workspace_id = $1 AND (LOWER(name) LIKE $2 ESCAPE '\\' OR phone_number LIKE $3) \
+    let number_pattern = if digits.is_empty() { String::new() } else { format!("%{digits}%") };
+    let where_clause = "workspace_id = $1 AND (LOWER(name) LIKE $2 ESCAPE '\\' OR ($3 <> '' AND phone_number LIKE $3)) \
                         AND ($4 = '' OR EXISTS (SELECT 1 FROM contact_labels l WHERE l.contact_id = contacts.id AND l.label = $4))";
     let label = query.label.unwrap_or_default();
     let rows = sqlx::query_as::<_, ContactRecord>(&format!("SELECT id, name, phone_number, notes, metadata, created_at, updated_at FROM contacts WHERE {where_clause} ORDER BY name, id LIMIT $5 OFFSET $6"))
@@ -1602,6 +1617,143 @@ pub async fn spending(State(state): State<AppState>, caller: RingezCaller, ApiQu
     })))
 }
 
+/// The longest text one clip speaks.
+const MAX_SYNTHESIS_CHARS: usize = 1_000;
+/// How long a clip stays.
+const CLIP_TTL_MS: i64 = 3600 * 1000;
+/// Clips one workspace may keep at once.
+const MAX_CLIPS: usize = 200;
+/// One synthesis at a time per server: live calls keep the other core.
+static SYNTHESIS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthesisRequest {
+    pub text: String,
+    /// A Ringg name (`female-1`), a voice in the store, or `espeak:VOICE`; another provider's
+    /// name (`en-US-Neural2-A`) speaks with the default voice, and the answer says so.
+    pub voice: Option<String>,
+    /// 0.5 to 2.0.
+    pub speed: Option<f32>,
+    /// Only 0 (the voice's own pitch).
+    pub pitch: Option<f32>,
+    /// `wav` (mp3 and webm are not encoded here).
+    pub output_format: Option<String>,
+}
+
+/// Where a workspace's clips are kept.
+fn clips_dir(state: &AppState, workspace_id: &str) -> std::path::PathBuf {
+    let safe: String = workspace_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+    state.config.recordings_dir.join("synthesized").join(safe)
+}
+
+/// Deletes a workspace's clips older than their hour; returns how many are left.
+fn sweep_clips(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut left = 0;
+    for entry in entries.flatten() {
+        let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).map(|d| d.as_millis() as i64).unwrap_or(i64::MAX);
+        if age > CLIP_TTL_MS {
+            let _ = std::fs::remove_file(entry.path());
+        } else {
+            left += 1;
+        }
+    }
+    left
+}
+
+/// The voice a request names, as `load_voice` takes it, and a note when it was replaced.
+fn synthesis_voice(state: &AppState, requested: Option<&str>) -> (String, Option<String>) {
+    let Some(name) = requested else { return (crate::tts::DEFAULT_VOICE.to_string(), None) };
+    if let Some((provider, voice)) = crate::tts::resolve_named_voice(name) {
+        return (if provider == "espeak" { format!("espeak:{voice}") } else { voice.to_string() }, None);
+    }
+    if crate::tts::espeak_voice(name).is_some() || state.runner.models().manifest.get(&format!("piper-{name}")).is_ok() {
+        return (name.to_string(), None);
+    }
+    let note = format!("no voice `{}` here; spoken with {}", crate::assistant::check::clip(name), crate::tts::DEFAULT_VOICE);
+    (crate::tts::DEFAULT_VOICE.to_string(), Some(note))
+}
+
+fn speak_clip(models: &crate::models::ModelStore, voice: &str, text: &str, speed: f32) -> Result<crate::audio::Audio, String> {
+    use crate::tts::TextToSpeech;
+    match crate::tts::espeak_voice(voice) {
+        Some(espeak) => {
+            let (samples, rate) = crate::tts::espeak::synthesize(text, espeak, Some((175.0 * speed).round() as u32)).map_err(|e| e.to_string())?;
+            Ok(crate::audio::Audio::new(samples.iter().map(|s| *s as f32 / 32768.0).collect(), rate))
+        }
+        None => {
+            let mut piper = crate::tts::piper::PiperVoice::load(models, voice, 1).map_err(|e| e.to_string())?;
+            piper.scales_mut().length_scale = 1.0 / speed;
+            piper.speak_all(text).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Speaks a text into a WAV the workspace can fetch for an hour.
+pub async fn voice_synthesis(State(state): State<AppState>, caller: RingezCaller, ApiJson(request): ApiJson<SynthesisRequest>) -> Result<impl IntoResponse, ApiError> {
+    let chars = request.text.chars().count();
+    if request.text.trim().is_empty() || chars > MAX_SYNTHESIS_CHARS {
+        return Err(ApiError::invalid("text", format!("give 1 to {MAX_SYNTHESIS_CHARS} characters to speak (this is {chars})")));
+    }
+    let speed = request.speed.unwrap_or(1.0);
+    if !(0.5..=2.0).contains(&speed) {
+        return Err(ApiError::invalid("speed", format!("{speed}: give 0.5 to 2.0 (1.0 is the voice's own pace)")));
+    }
+    if request.pitch.is_some_and(|p| p != 0.0) {
+        return Err(ApiError::invalid("pitch", "only 0 (the voice's own pitch); choose another voice for a different one"));
+    }
+    let format = request.output_format.unwrap_or_else(|| "wav".into());
+    if format != "wav" {
+        return Err(ApiError::invalid("output_format", format!("`{}`: Ringline writes wav (16-bit PCM); convert it if you need mp3 or webm", crate::assistant::check::clip(&format))));
+    }
+    let (voice, note) = synthesis_voice(&state, request.voice.as_deref());
+    let dir = clips_dir(&state, &caller.auth.workspace_id);
+    let _permit = SYNTHESIS.acquire().await.map_err(|_| ApiError::internal("the synthesis queue closed"))?;
+    let (models, text, spoken_with, folder) = (state.runner.models().clone(), request.text.clone(), voice.clone(), dir.clone());
+    let id = store::new_id("audio");
+    let path = dir.join(format!("{id}.wav"));
+    let target = path.clone();
+    let duration = tokio::task::spawn_blocking(move || -> Result<f64, ApiError> {
+        std::fs::create_dir_all(&folder).map_err(|e| ApiError::internal(format!("cannot keep the clip: {e}")))?;
+        if sweep_clips(&folder) >= MAX_CLIPS {
+            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "clip_limit", format!("this workspace keeps {MAX_CLIPS} clips, its limit; each goes an hour after it was made")));
+        }
+        let audio = speak_clip(&models, &spoken_with, &text, speed).map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "voice_unavailable", e))?;
+        audio.write_wav(&target).map_err(|e| ApiError::internal(format!("cannot write the clip: {e}")))?;
+        Ok(audio.samples.len() as f64 / audio.rate as f64)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("synthesis stopped: {e}")))??;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "audio_id": id,
+            "audio_url": format!("/api/v1/audio/{id}"),
+            "duration": (duration * 100.0).round() / 100.0,
+            "format": "wav",
+            "voice": voice,
+            "note": note,
+            "expires_at": rfc3339(store::now_ms() + CLIP_TTL_MS),
+        })),
+    ))
+}
+
+/// A clip this workspace synthesized, within its hour.
+pub async fn audio(State(state): State<AppState>, caller: RingezCaller, Path(id): Path<String>) -> Result<axum::response::Response, ApiError> {
+    let missing = || ApiError::not_found("audio clip", &id);
+    if !id.starts_with("audio_") || !id[6..].chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(missing());
+    }
+    let path = clips_dir(&state, &caller.auth.workspace_id).join(format!("{id}.wav"));
+    let fresh = std::fs::metadata(&path).ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| (age.as_millis() as i64) <= CLIP_TTL_MS);
+    if !fresh {
+        return Err(missing());
+    }
+    let bytes = tokio::fs::read(&path).await.map_err(|_| missing())?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "audio/wav")], bytes).into_response())
+}
+
 /// What a self-hosted server does not do, and what to use instead.
 pub async fn not_here(uri: axum::http::Uri, _headers: HeaderMap) -> ApiError {
     let path = uri.path();
@@ -1611,8 +1763,6 @@ pub async fn not_here(uri: axum::http::Uri, _headers: HeaderMap) -> ApiError {
         "Ringline authenticates with API keys: open a session with POST /api/v1/sessions/create and send its id as X-Session-ID"
     } else if path.contains("/security/rotate-key") {
         "rotate keys with `ringline keys rotate KEY_ID` on the server"
-    } else if path.contains("/voice-synthesis") {
-        "speech synthesis over the API is not in Ringline yet; `ringline speak` speaks text with the same voices"
     } else if path.contains("/security/") {
         "restrict who reaches the server at its reverse proxy or firewall"
     } else {

@@ -310,6 +310,11 @@ impl Runner {
         self.engines.analyzer().await
     }
 
+    /// The model store (for work outside calls, such as synthesizing a clip).
+    pub fn models(&self) -> &ModelStore {
+        &self.models
+    }
+
     pub fn egress(&self) -> &crate::egress::EgressPolicy {
         self.engines.egress()
     }
