@@ -78,6 +78,36 @@ impl CallStatus {
     }
 }
 
+/// Where a transfer may go: a phone number (returned in E.164) or a `sip:`/`sips:` address.
+/// Anything else — an unresolved `{{ name }}`, words an LLM made up — is refused with the
+/// form to use, so no call is handed to a destination nobody meant.
+pub fn transfer_destination(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let refuse = || format!("`{}` is not a phone number in E.164 form (+15005550100) or a sip: address", text.chars().take(80).collect::<String>());
+    if text.is_empty() || text.len() > 200 || text.chars().any(char::is_control) {
+        return Err(refuse());
+    }
+    let lower = text.to_ascii_lowercase();
+    if let Some(rest) = lower.strip_prefix("sip:").or_else(|| lower.strip_prefix("sips:")) {
+        let host = rest.rsplit('@').next().unwrap_or("");
+        let plain = |c: char| c.is_ascii_alphanumeric() || ".-_:;=[]".contains(c);
+        if host.is_empty() || !rest.chars().all(|c| plain(c) || "@+%!~*'()&$,?/".contains(c)) || !host.chars().all(plain) {
+            return Err(refuse());
+        }
+        return Ok(text.to_string());
+    }
+    if !text.starts_with('+') || !text.chars().skip(1).all(|c| c.is_ascii_digit() || " -.()".contains(c)) {
+        return Err(refuse());
+    }
+    let number = phonenumber::parse(None, text).map_err(|_| refuse())?;
+    let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+    if number.is_valid() || crate::simulation::sandbox(&e164).is_some() {
+        Ok(e164)
+    } else {
+        Err(refuse())
+    }
+}
+
 impl std::fmt::Display for CallStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -99,5 +129,15 @@ mod tests {
         assert_eq!(CallStatus::from_twilio("no-answer"), Some(CallStatus::NoAnswer));
         assert_eq!(CallStatus::from_twilio("ending"), None);
         assert!(CallStatus::Ending.is_live() && !CallStatus::Busy.is_live());
+    }
+
+    #[test]
+    fn transfers_go_to_phone_numbers_and_sip_addresses_only() {
+        assert_eq!(transfer_destination(" +1 415 555 2671 ").as_deref(), Ok("+14155552671"));
+        assert_eq!(transfer_destination("+15005550100").as_deref(), Ok("+15005550100"), "a sandbox number");
+        assert_eq!(transfer_destination("sip:desk@pbx.example.com").as_deref(), Ok("sip:desk@pbx.example.com"));
+        for bad in ["", "{{ desk }}", "the manager", "+15550100", "4155552671", "sip:", "sip:desk@", "sip:a b@host", "+1415555\u{0}2671"] {
+            assert!(transfer_destination(bad).is_err(), "{bad:?} must be refused");
+        }
     }
 }

@@ -133,8 +133,8 @@ pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
             }
         }
         if let Some(destination) = &route.transfer {
-            if destination.trim().is_empty() {
-                problem(format!("{field}.transfer"), "an empty destination; give a phone number or SIP address".into());
+            if let Some(message) = destination_problem(destination, spec, &[]) {
+                problem(format!("{field}.transfer"), message);
             }
         }
     }
@@ -241,6 +241,22 @@ pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
         }).collect();
         for (field, message) in crate::flow::problems(flow, &dispositions, &tools) {
             problem(field, message);
+        }
+        // A flow's transfers: a literal destination must be dialable; `{{ name }}` must name
+        // something the call will have (a variable, a slot, a tool's result).
+        let mut names: Vec<String> = flow.nodes.values().flat_map(|n| n.collect.iter().map(|slot| slot.name.clone())).collect();
+        names.extend(tools.iter().cloned());
+        let transfers = flow
+            .nodes
+            .iter()
+            .flat_map(|(node, n)| n.actions.iter().enumerate().map(move |(i, a)| (format!("flow.nodes.{node}.actions.{i}.transfer_call"), a)))
+            .chain(flow.global.iter().enumerate().flat_map(|(h, handler)| handler.actions.iter().enumerate().map(move |(i, a)| (format!("flow.global.{h}.actions.{i}.transfer_call"), a))));
+        for (field, action) in transfers {
+            if let crate::flow::ActionSpec::Transfer { transfer_call } = action {
+                if let Some(message) = destination_problem(transfer_call, spec, &names) {
+                    problem(field, message);
+                }
+            }
         }
         let nodes = flow.nodes.len();
         if nodes > 100 {
@@ -397,6 +413,20 @@ pub fn line_of(text: &str, field: &str) -> Option<usize> {
     found.map(|i| i + 1)
 }
 
+/// Why a transfer destination cannot be dialled, if it cannot: a literal must be a phone
+/// number or a SIP address; `{{ name }}` must name a declared variable, a call fact (`caller`,
+/// `callee`) or one of `more` (a flow's slots and tools).
+fn destination_problem(destination: &str, spec: &AssistantSpec, more: &[String]) -> Option<String> {
+    let text = destination.trim();
+    match text.strip_prefix("{{").and_then(|t| t.strip_suffix("}}")).map(str::trim) {
+        Some(name) => {
+            let known = spec.variables.contains_key(name) || ["caller", "callee"].contains(&name) || more.iter().any(|m| m == name);
+            (!known).then(|| format!("`{name}` is not a variable, slot or tool of this assistant; declare it under `variables:` (type: phone) or give a number"))
+        }
+        None => crate::call::transfer_destination(text).err().map(|e| format!("{e}; a transfer goes to a phone number or a sip: address, or to `{{{{ variable }}}}`")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,6 +439,22 @@ mod tests {
         assert_eq!(line_of(TEXT, "tools.1.url"), Some(8));
         assert_eq!(line_of(TEXT, "turn.endpointing_ms"), Some(9));
         assert_eq!(line_of(TEXT, "version"), Some(1));
+    }
+
+    #[test]
+    fn transfers_must_go_somewhere_dialable() {
+        let spec = |extra: &str| -> AssistantSpec {
+            serde_yaml::from_str(&format!("version: 1\nname: x\nsystem_prompt: Hi.\nvariables:\n  desk: {{ type: phone, default: \"+15005550100\" }}\nintents:\n  - {{ name: human, examples: [a person] }}\n{extra}")).unwrap()
+        };
+        let fields = |spec: &AssistantSpec| problems(spec).into_iter().map(|(f, _)| f).collect::<Vec<_>>();
+        assert!(fields(&spec("routes:\n  - { intent: human, transfer: \"{{ desk }}\" }\n")).is_empty());
+        assert!(fields(&spec("routes:\n  - { intent: human, transfer: \"sip:desk@pbx.example.com\" }\n")).is_empty());
+        assert_eq!(fields(&spec("routes:\n  - { intent: human, transfer: \"the front desk\" }\n")), ["routes.0.transfer"]);
+        assert_eq!(fields(&spec("routes:\n  - { intent: human, transfer: \"{{ manager }}\" }\n")), ["routes.0.transfer"], "an undeclared variable");
+        let flow = "flow:\n  start: a\n  nodes:\n    a: { say: Hi., actions: [{ transfer_call: \"555 0100\" }] }\n";
+        assert_eq!(fields(&spec(flow)), ["flow.nodes.a.actions.0.transfer_call"]);
+        let flow = "flow:\n  start: a\n  nodes:\n    a: { say: Hi., actions: [{ transfer_call: \"{{ desk }}\" }] }\n";
+        assert!(fields(&spec(flow)).is_empty(), "{:?}", problems(&spec(flow)));
     }
 
     #[test]

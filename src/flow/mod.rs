@@ -194,7 +194,7 @@ pub struct KnowledgeSpec {
 }
 
 /// An action: `end_call`, or a map such as `{set_disposition: booked, notes: "…"}`,
-/// `{transfer_call: "+15550100"}`, `{send_dtmf: "1#"}`.
+/// `{transfer_call: "+15005550100"}`, `{send_dtmf: "1#"}`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum ActionSpec {

@@ -61,6 +61,8 @@ pub struct Agent {
     pub analysis: super::analyze::AnalysisInbox,
     /// Routes the analysis matched (an intent, escalation), for the agent to act on.
     pub routes: Option<mpsc::UnboundedReceiver<crate::assistant::RouteSpec>>,
+    /// The call's variables (and call facts), which a route's `{{ name }}` destination names.
+    pub variables: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The unheard rest of a cut reply: the unplayed part of its segments, then whatever its
@@ -153,11 +155,15 @@ fn record_actions(state: &mut State, report: &mut CallReport, actions: &[Action]
     for action in actions {
         match action {
             Action::EndCall { reason } => state.hang_up_when_done = Some(if reason.is_empty() { "end_call".into() } else { reason.clone() }),
-            Action::Transfer { destination } => {
-                report.transfers.push(destination.clone());
-                state.transfer_to = Some(destination.clone());
-                state.hang_up_when_done = Some(format!("transferred to {destination}"));
-            }
+            Action::Transfer { destination } => match crate::call::transfer_destination(destination) {
+                Ok(destination) => {
+                    report.transfers.push(destination.clone());
+                    state.hang_up_when_done = Some(format!("transferred to {destination}"));
+                    state.transfer_to = Some(destination);
+                }
+                // Not dialled: the call goes on, and the report says why.
+                Err(problem) => report.errors.push(format!("a transfer was not made: {problem}")),
+            },
             Action::Disposition { name, notes } => report.disposition = Some((name.clone(), notes.clone())),
             Action::Dtmf { digits } => report.dtmf_sent.push_str(digits),
         }
@@ -641,7 +647,16 @@ impl Agent {
             actions.push(Action::Disposition { name: name.clone(), notes: format!("route on {trigger}") });
         }
         if let Some(destination) = &route.transfer {
-            actions.push(Action::Transfer { destination: destination.clone() });
+            // `{{ name }}` is the call's variable of that name (a lookup, like a flow's).
+            let destination = match destination.trim().strip_prefix("{{").and_then(|t| t.strip_suffix("}}")).map(str::trim) {
+                Some(name) => match self.variables.get(name) {
+                    Some(serde_json::Value::String(value)) => value.clone(),
+                    Some(value) => value.to_string(),
+                    None => destination.clone(),
+                },
+                None => destination.clone(),
+            };
+            actions.push(Action::Transfer { destination });
         } else if route.end_call {
             actions.push(Action::EndCall { reason: format!("route on {trigger}") });
         }

@@ -184,6 +184,7 @@ pub async fn run_call(
         answers: answers.clone(),
         analysis,
         routes: (!assistant.spec.routes.is_empty()).then_some(routes_rx),
+        variables: flow_base.clone(),
     };
     let agent_task = tokio::spawn(agent.run(frames_rx, call_token.clone(), report.clone()));
     // Source last: the listener turns caller audio into frames.

@@ -86,7 +86,10 @@ pub fn run_builtin(assistant: &Assistant, name: &str, arguments: &Value) -> Opti
         "end_call" => ToolResult::ok("the call will end after your goodbye", Some(Action::EndCall { reason: text("reason") })),
         "transfer_call" => match text("destination") {
             d if d.is_empty() => ToolResult::error("transfer_call needs a `destination`"),
-            destination => ToolResult::ok(format!("transferring to {destination}"), Some(Action::Transfer { destination })),
+            given => match crate::call::transfer_destination(&given) {
+                Ok(destination) => ToolResult::ok(format!("transferring to {destination}"), Some(Action::Transfer { destination })),
+                Err(problem) => ToolResult::error(format!("transfer_call: {problem}")),
+            },
         },
         "send_dtmf" => match text("digits") {
             d if d.is_empty() || !d.chars().all(|c| c.is_ascii_digit() || "*#ABCD".contains(c)) => {

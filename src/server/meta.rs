@@ -31,7 +31,7 @@ use super::AppState;
         super::webhooks::deliveries, super::webhooks::all_deliveries, super::webhooks::resend, super::webhooks::signing,
         super::analysis::intent, super::analysis::sentiment,
     ),
-    components(schemas(ErrorBody, super::error::ErrorDetail, WorkspaceView, Plan, Usage, Analytics, DayCounts)),
+    components(schemas(ErrorBody, super::error::ErrorDetail, WorkspaceView, Plan, Usage, Analytics, DayCounts, SentimentCounts)),
     modifiers(&Security, &Dialects)
 )]
 pub struct ApiDoc;
@@ -182,7 +182,19 @@ pub struct Analytics {
     pub avg_duration_seconds: Option<i64>,
     /// Calls per disposition.
     pub dispositions: BTreeMap<String, i64>,
+    /// Caller lines per intent the live analysis recognized (`unknown` included).
+    pub intents: BTreeMap<String, i64>,
+    /// Caller lines per sentiment label, and how many turned sharply negative.
+    pub sentiment: SentimentCounts,
     pub by_day: Vec<DayCounts>,
+}
+
+#[derive(Serialize, ToSchema, Default)]
+pub struct SentimentCounts {
+    pub positive: i64,
+    pub neutral: i64,
+    pub negative: i64,
+    pub escalations: i64,
 }
 
 /// Totals, outcomes, average duration, dispositions and calls by day.
@@ -207,8 +219,13 @@ pub async fn analytics(State(state): State<AppState>, auth: Auth, ApiQuery(query
         average_duration_s: None,
         avg_duration_seconds: None,
         dispositions: BTreeMap::new(),
+        intents: BTreeMap::new(),
+        sentiment: SentimentCounts::default(),
         by_day: Vec::new(),
     };
+    let found = state.store.analysis_counts(&auth.workspace_id, from, to).await?;
+    result.intents = found.intents.into_iter().collect();
+    result.sentiment = SentimentCounts { positive: found.positive, neutral: found.neutral, negative: found.negative, escalations: found.escalations };
     let (mut duration_ms, mut timed) = (0i64, 0i64);
     let mut days: BTreeMap<String, DayCounts> = BTreeMap::new();
     for row in rows {

@@ -376,6 +376,10 @@ impl Runner {
                 json!({ "call_id": now.id, "summary": now.summary, "disposition": now.disposition, "disposition_notes": now.disposition_notes, "extracted": extracted }),
             )
             .await;
+            if self.recording_path(&now.id).is_file() {
+                let data = json!({ "call_id": now.id, "recording_url": format!("/v1/calls/{}/recording", now.id), "duration_seconds": now.duration_ms.map(|ms| (ms + 500) / 1000) });
+                super::webhooks::emit(&self.store, &now, assistant_hook, "call.recording_ready", data).await;
+            }
         }
     }
 
@@ -443,18 +447,30 @@ impl Runner {
             Ok(answered) => answered,
             Err(outcome) => return outcome,
         };
-        if record {
+        let recorder = if record {
             match Recorder::create(&self.recording_path(&call.id), answered.out.rate()) {
-                Ok(recorder) => answered.out.record(recorder),
-                Err(error) => tracing::warn!(%error, call = %call.id, "the call goes on unrecorded"),
+                Ok(recorder) => {
+                    answered.out.record(recorder.clone());
+                    Some(recorder)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, call = %call.id, "the call goes on unrecorded");
+                    None
+                }
             }
-        }
+        } else {
+            None
+        };
         let (caller_gone, stream) = (answered.caller_gone.clone(), answered.stream.clone());
         let outcome = match bridge_to {
             Some(to) => self.bridge(call, &assistant, answered, &to, log).await,
             None => self.converse(call, assistant, engines, answered, log).await,
         };
         caller_gone.cancel();
+        // The call is over: its recording is whole now (call.recording_ready says so).
+        if let Some(recorder) = recorder {
+            recorder.finish();
+        }
         match stream.as_ref().and_then(StreamLine::failure) {
             Some(reason) => failed(reason),
             None => outcome,

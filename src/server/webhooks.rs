@@ -45,6 +45,8 @@ pub const EVENTS: &[&str] = &[
     "call.failed",
     "call.transcript_ready",
     "call.analysis_ready",
+    // The call's recording is whole and can be downloaded (recorded calls only).
+    "call.recording_ready",
     // Live, from the analysis of each caller line: a recognized intent; every line's sentiment
     // (with `escalation` when the caller turned sharply negative).
     "call.intent",

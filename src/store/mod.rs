@@ -709,6 +709,37 @@ impl Store {
         .await?)
     }
 
+    /// What the live analysis found on caller lines of calls created in a window: lines per
+    /// intent, and lines per sentiment label with the escalations.
+    pub async fn analysis_counts(&self, workspace_id: &str, from: i64, to: i64) -> Result<AnalysisCounts, StoreError> {
+        let intents: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT t.intent, COUNT(*) FROM transcript_lines t JOIN calls c ON c.id = t.call_id \
+             WHERE c.workspace_id = $1 AND c.created_at >= $2 AND c.created_at < $3 AND t.intent IS NOT NULL GROUP BY t.intent ORDER BY t.intent",
+        )
+        .bind(workspace_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        // The analysis is our own compact JSON; a caller's words inside it are escaped, so
+        // these patterns match only the sentiment's label and the escalation flag.
+        let (positive, neutral, negative, escalations): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT \
+               CAST(COALESCE(SUM(CASE WHEN t.analysis LIKE '%\"label\":\"positive\"%' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(CASE WHEN t.analysis LIKE '%\"label\":\"neutral\"%' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(CASE WHEN t.analysis LIKE '%\"label\":\"negative\"%' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(CASE WHEN t.analysis LIKE '%\"escalation\":true%' THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             FROM transcript_lines t JOIN calls c ON c.id = t.call_id \
+             WHERE c.workspace_id = $1 AND c.created_at >= $2 AND c.created_at < $3 AND t.analysis IS NOT NULL",
+        )
+        .bind(workspace_id)
+        .bind(from)
+        .bind(to)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(AnalysisCounts { intents, positive, neutral, negative, escalations })
+    }
+
     pub async fn count_workspace(&self, workspace_id: &str) -> Result<(i64, i64, i64), StoreError> {
         let assistants: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM assistants WHERE workspace_id = $1 AND deleted_at IS NULL").bind(workspace_id).fetch_one(&self.pool).await?;
         let numbers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM numbers WHERE workspace_id = $1").bind(workspace_id).fetch_one(&self.pool).await?;
@@ -913,6 +944,15 @@ pub struct HistoryFilter {
     pub to_number: Option<String>,
     pub limit: i64,
     pub offset: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AnalysisCounts {
+    pub intents: Vec<(String, i64)>,
+    pub positive: i64,
+    pub neutral: i64,
+    pub negative: i64,
+    pub escalations: i64,
 }
 
 #[derive(Debug, Clone, Copy)]

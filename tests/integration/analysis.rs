@@ -140,6 +140,10 @@ fn a_calls_caller_lines_are_analysed_live_and_an_angry_caller_is_routed_to_a_per
     assert_eq!(found["total"], 1, "{found}");
     let (_, none) = get(&serve, &key, "/v1/calls/history?intent=no_such_intent");
     assert_eq!(none["total"], 0, "{none}");
+    // Analytics count the caller lines by intent and by sentiment.
+    let (_, totals) = get(&serve, &key, "/v1/analytics");
+    assert_eq!(totals["intents"][intent], 1, "{totals}");
+    assert_eq!((totals["sentiment"]["negative"].as_i64(), totals["sentiment"]["escalations"].as_i64()), (Some(1), Some(1)), "{totals}");
     // The analysis is also a live event of the call.
     let (_, events) = get(&serve, &key, &format!("/v1/calls/{id}/events"));
     let text = events.as_str().unwrap_or_default();

@@ -439,13 +439,13 @@ fn a_refusing_or_repeating_llm_is_asked_again_then_replaced_by_the_fallback_line
 
 #[test]
 fn a_transfer_by_a_flow_or_by_the_llm_reaches_the_line_after_its_words() {
-    let flow = "first_message: \"Hello, how can I help?\"\nflow:\n  start: main\n  nodes:\n    main: { say: \"Anything else?\", actions: [end_call] }\n  global:\n    - { says: [\"a person\"], say: \"Putting you through now.\", actions: [{ transfer_call: \"+15550100\" }] }\n";
+    let flow = "first_message: \"Hello, how can I help?\"\nflow:\n  start: main\n  nodes:\n    main: { say: \"Anything else?\", actions: [end_call] }\n  global:\n    - { says: [\"a person\"], say: \"Putting you through now.\", actions: [{ transfer_call: \"+15005550100\" }] }\n";
     let call = simulate(flow, "lines:\n  - say: \"Can I talk to a person, please?\"\nfinal_wait_ms: 6000\n");
-    assert_eq!(call.report["line_transfers"], json!(["+15550100"]), "{:#}", call.report);
+    assert_eq!(call.report["line_transfers"], json!(["+15005550100"]), "{:#}", call.report);
     assert!(call.agent_text().contains("Putting you through now"), "{}", call.agent_text());
     assert!(call.ended_by().starts_with("agent: transferred"), "{}", call.ended_by());
 
-    let llm = standin::llm(vec![Reply::Tool { text: "Let me transfer you.", name: "transfer_call", arguments: "{\"destination\": \"+15550199\"}" }]);
+    let llm = standin::llm(vec![Reply::Tool { text: "Let me transfer you.", name: "transfer_call", arguments: "{\"destination\": \"+15005550199\"}" }]);
     let call = simulate(&standin_assistant(&llm, "tools: [transfer_call]\n"), "lines:\n  - say: \"I want a manager.\"\nfinal_wait_ms: 6000\n");
-    assert_eq!(call.report["line_transfers"], json!(["+15550199"]), "{:#}", call.report);
+    assert_eq!(call.report["line_transfers"], json!(["+15005550199"]), "{:#}", call.report);
 }

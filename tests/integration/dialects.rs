@@ -482,12 +482,22 @@ fn ringez_flow(db: Database) {
     let (status, premium) = agent.send("POST", "/api/v1/calls/initiate", Some(&json!({ "to_number": "+19002221234" })));
     assert_eq!((status, premium["error"]["field"].as_str()), (422, Some("to_number")), "premium-rate numbers are never dialled: {premium}");
     // Bridge mode: the answered call goes on to the user's phone, the agent says nothing.
-    let bridged = agent.expect("POST", "/api/v1/calls/initiate", Some(json!({ "to_number": "+14155551234", "mode": "bridge", "user_phone": "+14155552671" })), 201, &[("call_id", "string"), ("mode", "string")]);
+    let bridged = agent.expect(
+        "POST",
+        "/api/v1/calls/initiate",
+        Some(json!({ "to_number": "+14155551234", "mode": "bridge", "user_phone": "+14155552671", "call_settings": { "record_call": true }, "webhook_url": receiver.url("/bridge") })),
+        201,
+        &[("call_id", "string"), ("mode", "string")],
+    );
     assert_eq!(bridged["mode"], "bridge");
     let bridged_id = bridged["call_id"].as_str().unwrap().to_string();
     wait_until(Duration::from_secs(60), "the bridged call ends", || agent.send("GET", &format!("/api/v1/calls/{bridged_id}"), None).1["status"] == "completed");
     let (_, detail) = crate::api::get(&serve, &key, &format!("/v1/calls/{bridged_id}"));
     assert_eq!(detail["disposition"], "transferred", "{detail}");
+    // A recorded call says when its recording is whole (in Ringez's shape: the call came that way).
+    let got = receiver.wait_for(Duration::from_secs(30), "call.recording_ready", |got| got.iter().any(|r| r.path == "/bridge" && r.json()["event"] == "call.recording_ready"));
+    let ready = got.iter().find(|r| r.path == "/bridge" && r.json()["event"] == "call.recording_ready").unwrap().json();
+    assert_eq!(ready["data"]["recording_url"], format!("/v1/calls/{bridged_id}/recording"), "{ready}");
 
     // Contacts.
     let contact = agent.expect(
