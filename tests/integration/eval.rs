@@ -108,3 +108,37 @@ fn a_recorded_call_is_replayed_turn_by_turn_against_the_assistant() {
     let (ok, _, stderr) = run(ringline().args(["eval", "replay"]).arg(root.join("eval/recordings/tidigits-dhd-2934z.wav")).arg("--assistant").arg(&assistant));
     assert!(!ok && stderr.contains("two channels"), "a mono file is refused with the reason: {stderr}");
 }
+
+#[test]
+fn a_stored_call_is_replayed_by_its_id_beside_what_it_did() {
+    use crate::api::{create_key, post, repo_assistants, wait_for, Database, Serve};
+    let db = Database::sqlite();
+    let serve = Serve::start(&db, &repo_assistants(), &[]);
+    let key = create_key(&db, "replay", &["--rate-limit", "1000"]);
+    let caller: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/callers/booking.yaml")).unwrap()).unwrap();
+    let (status, call) = post(&serve, &key, "/v1/calls/outbound", serde_json::json!({
+        "assistant_id": "luigis_booking", "to_number": "+15005550006", "record": true, "metadata": { "sandbox_caller": caller }
+    }));
+    assert_eq!(status, 201, "{call}");
+    let id = call["call_id"].as_str().unwrap().to_string();
+    let done = wait_for(&serve, &key, &id, std::time::Duration::from_secs(180), crate::api::ended);
+    assert_eq!(done["status"], "completed", "{done}");
+    drop(serve);
+
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("replay.json");
+    let recordings = Path::new(&db.url.trim_start_matches("sqlite://")).parent().unwrap().join("recordings");
+    let out = run_ok(
+        ringline().args(["eval", "replay", &id, "--database-url", &db.url]).arg("--recordings-dir").arg(&recordings).arg("--assistants").arg(repo_assistants()).arg("--json").arg(&json),
+    );
+    assert!(out.contains("before │ now"), "the stored outcome beside the new one: {out}");
+    let replay: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(replay["call_id"], id.as_str());
+    assert_eq!(replay["before"]["disposition"], done["disposition"], "{replay}");
+    let turns = replay["turns"].as_array().unwrap();
+    assert!(turns.len() >= 3, "the caller's turns, cut by the VAD: {replay}");
+    assert!(turns.iter().filter(|t| !t["recorded_agent"].as_str().unwrap_or_default().is_empty()).count() >= 3, "the stored agent lines are the reference: {replay}");
+    assert_eq!(replay["disposition"], "booked", "{replay}");
+    let (ok, _, stderr) = run(ringline().args(["eval", "replay", "call_0000", "--database-url", &db.url]));
+    assert!(!ok && stderr.contains("no call `call_0000`"), "{stderr}");
+}
