@@ -77,7 +77,18 @@ pub fn context(assistant: &Assistant, variables: &Map<String, Value>, call: &Cal
     map.insert("callee".into(), json!(call.callee));
     map.insert("call_id".into(), json!(call.call_id));
     map.insert("assistant_name".into(), json!(assistant.spec.name));
+    // The live analysis's latest: re-rendered into the prompt as caller lines are analysed
+    // (see `pipeline::analyze`); a variable of the same name wins.
+    map.entry("last_intent").or_insert(json!(""));
+    map.entry("sentiment").or_insert(json!("neutral"));
+    map.entry("sentiment_score").or_insert(json!(0.0));
     Value::Object(map)
+}
+
+/// Whether a template uses the live analysis (`last_intent`, `sentiment`), so that it must be
+/// rendered again as the call goes.
+pub fn uses_live_analysis(template: &str) -> bool {
+    ["last_intent", "sentiment"].iter().any(|name| template.contains(name))
 }
 
 /// Instructions one render may execute (minijinja's fuel): a prompt with loops over its

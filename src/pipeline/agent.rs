@@ -63,6 +63,8 @@ pub struct Agent {
     pub routes: Option<mpsc::UnboundedReceiver<crate::assistant::RouteSpec>>,
     /// The call's variables (and call facts), which a route's `{{ name }}` destination names.
     pub variables: serde_json::Map<String, serde_json::Value>,
+    /// The system prompt rendered again with the live analysis, when it shows it.
+    pub prompts: Option<mpsc::UnboundedReceiver<String>>,
 }
 
 /// The unheard rest of a cut reply: the unplayed part of its segments, then whatever its
@@ -142,6 +144,13 @@ fn bounded(history: &[Message]) -> Vec<Message> {
 }
 
 /// The next route from the analysis, or never when the call has no analysis routes.
+async fn next_prompt(prompts: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
+    match prompts {
+        Some(prompts) => prompts.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_route(routes: &mut Option<mpsc::UnboundedReceiver<crate::assistant::RouteSpec>>) -> Option<crate::assistant::RouteSpec> {
     match routes {
         Some(routes) => routes.recv().await,
@@ -203,10 +212,17 @@ impl Agent {
         // One line frame: a barge-in is noticed within 20 ms.
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let mut routes = self.routes.take();
+        let mut prompts = self.prompts.take();
         loop {
             tokio::select! {
                 _ = call.cancelled() => break,
                 Some(route) = next_route(&mut routes) => self.on_route(&mut state, route, &report),
+                Some(prompt) = next_prompt(&mut prompts) => {
+                    // The next LLM turn reads the caller's latest intent and sentiment.
+                    if let Some(Message::System { content }) = state.history.first_mut() {
+                        *content = prompt;
+                    }
+                }
                 frame = inbox.recv() => {
                     let Some(frame) = frame else { break };
                     self.on_frame(&mut state, frame, &report);

@@ -52,6 +52,37 @@ pub struct AnalysisBranch {
 /// How long the end of a call waits for analyses still running.
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// A system prompt that shows the live analysis (`{{ last_intent }}`, `{{ sentiment }}`):
+/// rendered again on this branch after each caller line's analysis — never on the voice path —
+/// and handed to the agent for its next LLM turn.
+pub struct LivePrompt {
+    pub template: String,
+    pub context: Mutex<serde_json::Map<String, serde_json::Value>>,
+    pub prompts: mpsc::UnboundedSender<String>,
+}
+
+impl LivePrompt {
+    async fn update(&self, turn: &TurnAnalysis) {
+        let context = {
+            let mut context = self.context.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(found) = &turn.analysis.intent {
+                context.insert("last_intent".into(), serde_json::json!(found.intent));
+            }
+            context.insert("sentiment".into(), serde_json::json!(turn.analysis.sentiment.label.as_str()));
+            context.insert("sentiment_score".into(), serde_json::json!(turn.analysis.sentiment.score));
+            serde_json::Value::Object(context.clone())
+        };
+        let template = self.template.clone();
+        match tokio::task::spawn_blocking(move || crate::assistant::prompt::render(&template, &context)).await {
+            Ok(Ok(rendered)) => {
+                let _ = self.prompts.send(rendered);
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "the prompt did not render with the live analysis; the last one stays"),
+            Err(_) => {}
+        }
+    }
+}
+
 impl AnalysisBranch {
     /// Starts the branch for one call. `analyzer` is `None` when the assistant declares no
     /// intents (sentiment and entities need no model); `routes` go back to the agent.
@@ -62,6 +93,7 @@ impl AnalysisBranch {
         events: mpsc::UnboundedSender<CallEvent>,
         report: Arc<Mutex<CallReport>>,
         routes: mpsc::UnboundedSender<RouteSpec>,
+        prompt: Option<LivePrompt>,
     ) -> (AnalysisInbox, Self) {
         let (tx, mut rx) = mpsc::unbounded_channel::<(usize, String)>();
         let defs: Vec<IntentDef> = assistant.spec.intents.iter().map(crate::assistant::IntentSpec::def).collect();
@@ -91,6 +123,9 @@ impl AnalysisBranch {
                         routed = true;
                         let _ = routes.send(route.clone());
                     }
+                }
+                if let Some(live) = &prompt {
+                    live.update(&turn).await;
                 }
                 report.lock().unwrap_or_else(|e| e.into_inner()).analyses.push(turn.clone());
                 let _ = events.send(CallEvent::Analysis(turn));

@@ -172,7 +172,14 @@ pub async fn run_call(
     // Beside the voice path: intent, sentiment and entities of each caller utterance.
     let (routes_tx, routes_rx) = mpsc::unbounded_channel();
     let today = chrono::Utc::now().with_timezone(&assistant.timezone).date_naive();
-    let (analysis, analysis_branch) = analyze::AnalysisBranch::start(&assistant, engines.analyzer.clone(), today, events.clone(), report.clone(), routes_tx);
+    let (prompts_tx, prompts_rx) = mpsc::unbounded_channel();
+    let live_prompt = prompt::uses_live_analysis(&assistant.system_template).then(|| analyze::LivePrompt {
+        template: assistant.system_template.clone(),
+        context: Mutex::new(flow_base.clone()),
+        prompts: prompts_tx,
+    });
+    let prompts = live_prompt.is_some().then_some(prompts_rx);
+    let (analysis, analysis_branch) = analyze::AnalysisBranch::start(&assistant, engines.analyzer.clone(), today, events.clone(), report.clone(), routes_tx, live_prompt);
     let agent = agent::Agent {
         ctx,
         system_prompt,
@@ -185,6 +192,7 @@ pub async fn run_call(
         analysis,
         routes: (!assistant.spec.routes.is_empty()).then_some(routes_rx),
         variables: flow_base.clone(),
+        prompts,
     };
     let agent_task = tokio::spawn(agent.run(frames_rx, call_token.clone(), report.clone()));
     // Source last: the listener turns caller audio into frames.

@@ -449,3 +449,16 @@ fn a_transfer_by_a_flow_or_by_the_llm_reaches_the_line_after_its_words() {
     let call = simulate(&standin_assistant(&llm, "tools: [transfer_call]\n"), "lines:\n  - say: \"I want a manager.\"\nfinal_wait_ms: 6000\n");
     assert_eq!(call.report["line_transfers"], json!(["+15005550199"]), "{:#}", call.report);
 }
+
+#[test]
+fn the_prompt_shows_the_callers_latest_intent_and_sentiment() {
+    let llm = standin::llm(vec![Reply::Text("I understand, I'm sorry."), Reply::Text("Thank you.")]);
+    let body = format!(
+        "system_prompt: \"You help callers. Their mood: {{{{ sentiment }}}}. What they want: {{{{ last_intent }}}}.\"\nfirst_message: Hello, how can I help?\nllm: {{ provider: openai, base_url: \"{}\", model: standin }}\nintents:\n  - {{ name: complaint, examples: [\"this is terrible\", \"I am very unhappy with this\", \"I want to complain\"] }}\n  - {{ name: order_status, examples: [\"where is my order\"] }}\n",
+        llm.url("/v1")
+    );
+    simulate(&body, "lines:\n  - say: \"This is terrible, I am very unhappy with this!\"\n  - say: \"Okay then.\"\nfinal_wait_ms: 5000\n");
+    let systems: Vec<String> = llm.requests().iter().filter_map(|r| r["messages"][0]["content"].as_str().map(str::to_string)).collect();
+    assert!(systems.iter().any(|s| s.contains("Their mood: neutral.")), "before any analysis, the defaults: {systems:#?}");
+    assert!(systems.iter().any(|s| s.contains("Their mood: negative.") && s.contains("What they want: complaint.")), "a later turn reads the analysis: {systems:#?}");
+}
