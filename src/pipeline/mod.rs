@@ -18,6 +18,7 @@
 //! the engine process (LLM). Silero runs inline:
 //! ~0.1 ms per 32 ms frame, under the async runtime's budget.
 
+pub mod after_call;
 pub mod agent;
 pub mod analyze;
 pub mod engines;
@@ -280,6 +281,7 @@ pub async fn converse(
 ) -> anyhow::Result<CallReport> {
     let limit = Duration::from_secs_f32(setup.assistant.spec.turn.max_duration_s + 30.0);
     let llm = engines.llm.clone();
+    let assistant = setup.assistant.clone();
     let result = tokio::time::timeout(limit, run_call(engines, setup, out, input, hung_up.clone(), events)).await;
     hung_up.cancel();
     let mut report = match result {
@@ -287,6 +289,9 @@ pub async fn converse(
         Err(_) => anyhow::bail!("the call did not end within {limit:?}"),
     };
     report.summary = summarize(llm.as_ref(), &report).await;
+    let mut slots = std::mem::take(&mut report.slots);
+    after_call::extract(llm.as_ref(), &assistant, &report.transcript, &mut slots).await;
+    report.slots = slots;
     Ok(report)
 }
 

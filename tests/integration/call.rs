@@ -462,3 +462,19 @@ fn the_prompt_shows_the_callers_latest_intent_and_sentiment() {
     assert!(systems.iter().any(|s| s.contains("Their mood: neutral.")), "before any analysis, the defaults: {systems:#?}");
     assert!(systems.iter().any(|s| s.contains("Their mood: negative.") && s.contains("What they want: complaint.")), "a later turn reads the analysis: {systems:#?}");
 }
+
+#[test]
+fn a_free_form_calls_extract_fields_are_read_after_it_typed_and_checked() {
+    // The LLM's reading comes under the fields' schema: one value is in the call, one is
+    // invented (and dropped), one was not said.
+    let llm = standin::llm_with(
+        vec![Reply::Text("Yes, we can do seven pm for two, reference B 42."), Reply::Text("Goodbye.")],
+        Some(r#"{"booked_time": "seven pm", "party_name": "Smith", "reference": null}"#),
+    );
+    let extract = "extract:\n  - { name: booked_time, type: string, description: the time booked }\n  - { name: party_name, type: string, description: the name it is under }\n  - { name: reference, type: string, description: a booking reference }\n";
+    let call = simulate(&standin_assistant(&llm, extract), "lines:\n  - say: \"Do you have a table for two at seven?\"\nfinal_wait_ms: 4000\n");
+    assert_eq!(call.report["slots"], json!({ "booked_time": "seven pm", "party_name": null, "reference": null }), "{:#}", call.report);
+    let asked: Vec<Value> = llm.requests().into_iter().filter(|r| r.get("response_format").is_some()).collect();
+    assert_eq!(asked.len(), 1, "one reading after the call");
+    assert_eq!(asked[0]["response_format"]["json_schema"]["schema"]["required"], json!(["booked_time", "party_name", "reference"]));
+}

@@ -122,11 +122,19 @@ fn chunk(delta: Value, finish: Option<&str>) -> String {
 /// An OpenAI-compatible chat-completions endpoint answering `replies` in order (the last
 /// one repeats); warm-up requests (`max_tokens: 1`) get an empty answer.
 pub fn llm(replies: Vec<Reply>) -> Server {
+    llm_with(replies, None)
+}
+
+/// [`llm`], and `structured` for every request with a `response_format` (a JSON schema).
+pub fn llm_with(replies: Vec<Reply>, structured: Option<&'static str>) -> Server {
     let served = Arc::new(Mutex::new(0usize));
     Server::start(move |_, body| {
         let mut events = String::new();
         if body["max_tokens"] == json!(1) {
             events.push_str(&chunk(json!({ "content": "" }), Some("stop")));
+        } else if let (Some(answer), true) = (structured, body.get("response_format").is_some()) {
+            events.push_str(&chunk(json!({ "content": answer }), None));
+            events.push_str(&chunk(json!({}), Some("stop")));
         } else {
             let mut n = served.lock().unwrap();
             let reply = replies[(*n).min(replies.len() - 1)].clone();
