@@ -92,6 +92,10 @@ pub struct AssistantSpec {
     pub dispositions: Vec<DispositionSpec>,
     #[serde(default)]
     pub extract: Vec<ExtractSpec>,
+    /// What the call is for, in words ("a table is booked"): a free-form call is judged against
+    /// it after it ends when its disposition does not say (`success` on dispositions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal: Option<String>,
     #[serde(default)]
     pub tools: Vec<ToolEntry>,
     #[serde(default)]
@@ -295,6 +299,9 @@ pub struct DispositionSpec {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// Whether a call that ends with this disposition reached the assistant's goal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

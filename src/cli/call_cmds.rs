@@ -226,6 +226,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         if !call.report.slots.is_empty() {
             println!("slots      : {}", serde_json::Value::Object(call.report.slots.clone()));
         }
+        if let Some((reached, why)) = &call.report.success {
+            println!("success    : {} ({why})", if *reached { "yes" } else { "no" });
+        }
         println!("ended by   : {}", call.report.ended_by.clone().unwrap_or_default());
         println!();
         print_percentiles(&call.report.turns);
@@ -264,6 +267,9 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             if !call.report.slots.is_empty() {
                 println!("slots      : {}", serde_json::Value::Object(call.report.slots.clone()));
             }
+            if let Some((reached, why)) = &call.report.success {
+                println!("success    : {} ({why})", if *reached { "yes" } else { "no" });
+            }
             print_percentiles(&call.report.turns);
         }
         Ok(())
@@ -287,6 +293,7 @@ fn report_json(call: &SimulatedCall) -> anyhow::Result<String> {
         "disposition": pipeline::disposition(report),
         "disposition_notes": report.disposition.as_ref().map(|(_, notes)| notes.clone()),
         "slots": report.slots,
+        "success": report.success,
         "guards": report.guards,
         "flow_nodes": report.flow_nodes,
         "ended_by": report.ended_by,

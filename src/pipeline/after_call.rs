@@ -63,12 +63,18 @@ fn words(text: &str) -> Vec<String> {
     text.to_lowercase().split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_string).collect()
 }
 
+/// The two fields a judgement against the assistant's `goal` adds to the reading.
+const GOAL_REACHED: &str = "goal_reached";
+const GOAL_REASON: &str = "goal_reason";
+
 /// Fills `slots` with the assistant's `extract:` fields the call left empty: read by `llm`
-/// from the transcript, checked, null when not said. A field a flow filled is kept.
-pub async fn extract(llm: &dyn LanguageModel, assistant: &Assistant, transcript: &[(String, String, std::time::Duration)], slots: &mut Map<String, Value>) {
+/// from the transcript, checked, null when not said. A field a flow filled is kept. With a
+/// `goal`, the same reading judges whether the call reached it: returned as (reached, why).
+pub async fn extract(llm: &dyn LanguageModel, assistant: &Assistant, transcript: &[(String, String, std::time::Duration)], slots: &mut Map<String, Value>) -> Option<(bool, String)> {
     let missing: Vec<&ExtractSpec> = assistant.spec.extract.iter().filter(|f| slots.get(&f.name).is_none_or(Value::is_null)).collect();
-    if missing.is_empty() {
-        return;
+    let goal = assistant.spec.goal.as_deref().filter(|_| assistant.spec.flow.is_none());
+    if missing.is_empty() && goal.is_none() {
+        return None;
     }
     // A flow is the call's reader: what its slots did not take was not said. A free-form
     // call is read by the LLM once the caller said anything.
@@ -76,16 +82,27 @@ pub async fn extract(llm: &dyn LanguageModel, assistant: &Assistant, transcript:
     let text: String = transcript.iter().map(|(who, line, _)| format!("{who}: {line}\n")).collect();
     let mut found = Map::new();
     if caller_spoke {
-        let list: Vec<String> = missing.iter().map(|f| format!("- {} ({}): {}", f.name, f.kind, f.description)).collect();
+        let mut list: Vec<String> = missing.iter().map(|f| format!("- {} ({}): {}", f.name, f.kind, f.description)).collect();
+        let mut schema = schema(&missing);
+        if let Some(goal) = goal {
+            list.push(format!("- {GOAL_REACHED} (boolean): did the call achieve this: {goal}"));
+            list.push(format!("- {GOAL_REASON} (string): why, in one short sentence"));
+            schema["properties"][GOAL_REACHED] = json!({ "type": ["boolean", "null"] });
+            schema["properties"][GOAL_REASON] = json!({ "type": ["string", "null"], "maxLength": MAX_TEXT_CHARS });
+            if let Some(required) = schema["required"].as_array_mut() {
+                required.push(json!(GOAL_REACHED));
+                required.push(json!(GOAL_REASON));
+            }
+        }
         let request = ChatRequest {
             messages: vec![
                 Message::System { content: "You read phone call transcripts and fill in fields as JSON. Use null for anything the call did not say.".into() },
                 Message::User { content: format!("Fields:\n{}\n\nTranscript:\n{text}\nThe fields as JSON:", list.join("\n")) },
             ],
             tools: Vec::new(),
-            max_tokens: 40 + 40 * missing.len(),
+            max_tokens: 40 + 40 * list.len(),
             temperature: 0.0,
-            schema: Some(schema(&missing)),
+            schema: Some(schema),
         };
         if let Ok(reply) = crate::llm::complete_text(llm, request).await {
             let start = reply.find('{').unwrap_or(0);
@@ -98,6 +115,28 @@ pub async fn extract(llm: &dyn LanguageModel, assistant: &Assistant, transcript:
         let value = found.get(&field.name).and_then(|v| checked(field, v, &text)).unwrap_or(Value::Null);
         slots.insert(field.name.clone(), value);
     }
+    let reached = found.get(GOAL_REACHED).and_then(Value::as_bool)?;
+    let reason = found.get(GOAL_REASON).and_then(Value::as_str).map(str::trim).filter(|r| !r.is_empty()).unwrap_or("the model gave no reason");
+    Some((reached, reason.chars().take(MAX_TEXT_CHARS).collect()))
+}
+
+/// Whether the call reached the assistant's goal: the disposition's `success` when it says,
+/// else the judgement against `goal`, else unknown.
+pub fn success(assistant: &Assistant, report: &super::CallReport, judged: Option<(bool, String)>) -> Option<(bool, String)> {
+    let name = super::disposition(report);
+    let declared = assistant.spec.dispositions.iter().find(|d| d.name == name);
+    if let Some(spec) = declared {
+        if let Some(success) = spec.success {
+            let notes = report.disposition.as_ref().map(|(_, notes)| notes.as_str()).filter(|n| !n.is_empty());
+            let why = match notes {
+                Some(notes) => format!("disposition {name}: {notes}"),
+                None if !spec.description.is_empty() => format!("disposition {name}: {}", spec.description),
+                None => format!("disposition {name}"),
+            };
+            return Some((success, why));
+        }
+    }
+    judged
 }
 
 #[cfg(test)]
@@ -116,6 +155,21 @@ mod tests {
         assert_eq!(schema["properties"]["party_size"]["type"], json!(["integer", "null"]));
         assert_eq!(schema["properties"]["day"]["format"], "date");
         assert_eq!(schema["additionalProperties"], false);
+    }
+
+    #[test]
+    fn a_disposition_that_says_decides_success_else_the_judgement() {
+        let assistant = Assistant::from_stored_json(
+            &json!({ "version": 1, "name": "x", "system_prompt": "Hi.", "goal": "a table is booked", "dispositions": [
+                { "name": "booked", "description": "a table was booked", "success": true }, { "name": "enquiry" }] }),
+            "test",
+        )
+        .unwrap();
+        let mut report = super::super::CallReport { disposition: Some(("booked".into(), "two at seven".into())), ..Default::default() };
+        assert_eq!(success(&assistant, &report, Some((false, "judged".into()))), Some((true, "disposition booked: two at seven".into())));
+        report.disposition = Some(("enquiry".into(), String::new()));
+        assert_eq!(success(&assistant, &report, Some((false, "only asked".into()))), Some((false, "only asked".into())), "no success on the disposition: the judgement");
+        assert_eq!(success(&assistant, &report, None), None);
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub struct CallReport {
     pub disposition: Option<(String, String)>,
     /// The flow's slots when the call ended (its extracted fields).
     pub slots: serde_json::Map<String, serde_json::Value>,
+    /// Whether the call reached the assistant's goal, and why (its disposition's `success`, or
+    /// the LLM's judgement against `goal`); `None` when the assistant says neither.
+    pub success: Option<(bool, String)>,
     /// The flow's nodes, one per reply, in order.
     pub flow_nodes: Vec<String>,
     /// How often each guard fired on the LLM's replies (`refusal`, `repeat`, `fallback`).
@@ -290,8 +293,9 @@ pub async fn converse(
     };
     report.summary = summarize(llm.as_ref(), &report).await;
     let mut slots = std::mem::take(&mut report.slots);
-    after_call::extract(llm.as_ref(), &assistant, &report.transcript, &mut slots).await;
+    let judged = after_call::extract(llm.as_ref(), &assistant, &report.transcript, &mut slots).await;
     report.slots = slots;
+    report.success = after_call::success(&assistant, &report, judged);
     Ok(report)
 }
 

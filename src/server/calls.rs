@@ -90,6 +90,9 @@ pub struct CallStatus {
     pub duration_seconds: Option<i64>,
     /// The after-call summary, once the call has ended.
     pub summary: Option<String>,
+    /// Whether the call reached its assistant's goal (null when unknown), and why.
+    pub success: Option<bool>,
+    pub success_reason: Option<String>,
 }
 
 impl From<&CallRecord> for CallStatus {
@@ -111,6 +114,8 @@ impl From<&CallRecord> for CallStatus {
             duration_ms: call.duration_ms,
             duration_seconds: call.duration_ms.map(|ms| (ms + 500) / 1000),
             summary: call.summary.clone(),
+            success: call.success.map(|s| s != 0),
+            success_reason: call.success_reason.clone(),
         }
     }
 }
@@ -414,6 +419,8 @@ pub async fn detail(State(state): State<AppState>, auth: Auth, Path(id): Path<St
         "disposition_notes": call.disposition_notes,
         "extracted": call.extracted.as_deref().and_then(|e| serde_json::from_str::<Value>(e).ok()).unwrap_or_else(|| json!({})),
         "summary": call.summary,
+        "success": call.success.map(|s| s != 0),
+        "success_reason": call.success_reason,
         "recording_url": state.runner.recording_path(&call.id).is_file().then(|| format!("/v1/calls/{}/recording", call.id)),
         "ended_by": call.ended_by,
         "dynamic_variables": serde_json::from_str::<Value>(&call.dynamic_variables).unwrap_or(Value::Null),
@@ -465,6 +472,8 @@ pub async fn analysis(State(state): State<AppState>, auth: Auth, Path(id): Path<
     whole["disposition"] = json!(call.disposition);
     whole["disposition_notes"] = json!(call.disposition_notes);
     whole["extracted"] = call.extracted.as_deref().and_then(|e| serde_json::from_str::<Value>(e).ok()).unwrap_or_else(|| json!({}));
+    whole["success"] = json!(call.success.map(|s| s != 0));
+    whole["success_reason"] = json!(call.success_reason);
     Ok(Json(json!({ "call_id": call.id, "status": call.status, "call": whole, "turns": turns })))
 }
 

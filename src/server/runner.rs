@@ -373,7 +373,7 @@ impl Runner {
                 &now,
                 assistant_hook,
                 "call.analysis_ready",
-                json!({ "call_id": now.id, "summary": now.summary, "disposition": now.disposition, "disposition_notes": now.disposition_notes, "extracted": extracted }),
+                json!({ "call_id": now.id, "summary": now.summary, "disposition": now.disposition, "disposition_notes": now.disposition_notes, "extracted": extracted, "success": now.success.map(|s| s != 0), "success_reason": now.success_reason }),
             )
             .await;
             if self.recording_path(&now.id).is_file() {
@@ -550,6 +550,7 @@ impl Runner {
             summary: Some(format!("Bridged the answered call to {to}.")),
             ended_by: Some(format!("bridged to {to}")),
             duration_ms: Some(ms_of(answered.out.now().saturating_sub(started)).round() as i64),
+            success: None,
         }
     }
 
@@ -593,6 +594,7 @@ impl Runner {
             summary: Some(report.summary.clone()),
             ended_by: report.ended_by.clone(),
             duration_ms: Some(ms_of(report.duration).round() as i64),
+            success: report.success.clone(),
         }
     }
 

@@ -548,7 +548,7 @@ impl Store {
         let done = sqlx::query(
             concat!(
                 "UPDATE calls SET status = $1, status_reason = $2, disposition = $3, summary = $4, ended_by = $5, ended_at = $6, duration_ms = $7, \
-                 extracted = $9, disposition_notes = $10 WHERE id = $8 AND status IN ",
+                 extracted = $9, disposition_notes = $10, success = $11, success_reason = $12 WHERE id = $8 AND status IN ",
                 live_statuses_sql!()
             ),
         )
@@ -562,6 +562,8 @@ impl Store {
         .bind(id)
         .bind(&outcome.extracted)
         .bind(&outcome.disposition_notes)
+        .bind(outcome.success.as_ref().map(|(reached, _)| *reached as i64))
+        .bind(outcome.success.as_ref().map(|(_, why)| why.clone()))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -825,7 +827,7 @@ pub struct NumberRecord {
 }
 
 const CALL_COLUMNS: &str = "SELECT id, workspace_id, assistant_id, assistant_version, direction, to_number, from_number, status, status_reason, disposition, summary, ended_by, \
-     dynamic_variables, metadata, webhook_url, idempotency_key, worker_id, day, created_at, started_at, ended_at, duration_ms, extracted, disposition_notes, session_id, agent_id, dialect FROM calls";
+     dynamic_variables, metadata, webhook_url, idempotency_key, worker_id, day, created_at, started_at, ended_at, duration_ms, extracted, disposition_notes, session_id, agent_id, dialect, success, success_reason FROM calls";
 
 #[derive(Debug, Clone, Default, sqlx::FromRow)]
 pub struct CallRecord {
@@ -859,6 +861,9 @@ pub struct CallRecord {
     pub agent_id: Option<String>,
     /// `ringez` when placed through Ringez's paths (its own webhook_url gets that format).
     pub dialect: Option<String>,
+    /// 1 when the call reached its assistant's goal, 0 when not; null when unknown.
+    pub success: Option<i64>,
+    pub success_reason: Option<String>,
 }
 
 #[cfg(test)]
@@ -892,12 +897,14 @@ pub struct CallOutcome {
     pub summary: Option<String>,
     pub ended_by: Option<String>,
     pub duration_ms: Option<i64>,
+    /// Whether it reached the assistant's goal, and why.
+    pub success: Option<(bool, String)>,
 }
 
 impl CallOutcome {
     /// A call that ended with `status` for `reason`, and nothing else to keep.
     pub fn ended(status: CallStatus, reason: impl Into<String>) -> CallOutcome {
-        CallOutcome { status, reason: Some(reason.into()), disposition: None, disposition_notes: None, extracted: None, summary: None, ended_by: None, duration_ms: None }
+        CallOutcome { status, reason: Some(reason.into()), disposition: None, disposition_notes: None, extracted: None, summary: None, ended_by: None, duration_ms: None, success: None }
     }
 }
 

@@ -48,3 +48,8 @@ ALTER TABLE webhooks ADD COLUMN format TEXT NOT NULL DEFAULT 'ringline';
 ALTER TABLE webhook_deliveries ADD COLUMN format TEXT NOT NULL DEFAULT 'ringline';
 -- `ringez` for a call placed through Ringez's paths: its own webhook_url gets that format.
 ALTER TABLE calls ADD COLUMN dialect TEXT;
+
+-- Whether the call reached its assistant's goal, and why (a disposition's `success`, or the
+-- LLM's judgement against `goal`); null when the assistant says neither.
+ALTER TABLE calls ADD COLUMN success BIGINT;
+ALTER TABLE calls ADD COLUMN success_reason TEXT;
