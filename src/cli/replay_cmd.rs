@@ -32,10 +32,11 @@ pub struct ReplayArgs {
     /// A two-channel WAV of a call (a Ringline recording has the caller on the left), or the
     /// id of a recorded call this server stored (`call_…`).
     pub recording: String,
-    /// The assistant to replay against (its file); for a stored call, default: the assistant it
-    /// ran (its file in --assistants, or the stored version of an API assistant).
+    /// The assistant to replay against: its file, or its id in the server's database (its
+    /// current version); for a stored call, default: the assistant it ran (its file in
+    /// --assistants, or the stored version of an API assistant).
     #[arg(long)]
-    pub assistant: Option<PathBuf>,
+    pub assistant: Option<String>,
     /// Where a stored call is (the server's database).
     #[arg(long, env = "DATABASE_URL", default_value = crate::store::DEFAULT_DATABASE_URL)]
     pub database_url: String,
@@ -54,6 +55,9 @@ pub struct ReplayArgs {
     /// Write the turns, the recorded and the new answers, and the new call's outcome as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write the old and new conversations side by side as one self-contained HTML page.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 /// The two channels of a WAV as mono tracks, and its rate.
@@ -73,31 +77,88 @@ fn two_channels(path: &Path) -> anyhow::Result<(Vec<f32>, Vec<f32>, u32)> {
     Ok((left, right, spec.sample_rate))
 }
 
-/// A call this server stored: its record, transcript and the assistant it ran.
+/// A call this server stored: its record, transcript, turns and the assistant it ran.
 struct StoredCall {
     call: crate::store::CallRecord,
     transcript: Vec<crate::store::TranscriptLine>,
+    turns: Vec<crate::store::TurnRecord>,
     assistant: std::sync::Arc<crate::assistant::Assistant>,
+}
+
+/// An assistant by id from the server's database: a file assistant's file in `assistants`,
+/// else the stored current version.
+fn assistant_by_id(id: &str, database_url: &str, assistants: &Path, version: Option<i64>) -> anyhow::Result<std::sync::Arc<crate::assistant::Assistant>> {
+    let file = assistants.join(format!("{id}.yaml"));
+    if file.is_file() && version.is_none() {
+        return load_assistant(&file);
+    }
+    runtime()?.block_on(async {
+        let store = crate::store::Store::connect(database_url).await.with_context(|| format!("opening {database_url}"))?;
+        let version = match version {
+            Some(version) => version,
+            None => sqlx::query_scalar::<_, i64>("SELECT current_version FROM assistants WHERE id = $1").bind(id).fetch_optional(&store.pool).await?.with_context(|| format!("--assistant: no file {} and no assistant `{id}` in {database_url}", file.display()))?,
+        };
+        let spec = store.assistant_version(id, version).await?.with_context(|| format!("assistant {id} v{version} is not stored"))?;
+        let value: serde_json::Value = serde_json::from_str(&spec)?;
+        let label = format!("assistant {id} v{version}");
+        Ok(std::sync::Arc::new(crate::assistant::Assistant::from_stored_json(&value, &label).map_err(|problems| anyhow::anyhow!("{label}: {}", problems.first().map(|p| p.to_string()).unwrap_or_default()))?))
+    })
 }
 
 /// Reads a stored call (any workspace: this is the operator's command) and the assistant it
 /// ran; `assistants` holds the deployment's files.
 fn stored_call(id: &str, database_url: &str, assistants: &Path) -> anyhow::Result<StoredCall> {
-    runtime()?.block_on(async {
+    let (call, transcript, turns) = runtime()?.block_on(async {
         let store = crate::store::Store::connect(database_url).await.with_context(|| format!("opening {database_url}"))?;
         let call = store.call_any_workspace(id).await?.with_context(|| format!("no call `{id}` in {database_url} (give --database-url, or a recording's path)"))?;
         let transcript = store.transcript(id).await?;
-        let file = assistants.join(format!("{}.yaml", call.assistant_id));
-        let assistant = if file.is_file() {
-            load_assistant(&file)?
-        } else {
-            let spec = store.assistant_version(&call.assistant_id, call.assistant_version).await?.with_context(|| format!("the call's assistant {} v{} is not stored", call.assistant_id, call.assistant_version))?;
-            let value: serde_json::Value = serde_json::from_str(&spec)?;
-            let label = format!("assistant {} v{}", call.assistant_id, call.assistant_version);
-            std::sync::Arc::new(crate::assistant::Assistant::from_stored_json(&value, &label).map_err(|problems| anyhow::anyhow!("{label}: {}", problems.first().map(|p| p.to_string()).unwrap_or_default()))?)
+        let turns = store.turns(id).await?;
+        anyhow::Ok((call, transcript, turns))
+    })?;
+    // The file as it is now when the call ran a file assistant at its current version; else
+    // the version the call ran, as stored.
+    let file = assistants.join(format!("{}.yaml", call.assistant_id));
+    let assistant = if file.is_file() { load_assistant(&file)? } else { assistant_by_id(&call.assistant_id, database_url, assistants, Some(call.assistant_version))? };
+    Ok(StoredCall { call, transcript, turns, assistant })
+}
+
+/// Voice-to-voice p50 and p95 in ms.
+fn v2v(values: &[f64]) -> (Option<f64>, Option<f64>) {
+    let durations: Vec<std::time::Duration> = values.iter().filter(|v| **v > 0.0).map(|v| std::time::Duration::from_secs_f64(v / 1000.0)).collect();
+    let p = |q| crate::pipeline::metrics::percentile(&durations, q).map(|d| (d.as_secs_f64() * 1000.0).round());
+    (p(0.5), p(0.95))
+}
+
+fn show_ms(p: (Option<f64>, Option<f64>)) -> String {
+    match p {
+        (Some(a), Some(b)) => format!("{a:.0}/{b:.0} ms"),
+        _ => "-".into(),
+    }
+}
+
+/// The replay as one self-contained page: the turns side by side, then the outcomes.
+fn page(recording: &Path, rows: &[serde_json::Value], before: Option<&serde_json::Value>, now: &serde_json::Value) -> String {
+    use crate::eval::report::esc;
+    let text = |v: &serde_json::Value| esc(v.as_str().unwrap_or(""));
+    let mut html = format!(
+        "<!doctype html><meta charset=utf-8><title>Replay of {0}</title><style>body{{font:14px system-ui;margin:2em}}table{{border-collapse:collapse;width:100%}}td,th{{border:1px solid #ccc;padding:.4em;vertical-align:top;text-align:left}}th{{background:#f4f4f4}}.changed{{background:#fff4d6}}</style><h1>Replay of {0}</h1><table><tr><th>#</th><th>caller (heard now)</th><th>agent before</th><th>agent now</th></tr>",
+        esc(&recording.display().to_string())
+    );
+    for (i, row) in rows.iter().enumerate() {
+        let changed = row["word_errors"].as_u64().unwrap_or(0) > 0;
+        html.push_str(&format!("<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", if changed { " class=changed" } else { "" }, i + 1, text(&row["caller"]), text(&row["recorded_agent"]), text(&row["agent"])));
+    }
+    html.push_str("</table><h2>Outcome</h2><table><tr><th></th><th>before</th><th>now</th></tr>");
+    for key in ["disposition", "summary", "extracted", "success", "voice_to_voice"] {
+        let show = |v: Option<&serde_json::Value>| match v {
+            None | Some(serde_json::Value::Null) => "-".to_string(),
+            Some(serde_json::Value::String(s)) => esc(s),
+            Some(other) => esc(&other.to_string()),
         };
-        Ok(StoredCall { call, transcript, assistant })
-    })
+        html.push_str(&format!("<tr><th>{key}</th><td>{}</td><td>{}</td></tr>", show(before.and_then(|b| b.get(key))), show(now.get(key))));
+    }
+    html.push_str("</table>");
+    html
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
@@ -121,7 +182,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let agent = crate::audio::resample::resample(&agent, rate, RATE)?;
     let store = ModelStore::from_env()?;
     let assistant = match (&args.assistant, &stored) {
-        (Some(path), _) => load_assistant(path)?,
+        (Some(given), _) if Path::new(given).is_file() => load_assistant(Path::new(given))?,
+        (Some(id), _) => assistant_by_id(id, &args.database_url, &args.assistants, None)?,
         (None, Some(found)) => found.assistant.clone(),
         (None, None) => anyhow::bail!("--assistant: give the assistant file to replay {} against", recording.display()),
     };
@@ -197,6 +259,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         println!("\nthe new answers differ from the recorded ones in {:.0}% of their words", changed * 100.0);
         let disposition = crate::pipeline::disposition(&call.report);
         let extracted_now = serde_json::Value::Object(call.report.slots.clone());
+        let latency_now = v2v(&call.report.turns.iter().map(|t| t.voice_to_voice.as_secs_f64() * 1000.0).collect::<Vec<_>>());
         match &stored {
             Some(found) => {
                 let before = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
@@ -205,25 +268,45 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
                 println!("disposition: {} │ {disposition}", before(&found.call.disposition));
                 println!("extracted:   {extracted_before} │ {extracted_now}");
                 println!("summary:     {} │ {}", before(&found.call.summary), call.report.summary);
+                let then = v2v(&found.turns.iter().map(|t| t.voice_to_voice_ms).collect::<Vec<_>>());
+                println!("voice to voice p50/p95: {} │ {}", show_ms(then), show_ms(latency_now));
             }
             None => println!("disposition now: {disposition}"),
         }
+        let ms_pair = |p: (Option<f64>, Option<f64>)| json!({ "p50_ms": p.0, "p95_ms": p.1 });
+        let before = stored.as_ref().map(|f| {
+            json!({
+                "disposition": f.call.disposition,
+                "summary": f.call.summary,
+                "extracted": f.call.extracted.as_deref().and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok()),
+                "success": f.call.success.map(|s| s != 0),
+                "voice_to_voice": ms_pair(v2v(&f.turns.iter().map(|t| t.voice_to_voice_ms).collect::<Vec<_>>())),
+            })
+        });
+        let now = json!({
+            "disposition": disposition,
+            "summary": call.report.summary,
+            "extracted": extracted_now,
+            "success": call.report.success.as_ref().map(|(reached, _)| *reached),
+            "voice_to_voice": ms_pair(latency_now),
+        });
         if let Some(path) = &args.json {
             let value = json!({
                 "recording": recording,
                 "call_id": stored.as_ref().map(|f| f.call.id.clone()),
-                "before": stored.as_ref().map(|f| json!({
-                    "disposition": f.call.disposition,
-                    "summary": f.call.summary,
-                    "extracted": f.call.extracted.as_deref().and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok()),
-                })),
+                "before": before,
                 "turns": rows,
                 "changed_words": changed,
-                "disposition": crate::pipeline::disposition(&call.report),
+                "disposition": disposition,
                 "slots": call.report.slots,
                 "summary": call.report.summary,
+                "now": now,
             });
             std::fs::write(path, serde_json::to_vec_pretty(&value)?).with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some(path) = &args.report {
+            std::fs::write(path, page(&recording, &rows, before.as_ref(), &now)).with_context(|| format!("writing {}", path.display()))?;
+            println!("report: {}", path.display());
         }
         Ok(())
     })

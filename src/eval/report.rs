@@ -13,7 +13,7 @@ use std::fmt::Write;
 use super::{regressions, Figures, Outcome, Results, Thresholds};
 
 /// Escapes text for HTML content and attribute values.
-fn esc(text: &str) -> String {
+pub fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -127,9 +127,19 @@ fn a_stored_call_is_replayed_by_its_id_beside_what_it_did() {
 
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("replay.json");
+    let page = dir.path().join("replay.html");
     let recordings = Path::new(&db.url.trim_start_matches("sqlite://")).parent().unwrap().join("recordings");
     let out = run_ok(
-        ringline().args(["eval", "replay", &id, "--database-url", &db.url]).arg("--recordings-dir").arg(&recordings).arg("--assistants").arg(repo_assistants()).arg("--json").arg(&json),
+        ringline()
+            .args(["eval", "replay", &id, "--database-url", &db.url])
+            .arg("--recordings-dir")
+            .arg(&recordings)
+            .arg("--assistants")
+            .arg(repo_assistants())
+            .arg("--json")
+            .arg(&json)
+            .arg("--report")
+            .arg(&page),
     );
     assert!(out.contains("before │ now"), "the stored outcome beside the new one: {out}");
     let replay: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -139,6 +149,9 @@ fn a_stored_call_is_replayed_by_its_id_beside_what_it_did() {
     assert!(turns.len() >= 3, "the caller's turns, cut by the VAD: {replay}");
     assert!(turns.iter().filter(|t| !t["recorded_agent"].as_str().unwrap_or_default().is_empty()).count() >= 3, "the stored agent lines are the reference: {replay}");
     assert_eq!(replay["disposition"], "booked", "{replay}");
+    assert!(replay["before"]["voice_to_voice"]["p50_ms"].is_number() && replay["now"]["voice_to_voice"]["p95_ms"].is_number(), "latency before and now: {replay}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("agent before") && html.contains("voice_to_voice") && !html.contains("<script"), "a self-contained side-by-side page");
     let (ok, _, stderr) = run(ringline().args(["eval", "replay", "call_0000", "--database-url", &db.url]));
     assert!(!ok && stderr.contains("no call `call_0000`"), "{stderr}");
 }
