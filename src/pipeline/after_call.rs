@@ -66,15 +66,29 @@ fn words(text: &str) -> Vec<String> {
 /// The two fields a judgement against the assistant's `goal` adds to the reading.
 const GOAL_REACHED: &str = "goal_reached";
 const GOAL_REASON: &str = "goal_reason";
+/// The field of a disposition the agent did not set: one of the assistant's, or null.
+const DISPOSITION: &str = "disposition";
+
+/// What the after-call reading found besides the fields.
+#[derive(Debug, Default, PartialEq)]
+pub struct Reading {
+    /// (reached the goal, why), when the assistant states a `goal`.
+    pub judged: Option<(bool, String)>,
+    /// One of the assistant's dispositions, when the agent set none.
+    pub disposition: Option<String>,
+}
 
 /// Fills `slots` with the assistant's `extract:` fields the call left empty: read by `llm`
-/// from the transcript, checked, null when not said. A field a flow filled is kept. With a
-/// `goal`, the same reading judges whether the call reached it: returned as (reached, why).
-pub async fn extract(llm: &dyn LanguageModel, assistant: &Assistant, transcript: &[(String, String, std::time::Duration)], slots: &mut Map<String, Value>) -> Option<(bool, String)> {
+/// from the transcript, checked, null when not said. A field a flow filled is kept. The same
+/// reading judges the call against the assistant's `goal`, and chooses one of its dispositions
+/// when the agent set none (`disposition_set`) — the choice constrained to their names.
+pub async fn extract(llm: &dyn LanguageModel, assistant: &Assistant, transcript: &[(String, String, std::time::Duration)], slots: &mut Map<String, Value>, disposition_set: bool) -> Reading {
     let missing: Vec<&ExtractSpec> = assistant.spec.extract.iter().filter(|f| slots.get(&f.name).is_none_or(Value::is_null)).collect();
-    let goal = assistant.spec.goal.as_deref().filter(|_| assistant.spec.flow.is_none());
-    if missing.is_empty() && goal.is_none() {
-        return None;
+    let free_form = assistant.spec.flow.is_none();
+    let goal = assistant.spec.goal.as_deref().filter(|_| free_form);
+    let dispositions: Vec<&crate::assistant::DispositionSpec> = if free_form && !disposition_set { assistant.spec.dispositions.iter().collect() } else { Vec::new() };
+    if missing.is_empty() && goal.is_none() && dispositions.is_empty() {
+        return Reading::default();
     }
     // A flow is the call's reader: what its slots did not take was not said. A free-form
     // call is read by the LLM once the caller said anything.
@@ -92,6 +106,16 @@ pub async fn extract(llm: &dyn LanguageModel, assistant: &Assistant, transcript:
             if let Some(required) = schema["required"].as_array_mut() {
                 required.push(json!(GOAL_REACHED));
                 required.push(json!(GOAL_REASON));
+            }
+        }
+        if !dispositions.is_empty() {
+            let described: Vec<String> = dispositions.iter().map(|d| if d.description.is_empty() { d.name.clone() } else { format!("{} ({})", d.name, d.description) }).collect();
+            list.push(format!("- {DISPOSITION}: how the call ended, one of: {}", described.join("; ")));
+            let mut names: Vec<Value> = dispositions.iter().map(|d| json!(d.name)).collect();
+            names.push(Value::Null);
+            schema["properties"][DISPOSITION] = json!({ "enum": names });
+            if let Some(required) = schema["required"].as_array_mut() {
+                required.push(json!(DISPOSITION));
             }
         }
         let request = ChatRequest {
@@ -115,9 +139,13 @@ pub async fn extract(llm: &dyn LanguageModel, assistant: &Assistant, transcript:
         let value = found.get(&field.name).and_then(|v| checked(field, v, &text)).unwrap_or(Value::Null);
         slots.insert(field.name.clone(), value);
     }
-    let reached = found.get(GOAL_REACHED).and_then(Value::as_bool)?;
-    let reason = found.get(GOAL_REASON).and_then(Value::as_str).map(str::trim).filter(|r| !r.is_empty()).unwrap_or("the model gave no reason");
-    Some((reached, reason.chars().take(MAX_TEXT_CHARS).collect()))
+    let judged = found.get(GOAL_REACHED).and_then(Value::as_bool).map(|reached| {
+        let reason = found.get(GOAL_REASON).and_then(Value::as_str).map(str::trim).filter(|r| !r.is_empty()).unwrap_or("the model gave no reason");
+        (reached, reason.chars().take(MAX_TEXT_CHARS).collect())
+    });
+    // Only a name the assistant declares counts (a cloud model may not follow the schema).
+    let disposition = found.get(DISPOSITION).and_then(Value::as_str).filter(|name| dispositions.iter().any(|d| d.name == *name)).map(str::to_string);
+    Reading { judged, disposition }
 }
 
 /// Whether the call reached the assistant's goal: the disposition's `success` when it says,

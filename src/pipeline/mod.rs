@@ -293,9 +293,12 @@ pub async fn converse(
     };
     report.summary = summarize(llm.as_ref(), &report).await;
     let mut slots = std::mem::take(&mut report.slots);
-    let judged = after_call::extract(llm.as_ref(), &assistant, &report.transcript, &mut slots).await;
+    let reading = after_call::extract(llm.as_ref(), &assistant, &report.transcript, &mut slots, report.disposition.is_some()).await;
     report.slots = slots;
-    report.success = after_call::success(&assistant, &report, judged);
+    if let (None, Some(name)) = (&report.disposition, reading.disposition) {
+        report.disposition = Some((name, "chosen after the call from the transcript".into()));
+    }
+    report.success = after_call::success(&assistant, &report, reading.judged);
     Ok(report)
 }
 

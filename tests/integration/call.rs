@@ -469,13 +469,16 @@ fn a_free_form_calls_extract_fields_are_read_after_it_typed_and_checked() {
     // invented (and dropped), one was not said.
     let llm = standin::llm_with(
         vec![Reply::Text("Yes, we can do seven pm for two, reference B 42."), Reply::Text("Goodbye.")],
-        Some(r#"{"booked_time": "seven pm", "party_name": "Smith", "reference": null, "goal_reached": true, "goal_reason": "A table for two at seven was booked."}"#),
+        Some(r#"{"booked_time": "seven pm", "party_name": "Smith", "reference": null, "goal_reached": true, "goal_reason": "A table for two at seven was booked.", "disposition": "booked"}"#),
     );
-    let extract = "goal: a table is booked\nextract:\n  - { name: booked_time, type: string, description: the time booked }\n  - { name: party_name, type: string, description: the name it is under }\n  - { name: reference, type: string, description: a booking reference }\n";
+    let extract = "goal: a table is booked\ndispositions:\n  - { name: booked, description: a table was booked }\n  - { name: not_booked }\nextract:\n  - { name: booked_time, type: string, description: the time booked }\n  - { name: party_name, type: string, description: the name it is under }\n  - { name: reference, type: string, description: a booking reference }\n";
     let call = simulate(&standin_assistant(&llm, extract), "lines:\n  - say: \"Do you have a table for two at seven?\"\nfinal_wait_ms: 4000\n");
     assert_eq!(call.report["slots"], json!({ "booked_time": "seven pm", "party_name": null, "reference": null }), "{:#}", call.report);
     assert_eq!(call.report["success"], json!([true, "A table for two at seven was booked."]), "judged against the goal in the same reading");
+    assert_eq!((call.report["disposition"].as_str(), call.report["disposition_notes"].as_str()), (Some("booked"), Some("chosen after the call from the transcript")), "the agent set none: the reading chose one of the assistant's");
     let asked: Vec<Value> = llm.requests().into_iter().filter(|r| r.get("response_format").is_some()).collect();
     assert_eq!(asked.len(), 1, "one reading after the call");
-    assert_eq!(asked[0]["response_format"]["json_schema"]["schema"]["required"], json!(["booked_time", "party_name", "reference", "goal_reached", "goal_reason"]));
+    let schema = &asked[0]["response_format"]["json_schema"]["schema"];
+    assert_eq!(schema["required"], json!(["booked_time", "party_name", "reference", "goal_reached", "goal_reason", "disposition"]));
+    assert_eq!(schema["properties"]["disposition"]["enum"], json!(["booked", "not_booked", null]), "only the assistant's dispositions");
 }
