@@ -65,6 +65,12 @@ pub struct RunArgs {
     /// FILE-audio/).
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// An OpenAI-compatible endpoint (`…/v1`) that judges scenarios' `expect.judge` criteria
+    /// (key in RINGLINE_JUDGE_API_KEY); without one they are skipped.
+    #[arg(long, env = "RINGLINE_JUDGE_URL")]
+    pub judge_url: Option<String>,
+    #[arg(long, env = "RINGLINE_JUDGE_MODEL", default_value = "gpt-4o-mini")]
+    pub judge_model: String,
 }
 
 pub fn run(command: EvalCommand) -> anyhow::Result<()> {
@@ -104,17 +110,28 @@ pub fn run(command: EvalCommand) -> anyhow::Result<()> {
     };
     let store = ModelStore::from_env()?;
     let registry = Arc::new(call_cmds::operator_engines(&store));
+    let judge = args.judge_url.as_deref().map(|url| eval::judge::Judge::new(url, &args.judge_model));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let progress = ProgressBar::new(scenarios.len() as u64);
     progress.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} scenarios  {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     let outcomes: Vec<Outcome> = runtime.block_on(async {
         futures::stream::iter(scenarios.iter().cloned().enumerate())
             .map(|(index, scenario)| {
-                let (store, registry, progress) = (store.clone(), registry.clone(), progress.clone());
+                let (store, registry, progress, judge) = (store.clone(), registry.clone(), progress.clone(), judge.clone());
                 let audio = audio_dir.as_ref().map(|(dir, folder)| (dir.join(format!("{index:03}.wav")), format!("{folder}/{index:03}.wav")));
                 async move {
                     progress.set_message(scenario.name.clone());
-                    let outcome = play(&store, &registry, &scenario, args.line_rate, audio).await;
+                    let mut outcome = play(&store, &registry, &scenario, args.line_rate, audio).await;
+                    if !scenario.expect.judge.is_empty() && outcome.error.is_none() {
+                        outcome.judged = match &judge {
+                            Some(judge) => judge.judge(&scenario.expect.judge, &outcome.transcript).await,
+                            None => eval::judge::not_judged(&scenario.expect.judge),
+                        };
+                        for verdict in outcome.judged.iter().filter(|v| v.met == Some(false)) {
+                            outcome.failures.push(format!("judge: {}: {}", verdict.criterion, verdict.reason));
+                            outcome.passed = false;
+                        }
+                    }
                     print_line(&progress, format!("{} {}", if outcome.passed { "PASS" } else { "FAIL" }, outcome.name));
                     for failure in outcome.failures.iter().chain(outcome.error.iter()) {
                         print_line(&progress, format!("       {failure}"));

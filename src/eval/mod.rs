@@ -51,6 +51,10 @@ pub struct Expect {
     pub intents: Vec<String>,
     /// Whether the live analysis must (or must not) flag the caller as escalating.
     pub escalated: Option<bool>,
+    /// Free-form criteria an LLM judge scores against the transcript, when one is configured
+    /// (`eval run --judge-url`); skipped, not failed, without one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub judge: Vec<String>,
 }
 
 /// A tool a scenario expects to be called.
@@ -298,6 +302,9 @@ pub struct Outcome {
     /// Each answered turn's stage latencies.
     #[serde(default)]
     pub turns: Vec<TurnFigures>,
+    /// The LLM judge's verdict on each of `expect.judge`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub judged: Vec<judge::Judgement>,
     /// When each side made sound: (from, to) in seconds, measured on the recording.
     #[serde(default)]
     pub caller_speech: Vec<(f64, f64)>,
@@ -479,6 +486,7 @@ pub fn score(scenario: &Scenario, report: &CallReport, talk_over_ms: f64) -> Out
         transcript: report.transcript.iter().map(|(who, text, _)| (who.clone(), text.clone())).collect(),
         guards: report.guards.clone(),
         error: None,
+        judged: Vec::new(),
         said_at_s: report.transcript.iter().map(|(_, _, at)| at.as_secs_f64()).collect(),
         turns: report
             .turns
@@ -667,6 +675,7 @@ pub fn talk_over_ms(caller: &[f32], agent: &[f32], rate: u32) -> f64 {
     both as f64 * 20.0
 }
 
+pub mod judge;
 pub mod replay;
 pub mod report;
 

@@ -155,3 +155,32 @@ fn a_stored_call_is_replayed_by_its_id_beside_what_it_did() {
     let (ok, _, stderr) = run(ringline().args(["eval", "replay", "call_0000", "--database-url", &db.url]));
     assert!(!ok && stderr.contains("no call `call_0000`"), "{stderr}");
 }
+
+#[test]
+fn an_llm_judge_scores_free_form_criteria_when_one_is_configured() {
+    use crate::standin::{self, Reply};
+    let judge = standin::llm_with(vec![Reply::Text("unused")], Some(r#"{"verdicts": [{"met": false, "reason": "it spoke English"}, {"met": true, "reason": "it greeted the caller"}]}"#));
+    let dir = tempfile::tempdir().unwrap();
+    let assistant = Path::new(env!("CARGO_MANIFEST_DIR")).join("assistants/luigis_booking.yaml");
+    let scenario = dir.path().join("judged.yaml");
+    std::fs::write(
+        &scenario,
+        format!(
+            "name: judged call\nassistant: {}\ncaller:\n  voice: espeak:en-us\n  lines:\n    - say: \"What time do you open tomorrow?\"\n  final_wait_ms: 3000\nexpect:\n  judge: [\"the agent speaks French\", \"the agent greets the caller\"]\n",
+            assistant.display()
+        ),
+    )
+    .unwrap();
+    let json = dir.path().join("out.json");
+    let (ok, stdout, stderr) = run(ringline().args(["eval", "run"]).arg(&scenario).arg("--judge-url").arg(judge.url("/v1")).arg("--json").arg(&json).env_remove("RINGLINE_JUDGE_URL"));
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("judge: the agent speaks French: it spoke English"), "an unmet criterion fails the scenario, with the judge's reason: {stdout}");
+    let results: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let outcome = &results["outcomes"][0];
+    assert_eq!(outcome["passed"], false, "{outcome}");
+    assert_eq!(outcome["judged"][1]["met"], true, "{outcome}");
+    let asked = judge.requests().into_iter().find(|r| r.get("response_format").is_some()).expect("the judge was asked");
+    let prompt = asked["messages"][1]["content"].as_str().unwrap_or_default().to_string();
+    assert!(prompt.contains("2. the agent greets the caller") && prompt.contains("agent: "), "the criteria and the transcript: {prompt}");
+    assert_eq!(asked["response_format"]["json_schema"]["schema"]["properties"]["verdicts"]["minItems"], 2);
+}
