@@ -213,7 +213,17 @@ async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario
     };
     let variables: BTreeMap<String, String> = scenario.variables.clone();
     let stt = engines.stt.clone();
-    match call_cmds::simulate_call(store, engines, assistant, scenario.caller.clone(), variables, line_rate, false).await {
+    // A recorded caller: its turns cut by the VAD into clips (kept until the call is over).
+    let clips = tempfile::tempdir();
+    let caller = match (&scenario.recording, &clips) {
+        (None, _) => scenario.caller.clone(),
+        (Some(recorded), Ok(dir)) => match recorded_caller(recorded, &engines, dir.path()) {
+            Ok(script) => script,
+            Err(error) => return failed(format!("{}: {error:#}", recorded.path.display())),
+        },
+        (Some(_), Err(error)) => return failed(format!("cannot make a folder for the recording's turns: {error}")),
+    };
+    match call_cmds::simulate_call(store, engines, assistant, caller, variables, line_rate, false).await {
         Ok(call) => {
             let talk_over = eval::talk_over_ms(&call.caller_track, &call.agent_track, call.rate);
             let mut outcome = eval::score(scenario, &call.report, talk_over);
@@ -233,6 +243,18 @@ async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario
         }
         Err(error) => failed(format!("the call failed: {error:#}")),
     }
+}
+
+/// A recorded call's caller channel as a script: its turns, cut by the VAD, as audio lines.
+fn recorded_caller(recorded: &eval::RecordedCaller, engines: &crate::pipeline::Engines, dir: &std::path::Path) -> anyhow::Result<crate::simulation::CallerScript> {
+    use crate::eval::replay::{caller_turns, turn_clips, two_channels, RATE};
+    let (left, right, rate) = two_channels(&recorded.path)?;
+    let caller = crate::audio::resample::resample(if recorded.caller_left { &left } else { &right }, rate, RATE)?;
+    let mut stream = crate::vad::silero::SileroStream::default();
+    let turns = caller_turns(&caller, |frame| engines.vad.probability(&mut stream, frame).unwrap_or(0.0));
+    anyhow::ensure!(!turns.is_empty(), "no speech in the caller's channel; is `caller_channel` right?");
+    let lines: Vec<serde_json::Value> = turn_clips(&caller, &turns, dir)?.into_iter().map(|path| serde_json::json!({ "audio": path })).collect();
+    Ok(serde_json::from_value(serde_json::json!({ "lines": lines }))?)
 }
 
 /// The words in `track` over each of its `spans` of sound, transcribed one span at a time.

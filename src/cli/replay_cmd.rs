@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::call_cmds::{load_assistant, load_engines, parse_var, runtime, simulate_call};
 use crate::assistant::prompt;
-use crate::eval::replay::caller_turns;
+use crate::eval::replay::{caller_turns, turn_clips, two_channels};
 use crate::models::ModelStore;
 use crate::simulation::CallerScript;
 use crate::vad::silero::SileroStream;
@@ -58,23 +58,6 @@ pub struct ReplayArgs {
     /// Write the old and new conversations side by side as one self-contained HTML page.
     #[arg(long)]
     pub report: Option<PathBuf>,
-}
-
-/// The two channels of a WAV as mono tracks, and its rate.
-fn two_channels(path: &Path) -> anyhow::Result<(Vec<f32>, Vec<f32>, u32)> {
-    let mut reader = hound::WavReader::open(path).with_context(|| format!("{}: not a WAV file (give the call's two-channel recording)", path.display()))?;
-    let spec = reader.spec();
-    anyhow::ensure!(spec.channels == 2, "{}: {} channel(s); a replay needs the caller and the agent on two channels", path.display(), spec.channels);
-    let samples: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>()?,
-        hound::SampleFormat::Int => {
-            let scale = (1i64 << (spec.bits_per_sample - 1)) as f32;
-            reader.samples::<i32>().map(|s| s.map(|s| s as f32 / scale)).collect::<Result<_, _>>()?
-        }
-    };
-    let left = samples.iter().step_by(2).copied().collect();
-    let right = samples.iter().skip(1).step_by(2).copied().collect();
-    Ok((left, right, spec.sample_rate))
 }
 
 /// A call this server stored: its record, transcript, turns and the assistant it ran.
@@ -218,15 +201,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         }
 
         let dir = tempfile::tempdir()?;
-        let mut lines = Vec::new();
-        for (i, (start, end)) in turns.iter().enumerate() {
-            let path = dir.path().join(format!("turn-{i}.wav"));
-            // A little of the silence around the turn: the VAD's edges clip soft onsets and
-            // word endings.
-            let (start, end) = (start.saturating_sub(RATE as usize / 5), (end + RATE as usize * 3 / 10).min(caller.len()));
-            crate::audio::Audio::new(caller[start..end].to_vec(), RATE).write_wav(&path)?;
-            lines.push(json!({ "audio": path }));
-        }
+        let lines: Vec<serde_json::Value> = turn_clips(&caller, &turns, dir.path())?.into_iter().map(|path| json!({ "audio": path })).collect();
         let script: CallerScript = serde_json::from_value(json!({ "lines": lines }))?;
         let call = simulate_call(&store, engines.clone(), assistant, script, variables, RATE, true).await?;
 

@@ -79,6 +79,11 @@ struct ScenarioSpec {
     caller: Option<CallerScript>,
     /// The caller, as a script file.
     caller_file: Option<PathBuf>,
+    /// The caller, as a recorded two-channel call: its caller channel cut into turns by the
+    /// VAD, each played after the agent has answered the one before (reactive replay).
+    recording: Option<PathBuf>,
+    /// The recording's caller channel: `left` (a Ringline recording's) or `right`.
+    caller_channel: Option<String>,
     #[serde(default)]
     expect: Expect,
     /// Free-form labels, for filtering and reports.
@@ -93,6 +98,13 @@ enum SuiteFile {
     One(serde_yaml::Value),
 }
 
+/// A recorded call a scenario replays: the file and whether the caller is on the left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedCaller {
+    pub path: PathBuf,
+    pub caller_left: bool,
+}
+
 /// A loaded scenario.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -100,7 +112,9 @@ pub struct Scenario {
     pub file: PathBuf,
     pub assistant: PathBuf,
     pub variables: BTreeMap<String, String>,
+    /// The scripted caller (empty when the caller is a recording).
     pub caller: CallerScript,
+    pub recording: Option<RecordedCaller>,
     pub expect: Expect,
     pub tags: Vec<String>,
 }
@@ -206,7 +220,34 @@ fn resolve(spec: ScenarioSpec, file: &Path, text: &str) -> Result<Scenario, Vec<
             PathBuf::new()
         }
     };
+    let recording = match &spec.recording {
+        Some(path) => match find(path) {
+            Some(found) => match crate::eval::replay::two_channels(&found) {
+                Ok(_) => Some(RecordedCaller { path: found, caller_left: spec.caller_channel.as_deref() != Some("right") }),
+                Err(e) => {
+                    problems.push(problem("recording", format!("{e:#}")));
+                    None
+                }
+            },
+            None => {
+                problems.push(problem("recording", format!("`{}` is not a file (relative to the scenario's folder)", path.display())));
+                None
+            }
+        },
+        None => None,
+    };
+    if spec.caller_channel.as_deref().is_some_and(|c| c != "left" && c != "right") {
+        problems.push(problem("caller_channel", "use left or right".into()));
+    }
     let caller = match (spec.caller, &spec.caller_file) {
+        (None, None) if spec.recording.is_some() => {
+            // The lines are cut from the recording when the scenario runs (the VAD needs its model).
+            serde_json::from_value::<CallerScript>(serde_json::json!({ "lines": [] })).ok()
+        }
+        (Some(_), _) | (_, Some(_)) if spec.recording.is_some() => {
+            problems.push(problem("recording", "give `recording`, `caller` or `caller_file`: one of them".into()));
+            None
+        }
         (Some(mut script), None) => {
             script.resolve_recordings(dir);
             Some(script)
@@ -227,11 +268,11 @@ fn resolve(spec: ScenarioSpec, file: &Path, text: &str) -> Result<Scenario, Vec<
             None
         }
         (None, None) => {
-            problems.push(problem("caller", "missing: the caller's lines (`caller: { lines: [...] }`) or a script file (`caller_file`)".into()));
+            problems.push(problem("caller", "missing: the caller's lines (`caller: { lines: [...] }`), a script file (`caller_file`) or a recorded call (`recording`)".into()));
             None
         }
     };
-    if let Some(script) = &caller {
+    if let Some(script) = caller.as_ref().filter(|_| spec.recording.is_none()) {
         for (field, message) in script.problems() {
             problems.push(problem(&format!("caller.{field}"), message));
         }
@@ -264,7 +305,7 @@ fn resolve(spec: ScenarioSpec, file: &Path, text: &str) -> Result<Scenario, Vec<
         }
     }
     match (caller, problems.is_empty()) {
-        (Some(caller), true) => Ok(Scenario { name: spec.name, file: file.to_path_buf(), assistant, variables, caller, expect: spec.expect, tags: spec.tags }),
+        (Some(caller), true) => Ok(Scenario { name: spec.name, file: file.to_path_buf(), assistant, variables, caller, recording, expect: spec.expect, tags: spec.tags }),
         _ => Err(problems),
     }
 }

@@ -2,7 +2,45 @@
 //! played after the new agent has answered the one before (reactive replay); the recorded
 //! agent's channel is the reference the new answers are set beside.
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
 use crate::vad::{VadDetector, VadEvent, VadParams, FRAME_SAMPLES};
+
+/// The rate turns are cut and written at.
+pub const RATE: u32 = 16_000;
+
+/// The two channels of a WAV as mono tracks, and its rate.
+pub fn two_channels(path: &Path) -> anyhow::Result<(Vec<f32>, Vec<f32>, u32)> {
+    let mut reader = hound::WavReader::open(path).with_context(|| format!("{}: not a WAV file (give the call's two-channel recording)", path.display()))?;
+    let spec = reader.spec();
+    anyhow::ensure!(spec.channels == 2, "{}: {} channel(s); a replay needs the caller and the agent on two channels", path.display(), spec.channels);
+    let samples: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>()?,
+        hound::SampleFormat::Int => {
+            let scale = (1i64 << (spec.bits_per_sample - 1)) as f32;
+            reader.samples::<i32>().map(|s| s.map(|s| s as f32 / scale)).collect::<Result<_, _>>()?
+        }
+    };
+    let left = samples.iter().step_by(2).copied().collect();
+    let right = samples.iter().skip(1).step_by(2).copied().collect();
+    Ok((left, right, spec.sample_rate))
+}
+
+/// Each caller turn (spans at [`RATE`] of `caller`) written to `dir` as a clip with a little
+/// of the silence around it — the VAD's edges clip soft onsets and word endings — as the
+/// caller lines of a script (`{"audio": path}`).
+pub fn turn_clips(caller: &[f32], turns: &[(usize, usize)], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut clips = Vec::new();
+    for (i, (start, end)) in turns.iter().enumerate() {
+        let path = dir.join(format!("turn-{i}.wav"));
+        let (start, end) = (start.saturating_sub(RATE as usize / 5), (end + RATE as usize * 3 / 10).min(caller.len()));
+        crate::audio::Audio::new(caller[start..end].to_vec(), RATE).write_wav(&path)?;
+        clips.push(path);
+    }
+    Ok(clips)
+}
 
 /// Silence that separates two caller turns (shorter pauses stay inside a turn).
 pub const TURN_GAP_MS: u32 = 1_200;

@@ -61,6 +61,7 @@ fn scenario(expect: Expect) -> Scenario {
         assistant: "assistants/luigis_booking.yaml".into(),
         variables: BTreeMap::new(),
         caller: serde_yaml::from_str("lines: []").unwrap(),
+        recording: None,
         expect,
         tags: Vec::new(),
     }

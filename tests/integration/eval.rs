@@ -107,6 +107,15 @@ fn a_recorded_call_is_replayed_turn_by_turn_against_the_assistant() {
     assert_eq!(replay["disposition"], "booked", "{replay}");
     let (ok, _, stderr) = run(ringline().args(["eval", "replay"]).arg(root.join("eval/recordings/tidigits-dhd-2934z.wav")).arg("--assistant").arg(&assistant));
     assert!(!ok && stderr.contains("two channels"), "a mono file is refused with the reason: {stderr}");
+
+    // The same recording as a scenario of a suite: its caller channel is the caller.
+    let scenario = dir.path().join("recorded.yaml");
+    std::fs::write(&scenario, format!("name: a recorded booking\nassistant: {}\nrecording: call.wav\nexpect: {{ disposition: booked, extracted: {{ party_size: 2 }} }}\n", assistant.display())).unwrap();
+    let out = run_ok(ringline().args(["eval", "run", "--strict"]).arg(&scenario));
+    assert!(out.contains("PASS a recorded booking"), "{out}");
+    std::fs::write(&scenario, format!("name: mono\nassistant: {}\nrecording: {}\n", assistant.display(), root.join("eval/recordings/tidigits-dhd-2934z.wav").display())).unwrap();
+    let (ok, stdout, stderr) = run(ringline().args(["eval", "run"]).arg(&scenario));
+    assert!(!ok && format!("{stdout}{stderr}").contains("field `recording`"), "a scenario's mono recording is refused at load, naming the field: {stdout}{stderr}");
 }
 
 #[test]
