@@ -215,10 +215,10 @@ async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario
     let stt = engines.stt.clone();
     // A recorded caller: its turns cut by the VAD into clips (kept until the call is over).
     let clips = tempfile::tempdir();
-    let caller = match (&scenario.recording, &clips) {
-        (None, _) => scenario.caller.clone(),
+    let (caller, reference) = match (&scenario.recording, &clips) {
+        (None, _) => (scenario.caller.clone(), Vec::new()),
         (Some(recorded), Ok(dir)) => match recorded_caller(recorded, &engines, dir.path()) {
-            Ok(script) => script,
+            Ok(found) => found,
             Err(error) => return failed(format!("{}: {error:#}", recorded.path.display())),
         },
         (Some(_), Err(error)) => return failed(format!("cannot make a folder for the recording's turns: {error}")),
@@ -227,6 +227,7 @@ async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario
         Ok(call) => {
             let talk_over = eval::talk_over_ms(&call.caller_track, &call.agent_track, call.rate);
             let mut outcome = eval::score(scenario, &call.report, talk_over);
+            outcome.reference = reference;
             outcome.caller_speech = eval::activity(&call.caller_track, call.rate);
             outcome.agent_speech = eval::activity(&call.agent_track, call.rate);
             // Intelligibility: the agent's audio transcribed back, against what it meant to say.
@@ -245,16 +246,29 @@ async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario
     }
 }
 
-/// A recorded call's caller channel as a script: its turns, cut by the VAD, as audio lines.
-fn recorded_caller(recorded: &eval::RecordedCaller, engines: &crate::pipeline::Engines, dir: &std::path::Path) -> anyhow::Result<crate::simulation::CallerScript> {
+/// A recorded call's caller channel as a script — its turns, cut by the VAD, as audio lines —
+/// and what the recorded agent said after each turn (its channel transcribed: the reference).
+fn recorded_caller(recorded: &eval::RecordedCaller, engines: &crate::pipeline::Engines, dir: &std::path::Path) -> anyhow::Result<(crate::simulation::CallerScript, Vec<String>)> {
     use crate::eval::replay::{caller_turns, turn_clips, two_channels, RATE};
     let (left, right, rate) = two_channels(&recorded.path)?;
-    let caller = crate::audio::resample::resample(if recorded.caller_left { &left } else { &right }, rate, RATE)?;
+    let (caller, agent) = if recorded.caller_left { (left, right) } else { (right, left) };
+    let caller = crate::audio::resample::resample(&caller, rate, RATE)?;
+    let agent = crate::audio::resample::resample(&agent, rate, RATE)?;
     let mut stream = crate::vad::silero::SileroStream::default();
     let turns = caller_turns(&caller, |frame| engines.vad.probability(&mut stream, frame).unwrap_or(0.0));
     anyhow::ensure!(!turns.is_empty(), "no speech in the caller's channel; is `caller_channel` right?");
+    let reference: Vec<String> = turns
+        .iter()
+        .enumerate()
+        .map(|(i, (_, end))| {
+            let next = turns.get(i + 1).map(|t| t.0).unwrap_or(agent.len());
+            let span = &agent[(*end).min(agent.len())..next.min(agent.len())];
+            let text = if span.iter().any(|s| s.abs() > 0.02) { engines.stt.transcribe(span).map(|t| t.text).unwrap_or_default() } else { String::new() };
+            text.trim().to_string()
+        })
+        .collect();
     let lines: Vec<serde_json::Value> = turn_clips(&caller, &turns, dir)?.into_iter().map(|path| serde_json::json!({ "audio": path })).collect();
-    Ok(serde_json::from_value(serde_json::json!({ "lines": lines }))?)
+    Ok((serde_json::from_value(serde_json::json!({ "lines": lines }))?, reference))
 }
 
 /// The words in `track` over each of its `spans` of sound, transcribed one span at a time.

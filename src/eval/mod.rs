@@ -346,6 +346,10 @@ pub struct Outcome {
     /// The LLM judge's verdict on each of `expect.judge`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub judged: Vec<judge::Judgement>,
+    /// For a recorded caller: what the recorded agent said after each caller turn (its
+    /// channel, transcribed), the reference the new answers are compared with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reference: Vec<String>,
     /// When each side made sound: (from, to) in seconds, measured on the recording.
     #[serde(default)]
     pub caller_speech: Vec<(f64, f64)>,
@@ -528,6 +532,7 @@ pub fn score(scenario: &Scenario, report: &CallReport, talk_over_ms: f64) -> Out
         guards: report.guards.clone(),
         error: None,
         judged: Vec::new(),
+        reference: Vec::new(),
         said_at_s: report.transcript.iter().map(|(_, _, at)| at.as_secs_f64()).collect(),
         turns: report
             .turns

@@ -242,6 +242,13 @@ fn scenario(page: &mut String, index: usize, outcome: &Outcome, before: Option<&
             outcome.stt_errors, outcome.stt_words, outcome.agent_errors, outcome.agent_words
         );
     }
+    if !outcome.reference.is_empty() {
+        page.push_str("<p>The recorded agent, after each caller turn (the reference):</p><ol class=\"was\">");
+        for said in &outcome.reference {
+            let _ = write!(page, "<li>{}</li>", if said.is_empty() { "(silence)".to_string() } else { esc(said) });
+        }
+        page.push_str("</ol>");
+    }
     if !outcome.extracted.is_empty() {
         let fields: Vec<String> = outcome.extracted.iter().map(|(k, v)| format!("{} = {}", esc(k), esc(&v.to_string()))).collect();
         let _ = write!(page, "<p>Extracted: {}</p>", fields.join(", "));

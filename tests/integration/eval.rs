@@ -111,8 +111,12 @@ fn a_recorded_call_is_replayed_turn_by_turn_against_the_assistant() {
     // The same recording as a scenario of a suite: its caller channel is the caller.
     let scenario = dir.path().join("recorded.yaml");
     std::fs::write(&scenario, format!("name: a recorded booking\nassistant: {}\nrecording: call.wav\nexpect: {{ disposition: booked, extracted: {{ party_size: 2 }} }}\n", assistant.display())).unwrap();
-    let out = run_ok(ringline().args(["eval", "run", "--strict"]).arg(&scenario));
+    let results = dir.path().join("recorded.json");
+    let out = run_ok(ringline().args(["eval", "run", "--strict"]).arg(&scenario).arg("--json").arg(&results));
     assert!(out.contains("PASS a recorded booking"), "{out}");
+    let results: Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
+    let reference = results["outcomes"][0]["reference"].as_array().cloned().unwrap_or_default();
+    assert!(reference.len() >= 3 && reference.iter().filter(|r| !r.as_str().unwrap_or_default().is_empty()).count() >= 3, "the recorded agent's answers are kept as the reference: {results}");
     std::fs::write(&scenario, format!("name: mono\nassistant: {}\nrecording: {}\n", assistant.display(), root.join("eval/recordings/tidigits-dhd-2934z.wav").display())).unwrap();
     let (ok, stdout, stderr) = run(ringline().args(["eval", "run"]).arg(&scenario));
     assert!(!ok && format!("{stdout}{stderr}").contains("field `recording`"), "a scenario's mono recording is refused at load, naming the field: {stdout}{stderr}");
