@@ -155,6 +155,12 @@ pub fn wait_for(serve: &Serve, key: &str, call: &str, limit: Duration, done: imp
     let started = Instant::now();
     loop {
         let (status, body) = get(serve, key, &format!("/v1/calls/{call}/status"));
+        if status == 429 {
+            // Polling outran the key's rate limit: wait as the server says, then ask again.
+            assert!(started.elapsed() < limit, "call {call} still rate-limited after {limit:?}");
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
         assert_eq!(status, 200, "{body}");
         if done(&body) {
             return body;
