@@ -257,16 +257,7 @@ fn recorded_caller(recorded: &eval::RecordedCaller, engines: &crate::pipeline::E
     let mut stream = crate::vad::silero::SileroStream::default();
     let turns = caller_turns(&caller, |frame| engines.vad.probability(&mut stream, frame).unwrap_or(0.0));
     anyhow::ensure!(!turns.is_empty(), "no speech in the caller's channel; is `caller_channel` right?");
-    let reference: Vec<String> = turns
-        .iter()
-        .enumerate()
-        .map(|(i, (_, end))| {
-            let next = turns.get(i + 1).map(|t| t.0).unwrap_or(agent.len());
-            let span = &agent[(*end).min(agent.len())..next.min(agent.len())];
-            let text = if span.iter().any(|s| s.abs() > 0.02) { engines.stt.transcribe(span).map(|t| t.text).unwrap_or_default() } else { String::new() };
-            text.trim().to_string()
-        })
-        .collect();
+    let reference: Vec<String> = (0..turns.len()).map(|i| crate::eval::replay::said_in(crate::eval::replay::answer_after(&agent, &turns, i), engines.stt.as_ref())).collect();
     let lines: Vec<serde_json::Value> = turn_clips(&caller, &turns, dir)?.into_iter().map(|path| serde_json::json!({ "audio": path })).collect();
     Ok((serde_json::from_value(serde_json::json!({ "lines": lines }))?, reference))
 }

@@ -192,10 +192,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
                     let (from, to) = (ms(*end) - 500, if i + 1 < turns.len() { ms(next) } else { i64::MAX });
                     found.transcript.iter().filter(|l| l.speaker == "agent" && l.at_ms >= from && l.at_ms < to).map(|l| l.text.as_str()).collect::<Vec<_>>().join(" ")
                 }
-                None => {
-                    let span = &agent[(*end).min(agent.len())..next.min(agent.len())];
-                    if span.iter().any(|s| s.abs() > 0.02) { engines.stt.transcribe(span).map(|t| t.text).unwrap_or_default() } else { String::new() }
-                }
+                None => crate::eval::replay::said_in(crate::eval::replay::answer_after(&agent, &turns, i), engines.stt.as_ref()),
             };
             recorded.push(text.trim().to_string());
         }

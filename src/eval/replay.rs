@@ -28,6 +28,23 @@ pub fn two_channels(path: &Path) -> anyhow::Result<(Vec<f32>, Vec<f32>, u32)> {
     Ok((left, right, spec.sample_rate))
 }
 
+/// The agent channel's audio after caller turn `i` up to the next turn (at [`RATE`]): what the
+/// recorded agent answered to it.
+pub fn answer_after<'a>(agent: &'a [f32], turns: &[(usize, usize)], i: usize) -> &'a [f32] {
+    let end = turns[i].1.min(agent.len());
+    let next = turns.get(i + 1).map(|t| t.0).unwrap_or(agent.len()).min(agent.len());
+    &agent[end..next.max(end)]
+}
+
+/// What the recorded agent said in `span` (empty for silence), transcribed by `stt`.
+pub fn said_in(span: &[f32], stt: &dyn crate::stt::SpeechToText) -> String {
+    if span.iter().any(|s| s.abs() > 0.02) {
+        stt.transcribe(span).map(|t| t.text.trim().to_string()).unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 /// Each caller turn (spans at [`RATE`] of `caller`) written to `dir` as a clip with a little
 /// of the silence around it — the VAD's edges clip soft onsets and word endings — as the
 /// caller lines of a script (`{"audio": path}`).
