@@ -204,10 +204,9 @@ pub async fn call_details(State(state): State<AppState>, caller: RingezCaller, P
     let currency = currency_of(&state, &call).await;
     let mut view = ringez_view(&call, &currency);
     let turns = state.store.turns(&call.id).await?;
-    let mut v2v: Vec<f64> = turns.iter().map(|t| t.voice_to_voice_ms).filter(|v| *v > 0.0).collect();
-    v2v.sort_by(f64::total_cmp);
-    // The agent's own answer time (voice to voice, median), which Ringline does measure.
-    view["response_latency_ms"] = json!(v2v.get(v2v.len() / 2).map(|v| v.round()));
+    let v2v: Vec<f64> = turns.iter().map(|t| t.voice_to_voice_ms).filter(|v| *v > 0.0).collect();
+    // The agent's own answer time (voice to voice, p50 as `/v1/calls/{id}` reports it).
+    view["response_latency_ms"] = json!(crate::pipeline::metrics::percentile(&v2v, 0.5).map(|v| v.round()));
     Ok(Json(view))
 }
 
