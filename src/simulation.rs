@@ -53,6 +53,16 @@ pub struct CallerScript {
     /// How long the caller waits for the agent's last answer before hanging up.
     #[serde(default = "default_final_wait_ms")]
     pub final_wait_ms: u64,
+    /// The agent's voice leaks back into the caller's side (a handset or speakerphone).
+    pub echo: Option<EchoSpec>,
+}
+
+/// An echo of the agent on the caller's side: its audio, `delay_ms` late, scaled by `gain`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoSpec {
+    pub delay_ms: u32,
+    pub gain: f32,
 }
 
 fn default_caller_voice() -> String {
@@ -124,6 +134,14 @@ impl CallerScript {
                 if !known {
                     out.push(("voice".into(), format!("no voice `{}`; use espeak:en-us or an installed Piper voice", crate::assistant::check::clip(&self.voice))));
                 }
+            }
+        }
+        if let Some(echo) = self.echo {
+            if echo.delay_ms > 1_000 {
+                out.push(("echo.delay_ms".into(), format!("{} is more than 1000; an echo comes back within a second", echo.delay_ms)));
+            }
+            if !(0.0..=1.0).contains(&echo.gain) {
+                out.push(("echo.gain".into(), format!("{} is outside 0..1; use e.g. 0.3 for a loud handset", echo.gain)));
             }
         }
         if self.lines.len() > MAX_SCRIPT_LINES {
@@ -237,6 +255,9 @@ impl ScriptedCaller {
 
     /// Runs the script on `line`; `agent_idle` tells whether the agent is silent.
     pub async fn run(self, line: LoopbackLine) {
+        if let Some(echo) = self.script.echo {
+            line.echo(Duration::from_millis(echo.delay_ms as u64), echo.gain);
+        }
         // Let the agent say its first message.
         wait_for_quiet(&line, Duration::from_millis(600), tokio::time::Instant::now() + ANSWER_TIMEOUT).await;
         for (spec, samples) in self.script.lines.iter().zip(self.audio) {

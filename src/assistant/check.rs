@@ -82,6 +82,10 @@ pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
     if partial != 0 && !(300..=10_000).contains(&partial) {
         problem("stt.partial_interval_ms".into(), format!("{partial} is outside 300..10000; use 0 to turn partial transcripts off"));
     }
+    let confirm_below = spec.stt.confirm_below;
+    if !(0.0..=1.0).contains(&confirm_below) {
+        problem("stt.confirm_below".into(), format!("{confirm_below} is outside 0..1; use 0 to never check what was heard"));
+    }
 
     for (name, variable) in &spec.variables {
         let field = format!("variables.{name}");

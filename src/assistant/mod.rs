@@ -220,6 +220,15 @@ pub struct SttSpec {
     /// current question expects.
     #[serde(default)]
     pub vocabulary: Vec<String>,
+    /// A caller turn heard with less confidence than this (0..1), or holding a word heard
+    /// with little, is unsure: a flow slot filled from it, in a node without a read-back,
+    /// is checked with the caller ("I heard 4 5 1 2. Is that right?"). 0 turns checks off.
+    #[serde(default = "default_confirm_below")]
+    pub confirm_below: f32,
+}
+
+fn default_confirm_below() -> f32 {
+    0.5
 }
 
 fn default_partial_interval_ms() -> u32 {
@@ -235,7 +244,7 @@ fn default_stt_model() -> String {
 
 impl Default for SttSpec {
     fn default() -> Self {
-        SttSpec { provider: default_stt_provider(), model: default_stt_model(), base_url: None, api_key_env: None, api_key_secret: None, vocabulary: Vec::new(), partial_interval_ms: default_partial_interval_ms() }
+        SttSpec { provider: default_stt_provider(), model: default_stt_model(), base_url: None, api_key_env: None, api_key_secret: None, vocabulary: Vec::new(), partial_interval_ms: default_partial_interval_ms(), confirm_below: default_confirm_below() }
     }
 }
 
@@ -387,6 +396,10 @@ pub struct TurnSpec {
     pub idle_reprompt_s: f32,
     pub idle_hangup_s: f32,
     pub max_duration_s: f32,
+    /// Take the agent's own voice, come back on the caller's side (a handset's earpiece, a
+    /// speakerphone), out of what the call hears, so it neither interrupts the agent nor is
+    /// answered as the caller's words.
+    pub cancel_echo: bool,
 }
 
 impl Default for TurnSpec {
@@ -404,6 +417,7 @@ impl Default for TurnSpec {
             idle_reprompt_s: 8.0,
             idle_hangup_s: 20.0,
             max_duration_s: 600.0,
+            cancel_echo: true,
         }
     }
 }

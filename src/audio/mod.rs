@@ -6,6 +6,7 @@
 //! level measurements instead of one per codec.
 
 pub mod decode;
+pub mod echo;
 pub mod g711;
 pub mod resample;
 

@@ -164,9 +164,3 @@ pub fn threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(4)
 }
 
-/// Loads the default voice and STT model, for commands that need both.
-pub fn load_default_engines(store: &ModelStore) -> anyhow::Result<(Box<dyn TextToSpeech>, WhisperStt)> {
-    let voice = tts::load_voice(store, tts::DEFAULT_VOICE, threads())?;
-    let stt = WhisperStt::load(store, DEFAULT_STT_MODEL, threads(), None)?;
-    Ok((voice, stt))
-}

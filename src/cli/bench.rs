@@ -4,10 +4,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
-use super::audio_cmds::{load_default_engines, DEFAULT_STT_MODEL};
-use crate::audio::MODEL_RATE;
 use crate::models::ModelStore;
-use crate::stt::SpeechToText;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -52,17 +49,23 @@ pub enum BenchCommand {
         #[arg(long, default_value = "assistants/order_status.yaml")]
         assistant: std::path::PathBuf,
     },
-    /// Speech-to-text time and real-time factor for 2, 5 and 10 s utterances.
+    /// Every installed speech model side by side: word errors on the dev set as recorded and
+    /// through a phone line (dev and held-out), digit strings, and time for 2, 5 and 10 s.
     Stt {
         /// Runs per utterance length (after one warm-up run).
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Store models to compare (default: every installed one).
+        #[arg(long = "model")]
+        models: Vec<String>,
+        #[arg(long, default_value = "eval/stt/devset.yaml")]
+        devset: std::path::PathBuf,
     },
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Stt { runs } => bench_stt(runs.max(1)),
+        BenchCommand::Stt { runs, models, devset } => super::bench_stt::run(runs.max(1), models, &devset),
         BenchCommand::Analysis { assistant } => bench_analysis(&assistant),
         BenchCommand::Api(args) => super::bench_api::run(args),
         BenchCommand::Calls(args) => super::bench_calls::run(args),
@@ -135,7 +138,7 @@ fn bench_analysis(assistant: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Texts Piper speaks in roughly 2, 5 and 10 seconds.
-const UTTERANCES: &[(f32, &str)] = &[
+pub(super) const UTTERANCES: &[(f32, &str)] = &[
     (2.0, "I would like to book a table."),
     (5.0, "Hi, I am calling about my order. It was supposed to arrive on Monday."),
     (
@@ -145,36 +148,3 @@ const UTTERANCES: &[(f32, &str)] = &[
     ),
 ];
 
-fn bench_stt(runs: usize) -> anyhow::Result<()> {
-    let store = ModelStore::from_env()?;
-    let (voice, stt) = load_default_engines(&store)?;
-    // Live turns transcribe one utterance without timestamps: measure that mode.
-    let stt = stt.without_timestamps();
-    println!("model {DEFAULT_STT_MODEL} (utterance mode), {} threads, {runs} runs each (after a warm-up)", super::audio_cmds::threads());
-    println!("{:>8} {:>10} {:>10} {:>10} {:>8}", "target", "audio s", "p50 ms", "max ms", "rtf p50");
-    for (target, text) in UTTERANCES {
-        let mut audio = voice.speak_all(text)?.to_rate(MODEL_RATE)?;
-        // Pad with trailing silence to the nominal length, as a VAD-cut turn would end.
-        let target_len = (*target * MODEL_RATE as f32) as usize;
-        if audio.samples.len() < target_len {
-            audio.samples.resize(target_len, 0.0);
-        }
-        stt.transcribe(&audio.samples)?;
-        let mut times: Vec<Duration> = Vec::new();
-        for _ in 0..runs {
-            times.push(stt.transcribe(&audio.samples)?.processing);
-        }
-        times.sort();
-        let p50 = times[times.len() / 2];
-        let max = *times.last().expect("at least one run");
-        println!(
-            "{:>7.0}s {:>10.2} {:>10.0} {:>10.0} {:>8.3}",
-            target,
-            audio.duration_secs(),
-            p50.as_secs_f64() * 1000.0,
-            max.as_secs_f64() * 1000.0,
-            p50.as_secs_f64() / audio.duration_secs() as f64
-        );
-    }
-    Ok(())
-}

@@ -7,6 +7,7 @@ mod audio_cmds;
 mod bench;
 mod bench_api;
 mod bench_calls;
+mod bench_stt;
 mod replay_cmd;
 pub mod call_cmds;
 mod eval_cmd;

@@ -251,6 +251,10 @@ enum Awaiting {
     Tool,
     /// The LLM reading `text`: for the slot at this index, or (`None`) a yes/no to the read-back.
     Extraction { slot: Option<usize>, text: String, id: u64 },
+    /// A yes/no to "I heard …, is that right?": the slot at `slot` was filled from words the
+    /// recognizer was unsure of, in a node without a read-back of its own. `text` is what
+    /// the caller said (it may hold the next slots too).
+    Check { slot: usize, text: String, question: String },
     /// Nothing more here (the call is ending, or a dead end).
     Nothing,
 }
@@ -288,6 +292,9 @@ pub struct Flow {
     extract: Option<ExtractRequest>,
     /// Readings asked for so far: each has its number, and only the latest counts.
     readings: u64,
+    /// The caller turn being answered was heard unsure: these words (lower case), or all of
+    /// them (`Some(empty)`) when the whole turn was.
+    unsure: Option<Vec<String>>,
 }
 
 /// How many nodes one reply may pass through (`next` chains without a question).
@@ -298,7 +305,17 @@ impl Flow {
     /// assistant's timezone.
     pub fn new(spec: FlowSpec, base: Map<String, Value>, today: NaiveDate) -> Flow {
         let node = spec.start.clone();
-        Flow { spec, base, today, node, slots: Map::new(), spoken: Map::new(), awaiting: Awaiting::Nothing, attempts: 0, visited: Vec::new(), started: false, tool: None, lenient: None, keyed: String::new(), llm_reads: false, extract: None, readings: 0 }
+        Flow { spec, base, today, node, slots: Map::new(), spoken: Map::new(), awaiting: Awaiting::Nothing, attempts: 0, visited: Vec::new(), started: false, tool: None, lenient: None, keyed: String::new(), llm_reads: false, extract: None, readings: 0, unsure: None }
+    }
+
+    /// Like [`Flow::on_caller`], for words the recognizer was unsure of: `unsure` names the
+    /// doubtful words (empty: the whole turn). A slot filled from them, in a node without a
+    /// read-back, is checked with the caller before the flow goes on.
+    pub fn on_caller_unsure(&mut self, text: &str, unsure: &[String]) -> Reply {
+        self.unsure = Some(unsure.iter().flat_map(|w| crate::text::normalized_words(w)).collect());
+        let reply = self.on_caller(text);
+        self.unsure = None;
+        reply
     }
 
     /// Lets the flow ask the LLM to read answers its parsers don't understand (see
@@ -324,7 +341,7 @@ impl Flow {
                 }
                 Some(std::sync::Arc::new(move |text: &str| probe.parse_slot(&slot, text, false).is_some()))
             }
-            Awaiting::Confirmation => Some(std::sync::Arc::new(|text: &str| parse::yes_no(text).is_some())),
+            Awaiting::Confirmation | Awaiting::Check { .. } => Some(std::sync::Arc::new(|text: &str| parse::yes_no(text).is_some())),
             Awaiting::Answer => {
                 let routes: Vec<Vec<String>> = node.routes.iter().map(|r| r.says.clone()).collect();
                 let yes_no = node.on_yes.is_some() || node.on_no.is_some();
@@ -369,7 +386,7 @@ impl Flow {
                     }
                 }
             }
-            Awaiting::Confirmation => phrases.extend(yes_no()),
+            Awaiting::Confirmation | Awaiting::Check { .. } => phrases.extend(yes_no()),
             Awaiting::Answer => {
                 for route in &node.routes {
                     phrases.extend(route.says.iter().cloned());
@@ -461,6 +478,7 @@ impl Flow {
                     self.not_understood(text, &mut lines);
                 }
             }
+            Awaiting::Check { slot, text: heard, .. } => self.checked(slot, &heard, text, &mut lines, &mut actions),
             Awaiting::Extraction { slot, .. } => {
                 // New words while the LLM read the last ones: these are the answer now (the
                 // reading still in flight finds the flow no longer waiting for it).
@@ -511,8 +529,8 @@ impl Flow {
         match node.on_digit.get(&digit.to_string()) {
             Some(next) => self.enter(next, "", &mut lines, &mut actions),
             None => match (&self.awaiting, digit) {
-                (Awaiting::Confirmation | Awaiting::Answer, '1') => return self.on_caller("yes"),
-                (Awaiting::Confirmation | Awaiting::Answer, '2') => return self.on_caller("no"),
+                (Awaiting::Confirmation | Awaiting::Answer | Awaiting::Check { .. }, '1') => return self.on_caller("yes"),
+                (Awaiting::Confirmation | Awaiting::Answer | Awaiting::Check { .. }, '2') => return self.on_caller("no"),
                 _ => lines.extend(self.pending_question()),
             },
         }
@@ -768,6 +786,13 @@ impl Flow {
                 self.slots.insert(slot.name.clone(), value);
                 self.spoken.insert(slot.name.clone(), json!(spoken));
                 self.attempts = 0;
+                if node.confirm.is_none() && self.heard_unsure(&spoken) {
+                    // No read-back will catch a mishearing here: check this one value now.
+                    let question = format!("Just to be sure, I heard {spoken}. Is that right?");
+                    lines.push(question.clone());
+                    self.awaiting = Awaiting::Check { slot: index, text: text.to_string(), question };
+                    return;
+                }
                 // The same words may hold the next slots too.
                 self.fill_or_ask(text, lines, actions);
             }
@@ -775,6 +800,39 @@ impl Flow {
                 self.attempts += 1;
                 lines.push(message);
                 lines.push(slot.question.clone());
+            }
+        }
+    }
+
+    /// Whether the words a slot's value was read from were heard unsure.
+    fn heard_unsure(&self, spoken: &str) -> bool {
+        match &self.unsure {
+            None => false,
+            Some(words) if words.is_empty() => true,
+            Some(words) => crate::text::normalized_words(spoken).iter().any(|w| words.contains(w)),
+        }
+    }
+
+    /// The caller's answer to "I heard …, is that right?" for the slot at `index`, filled from
+    /// `heard`: yes goes on with those words; no asks the slot again; anything else is taken
+    /// as the slot's answer itself ("no, seven thirty" → "seven thirty" is heard afresh).
+    fn checked(&mut self, index: usize, heard: &str, text: &str, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
+        let node = self.current().clone();
+        let Some(slot) = node.collect.get(index) else { return };
+        match parse::yes_no(text) {
+            Some(true) => {
+                self.awaiting = Awaiting::Slot(index);
+                self.fill_or_ask(heard, lines, actions);
+            }
+            answer => {
+                self.slots.remove(&slot.name);
+                self.spoken.remove(&slot.name);
+                self.awaiting = Awaiting::Slot(index);
+                if answer.is_some() && self.parse_slot(slot, text, false).is_none() {
+                    lines.push(format!("Sorry about that. {}", slot.question));
+                } else {
+                    self.on_slot_answer(index, text, lines, actions);
+                }
             }
         }
     }
@@ -864,6 +922,7 @@ impl Flow {
             Awaiting::Answer => node.say.clone(),
             Awaiting::Extraction { slot: Some(index), .. } => node.collect.get(*index).map(|s| s.question.clone()),
             Awaiting::Extraction { slot: None, .. } => node.confirm.clone(),
+            Awaiting::Check { question, .. } => Some(question.clone()),
             Awaiting::Tool | Awaiting::Nothing => None,
         }
     }

@@ -383,3 +383,62 @@ fn words_that_answer_the_question_end_the_turn_and_a_question_is_not_a_name() {
     let check = flow.answer_check().expect("a yes or no is awaited");
     assert!(check("yes that's right") && !check("hmm"));
 }
+
+const ORDER_LOOKUP: &str = r#"
+start: ask
+nodes:
+  ask:
+    collect:
+      - { name: order_number, type: digits, question: "What is your order number?" }
+      - { name: email, type: email, question: "And the email on the order?" }
+    next: found
+  found:
+    say: "Thanks, looking up {{ order_number }}."
+"#;
+
+fn lookup() -> Flow {
+    let spec: FlowSpec = serde_yaml::from_str(ORDER_LOOKUP).unwrap();
+    assert_eq!(problems(&spec, &[], &[]), Vec::<(String, String)>::new());
+    let mut flow = Flow::new(spec, Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
+    assert_eq!(said(&flow.begin()), "What is your order number?");
+    flow
+}
+
+#[test]
+fn a_slot_heard_unsure_without_a_read_back_is_checked_with_the_caller() {
+    // Sure words: no check.
+    let mut flow = lookup();
+    assert_eq!(said(&flow.on_caller("It's 4 5 1 2 9.")), "And the email on the order?");
+
+    // The digits were the unsure words: "I heard …, is that right?"; yes goes on.
+    let mut flow = lookup();
+    let reply = flow.on_caller_unsure("It's 4 5 1 2 9.", &["9.".into()]);
+    assert_eq!(said(&reply), "Just to be sure, I heard 4 5 1, 2 9. Is that right?");
+    assert_eq!(reply.slots["order_number"], json!("45129"));
+    assert_eq!(said(&flow.on_caller("Yes.")), "And the email on the order?");
+
+    // No: the value is forgotten and the question asked again.
+    let mut flow = lookup();
+    flow.on_caller_unsure("It's 4 5 1 2 9.", &[]);
+    let reply = flow.on_caller("No.");
+    assert_eq!(said(&reply), "Sorry about that. What is your order number?");
+    assert!(!reply.slots.contains_key("order_number"));
+    // A correction in the same breath is the answer itself.
+    let mut flow = lookup();
+    flow.on_caller_unsure("It's 4 5 1 2 9.", &[]);
+    let reply = flow.on_caller("No, it's 4 5 1 2 8.");
+    assert_eq!(reply.slots["order_number"], json!("45128"));
+    assert_eq!(said(&reply), "And the email on the order?");
+
+    // An unsure word that is not the value ("um") checks nothing.
+    let mut flow = lookup();
+    assert_eq!(said(&flow.on_caller_unsure("Um, it's 4 5 1 2 9.", &["Um,".into()])), "And the email on the order?");
+}
+
+#[test]
+fn a_node_with_its_own_read_back_is_not_checked_twice() {
+    let mut flow = flow();
+    flow.on_caller("Hi, I'd like a table for 2 today at 7 pm please");
+    let reply = flow.on_caller_unsure("The name is Sarah.", &[]);
+    assert_eq!(said(&reply), "So that's a table for 2, today at 7 pm, under Sarah. Is that right?");
+}

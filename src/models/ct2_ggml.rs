@@ -25,7 +25,42 @@ const N_MELS: usize = 80;
 const N_FFT: usize = 400;
 const SAMPLE_RATE: f64 = 16_000.0;
 const AUDIO_CTX: i32 = 1500;
-const FTYPE_F16: i32 = 1;
+/// ggml's `GGML_QNT_VERSION × GGML_QNT_VERSION_FACTOR`, added to a quantized file's ftype.
+const QUANTIZED_VERSION: i32 = 2 * 1000;
+/// Values per quantized block (Q8_0 and Q5_1 alike).
+const BLOCK: usize = 32;
+
+/// How the weight matrices are stored. whisper.cpp takes the file's type for every matrix
+/// (the token embedding included); convolutions stay f16 and vectors f32 in all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// As shipped: half precision.
+    F16,
+    /// 8-bit blocks with one f16 scale per 32 values (~0.53× the size of f16).
+    Q8_0,
+    /// 5-bit blocks with an f16 scale and minimum per 32 values (~0.38×).
+    Q5_1,
+}
+
+impl Weights {
+    /// The ggml file's `ftype` hyperparameter.
+    fn ftype(self) -> i32 {
+        match self {
+            Weights::F16 => 1,
+            Weights::Q8_0 => 7 + QUANTIZED_VERSION,
+            Weights::Q5_1 => 9 + QUANTIZED_VERSION,
+        }
+    }
+
+    /// The ggml type of a weight matrix.
+    fn matrix_type(self) -> i32 {
+        match self {
+            Weights::F16 => 1,
+            Weights::Q8_0 => 8,
+            Weights::Q5_1 => 7,
+        }
+    }
+}
 
 /// A tensor as written to the ggml file: borrowed from the model, or a slice split from a fused one.
 struct Tensor<'a> {
@@ -42,6 +77,20 @@ struct Variable {
 
 /// Converts `<dir>/model.bin` + `<dir>/vocabulary.txt` into a ggml file at `output`.
 pub fn convert(dir: &Path, output: &Path) -> Result<(), ConvertError> {
+    convert_to(dir, output, Weights::F16)
+}
+
+/// [`convert`], with the weight matrices quantized to Q8_0.
+pub fn convert_q8_0(dir: &Path, output: &Path) -> Result<(), ConvertError> {
+    convert_to(dir, output, Weights::Q8_0)
+}
+
+/// [`convert`], with the weight matrices quantized to Q5_1.
+pub fn convert_q5_1(dir: &Path, output: &Path) -> Result<(), ConvertError> {
+    convert_to(dir, output, Weights::Q5_1)
+}
+
+fn convert_to(dir: &Path, output: &Path, weights: Weights) -> Result<(), ConvertError> {
     let model_path = dir.join("model.bin");
     let bytes = std::fs::read(&model_path).map_err(|source| ConvertError::Read { path: model_path.clone(), source })?;
     let (variables, scalars) = read_ct2(&bytes).map_err(|reason| ConvertError::Format { path: model_path.clone(), expected: CT2_WHISPER, reason })?;
@@ -78,7 +127,7 @@ pub fn convert(dir: &Path, output: &Path) -> Result<(), ConvertError> {
         heads("decoder")?,
         decoder_layers as i32,
         conv1.dims[1] as i32,
-        FTYPE_F16,
+        weights.ftype(),
     ];
 
     let mut tensors: Vec<Tensor<'_>> = vec![whole("encoder.positional_embedding", get("encoder/position_encodings/encodings")?)];
@@ -101,12 +150,22 @@ pub fn convert(dir: &Path, output: &Path) -> Result<(), ConvertError> {
 
     let file = std::fs::File::create(output).map_err(|source| ConvertError::Write { path: output.to_path_buf(), source })?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    write_ggml(&mut out, &hparams, &tokens, &tensors)
+    if weights != Weights::F16 {
+        if let Some(t) = tensors.iter().find(|t| is_matrix(t) && t.dims[1] % BLOCK != 0) {
+            return Err(ConvertError::Format { path: model_path, expected: CT2_WHISPER, reason: format!("{}: rows of {} values do not divide into blocks of {BLOCK}", t.name, t.dims[1]) });
+        }
+    }
+    write_ggml(&mut out, &hparams, &tokens, &tensors, weights)
         .and_then(|_| out.flush())
         .map_err(|source| ConvertError::Write { path: output.to_path_buf(), source })
 }
 
-fn write_ggml(out: &mut impl Write, hparams: &[i32], tokens: &[Vec<u8>], tensors: &[Tensor<'_>]) -> std::io::Result<()> {
+/// A weight matrix: two dimensions, not a positional embedding (those stay f32).
+fn is_matrix(tensor: &Tensor<'_>) -> bool {
+    tensor.dims.len() == 2 && !tensor.name.contains("positional_embedding")
+}
+
+fn write_ggml(out: &mut impl Write, hparams: &[i32], tokens: &[Vec<u8>], tensors: &[Tensor<'_>], weights: Weights) -> std::io::Result<()> {
     out.write_all(&GGML_MAGIC.to_le_bytes())?;
     for value in hparams {
         out.write_all(&value.to_le_bytes())?;
@@ -121,19 +180,29 @@ fn write_ggml(out: &mut impl Write, hparams: &[i32], tokens: &[Vec<u8>], tensors
         out.write_all(&(token.len() as i32).to_le_bytes())?;
         out.write_all(token)?;
     }
-    for Tensor { name, dims, values } in tensors {
+    for tensor in tensors {
+        let Tensor { name, dims, values } = tensor;
         let is_conv_bias = name.starts_with("encoder.conv") && name.ends_with(".bias");
         let dims: Vec<usize> = if is_conv_bias { vec![dims[0], 1] } else { dims.to_vec() };
         let keep_f32 = dims.len() < 2 || is_conv_bias || name.contains("positional_embedding");
+        let quantize = weights != Weights::F16 && is_matrix(tensor);
+        let ggml_type = if keep_f32 { 0i32 } else if quantize { weights.matrix_type() } else { 1 };
         out.write_all(&(dims.len() as i32).to_le_bytes())?;
         out.write_all(&(name.len() as i32).to_le_bytes())?;
-        out.write_all(&(if keep_f32 { 0i32 } else { 1 }).to_le_bytes())?;
+        out.write_all(&ggml_type.to_le_bytes())?;
         for dim in dims.iter().rev() {
             out.write_all(&(*dim as i32).to_le_bytes())?;
         }
         out.write_all(name.as_bytes())?;
         let mut buffer = Vec::with_capacity(values.len() * 4);
-        if keep_f32 {
+        if quantize {
+            for block in values.chunks_exact(BLOCK) {
+                match weights {
+                    Weights::Q8_0 => quantize_q8_0(block, &mut buffer),
+                    _ => quantize_q5_1(block, &mut buffer),
+                }
+            }
+        } else if keep_f32 {
             values.iter().for_each(|v: &f32| buffer.extend_from_slice(&v.to_le_bytes()));
         } else {
             values.iter().for_each(|v: &f32| buffer.extend_from_slice(&f16::from_f32(*v).to_le_bytes()));
@@ -141,6 +210,53 @@ fn write_ggml(out: &mut impl Write, hparams: &[i32], tokens: &[Vec<u8>], tensors
         out.write_all(&buffer)?;
     }
     Ok(())
+}
+
+/// One Q8_0 block as ggml's reference quantizer writes it: f16 scale `amax / 127`, then each
+/// value over the scale rounded half away from zero. Only comparisons pick the extremes (no
+/// `f32::max`), so the bytes cannot depend on how a build lowers min/max of signed zeros.
+fn quantize_q8_0(block: &[f32], out: &mut Vec<u8>) {
+    let mut amax = 0f32;
+    for v in block {
+        if v.abs() > amax {
+            amax = v.abs();
+        }
+    }
+    let scale = amax / 127.0;
+    let inverse = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+    out.extend_from_slice(&f16::from_f32(scale).to_le_bytes());
+    out.extend(block.iter().map(|v| (v * inverse).round() as i8 as u8));
+}
+
+/// One Q5_1 block as ggml's reference quantizer writes it: f16 scale `(max − min) / 31` and
+/// f16 minimum, the high bits of the 32 five-bit values in a u32, their low nibbles paired
+/// (value j with value j + 16). Values are `(x − min) / scale + 0.5`, truncated, as ggml does.
+fn quantize_q5_1(block: &[f32], out: &mut Vec<u8>) {
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in block {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    let scale = (max - min) / 31.0;
+    let inverse = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+    let level = |v: f32| ((v - min) * inverse + 0.5) as u8;
+    let half = BLOCK / 2;
+    let mut high = 0u32;
+    let mut nibbles = [0u8; BLOCK / 2];
+    for j in 0..half {
+        let (low, up) = (level(block[j]), level(block[j + half]));
+        nibbles[j] = (low & 0x0F) | ((up & 0x0F) << 4);
+        high |= (((low & 0x10) >> 4) as u32) << j;
+        high |= (((up & 0x10) >> 4) as u32) << (j + half);
+    }
+    out.extend_from_slice(&f16::from_f32(scale).to_le_bytes());
+    out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+    out.extend_from_slice(&high.to_le_bytes());
+    out.extend_from_slice(&nibbles);
 }
 
 /// Appends one transformer block's tensors, in PyTorch order, splitting fused projections.
@@ -391,6 +507,148 @@ mod tests {
         let peak = first.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
         assert_eq!(peak, 1);
     }
+
+    /// Dequantizes one block the way ggml reads it.
+    fn dequantize(bytes: &[u8], weights: Weights) -> Vec<f32> {
+        let f = |i: usize| f16::from_le_bytes([bytes[i], bytes[i + 1]]).to_f32();
+        match weights {
+            Weights::Q8_0 => bytes[2..34].iter().map(|q| *q as i8 as f32 * f(0)).collect(),
+            _ => {
+                let high = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+                let mut values = vec![0f32; BLOCK];
+                for j in 0..BLOCK / 2 {
+                    let low = (bytes[8 + j] & 0x0F) as u32 | ((high >> j) & 1) << 4;
+                    let up = (bytes[8 + j] >> 4) as u32 | ((high >> (j + 16)) & 1) << 4;
+                    values[j] = low as f32 * f(0) + f(2);
+                    values[j + 16] = up as f32 * f(0) + f(2);
+                }
+                values
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_blocks_round_trip_within_half_a_step() {
+        let block: Vec<f32> = (0..BLOCK).map(|i| ((i as f32 * 0.37).sin() * 0.8) - 0.1).collect();
+        for (weights, size, steps) in [(Weights::Q8_0, 34, 127.0 * 2.0), (Weights::Q5_1, 24, 31.0)] {
+            let mut bytes = Vec::new();
+            if weights == Weights::Q8_0 { quantize_q8_0(&block, &mut bytes) } else { quantize_q5_1(&block, &mut bytes) }
+            assert_eq!(bytes.len(), size, "{weights:?}: ggml's block size");
+            let range = block.iter().cloned().fold(f32::MIN, f32::max) - block.iter().cloned().fold(f32::MAX, f32::min);
+            let amax = block.iter().map(|v| v.abs()).fold(0.0, f32::max);
+            let step = if weights == Weights::Q8_0 { amax * 2.0 / steps } else { range / steps };
+            for (was, now) in block.iter().zip(dequantize(&bytes, weights)) {
+                assert!((was - now).abs() <= step * 0.51 + 2e-3, "{weights:?}: {was} became {now}");
+            }
+        }
+        // An all-zero block (and signed zeros) gives the same bytes every time: zero scale.
+        let mut a = Vec::new();
+        quantize_q8_0(&[0.0; BLOCK], &mut a);
+        let mut b = Vec::new();
+        quantize_q8_0(&[-0.0; BLOCK], &mut b);
+        assert_eq!(a, b);
+    }
+
+    /// Writes a tiny CTranslate2 Whisper (one layer each side, width 32) whose f32 weights hold
+    /// what rounding can trip on: signed zeros, subnormals, f16 ties, values f16 cannot hold.
+    fn tiny_ct2(dir: &Path) {
+        let width = 32usize;
+        let mut vars: Vec<(String, Vec<usize>)> = vec![
+            ("encoder/conv1/weight".into(), vec![width, 80, 3]),
+            ("encoder/conv1/bias".into(), vec![width]),
+            ("encoder/conv2/weight".into(), vec![width, width, 3]),
+            ("encoder/conv2/bias".into(), vec![width]),
+            ("encoder/position_encodings/encodings".into(), vec![8, width]),
+            ("encoder/layer_norm/gamma".into(), vec![width]),
+            ("encoder/layer_norm/beta".into(), vec![width]),
+            ("decoder/embeddings/weight".into(), vec![4, width]),
+            ("decoder/position_encodings/encodings".into(), vec![8, width]),
+            ("decoder/layer_norm/gamma".into(), vec![width]),
+            ("decoder/layer_norm/beta".into(), vec![width]),
+        ];
+        for side in ["encoder", "decoder"] {
+            let p = |rest: &str| format!("{side}/layer_0/{rest}");
+            vars.push((p("self_attention/linear_0/weight"), vec![3 * width, width]));
+            vars.push((p("self_attention/linear_0/bias"), vec![3 * width]));
+            vars.push((p("self_attention/linear_1/weight"), vec![width, width]));
+            vars.push((p("self_attention/linear_1/bias"), vec![width]));
+            vars.push((p("self_attention/layer_norm/gamma"), vec![width]));
+            vars.push((p("self_attention/layer_norm/beta"), vec![width]));
+            if side == "decoder" {
+                vars.push((p("attention/linear_0/weight"), vec![width, width]));
+                vars.push((p("attention/linear_0/bias"), vec![width]));
+                vars.push((p("attention/linear_1/weight"), vec![2 * width, width]));
+                vars.push((p("attention/linear_1/bias"), vec![2 * width]));
+                vars.push((p("attention/linear_2/weight"), vec![width, width]));
+                vars.push((p("attention/linear_2/bias"), vec![width]));
+                vars.push((p("attention/layer_norm/gamma"), vec![width]));
+                vars.push((p("attention/layer_norm/beta"), vec![width]));
+            }
+            vars.push((p("ffn/linear_0/weight"), vec![width, width]));
+            vars.push((p("ffn/linear_0/bias"), vec![width]));
+            vars.push((p("ffn/linear_1/weight"), vec![width, width]));
+            vars.push((p("ffn/linear_1/bias"), vec![width]));
+            vars.push((p("ffn/layer_norm/gamma"), vec![width]));
+            vars.push((p("ffn/layer_norm/beta"), vec![width]));
+        }
+        let string = |out: &mut Vec<u8>, s: &str| {
+            out.extend_from_slice(&((s.len() + 1) as u16).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+            out.push(0);
+        };
+        let mut out = Vec::new();
+        out.extend_from_slice(&6u32.to_le_bytes());
+        string(&mut out, "WhisperSpec");
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&((vars.len() + 2) as u32).to_le_bytes());
+        let special = [0.0f32, -0.0, 1e-40, -1e-40, 1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0, 65520.0 / 1e5, -0.333_333_34];
+        let mut state = 0x9E37_79B9u32;
+        for (name, dims) in &vars {
+            string(&mut out, name);
+            out.push(dims.len() as u8);
+            dims.iter().for_each(|d| out.extend_from_slice(&(*d as u32).to_le_bytes()));
+            out.push(0); // f32
+            let n: usize = dims.iter().product();
+            out.extend_from_slice(&((n * 4) as u32).to_le_bytes());
+            for i in 0..n {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let v = if i % 7 == 0 { special[(i / 7) % special.len()] } else { (state >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0 };
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        for side in ["encoder", "decoder"] {
+            string(&mut out, &format!("{side}/num_heads"));
+            out.push(0);
+            out.push(3); // i32 scalar
+            out.extend_from_slice(&4u32.to_le_bytes());
+            out.extend_from_slice(&1i32.to_le_bytes());
+        }
+        out.extend_from_slice(&0u32.to_le_bytes());
+        std::fs::write(dir.join("model.bin"), out).unwrap();
+        std::fs::write(dir.join("vocabulary.txt"), "a\nb\nĠc\n<|endoftext|>\n").unwrap();
+    }
+
+    /// The conversion's bytes are pinned for each weight format, on weights full of the values
+    /// where rounding differs between ways of computing it. A change of arithmetic — or a build
+    /// that computes it differently — shows here as a different hash (the release build was
+    /// checked against the same pins when they were recorded; see docs/decisions.md).
+    #[test]
+    fn every_weight_format_converts_to_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_ct2(dir.path());
+        let mut hashes = Vec::new();
+        for (weights, name) in [(Weights::F16, "f16"), (Weights::Q8_0, "q8_0"), (Weights::Q5_1, "q5_1")] {
+            let output = dir.path().join(format!("{name}.bin"));
+            convert_to(dir.path(), &output, weights).unwrap();
+            hashes.push((name, super::super::sha256_file(&output).unwrap()));
+        }
+        let pinned: [(&str, &str); 3] = [("f16", PIN_F16), ("q8_0", PIN_Q8_0), ("q5_1", PIN_Q5_1)];
+        assert_eq!(hashes, pinned.map(|(n, h)| (n, h.to_string())).to_vec());
+    }
+
+    const PIN_F16: &str = "169c671221473e59f2dffbff040155a0074db785927dfe885684e6e3e0fe3902";
+    const PIN_Q8_0: &str = "db91cb177e002bd41caea1cbc98fa91d9a657c2eeaed3d66ad482dfc0258a5ad";
+    const PIN_Q5_1: &str = "c9d9083f644e67c9513dba8d0e89e5e13766c68404edcc109e8ced7a4f02d19e";
 
     #[test]
     fn truncated_model_is_a_format_error() {

@@ -60,6 +60,8 @@ pub type Converter = fn(&Path, &Path) -> Result<(), ConvertError>;
 pub fn converter(kind: &str) -> Option<Converter> {
     match kind {
         "whisper-ct2-to-ggml" => Some(ct2_ggml::convert),
+        "whisper-ct2-to-ggml-q8_0" => Some(ct2_ggml::convert_q8_0),
+        "whisper-ct2-to-ggml-q5_1" => Some(ct2_ggml::convert_q5_1),
         "gguf-q4_1-to-q8_0" => Some(gguf_q8::requantize_q4_1_to_q8_0),
         _ => None,
     }

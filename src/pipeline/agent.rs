@@ -326,7 +326,7 @@ impl Agent {
             Frame::TranscriptFinal(user) => self.on_user_turn(state, user, report),
             Frame::Dtmf(digit) => {
                 state.history.push(Message::User { content: format!("(the caller pressed {digit} on the keypad)") });
-                self.emit(CallEvent::Caller { text: format!("[DTMF {digit}]"), at: now });
+                self.emit(CallEvent::Caller { text: format!("[DTMF {digit}]"), at: now, confidence: None });
                 state.caller_lines += 1;
                 self.replace_turn(state, report);
                 match state.flow.as_mut().map(|flow| flow.on_digit(digit)) {
@@ -363,7 +363,7 @@ impl Agent {
             return;
         }
         // The transcript shows the words when they were said, even if the answer must wait.
-        self.emit(CallEvent::Caller { text: user.text.clone(), at: user.speech_end });
+        self.emit(CallEvent::Caller { text: user.text.clone(), at: user.speech_end, confidence: user.confidence });
         self.analysis.analyze(state.caller_lines, &user.text);
         state.caller_lines += 1;
         report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push(("caller".into(), user.text.clone(), user.speech_end));
@@ -384,7 +384,19 @@ impl Agent {
             self.replace_turn(state, report);
         }
         state.history.push(Message::User { content: user.text.clone() });
-        match state.flow.as_mut().map(|flow| flow.on_caller(&user.text)) {
+        let confirm_below = self.ctx.assistant.spec.stt.confirm_below;
+        let unsure: Option<&[String]> = match user.confidence {
+            Some(confidence) if confidence < confirm_below => Some(&[]),
+            _ if !user.unsure.is_empty() && confirm_below > 0.0 => Some(&user.unsure),
+            _ => None,
+        };
+        if let Some(words) = unsure {
+            self.emit(CallEvent::Note(format!("heard unsure ({}): {}", user.confidence.map_or("?".into(), |c| format!("{c:.2}")), if words.is_empty() { "the whole turn".to_string() } else { words.join(", ") })));
+        }
+        match state.flow.as_mut().map(|flow| match unsure {
+            Some(words) => flow.on_caller_unsure(&user.text, words),
+            None => flow.on_caller(&user.text),
+        }) {
             Some(reply) => self.follow_flow(state, reply, Some(user), report),
             None => self.start(state, TurnInput::Respond, Some(user), true),
         }

@@ -63,4 +63,8 @@ pub struct UserTurn {
     pub decided_at: Duration,
     /// When the final transcript was ready.
     pub transcribed_at: Duration,
+    /// How sure the recognizer was of the words (0..=1), when it says.
+    pub confidence: Option<f32>,
+    /// Words the recognizer was unsure of ([`crate::stt::UNSURE_WORD`]).
+    pub unsure: Vec<String>,
 }

@@ -37,7 +37,9 @@ use crate::assistant::TurnSpec;
 use crate::audio::resample::StreamResampler;
 use crate::audio::MODEL_RATE;
 use crate::stt::{SpeechToText, SttError, Transcript};
+use crate::audio::echo::EchoCanceller;
 use crate::transport::live::LiveReceiver;
+use crate::transport::played::Played;
 use crate::vad::silero::{SileroStream, SileroVad};
 use crate::vad::smart_turn::SmartTurn;
 use crate::vad::{VadDetector, VadEvent, FRAME_MS, FRAME_SAMPLES};
@@ -66,6 +68,52 @@ pub struct Listener {
     pub prompt: crate::stt::Prompt,
     /// Whether words already answer the flow's question; the agent keeps it current.
     pub answers: Answers,
+    /// What the line played, when it can say: the agent's echo is cancelled from the
+    /// caller's audio before anything listens to it.
+    pub played: Option<Played>,
+}
+
+/// The agent's echo taken out of the caller's audio: the line's played audio, taken in step
+/// with the caller's (as many samples as each caller chunk has), through the canceller.
+struct EchoPath {
+    played: Played,
+    canceller: EchoCanceller,
+    resampler: Option<StreamResampler>,
+    /// Caller chunks the live edge dropped, as far as this path has skipped their reference.
+    drops_seen: u64,
+}
+
+impl EchoPath {
+    fn new(played: Played, input_rate: u32) -> Result<EchoPath, String> {
+        let canceller = EchoCanceller::new().map_err(|e| e.to_string())?;
+        let resampler = if input_rate == MODEL_RATE {
+            None
+        } else {
+            Some(StreamResampler::new(input_rate, MODEL_RATE, (input_rate / 50) as usize).map_err(|e| e.to_string())?)
+        };
+        Ok(EchoPath { played, canceller, resampler, drops_seen: 0 })
+    }
+
+    /// `heard` (16 kHz) came from a caller chunk of `chunk_len` samples at the line's rate.
+    fn cancel(&mut self, chunk_len: usize, dropped: u64, heard: Vec<f32>) -> Vec<f32> {
+        if dropped > self.drops_seen {
+            // The edge dropped caller chunks: drop what was played beside them.
+            self.played.skip((dropped - self.drops_seen) as usize * chunk_len);
+            self.drops_seen = dropped;
+        }
+        let reference = self.played.take(chunk_len);
+        let reference = match self.resampler.as_mut() {
+            Some(r) => r.push(&reference).unwrap_or_default(),
+            None => reference,
+        };
+        match self.canceller.process(&reference, &heard) {
+            Ok(clean) => clean,
+            Err(error) => {
+                tracing::warn!(%error, "echo cancellation failed; hearing the line as it is");
+                heard
+            }
+        }
+    }
 }
 
 /// Shared between agent and listener: the current flow question's test of an answer. A
@@ -128,6 +176,14 @@ impl Listener {
                 }
             }
         };
+        let mut echo = match self.played.clone().map(|played| EchoPath::new(played, self.input_rate)) {
+            Some(Ok(path)) => Some(path),
+            Some(Err(error)) => {
+                let _ = out.send(Frame::Error { stage: "listen", message: format!("no echo cancellation: {error}") }).await;
+                None
+            }
+            None => None,
+        };
         let mut stream = SileroStream::default();
         let mut detector = VadDetector::new(self.turn.vad_params());
         let mut pending: Vec<f32> = Vec::new();
@@ -182,9 +238,14 @@ impl Listener {
                 }
             };
             if let Some(chunk) = chunk {
+                let chunk_len = chunk.len();
                 let samples = match resampler.as_mut() {
                     Some(r) => r.push(&chunk).unwrap_or_default(),
                     None => chunk,
+                };
+                let samples = match echo.as_mut() {
+                    Some(path) => path.cancel(chunk_len, audio_in.dropped(), samples),
+                    None => samples,
                 };
                 pending.extend(samples);
                 while pending.len() >= FRAME_SAMPLES {
@@ -282,6 +343,8 @@ impl Listener {
                         speech_end: *speech_end,
                         decided_at: now,
                         transcribed_at: *arrived,
+                        confidence: transcript.confidence(),
+                        unsure: transcript.unsure_words(),
                     };
                     if out.send(Frame::TranscriptFinal(turn)).await.is_err() {
                         return;

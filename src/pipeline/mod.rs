@@ -58,7 +58,8 @@ fn partial_every(assistant: &Assistant) -> Option<Duration> {
 #[derive(Debug, Clone)]
 pub enum CallEvent {
     Agent { text: String, at: Duration, interrupted: bool },
-    Caller { text: String, at: Duration },
+    /// A caller line, with how sure speech recognition was of it (0..=1) when it says.
+    Caller { text: String, at: Duration, confidence: Option<f32> },
     Partial { text: String },
     Turn(TurnTimings),
     BargeIn { onset: Duration, stopped: Duration },
@@ -200,7 +201,7 @@ pub async fn run_call(
     };
     let agent_task = tokio::spawn(agent.run(frames_rx, call_token.clone(), report.clone()));
     // Source last: the listener turns caller audio into frames.
-    let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate(), partial_every: partial_every(&assistant), prompt: recognizer_prompt, answers };
+    let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate(), partial_every: partial_every(&assistant), prompt: recognizer_prompt, answers, played: if assistant.spec.turn.cancel_echo { out.played() } else { None } };
     let CallInput { audio, mut dtmf } = input;
     let drops = audio.drop_counter();
     // Keypad digits go straight to the agent.

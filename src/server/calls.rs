@@ -345,6 +345,10 @@ pub struct TranscriptEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub analysis: Option<Value>,
+    /// How sure speech recognition was of a caller line's words (0..1; geometric mean of the
+    /// words' probabilities). Absent for agent lines and providers that report none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -382,7 +386,7 @@ pub async fn transcript(State(state): State<AppState>, auth: Auth, Path(id): Pat
     Ok(Json(Transcript {
         call_id: id,
         status: call.status,
-        transcript: lines.into_iter().map(|l| TranscriptEntry { role: role_of(&l.speaker).into(), speaker: l.speaker, text: l.text, at_ms: l.at_ms, interrupted: l.interrupted, analysis: l.analysis }).collect(),
+        transcript: lines.into_iter().map(|l| TranscriptEntry { role: role_of(&l.speaker).into(), speaker: l.speaker, text: l.text, at_ms: l.at_ms, interrupted: l.interrupted, analysis: l.analysis, confidence: l.confidence }).collect(),
         language,
     }))
 }
@@ -434,6 +438,9 @@ pub async fn detail(State(state): State<AppState>, auth: Auth, Path(id): Path<St
         "duration_seconds": call.duration_ms.map(|ms| (ms + 500) / 1000),
         "transcript": lines.iter().map(|l| {
             let mut entry = json!({ "speaker": l.speaker, "role": role_of(&l.speaker), "text": l.text, "at_ms": l.at_ms, "interrupted": l.interrupted });
+            if let Some(confidence) = l.confidence {
+                entry["confidence"] = json!(confidence);
+            }
             if let Some(analysis) = &l.analysis {
                 entry["analysis"] = analysis.clone();
             }

@@ -90,17 +90,21 @@ impl EventLog {
         }
     }
 
-    async fn transcript(&self, speaker: &str, text: &str, at: Duration, interrupted: bool) -> i64 {
+    async fn transcript(&self, speaker: &str, text: &str, at: Duration, interrupted: bool, confidence: Option<f32>) -> i64 {
         let seq = {
             let mut next = self.next.lock().await;
             next.transcript_line += 1;
             next.transcript_line - 1
         };
-        let line = TranscriptLine { seq, speaker: speaker.into(), text: text.into(), at_ms: ms_of(at).round() as i64, interrupted, analysis: None };
+        let line = TranscriptLine { seq, speaker: speaker.into(), text: text.into(), at_ms: ms_of(at).round() as i64, interrupted, analysis: None, confidence: confidence.map(rounded) };
         if let Err(error) = self.store.insert_transcript_line(&self.call_id, &line).await {
             tracing::warn!(%error, call = %self.call_id, "cannot record a transcript line");
         }
-        self.event("transcript", json!({ "speaker": speaker, "text": text, "at_ms": line.at_ms, "interrupted": interrupted, "final": true })).await;
+        let mut event = json!({ "speaker": speaker, "text": text, "at_ms": line.at_ms, "interrupted": interrupted, "final": true });
+        if let Some(confidence) = line.confidence {
+            event["confidence"] = json!(confidence);
+        }
+        self.event("transcript", event).await;
         seq
     }
 
@@ -711,6 +715,11 @@ struct Hooks {
 
 /// `transcription.updated` for a final line, to the subscriptions that ask for it and the URL a
 /// client gave for this call's transcription (read now: it may have been set mid-call).
+/// A confidence as stored and shown: two decimals are all it means.
+fn rounded(confidence: f32) -> f64 {
+    (confidence as f64 * 100.0).round() / 100.0
+}
+
 async fn transcription_event(store: &Store, hooks: &Hooks, speaker: &str, text: &str, at: Duration) {
     let call = match store.call_any_workspace(&hooks.call.id).await {
         Ok(Some(call)) => call,
@@ -736,12 +745,12 @@ async fn write_events(log: Arc<EventLog>, store: Store, hooks: Hooks, mut events
                     line.agent_said(&text);
                 }
                 show(json!({ "type": "transcript", "speaker": "agent", "text": text, "interrupted": interrupted }));
-                log.transcript("agent", &text, at, interrupted).await;
+                log.transcript("agent", &text, at, interrupted, None).await;
                 transcription_event(&store, &hooks, "agent", &text, at).await;
             }
-            CallEvent::Caller { text, at } => {
-                show(json!({ "type": "transcript", "speaker": "caller", "text": text }));
-                caller_lines.push(log.transcript("caller", &text, at, false).await);
+            CallEvent::Caller { text, at, confidence } => {
+                show(json!({ "type": "transcript", "speaker": "caller", "text": text, "confidence": confidence.map(rounded) }));
+                caller_lines.push(log.transcript("caller", &text, at, false, confidence).await);
                 transcription_event(&store, &hooks, "caller", &text, at).await;
             }
             CallEvent::Analysis(turn) => {

@@ -570,13 +570,14 @@ impl Store {
     }
 
     pub async fn insert_transcript_line(&self, call_id: &str, line: &TranscriptLine) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO transcript_lines (call_id, seq, speaker, text, at_ms, interrupted) VALUES ($1, $2, $3, $4, $5, $6)")
+        sqlx::query("INSERT INTO transcript_lines (call_id, seq, speaker, text, at_ms, interrupted, confidence) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(call_id)
             .bind(line.seq)
             .bind(&line.speaker)
             .bind(&line.text)
             .bind(line.at_ms)
             .bind(line.interrupted as i64)
+            .bind(line.confidence)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -595,7 +596,7 @@ impl Store {
     }
 
     pub async fn transcript(&self, call_id: &str) -> Result<Vec<TranscriptLine>, StoreError> {
-        let rows = sqlx::query("SELECT seq, speaker, text, at_ms, interrupted, analysis FROM transcript_lines WHERE call_id = $1 ORDER BY seq").bind(call_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT seq, speaker, text, at_ms, interrupted, analysis, confidence FROM transcript_lines WHERE call_id = $1 ORDER BY seq").bind(call_id).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row: &AnyRow| {
                 Ok(TranscriptLine {
@@ -605,6 +606,7 @@ impl Store {
                     at_ms: row.try_get(3)?,
                     interrupted: row.try_get::<i64, _>(4)? != 0,
                     analysis: row.try_get::<Option<String>, _>(5)?.and_then(|a| serde_json::from_str(&a).ok()),
+                    confidence: row.try_get(6)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -917,6 +919,8 @@ pub struct TranscriptLine {
     pub interrupted: bool,
     /// A caller line's intent, sentiment and entities, once analysed.
     pub analysis: Option<serde_json::Value>,
+    /// How sure speech recognition was of a caller line's words (0..=1).
+    pub confidence: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, sqlx::FromRow)]

@@ -35,6 +35,9 @@ pub struct Transcript {
     pub processing: Duration,
 }
 
+/// Below this a word is reported as unsure ([`Transcript::unsure_words`]).
+pub const UNSURE_WORD: f32 = 0.4;
+
 impl Transcript {
     /// Processing time over audio time: below 1 is faster than real time.
     pub fn real_time_factor(&self) -> f64 {
@@ -44,6 +47,23 @@ impl Transcript {
             0.0
         }
     }
+
+    /// How sure the recognizer is of the whole transcript (0..=1): the geometric mean of its
+    /// words' probabilities, so one badly heard word in a short answer shows. `None` when
+    /// the provider reports no probabilities (or there are no words).
+    pub fn confidence(&self) -> Option<f32> {
+        let words: Vec<f32> = self.segments.iter().flat_map(|s| s.words.iter().map(|w| w.confidence)).collect();
+        if words.is_empty() {
+            return None;
+        }
+        let mean_log = words.iter().map(|p| (p.max(1e-6) as f64).ln()).sum::<f64>() / words.len() as f64;
+        Some(mean_log.exp() as f32)
+    }
+
+    /// The words heard with a probability below [`UNSURE_WORD`], in order.
+    pub fn unsure_words(&self) -> Vec<String> {
+        self.segments.iter().flat_map(|s| s.words.iter()).filter(|w| w.confidence < UNSURE_WORD).map(|w| w.text.clone()).collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +72,42 @@ pub struct Segment {
     pub end_secs: f64,
     pub text: String,
     pub no_speech_prob: f32,
+    /// The segment's words with the recognizer's probability of each (empty when the
+    /// provider reports none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub words: Vec<Word>,
+}
+
+/// One recognized word and the probability of its least likely token.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Word {
+    pub text: String,
+    pub confidence: f32,
+}
+
+/// Groups a decoder's text tokens into words: a token starting with a space (or the first)
+/// opens a word; a word's probability is its least likely token's. Punctuation-only tokens
+/// join the word before them without lowering it.
+pub fn words_from_tokens(tokens: &[(String, f32)]) -> Vec<Word> {
+    let mut words: Vec<Word> = Vec::new();
+    for (text, p) in tokens {
+        let is_punctuation = !text.chars().any(|c| c.is_alphanumeric());
+        match words.last_mut() {
+            Some(word) if !text.starts_with(' ') || (is_punctuation && !text.trim().is_empty()) => {
+                word.text.push_str(text);
+                if !is_punctuation {
+                    word.confidence = word.confidence.min(*p);
+                }
+            }
+            _ if text.trim().is_empty() => {}
+            _ => words.push(Word { text: text.to_string(), confidence: if is_punctuation { 1.0 } else { *p } }),
+        }
+    }
+    for word in &mut words {
+        word.text = word.text.trim().to_string();
+    }
+    words.retain(|w| !w.text.is_empty());
+    words
 }
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -101,5 +157,40 @@ pub trait SpeechToText: Send + Sync {
     fn transcribe_primed(&self, samples_16k: &[f32], stop: &AtomicBool, prompt: &str) -> Result<Transcript, SttError> {
         let _ = prompt;
         self.transcribe_until(samples_16k, stop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(list: &[(&str, f32)]) -> Vec<(String, f32)> {
+        list.iter().map(|(t, p)| (t.to_string(), *p)).collect()
+    }
+
+    #[test]
+    fn tokens_join_into_words_at_their_least_likely_piece() {
+        let words = words_from_tokens(&tokens(&[(" My", 0.9), (" name", 0.95), (" is", 0.9), (" Sar", 0.8), ("ah", 0.3), (".", 0.2)]));
+        assert_eq!(words, vec![
+            Word { text: "My".into(), confidence: 0.9 },
+            Word { text: "name".into(), confidence: 0.95 },
+            Word { text: "is".into(), confidence: 0.9 },
+            // The word is as sure as its least likely piece; the full stop does not count.
+            Word { text: "Sarah.".into(), confidence: 0.3 },
+        ]);
+        assert_eq!(words_from_tokens(&tokens(&[("Hello", 0.5), (",", 0.1), (" ", 0.9)])), vec![Word { text: "Hello,".into(), confidence: 0.5 }]);
+        assert!(words_from_tokens(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_transcript_is_as_sure_as_the_geometric_mean_of_its_words() {
+        let segment = |words: Vec<Word>| Segment { start_secs: 0.0, end_secs: 1.0, text: String::new(), no_speech_prob: 0.0, words };
+        let sure = Transcript { segments: vec![segment(vec![Word { text: "yes".into(), confidence: 0.9 }, Word { text: "please".into(), confidence: 0.9 }])], ..Transcript::default() };
+        assert!((sure.confidence().unwrap() - 0.9).abs() < 1e-5);
+        assert!(sure.unsure_words().is_empty());
+        let one_bad = Transcript { segments: vec![segment(vec![Word { text: "four".into(), confidence: 0.9 }, Word { text: "five".into(), confidence: 0.1 }])], ..Transcript::default() };
+        assert!((one_bad.confidence().unwrap() - 0.3).abs() < 1e-5);
+        assert_eq!(one_bad.unsure_words(), vec!["five".to_string()]);
+        assert_eq!(Transcript::default().confidence(), None);
     }
 }

@@ -265,6 +265,7 @@ impl WhisperStt {
             self.return_state(state);
             return Err(SttError::Stopped);
         }
+        let eot = self.model.context.token_eot();
         let transcript = result.map_err(|e| SttError::Whisper(e.to_string())).map(|_| {
             let mut segments = Vec::new();
             for segment in state.as_iter() {
@@ -273,11 +274,18 @@ impl WhisperStt {
                 if is_annotation(&text) || (no_speech_prob > NO_SPEECH_THRESHOLD && text.split_whitespace().count() <= 1) {
                     continue;
                 }
+                // Text tokens with their probabilities (ids from end-of-text on are special).
+                let tokens: Vec<(String, f32)> = (0..segment.n_tokens())
+                    .filter_map(|i| segment.get_token(i))
+                    .filter(|token| token.token_id() < eot)
+                    .map(|token| (token.to_str_lossy().map(|t| t.into_owned()).unwrap_or_default(), token.token_probability()))
+                    .collect();
                 segments.push(Segment {
                     start_secs: segment.start_timestamp() as f64 / 100.0,
                     end_secs: (segment.end_timestamp() as f64 / 100.0).min(audio_secs),
                     text,
                     no_speech_prob,
+                    words: super::words_from_tokens(&tokens),
                 });
             }
             let text = segments.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join(" ");

@@ -79,6 +79,9 @@ impl AudioOut for HoldableLine {
     fn held(&self) -> bool {
         self.held.load(Ordering::SeqCst)
     }
+    fn played(&self) -> Option<super::played::Played> {
+        self.inner.played()
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,16 @@ struct State {
     log: LineLog,
     /// What the agent said since the caller's last line began (for `after:` waits).
     agent_words: String,
+    /// The agent's audio coming back on the caller's side, as on a phone whose earpiece
+    /// leaks into its microphone ([`LoopbackLine::echo`]).
+    echo: Option<EchoPath>,
+}
+
+/// An echo path: the agent's audio, delayed and attenuated, added to the caller's.
+struct EchoPath {
+    gain: f32,
+    /// Agent audio on its way back, the delay's worth ahead of what comes back now.
+    delay_line: VecDeque<f32>,
 }
 
 /// The line itself; cheap to clone (shared state).
@@ -64,6 +74,13 @@ impl LoopbackLine {
         let (tx, rx) = super::live::channel(AUDIO_IN_DEPTH);
         tokio::spawn(line.clone().run_clock(tx));
         (line, super::CallInput { audio: rx, dtmf: dtmf_rx })
+    }
+
+    /// From now on the caller's side carries the agent's audio back, `delay` late and scaled
+    /// by `gain` (0.3 is a loud handset; 0.05 a quiet one).
+    pub fn echo(&self, delay: Duration, gain: f32) {
+        let samples = (delay.as_secs_f64() * self.rate as f64).round() as usize;
+        self.lock().echo = Some(EchoPath { gain, delay_line: std::iter::repeat_n(0.0, samples).collect() });
     }
 
     /// The caller presses keys.
@@ -104,9 +121,15 @@ impl LoopbackLine {
         for _ in 0..chunk {
             caller.push(state.caller_queue.pop_front().unwrap_or(0.0));
         }
-        state.caller_track.extend_from_slice(&caller);
         let mut out = state.playout.step(chunk, now).samples;
         out.resize(chunk, 0.0);
+        if let Some(echo) = &mut state.echo {
+            echo.delay_line.extend(out.iter().copied());
+            for sample in &mut caller {
+                *sample += echo.gain * echo.delay_line.pop_front().unwrap_or(0.0);
+            }
+        }
+        state.caller_track.extend_from_slice(&caller);
         if let Some(recorder) = &state.recorder {
             recorder.caller(&caller);
             recorder.step(&out);
@@ -236,6 +259,10 @@ impl AudioOut for LoopbackLine {
 
     fn record(&self, recorder: Recorder) {
         self.lock().recorder = Some(recorder);
+    }
+
+    fn played(&self) -> Option<super::played::Played> {
+        Some(self.lock().playout.played(self.rate))
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod hold;
 pub mod live;
+pub mod played;
 pub mod playout;
 pub mod recorder;
 pub mod stream;
@@ -57,5 +58,10 @@ pub trait AudioOut: Send + Sync {
     /// The call is on hold (see [`hold::HoldableLine`]): the agent neither hears nor speaks.
     fn held(&self) -> bool {
         false
+    }
+    /// The agent audio this line plays, step by step, for cancelling its echo on the
+    /// caller's side; `None` for a line that cannot say.
+    fn played(&self) -> Option<played::Played> {
+        None
     }
 }

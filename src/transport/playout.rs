@@ -21,6 +21,8 @@ pub struct Playout {
     progress: HashMap<u64, (usize, usize)>,
     started: HashMap<u64, Duration>,
     paused: bool,
+    /// Every step's audio, for echo cancellation; kept once someone asks ([`Playout::played`]).
+    played: Option<super::played::Played>,
 }
 
 /// One step's output.
@@ -69,6 +71,12 @@ impl Playout {
         self.started.get(&segment).copied()
     }
 
+    /// The audio this playout plays from now on, a step at a time (silence padded to each
+    /// step's length), at the line's `rate`.
+    pub fn played(&mut self, rate: u32) -> super::played::Played {
+        self.played.get_or_insert_with(|| super::played::Played::new(rate)).clone()
+    }
+
     /// Plays up to `len` samples at `now`.
     pub fn step(&mut self, len: usize, now: Duration) -> Step {
         let mut samples = Vec::with_capacity(len);
@@ -87,6 +95,9 @@ impl Playout {
                 self.queue.pop_front();
                 finished.push(id);
             }
+        }
+        if let Some(played) = &self.played {
+            played.push(&samples, len);
         }
         Step { samples, finished }
     }

@@ -308,6 +308,10 @@ impl AudioOut for StreamLine {
         self.lock().recorder = Some(recorder);
     }
 
+    fn played(&self) -> Option<super::played::Played> {
+        Some(self.lock().playout.played(self.rate))
+    }
+
     fn transfer(&self, destination: &str) {
         match &self.control {
             Some(control) => {

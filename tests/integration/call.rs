@@ -126,6 +126,41 @@ fn barge_in_stops_the_agent_and_history_keeps_only_what_was_heard() {
 }
 
 #[test]
+fn the_agents_echo_on_the_callers_side_is_neither_a_barge_in_nor_the_callers_words() {
+    // The caller's side carries the agent back, 120 ms late at a third of its level (a loud
+    // handset), as the issue asks. The caller asks, listens to a long answer, then really
+    // interrupts it four seconds in.
+    let long = "Our restaurant has a long history that goes back more than fifty years, and every single dish on our menu is prepared fresh each morning by our chefs, who trained in Naples and Rome, and we are very proud of our wood fired oven.";
+    let caller = "echo: { delay_ms: 120, gain: 0.3 }\nlines:\n  - say: \"Tell me about the restaurant.\"\n  - say: \"Sorry, can I ask something else?\"\n    barge_in_after_ms: 4000\n    then_silence_ms: 3000\nfinal_wait_ms: 5000\n";
+    let echoed_agent = |call: &Call| {
+        // Agent words heard as the caller's: any run of three words of the agent's lines.
+        let agent = crate::support::canonical_words(&call.agent_text()).join(" ");
+        call.said("caller").iter().any(|line| {
+            let words = crate::support::canonical_words(line);
+            words.windows(3).any(|w| agent.contains(&w.join(" ")))
+        })
+    };
+
+    let llm = standin::llm(vec![Reply::Text(long), Reply::Text("Of course, go ahead.")]);
+    let call = simulate(&standin_assistant(&llm, ""), caller);
+    let barge_ins = call.report["barge_ins"].as_array().unwrap();
+    // The one barge-in is the caller's, about four seconds into the answer, not the echo's.
+    assert_eq!(barge_ins.len(), 1, "{}", call.report);
+    let caller_lines = call.said("caller");
+    assert_eq!(caller_lines.len(), 2, "only what the caller said: {caller_lines:?}");
+    assert!(word_recall("tell me about the restaurant", &caller_lines[0]) >= 0.75, "{caller_lines:?}");
+    assert!(word_recall("can i ask something else", &caller_lines[1]) >= 0.6, "heard through the echo: {caller_lines:?}");
+    assert!(!echoed_agent(&call), "the agent's words came back as the caller's: {caller_lines:?}");
+    assert!(call.agent_text().contains("go ahead"), "{}", call.report);
+
+    // The same line with the canceller off: the echo is strong enough to matter.
+    let llm = standin::llm(vec![Reply::Text(long), Reply::Text("Of course, go ahead."), Reply::Text("Sure."), Reply::Text("Yes.")]);
+    let call = simulate(&standin_assistant(&llm, "turn: { cancel_echo: false }\n"), caller);
+    let barge_ins = call.report["barge_ins"].as_array().unwrap().len();
+    assert!(barge_ins > 1 || echoed_agent(&call) || call.said("caller").len() > 2, "without cancellation the echo went unnoticed: {}", call.report);
+}
+
+#[test]
 fn a_no_interrupt_segment_plays_through_and_the_caller_is_answered_after_it() {
     let disclosure = "This call is recorded for quality and training purposes, and your answers may be reviewed by our staff to improve our service.";
     let reply = format!("<no-interrupt>{disclosure}</no-interrupt> Now, what date would you like?");

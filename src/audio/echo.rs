@@ -1,0 +1,171 @@
+//! Echo cancellation: the agent's own voice, come back on the caller's side, taken out.
+//!
+//! A phone line carries some of what the agent says back to us — a handset's earpiece leaking
+//! into its microphone, a speakerphone, a hybrid on an analogue leg — delayed and attenuated.
+//! Heard as the caller, it makes the agent interrupt itself and answer its own words. The call
+//! knows exactly what it played, so the echo can be predicted and subtracted: WebRTC's AEC3
+//! (the `aec3` crate, a Rust port) estimates the delay and the echo path from the played
+//! audio and removes it, and suppresses what the linear filter leaves while the agent talks
+//! alone. Noise suppression and gain control stay off: the VAD and Whisper want the caller's
+//! audio as it came.
+
+use aec3::nodes::audio::AudioFormat;
+use aec3::pipelines::linear::{self, LinearPipeline};
+
+use super::MODEL_RATE;
+
+/// AEC3 works on 10 ms frames.
+const FRAME: usize = MODEL_RATE as usize / 100;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the echo canceller failed: {0}")]
+pub struct EchoError(String);
+
+/// One call's echo canceller, at [`MODEL_RATE`]. The canceller itself (`aec3`'s graph, built
+/// on `Rc`) cannot move between threads, so it lives on a thread of its own for the call, and
+/// [`EchoCanceller::process`] hands it audio and waits for the result — the same time the work
+/// would take inline (~0.2 ms per 20 ms of audio), with the thread gone when the call ends.
+pub struct EchoCanceller {
+    work: std::sync::mpsc::Sender<(Vec<f32>, Vec<f32>)>,
+    done: std::sync::mpsc::Receiver<Result<Vec<f32>, EchoError>>,
+}
+
+impl EchoCanceller {
+    pub fn new() -> Result<EchoCanceller, EchoError> {
+        let (work, jobs) = std::sync::mpsc::channel::<(Vec<f32>, Vec<f32>)>();
+        let (results, done) = std::sync::mpsc::channel();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("echo-canceller".into())
+            .spawn(move || {
+                let mut frames = match Frames::new() {
+                    Ok(frames) => {
+                        let _ = ready_tx.send(Ok(()));
+                        frames
+                    }
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                        return;
+                    }
+                };
+                while let Ok((played, heard)) = jobs.recv() {
+                    if results.send(frames.process(&played, &heard)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| EchoError(format!("starting its thread: {e}")))?;
+        ready.recv().map_err(|_| EchoError("its thread ended before it started".into()))??;
+        Ok(EchoCanceller { work, done })
+    }
+
+    /// Takes `played` (what the agent played) and `heard` (the caller's side) over the same
+    /// stretch of time and returns the caller's side without the echo. Audio goes through in
+    /// 10 ms frames: the rest of a frame waits for the next call, so the output may be up to a
+    /// frame shorter (or longer) than `heard`, never out of order.
+    pub fn process(&mut self, played: &[f32], heard: &[f32]) -> Result<Vec<f32>, EchoError> {
+        self.work.send((played.to_vec(), heard.to_vec())).map_err(|_| EchoError("its thread has ended".into()))?;
+        self.done.recv().map_err(|_| EchoError("its thread has ended".into()))?
+    }
+}
+
+/// The canceller and the audio not yet a whole frame.
+struct Frames {
+    pipeline: LinearPipeline,
+    played: Vec<f32>,
+    heard: Vec<f32>,
+}
+
+impl Frames {
+    fn new() -> Result<Frames, EchoError> {
+        let format = AudioFormat::ten_ms(MODEL_RATE, 1);
+        let pipeline = linear::builder(format, format)
+            .enable_noise_suppression(false)
+            .enable_gain_controller2(false)
+            .enable_post_filter(false)
+            .build()
+            .map_err(|e| EchoError(format!("{e:?}")))?;
+        Ok(Frames { pipeline, played: Vec::new(), heard: Vec::new() })
+    }
+
+    fn process(&mut self, played: &[f32], heard: &[f32]) -> Result<Vec<f32>, EchoError> {
+        self.played.extend_from_slice(played);
+        self.heard.extend_from_slice(heard);
+        let mut out = Vec::with_capacity(self.heard.len());
+        let mut frame_out = [0f32; FRAME];
+        let frames = self.heard.len() / FRAME;
+        for i in 0..frames {
+            // The reference first: an echo never comes back before it was played.
+            let reference: [f32; FRAME] = match self.played.get(i * FRAME..(i + 1) * FRAME) {
+                Some(samples) => samples.try_into().expect("a frame"),
+                None => [0.0; FRAME],
+            };
+            self.pipeline.handle_render_frame(&reference).map_err(|e| EchoError(format!("{e:?}")))?;
+            let capture = &self.heard[i * FRAME..(i + 1) * FRAME];
+            let produced = self.pipeline.process_capture_frame(capture, &mut frame_out).map_err(|e| EchoError(format!("{e:?}")))?;
+            if produced {
+                out.extend_from_slice(&frame_out);
+            } else {
+                out.extend_from_slice(capture);
+            }
+        }
+        self.heard.drain(..frames * FRAME);
+        let used = (frames * FRAME).min(self.played.len());
+        self.played.drain(..used);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rms(x: &[f32]) -> f32 {
+        (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
+    }
+
+    /// A voice-like test signal: a few drifting harmonics, amplitude-modulated into syllables.
+    fn voice(seconds: f32, pitch: f32, seed: u32) -> Vec<f32> {
+        let n = (seconds * MODEL_RATE as f32) as usize;
+        let mut state = seed;
+        (0..n)
+            .map(|i| {
+                let t = i as f32 / MODEL_RATE as f32;
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let noise = (state >> 9) as f32 / (1u32 << 23) as f32 - 0.5;
+                let f = pitch * (1.0 + 0.1 * (t * 1.3).sin());
+                let syllables = (0.5 + 0.5 * (t * std::f32::consts::TAU * 3.0).sin()).powi(2);
+                let tone: f32 = (1..6).map(|h| (t * f * h as f32 * std::f32::consts::TAU).sin() / h as f32).sum();
+                0.2 * syllables * (tone + 0.3 * noise)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_attenuated_delayed_echo_is_removed_and_the_caller_kept() {
+        let agent = voice(6.0, 140.0, 1);
+        let caller = voice(2.0, 210.0, 2);
+        let delay = MODEL_RATE as usize * 120 / 1000;
+        // The caller's side: the agent 120 ms late at a third of its level; the caller talks
+        // over it from 4 s.
+        let heard: Vec<f32> = (0..agent.len())
+            .map(|i| {
+                let echo = if i >= delay { 0.3 * agent[i - delay] } else { 0.0 };
+                let talk = if i >= 4 * MODEL_RATE as usize { caller[i - 4 * MODEL_RATE as usize] } else { 0.0 };
+                echo + talk
+            })
+            .collect();
+        let mut canceller = EchoCanceller::new().unwrap();
+        let mut out = Vec::new();
+        // In 20 ms pieces, as a line delivers them.
+        for (played, heard) in agent.chunks(320).zip(heard.chunks(320)) {
+            out.extend(canceller.process(played, heard).unwrap());
+        }
+        let second = |x: &[f32], s: usize| rms(&x[s * MODEL_RATE as usize..(s + 1) * MODEL_RATE as usize]);
+        // Echo alone, once it has adapted (seconds 2–3): at least 20 dB down.
+        assert!(second(&out, 2) < second(&heard, 2) / 10.0, "echo {} → {}", second(&heard, 2), second(&out, 2));
+        // The caller over the echo (seconds 4–5) keeps most of its level.
+        let caller_level = rms(&caller[..MODEL_RATE as usize]);
+        assert!(second(&out, 4) > caller_level * 0.4, "the caller {caller_level} came out at {}", second(&out, 4));
+    }
+}
