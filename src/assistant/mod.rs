@@ -221,14 +221,11 @@ pub struct SttSpec {
     #[serde(default)]
     pub vocabulary: Vec<String>,
     /// A caller turn heard with less confidence than this (0..1), or holding a word heard
-    /// with little, is unsure: a flow slot filled from it, in a node without a read-back,
-    /// is checked with the caller ("I heard 4 5 1 2. Is that right?"). 0 turns checks off.
-    #[serde(default = "default_confirm_below")]
+    /// with little (below 0.4), is unsure: a flow slot filled from it, in a node without a
+    /// read-back, is checked with the caller ("I heard 4 5 1, 2 9. Is that right?"). 0, the
+    /// default, never checks; 0.5 suits tiny.en on phone lines (docs/decisions.md).
+    #[serde(default)]
     pub confirm_below: f32,
-}
-
-fn default_confirm_below() -> f32 {
-    0.5
 }
 
 fn default_partial_interval_ms() -> u32 {
@@ -244,7 +241,7 @@ fn default_stt_model() -> String {
 
 impl Default for SttSpec {
     fn default() -> Self {
-        SttSpec { provider: default_stt_provider(), model: default_stt_model(), base_url: None, api_key_env: None, api_key_secret: None, vocabulary: Vec::new(), partial_interval_ms: default_partial_interval_ms(), confirm_below: default_confirm_below() }
+        SttSpec { provider: default_stt_provider(), model: default_stt_model(), base_url: None, api_key_env: None, api_key_secret: None, vocabulary: Vec::new(), partial_interval_ms: default_partial_interval_ms(), confirm_below: 0.0 }
     }
 }
 

@@ -681,7 +681,7 @@ impl Flow {
     fn fill_or_ask(&mut self, text: &str, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
         let node = self.current().clone();
         if !text.is_empty() {
-            for slot in &node.collect {
+            for (index, slot) in node.collect.iter().enumerate() {
                 if self.slots.contains_key(&slot.name) {
                     continue;
                 }
@@ -690,6 +690,13 @@ impl Flow {
                     if self.validate(slot, &value).is_ok() {
                         self.slots.insert(slot.name.clone(), value);
                         self.spoken.insert(slot.name.clone(), json!(spoken));
+                        if node.confirm.is_none() && self.heard_unsure(&spoken) {
+                            // No read-back will catch a mishearing here: check this value now.
+                            let question = format!("Just to be sure, I heard {spoken}. Is that right?");
+                            lines.push(question.clone());
+                            self.awaiting = Awaiting::Check { slot: index, text: text.to_string(), question };
+                            return;
+                        }
                     }
                 }
             }

@@ -430,6 +430,12 @@ fn a_slot_heard_unsure_without_a_read_back_is_checked_with_the_caller() {
     assert_eq!(reply.slots["order_number"], json!("45128"));
     assert_eq!(said(&reply), "And the email on the order?");
 
+    // The first words after the greeting fill the slot too, and are checked the same way.
+    let spec: FlowSpec = serde_yaml::from_str(&format!("first_message_asks: order_number\n{ORDER_LOOKUP}")).unwrap();
+    let mut flow = Flow::new(spec, Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
+    assert_eq!(said(&flow.on_caller_unsure("It's 4 5 1 2 9.", &[])), "Just to be sure, I heard 4 5 1, 2 9. Is that right?");
+    assert_eq!(said(&flow.on_caller("Yes.")), "And the email on the order?");
+
     // An unsure word that is not the value ("um") checks nothing.
     let mut flow = lookup();
     assert_eq!(said(&flow.on_caller_unsure("Um, it's 4 5 1 2 9.", &["Um,".into()])), "And the email on the order?");

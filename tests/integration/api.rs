@@ -250,6 +250,14 @@ fn full_api_flow(db: Database) {
     assert!(said("agent").contains("hello dana"), "the first message used the variable: {transcript}");
     assert!(said("agent").contains("nine"), "the LLM's reply was spoken: {transcript}");
     assert!(said("caller").contains("open"), "the caller's words were transcribed: {transcript}");
+    // Each caller line says how sure recognition was of it; agent lines don't.
+    for line in lines {
+        let confidence = line["confidence"].as_f64();
+        match line["speaker"].as_str() {
+            Some("caller") => assert!(confidence.is_some_and(|c| c > 0.0 && c <= 1.0), "{line}"),
+            _ => assert!(confidence.is_none(), "{line}"),
+        }
+    }
 
     let (_, detail) = get(&serve, &key, &format!("/v1/calls/{call_id}"));
     assert!(detail["latency"]["voice_to_voice"]["p50_ms"].as_f64().is_some(), "per-stage latency: {detail}");
