@@ -378,23 +378,50 @@ pub struct Outcome {
 
 /// Word errors (substitutions, insertions, deletions) turning `reference` into `heard`, over
 /// normalized words; and the reference's length.
+///
+/// Numbers count as a listener (and a flow's digit parser) reads them: a run of number words
+/// or digits becomes its digits, one word each, so "two nine three four zero", "29340" and
+/// "2 9 3, 4 0" are the same five words, and "ten" is "10".
 pub fn word_errors(reference: &str, heard: &str) -> (usize, usize) {
-    const NUMBERS: [&str; 21] = [
+    const NUMBER_WORDS: [&str; 30] = [
         "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
+        "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "double", "triple",
     ];
-    // Number words and digits alike ("two" and "2"), as a listener would count them.
+    let is_number = |word: &str| word.chars().all(|c| c.is_ascii_digit()) || NUMBER_WORDS.contains(&word);
     let canon = |text: &str| -> Vec<String> {
-        let mut out = Vec::new();
+        let mut words = Vec::new();
         for word in crate::text::normalized_words(text) {
             // "8pm" and "8 p.m." alike.
             let digits = word.chars().take_while(char::is_ascii_digit).count();
             if digits > 0 && digits < word.len() && word[digits..].chars().all(char::is_alphabetic) {
-                out.push(word[..digits].to_string());
-                out.push(word[digits..].to_string());
+                words.push(word[..digits].to_string());
+                words.push(word[digits..].to_string());
             } else {
-                out.push(NUMBERS.iter().position(|n| *n == word).map(|n| n.to_string()).unwrap_or(word));
+                words.push(word);
             }
         }
+        let mut out = Vec::new();
+        let mut run: Vec<String> = Vec::new();
+        let flush = |run: &mut Vec<String>, out: &mut Vec<String>| {
+            if !run.is_empty() {
+                let digits = crate::flow::parse::digits(&run.join(" "));
+                if digits.is_empty() {
+                    out.append(run);
+                } else {
+                    out.extend(digits.chars().filter(char::is_ascii_digit).map(String::from));
+                    run.clear();
+                }
+            }
+        };
+        for word in words {
+            if is_number(&word) {
+                run.push(word);
+            } else {
+                flush(&mut run, &mut out);
+                out.push(word);
+            }
+        }
+        flush(&mut run, &mut out);
         out
     };
     let (r, h) = (canon(reference), canon(heard));

@@ -131,5 +131,11 @@ fn word_errors_count_numbers_as_a_listener_would() {
     assert_eq!(word_errors("A table for two at 8 p.m.", "a table for 2 at 8pm"), (0, 7));
     assert_eq!(word_errors("It's under Patel.", "It's under hotel."), (1, 3));
     assert_eq!(word_errors("yes", ""), (1, 1));
+    // Digit strings however they are written: words, one number, digits in groups.
+    assert_eq!(word_errors("two nine three four zero", "29340"), (0, 5));
+    assert_eq!(word_errors("It's 4 5 1 2 9.", "It's 4 5 1, 2 9."), (0, 6));
+    assert_eq!(word_errors("ten of clubs", "10 of clubs."), (0, 4));
+    assert_eq!(word_errors("twenty five", "25"), (0, 2));
+    assert_eq!(word_errors("two nine three four zero", "29330"), (1, 5));
     assert_eq!(word_errors("", "uh"), (1, 0));
 }

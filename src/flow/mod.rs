@@ -259,6 +259,10 @@ enum Awaiting {
     Nothing,
 }
 
+/// What the recognizer is primed with while a flow waits for digits: digits written as
+/// digits, grouped as the flow reads them back (`bench stt` measures its effect).
+pub const DIGITS_PRIME: &str = "5 5 5, 0 1 2 3";
+
 /// Attempts at one slot before the flow says its fallback and moves on without it.
 const MAX_ATTEMPTS: u32 = 3;
 const PARDON: &str = "Sorry, I didn't catch that.";
@@ -371,7 +375,7 @@ impl Flow {
                     let examples: &[&str] = match slot.kind {
                         SlotKind::Time => &["at 7:30 pm", "two in the afternoon", "half past eight"],
                         SlotKind::Date => &["tomorrow", "next Tuesday", "on Friday"],
-                        SlotKind::Phone | SlotKind::Digits => &["5 5 5, 0 1 2 3"],
+                        SlotKind::Phone | SlotKind::Digits => &[DIGITS_PRIME],
                         SlotKind::Email => &["john dot smith at example dot com"],
                         SlotKind::Boolean => &["yes", "no"],
                         // A name said after a cue: without one, tiny.en on a phone line took

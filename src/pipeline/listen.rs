@@ -366,7 +366,9 @@ impl Listener {
         let (tx, rx) = oneshot::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let (stt, job_stop, prompt) = (self.stt.clone(), stop.clone(), self.prompt.get());
-        let words = super::pool::stt().run_with(super::pool::Urgency::Ahead, move || stt.transcribe_primed(&utterance, &job_stop, &prompt).map(|t| t.text));
+        // A partial gives way: another call's final transcript stops it (a newer partial
+        // replaces it anyway).
+        let words = super::pool::stt().run_yielding(stop.clone(), move || stt.transcribe_primed(&utterance, &job_stop, &prompt).map(|t| t.text));
         tokio::spawn(async move {
             if let Ok(Ok(text)) = words.await {
                 let _ = tx.send(text);

@@ -8,10 +8,12 @@
 //! transcript; among equals, waiters are served in arrival order, so one busy call cannot
 //! starve the others. A job whose caller stops waiting (a barge-in) still holds its slot until
 //! it finishes, because the CPU is still busy with it; a waiter that gives up before its turn
-//! passes the slot on.
+//! passes the slot on. A job that can give way ([`InferencePool::run_yielding`], a partial
+//! transcript that a newer one replaces anyway) is told to stop the moment an urgent job finds
+//! no free slot, so a caller's final transcript never waits out another call's partial.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
@@ -34,6 +36,8 @@ pub struct InferencePool {
     size: usize,
     jobs: AtomicU64,
     waited: AtomicU64,
+    /// Running jobs told to give way to an urgent one.
+    yielded: AtomicU64,
 }
 
 struct Shared {
@@ -45,6 +49,8 @@ struct Slots {
     /// Waiters by (urgency, arrival): the first entry is served next.
     waiting: BTreeMap<(Urgency, u64), oneshot::Sender<Permit>>,
     arrivals: u64,
+    /// Running jobs that give way to an urgent one: their stop flags, by arrival.
+    yielding: BTreeMap<u64, Arc<AtomicBool>>,
 }
 
 /// A slot held; dropping it hands the slot to the next waiter (or frees it).
@@ -88,8 +94,32 @@ pub struct PoolError(&'static str);
 impl InferencePool {
     pub fn new(name: &'static str, slots: usize) -> Self {
         let size = slots.max(1);
-        let shared = Arc::new(Shared { state: Mutex::new(Slots { free: size, waiting: BTreeMap::new(), arrivals: 0 }) });
-        InferencePool { name, shared, size, jobs: AtomicU64::new(0), waited: AtomicU64::new(0) }
+        let shared = Arc::new(Shared { state: Mutex::new(Slots { free: size, waiting: BTreeMap::new(), arrivals: 0, yielding: BTreeMap::new() }) });
+        InferencePool { name, shared, size, jobs: AtomicU64::new(0), waited: AtomicU64::new(0), yielded: AtomicU64::new(0) }
+    }
+
+    /// Runs `job` needed [`Urgency::Ahead`] that gives way to urgent work: while it runs, an
+    /// urgent job that finds no free slot sets `stop`, which `job` must heed soon (whisper.cpp
+    /// checks it after its encoder and after every decoder step).
+    pub async fn run_yielding<T: Send + 'static>(&self, stop: Arc<AtomicBool>, job: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolError> {
+        self.jobs.fetch_add(1, Ordering::Relaxed);
+        let permit = self.acquire(Urgency::Ahead).await?;
+        let id = {
+            let mut slots = self.shared.lock();
+            slots.arrivals += 1;
+            let id = slots.arrivals;
+            slots.yielding.insert(id, stop);
+            id
+        };
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = permit;
+            let result = job();
+            shared.lock().yielding.remove(&id);
+            result
+        })
+        .await
+        .map_err(|_| PoolError(self.name))
     }
 
     /// Runs `job` on a blocking thread once a slot is free, as needed [`Urgency::Now`].
@@ -117,6 +147,13 @@ impl InferencePool {
                 return Ok(Permit { shared: self.shared.clone(), armed: true });
             }
             self.waited.fetch_add(1, Ordering::Relaxed);
+            if urgency == Urgency::Now {
+                // Whatever can give way does: its slot comes free as soon as it stops.
+                for (_, stop) in std::mem::take(&mut slots.yielding) {
+                    stop.store(true, Ordering::Relaxed);
+                    self.yielded.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             let (tx, rx) = oneshot::channel();
             slots.arrivals += 1;
             let key = (urgency, slots.arrivals);
@@ -129,6 +166,11 @@ impl InferencePool {
     /// (jobs run, jobs that had to wait for a slot, slots).
     pub fn stats(&self) -> (u64, u64, usize) {
         (self.jobs.load(Ordering::Relaxed), self.waited.load(Ordering::Relaxed), self.size)
+    }
+
+    /// Running jobs told to stop so an urgent one could have their slot.
+    pub fn yielded(&self) -> u64 {
+        self.yielded.load(Ordering::Relaxed)
     }
 }
 
@@ -217,5 +259,38 @@ mod tests {
         // Every slot came back: a new job runs at once.
         let slots = pool.shared.lock();
         assert!(slots.free == 1 && slots.waiting.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_that_can_give_way_stops_for_an_urgent_one_and_an_ordinary_one_does_not() {
+        let pool = Arc::new(InferencePool::new("test", 1));
+        // Another call's partial transcript holds the only slot, working until told to stop.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let partial = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.run_yielding(stop, move || {
+                    started_tx.send(()).unwrap();
+                    let began = std::time::Instant::now();
+                    while !flag.load(Ordering::Relaxed) && began.elapsed() < std::time::Duration::from_secs(30) {
+                        std::thread::yield_now();
+                    }
+                    flag.load(Ordering::Relaxed)
+                })
+                .await
+            }
+        });
+        tokio::task::spawn_blocking(move || started.recv().unwrap()).await.unwrap();
+        // A later-needed job waiting does not stop it; a final transcript does.
+        let mut later = Box::pin(pool.run_with(Urgency::Ahead, || "later"));
+        assert!(futures::poll!(&mut later).is_pending());
+        assert_eq!(pool.yielded(), 0);
+        let now = pool.run(|| "final transcript");
+        assert_eq!(now.await.unwrap(), "final transcript");
+        assert!(partial.await.unwrap().unwrap(), "the partial was told to stop");
+        assert_eq!(pool.yielded(), 1);
+        assert_eq!(later.await.unwrap(), "later");
     }
 }

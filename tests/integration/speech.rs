@@ -118,7 +118,7 @@ fn every_supported_format_transcribes() {
 }
 
 #[test]
-fn silence_gives_an_empty_transcript() {
+fn silence_and_line_noise_give_an_empty_transcript() {
     let dir = tempfile::tempdir().unwrap();
     let silent = dir.path().join("silent.wav");
     let hiss = dir.path().join("hiss.wav");
@@ -128,6 +128,22 @@ fn silence_gives_an_empty_transcript() {
     ringline::audio::Audio::new(vec![], 8_000).write_wav(&tiny).unwrap();
     let heard = transcribe(&[silent, hiss, tiny], &[]);
     assert_eq!(heard, vec!["", "", ""]);
+
+    // A phone line's own noises, μ-law at 8 kHz and loud enough to pass the silence gate: hiss
+    // at three levels, mains hum, rumble. Whisper must not write words into them.
+    let mut noises = Vec::new();
+    for (name, synth, volume) in [("pink1", "pinknoise", "0.003"), ("pink2", "pinknoise", "0.01"), ("pink3", "pinknoise", "0.03"), ("hum", "sine", "0.05"), ("rumble", "brownnoise", "0.05")] {
+        let file = dir.path().join(format!("{name}.wav"));
+        let mut args: Vec<&OsStr> = vec![OsStr::new("-n"), OsStr::new("-r"), OsStr::new("8000"), OsStr::new("-e"), OsStr::new("u-law"), file.as_os_str(), OsStr::new("synth"), OsStr::new("3"), OsStr::new(synth)];
+        if synth == "sine" {
+            args.push(OsStr::new("60"));
+        }
+        args.extend([OsStr::new("vol"), OsStr::new(volume)]);
+        sox(&args);
+        noises.push(file);
+    }
+    let heard = transcribe(&noises, &[]);
+    assert!(heard.iter().all(String::is_empty), "words written into line noise: {heard:?}");
 }
 
 #[test]
