@@ -643,25 +643,49 @@ pub use crate::telemetry::machine_line;
 /// alone, and the most calls that kept p95 within 1.5 s.
 async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: Arc<Assistant>, script: &CallerScript, most: usize) -> anyhow::Result<()> {
     println!("\ncalls at once on {} (voice-to-voice from the true end of speech):", machine_line());
-    println!("{:>6} {:>6} {:>8} {:>8} {:>12} {:>14}", "calls", "turns", "p50 ms", "p95 ms", "p95 vs one", "MiB per call");
+    println!(
+        "{:>6} {:>6} {:>8} {:>8} {:>12} {:>14}   {:>16} {:>16} {:>16} {:>16}   {:>8} {:>8}",
+        "calls", "turns", "p50 ms", "p95 ms", "p95 vs one", "MiB per call", "end of turn", "transcript", "LLM 1st token", "1st audio", "STT wait", "yielded"
+    );
     let (resident_before, _) = memory_mib();
     let mut alone_p95 = None;
     let mut within = 0;
     for n in 1..=most {
         eprintln!("{n} call(s) at once, in real time…");
+        let stt_before = (crate::pipeline::pool::stt().stats(), crate::pipeline::pool::stt().yielded());
         let calls = futures::future::join_all((0..n).map(|_| simulate_call(store, engines.clone(), assistant.clone(), script.clone(), BTreeMap::new(), DEFAULT_LINE_RATE, false))).await;
-        let mut v2v = Vec::new();
+        let mut turns = Vec::new();
         for call in calls {
-            v2v.extend(turns_from_truth(&call?).into_iter().map(|(t, _, _)| t.voice_to_voice));
+            turns.extend(turns_from_truth(&call?).into_iter().map(|(t, _, _)| t));
         }
+        let v2v: Vec<Duration> = turns.iter().map(|t| t.voice_to_voice).collect();
+        // Where the time goes under load: each stage from the true end of speech, p50/p95.
+        let stage = |get: fn(&crate::pipeline::metrics::TurnTimings) -> Duration| {
+            let values: Vec<Duration> = turns.iter().map(get).collect();
+            format!("{:.0}/{:.0}", percentile(&values, 0.5).map(ms_of).unwrap_or(0.0), percentile(&values, 0.95).map(ms_of).unwrap_or(0.0))
+        };
+        let stages = [stage(|t| t.end_of_turn), stage(|t| t.stt_final), stage(|t| t.llm_first_token), stage(|t| t.tts_first_audio)];
+        let ((jobs, waited, _), yielded) = (crate::pipeline::pool::stt().stats(), crate::pipeline::pool::stt().yielded());
+        let stt_waits = format!("{}/{}", waited - stt_before.0 .1, jobs - stt_before.0 .0);
+        let yielded = yielded - stt_before.1;
         let (p50, p95) = (percentile(&v2v, 0.5).map(ms_of).unwrap_or(0.0), percentile(&v2v, 0.95).map(ms_of).unwrap_or(0.0));
         let alone = *alone_p95.get_or_insert(p95);
         let (_, peak) = memory_mib();
         if p95 <= 1500.0 {
             within = n;
         }
-        println!("{n:>6} {:>6} {p50:>8.0} {p95:>8.0} {:>11.2}× {:>14.0}", v2v.len(), if alone > 0.0 { p95 / alone } else { 0.0 }, (peak - resident_before).max(0.0) / n as f64);
+        println!(
+            "{n:>6} {:>6} {p50:>8.0} {p95:>8.0} {:>11.2}× {:>14.0}   {:>16} {:>16} {:>16} {:>16}   {stt_waits:>8} {yielded:>8}",
+            v2v.len(),
+            if alone > 0.0 { p95 / alone } else { 0.0 },
+            (peak - resident_before).max(0.0) / n as f64,
+            stages[0],
+            stages[1],
+            stages[2],
+            stages[3]
+        );
     }
+    println!("stages: p50/p95 ms from the true end of speech; STT wait: speech-to-text jobs that waited for a slot / all; yielded: partial transcripts stopped for a final one");
     println!("most calls at once with voice-to-voice p95 ≤ 1.5 s: {within}");
     // What `serve` admits on its local models unless told otherwise (`--max-local-calls`).
     let capacity = crate::server::limits::Capacity { local_calls: within as u32, machine: machine_line(), measured_with: assistant.spec.name.clone() };

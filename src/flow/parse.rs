@@ -684,6 +684,12 @@ pub fn name(text: &str) -> Option<String> {
             }
         }
     }
+    // A question is not a name ("Can I bring a dog?" is not booked under "Can"): without a
+    // cue or spelled letters, words asked as a question give none.
+    const ASKING: &[&str] = &["can", "could", "do", "does", "did", "is", "are", "will", "would", "may", "should", "what", "where", "when", "why", "how", "which", "who"];
+    if text.trim_end().ends_with('?') || words.first().is_some_and(|w| ASKING.contains(&w.as_str())) {
+        return None;
+    }
     // Speech recognition capitalizes names: "I made it, Sarah." holds one.
     if let Some(found) = capitalized_name(text) {
         return Some(found);

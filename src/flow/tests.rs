@@ -448,3 +448,16 @@ fn a_node_with_its_own_read_back_is_not_checked_twice() {
     let reply = flow.on_caller_unsure("The name is Sarah.", &[]);
     assert_eq!(said(&reply), "So that's a table for 2, today at 7 pm, under Sarah. Is that right?");
 }
+
+#[test]
+fn a_question_is_not_taken_for_a_name() {
+    // Seen in `bench latency`: "Can I bring a dog?" asked when the name was due was booked
+    // under "Can".
+    for question in ["Can I bring a dog?", "Is there parking nearby", "What time do you close?"] {
+        assert_eq!(parse::name(question), None, "{question}");
+    }
+    // A cue or spelled letters still count, question or not.
+    assert_eq!(parse::name("Can you put it under Sarah Jones?").as_deref(), Some("Sarah Jones"));
+    assert_eq!(parse::name("My name is Sarah, is that enough?").as_deref(), Some("Sarah"));
+    assert_eq!(parse::name("The name is Dana."), Some("Dana".to_string()));
+}

@@ -8,6 +8,9 @@
 //!
 //! Tensors are written in the order of OpenAI's PyTorch state dict (the order whisper.cpp's
 //! own converter produces); whisper.cpp looks tensors up by name, so order affects only the hash.
+//! The weight matrices may instead be quantized to Q8_0 or Q5_1 blocks, as whisper.cpp's own
+//! `quantize` writes them. (Past 600 lines for its tests: a whole synthetic model is written
+//! to pin every format's bytes.)
 
 use std::borrow::Cow;
 use std::collections::HashMap;
