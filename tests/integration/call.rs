@@ -142,7 +142,7 @@ fn the_agents_echo_on_the_callers_side_is_neither_a_barge_in_nor_the_callers_wor
     };
 
     let llm = standin::llm(vec![Reply::Text(long), Reply::Text("Of course, go ahead.")]);
-    let call = simulate(&standin_assistant(&llm, ""), caller);
+    let call = simulate(&standin_assistant(&llm, "turn: { cancel_echo: true }\n"), caller);
     let barge_ins = call.report["barge_ins"].as_array().unwrap();
     // The one barge-in is the caller's, about four seconds into the answer, not the echo's.
     assert_eq!(barge_ins.len(), 1, "{}", call.report);
