@@ -14,6 +14,7 @@ use std::path::Path;
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 use serde::Deserialize;
 
+use ringline_kernels::dense::Dense;
 use super::wordpiece::WordPiece;
 
 /// sentence-transformers' `max_seq_length` for this model.
@@ -30,11 +31,8 @@ pub struct MiniLm {
     heads: usize,
 }
 
-struct Linear {
-    /// `[out, in]`, as PyTorch stores it.
-    weight: Array2<f32>,
-    bias: Array1<f32>,
-}
+/// A dense layer (`[out, in]` weights, as PyTorch stores them).
+struct Linear(Dense);
 
 struct Norm {
     gain: Array1<f32>,
@@ -109,7 +107,7 @@ impl Tensors {
     }
 
     fn linear(&self, name: &str, inputs: usize, outputs: usize) -> Result<Linear, String> {
-        Ok(Linear { weight: self.matrix(&format!("{name}.weight"), outputs, inputs)?, bias: self.vector(&format!("{name}.bias"), outputs)? })
+        Ok(Linear(Dense::new(self.get(&format!("{name}.weight"), &[outputs, inputs])?, self.get(&format!("{name}.bias"), &[outputs])?)))
     }
 
     fn norm(&self, name: &str, len: usize) -> Result<Norm, String> {
@@ -237,7 +235,7 @@ impl MiniLm {
         attended += &x;
         layer_norm(&mut attended, &layer.attention_norm);
         let mut inner = layer.intermediate.forward(attended.view());
-        inner.mapv_inplace(gelu);
+        ringline_kernels::activation::gelu(inner.as_slice_mut().expect("fresh array"));
         let mut out = layer.output.forward(inner.view());
         out += &attended;
         layer_norm(&mut out, &layer.output_norm);
@@ -247,8 +245,9 @@ impl MiniLm {
 
 impl Linear {
     fn forward(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        let mut y = x.dot(&self.weight.t());
-        y += &self.bias;
+        let x = x.as_standard_layout();
+        let mut y = Array2::<f32>::zeros((x.nrows(), self.0.outs()));
+        self.0.forward(x.as_slice().expect("standard layout"), y.as_slice_mut().expect("fresh array"));
         y
     }
 }
@@ -263,9 +262,4 @@ fn layer_norm(x: &mut Array2<f32>, norm: &Norm) {
             *v = (*v - mean) * inv * g + b;
         }
     }
-}
-
-/// BERT's exact GELU, `x·Φ(x)`.
-fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2))
 }

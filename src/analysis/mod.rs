@@ -148,7 +148,8 @@ mod tests {
     }
 
     /// Token ids from Hugging Face's `tokenizers` on the same tokenizer.json, and embedding
-    /// values from an independent numpy forward pass over the same weights.
+    /// values from an independent numpy forward pass over the same f32 weights (within 1e-4:
+    /// where the CPU converts half floats the encoder holds its weights as f16).
     #[test]
     fn tokens_and_embeddings_match_the_reference_implementation() {
         let Some(analyzer) = analyzer() else { return };
@@ -157,7 +158,7 @@ mod tests {
         let vectors = analyzer.model.embed(&[text, "Hello"]);
         for (got, want) in [(&vectors[0], [-0.03363, 0.01598, 0.04828, 0.03261, -0.01617, 0.01235]), (&vectors[1], [-0.06277, 0.05496, 0.05216, 0.08579, -0.08275, -0.07457])] {
             for (g, w) in got.iter().zip(want) {
-                assert!((g - w).abs() < 2e-5, "{:?} vs {want:?}", &got[..6]);
+                assert!((g - w).abs() < 1e-4, "{:?} vs {want:?}", &got[..6]);
             }
         }
     }

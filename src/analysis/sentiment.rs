@@ -1,10 +1,17 @@
-//! Sentiment of one utterance: a valence lexicon with negation, intensifiers and "but", scored
-//! like VADER (`sum / sqrt(sum² + 15)`, so −1..1), plus the call-level escalation rule.
+//! Sentiment of one utterance: a valence lexicon with negation, intensifiers, "but", shouting
+//! and exclamation, scored like VADER (`sum / sqrt(sum² + 15)`, so −1..1), plus the call-level
+//! escalation rule.
 //!
 //! Why a lexicon and not the embedding model: a caller's anger on a phone line is said in a
 //! few plain words ("this is ridiculous", "I've been waiting an hour"), a lexicon reads those
 //! the same way every time and explains itself, and it costs microseconds on the voice path's
-//! side branch. The lexicon is written for service calls (waiting, being cut off, charges).
+//! side branch. The words are VADER's human-rated lexicon (≈7,500 entries, the model store's
+//! `vader-lexicon`), under a layer written for service calls (waiting, being cut off,
+//! charges) that also silences what is no sentiment on a phone ("please", "yes", "no").
+//! Without the store's file the service-call layer works alone.
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::OnceLock;
 
 use serde::Serialize;
 
@@ -47,7 +54,12 @@ impl Label {
 /// Below or above these a score is negative or positive.
 const NEUTRAL_BAND: f32 = 0.2;
 
-/// (word, valence −4..4). Multi-word phrases are matched on the joined words.
+/// The model store's lexicon: VADER's, one entry per line, `token<TAB>mean valence<TAB>…`.
+pub const MODEL: &str = "vader-lexicon";
+
+/// Service-call words: (word, valence −4..4), over the store's lexicon. Multi-word phrases are
+/// matched on the joined words; a valence of 0 removes a word that carries no sentiment on a
+/// phone line.
 const LEXICON: &[(&str, f32)] = &[
     ("great", 3.1), ("good", 1.9), ("fine", 0.8), ("nice", 1.8), ("lovely", 2.8), ("wonderful", 2.9), ("excellent", 3.1),
     ("perfect", 2.9), ("amazing", 2.8), ("awesome", 3.1), ("fantastic", 2.6), ("brilliant", 2.8), ("happy", 2.7),
@@ -67,68 +79,170 @@ const LEXICON: &[(&str, f32)] = &[
     ("confused", -1.3), ("damn", -2.5), ("hell", -2.0), ("shit", -3.0), ("crap", -2.5), ("bloody", -1.8),
     ("cut off", -1.8), ("hung up", -1.8), ("on hold", -1.4), ("no one", -1.0), ("nobody", -1.2), ("lost", -1.5),
     ("speak to a manager", -1.8), ("not happy", -2.4), ("not good", -2.0), ("what a", -0.5),
+    // Words of a phone call's mechanics, which general lexicons rate.
+    ("please", 0.0), ("yes", 0.0), ("no", 0.0), ("ok", 0.0), ("okay", 0.0), ("yeah", 0.0), ("sure", 0.0), ("hold", 0.0),
+    ("call", 0.0), ("number", 0.0), ("order", 0.0), ("charge", 0.0), ("charged", -0.6), ("bill", 0.0), ("care", 0.0),
 ];
+
+/// Words with valences, looked up by their lower-case text.
+pub struct Lexicon {
+    entries: HashMap<String, f32>,
+    /// Words in the longest entry.
+    longest: usize,
+}
+
+impl Lexicon {
+    /// The service-call words alone.
+    pub fn built_in() -> Self {
+        Self::with(HashMap::new())
+    }
+
+    /// VADER's lexicon file under the service-call words.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut entries = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let mut fields = line.split('\t');
+            let (Some(token), Some(valence)) = (fields.next(), fields.next()) else { continue };
+            let valence: f32 = valence.trim().parse().map_err(|_| format!("{}:{}: valence {valence:?} is not a number", path.display(), n + 1))?;
+            entries.insert(token.trim().to_lowercase(), valence);
+        }
+        if entries.len() < 1000 {
+            return Err(format!("{}: {} entries; not VADER's lexicon", path.display(), entries.len()));
+        }
+        Ok(Self::with(entries))
+    }
+
+    fn with(mut entries: HashMap<String, f32>) -> Self {
+        for (word, valence) in LEXICON {
+            if *valence == 0.0 {
+                entries.remove(*word);
+            } else {
+                entries.insert(word.to_string(), *valence);
+            }
+        }
+        let longest = entries.keys().map(|k| k.split(' ').count()).max().unwrap_or(1).min(4);
+        Lexicon { entries, longest }
+    }
+
+    /// The process's lexicon: the store's when it is installed, else the built-in one (said once).
+    pub fn shared() -> &'static Lexicon {
+        static SHARED: OnceLock<Lexicon> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let loaded = crate::models::ModelStore::from_env().map_err(|e| e.to_string()).and_then(|store| store.require(MODEL).map_err(|e| e.to_string())).and_then(|path| Lexicon::from_file(&path));
+            loaded.unwrap_or_else(|e| {
+                tracing::warn!("sentiment: service-call words only ({e}); run `ringline models pull` for the full lexicon");
+                Lexicon::built_in()
+            })
+        })
+    }
+
+    /// The sentiment of `text`.
+    pub fn score(&self, text: &str) -> Sentiment {
+        let words = words_of(text);
+        // Shouting a word counts only when the rest is not shouted too.
+        let shouting_matters = words.iter().any(|w| !w.shouted);
+        // After "but", what follows counts more than what came before ("the food was fine but the
+        // service was awful").
+        let but = words.iter().rposition(|w| w.text == "but" || w.text == "however");
+        let mut sum = 0.0f32;
+        let mut i = 0;
+        while i < words.len() {
+            let Some((valence, span)) = self.lookup(&words, i) else {
+                i += 1;
+                continue;
+            };
+            let mut v = valence;
+            if shouting_matters && words[i].shouted {
+                v += 0.733 * v.signum();
+            }
+            for back in 1..=3 {
+                let Some(prev) = i.checked_sub(back).map(|j| words[j].text.as_str()) else { break };
+                if let Some((_, boost)) = BOOSTERS.iter().find(|(b, _)| *b == prev) {
+                    v += boost * v.signum() * (1.0 - 0.2 * (back - 1) as f32);
+                }
+                if NEGATIONS.contains(&prev) || prev.ends_with("n't") {
+                    // "not good" is mildly bad; "not bad" is mildly good.
+                    v *= -0.74;
+                    break;
+                }
+            }
+            match but {
+                Some(b) if i < b => v *= 0.5,
+                Some(b) if i > b => v *= 1.5,
+                _ => {}
+            }
+            sum += v;
+            i += span;
+        }
+        // Emoticons (":)", ":-(") are whole space-separated tokens the word split drops.
+        sum += text.split_whitespace().filter(|t| t.chars().any(|c| !c.is_alphanumeric())).filter_map(|t| self.entries.get(t)).sum::<f32>();
+        let exclaims = text.matches('!').count().min(4) as f32;
+        if sum != 0.0 {
+            sum += sum.signum() * 0.29 * exclaims;
+        }
+        let score = (sum / (sum * sum + 15.0).sqrt()).clamp(-1.0, 1.0);
+        Sentiment { score: (score * 1000.0).round() / 1000.0, label: Label::of(score) }
+    }
+
+    /// The longest entry starting at word `i`: (valence, words spanned).
+    fn lookup<W: AsRef<str>>(&self, words: &[W], i: usize) -> Option<(f32, usize)> {
+        for span in (1..=self.longest).rev() {
+            if i + span > words.len() {
+                continue;
+            }
+            let found = if span == 1 {
+                self.entries.get(words[i].as_ref())
+            } else {
+                self.entries.get(&words[i..i + span].iter().map(AsRef::as_ref).collect::<Vec<_>>().join(" "))
+            };
+            if let Some(v) = found {
+                return Some((*v, span));
+            }
+        }
+        None
+    }
+}
 
 const NEGATIONS: &[&str] = &["not", "no", "never", "dont", "don't", "isnt", "isn't", "wasnt", "wasn't", "cant", "can't", "cannot", "wont", "won't", "didnt", "didn't", "aint", "hardly", "without", "nor"];
 const BOOSTERS: &[(&str, f32)] = &[("very", 0.3), ("really", 0.3), ("so", 0.25), ("extremely", 0.4), ("absolutely", 0.35), ("totally", 0.3), ("completely", 0.3), ("incredibly", 0.4), ("quite", 0.1), ("bit", -0.3), ("slightly", -0.3), ("somewhat", -0.2)];
 
-/// Lower-case words, apostrophes kept inside them ("don't").
-fn words_of(text: &str) -> Vec<String> {
-    text.to_lowercase().split(|c: char| !(c.is_alphanumeric() || c == '\'')).filter(|w| !w.is_empty()).map(|w| w.trim_matches('\'').to_string()).collect()
+/// One word: lower case, apostrophes kept inside ("don't"), and whether it was written in
+/// capitals ("this is UNACCEPTABLE").
+struct Word {
+    text: String,
+    shouted: bool,
 }
 
-/// The sentiment of `text`.
+impl AsRef<str> for Word {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
+fn words_of(text: &str) -> Vec<Word> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .map(|w| w.trim_matches('\''))
+        .filter(|w| !w.is_empty())
+        .map(|w| Word { text: w.to_lowercase(), shouted: w.chars().count() > 1 && w.chars().any(char::is_alphabetic) && !w.chars().any(char::is_lowercase) })
+        .collect()
+}
+
+/// The sentiment of `text`, with the process's lexicon.
 pub fn score(text: &str) -> Sentiment {
-    let words = words_of(text);
-    // After "but", what follows counts more than what came before ("the food was fine but the
-    // service was awful").
-    let but = words.iter().rposition(|w| w == "but" || w == "however");
-    let mut sum = 0.0f32;
-    let mut i = 0;
-    while i < words.len() {
-        let (valence, span) = match lookup(&words, i) {
-            Some(found) => found,
-            None => {
-                i += 1;
-                continue;
-            }
-        };
-        let mut v = valence;
-        for back in 1..=3 {
-            let Some(prev) = i.checked_sub(back).map(|j| words[j].as_str()) else { break };
-            if let Some((_, boost)) = BOOSTERS.iter().find(|(b, _)| *b == prev) {
-                v += boost * v.signum() * (1.0 - 0.2 * (back - 1) as f32);
-            }
-            if NEGATIONS.contains(&prev) || prev.ends_with("n't") {
-                // "not good" is mildly bad; "not bad" is mildly good.
-                v *= -0.74;
-                break;
-            }
-        }
-        match but {
-            Some(b) if i < b => v *= 0.5,
-            Some(b) if i > b => v *= 1.5,
-            _ => {}
-        }
-        sum += v;
-        i += span;
-    }
-    let exclaims = text.matches('!').count().min(3) as f32;
-    if sum != 0.0 {
-        sum += sum.signum() * 0.29 * exclaims;
-    }
-    let score = (sum / (sum * sum + 15.0).sqrt()).clamp(-1.0, 1.0);
-    Sentiment { score: (score * 1000.0).round() / 1000.0, label: Label::of(score) }
+    Lexicon::shared().score(text)
 }
 
 /// The words that carried the sentiment, each with the booster or negation before it
 /// ("extremely frustrating", "not happy"), strongest first.
 pub fn key_phrases(text: &str) -> Vec<String> {
-    let words = words_of(text);
+    let lexicon = Lexicon::shared();
+    let words: Vec<Word> = words_of(text);
+    let words: Vec<String> = words.into_iter().map(|w| w.text).collect();
     let mut found: Vec<(f32, String)> = Vec::new();
     let mut i = 0;
     while i < words.len() {
-        let Some((valence, span)) = lookup(&words, i) else {
+        let Some((valence, span)) = lexicon.lookup(&words, i) else {
             i += 1;
             continue;
         };
@@ -149,20 +263,6 @@ pub fn key_phrases(text: &str) -> Vec<String> {
     }
     found.sort_by(|a, b| b.0.total_cmp(&a.0));
     found.into_iter().map(|(_, p)| p).take(5).collect()
-}
-
-/// The longest lexicon entry starting at word `i`: (valence, words spanned).
-fn lookup(words: &[String], i: usize) -> Option<(f32, usize)> {
-    for span in (1..=4).rev() {
-        if i + span > words.len() {
-            continue;
-        }
-        let phrase = words[i..i + span].join(" ");
-        if let Some((_, v)) = LEXICON.iter().find(|(w, _)| *w == phrase) {
-            return Some((*v, span));
-        }
-    }
-    None
 }
 
 /// A call's running sentiment: flags escalation when a caller turns sharply negative.
@@ -194,23 +294,63 @@ impl Trend {
 mod tests {
     use super::*;
 
+    /// The built-in words, and the store's lexicon when it is pulled.
+    fn lexicons() -> Vec<Lexicon> {
+        let mut all = vec![Lexicon::built_in()];
+        match crate::models::ModelStore::from_env().map_err(|e| e.to_string()).and_then(|s| s.require(MODEL).map_err(|e| e.to_string())) {
+            Ok(path) => all.push(Lexicon::from_file(&path).unwrap()),
+            Err(e) => eprintln!("store lexicon skipped: {e} (run `ringline models pull`)"),
+        }
+        all
+    }
+
     #[test]
     fn callers_words_get_the_expected_label() {
-        for (text, label) in [
-            ("That's great, thank you so much!", Label::Positive),
-            ("Perfect, see you then.", Label::Positive),
-            ("This is ridiculous, I've been waiting for an hour.", Label::Negative),
-            ("The service was terrible and nobody called me back.", Label::Negative),
-            ("I'm not happy with this at all.", Label::Negative),
-            ("It's not bad actually.", Label::Positive),
-            ("A table for two at seven please.", Label::Neutral),
-            ("My order number is 4 5 6 7.", Label::Neutral),
-            ("The food was fine but the service was awful.", Label::Negative),
-        ] {
-            assert_eq!(score(text).label, label, "{text}: {:?}", score(text));
+        for lexicon in lexicons() {
+            let score = |text: &str| lexicon.score(text);
+            for (text, label) in [
+                ("That's great, thank you so much!", Label::Positive),
+                ("Perfect, see you then.", Label::Positive),
+                ("This is ridiculous, I've been waiting for an hour.", Label::Negative),
+                ("The service was terrible and nobody called me back.", Label::Negative),
+                ("I'm not happy with this at all.", Label::Negative),
+                ("It's not bad actually.", Label::Positive),
+                ("A table for two at seven please.", Label::Neutral),
+                ("My order number is 4 5 6 7.", Label::Neutral),
+                ("No, the number is AB12345.", Label::Neutral),
+                ("Yes, that's right.", Label::Neutral),
+                ("The food was fine but the service was awful.", Label::Negative),
+            ] {
+                assert_eq!(score(text).label, label, "{text}: {:?} ({} entries)", score(text), lexicon.entries.len());
+            }
+            assert!(score("really terrible").score < score("terrible").score);
+            assert!(score("absolutely useless!!!").score <= -0.6);
+            assert!(score("this is UNACCEPTABLE").score < score("this is unacceptable").score, "shouting counts");
+            assert_eq!(score("THIS IS UNACCEPTABLE").score, score("this is unacceptable").score, "all capitals is not shouting one word");
         }
-        assert!(score("really terrible").score < score("terrible").score);
-        assert!(score("absolutely useless!!!").score <= -0.6);
+    }
+
+    #[test]
+    fn the_stores_lexicon_knows_what_the_service_words_do_not() {
+        let all = lexicons();
+        let Some(full) = all.get(1) else { return };
+        for (text, label) in [("I'm thrilled with it", Label::Positive), ("That was a dreadful experience", Label::Negative), ("sounds good :)", Label::Positive), ("missed it again :(", Label::Negative)] {
+            assert_eq!(full.score(text).label, label, "{text}: {:?}", full.score(text));
+        }
+        assert_eq!(all[0].score("I'm thrilled with it").label, Label::Neutral);
+    }
+
+    #[test]
+    fn a_file_that_is_not_the_lexicon_is_refused_naming_it() {
+        let dir = std::env::temp_dir().join(format!("ringline-lexicon-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.txt");
+        std::fs::write(&bad, "good\tvery\n").unwrap();
+        let e = Lexicon::from_file(&bad).err().unwrap();
+        assert!(e.contains("bad.txt:1") && e.contains("\"very\""), "{e}");
+        std::fs::write(&bad, "good\t1.9\n").unwrap();
+        assert!(Lexicon::from_file(&bad).err().unwrap().contains("not VADER's lexicon"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod audio_cmds;
 mod bench;
+mod bench_analysis;
 mod bench_api;
 mod bench_calls;
 mod bench_stt;
