@@ -86,11 +86,7 @@ struct EchoPath {
 impl EchoPath {
     fn new(played: Played, input_rate: u32) -> Result<EchoPath, String> {
         let canceller = EchoCanceller::new().map_err(|e| e.to_string())?;
-        let resampler = if input_rate == MODEL_RATE {
-            None
-        } else {
-            Some(StreamResampler::new(input_rate, MODEL_RATE, (input_rate / 50) as usize).map_err(|e| e.to_string())?)
-        };
+        let resampler = to_model_rate(input_rate).map_err(|e| e.to_string())?;
         Ok(EchoPath { played, canceller, resampler, drops_seen: 0 })
     }
 
@@ -165,15 +161,11 @@ enum Phase {
 
 impl Listener {
     pub async fn run(self, mut audio_in: LiveReceiver, out: mpsc::Sender<Frame>, cancel: CancellationToken) {
-        let mut resampler = if self.input_rate == MODEL_RATE {
-            None
-        } else {
-            match StreamResampler::new(self.input_rate, MODEL_RATE, (self.input_rate / 50) as usize) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    let _ = out.send(Frame::Error { stage: "listen", message: e.to_string() }).await;
-                    return;
-                }
+        let mut resampler = match to_model_rate(self.input_rate) {
+            Ok(resampler) => resampler,
+            Err(e) => {
+                let _ = out.send(Frame::Error { stage: "listen", message: e.to_string() }).await;
+                return;
             }
         };
         let mut echo = match self.played.clone().map(|played| EchoPath::new(played, self.input_rate)) {
@@ -416,6 +408,15 @@ const PUNCTUATION_BONUS: f32 = 0.3;
 /// How much silence, after the VAD's, ends the turn: none when Smart Turn's probability and
 /// the transcript together reach `threshold`; all of `fallback` when there are no words or
 /// they dangle; in between, the share of `fallback` by which the score fell short.
+/// The line's audio to the models' 16 kHz, 20 ms at a time (none when it already is): the
+/// caller's and the echo reference's alike, so the two stay sample for sample together.
+fn to_model_rate(input_rate: u32) -> Result<Option<StreamResampler>, crate::audio::resample::ResampleError> {
+    if input_rate == MODEL_RATE {
+        return Ok(None);
+    }
+    StreamResampler::new(input_rate, MODEL_RATE, (input_rate / 50) as usize).map(Some)
+}
+
 pub fn extra_wait(text: &str, probability: Option<f32>, threshold: f32, fallback: Duration) -> Duration {
     if text.trim().is_empty() || is_dangling(text) {
         // No words (a cough, or words still to come), or words that promise more.
