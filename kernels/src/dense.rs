@@ -7,9 +7,11 @@
 //! at a time (twelve running sums in registers), with AVX2 and FMA where the CPU has them and
 //! a plain loop elsewhere.
 //!
-//! With so few tokens the product is bound by reading `W` (MiniLM's 21M weights are 84 MB
-//! as f32, more than a 2-core box's cache), so where the CPU converts half floats (F16C) the
-//! weights are kept as f16: half the bytes to read, and embeddings within ~1e-4 of f32's.
+//! Where the CPU converts half floats (F16C) the weights are kept as f16: half the bytes to
+//! read and cache (the encoder's dense layers are 42 MB as f32, more than a small box's
+//! last-level cache), embeddings within ~1e-4 of f32's. Where it has AVX-512, sixteen lanes
+//! instead of eight: for a line of a dozen tokens the product is bound by the multiplications,
+//! not by reading `W` (memory streams at 13–20 GB/s here; 21 MB take ~1.5 ms of a ~4 ms pass).
 
 /// One dense layer's weights, in the form this CPU multiplies fastest.
 pub struct Dense {
@@ -44,6 +46,10 @@ impl Dense {
         match &self.weights {
             Weights::F32(w) => linear(x, w, &self.bias, self.ins, out),
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: the AVX-512 kernel runs only where `wide_path` found AVX-512F and
+            // `ins % 16 == 0`.
+            Weights::F16(w) if wide_path(self.ins) => unsafe { avx512::linear(x, w, &self.bias, self.ins, out) },
+            #[cfg(target_arch = "x86_64")]
             // SAFETY: F16 weights are only made where `fast_path` found AVX2, FMA and F16C and
             // `ins % 8 == 0`; lengths are asserted above and in `new`.
             Weights::F16(w) => unsafe { avx2::linear::<true>(x, w.as_ptr().cast(), &self.bias, self.ins, out) },
@@ -64,6 +70,28 @@ fn fast_path(ins: usize, f16: bool) -> bool {
         let _ = (ins, f16);
         false
     }
+}
+
+/// Which kernel the encoder's layers (384 and 1536 inputs) run on this CPU, for benchmarks to
+/// print beside their figures.
+pub fn kernel() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if wide_path(384) {
+        return "AVX-512, f16 weights";
+    }
+    if fast_path(384, true) {
+        "AVX2 + FMA, f16 weights"
+    } else {
+        "portable, f32 weights"
+    }
+}
+
+/// Whether the AVX-512 kernel runs here (on f16 weights): sixteen lanes instead of eight.
+/// `RINGLINE_NO_AVX512` set turns it off, to compare the two on one machine.
+#[cfg(target_arch = "x86_64")]
+fn wide_path(ins: usize) -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    ins % 16 == 0 && *AVX512.get_or_init(|| std::is_x86_feature_detected!("avx512f") && std::env::var_os("RINGLINE_NO_AVX512").is_none())
 }
 
 /// `out[t·outs + o] = bias[o] + Σᵢ x[t·ins + i] · w[o·ins + i]`, on f32 weights.
@@ -176,6 +204,75 @@ mod avx2 {
         for (r, sums) in acc.iter().enumerate() {
             for (k, s) in sums.iter().enumerate() {
                 out[(t + k) * outs + o + r] = bias[o + r] + sum(*s);
+            }
+        }
+    }
+}
+
+/// The f16 product on AVX-512: four rows against four tokens at a time, sixteen lanes each.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    const ROWS: usize = 4;
+    const TOKENS: usize = 4;
+
+    /// Safety: AVX-512F present, `ins % 16 == 0`, `w.len() == bias.len() × ins`, shapes as
+    /// [`super::Dense::forward`] asserts.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn linear(x: &[f32], w: &[u16], bias: &[f32], ins: usize, out: &mut [f32]) {
+        let outs = bias.len();
+        let tokens = x.len() / ins;
+        let mut o = 0;
+        while o < outs {
+            let rows = (outs - o).min(ROWS);
+            let mut t = 0;
+            while t < tokens {
+                let n = (tokens - t).min(TOKENS);
+                match (rows, n) {
+                    (ROWS, TOKENS) => block::<ROWS, TOKENS>(x, w, bias, ins, out, o, t),
+                    (ROWS, 3) => block::<ROWS, 3>(x, w, bias, ins, out, o, t),
+                    (ROWS, 2) => block::<ROWS, 2>(x, w, bias, ins, out, o, t),
+                    (ROWS, _) => block::<ROWS, 1>(x, w, bias, ins, out, o, t),
+                    _ => {
+                        for r in 0..rows {
+                            block::<1, 1>(x, w, bias, ins, out, o + r, t);
+                        }
+                        t += 1;
+                        continue;
+                    }
+                }
+                t += n;
+            }
+            o += rows;
+        }
+    }
+
+    /// Rows `o..o + R` against tokens `t..t + T`: R × T sums kept in registers.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block<const R: usize, const T: usize>(x: &[f32], w: &[u16], bias: &[f32], ins: usize, out: &mut [f32], o: usize, t: usize) {
+        let outs = bias.len();
+        let xp = x.as_ptr().add(t * ins);
+        let wp = w.as_ptr().add(o * ins);
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        let mut i = 0;
+        while i < ins {
+            let mut xs = [_mm512_setzero_ps(); T];
+            for (k, v) in xs.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(xp.add(k * ins + i));
+            }
+            for (r, sums) in acc.iter_mut().enumerate() {
+                let wv = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(r * ins + i).cast()));
+                for (s, xv) in sums.iter_mut().zip(&xs) {
+                    *s = _mm512_fmadd_ps(*xv, wv, *s);
+                }
+            }
+            i += 16;
+        }
+        for (r, sums) in acc.iter().enumerate() {
+            for (k, s) in sums.iter().enumerate() {
+                out[(t + k) * outs + o + r] = bias[o + r] + _mm512_reduce_add_ps(*s);
             }
         }
     }

@@ -110,9 +110,14 @@ impl Analyzer {
 
     /// The intents with their texts embedded.
     pub fn intent_set(&self, intents: &[IntentDef]) -> IntentSet {
+        self.intent_set_with_progress(intents, &|_, _| {})
+    }
+
+    /// [`Analyzer::intent_set`], telling `progress` (texts embedded, of all) as it goes.
+    pub fn intent_set_with_progress(&self, intents: &[IntentDef], progress: &dyn Fn(usize, usize)) -> IntentSet {
         let texts: Vec<Vec<String>> = intents.iter().map(IntentDef::texts).collect();
         let flat: Vec<String> = texts.iter().flatten().cloned().collect();
-        let mut vectors = self.embed(&flat, &|_| {}).into_iter();
+        let mut vectors = self.embed(&flat, &|done| progress(done, flat.len())).into_iter();
         let embedded = texts.iter().map(|t| vectors.by_ref().take(t.len()).collect()).collect();
         IntentSet::new(intents, embedded)
     }

@@ -125,12 +125,17 @@ impl Lexicon {
         Lexicon { entries, longest }
     }
 
+    /// VADER's lexicon from the model store (`ringline models pull` installs it).
+    pub fn from_store() -> Result<Self, String> {
+        let store = crate::models::ModelStore::from_env().map_err(|e| e.to_string())?;
+        Lexicon::from_file(&store.require(MODEL).map_err(|e| e.to_string())?)
+    }
+
     /// The process's lexicon: the store's when it is installed, else the built-in one (said once).
     pub fn shared() -> &'static Lexicon {
         static SHARED: OnceLock<Lexicon> = OnceLock::new();
         SHARED.get_or_init(|| {
-            let loaded = crate::models::ModelStore::from_env().map_err(|e| e.to_string()).and_then(|store| store.require(MODEL).map_err(|e| e.to_string())).and_then(|path| Lexicon::from_file(&path));
-            loaded.unwrap_or_else(|e| {
+            Lexicon::from_store().unwrap_or_else(|e| {
                 tracing::warn!("sentiment: service-call words only ({e}); run `ringline models pull` for the full lexicon");
                 Lexicon::built_in()
             })
@@ -152,16 +157,25 @@ impl Lexicon {
                 i += 1;
                 continue;
             };
+            // "kind of" hedges; it is not kindness.
+            if words[i].text == "kind" && words.get(i + 1).is_some_and(|w| w.text == "of") {
+                i += 1;
+                continue;
+            }
             let mut v = valence;
             if shouting_matters && words[i].shouted {
                 v += 0.733 * v.signum();
             }
             for back in 1..=3 {
-                let Some(prev) = i.checked_sub(back).map(|j| words[j].text.as_str()) else { break };
+                let Some(j) = i.checked_sub(back) else { break };
+                let prev = words[j].text.as_str();
                 if let Some((_, boost)) = BOOSTERS.iter().find(|(b, _)| *b == prev) {
-                    v += boost * v.signum() * (1.0 - 0.2 * (back - 1) as f32);
+                    // A booster further back counts a little less.
+                    v += boost * v.signum() * [1.0, 0.95, 0.9][back - 1];
                 }
-                if NEGATIONS.contains(&prev) || prev.ends_with("n't") {
+                // "the least helpful" is unhelpful; "at least" is not a negation.
+                let least = prev == "least" && !(j > 0 && matches!(words[j - 1].text.as_str(), "at" | "very"));
+                if NEGATIONS.contains(&prev) || prev.ends_with("n't") || least {
                     // "not good" is mildly bad; "not bad" is mildly good.
                     v *= -0.74;
                     break;
@@ -177,9 +191,15 @@ impl Lexicon {
         }
         // Emoticons (":)", ":-(") are whole space-separated tokens the word split drops.
         sum += text.split_whitespace().filter(|t| t.chars().any(|c| !c.is_alphanumeric())).filter_map(|t| self.entries.get(t)).sum::<f32>();
-        let exclaims = text.matches('!').count().min(4) as f32;
+        // Exclamation marks raise what was said; so do repeated question marks ("really??").
+        let exclaims = 0.29 * text.matches('!').count().min(4) as f32;
+        let questions = match text.matches('?').count() {
+            0 | 1 => 0.0,
+            n @ 2..=3 => 0.18 * n as f32,
+            _ => 0.96,
+        };
         if sum != 0.0 {
-            sum += sum.signum() * 0.29 * exclaims;
+            sum += sum.signum() * (exclaims + questions);
         }
         let score = (sum / (sum * sum + 15.0).sqrt()).clamp(-1.0, 1.0);
         Sentiment { score: (score * 1000.0).round() / 1000.0, label: Label::of(score) }
@@ -205,7 +225,15 @@ impl Lexicon {
 }
 
 const NEGATIONS: &[&str] = &["not", "no", "never", "dont", "don't", "isnt", "isn't", "wasnt", "wasn't", "cant", "can't", "cannot", "wont", "won't", "didnt", "didn't", "aint", "hardly", "without", "nor"];
-const BOOSTERS: &[(&str, f32)] = &[("very", 0.3), ("really", 0.3), ("so", 0.25), ("extremely", 0.4), ("absolutely", 0.35), ("totally", 0.3), ("completely", 0.3), ("incredibly", 0.4), ("quite", 0.1), ("bit", -0.3), ("slightly", -0.3), ("somewhat", -0.2)];
+/// Words that strengthen (or, below zero, soften) the sentiment word after them.
+const BOOSTERS: &[(&str, f32)] = &[
+    ("very", 0.3), ("really", 0.3), ("so", 0.25), ("extremely", 0.4), ("absolutely", 0.35), ("totally", 0.3), ("completely", 0.3),
+    ("incredibly", 0.4), ("quite", 0.1), ("utterly", 0.35), ("highly", 0.3), ("deeply", 0.3), ("truly", 0.3), ("particularly", 0.25),
+    ("especially", 0.25), ("most", 0.25), ("more", 0.2), ("seriously", 0.3), ("entirely", 0.3), ("thoroughly", 0.3), ("hugely", 0.3),
+    ("remarkably", 0.3), ("unbelievably", 0.35), ("awfully", 0.3), ("fucking", 0.35), ("freaking", 0.3),
+    ("bit", -0.3), ("slightly", -0.3), ("somewhat", -0.2), ("barely", -0.3), ("almost", -0.2), ("kinda", -0.3),
+    ("sorta", -0.3), ("partly", -0.25), ("marginally", -0.3), ("less", -0.2), ("little", -0.2), ("fairly", -0.1), ("rather", -0.1),
+];
 
 /// One word: lower case, apostrophes kept inside ("don't"), and whether it was written in
 /// capitals ("this is UNACCEPTABLE").
@@ -297,8 +325,8 @@ mod tests {
     /// The built-in words, and the store's lexicon when it is pulled.
     fn lexicons() -> Vec<Lexicon> {
         let mut all = vec![Lexicon::built_in()];
-        match crate::models::ModelStore::from_env().map_err(|e| e.to_string()).and_then(|s| s.require(MODEL).map_err(|e| e.to_string())) {
-            Ok(path) => all.push(Lexicon::from_file(&path).unwrap()),
+        match Lexicon::from_store() {
+            Ok(lexicon) => all.push(lexicon),
             Err(e) => eprintln!("store lexicon skipped: {e} (run `ringline models pull`)"),
         }
         all

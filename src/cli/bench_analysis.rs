@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::analysis::{sentiment, Analyzer, IntentDef, IntentSet};
+use crate::analysis::{sentiment, Analyzer, IntentDef};
 use crate::models::ModelStore;
 
 #[derive(Debug, clap::Args)]
@@ -109,7 +109,7 @@ fn per_line(analyzer: &Analyzer, assistant: &Path, load: Duration) -> anyhow::Re
     whole.sort();
     lexical.sort();
     let at = |v: &[Duration], q: f64| ms(v[((v.len() - 1) as f64 * q).round() as usize]);
-    println!("\n{}", crate::telemetry::machine_line());
+    println!("\n{}; encoder kernel: {}", crate::telemetry::machine_line(), ringline_kernels::dense::kernel());
     println!("model loaded in {:.0} ms; {} intents, {texts} texts embedded in {:.0} ms ({:.1} ms each)", ms(load), defs.len(), ms(build), ms(build) / texts.max(1) as f64);
     println!("per caller line, intent + sentiment + entities: p50 {:.1} ms, p95 {:.1} ms (target ≤ 5 ms)", at(&whole, 0.5), at(&whole, 0.95));
     println!("  of which sentiment + entities alone: p50 {:.2} ms, p95 {:.2} ms", at(&lexical, 0.5), at(&lexical, 0.95));
@@ -143,13 +143,10 @@ fn intent_accuracy(analyzer: &Analyzer, path: &Path, examples: usize) -> anyhow:
         }
     }
     println!("\nIntent accuracy: CLINC150, {} intents, {examples} examples each (+ the intent's name)", by_intent.len());
-    let texts: Vec<String> = by_intent.iter().flat_map(IntentDef::texts).collect();
     let started = Instant::now();
-    let vectors = embed_with_progress(analyzer, "examples", &texts);
-    let mut vectors = vectors.into_iter();
-    let embedded = by_intent.iter().map(|d| vectors.by_ref().take(d.texts().len()).collect()).collect();
-    let set = IntentSet::new(&by_intent, embedded);
-    println!("  {} texts embedded in {:.1} s", texts.len(), started.elapsed().as_secs_f64());
+    let set = analyzer.intent_set_with_progress(&by_intent, &|done, total| eprint!("\r  embedding examples: {done}/{total}"));
+    eprintln!();
+    println!("  {} texts embedded in {:.1} s", by_intent.iter().map(|d| d.texts().len()).sum::<usize>(), started.elapsed().as_secs_f64());
     let threshold = crate::analysis::intent::DEFAULT_THRESHOLD;
     for (scope, out_of_scope, role) in [("val", "oos_val", "weights chosen here"), ("test", "oos_test", "held out")] {
         let lines = split(scope)?;
