@@ -17,6 +17,10 @@ pub enum BenchCommand {
         /// count beside one call alone.
         #[arg(long, default_value_t = 1)]
         concurrent: usize,
+        /// With `--concurrent`: run each count this many times and pool the turns (a p95 over a
+        /// few dozen turns moves with one slow turn).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     /// The local LLM engine: prompt processing and decoding speed over scripted conversations.
     Llm {
@@ -65,7 +69,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Llm { assistant, caller, model, conversations, threads } => {
             super::call_cmds::bench_llm(&assistant, &caller, model, conversations.max(1), threads)
         }
-        BenchCommand::Latency { assistant, caller, calls, concurrent } => super::call_cmds::bench_latency(&assistant, &caller, calls.max(1), concurrent.clamp(1, 16)),
+        BenchCommand::Latency { assistant, caller, calls, concurrent, rounds } => super::call_cmds::bench_latency(&assistant, &caller, calls.max(1), concurrent.clamp(1, 16), rounds.clamp(1, 20)),
     }
 }
 

@@ -641,8 +641,8 @@ pub use crate::telemetry::machine_line;
 
 /// Runs 1, 2, … `most` calls at once and prints voice-to-voice for each count beside one call
 /// alone, and the most calls that kept p95 within 1.5 s.
-async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: Arc<Assistant>, script: &CallerScript, most: usize) -> anyhow::Result<()> {
-    println!("\ncalls at once on {} (voice-to-voice from the true end of speech):", machine_line());
+async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: Arc<Assistant>, script: &CallerScript, most: usize, rounds: usize) -> anyhow::Result<()> {
+    println!("\ncalls at once on {} (voice-to-voice from the true end of speech; {rounds} round(s) per count):", machine_line());
     println!(
         "{:>6} {:>6} {:>8} {:>8} {:>12} {:>14}   {:>16} {:>16} {:>16} {:>16}   {:>8} {:>8}",
         "calls", "turns", "p50 ms", "p95 ms", "p95 vs one", "MiB per call", "end of turn", "transcript", "LLM 1st token", "1st audio", "STT wait", "yielded"
@@ -651,12 +651,14 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
     let mut alone_p95 = None;
     let mut within = 0;
     for n in 1..=most {
-        eprintln!("{n} call(s) at once, in real time…");
         let stt_before = (crate::pipeline::pool::stt().stats(), crate::pipeline::pool::stt().yielded());
-        let calls = futures::future::join_all((0..n).map(|_| simulate_call(store, engines.clone(), assistant.clone(), script.clone(), BTreeMap::new(), DEFAULT_LINE_RATE, false))).await;
         let mut turns = Vec::new();
-        for call in calls {
-            turns.extend(turns_from_truth(&call?).into_iter().map(|(t, _, _)| t));
+        for round in 1..=rounds {
+            eprintln!("{n} call(s) at once, in real time (round {round}/{rounds})…");
+            let calls = futures::future::join_all((0..n).map(|_| simulate_call(store, engines.clone(), assistant.clone(), script.clone(), BTreeMap::new(), DEFAULT_LINE_RATE, false))).await;
+            for call in calls {
+                turns.extend(turns_from_truth(&call?).into_iter().map(|(t, _, _)| t));
+            }
         }
         let v2v: Vec<Duration> = turns.iter().map(|t| t.voice_to_voice).collect();
         // Where the time goes under load: each stage from the true end of speech, p50/p95.
@@ -696,7 +698,7 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
     Ok(())
 }
 
-pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, concurrent: usize) -> anyhow::Result<()> {
+pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, concurrent: usize, rounds: usize) -> anyhow::Result<()> {
     let store = ModelStore::from_env()?;
     let assistant = load_assistant(assistant_path)?;
     let script = CallerScript::load(caller_path)?;
@@ -778,7 +780,7 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, co
             }
         }
         if concurrent > 1 {
-            bench_concurrent(&store, engines.clone(), assistant.clone(), &script, concurrent).await?;
+            bench_concurrent(&store, engines.clone(), assistant.clone(), &script, concurrent, rounds).await?;
         }
         Ok(())
     })

@@ -21,8 +21,8 @@
 //! words is still reported (empty text), never dropped: the agent decides what to do with it.
 //!
 //! While the caller speaks, every `stt.partial_interval_ms` of new speech the utterance so far
-//! is transcribed in the same pool for a partial transcript. Only one runs at a time, and the
-//! moment the caller stops, a partial still running is told to stop (whisper.cpp checks after
+//! is transcribed in the same pool for a partial transcript, when a slot is free (under load
+//! none is made). Only one runs at a time per call, and the moment the caller stops, a partial still running is told to stop (whisper.cpp checks after
 //! its encoder and after every decoder step) so the final transcript waits as little as it can.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -315,7 +315,7 @@ impl Listener {
                 if let (Phase::Speaking, None, None, Some(every)) = (&phase, &partial, &early, partial_samples) {
                     if utterance.len() >= partial_from + every {
                         partial_from = utterance.len();
-                        partial = Some(self.transcribe_partial(utterance.clone()));
+                        partial = self.transcribe_partial(utterance.clone());
                     }
                 }
             }
@@ -353,20 +353,24 @@ impl Listener {
 }
 
 impl Listener {
-    /// Transcribes the unfinished `utterance` for a partial transcript, stoppably.
-    fn transcribe_partial(&self, utterance: Vec<f32>) -> PartialJob {
+    /// Transcribes the unfinished `utterance` for a partial transcript, stoppably — only when
+    /// a speech-to-text slot is free and no one waits for one (`None` otherwise: under load a
+    /// partial is not worth a final transcript's delay).
+    fn transcribe_partial(&self, utterance: Vec<f32>) -> Option<PartialJob> {
         let (tx, rx) = oneshot::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let (stt, job_stop, prompt) = (self.stt.clone(), stop.clone(), self.prompt.get());
         // A partial gives way: another call's final transcript stops it (a newer partial
         // replaces it anyway).
-        let words = super::pool::stt().run_yielding(stop.clone(), move || stt.transcribe_primed(&utterance, &job_stop, &prompt).map(|t| t.text));
+        let words = super::pool::stt().try_run_yielding(stop.clone(), move || {
+            crate::stt::with_threads(super::pool::stt_threads(), || stt.transcribe_primed(&utterance, &job_stop, &prompt).map(|t| t.text))
+        })?;
         tokio::spawn(async move {
             if let Ok(Ok(text)) = words.await {
                 let _ = tx.send(text);
             }
         });
-        PartialJob { stop, words: rx }
+        Some(PartialJob { stop, words: rx })
     }
 
     /// Transcribes `utterance` and asks Smart Turn about it, side by side in the shared pools;
@@ -379,7 +383,7 @@ impl Listener {
         let audio_for_turn = audio.clone();
         let (stt_stop, turn_stop) = (stop.clone(), stop.clone());
         let words = super::pool::stt().run(move || {
-            stt.transcribe_primed(&audio, &stt_stop, &prompt).unwrap_or_else(|e| {
+            crate::stt::with_threads(super::pool::stt_threads(), || stt.transcribe_primed(&audio, &stt_stop, &prompt)).unwrap_or_else(|e| {
                 if !matches!(e, SttError::Stopped) {
                     tracing::warn!(error = %e, "transcription failed");
                 }

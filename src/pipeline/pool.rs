@@ -8,12 +8,17 @@
 //! transcript; among equals, waiters are served in arrival order, so one busy call cannot
 //! starve the others. A job whose caller stops waiting (a barge-in) still holds its slot until
 //! it finishes, because the CPU is still busy with it; a waiter that gives up before its turn
-//! passes the slot on. A job that can give way ([`InferencePool::run_yielding`], a partial
-//! transcript that a newer one replaces anyway) is told to stop the moment an urgent job finds
-//! no free slot, so a caller's final transcript never waits out another call's partial.
+//! passes the slot on. A job that can give way ([`InferencePool::try_run_yielding`], a partial
+//! transcript that a newer one replaces anyway) starts only on a slot no one waits for and is
+//! told to stop the moment an urgent job finds no free slot, so a caller's final transcript
+//! never waits out another call's partial, and under load partials are not made at all.
+//!
+//! Speech-to-text has a slot per core, and a job takes both cores only when nothing else is
+//! inferring ([`stt_threads`]): ggml's threads meet at every step of the graph, so a job
+//! split over cores that another job also uses runs at the pace of its slowest thread.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
@@ -42,6 +47,24 @@ pub struct InferencePool {
 
 struct Shared {
     state: Mutex<Slots>,
+    /// Jobs running now (on their blocking threads).
+    running: AtomicUsize,
+}
+
+/// Counts a job as running while it lives.
+struct Running(Arc<Shared>);
+
+impl Running {
+    fn enter(shared: &Arc<Shared>) -> Self {
+        shared.running.fetch_add(1, Ordering::SeqCst);
+        Running(shared.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct Slots {
@@ -94,32 +117,36 @@ pub struct PoolError(&'static str);
 impl InferencePool {
     pub fn new(name: &'static str, slots: usize) -> Self {
         let size = slots.max(1);
-        let shared = Arc::new(Shared { state: Mutex::new(Slots { free: size, waiting: BTreeMap::new(), arrivals: 0, yielding: BTreeMap::new() }) });
+        let shared = Arc::new(Shared { state: Mutex::new(Slots { free: size, waiting: BTreeMap::new(), arrivals: 0, yielding: BTreeMap::new() }), running: AtomicUsize::new(0) });
         InferencePool { name, shared, size, jobs: AtomicU64::new(0), waited: AtomicU64::new(0), yielded: AtomicU64::new(0) }
     }
 
-    /// Runs `job` needed [`Urgency::Ahead`] that gives way to urgent work: while it runs, an
-    /// urgent job that finds no free slot sets `stop`, which `job` must heed soon (whisper.cpp
-    /// checks it after its encoder and after every decoder step).
-    pub async fn run_yielding<T: Send + 'static>(&self, stop: Arc<AtomicBool>, job: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolError> {
-        self.jobs.fetch_add(1, Ordering::Relaxed);
-        let permit = self.acquire(Urgency::Ahead).await?;
-        let id = {
+    /// Runs `job`, needed [`Urgency::Ahead`] and able to give way, if a slot is free and no
+    /// one waits for one; `None` (nothing run) otherwise. While it runs, an urgent job that
+    /// finds no free slot sets `stop`, which `job` must heed soon (whisper.cpp checks it
+    /// after its encoder and after every decoder step).
+    pub fn try_run_yielding<T: Send + 'static>(&self, stop: Arc<AtomicBool>, job: impl FnOnce() -> T + Send + 'static) -> Option<impl std::future::Future<Output = Result<T, PoolError>>> {
+        let (permit, id) = {
             let mut slots = self.shared.lock();
+            if slots.free == 0 || !slots.waiting.is_empty() {
+                return None;
+            }
+            slots.free -= 1;
             slots.arrivals += 1;
             let id = slots.arrivals;
             slots.yielding.insert(id, stop);
-            id
+            (Permit { shared: self.shared.clone(), armed: true }, id)
         };
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
+        self.jobs.fetch_add(1, Ordering::Relaxed);
+        let (shared, name) = (self.shared.clone(), self.name);
+        let running = tokio::task::spawn_blocking(move || {
             let _slot = permit;
+            let _running = Running::enter(&shared);
             let result = job();
             shared.lock().yielding.remove(&id);
             result
-        })
-        .await
-        .map_err(|_| PoolError(self.name))
+        });
+        Some(async move { running.await.map_err(|_| PoolError(name)) })
     }
 
     /// Runs `job` on a blocking thread once a slot is free, as needed [`Urgency::Now`].
@@ -131,8 +158,10 @@ impl InferencePool {
     pub async fn run_with<T: Send + 'static>(&self, urgency: Urgency, job: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolError> {
         self.jobs.fetch_add(1, Ordering::Relaxed);
         let permit = self.acquire(urgency).await?;
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = permit;
+            let _running = Running::enter(&shared);
             job()
         })
         .await
@@ -168,16 +197,31 @@ impl InferencePool {
         (self.jobs.load(Ordering::Relaxed), self.waited.load(Ordering::Relaxed), self.size)
     }
 
+    /// Jobs running now.
+    pub fn running(&self) -> usize {
+        self.shared.running.load(Ordering::SeqCst)
+    }
+
     /// Running jobs told to stop so an urgent one could have their slot.
     pub fn yielded(&self) -> u64 {
         self.yielded.load(Ordering::Relaxed)
     }
 }
 
-/// Whisper uses both cores per job ([`super::STT_THREADS`]): one at a time.
+/// Whisper: a slot per core; each job's threads are [`stt_threads`].
 pub fn stt() -> &'static InferencePool {
     static POOL: OnceLock<InferencePool> = OnceLock::new();
-    POOL.get_or_init(|| InferencePool::new("speech-to-text", cores() / super::STT_THREADS))
+    POOL.get_or_init(|| InferencePool::new("speech-to-text", cores()))
+}
+
+/// Threads for a speech-to-text job that has just started (call it inside the job):
+/// [`super::STT_THREADS`] when it is the only inference running in the process, else one.
+pub fn stt_threads() -> usize {
+    if stt().running() <= 1 && tts().running() == 0 {
+        super::STT_THREADS.min(cores())
+    } else {
+        1
+    }
 }
 
 /// Smart Turn: small (~10 ms a run); one per core.
@@ -268,29 +312,33 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let (started_tx, started) = std::sync::mpsc::channel();
         let flag = stop.clone();
-        let partial = tokio::spawn({
-            let pool = pool.clone();
-            async move {
-                pool.run_yielding(stop, move || {
-                    started_tx.send(()).unwrap();
-                    let began = std::time::Instant::now();
-                    while !flag.load(Ordering::Relaxed) && began.elapsed() < std::time::Duration::from_secs(30) {
-                        std::thread::yield_now();
-                    }
-                    flag.load(Ordering::Relaxed)
-                })
-                .await
-            }
-        });
+        let partial = pool
+            .try_run_yielding(stop, move || {
+                started_tx.send(()).unwrap();
+                let began = std::time::Instant::now();
+                while !flag.load(Ordering::Relaxed) && began.elapsed() < std::time::Duration::from_secs(30) {
+                    std::thread::yield_now();
+                }
+                flag.load(Ordering::Relaxed)
+            })
+            .expect("the slot is free: the partial starts");
+        let partial = tokio::spawn(partial);
         tokio::task::spawn_blocking(move || started.recv().unwrap()).await.unwrap();
+        assert_eq!(pool.running(), 1);
+        // No slot: another partial is not made at all (nothing queues for it).
+        assert!(pool.try_run_yielding(Arc::new(AtomicBool::new(false)), || false).is_none());
         // A later-needed job waiting does not stop it; a final transcript does.
         let mut later = Box::pin(pool.run_with(Urgency::Ahead, || "later"));
         assert!(futures::poll!(&mut later).is_pending());
         assert_eq!(pool.yielded(), 0);
+        // While anyone waits, a partial does not take a slot that comes free either.
+        assert!(pool.try_run_yielding(Arc::new(AtomicBool::new(false)), || false).is_none());
         let now = pool.run(|| "final transcript");
         assert_eq!(now.await.unwrap(), "final transcript");
         assert!(partial.await.unwrap().unwrap(), "the partial was told to stop");
         assert_eq!(pool.yielded(), 1);
         assert_eq!(later.await.unwrap(), "later");
+        assert_eq!(pool.running(), 0);
+        assert_eq!(pool.stats().0, 3, "the partials that found no slot were never counted as jobs");
     }
 }

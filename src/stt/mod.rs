@@ -138,6 +138,24 @@ impl Prompt {
     }
 }
 
+thread_local! {
+    static THREADS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with transcriptions on this thread using `threads` CPU threads, whatever the
+/// provider was loaded with: the inference pool decides per job how many cores it may take.
+pub fn with_threads<T>(threads: usize, f: impl FnOnce() -> T) -> T {
+    let before = THREADS.with(|t| t.replace(Some(threads.max(1))));
+    let result = f();
+    THREADS.with(|t| t.set(before));
+    result
+}
+
+/// The threads a transcription on this thread uses: [`with_threads`]'s, else `default`.
+pub fn threads_or(default: usize) -> usize {
+    THREADS.with(|t| t.get()).unwrap_or(default)
+}
+
 /// Anything that can transcribe a finished utterance of 16 kHz mono audio.
 pub trait SpeechToText: Send + Sync {
     fn transcribe(&self, samples_16k: &[f32]) -> Result<Transcript, SttError>;

@@ -236,7 +236,7 @@ impl WhisperStt {
         // Speech runs at about three words (four tokens) a second: a decode far past that is a
         // loop, cut short rather than paid for.
         params.set_max_tokens((audio_secs * 8.0).ceil().max(24.0) as i32);
-        params.set_n_threads(self.threads as i32);
+        params.set_n_threads(super::threads_or(self.threads) as i32);
         params.set_language(self.language.as_deref());
         params.set_no_context(true);
         params.set_print_progress(false);
