@@ -157,8 +157,10 @@ impl Lexicon {
                 i += 1;
                 continue;
             };
-            // "kind of" hedges; it is not kindness.
-            if words[i].text == "kind" && words.get(i + 1).is_some_and(|w| w.text == "of") {
+            // "kind of" hedges; it is not kindness. A booster ("most", "seriously") only
+            // strengthens the word after it.
+            let booster = BOOSTERS.iter().any(|(b, _)| *b == words[i].text);
+            if booster || (words[i].text == "kind" && words.get(i + 1).is_some_and(|w| w.text == "of")) {
                 i += 1;
                 continue;
             }
@@ -224,7 +226,12 @@ impl Lexicon {
     }
 }
 
-const NEGATIONS: &[&str] = &["not", "no", "never", "dont", "don't", "isnt", "isn't", "wasnt", "wasn't", "cant", "can't", "cannot", "wont", "won't", "didnt", "didn't", "aint", "hardly", "without", "nor"];
+/// Words that turn the sentiment word after them around (and any word ending in "n't").
+const NEGATIONS: &[&str] = &[
+    "not", "no", "never", "dont", "isnt", "wasnt", "cant", "cannot", "wont", "didnt", "aint", "hardly", "without", "nor", "none", "nothing",
+    "nowhere", "neither", "nope", "rarely", "seldom", "despite", "arent", "couldnt", "doesnt", "hadnt", "hasnt", "havent", "shouldnt",
+    "werent", "wouldnt", "mustnt", "neednt",
+];
 /// Words that strengthen (or, below zero, soften) the sentiment word after them.
 const BOOSTERS: &[(&str, f32)] = &[
     ("very", 0.3), ("really", 0.3), ("so", 0.25), ("extremely", 0.4), ("absolutely", 0.35), ("totally", 0.3), ("completely", 0.3),
@@ -249,6 +256,8 @@ impl AsRef<str> for Word {
 }
 
 fn words_of(text: &str) -> Vec<Word> {
+    // A typographic apostrophe is an apostrophe ("don’t").
+    let text = text.replace('\u{2019}', "'");
     text.split(|c: char| !(c.is_alphanumeric() || c == '\''))
         .map(|w| w.trim_matches('\''))
         .filter(|w| !w.is_empty())

@@ -67,9 +67,9 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Api(args) => super::bench_api::run(args),
         BenchCommand::Calls(args) => super::bench_calls::run(args),
         BenchCommand::Llm { assistant, caller, model, conversations, threads } => {
-            super::call_cmds::bench_llm(&assistant, &caller, model, conversations.max(1), threads)
+            super::bench_latency::bench_llm(&assistant, &caller, model, conversations.max(1), threads)
         }
-        BenchCommand::Latency { assistant, caller, calls, concurrent, rounds } => super::call_cmds::bench_latency(&assistant, &caller, calls.max(1), concurrent.clamp(1, 16), rounds.clamp(1, 20)),
+        BenchCommand::Latency { assistant, caller, calls, concurrent, rounds } => super::bench_latency::bench_latency(&assistant, &caller, calls.max(1), concurrent.clamp(1, 16), rounds.clamp(1, 20)),
     }
 }
 

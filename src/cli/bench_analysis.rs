@@ -204,8 +204,8 @@ fn weighted_f1(truth: &[f64], scores: &[f64]) -> f64 {
 }
 
 fn sentiment_agreement(folder: &Path) -> anyhow::Result<()> {
-    println!("\nSentiment agreement with human ratings: VADER's sets, held out (all but every fifth line)");
-    println!("  {:<22} {:>6} {:>8} {:>10} {:>14}", "set", "lines", "r", "F1 (3-way)", "VADER's r");
+    println!("\nSentiment agreement with human ratings: VADER's sets, held out (all but every fifth line; the fifth lines are the dev part rules were tried on)");
+    println!("  {:<22} {:>6} {:>8} {:>10} {:>14} {:>9}", "set", "lines", "r", "F1 (3-way)", "VADER's r", "r (dev)");
     let mut found = 0;
     for (set, published) in VADER_PUBLISHED_R {
         let path = folder.join(format!("{set}_GroundTruth.txt"));
@@ -214,19 +214,25 @@ fn sentiment_agreement(folder: &Path) -> anyhow::Result<()> {
         // The files are Latin-1: every byte is the character of that code point.
         let text: String = bytes.iter().map(|&b| b as char).collect();
         let (mut truth, mut scores) = (Vec::new(), Vec::new());
+        let (mut dev_truth, mut dev_scores) = (Vec::new(), Vec::new());
         for (n, line) in text.lines().enumerate() {
             let mut fields = line.splitn(3, '\t');
             let (Some(id), Some(rating), Some(words)) = (fields.next(), fields.next(), fields.next()) else { continue };
             let (false, Ok(rating)) = (id.trim().is_empty(), rating.trim().parse::<f64>()) else {
                 bail!("{}:{}: expected `id<TAB>rating<TAB>text`", path.display(), n + 1);
             };
-            if (n + 1) % 5 == 0 {
-                continue;
-            }
+            let (truth, scores) = if (n + 1) % 5 == 0 { (&mut dev_truth, &mut dev_scores) } else { (&mut truth, &mut scores) };
             truth.push(rating / 4.0);
             scores.push(f64::from(sentiment::score(words).score));
         }
-        println!("  {set:<22} {:>6} {:>8.3} {:>10.3} {:>14.3}", truth.len(), correlation(&truth, &scores), weighted_f1(&truth, &scores), published);
+        println!(
+            "  {set:<22} {:>6} {:>8.3} {:>10.3} {:>14.3} {:>9.3}",
+            truth.len(),
+            correlation(&truth, &scores),
+            weighted_f1(&truth, &scores),
+            published,
+            correlation(&dev_truth, &dev_scores)
+        );
     }
     if found == 0 {
         bail!("--sentiment-set {}: no *_GroundTruth.txt files; unpack VADER's hutto_ICWSM_2014.tar.gz there (see the README)", folder.display());

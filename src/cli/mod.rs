@@ -8,6 +8,7 @@ mod bench;
 mod bench_analysis;
 mod bench_api;
 mod bench_calls;
+mod bench_latency;
 mod bench_stt;
 mod replay_cmd;
 pub mod call_cmds;

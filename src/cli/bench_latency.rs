@@ -1,0 +1,316 @@
+//! `bench llm` and `bench latency`: the local LLM engine as a call uses it, and scripted calls
+//! through the real local models — one at a time, then several at once — timed from the
+//! caller's true end of speech.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::call_cmds::{load_assistant, load_engines, machine_line, ms_at, print_percentiles, runtime, simulate_call, text_call_prompt, SimulatedCall, DEFAULT_LINE_RATE};
+use crate::assistant::{prompt, Assistant};
+use crate::llm::{LanguageModel, Message};
+use crate::models::ModelStore;
+use crate::pipeline::metrics::{ms_of, percentile, TurnTimings};
+use crate::pipeline::{self, Engines};
+use crate::simulation::CallerScript;
+
+/// One request's figures in `bench llm`.
+struct LlmSample {
+    new_tokens: usize,
+    prompt_secs: f64,
+    completion_tokens: usize,
+    decode_secs: f64,
+    first_text: Option<Duration>,
+}
+
+/// Sends `messages` and waits for the whole answer: its text and figures.
+async fn timed_request(llm: &dyn LanguageModel, request: crate::llm::ChatRequest) -> anyhow::Result<(String, LlmSample)> {
+    use futures::StreamExt;
+    let started = std::time::Instant::now();
+    let mut stream = llm.stream(request).await?;
+    let (mut text, mut first_text, mut usage) = (String::new(), None, None);
+    while let Some(event) = stream.next().await {
+        match event? {
+            crate::llm::LlmEvent::Text(piece) => {
+                first_text.get_or_insert_with(|| started.elapsed());
+                text.push_str(&piece);
+            }
+            crate::llm::LlmEvent::ToolCall(_) => {}
+            crate::llm::LlmEvent::Done(u) => usage = Some(u),
+        }
+    }
+    let usage = usage.ok_or_else(|| anyhow::anyhow!("the engine's stream ended without usage figures"))?;
+    let (Some(prompt_secs), Some(decode_secs)) = (usage.prompt_secs, usage.decode_secs) else {
+        anyhow::bail!("the engine did not report its timings (usage.timings): is this the local engine?");
+    };
+    let sample = LlmSample {
+        new_tokens: usage.prompt_tokens.saturating_sub(usage.cached_tokens),
+        prompt_secs,
+        completion_tokens: usage.completion_tokens,
+        decode_secs,
+        first_text,
+    };
+    Ok((text, sample))
+}
+
+/// `ringline bench llm`: the local engine's speed as a call uses it — a whole new prompt
+/// (system prompt and tools), then one turn after another on the cached prefix, with the
+/// pipeline's thread budget (or the one given).
+pub fn bench_llm(assistant_path: &Path, caller_path: &Path, model: Option<String>, conversations: usize, threads: Option<usize>) -> anyhow::Result<()> {
+    let store = ModelStore::from_env()?;
+    let assistant = load_assistant(assistant_path)?;
+    let script = CallerScript::load(caller_path)?;
+    let lines: Vec<String> = script.lines.iter().filter_map(|l| l.say.as_ref()).map(|s| s.replace("...", "")).collect();
+    let model = model.unwrap_or_else(|| assistant.spec.llm.model.clone());
+    let (system, context) = text_call_prompt(&assistant, &BTreeMap::new())?;
+    let first_message = assistant.spec.first_message.as_ref().map(|m| prompt::render(m, &context).map(|m| crate::text::strip_marks(&m))).transpose().map_err(anyhow::Error::msg)?;
+    let (decode_threads, batch_threads) = match threads {
+        Some(n) => (n, n),
+        None => (pipeline::LLM_THREADS, pipeline::LLM_BATCH_THREADS),
+    };
+    runtime()?.block_on(async {
+        let llm = crate::llm::local::LocalEngine::new(&store, &model, decode_threads, batch_threads)?;
+        eprintln!("starting the engine ({model})…");
+        llm.warm_up().await.context("starting the LLM engine")?;
+        let tools = pipeline::tools::specs(&assistant);
+        let (mut whole, mut turns) = (Vec::new(), Vec::new());
+        for index in 0..conversations {
+            eprintln!("conversation {}/{conversations}: {} turns…", index + 1, lines.len());
+            // A different first line each time, so nothing of the last conversation is cached.
+            let mut history = vec![Message::System { content: format!("Conversation {}.\n{system}", index + 1) }];
+            if let Some(first) = &first_message {
+                history.push(Message::Assistant { content: first.clone(), tool_calls: Vec::new() });
+            }
+            for (turn, line) in lines.iter().enumerate() {
+                history.push(Message::User { content: line.clone() });
+                let request = crate::llm::ChatRequest { messages: history.clone(), tools: tools.clone(), max_tokens: assistant.spec.llm.max_tokens, temperature: 0.0, schema: None };
+                let (text, sample) = timed_request(&llm, request).await?;
+                history.push(Message::Assistant { content: if text.trim().is_empty() { "Okay.".into() } else { text }, tool_calls: Vec::new() });
+                if turn == 0 { whole.push(sample) } else { turns.push(sample) }
+            }
+        }
+        let rate = |tokens: usize, secs: f64| if secs > 0.0 { tokens as f64 / secs } else { 0.0 };
+        let median = |mut values: Vec<f64>| -> f64 {
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied().unwrap_or(0.0)
+        };
+        println!("\n{model}: prompt processing on {batch_threads} thread(s), decoding on {decode_threads}; {conversations} conversation(s) of {} turns", lines.len());
+        println!("{:<40} {:>10} {:>10} {:>10}", "", "tokens p50", "ms p50", "tok/s p50");
+        // One row: (tokens, seconds) a request, at p50.
+        let row = |name: &str, work: Vec<(usize, f64)>| {
+            println!(
+                "{:<40} {:>10.0} {:>10.0} {:>10.0}",
+                name,
+                median(work.iter().map(|(tokens, _)| *tokens as f64).collect()),
+                median(work.iter().map(|(_, secs)| secs * 1000.0).collect()),
+                median(work.iter().map(|(tokens, secs)| rate(*tokens, *secs)).collect())
+            );
+        };
+        row("prompt: system prompt, tools, first line", whole.iter().map(|s| (s.new_tokens, s.prompt_secs)).collect());
+        row("prompt: a turn on the cached prefix", turns.iter().map(|s| (s.new_tokens, s.prompt_secs)).collect());
+        row("decode: the answer", whole.iter().chain(&turns).filter(|s| s.completion_tokens > 1).map(|s| (s.completion_tokens, s.decode_secs)).collect());
+        let first: Vec<Duration> = turns.iter().filter_map(|s| s.first_text).collect();
+        println!("{:<40} {:>10} {:>10}   (request sent → first text, p95 {} ms)", "first text of a turn (client side)", "", ms_at(&first, 0.5), ms_at(&first, 0.95));
+        println!("\ntargets (2 cores, SmolLM2-135M): prompt processing ≥ 300 tok/s, decode ≥ 40 tok/s");
+        Ok(())
+    })
+}
+
+/// How far the VAD's estimate of a speech onset may stray from the truth.
+const VAD_ONSET_SLACK: Duration = Duration::from_millis(250);
+
+/// `ringline bench latency`: several scripted calls, then percentiles of every stage.
+/// A simulated call's turns counted from the caller's true end of speech (the script knows
+/// it), not from where the VAD placed it; with each turn's VAD error.
+fn turns_from_truth(call: &SimulatedCall) -> Vec<(TurnTimings, Duration, bool)> {
+    call.report
+        .turns
+        .iter()
+        .map(|turn| {
+            let truth = call.log.caller_speech.iter().map(|(_, end)| *end).min_by_key(|end| end.abs_diff(turn.speech_end_at)).unwrap_or(turn.speech_end_at);
+            (turn.counted_from(truth), truth.abs_diff(turn.speech_end_at), turn.speech_end_at > truth)
+        })
+        .collect()
+}
+
+/// Resident and peak resident memory of this process, in MiB.
+fn memory_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0;
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The machine's CPU time so far from `/proc/stat`: (busy, all) in clock ticks, every core
+/// together; steal (time the hypervisor gave elsewhere) counts as neither.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+    (busy, busy + at(3) + at(4))
+}
+
+/// Cores kept busy between two [`cpu_ticks`] readings (the whole machine: the LLM's process too).
+fn cores_busy(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let (busy, all) = (after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
+    if all == 0 {
+        0.0
+    } else {
+        busy as f64 / all as f64 * cores
+    }
+}
+
+/// Runs 1, 2, … `most` calls at once and prints voice-to-voice for each count beside one call
+/// alone, and the most calls that kept p95 within 1.5 s.
+async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: Arc<Assistant>, script: &CallerScript, most: usize, rounds: usize) -> anyhow::Result<()> {
+    println!("\ncalls at once on {} (voice-to-voice from the true end of speech; {rounds} round(s) per count):", machine_line());
+    println!(
+        "{:>6} {:>6} {:>8} {:>8} {:>12} {:>14} {:>13}   {:>16} {:>16} {:>16} {:>16}   {:>8} {:>8}",
+        "calls", "turns", "p50 ms", "p95 ms", "p95 vs one", "MiB per call", "CPU per call", "end of turn", "transcript", "LLM 1st token", "1st audio", "STT wait", "yielded"
+    );
+    let (resident_before, _) = memory_mib();
+    let mut alone_p95 = None;
+    let mut within = 0;
+    for n in 1..=most {
+        let stt_before = (crate::pipeline::pool::stt().stats(), crate::pipeline::pool::stt().yielded());
+        let mut turns = Vec::new();
+        let cpu_before = cpu_ticks();
+        for round in 1..=rounds {
+            eprintln!("{n} call(s) at once, in real time (round {round}/{rounds})…");
+            let calls = futures::future::join_all((0..n).map(|_| simulate_call(store, engines.clone(), assistant.clone(), script.clone(), BTreeMap::new(), DEFAULT_LINE_RATE, false))).await;
+            for call in calls {
+                turns.extend(turns_from_truth(&call?).into_iter().map(|(t, _, _)| t));
+            }
+        }
+        let cpu_per_call = cores_busy(cpu_before, cpu_ticks()) / n as f64;
+        let v2v: Vec<Duration> = turns.iter().map(|t| t.voice_to_voice).collect();
+        // Where the time goes under load: each stage from the true end of speech, p50/p95.
+        let stage = |get: fn(&crate::pipeline::metrics::TurnTimings) -> Duration| {
+            let values: Vec<Duration> = turns.iter().map(get).collect();
+            format!("{:.0}/{:.0}", percentile(&values, 0.5).map(ms_of).unwrap_or(0.0), percentile(&values, 0.95).map(ms_of).unwrap_or(0.0))
+        };
+        let stages = [stage(|t| t.end_of_turn), stage(|t| t.stt_final), stage(|t| t.llm_first_token), stage(|t| t.tts_first_audio)];
+        let ((jobs, waited, _), yielded) = (crate::pipeline::pool::stt().stats(), crate::pipeline::pool::stt().yielded());
+        let stt_waits = format!("{}/{}", waited - stt_before.0 .1, jobs - stt_before.0 .0);
+        let yielded = yielded - stt_before.1;
+        let (p50, p95) = (percentile(&v2v, 0.5).map(ms_of).unwrap_or(0.0), percentile(&v2v, 0.95).map(ms_of).unwrap_or(0.0));
+        let alone = *alone_p95.get_or_insert(p95);
+        let (_, peak) = memory_mib();
+        if p95 <= 1500.0 {
+            within = n;
+        }
+        println!(
+            "{n:>6} {:>6} {p50:>8.0} {p95:>8.0} {:>11.2}× {:>14.0} {:>12.0}%   {:>16} {:>16} {:>16} {:>16}   {stt_waits:>8} {yielded:>8}",
+            v2v.len(),
+            if alone > 0.0 { p95 / alone } else { 0.0 },
+            (peak - resident_before).max(0.0) / n as f64,
+            cpu_per_call * 100.0,
+            stages[0],
+            stages[1],
+            stages[2],
+            stages[3]
+        );
+    }
+    println!("CPU per call: the machine's busy time during the count's rounds (the LLM's process too), in % of one core, over the calls; stages: p50/p95 ms from the true end of speech; STT wait: speech-to-text jobs that waited for a slot / all; yielded: partial transcripts stopped for a final one");
+    println!("most calls at once with voice-to-voice p95 ≤ 1.5 s: {within}");
+    // What `serve` admits on its local models unless told otherwise (`--max-local-calls`).
+    let capacity = crate::server::limits::Capacity { local_calls: within as u32, machine: machine_line(), measured_with: assistant.spec.name.clone() };
+    match capacity.save(store) {
+        Ok(path) => println!("saved as this machine's capacity for `ringline serve`: {}", path.display()),
+        Err(error) => eprintln!("could not save the capacity: {error}"),
+    }
+    Ok(())
+}
+
+pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, concurrent: usize, rounds: usize) -> anyhow::Result<()> {
+    let store = ModelStore::from_env()?;
+    let assistant = load_assistant(assistant_path)?;
+    let script = CallerScript::load(caller_path)?;
+    runtime()?.block_on(async {
+        let engines = load_engines(&store, &assistant).await?;
+        let mut turns = Vec::new();
+        let mut barge_ins = Vec::new();
+        // Each barge-in's reaction in two parts: Silero's onset after the true one, and the
+        // VAD's onset to the agent's audio stopping (start hysteresis, delivery, the pause).
+        let mut barge_in_parts: Vec<(Duration, Duration)> = Vec::new();
+        let (mut vad_errors, mut vad_late) = (Vec::new(), 0);
+        for index in 0..calls {
+            eprintln!("call {}/{calls}: {} caller lines, in real time…", index + 1, script.lines.len());
+            let call = simulate_call(&store, engines.clone(), assistant.clone(), script.clone(), BTreeMap::new(), DEFAULT_LINE_RATE, false).await?;
+            // Count every turn from the caller's true end of speech (the script knows it), not
+            // from where the VAD placed it.
+            for (turn, error, late) in turns_from_truth(&call) {
+                vad_errors.push(error);
+                vad_late += usize::from(late);
+                turns.push(turn);
+            }
+            // Barge-in reaction on the audio timeline: from when caller and agent were both
+            // audible to when the agent's audio stopped. That is the caller's scripted onset
+            // when they broke in, or the agent's first sound when it began over a caller
+            // already talking (then Silero's lag is no part of it).
+            for b in &call.report.barge_ins {
+                let truth = if b.overlap_from > b.caller_onset {
+                    b.overlap_from
+                } else {
+                    let onset = b.caller_onset;
+                    let scripted = call.log.caller_speech.iter().map(|(start, _)| *start).filter(|s| *s <= onset + VAD_ONSET_SLACK).max().unwrap_or(onset);
+                    if onset > scripted + VAD_ONSET_SLACK { onset } else { scripted }
+                };
+                barge_ins.push(b.stopped.saturating_sub(truth));
+                barge_in_parts.push((b.overlap_from.saturating_sub(truth), b.stopped.saturating_sub(b.overlap_from)));
+            }
+        }
+        println!("\n{} turns over {calls} call(s); assistant {} on {}; {}", turns.len(), assistant.spec.name, assistant.spec.llm.model, machine_line());
+        print_percentiles(&turns);
+        let spread = |name: &str, values: &[Duration], note: String| println!("{:<18} {:>8} {:>8}   ({note})", name, ms_at(values, 0.5), ms_at(values, 0.95));
+        spread("vad end error", &vad_errors, format!("|VAD end of speech − true end|; late in {vad_late} of {} turns", turns.len()));
+        spread("barge-in reaction", &barge_ins, format!("caller speech onset → agent audio stopped, {} barge-ins", barge_ins.len()));
+        let gaps: [(&str, fn(&TurnTimings) -> Duration, fn(&TurnTimings) -> Duration); 4] = [
+            ("end of turn", |_| Duration::ZERO, |t| t.end_of_turn),
+            ("stt (after eot)", |t| t.end_of_turn.min(t.stt_final), |t| t.stt_final.max(t.end_of_turn)),
+            ("llm first token", |t| t.stt_final.max(t.end_of_turn), |t| t.llm_first_token),
+            ("tts first audio", |t| t.llm_first_token, |t| t.voice_to_voice),
+        ];
+        println!("\nwhere voice-to-voice goes (p50 of each stage's own share):");
+        for (name, from, to) in gaps {
+            let shares: Vec<Duration> = turns.iter().map(|t| to(t).saturating_sub(from(t))).collect();
+            println!("  {:<18} {:>6.0} ms", name, percentile(&shares, 0.5).map(ms_of).unwrap_or(0.0));
+        }
+        // The tail, turn by turn: what the p95 is made of.
+        let mut slowest: Vec<&TurnTimings> = turns.iter().collect();
+        slowest.sort_by_key(|t| std::cmp::Reverse(t.voice_to_voice));
+        let mut fresh: Vec<usize> = turns.iter().map(|t| t.prompt_tokens.saturating_sub(t.cached_tokens)).collect();
+        fresh.sort_unstable();
+        println!("  (the LLM processed {} new prompt tokens a turn at p50)", fresh.get(fresh.len() / 2).copied().unwrap_or(0));
+        println!("\nslowest turns (voice-to-voice · end of turn · stt · llm first token · new prompt tokens):");
+        for t in slowest.iter().take(3) {
+            println!(
+                "  {:>5.0} · {:>4.0} · {:>4.0} · {:>4.0} ms · {:>3}  \"{}\" → \"{}\"",
+                ms_of(t.voice_to_voice),
+                ms_of(t.end_of_turn),
+                ms_of(t.stt_final),
+                ms_of(t.llm_first_token),
+                t.prompt_tokens.saturating_sub(t.cached_tokens),
+                t.user_text,
+                t.agent_text
+            );
+        }
+        if !barge_in_parts.is_empty() {
+            println!("\nbarge-ins (reaction = Silero's onset late by + its onset → agent audio stopped):");
+            let mut parts = barge_in_parts;
+            parts.sort_by_key(|(late, confirm)| std::cmp::Reverse(*late + *confirm));
+            for (late, confirm) in parts {
+                println!("  {:>4.0} = {:>4.0} + {:>4.0} ms", ms_of(late + confirm), ms_of(late), ms_of(confirm));
+            }
+        }
+        if concurrent > 1 {
+            bench_concurrent(&store, engines.clone(), assistant.clone(), &script, concurrent, rounds).await?;
+        }
+        Ok(())
+    })
+}
