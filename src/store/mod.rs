@@ -570,16 +570,14 @@ impl Store {
     }
 
     pub async fn insert_transcript_line(&self, call_id: &str, line: &TranscriptLine) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO transcript_lines (call_id, seq, speaker, text, at_ms, interrupted, confidence) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(call_id)
-            .bind(line.seq)
-            .bind(&line.speaker)
-            .bind(&line.text)
-            .bind(line.at_ms)
-            .bind(line.interrupted as i64)
-            .bind(line.confidence)
-            .execute(&self.pool)
-            .await?;
+        // A line without a confidence leaves the column out rather than binding a NULL: on
+        // PostgreSQL a statement first prepared with a NULL there keeps that parameter's type,
+        // and a later line's number then fails ("incorrect binary data format").
+        let query = match line.confidence {
+            Some(confidence) => sqlx::query("INSERT INTO transcript_lines (call_id, seq, speaker, text, at_ms, interrupted, confidence) VALUES ($1, $2, $3, $4, $5, $6, $7)").bind(call_id).bind(line.seq).bind(&line.speaker).bind(&line.text).bind(line.at_ms).bind(line.interrupted as i64).bind(confidence),
+            None => sqlx::query("INSERT INTO transcript_lines (call_id, seq, speaker, text, at_ms, interrupted) VALUES ($1, $2, $3, $4, $5, $6)").bind(call_id).bind(line.seq).bind(&line.speaker).bind(&line.text).bind(line.at_ms).bind(line.interrupted as i64),
+        };
+        query.execute(&self.pool).await?;
         Ok(())
     }
 
