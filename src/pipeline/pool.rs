@@ -18,7 +18,7 @@
 //! split over cores that another job also uses runs at the pace of its slowest thread.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
@@ -47,24 +47,6 @@ pub struct InferencePool {
 
 struct Shared {
     state: Mutex<Slots>,
-    /// Jobs running now (on their blocking threads).
-    running: AtomicUsize,
-}
-
-/// Counts a job as running while it lives.
-struct Running(Arc<Shared>);
-
-impl Running {
-    fn enter(shared: &Arc<Shared>) -> Self {
-        shared.running.fetch_add(1, Ordering::SeqCst);
-        Running(shared.clone())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 struct Slots {
@@ -117,7 +99,7 @@ pub struct PoolError(&'static str);
 impl InferencePool {
     pub fn new(name: &'static str, slots: usize) -> Self {
         let size = slots.max(1);
-        let shared = Arc::new(Shared { state: Mutex::new(Slots { free: size, waiting: BTreeMap::new(), arrivals: 0, yielding: BTreeMap::new() }), running: AtomicUsize::new(0) });
+        let shared = Arc::new(Shared { state: Mutex::new(Slots { free: size, waiting: BTreeMap::new(), arrivals: 0, yielding: BTreeMap::new() }) });
         InferencePool { name, shared, size, jobs: AtomicU64::new(0), waited: AtomicU64::new(0), yielded: AtomicU64::new(0) }
     }
 
@@ -141,7 +123,6 @@ impl InferencePool {
         let (shared, name) = (self.shared.clone(), self.name);
         let running = tokio::task::spawn_blocking(move || {
             let _slot = permit;
-            let _running = Running::enter(&shared);
             let result = job();
             shared.lock().yielding.remove(&id);
             result
@@ -158,10 +139,8 @@ impl InferencePool {
     pub async fn run_with<T: Send + 'static>(&self, urgency: Urgency, job: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolError> {
         self.jobs.fetch_add(1, Ordering::Relaxed);
         let permit = self.acquire(urgency).await?;
-        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = permit;
-            let _running = Running::enter(&shared);
             job()
         })
         .await
@@ -197,9 +176,10 @@ impl InferencePool {
         (self.jobs.load(Ordering::Relaxed), self.waited.load(Ordering::Relaxed), self.size)
     }
 
-    /// Jobs running now.
+    /// Jobs running now: the slots held (a slot is held from the moment a job gets it to the
+    /// moment it ends).
     pub fn running(&self) -> usize {
-        self.shared.running.load(Ordering::SeqCst)
+        self.size - self.shared.lock().free
     }
 
     /// Running jobs told to stop so an urgent one could have their slot.
