@@ -378,6 +378,24 @@ mod tests {
     }
 
     #[test]
+    fn vaders_finer_rules_hold() {
+        for lexicon in lexicons() {
+            let score = |text: &str| lexicon.score(text).score;
+            // "least" turns a word around, except in "at least".
+            assert!(score("the least helpful person") < 0.0, "{}", score("the least helpful person"));
+            assert!(score("at least it was helpful") > 0.0);
+            // "kind of" is a hedge, not kindness; a booster adds nothing by itself.
+            assert_eq!(score("it was kind of late"), score("it was late"));
+            assert_eq!(score("seriously"), 0.0);
+            // Repeated question marks raise what was said; one does not.
+            assert!(score("is this terrible??") < score("is this terrible?"));
+            assert_eq!(score("is this terrible?"), score("is this terrible"));
+            // A typographic apostrophe negates like a plain one.
+            assert_eq!(score("I don\u{2019}t like it"), score("I don't like it"));
+        }
+    }
+
+    #[test]
     fn a_file_that_is_not_the_lexicon_is_refused_naming_it() {
         let dir = std::env::temp_dir().join(format!("ringline-lexicon-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
