@@ -19,7 +19,8 @@ pub fn init(verbose: bool) {
     whisper_rs::install_logging_hooks();
 }
 
-/// The machine in a line: CPU model, cores, memory.
+/// The machine in a line: CPU model, cores (those this process may use, "k of n" when pinned
+/// to fewer than the machine has), memory.
 pub fn machine_line() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -30,7 +31,30 @@ pub fn machine_line() -> String {
         .and_then(|info| info.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
         .map(|kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0))
         .unwrap_or_else(|| "unknown memory".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (cores, online) = (allowed_cpus().len(), online_cpus());
+    let cores = if cores < online { format!("{cores} of {online} cores") } else { format!("{cores} cores") };
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
-    format!("{cores} cores of {cpu}, {memory}, {profile} build")
+    format!("{cores} of {cpu}, {memory}, {profile} build")
+}
+
+/// The CPUs this process may run on (its affinity mask: `taskset`, a container's cpuset), by id.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set the kernel fills; its size is passed with it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return (0..online_cpus()).collect();
+    }
+    // SAFETY: every index is below CPU_SETSIZE, the set's size.
+    (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
+}
+
+/// The machine's online CPUs, whatever this process may use.
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf reads a constant of the system.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if online > 0 {
+        online as usize
+    } else {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    }
 }

@@ -5,23 +5,7 @@ use clap::Subcommand;
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Voice-to-voice and per-stage latency over scripted calls on the local models.
-    Latency {
-        #[arg(long, default_value = "assistants/luigis_booking.yaml")]
-        assistant: std::path::PathBuf,
-        #[arg(long, default_value = "eval/callers/bench.yaml")]
-        caller: std::path::PathBuf,
-        /// How many calls to run (each plays the whole script).
-        #[arg(long, default_value_t = 2)]
-        calls: usize,
-        /// Then run 1, 2, … up to this many calls at once, and report voice-to-voice for each
-        /// count beside one call alone.
-        #[arg(long, default_value_t = 1)]
-        concurrent: usize,
-        /// With `--concurrent`: run each count this many times and pool the turns (a p95 over a
-        /// few dozen turns moves with one slow turn).
-        #[arg(long, default_value_t = 1)]
-        rounds: usize,
-    },
+    Latency(super::bench_latency::LatencyArgs),
     /// The local LLM engine: prompt processing and decoding speed over scripted conversations.
     Llm {
         #[arg(long, default_value = "assistants/luigis_booking.yaml")]
@@ -69,7 +53,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Llm { assistant, caller, model, conversations, threads } => {
             super::bench_latency::bench_llm(&assistant, &caller, model, conversations.max(1), threads)
         }
-        BenchCommand::Latency { assistant, caller, calls, concurrent, rounds } => super::bench_latency::bench_latency(&assistant, &caller, calls.max(1), concurrent.clamp(1, 16), rounds.clamp(1, 20)),
+        BenchCommand::Latency(args) => super::bench_latency::run(args),
     }
 }
 

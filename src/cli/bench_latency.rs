@@ -3,7 +3,7 @@
 //! caller's true end of speech.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,61 @@ use crate::models::ModelStore;
 use crate::pipeline::metrics::{ms_of, percentile, TurnTimings};
 use crate::pipeline::{self, Engines};
 use crate::simulation::CallerScript;
+
+/// `ringline bench latency`'s options.
+#[derive(Debug, clap::Args)]
+pub struct LatencyArgs {
+    #[arg(long, default_value = "assistants/luigis_booking.yaml")]
+    assistant: PathBuf,
+    #[arg(long, default_value = "eval/callers/bench.yaml")]
+    caller: PathBuf,
+    /// How many calls to run (each plays the whole script).
+    #[arg(long, default_value_t = 2)]
+    calls: usize,
+    /// Then run 1, 2, … up to this many calls at once, and report voice-to-voice for each
+    /// count beside one call alone.
+    #[arg(long, default_value_t = 1)]
+    concurrent: usize,
+    /// With `--concurrent`: run each count this many times and pool the turns (a p95 over a
+    /// few dozen turns moves with one slow turn).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Run the whole bench once per CPU budget — `--cores 1,2`, or `2,4` on a larger box — each
+    /// run pinned to that many of the cores this process may use, and compare what each holds.
+    #[arg(long, value_delimiter = ',')]
+    cores: Vec<usize>,
+    /// Write the figures for calls at once here as JSON (how `--cores` collects its runs).
+    #[arg(long, hide = true)]
+    summary: Option<PathBuf>,
+}
+
+pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
+    let (calls, concurrent, rounds) = (args.calls.max(1), args.concurrent.clamp(1, 16), args.rounds.clamp(1, 20));
+    if !args.cores.is_empty() {
+        return bench_budgets(&args, calls, concurrent, rounds);
+    }
+    bench_latency(&args.assistant, &args.caller, calls, concurrent, rounds, args.summary.as_deref())
+}
+
+/// Voice-to-voice with a number of calls at once.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Load {
+    calls: usize,
+    turns: usize,
+    p50_ms: f64,
+    p95_ms: f64,
+    /// In cores (1.0 = one core busy).
+    cpu_per_call: f64,
+}
+
+/// What one run of calls at once found.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct LoadSummary {
+    machine: String,
+    loads: Vec<Load>,
+    /// The most calls at once with p95 ≤ 1.5 s.
+    within: usize,
+}
 
 /// One request's figures in `bench llm`.
 struct LlmSample {
@@ -69,7 +124,7 @@ pub fn bench_llm(assistant_path: &Path, caller_path: &Path, model: Option<String
     let first_message = assistant.spec.first_message.as_ref().map(|m| prompt::render(m, &context).map(|m| crate::text::strip_marks(&m))).transpose().map_err(anyhow::Error::msg)?;
     let (decode_threads, batch_threads) = match threads {
         Some(n) => (n, n),
-        None => (pipeline::LLM_THREADS, pipeline::LLM_BATCH_THREADS),
+        None => (pipeline::LLM_THREADS, pipeline::llm_batch_threads()),
     };
     runtime()?.block_on(async {
         let llm = crate::llm::local::LocalEngine::new(&store, &model, decode_threads, batch_threads)?;
@@ -143,20 +198,32 @@ fn memory_mib() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// The machine's CPU time so far from `/proc/stat`: (busy, all) in clock ticks, every core
-/// together; steal (time the hypervisor gave elsewhere) counts as neither.
+/// CPU time so far on the cores this process may use, from `/proc/stat`: (busy, all) in clock
+/// ticks, those cores together; steal (time the hypervisor gave elsewhere) counts as neither.
 fn cpu_ticks() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
-    // user nice system idle iowait irq softirq steal
-    let busy = at(0) + at(1) + at(2) + at(5) + at(6);
-    (busy, busy + at(3) + at(4))
+    let allowed = crate::telemetry::allowed_cpus();
+    let (mut busy, mut all) = (0, 0);
+    for line in stat.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(cpu) = fields.next().and_then(|name| name.strip_prefix("cpu")).and_then(|id| id.parse::<usize>().ok()) else { continue };
+        if !allowed.contains(&cpu) {
+            continue;
+        }
+        let values: Vec<u64> = fields.filter_map(|v| v.parse().ok()).collect();
+        let at = |i: usize| values.get(i).copied().unwrap_or(0);
+        // user nice system idle iowait irq softirq steal
+        let working = at(0) + at(1) + at(2) + at(5) + at(6);
+        busy += working;
+        all += working + at(3) + at(4);
+    }
+    (busy, all)
 }
 
-/// Cores kept busy between two [`cpu_ticks`] readings (the whole machine: the LLM's process too).
+/// Cores kept busy between two [`cpu_ticks`] readings (everything on those cores: the LLM's
+/// process too).
 fn cores_busy(before: (u64, u64), after: (u64, u64)) -> f64 {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let cores = crate::telemetry::allowed_cpus().len().max(1) as f64;
     let (busy, all) = (after.0.saturating_sub(before.0), after.1.saturating_sub(before.1));
     if all == 0 {
         0.0
@@ -167,7 +234,7 @@ fn cores_busy(before: (u64, u64), after: (u64, u64)) -> f64 {
 
 /// Runs 1, 2, … `most` calls at once and prints voice-to-voice for each count beside one call
 /// alone, and the most calls that kept p95 within 1.5 s.
-async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: Arc<Assistant>, script: &CallerScript, most: usize, rounds: usize) -> anyhow::Result<()> {
+async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: Arc<Assistant>, script: &CallerScript, most: usize, rounds: usize) -> anyhow::Result<LoadSummary> {
     println!("\ncalls at once on {} (voice-to-voice from the true end of speech; {rounds} round(s) per count):", machine_line());
     println!(
         "{:>6} {:>6} {:>8} {:>8} {:>12} {:>14} {:>13}   {:>16} {:>16} {:>16} {:>16}   {:>8} {:>8}",
@@ -176,6 +243,7 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
     let (resident_before, _) = memory_mib();
     let mut alone_p95 = None;
     let mut within = 0;
+    let mut loads = Vec::new();
     for n in 1..=most {
         let stt_before = (crate::pipeline::pool::stt().stats(), crate::pipeline::pool::stt().yielded());
         let mut turns = Vec::new();
@@ -204,6 +272,7 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
         if p95 <= 1500.0 {
             within = n;
         }
+        loads.push(Load { calls: n, turns: v2v.len(), p50_ms: p50, p95_ms: p95, cpu_per_call });
         println!(
             "{n:>6} {:>6} {p50:>8.0} {p95:>8.0} {:>11.2}× {:>14.0} {:>12.0}%   {:>16} {:>16} {:>16} {:>16}   {stt_waits:>8} {yielded:>8}",
             v2v.len(),
@@ -218,16 +287,22 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
     }
     println!("CPU per call: the machine's busy time during the count's rounds (the LLM's process too), in % of one core, over the calls; stages: p50/p95 ms from the true end of speech; STT wait: speech-to-text jobs that waited for a slot / all; yielded: partial transcripts stopped for a final one");
     println!("most calls at once with voice-to-voice p95 ≤ 1.5 s: {within}");
-    // What `serve` admits on its local models unless told otherwise (`--max-local-calls`).
-    let capacity = crate::server::limits::Capacity { local_calls: within as u32, machine: machine_line(), measured_with: assistant.spec.name.clone() };
-    match capacity.save(store) {
-        Ok(path) => println!("saved as this machine's capacity for `ringline serve`: {}", path.display()),
-        Err(error) => eprintln!("could not save the capacity: {error}"),
+    // What `serve` admits on its local models unless told otherwise (`--max-local-calls`) —
+    // when measured with every core of the machine.
+    let (cores, online) = (crate::telemetry::allowed_cpus().len(), crate::telemetry::online_cpus());
+    if cores < online {
+        println!("measured on {cores} of the machine's {online} cores: not saved as its capacity for `ringline serve`");
+    } else {
+        let capacity = crate::server::limits::Capacity { local_calls: within as u32, machine: machine_line(), measured_with: assistant.spec.name.clone() };
+        match capacity.save(store) {
+            Ok(path) => println!("saved as this machine's capacity for `ringline serve`: {}", path.display()),
+            Err(error) => eprintln!("could not save the capacity: {error}"),
+        }
     }
-    Ok(())
+    Ok(LoadSummary { machine: machine_line(), loads, within })
 }
 
-pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, concurrent: usize, rounds: usize) -> anyhow::Result<()> {
+fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, concurrent: usize, rounds: usize, summary: Option<&Path>) -> anyhow::Result<()> {
     let store = ModelStore::from_env()?;
     let assistant = load_assistant(assistant_path)?;
     let script = CallerScript::load(caller_path)?;
@@ -308,9 +383,95 @@ pub fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, co
                 println!("  {:>4.0} = {:>4.0} + {:>4.0} ms", ms_of(late + confirm), ms_of(late), ms_of(confirm));
             }
         }
-        if concurrent > 1 {
-            bench_concurrent(&store, engines.clone(), assistant.clone(), &script, concurrent, rounds).await?;
+        if concurrent > 1 || summary.is_some() {
+            let figures = bench_concurrent(&store, engines.clone(), assistant.clone(), &script, concurrent, rounds).await?;
+            if let Some(path) = summary {
+                std::fs::write(path, serde_json::to_string(&figures)?).with_context(|| format!("writing {}", path.display()))?;
+            }
         }
         Ok(())
     })
+}
+
+/// `--cores`: the bench again for each CPU budget, in a process of its own pinned to the first
+/// that many cores this one may use (the LLM engine it starts inherits the pinning; the pools
+/// size themselves by it), then each budget's voice-to-voice side by side.
+fn bench_budgets(args: &LatencyArgs, calls: usize, concurrent: usize, rounds: usize) -> anyhow::Result<()> {
+    let allowed = crate::telemetry::allowed_cpus();
+    let mut budgets = args.cores.clone();
+    budgets.sort_unstable();
+    budgets.dedup();
+    if let Some(bad) = budgets.iter().find(|&&k| k == 0 || k > allowed.len()) {
+        anyhow::bail!("--cores {bad}: this process may use {} core(s) (CPUs {allowed:?}); give budgets from 1 to {}", allowed.len(), allowed.len());
+    }
+    let exe = std::env::current_exe().context("finding this binary to run each budget with")?;
+    let dir = tempfile::tempdir()?;
+    let mut runs = Vec::new();
+    for &budget in &budgets {
+        let cpus = allowed[..budget].to_vec();
+        eprintln!("\n== a budget of {budget} core(s): CPUs {cpus:?} ==");
+        let summary = dir.path().join(format!("cores-{budget}.json"));
+        let mut command = std::process::Command::new(&exe);
+        command.args(["bench", "latency", "--assistant"]).arg(&args.assistant).arg("--caller").arg(&args.caller);
+        command.args(["--calls", &calls.to_string(), "--concurrent", &concurrent.to_string(), "--rounds", &rounds.to_string(), "--summary"]).arg(&summary);
+        pin(&mut command, cpus);
+        let status = command.status().context("starting the bench for a budget")?;
+        if !status.success() {
+            anyhow::bail!("the bench on {budget} core(s) failed ({status})");
+        }
+        let figures: LoadSummary = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
+        runs.push((budget, figures));
+    }
+    println!("\nCPU budgets on {} (each a run of its own, pinned; voice-to-voice p50/p95 ms from the true end of speech):", machine_line());
+    print!("{:>6}", "cores");
+    for n in 1..=concurrent {
+        print!(" {:>14}", format!("{n} call{}", if n == 1 { "" } else { "s" }));
+    }
+    println!(" {:>14} {:>16}", "CPU per call", "most ≤ 1.5 s p95");
+    for (budget, figures) in &runs {
+        print!("{budget:>6}");
+        for load in &figures.loads {
+            print!(" {:>14}", format!("{:.0}/{:.0}", load.p50_ms, load.p95_ms));
+        }
+        let cpu = figures.loads.iter().map(|l| l.cpu_per_call).sum::<f64>() / figures.loads.len().max(1) as f64;
+        println!(" {:>13.0}% {:>16}", cpu * 100.0, figures.within);
+    }
+    Ok(())
+}
+
+/// Starts `command` on `cpus` only (its affinity mask, as `taskset` sets it).
+fn pin(command: &mut std::process::Command, cpus: Vec<usize>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure fills a bit set on its own stack and makes one
+    // system call: no allocation, no lock.
+    unsafe {
+        command.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &cpu in &cpus {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_pins_the_process_it_starts_to_its_cores() {
+        let allowed = crate::telemetry::allowed_cpus();
+        assert!(!allowed.is_empty() && allowed.len() <= crate::telemetry::online_cpus());
+        let first = allowed[0];
+        let mut command = std::process::Command::new("grep");
+        command.args(["Cpus_allowed_list", "/proc/self/status"]);
+        pin(&mut command, vec![first]);
+        let output = command.output().expect("grep runs");
+        let line = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(line.split(':').nth(1).map(str::trim), Some(first.to_string().as_str()), "{line}");
+    }
 }

@@ -719,13 +719,8 @@ pub fn regressions(current: &Results, baseline: &Results, thresholds: Thresholds
 /// When a track carries sound: (from, to) in seconds, from 20 ms frames above -40 dBFS, with
 /// gaps under 300 ms bridged and blips under 60 ms dropped.
 pub fn activity(track: &[f32], rate: u32) -> Vec<(f64, f64)> {
-    let frame = (rate as usize / 50).max(1);
     let mut spans: Vec<(f64, f64)> = Vec::new();
-    for (i, chunk) in track.chunks(frame).enumerate() {
-        let energy = chunk.iter().map(|s| s * s).sum::<f32>() / chunk.len().max(1) as f32;
-        if energy <= 1e-4 {
-            continue;
-        }
+    for (i, _) in loud_frames(track, rate).enumerate().filter(|(_, loud)| *loud) {
         let (from, to) = (i as f64 * 0.02, (i + 1) as f64 * 0.02);
         match spans.last_mut() {
             Some(last) if from - last.1 < 0.3 => last.1 = to,
@@ -736,16 +731,16 @@ pub fn activity(track: &[f32], rate: u32) -> Vec<(f64, f64)> {
     spans.iter().map(|(a, b)| ((a * 100.0).round() / 100.0, (b * 100.0).round() / 100.0)).collect()
 }
 
-/// Milliseconds in which both channels carry sound (20 ms frames above -40 dBFS).
+/// Milliseconds in which both channels carry sound.
 pub fn talk_over_ms(caller: &[f32], agent: &[f32], rate: u32) -> f64 {
-    let frame = (rate as usize / 50).max(1);
-    let loud = |samples: &[f32]| {
-        let energy = samples.iter().map(|s| s * s).sum::<f32>() / samples.len().max(1) as f32;
-        energy > 1e-4
-    };
-    let frames = caller.len().min(agent.len()) / frame;
-    let both = (0..frames).filter(|i| loud(&caller[i * frame..(i + 1) * frame]) && loud(&agent[i * frame..(i + 1) * frame])).count();
+    let both = loud_frames(caller, rate).zip(loud_frames(agent, rate)).filter(|(caller, agent)| *caller && *agent).count();
     both as f64 * 20.0
+}
+
+/// Whether each 20 ms frame of `track` carries sound: mean power above −40 dBFS.
+fn loud_frames(track: &[f32], rate: u32) -> impl Iterator<Item = bool> + '_ {
+    let frame = (rate as usize / 50).max(1);
+    track.chunks_exact(frame).map(|chunk| chunk.iter().map(|s| s * s).sum::<f32>() / chunk.len() as f32 > 1e-4)
 }
 
 pub mod judge;

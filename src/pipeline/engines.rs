@@ -42,6 +42,12 @@ pub const LLM_THREADS: usize = 1;
 /// Prompt processing happens before anything is spoken: it gets both cores.
 pub const LLM_BATCH_THREADS: usize = 2;
 
+/// [`LLM_BATCH_THREADS`], never more than the cores this process may use: ggml's threads wait
+/// for each other spinning, so two of them on one core take turns at a fraction of the speed.
+pub fn llm_batch_threads() -> usize {
+    LLM_BATCH_THREADS.min(super::pool::cores())
+}
+
 /// Where an OpenAI-compatible provider is reached when the assistant names no `base_url`.
 pub const DEFAULT_REMOTE_BASE: &str = "http://127.0.0.1:8000/v1";
 
@@ -277,7 +283,7 @@ impl EngineRegistry {
         }
         let store = self.store.clone();
         let model = spec.model.clone();
-        let engine = self.cached(&self.llms, "LLM", &spec.model, || async move { Ok(Arc::new(LocalEngine::new(&store, &model, LLM_THREADS, LLM_BATCH_THREADS)?)) }).await?;
+        let engine = self.cached(&self.llms, "LLM", &spec.model, || async move { Ok(Arc::new(LocalEngine::new(&store, &model, LLM_THREADS, llm_batch_threads())?)) }).await?;
         Ok(engine)
     }
 

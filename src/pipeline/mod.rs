@@ -46,7 +46,7 @@ use crate::transport::{AudioOut, CallInput};
 use frames::Frame;
 use metrics::TurnTimings;
 
-pub use engines::{Credentials, EngineError, EngineLimits, EngineRegistry, Engines, LLM_BATCH_THREADS, LLM_THREADS, STT_THREADS, TTS_THREADS};
+pub use engines::{llm_batch_threads, Credentials, EngineError, EngineLimits, EngineRegistry, Engines, LLM_BATCH_THREADS, LLM_THREADS, STT_THREADS, TTS_THREADS};
 
 /// How much new speech comes between partial transcripts, per the assistant (0: none).
 fn partial_every(assistant: &Assistant) -> Option<Duration> {

@@ -204,6 +204,12 @@ pub fn stt_threads() -> usize {
     }
 }
 
+/// Runs a speech-to-text job's transcription (call it inside the job) on the threads it may
+/// take now ([`stt_threads`]).
+pub fn transcribing<T>(f: impl FnOnce() -> T) -> T {
+    crate::stt::with_threads(stt_threads(), f)
+}
+
 /// Smart Turn: small (~10 ms a run); one per core.
 pub fn end_of_turn() -> &'static InferencePool {
     static POOL: OnceLock<InferencePool> = OnceLock::new();
@@ -216,7 +222,7 @@ pub fn tts() -> &'static InferencePool {
     POOL.get_or_init(|| InferencePool::new("speech synthesis", cores() / super::TTS_THREADS))
 }
 
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
 }
 
