@@ -6,12 +6,12 @@
 //! A reader that would guess from a bare number (a time from "seven") only runs when the words
 //! carry its cue.
 
-use chrono::NaiveDate;
 use regex::Regex;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::LazyLock;
 
+use super::Day;
 use crate::flow::parse;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -37,16 +37,17 @@ static AMOUNT: LazyLock<Regex> = LazyLock::new(|| {
 /// An order-like id: letters and digits together, or `#` and digits ("AB12345", "#88231").
 static ID: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)#\d{3,}|\b[a-z]{1,4}-?\d{4,}[a-z0-9]*\b").expect("valid pattern"));
 
-/// Every entity found in `text`, in a fixed kind order; `today` resolves "tomorrow" and "Friday".
-pub fn find(text: &str, today: NaiveDate) -> Vec<Entity> {
+/// Every entity found in `text`, in a fixed kind order; `day` resolves "tomorrow" and "Friday",
+/// and an hour without am or pm by its hours.
+pub fn find(text: &str, day: Day) -> Vec<Entity> {
     let mut found = Vec::new();
     if DATE_CUE.is_match(text) {
-        if let Some(date) = parse::date(text, today) {
+        if let Some(date) = parse::date(text, day.date) {
             found.push(Entity { kind: "date", value: json!(date.format("%Y-%m-%d").to_string()) });
         }
     }
     if TIME_CUE.is_match(text) {
-        if let Some(time) = parse::time(text, parse::TimeWindow::default()) {
+        if let Some(time) = parse::time(text, day.hours) {
             found.push(Entity { kind: "time", value: json!(time.format("%H:%M").to_string()) });
         }
     }
@@ -88,9 +89,14 @@ pub fn find(text: &str, today: NaiveDate) -> Vec<Entity> {
 mod tests {
     use super::*;
 
+    use chrono::{NaiveDate, NaiveTime};
+
+    fn monday() -> Day {
+        Day::of(NaiveDate::from_ymd_opt(2026, 11, 30).unwrap())
+    }
+
     fn kinds(text: &str) -> Vec<(&'static str, Value)> {
-        let today = NaiveDate::from_ymd_opt(2026, 11, 30).unwrap(); // a Monday
-        find(text, today).into_iter().map(|e| (e.kind, e.value)).collect()
+        find(text, monday()).into_iter().map(|e| (e.kind, e.value)).collect()
     }
 
     #[test]
@@ -105,6 +111,16 @@ mod tests {
         assert_eq!(kinds("order #88231 never came"), [("id", json!("88231"))]);
         assert_eq!(kinds("we are four"), [("number", json!(4.0))]);
         assert!(kinds("Hello, I'd like to book a table").is_empty());
+    }
+
+    #[test]
+    fn an_hour_without_am_or_pm_falls_in_the_calls_hours() {
+        let from_noon = Day { hours: parse::TimeWindow { from: NaiveTime::from_hms_opt(12, 0, 0), to: NaiveTime::from_hms_opt(22, 30, 0) }, ..monday() };
+        let time = |text: &str, day: Day| find(text, day).into_iter().find(|e| e.kind == "time").map(|e| e.value);
+        // What a restaurant's flow took for its time slot from the same words.
+        assert_eq!(time("At 7 o'clock, please", from_noon), Some(json!("19:00")));
+        assert_eq!(time("At 7 o'clock, please", monday()), Some(json!("07:00")), "no hours: the hour as said");
+        assert_eq!(time("at 11 am", from_noon), Some(json!("11:00")), "an am/pm said outranks the hours");
     }
 
     #[test]

@@ -42,6 +42,22 @@ pub enum AnalysisError {
     Load(String),
 }
 
+/// When a caller's words are read: the call's date, which resolves "tomorrow" and "Friday", and
+/// the hours an unmarked time falls in ("at 7" is 19:00 for a restaurant that books from noon;
+/// with no hours, 07:00).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Day {
+    pub date: NaiveDate,
+    pub hours: crate::flow::parse::TimeWindow,
+}
+
+impl Day {
+    /// `date`, with no hours.
+    pub fn of(date: NaiveDate) -> Self {
+        Day { date, hours: Default::default() }
+    }
+}
+
 /// Everything found in one caller utterance.
 #[derive(Debug, Clone, Serialize)]
 pub struct UtteranceAnalysis {
@@ -54,8 +70,8 @@ pub struct UtteranceAnalysis {
 
 impl UtteranceAnalysis {
     /// Sentiment and entities: what needs no model.
-    pub fn without_intent(text: &str, today: NaiveDate) -> Self {
-        UtteranceAnalysis { intent: None, sentiment: sentiment::score(text), entities: entities::find(text, today) }
+    pub fn without_intent(text: &str, day: Day) -> Self {
+        UtteranceAnalysis { intent: None, sentiment: sentiment::score(text), entities: entities::find(text, day) }
     }
 }
 
@@ -123,12 +139,12 @@ impl Analyzer {
     }
 
     /// Intent (when `intents` has any), sentiment and entities of one utterance.
-    pub fn analyze(&self, text: &str, intents: Option<&IntentSet>, threshold: f32, today: NaiveDate) -> UtteranceAnalysis {
+    pub fn analyze(&self, text: &str, intents: Option<&IntentSet>, threshold: f32, day: Day) -> UtteranceAnalysis {
         let intent = intents.filter(|set| !set.is_empty()).map(|set| {
             let vector = self.embed(&[text.to_string()], &|_| {}).remove(0);
             set.classify(&vector, threshold)
         });
-        UtteranceAnalysis { intent, ..UtteranceAnalysis::without_intent(text, today) }
+        UtteranceAnalysis { intent, ..UtteranceAnalysis::without_intent(text, day) }
     }
 }
 
@@ -205,7 +221,7 @@ mod tests {
             ("I'd like to cancel the reservation I made", "cancel"),
             ("My cat knocked the plant off the windowsill", intent::UNKNOWN),
         ] {
-            let found = analyzer.analyze(text, Some(&set), intent::DEFAULT_THRESHOLD, today).intent.unwrap();
+            let found = analyzer.analyze(text, Some(&set), intent::DEFAULT_THRESHOLD, Day::of(today)).intent.unwrap();
             assert_eq!(found.intent, expected, "{text}: {found:?}");
         }
     }

@@ -93,7 +93,7 @@ fn per_line(analyzer: &Analyzer, assistant: &Path, load: Duration) -> anyhow::Re
     let started = Instant::now();
     let set = analyzer.intent_set(&defs);
     let build = started.elapsed();
-    let today = chrono::Utc::now().date_naive();
+    let today = crate::analysis::Day::of(chrono::Utc::now().date_naive());
     let mut whole = Vec::new();
     let mut lexical = Vec::new();
     for line in CALLER_LINES {

@@ -1050,6 +1050,21 @@ fn trim_number(n: f64) -> String {
     }
 }
 
+impl FlowSpec {
+    /// The hours its time slots accept (`between`), when they agree: what an unmarked hour
+    /// said anywhere in the call means ("at 7" is 19:00 for bookings from noon). No window when
+    /// no time slot has one or two disagree.
+    pub fn hours(&self) -> TimeWindow {
+        let mut windows = self.nodes.values().flat_map(|node| &node.collect).filter(|slot| slot.kind == SlotKind::Time && slot.between.is_some()).map(window);
+        let Some(first) = windows.next() else { return TimeWindow::default() };
+        if windows.all(|w| w == first) {
+            first
+        } else {
+            TimeWindow::default()
+        }
+    }
+}
+
 fn window(slot: &SlotSpec) -> TimeWindow {
     let parse_time = |t: &String| NaiveTime::parse_from_str(t, "%H:%M").ok();
     match &slot.between {

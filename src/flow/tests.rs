@@ -67,6 +67,20 @@ fn the_demo_booking_fills_every_slot_reads_it_back_and_books() {
 }
 
 #[test]
+fn the_hours_a_flows_times_fall_in_are_those_its_time_slots_agree_on() {
+    let spec: FlowSpec = serde_yaml::from_str(BOOKING).unwrap();
+    let at = |h| NaiveTime::from_hms_opt(h, 0, 0);
+    assert_eq!(spec.hours(), TimeWindow { from: at(12), to: at(23) });
+    // A second time slot with other hours: no one window is the flow's.
+    let mut other = spec.clone();
+    let mut slot = other.nodes["booking"].collect[2].clone();
+    slot.name = "callback".into();
+    slot.between = Some(["08:00".into(), "18:00".into()]);
+    other.nodes.get_mut("booking").unwrap().collect.push(slot);
+    assert_eq!(other.hours(), TimeWindow::default());
+}
+
+#[test]
 fn after_a_first_message_the_callers_first_words_begin_the_flow() {
     let mut flow = flow();
     let reply = flow.on_caller("Hi, I'd like a table for 3 tomorrow at 8 pm please");

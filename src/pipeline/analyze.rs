@@ -89,7 +89,7 @@ impl AnalysisBranch {
     pub fn start(
         assistant: &Assistant,
         analyzer: Option<Arc<Analyzer>>,
-        today: chrono::NaiveDate,
+        day: crate::analysis::Day,
         events: mpsc::UnboundedSender<CallEvent>,
         report: Arc<Mutex<CallReport>>,
         routes: mpsc::UnboundedSender<RouteSpec>,
@@ -110,8 +110,8 @@ impl AnalysisBranch {
             while let Some((line, text)) = rx.recv().await {
                 let (analyzer, set, text_for) = (analyzer.clone(), set.clone(), text.clone());
                 let analysis = tokio::task::spawn_blocking(move || match analyzer {
-                    Some(analyzer) => analyzer.analyze(&text_for, set.as_deref(), threshold, today),
-                    None => UtteranceAnalysis::without_intent(&text_for, today),
+                    Some(analyzer) => analyzer.analyze(&text_for, set.as_deref(), threshold, day),
+                    None => UtteranceAnalysis::without_intent(&text_for, day),
                 })
                 .await;
                 let Ok(analysis) = analysis else { continue };

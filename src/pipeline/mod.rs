@@ -176,7 +176,11 @@ pub async fn run_call(
     recognizer_prompt.set(&vocabulary);
     // Beside the voice path: intent, sentiment and entities of each caller utterance.
     let (routes_tx, routes_rx) = mpsc::unbounded_channel();
-    let today = chrono::Utc::now().with_timezone(&assistant.timezone).date_naive();
+    // A time said without am or pm is read in the hours the flow books, as its slots read it.
+    let day = crate::analysis::Day {
+        date: chrono::Utc::now().with_timezone(&assistant.timezone).date_naive(),
+        hours: assistant.spec.flow.as_ref().map(crate::flow::FlowSpec::hours).unwrap_or_default(),
+    };
     let (prompts_tx, prompts_rx) = mpsc::unbounded_channel();
     let live_prompt = prompt::uses_live_analysis(&assistant.system_template).then(|| analyze::LivePrompt {
         template: assistant.system_template.clone(),
@@ -184,7 +188,7 @@ pub async fn run_call(
         prompts: prompts_tx,
     });
     let prompts = live_prompt.is_some().then_some(prompts_rx);
-    let (analysis, analysis_branch) = analyze::AnalysisBranch::start(&assistant, engines.analyzer.clone(), today, events.clone(), report.clone(), routes_tx, live_prompt);
+    let (analysis, analysis_branch) = analyze::AnalysisBranch::start(&assistant, engines.analyzer.clone(), day, events.clone(), report.clone(), routes_tx, live_prompt);
     let agent = agent::Agent {
         ctx,
         system_prompt,

@@ -108,13 +108,13 @@ pub async fn intent(State(state): State<AppState>, auth: Auth, ApiJson(request):
 /// a time per server.
 pub async fn analyze(state: &AppState, text: String, intents: Option<Vec<IntentDef>>, threshold: f32, today: chrono::NaiveDate) -> Result<crate::analysis::UtteranceAnalysis, ApiError> {
     let Some(defs) = intents else {
-        return Ok(crate::analysis::UtteranceAnalysis::without_intent(&text, today));
+        return Ok(crate::analysis::UtteranceAnalysis::without_intent(&text, crate::analysis::Day::of(today)));
     };
     let analyzer = state.runner.analyzer().await.map_err(|e| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", e.to_string()))?;
     let _permit = JOBS.acquire().await.map_err(|_| ApiError::internal("the analysis queue closed"))?;
     tokio::task::spawn_blocking(move || {
         let set = analyzer.intent_set(&defs);
-        analyzer.analyze(&text, Some(&set), threshold, today)
+        analyzer.analyze(&text, Some(&set), threshold, crate::analysis::Day::of(today))
     })
     .await
     .map_err(|e| ApiError::internal(format!("the analysis stopped: {e}")))
