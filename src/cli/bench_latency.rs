@@ -258,9 +258,13 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
         let cpu_per_call = cores_busy(cpu_before, cpu_ticks()) / n as f64;
         let v2v: Vec<Duration> = turns.iter().map(|t| t.voice_to_voice).collect();
         // Where the time goes under load: each stage from the true end of speech, p50/p95.
+        // A stage a turn did not go through (no LLM for a flow's line) is not counted.
         let stage = |get: fn(&crate::pipeline::metrics::TurnTimings) -> Duration| {
-            let values: Vec<Duration> = turns.iter().map(get).collect();
-            format!("{:.0}/{:.0}", percentile(&values, 0.5).map(ms_of).unwrap_or(0.0), percentile(&values, 0.95).map(ms_of).unwrap_or(0.0))
+            let values: Vec<Duration> = turns.iter().map(get).filter(|d| !d.is_zero()).collect();
+            match (percentile(&values, 0.5), percentile(&values, 0.95)) {
+                (Some(p50), Some(p95)) => format!("{:.0}/{:.0}", ms_of(p50), ms_of(p95)),
+                _ => "-".to_string(),
+            }
         };
         let stages = [stage(|t| t.end_of_turn), stage(|t| t.stt_final), stage(|t| t.llm_first_token), stage(|t| t.tts_first_audio)];
         let ((jobs, waited, _), yielded) = (crate::pipeline::pool::stt().stats(), crate::pipeline::pool::stt().yielded());
@@ -349,7 +353,7 @@ fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, concur
             ("end of turn", |_| Duration::ZERO, |t| t.end_of_turn),
             ("stt (after eot)", |t| t.end_of_turn.min(t.stt_final), |t| t.stt_final.max(t.end_of_turn)),
             ("llm first token", |t| t.stt_final.max(t.end_of_turn), |t| t.llm_first_token),
-            ("tts first audio", |t| t.llm_first_token, |t| t.voice_to_voice),
+            ("tts first audio", |t| t.stt_final.max(t.end_of_turn).max(t.llm_first_token), |t| t.voice_to_voice),
         ];
         println!("\nwhere voice-to-voice goes (p50 of each stage's own share):");
         for (name, from, to) in gaps {

@@ -196,8 +196,10 @@ pub fn print_percentiles(turns: &[TurnTimings]) {
     ];
     println!("{:<18} {:>8} {:>8}   (ms after the caller's end of speech, {} turns)", "stage", "p50", "p95", turns.len());
     for (name, get) in stages {
-        let values: Vec<Duration> = turns.iter().map(get).collect();
-        println!("{:<18} {:>8} {:>8}", name, ms_at(&values, 0.5), ms_at(&values, 0.95));
+        // Over the turns that went through the stage (a flow's line asks no LLM).
+        let values: Vec<Duration> = turns.iter().map(get).filter(|d| !d.is_zero()).collect();
+        let note = if values.len() < turns.len() { format!("   ({} turns)", values.len()) } else { String::new() };
+        println!("{:<18} {:>8} {:>8}{note}", name, ms_at(&values, 0.5), ms_at(&values, 0.95));
     }
 }
 

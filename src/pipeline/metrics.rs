@@ -23,7 +23,7 @@ pub struct TurnTimings {
     /// Caller end of speech → final transcript.
     #[serde(serialize_with = "ms")]
     pub stt_final: Duration,
-    /// Caller end of speech → first LLM token.
+    /// Caller end of speech → first LLM token; zero when the turn asked no LLM (a flow's line).
     #[serde(serialize_with = "ms")]
     pub llm_first_token: Duration,
     /// Caller end of speech → first synthesized audio.
@@ -38,9 +38,10 @@ pub struct TurnTimings {
 
 impl TurnTimings {
     /// The same turn counted from `end` instead (the caller's true end of speech, where a
-    /// script knows it): every stage moves by the VAD's error.
+    /// script knows it): every stage moves by the VAD's error; a stage that did not happen
+    /// (zero) stays zero.
     pub fn counted_from(&self, end: Duration) -> TurnTimings {
-        let shift = |d: Duration| (d + self.speech_end_at).saturating_sub(end);
+        let shift = |d: Duration| if d.is_zero() { d } else { (d + self.speech_end_at).saturating_sub(end) };
         TurnTimings {
             speech_end_at: end,
             end_of_turn: shift(self.end_of_turn),

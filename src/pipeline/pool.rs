@@ -1,24 +1,29 @@
 //! Bounded, fair pools for model inference, shared by every call in the process.
 //!
-//! Each kind of inference (speech-to-text, end-of-turn, speech synthesis) has a fixed number
-//! of slots sized to the machine's cores and the threads each job uses. A job waits for a
-//! slot, then runs on a blocking thread — never on the async runtime's threads. A free slot
+//! Speech-to-text and speech synthesis draw on one [`Budget`] of slots, a slot per core this
+//! process may use: two pools sized by cores each would run two jobs per core, and each of
+//! them — the caller's final transcript too — at half its speed. Smart Turn's end-of-turn
+//! check (~35 ms on one thread) has slots of its own: its answer and the final transcript
+//! decide the turn together, and it should not wait out a sentence's synthesis for a slot.
+//! A job waits for a slot, then runs on a blocking thread — never on the async runtime's
+//! threads. A free slot
 //! goes to the most urgent waiter ([`Urgency`]): a caller waiting for a reply's first sentence
 //! or a turn's final transcript goes before another call's third sentence or a partial
 //! transcript; among equals, waiters are served in arrival order, so one busy call cannot
 //! starve the others. A job whose caller stops waiting (a barge-in) still holds its slot until
 //! it finishes, because the CPU is still busy with it; a waiter that gives up before its turn
 //! passes the slot on. A job that can give way ([`InferencePool::try_run_yielding`], a partial
-//! transcript that a newer one replaces anyway) starts only on a slot no one waits for and is
-//! told to stop the moment an urgent job finds no free slot, so a caller's final transcript
-//! never waits out another call's partial, and under load partials are not made at all.
+//! transcript that a newer one replaces anyway) starts only when no inference runs and no one
+//! waits, and is told to stop the moment an urgent job finds no free slot, so a caller's final
+//! transcript never waits out another call's partial, and under load partials are not made at
+//! all.
 //!
-//! Speech-to-text has a slot per core, and a job takes both cores only when nothing else is
-//! inferring ([`stt_threads`]): ggml's threads meet at every step of the graph, so a job
-//! split over cores that another job also uses runs at the pace of its slowest thread.
+//! A transcription takes both cores only when no other transcription or synthesis runs
+//! ([`stt_threads`]): ggml's threads meet at every step of the graph, so a job split
+//! over cores that another job also uses runs at the pace of its slowest thread.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
@@ -35,10 +40,33 @@ pub enum Urgency {
     Ahead,
 }
 
+/// Slots shared by one or more [`InferencePool`]s: at most this many jobs of all their kinds
+/// run at once.
+#[derive(Clone)]
+pub struct Budget(Arc<Shared>);
+
+impl Budget {
+    pub fn new(slots: usize) -> Self {
+        let size = slots.max(1);
+        Budget(Arc::new(Shared { size, state: Mutex::new(Slots { free: size, waiting: BTreeMap::new(), arrivals: 0, yielding: BTreeMap::new() }) }))
+    }
+
+    /// Jobs of every kind running now.
+    pub fn running(&self) -> usize {
+        self.0.size - self.0.lock().free
+    }
+
+    pub fn size(&self) -> usize {
+        self.0.size
+    }
+}
+
+/// One kind of inference and its figures, drawing slots from a [`Budget`].
 pub struct InferencePool {
     name: &'static str,
     shared: Arc<Shared>,
-    size: usize,
+    /// This kind's jobs holding a slot now.
+    running: Arc<AtomicUsize>,
     jobs: AtomicU64,
     waited: AtomicU64,
     /// Running jobs told to give way to an urgent one.
@@ -46,30 +74,46 @@ pub struct InferencePool {
 }
 
 struct Shared {
+    size: usize,
     state: Mutex<Slots>,
 }
 
 struct Slots {
     free: usize,
-    /// Waiters by (urgency, arrival): the first entry is served next.
-    waiting: BTreeMap<(Urgency, u64), oneshot::Sender<Permit>>,
+    /// Waiters of every kind by (urgency, arrival): the first entry is served next.
+    waiting: BTreeMap<(Urgency, u64), Waiter>,
     arrivals: u64,
     /// Running jobs that give way to an urgent one: their stop flags, by arrival.
     yielding: BTreeMap<u64, Arc<AtomicBool>>,
 }
 
+struct Waiter {
+    permit: oneshot::Sender<Permit>,
+    /// The running count of the waiter's kind, which its permit holds up.
+    running: Arc<AtomicUsize>,
+}
+
 /// A slot held; dropping it hands the slot to the next waiter (or frees it).
 struct Permit {
     shared: Arc<Shared>,
+    running: Arc<AtomicUsize>,
     /// False for a permit that never reached its waiter (it gave up): dropping it must not
     /// release the slot a second time.
     armed: bool,
 }
 
+impl Permit {
+    /// A slot just taken by a job of the kind counted by `running` (call with the lock held).
+    fn new(shared: &Arc<Shared>, running: &Arc<AtomicUsize>) -> Self {
+        running.fetch_add(1, Ordering::Relaxed);
+        Permit { shared: shared.clone(), running: running.clone(), armed: true }
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         if self.armed {
-            self.shared.release();
+            self.shared.release(&self.running);
         }
     }
 }
@@ -79,13 +123,18 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn release(self: &Arc<Self>) {
+    /// A job of the kind counted by `running` ended: its slot goes to the next waiter.
+    fn release(self: &Arc<Self>, running: &AtomicUsize) {
         let mut slots = self.lock();
+        running.fetch_sub(1, Ordering::Relaxed);
         while let Some((_, waiter)) = slots.waiting.pop_first() {
-            match waiter.send(Permit { shared: self.clone(), armed: true }) {
+            match waiter.permit.send(Permit::new(self, &waiter.running)) {
                 Ok(()) => return,
                 // The waiter gave up (its call moved on): the next one gets the slot.
-                Err(mut unused) => unused.armed = false,
+                Err(mut unused) => {
+                    unused.armed = false;
+                    unused.running.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
         slots.free += 1;
@@ -97,27 +146,31 @@ impl Shared {
 pub struct PoolError(&'static str);
 
 impl InferencePool {
+    /// A pool with slots of its own.
     pub fn new(name: &'static str, slots: usize) -> Self {
-        let size = slots.max(1);
-        let shared = Arc::new(Shared { state: Mutex::new(Slots { free: size, waiting: BTreeMap::new(), arrivals: 0, yielding: BTreeMap::new() }) });
-        InferencePool { name, shared, size, jobs: AtomicU64::new(0), waited: AtomicU64::new(0), yielded: AtomicU64::new(0) }
+        Self::sharing(name, &Budget::new(slots))
     }
 
-    /// Runs `job`, needed [`Urgency::Ahead`] and able to give way, if a slot is free and no
-    /// one waits for one; `None` (nothing run) otherwise. While it runs, an urgent job that
+    /// A pool whose jobs take their slots from `budget`, beside other pools' jobs.
+    pub fn sharing(name: &'static str, budget: &Budget) -> Self {
+        InferencePool { name, shared: budget.0.clone(), running: Arc::new(AtomicUsize::new(0)), jobs: AtomicU64::new(0), waited: AtomicU64::new(0), yielded: AtomicU64::new(0) }
+    }
+
+    /// Runs `job`, needed [`Urgency::Ahead`] and able to give way, if no job of any kind in
+    /// its budget runs and no one waits; `None` (nothing run) otherwise. While it runs, an urgent job that
     /// finds no free slot sets `stop`, which `job` must heed soon (whisper.cpp checks it
     /// after its encoder and after every decoder step).
     pub fn try_run_yielding<T: Send + 'static>(&self, stop: Arc<AtomicBool>, job: impl FnOnce() -> T + Send + 'static) -> Option<impl std::future::Future<Output = Result<T, PoolError>>> {
         let (permit, id) = {
             let mut slots = self.shared.lock();
-            if slots.free == 0 || !slots.waiting.is_empty() {
+            if slots.free < self.shared.size || !slots.waiting.is_empty() {
                 return None;
             }
             slots.free -= 1;
             slots.arrivals += 1;
             let id = slots.arrivals;
             slots.yielding.insert(id, stop);
-            (Permit { shared: self.shared.clone(), armed: true }, id)
+            (Permit::new(&self.shared, &self.running), id)
         };
         self.jobs.fetch_add(1, Ordering::Relaxed);
         let (shared, name) = (self.shared.clone(), self.name);
@@ -152,7 +205,7 @@ impl InferencePool {
             let mut slots = self.shared.lock();
             if slots.free > 0 && slots.waiting.is_empty() {
                 slots.free -= 1;
-                return Ok(Permit { shared: self.shared.clone(), armed: true });
+                return Ok(Permit::new(&self.shared, &self.running));
             }
             self.waited.fetch_add(1, Ordering::Relaxed);
             if urgency == Urgency::Now {
@@ -165,21 +218,21 @@ impl InferencePool {
             let (tx, rx) = oneshot::channel();
             slots.arrivals += 1;
             let key = (urgency, slots.arrivals);
-            slots.waiting.insert(key, tx);
+            slots.waiting.insert(key, Waiter { permit: tx, running: self.running.clone() });
             rx
         };
         waiting.await.map_err(|_| PoolError(self.name))
     }
 
-    /// (jobs run, jobs that had to wait for a slot, slots).
+    /// (jobs run, jobs that had to wait for a slot, slots in its budget).
     pub fn stats(&self) -> (u64, u64, usize) {
-        (self.jobs.load(Ordering::Relaxed), self.waited.load(Ordering::Relaxed), self.size)
+        (self.jobs.load(Ordering::Relaxed), self.waited.load(Ordering::Relaxed), self.shared.size)
     }
 
-    /// Jobs running now: the slots held (a slot is held from the moment a job gets it to the
-    /// moment it ends).
+    /// This kind's jobs running now: the slots they hold (a slot is held from the moment a job
+    /// gets it to the moment it ends).
     pub fn running(&self) -> usize {
-        self.size - self.shared.lock().free
+        self.running.load(Ordering::Relaxed)
     }
 
     /// Running jobs told to stop so an urgent one could have their slot.
@@ -188,16 +241,24 @@ impl InferencePool {
     }
 }
 
-/// Whisper: a slot per core; each job's threads are [`stt_threads`].
+/// The process's budget for speech-to-text and synthesis together: a slot per core it may use
+/// (Piper uses one thread a job; whisper one, or both cores alone).
+pub fn budget() -> &'static Budget {
+    static BUDGET: OnceLock<Budget> = OnceLock::new();
+    BUDGET.get_or_init(|| Budget::new(cores()))
+}
+
+/// Whisper; each job's threads are [`stt_threads`].
 pub fn stt() -> &'static InferencePool {
     static POOL: OnceLock<InferencePool> = OnceLock::new();
-    POOL.get_or_init(|| InferencePool::new("speech-to-text", cores()))
+    POOL.get_or_init(|| InferencePool::sharing("speech-to-text", budget()))
 }
 
 /// Threads for a speech-to-text job that has just started (call it inside the job):
-/// [`super::STT_THREADS`] when it is the only inference running in the process, else one.
+/// [`super::STT_THREADS`] when no other transcription or synthesis runs (Smart Turn's short
+/// check may, beside a final transcript), else one.
 pub fn stt_threads() -> usize {
-    if stt().running() <= 1 && tts().running() == 0 {
+    if budget().running() <= 1 {
         super::STT_THREADS.min(cores())
     } else {
         1
@@ -210,16 +271,16 @@ pub fn transcribing<T>(f: impl FnOnce() -> T) -> T {
     crate::stt::with_threads(stt_threads(), f)
 }
 
-/// Smart Turn: small (~10 ms a run); one per core.
+/// Smart Turn: small (~35 ms a run on one thread), a slot per core of its own.
 pub fn end_of_turn() -> &'static InferencePool {
     static POOL: OnceLock<InferencePool> = OnceLock::new();
     POOL.get_or_init(|| InferencePool::new("end-of-turn", cores()))
 }
 
-/// Piper uses one thread per job ([`super::TTS_THREADS`]): one per core.
+/// Piper, one thread per job ([`super::TTS_THREADS`]).
 pub fn tts() -> &'static InferencePool {
     static POOL: OnceLock<InferencePool> = OnceLock::new();
-    POOL.get_or_init(|| InferencePool::new("speech synthesis", cores() / super::TTS_THREADS))
+    POOL.get_or_init(|| InferencePool::sharing("speech synthesis", budget()))
 }
 
 pub(crate) fn cores() -> usize {
@@ -326,5 +387,39 @@ mod tests {
         assert_eq!(later.await.unwrap(), "later");
         assert_eq!(pool.running(), 0);
         assert_eq!(pool.stats().0, 3, "the partials that found no slot were never counted as jobs");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kinds_sharing_a_budget_never_exceed_it_and_a_partial_waits_for_it_to_be_idle() {
+        let budget = Budget::new(2);
+        let (stt, tts) = (Arc::new(InferencePool::sharing("stt", &budget)), Arc::new(InferencePool::sharing("tts", &budget)));
+        // Another call's later sentence is being synthesized: one slot of two held.
+        let sentence = tts.acquire(Urgency::Ahead).await.unwrap();
+        assert_eq!((tts.running(), stt.running(), budget.running()), (1, 0, 1));
+        // A slot is free, but a partial transcript starts only on an idle budget.
+        assert!(stt.try_run_yielding(Arc::new(AtomicBool::new(false)), || ()).is_none());
+        // A final transcript takes the other slot; then the budget is spent for every kind.
+        let last = stt.acquire(Urgency::Now).await.unwrap();
+        assert_eq!((tts.running(), stt.running(), budget.running()), (1, 1, 2));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let push = |name: &'static str| {
+            let order = order.clone();
+            move || order.lock().unwrap().push(name)
+        };
+        let mut later = Box::pin(tts.run_with(Urgency::Ahead, push("other call, sentence 3")));
+        let mut first = Box::pin(tts.run_with(Urgency::Now, push("this call, sentence 1")));
+        let mut transcript = Box::pin(stt.run_with(Urgency::Now, push("third call, final transcript")));
+        for waiting in [&mut later, &mut first, &mut transcript] {
+            assert!(futures::poll!(waiting).is_pending(), "two slots for every kind together: the job waits");
+        }
+        // One slot comes free and passes from job to job: the jobs needed now go first,
+        // whatever their kind, in arrival order.
+        drop(sentence);
+        let (a, b, c) = futures::join!(later, first, transcript);
+        (a.unwrap(), b.unwrap(), c.unwrap());
+        assert_eq!(*order.lock().unwrap(), vec!["this call, sentence 1", "third call, final transcript", "other call, sentence 3"]);
+        drop(last);
+        assert_eq!((tts.running(), stt.running(), budget.running()), (0, 0, 0));
+        assert_eq!((stt.stats().2, tts.stats().2), (2, 2));
     }
 }
