@@ -55,10 +55,6 @@ impl Budget {
     pub fn running(&self) -> usize {
         self.0.size - self.0.lock().free
     }
-
-    pub fn size(&self) -> usize {
-        self.0.size
-    }
 }
 
 /// One kind of inference and its figures, drawing slots from a [`Budget`].
