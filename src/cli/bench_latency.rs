@@ -39,6 +39,10 @@ pub struct LatencyArgs {
     /// run pinned to that many of the cores this process may use, and compare what each holds.
     #[arg(long, value_delimiter = ',')]
     cores: Vec<usize>,
+    /// Keep synthesized sentences for reuse in up to this many MiB, as `serve` does (0: none,
+    /// every sentence synthesized — the cost of lines never said before).
+    #[arg(long, default_value_t = crate::pipeline::speech_cache::DEFAULT_CAPACITY_BYTES >> 20)]
+    speech_cache_mib: usize,
     /// Write the figures for calls at once here as JSON (how `--cores` collects its runs).
     #[arg(long, hide = true)]
     summary: Option<PathBuf>,
@@ -46,6 +50,7 @@ pub struct LatencyArgs {
 
 pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     let (calls, concurrent, rounds) = (args.calls.max(1), args.concurrent.clamp(1, 16), args.rounds.clamp(1, 20));
+    crate::pipeline::speech_cache::configure(args.speech_cache_mib);
     if !args.cores.is_empty() {
         return bench_budgets(&args, calls, concurrent, rounds);
     }
@@ -237,8 +242,8 @@ fn cores_busy(before: (u64, u64), after: (u64, u64)) -> f64 {
 async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: Arc<Assistant>, script: &CallerScript, most: usize, rounds: usize) -> anyhow::Result<LoadSummary> {
     println!("\ncalls at once on {} (voice-to-voice from the true end of speech; {rounds} round(s) per count):", machine_line());
     println!(
-        "{:>6} {:>6} {:>8} {:>8} {:>12} {:>14} {:>13}   {:>16} {:>16} {:>16} {:>16}   {:>8} {:>8}",
-        "calls", "turns", "p50 ms", "p95 ms", "p95 vs one", "MiB per call", "CPU per call", "end of turn", "transcript", "LLM 1st token", "1st audio", "STT wait", "yielded"
+        "{:>6} {:>6} {:>8} {:>8} {:>12} {:>14} {:>13}   {:>16} {:>16} {:>16} {:>16}   {:>8} {:>8} {:>10}",
+        "calls", "turns", "p50 ms", "p95 ms", "p95 vs one", "MiB per call", "CPU per call", "end of turn", "transcript", "LLM 1st token", "1st audio", "STT wait", "yielded", "replayed"
     );
     let (resident_before, _) = memory_mib();
     let mut alone_p95 = None;
@@ -246,6 +251,7 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
     let mut loads = Vec::new();
     for n in 1..=most {
         let stt_before = (crate::pipeline::pool::stt().stats(), crate::pipeline::pool::stt().yielded());
+        let cache_before = crate::pipeline::speech_cache::speech_cache().stats();
         let mut turns = Vec::new();
         let cpu_before = cpu_ticks();
         for round in 1..=rounds {
@@ -270,6 +276,9 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
         let ((jobs, waited, _), yielded) = (crate::pipeline::pool::stt().stats(), crate::pipeline::pool::stt().yielded());
         let stt_waits = format!("{}/{}", waited - stt_before.0 .1, jobs - stt_before.0 .0);
         let yielded = yielded - stt_before.1;
+        let cache = crate::pipeline::speech_cache::speech_cache().stats();
+        let (hits, sentences) = (cache.hits - cache_before.hits, cache.hits + cache.misses - cache_before.hits - cache_before.misses);
+        let replayed = format!("{hits}/{sentences}");
         let (p50, p95) = (percentile(&v2v, 0.5).map(ms_of).unwrap_or(0.0), percentile(&v2v, 0.95).map(ms_of).unwrap_or(0.0));
         let alone = *alone_p95.get_or_insert(p95);
         let (_, peak) = memory_mib();
@@ -278,7 +287,7 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
         }
         loads.push(Load { calls: n, turns: v2v.len(), p50_ms: p50, p95_ms: p95, cpu_per_call });
         println!(
-            "{n:>6} {:>6} {p50:>8.0} {p95:>8.0} {:>11.2}× {:>14.0} {:>12.0}%   {:>16} {:>16} {:>16} {:>16}   {stt_waits:>8} {yielded:>8}",
+            "{n:>6} {:>6} {p50:>8.0} {p95:>8.0} {:>11.2}× {:>14.0} {:>12.0}%   {:>16} {:>16} {:>16} {:>16}   {stt_waits:>8} {yielded:>8} {replayed:>10}",
             v2v.len(),
             if alone > 0.0 { p95 / alone } else { 0.0 },
             (peak - resident_before).max(0.0) / n as f64,
@@ -289,7 +298,7 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
             stages[3]
         );
     }
-    println!("CPU per call: the machine's busy time during the count's rounds (the LLM's process too), in % of one core, over the calls; stages: p50/p95 ms from the true end of speech; STT wait: speech-to-text jobs that waited for a slot / all; yielded: partial transcripts stopped for a final one");
+    println!("CPU per call: the machine's busy time during the count's rounds (the LLM's process too), in % of one core, over the calls; stages: p50/p95 ms from the true end of speech; STT wait: speech-to-text jobs that waited for a slot / all; yielded: partial transcripts stopped for a final one; replayed: sentences played from the speech cache / all (--speech-cache-mib 0 synthesizes every one)");
     println!("most calls at once with voice-to-voice p95 ≤ 1.5 s: {within}");
     // What `serve` admits on its local models unless told otherwise (`--max-local-calls`) —
     // when measured with every core of the machine.
@@ -417,7 +426,8 @@ fn bench_budgets(args: &LatencyArgs, calls: usize, concurrent: usize, rounds: us
         let summary = dir.path().join(format!("cores-{budget}.json"));
         let mut command = std::process::Command::new(&exe);
         command.args(["bench", "latency", "--assistant"]).arg(&args.assistant).arg("--caller").arg(&args.caller);
-        command.args(["--calls", &calls.to_string(), "--concurrent", &concurrent.to_string(), "--rounds", &rounds.to_string(), "--summary"]).arg(&summary);
+        command.args(["--calls", &calls.to_string(), "--concurrent", &concurrent.to_string(), "--rounds", &rounds.to_string()]);
+        command.args(["--speech-cache-mib", &args.speech_cache_mib.to_string(), "--summary"]).arg(&summary);
         pin(&mut command, cpus);
         let status = command.status().context("starting the bench for a budget")?;
         if !status.success() {

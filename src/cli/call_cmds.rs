@@ -121,6 +121,7 @@ pub async fn simulate_call(
         assistant: assistant.clone(),
         variables,
         call: CallContext { call_id: format!("sim_{}", std::process::id()), caller: "+15550100".into(), callee: "+15550199".into() },
+        tenant: String::new(),
     };
     let out: Arc<dyn AudioOut> = Arc::new(line.clone());
     let report = pipeline::converse(engines, setup, out, input, line.hung_up(), events_tx).await?;
@@ -375,6 +376,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<()> {
             tools: pipeline::tools::specs(&assistant),
             http: EgressPolicy::allow_all().client(reqwest::Client::builder()),
             segment_ids: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            speech_scope: None,
         });
         let mut history = vec![Message::System { content: system }];
         if let Some(first) = &assistant.spec.first_message {

@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// Local models of each kind (Whisper models, voices, LLM engines) this worker may load.
     #[arg(long, env = "RINGLINE_MAX_ENGINES", default_value_t = EngineLimits::default().per_kind)]
     pub max_engines: usize,
+    /// MiB of synthesized sentences kept for reuse (a flow's questions, greetings): a line said
+    /// again in the same workspace with the same voice plays without being synthesized again.
+    /// A workspace may hold a quarter of it; 0 turns it off.
+    #[arg(long, env = "RINGLINE_SPEECH_CACHE_MIB", default_value_t = crate::pipeline::speech_cache::DEFAULT_CAPACITY_BYTES >> 20)]
+    pub speech_cache_mib: usize,
     /// The secrets key file: 32 random bytes in base64, created on first use (mode 0600).
     /// Every worker of a deployment needs the same key; keep it with the database's backups.
     #[arg(long, env = "RINGLINE_SECRETS_KEY_FILE", default_value = "ringline-secrets.key")]
@@ -145,6 +150,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let models = ModelStore::from_env()?;
     let (local_calls, capacity_source) = server::limits::Capacity::resolve(args.max_local_calls, &models);
     tracing::info!(local_calls, source = %capacity_source, "local call capacity");
+    crate::pipeline::speech_cache::configure(args.speech_cache_mib);
     let config = ServeConfig {
         bind: args.bind,
         database_url: args.database_url,

@@ -133,6 +133,8 @@ pub struct Engines {
     pub smart_turn: Arc<SmartTurn>,
     pub stt: Arc<dyn SpeechToText>,
     pub tts: Arc<dyn TextToSpeech>,
+    /// What `tts` is (provider, model, voice, endpoint): part of the speech cache's scope.
+    pub voice: String,
     /// espeak-ng: used when the main voice fails.
     pub fallback_tts: Arc<dyn TextToSpeech>,
     pub llm: Arc<dyn LanguageModel>,
@@ -220,6 +222,7 @@ impl EngineRegistry {
         let smart_turn = self.smart_turn.get_or_try_init(|| blocking(move || SmartTurn::load(&store).map(Arc::new).map_err(EngineError::from))).await?.clone();
         let stt = self.stt_for(assistant, credentials).await?;
         let tts = self.tts_for(assistant, credentials).await?;
+        let voice = voice_identity(&assistant.spec.voice);
         let llm = self.llm_for(assistant, credentials).await?;
         llm.warm_up().await?;
         let http = self.egress_for(credentials).client(reqwest::Client::builder());
@@ -227,7 +230,7 @@ impl EngineRegistry {
             true => None,
             false => Some(self.analyzer().await?),
         };
-        Ok(Arc::new(Engines { vad, smart_turn, stt, tts, fallback_tts: self.fallback_tts.clone(), llm, http, analyzer }))
+        Ok(Arc::new(Engines { vad, smart_turn, stt, tts, voice, fallback_tts: self.fallback_tts.clone(), llm, http, analyzer }))
     }
 
     /// The process's embedding model (loaded once, off the runtime).
@@ -254,6 +257,7 @@ impl EngineRegistry {
         Ok(Arc::new(WhisperStt::shared(model, STT_THREADS, Some(&assistant.spec.language)).without_timestamps()))
     }
 
+    /// The assistant's voice: the local one for its name, or a client for its endpoint.
     async fn tts_for(&self, assistant: &Assistant, credentials: &Credentials) -> Result<Arc<dyn TextToSpeech>, EngineError> {
         let voice = &assistant.spec.voice;
         if voice.provider == "openai" {
@@ -351,5 +355,14 @@ mod tests {
         let operator = Credentials::from_env();
         assert_eq!(operator.key("llm", Some("RINGLINE_TEST_CANARY_KEY"), None).unwrap(), "canary");
         assert!(matches!(operator.key("llm", Some("A"), Some("B")), Err(CredentialError::Both { .. })));
+    }
+}
+
+/// What synthesizes an assistant's speech, as one string: two assistants with the same identity
+/// sound the same, so one may replay what the other's voice said (within one tenant).
+fn voice_identity(voice: &crate::assistant::VoiceSpec) -> String {
+    match voice.provider.as_str() {
+        "openai" => format!("openai|{}|{}|{}", voice.base_url.as_deref().unwrap_or(""), voice.model.as_deref().unwrap_or("tts-1"), voice.name),
+        provider => format!("{provider}|{}", voice.name),
     }
 }

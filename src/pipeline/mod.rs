@@ -27,6 +27,7 @@ pub mod guard;
 pub mod listen;
 pub mod metrics;
 pub mod pool;
+pub mod speech_cache;
 pub mod tools;
 pub mod turn;
 
@@ -124,6 +125,9 @@ pub struct CallSetup {
     pub assistant: Arc<Assistant>,
     pub variables: BTreeMap<String, String>,
     pub call: CallContext,
+    /// Whose call this is (a workspace's id; empty for the operator's own commands): what a
+    /// tenant's agents said is replayed from the speech cache only in that tenant's calls.
+    pub tenant: String,
 }
 
 /// Runs one call to its end: wires the stages, waits for the line to close, returns the report.
@@ -167,6 +171,7 @@ pub async fn run_call(
         tools: tools::specs(&assistant),
         http: engines.http.clone(),
         segment_ids: Arc::new(AtomicU64::new(1)),
+        speech_scope: Some(speech_cache::SpeechScope::new(&setup.tenant, &engines.voice)),
     });
     // Frames from the listener to the agent: few, never dropped.
     let (frames_tx, frames_rx) = mpsc::channel(64);

@@ -133,6 +133,8 @@ pub struct TurnContext {
     pub tools: Vec<ToolSpec>,
     pub http: reqwest::Client,
     pub segment_ids: Arc<AtomicU64>,
+    /// Where this call's synthesized sentences are kept for reuse; none keeps nothing.
+    pub speech_scope: Option<super::speech_cache::SpeechScope>,
 }
 
 /// A turn's progress, shared between its stages and the agent.
@@ -489,37 +491,40 @@ async fn speak(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, outbox: 
             }
         }
         let rate = ctx.out.rate();
-        let (tts, fallback) = (ctx.tts.clone(), ctx.fallback_tts.clone());
-        let text = sentence.text.clone();
-        // The reply's first sentence is what the caller waits for; later ones play after it.
-        let urgency = if lock(&progress).first_audio_at.is_none() { super::pool::Urgency::Now } else { super::pool::Urgency::Ahead };
-        let synthesis = super::pool::tts().run_with(urgency, move || {
-            let audio = match tts.speak_all(&text) {
-                Ok(audio) => Ok((audio, None)),
-                Err(e) => fallback.speak_all(&text).map(|a| (a, Some(e.to_string()))).map_err(|f| format!("{e}; fallback: {f}")),
-            };
-            audio.and_then(|(a, note)| a.to_rate(rate).map(|a| (a, note)).map_err(|e| e.to_string()))
-        });
-        let result = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => {
-                held.push(sentence.text);
-                break;
+        let cache = super::speech_cache::speech_cache();
+        let result = match ctx.speech_scope.as_ref().and_then(|scope| cache.get(scope, rate, &sentence.text)) {
+            // Said before in this scope: no synthesis, no wait for a slot.
+            Some(samples) => Ok(Ok((samples.to_vec(), None))),
+            None => {
+                let synthesis = synthesize(&ctx, &sentence.text, rate, &progress);
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => {
+                        held.push(sentence.text);
+                        break;
+                    }
+                    result = synthesis => result,
+                }
             }
-            result = synthesis => result,
         };
         match result {
-            Ok(Ok((audio, fallback_note))) => {
+            Ok(Ok((samples, fallback_note))) => {
                 {
                     let mut p = lock(&progress);
-                    if let Some(note) = fallback_note {
-                        p.errors.push(format!("tts (fell back to espeak): {note}"));
+                    match fallback_note {
+                        Some(note) => p.errors.push(format!("tts (fell back to espeak): {note}")),
+                        // Only the voice's own audio is kept: the voice may recover.
+                        None => {
+                            if let Some(scope) = &ctx.speech_scope {
+                                cache.put(scope, rate, &sentence.text, &samples);
+                            }
+                        }
                     }
                     p.first_audio_at.get_or_insert_with(|| ctx.out.now());
                 }
                 first_ready.get_or_insert_with(|| ctx.out.now());
-                produced += Duration::from_secs_f64(audio.samples.len() as f64 / rate.max(1) as f64);
-                if let Err(mpsc::error::SendError(frame)) = outbox.send(Frame::TtsAudio { sentence, samples: audio.samples }).await {
+                produced += Duration::from_secs_f64(samples.len() as f64 / rate.max(1) as f64);
+                if let Err(mpsc::error::SendError(frame)) = outbox.send(Frame::TtsAudio { sentence, samples }).await {
                     held.extend(text_of(frame));
                 }
             }
@@ -529,6 +534,21 @@ async fn speak(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, outbox: 
     }
     held.extend(queued_text(&mut inbox));
     lock(&progress).keep(Stage::Speak, held);
+}
+
+/// One sentence synthesized at the line's `rate` in the shared budget (espeak-ng when the voice
+/// fails, with the voice's error as a note). A reply's first sentence is what the caller waits
+/// for; later ones play after it.
+fn synthesize(ctx: &TurnContext, text: &str, rate: u32, progress: &Progress) -> impl std::future::Future<Output = Result<Result<(Vec<f32>, Option<String>), String>, super::pool::PoolError>> {
+    let (tts, fallback, text) = (ctx.tts.clone(), ctx.fallback_tts.clone(), text.to_string());
+    let urgency = if lock(progress).first_audio_at.is_none() { super::pool::Urgency::Now } else { super::pool::Urgency::Ahead };
+    super::pool::tts().run_with(urgency, move || {
+        let audio = match tts.speak_all(&text) {
+            Ok(audio) => Ok((audio, None)),
+            Err(e) => fallback.speak_all(&text).map(|a| (a, Some(e.to_string()))).map_err(|f| format!("{e}; fallback: {f}")),
+        };
+        audio.and_then(|(a, note)| a.to_rate(rate).map(|a| (a.samples, note)).map_err(|e| e.to_string()))
+    })
 }
 
 /// How much of a reply's audio must still be ahead of playback before its next sentence is

@@ -295,6 +295,15 @@ pub async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
     for (kind, count) in [("vad", loaded.vad), ("smart_turn", loaded.smart_turn), ("whisper", loaded.whisper), ("voice", loaded.voices), ("llm", loaded.llms)] {
         text.push_str(&format!("ringline_engines_loaded{{kind=\"{kind}\"}} {count}\n"));
     }
+    let cache = crate::pipeline::speech_cache::speech_cache().stats();
+    text.push_str("# HELP ringline_speech_cache_hits_total Sentences played from the speech cache instead of synthesized.\n# TYPE ringline_speech_cache_hits_total counter\n");
+    text.push_str(&format!("ringline_speech_cache_hits_total {}\n", cache.hits));
+    text.push_str("# HELP ringline_speech_cache_misses_total Sentences looked up in the speech cache and synthesized.\n# TYPE ringline_speech_cache_misses_total counter\n");
+    text.push_str(&format!("ringline_speech_cache_misses_total {}\n", cache.misses));
+    text.push_str("# HELP ringline_speech_cache_bytes Audio held by the speech cache (of ringline_speech_cache_capacity_bytes).\n# TYPE ringline_speech_cache_bytes gauge\n");
+    text.push_str(&format!("ringline_speech_cache_bytes {}\n", cache.bytes));
+    text.push_str("# HELP ringline_speech_cache_capacity_bytes The most audio the speech cache holds (--speech-cache-mib).\n# TYPE ringline_speech_cache_capacity_bytes gauge\n");
+    text.push_str(&format!("ringline_speech_cache_capacity_bytes {}\n", cache.capacity));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

@@ -576,6 +576,7 @@ impl Runner {
             assistant: assistant.clone(),
             variables,
             call: CallContext { call_id: call.id.clone(), caller: call.from_number.clone(), callee: call.to_number.clone() },
+            tenant: call.workspace_id.clone(),
         };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let hooks = Hooks { call: call.clone(), assistant: assistant.spec.webhook_url.clone() };

@@ -491,3 +491,39 @@ fn calls_past_the_local_capacity_are_refused_not_admitted_to_slow_the_others() {
     };
     assert_eq!(status, 201, "{second}");
 }
+
+/// The value of a counter or gauge in `/metrics`.
+fn metric(serve: &Serve, name: &str) -> u64 {
+    let (_, _, body) = http("GET", &serve.url("/metrics"), None, None);
+    let text = body.as_str().unwrap_or_default().to_string();
+    text.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok())).unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// A sentence played from the speech cache skips its synthesis, so it comes sooner: were the
+/// cache shared, one workspace could time a line to learn whether another's agent said it. The
+/// same assistant, voice and greeting in two workspaces: the second workspace's call
+/// synthesizes its greeting anew; the first workspace's next call replays its own.
+#[test]
+fn one_workspace_never_replays_speech_another_workspace_synthesized() {
+    let llm = standin::llm(vec![Reply::Text("A short call.")]);
+    let db = Database::sqlite();
+    let (owner, other) = (create_key(&db, "owner", &[]), create_key(&db, "other", &[]));
+    let serve = Serve::start(&db, &repo_assistants(), &[]);
+    let call = |key: &str| {
+        let (status, created) = post(&serve, key, "/v1/assistants", tenant_assistant(json!({ "provider": "openai", "base_url": llm.url("/v1"), "model": "standin" })));
+        assert_eq!(status, 201, "{created}");
+        let (status, call) = post(&serve, key, "/v1/calls/outbound", json!({ "assistant_id": created["id"], "to_number": "+15005550006", "metadata": { "sandbox_caller": short_caller() } }));
+        assert_eq!(status, 201, "{call}");
+        let done = wait_for(&serve, key, call["call_id"].as_str().unwrap(), Duration::from_secs(60), ended);
+        assert_eq!(done["status"], "completed", "{done}");
+    };
+    call(&owner);
+    let (hits, misses) = (metric(&serve, "ringline_speech_cache_hits_total"), metric(&serve, "ringline_speech_cache_misses_total"));
+    assert_eq!(hits, 0, "nothing was said before the first call");
+    assert!(misses >= 1, "the greeting was synthesized and looked up: {misses}");
+    assert!(metric(&serve, "ringline_speech_cache_bytes") > 0, "and kept");
+    call(&other);
+    assert_eq!(metric(&serve, "ringline_speech_cache_hits_total"), 0, "another workspace replayed the owner's greeting");
+    call(&owner);
+    assert!(metric(&serve, "ringline_speech_cache_hits_total") >= 1, "the owner's second call replays its own greeting");
+}
