@@ -242,16 +242,18 @@ fn cores_busy(before: (u64, u64), after: (u64, u64)) -> f64 {
 async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: Arc<Assistant>, script: &CallerScript, most: usize, rounds: usize) -> anyhow::Result<LoadSummary> {
     println!("\ncalls at once on {} (voice-to-voice from the true end of speech; {rounds} round(s) per count):", machine_line());
     println!(
-        "{:>6} {:>6} {:>8} {:>8} {:>12} {:>14} {:>13}   {:>16} {:>16} {:>16} {:>16}   {:>8} {:>8} {:>10}",
-        "calls", "turns", "p50 ms", "p95 ms", "p95 vs one", "MiB per call", "CPU per call", "end of turn", "transcript", "LLM 1st token", "1st audio", "STT wait", "yielded", "replayed"
+        "{:>6} {:>6} {:>8} {:>8} {:>12} {:>14} {:>13}   {:>16} {:>16} {:>16} {:>16}   {:>8} {:>14} {:>14} {:>8} {:>10}",
+        "calls", "turns", "p50 ms", "p95 ms", "p95 vs one", "MiB per call", "CPU per call", "end of turn", "transcript", "LLM 1st token", "1st audio", "STT wait", "STT wait·run", "TTS wait·run", "yielded", "replayed"
     );
     let (resident_before, _) = memory_mib();
     let mut alone_p95 = None;
     let mut within = 0;
     let mut loads = Vec::new();
+    let mut slowest: Vec<crate::pipeline::metrics::TurnTimings> = Vec::new();
     for n in 1..=most {
         let stt_before = (crate::pipeline::pool::stt().stats(), crate::pipeline::pool::stt().yielded());
         let cache_before = crate::pipeline::speech_cache::speech_cache().stats();
+        let finished_before = (crate::pipeline::pool::stt().finished(), crate::pipeline::pool::tts().finished());
         let mut turns = Vec::new();
         let cpu_before = cpu_ticks();
         for round in 1..=rounds {
@@ -279,6 +281,19 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
         let cache = crate::pipeline::speech_cache::speech_cache().stats();
         let (hits, sentences) = (cache.hits - cache_before.hits, cache.hits + cache.misses - cache_before.hits - cache_before.misses);
         let replayed = format!("{hits}/{sentences}");
+        // Jobs someone waited on (final transcripts, first sentences): p95 of the wait for a
+        // slot and of the run on it.
+        let wait_run = |jobs: Vec<crate::pipeline::pool::JobTiming>| {
+            let urgent: Vec<_> = jobs.into_iter().filter(|j| j.urgency == crate::pipeline::pool::Urgency::Now).collect();
+            let waits: Vec<Duration> = urgent.iter().map(|j| j.waited).collect();
+            let runs: Vec<Duration> = urgent.iter().map(|j| j.ran).collect();
+            match (percentile(&waits, 0.95), percentile(&runs, 0.95)) {
+                (Some(wait), Some(run)) => format!("{:.0}·{:.0}", ms_of(wait), ms_of(run)),
+                _ => "-".to_string(),
+            }
+        };
+        let stt_wait_run = wait_run(crate::pipeline::pool::stt().finished_since(finished_before.0));
+        let tts_wait_run = wait_run(crate::pipeline::pool::tts().finished_since(finished_before.1));
         let (p50, p95) = (percentile(&v2v, 0.5).map(ms_of).unwrap_or(0.0), percentile(&v2v, 0.95).map(ms_of).unwrap_or(0.0));
         let alone = *alone_p95.get_or_insert(p95);
         let (_, peak) = memory_mib();
@@ -286,8 +301,13 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
             within = n;
         }
         loads.push(Load { calls: n, turns: v2v.len(), p50_ms: p50, p95_ms: p95, cpu_per_call });
+        if n == most {
+            slowest = turns.clone();
+            slowest.sort_by_key(|t| std::cmp::Reverse(t.voice_to_voice));
+            slowest.truncate(5);
+        }
         println!(
-            "{n:>6} {:>6} {p50:>8.0} {p95:>8.0} {:>11.2}× {:>14.0} {:>12.0}%   {:>16} {:>16} {:>16} {:>16}   {stt_waits:>8} {yielded:>8} {replayed:>10}",
+            "{n:>6} {:>6} {p50:>8.0} {p95:>8.0} {:>11.2}× {:>14.0} {:>12.0}%   {:>16} {:>16} {:>16} {:>16}   {stt_waits:>8} {stt_wait_run:>14} {tts_wait_run:>14} {yielded:>8} {replayed:>10}",
             v2v.len(),
             if alone > 0.0 { p95 / alone } else { 0.0 },
             (peak - resident_before).max(0.0) / n as f64,
@@ -298,7 +318,11 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
             stages[3]
         );
     }
-    println!("CPU per call: the machine's busy time during the count's rounds (the LLM's process too), in % of one core, over the calls; stages: p50/p95 ms from the true end of speech; STT wait: speech-to-text jobs that waited for a slot / all; yielded: partial transcripts stopped for a final one; replayed: sentences played from the speech cache / all (--speech-cache-mib 0 synthesizes every one)");
+    println!("CPU per call: the machine's busy time during the count's rounds (the LLM's process too), in % of one core, over the calls; stages: p50/p95 ms from the true end of speech; STT wait: speech-to-text jobs that waited for a slot / all; STT and TTS wait·run: p95 ms of the wait for a slot and of the run, of the jobs a caller waited on (final transcripts, first sentences); yielded: partial transcripts stopped for a final one; replayed: sentences played from the speech cache / all (--speech-cache-mib 0 synthesizes every one)");
+    println!("\nslowest turns with {most} call(s) at once (voice-to-voice · end of turn · transcript · first audio):");
+    for t in &slowest {
+        println!("  {:>5.0} · {:>5.0} · {:>5.0} · {:>5.0} ms  \"{}\" → \"{}\"", ms_of(t.voice_to_voice), ms_of(t.end_of_turn), ms_of(t.stt_final), ms_of(t.tts_first_audio), t.user_text, t.agent_text);
+    }
     println!("most calls at once with voice-to-voice p95 ≤ 1.5 s: {within}");
     // What `serve` admits on its local models unless told otherwise (`--max-local-calls`) —
     // when measured with every core of the machine.

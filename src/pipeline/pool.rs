@@ -22,7 +22,7 @@
 //! ([`stt_threads`]): ggml's threads meet at every step of the graph, so a job split
 //! over cores that another job also uses runs at the pace of its slowest thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -67,7 +67,21 @@ pub struct InferencePool {
     waited: AtomicU64,
     /// Running jobs told to give way to an urgent one.
     yielded: AtomicU64,
+    /// The latest jobs' waits for a slot and times on it, and how many ever finished.
+    recent: Mutex<VecDeque<JobTiming>>,
+    finished: AtomicU64,
 }
+
+/// One finished job: how long it waited for a slot, then how long it held one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobTiming {
+    pub urgency: Urgency,
+    pub waited: std::time::Duration,
+    pub ran: std::time::Duration,
+}
+
+/// How many finished jobs a pool remembers.
+const RECENT_JOBS: usize = 4096;
 
 struct Shared {
     size: usize,
@@ -149,7 +163,16 @@ impl InferencePool {
 
     /// A pool whose jobs take their slots from `budget`, beside other pools' jobs.
     pub fn sharing(name: &'static str, budget: &Budget) -> Self {
-        InferencePool { name, shared: budget.0.clone(), running: Arc::new(AtomicUsize::new(0)), jobs: AtomicU64::new(0), waited: AtomicU64::new(0), yielded: AtomicU64::new(0) }
+        InferencePool {
+            name,
+            shared: budget.0.clone(),
+            running: Arc::new(AtomicUsize::new(0)),
+            jobs: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
+            yielded: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::new()),
+            finished: AtomicU64::new(0),
+        }
     }
 
     /// Runs `job`, needed [`Urgency::Ahead`] and able to give way, if no job of any kind in
@@ -187,13 +210,41 @@ impl InferencePool {
     /// Runs `job` on a blocking thread once a slot is free and no more urgent job waits.
     pub async fn run_with<T: Send + 'static>(&self, urgency: Urgency, job: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolError> {
         self.jobs.fetch_add(1, Ordering::Relaxed);
+        let asked = std::time::Instant::now();
         let permit = self.acquire(urgency).await?;
-        tokio::task::spawn_blocking(move || {
+        let waited = asked.elapsed();
+        let (result, ran) = tokio::task::spawn_blocking(move || {
             let _slot = permit;
-            job()
+            let started = std::time::Instant::now();
+            let result = job();
+            (result, started.elapsed())
         })
         .await
-        .map_err(|_| PoolError(self.name))
+        .map_err(|_| PoolError(self.name))?;
+        self.record(JobTiming { urgency, waited, ran });
+        Ok(result)
+    }
+
+    fn record(&self, timing: JobTiming) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_JOBS {
+            recent.pop_front();
+        }
+        recent.push_back(timing);
+        self.finished.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many of this kind's jobs (run with [`Self::run_with`]) have finished.
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    /// The jobs finished since [`Self::finished`] read `since` (at most the latest
+    /// [`RECENT_JOBS`]), oldest first.
+    pub fn finished_since(&self, since: u64) -> Vec<JobTiming> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let count = (self.finished().saturating_sub(since) as usize).min(recent.len());
+        recent.iter().skip(recent.len() - count).copied().collect()
     }
 
     async fn acquire(&self, urgency: Urgency) -> Result<Permit, PoolError> {
@@ -317,6 +368,31 @@ mod tests {
         assert_eq!(most.load(Ordering::SeqCst), 1);
         assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
         assert_eq!(pool.stats(), (4, 4, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pool_remembers_its_latest_jobs_wait_and_run_and_what_finished_since() {
+        let pool = Arc::new(InferencePool::new("test", 1));
+        let gate = pool.acquire(Urgency::Now).await.unwrap();
+        let mut waiting = Box::pin(pool.run_with(Urgency::Ahead, || std::thread::sleep(std::time::Duration::from_millis(5))));
+        assert!(futures::poll!(&mut waiting).is_pending());
+        drop(gate);
+        waiting.await.unwrap();
+        let jobs = pool.finished_since(0);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].urgency, Urgency::Ahead);
+        assert!(!jobs[0].waited.is_zero(), "it waited for the held slot");
+        assert!(jobs[0].ran >= std::time::Duration::from_millis(5), "it held the slot while it slept");
+        let mark = pool.finished();
+        for _ in 0..RECENT_JOBS + 3 {
+            pool.run(|| ()).await.unwrap();
+        }
+        // Bounded: only the latest are kept, and only those since the mark are returned.
+        assert_eq!(pool.finished(), mark + RECENT_JOBS as u64 + 3);
+        let since = pool.finished_since(mark);
+        assert_eq!(since.len(), RECENT_JOBS);
+        assert!(since.iter().all(|j| j.urgency == Urgency::Now));
+        assert!(pool.finished_since(pool.finished()).is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
