@@ -249,7 +249,7 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
     let mut alone_p95 = None;
     let mut within = 0;
     let mut loads = Vec::new();
-    let mut slowest: Vec<crate::pipeline::metrics::TurnTimings> = Vec::new();
+    let mut slowest: Vec<TurnTimings> = Vec::new();
     for n in 1..=most {
         let stt_before = (crate::pipeline::pool::stt().stats(), crate::pipeline::pool::stt().yielded());
         let cache_before = crate::pipeline::speech_cache::speech_cache().stats();
@@ -267,12 +267,9 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
         let v2v: Vec<Duration> = turns.iter().map(|t| t.voice_to_voice).collect();
         // Where the time goes under load: each stage from the true end of speech, p50/p95.
         // A stage a turn did not go through (no LLM for a flow's line) is not counted.
-        let stage = |get: fn(&crate::pipeline::metrics::TurnTimings) -> Duration| {
+        let stage = |get: fn(&TurnTimings) -> Duration| {
             let values: Vec<Duration> = turns.iter().map(get).filter(|d| !d.is_zero()).collect();
-            match (percentile(&values, 0.5), percentile(&values, 0.95)) {
-                (Some(p50), Some(p95)) => format!("{:.0}/{:.0}", ms_of(p50), ms_of(p95)),
-                _ => "-".to_string(),
-            }
+            if values.is_empty() { "-".to_string() } else { format!("{}/{}", ms_at(&values, 0.5), ms_at(&values, 0.95)) }
         };
         let stages = [stage(|t| t.end_of_turn), stage(|t| t.stt_final), stage(|t| t.llm_first_token), stage(|t| t.tts_first_audio)];
         let ((jobs, waited, _), yielded) = (crate::pipeline::pool::stt().stats(), crate::pipeline::pool::stt().yielded());
@@ -287,10 +284,7 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
             let urgent: Vec<_> = jobs.into_iter().filter(|j| j.urgency == crate::pipeline::pool::Urgency::Now).collect();
             let waits: Vec<Duration> = urgent.iter().map(|j| j.waited).collect();
             let runs: Vec<Duration> = urgent.iter().map(|j| j.ran).collect();
-            match (percentile(&waits, 0.95), percentile(&runs, 0.95)) {
-                (Some(wait), Some(run)) => format!("{:.0}·{:.0}", ms_of(wait), ms_of(run)),
-                _ => "-".to_string(),
-            }
+            if urgent.is_empty() { "-".to_string() } else { format!("{}·{}", ms_at(&waits, 0.95), ms_at(&runs, 0.95)) }
         };
         let stt_wait_run = wait_run(crate::pipeline::pool::stt().finished_since(finished_before.0));
         let tts_wait_run = wait_run(crate::pipeline::pool::tts().finished_since(finished_before.1));
