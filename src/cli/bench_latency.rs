@@ -43,6 +43,11 @@ pub struct LatencyArgs {
     /// every sentence synthesized — the cost of lines never said before).
     #[arg(long, default_value_t = crate::pipeline::speech_cache::DEFAULT_CAPACITY_BYTES >> 20)]
     speech_cache_mib: usize,
+    /// With `--concurrent`: start each call this long after the one before (0: all at once —
+    /// with one script, their callers then speak and stop in unison, every turn of every
+    /// call at the same moment: the worst case).
+    #[arg(long, default_value_t = 0)]
+    stagger_ms: u64,
     /// Write the figures for calls at once here as JSON (how `--cores` collects its runs).
     #[arg(long, hide = true)]
     summary: Option<PathBuf>,
@@ -54,7 +59,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     if !args.cores.is_empty() {
         return bench_budgets(&args, calls, concurrent, rounds);
     }
-    bench_latency(&args.assistant, &args.caller, calls, concurrent, rounds, args.summary.as_deref())
+    bench_latency(&args.assistant, &args.caller, calls, concurrent, rounds, Duration::from_millis(args.stagger_ms.min(60_000)), args.summary.as_deref())
 }
 
 /// Voice-to-voice with a number of calls at once.
@@ -239,8 +244,12 @@ fn cores_busy(before: (u64, u64), after: (u64, u64)) -> f64 {
 
 /// Runs 1, 2, … `most` calls at once and prints voice-to-voice for each count beside one call
 /// alone, and the most calls that kept p95 within 1.5 s.
-async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: Arc<Assistant>, script: &CallerScript, most: usize, rounds: usize) -> anyhow::Result<LoadSummary> {
-    println!("\ncalls at once on {} (voice-to-voice from the true end of speech; {rounds} round(s) per count):", machine_line());
+async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: Arc<Assistant>, script: &CallerScript, most: usize, rounds: usize, stagger: Duration) -> anyhow::Result<LoadSummary> {
+    println!(
+        "\ncalls at once on {} (voice-to-voice from the true end of speech; {rounds} round(s) per count; {}):",
+        machine_line(),
+        if stagger.is_zero() { "all started together".to_string() } else { format!("each started {} ms after the one before", stagger.as_millis()) }
+    );
     println!(
         "{:>6} {:>6} {:>8} {:>8} {:>12} {:>14} {:>13}   {:>16} {:>16} {:>16} {:>16}   {:>8} {:>14} {:>14} {:>8} {:>10}",
         "calls", "turns", "p50 ms", "p95 ms", "p95 vs one", "MiB per call", "CPU per call", "end of turn", "transcript", "LLM 1st token", "1st audio", "STT wait", "STT wait·run", "TTS wait·run", "yielded", "replayed"
@@ -258,7 +267,14 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
         let cpu_before = cpu_ticks();
         for round in 1..=rounds {
             eprintln!("{n} call(s) at once, in real time (round {round}/{rounds})…");
-            let calls = futures::future::join_all((0..n).map(|_| simulate_call(store, engines.clone(), assistant.clone(), script.clone(), BTreeMap::new(), DEFAULT_LINE_RATE, false))).await;
+            let calls = futures::future::join_all((0..n).map(|i| {
+                let (engines, assistant, script) = (engines.clone(), assistant.clone(), script.clone());
+                async move {
+                    tokio::time::sleep(stagger * i as u32).await;
+                    simulate_call(store, engines, assistant, script, BTreeMap::new(), DEFAULT_LINE_RATE, false).await
+                }
+            }))
+            .await;
             for call in calls {
                 turns.extend(turns_from_truth(&call?).into_iter().map(|(t, _, _)| t));
             }
@@ -333,7 +349,7 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
     Ok(LoadSummary { machine: machine_line(), loads, within })
 }
 
-fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, concurrent: usize, rounds: usize, summary: Option<&Path>) -> anyhow::Result<()> {
+fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, concurrent: usize, rounds: usize, stagger: Duration, summary: Option<&Path>) -> anyhow::Result<()> {
     let store = ModelStore::from_env()?;
     let assistant = load_assistant(assistant_path)?;
     let script = CallerScript::load(caller_path)?;
@@ -415,7 +431,7 @@ fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, concur
             }
         }
         if concurrent > 1 || summary.is_some() {
-            let figures = bench_concurrent(&store, engines.clone(), assistant.clone(), &script, concurrent, rounds).await?;
+            let figures = bench_concurrent(&store, engines.clone(), assistant.clone(), &script, concurrent, rounds, stagger).await?;
             if let Some(path) = summary {
                 std::fs::write(path, serde_json::to_string(&figures)?).with_context(|| format!("writing {}", path.display()))?;
             }
@@ -445,7 +461,7 @@ fn bench_budgets(args: &LatencyArgs, calls: usize, concurrent: usize, rounds: us
         let mut command = std::process::Command::new(&exe);
         command.args(["bench", "latency", "--assistant"]).arg(&args.assistant).arg("--caller").arg(&args.caller);
         command.args(["--calls", &calls.to_string(), "--concurrent", &concurrent.to_string(), "--rounds", &rounds.to_string()]);
-        command.args(["--speech-cache-mib", &args.speech_cache_mib.to_string(), "--summary"]).arg(&summary);
+        command.args(["--speech-cache-mib", &args.speech_cache_mib.to_string(), "--stagger-ms", &args.stagger_ms.to_string(), "--summary"]).arg(&summary);
         pin(&mut command, cpus);
         let status = command.status().context("starting the bench for a budget")?;
         if !status.success() {
