@@ -264,7 +264,7 @@ impl EngineRegistry {
             let key = credentials.key("voice", voice.api_key_env.as_deref(), voice.api_key_secret.as_deref())?;
             let egress = self.egress_for(credentials);
             let base = remote_base(&egress, "voice.base_url", voice.base_url.as_deref())?;
-            return Ok(Arc::new(OpenAiTts::new(&base, voice.model.as_deref().unwrap_or("tts-1"), &voice.name, &key, &egress)));
+            return Ok(Arc::new(OpenAiTts::new(&base, voice.model.as_deref().unwrap_or(DEFAULT_OPENAI_VOICE_MODEL), &voice.name, &key, &egress)));
         }
         let name = if voice.provider == "espeak" { format!("espeak:{}", voice.name) } else { voice.name.clone() };
         let store = self.store.clone();
@@ -358,11 +358,14 @@ mod tests {
     }
 }
 
+/// A cloud voice's model when the assistant names none.
+const DEFAULT_OPENAI_VOICE_MODEL: &str = "tts-1";
+
 /// What synthesizes an assistant's speech, as one string: two assistants with the same identity
 /// sound the same, so one may replay what the other's voice said (within one tenant).
 fn voice_identity(voice: &crate::assistant::VoiceSpec) -> String {
     match voice.provider.as_str() {
-        "openai" => format!("openai|{}|{}|{}", voice.base_url.as_deref().unwrap_or(""), voice.model.as_deref().unwrap_or("tts-1"), voice.name),
+        "openai" => format!("openai|{}|{}|{}", voice.base_url.as_deref().unwrap_or(""), voice.model.as_deref().unwrap_or(DEFAULT_OPENAI_VOICE_MODEL), voice.name),
         provider => format!("{provider}|{}", voice.name),
     }
 }

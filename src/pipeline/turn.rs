@@ -492,7 +492,9 @@ async fn speak(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, outbox: 
         }
         let rate = ctx.out.rate();
         let cache = super::speech_cache::speech_cache();
-        let result = match ctx.speech_scope.as_ref().and_then(|scope| cache.get(scope, rate, &sentence.text)) {
+        let replayed = ctx.speech_scope.as_ref().and_then(|scope| cache.get(scope, rate, &sentence.text));
+        let from_cache = replayed.is_some();
+        let result = match replayed {
             // Said before in this scope: no synthesis, no wait for a slot.
             Some(samples) => Ok(Ok((samples.to_vec(), None))),
             None => {
@@ -509,16 +511,15 @@ async fn speak(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, outbox: 
         };
         match result {
             Ok(Ok((samples, fallback_note))) => {
+                // Only the voice's own audio is kept (the voice may recover), and outside the
+                // progress lock: keeping may evict.
+                if let (false, None, Some(scope)) = (from_cache, &fallback_note, &ctx.speech_scope) {
+                    cache.put(scope, rate, &sentence.text, &samples);
+                }
                 {
                     let mut p = lock(&progress);
-                    match fallback_note {
-                        Some(note) => p.errors.push(format!("tts (fell back to espeak): {note}")),
-                        // Only the voice's own audio is kept: the voice may recover.
-                        None => {
-                            if let Some(scope) = &ctx.speech_scope {
-                                cache.put(scope, rate, &sentence.text, &samples);
-                            }
-                        }
+                    if let Some(note) = fallback_note {
+                        p.errors.push(format!("tts (fell back to espeak): {note}"));
                     }
                     p.first_audio_at.get_or_insert_with(|| ctx.out.now());
                 }
