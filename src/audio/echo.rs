@@ -20,6 +20,19 @@ const ASSUMED_ECHO_GAIN: f32 = 0.1;
 /// AEC3 works on 10 ms frames.
 const FRAME: usize = MODEL_RATE as usize / 100;
 
+/// The line is judged in blocks of this many frames (250 ms).
+const BLOCK_FRAMES: usize = 25;
+/// A block is evidence only when the agent played through it and the blocks before it: an echo
+/// up to a second late (the most a line is expected to bring back) lands inside that window.
+const WINDOW_BLOCKS: usize = 5;
+/// Played this loud (mean square, −40 dBFS), a block counts as the agent talking.
+const TALKING: f32 = 1e-4;
+/// The caller's side this far below the quietest block of the window (−40 dB) carries no echo
+/// worth cancelling.
+const ECHO_FREE_RATIO: f32 = 1e-4;
+/// Blocks of such evidence (half a second) before the line is judged free of echo.
+const EVIDENCE_BLOCKS: u32 = 2;
+
 #[derive(Debug, thiserror::Error)]
 #[error("the echo canceller failed: {0}")]
 pub struct EchoError(String);
@@ -77,6 +90,7 @@ struct Frames {
     pipeline: LinearPipeline,
     played: Vec<f32>,
     heard: Vec<f32>,
+    probe: LineProbe,
 }
 
 impl Frames {
@@ -98,7 +112,7 @@ impl Frames {
             .enable_post_filter(false)
             .build()
             .map_err(|e| EchoError(format!("{e:?}")))?;
-        Ok(Frames { pipeline, played: Vec::new(), heard: Vec::new() })
+        Ok(Frames { pipeline, played: Vec::new(), heard: Vec::new(), probe: LineProbe::default() })
     }
 
     fn process(&mut self, played: &[f32], heard: &[f32]) -> Result<Vec<f32>, EchoError> {
@@ -113,8 +127,17 @@ impl Frames {
                 Some(samples) => samples.try_into().expect("a frame"),
                 None => [0.0; FRAME],
             };
-            self.pipeline.handle_render_frame(&reference).map_err(|e| EchoError(format!("{e:?}")))?;
             let capture = &self.heard[i * FRAME..(i + 1) * FRAME];
+            if self.probe.echo_free() {
+                // Even without echo the suppressor alters a caller who talks over the agent
+                // (enough to turn "Friday, please" into "Right, day three"): hear it as it came.
+                out.extend_from_slice(capture);
+                continue;
+            }
+            if self.probe.frame(&reference, capture) {
+                tracing::debug!("the line carries no echo of the agent: echo cancellation stands aside");
+            }
+            self.pipeline.handle_render_frame(&reference).map_err(|e| EchoError(format!("{e:?}")))?;
             let produced = self.pipeline.process_capture_frame(capture, &mut frame_out).map_err(|e| EchoError(format!("{e:?}")))?;
             if produced {
                 out.extend_from_slice(&frame_out);
@@ -126,6 +149,50 @@ impl Frames {
         let used = (frames * FRAME).min(self.played.len());
         self.played.drain(..used);
         Ok(out)
+    }
+}
+
+/// Whether the line brings any of the agent's voice back. A clean line (a headset, a browser
+/// with its own echo control, a good handset) shows it while the agent talks and the caller
+/// listens: the caller's side stays near silent however long the agent plays. A caller talking
+/// or noise on the line only delays the judgement; an echo never passes for silence, since every
+/// block judged had the agent talking for the longest delay before it.
+#[derive(Default)]
+struct LineProbe {
+    /// Mean squares of what was played in the latest blocks, oldest first.
+    played_blocks: std::collections::VecDeque<f32>,
+    played: f32,
+    heard: f32,
+    frames: usize,
+    evidence: u32,
+}
+
+impl LineProbe {
+    fn echo_free(&self) -> bool {
+        self.evidence >= EVIDENCE_BLOCKS
+    }
+
+    /// Takes one frame of each side; true when this frame settled that the line is echo-free.
+    fn frame(&mut self, played: &[f32], heard: &[f32]) -> bool {
+        self.played += played.iter().map(|x| x * x).sum::<f32>();
+        self.heard += heard.iter().map(|x| x * x).sum::<f32>();
+        self.frames += 1;
+        if self.frames < BLOCK_FRAMES {
+            return false;
+        }
+        let samples = (BLOCK_FRAMES * FRAME) as f32;
+        let (played, heard) = (self.played / samples, self.heard / samples);
+        (self.played, self.heard, self.frames) = (0.0, 0.0, 0);
+        if self.played_blocks.len() == WINDOW_BLOCKS {
+            self.played_blocks.pop_front();
+        }
+        self.played_blocks.push_back(played);
+        let quietest = self.played_blocks.iter().copied().fold(f32::INFINITY, f32::min);
+        if self.played_blocks.len() == WINDOW_BLOCKS && quietest >= TALKING && heard < quietest * ECHO_FREE_RATIO {
+            self.evidence += 1;
+            return self.echo_free();
+        }
+        false
     }
 }
 
@@ -203,5 +270,36 @@ mod tests {
         let out = cancel(&agent, &heard);
         let level = |x: &[f32]| rms(&x[start + 1600..start + 2 * MODEL_RATE as usize]);
         assert!(level(&out) > level(&heard) * 0.7, "the caller {} came out at {}", level(&heard), level(&out));
+    }
+
+    #[test]
+    fn once_the_line_has_shown_no_echo_a_caller_over_the_agent_comes_through_untouched() {
+        // The agent talks alone for two seconds on a clean line, then the caller talks over it.
+        let agent = voice(5.0, 140.0, 5);
+        let caller = voice(2.0, 210.0, 6);
+        let start = 2 * MODEL_RATE as usize;
+        let heard: Vec<f32> = (0..agent.len()).map(|i| if i >= start && i - start < caller.len() { 0.5 * caller[i - start] } else { 0.0 }).collect();
+        let out = cancel(&agent, &heard);
+        assert_eq!(&out[start..start + caller.len()], &heard[start..start + caller.len()]);
+    }
+
+    #[test]
+    fn an_echo_is_never_taken_for_a_clean_line() {
+        // Faint and strong echoes, up to the longest delay a line may bring, from the agent's first
+        // word: the probe never judges the line clean. A clean line is judged within two seconds.
+        let agent = voice(8.0, 140.0, 7);
+        for (delay_ms, gain) in [(0, 0.3), (120, 0.3), (500, 0.63), (1000, 0.3), (1000, 0.02), (250, 0.011)] {
+            let delay = MODEL_RATE as usize * delay_ms / 1000;
+            let heard: Vec<f32> = (0..agent.len()).map(|i| if i >= delay { gain * agent[i - delay] } else { 0.0 }).collect();
+            let mut probe = LineProbe::default();
+            for (played, heard) in agent.chunks(FRAME).zip(heard.chunks(FRAME)) {
+                probe.frame(played, heard);
+            }
+            assert!(!probe.echo_free(), "an echo {delay_ms} ms late at {gain} passed for a clean line");
+        }
+        let mut probe = LineProbe::default();
+        let quiet_line: Vec<f32> = voice(2.0, 300.0, 8).iter().map(|x| x * 0.001).collect();
+        let decided = agent.chunks(FRAME).zip(quiet_line.chunks(FRAME)).position(|(played, heard)| probe.frame(played, heard));
+        assert!(decided.is_some_and(|frame| frame * FRAME <= 2 * MODEL_RATE as usize), "{decided:?}");
     }
 }

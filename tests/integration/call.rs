@@ -181,7 +181,9 @@ fn a_no_interrupt_segment_plays_through_and_the_caller_is_answered_after_it() {
     let disclosure = "This call is recorded for quality and training purposes, and your answers may be reviewed by our staff to improve our service.";
     let reply = format!("<no-interrupt>{disclosure}</no-interrupt> Now, what date would you like?");
     let llm = standin::llm(vec![Reply::Text(Box::leak(reply.into_boxed_str())), Reply::Text("Sure, Friday works.")]);
-    let caller = "lines:\n  - say: \"I want to book a table.\"\n  - say: \"Friday, please.\"\n    barge_in_after_ms: 1000\nfinal_wait_ms: 12000\n";
+    // The caller talks over the disclosure once it has played long enough to show the line
+    // carries no echo; before that the echo canceller may alter the caller's words.
+    let caller = "lines:\n  - say: \"I want to book a table.\"\n  - say: \"Friday, please.\"\n    barge_in_after_ms: 2500\nfinal_wait_ms: 12000\n";
     let call = simulate(&standin_assistant(&llm, ""), caller);
     let agent = call.said("agent");
     // The disclosure was heard whole, though the caller spoke over it.
