@@ -268,7 +268,7 @@ impl Agent {
 
     /// Primes the recognizer with the call's vocabulary and what the flow expects next.
     fn prime(&self, flow: &Flow) {
-        self.recognizer_prompt.set(format!("{} {}", self.vocabulary, flow.expects()).trim());
+        self.recognizer_prompt.set_parts(&self.vocabulary, &flow.expects());
     }
 
     fn emit(&self, event: CallEvent) {

@@ -120,21 +120,49 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 #[derive(Debug, Clone, Default)]
 pub struct Prompt(std::sync::Arc<std::sync::Mutex<String>>);
 
-/// Longest prompt kept: Whisper's prompt shares its 448-token window with the transcript.
-const PROMPT_CHARS: usize = 600;
+/// Longest prompt kept. Whisper's prompt shares its 448-token window with the transcript, and
+/// it costs time on every final transcript: tiny.en on a 2.6 s line took 559 ms unprimed,
+/// +30 ms per 100 characters of prompt up to 450, then ~+170 ms more past ~500
+/// (`docs/decisions.md`, 2026-12-01).
+const PROMPT_CHARS: usize = 450;
 
 impl Prompt {
     /// Sets the prompt; a long one keeps its end (what Whisper heeds most).
     pub fn set(&self, text: &str) {
-        let mut start = text.len().saturating_sub(PROMPT_CHARS);
-        while !text.is_char_boundary(start) {
-            start += 1;
-        }
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = text[start..].to_string();
+        self.set_parts("", text);
+    }
+
+    /// Sets the prompt to the call's `vocabulary` (its names: kept whole where they fit in half
+    /// the prompt) then what is `expected` next; when the two are too long, `expected` loses
+    /// its start (the phrases that hold anywhere in a flow come first, the question's own
+    /// last), cut at a word.
+    pub fn set_parts(&self, vocabulary: &str, expected: &str) {
+        let vocabulary = tail(vocabulary.trim(), PROMPT_CHARS / 2);
+        let room = PROMPT_CHARS.saturating_sub(vocabulary.len() + 1);
+        let expected = tail(expected.trim(), room);
+        let text = format!("{vocabulary} {expected}").trim().to_string();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = text;
     }
 
     pub fn get(&self) -> String {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The last `at_most` bytes of `text`, starting at a word when it had to be cut.
+fn tail(text: &str, at_most: usize) -> &str {
+    if text.len() <= at_most {
+        return text;
+    }
+    let mut start = text.len() - at_most;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let rest = &text[start..];
+    match rest.find(' ') {
+        // Mid-word: begin at the next whole word.
+        Some(space) if !text[..start].ends_with(' ') => rest[space..].trim_start(),
+        _ => rest.trim_start(),
     }
 }
 
@@ -210,5 +238,30 @@ mod tests {
         assert!((one_bad.confidence().unwrap() - 0.3).abs() < 1e-5);
         assert_eq!(one_bad.unsure_words(), vec!["five".to_string()]);
         assert_eq!(Transcript::default().confidence(), None);
+    }
+
+    #[test]
+    fn a_long_prompt_keeps_the_calls_names_and_the_questions_end_within_its_bound() {
+        let prompt = Prompt::default();
+        let shared: String = (0..60).map(|i| format!("Shared phrase {i}. ")).collect();
+        let expected = format!("{shared}My name is John Smith. It's under Maria Garcia.");
+        prompt.set_parts("Luigi's Trattoria. Zoë Okonkwo.", &expected);
+        let text = prompt.get();
+        assert!(text.len() <= PROMPT_CHARS, "{} characters", text.len());
+        assert!(text.starts_with("Luigi's Trattoria. Zoë Okonkwo. "), "{text}");
+        assert!(text.ends_with("It's under Maria Garcia."), "{text}");
+        // Cut at a word, and the earliest shared phrases went first.
+        let kept = text.trim_start_matches("Luigi's Trattoria. Zoë Okonkwo. ");
+        assert!(kept.starts_with("Shared ") || kept.starts_with("phrase ") || kept.chars().next().is_some_and(|c| c.is_ascii_digit()), "{kept}");
+        assert!(!text.contains("Shared phrase 0."), "{text}");
+        // Short ones are kept whole; a vocabulary alone too.
+        prompt.set_parts("Luigi's.", "Yes. No.");
+        assert_eq!(prompt.get(), "Luigi's. Yes. No.");
+        prompt.set("Sarah.");
+        assert_eq!(prompt.get(), "Sarah.");
+        // A vocabulary longer than half the prompt keeps its end, and room is left for the question.
+        let names: String = (0..80).map(|i| format!("Name{i}. ")).collect();
+        prompt.set_parts(&names, "Yes. No.");
+        assert!(prompt.get().len() <= PROMPT_CHARS && prompt.get().ends_with("Name79. Yes. No."), "{}", prompt.get());
     }
 }
