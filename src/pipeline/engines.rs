@@ -32,8 +32,8 @@ use crate::vad::silero::SileroVad;
 use crate::vad::smart_turn::SmartTurn;
 
 /// Threads per engine on a 2-core machine. Whisper usually runs alone (the caller just
-/// stopped), so it takes both cores — but only while nothing else infers; beside other jobs it
-/// gets one ([`super::pool::stt_threads`]); the LLM keeps decoding while Piper speaks its first sentence, so they
+/// stopped), so it takes both cores — but only when both slots of the inference budget are
+/// free, and then holds both ([`super::pool::stt_cores`]); else it runs on one; the LLM keeps decoding while Piper speaks its first sentence, so they
 /// get one core each — measured: with two LLM threads, Piper's first audio came ~400 ms after
 /// the first token; with one each, the two overlap instead of fighting.
 pub const STT_THREADS: usize = 2;

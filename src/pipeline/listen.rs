@@ -362,8 +362,8 @@ impl Listener {
         let (stt, job_stop, prompt) = (self.stt.clone(), stop.clone(), self.prompt.get());
         // A partial gives way: another call's final transcript stops it (a newer partial
         // replaces it anyway).
-        let words = super::pool::stt().try_run_yielding(stop.clone(), move || {
-            super::pool::transcribing(|| stt.transcribe_primed(&utterance, &job_stop, &prompt).map(|t| t.text))
+        let words = super::pool::stt().try_run_yielding(stop.clone(), super::pool::stt_cores(), move |cores| {
+            super::pool::transcribing(cores, || stt.transcribe_primed(&utterance, &job_stop, &prompt).map(|t| t.text))
         })?;
         tokio::spawn(async move {
             if let Ok(Ok(text)) = words.await {
@@ -382,8 +382,8 @@ impl Listener {
         let audio = Arc::new(utterance);
         let audio_for_turn = audio.clone();
         let (stt_stop, turn_stop) = (stop.clone(), stop.clone());
-        let words = super::pool::stt().run(move || {
-            super::pool::transcribing(|| stt.transcribe_primed(&audio, &stt_stop, &prompt)).unwrap_or_else(|e| {
+        let words = super::pool::stt().run_on_cores(super::pool::Urgency::Now, super::pool::stt_cores(), move |cores| {
+            super::pool::transcribing(cores, || stt.transcribe_primed(&audio, &stt_stop, &prompt)).unwrap_or_else(|e| {
                 if !matches!(e, SttError::Stopped) {
                     tracing::warn!(error = %e, "transcription failed");
                 }

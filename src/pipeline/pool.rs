@@ -18,9 +18,12 @@
 //! transcript never waits out another call's partial, and under load partials are not made at
 //! all.
 //!
-//! A transcription takes both cores only when no other transcription or synthesis runs
-//! ([`stt_threads`]): ggml's threads meet at every step of the graph, so a job split
-//! over cores that another job also uses runs at the pace of its slowest thread.
+//! A job may take several slots at once ([`InferencePool::run_on_cores`]), one per thread it
+//! runs: a transcription takes both cores when both are free, and then nothing else of the
+//! budget runs beside it. ggml's threads meet at every step of the graph, spinning while they
+//! wait, so a job whose threads share a core with another job's runs at the pace of its
+//! descheduled thread: measured, a 2-thread transcription beside a 1-thread one took 1.3 s
+//! against 0.32 s alone and 0.63 s on one thread (`docs/decisions.md`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -51,7 +54,7 @@ impl Budget {
         Budget(Arc::new(Shared { size, state: Mutex::new(Slots { free: size, waiting: BTreeMap::new(), arrivals: 0, yielding: BTreeMap::new() }) }))
     }
 
-    /// Jobs of every kind running now.
+    /// Slots held now by jobs of every kind.
     pub fn running(&self) -> usize {
         self.0.size - self.0.lock().free
     }
@@ -101,29 +104,33 @@ struct Waiter {
     permit: oneshot::Sender<Permit>,
     /// The running count of the waiter's kind, which its permit holds up.
     running: Arc<AtomicUsize>,
+    /// The most slots the waiter's job can use (its threads).
+    most: usize,
 }
 
-/// A slot held; dropping it hands the slot to the next waiter (or frees it).
+/// Slots held by one job; dropping it hands them to the next waiters (or frees them).
 struct Permit {
     shared: Arc<Shared>,
     running: Arc<AtomicUsize>,
+    /// How many slots: the threads the job may run.
+    slots: usize,
     /// False for a permit that never reached its waiter (it gave up): dropping it must not
-    /// release the slot a second time.
+    /// release the slots a second time.
     armed: bool,
 }
 
 impl Permit {
-    /// A slot just taken by a job of the kind counted by `running` (call with the lock held).
-    fn new(shared: &Arc<Shared>, running: &Arc<AtomicUsize>) -> Self {
+    /// `slots` just taken by a job of the kind counted by `running` (call with the lock held).
+    fn new(shared: &Arc<Shared>, running: &Arc<AtomicUsize>, slots: usize) -> Self {
         running.fetch_add(1, Ordering::Relaxed);
-        Permit { shared: shared.clone(), running: running.clone(), armed: true }
+        Permit { shared: shared.clone(), running: running.clone(), slots, armed: true }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if self.armed {
-            self.shared.release(&self.running);
+            self.shared.release(&self.running, self.slots);
         }
     }
 }
@@ -133,13 +140,16 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A job of the kind counted by `running` ended: its slot goes to the next waiter.
-    fn release(self: &Arc<Self>, running: &AtomicUsize) {
+    /// A job of the kind counted by `running` ended: its `back` slots go to the next waiters,
+    /// one each, and the last of them may take what is left, as many as it can use.
+    fn release(self: &Arc<Self>, running: &AtomicUsize, mut back: usize) {
         let mut slots = self.lock();
         running.fetch_sub(1, Ordering::Relaxed);
-        while let Some((_, waiter)) = slots.waiting.pop_first() {
-            match waiter.permit.send(Permit::new(self, &waiter.running)) {
-                Ok(()) => return,
+        while back > 0 {
+            let Some((_, waiter)) = slots.waiting.pop_first() else { break };
+            let take = if slots.waiting.is_empty() { back.min(waiter.most).max(1) } else { 1 };
+            match waiter.permit.send(Permit::new(self, &waiter.running, take)) {
+                Ok(()) => back -= take,
                 // The waiter gave up (its call moved on): the next one gets the slot.
                 Err(mut unused) => {
                     unused.armed = false;
@@ -147,7 +157,7 @@ impl Shared {
                 }
             }
         }
-        slots.free += 1;
+        slots.free += back;
     }
 }
 
@@ -176,26 +186,29 @@ impl InferencePool {
     }
 
     /// Runs `job`, needed [`Urgency::Ahead`] and able to give way, if no job of any kind in
-    /// its budget runs and no one waits; `None` (nothing run) otherwise. While it runs, an urgent job that
+    /// its budget runs and no one waits; `None` (nothing run) otherwise. It takes up to
+    /// `most` slots (all are free) and is told how many. While it runs, an urgent job that
     /// finds no free slot sets `stop`, which `job` must heed soon (whisper.cpp checks it
     /// after its encoder and after every decoder step).
-    pub fn try_run_yielding<T: Send + 'static>(&self, stop: Arc<AtomicBool>, job: impl FnOnce() -> T + Send + 'static) -> Option<impl std::future::Future<Output = Result<T, PoolError>>> {
+    pub fn try_run_yielding<T: Send + 'static>(&self, stop: Arc<AtomicBool>, most: usize, job: impl FnOnce(usize) -> T + Send + 'static) -> Option<impl std::future::Future<Output = Result<T, PoolError>>> {
         let (permit, id) = {
             let mut slots = self.shared.lock();
             if slots.free < self.shared.size || !slots.waiting.is_empty() {
                 return None;
             }
-            slots.free -= 1;
+            let take = most.clamp(1, slots.free);
+            slots.free -= take;
             slots.arrivals += 1;
             let id = slots.arrivals;
             slots.yielding.insert(id, stop);
-            (Permit::new(&self.shared, &self.running), id)
+            (Permit::new(&self.shared, &self.running, take), id)
         };
         self.jobs.fetch_add(1, Ordering::Relaxed);
         let (shared, name) = (self.shared.clone(), self.name);
         let running = tokio::task::spawn_blocking(move || {
-            let _slot = permit;
-            let result = job();
+            let cores = permit.slots;
+            let _slots = permit;
+            let result = job(cores);
             shared.lock().yielding.remove(&id);
             result
         });
@@ -209,14 +222,22 @@ impl InferencePool {
 
     /// Runs `job` on a blocking thread once a slot is free and no more urgent job waits.
     pub async fn run_with<T: Send + 'static>(&self, urgency: Urgency, job: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolError> {
+        self.run_on_cores(urgency, 1, move |_| job()).await
+    }
+
+    /// Like [`Self::run_with`] for a job that can spread over up to `most` threads: it takes
+    /// as many slots as are free then (at least one) and is told how many, its thread count.
+    /// Nothing else of the budget runs on the cores it took.
+    pub async fn run_on_cores<T: Send + 'static>(&self, urgency: Urgency, most: usize, job: impl FnOnce(usize) -> T + Send + 'static) -> Result<T, PoolError> {
         self.jobs.fetch_add(1, Ordering::Relaxed);
         let asked = std::time::Instant::now();
-        let permit = self.acquire(urgency).await?;
+        let permit = self.acquire_up_to(urgency, most).await?;
         let waited = asked.elapsed();
         let (result, ran) = tokio::task::spawn_blocking(move || {
-            let _slot = permit;
+            let cores = permit.slots;
+            let _slots = permit;
             let started = std::time::Instant::now();
-            let result = job();
+            let result = job(cores);
             (result, started.elapsed())
         })
         .await
@@ -247,12 +268,20 @@ impl InferencePool {
         recent.iter().skip(recent.len() - count).copied().collect()
     }
 
+    #[cfg(test)]
     async fn acquire(&self, urgency: Urgency) -> Result<Permit, PoolError> {
+        self.acquire_up_to(urgency, 1).await
+    }
+
+    /// One slot, and more of those free up to `most`.
+    async fn acquire_up_to(&self, urgency: Urgency, most: usize) -> Result<Permit, PoolError> {
+        let most = most.max(1);
         let waiting = {
             let mut slots = self.shared.lock();
             if slots.free > 0 && slots.waiting.is_empty() {
-                slots.free -= 1;
-                return Ok(Permit::new(&self.shared, &self.running));
+                let take = most.min(slots.free);
+                slots.free -= take;
+                return Ok(Permit::new(&self.shared, &self.running, take));
             }
             self.waited.fetch_add(1, Ordering::Relaxed);
             if urgency == Urgency::Now {
@@ -265,7 +294,7 @@ impl InferencePool {
             let (tx, rx) = oneshot::channel();
             slots.arrivals += 1;
             let key = (urgency, slots.arrivals);
-            slots.waiting.insert(key, Waiter { permit: tx, running: self.running.clone() });
+            slots.waiting.insert(key, Waiter { permit: tx, running: self.running.clone(), most });
             rx
         };
         waiting.await.map_err(|_| PoolError(self.name))
@@ -276,8 +305,8 @@ impl InferencePool {
         (self.jobs.load(Ordering::Relaxed), self.waited.load(Ordering::Relaxed), self.shared.size)
     }
 
-    /// This kind's jobs running now: the slots they hold (a slot is held from the moment a job
-    /// gets it to the moment it ends).
+    /// This kind's jobs running now (a job holds its slots from the moment it gets them to the
+    /// moment it ends).
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
     }
@@ -295,27 +324,22 @@ pub fn budget() -> &'static Budget {
     BUDGET.get_or_init(|| Budget::new(cores()))
 }
 
-/// Whisper; each job's threads are [`stt_threads`].
+/// Whisper; a job takes up to [`stt_cores`] slots, a thread each.
 pub fn stt() -> &'static InferencePool {
     static POOL: OnceLock<InferencePool> = OnceLock::new();
     POOL.get_or_init(|| InferencePool::sharing("speech-to-text", budget()))
 }
 
-/// Threads for a speech-to-text job that has just started (call it inside the job):
-/// [`super::STT_THREADS`] when no other transcription or synthesis runs (Smart Turn's short
-/// check may, beside a final transcript), else one.
-pub fn stt_threads() -> usize {
-    if budget().running() <= 1 {
-        super::STT_THREADS.min(cores())
-    } else {
-        1
-    }
+/// The most cores a transcription takes ([`super::STT_THREADS`]); it gets them only when
+/// they are free ([`InferencePool::run_on_cores`]).
+pub fn stt_cores() -> usize {
+    super::STT_THREADS.min(cores())
 }
 
-/// Runs a speech-to-text job's transcription (call it inside the job) on the threads it may
-/// take now ([`stt_threads`]).
-pub fn transcribing<T>(f: impl FnOnce() -> T) -> T {
-    crate::stt::with_threads(stt_threads(), f)
+/// Transcribes on `cores` threads, the slots a speech-to-text job was given (call it inside
+/// the job).
+pub fn transcribing<T>(cores: usize, f: impl FnOnce() -> T) -> T {
+    crate::stt::with_threads(cores, f)
 }
 
 /// Smart Turn: small (~35 ms a run on one thread), a slot per core of its own.
@@ -432,7 +456,7 @@ mod tests {
         let (started_tx, started) = std::sync::mpsc::channel();
         let flag = stop.clone();
         let partial = pool
-            .try_run_yielding(stop, move || {
+            .try_run_yielding(stop, 1, move |_| {
                 started_tx.send(()).unwrap();
                 let began = std::time::Instant::now();
                 while !flag.load(Ordering::Relaxed) && began.elapsed() < std::time::Duration::from_secs(30) {
@@ -445,13 +469,13 @@ mod tests {
         tokio::task::spawn_blocking(move || started.recv().unwrap()).await.unwrap();
         assert_eq!(pool.running(), 1);
         // No slot: another partial is not made at all (nothing queues for it).
-        assert!(pool.try_run_yielding(Arc::new(AtomicBool::new(false)), || false).is_none());
+        assert!(pool.try_run_yielding(Arc::new(AtomicBool::new(false)), 1, |_| false).is_none());
         // A later-needed job waiting does not stop it; a final transcript does.
         let mut later = Box::pin(pool.run_with(Urgency::Ahead, || "later"));
         assert!(futures::poll!(&mut later).is_pending());
         assert_eq!(pool.yielded(), 0);
         // While anyone waits, a partial does not take a slot that comes free either.
-        assert!(pool.try_run_yielding(Arc::new(AtomicBool::new(false)), || false).is_none());
+        assert!(pool.try_run_yielding(Arc::new(AtomicBool::new(false)), 1, |_| false).is_none());
         let now = pool.run(|| "final transcript");
         assert_eq!(now.await.unwrap(), "final transcript");
         assert!(partial.await.unwrap().unwrap(), "the partial was told to stop");
@@ -469,7 +493,7 @@ mod tests {
         let sentence = tts.acquire(Urgency::Ahead).await.unwrap();
         assert_eq!((tts.running(), stt.running(), budget.running()), (1, 0, 1));
         // A slot is free, but a partial transcript starts only on an idle budget.
-        assert!(stt.try_run_yielding(Arc::new(AtomicBool::new(false)), || ()).is_none());
+        assert!(stt.try_run_yielding(Arc::new(AtomicBool::new(false)), 2, |_| ()).is_none());
         // A final transcript takes the other slot; then the budget is spent for every kind.
         let last = stt.acquire(Urgency::Now).await.unwrap();
         assert_eq!((tts.running(), stt.running(), budget.running()), (1, 1, 2));
@@ -493,5 +517,89 @@ mod tests {
         drop(last);
         assert_eq!((tts.running(), stt.running(), budget.running()), (0, 0, 0));
         assert_eq!((stt.stats().2, tts.stats().2), (2, 2));
+    }
+
+    /// A job that blocks until `go` is set, reporting the cores it was given on `started`.
+    fn held_job(name: &'static str, started: std::sync::mpsc::Sender<(&'static str, usize)>, go: Arc<AtomicBool>) -> impl FnOnce(usize) -> usize + Send + 'static {
+        move |cores| {
+            started.send((name, cores)).unwrap();
+            let began = std::time::Instant::now();
+            while !go.load(Ordering::Relaxed) && began.elapsed() < std::time::Duration::from_secs(30) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            cores
+        }
+    }
+
+    /// `job`, needed now on up to `most` cores of `pool`, running on its own task.
+    fn spawn_held(pool: &Arc<InferencePool>, most: usize, job: impl FnOnce(usize) -> usize + Send + 'static) -> tokio::task::JoinHandle<Result<usize, PoolError>> {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.run_on_cores(Urgency::Now, most, job).await })
+    }
+
+    /// The next job that started, and the cores it was given.
+    fn started_job(started: &std::sync::mpsc::Receiver<(&'static str, usize)>) -> (&'static str, usize) {
+        started.recv_timeout(std::time::Duration::from_secs(10)).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transcription_on_both_cores_holds_both_slots_and_nothing_runs_beside_it() {
+        let budget = Budget::new(2);
+        let (stt, tts) = (Arc::new(InferencePool::sharing("stt", &budget)), Arc::new(InferencePool::sharing("tts", &budget)));
+        let (started_tx, started) = std::sync::mpsc::channel();
+        // A caller's final transcript on an idle budget takes both cores.
+        let go_first = Arc::new(AtomicBool::new(false));
+        let first = spawn_held(&stt, 2, held_job("first transcript", started_tx.clone(), go_first.clone()));
+        assert_eq!(started_job(&started), ("first transcript", 2));
+        assert_eq!((budget.running(), stt.running()), (2, 1));
+        // Another caller's transcript and a reply's first sentence wait for it rather than run
+        // on a core its threads use; a partial is not started.
+        let go = Arc::new(AtomicBool::new(false));
+        let mut second = Box::pin({
+            let (stt, job) = (stt.clone(), held_job("second transcript", started_tx.clone(), go.clone()));
+            async move { stt.run_on_cores(Urgency::Now, 2, job).await }
+        });
+        let mut sentence = Box::pin({
+            let (tts, job) = (tts.clone(), held_job("first sentence", started_tx.clone(), go.clone()));
+            async move { tts.run_on_cores(Urgency::Now, 1, job).await }
+        });
+        assert!(futures::poll!(&mut second).is_pending(), "both cores are taken: the transcript waits");
+        assert!(futures::poll!(&mut sentence).is_pending(), "both cores are taken: the sentence waits");
+        assert!(stt.try_run_yielding(Arc::new(AtomicBool::new(false)), 2, |_| ()).is_none());
+        // The two slots it gives back go one to each waiter, in arrival order.
+        go_first.store(true, Ordering::Relaxed);
+        assert_eq!(first.await.unwrap().unwrap(), 2);
+        let (second, sentence) = (tokio::spawn(second), tokio::spawn(sentence));
+        let mut given = [started_job(&started), started_job(&started)];
+        given.sort();
+        assert_eq!(given, [("first sentence", 1), ("second transcript", 1)]);
+        assert_eq!(budget.running(), 2);
+        go.store(true, Ordering::Relaxed);
+        assert_eq!((second.await.unwrap().unwrap(), sentence.await.unwrap().unwrap()), (1, 1));
+        assert_eq!(budget.running(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_waiter_gets_every_slot_it_can_use_and_a_partial_on_both_cores_gives_way() {
+        let budget = Budget::new(2);
+        let stt = Arc::new(InferencePool::sharing("stt", &budget));
+        let (started_tx, started) = std::sync::mpsc::channel();
+        // A partial transcript on the idle budget takes both cores…
+        let stop = Arc::new(AtomicBool::new(false));
+        let partial = stt.try_run_yielding(stop.clone(), 2, held_job("partial", started_tx.clone(), stop)).expect("idle: the partial starts");
+        let partial = tokio::spawn(partial);
+        assert_eq!(started_job(&started), ("partial", 2));
+        assert_eq!(budget.running(), 2);
+        // …so a final transcript finds no slot, tells it to stop, and then gets both.
+        let go = Arc::new(AtomicBool::new(false));
+        let last = spawn_held(&stt, 2, held_job("final transcript", started_tx.clone(), go.clone()));
+        assert_eq!(started_job(&started), ("final transcript", 2));
+        assert_eq!(partial.await.unwrap().unwrap(), 2);
+        assert_eq!(stt.yielded(), 1);
+        // One slot is all a job of one thread takes, even when both are free.
+        go.store(true, Ordering::Relaxed);
+        last.await.unwrap().unwrap();
+        assert_eq!(stt.run_on_cores(Urgency::Now, 1, |cores| cores).await.unwrap(), 1);
+        assert_eq!(budget.running(), 0);
     }
 }
