@@ -269,7 +269,7 @@ async fn transcribe_spans(stt: Arc<dyn crate::stt::SpeechToText>, track: &[f32],
         let (start, end) = (((from * rate as f64) as usize).min(track.len()), ((to * rate as f64) as usize).min(track.len()));
         let Ok(audio) = crate::audio::Audio::new(track[start..end].to_vec(), rate).to_rate(16_000) else { continue };
         let stt = stt.clone();
-        if let Ok(Ok(transcript)) = crate::pipeline::pool::stt().run_on_cores(crate::pipeline::pool::Urgency::Ahead, crate::pipeline::pool::stt_cores(), move |cores| crate::pipeline::pool::transcribing(cores, || stt.transcribe(&audio.samples))).await {
+        if let Ok(Ok(transcript)) = crate::pipeline::pool::stt().run_on_cores(crate::pipeline::pool::Urgency::Ahead, crate::pipeline::pool::stt_cores(), move |cores| crate::stt::with_threads(cores, || stt.transcribe(&audio.samples))).await {
             words.push(transcript.text);
         }
     }

@@ -363,7 +363,7 @@ impl Listener {
         // A partial gives way: another call's final transcript stops it (a newer partial
         // replaces it anyway).
         let words = super::pool::stt().try_run_yielding(stop.clone(), super::pool::stt_cores(), move |cores| {
-            super::pool::transcribing(cores, || stt.transcribe_primed(&utterance, &job_stop, &prompt).map(|t| t.text))
+            crate::stt::with_threads(cores, || stt.transcribe_primed(&utterance, &job_stop, &prompt).map(|t| t.text))
         })?;
         tokio::spawn(async move {
             if let Ok(Ok(text)) = words.await {
@@ -383,7 +383,7 @@ impl Listener {
         let audio_for_turn = audio.clone();
         let (stt_stop, turn_stop) = (stop.clone(), stop.clone());
         let words = super::pool::stt().run_on_cores(super::pool::Urgency::Now, super::pool::stt_cores(), move |cores| {
-            super::pool::transcribing(cores, || stt.transcribe_primed(&audio, &stt_stop, &prompt)).unwrap_or_else(|e| {
+            crate::stt::with_threads(cores, || stt.transcribe_primed(&audio, &stt_stop, &prompt)).unwrap_or_else(|e| {
                 if !matches!(e, SttError::Stopped) {
                     tracing::warn!(error = %e, "transcription failed");
                 }

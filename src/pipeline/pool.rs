@@ -147,7 +147,7 @@ impl Shared {
         running.fetch_sub(1, Ordering::Relaxed);
         while back > 0 {
             let Some((_, waiter)) = slots.waiting.pop_first() else { break };
-            let take = if slots.waiting.is_empty() { back.min(waiter.most).max(1) } else { 1 };
+            let take = if slots.waiting.is_empty() { back.min(waiter.most) } else { 1 };
             match waiter.permit.send(Permit::new(self, &waiter.running, take)) {
                 Ok(()) => back -= take,
                 // The waiter gave up (its call moved on): the next one gets the slot.
@@ -336,11 +336,6 @@ pub fn stt_cores() -> usize {
     super::STT_THREADS.min(cores())
 }
 
-/// Transcribes on `cores` threads, the slots a speech-to-text job was given (call it inside
-/// the job).
-pub fn transcribing<T>(cores: usize, f: impl FnOnce() -> T) -> T {
-    crate::stt::with_threads(cores, f)
-}
 
 /// Smart Turn: small (~35 ms a run on one thread), a slot per core of its own.
 pub fn end_of_turn() -> &'static InferencePool {
