@@ -383,7 +383,11 @@ impl Listener {
         let audio_for_turn = audio.clone();
         let (stt_stop, turn_stop) = (stop.clone(), stop.clone());
         let words = super::pool::stt().run_on_cores(super::pool::Urgency::Now, super::pool::stt_cores(), move |cores| {
-            crate::stt::with_threads(cores, || stt.transcribe_primed(&audio, &stt_stop, &prompt)).unwrap_or_else(|e| {
+            let started = std::time::Instant::now();
+            let heard = crate::stt::with_threads(cores, || stt.transcribe_primed(&audio, &stt_stop, &prompt));
+            let secs = audio.len() as f64 / MODEL_RATE as f64;
+            tracing::debug!(cores, audio_secs = secs, ms = started.elapsed().as_millis() as u64, prompt_chars = prompt.len(), stopped = matches!(heard, Err(SttError::Stopped)), "final transcription");
+            heard.unwrap_or_else(|e| {
                 if !matches!(e, SttError::Stopped) {
                     tracing::warn!(error = %e, "transcription failed");
                 }
