@@ -98,6 +98,8 @@ pub(super) fn accept(slot: Option<&SlotSpec>, text: &str, value: &Value) -> Opti
             let words: Vec<String> = super::parse::words(name);
             // Every word of the name was said, and it is a name's length: not invented.
             let heard = !words.is_empty() && words.len() <= 4 && words.iter().all(|w| said.contains(w) && w.chars().all(|c| c.is_alphabetic() || c == '\'' || c == '-'));
+            // Nor ordinary words read as one ("I made it." is no name "Made").
+            let heard = heard && super::parse::can_be_name(text, &words);
             heard.then(|| {
                 let name = words.iter().map(|w| capitalize(w)).collect::<Vec<_>>().join(" ");
                 (json!(name), name)
@@ -141,6 +143,9 @@ mod tests {
         assert_eq!(accept(Some(&name), "put it down for the hendersons please", &json!("Hendersons")), Some((json!("Hendersons"), "Hendersons".into())));
         assert_eq!(accept(Some(&name), "put it down for the hendersons please", &json!("John Smith")), None);
         assert_eq!(accept(Some(&name), "a b c d e", &json!("a b c d e")), None, "too long for a name");
+        assert_eq!(accept(Some(&name), "I made it.", &json!("Made")), None, "a word the recognizer left lowercase");
+        assert_eq!(accept(Some(&name), "I made it.", &json!("I")), None);
+        assert_eq!(accept(Some(&name), "Oh, it's for the Hendersons.", &json!("Hendersons")), Some((json!("Hendersons"), "Hendersons".into())));
     }
 
     #[test]

@@ -647,6 +647,7 @@ const NOT_NAMES: &[&str] = &[
     "the", "a", "an", "is", "it", "it's", "its", "please", "thanks", "thank", "you", "yes", "yeah", "no", "sure", "um", "uh", "er", "okay", "ok", "my",
     "name", "name's", "and", "so", "well", "hi", "hello", "that's", "that", "booking", "reservation", "table", "be", "will", "under", "of", "just", "oh",
     "spelled", "spelt", "as", "in", "i", "i'm", "am", "me", "call", "this", "for", "we", "are", "our", "surname", "last", "first", "would", "like", "to",
+    "i'd", "i'll", "i've", "we'd", "we'll", "we've", "we're", "let's",
     // Words a caller breaks off with ("Wait. Sorry. Let me ask something else.").
     "wait", "sorry", "let", "hold", "hang", "actually", "hmm", "excuse", "ask", "something", "else", "question",
 ];
@@ -694,11 +695,32 @@ pub fn name(text: &str) -> Option<String> {
     if let Some(found) = capitalized_name(text) {
         return Some(found);
     }
+    // Cased text (a recognizer's) writes a name capitalized, so what is left is ordinary
+    // words: "I made it." is no name, and booking it under "Made" would be worse than asking
+    // again. Only uncased text ("sarah", "SARAH") is taken as it stands.
+    let cased = text.chars().any(char::is_uppercase) && text.chars().any(char::is_lowercase);
+    if cased {
+        return None;
+    }
     let content: Vec<&String> = words.iter().filter(|w| !NOT_NAMES.contains(&w.as_str()) && w.chars().all(|c| c.is_alphabetic() || c == '\'')).collect();
     if (1..=3).contains(&content.len()) && words.len() <= 6 {
         return Some(content.iter().map(|w| title(w)).collect::<Vec<_>>().join(" "));
     }
     None
+}
+
+/// Whether `words` (as [`words`] gives them), said in `text`, can be a name: none is a word
+/// never part of one, and in cased text (a recognizer's) each was written capitalized.
+pub fn can_be_name(text: &str, words: &[String]) -> bool {
+    let cased = text.chars().any(char::is_uppercase) && text.chars().any(char::is_lowercase);
+    let capitalized: Vec<String> = text
+        .replace(['’', '‘'], "'")
+        .split_whitespace()
+        .map(|w| w.chars().filter(|c| c.is_alphabetic() || *c == '\'' || *c == '-').collect::<String>().trim_matches(['\'', '-']).to_string())
+        .filter(|w| w.chars().next().is_some_and(char::is_uppercase))
+        .map(|w| w.to_lowercase())
+        .collect();
+    words.iter().all(|w| !NOT_NAMES.contains(&w.as_str()) && (!cased || capitalized.contains(w)))
 }
 
 /// The capitalized words of `text` that can be a name, preferring those that do not start a
@@ -903,6 +925,13 @@ mod tests {
         assert_eq!(name("Johnson").as_deref(), Some("Johnson"));
         assert_eq!(name("I made it, Sarah.").as_deref(), Some("Sarah"), "whisper's mishearing of 'The name is Sarah'");
         assert_eq!(name("Book it for Mary Ellen, please").as_deref(), Some("Mary Ellen"));
+        // Cased words a recognizer left lowercase are not a name; uncased text is taken whole.
+        assert_eq!(name("I made it."), None, "whisper's mishearing of 'The name is Sarah', booked as 'Made' before");
+        assert_eq!(name("Yes, that's right."), None);
+        assert_eq!(name("I don't know."), None);
+        assert_eq!(name("I'd like to book a table."), None);
+        assert_eq!(name("sarah johnson").as_deref(), Some("Sarah Johnson"));
+        assert_eq!(name("SARAH").as_deref(), Some("Sarah"));
         assert_eq!(email("it's john dot smith at example dot com").as_deref(), Some("john.smith@example.com"));
         assert_eq!(email("jane@example.org please").as_deref(), Some("jane@example.org"));
         assert_eq!(email("It is jane@example.org.").as_deref(), Some("jane@example.org"));
