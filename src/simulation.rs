@@ -55,7 +55,15 @@ pub struct CallerScript {
     pub final_wait_ms: u64,
     /// The agent's voice leaks back into the caller's side (a handset or speakerphone).
     pub echo: Option<EchoSpec>,
+    /// Phrases that ask the caller to say it again ("didn't catch"): when the agent's answer
+    /// to a line holds one, the caller says that line again (at most [`MAX_REPEATS`] times in a
+    /// row) before going on, as a person would. Empty: every line is said once.
+    #[serde(default)]
+    pub repeat_on: Vec<String>,
 }
+
+/// How many times in a row a caller says a line again when asked to.
+pub const MAX_REPEATS: usize = 2;
 
 /// An echo of the agent on the caller's side: its audio, `delay_ms` late, scaled by `gain`.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -147,6 +155,14 @@ impl CallerScript {
         if self.lines.len() > MAX_SCRIPT_LINES {
             out.push(("lines".into(), format!("has {} lines; the most is {MAX_SCRIPT_LINES}", self.lines.len())));
         }
+        if self.repeat_on.len() > 8 {
+            out.push(("repeat_on".into(), format!("has {} phrases; the most is 8", self.repeat_on.len())));
+        }
+        for (i, phrase) in self.repeat_on.iter().enumerate() {
+            if phrase.chars().count() > 200 || crate::text::normalized_words(phrase).is_empty() {
+                out.push((format!("repeat_on.{i}"), "must be a phrase of words, at most 200 characters (e.g. \"didn't catch\")".into()));
+            }
+        }
         if self.final_wait_ms > MAX_SCRIPT_WAIT_MS {
             out.push(("final_wait_ms".into(), format!("{} is more than {MAX_SCRIPT_WAIT_MS}", self.final_wait_ms)));
         }
@@ -214,7 +230,13 @@ impl CallerScript {
 
     /// What the caller says, in order: the reference for the transcript of their turns.
     pub fn reference_text(&self) -> String {
-        self.lines.iter().filter_map(|l| l.text.as_deref().or(l.say.as_deref())).map(|t| t.replace("...", " ")).collect::<Vec<_>>().join(" ")
+        self.reference_of(0..self.lines.len())
+    }
+
+    /// What the caller said, given the lines in the order they were said (repeats included):
+    /// the reference for a call in which the caller was asked to say something again.
+    pub fn reference_of(&self, said: impl IntoIterator<Item = usize>) -> String {
+        said.into_iter().filter_map(|i| self.lines.get(i)).filter_map(|l| l.text.as_deref().or(l.say.as_deref())).map(|t| t.replace("...", " ")).collect::<Vec<_>>().join(" ")
     }
 }
 
@@ -260,53 +282,84 @@ impl ScriptedCaller {
         }
         // Let the agent say its first message.
         wait_for_quiet(&line, Duration::from_millis(600), tokio::time::Instant::now() + ANSWER_TIMEOUT).await;
-        for (spec, samples) in self.script.lines.iter().zip(self.audio) {
+        let lines = &self.script.lines;
+        // The next line to say, the last one said, and how many times it was said again.
+        let (mut next, mut last, mut repeats) = (0usize, None::<usize>, 0usize);
+        loop {
             if line.is_hung_up() {
                 return;
             }
-            if let Some(after) = spec.barge_in_after_ms {
+            let upcoming = lines.get(next);
+            if let Some(after) = upcoming.and_then(|spec| spec.barge_in_after_ms) {
                 // Wait for the agent to start talking, then talk over it.
                 wait_for_agent_to_speak(&line).await;
                 tokio::time::sleep(Duration::from_millis(after)).await;
             } else {
+                // Hear the agent's answer out (the last one: longer, and no longer than the
+                // script allows), then see whether it asked for the line again.
+                let (quiet, deadline) = match upcoming {
+                    Some(spec) => (Duration::from_millis(spec.pause_ms), tokio::time::Instant::now() + ANSWER_TIMEOUT),
+                    None => (Duration::from_millis(1_500), tokio::time::Instant::now() + Duration::from_millis(self.script.final_wait_ms)),
+                };
+                wait_for_quiet(&line, quiet, deadline).await;
+                if let Some(again) = last.filter(|_| repeats < MAX_REPEATS && self.asked_again(&line)) {
+                    repeats += 1;
+                    self.say(&line, again).await;
+                    continue;
+                }
+                let Some(spec) = upcoming else { break };
                 if let Some(phrase) = &spec.after {
-                    let deadline = tokio::time::Instant::now() + PHRASE_TIMEOUT;
-                    while !line.agent_has_said(phrase) && tokio::time::Instant::now() < deadline && !line.is_hung_up() {
-                        tokio::time::sleep(TICK).await;
+                    if !line.agent_has_said(phrase) {
+                        let deadline = tokio::time::Instant::now() + PHRASE_TIMEOUT;
+                        while !line.agent_has_said(phrase) && tokio::time::Instant::now() < deadline && !line.is_hung_up() {
+                            tokio::time::sleep(TICK).await;
+                        }
+                        wait_for_quiet(&line, Duration::from_millis(spec.pause_ms), tokio::time::Instant::now() + ANSWER_TIMEOUT).await;
                     }
                 }
-                wait_for_quiet(&line, Duration::from_millis(spec.pause_ms), tokio::time::Instant::now() + ANSWER_TIMEOUT).await;
             }
-            if let Some(digits) = &spec.dtmf {
-                line.caller_presses(digits);
-                wait_for_agent_to_speak(&line).await;
-                continue;
-            }
-            if samples.is_empty() {
-                // A line with nothing to say may still be silence to keep (a voicemail).
-                if spec.then_silence_ms > 0 {
-                    tokio::time::sleep(Duration::from_millis(spec.then_silence_ms)).await;
-                }
-                continue;
-            }
-            let (start, end) = line.caller_says(&samples);
-            line.record_caller_speech(start, end);
-            // Wait until the line has played our words, plus any scripted silence.
-            while line.caller_is_speaking() && !line.is_hung_up() {
-                tokio::time::sleep(TICK).await;
-            }
+            self.say(&line, next).await;
+            (last, repeats) = (Some(next), 0);
+            next += 1;
+        }
+        line.caller_hangs_up();
+    }
+
+    /// Whether the agent's answer to the last line asked for it again.
+    fn asked_again(&self, line: &LoopbackLine) -> bool {
+        self.script.repeat_on.iter().any(|phrase| line.agent_has_said(phrase))
+    }
+
+    /// Says line `index` (words, a recording, a cough or keypad digits), and waits until it
+    /// has been heard and the agent has begun to answer.
+    async fn say(&self, line: &LoopbackLine, index: usize) {
+        let (spec, samples) = (&self.script.lines[index], &self.audio[index]);
+        line.record_caller_line(index);
+        if let Some(digits) = &spec.dtmf {
+            line.caller_presses(digits);
+            wait_for_agent_to_speak(line).await;
+            return;
+        }
+        if samples.is_empty() {
+            // A line with nothing to say may still be silence to keep (a voicemail).
             if spec.then_silence_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(spec.then_silence_ms)).await;
             }
-            // Give the agent a moment to begin answering before judging it idle.
-            if spec.barge_in_after_ms.is_none() {
-                wait_for_agent_to_speak(&line).await;
-            }
+            return;
         }
-        // Hear the last answer out, then hang up.
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.script.final_wait_ms);
-        wait_for_quiet(&line, Duration::from_millis(1_500), deadline).await;
-        line.caller_hangs_up();
+        let (start, end) = line.caller_says(samples);
+        line.record_caller_speech(start, end);
+        // Wait until the line has played our words, plus any scripted silence.
+        while line.caller_is_speaking() && !line.is_hung_up() {
+            tokio::time::sleep(TICK).await;
+        }
+        if spec.then_silence_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(spec.then_silence_ms)).await;
+        }
+        // Give the agent a moment to begin answering before judging it idle.
+        if spec.barge_in_after_ms.is_none() {
+            wait_for_agent_to_speak(line).await;
+        }
     }
 }
 

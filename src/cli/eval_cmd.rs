@@ -226,7 +226,7 @@ async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario
     match call_cmds::simulate_call(store, engines, assistant, caller, variables, line_rate, false).await {
         Ok(call) => {
             let talk_over = eval::talk_over_ms(&call.caller_track, &call.agent_track, call.rate);
-            let mut outcome = eval::score(scenario, &call.report, talk_over);
+            let mut outcome = eval::score(scenario, &call.report, &call.log.caller_lines, talk_over);
             outcome.reference = reference;
             outcome.caller_speech = eval::activity(&call.caller_track, call.rate);
             outcome.agent_speech = eval::activity(&call.agent_track, call.rate);

@@ -451,7 +451,7 @@ pub struct TurnFigures {
 }
 
 /// Scores a finished call against its scenario. `talk_over_ms` is measured on the recording.
-pub fn score(scenario: &Scenario, report: &CallReport, talk_over_ms: f64) -> Outcome {
+pub fn score(scenario: &Scenario, report: &CallReport, said: &[usize], talk_over_ms: f64) -> Outcome {
     let expect = &scenario.expect;
     let mut failures = Vec::new();
     let disposition = crate::pipeline::disposition(report);
@@ -538,7 +538,9 @@ pub fn score(scenario: &Scenario, report: &CallReport, talk_over_ms: f64) -> Out
     }
     let barge_in_ms = report.barge_ins.iter().map(|b| b.stopped.saturating_sub(b.overlap_from).as_secs_f64() * 1000.0).collect();
     let heard: String = report.transcript.iter().filter(|(who, _, _)| who == "caller").map(|(_, text, _)| text.as_str()).collect::<Vec<_>>().join(" ");
-    let (stt_errors, stt_words) = word_errors(&scenario.caller.reference_text(), &heard);
+    // The lines as said (one asked for again is said again); all of them when none is known.
+    let reference = if said.is_empty() { scenario.caller.reference_text() } else { scenario.caller.reference_of(said.iter().copied()) };
+    let (stt_errors, stt_words) = word_errors(&reference, &heard);
     Outcome {
         name: scenario.name.clone(),
         file: scenario.file.display().to_string(),

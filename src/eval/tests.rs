@@ -79,7 +79,7 @@ fn a_call_is_scored_against_every_expectation() {
         tools: vec![ToolExpect { name: "lookup_order".into(), arguments: [("order_number".to_string(), serde_json::json!(29340))].into_iter().collect() }],
         ..Expect::default()
     };
-    let outcome = score(&scenario(good), &report(), 0.0);
+    let outcome = score(&scenario(good), &report(), &[], 0.0);
     assert!(outcome.passed, "{:?}", outcome.failures);
     assert_eq!((outcome.fields_right, outcome.fields_expected), (2, 2));
 
@@ -94,7 +94,7 @@ fn a_call_is_scored_against_every_expectation() {
         tools: vec![ToolExpect { name: "lookup_order".into(), arguments: [("order_number".to_string(), serde_json::json!("1234"))].into_iter().collect() }],
         ..Expect::default()
     };
-    let outcome = score(&scenario(bad), &report(), 400.0);
+    let outcome = score(&scenario(bad), &report(), &[], 400.0);
     assert!(!outcome.passed);
     assert_eq!(outcome.failures.len(), 8, "{:#?}", outcome.failures);
     assert!(outcome.failures.iter().any(|f| f.contains("tool `lookup_order` was not called with {\"order_number\":\"1234\"}")), "{:#?}", outcome.failures);

@@ -24,8 +24,10 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// What happened on the line, for reports and tests.
 #[derive(Debug, Clone, Default)]
 pub struct LineLog {
-    /// Caller speech (start, end) on the timeline, one per scripted line.
+    /// Caller speech (start, end) on the timeline, one per spoken line.
     pub caller_speech: Vec<(Duration, Duration)>,
+    /// The scripted lines in the order the caller said them (a line asked for again twice).
+    pub caller_lines: Vec<usize>,
     /// Times at which agent audio was cleared (barge-in), and whether anything was cut.
     pub clears: Vec<(Duration, bool)>,
     pub hung_up_by_agent: Option<Duration>,
@@ -167,6 +169,10 @@ impl LoopbackLine {
         let said = crate::text::normalized_words(&self.lock().agent_words).join(" ");
         let phrase = crate::text::normalized_words(phrase).join(" ");
         !phrase.is_empty() && format!(" {said} ").contains(&format!(" {phrase} "))
+    }
+
+    pub fn record_caller_line(&self, index: usize) {
+        self.lock().log.caller_lines.push(index);
     }
 
     pub fn record_caller_speech(&self, start: Duration, end: Duration) {

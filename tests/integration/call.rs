@@ -177,6 +177,25 @@ fn a_slot_heard_unsure_is_checked_with_the_caller_before_the_flow_goes_on() {
 }
 
 #[test]
+fn a_caller_asked_again_says_it_again_and_words_that_are_no_name_are_not_booked_as_one() {
+    // "I don't know." fills no name slot (it was booked as "Don't Know" once): the agent asks
+    // again, the caller (repeat_on) says it again, and after the third miss the agent ends the
+    // call politely instead of looping.
+    let llm = standin::llm(vec![Reply::Text("Goodbye.")]);
+    let flow = "flow:\n  start: ask\n  llm_reads: false\n  nodes:\n    ask:\n      collect:\n        - { name: name, type: name, question: \"What name should I put the booking under?\" }\n      next: done\n    done:\n      say: \"Thank you, {{ name }}. Goodbye.\"\n      actions: [end_call]\n";
+    let caller = "repeat_on: [\"didn't catch\"]\nlines:\n  - say: \"Hi, I would like to book a table.\"\n  - say: \"I don't know.\"\nfinal_wait_ms: 8000\n";
+    let call = simulate(&standin_assistant(&llm, flow), caller);
+    let caller_said = call.said("caller");
+    assert_eq!(caller_said.len(), 4, "the second line once and again twice: {caller_said:?} {}", call.report);
+    assert!(caller_said[1..].iter().all(|line| word_recall("i don't know", line) >= 0.6), "{caller_said:?}");
+    assert!(call.report["slots"]["name"].is_null(), "no name was given: {}", call.report);
+    let agent = call.agent_text();
+    assert_eq!(agent.matches("didn't catch").count(), 2, "{agent}");
+    assert!(!agent.contains("Thank you,"), "{agent}");
+    assert!(call.ended_by().starts_with("agent"), "{}", call.ended_by());
+}
+
+#[test]
 fn a_no_interrupt_segment_plays_through_and_the_caller_is_answered_after_it() {
     let disclosure = "This call is recorded for quality and training purposes, and your answers may be reviewed by our staff to improve our service.";
     let reply = format!("<no-interrupt>{disclosure}</no-interrupt> Now, what date would you like?");
