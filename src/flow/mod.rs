@@ -355,6 +355,30 @@ impl Flow {
         }
     }
 
+    /// Whether the flow would understand words as the caller's answer to what it waits for —
+    /// the slot's value, a yes or no, a route, or words any node answers (a global handler, a
+    /// knowledge question) — unlike [`Flow::answer_check`], for every kind of slot. `None`
+    /// when it waits for nothing in particular. The listener asks it of a doubtful transcript
+    /// before it hears the words a second time.
+    pub fn understands(&self) -> Option<AnswerCheck> {
+        let node = self.current().clone();
+        let probe = Flow::new(self.spec.clone(), Map::new(), self.today);
+        let slot = match &self.awaiting {
+            Awaiting::Slot(index) => Some(node.collect.get(*index)?.clone()),
+            Awaiting::Confirmation | Awaiting::Check { .. } | Awaiting::Answer => None,
+            _ => return None,
+        };
+        let answer = self.answer_check();
+        Some(std::sync::Arc::new(move |text: &str| {
+            let anywhere = probe.spec.global.iter().any(|h| mentions(text, &h.says)) || probe.knowledge(text).is_some();
+            let answers = match &slot {
+                Some(slot) => probe.parse_slot(slot, text, false).is_some(),
+                None => answer.as_ref().is_some_and(|check| check(text)),
+            };
+            anywhere || answers
+        }))
+    }
+
     /// Phrases the caller is likely to say next, to prime the recognizer with: what works
     /// anywhere (global handlers, knowledge questions), then what the current question expects
     /// (the slot's choices, examples of its kind, a yes or no, the node's routes).

@@ -398,6 +398,24 @@ fn words_that_answer_the_question_end_the_turn_and_a_question_is_not_a_name() {
     assert!(check("yes that's right") && !check("hmm"));
 }
 
+#[test]
+fn the_flow_says_which_words_it_would_understand_for_every_kind_of_question() {
+    let mut flow = flow();
+    assert!(flow.understands().is_none(), "nothing awaited before the call begins");
+    flow.begin();
+    flow.on_caller("a table for two tomorrow");
+    flow.on_caller("at eight pm");
+    // A name: unlike the early end of a turn, every kind of slot is judged.
+    let understood = flow.understands().expect("a name is awaited");
+    assert!(understood("The name is Sarah."));
+    assert!(!understood("I made it."), "ordinary words are no name");
+    // Words any node answers are understood too: they need no second hearing.
+    assert!(understood("When are you open?") && understood("Sorry, wrong number."));
+    flow.on_caller("the name is Sarah");
+    let understood = flow.understands().expect("a yes or no is awaited");
+    assert!(understood("Yes, that's right.") && !understood("Hmm."));
+}
+
 const ORDER_LOOKUP: &str = r#"
 start: ask
 nodes:

@@ -420,7 +420,7 @@ impl Agent {
         self.emit(CallEvent::Flow { node: reply.node.clone(), slots: reply.slots.clone() });
         if let Some(flow) = &state.flow {
             self.prime(flow);
-            self.answers.set(flow.answer_check());
+            self.answers.set(flow.answer_check(), flow.understands());
         }
         if let Some(request) = reply.tool.clone() {
             report.lock().unwrap_or_else(|e| e.into_inner()).tool_calls.push((request.tool.clone(), serde_json::Value::Object(request.arguments.clone())));

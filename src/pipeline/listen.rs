@@ -112,20 +112,52 @@ impl EchoPath {
     }
 }
 
-/// Shared between agent and listener: the current flow question's test of an answer. A
-/// transcript that answers it ends the turn at once (no wait for a hesitation to resolve).
+/// Shared between agent and listener: the current flow question's tests of an answer. A
+/// transcript that answers it ends the turn at once (no wait for a hesitation to resolve); one
+/// the flow would not understand at all, heard doubtfully, is heard a second time.
 #[derive(Clone, Default)]
-pub struct Answers(Arc<std::sync::Mutex<Option<crate::flow::AnswerCheck>>>);
+pub struct Answers(Arc<std::sync::Mutex<(Option<crate::flow::AnswerCheck>, Option<crate::flow::AnswerCheck>)>>);
 
 impl Answers {
-    pub fn set(&self, check: Option<crate::flow::AnswerCheck>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = check;
+    /// `ends_turn`: [`crate::flow::Flow::answer_check`]; `understood`:
+    /// [`crate::flow::Flow::understands`].
+    pub fn set(&self, ends_turn: Option<crate::flow::AnswerCheck>, understood: Option<crate::flow::AnswerCheck>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = (ends_turn, understood);
     }
 
     pub fn answered_by(&self, text: &str) -> bool {
-        let check = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let check = self.0.lock().unwrap_or_else(|e| e.into_inner()).0.clone();
         check.is_some_and(|check| !text.trim().is_empty() && check(text))
     }
+
+    /// Whether the flow would understand `text`; `None` when it waits for nothing in particular.
+    pub fn understood(&self, text: &str) -> Option<bool> {
+        let check = self.0.lock().unwrap_or_else(|e| e.into_inner()).1.clone();
+        check.map(|check| !text.trim().is_empty() && check(text))
+    }
+}
+
+/// A primed transcript less sure than this (the geometric mean of its words' probabilities)
+/// that the flow would not understand is heard a second time, unprimed. The demo's "The name is
+/// Sarah", cut a frame later, came back primed as "I made it." at 0.40 (unprimed: "I made it,
+/// Sarah."); the right transcripts of its calls scored 0.6 and up (`docs/decisions.md`).
+const SECOND_HEARING_BELOW: f32 = 0.5;
+
+/// Transcribes `audio` primed with `prompt`; when the words come back doubtful and not what
+/// the flow can take, hears them once more unprimed — the prompt is the likeliest cause of a
+/// mishearing that still looks like fluent words — and keeps the second hearing only if the flow
+/// understands it. Costs a second decode on those turns only; a re-asked question costs the
+/// caller seconds.
+fn transcribe_for_flow(stt: &dyn SpeechToText, audio: &[f32], stop: &AtomicBool, prompt: &str, answers: &Answers) -> Result<Transcript, SttError> {
+    let first = stt.transcribe_primed(audio, stop, prompt)?;
+    let doubtful = first.confidence().is_some_and(|c| c < SECOND_HEARING_BELOW);
+    if prompt.is_empty() || !doubtful || answers.understood(&first.text) != Some(false) {
+        return Ok(first);
+    }
+    let second = stt.transcribe_primed(audio, stop, "")?;
+    let take = answers.understood(&second.text) == Some(true);
+    tracing::debug!(first = %first.text, second = %second.text, take, "heard a doubtful transcript the flow would not take a second time, unprimed");
+    Ok(if take { Transcript { processing: first.processing + second.processing, ..second } } else { first })
 }
 
 /// The final transcript and Smart Turn's judgement in flight: set `stop` to abandon them.
@@ -378,15 +410,18 @@ impl Listener {
     fn hear(&self, utterance: Vec<f32>) -> HearJob {
         let (tx, rx) = oneshot::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let (stt, smart_turn, prompt) = (self.stt.clone(), self.smart_turn.clone(), self.prompt.get());
+        let (stt, smart_turn, prompt, answers) = (self.stt.clone(), self.smart_turn.clone(), self.prompt.get(), self.answers.clone());
         let audio = Arc::new(utterance);
         let audio_for_turn = audio.clone();
         let (stt_stop, turn_stop) = (stop.clone(), stop.clone());
         let words = super::pool::stt().run_on_cores(super::pool::Urgency::Now, super::pool::stt_cores(), move |cores| {
             let started = std::time::Instant::now();
-            let heard = crate::stt::with_threads(cores, || stt.transcribe_primed(&audio, &stt_stop, &prompt));
+            let heard = crate::stt::with_threads(cores, || transcribe_for_flow(stt.as_ref(), &audio, &stt_stop, &prompt, &answers));
             let secs = audio.len() as f64 / MODEL_RATE as f64;
             tracing::debug!(cores, audio_secs = secs, ms = started.elapsed().as_millis() as u64, prompt_chars = prompt.len(), stopped = matches!(heard, Err(SttError::Stopped)), "final transcription");
+            if let (Ok(heard), Some(dir)) = (&heard, keep_heard_dir()) {
+                keep_heard(&dir, &audio, &prompt, &heard.text);
+            }
             heard.unwrap_or_else(|e| {
                 if !matches!(e, SttError::Stopped) {
                     tracing::warn!(error = %e, "transcription failed");
@@ -407,6 +442,27 @@ impl Listener {
             let _ = tx.send((transcript, probability));
         });
         HearJob { stop, heard: rx }
+    }
+}
+
+/// Where each final transcription's input is kept for diagnosis, when the operator asks
+/// (`RINGLINE_KEEP_HEARD`): a prompt change can then be replayed on exactly the audio the
+/// calls cut (`ringline transcribe --prompt`), not on a re-synthesized line.
+fn keep_heard_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("RINGLINE_KEEP_HEARD").filter(|d| !d.is_empty()).map(Into::into)
+}
+
+/// Writes `audio` (16 kHz) as `heard-<n>.wav` beside `heard-<n>.json` (prompt and words).
+fn keep_heard(dir: &std::path::Path, audio: &[f32], prompt: &str, text: &str) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let stem = dir.join(format!("heard-{}-{n:04}", std::process::id()));
+    let written = std::fs::create_dir_all(dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| crate::audio::Audio::new(audio.to_vec(), MODEL_RATE).write_wav(&stem.with_extension("wav")).map_err(|e| e.to_string()))
+        .and_then(|()| std::fs::write(stem.with_extension("json"), serde_json::json!({ "prompt": prompt, "text": text }).to_string()).map_err(|e| e.to_string()));
+    if let Err(error) = written {
+        tracing::warn!(%error, dir = %dir.display(), "could not keep what was heard");
     }
 }
 
@@ -483,6 +539,49 @@ pub fn reads_finished(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A recognizer that hears `primed` with any prompt and `unprimed` without, each word at
+    /// the given probability; counts its decodes.
+    struct Scripted {
+        primed: (&'static str, f32),
+        unprimed: (&'static str, f32),
+        decodes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl SpeechToText for Scripted {
+        fn transcribe(&self, _: &[f32]) -> Result<Transcript, SttError> {
+            self.transcribe_primed(&[], &AtomicBool::new(false), "")
+        }
+
+        fn transcribe_primed(&self, _: &[f32], _: &AtomicBool, prompt: &str) -> Result<Transcript, SttError> {
+            self.decodes.fetch_add(1, Ordering::Relaxed);
+            let (text, p) = if prompt.is_empty() { self.unprimed } else { self.primed };
+            let words = text.split_whitespace().map(|w| crate::stt::Word { text: w.into(), confidence: p }).collect();
+            Ok(Transcript { text: text.into(), segments: vec![crate::stt::Segment { start_secs: 0.0, end_secs: 1.0, text: text.into(), no_speech_prob: 0.0, words }], ..Transcript::default() })
+        }
+    }
+
+    fn heard(primed: (&'static str, f32), unprimed: (&'static str, f32), prompt: &str, answers: &Answers) -> (String, usize) {
+        let stt = Scripted { primed, unprimed, decodes: Default::default() };
+        let transcript = transcribe_for_flow(&stt, &[0.0; 16], &AtomicBool::new(false), prompt, answers).unwrap();
+        (transcript.text, stt.decodes.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn a_doubtful_transcript_the_flow_cannot_take_is_heard_again_unprimed() {
+        let names = Answers::default();
+        names.set(None, Some(Arc::new(|text: &str| crate::flow::parse::name(text).is_some())));
+        let (made_it, sarah) = (("I made it.", 0.4), ("I made it, Sarah.", 0.6));
+        assert_eq!(heard(made_it, sarah, "My name is John Smith.", &names), ("I made it, Sarah.".into(), 2));
+        // Sure of it, or understood, or unprimed already: one decode.
+        assert_eq!(heard(("I made it.", 0.9), sarah, "My name is John Smith.", &names), ("I made it.".into(), 1));
+        assert_eq!(heard(("The name is Sarah.", 0.3), sarah, "My name is John Smith.", &names), ("The name is Sarah.".into(), 1));
+        assert_eq!(heard(made_it, ("I made it.", 0.4), "", &names), ("I made it.".into(), 1));
+        // Nothing in particular awaited: nothing to judge by.
+        assert_eq!(heard(made_it, sarah, "My name is John Smith.", &Answers::default()), ("I made it.".into(), 1));
+        // The second hearing is no better: the first stands.
+        assert_eq!(heard(made_it, ("I made it.", 0.7), "My name is John Smith.", &names), ("I made it.".into(), 2));
+    }
 
     #[test]
     fn finished_sentences_end_the_turn_and_fragments_do_not() {
