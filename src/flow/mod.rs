@@ -403,8 +403,10 @@ impl Flow {
                         SlotKind::Email => &["john dot smith at example dot com"],
                         SlotKind::Boolean => &["yes", "no"],
                         // A name said after a cue: without one, tiny.en on a phone line took
-                        // "The name is Sarah" for "Mm-hmm" or "the name is Error".
-                        SlotKind::Name => &["My name is John Smith", "It's under Maria Garcia"],
+                        // "The name is Sarah" for "Mm-hmm" or "the name is Error". The example
+                        // names are uncommon ones: with "John Smith", "The name is Johnson" came
+                        // back as the example, caught as an echo and decoded a second time.
+                        SlotKind::Name => &["My name is Oliver Quinn", "It's under Elena Novak"],
                         _ => &[],
                     };
                     phrases.extend(examples.iter().map(|e| e.to_string()));
