@@ -418,7 +418,8 @@ impl Listener {
             let started = std::time::Instant::now();
             let heard = crate::stt::with_threads(cores, || transcribe_for_flow(stt.as_ref(), &audio, &stt_stop, &prompt, &answers));
             let secs = audio.len() as f64 / MODEL_RATE as f64;
-            tracing::debug!(cores, audio_secs = secs, ms = started.elapsed().as_millis() as u64, prompt_chars = prompt.len(), stopped = matches!(heard, Err(SttError::Stopped)), "final transcription");
+            let text = heard.as_ref().map(|t| t.text.as_str()).unwrap_or_default();
+            tracing::debug!(cores, audio_secs = secs, ms = started.elapsed().as_millis() as u64, prompt_chars = prompt.len(), stopped = matches!(heard, Err(SttError::Stopped)), text, "final transcription");
             if let (Ok(heard), Some(dir)) = (&heard, keep_heard_dir()) {
                 keep_heard(&dir, &audio, &prompt, &heard.text);
             }
