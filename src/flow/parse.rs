@@ -698,8 +698,7 @@ pub fn name(text: &str) -> Option<String> {
     // Cased text (a recognizer's) writes a name capitalized, so what is left is ordinary
     // words: "I made it." is no name, and booking it under "Made" would be worse than asking
     // again. Only uncased text ("sarah", "SARAH") is taken as it stands.
-    let cased = text.chars().any(char::is_uppercase) && text.chars().any(char::is_lowercase);
-    if cased {
+    if is_cased(text) {
         return None;
     }
     let content: Vec<&String> = words.iter().filter(|w| !NOT_NAMES.contains(&w.as_str()) && w.chars().all(|c| c.is_alphabetic() || c == '\'')).collect();
@@ -712,7 +711,7 @@ pub fn name(text: &str) -> Option<String> {
 /// Whether `words` (as [`words`] gives them), said in `text`, can be a name: none is a word
 /// never part of one, and in cased text (a recognizer's) each was written capitalized.
 pub fn can_be_name(text: &str, words: &[String]) -> bool {
-    let cased = text.chars().any(char::is_uppercase) && text.chars().any(char::is_lowercase);
+    let cased = is_cased(text);
     let capitalized: Vec<String> = text
         .replace(['’', '‘'], "'")
         .split_whitespace()
@@ -721,6 +720,11 @@ pub fn can_be_name(text: &str, words: &[String]) -> bool {
         .map(|w| w.to_lowercase())
         .collect();
     words.iter().all(|w| !NOT_NAMES.contains(&w.as_str()) && (!cased || capitalized.contains(w)))
+}
+
+/// Whether `text` has both cases, as a recognizer writes: then a name in it is capitalized.
+fn is_cased(text: &str) -> bool {
+    text.chars().any(char::is_uppercase) && text.chars().any(char::is_lowercase)
 }
 
 /// The capitalized words of `text` that can be a name, preferring those that do not start a

@@ -453,7 +453,8 @@ fn keep_heard_dir() -> Option<std::path::PathBuf> {
     std::env::var_os("RINGLINE_KEEP_HEARD").filter(|d| !d.is_empty()).map(Into::into)
 }
 
-/// Writes `audio` (16 kHz) as `heard-<n>.wav` beside `heard-<n>.json` (prompt and words).
+/// Writes `audio` (16 kHz) as `heard-<pid>-<n>.wav` beside `heard-<pid>-<n>.json` (prompt and
+/// words).
 fn keep_heard(dir: &std::path::Path, audio: &[f32], prompt: &str, text: &str) {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
