@@ -296,6 +296,20 @@ fn every_answer_has_the_error_shape_and_controls_follow_the_status() {
     let (status, body) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": "luigis_booking", "to_number": "+15005550006", "metadata": { "sandbox_caller": script } }));
     shape(status, &body, 422, "invalid_field");
     assert_eq!(body["error"]["field"], "metadata.sandbox_caller.lines.0.pause_ms");
+    // Phrases a sandbox caller says a line again on are bounded in count and length.
+    let script = json!({ "voice": "espeak:en-us", "repeat_on": vec!["again"; 9], "lines": [{ "say": "Hi." }] });
+    let (status, body) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": "luigis_booking", "to_number": "+15005550006", "metadata": { "sandbox_caller": script } }));
+    shape(status, &body, 422, "invalid_field");
+    assert_eq!(body["error"]["field"], "metadata.sandbox_caller.repeat_on");
+    let script = json!({ "voice": "espeak:en-us", "repeat_on": ["x".repeat(201)], "lines": [{ "say": "Hi." }] });
+    let (status, body) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": "luigis_booking", "to_number": "+15005550006", "metadata": { "sandbox_caller": script } }));
+    shape(status, &body, 422, "invalid_field");
+    assert_eq!(body["error"]["field"], "metadata.sandbox_caller.repeat_on.0");
+    // A phrase far longer is caught sooner, by the bound on the metadata as a whole.
+    let script = json!({ "voice": "espeak:en-us", "repeat_on": ["x".repeat(100_000)], "lines": [{ "say": "Hi." }] });
+    let (status, body) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": "luigis_booking", "to_number": "+15005550006", "metadata": { "sandbox_caller": script } }));
+    shape(status, &body, 422, "invalid_field");
+    assert_eq!(body["error"]["field"], "metadata");
     // A sandbox caller may not play a file of the server's to the line (and so into the
     // recording and the transcript).
     let script = json!({ "lines": [{ "audio": "/etc/passwd" }] });
