@@ -336,6 +336,52 @@ pub fn stt_cores() -> usize {
     super::STT_THREADS.min(cores())
 }
 
+/// A count of callers who have paused and will want a final transcript in a moment: silent
+/// after speech, or whose turn is being transcribed. The process's is [`pauses`].
+pub struct Pauses(AtomicUsize);
+
+/// One caller counted in [`Pauses`] while it lives.
+pub struct Pausing<'a>(&'a Pauses);
+
+impl Pauses {
+    pub const fn new() -> Self {
+        Pauses(AtomicUsize::new(0))
+    }
+
+    pub fn begin(&self) -> Pausing<'_> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Pausing(self)
+    }
+
+    /// The most cores a final transcription should take now, for the caller holding `own`
+    /// (if counted): [`stt_cores_beside`] the others counted.
+    pub fn stt_cores(&self, own: Option<&Pausing<'_>>) -> usize {
+        stt_cores_beside(self.0.load(Ordering::Relaxed).saturating_sub(own.is_some() as usize))
+    }
+}
+
+impl Drop for Pausing<'_> {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// This process's callers who have paused.
+pub fn pauses() -> &'static Pauses {
+    static PAUSES: Pauses = Pauses::new();
+    &PAUSES
+}
+
+/// The most cores a final transcription should take when `others` other callers have paused
+/// too ([`Pauses`]). Alone it takes [`stt_cores`]: two threads finish one transcript sooner.
+/// Beside others about to want one it takes one: a second thread speeds whisper up by less
+/// than twice (1.4–1.9× measured, by box), so two transcripts on a core each finish before
+/// two run one after the other on both — and one that took both cores would hold them both
+/// while the others queue (callers who stop together, `docs/decisions.md`).
+pub fn stt_cores_beside(others: usize) -> usize {
+    if others == 0 { stt_cores() } else { 1 }
+}
+
 
 /// Smart Turn: small (~35 ms a run on one thread), a slot per core of its own.
 pub fn end_of_turn() -> &'static InferencePool {
@@ -358,6 +404,25 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
+
+    #[test]
+    fn a_transcription_spreads_over_cores_only_when_no_other_caller_is_about_to_need_one() {
+        assert_eq!(stt_cores_beside(0), stt_cores());
+        assert_eq!(stt_cores_beside(1), 1);
+        assert_eq!(stt_cores_beside(3), 1);
+        let pauses = Pauses::new();
+        assert_eq!(pauses.stt_cores(None), stt_cores());
+        // The asking caller's own pause is not another's.
+        let own = pauses.begin();
+        assert_eq!(pauses.stt_cores(Some(&own)), stt_cores());
+        let other = pauses.begin();
+        assert_eq!(pauses.stt_cores(Some(&own)), 1);
+        assert_eq!(pauses.stt_cores(None), 1);
+        drop(other);
+        assert_eq!(pauses.stt_cores(Some(&own)), stt_cores());
+        drop(own);
+        assert_eq!(pauses.stt_cores(None), stt_cores());
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn jobs_never_exceed_the_slots_and_run_in_arrival_order() {
