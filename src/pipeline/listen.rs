@@ -225,8 +225,8 @@ impl Listener {
         let partial_samples = self.partial_every.map(|every| (every.as_secs_f64() * MODEL_RATE as f64) as usize);
         let frame_time = |frame: u64| Duration::from_millis(frame * FRAME_MS as u64);
         // Counted among the process's callers about to want a final transcript while this one
-        // has paused or is being transcribed (how many cores a transcription takes).
-        let mut pausing: Option<super::pool::Pausing<'static>> = None;
+        // speaks or is being transcribed (how many cores a transcription takes).
+        let mut talking: Option<super::pool::Talking<'static>> = None;
 
         loop {
             // Wait for audio, or for a pending transcript.
@@ -260,7 +260,7 @@ impl Listener {
                             *result = None;
                             *slot = transcript.ok().map(|heard| (heard, arrived));
                         }
-                        pausing = None;
+                        talking = None;
                         None
                     }
                 }
@@ -326,7 +326,7 @@ impl Listener {
                             if let Some(job) = partial.take() {
                                 job.abandon();
                             }
-                            let job = early.take().unwrap_or_else(|| self.hear(utterance.clone(), pausing.as_ref()));
+                            let job = early.take().unwrap_or_else(|| self.hear(utterance.clone(), talking.as_ref()));
                             phase = Phase::Deciding { speech_end, stopped_at, result: Some(job), transcript: None };
                         }
                         None => {}
@@ -344,16 +344,16 @@ impl Listener {
                             }
                             let mut audio = utterance.clone();
                             audio.resize(audio.len() + (stop_frames - early_frames) as usize * FRAME_SAMPLES, 0.0);
-                            early = Some(self.hear(audio, pausing.as_ref()));
+                            early = Some(self.hear(audio, talking.as_ref()));
                         }
                     }
-                    let paused = match &phase {
-                        Phase::Speaking => detector.silent_frames() > 0,
+                    let counted = match &phase {
+                        Phase::Speaking => true,
                         Phase::Deciding { result, .. } => result.is_some(),
                         Phase::Quiet => false,
                     };
-                    if paused != pausing.is_some() {
-                        pausing = paused.then(|| super::pool::pauses().begin());
+                    if counted != talking.is_some() {
+                        talking = counted.then(|| super::pool::talkers().begin());
                     }
                 }
                 if let (Phase::Speaking, None, None, Some(every)) = (&phase, &partial, &early, partial_samples) {
@@ -419,15 +419,15 @@ impl Listener {
 
     /// Transcribes `utterance` and asks Smart Turn about it, side by side in the shared pools;
     /// stoppable.
-    /// `pausing` is this caller's count among those about to want a transcript, if counted.
-    fn hear(&self, utterance: Vec<f32>, pausing: Option<&super::pool::Pausing<'_>>) -> HearJob {
+    /// `talking` is this caller's own count among those about to want a transcript, if counted.
+    fn hear(&self, utterance: Vec<f32>, talking: Option<&super::pool::Talking<'_>>) -> HearJob {
         let (tx, rx) = oneshot::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let (stt, smart_turn, prompt, answers) = (self.stt.clone(), self.smart_turn.clone(), self.prompt.get(), self.answers.clone());
         let audio = Arc::new(utterance);
         let audio_for_turn = audio.clone();
         let (stt_stop, turn_stop) = (stop.clone(), stop.clone());
-        let most = super::pool::pauses().stt_cores(pausing);
+        let most = super::pool::talkers().stt_cores(talking);
         let words = super::pool::stt().run_on_cores(super::pool::Urgency::Now, most, move |cores| {
             let started = std::time::Instant::now();
             let heard = crate::stt::with_threads(cores, || transcribe_for_flow(stt.as_ref(), &audio, &stt_stop, &prompt, &answers));

@@ -336,48 +336,49 @@ pub fn stt_cores() -> usize {
     super::STT_THREADS.min(cores())
 }
 
-/// A count of callers who have paused and will want a final transcript in a moment: silent
-/// after speech, or whose turn is being transcribed. The process's is [`pauses`].
-pub struct Pauses(AtomicUsize);
+/// A count of callers who will want a final transcript soon: speaking (or silent after speech,
+/// the turn not yet decided), or whose turn is being transcribed. The process's is
+/// [`talkers`].
+pub struct Talkers(AtomicUsize);
 
-/// One caller counted in [`Pauses`] while it lives.
-pub struct Pausing<'a>(&'a Pauses);
+/// One caller counted in [`Talkers`] while it lives.
+pub struct Talking<'a>(&'a Talkers);
 
-impl Pauses {
+impl Talkers {
     pub const fn new() -> Self {
-        Pauses(AtomicUsize::new(0))
+        Talkers(AtomicUsize::new(0))
     }
 
-    pub fn begin(&self) -> Pausing<'_> {
+    pub fn begin(&self) -> Talking<'_> {
         self.0.fetch_add(1, Ordering::Relaxed);
-        Pausing(self)
+        Talking(self)
     }
 
     /// The most cores a final transcription should take now, for the caller holding `own`
     /// (if counted): [`stt_cores_beside`] the others counted.
-    pub fn stt_cores(&self, own: Option<&Pausing<'_>>) -> usize {
+    pub fn stt_cores(&self, own: Option<&Talking<'_>>) -> usize {
         stt_cores_beside(self.0.load(Ordering::Relaxed).saturating_sub(own.is_some() as usize))
     }
 }
 
-impl Drop for Pausing<'_> {
+impl Drop for Talking<'_> {
     fn drop(&mut self) {
         self.0 .0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// This process's callers who have paused.
-pub fn pauses() -> &'static Pauses {
-    static PAUSES: Pauses = Pauses::new();
-    &PAUSES
+/// This process's callers who will want a final transcript soon.
+pub fn talkers() -> &'static Talkers {
+    static TALKERS: Talkers = Talkers::new();
+    &TALKERS
 }
 
-/// The most cores a final transcription should take when `others` other callers have paused
-/// too ([`Pauses`]). Alone it takes [`stt_cores`]: two threads finish one transcript sooner.
-/// Beside others about to want one it takes one: a second thread speeds whisper up by less
-/// than twice (1.4–1.9× measured, by box), so two transcripts on a core each finish before
-/// two run one after the other on both — and one that took both cores would hold them both
-/// while the others queue (callers who stop together, `docs/decisions.md`).
+/// The most cores a final transcription should take when `others` other callers will want
+/// one soon ([`Talkers`]). Alone it takes [`stt_cores`]: two threads finish one transcript
+/// sooner. Beside others it takes one: a second thread speeds whisper up by less than twice
+/// (1.33× on one 2-core box, ~2× on another), so transcripts on a core each finish no later
+/// than ones run in turn on both — and one that took both cores would hold them while the
+/// others queue (callers who stop together, `docs/decisions.md`).
 pub fn stt_cores_beside(others: usize) -> usize {
     if others == 0 { stt_cores() } else { 1 }
 }
@@ -410,18 +411,18 @@ mod tests {
         assert_eq!(stt_cores_beside(0), stt_cores());
         assert_eq!(stt_cores_beside(1), 1);
         assert_eq!(stt_cores_beside(3), 1);
-        let pauses = Pauses::new();
-        assert_eq!(pauses.stt_cores(None), stt_cores());
-        // The asking caller's own pause is not another's.
-        let own = pauses.begin();
-        assert_eq!(pauses.stt_cores(Some(&own)), stt_cores());
-        let other = pauses.begin();
-        assert_eq!(pauses.stt_cores(Some(&own)), 1);
-        assert_eq!(pauses.stt_cores(None), 1);
+        let talkers = Talkers::new();
+        assert_eq!(talkers.stt_cores(None), stt_cores());
+        // The asking caller does not count as another.
+        let own = talkers.begin();
+        assert_eq!(talkers.stt_cores(Some(&own)), stt_cores());
+        let other = talkers.begin();
+        assert_eq!(talkers.stt_cores(Some(&own)), 1);
+        assert_eq!(talkers.stt_cores(None), 1);
         drop(other);
-        assert_eq!(pauses.stt_cores(Some(&own)), stt_cores());
+        assert_eq!(talkers.stt_cores(Some(&own)), stt_cores());
         drop(own);
-        assert_eq!(pauses.stt_cores(None), stt_cores());
+        assert_eq!(talkers.stt_cores(None), stt_cores());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
