@@ -71,6 +71,9 @@ pub struct Listener {
     /// What the line played, when it can say: the agent's echo is cancelled from the
     /// caller's audio before anything listens to it.
     pub played: Option<Played>,
+    /// Where this caller counts itself while it talks or is being transcribed, and which
+    /// decides how many cores its transcriptions take: the process's [`super::pool::talkers`].
+    pub talkers: &'static super::pool::Talkers,
 }
 
 /// The agent's echo taken out of the caller's audio: the line's played audio, taken in step
@@ -353,7 +356,7 @@ impl Listener {
                         Phase::Quiet => false,
                     };
                     if counted != talking.is_some() {
-                        talking = counted.then(|| super::pool::talkers().begin());
+                        talking = counted.then(|| self.talkers.begin());
                     }
                 }
                 if let (Phase::Speaking, None, None, Some(every)) = (&phase, &partial, &early, partial_samples) {
@@ -427,7 +430,7 @@ impl Listener {
         let audio = Arc::new(utterance);
         let audio_for_turn = audio.clone();
         let (stt_stop, turn_stop) = (stop.clone(), stop.clone());
-        let most = super::pool::talkers().stt_cores(talking);
+        let most = self.talkers.stt_cores(talking);
         let words = super::pool::stt().run_on_cores(super::pool::Urgency::Now, most, move |cores| {
             let started = std::time::Instant::now();
             let heard = crate::stt::with_threads(cores, || transcribe_for_flow(stt.as_ref(), &audio, &stt_stop, &prompt, &answers));

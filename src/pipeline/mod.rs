@@ -210,7 +210,7 @@ pub async fn run_call(
     };
     let agent_task = tokio::spawn(agent.run(frames_rx, call_token.clone(), report.clone()));
     // Source last: the listener turns caller audio into frames.
-    let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate(), partial_every: partial_every(&assistant), prompt: recognizer_prompt, answers, played: if assistant.spec.turn.cancel_echo { out.played() } else { None } };
+    let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate(), partial_every: partial_every(&assistant), prompt: recognizer_prompt, answers, played: if assistant.spec.turn.cancel_echo { out.played() } else { None }, talkers: pool::talkers() };
     let CallInput { audio, mut dtmf } = input;
     let drops = audio.drop_counter();
     // Keypad digits go straight to the agent.

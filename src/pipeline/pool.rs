@@ -349,6 +349,11 @@ impl Talkers {
         Talkers(AtomicUsize::new(0))
     }
 
+    /// Callers counted now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
     pub fn begin(&self) -> Talking<'_> {
         self.0.fetch_add(1, Ordering::Relaxed);
         Talking(self)
@@ -357,7 +362,7 @@ impl Talkers {
     /// The most cores a final transcription should take now, for the caller holding `own`
     /// (if counted): [`stt_cores_beside`] the others counted.
     pub fn stt_cores(&self, own: Option<&Talking<'_>>) -> usize {
-        stt_cores_beside(self.0.load(Ordering::Relaxed).saturating_sub(own.is_some() as usize))
+        stt_cores_beside(self.count().saturating_sub(own.is_some() as usize))
     }
 }
 

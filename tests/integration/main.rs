@@ -11,6 +11,7 @@ mod call;
 mod dialects;
 mod eval;
 mod engine;
+mod listen;
 mod models;
 mod security;
 mod speech;
