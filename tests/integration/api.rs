@@ -166,7 +166,10 @@ pub fn wait_for(serve: &Serve, key: &str, call: &str, limit: Duration, done: imp
             return body;
         }
         assert!(started.elapsed() < limit, "call {call} still `{}` after {limit:?}", body["status"]);
-        std::thread::sleep(Duration::from_millis(300));
+        // Quick at first (a call's early states pass soon), then ~30 polls a minute: the key's
+        // 60 requests a minute must leave room for the test's own requests once the call is
+        // done (polling every 300 ms used them all up, and the next request got 429).
+        std::thread::sleep(Duration::from_millis(if started.elapsed() < Duration::from_secs(10) { 500 } else { 2000 }));
     }
 }
 
