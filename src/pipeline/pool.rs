@@ -382,8 +382,9 @@ pub fn talkers() -> &'static Talkers {
 /// one soon ([`Talkers`]). Alone it takes [`stt_cores`]: two threads finish one transcript
 /// sooner. Beside others it takes one: a second thread speeds whisper up by less than twice
 /// (the same lines ~1.33× faster on two cores on a 2-core Xeon, ~1.5× on a 2-core EPYC), so
-/// transcripts on a core each finish sooner than ones run in turn on both — and one that took both cores would hold them while the
-/// others queue (callers who stop together, `docs/decisions.md`).
+/// transcripts on a core each finish sooner than ones run in turn on both — and one that took
+/// both cores would hold them while the others queue (callers who stop together,
+/// `docs/decisions.md`).
 pub fn stt_cores_beside(others: usize) -> usize {
     if others == 0 { stt_cores() } else { 1 }
 }
