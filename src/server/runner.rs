@@ -465,6 +465,9 @@ impl Runner {
         } else {
             None
         };
+        if let Some(line) = &answered.stream {
+            line.answer();
+        }
         let (caller_gone, stream) = (answered.caller_gone.clone(), answered.stream.clone());
         let outcome = match bridge_to {
             Some(to) => self.bridge(call, &assistant, answered, &to, log).await,

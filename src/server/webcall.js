@@ -62,7 +62,7 @@
       source.connect(capture);
       var ws = new WebSocket(server.replace(/^http/, "ws") + "/v1/webcall/ws?token=" + encodeURIComponent(await token()));
       ws.binaryType = "arraybuffer";
-      var state = { ctx: ctx, mic: mic, ws: ws, playing: [], playhead: 0 };
+      var state = { ctx: ctx, mic: mic, ws: ws, playing: [], playhead: 0, answered: false };
       call = state;
       var pending = new Float32Array(FRAME), filled = 0;
       capture.port.onmessage = function (event) {
@@ -72,12 +72,12 @@
           if (filled === FRAME) {
             var pcm = new Int16Array(FRAME);
             for (var j = 0; j < FRAME; j++) pcm[j] = Math.max(-1, Math.min(1, pending[j])) * 32767;
-            if (ws.readyState === 1) ws.send(pcm.buffer);
+            if (state.answered && ws.readyState === 1) ws.send(pcm.buffer);
             filled = 0;
           }
         }
       };
-      ws.onopen = function () { show("In call"); button.textContent = "Hang up"; };
+      ws.onopen = function () { show("Connecting…"); button.textContent = "Hang up"; };
       ws.onmessage = function (event) {
         if (typeof event.data !== "string") return play(state, event.data);
         var message = JSON.parse(event.data);
@@ -85,6 +85,7 @@
         else if (message.type === "transcript") line(message.speaker, message.text);
         else if (message.type === "partial") partial.textContent = message.text;
         else if (message.type === "call") root.setAttribute("data-call-id", message.call_id);
+        else if (message.type === "answered") { state.answered = true; show("In call"); }
         else if (message.type === "ended") show("Call ended: " + message.reason);
       };
       ws.onclose = function () { finish(state, false); };

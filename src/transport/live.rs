@@ -3,6 +3,10 @@
 //! Bounded, and never blocking the transport: when the listener falls behind, the *oldest*
 //! chunk is dropped — stale audio is worth less than fresh — and the drop is counted, so a
 //! call that cannot keep up shows it in its report instead of drifting further behind.
+//!
+//! Audio that comes before the listener first reads (a line opened while the call's models
+//! were still loading) is kept the same way, its freshest second, but what falls out then is
+//! not the listener lagging: it is counted apart ([`LiveSender::unheard`]) and not warned of.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +20,10 @@ struct Shared {
     notify: Notify,
     closed: AtomicBool,
     dropped: AtomicU64,
+    /// The listener has asked for audio: from now on a drop means it is behind.
+    listening: AtomicBool,
+    /// Chunks dropped before the listener started.
+    unheard: AtomicU64,
     /// The call is on hold: the listener gets silence of the same length instead.
     silenced: AtomicBool,
 }
@@ -28,6 +36,8 @@ pub fn channel(capacity: usize) -> (LiveSender, LiveReceiver) {
         notify: Notify::new(),
         closed: AtomicBool::new(false),
         dropped: AtomicU64::new(0),
+        listening: AtomicBool::new(false),
+        unheard: AtomicU64::new(0),
         silenced: AtomicBool::new(false),
     });
     (LiveSender { shared: shared.clone() }, LiveReceiver { shared })
@@ -43,17 +53,26 @@ impl LiveSender {
         let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         if queue.len() >= self.shared.capacity {
             queue.pop_front();
-            let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::warn!(dropped, "listener behind real time: dropped the oldest caller audio");
+            if self.shared.listening.load(Ordering::Acquire) {
+                let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(dropped, "listener behind real time: dropped the oldest caller audio");
+            } else if self.shared.unheard.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::debug!("caller audio before the listener started: keeping its freshest chunks");
+            }
         }
         queue.push_back(chunk);
         drop(queue);
         self.shared.notify.notify_one();
     }
 
-    /// Chunks dropped so far.
+    /// Chunks dropped so far because the listener fell behind.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Chunks dropped before the listener started reading.
+    pub fn unheard(&self) -> u64 {
+        self.shared.unheard.load(Ordering::Relaxed)
     }
 }
 
@@ -71,6 +90,7 @@ pub struct LiveReceiver {
 impl LiveReceiver {
     /// The next chunk, or `None` once the sender is gone and the queue is drained.
     pub async fn recv(&mut self) -> Option<Vec<f32>> {
+        self.shared.listening.store(true, Ordering::Release);
         loop {
             let notified = self.shared.notify.notified();
             if let Some(mut chunk) = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
@@ -145,6 +165,8 @@ mod tests {
     #[tokio::test]
     async fn the_oldest_chunk_is_dropped_and_counted() {
         let (tx, mut rx) = channel(2);
+        tx.push(vec![-1.0]);
+        assert_eq!(rx.recv().await, Some(vec![-1.0]));
         for i in 0..4 {
             tx.push(vec![i as f32]);
         }
@@ -153,6 +175,21 @@ mod tests {
         assert_eq!(rx.recv().await, Some(vec![3.0]));
         drop(tx);
         assert_eq!(rx.recv().await, None);
-        assert_eq!(rx.dropped(), 2);
+        assert_eq!((rx.dropped(), rx.shared.unheard.load(Ordering::Relaxed)), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn audio_before_the_listener_starts_keeps_its_freshest_chunks_and_is_not_lag() {
+        let (tx, mut rx) = channel(2);
+        for i in 0..5 {
+            tx.push(vec![i as f32]);
+        }
+        assert_eq!((tx.dropped(), tx.unheard()), (0, 3), "nobody was listening yet: not the listener behind");
+        assert_eq!(rx.recv().await, Some(vec![3.0]), "the freshest audio is kept for the listener");
+        assert_eq!(rx.recv().await, Some(vec![4.0]));
+        for i in 5..8 {
+            tx.push(vec![i as f32]);
+        }
+        assert_eq!((tx.dropped(), tx.unheard()), (1, 3), "once it listens, a drop is lag");
     }
 }

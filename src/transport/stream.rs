@@ -202,6 +202,12 @@ impl StreamLine {
         self.ended.clone()
     }
 
+    /// The agent is on the line (the call's models are ready): the far end is told, if its
+    /// protocol has a word for it (a web call's `answered`).
+    pub fn answer(&self) {
+        self.notify(serde_json::json!({ "type": "answered" }));
+    }
+
     /// The socket is gone: the call is over.
     pub fn close(&self) {
         self.ended.cancel();

@@ -5,7 +5,9 @@
 //! "digit": "5"}`, `{"type": "hangup"}`.
 //!
 //! Server → browser: binary frames of the same PCM (the agent, 20 ms each, sent in real time),
-//! and text frames of JSON: `{"type": "call", "call_id"}` first, `{"type": "clear"}` (stop
+//! and text frames of JSON: `{"type": "call", "call_id"}` first, `{"type": "answered"}` once
+//! the agent is on the line (its models ready; microphone audio before it is not listened to
+//! beyond its last second, so the widget starts sending then), `{"type": "clear"}` (stop
 //! playing now: the caller barged in), `{"type": "transcript", "speaker": "agent"|"caller",
 //! "text"}`, `{"type": "partial", "text"}` (the caller's words so far), and `{"type": "ended",
 //! "reason"}` last.

@@ -75,7 +75,8 @@ impl Serve {
             .env("RINGLINE_MODELS_DIR", models_dir())
             .env("RINGLINE_SECRETS_KEY_FILE", db._dir.path().join("secrets.key"))
             .env("RINGLINE_RECORDINGS_DIR", db._dir.path().join("recordings"))
-            .env("RUST_LOG", "warn")
+            // `RINGLINE_TEST_SERVER_LOG=debug cargo test … -- --nocapture` shows a server's log.
+            .env("RUST_LOG", std::env::var("RINGLINE_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
             // Tests place several sandbox calls at once; the admission test sets its own.
             .env("RINGLINE_MAX_LOCAL_CALLS", "50")
             .stdout(Stdio::piped())

@@ -185,6 +185,7 @@ fn a_browser_calls_an_assistant_through_the_widget_and_tokens_are_single_use() {
     };
     let (_, so_far) = get(&serve, &key, &format!("/v1/calls/{call_id}/transcript"));
     assert!(page.contains("Agent: Hello, thank you"), "the greeting is in the live transcript:\n{page}\n{so_far}");
+    assert!(page.contains("In call"), "the server said the agent answered, and the widget shows it:\n{page}");
     let state = runtime.block_on(browser.evaluate("document.getElementById('call').getAttribute('data-call-id')"));
     assert_eq!(state.as_str(), Some(call_id.as_str()), "the page knows its call");
 
