@@ -99,6 +99,10 @@ pub struct ServeArgs {
     /// the machine. Wins over Twilio.
     #[arg(long, env = "RINGLINE_SANDBOX_LINE")]
     pub sandbox_line: bool,
+    /// Load each local model when the first call needs it, instead of loading the file
+    /// assistants' models at start (a first caller then waits for them).
+    #[arg(long, env = "RINGLINE_NO_PRELOAD")]
+    pub no_preload: bool,
 }
 
 fn parse_cidr(text: &str) -> Result<crate::egress::Cidr, String> {
@@ -172,6 +176,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         secrets_key: std::env::var("RINGLINE_SECRETS_KEY").ok().filter(|k| !k.trim().is_empty()),
         recordings_dir: args.recordings_dir,
         sandbox_line: args.sandbox_line,
+        preload: !args.no_preload,
         twilio: match (args.twilio_account_sid, args.twilio_auth_token) {
             (Some(account_sid), Some(auth_token)) => {
                 Some(server::twilio::TwilioConfig { account_sid, auth_token, api_base: args.twilio_api_base, public_url: args.public_url.unwrap_or_default() })

@@ -63,6 +63,14 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// The assistants the files define now (bad files are left out: `reload` reports them).
+    pub fn assistants(&self) -> Vec<Assistant> {
+        let Ok(files) = crate::assistant::files_in(&self.dir) else { return Vec::new() };
+        files.iter().filter_map(|file| Assistant::load(file).ok()).collect()
+    }
+}
+
 /// What decides whether a file changed: its text and its prompt file's text.
 fn fingerprint(file: &std::path::Path) -> Option<String> {
     let text = std::fs::read(file).ok()?;

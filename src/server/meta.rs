@@ -278,6 +278,7 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::V
         "local_calls": state.runner.running_local_calls(),
         "local_call_limit": state.limits.local_calls,
         "engines": { "whisper": loaded.whisper, "voices": loaded.voices, "llm": loaded.llms },
+        "preload": state.runner.preload_state().as_str(),
     })))
 }
 

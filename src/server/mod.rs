@@ -70,6 +70,8 @@ pub struct ServeConfig {
     pub recordings_dir: PathBuf,
     /// Every valid number reaches the sandbox line (see `ringline serve --sandbox-line`).
     pub sandbox_line: bool,
+    /// Load the file assistants' local models at start (see `--no-preload`).
+    pub preload: bool,
 }
 
 /// What every handler shares; cheap to clone.
@@ -202,6 +204,9 @@ pub async fn serve(config: ServeConfig, models: ModelStore) -> anyhow::Result<()
         limits: Arc::new(config.limits),
         twilio,
     };
+    if config.preload {
+        tokio::spawn(preload(runner.clone(), catalog.clone()));
+    }
     tokio::spawn(background(state.clone(), shutdown.clone()));
     tokio::spawn(webhooks::deliver_loop(store.clone(), state.vault.clone(), config.egress.clone(), shutdown.clone()));
     if store.backend == Backend::Postgres {
@@ -248,6 +253,22 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Loads the local models of the file assistants while the server already answers, so the
+/// first caller is not the one who waits for them (calls that come sooner wait on the same
+/// loads, never start their own).
+async fn preload(runner: Arc<runner::Runner>, catalog: Arc<assistants::Catalog>) {
+    runner.preload_started();
+    let started = std::time::Instant::now();
+    for assistant in catalog.assistants().into_iter().filter(|a| a.uses_local_models()) {
+        if let Err(error) = runner.preload(&assistant).await {
+            tracing::warn!(%error, assistant = %assistant.spec.name, "cannot load the assistant's models ahead; its first call tries again");
+        }
+    }
+    let loaded = runner.loaded_engines();
+    tracing::info!(ms = started.elapsed().as_millis() as u64, whisper = loaded.whisper, voices = loaded.voices, llms = loaded.llms, "the file assistants' models are loaded");
+    runner.preload_finished();
 }
 
 /// Heartbeat, orphan sweep and assistant-file reload, every two seconds.

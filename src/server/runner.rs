@@ -207,6 +207,27 @@ pub struct Runner {
     recordings: std::path::PathBuf,
     /// Every number is answered by the sandbox line (`serve --sandbox-line`).
     sandbox_line: bool,
+    /// Where loading the file assistants' models at start stands (see [`Preload`]).
+    preload: std::sync::atomic::AtomicU8,
+}
+
+/// Where loading the file assistants' models at start stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preload {
+    /// Not asked for (`serve --no-preload`): each model loads with the first call needing it.
+    Off,
+    Loading,
+    Done,
+}
+
+impl Preload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preload::Off => "off",
+            Preload::Loading => "loading",
+            Preload::Done => "done",
+        }
+    }
 }
 
 /// Whose assistant a call runs: the deployment's (a file) or the workspace's own.
@@ -218,7 +239,29 @@ pub enum AssistantOwner {
 
 impl Runner {
     pub fn new(store: Store, models: ModelStore, engines: EngineRegistry, vault: Arc<Vault>, worker_id: Arc<str>, twilio: Option<Arc<super::twilio::Twilio>>, recordings: std::path::PathBuf) -> Self {
-        Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), running: Default::default(), running_local: Default::default(), engines, vault, pending: Mutex::new(HashMap::new()), twilio, recordings, sandbox_line: false }
+        Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), running: Default::default(), running_local: Default::default(), engines, vault, pending: Mutex::new(HashMap::new()), twilio, recordings, sandbox_line: false, preload: Default::default() }
+    }
+
+    /// Loads the local models a call of the deployment's `assistant` uses, ahead of its first
+    /// call (a no-op for those already loaded).
+    pub async fn preload(&self, assistant: &Assistant) -> Result<(), crate::pipeline::engines::EngineError> {
+        self.engines.engines_for(assistant, &Credentials::for_workspace(Default::default(), true)).await.map(|_| ())
+    }
+
+    pub fn preload_started(&self) {
+        self.preload.store(1, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn preload_finished(&self) {
+        self.preload.store(2, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn preload_state(&self) -> Preload {
+        match self.preload.load(std::sync::atomic::Ordering::Acquire) {
+            0 => Preload::Off,
+            1 => Preload::Loading,
+            _ => Preload::Done,
+        }
     }
 
     /// Sends every number to the sandbox line (see `serve --sandbox-line`).

@@ -79,6 +79,9 @@ impl Serve {
             .env("RUST_LOG", std::env::var("RINGLINE_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
             // Tests place several sandbox calls at once; the admission test sets its own.
             .env("RINGLINE_MAX_LOCAL_CALLS", "50")
+            // Most tests never place a call: their servers load models only when one does
+            // (`a_server_loads_its_file_assistants_models_at_start` turns preloading on).
+            .env("RINGLINE_NO_PRELOAD", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in extra_env {
@@ -495,6 +498,7 @@ fn service_endpoints_describe_and_measure_the_api() {
     let serve = Serve::start(&db, &repo_assistants(), &[]);
     let (status, _, health) = http("GET", &serve.url("/healthz"), None, None);
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    assert_eq!((health["preload"].as_str(), &health["engines"]["llm"]), (Some("off"), &json!(0)), "told not to preload, nothing is loaded before a call: {health}");
     get(&serve, &key, "/v1/workspace");
     let (status, doc) = get(&serve, &key, "/v1/openapi.json");
     assert_eq!(status, 200);
@@ -508,6 +512,30 @@ fn service_endpoints_describe_and_measure_the_api() {
     assert!(metrics.contains("ringline_http_requests_total{method=\"GET\",route=\"/v1/workspace\",status=\"200\"} 1"), "{metrics}");
     let (status, _, body) = http("GET", &serve.url("/v1/nothing"), Some(&key), None);
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("no_route")));
+}
+
+#[test]
+fn a_server_loads_its_file_assistants_models_at_start() {
+    let db = Database::sqlite();
+    let serve = Serve::start(&db, &repo_assistants(), &[("RINGLINE_NO_PRELOAD", "false")]);
+    let started = Instant::now();
+    let health = loop {
+        let (status, _, health) = http("GET", &serve.url("/healthz"), None, None);
+        assert_eq!(status, 200, "the server answers while it loads: {health}");
+        if health["preload"] == "done" {
+            break health;
+        }
+        assert_eq!(health["preload"], "loading", "{health}");
+        assert!(started.elapsed() < Duration::from_secs(180), "the models never finished loading: {health}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // The repository's assistants share one recognizer, one voice and one local LLM.
+    assert_eq!((&health["engines"]["whisper"], &health["engines"]["voices"], &health["engines"]["llm"]), (&json!(1), &json!(1), &json!(1)), "{health}");
+    let (_, _, metrics) = http("GET", &serve.url("/metrics"), None, None);
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    for kind in ["vad", "smart_turn", "whisper", "voice", "llm"] {
+        assert!(metrics.contains(&format!("ringline_engines_loaded{{kind=\"{kind}\"}} 1")), "{kind} is loaded before any call:\n{metrics}");
+    }
 }
 
 #[test]
