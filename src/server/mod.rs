@@ -261,13 +261,21 @@ async fn wait_for_signal() {
 async fn preload(runner: Arc<runner::Runner>, catalog: Arc<assistants::Catalog>) {
     runner.preload_started();
     let started = std::time::Instant::now();
+    let mut failures = std::collections::HashSet::new();
     for assistant in catalog.assistants().into_iter().filter(|a| a.uses_local_models()) {
         if let Err(error) = runner.preload(&assistant).await {
-            tracing::warn!(%error, assistant = %assistant.spec.name, "cannot load the assistant's models ahead; its first call tries again");
+            // Assistants sharing a missing model fail alike: said once.
+            if failures.insert(error.to_string()) {
+                tracing::warn!(%error, assistant = %assistant.spec.name, "cannot load the assistant's models ahead; its first call tries again");
+            }
         }
     }
     let loaded = runner.loaded_engines();
-    tracing::info!(ms = started.elapsed().as_millis() as u64, whisper = loaded.whisper, voices = loaded.voices, llms = loaded.llms, "the file assistants' models are loaded");
+    let ms = started.elapsed().as_millis() as u64;
+    match failures.is_empty() {
+        true => tracing::info!(ms, whisper = loaded.whisper, voices = loaded.voices, llms = loaded.llms, "the file assistants' models are loaded"),
+        false => tracing::warn!(ms, whisper = loaded.whisper, voices = loaded.voices, llms = loaded.llms, "some of the file assistants' models could not be loaded ahead (above)"),
+    }
     runner.preload_finished();
 }
 
