@@ -61,9 +61,7 @@ impl Catalog {
             }
         }
     }
-}
 
-impl Catalog {
     /// The assistants the files define now (bad files are left out: `reload` reports them).
     pub fn assistants(&self) -> Vec<Assistant> {
         let Ok(files) = crate::assistant::files_in(&self.dir) else { return Vec::new() };

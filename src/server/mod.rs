@@ -259,7 +259,7 @@ async fn wait_for_signal() {
 /// first caller is not the one who waits for them (calls that come sooner wait on the same
 /// loads, never start their own).
 async fn preload(runner: Arc<runner::Runner>, catalog: Arc<assistants::Catalog>) {
-    runner.preload_started();
+    runner.set_preload(runner::Preload::Loading);
     let started = std::time::Instant::now();
     let mut failures = std::collections::HashSet::new();
     for assistant in catalog.assistants().into_iter().filter(|a| a.uses_local_models()) {
@@ -276,7 +276,7 @@ async fn preload(runner: Arc<runner::Runner>, catalog: Arc<assistants::Catalog>)
         true => tracing::info!(ms, whisper = loaded.whisper, voices = loaded.voices, llms = loaded.llms, "the file assistants' models are loaded"),
         false => tracing::warn!(ms, whisper = loaded.whisper, voices = loaded.voices, llms = loaded.llms, "some of the file assistants' models could not be loaded ahead (above)"),
     }
-    runner.preload_finished();
+    runner.set_preload(runner::Preload::Done);
 }
 
 /// Heartbeat, orphan sweep and assistant-file reload, every two seconds.

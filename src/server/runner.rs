@@ -213,6 +213,7 @@ pub struct Runner {
 
 /// Where loading the file assistants' models at start stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Preload {
     /// Not asked for (`serve --no-preload`): each model loads with the first call needing it.
     Off,
@@ -248,19 +249,15 @@ impl Runner {
         self.engines.engines_for(assistant, &Credentials::for_workspace(Default::default(), true)).await.map(|_| ())
     }
 
-    pub fn preload_started(&self) {
-        self.preload.store(1, std::sync::atomic::Ordering::Release);
-    }
-
-    pub fn preload_finished(&self) {
-        self.preload.store(2, std::sync::atomic::Ordering::Release);
+    pub fn set_preload(&self, state: Preload) {
+        self.preload.store(state as u8, std::sync::atomic::Ordering::Release);
     }
 
     pub fn preload_state(&self) -> Preload {
         match self.preload.load(std::sync::atomic::Ordering::Acquire) {
-            0 => Preload::Off,
-            1 => Preload::Loading,
-            _ => Preload::Done,
+            s if s == Preload::Loading as u8 => Preload::Loading,
+            s if s == Preload::Done as u8 => Preload::Done,
+            _ => Preload::Off,
         }
     }
 
