@@ -91,7 +91,7 @@ fn a_full_call_on_the_local_models_completes_and_is_heard_back() {
     let wav = call.dir.path().join("out/call.wav");
     let right = call.dir.path().join("agent.wav");
     crate::support::sox(&[wav.as_os_str(), right.as_os_str(), std::ffi::OsStr::new("remix"), std::ffi::OsStr::new("2")]);
-    let heard = run_ok(ringline().arg("transcribe").arg(&right).env("RINGLINE_MODELS_DIR", models_dir()));
+    let heard = crate::support::transcribe_utterances(&right);
     let recall = word_recall(&agent.join(" "), &heard);
     assert!(recall >= 0.7, "agent said {agent:?}; the line carried {heard:?} ({recall:.2})");
 }

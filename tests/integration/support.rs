@@ -32,6 +32,35 @@ pub fn sox(args: &[&std::ffi::OsStr]) {
     assert!(status.success(), "sox {args:?} failed");
 }
 
+/// What `ringline transcribe` hears in a recorded channel, one stretch of speech at a time: the
+/// channel is cut at pauses of 0.6 s or more. Whole, a channel that is mostly silence between
+/// sentences can lose its later sentences (the recognizer's one window ends early), which is
+/// not what these checks are about.
+pub fn transcribe_utterances(wav: &Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let pattern = dir.path().join("piece.wav");
+    let to = |s: &'static str| std::ffi::OsStr::new(s);
+    sox(&[wav.as_os_str(), pattern.as_os_str(), to("silence"), to("1"), to("0.05"), to("0.1%"), to("1"), to("0.6"), to("0.1%"), to(":"), to("newfile"), to(":"), to("restart")]);
+    let mut pieces: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        // A piece under 0.1 s at 16 kHz is a click, not a word.
+        .filter(|path| std::fs::metadata(path).map(|m| m.len() > 3_244).unwrap_or(false))
+        .collect();
+    pieces.sort();
+    if pieces.is_empty() {
+        return String::new();
+    }
+    let mut command = ringline();
+    command.arg("transcribe").arg("--json").args(&pieces).env("RINGLINE_MODELS_DIR", models_dir());
+    run_ok(&mut command)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|record| record["text"].as_str().map(str::to_string))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 const NUMBER_WORDS: &[&str] = &["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"];
 
 /// Words for comparison: lowercase, no punctuation, number words as digits, digit runs joined

@@ -214,8 +214,7 @@ fn a_browser_calls_an_assistant_through_the_widget_and_tokens_are_single_use() {
     let channel = |name: &str, audio: Vec<f32>| {
         let path = dir.path().join(format!("{name}.wav"));
         ringline::audio::Audio::new(audio, 16_000).write_wav(&path).unwrap();
-        let out = crate::support::run_ok(crate::support::ringline().arg("transcribe").arg(&path).env("RINGLINE_MODELS_DIR", crate::support::models_dir()));
-        out.to_lowercase()
+        crate::support::transcribe_utterances(&path).to_lowercase()
     };
     let left = channel("left", caller);
     assert!(word_recall("eight of spades four of clubs seven of hearts", &left) >= 0.5, "the caller's channel: {left:?}");
