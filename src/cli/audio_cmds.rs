@@ -12,6 +12,7 @@ use crate::stt::whisper::WhisperStt;
 use crate::stt::SpeechToText;
 use crate::tts::piper::{PiperVoice, Scales};
 use crate::tts::{self, TextToSpeech};
+use crate::vad::{self, silero::{SileroStream, SileroVad}};
 
 /// Default speech-to-text model.
 pub const DEFAULT_STT_MODEL: &str = "whisper-tiny.en";
@@ -40,7 +41,20 @@ pub struct TranscribeArgs {
     /// assistant and flow do.
     #[arg(long, value_name = "TEXT")]
     pub prompt: Option<String>,
+    /// Hear each file in one pass. By default a recording with pauses of 1.2 s or more is cut
+    /// at them by the voice-activity detector and heard a stretch of speech at a time.
+    #[arg(long)]
+    pub whole: bool,
 }
+
+/// Pauses at least this long cut a recording into stretches heard apart.
+const PAUSE_MS: u32 = 1_200;
+/// Sound shorter than this between pauses is a click or a breath, not speech.
+const MIN_SPEECH_MS: u32 = 250;
+/// Speech probability that counts as speech when cutting a recording. Below a live call's:
+/// what no stretch holds is never heard, and a soft first word through a phone line can
+/// score under 0.5 for its whole length (a Piper "Hello," at 8 kHz μ-law, seen at 0.35–0.5).
+const STRETCH_THRESHOLD: f32 = 0.35;
 
 #[derive(Debug, Serialize)]
 struct FileTranscript<'a> {
@@ -48,23 +62,41 @@ struct FileTranscript<'a> {
     #[serde(flatten)]
     transcript: &'a crate::stt::Transcript,
     real_time_factor: f64,
+    /// Stretches of speech heard apart (1: the file in one pass).
+    stretches: usize,
 }
 
 pub fn transcribe(args: TranscribeArgs) -> anyhow::Result<()> {
     let store = ModelStore::from_env()?;
     let stt = WhisperStt::load(&store, &args.model, threads(), args.language.as_deref())?;
+    let vad = match args.whole {
+        true => None,
+        false => SileroVad::load(&store)
+            .map_err(|e| eprintln!("warning: {e}; each file is heard in one pass, uncut (pull the VAD to cut recordings at their pauses, or give --whole)"))
+            .ok(),
+    };
     let many = args.files.len() > 1;
     for file in &args.files {
         let audio = read_audio(file, args.raw_rate, args.raw_channels)?;
         let audio = audio.to_rate(MODEL_RATE).with_context(|| format!("resampling {}", file.display()))?;
+        let stretches = match &vad {
+            Some(vad) => {
+                let mut stream = SileroStream::default();
+                vad::speech_stretches(&audio.samples, vad::VadParams { threshold: STRETCH_THRESHOLD, ..Default::default() }, PAUSE_MS, MIN_SPEECH_MS, |frame| vad.probability(&mut stream, frame).unwrap_or(0.0))
+            }
+            None => Vec::new(),
+        };
+        let secs = |s: usize| s as f64 / MODEL_RATE as f64;
+        tracing::debug!(file = %file.display(), stretches = ?stretches.iter().map(|(a, b)| format!("{:.2}-{:.2}", secs(*a), secs(*b))).collect::<Vec<_>>(), "speech found by the VAD");
         let never = std::sync::atomic::AtomicBool::new(false);
-        let transcript = match args.prompt.as_deref() {
-            Some(prompt) => stt.transcribe_primed(&audio.samples, &never, prompt),
-            None => stt.transcribe(&audio.samples),
+        let transcript = match (args.prompt.as_deref(), stretches.len()) {
+            (prompt, 2..) => crate::stt::transcribe_stretches(&stt, &audio.samples, &stretches, prompt),
+            (Some(prompt), _) => stt.transcribe_primed(&audio.samples, &never, prompt),
+            (None, _) => stt.transcribe(&audio.samples),
         }
         .with_context(|| format!("transcribing {}", file.display()))?;
         if args.json {
-            let record = FileTranscript { file, transcript: &transcript, real_time_factor: transcript.real_time_factor() };
+            let record = FileTranscript { file, transcript: &transcript, real_time_factor: transcript.real_time_factor(), stretches: stretches.len().max(1) };
             println!("{}", serde_json::to_string(&record)?);
         } else if many {
             println!("{}: {}", file.display(), transcript.text);

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::vad::{VadDetector, VadEvent, VadParams, FRAME_SAMPLES};
 
 /// The rate turns are cut and written at.
 pub const RATE: u32 = 16_000;
@@ -64,36 +63,10 @@ pub const TURN_GAP_MS: u32 = 1_200;
 /// Turns shorter than this are noise, not speech.
 pub const MIN_TURN_MS: u32 = 250;
 
-/// Speech spans (start, end) in samples at 16 kHz, found by the VAD: `probability` gives a
+/// Caller turns (start, end) in samples at 16 kHz, found by the VAD: `probability` gives a
 /// 512-sample frame's speech probability. Spans closer than [`TURN_GAP_MS`] are one turn.
-pub fn caller_turns(samples_16k: &[f32], mut probability: impl FnMut(&[f32]) -> f32) -> Vec<(usize, usize)> {
-    let mut vad = VadDetector::new(VadParams::default());
-    let mut spans: Vec<(usize, usize)> = Vec::new();
-    let mut open: Option<usize> = None;
-    for frame in samples_16k.chunks_exact(FRAME_SAMPLES) {
-        match vad.push(probability(frame)) {
-            Some(VadEvent::SpeechStarted { onset_frame }) => open = Some(onset_frame as usize * FRAME_SAMPLES),
-            Some(VadEvent::SpeechStopped { last_speech_frame }) => {
-                if let Some(start) = open.take() {
-                    spans.push((start, (last_speech_frame as usize + 1) * FRAME_SAMPLES));
-                }
-            }
-            _ => {}
-        }
-    }
-    if let Some(start) = open {
-        spans.push((start, samples_16k.len()));
-    }
-    let gap = (TURN_GAP_MS as usize) * 16;
-    let mut turns: Vec<(usize, usize)> = Vec::new();
-    for (start, end) in spans {
-        match turns.last_mut() {
-            Some(last) if start.saturating_sub(last.1) < gap => last.1 = end,
-            _ => turns.push((start, end)),
-        }
-    }
-    turns.retain(|(start, end)| end - start >= MIN_TURN_MS as usize * 16);
-    turns
+pub fn caller_turns(samples_16k: &[f32], probability: impl FnMut(&[f32]) -> f32) -> Vec<(usize, usize)> {
+    crate::vad::speech_stretches(samples_16k, crate::vad::VadParams::default(), TURN_GAP_MS, MIN_TURN_MS, probability)
 }
 
 #[cfg(test)]

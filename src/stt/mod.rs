@@ -206,9 +206,84 @@ pub trait SpeechToText: Send + Sync {
     }
 }
 
+/// Sound kept before a stretch of speech when it is cut out of a recording: the VAD's onset
+/// can fall after a soft first sound. With the tail, less than the shortest pause that
+/// separates two stretches, so no sound is heard twice.
+pub const STRETCH_LEAD_MS: usize = 400;
+/// Silence kept after a stretch: the VAD's end can fall before a word's fading end.
+pub const STRETCH_TAIL_MS: usize = 300;
+
+/// A recording transcribed one stretch of speech at a time (`stretches`: start and end in
+/// samples at 16 kHz, in order): each cut out with a little of the silence around it,
+/// transcribed alone (primed with `prompt` when given), the texts joined and the segments'
+/// times moved to the recording's own. Whisper decodes a long recording in 30 s windows and
+/// a window ending in a long pause can take the rest of the window with it; a stretch at a
+/// time hears every one.
+pub fn transcribe_stretches(stt: &dyn SpeechToText, samples_16k: &[f32], stretches: &[(usize, usize)], prompt: Option<&str>) -> Result<Transcript, SttError> {
+    let never = AtomicBool::new(false);
+    let mut whole = Transcript { audio_secs: samples_16k.len() as f64 / 16_000.0, ..Transcript::default() };
+    let mut texts: Vec<String> = Vec::new();
+    for &(start, end) in stretches {
+        let from = start.saturating_sub(STRETCH_LEAD_MS * 16).min(samples_16k.len());
+        let to = (end + STRETCH_TAIL_MS * 16).min(samples_16k.len()).max(from);
+        let piece = match prompt {
+            Some(prompt) => stt.transcribe_primed(&samples_16k[from..to], &never, prompt)?,
+            None => stt.transcribe(&samples_16k[from..to])?,
+        };
+        let offset = from as f64 / 16_000.0;
+        whole.processing += piece.processing;
+        whole.segments.extend(piece.segments.into_iter().map(|s| Segment { start_secs: s.start_secs + offset, end_secs: s.end_secs + offset, ..s }));
+        let text = piece.text.trim();
+        if !text.is_empty() {
+            texts.push(text.to_string());
+        }
+    }
+    whole.text = texts.join(" ");
+    Ok(whole)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hears every piece as "piece N", one segment over all of it, and keeps the pieces' lengths.
+    #[derive(Default)]
+    struct Pieces(std::sync::Mutex<Vec<usize>>);
+
+    impl SpeechToText for Pieces {
+        fn transcribe(&self, samples_16k: &[f32]) -> Result<Transcript, SttError> {
+            let mut heard = self.0.lock().unwrap();
+            heard.push(samples_16k.len());
+            let text = format!(" piece {}", heard.len());
+            let secs = samples_16k.len() as f64 / 16_000.0;
+            let segment = Segment { start_secs: 0.0, end_secs: secs, text: text.clone(), no_speech_prob: 0.0, words: Vec::new() };
+            Ok(Transcript { text, segments: vec![segment], audio_secs: secs, processing: Duration::from_millis(10) })
+        }
+    }
+
+    #[test]
+    fn stretches_are_heard_one_at_a_time_with_the_recording_s_times() {
+        let stt = Pieces::default();
+        let recording = vec![0.0f32; 20 * 16_000];
+        // Speech at 1–3 s, at 10–12 s, and from 19.9 s to the end (its tail cut at the end).
+        let stretches = [(16_000, 48_000), (160_000, 192_000), (318_400, 320_000)];
+        let whole = transcribe_stretches(&stt, &recording, &stretches, None).unwrap();
+        assert_eq!(whole.text, "piece 1 piece 2 piece 3");
+        // Each piece is the stretch with 0.4 s before it and 0.3 s after, within the recording.
+        assert_eq!(*stt.0.lock().unwrap(), vec![43_200, 43_200, 8_000]);
+        let ms = |secs: f64| (secs * 1000.0).round() as u32;
+        let times: Vec<(u32, u32)> = whole.segments.iter().map(|s| (ms(s.start_secs), ms(s.end_secs))).collect();
+        assert_eq!(times, vec![(600, 3300), (9600, 12300), (19500, 20000)]);
+        assert_eq!(whole.audio_secs, 20.0);
+        assert_eq!(whole.processing, Duration::from_millis(30));
+    }
+
+    #[test]
+    fn no_stretches_is_no_words() {
+        let whole = transcribe_stretches(&Pieces::default(), &[0.0; 16_000], &[], Some("Luigi's")).unwrap();
+        assert!(whole.text.is_empty() && whole.segments.is_empty());
+        assert_eq!(whole.audio_secs, 1.0);
+    }
 
     fn tokens(list: &[(&str, f32)]) -> Vec<(String, f32)> {
         list.iter().map(|(t, p)| (t.to_string(), *p)).collect()

@@ -149,6 +149,39 @@ impl VadDetector {
     }
 }
 
+/// Stretches of speech (start, end) in samples at 16 kHz, found by a [`VadDetector`] with
+/// `params` over a whole recording: `probability` gives a [`FRAME_SAMPLES`] frame's speech
+/// probability. Stretches closer than `gap_ms` are one; shorter than `min_ms`, noise.
+pub fn speech_stretches(samples_16k: &[f32], params: VadParams, gap_ms: u32, min_ms: u32, mut probability: impl FnMut(&[f32]) -> f32) -> Vec<(usize, usize)> {
+    let mut vad = VadDetector::new(params);
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut open: Option<usize> = None;
+    for frame in samples_16k.chunks_exact(FRAME_SAMPLES) {
+        match vad.push(probability(frame)) {
+            Some(VadEvent::SpeechStarted { onset_frame }) => open = Some(onset_frame as usize * FRAME_SAMPLES),
+            Some(VadEvent::SpeechStopped { last_speech_frame }) => {
+                if let Some(start) = open.take() {
+                    spans.push((start, (last_speech_frame as usize + 1) * FRAME_SAMPLES));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = open {
+        spans.push((start, samples_16k.len()));
+    }
+    let gap = gap_ms as usize * 16;
+    let mut stretches: Vec<(usize, usize)> = Vec::new();
+    for (start, end) in spans {
+        match stretches.last_mut() {
+            Some(last) if start.saturating_sub(last.1) < gap => last.1 = end,
+            _ => stretches.push((start, end)),
+        }
+    }
+    stretches.retain(|(start, end)| end - start >= min_ms as usize * 16);
+    stretches
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -178,6 +178,66 @@ fn json_output_has_segments_timings_and_speed() {
 }
 
 #[test]
+fn a_long_recording_is_heard_a_stretch_at_a_time() {
+    // An agent's channel as a phone call's recording keeps it: sentences many seconds apart
+    // (the caller speaks in between, on the other channel), 89 s in all, 8 kHz μ-law. Heard
+    // in one pass, this recording lost two of its four sentences ("Of course, what name…" and
+    // the greeting, a made-up "You can't do that." in their place); a stretch at a time, none.
+    let dir = tempfile::tempdir().unwrap();
+    let said = [
+        ("espeak", "Of course. Could I have your phone number, please?", "22"),
+        ("en_US-joe-medium", "Your table for two is booked for seven o'clock tonight.", "22"),
+        ("en_US-joe-medium", "Of course. What name should I put the booking under?", "28"),
+        ("en_US-joe-medium", "Hello, thank you for calling Luigi's. How can I help you?", "5"),
+    ];
+    let to = |s: &str| std::ffi::OsString::from(s);
+    let mut parts: Vec<PathBuf> = Vec::new();
+    for (i, (voice, sentence, pause)) in said.iter().enumerate() {
+        let speech = dir.path().join(format!("said-{i}.wav"));
+        let mut speak = ringline();
+        speak.args(["speak", sentence, "--voice", voice, "--rate", "16000"]);
+        if *voice != "espeak" {
+            speak.args(["--noise-scale", "0", "--noise-w", "0"]);
+        }
+        run_ok(speak.arg("-o").arg(&speech).env("RINGLINE_MODELS_DIR", models_dir()));
+        let quiet = dir.path().join(format!("quiet-{i}.wav"));
+        let args = [to("-n"), to("-r"), to("16000"), to("-c"), to("1"), to("-b"), to("16"), quiet.clone().into_os_string(), to("trim"), to("0"), to(pause)];
+        sox(&args.iter().map(|s| s.as_os_str()).collect::<Vec<_>>());
+        parts.push(speech);
+        parts.push(quiet);
+    }
+    let wideband = dir.path().join("wideband.wav");
+    let mut args: Vec<&OsStr> = parts.iter().map(|p| p.as_os_str()).collect();
+    args.push(wideband.as_os_str());
+    sox(&args);
+    let recording = dir.path().join("recording.wav");
+    sox(&[wideband.as_os_str(), OsStr::new("-r"), OsStr::new("8000"), OsStr::new("-e"), OsStr::new("u-law"), recording.as_os_str()]);
+
+    let stdout = run_ok(ringline().arg("transcribe").arg("--json").arg(&recording).env("RINGLINE_MODELS_DIR", models_dir()));
+    let record: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(record["stretches"], 4, "each sentence is a stretch of its own: {record}");
+    let heard = record["text"].as_str().unwrap();
+    for (_, sentence, _) in said {
+        assert!(word_recall(sentence, heard) >= 0.8, "said {sentence:?}; heard {heard:?}");
+    }
+    // The segments keep the recording's times: the last one starts where the greeting does.
+    let secs = |path: &PathBuf| {
+        let audio = ringline::audio::decode_file(path).unwrap();
+        audio.samples.len() as f64 / audio.rate as f64
+    };
+    let greeting_at: f64 = parts[..parts.len() - 2].iter().map(secs).sum();
+    let last = record["segments"].as_array().unwrap().last().unwrap().clone();
+    let (start, end) = (last["start_secs"].as_f64().unwrap(), last["end_secs"].as_f64().unwrap());
+    assert!((start - greeting_at).abs() < 1.0 && end <= record["audio_secs"].as_f64().unwrap() + 0.01, "greeting at {greeting_at:.2} s: {record}");
+    assert!(word_recall("how can i help you", last["text"].as_str().unwrap()) >= 0.99, "{record}");
+
+    // One pass is still there for who wants it.
+    let stdout = run_ok(ringline().args(["transcribe", "--json", "--whole"]).arg(&recording).env("RINGLINE_MODELS_DIR", models_dir()));
+    let record: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(record["stretches"], 1, "{record}");
+}
+
+#[test]
 fn speak_resamples_and_espeak_is_a_fallback_voice() {
     let dir = tempfile::tempdir().unwrap();
     let phone = dir.path().join("phone.wav");
