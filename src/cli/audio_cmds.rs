@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::audio::{self, Audio, MODEL_RATE};
@@ -49,6 +50,8 @@ pub struct TranscribeArgs {
 
 /// Pauses at least this long cut a recording into stretches heard apart.
 const PAUSE_MS: u32 = 1_200;
+/// A recording at least this long shows its progress while it is heard.
+const LONG_SECS: f32 = 60.0;
 /// Sound shorter than this between pauses is a click or a breath, not speech.
 const MIN_SPEECH_MS: u32 = 250;
 /// Speech probability that counts as speech when cutting a recording. Below a live call's:
@@ -90,7 +93,18 @@ pub fn transcribe(args: TranscribeArgs) -> anyhow::Result<()> {
         tracing::debug!(file = %file.display(), stretches = ?stretches.iter().map(|(a, b)| format!("{:.2}-{:.2}", secs(*a), secs(*b))).collect::<Vec<_>>(), "speech found by the VAD");
         let never = std::sync::atomic::AtomicBool::new(false);
         let transcript = match (args.prompt.as_deref(), stretches.len()) {
-            (prompt, 2..) => crate::stt::transcribe_stretches(&stt, &audio.samples, &stretches, prompt),
+            (prompt, 2..) => {
+                // Long work shows progress (on a terminal; nothing when stderr is redirected).
+                let progress = match audio.duration_secs() >= LONG_SECS {
+                    true => ProgressBar::new(stretches.len() as u64),
+                    false => ProgressBar::hidden(),
+                };
+                progress.set_style(ProgressStyle::with_template("{spinner} {bar:30} {pos}/{len} stretches of speech  {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+                progress.set_message(file.display().to_string());
+                let transcript = crate::stt::transcribe_stretches(&stt, &audio.samples, &stretches, prompt, || progress.inc(1));
+                progress.finish_and_clear();
+                transcript
+            }
             (Some(prompt), _) => stt.transcribe_primed(&audio.samples, &never, prompt),
             (None, _) => stt.transcribe(&audio.samples),
         }

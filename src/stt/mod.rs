@@ -218,8 +218,8 @@ pub const STRETCH_TAIL_MS: usize = 300;
 /// transcribed alone (primed with `prompt` when given), the texts joined and the segments'
 /// times moved to the recording's own. Whisper decodes a long recording in 30 s windows and
 /// a window ending in a long pause can take the rest of the window with it; a stretch at a
-/// time hears every one.
-pub fn transcribe_stretches(stt: &dyn SpeechToText, samples_16k: &[f32], stretches: &[(usize, usize)], prompt: Option<&str>) -> Result<Transcript, SttError> {
+/// time hears every one. `heard` is called after each stretch (to show progress).
+pub fn transcribe_stretches(stt: &dyn SpeechToText, samples_16k: &[f32], stretches: &[(usize, usize)], prompt: Option<&str>, mut heard: impl FnMut()) -> Result<Transcript, SttError> {
     let never = AtomicBool::new(false);
     let mut whole = Transcript { audio_secs: samples_16k.len() as f64 / 16_000.0, ..Transcript::default() };
     let mut texts: Vec<String> = Vec::new();
@@ -237,6 +237,7 @@ pub fn transcribe_stretches(stt: &dyn SpeechToText, samples_16k: &[f32], stretch
         if !text.is_empty() {
             texts.push(text.to_string());
         }
+        heard();
     }
     whole.text = texts.join(" ");
     Ok(whole)
@@ -267,7 +268,9 @@ mod tests {
         let recording = vec![0.0f32; 20 * 16_000];
         // Speech at 1–3 s, at 10–12 s, and from 19.9 s to the end (its tail cut at the end).
         let stretches = [(16_000, 48_000), (160_000, 192_000), (318_400, 320_000)];
-        let whole = transcribe_stretches(&stt, &recording, &stretches, None).unwrap();
+        let mut calls = 0;
+        let whole = transcribe_stretches(&stt, &recording, &stretches, None, || calls += 1).unwrap();
+        assert_eq!(calls, 3);
         assert_eq!(whole.text, "piece 1 piece 2 piece 3");
         // Each piece is the stretch with 0.4 s before it and 0.3 s after, within the recording.
         assert_eq!(*stt.0.lock().unwrap(), vec![43_200, 43_200, 8_000]);
@@ -280,7 +283,7 @@ mod tests {
 
     #[test]
     fn no_stretches_is_no_words() {
-        let whole = transcribe_stretches(&Pieces::default(), &[0.0; 16_000], &[], Some("Luigi's")).unwrap();
+        let whole = transcribe_stretches(&Pieces::default(), &[0.0; 16_000], &[], Some("Luigi's"), || {}).unwrap();
         assert!(whole.text.is_empty() && whole.segments.is_empty());
         assert_eq!(whole.audio_secs, 1.0);
     }
