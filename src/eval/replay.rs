@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-
 /// The rate turns are cut and written at.
 pub const RATE: u32 = 16_000;
 
