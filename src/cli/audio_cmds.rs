@@ -48,16 +48,8 @@ pub struct TranscribeArgs {
     pub whole: bool,
 }
 
-/// Pauses at least this long cut a recording into stretches heard apart.
-const PAUSE_MS: u32 = 1_200;
 /// A recording at least this long shows its progress while it is heard.
 const LONG_SECS: f32 = 60.0;
-/// Sound shorter than this between pauses is a click or a breath, not speech.
-const MIN_SPEECH_MS: u32 = 250;
-/// Speech probability that counts as speech when cutting a recording. Below a live call's:
-/// what no stretch holds is never heard, and a soft first word through a phone line can
-/// score under 0.5 for its whole length (a Piper "Hello," at 8 kHz μ-law, seen at 0.35–0.5).
-const STRETCH_THRESHOLD: f32 = 0.35;
 
 #[derive(Debug, Serialize)]
 struct FileTranscript<'a> {
@@ -85,7 +77,7 @@ pub fn transcribe(args: TranscribeArgs) -> anyhow::Result<()> {
         let stretches = match &vad {
             Some(vad) => {
                 let mut stream = SileroStream::default();
-                vad::speech_stretches(&audio.samples, vad::VadParams { threshold: STRETCH_THRESHOLD, ..Default::default() }, PAUSE_MS, MIN_SPEECH_MS, |frame| vad.probability(&mut stream, frame).unwrap_or(0.0))
+                vad::recording_stretches(&audio.samples, |frame| vad.probability(&mut stream, frame).unwrap_or(0.0))
             }
             None => Vec::new(),
         };

@@ -207,29 +207,37 @@ pub trait SpeechToText: Send + Sync {
 }
 
 /// Sound kept before a stretch of speech when it is cut out of a recording: the VAD's onset
-/// can fall after a soft first sound. With the tail, less than the shortest pause that
-/// separates two stretches, so no sound is heard twice.
+/// can fall after a soft first sound.
 pub const STRETCH_LEAD_MS: usize = 400;
 /// Silence kept after a stretch: the VAD's end can fall before a word's fading end.
 pub const STRETCH_TAIL_MS: usize = 300;
 
-/// A recording transcribed one stretch of speech at a time (`stretches`: start and end in
-/// samples at 16 kHz, in order): each cut out with a little of the silence around it,
-/// transcribed alone (primed with `prompt` when given), the texts joined and the segments'
-/// times moved to the recording's own. Whisper decodes a long recording in 30 s windows and
-/// a window ending in a long pause can take the rest of the window with it; a stretch at a
-/// time hears every one. `heard` is called after each stretch (to show progress).
-pub fn transcribe_stretches(stt: &dyn SpeechToText, samples_16k: &[f32], stretches: &[(usize, usize)], prompt: Option<&str>, mut heard: impl FnMut()) -> Result<Transcript, SttError> {
-    let never = AtomicBool::new(false);
-    let mut whole = Transcript { audio_secs: samples_16k.len() as f64 / 16_000.0, ..Transcript::default() };
-    let mut texts: Vec<String> = Vec::new();
-    for &(start, end) in stretches {
-        let from = start.saturating_sub(STRETCH_LEAD_MS * 16).min(samples_16k.len());
-        let to = (end + STRETCH_TAIL_MS * 16).min(samples_16k.len()).max(from);
-        let piece = match prompt {
-            Some(prompt) => stt.transcribe_primed(&samples_16k[from..to], &never, prompt)?,
-            None => stt.transcribe(&samples_16k[from..to])?,
+/// Where each stretch of speech (start and end in samples at 16 kHz, in order) is cut out of
+/// a recording of `len` samples: with [`STRETCH_LEAD_MS`] before it and [`STRETCH_TAIL_MS`]
+/// after, but never past the middle of the pause to a neighbour, so no sound is heard twice
+/// however close the stretches are.
+pub fn stretch_pieces(len: usize, stretches: &[(usize, usize)]) -> Vec<std::ops::Range<usize>> {
+    let mut pieces = Vec::with_capacity(stretches.len());
+    for (i, &(start, end)) in stretches.iter().enumerate() {
+        let floor = match i {
+            0 => 0,
+            _ => stretches[i - 1].1.midpoint(start).min(start),
         };
+        let ceiling = stretches.get(i + 1).map_or(len, |next| end.midpoint(next.0).max(end)).min(len);
+        let from = start.saturating_sub(STRETCH_LEAD_MS * 16).max(floor).min(len);
+        let to = (end + STRETCH_TAIL_MS * 16).min(ceiling).max(from);
+        pieces.push(from..to);
+    }
+    pieces
+}
+
+/// The transcripts of a recording's pieces (each with the sample at 16 kHz it was cut from)
+/// joined into one for the whole recording of `audio_secs`: texts in order, segments moved
+/// to the recording's times, processing summed.
+pub fn join_pieces(audio_secs: f64, pieces: impl IntoIterator<Item = (usize, Transcript)>) -> Transcript {
+    let mut whole = Transcript { audio_secs, ..Transcript::default() };
+    let mut texts: Vec<String> = Vec::new();
+    for (from, piece) in pieces {
         let offset = from as f64 / 16_000.0;
         whole.processing += piece.processing;
         whole.segments.extend(piece.segments.into_iter().map(|s| Segment { start_secs: s.start_secs + offset, end_secs: s.end_secs + offset, ..s }));
@@ -237,10 +245,30 @@ pub fn transcribe_stretches(stt: &dyn SpeechToText, samples_16k: &[f32], stretch
         if !text.is_empty() {
             texts.push(text.to_string());
         }
-        heard();
     }
     whole.text = texts.join(" ");
-    Ok(whole)
+    whole
+}
+
+/// A recording transcribed one stretch of speech at a time (`stretches`: start and end in
+/// samples at 16 kHz, in order): each cut out by [`stretch_pieces`], transcribed alone
+/// (primed with `prompt` when given), and joined by [`join_pieces`]. Whisper decodes a long
+/// recording in 30 s windows and a window ending in a long pause can take the rest of the
+/// window with it; a stretch at a time hears every one. `heard` is called after each stretch
+/// (to show progress).
+pub fn transcribe_stretches(stt: &dyn SpeechToText, samples_16k: &[f32], stretches: &[(usize, usize)], prompt: Option<&str>, mut heard: impl FnMut()) -> Result<Transcript, SttError> {
+    let never = AtomicBool::new(false);
+    let mut pieces = Vec::with_capacity(stretches.len());
+    for range in stretch_pieces(samples_16k.len(), stretches) {
+        let from = range.start;
+        let piece = match prompt {
+            Some(prompt) => stt.transcribe_primed(&samples_16k[range], &never, prompt)?,
+            None => stt.transcribe(&samples_16k[range])?,
+        };
+        pieces.push((from, piece));
+        heard();
+    }
+    Ok(join_pieces(samples_16k.len() as f64 / 16_000.0, pieces))
 }
 
 #[cfg(test)]
@@ -286,6 +314,17 @@ mod tests {
         let whole = transcribe_stretches(&Pieces::default(), &[0.0; 16_000], &[], Some("Luigi's"), || {}).unwrap();
         assert!(whole.text.is_empty() && whole.segments.is_empty());
         assert_eq!(whole.audio_secs, 1.0);
+    }
+
+    #[test]
+    fn close_stretches_are_cut_at_the_middle_of_their_pause() {
+        // 16 kHz: speech at 1.0–2.0 s and 2.2–3.0 s (a 0.2 s pause), and 3.5–4.0 s of a 4.1 s recording.
+        let stretches = [(16_000, 32_000), (35_200, 48_000), (56_000, 64_000)];
+        let pieces = stretch_pieces(65_600, &stretches);
+        // The first keeps its 0.4 s lead; the 0.2 s pause is split at 2.1 s; the 0.5 s one at
+        // 3.25 s (0.25 s each side, under the lead and the tail); the last ends with the recording.
+        assert_eq!(pieces, vec![9_600..33_600, 33_600..52_000, 52_000..65_600]);
+        assert!(pieces.windows(2).all(|w| w[0].end <= w[1].start), "no sound heard twice: {pieces:?}");
     }
 
     fn tokens(list: &[(&str, f32)]) -> Vec<(String, f32)> {

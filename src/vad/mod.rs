@@ -182,6 +182,22 @@ pub fn speech_stretches(samples_16k: &[f32], params: VadParams, gap_ms: u32, min
     stretches
 }
 
+/// Pauses at least this long cut a recording into stretches heard apart.
+pub const RECORDING_PAUSE_MS: u32 = 1_200;
+/// Sound shorter than this between pauses is a click or a breath, not speech.
+pub const RECORDING_MIN_SPEECH_MS: u32 = 250;
+/// Speech probability that counts as speech when cutting a recording. Below a live call's:
+/// what no stretch holds is never heard, and a soft first word through a phone line can
+/// score under 0.5 for its whole length (a Piper "Hello," at 8 kHz μ-law, seen at 0.35–0.5).
+pub const RECORDING_THRESHOLD: f32 = 0.35;
+
+/// The stretches of speech a recording is heard in, one at a time (see
+/// `stt::transcribe_stretches`): [`speech_stretches`] cut at pauses of
+/// [`RECORDING_PAUSE_MS`], with the permissive [`RECORDING_THRESHOLD`].
+pub fn recording_stretches(samples_16k: &[f32], probability: impl FnMut(&[f32]) -> f32) -> Vec<(usize, usize)> {
+    speech_stretches(samples_16k, VadParams { threshold: RECORDING_THRESHOLD, ..Default::default() }, RECORDING_PAUSE_MS, RECORDING_MIN_SPEECH_MS, probability)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
