@@ -257,23 +257,42 @@ fn recorded_caller(recorded: &eval::RecordedCaller, engines: &crate::pipeline::E
     let mut stream = crate::vad::silero::SileroStream::default();
     let turns = caller_turns(&caller, |frame| engines.vad.probability(&mut stream, frame).unwrap_or(0.0));
     anyhow::ensure!(!turns.is_empty(), "no speech in the caller's channel; is `caller_channel` right?");
-    let reference: Vec<String> = (0..turns.len()).map(|i| crate::eval::replay::said_in(crate::eval::replay::answer_after(&agent, &turns, i), engines.stt.as_ref())).collect();
+    let reference: Vec<String> = (0..turns.len())
+        .map(|i| {
+            let mut stream = crate::vad::silero::SileroStream::default();
+            crate::eval::replay::said_in(crate::eval::replay::answer_after(&agent, &turns, i), engines.stt.as_ref(), |frame| engines.vad.probability(&mut stream, frame).unwrap_or(0.0))
+        })
+        .collect();
     let lines: Vec<serde_json::Value> = turn_clips(&caller, &turns, dir)?.into_iter().map(|path| serde_json::json!({ "audio": path })).collect();
     Ok((serde_json::from_value(serde_json::json!({ "lines": lines }))?, reference))
 }
 
-/// The words in `track` over each of its `spans` of sound, transcribed one span at a time.
+/// The words in `track` (at `rate`) over its `spans` of sound (seconds), heard as
+/// `ringline transcribe` hears a recording: spans closer than a pause that cuts a recording
+/// ([`crate::vad::RECORDING_PAUSE_MS`]) are one stretch, each stretch cut out by
+/// [`crate::stt::stretch_pieces`] and heard alone on the inference pool — a job per stretch,
+/// so other calls' work runs between them.
 async fn transcribe_spans(stt: Arc<dyn crate::stt::SpeechToText>, track: &[f32], rate: u32, spans: &[(f64, f64)]) -> String {
-    let mut words = Vec::new();
-    for (from, to) in spans {
-        let (start, end) = (((from * rate as f64) as usize).min(track.len()), ((to * rate as f64) as usize).min(track.len()));
-        let Ok(audio) = crate::audio::Audio::new(track[start..end].to_vec(), rate).to_rate(16_000) else { continue };
-        let stt = stt.clone();
-        if let Ok(Ok(transcript)) = crate::pipeline::pool::stt().run_on_cores(crate::pipeline::pool::Urgency::Ahead, crate::pipeline::pool::stt_cores(), move |cores| crate::stt::with_threads(cores, || stt.transcribe(&audio.samples))).await {
-            words.push(transcript.text);
+    let Ok(audio) = crate::audio::Audio::new(track.to_vec(), rate).to_rate(16_000) else { return String::new() };
+    let samples = Arc::new(audio.samples);
+    let at = |secs: f64| ((secs * 16_000.0) as usize).min(samples.len());
+    let gap = crate::vad::RECORDING_PAUSE_MS as usize * 16;
+    let mut stretches: Vec<(usize, usize)> = Vec::new();
+    for &(from, to) in spans {
+        match stretches.last_mut() {
+            Some(last) if at(from) < last.1 + gap => last.1 = at(to),
+            _ => stretches.push((at(from), at(to))),
         }
     }
-    words.join(" ")
+    let mut pieces = Vec::with_capacity(stretches.len());
+    for range in crate::stt::stretch_pieces(samples.len(), &stretches) {
+        let (stt, samples, from) = (stt.clone(), samples.clone(), range.start);
+        let heard = crate::pipeline::pool::stt().run_on_cores(crate::pipeline::pool::Urgency::Ahead, crate::pipeline::pool::stt_cores(), move |cores| crate::stt::with_threads(cores, || stt.transcribe(&samples[range])));
+        if let Ok(Ok(transcript)) = heard.await {
+            pieces.push((from, transcript));
+        }
+    }
+    crate::stt::join_pieces(samples.len() as f64 / 16_000.0, pieces).text
 }
 
 /// A line above the progress bar, or plainly when there is no terminal to draw a bar on.

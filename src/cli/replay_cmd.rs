@@ -192,7 +192,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
                     let (from, to) = (ms(*end) - 500, if i + 1 < turns.len() { ms(next) } else { i64::MAX });
                     found.transcript.iter().filter(|l| l.speaker == "agent" && l.at_ms >= from && l.at_ms < to).map(|l| l.text.as_str()).collect::<Vec<_>>().join(" ")
                 }
-                None => crate::eval::replay::said_in(crate::eval::replay::answer_after(&agent, &turns, i), engines.stt.as_ref()),
+                None => {
+                    let mut stream = SileroStream::default();
+                    crate::eval::replay::said_in(crate::eval::replay::answer_after(&agent, &turns, i), engines.stt.as_ref(), |frame| engines.vad.probability(&mut stream, frame).unwrap_or(0.0))
+                }
             };
             recorded.push(text.trim().to_string());
         }

@@ -34,13 +34,13 @@ pub fn answer_after<'a>(agent: &'a [f32], turns: &[(usize, usize)], i: usize) ->
     &agent[end..next.max(end)]
 }
 
-/// What the recorded agent said in `span` (empty for silence), transcribed by `stt`.
-pub fn said_in(span: &[f32], stt: &dyn crate::stt::SpeechToText) -> String {
-    if span.iter().any(|s| s.abs() > 0.02) {
-        stt.transcribe(span).map(|t| t.text.trim().to_string()).unwrap_or_default()
-    } else {
-        String::new()
-    }
+/// What the recorded agent said in `span` (empty when it holds no speech), heard as
+/// `ringline transcribe` hears a recording: its stretches of speech found by the VAD
+/// (`probability` gives a frame's speech probability, from a stream fresh for this span)
+/// and heard one at a time, so a long answer with pauses loses none of its sentences.
+pub fn said_in(span: &[f32], stt: &dyn crate::stt::SpeechToText, probability: impl FnMut(&[f32]) -> f32) -> String {
+    let stretches = crate::vad::recording_stretches(span, probability);
+    crate::stt::transcribe_stretches(stt, span, &stretches, None, || {}).map(|t| t.text).unwrap_or_default()
 }
 
 /// Each caller turn (spans at [`RATE`] of `caller`) written to `dir` as a clip with a little
@@ -84,5 +84,30 @@ mod tests {
         let seconds = |s: usize| s as f32 / 16_000.0;
         assert!(seconds(turns[0].0) < 0.05 && (seconds(turns[0].1) - 2.5).abs() < 0.1, "{turns:?}");
         assert!((seconds(turns[1].0) - 5.5).abs() < 0.1 && (seconds(turns[1].1) - 6.3).abs() < 0.1, "{turns:?}");
+    }
+
+    /// Hears every piece as "part N".
+    #[derive(Default)]
+    struct Parts(std::sync::Mutex<usize>);
+
+    impl crate::stt::SpeechToText for Parts {
+        fn transcribe(&self, _samples_16k: &[f32]) -> Result<crate::stt::Transcript, crate::stt::SttError> {
+            let mut heard = self.0.lock().unwrap();
+            *heard += 1;
+            Ok(crate::stt::Transcript { text: format!(" part {heard}"), ..Default::default() })
+        }
+    }
+
+    #[test]
+    fn a_recorded_answer_is_heard_a_stretch_at_a_time_and_silence_is_no_words() {
+        // 16 kHz: silence 1 s, speech 1 s, a 2 s pause, speech 1.5 s, silence 1 s.
+        let mut samples = Vec::new();
+        for (value, seconds) in [(0.0f32, 1.0f32), (1.0, 1.0), (0.0, 2.0), (1.0, 1.5), (0.0, 1.0)] {
+            samples.extend(std::iter::repeat_n(value, (seconds * 16_000.0) as usize));
+        }
+        let stt = Parts::default();
+        assert_eq!(said_in(&samples, &stt, |frame| frame[0]), "part 1 part 2");
+        assert_eq!(said_in(&vec![0.0; 48_000], &stt, |frame| frame[0]), "", "no speech, nothing heard");
+        assert_eq!(*stt.0.lock().unwrap(), 2, "silence is not sent to the recognizer");
     }
 }
