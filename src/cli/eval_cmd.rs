@@ -276,14 +276,7 @@ async fn transcribe_spans(stt: Arc<dyn crate::stt::SpeechToText>, track: &[f32],
     let Ok(audio) = crate::audio::Audio::new(track.to_vec(), rate).to_rate(16_000) else { return String::new() };
     let samples = Arc::new(audio.samples);
     let at = |secs: f64| ((secs * 16_000.0) as usize).min(samples.len());
-    let gap = crate::vad::RECORDING_PAUSE_MS as usize * 16;
-    let mut stretches: Vec<(usize, usize)> = Vec::new();
-    for &(from, to) in spans {
-        match stretches.last_mut() {
-            Some(last) if at(from) < last.1 + gap => last.1 = at(to),
-            _ => stretches.push((at(from), at(to))),
-        }
-    }
+    let stretches = crate::vad::join_close(spans.iter().map(|&(from, to)| (at(from), at(to))), crate::vad::RECORDING_PAUSE_MS as usize * 16);
     let mut pieces = Vec::with_capacity(stretches.len());
     for range in crate::stt::stretch_pieces(samples.len(), &stretches) {
         let (stt, samples, from) = (stt.clone(), samples.clone(), range.start);

@@ -170,16 +170,21 @@ pub fn speech_stretches(samples_16k: &[f32], params: VadParams, gap_ms: u32, min
     if let Some(start) = open {
         spans.push((start, samples_16k.len()));
     }
-    let gap = gap_ms as usize * 16;
-    let mut stretches: Vec<(usize, usize)> = Vec::new();
-    for (start, end) in spans {
-        match stretches.last_mut() {
-            Some(last) if start.saturating_sub(last.1) < gap => last.1 = end,
-            _ => stretches.push((start, end)),
-        }
-    }
+    let mut stretches = join_close(spans, gap_ms as usize * 16);
     stretches.retain(|(start, end)| end - start >= min_ms as usize * 16);
     stretches
+}
+
+/// Spans (start, end, in order) with those less than `gap` apart joined into one.
+pub fn join_close(spans: impl IntoIterator<Item = (usize, usize)>, gap: usize) -> Vec<(usize, usize)> {
+    let mut joined: Vec<(usize, usize)> = Vec::new();
+    for (start, end) in spans {
+        match joined.last_mut() {
+            Some(last) if start.saturating_sub(last.1) < gap => last.1 = end,
+            _ => joined.push((start, end)),
+        }
+    }
+    joined
 }
 
 /// Pauses at least this long cut a recording into stretches heard apart.
