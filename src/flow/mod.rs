@@ -335,7 +335,7 @@ impl Flow {
     pub fn answer_check(&self) -> Option<AnswerCheck> {
         let node = self.current().clone();
         let probe = Flow::new(self.spec.clone(), Map::new(), self.today);
-        match &self.awaiting {
+        match &self.awaited() {
             Awaiting::Slot(index) => {
                 let slot = node.collect.get(*index)?.clone();
                 // Not numbers, dates or times: callers pause inside them ("for two… this
@@ -363,7 +363,7 @@ impl Flow {
     pub fn understands(&self) -> Option<AnswerCheck> {
         let node = self.current().clone();
         let probe = Flow::new(self.spec.clone(), Map::new(), self.today);
-        let slot = match &self.awaiting {
+        let slot = match &self.awaited() {
             Awaiting::Slot(index) => Some(node.collect.get(*index)?.clone()),
             Awaiting::Confirmation | Awaiting::Check { .. } | Awaiting::Answer => None,
             _ => return None,
@@ -377,6 +377,27 @@ impl Flow {
             };
             anywhere || answers
         }))
+    }
+
+    /// What the caller's next words answer. Before the flow starts that is the start node's
+    /// question when the first message asks it — its routes or yes/no (the first words enter
+    /// the start node and are routed by them), or the slot named by `first_message_asks` —
+    /// and nothing in particular otherwise (a start node that collects takes only clear
+    /// evidence from the first words).
+    fn awaited(&self) -> Awaiting {
+        if self.started {
+            return self.awaiting.clone();
+        }
+        let node = self.current();
+        if let Some(index) = self.spec.first_message_asks.as_ref().and_then(|asked| node.collect.iter().position(|slot| &slot.name == asked)) {
+            return Awaiting::Slot(index);
+        }
+        let asks = node.on_yes.is_some() || node.on_no.is_some() || !node.routes.is_empty() || !node.on_digit.is_empty();
+        if asks && node.collect.is_empty() {
+            Awaiting::Answer
+        } else {
+            Awaiting::Nothing
+        }
     }
 
     /// Phrases the caller is likely to say next, to prime the recognizer with: what works
@@ -393,7 +414,7 @@ impl Flow {
             phrases.extend(entry.question.iter().cloned());
         }
         let yes_no = || vec!["yes".to_string(), "no".to_string()];
-        match &self.awaiting {
+        match &self.awaited() {
             Awaiting::Slot(index) => {
                 if let Some(slot) = node.collect.get(*index) {
                     let examples: &[&str] = match slot.kind {

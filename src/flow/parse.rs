@@ -170,7 +170,13 @@ pub fn integer(text: &str) -> Option<i64> {
     }) {
         return Some(*n as i64);
     }
-    if let Some((_, _, n)) = whole.first() {
+    // A number said as a time of day ("at 7", "7 o'clock", "7 pm") is not a count.
+    let clock = |at: usize, span: usize| {
+        let before = at.checked_sub(1).and_then(|b| words.get(b)).map(String::as_str);
+        let after = words.get(at + span).map(String::as_str);
+        before == Some("at") || matches!(after, Some("o'clock" | "oclock" | "pm" | "am"))
+    };
+    if let Some((_, _, n)) = whole.iter().find(|(at, span, _)| !clock(*at, *span)) {
         return Some(*n as i64);
     }
     let joined = format!(" {} ", words.join(" "));
@@ -864,6 +870,11 @@ mod tests {
             assert_eq!(integer(text), Some(want), "{text}");
         }
         assert_eq!(integer("I'm not sure yet"), None);
+        // A time of day, said where a count was asked for, is not one.
+        for text in ["At 7 o'clock.", "at seven", "8 pm", "At 9 a.m."] {
+            assert_eq!(integer(text), None, "{text}");
+        }
+        assert_eq!(integer("Six, at 8 pm."), Some(6));
     }
 
     #[test]

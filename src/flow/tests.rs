@@ -383,6 +383,42 @@ fn the_recognizer_is_primed_with_what_the_question_expects_last() {
 }
 
 #[test]
+fn before_the_flow_starts_the_first_messages_question_is_what_is_awaited() {
+    // The first message asks the start node's question ("keep it or reschedule?"): the first
+    // words are routed by that node, so they are primed, checked and understood as its answer.
+    let spec: FlowSpec = serde_yaml::from_str(
+        r#"
+start: decide
+nodes:
+  decide:
+    say: "Keep it or reschedule?"
+    routes: [{ says: ["reschedule", "move it"], goto: later }]
+    on_yes: kept
+  later: { say: "Which day?", actions: [end_call] }
+  kept: { say: "See you.", actions: [end_call] }
+global: [{ says: ["wrong number"], say: "Sorry.", actions: [end_call] }]
+"#,
+    )
+    .unwrap();
+    let flow = Flow::new(spec.clone(), Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
+    assert_eq!(flow.expects(), "Wrong number. Reschedule. Move it. Yes. No.");
+    assert!(flow.answer_check().is_some_and(|check| check("I need to reschedule.") && !check("I need to rescare dual.")));
+    assert!(flow.understands().is_some_and(|check| check("I need to reschedule.") && !check("Add it to the M.")));
+
+    // The first message asks the start node's slot: its examples.
+    let spec: FlowSpec = serde_yaml::from_str(&format!("first_message_asks: order_number\n{ORDER_LOOKUP}")).unwrap();
+    let flow = Flow::new(spec, Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
+    assert!(flow.expects().ends_with(&format!("{}.", DIGITS_PRIME.trim_end_matches('.'))), "{}", flow.expects());
+    assert!(flow.understands().is_some_and(|check| check("It's 4 5 1 2 9.") && !check("Hello?")));
+
+    // A start node that collects, not asked by the first message: nothing in particular.
+    let spec: FlowSpec = serde_yaml::from_str(ORDER_LOOKUP).unwrap();
+    let flow = Flow::new(spec, Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
+    assert_eq!(flow.expects(), "");
+    assert!(flow.answer_check().is_none() && flow.understands().is_none());
+}
+
+#[test]
 fn words_that_answer_the_question_end_the_turn_and_a_question_is_not_a_name() {
     let mut flow = flow();
     flow.begin();

@@ -190,7 +190,8 @@ impl Agent {
             ..State::default()
         };
         if let Some(flow) = &state.flow {
-            // Before the flow's first reply, the caller may already say what works anywhere.
+            // Before the flow's first reply the caller may already say what works anywhere, or
+            // answer the question the first message asked.
             self.prime(flow);
         }
         let flow_speaks_first = self.first_message.is_none() && state.flow.is_some();
@@ -266,9 +267,11 @@ impl Agent {
         report.history = state.history;
     }
 
-    /// Primes the recognizer with the call's vocabulary and what the flow expects next.
+    /// Primes the recognizer with the call's vocabulary and what the flow expects next, and
+    /// tells the listener which words answer it (an early end of turn, a second hearing).
     fn prime(&self, flow: &Flow) {
         self.recognizer_prompt.set_parts(&self.vocabulary, &flow.expects());
+        self.answers.set(flow.answer_check(), flow.understands());
     }
 
     fn emit(&self, event: CallEvent) {
@@ -420,7 +423,6 @@ impl Agent {
         self.emit(CallEvent::Flow { node: reply.node.clone(), slots: reply.slots.clone() });
         if let Some(flow) = &state.flow {
             self.prime(flow);
-            self.answers.set(flow.answer_check(), flow.understands());
         }
         if let Some(request) = reply.tool.clone() {
             report.lock().unwrap_or_else(|e| e.into_inner()).tool_calls.push((request.tool.clone(), serde_json::Value::Object(request.arguments.clone())));
