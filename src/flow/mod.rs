@@ -97,6 +97,13 @@ pub struct NodeSpec {
     pub on_failure: Option<String>,
 }
 
+impl NodeSpec {
+    /// Whether the node asks a question its own answers decide: a route, a yes or no, a key.
+    fn asks(&self) -> bool {
+        self.on_yes.is_some() || self.on_no.is_some() || !self.routes.is_empty() || !self.on_digit.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ToolCallSpec {
@@ -392,7 +399,7 @@ impl Flow {
         if let Some(index) = self.spec.first_message_asks.as_ref().and_then(|asked| node.collect.iter().position(|slot| &slot.name == asked)) {
             return Awaiting::Slot(index);
         }
-        let asks = node.on_yes.is_some() || node.on_no.is_some() || !node.routes.is_empty() || !node.on_digit.is_empty();
+        let asks = node.asks();
         if asks && node.collect.is_empty() {
             Awaiting::Answer
         } else {
@@ -690,7 +697,7 @@ impl Flow {
             self.slots.remove(slot);
             self.spoken.remove(slot);
         }
-        let asks = node.on_yes.is_some() || node.on_no.is_some() || !node.routes.is_empty() || !node.on_digit.is_empty();
+        let asks = node.asks();
         if asks && node.collect.is_empty() && !text.is_empty() {
             // The words that led here may already answer this node's question (the first
             // message asked it): follow them without asking again.
@@ -1220,7 +1227,7 @@ pub fn problems(flow: &FlowSpec, dispositions: &[String], tools: &[String]) -> V
             }
         }
         let ends = node.actions.iter().any(|a| matches!(a, ActionSpec::Named(n) if n == "end_call") || matches!(a, ActionSpec::Transfer { .. }));
-        let asks = node.on_yes.is_some() || node.on_no.is_some() || !node.on_digit.is_empty() || !node.routes.is_empty();
+        let asks = node.asks();
         if targets.is_empty() && !ends && !asks && node.say.is_none() && node.call.is_none() {
             out.push((field.clone(), "is a dead end: it says nothing, goes nowhere and does not end the call; add `say`, `next`, or an `end_call` action".into()));
         }
