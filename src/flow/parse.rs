@@ -157,6 +157,11 @@ fn ordinal(word: &str) -> Option<i64> {
 /// Words that say a count of people, which a bare number next to them is about.
 const PEOPLE: &[&str] = &["people", "persons", "person", "guests", "guest", "of", "adults", "diners", "us", "seats", "for"];
 
+/// The words just before and just after the `span` words from `at`.
+fn around(words: &[String], at: usize, span: usize) -> (Option<&str>, Option<&str>) {
+    (at.checked_sub(1).and_then(|b| words.get(b)).map(String::as_str), words.get(at + span).map(String::as_str))
+}
+
 /// A whole number: the one next to a counting word if there are several, else the first.
 /// "Just me" is one; "me and my wife" is two.
 pub fn integer(text: &str) -> Option<i64> {
@@ -164,16 +169,14 @@ pub fn integer(text: &str) -> Option<i64> {
     let found = numbers_in(&words);
     let whole: Vec<(usize, usize, f64)> = found.into_iter().filter(|(_, _, n)| n.fract() == 0.0 && *n >= 0.0).collect();
     if let Some((_, _, n)) = whole.iter().find(|(at, span, _)| {
-        let before = at.checked_sub(1).and_then(|b| words.get(b)).map(String::as_str);
-        let after = words.get(at + span).map(String::as_str);
+        let (before, after) = around(&words, *at, *span);
         before.is_some_and(|w| PEOPLE.contains(&w)) || after.is_some_and(|w| PEOPLE.contains(&w))
     }) {
         return Some(*n as i64);
     }
     // A number said as a time of day ("at 7", "7 o'clock", "7 pm") is not a count.
     let clock = |at: usize, span: usize| {
-        let before = at.checked_sub(1).and_then(|b| words.get(b)).map(String::as_str);
-        let after = words.get(at + span).map(String::as_str);
+        let (before, after) = around(&words, at, span);
         before == Some("at") || matches!(after, Some("o'clock" | "oclock" | "pm" | "am"))
     };
     if let Some((_, _, n)) = whole.iter().find(|(at, span, _)| !clock(*at, *span)) {
@@ -196,8 +199,7 @@ pub fn count_of_people(text: &str) -> Option<i64> {
     let words = words(text);
     let found = numbers_in(&words);
     let near = found.iter().find(|(at, span, n)| {
-        let before = at.checked_sub(1).and_then(|b| words.get(b)).map(String::as_str);
-        let after = words.get(at + span).map(String::as_str);
+        let (before, after) = around(&words, *at, *span);
         n.fract() == 0.0 && (before.is_some_and(|w| PEOPLE.contains(&w) && w != "us") || after.is_some_and(|w| PEOPLE.contains(&w) && w != "for"))
     });
     if let Some((_, _, n)) = near {
