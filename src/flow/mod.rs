@@ -269,6 +269,11 @@ enum Awaiting {
 /// What the recognizer is primed with while a flow waits for digits: digits written as
 /// digits, grouped as the flow reads them back (`bench stt` measures its effect).
 pub const DIGITS_PRIME: &str = "5 5 5, 0 1 2 3";
+/// What a name question primes the recognizer with: names said after a cue.
+const NAME_PRIMES: [&str; 2] = ["My name is Oliver Quinn", "It's under Elena Novak"];
+/// The names in [`NAME_PRIMES`]. Uncommon on purpose: a transcript holding one the caller did
+/// not say is the prompt leaking in, and the listener hears such a line again unprimed.
+pub const EXAMPLE_NAMES: [&str; 4] = ["Oliver", "Quinn", "Elena", "Novak"];
 
 /// Attempts at one slot before the flow says its fallback and moves on without it.
 const MAX_ATTEMPTS: u32 = 3;
@@ -434,7 +439,7 @@ impl Flow {
                         // "The name is Sarah" for "Mm-hmm" or "the name is Error". The example
                         // names are uncommon ones: with "John Smith", "The name is Johnson" came
                         // back as the example, caught as an echo and decoded a second time.
-                        SlotKind::Name => &["My name is Oliver Quinn", "It's under Elena Novak"],
+                        SlotKind::Name => &NAME_PRIMES,
                         _ => &[],
                     };
                     phrases.extend(examples.iter().map(|e| e.to_string()));

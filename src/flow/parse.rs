@@ -687,7 +687,13 @@ pub fn name(text: &str) -> Option<String> {
     // letters separated by dots ("s.a.r.a.h") too.
     for cue in NAME_CUES {
         if let Some(at) = words.windows(cue.len()).position(|w| w.iter().map(String::as_str).eq(cue.iter().copied())) {
-            let after: Vec<&String> = words[at + cue.len()..].iter().take_while(|w| !NOT_NAMES.contains(&w.as_str()) && w.chars().all(|c| c.is_alphabetic() || c == '\'')).take(3).collect();
+            // In cased text only capitalized words: "It's under hotel." (espeak's "Patel"
+            // misheard) was booked under "Hotel"; asking again is better.
+            let after: Vec<&String> = words[at + cue.len()..]
+                .iter()
+                .take_while(|w| w.chars().all(|c| c.is_alphabetic() || c == '\'') && can_be_name(text, std::slice::from_ref(*w)))
+                .take(3)
+                .collect();
             if !after.is_empty() {
                 return Some(after.iter().map(|w| title(w)).collect::<Vec<_>>().join(" "));
             }
@@ -944,6 +950,8 @@ mod tests {
         assert_eq!(name("Book it for Mary Ellen, please").as_deref(), Some("Mary Ellen"));
         // Cased words a recognizer left lowercase are not a name; uncased text is taken whole.
         assert_eq!(name("I made it."), None, "whisper's mishearing of 'The name is Sarah', booked as 'Made' before");
+        assert_eq!(name("It's under hotel."), None, "whisper's mishearing of 'It's under Patel', booked as 'Hotel' before");
+        assert_eq!(name("it's under patel").as_deref(), Some("Patel"), "uncased text is taken as it stands");
         assert_eq!(name("Yes, that's right."), None);
         assert_eq!(name("I don't know."), None);
         assert_eq!(name("I'd like to book a table."), None);

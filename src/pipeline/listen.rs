@@ -153,16 +153,34 @@ const SECOND_HEARING_BELOW: f32 = 0.5;
 /// mishearing that still looks like fluent words — and keeps the second hearing only if the flow
 /// understands it. Costs a second decode on those turns only; a re-asked question costs the
 /// caller seconds.
+///
+/// A transcript that holds one of the prompt's example names is heard again too, understood or
+/// not: whisper writes an example in place of a name it heard badly (the demo's spelled
+/// "S, A, R, A, H" came back primed as "My name is Oliver Maxs. A R A H"), and a wrong name
+/// taken is worse than a question asked again. The second hearing stands when it holds no
+/// example name — a caller who is called Oliver is heard as Oliver unprimed too.
 fn transcribe_for_flow(stt: &dyn SpeechToText, audio: &[f32], stop: &AtomicBool, prompt: &str, answers: &Answers) -> Result<Transcript, SttError> {
     let first = stt.transcribe_primed(audio, stop, prompt)?;
+    let borrowed = borrows_example(&first.text, prompt);
     let doubtful = first.confidence().is_some_and(|c| c < SECOND_HEARING_BELOW) || !first.unsure_words().is_empty();
-    if prompt.is_empty() || !doubtful || answers.understood(&first.text) != Some(false) {
+    if prompt.is_empty() || !(borrowed || doubtful && answers.understood(&first.text) == Some(false)) {
         return Ok(first);
     }
     let second = stt.transcribe_primed(audio, stop, "")?;
-    let take = answers.understood(&second.text) == Some(true);
-    tracing::debug!(first = %first.text, second = %second.text, take, "heard a doubtful transcript the flow would not take a second time, unprimed");
+    let take = if borrowed {
+        !second.text.trim().is_empty() && !borrows_example(&second.text, prompt)
+    } else {
+        answers.understood(&second.text) == Some(true)
+    };
+    tracing::debug!(first = %first.text, second = %second.text, borrowed, take, "heard a transcript a second time, unprimed");
     Ok(if take { Transcript { processing: first.processing + second.processing, ..second } } else { first })
+}
+
+/// Whether `text` holds a word of [`crate::flow::EXAMPLE_NAMES`] that `prompt` taught.
+fn borrows_example(text: &str, prompt: &str) -> bool {
+    let words = |t: &str| -> Vec<String> { t.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect() };
+    let (said, primed) = (words(text), words(prompt));
+    crate::flow::EXAMPLE_NAMES.iter().map(|name| name.to_lowercase()).any(|name| primed.contains(&name) && said.contains(&name))
 }
 
 /// The final transcript and Smart Turn's judgement in flight: set `stop` to abandon them.
@@ -607,6 +625,24 @@ mod tests {
         routes.set(None, Some(Arc::new(|text: &str| text.contains("reschedule"))));
         let rescadual = ("I need to rescadual.", &[0.92, 0.99, 0.8, 0.12][..]);
         assert_eq!(heard(rescadual, ("I need to reschedule.", &[0.9][..]), "Reschedule. Yes. No.", &routes), ("I need to reschedule.".into(), 2));
+    }
+
+    #[test]
+    fn a_name_borrowed_from_the_prompts_examples_is_heard_again_unprimed() {
+        let names = Answers::default();
+        names.set(None, Some(Arc::new(|text: &str| crate::flow::parse::name(text).is_some())));
+        let prompt = "My name is Oliver Quinn. It's under Elena Novak.";
+        // Understood and sure, yet the name is the prompt's: the unprimed hearing stands.
+        let oliver = ("My name is Oliver Maxs. A R A H", &[0.9][..]);
+        assert_eq!(heard(oliver, ("S, A, R, A, H.", &[0.7][..]), prompt, &names), ("S, A, R, A, H.".into(), 2));
+        // A caller called Oliver is Oliver unprimed too: the first hearing stands.
+        let real = ("It's Oliver Grant.", &[0.9][..]);
+        assert_eq!(heard(real, ("It's Oliver Grant.", &[0.8][..]), prompt, &names), ("It's Oliver Grant.".into(), 2));
+        // Nothing heard unprimed is no better.
+        assert_eq!(heard(oliver, ("", &[0.0][..]), prompt, &names), ("My name is Oliver Maxs. A R A H".into(), 2));
+        // A prompt without the examples, or a transcript without them: one decode.
+        assert_eq!(heard(real, ("It's all of a grant.", &[0.8][..]), "Yes. No.", &names), ("It's Oliver Grant.".into(), 1));
+        assert_eq!(heard(("The name is Sarah.", &[0.9][..]), ("", &[0.0][..]), prompt, &names), ("The name is Sarah.".into(), 1));
     }
 
     #[test]
