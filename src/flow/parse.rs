@@ -165,6 +165,16 @@ fn around(words: &[String], at: usize, span: usize) -> (Option<&str>, Option<&st
 /// A whole number: the one next to a counting word if there are several, else the first.
 /// "Just me" is one; "me and my wife" is two.
 pub fn integer(text: &str) -> Option<i64> {
+    said_integer(text).or_else(|| {
+        // "Two" written as its homophones before a counting word: the eval's "for two people"
+        // came back "Far to people." Only where a count was asked ("speak to people" is none).
+        const COUNTED: &[&str] = &["people", "persons", "guests", "adults", "diners"];
+        words(text).windows(2).any(|pair| matches!(pair[0].as_str(), "to" | "too") && COUNTED.contains(&pair[1].as_str())).then_some(2)
+    })
+}
+
+/// [`integer`] from the words as written (no homophones).
+fn said_integer(text: &str) -> Option<i64> {
     let words = words(text);
     let found = numbers_in(&words);
     let whole: Vec<(usize, usize, f64)> = found.into_iter().filter(|(_, _, n)| n.fract() == 0.0 && *n >= 0.0).collect();
@@ -205,7 +215,7 @@ pub fn count_of_people(text: &str) -> Option<i64> {
     if let Some((_, _, n)) = near {
         return Some(*n as i64);
     }
-    found.is_empty().then(|| integer(text)).flatten()
+    found.is_empty().then(|| said_integer(text)).flatten()
 }
 
 /// A number, possibly with a fraction ("two and a half", "3.5").
@@ -874,10 +884,13 @@ mod tests {
             ("me and my wife", 2),
             ("a dozen", 12),
             ("There will be three of us.", 3),
+            ("Far to people. This evening.", 2),
+            ("A table for too guests.", 2),
         ] {
             assert_eq!(integer(text), Some(want), "{text}");
         }
         assert_eq!(integer("I'm not sure yet"), None);
+        assert_eq!(count_of_people("I'd like to speak to people in charge."), None, "the homophone only where a count is asked");
         // A time of day, said where a count was asked for, is not one.
         for text in ["At 7 o'clock.", "at seven", "8 pm", "At 9 a.m."] {
             assert_eq!(integer(text), None, "{text}");
@@ -908,6 +921,7 @@ mod tests {
             // Numbers as speech recognition mishears them.
             ("to the afternoon.", hm(14, 0)),
             ("at ate pm", hm(20, 0)),
+            ("Okay. At 9 o'm.", hm(21, 0)),
         ];
         for (text, want) in cases {
             assert_eq!(time(text, EVENING), want, "{text}");

@@ -375,11 +375,49 @@ fn the_recognizer_is_primed_with_what_the_question_expects_last() {
     assert!(primed.starts_with("Speak to a person. A human. Real person. Wrong number. Menu. Opening hours"), "before the first question, what works anywhere: {primed}");
     flow.begin();
     flow.on_caller("a table for two tomorrow");
-    assert!(flow.expects().ends_with("At 7:30 pm. Two in the afternoon. Half past eight."), "a time, by example: {}", flow.expects());
+    assert!(flow.expects().ends_with("At 7:30 pm. At 9 o'clock. Two in the afternoon. Half past eight."), "a time, by example: {}", flow.expects());
     flow.on_caller("at eight pm");
     assert!(flow.expects().ends_with("My name is Oliver Quinn. It's under Elena Novak."), "a name after a cue: {}", flow.expects());
     flow.on_caller("the name is Sarah");
     assert!(flow.expects().ends_with("Yes. No."), "a read-back expects a yes or no: {}", flow.expects());
+}
+
+#[test]
+fn an_answer_that_gives_what_one_route_collects_takes_that_route() {
+    // Asked "keep it or reschedule?", a day is a reschedule: the route whose node collects it.
+    let spec: FlowSpec = serde_yaml::from_str(
+        r#"
+start: decide
+nodes:
+  decide:
+    say: "Keep it or reschedule?"
+    routes: [{ says: ["reschedule", "move it"], goto: later }, { says: ["cancel"], goto: gone }]
+    on_yes: kept
+  later:
+    collect:
+      - { name: day, type: date, question: "Which day?" }
+      - { name: time, type: time, question: "At what time?", between: ["08:00", "18:00"] }
+    next: done
+  done: { say: "Noted.", actions: [end_call] }
+  kept: { say: "See you.", actions: [end_call] }
+  gone: { say: "Cancelled.", actions: [end_call] }
+"#,
+    )
+    .unwrap();
+    let today = NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+    let mut flow = Flow::new(spec.clone(), Map::new(), today);
+    assert!(flow.understands().is_some_and(|check| check("Next Tuesday.") && !check("Hello there.")));
+    flow.begin();
+    let reply = flow.on_caller("Next Tuesday.");
+    assert_eq!((reply.node.as_str(), said(&reply).as_str()), ("later", "At what time?"));
+    assert_eq!(reply.slots.get("day"), Some(&json!("2026-12-01")), "the parser's next Tuesday from a Monday");
+    // A route's phrase or a yes still decides first; words that fit nothing are asked again.
+    let mut flow = Flow::new(spec.clone(), Map::new(), today);
+    flow.begin();
+    assert_eq!(flow.on_caller("Yes, Monday is fine.").node, "kept");
+    let mut flow = Flow::new(spec, Map::new(), today);
+    flow.begin();
+    assert_eq!(flow.on_caller("Hello there.").node, "decide");
 }
 
 #[test]
