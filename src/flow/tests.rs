@@ -382,11 +382,8 @@ fn the_recognizer_is_primed_with_what_the_question_expects_last() {
     assert!(flow.expects().ends_with("Yes. No."), "a read-back expects a yes or no: {}", flow.expects());
 }
 
-#[test]
-fn an_answer_that_gives_what_one_route_collects_takes_that_route() {
-    // Asked "keep it or reschedule?", a day is a reschedule: the route whose node collects it.
-    let spec: FlowSpec = serde_yaml::from_str(
-        r#"
+/// An appointment reminder's question: keep it, or move it to a day and time.
+const KEEP_OR_RESCHEDULE: &str = r#"
 start: decide
 nodes:
   decide:
@@ -401,9 +398,13 @@ nodes:
   done: { say: "Noted.", actions: [end_call] }
   kept: { say: "See you.", actions: [end_call] }
   gone: { say: "Cancelled.", actions: [end_call] }
-"#,
-    )
-    .unwrap();
+global: [{ says: ["wrong number"], say: "Sorry.", actions: [end_call] }]
+"#;
+
+#[test]
+fn an_answer_that_gives_what_one_route_collects_takes_that_route() {
+    // Asked "keep it or reschedule?", a day is a reschedule: the route whose node collects it.
+    let spec: FlowSpec = serde_yaml::from_str(KEEP_OR_RESCHEDULE).unwrap();
     let today = NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
     let mut flow = Flow::new(spec.clone(), Map::new(), today);
     assert!(flow.understands().is_some_and(|check| check("Next Tuesday.") && !check("Hello there.")));
@@ -424,22 +425,9 @@ nodes:
 fn before_the_flow_starts_the_first_messages_question_is_what_is_awaited() {
     // The first message asks the start node's question ("keep it or reschedule?"): the first
     // words are routed by that node, so they are primed, checked and understood as its answer.
-    let spec: FlowSpec = serde_yaml::from_str(
-        r#"
-start: decide
-nodes:
-  decide:
-    say: "Keep it or reschedule?"
-    routes: [{ says: ["reschedule", "move it"], goto: later }]
-    on_yes: kept
-  later: { say: "Which day?", actions: [end_call] }
-  kept: { say: "See you.", actions: [end_call] }
-global: [{ says: ["wrong number"], say: "Sorry.", actions: [end_call] }]
-"#,
-    )
-    .unwrap();
+    let spec: FlowSpec = serde_yaml::from_str(KEEP_OR_RESCHEDULE).unwrap();
     let flow = Flow::new(spec.clone(), Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
-    assert_eq!(flow.expects(), "Wrong number. Reschedule. Move it. Yes. No.");
+    assert_eq!(flow.expects(), "Wrong number. Reschedule. Move it. Cancel. Yes. No.");
     assert!(flow.answer_check().is_some_and(|check| check("I need to reschedule.") && !check("I need to rescare dual.")));
     assert!(flow.understands().is_some_and(|check| check("I need to reschedule.") && !check("Add it to the M.")));
 
