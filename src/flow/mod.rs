@@ -271,9 +271,12 @@ enum Awaiting {
 pub const DIGITS_PRIME: &str = "5 5 5, 0 1 2 3";
 /// What a name question primes the recognizer with: names said after a cue.
 const NAME_PRIMES: [&str; 2] = ["My name is Oliver Quinn", "It's under Elena Novak"];
-/// The names in [`NAME_PRIMES`]. Uncommon on purpose: a transcript holding one the caller did
-/// not say is the prompt leaking in, and the listener hears such a line again unprimed.
-pub const EXAMPLE_NAMES: [&str; 4] = ["Oliver", "Quinn", "Elena", "Novak"];
+/// The names in [`NAME_PRIMES`] (their capitalized words after the first), lowercase.
+/// Uncommon on purpose: a transcript holding one the caller did not say is the prompt leaking
+/// in, and the listener hears such a line again unprimed.
+pub fn example_names() -> impl Iterator<Item = String> {
+    NAME_PRIMES.iter().flat_map(|prime| prime.split_whitespace().skip(1)).filter(|w| w.starts_with(char::is_uppercase)).map(str::to_lowercase)
+}
 
 /// Attempts at one slot before the flow says its fallback and moves on without it.
 const MAX_ATTEMPTS: u32 = 3;

@@ -176,11 +176,11 @@ fn transcribe_for_flow(stt: &dyn SpeechToText, audio: &[f32], stop: &AtomicBool,
     Ok(if take { Transcript { processing: first.processing + second.processing, ..second } } else { first })
 }
 
-/// Whether `text` holds a word of [`crate::flow::EXAMPLE_NAMES`] that `prompt` taught.
+/// Whether `text` holds one of [`crate::flow::example_names`] that `prompt` taught.
 fn borrows_example(text: &str, prompt: &str) -> bool {
     let words = |t: &str| -> Vec<String> { t.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect() };
     let (said, primed) = (words(text), words(prompt));
-    crate::flow::EXAMPLE_NAMES.iter().map(|name| name.to_lowercase()).any(|name| primed.contains(&name) && said.contains(&name))
+    crate::flow::example_names().any(|name| primed.contains(&name) && said.contains(&name))
 }
 
 /// The final transcript and Smart Turn's judgement in flight: set `stop` to abandon them.
