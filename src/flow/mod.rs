@@ -242,6 +242,13 @@ pub struct ToolRequest {
     pub arguments: Map<String, Value>,
 }
 
+/// The most words a caller's first line may have and still be heard a second time when it
+/// comes back doubtful and not understood ([`Flow::understands`]). The bench caller's espeak
+/// "Hi. I would like to book a table." came back primed as "Hi. I would like to work
+/// available." (words at 0.36 and 0.40); the eval's misheard "Oh, sorry, wrong number." as
+/// "Sorry. Right.".
+const SHORT_FIRST_LINE: usize = 4;
+
 /// Whether words answer what the flow waits for ([`Flow::answer_check`]).
 pub type AnswerCheck = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -375,20 +382,31 @@ impl Flow {
     /// knowledge question) — unlike [`Flow::answer_check`], for every kind of slot. `None`
     /// when it waits for nothing in particular. The listener asks it of a doubtful transcript
     /// before it hears the words a second time.
+    ///
+    /// The first words before a start node that collects are understood when they hold what
+    /// works anywhere or clear evidence of one of its slots: the luigis eval's "Oh, sorry, wrong
+    /// number." came back primed as "Sorry. Right." and began a booking (2026-12-03). A first
+    /// line longer than [`SHORT_FIRST_LINE`] words is taken as heard: it is most often the
+    /// request the flow serves ("I would like to book a table."), which no second hearing
+    /// would make understood, and every doubtful one would cost a decode on the first turn.
     pub fn understands(&self) -> Option<AnswerCheck> {
         let node = self.current().clone();
         let probe = Flow::new(self.spec.clone(), Map::new(), self.today);
+        let first_words = !self.started && !node.collect.is_empty();
         let slot = match &self.awaited() {
             Awaiting::Slot(index) => Some(node.collect.get(*index)?.clone()),
             Awaiting::Confirmation | Awaiting::Check { .. } | Awaiting::Answer => None,
+            Awaiting::Nothing if first_words => None,
             _ => return None,
         };
+        let first_words = first_words && slot.is_none();
         let answer = self.answer_check();
         let answering = self.awaited() == Awaiting::Answer;
         Some(std::sync::Arc::new(move |text: &str| {
             let anywhere = probe.spec.global.iter().any(|h| mentions(text, &h.says)) || probe.knowledge(text).is_some();
             let answers = match &slot {
                 Some(slot) => probe.parse_slot(slot, text, false).is_some(),
+                None if first_words => text.split_whitespace().count() > SHORT_FIRST_LINE || node.collect.iter().any(|slot| probe.parse_slot(slot, text, true).is_some()),
                 None => answer.as_ref().is_some_and(|check| check(text)) || (answering && probe.route_by_slots(&node, text).is_some()),
             };
             anywhere || answers

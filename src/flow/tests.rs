@@ -437,11 +437,13 @@ fn before_the_flow_starts_the_first_messages_question_is_what_is_awaited() {
     assert!(flow.expects().ends_with(&format!("{}.", DIGITS_PRIME.trim_end_matches('.'))), "{}", flow.expects());
     assert!(flow.understands().is_some_and(|check| check("It's 4 5 1 2 9.") && !check("Hello?")));
 
-    // A start node that collects, not asked by the first message: nothing in particular.
+    // A start node that collects, not asked by the first message: nothing in particular is
+    // primed or ends the turn, but clear evidence of one of its slots is understood.
     let spec: FlowSpec = serde_yaml::from_str(ORDER_LOOKUP).unwrap();
     let flow = Flow::new(spec, Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
     assert_eq!(flow.expects(), "");
-    assert!(flow.answer_check().is_none() && flow.understands().is_none());
+    assert!(flow.answer_check().is_none());
+    assert!(flow.understands().is_some_and(|check| check("It's john@example.com.") && !check("Hello?")));
 }
 
 #[test]
@@ -463,7 +465,14 @@ fn words_that_answer_the_question_end_the_turn_and_a_question_is_not_a_name() {
 #[test]
 fn the_flow_says_which_words_it_would_understand_for_every_kind_of_question() {
     let mut flow = flow();
-    assert!(flow.understands().is_none(), "nothing awaited before the call begins");
+    // The first words, before a start node that collects: what works anywhere, or clear
+    // evidence of a slot. The eval's "Oh, sorry, wrong number." came back primed as "Sorry.
+    // Right.": not understood, so it is heard a second time.
+    let understood = flow.understands().expect("the first words are awaited");
+    assert!(understood("Sorry, wrong number.") && understood("A table for two, please.") && understood("When are you open?"));
+    assert!(!understood("Sorry. Right.") && !understood("Hello."));
+    // A longer first line is taken as heard: most often the request the flow serves.
+    assert!(understood("Hi. I would like to work available."));
     flow.begin();
     flow.on_caller("a table for two tomorrow");
     flow.on_caller("at eight pm");
