@@ -392,14 +392,13 @@ impl Flow {
     pub fn understands(&self) -> Option<AnswerCheck> {
         let node = self.current().clone();
         let probe = Flow::new(self.spec.clone(), Map::new(), self.today);
-        let first_words = !self.started && !node.collect.is_empty();
+        let first_words = !self.started && self.awaited() == Awaiting::Nothing && !node.collect.is_empty();
         let slot = match &self.awaited() {
             Awaiting::Slot(index) => Some(node.collect.get(*index)?.clone()),
             Awaiting::Confirmation | Awaiting::Check { .. } | Awaiting::Answer => None,
             Awaiting::Nothing if first_words => None,
             _ => return None,
         };
-        let first_words = first_words && slot.is_none();
         let answer = self.answer_check();
         let answering = self.awaited() == Awaiting::Answer;
         Some(std::sync::Arc::new(move |text: &str| {
