@@ -392,15 +392,16 @@ impl Flow {
     pub fn understands(&self) -> Option<AnswerCheck> {
         let node = self.current().clone();
         let probe = Flow::new(self.spec.clone(), Map::new(), self.today);
-        let first_words = !self.started && self.awaited() == Awaiting::Nothing && !node.collect.is_empty();
-        let slot = match &self.awaited() {
+        let awaited = self.awaited();
+        let first_words = !self.started && awaited == Awaiting::Nothing && !node.collect.is_empty();
+        let slot = match &awaited {
             Awaiting::Slot(index) => Some(node.collect.get(*index)?.clone()),
             Awaiting::Confirmation | Awaiting::Check { .. } | Awaiting::Answer => None,
             Awaiting::Nothing if first_words => None,
             _ => return None,
         };
         let answer = self.answer_check();
-        let answering = self.awaited() == Awaiting::Answer;
+        let answering = awaited == Awaiting::Answer;
         Some(std::sync::Arc::new(move |text: &str| {
             let anywhere = probe.spec.global.iter().any(|h| mentions(text, &h.says)) || probe.knowledge(text).is_some();
             let answers = match &slot {
