@@ -646,6 +646,30 @@ mod tests {
     }
 
     #[test]
+    fn a_short_doubtful_first_line_before_a_collecting_start_node_is_heard_again() {
+        let spec: crate::flow::FlowSpec = serde_yaml::from_str(
+            r#"
+start: booking
+nodes:
+  booking:
+    collect: [{ name: party_size, type: integer, question: "For how many people?" }]
+global: [{ says: ["wrong number"], say: "Goodbye!", actions: [end_call] }]
+"#,
+        )
+        .unwrap();
+        let flow = crate::flow::Flow::new(spec, serde_json::Map::new(), chrono::NaiveDate::from_ymd_opt(2026, 12, 3).unwrap());
+        let first = Answers::default();
+        first.set(flow.answer_check(), flow.understands());
+        let prompt = "Wrong number.";
+        // The luigis eval's "Oh, sorry, wrong number." once came back primed as "Sorry. Right.".
+        let right = ("Sorry. Right.", &[0.4][..]);
+        assert_eq!(heard(right, ("Oh, sorry, wrong number.", &[0.7][..]), prompt, &first), ("Oh, sorry, wrong number.".into(), 2));
+        // A doubtful request is taken as heard: no second decode on the first turn.
+        let request = ("Hi. I would like to work available.", &[0.9, 0.9, 0.9, 0.9, 0.9, 0.36, 0.4][..]);
+        assert_eq!(heard(request, ("Hi, I would like to book a table.", &[0.8][..]), prompt, &first), ("Hi. I would like to work available.".into(), 1));
+    }
+
+    #[test]
     fn finished_sentences_end_the_turn_and_fragments_do_not() {
         assert!(reads_finished("I'd like to book a table."));
         assert!(reads_finished("Can you hear me?"));
