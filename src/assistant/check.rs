@@ -15,22 +15,50 @@ const HTTP_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
 
 /// Every rule the spec breaks, as (field path, message with the fix).
 pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    let mut problem = |field: String, message: String| out.push((field, message));
+    let mut out = Problems::default();
+    identity(spec, &mut out);
+    engines(spec, &mut out);
+    variables(spec, &mut out);
+    intents(spec, &mut out);
+    outcomes(spec, &mut out);
+    tools(spec, &mut out);
+    turn_taking(spec, &mut out);
+    keys(spec, &mut out);
+    if let Some(flow) = &spec.flow {
+        flow_problems(spec, flow, &mut out);
+    }
+    bounds(spec, &mut out);
+    out.0
+}
 
+/// The problems found so far, in the order `assistants check` prints them.
+#[derive(Default)]
+struct Problems(Vec<(String, String)>);
+
+impl Problems {
+    fn add(&mut self, field: String, message: String) {
+        self.0.push((field, message));
+    }
+}
+
+/// The spec's version, name, timezone and language.
+fn identity(spec: &AssistantSpec, out: &mut Problems) {
     if spec.version != SPEC_VERSION {
-        problem("version".into(), format!("{} is not supported; set `version: {SPEC_VERSION}`", spec.version));
+        out.add("version".into(), format!("{} is not supported; set `version: {SPEC_VERSION}`", spec.version));
     }
     if spec.name.trim().is_empty() {
-        problem("name".into(), "is empty; give the assistant a name".into());
+        out.add("name".into(), "is empty; give the assistant a name".into());
     }
     if spec.timezone.parse::<chrono_tz::Tz>().is_err() {
-        problem("timezone".into(), format!("`{}` is not an IANA zone; use one such as Europe/London or America/New_York", spec.timezone));
+        out.add("timezone".into(), format!("`{}` is not an IANA zone; use one such as Europe/London or America/New_York", spec.timezone));
     }
     if spec.language.len() < 2 || !spec.language.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        problem("language".into(), format!("`{}` is not a language tag; use one such as en-US", spec.language));
+        out.add("language".into(), format!("`{}` is not a language tag; use one such as en-US", spec.language));
     }
+}
 
+/// Voice, LLM and speech-to-text: providers known, local models in the model store, settings in range.
+fn engines(spec: &AssistantSpec, out: &mut Problems) {
     // Providers and models resolve against what the model store can hold.
     let manifest = Manifest::load().ok();
     let known = |name: &str| manifest.as_ref().is_none_or(|m| m.get(name).is_ok());
@@ -43,158 +71,174 @@ pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
     match spec.voice.provider.as_str() {
         "piper" => {
             if !known(&format!("piper-{}", spec.voice.name)) {
-                problem("voice.name".into(), format!("no Piper voice `{}` in the model store; use one of: {}", spec.voice.name, names_of("tts", "piper-")));
+                out.add("voice.name".into(), format!("no Piper voice `{}` in the model store; use one of: {}", spec.voice.name, names_of("tts", "piper-")));
             }
         }
         "espeak" | "openai" => {}
-        other => problem("voice.provider".into(), format!("`{other}` is not a voice provider; use piper, espeak or openai")),
+        other => out.add("voice.provider".into(), format!("`{other}` is not a voice provider; use piper, espeak or openai")),
     }
     match spec.llm.provider.as_str() {
         "local" => {
             if !known(&spec.llm.model) {
-                problem("llm.model".into(), format!("no local model `{}`; use one of: {}", spec.llm.model, names_of("llm", "")));
+                out.add("llm.model".into(), format!("no local model `{}`; use one of: {}", spec.llm.model, names_of("llm", "")));
             }
         }
         "openai" => {
             if spec.llm.base_url.as_deref().is_some_and(|u| reqwest::Url::parse(u).is_err()) {
-                problem("llm.base_url".into(), "is not a URL; use e.g. https://api.openai.com/v1".into());
+                out.add("llm.base_url".into(), "is not a URL; use e.g. https://api.openai.com/v1".into());
             }
         }
-        other => problem("llm.provider".into(), format!("`{other}` is not an LLM provider; use local or openai")),
+        other => out.add("llm.provider".into(), format!("`{other}` is not an LLM provider; use local or openai")),
     }
     if !(0.0..=2.0).contains(&spec.llm.temperature) {
-        problem("llm.temperature".into(), format!("{} is outside 0..2", spec.llm.temperature));
+        out.add("llm.temperature".into(), format!("{} is outside 0..2", spec.llm.temperature));
     }
     if spec.llm.max_tokens == 0 || spec.llm.max_tokens > 4096 {
-        problem("llm.max_tokens".into(), format!("{} is outside 1..4096", spec.llm.max_tokens));
+        out.add("llm.max_tokens".into(), format!("{} is outside 1..4096", spec.llm.max_tokens));
     }
     match spec.stt.provider.as_str() {
         "whisper" => {
             let model = if spec.stt.model.starts_with("whisper-") { spec.stt.model.clone() } else { format!("whisper-{}", spec.stt.model) };
             if !known(&model) {
-                problem("stt.model".into(), format!("no Whisper model `{}`; use one of: {}", spec.stt.model, names_of("stt", "whisper-")));
+                out.add("stt.model".into(), format!("no Whisper model `{}`; use one of: {}", spec.stt.model, names_of("stt", "whisper-")));
             }
         }
         "openai" => {}
-        other => problem("stt.provider".into(), format!("`{other}` is not a speech-to-text provider; use whisper or openai")),
+        other => out.add("stt.provider".into(), format!("`{other}` is not a speech-to-text provider; use whisper or openai")),
     }
     let partial = spec.stt.partial_interval_ms;
     if partial != 0 && !(300..=10_000).contains(&partial) {
-        problem("stt.partial_interval_ms".into(), format!("{partial} is outside 300..10000; use 0 to turn partial transcripts off"));
+        out.add("stt.partial_interval_ms".into(), format!("{partial} is outside 300..10000; use 0 to turn partial transcripts off"));
     }
     let confirm_below = spec.stt.confirm_below;
     if !(0.0..=1.0).contains(&confirm_below) {
-        problem("stt.confirm_below".into(), format!("{confirm_below} is outside 0..1; use 0 to never check what was heard"));
+        out.add("stt.confirm_below".into(), format!("{confirm_below} is outside 0..1; use 0 to never check what was heard"));
     }
+}
 
+/// Variables: template names, known types, defaults of their type.
+fn variables(spec: &AssistantSpec, out: &mut Problems) {
     for (name, variable) in &spec.variables {
         let field = format!("variables.{name}");
         if !is_identifier(name) {
-            problem(field.clone(), "is not a template name; use letters, digits and underscores, starting with a letter".into());
+            out.add(field.clone(), "is not a template name; use letters, digits and underscores, starting with a letter".into());
         }
         if !VARIABLE_TYPES.contains(&variable.kind.as_str()) {
-            problem(format!("{field}.type"), format!("`{}` is not a type; use one of: {}", variable.kind, VARIABLE_TYPES.join(", ")));
+            out.add(format!("{field}.type"), format!("`{}` is not a type; use one of: {}", variable.kind, VARIABLE_TYPES.join(", ")));
         } else if let Some(default) = &variable.default {
             if !matches_type(&variable.kind, default) {
-                problem(format!("{field}.default"), format!("{default} is not a {}; give a default of that type or change `type`", variable.kind));
+                out.add(format!("{field}.default"), format!("{default} is not a {}; give a default of that type or change `type`", variable.kind));
             }
         }
         if variable.required && variable.default.is_some() {
-            problem(format!("{field}.required"), "a required variable cannot have a default; drop one of them".into());
+            out.add(format!("{field}.required"), "a required variable cannot have a default; drop one of them".into());
         }
     }
+}
 
+/// Intents (unique, with examples), the intent threshold, and the routes they lead to.
+fn intents(spec: &AssistantSpec, out: &mut Problems) {
     let mut seen = BTreeSet::new();
     for (i, intent) in spec.intents.iter().enumerate() {
         let field = format!("intents.{i}");
         if !is_identifier(&intent.name) {
-            problem(format!("{field}.name"), format!("`{}` is not an identifier; use e.g. cancel_order", intent.name));
+            out.add(format!("{field}.name"), format!("`{}` is not an identifier; use e.g. cancel_order", intent.name));
         } else if !seen.insert(intent.name.clone()) {
-            problem(format!("{field}.name"), format!("`{}` is declared twice; names must be unique", intent.name));
+            out.add(format!("{field}.name"), format!("`{}` is declared twice; names must be unique", intent.name));
         }
         if intent.examples.iter().all(|e| e.trim().is_empty()) {
-            problem(format!("{field}.examples"), format!("intent `{}` has no examples; give at least one phrase a caller would say", intent.name));
+            out.add(format!("{field}.examples"), format!("intent `{}` has no examples; give at least one phrase a caller would say", intent.name));
         }
     }
     if !(0.0..=1.0).contains(&spec.intent_threshold) {
-        problem("intent_threshold".into(), format!("{} is not a similarity; give a value from 0 to 1 (default 0.5)", spec.intent_threshold));
+        out.add("intent_threshold".into(), format!("{} is not a similarity; give a value from 0 to 1 (default 0.5)", spec.intent_threshold));
     }
     for (i, route) in spec.routes.iter().enumerate() {
         let field = format!("routes.{i}");
         match &route.intent {
             Some(intent) if !spec.intents.iter().any(|d| &d.name == intent) => {
-                problem(format!("{field}.intent"), format!("no intent `{intent}` in `intents`; declare it there or name one of those"))
+                out.add(format!("{field}.intent"), format!("no intent `{intent}` in `intents`; declare it there or name one of those"))
             }
-            None if !route.escalation => problem(field.clone(), "a route needs an `intent` or `escalation: true`".into()),
+            None if !route.escalation => out.add(field.clone(), "a route needs an `intent` or `escalation: true`".into()),
             _ => {}
         }
         if route.say.is_none() && route.transfer.is_none() && !route.end_call && route.disposition.is_none() {
-            problem(field.clone(), "a route does nothing; give it `say`, `transfer`, `end_call` or `disposition`".into());
+            out.add(field.clone(), "a route does nothing; give it `say`, `transfer`, `end_call` or `disposition`".into());
         }
         if let Some(disposition) = &route.disposition {
             if !spec.dispositions.is_empty() && !spec.dispositions.iter().any(|d| &d.name == disposition) {
-                problem(format!("{field}.disposition"), format!("no disposition `{disposition}` in `dispositions`"));
+                out.add(format!("{field}.disposition"), format!("no disposition `{disposition}` in `dispositions`"));
             }
         }
         if let Some(destination) = &route.transfer {
             if let Some(message) = destination_problem(destination, spec, &[]) {
-                problem(format!("{field}.transfer"), message);
+                out.add(format!("{field}.transfer"), message);
             }
         }
     }
+}
+
+/// Dispositions and fields to extract: unique identifiers, known types.
+fn outcomes(spec: &AssistantSpec, out: &mut Problems) {
     let mut seen = BTreeSet::new();
     for (i, disposition) in spec.dispositions.iter().enumerate() {
         if !is_identifier(&disposition.name) {
-            problem(format!("dispositions.{i}.name"), format!("`{}` is not an identifier; use e.g. callback_requested", disposition.name));
+            out.add(format!("dispositions.{i}.name"), format!("`{}` is not an identifier; use e.g. callback_requested", disposition.name));
         } else if !seen.insert(disposition.name.clone()) {
-            problem(format!("dispositions.{i}.name"), format!("`{}` is declared twice; names must be unique", disposition.name));
+            out.add(format!("dispositions.{i}.name"), format!("`{}` is declared twice; names must be unique", disposition.name));
         }
     }
     let mut seen = BTreeSet::new();
     for (i, field_spec) in spec.extract.iter().enumerate() {
         if !is_identifier(&field_spec.name) {
-            problem(format!("extract.{i}.name"), format!("`{}` is not an identifier; use e.g. callback_time", field_spec.name));
+            out.add(format!("extract.{i}.name"), format!("`{}` is not an identifier; use e.g. callback_time", field_spec.name));
         } else if !seen.insert(field_spec.name.clone()) {
-            problem(format!("extract.{i}.name"), format!("`{}` is declared twice; names must be unique", field_spec.name));
+            out.add(format!("extract.{i}.name"), format!("`{}` is declared twice; names must be unique", field_spec.name));
         }
         if !VARIABLE_TYPES.contains(&field_spec.kind.as_str()) {
-            problem(format!("extract.{i}.type"), format!("`{}` is not a type; use one of: {}", field_spec.kind, VARIABLE_TYPES.join(", ")));
+            out.add(format!("extract.{i}.type"), format!("`{}` is not a type; use one of: {}", field_spec.kind, VARIABLE_TYPES.join(", ")));
         }
     }
+}
 
+/// Built-in tools by known name; HTTP tools with a unique name, an http(s) URL, a method, a schema and a timeout.
+fn tools(spec: &AssistantSpec, out: &mut Problems) {
     let mut seen = BTreeSet::new();
     for (i, tool) in spec.tools.iter().enumerate() {
         match tool {
             ToolEntry::Builtin(name) => {
                 if !BUILTIN_TOOLS.contains(&name.as_str()) {
-                    problem(format!("tools.{i}"), format!("unknown built-in `{name}` (built-ins: {}); or declare an HTTP tool with name and url", BUILTIN_TOOLS.join(", ")));
+                    out.add(format!("tools.{i}"), format!("unknown built-in `{name}` (built-ins: {}); or declare an HTTP tool with name and url", BUILTIN_TOOLS.join(", ")));
                 }
                 seen.insert(name.clone());
             }
             ToolEntry::Http(http) => {
                 let field = format!("tools.{i}");
                 if !is_identifier(&http.name) || BUILTIN_TOOLS.contains(&http.name.as_str()) {
-                    problem(format!("{field}.name"), format!("`{}` must be an identifier that is not a built-in's name", http.name));
+                    out.add(format!("{field}.name"), format!("`{}` must be an identifier that is not a built-in's name", http.name));
                 } else if !seen.insert(http.name.clone()) {
-                    problem(format!("{field}.name"), format!("`{}` is declared twice; names must be unique", http.name));
+                    out.add(format!("{field}.name"), format!("`{}` is declared twice; names must be unique", http.name));
                 }
                 match reqwest::Url::parse(&http.url) {
                     Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-                    _ => problem(format!("{field}.url"), format!("`{}` is not an http(s) URL", http.url)),
+                    _ => out.add(format!("{field}.url"), format!("`{}` is not an http(s) URL", http.url)),
                 }
                 if !HTTP_METHODS.contains(&http.method.to_ascii_uppercase().as_str()) {
-                    problem(format!("{field}.method"), format!("`{}` is not one of {}", http.method, HTTP_METHODS.join(", ")));
+                    out.add(format!("{field}.method"), format!("`{}` is not one of {}", http.method, HTTP_METHODS.join(", ")));
                 }
                 if http.parameters.get("type").and_then(Value::as_str) != Some("object") {
-                    problem(format!("{field}.parameters"), "must be a JSON schema of `type: object` with `properties`".into());
+                    out.add(format!("{field}.parameters"), "must be a JSON schema of `type: object` with `properties`".into());
                 }
                 if !(100..=60_000).contains(&http.timeout_ms) {
-                    problem(format!("{field}.timeout_ms"), format!("{} is outside 100..60000", http.timeout_ms));
+                    out.add(format!("{field}.timeout_ms"), format!("{} is outside 100..60000", http.timeout_ms));
                 }
             }
         }
     }
+}
 
+/// Turn-taking settings in range, and the webhook URL.
+fn turn_taking(spec: &AssistantSpec, out: &mut Problems) {
     let turn = &spec.turn;
     let ranges: [(&str, f64, f64, f64); 10] = [
         ("endpointing_ms", turn.endpointing_ms as f64, 64.0, 5_000.0),
@@ -210,18 +254,21 @@ pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
     ];
     for (name, value, low, high) in ranges {
         if !(low..=high).contains(&value) {
-            problem(format!("turn.{name}"), format!("{value} is outside {low}..{high}"));
+            out.add(format!("turn.{name}"), format!("{value} is outside {low}..{high}"));
         }
     }
     if turn.idle_hangup_s < turn.idle_reprompt_s {
-        problem("turn.idle_hangup_s".into(), "is shorter than idle_reprompt_s; the reprompt would never be said".into());
+        out.add("turn.idle_hangup_s".into(), "is shorter than idle_reprompt_s; the reprompt would never be said".into());
     }
     if let Some(url) = &spec.webhook_url {
         if reqwest::Url::parse(url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
-            problem("webhook_url".into(), format!("`{url}` is not an http(s) URL"));
+            out.add("webhook_url".into(), format!("`{url}` is not an http(s) URL"));
         }
     }
+}
 
+/// Where each provider's API key comes from: an environment variable or a named secret, not both.
+fn keys(spec: &AssistantSpec, out: &mut Problems) {
     let keys = [
         ("llm", &spec.llm.api_key_env, &spec.llm.api_key_secret),
         ("stt", &spec.stt.api_key_env, &spec.stt.api_key_secret),
@@ -229,54 +276,59 @@ pub fn problems(spec: &AssistantSpec) -> Vec<(String, String)> {
     ];
     for (section, env, secret) in keys {
         if env.is_some() && secret.is_some() {
-            problem(format!("{section}.api_key_secret"), "give `api_key_env` or `api_key_secret`, not both".into());
+            out.add(format!("{section}.api_key_secret"), "give `api_key_env` or `api_key_secret`, not both".into());
         }
         if let Some(name) = secret {
             if !is_secret_name(name) {
-                problem(format!("{section}.api_key_secret"), format!("`{}` is not a secret name; use letters, digits and underscores (at most {MAX_SECRET_NAME} characters)", clip(name)));
+                out.add(format!("{section}.api_key_secret"), format!("`{}` is not a secret name; use letters, digits and underscores (at most {MAX_SECRET_NAME} characters)", clip(name)));
             }
         }
     }
-    if let Some(flow) = &spec.flow {
-        let dispositions: Vec<String> = spec.dispositions.iter().map(|d| d.name.clone()).collect();
-        let tools: Vec<String> = spec.tools.iter().filter_map(|t| match t {
-            ToolEntry::Http(http) => Some(http.name.clone()),
-            ToolEntry::Builtin(_) => None,
-        }).collect();
-        for (field, message) in crate::flow::problems(flow, &dispositions, &tools) {
-            problem(field, message);
-        }
-        // A flow's transfers: a literal destination must be dialable; `{{ name }}` must name
-        // something the call will have (a variable, a slot, a tool's result).
-        let mut names: Vec<String> = flow.nodes.values().flat_map(|n| n.collect.iter().map(|slot| slot.name.clone())).collect();
-        names.extend(tools.iter().cloned());
-        let transfers = flow
-            .nodes
-            .iter()
-            .flat_map(|(node, n)| n.actions.iter().enumerate().map(move |(i, a)| (format!("flow.nodes.{node}.actions.{i}.transfer_call"), a)))
-            .chain(flow.global.iter().enumerate().flat_map(|(h, handler)| handler.actions.iter().enumerate().map(move |(i, a)| (format!("flow.global.{h}.actions.{i}.transfer_call"), a))));
-        for (field, action) in transfers {
-            if let crate::flow::ActionSpec::Transfer { transfer_call } = action {
-                if let Some(message) = destination_problem(transfer_call, spec, &names) {
-                    problem(field, message);
-                }
+}
+
+/// The flow's own rules, its transfers' destinations, and its size.
+fn flow_problems(spec: &AssistantSpec, flow: &crate::flow::FlowSpec, out: &mut Problems) {
+    let dispositions: Vec<String> = spec.dispositions.iter().map(|d| d.name.clone()).collect();
+    let tools: Vec<String> = spec.tools.iter().filter_map(|t| match t {
+        ToolEntry::Http(http) => Some(http.name.clone()),
+        ToolEntry::Builtin(_) => None,
+    }).collect();
+    for (field, message) in crate::flow::problems(flow, &dispositions, &tools) {
+        out.add(field, message);
+    }
+    // A flow's transfers: a literal destination must be dialable; `{{ name }}` must name
+    // something the call will have (a variable, a slot, a tool's result).
+    let mut names: Vec<String> = flow.nodes.values().flat_map(|n| n.collect.iter().map(|slot| slot.name.clone())).collect();
+    names.extend(tools.iter().cloned());
+    let transfers = flow
+        .nodes
+        .iter()
+        .flat_map(|(node, n)| n.actions.iter().enumerate().map(move |(i, a)| (format!("flow.nodes.{node}.actions.{i}.transfer_call"), a)))
+        .chain(flow.global.iter().enumerate().flat_map(|(h, handler)| handler.actions.iter().enumerate().map(move |(i, a)| (format!("flow.global.{h}.actions.{i}.transfer_call"), a))));
+    for (field, action) in transfers {
+        if let crate::flow::ActionSpec::Transfer { transfer_call } = action {
+            if let Some(message) = destination_problem(transfer_call, spec, &names) {
+                out.add(field, message);
             }
         }
-        let nodes = flow.nodes.len();
-        if nodes > 100 {
-            problem("flow.nodes".into(), format!("has {nodes} nodes; the most is 100"));
-        }
-        let text = serde_json::to_string(flow).map(|t| t.len()).unwrap_or(0);
-        if text > MAX_TEMPLATE_BYTES * 2 {
-            problem("flow".into(), format!("is {text} bytes of JSON; the most is {}", MAX_TEMPLATE_BYTES * 2));
-        }
     }
+    let nodes = flow.nodes.len();
+    if nodes > 100 {
+        out.add("flow.nodes".into(), format!("has {nodes} nodes; the most is 100"));
+    }
+    let text = serde_json::to_string(flow).map(|t| t.len()).unwrap_or(0);
+    if text > MAX_TEMPLATE_BYTES * 2 {
+        out.add("flow".into(), format!("is {text} bytes of JSON; the most is {}", MAX_TEMPLATE_BYTES * 2));
+    }
+}
+
+/// Templates and lists within their bounds.
+fn bounds(spec: &AssistantSpec, out: &mut Problems) {
     for (field, len, max) in sizes(spec) {
         if len > max {
-            problem(field, format!("is {len} long; the most is {max}"));
+            out.add(field, format!("is {len} long; the most is {max}"));
         }
     }
-    out
 }
 
 /// The longest template (system prompt or prompt file) an assistant may have, in bytes.
