@@ -205,143 +205,32 @@ async fn think(ctx: &Arc<TurnContext>, mut messages: Vec<Message>, outbox: &mpsc
     let mut temperature = ctx.assistant.spec.llm.temperature;
     // Whether this turn already asked again after a refused reply (once per turn).
     let mut regenerated = false;
-    let mut redo: Option<&'static str> = None;
     // One more round than tools need: a refused reply takes one.
     for round in 0..MAX_TOOL_ROUNDS + 1 {
-        let request = ChatRequest { messages: messages.clone(), tools: ctx.tools.clone(), max_tokens: ctx.assistant.spec.llm.max_tokens, temperature, schema: None };
-        let stream = tokio::select! {
-            _ = cancel.cancelled() => return,
-            stream = ctx.llm.stream(request) => stream,
-        };
-        let mut stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "llm request failed");
-                record_llm_failure(progress, &e);
-                say(outbox, LLM_APOLOGY).await;
-                return;
-            }
-        };
-        let mut text = String::new();
-        let mut calls: Vec<ToolCall> = Vec::new();
-        // The reply's opening is held until it can be judged (see `guard`); then it and the
-        // rest stream on as they come.
-        let mut opening: Option<String> = Some(String::new());
-        loop {
-            let event = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return, // dropping the stream stops generation
-                event = stream.next() => event,
-            };
-            match event {
-                None => break,
-                Some(Ok(LlmEvent::Text(piece))) => {
-                    lock(progress).first_token_at.get_or_insert_with(|| ctx.out.now());
-                    text.push_str(&piece);
-                    let Some(held) = opening.as_mut() else {
-                        spoke |= !piece.trim().is_empty();
-                        if outbox.send(Frame::LlmText(piece)).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    };
-                    held.push_str(&piece);
-                    if !guard::ready(held, &messages) {
-                        continue;
-                    }
-                    match guard::judge(held, &messages) {
-                        Some(kind) => {
-                            // Dropping the stream stops the generation; ask again, or give up.
-                            lock(progress).guards.push(kind);
-                            redo = Some(kind);
-                            break;
-                        }
-                        None => {
-                            let held = opening.take().unwrap_or_default();
-                            spoke |= !held.trim().is_empty();
-                            if outbox.send(Frame::LlmText(held)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                Some(Ok(LlmEvent::ToolCall(call))) => calls.push(call),
-                Some(Ok(LlmEvent::Done(usage))) => {
-                    let mut p = lock(progress);
-                    p.prompt_tokens = usage.prompt_tokens;
-                    p.cached_tokens = usage.cached_tokens;
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "llm stream failed");
-                    record_llm_failure(progress, &e);
-                    let _ = outbox.send(Frame::LlmTextEnd).await;
-                    if !spoke {
-                        say(outbox, LLM_APOLOGY).await;
-                    }
-                    return;
-                }
-            }
-        }
-        if let Some(kind) = redo.take() {
-            if regenerated {
+        let (text, calls) = match reply_once(ctx, &messages, temperature, outbox, progress, cancel, &mut spoke).await {
+            Round::Over => return,
+            Round::Refused(kind) if regenerated => {
                 // Twice in a row: the assistant's fallback line instead.
                 lock(progress).guards.push("fallback");
                 tracing::info!(guard = kind, "the LLM's reply was refused twice; saying the fallback line");
                 say(outbox, ctx.assistant.spec.fallback.as_deref().unwrap_or(GUARD_FALLBACK)).await;
                 return;
             }
-            tracing::info!(guard = kind, "the LLM's reply was refused; asking again with other sampling");
-            regenerated = true;
-            temperature = (temperature + 0.6).min(1.2);
-            continue;
-        }
-        // A short reply that ended before its opening could be judged: judge it whole.
-        if let Some(held) = opening.take() {
-            if let Some(kind) = guard::judge(&held, &messages).filter(|_| calls.is_empty()) {
-                lock(progress).guards.push(kind);
-                if regenerated {
-                    lock(progress).guards.push("fallback");
-                    say(outbox, ctx.assistant.spec.fallback.as_deref().unwrap_or(GUARD_FALLBACK)).await;
-                    return;
-                }
+            Round::Refused(kind) => {
+                tracing::info!(guard = kind, "the LLM's reply was refused; asking again with other sampling");
                 regenerated = true;
                 temperature = (temperature + 0.6).min(1.2);
                 continue;
             }
-            spoke |= !held.trim().is_empty();
-            if !held.is_empty() && outbox.send(Frame::LlmText(held)).await.is_err() {
-                return;
-            }
-        }
-        if outbox.send(Frame::LlmTextEnd).await.is_err() {
-            return;
-        }
+            Round::Replied { text, calls } => (text, calls),
+        };
         if calls.is_empty() {
             break;
         }
         // Run the tools, then let the LLM speak about their results.
-        let assistant_message = Message::Assistant { content: strip_marks(&text), tool_calls: calls.clone() };
-        messages.push(assistant_message.clone());
-        lock(progress).tool_messages.push(assistant_message);
-        let mut ends_call = false;
-        for call in &calls {
-            let result = run_tool(ctx, call, outbox, cancel).await;
-            tool_failed |= result.failed;
-            if let Some(action) = &result.action {
-                if let Action::Dtmf { digits } = action {
-                    ctx.out.send_dtmf(digits);
-                }
-                ends_call |= matches!(action, Action::EndCall { .. } | Action::Transfer { .. });
-                lock(progress).actions.push(action.clone());
-            }
-            if result.failed {
-                lock(progress).errors.push(format!("tool {}: {}", call.name, result.content));
-            }
-            let tool_message = Message::Tool { tool_call_id: call.id.clone(), content: result.content };
-            messages.push(tool_message.clone());
-            lock(progress).tool_messages.push(tool_message);
-        }
-        if ends_call {
+        let ran = run_tools(ctx, &text, &calls, &mut messages, outbox, progress, cancel).await;
+        tool_failed |= ran.failed;
+        if ran.ends_call {
             if !spoke {
                 say(outbox, GOODBYE).await;
             }
@@ -359,6 +248,137 @@ async fn think(ctx: &Arc<TurnContext>, mut messages: Vec<Message>, outbox: &mpsc
     if tool_failed && !spoke {
         say(outbox, TOOL_APOLOGY).await;
     }
+}
+
+/// How one request to the LLM ended.
+enum Round {
+    /// Its text went on (ended by `LlmTextEnd`); these tools are to run.
+    Replied { text: String, calls: Vec<ToolCall> },
+    /// Its opening was refused by this guard before any of it was passed on.
+    Refused(&'static str),
+    /// The turn is over: cancelled, the stage downstream gone, or the LLM failed (apologised for).
+    Over,
+}
+
+/// One request to the LLM: its text passed on as it streams, once the reply's opening has been
+/// judged (see `guard`); `spoke` is set when words went out.
+async fn reply_once(ctx: &Arc<TurnContext>, messages: &[Message], temperature: f32, outbox: &mpsc::Sender<Frame>, progress: &Progress, cancel: &CancellationToken, spoke: &mut bool) -> Round {
+    let request = ChatRequest { messages: messages.to_vec(), tools: ctx.tools.clone(), max_tokens: ctx.assistant.spec.llm.max_tokens, temperature, schema: None };
+    let stream = tokio::select! {
+        _ = cancel.cancelled() => return Round::Over,
+        stream = ctx.llm.stream(request) => stream,
+    };
+    let mut stream = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "llm request failed");
+            record_llm_failure(progress, &e);
+            say(outbox, LLM_APOLOGY).await;
+            return Round::Over;
+        }
+    };
+    let mut text = String::new();
+    let mut calls: Vec<ToolCall> = Vec::new();
+    // The reply's opening is held until it can be judged; then it and the rest stream on as
+    // they come. Returning drops the stream, which stops the generation.
+    let mut opening: Option<String> = Some(String::new());
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Round::Over,
+            event = stream.next() => event,
+        };
+        match event {
+            None => break,
+            Some(Ok(LlmEvent::Text(piece))) => {
+                lock(progress).first_token_at.get_or_insert_with(|| ctx.out.now());
+                text.push_str(&piece);
+                let Some(held) = opening.as_mut() else {
+                    *spoke |= !piece.trim().is_empty();
+                    if outbox.send(Frame::LlmText(piece)).await.is_err() {
+                        return Round::Over;
+                    }
+                    continue;
+                };
+                held.push_str(&piece);
+                if !guard::ready(held, messages) {
+                    continue;
+                }
+                if let Some(kind) = guard::judge(held, messages) {
+                    lock(progress).guards.push(kind);
+                    return Round::Refused(kind);
+                }
+                let held = opening.take().unwrap_or_default();
+                *spoke |= !held.trim().is_empty();
+                if outbox.send(Frame::LlmText(held)).await.is_err() {
+                    return Round::Over;
+                }
+            }
+            Some(Ok(LlmEvent::ToolCall(call))) => calls.push(call),
+            Some(Ok(LlmEvent::Done(usage))) => {
+                let mut p = lock(progress);
+                p.prompt_tokens = usage.prompt_tokens;
+                p.cached_tokens = usage.cached_tokens;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "llm stream failed");
+                record_llm_failure(progress, &e);
+                let _ = outbox.send(Frame::LlmTextEnd).await;
+                if !*spoke {
+                    say(outbox, LLM_APOLOGY).await;
+                }
+                return Round::Over;
+            }
+        }
+    }
+    // A short reply that ended before its opening could be judged: judge it whole.
+    if let Some(held) = opening.take() {
+        if let Some(kind) = guard::judge(&held, messages).filter(|_| calls.is_empty()) {
+            lock(progress).guards.push(kind);
+            return Round::Refused(kind);
+        }
+        *spoke |= !held.trim().is_empty();
+        if !held.is_empty() && outbox.send(Frame::LlmText(held)).await.is_err() {
+            return Round::Over;
+        }
+    }
+    if outbox.send(Frame::LlmTextEnd).await.is_err() {
+        return Round::Over;
+    }
+    Round::Replied { text, calls }
+}
+
+/// What running a reply's tool calls came to.
+struct ToolsRan {
+    failed: bool,
+    ends_call: bool,
+}
+
+/// Runs the reply's tool calls in order, adding the call and each result to `messages` (and
+/// to the turn's record), and carries out the actions they return.
+async fn run_tools(ctx: &Arc<TurnContext>, text: &str, calls: &[ToolCall], messages: &mut Vec<Message>, outbox: &mpsc::Sender<Frame>, progress: &Progress, cancel: &CancellationToken) -> ToolsRan {
+    let assistant_message = Message::Assistant { content: strip_marks(text), tool_calls: calls.to_vec() };
+    messages.push(assistant_message.clone());
+    lock(progress).tool_messages.push(assistant_message);
+    let mut ran = ToolsRan { failed: false, ends_call: false };
+    for call in calls {
+        let result = run_tool(ctx, call, outbox, cancel).await;
+        ran.failed |= result.failed;
+        if let Some(action) = &result.action {
+            if let Action::Dtmf { digits } = action {
+                ctx.out.send_dtmf(digits);
+            }
+            ran.ends_call |= matches!(action, Action::EndCall { .. } | Action::Transfer { .. });
+            lock(progress).actions.push(action.clone());
+        }
+        if result.failed {
+            lock(progress).errors.push(format!("tool {}: {}", call.name, result.content));
+        }
+        let tool_message = Message::Tool { tool_call_id: call.id.clone(), content: result.content };
+        messages.push(tool_message.clone());
+        lock(progress).tool_messages.push(tool_message);
+    }
+    ran
 }
 
 fn record_llm_failure(progress: &Progress, error: &crate::llm::LlmError) {
