@@ -216,49 +216,18 @@ enum Phase {
 
 impl Listener {
     pub async fn run(self, mut audio_in: LiveReceiver, out: mpsc::Sender<Frame>, cancel: CancellationToken) {
-        let mut resampler = match to_model_rate(self.input_rate) {
-            Ok(resampler) => resampler,
-            Err(e) => {
-                let _ = out.send(Frame::Error { stage: "listen", message: e.to_string() }).await;
-                return;
-            }
+        let Some((mut resampler, mut echo)) = self.input_path(&out).await else {
+            return;
         };
-        let mut echo = match self.played.clone().map(|played| EchoPath::new(played, self.input_rate)) {
-            Some(Ok(path)) => Some(path),
-            Some(Err(error)) => {
-                let _ = out.send(Frame::Error { stage: "listen", message: format!("no echo cancellation: {error}") }).await;
-                None
-            }
-            None => None,
-        };
-        let mut stream = SileroStream::default();
-        let mut detector = VadDetector::new(self.turn.vad_params());
-        let mut pending: Vec<f32> = Vec::new();
-        let mut recent: std::collections::VecDeque<f32> = std::collections::VecDeque::new();
-        let pre_roll = MODEL_RATE as usize * PRE_ROLL_MS / 1000;
-        let mut utterance: Vec<f32> = Vec::new();
-        let mut phase = Phase::Quiet;
-        let mut partial: Option<PartialJob> = None;
-        // The final transcript started early, on a short silence while still `Speaking`.
-        let mut early: Option<HearJob> = None;
-        let early_frames = EARLY_HEAR_MS.div_ceil(FRAME_MS);
-        let stop_frames = self.turn.vad_params().stop_frames();
-        // Utterance length (samples) when the last partial started.
-        let mut partial_from = 0usize;
-        let partial_samples = self.partial_every.map(|every| (every.as_secs_f64() * MODEL_RATE as f64) as usize);
-        let frame_time = |frame: u64| Duration::from_millis(frame * FRAME_MS as u64);
-        // Counted among the process's callers about to want a final transcript while this one
-        // speaks or is being transcribed (how many cores a transcription takes).
-        let mut talking: Option<super::pool::Talking<'static>> = None;
-
+        let mut ear = Ear::new(&self);
         loop {
             // Wait for audio, or for a pending transcript.
             let chunk = {
-                let result_rx = match &mut phase {
+                let result_rx = match &mut ear.phase {
                     Phase::Deciding { result: Some(job), .. } => Some(&mut job.heard),
                     _ => None,
                 };
-                let partial_rx = partial.as_mut().map(|job| &mut job.words);
+                let partial_rx = ear.partial.as_mut().map(|job| &mut job.words);
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     chunk = audio_in.recv() => match chunk {
@@ -269,8 +238,8 @@ impl Listener {
                         }
                     },
                     words = async { partial_rx.unwrap().await }, if partial_rx.is_some() => {
-                        partial = None;
-                        if let (Ok(words), Phase::Speaking) = (words, &phase) {
+                        ear.partial = None;
+                        if let (Ok(words), Phase::Speaking) = (words, &ear.phase) {
                             if !words.is_empty() && out.send(Frame::TranscriptPartial(words)).await.is_err() {
                                 return;
                             }
@@ -278,12 +247,7 @@ impl Listener {
                         None
                     }
                     transcript = async { result_rx.unwrap().await }, if result_rx.is_some() => {
-                        let arrived = frame_time(detector.frames());
-                        if let Phase::Deciding { result, transcript: slot, .. } = &mut phase {
-                            *result = None;
-                            *slot = transcript.ok().map(|heard| (heard, arrived));
-                        }
-                        talking = None;
+                        ear.transcript_arrived(transcript.ok());
                         None
                     }
                 }
@@ -298,124 +262,234 @@ impl Listener {
                     Some(path) => path.cancel(chunk_len, audio_in.dropped(), samples),
                     None => samples,
                 };
-                pending.extend(samples);
-                while pending.len() >= FRAME_SAMPLES {
-                    let frame: Vec<f32> = pending.drain(..FRAME_SAMPLES).collect();
-                    let probability = self.vad.probability(&mut stream, &frame).unwrap_or(0.0);
-                    let event = detector.push(probability);
-                    if matches!(phase, Phase::Quiet) {
-                        recent.extend(frame.iter().copied());
-                        while recent.len() > pre_roll + FRAME_SAMPLES * 4 {
-                            recent.pop_front();
-                        }
-                    } else if utterance.len() < MODEL_RATE as usize * MAX_UTTERANCE_SECS {
-                        utterance.extend_from_slice(&frame);
-                    }
-                    match event {
-                        Some(VadEvent::SpeechSuspected { onset_frame }) => {
-                            if out.send(Frame::SpeechSuspected { onset: frame_time(onset_frame) }).await.is_err() {
-                                return;
-                            }
-                        }
-                        Some(VadEvent::SpeechDismissed) => {
-                            if out.send(Frame::SpeechDismissed).await.is_err() {
-                                return;
-                            }
-                        }
-                        Some(VadEvent::SpeechStarted { onset_frame }) => {
-                            let onset = frame_time(onset_frame);
-                            if out.send(Frame::SpeechStarted { onset }).await.is_err() {
-                                return;
-                            }
-                            // Speech (re)started; if it resumed before the decision, the same turn goes on.
-                            match std::mem::replace(&mut phase, Phase::Speaking) {
-                                Phase::Quiet => {
-                                    // Start the utterance a little before the onset.
-                                    let frames_since_onset = (detector.frames() - onset_frame) as usize * FRAME_SAMPLES;
-                                    let keep = (frames_since_onset + pre_roll).min(recent.len());
-                                    utterance = recent.iter().skip(recent.len() - keep).copied().collect();
-                                    recent.clear();
-                                }
-                                // The transcript under way is of a turn that is not over.
-                                Phase::Deciding { result: Some(job), .. } => job.abandon(),
-                                _ => {}
-                            }
-                        }
-                        Some(VadEvent::SpeechStopped { last_speech_frame }) => {
-                            let speech_end = frame_time(last_speech_frame + 1);
-                            let stopped_at = frame_time(detector.frames());
-                            let _ = out.send(Frame::SpeechStopped { at: speech_end }).await;
-                            // The final transcript goes first: abandon a partial still running.
-                            if let Some(job) = partial.take() {
-                                job.abandon();
-                            }
-                            let job = early.take().unwrap_or_else(|| self.hear(utterance.clone(), talking.as_ref()));
-                            phase = Phase::Deciding { speech_end, stopped_at, result: Some(job), transcript: None };
-                        }
-                        None => {}
-                    }
-                    if matches!(phase, Phase::Speaking) {
-                        let silent = detector.silent_frames();
-                        if silent == 0 {
-                            // A sound: the caller may be going on.
-                            if let Some(job) = early.take() {
-                                job.abandon();
-                            }
-                        } else if silent == early_frames && early_frames < stop_frames && early.is_none() {
-                            if let Some(job) = partial.take() {
-                                job.abandon();
-                            }
-                            let mut audio = utterance.clone();
-                            audio.resize(audio.len() + (stop_frames - early_frames) as usize * FRAME_SAMPLES, 0.0);
-                            early = Some(self.hear(audio, talking.as_ref()));
-                        }
-                    }
-                    let counted = match &phase {
-                        Phase::Speaking => true,
-                        Phase::Deciding { result, .. } => result.is_some(),
-                        Phase::Quiet => false,
-                    };
-                    if counted != talking.is_some() {
-                        talking = counted.then(|| self.talkers.begin());
-                    }
-                }
-                if let (Phase::Speaking, None, None, Some(every)) = (&phase, &partial, &early, partial_samples) {
-                    if utterance.len() >= partial_from + every {
-                        partial_from = utterance.len();
-                        partial = self.transcribe_partial(utterance.clone());
-                    }
+                if ear.take(&self, samples, &out).await.is_err() {
+                    return;
                 }
             }
-            // Decide the end of turn.
-            let now = frame_time(detector.frames());
-            if let Phase::Deciding { speech_end, stopped_at, transcript: Some(((transcript, probability), arrived)), .. } = &phase {
-                let fallback = Duration::from_millis(self.turn.incomplete_wait_ms as u64);
-                let wait = if self.answers.answered_by(&transcript.text) {
-                    Duration::ZERO
-                } else {
-                    extra_wait(&transcript.text, *probability, self.turn.smart_turn_threshold, fallback)
-                };
-                let waited = now.saturating_sub(*stopped_at);
-                if waited >= wait {
-                    let turn = UserTurn {
-                        text: transcript.text.clone(),
-                        speech_end: *speech_end,
-                        decided_at: now,
-                        transcribed_at: *arrived,
-                        confidence: transcript.confidence(),
-                        unsure: transcript.unsure_words(),
-                    };
-                    if out.send(Frame::TranscriptFinal(turn)).await.is_err() {
-                        return;
-                    }
-                    utterance.clear();
-                    partial_from = 0;
-                    phase = Phase::Quiet;
-                } else if waited.is_zero() {
-                    let _ = out.send(Frame::TranscriptPartial(transcript.text.clone())).await;
-                }
+            if ear.decide(&self, &out).await.is_err() {
+                return;
             }
         }
+    }
+
+    /// The caller's audio on its way to the VAD: resampled to the model rate, and the agent's
+    /// echo cancelled where the line says what it played. `None` (reported) when the line's
+    /// rate cannot be resampled.
+    async fn input_path(&self, out: &mpsc::Sender<Frame>) -> Option<(Option<StreamResampler>, Option<EchoPath>)> {
+        let resampler = match to_model_rate(self.input_rate) {
+            Ok(resampler) => resampler,
+            Err(e) => {
+                let _ = out.send(Frame::Error { stage: "listen", message: e.to_string() }).await;
+                return None;
+            }
+        };
+        let echo = match self.played.clone().map(|played| EchoPath::new(played, self.input_rate)) {
+            Some(Ok(path)) => Some(path),
+            Some(Err(error)) => {
+                let _ = out.send(Frame::Error { stage: "listen", message: format!("no echo cancellation: {error}") }).await;
+                None
+            }
+            None => None,
+        };
+        Some((resampler, echo))
+    }
+}
+
+/// The stage downstream is gone; the listener stops.
+struct Gone;
+
+/// One caller's speech as the listener follows it, frame by frame.
+struct Ear {
+    stream: SileroStream,
+    detector: VadDetector,
+    /// Samples not yet a whole VAD frame.
+    pending: Vec<f32>,
+    /// The audio just before speech, while quiet, so an utterance starts a little early.
+    recent: std::collections::VecDeque<f32>,
+    utterance: Vec<f32>,
+    phase: Phase,
+    partial: Option<PartialJob>,
+    /// The final transcript started early, on a short silence while still `Speaking`.
+    early: Option<HearJob>,
+    /// Utterance length (samples) when the last partial started.
+    partial_from: usize,
+    /// New speech (samples) between partials, when they are made.
+    partial_samples: Option<usize>,
+    stop_frames: u64,
+    /// Counted among the process's callers about to want a final transcript while this one
+    /// speaks or is being transcribed (how many cores a transcription takes).
+    talking: Option<super::pool::Talking<'static>>,
+}
+
+/// Samples kept from before the VAD's onset.
+const PRE_ROLL: usize = MODEL_RATE as usize * PRE_ROLL_MS / 1000;
+/// Silent frames after which the final transcript starts early.
+const EARLY_FRAMES: u64 = EARLY_HEAR_MS.div_ceil(FRAME_MS) as u64;
+
+fn frame_time(frame: u64) -> Duration {
+    Duration::from_millis(frame * FRAME_MS as u64)
+}
+
+impl Ear {
+    fn new(listener: &Listener) -> Ear {
+        Ear {
+            stream: SileroStream::default(),
+            detector: VadDetector::new(listener.turn.vad_params()),
+            pending: Vec::new(),
+            recent: std::collections::VecDeque::new(),
+            utterance: Vec::new(),
+            phase: Phase::Quiet,
+            partial: None,
+            early: None,
+            partial_from: 0,
+            partial_samples: listener.partial_every.map(|every| (every.as_secs_f64() * MODEL_RATE as f64) as usize),
+            stop_frames: listener.turn.vad_params().stop_frames() as u64,
+            talking: None,
+        }
+    }
+
+    /// The final transcript and Smart Turn's judgement are in (`None`: the job was dropped).
+    fn transcript_arrived(&mut self, heard: Option<Heard>) {
+        let arrived = frame_time(self.detector.frames());
+        if let Phase::Deciding { result, transcript, .. } = &mut self.phase {
+            *result = None;
+            *transcript = heard.map(|heard| (heard, arrived));
+        }
+        self.talking = None;
+    }
+
+    /// New audio at the model rate: each whole frame through the VAD, then a partial transcript
+    /// if one is due.
+    async fn take(&mut self, listener: &Listener, samples: Vec<f32>, out: &mpsc::Sender<Frame>) -> Result<(), Gone> {
+        self.pending.extend(samples);
+        while self.pending.len() >= FRAME_SAMPLES {
+            let frame: Vec<f32> = self.pending.drain(..FRAME_SAMPLES).collect();
+            self.frame(listener, &frame, out).await?;
+        }
+        if let (Phase::Speaking, None, None, Some(every)) = (&self.phase, &self.partial, &self.early, self.partial_samples) {
+            if self.utterance.len() >= self.partial_from + every {
+                self.partial_from = self.utterance.len();
+                self.partial = listener.transcribe_partial(self.utterance.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn frame(&mut self, listener: &Listener, frame: &[f32], out: &mpsc::Sender<Frame>) -> Result<(), Gone> {
+        let probability = listener.vad.probability(&mut self.stream, frame).unwrap_or(0.0);
+        let event = self.detector.push(probability);
+        if matches!(self.phase, Phase::Quiet) {
+            self.recent.extend(frame.iter().copied());
+            while self.recent.len() > PRE_ROLL + FRAME_SAMPLES * 4 {
+                self.recent.pop_front();
+            }
+        } else if self.utterance.len() < MODEL_RATE as usize * MAX_UTTERANCE_SECS {
+            self.utterance.extend_from_slice(frame);
+        }
+        if let Some(event) = event {
+            self.vad_event(listener, event, out).await?;
+        }
+        if matches!(self.phase, Phase::Speaking) {
+            self.hear_early(listener);
+        }
+        let counted = match &self.phase {
+            Phase::Speaking => true,
+            Phase::Deciding { result, .. } => result.is_some(),
+            Phase::Quiet => false,
+        };
+        if counted != self.talking.is_some() {
+            self.talking = counted.then(|| listener.talkers.begin());
+        }
+        Ok(())
+    }
+
+    async fn vad_event(&mut self, listener: &Listener, event: VadEvent, out: &mpsc::Sender<Frame>) -> Result<(), Gone> {
+        match event {
+            VadEvent::SpeechSuspected { onset_frame } => {
+                out.send(Frame::SpeechSuspected { onset: frame_time(onset_frame) }).await.map_err(|_| Gone)?;
+            }
+            VadEvent::SpeechDismissed => out.send(Frame::SpeechDismissed).await.map_err(|_| Gone)?,
+            VadEvent::SpeechStarted { onset_frame } => {
+                out.send(Frame::SpeechStarted { onset: frame_time(onset_frame) }).await.map_err(|_| Gone)?;
+                // Speech (re)started; if it resumed before the decision, the same turn goes on.
+                match std::mem::replace(&mut self.phase, Phase::Speaking) {
+                    Phase::Quiet => {
+                        // Start the utterance a little before the onset.
+                        let frames_since_onset = (self.detector.frames() - onset_frame) as usize * FRAME_SAMPLES;
+                        let keep = (frames_since_onset + PRE_ROLL).min(self.recent.len());
+                        self.utterance = self.recent.iter().skip(self.recent.len() - keep).copied().collect();
+                        self.recent.clear();
+                    }
+                    // The transcript under way is of a turn that is not over.
+                    Phase::Deciding { result: Some(job), .. } => job.abandon(),
+                    _ => {}
+                }
+            }
+            VadEvent::SpeechStopped { last_speech_frame } => {
+                let speech_end = frame_time(last_speech_frame + 1);
+                let stopped_at = frame_time(self.detector.frames());
+                let _ = out.send(Frame::SpeechStopped { at: speech_end }).await;
+                // The final transcript goes first: abandon a partial still running.
+                if let Some(job) = self.partial.take() {
+                    job.abandon();
+                }
+                let job = self.early.take().unwrap_or_else(|| listener.hear(self.utterance.clone(), self.talking.as_ref()));
+                self.phase = Phase::Deciding { speech_end, stopped_at, result: Some(job), transcript: None };
+            }
+        }
+        Ok(())
+    }
+
+    /// While the caller speaks: a sound stops an early transcript; a short silence starts one,
+    /// padded with the silence still to come before the VAD's end of speech.
+    fn hear_early(&mut self, listener: &Listener) {
+        let silent = self.detector.silent_frames() as u64;
+        if silent == 0 {
+            // A sound: the caller may be going on.
+            if let Some(job) = self.early.take() {
+                job.abandon();
+            }
+        } else if silent == EARLY_FRAMES && EARLY_FRAMES < self.stop_frames && self.early.is_none() {
+            if let Some(job) = self.partial.take() {
+                job.abandon();
+            }
+            let mut audio = self.utterance.clone();
+            audio.resize(audio.len() + (self.stop_frames - EARLY_FRAMES) as usize * FRAME_SAMPLES, 0.0);
+            self.early = Some(listener.hear(audio, self.talking.as_ref()));
+        }
+    }
+
+    /// Ends the turn once its transcript is in and the caller has been silent as long as the
+    /// words and Smart Turn ask for.
+    async fn decide(&mut self, listener: &Listener, out: &mpsc::Sender<Frame>) -> Result<(), Gone> {
+        let now = frame_time(self.detector.frames());
+        let Phase::Deciding { speech_end, stopped_at, transcript: Some(((transcript, probability), arrived)), .. } = &self.phase else {
+            return Ok(());
+        };
+        let fallback = Duration::from_millis(listener.turn.incomplete_wait_ms as u64);
+        let wait = if listener.answers.answered_by(&transcript.text) {
+            Duration::ZERO
+        } else {
+            extra_wait(&transcript.text, *probability, listener.turn.smart_turn_threshold, fallback)
+        };
+        let waited = now.saturating_sub(*stopped_at);
+        if waited >= wait {
+            let turn = UserTurn {
+                text: transcript.text.clone(),
+                speech_end: *speech_end,
+                decided_at: now,
+                transcribed_at: *arrived,
+                confidence: transcript.confidence(),
+                unsure: transcript.unsure_words(),
+            };
+            out.send(Frame::TranscriptFinal(turn)).await.map_err(|_| Gone)?;
+            self.utterance.clear();
+            self.partial_from = 0;
+            self.phase = Phase::Quiet;
+        } else if waited.is_zero() {
+            let _ = out.send(Frame::TranscriptPartial(transcript.text.clone())).await;
+        }
+        Ok(())
     }
 }
 
