@@ -668,6 +668,9 @@ const NOT_NAMES: &[&str] = &[
     "i'd", "i'll", "i've", "we'd", "we'll", "we've", "we're", "let's",
     // Words a caller breaks off with ("Wait. Sorry. Let me ask something else.").
     "wait", "sorry", "let", "hold", "hang", "actually", "hmm", "excuse", "ask", "something", "else", "question",
+    "on", "more", "thing", "things", "second", "minute", "moment",
+    // Numbers said as words ("Hold on. One more thing." was booked under "One").
+    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
 ];
 
 /// A person's name: spelled ("S A R A H", "S-A-R-A-H"), after a cue ("the name is Sarah",

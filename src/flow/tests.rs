@@ -564,3 +564,13 @@ fn a_question_is_not_taken_for_a_name() {
     assert_eq!(parse::name("My name is Sarah, is that enough?").as_deref(), Some("Sarah"));
     assert_eq!(parse::name("The name is Dana."), Some("Dana".to_string()));
 }
+
+#[test]
+fn a_caller_breaking_off_gives_no_name() {
+    // Seen in `bench latency`: "Hold on, one more thing." asked when the name was due, heard
+    // "Hold on. One more thing.", was booked under "One" and the call ended before the name.
+    for line in ["Hold on. One more thing.", "Hold on, one more thing.", "One more thing.", "Just one second.", "Two minutes, please."] {
+        assert_eq!(parse::name(line), None, "{line}");
+    }
+    assert_eq!(parse::name("Hold on. The name is Johnson.").as_deref(), Some("Johnson"));
+}
