@@ -288,6 +288,10 @@ pub fn example_names() -> impl Iterator<Item = String> {
 /// Attempts at one slot before the flow says its fallback and moves on without it.
 const MAX_ATTEMPTS: u32 = 3;
 const PARDON: &str = "Sorry, I didn't catch that.";
+/// The answer to "Hold on, one more thing.": the flow keeps waiting for what it asked.
+const GO_AHEAD: &str = "Sure, go ahead.";
+/// The answer to a question the flow cannot answer, without a `fallback` of its own.
+const CANNOT_ANSWER: &str = "Sorry, I can't help with that on this call.";
 
 /// One call's flow.
 pub struct Flow {
@@ -548,6 +552,12 @@ impl Flow {
             self.lenient = self.spec.first_message_asks.clone();
             self.enter(&start, text, &mut lines, &mut actions);
             self.lenient = None;
+            return self.reply(lines, actions);
+        }
+        if !matches!(self.awaiting, Awaiting::Extraction { .. }) && parse::holds_on(text) {
+            // "Hold on, one more thing." answers nothing and is no failed answer: the caller
+            // is told to go on, and the flow waits for the same thing.
+            lines.push(GO_AHEAD.into());
             return self.reply(lines, actions);
         }
         match self.awaiting.clone() {
@@ -839,6 +849,13 @@ impl Flow {
             None => {
                 if let Some(answer) = self.knowledge(text) {
                     lines.push(answer);
+                    lines.push(slot.question.clone());
+                    return;
+                }
+                if parse::is_question(text) {
+                    // A question the flow cannot answer ("Can I bring a dog?") is no failed
+                    // answer to the slot: say so and ask again, without counting a try.
+                    lines.push(self.spec.fallback.clone().unwrap_or_else(|| CANNOT_ANSWER.into()));
                     lines.push(slot.question.clone());
                     return;
                 }

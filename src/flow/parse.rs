@@ -673,6 +673,31 @@ const NOT_NAMES: &[&str] = &[
     "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
 ];
 
+/// Whether the caller asked something: a question mark, or a first word that asks ("Is there
+/// parking nearby." as a recognizer may write it).
+pub fn is_question(text: &str) -> bool {
+    const ASKING: &[&str] = &["can", "could", "do", "does", "did", "is", "are", "will", "would", "may", "should", "what", "where", "when", "why", "how", "which", "who"];
+    text.trim_end().ends_with('?') || words(text).first().is_some_and(|w| ASKING.contains(&w.as_str()))
+}
+
+/// Whether the caller only asked the agent to wait or said more is coming ("Hold on, one more
+/// thing.", "Wait, sorry, let me ask something else.", "I have a question."): no answer, and
+/// no failed one either. Every word is one such lines are made of, and one of the cues is said;
+/// "Sorry?" alone asks to hear it again and is not one.
+pub fn holds_on(text: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "wait", "sorry", "hold", "hang", "on", "one", "more", "thing", "let", "me", "ask", "something", "else", "a", "quick", "question", "just", "second",
+        "sec", "moment", "minute", "actually", "hmm", "um", "uh", "oh", "i", "i've", "have", "got", "another", "also", "okay", "ok", "so", "and", "please",
+    ];
+    const CUES: &[&str] = &["hold on", "hang on", "wait", "one more thing", "let me ask", "a question", "another question", "one sec", "one second", "a second", "a moment", "a minute"];
+    let words = words(text);
+    if words.is_empty() || !words.iter().all(|w| WORDS.contains(&w.as_str())) {
+        return false;
+    }
+    let said = format!(" {} ", words.join(" "));
+    CUES.iter().any(|cue| said.contains(&format!(" {cue} ")))
+}
+
 /// A person's name: spelled ("S A R A H", "S-A-R-A-H"), after a cue ("the name is Sarah",
 /// "it's under Sarah Johnson", "call me Bob"), or the utterance itself when it is a name.
 pub fn name(text: &str) -> Option<String> {
@@ -714,8 +739,7 @@ pub fn name(text: &str) -> Option<String> {
     }
     // A question is not a name ("Can I bring a dog?" is not booked under "Can"): without a
     // cue or spelled letters, words asked as a question give none.
-    const ASKING: &[&str] = &["can", "could", "do", "does", "did", "is", "are", "will", "would", "may", "should", "what", "where", "when", "why", "how", "which", "who"];
-    if text.trim_end().ends_with('?') || words.first().is_some_and(|w| ASKING.contains(&w.as_str())) {
+    if is_question(text) {
         return None;
     }
     // Speech recognition capitalizes names: "I made it, Sarah." holds one.

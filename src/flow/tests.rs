@@ -574,3 +574,37 @@ fn a_caller_breaking_off_gives_no_name() {
     }
     assert_eq!(parse::name("Hold on. The name is Johnson.").as_deref(), Some("Johnson"));
 }
+
+#[test]
+fn breaking_off_and_questions_off_the_flow_are_no_failed_tries() {
+    // Seen in `bench latency`: asked for the name, the caller broke off twice and asked three
+    // questions; "Wait. Sorry.", "Can I bring a dog?" and "Hold on. One more thing." counted as
+    // three failed answers and the call ended before "The name is Johnson."
+    let mut flow = flow();
+    flow.begin();
+    flow.on_caller("For four people tomorrow at 8 pm");
+    let reply = flow.on_caller("Wait. Sorry.");
+    assert_eq!(said(&reply), "Sure, go ahead.", "the flow waits for the name still");
+    let reply = flow.on_caller("Let me ask something else.");
+    assert_eq!(said(&reply), "Sure, go ahead.");
+    let reply = flow.on_caller("When are you open?");
+    assert_eq!(said(&reply), "We're open from noon to eleven. And what name is the booking under?");
+    let reply = flow.on_caller("Can I bring a dog?");
+    assert_eq!(said(&reply), "Sorry, I can't help with that on this call. And what name is the booking under?");
+    let reply = flow.on_caller("Hold on. One more thing.");
+    assert!(!reply.actions.iter().any(|a| matches!(a, Action::EndCall { .. })), "{}", said(&reply));
+    let reply = flow.on_caller("The name is Johnson.");
+    assert_eq!(reply.slots["name"], json!("Johnson"));
+    assert!(said(&reply).starts_with("So that's a table for 4"), "{}", said(&reply));
+    // What is neither still counts: three misses end the call.
+    let mut missed = self::flow();
+    missed.begin();
+    missed.on_caller("For four people tomorrow at 8 pm");
+    missed.on_caller("I don't know.");
+    missed.on_caller("I made it.");
+    let reply = missed.on_caller("Yes.");
+    assert!(reply.actions.iter().any(|a| matches!(a, Action::EndCall { .. })), "{}", said(&reply));
+    for line in ["Sorry?", "Wait, no, that's wrong.", "One more thing: the name is Sarah."] {
+        assert!(!parse::holds_on(line), "{line}");
+    }
+}
