@@ -616,10 +616,13 @@ pub fn is_dangling(text: &str) -> bool {
     if trimmed.ends_with("...") || trimmed.ends_with(',') {
         return true;
     }
-    let words: Vec<String> = trimmed.rsplit(char::is_whitespace).take(2).map(|w| w.trim_end_matches(['.', '?', '!']).to_lowercase()).collect();
+    let words: Vec<String> = trimmed.rsplit(char::is_whitespace).take(2).map(|w| w.trim_end_matches(['.', '?', '!', ',']).to_lowercase()).collect();
     let last = words.first().map(String::as_str).unwrap_or("");
     const DIGITS: &[&str] = &["zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
-    let spelled_run = words.len() == 2 && words.iter().all(|w| DIGITS.contains(&w.as_str()));
+    // Spelled ("five five") or written one digit a word ("1 2 3.", as whisper wrote the eval's
+    // "one two three... four five" before its pause).
+    let one_digit = |w: &String| DIGITS.contains(&w.as_str()) || (w.len() == 1 && w.chars().all(|c| c.is_ascii_digit()));
+    let spelled_run = words.len() == 2 && words.iter().all(one_digit);
     let digits = last.len() >= 3 && last.chars().all(|c| c.is_ascii_digit() || c == '-');
     spelled_run || digits || number_under_way(trimmed) || ["and", "or", "but", "so", "is", "are", "the", "a", "an", "to", "my", "uh", "um", "because", "of", "at", "for"].contains(&last)
 }
@@ -779,6 +782,9 @@ global: [{ says: ["wrong number"], say: "Goodbye!", actions: [end_call] }]
     fn numbers_being_read_out_dangle_but_a_count_does_not() {
         assert!(is_dangling("It's 555-12"));
         assert!(is_dangling("one two three"));
+        assert!(is_dangling("Sure, it's 1 2 3."), "digits read out one a word, before a pause");
+        assert!(is_dangling("It's 1, 2, 3."));
+        assert!(!is_dangling("Just the 2."));
         assert!(!is_dangling("For four people."));
         assert!(!is_dangling("Table for 2."));
         // A number under way, even when whisper mishears the digits.
