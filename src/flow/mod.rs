@@ -852,20 +852,15 @@ impl Flow {
                     lines.push(slot.question.clone());
                     return;
                 }
-                if parse::is_question(text) {
-                    // A question the flow cannot answer ("Can I bring a dog?") is no failed
-                    // answer to the slot: say so and ask again, without counting a try.
-                    lines.push(self.spec.fallback.clone().unwrap_or_else(|| CANNOT_ANSWER.into()));
-                    lines.push(slot.question.clone());
-                    return;
-                }
                 if self.llm_reads {
+                    // A question may still hold the value ("Could you put it down for the
+                    // Hendersons?"): the LLM reads it as any other answer.
                     if let Some(request) = extract::for_slot(slot, text) {
                         self.ask_llm(request, Some(index), text);
                         return;
                     }
                 }
-                self.slot_missed(index, lines, actions);
+                self.slot_missed_or_asked(index, text, lines, actions);
             }
         }
     }
@@ -893,7 +888,7 @@ impl Flow {
                     let node = self.current().clone();
                     match value.and_then(|v| extract::accept(node.collect.get(index), &text, &v)) {
                         Some((value, spoken)) => self.take_slot(index, value, spoken, &text, &mut lines, &mut actions),
-                        None => self.slot_missed(index, &mut lines, &mut actions),
+                        None => self.slot_missed_or_asked(index, &text, &mut lines, &mut actions),
                     }
                 }
                 None => {
@@ -966,6 +961,19 @@ impl Flow {
                 }
             }
         }
+    }
+
+    /// No value for the slot at `index` in `text`. A question the flow cannot answer ("Can I
+    /// bring a dog?") is no failed answer: it gets the fallback and the slot's question again,
+    /// without counting a try. Anything else is a miss.
+    fn slot_missed_or_asked(&mut self, index: usize, text: &str, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
+        if parse::is_question(text) {
+            let question = self.current().collect[index].question.clone();
+            lines.push(self.spec.fallback.clone().unwrap_or_else(|| CANNOT_ANSWER.into()));
+            lines.push(question);
+            return;
+        }
+        self.slot_missed(index, lines, actions);
     }
 
     /// No value for the slot at `index`: ask again, or after [`MAX_ATTEMPTS`] end politely.

@@ -604,6 +604,19 @@ fn breaking_off_and_questions_off_the_flow_are_no_failed_tries() {
     missed.on_caller("I made it.");
     let reply = missed.on_caller("Yes.");
     assert!(reply.actions.iter().any(|a| matches!(a, Action::EndCall { .. })), "{}", said(&reply));
+    // With the LLM reading answers, a question still goes to it (it may hold the name); read
+    // as nothing, it is no miss either.
+    let mut reading = self::flow();
+    reading.read_with_llm(true);
+    reading.begin();
+    reading.on_caller("For four people tomorrow at 8 pm");
+    for _ in 0..3 {
+        let id = reading.on_caller("Can I bring a dog?").extract.expect("the LLM reads the question").id;
+        let reply = reading.on_extracted(id, None);
+        assert_eq!(said(&reply), "Sorry, I can't help with that on this call. And what name is the booking under?");
+    }
+    let id = reading.on_caller("Could you put it down for the Hendersons?").extract.unwrap().id;
+    assert_eq!(reading.on_extracted(id, Some(json!("Hendersons"))).slots["name"], json!("Hendersons"));
     for line in ["Sorry?", "Wait, no, that's wrong.", "One more thing: the name is Sarah."] {
         assert!(!parse::holds_on(line), "{line}");
     }
