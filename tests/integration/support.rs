@@ -27,8 +27,15 @@ pub fn models_dir() -> PathBuf {
     std::env::var_os("RINGLINE_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cache"))
 }
 
+/// Runs SoX with `args`, the same way every time.
+///
+/// SoX adds dither when a conversion lowers the bit depth (16-bit to 8-bit μ-law, say) and
+/// seeds that noise afresh on every run, so a test handed whisper slightly different audio
+/// each time and a borderline word could flip: the long recording's espeak sentence was heard
+/// "and of course…" in most runs and "and course…" in some. `-D` adds no dither (a test that
+/// wants noise adds it itself); `-R` fixes the seed of anything else SoX draws at random.
 pub fn sox(args: &[&std::ffi::OsStr]) {
-    let status = Command::new("sox").args(args).status().expect("sox is installed by .ci/setup");
+    let status = Command::new("sox").args(["-D", "-R"]).args(args).status().expect("sox is installed by .ci/setup");
     assert!(status.success(), "sox {args:?} failed");
 }
 
