@@ -7,6 +7,13 @@
 //! let one tenant time a line and learn whether another tenant's agent said it lately (a
 //! caller's name in a read-back, say); a scope only ever reads its own entries.
 //!
+//! A sentence being synthesized for one call is not synthesized again for another call of the
+//! same scope that needs it meanwhile: [`SpeechCache::lookup`] hands the later call a
+//! [`Coming`] that resolves to the first call's audio. Four callers who say "hi" together all
+//! hear the same flow question, and on two cores four syntheses of it would queue behind each
+//! other. A caller waiting now never waits on a synthesis that was only needed later (its
+//! job would run behind every urgent one): such a call synthesizes the line itself.
+//!
 //! Bounded: the whole cache holds at most its capacity in samples' bytes (least recently used
 //! out first), one scope at most a quarter of it (so one tenant cannot flush every other's
 //! lines), and an entry at most [`MAX_ENTRY_SECONDS`] of audio.
@@ -14,6 +21,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::watch;
 
 /// The default capacity: 32 MiB, about nine minutes of audio at 16 kHz.
 pub const DEFAULT_CAPACITY_BYTES: usize = 32 << 20;
@@ -50,9 +59,18 @@ struct Entry {
     used: u64,
 }
 
+/// A synthesis under way: which claim it is, whether a caller waits on it now, and where its
+/// audio will be sent.
+struct Pending {
+    id: u64,
+    now: bool,
+    audio: watch::Receiver<Option<Arc<[f32]>>>,
+}
+
 #[derive(Default)]
 struct Inner {
     entries: HashMap<Key, Entry>,
+    pending: HashMap<Key, Pending>,
     /// Bytes held per scope, and in all.
     scope_bytes: HashMap<SpeechScope, usize>,
     bytes: usize,
@@ -74,6 +92,61 @@ pub struct SpeechCache {
     inner: Mutex<Inner>,
     hits: AtomicU64,
     misses: AtomicU64,
+}
+
+/// What [`SpeechCache::lookup`] found for a sentence.
+pub enum Lookup<'a> {
+    /// Said before in this scope.
+    Held(Arc<[f32]>),
+    /// Being synthesized for another call of this scope, at least as urgently: its audio.
+    Coming(Coming<'a>),
+    /// Neither: synthesize it. With a claim, [`Claim::fulfil`] keeps the audio and hands it to
+    /// whoever asked meanwhile; without one (the cache is off, or a less urgent synthesis of
+    /// the same sentence is under way), [`SpeechCache::put`] keeps it.
+    Missing(Option<Claim<'a>>),
+}
+
+/// Audio another call's synthesis will send.
+pub struct Coming<'a> {
+    cache: &'a SpeechCache,
+    audio: watch::Receiver<Option<Arc<[f32]>>>,
+}
+
+impl Coming<'_> {
+    /// The audio, or `None` when the synthesis was given up (its call hung up or was
+    /// interrupted, or the voice failed): then synthesize it.
+    pub async fn audio(mut self) -> Option<Arc<[f32]>> {
+        let audio = self.audio.wait_for(Option::is_some).await.ok().and_then(|audio| audio.clone());
+        self.cache.count(audio.is_some());
+        audio
+    }
+}
+
+/// The one synthesis of a sentence under way in its scope. Dropped unfulfilled, it lets
+/// whoever waits on it synthesize the sentence themselves.
+pub struct Claim<'a> {
+    cache: &'a SpeechCache,
+    key: Key,
+    id: u64,
+    audio: watch::Sender<Option<Arc<[f32]>>>,
+}
+
+impl Claim<'_> {
+    /// Keeps `samples` (within the cache's bounds) and sends them to whoever waits.
+    pub fn fulfil(self, samples: &[f32]) {
+        let samples: Arc<[f32]> = samples.into();
+        self.cache.keep(&self.key, samples.clone());
+        self.audio.send_replace(Some(samples));
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.cache.lock();
+        if inner.pending.get(&self.key).is_some_and(|pending| pending.id == self.id) {
+            inner.pending.remove(&self.key);
+        }
+    }
 }
 
 fn bytes_of(samples: usize) -> usize {
@@ -98,38 +171,65 @@ impl SpeechCache {
 
     /// `text` as `scope`'s voice said it at `rate`, if it is held.
     pub fn get(&self, scope: &SpeechScope, rate: u32, text: &str) -> Option<Arc<[f32]>> {
-        let mut inner = self.lock();
-        if inner.capacity == 0 {
-            return None;
-        }
-        inner.tick += 1;
-        let tick = inner.tick;
         // A borrowed key would need the scope cloned anyway: it is an `Arc`.
-        let key = Key { scope: scope.clone(), rate, text: text.to_string() };
-        let found = inner.entries.get_mut(&key).map(|entry| {
-            entry.used = tick;
-            entry.samples.clone()
-        });
-        drop(inner);
-        match &found {
-            Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
-            None => self.misses.fetch_add(1, Ordering::Relaxed),
-        };
+        let found = self.lock().find(&Key { scope: scope.clone(), rate, text: text.to_string() });
+        self.count(found.is_some());
         found
+    }
+
+    fn count(&self, hit: bool) {
+        match hit {
+            true => self.hits.fetch_add(1, Ordering::Relaxed),
+            false => self.misses.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// `text` as `scope`'s voice says it at `rate`: held, coming from another call's synthesis,
+    /// or missing. `now` says whether a caller waits on this sentence now (a reply's first):
+    /// such a lookup never waits on a synthesis that was not urgent.
+    pub fn lookup(&self, scope: &SpeechScope, rate: u32, text: &str, now: bool) -> Lookup<'_> {
+        let key = Key { scope: scope.clone(), rate, text: text.to_string() };
+        let mut inner = self.lock();
+        if let Some(samples) = inner.find(&key) {
+            self.count(true);
+            return Lookup::Held(samples);
+        }
+        if inner.capacity == 0 {
+            self.count(false);
+            return Lookup::Missing(None);
+        }
+        if let Some(pending) = inner.pending.get(&key) {
+            // Counted when the audio comes (or does not).
+            if pending.now || !now {
+                return Lookup::Coming(Coming { cache: self, audio: pending.audio.clone() });
+            }
+            self.count(false);
+            return Lookup::Missing(None);
+        }
+        self.count(false);
+        inner.tick += 1;
+        let id = inner.tick;
+        let (sender, receiver) = watch::channel(None);
+        inner.pending.insert(key.clone(), Pending { id, now, audio: receiver });
+        Lookup::Missing(Some(Claim { cache: self, key, id, audio: sender }))
     }
 
     /// Keeps `samples` as `scope`'s `text` at `rate`, when it fits the bounds.
     pub fn put(&self, scope: &SpeechScope, rate: u32, text: &str, samples: &[f32]) {
+        self.keep(&Key { scope: scope.clone(), rate, text: text.to_string() }, samples.into());
+    }
+
+    fn keep(&self, key: &Key, samples: Arc<[f32]>) {
         let size = bytes_of(samples.len());
         let mut inner = self.lock();
         let quota = inner.capacity / 4;
-        if text.len() > MAX_TEXT_BYTES || samples.len() > MAX_ENTRY_SECONDS * rate as usize || size > quota || samples.is_empty() {
+        if key.text.len() > MAX_TEXT_BYTES || samples.len() > MAX_ENTRY_SECONDS * key.rate as usize || size > quota || samples.is_empty() {
             return;
         }
         inner.tick += 1;
-        let key = Key { scope: scope.clone(), rate, text: text.to_string() };
-        let entry = Entry { samples: samples.into(), used: inner.tick };
-        if let Some(old) = inner.entries.insert(key, entry) {
+        let scope = &key.scope;
+        let entry = Entry { samples, used: inner.tick };
+        if let Some(old) = inner.entries.insert(key.clone(), entry) {
             inner.forget(scope, bytes_of(old.samples.len()));
         }
         inner.bytes += size;
@@ -153,6 +253,19 @@ impl SpeechCache {
 }
 
 impl Inner {
+    /// A held entry, marked as just used.
+    fn find(&mut self, key: &Key) -> Option<Arc<[f32]>> {
+        if self.capacity == 0 {
+            return None;
+        }
+        self.tick += 1;
+        let tick = self.tick;
+        self.entries.get_mut(key).map(|entry| {
+            entry.used = tick;
+            entry.samples.clone()
+        })
+    }
+
     fn forget(&mut self, scope: &SpeechScope, size: usize) {
         self.bytes -= size;
         if let Some(held) = self.scope_bytes.get_mut(scope) {
@@ -262,5 +375,56 @@ mod tests {
         let stats = cache.stats();
         assert_eq!((stats.entries, stats.bytes), (1, 2 * 8000 * 4));
         assert_eq!(cache.get(&scope, 8000, "Hi.").map(|s| s.len()), Some(16000));
+    }
+
+    #[tokio::test]
+    async fn a_sentence_being_synthesized_is_not_synthesized_again_for_another_call() {
+        let cache = SpeechCache::new(1 << 20);
+        let scope = SpeechScope::new("ws_a", "piper:en_US-joe-medium");
+        let ask = "For how many people?";
+        let Lookup::Missing(Some(claim)) = cache.lookup(&scope, 8000, ask, true) else { panic!("the first call synthesizes") };
+        // Three more calls want it meanwhile: they wait for the first one's audio…
+        let waiting: Vec<Coming> = (0..3)
+            .map(|_| match cache.lookup(&scope, 8000, ask, true) {
+                Lookup::Coming(coming) => coming,
+                _ => panic!("a call synthesized a sentence already under way"),
+            })
+            .collect();
+        // …and another workspace's call, or another line rate, synthesizes its own.
+        assert!(matches!(cache.lookup(&SpeechScope::new("ws_b", "piper:en_US-joe-medium"), 8000, ask, true), Lookup::Missing(Some(_))));
+        assert!(matches!(cache.lookup(&scope, 16000, ask, true), Lookup::Missing(Some(_))));
+        claim.fulfil(&line(1, 8000));
+        for coming in waiting {
+            assert_eq!(coming.audio().await.map(|s| s.len()), Some(8000));
+        }
+        assert!(matches!(cache.lookup(&scope, 8000, ask, true), Lookup::Held(_)));
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses), (4, 3), "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn a_synthesis_given_up_lets_the_waiting_call_synthesize_and_urgency_is_never_inverted() {
+        let cache = SpeechCache::new(1 << 20);
+        let scope = SpeechScope::new("ws_a", "v");
+        // The first call hangs up mid-synthesis: the waiting one gets nothing and claims it.
+        let Lookup::Missing(Some(claim)) = cache.lookup(&scope, 8000, "Hi.", true) else { panic!() };
+        let Lookup::Coming(coming) = cache.lookup(&scope, 8000, "Hi.", true) else { panic!() };
+        drop(claim);
+        assert!(coming.audio().await.is_none());
+        let Lookup::Missing(Some(claim)) = cache.lookup(&scope, 8000, "Hi.", true) else { panic!("the pending entry outlived its claim") };
+        drop(claim);
+
+        // A later sentence under way for one call (not urgent): a caller waiting now on the same
+        // sentence synthesizes it at once rather than behind it; another later one waits.
+        let Lookup::Missing(Some(later)) = cache.lookup(&scope, 8000, "Is that right?", false) else { panic!() };
+        assert!(matches!(cache.lookup(&scope, 8000, "Is that right?", true), Lookup::Missing(None)));
+        let Lookup::Coming(coming) = cache.lookup(&scope, 8000, "Is that right?", false) else { panic!() };
+        later.fulfil(&line(1, 8000));
+        assert!(coming.audio().await.is_some());
+
+        // With the cache off, every call synthesizes its own: nothing to share it through.
+        cache.set_capacity(0);
+        assert!(matches!(cache.lookup(&scope, 8000, "Bye.", true), Lookup::Missing(None)));
+        assert!(matches!(cache.lookup(&scope, 8000, "Bye.", true), Lookup::Missing(None)));
     }
 }

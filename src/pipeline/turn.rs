@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frames::Frame;
 use super::guard;
+use super::speech_cache::Lookup;
 use super::tools::{self, Action};
 use crate::assistant::Assistant;
 use crate::llm::{ChatRequest, LanguageModel, LlmEvent, Message, ToolCall, ToolSpec};
@@ -512,13 +513,31 @@ async fn speak(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, outbox: 
         }
         let rate = ctx.out.rate();
         let cache = super::speech_cache::speech_cache();
-        let replayed = ctx.speech_scope.as_ref().and_then(|scope| cache.get(scope, rate, &sentence.text));
+        // The reply's first sentence is what the caller waits for now.
+        let now = lock(&progress).first_audio_at.is_none();
+        let lookup = match &ctx.speech_scope {
+            Some(scope) => cache.lookup(scope, rate, &sentence.text, now),
+            None => Lookup::Missing(None),
+        };
+        let (replayed, claim) = match lookup {
+            // Said before in this scope: no synthesis, no wait for a slot.
+            Lookup::Held(samples) => (Some(samples), None),
+            // Being synthesized for another call: its audio, or ours if it gives up.
+            Lookup::Coming(coming) => tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    held.push(sentence.text);
+                    break;
+                }
+                audio = coming.audio() => (audio, None),
+            },
+            Lookup::Missing(claim) => (None, claim),
+        };
         let from_cache = replayed.is_some();
         let result = match replayed {
-            // Said before in this scope: no synthesis, no wait for a slot.
             Some(samples) => Ok(Ok((samples.to_vec(), None))),
             None => {
-                let synthesis = synthesize(&ctx, &sentence.text, rate, &progress);
+                let synthesis = synthesize(&ctx, &sentence.text, rate, now);
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => {
@@ -533,8 +552,10 @@ async fn speak(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, outbox: 
             Ok(Ok((samples, fallback_note))) => {
                 // Only the voice's own audio is kept (the voice may recover), and outside the
                 // progress lock: keeping may evict.
-                if let (false, None, Some(scope)) = (from_cache, &fallback_note, &ctx.speech_scope) {
-                    cache.put(scope, rate, &sentence.text, &samples);
+                match (from_cache, &fallback_note, claim, &ctx.speech_scope) {
+                    (false, None, Some(claim), _) => claim.fulfil(&samples),
+                    (false, None, None, Some(scope)) => cache.put(scope, rate, &sentence.text, &samples),
+                    _ => {}
                 }
                 {
                     let mut p = lock(&progress);
@@ -558,11 +579,11 @@ async fn speak(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, outbox: 
 }
 
 /// One sentence synthesized at the line's `rate` in the shared budget (espeak-ng when the voice
-/// fails, with the voice's error as a note). A reply's first sentence is what the caller waits
-/// for; later ones play after it.
-fn synthesize(ctx: &TurnContext, text: &str, rate: u32, progress: &Progress) -> impl std::future::Future<Output = Result<Result<(Vec<f32>, Option<String>), String>, super::pool::PoolError>> {
+/// fails, with the voice's error as a note). `now`: a reply's first sentence, what the caller
+/// waits for; later ones play after it.
+fn synthesize(ctx: &TurnContext, text: &str, rate: u32, now: bool) -> impl std::future::Future<Output = Result<Result<(Vec<f32>, Option<String>), String>, super::pool::PoolError>> {
     let (tts, fallback, text) = (ctx.tts.clone(), ctx.fallback_tts.clone(), text.to_string());
-    let urgency = if lock(progress).first_audio_at.is_none() { super::pool::Urgency::Now } else { super::pool::Urgency::Ahead };
+    let urgency = if now { super::pool::Urgency::Now } else { super::pool::Urgency::Ahead };
     super::pool::tts().run_with(urgency, move || {
         let audio = match tts.speak_all(&text) {
             Ok(audio) => Ok((audio, None)),
