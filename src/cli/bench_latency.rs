@@ -48,6 +48,11 @@ pub struct LatencyArgs {
     /// call at the same moment: the worst case).
     #[arg(long, default_value_t = 0)]
     stagger_ms: u64,
+    /// With `--concurrent`: empty the speech cache before each round, so its calls say lines
+    /// never said before (as right after `serve` starts, or when a new assistant goes live);
+    /// calls at once still share a sentence one of them is synthesizing.
+    #[arg(long)]
+    cold_cache: bool,
     /// Write the figures for calls at once here as JSON (how `--cores` collects its runs).
     #[arg(long, hide = true)]
     summary: Option<PathBuf>,
@@ -59,7 +64,17 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     if !args.cores.is_empty() {
         return bench_budgets(&args, calls, concurrent, rounds);
     }
-    bench_latency(&args.assistant, &args.caller, calls, concurrent, rounds, Duration::from_millis(args.stagger_ms.min(60_000)), args.summary.as_deref())
+    let counts = Counts { most: concurrent, rounds, stagger: Duration::from_millis(args.stagger_ms.min(60_000)), cold_cache: args.cold_cache };
+    bench_latency(&args.assistant, &args.caller, calls, counts, args.summary.as_deref())
+}
+
+/// How the calls-at-once part runs: counts 1 to `most`, `rounds` of each.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    most: usize,
+    rounds: usize,
+    stagger: Duration,
+    cold_cache: bool,
 }
 
 /// Voice-to-voice with a number of calls at once.
@@ -244,11 +259,13 @@ fn cores_busy(before: (u64, u64), after: (u64, u64)) -> f64 {
 
 /// Runs 1, 2, … `most` calls at once and prints voice-to-voice for each count beside one call
 /// alone, and the most calls that kept p95 within 1.5 s.
-async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: Arc<Assistant>, script: &CallerScript, most: usize, rounds: usize, stagger: Duration) -> anyhow::Result<LoadSummary> {
+async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: Arc<Assistant>, script: &CallerScript, counts: Counts) -> anyhow::Result<LoadSummary> {
+    let Counts { most, rounds, stagger, cold_cache } = counts;
     println!(
-        "\ncalls at once on {} (voice-to-voice from the true end of speech; {rounds} round(s) per count; {}):",
+        "\ncalls at once on {} (voice-to-voice from the true end of speech; {rounds} round(s) per count; {}{}):",
         machine_line(),
-        if stagger.is_zero() { "all started together".to_string() } else { format!("each started {} ms after the one before", stagger.as_millis()) }
+        if stagger.is_zero() { "all started together".to_string() } else { format!("each started {} ms after the one before", stagger.as_millis()) },
+        if cold_cache { "; the speech cache emptied before each round" } else { "" }
     );
     println!(
         "{:>6} {:>6} {:>8} {:>8} {:>12} {:>14} {:>13}   {:>16} {:>16} {:>16} {:>16}   {:>8} {:>14} {:>14} {:>8} {:>10}",
@@ -267,6 +284,12 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
         let cpu_before = cpu_ticks();
         for round in 1..=rounds {
             eprintln!("{n} call(s) at once, in real time (round {round}/{rounds})…");
+            if cold_cache {
+                let cache = crate::pipeline::speech_cache::speech_cache();
+                let capacity = cache.stats().capacity;
+                cache.set_capacity(0);
+                cache.set_capacity(capacity);
+            }
             let calls = futures::future::join_all((0..n).map(|i| {
                 let (engines, assistant, script) = (engines.clone(), assistant.clone(), script.clone());
                 async move {
@@ -349,7 +372,7 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
     Ok(LoadSummary { machine: machine_line(), loads, within })
 }
 
-fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, concurrent: usize, rounds: usize, stagger: Duration, summary: Option<&Path>) -> anyhow::Result<()> {
+fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, counts: Counts, summary: Option<&Path>) -> anyhow::Result<()> {
     let store = ModelStore::from_env()?;
     let assistant = load_assistant(assistant_path)?;
     let script = CallerScript::load(caller_path)?;
@@ -430,8 +453,8 @@ fn bench_latency(assistant_path: &Path, caller_path: &Path, calls: usize, concur
                 println!("  {:>4.0} = {:>4.0} + {:>4.0} ms", ms_of(late + confirm), ms_of(late), ms_of(confirm));
             }
         }
-        if concurrent > 1 || summary.is_some() {
-            let figures = bench_concurrent(&store, engines.clone(), assistant.clone(), &script, concurrent, rounds, stagger).await?;
+        if counts.most > 1 || summary.is_some() {
+            let figures = bench_concurrent(&store, engines.clone(), assistant.clone(), &script, counts).await?;
             if let Some(path) = summary {
                 std::fs::write(path, serde_json::to_string(&figures)?).with_context(|| format!("writing {}", path.display()))?;
             }
@@ -462,6 +485,9 @@ fn bench_budgets(args: &LatencyArgs, calls: usize, concurrent: usize, rounds: us
         command.args(["bench", "latency", "--assistant"]).arg(&args.assistant).arg("--caller").arg(&args.caller);
         command.args(["--calls", &calls.to_string(), "--concurrent", &concurrent.to_string(), "--rounds", &rounds.to_string()]);
         command.args(["--speech-cache-mib", &args.speech_cache_mib.to_string(), "--stagger-ms", &args.stagger_ms.to_string(), "--summary"]).arg(&summary);
+        if args.cold_cache {
+            command.arg("--cold-cache");
+        }
         pin(&mut command, cpus);
         let status = command.status().context("starting the bench for a budget")?;
         if !status.success() {
