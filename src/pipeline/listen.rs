@@ -609,11 +609,13 @@ pub fn extra_wait(text: &str, probability: Option<f32>, threshold: f32, fallback
     fallback.mul_f32(short)
 }
 
-/// Ends like an unfinished thought: a trailing conjunction, "...", a comma, or digits being
-/// read out (a phone number, an account number: "555", "five five five").
+/// Ends like an unfinished thought: a trailing conjunction, "...", a comma, digits being
+/// read out (a phone number, an account number: "555", "five five five"), or nothing but a
+/// break-off ("Wait.", "Hold on, one more thing."): whoever says that has more to say, and a
+/// barge-in's "Wait," before a comma's pause was a turn of its own, answered 1.9 s late.
 pub fn is_dangling(text: &str) -> bool {
     let trimmed = text.trim_end();
-    if trimmed.ends_with("...") || trimmed.ends_with(',') {
+    if trimmed.ends_with("...") || trimmed.ends_with(',') || crate::flow::parse::holds_on(trimmed) {
         return true;
     }
     let words: Vec<String> = trimmed.rsplit(char::is_whitespace).take(2).map(|w| w.trim_end_matches(['.', '?', '!', ',']).to_lowercase()).collect();
@@ -784,6 +786,11 @@ global: [{ says: ["wrong number"], say: "Goodbye!", actions: [end_call] }]
         assert!(is_dangling("one two three"));
         assert!(is_dangling("Sure, it's 1 2 3."), "digits read out one a word, before a pause");
         assert!(is_dangling("It's 1, 2, 3."));
+        assert!(is_dangling("Wait."), "a break-off alone has more to come");
+        assert!(is_dangling("Hold on. One more thing."));
+        assert!(is_dangling("Let me ask something else."));
+        assert!(!is_dangling("Wait, no, that's wrong."), "an answer in the same breath");
+        assert!(!is_dangling("Sorry?"), "asks to hear it again: no break-off");
         assert!(!is_dangling("Just the 2."));
         assert!(!is_dangling("For four people."));
         assert!(!is_dangling("Table for 2."));
