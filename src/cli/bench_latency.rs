@@ -285,10 +285,7 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
         for round in 1..=rounds {
             eprintln!("{n} call(s) at once, in real time (round {round}/{rounds})…");
             if cold_cache {
-                let cache = crate::pipeline::speech_cache::speech_cache();
-                let capacity = cache.stats().capacity;
-                cache.set_capacity(0);
-                cache.set_capacity(capacity);
+                crate::pipeline::speech_cache::speech_cache().clear();
             }
             let calls = futures::future::join_all((0..n).map(|i| {
                 let (engines, assistant, script) = (engines.clone(), assistant.clone(), script.clone());

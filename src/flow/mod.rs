@@ -1203,11 +1203,8 @@ fn window(slot: &SlotSpec) -> TimeWindow {
 
 /// Whether the words hold one of `phrases` (as whole words).
 fn mentions(text: &str, phrases: &[String]) -> bool {
-    let said = format!(" {} ", normalized(text));
-    phrases.iter().any(|p| {
-        let phrase = normalized(p);
-        !phrase.is_empty() && said.contains(&format!(" {phrase} "))
-    })
+    let said = crate::text::normalized_words(text);
+    phrases.iter().any(|p| parse::phrase_at(&said, &crate::text::normalized_words(p)).is_some())
 }
 
 /// Like [`mentions`], but not when the phrase is negated just before it ("I don't want to

@@ -673,6 +673,15 @@ const NOT_NAMES: &[&str] = &[
     "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
 ];
 
+/// Where `phrase` first stands in `said` as whole words (the index of its first word); an empty
+/// phrase stands nowhere.
+pub(crate) fn phrase_at<S: AsRef<str>>(said: &[String], phrase: &[S]) -> Option<usize> {
+    if phrase.is_empty() {
+        return None;
+    }
+    said.windows(phrase.len()).position(|w| w.iter().map(String::as_str).eq(phrase.iter().map(AsRef::as_ref)))
+}
+
 /// Whether the caller asked something: a question mark, or a first word that asks ("Is there
 /// parking nearby." as a recognizer may write it).
 pub fn is_question(text: &str) -> bool {
@@ -689,13 +698,15 @@ pub fn holds_on(text: &str) -> bool {
         "wait", "sorry", "hold", "hang", "on", "one", "more", "thing", "let", "me", "ask", "something", "else", "a", "quick", "question", "just", "second",
         "sec", "moment", "minute", "actually", "hmm", "um", "uh", "oh", "i", "i've", "have", "got", "another", "also", "okay", "ok", "so", "and", "please",
     ];
-    const CUES: &[&str] = &["hold on", "hang on", "wait", "one more thing", "let me ask", "a question", "another question", "one sec", "one second", "a second", "a moment", "a minute"];
+    const CUES: &[&[&str]] = &[
+        &["hold", "on"], &["hang", "on"], &["wait"], &["one", "more", "thing"], &["let", "me", "ask"], &["a", "question"], &["another", "question"], &["one", "sec"],
+        &["one", "second"], &["a", "second"], &["a", "moment"], &["a", "minute"],
+    ];
     let words = words(text);
     if words.is_empty() || !words.iter().all(|w| WORDS.contains(&w.as_str())) {
         return false;
     }
-    let said = format!(" {} ", words.join(" "));
-    CUES.iter().any(|cue| said.contains(&format!(" {cue} ")))
+    CUES.iter().any(|cue| phrase_at(&words, cue).is_some())
 }
 
 /// A person's name: spelled ("S A R A H", "S-A-R-A-H"), after a cue ("the name is Sarah",
@@ -724,7 +735,7 @@ pub fn name(text: &str) -> Option<String> {
     // Spelled with dashes as one word: "s-a-r-a-h" was split on '-' above; a single word of
     // letters separated by dots ("s.a.r.a.h") too.
     for cue in NAME_CUES {
-        if let Some(at) = words.windows(cue.len()).position(|w| w.iter().map(String::as_str).eq(cue.iter().copied())) {
+        if let Some(at) = phrase_at(&words, cue) {
             // In cased text only capitalized words: "It's under hotel." (espeak's "Patel"
             // misheard) was booked under "Hotel"; asking again is better.
             let after: Vec<&String> = words[at + cue.len()..]
@@ -808,12 +819,11 @@ fn title(word: &str) -> String {
 
 /// One of `values`, each with the phrases that name it: the first whose phrase the words hold.
 pub fn choice(text: &str, values: &[(String, Vec<String>)]) -> Option<String> {
-    let joined = format!(" {} ", words(text).join(" "));
+    let said = words(text);
     let mut best: Option<(usize, &str)> = None;
     for (value, phrases) in values {
         for phrase in std::iter::once(value).chain(phrases) {
-            let phrase = format!(" {} ", words(phrase).join(" "));
-            if let Some(at) = joined.find(&phrase) {
+            if let Some(at) = phrase_at(&said, &words(phrase)) {
                 if best.is_none_or(|(b, _)| at < b) {
                     best = Some((at, value));
                 }

@@ -169,6 +169,15 @@ impl SpeechCache {
         inner.shrink();
     }
 
+    /// Lets go of every sentence held; the capacity stays. Syntheses under way still fulfil
+    /// their claims (and are held afterwards).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        let capacity = std::mem::replace(&mut inner.capacity, 0);
+        inner.shrink();
+        inner.capacity = capacity;
+    }
+
     /// `text` as `scope`'s voice said it at `rate`, if it is held.
     pub fn get(&self, scope: &SpeechScope, rate: u32, text: &str) -> Option<Arc<[f32]>> {
         // A borrowed key would need the scope cloned anyway: it is an `Arc`.
@@ -356,6 +365,13 @@ mod tests {
         assert!(stats.bytes <= 400_000 && stats.entries == 400_000 / 32_000, "{stats:?}");
         assert!(cache.get(&SpeechScope::new("ws_19", "v"), 8000, "Hello.").is_some());
         assert!(cache.get(&quiet, 8000, "Hello.").is_none());
+
+        // Emptied, it keeps its size and holds lines again.
+        cache.clear();
+        let stats = cache.stats();
+        assert_eq!((stats.entries, stats.bytes, stats.capacity), (0, 0, 400_000), "{stats:?}");
+        cache.put(&quiet, 8000, "Hello.", &line(1, 8000));
+        assert!(cache.get(&quiet, 8000, "Hello.").is_some());
 
         // Too long a line is not kept, nor anything once the cache is off.
         cache.put(&quiet, 8000, "A long story.", &line(MAX_ENTRY_SECONDS + 1, 8000));
