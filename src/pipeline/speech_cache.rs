@@ -173,9 +173,9 @@ impl SpeechCache {
     /// their claims (and are held afterwards).
     pub fn clear(&self) {
         let mut inner = self.lock();
-        let capacity = std::mem::replace(&mut inner.capacity, 0);
-        inner.shrink();
-        inner.capacity = capacity;
+        inner.entries.clear();
+        inner.scope_bytes.clear();
+        inner.bytes = 0;
     }
 
     /// `text` as `scope`'s voice said it at `rate`, if it is held.
