@@ -4,7 +4,10 @@
 //! runs inline). Once the caller has been silent [`EARLY_HEAR_MS`] — before the VAD's own
 //! `endpointing_ms` calls the end of speech — the utterance so far is transcribed on a
 //! blocking thread, so whisper overlaps the rest of that silence; a sound before the VAD's
-//! call stops the job and it starts again at the next silence. The transcript is both the
+//! call stops the job and it starts again at the next silence. That early start is a guess,
+//! made only on a core free then (tried each silent frame): under load a guess that the
+//! caller then talks on costs another caller's final transcript its core, so a busy box
+//! starts the transcript at the VAD's call, queued as urgent. The transcript is both the
 //! end-of-turn cue and, if the turn is over, the final transcript — no second STT pass. The
 //! turn ends when
 //!
@@ -440,8 +443,9 @@ impl Ear {
         Ok(())
     }
 
-    /// While the caller speaks: a sound stops an early transcript; a short silence starts one,
-    /// padded with the silence still to come before the VAD's end of speech.
+    /// While the caller speaks: a sound stops an early transcript; a short silence starts one
+    /// when a slot is free (tried again each silent frame until the VAD's end of speech),
+    /// padded with the silence still to come before that end.
     fn hear_early(&mut self, listener: &Listener) {
         let silent = self.detector.silent_frames() as u64;
         if silent == 0 {
@@ -449,13 +453,18 @@ impl Ear {
             if let Some(job) = self.early.take() {
                 job.abandon();
             }
-        } else if silent == EARLY_FRAMES && EARLY_FRAMES < self.stop_frames && self.early.is_none() {
-            if let Some(job) = self.partial.take() {
-                job.abandon();
-            }
+        } else if (EARLY_FRAMES..self.stop_frames).contains(&silent) && self.early.is_none() {
             let mut audio = self.utterance.clone();
-            audio.resize(audio.len() + (self.stop_frames - EARLY_FRAMES) as usize * FRAME_SAMPLES, 0.0);
-            self.early = Some(listener.hear(audio, self.talking.as_ref()));
+            audio.resize(audio.len() + (self.stop_frames - silent) as usize * FRAME_SAMPLES, 0.0);
+            self.early = match self.partial.take() {
+                // A partial still running holds a core no one else wanted: the final
+                // transcript takes its place, waiting for it to stop.
+                Some(partial) => {
+                    partial.abandon();
+                    Some(listener.hear(audio, self.talking.as_ref()))
+                }
+                None => listener.hear_if_free(audio, self.talking.as_ref()),
+            };
         }
     }
 
@@ -515,9 +524,21 @@ impl Listener {
     }
 
     /// Transcribes `utterance` and asks Smart Turn about it, side by side in the shared pools;
-    /// stoppable.
-    /// `talking` is this caller's own count among those about to want a transcript, if counted.
+    /// stoppable. `talking` is this caller's own count among those about to want a transcript,
+    /// if counted.
     fn hear(&self, utterance: Vec<f32>, talking: Option<&super::pool::Talking<'_>>) -> HearJob {
+        self.start_hearing(utterance, talking, false).expect("a queued hearing always starts")
+    }
+
+    /// [`Self::hear`] ahead of the VAD's end of speech, a guess that the caller has stopped:
+    /// only on a speech-to-text slot free now with no one waiting (`None` otherwise). A caller
+    /// who pauses and goes on wastes the job (whisper stops only after its encoder), and under
+    /// load that core was another caller's final transcript.
+    fn hear_if_free(&self, utterance: Vec<f32>, talking: Option<&super::pool::Talking<'_>>) -> Option<HearJob> {
+        self.start_hearing(utterance, talking, true)
+    }
+
+    fn start_hearing(&self, utterance: Vec<f32>, talking: Option<&super::pool::Talking<'_>>, only_if_free: bool) -> Option<HearJob> {
         let (tx, rx) = oneshot::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let (stt, smart_turn, prompt, answers) = (self.stt.clone(), self.smart_turn.clone(), self.prompt.get(), self.answers.clone());
@@ -525,7 +546,7 @@ impl Listener {
         let audio_for_turn = audio.clone();
         let (stt_stop, turn_stop) = (stop.clone(), stop.clone());
         let most = self.talkers.stt_cores(talking);
-        let words = super::pool::stt().run_on_cores(super::pool::Urgency::Now, most, move |cores| {
+        let transcribe = move |cores| {
             let started = std::time::Instant::now();
             let heard = crate::stt::with_threads(cores, || transcribe_for_flow(stt.as_ref(), &audio, &stt_stop, &prompt, &answers));
             let secs = audio.len() as f64 / MODEL_RATE as f64;
@@ -540,7 +561,13 @@ impl Listener {
                 }
                 Transcript::default()
             })
-        });
+        };
+        let (pool, now) = (super::pool::stt(), super::pool::Urgency::Now);
+        let words = if only_if_free {
+            futures::future::Either::Left(pool.try_run_on_cores(now, most, transcribe)?)
+        } else {
+            futures::future::Either::Right(pool.run_on_cores(now, most, transcribe))
+        };
         let complete = super::pool::end_of_turn().run(move || {
             if turn_stop.load(Ordering::Relaxed) {
                 return None;
@@ -553,7 +580,7 @@ impl Listener {
             let probability = complete.ok().flatten();
             let _ = tx.send((transcript, probability));
         });
-        HearJob { stop, heard: rx }
+        Some(HearJob { stop, heard: rx })
     }
 }
 

@@ -140,6 +140,23 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Up to `most` slots (at least one) for a job of the kind counted by `running`, if one is
+    /// free and no one waits for one.
+    fn try_take(self: &Arc<Self>, running: &Arc<AtomicUsize>, most: usize) -> Option<Permit> {
+        let mut slots = self.lock();
+        self.take_free(&mut slots, running, most)
+    }
+
+    /// [`Self::try_take`] with the lock held.
+    fn take_free(self: &Arc<Self>, slots: &mut Slots, running: &Arc<AtomicUsize>, most: usize) -> Option<Permit> {
+        if slots.free == 0 || !slots.waiting.is_empty() {
+            return None;
+        }
+        let take = most.clamp(1, slots.free);
+        slots.free -= take;
+        Some(Permit::new(self, running, take))
+    }
+
     /// A job of the kind counted by `running` ended: its `back` slots go to the next waiters,
     /// one each, and the last of them may take what is left, as many as it can use.
     fn release(self: &Arc<Self>, running: &AtomicUsize, mut back: usize) {
@@ -232,7 +249,18 @@ impl InferencePool {
         self.jobs.fetch_add(1, Ordering::Relaxed);
         let asked = std::time::Instant::now();
         let permit = self.acquire_up_to(urgency, most).await?;
-        let waited = asked.elapsed();
+        self.run_permitted(permit, urgency, asked.elapsed(), job).await
+    }
+
+    /// Like [`Self::run_on_cores`], but only if a slot is free now and no one waits for one;
+    /// `None` (nothing run) otherwise. For work worth doing only on a core nobody else needs.
+    pub fn try_run_on_cores<T: Send + 'static>(&self, urgency: Urgency, most: usize, job: impl FnOnce(usize) -> T + Send + 'static) -> Option<impl std::future::Future<Output = Result<T, PoolError>> + '_> {
+        let permit = self.shared.try_take(&self.running, most)?;
+        self.jobs.fetch_add(1, Ordering::Relaxed);
+        Some(self.run_permitted(permit, urgency, std::time::Duration::ZERO, job))
+    }
+
+    async fn run_permitted<T: Send + 'static>(&self, permit: Permit, urgency: Urgency, waited: std::time::Duration, job: impl FnOnce(usize) -> T + Send + 'static) -> Result<T, PoolError> {
         let (result, ran) = tokio::task::spawn_blocking(move || {
             let cores = permit.slots;
             let _slots = permit;
@@ -278,10 +306,8 @@ impl InferencePool {
         let most = most.max(1);
         let waiting = {
             let mut slots = self.shared.lock();
-            if slots.free > 0 && slots.waiting.is_empty() {
-                let take = most.min(slots.free);
-                slots.free -= take;
-                return Ok(Permit::new(&self.shared, &self.running, take));
+            if let Some(permit) = self.shared.take_free(&mut slots, &self.running, most) {
+                return Ok(permit);
             }
             self.waited.fetch_add(1, Ordering::Relaxed);
             if urgency == Urgency::Now {
@@ -584,6 +610,37 @@ mod tests {
         drop(last);
         assert_eq!((tts.running(), stt.running(), budget.running()), (0, 0, 0));
         assert_eq!((stt.stats().2, tts.stats().2), (2, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_guess_runs_only_on_a_slot_free_now_with_no_one_waiting_and_takes_what_it_can_use() {
+        let budget = Budget::new(2);
+        let (stt, tts) = (Arc::new(InferencePool::sharing("stt", &budget)), Arc::new(InferencePool::sharing("tts", &budget)));
+        // An idle budget: the guess takes both cores it can use.
+        assert_eq!(stt.try_run_on_cores(Urgency::Now, 2, |cores| cores).expect("idle: it runs").await.unwrap(), 2);
+        // One slot held by a sentence: the guess runs beside it on the other, unlike a partial.
+        let sentence = tts.acquire(Urgency::Ahead).await.unwrap();
+        assert!(stt.try_run_yielding(Arc::new(AtomicBool::new(false)), 2, |_| ()).is_none());
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let go = Arc::new(AtomicBool::new(false));
+        let guess = stt.try_run_on_cores(Urgency::Now, 2, held_job("guess", started_tx, go.clone())).expect("a slot is free: it runs");
+        let mut guess = Box::pin(guess);
+        assert!(futures::poll!(&mut guess).is_pending());
+        assert_eq!(started_job(&started), ("guess", 1));
+        assert_eq!(budget.running(), 2);
+        // No slot free: nothing runs, and nothing is counted.
+        let jobs = stt.stats().0;
+        assert!(stt.try_run_on_cores(Urgency::Now, 1, |_| ()).is_none());
+        // A slot that comes free while someone waits goes to the waiter, not to a guess.
+        let mut waiter = Box::pin(tts.run_with(Urgency::Ahead, || "sentence 2"));
+        assert!(futures::poll!(&mut waiter).is_pending());
+        go.store(true, Ordering::Relaxed);
+        assert_eq!(guess.await.unwrap(), 1);
+        assert!(stt.try_run_on_cores(Urgency::Now, 1, |_| ()).is_none(), "the freed slot went to the waiter: no guess");
+        assert_eq!(stt.stats().0, jobs);
+        assert_eq!(waiter.await.unwrap(), "sentence 2");
+        drop(sentence);
+        assert_eq!(budget.running(), 0);
     }
 
     /// A job that blocks until `go` is set, reporting the cores it was given on `started`.
