@@ -22,10 +22,7 @@ pub fn init(verbose: bool) {
 /// The machine in a line: CPU model, cores (those this process may use, "k of n" when pinned
 /// to fewer than the machine has), memory.
 pub fn machine_line() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").map(|info| cpu_of(&info)).unwrap_or_else(|_| "unknown CPU".into());
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|info| info.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()))
@@ -35,6 +32,27 @@ pub fn machine_line() -> String {
     let cores = if cores < online { format!("{cores} of {online} cores") } else { format!("{cores} cores") };
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     format!("{cores} of {cpu}, {memory}, {profile} build")
+}
+
+/// The first CPU of `/proc/cpuinfo` in words: its model name and, on x86, its family, model
+/// and widest vector extension. A cloud's bare "AMD EPYC" names generations whose speeds
+/// differ twofold (`docs/decisions.md`, 2026-12-04), so figures and a saved capacity say which.
+/// No ", " inside: the machine line's first part is the CPU
+/// ([`crate::server::limits::Capacity::load`]).
+fn cpu_of(info: &str) -> String {
+    let first = info.split("\n\n").next().unwrap_or_default();
+    let field = |name: &str| {
+        first.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == name).then(|| value.trim().to_string())
+        })
+    };
+    let Some(name) = field("model name") else { return "unknown CPU".into() };
+    let (Some(family), Some(model)) = (field("cpu family"), field("model")) else { return name };
+    let flags = field("flags").unwrap_or_default();
+    let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
+    let vector = ["avx512f", "avx2", "avx"].into_iter().find(|v| has(v)).map(|v| format!("; {}", v.trim_end_matches('f').to_uppercase())).unwrap_or_default();
+    format!("{name} (family {family} model {model}{vector})")
 }
 
 /// The CPUs this process may run on (its affinity mask: `taskset`, a container's cpuset), by id.
@@ -56,5 +74,22 @@ pub fn online_cpus() -> usize {
         online as usize
     } else {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_of;
+
+    #[test]
+    fn a_cpu_is_named_with_its_family_model_and_widest_vector_extension_and_no_comma() {
+        let epyc = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2 avx512f avx512dq\n\nprocessor\t: 1\nmodel name\t: other\n";
+        assert_eq!(cpu_of(epyc), "AMD EPYC (family 26 model 2; AVX512)");
+        let xeon = "cpu family\t: 6\nmodel\t\t: 85\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\nflags\t\t: fpu avx avx2\n";
+        assert_eq!(cpu_of(xeon), "Intel(R) Xeon(R) CPU @ 2.20GHz (family 6 model 85; AVX2)");
+        // Elsewhere (an ARM board) the name alone, or nothing known.
+        assert_eq!(cpu_of("model name\t: ARMv8 Processor rev 1 (v8l)\n"), "ARMv8 Processor rev 1 (v8l)");
+        assert_eq!(cpu_of("processor\t: 0\n"), "unknown CPU");
+        assert!(!cpu_of(epyc).contains(", "), "the machine line's first part must stay the CPU");
     }
 }
