@@ -210,15 +210,14 @@ impl InferencePool {
     pub fn try_run_yielding<T: Send + 'static>(&self, stop: Arc<AtomicBool>, most: usize, job: impl FnOnce(usize) -> T + Send + 'static) -> Option<impl std::future::Future<Output = Result<T, PoolError>>> {
         let (permit, id) = {
             let mut slots = self.shared.lock();
-            if slots.free < self.shared.size || !slots.waiting.is_empty() {
+            if slots.free < self.shared.size {
                 return None;
             }
-            let take = most.clamp(1, slots.free);
-            slots.free -= take;
+            let permit = self.shared.take_free(&mut slots, &self.running, most)?;
             slots.arrivals += 1;
             let id = slots.arrivals;
             slots.yielding.insert(id, stop);
-            (Permit::new(&self.shared, &self.running, take), id)
+            (permit, id)
         };
         self.jobs.fetch_add(1, Ordering::Relaxed);
         let (shared, name) = (self.shared.clone(), self.name);
