@@ -86,10 +86,24 @@ impl WhisperStt {
     }
 }
 
+extern "C" {
+    /// Defined by `.cargo/whisper-last-logits.cmake` in the whisper.cpp it patches: a prompt's
+    /// decode computes the vocabulary's logits for its last token only, not for all ~100.
+    /// Referring to it makes a whisper.cpp built without the patch fail to link.
+    fn ringline_whisper_last_logits() -> std::os::raw::c_int;
+}
+
+/// Whether the linked whisper.cpp computes only the logits a batch keeps (always, once built).
+pub fn decodes_last_logits_only() -> bool {
+    // SAFETY: a C function without arguments that returns a constant.
+    unsafe { ringline_whisper_last_logits() == 1 }
+}
+
 impl WhisperModel {
     /// Loads the store model `model` (e.g. `whisper-tiny.en`).
     pub fn load(store: &ModelStore, model: &str) -> Result<Self, SttError> {
         let path = store.require(model)?;
+        tracing::debug!(model, last_logits_only = decodes_last_logits_only(), "loading whisper");
         let mut params = WhisperContextParameters::default();
         params.use_gpu = false;
         let context = WhisperContext::new_with_params(&path, params).map_err(|e| {
