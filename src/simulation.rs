@@ -245,6 +245,8 @@ pub struct ScriptedCaller {
     pub script: CallerScript,
     /// Each line's audio at the line's rate (empty for keypad lines).
     audio: Vec<Vec<f32>>,
+    /// The agent opens the call (a first message, or a flow's start node): wait to hear it.
+    greeted: bool,
 }
 
 /// How long the caller waits for the agent to begin answering before speaking anyway.
@@ -272,7 +274,15 @@ impl ScriptedCaller {
             }
             audio.push(samples);
         }
-        Ok(ScriptedCaller { script, audio })
+        Ok(ScriptedCaller { script, audio, greeted: false })
+    }
+
+    /// The caller waits for the agent's opening words, however long the agent takes to start
+    /// them (within [`ANSWER_TIMEOUT`]), as a person who answered the phone does: on a slow
+    /// box a greeting that started later than the caller's first pause was talked over.
+    pub fn greeted_by(mut self, assistant: &crate::assistant::AssistantSpec) -> Self {
+        self.greeted = assistant.first_message.is_some() || assistant.flow.is_some();
+        self
     }
 
     /// Runs the script on `line`; `agent_idle` tells whether the agent is silent.
@@ -281,6 +291,9 @@ impl ScriptedCaller {
             line.echo(Duration::from_millis(echo.delay_ms as u64), echo.gain);
         }
         // Let the agent say its first message.
+        if self.greeted {
+            wait_for_agent_to_speak(&line).await;
+        }
         wait_for_quiet(&line, Duration::from_millis(600), tokio::time::Instant::now() + ANSWER_TIMEOUT).await;
         let lines = &self.script.lines;
         // The next line to say, the last one said, and how many times it was said again.

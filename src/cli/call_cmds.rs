@@ -112,7 +112,7 @@ pub async fn simulate_call(
         anyhow::bail!("--line-rate {line_rate}: use a rate between 8000 and 48000 Hz");
     }
     let caller_voice = crate::tts::load_voice(store, &script.voice, 1).with_context(|| format!("loading the caller's voice {}", script.voice))?;
-    let caller = ScriptedCaller::prepare(script, caller_voice.as_ref(), line_rate)?;
+    let caller = ScriptedCaller::prepare(script, caller_voice.as_ref(), line_rate)?.greeted_by(&assistant.spec);
     let (line, input) = LoopbackLine::start(line_rate);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(print_events(events_rx, print, Some(line.clone())));

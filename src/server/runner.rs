@@ -543,7 +543,7 @@ impl Runner {
         })
         .await;
         let caller = match prepared {
-            Ok(Ok(caller)) => caller,
+            Ok(Ok(caller)) => caller.greeted_by(&assistant.spec),
             Ok(Err(error)) => return Err(failed(format!("cannot prepare the sandbox caller: {error:#}"))),
             Err(error) => return Err(failed(format!("cannot prepare the sandbox caller: {error}"))),
         };
