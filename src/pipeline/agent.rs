@@ -370,6 +370,14 @@ impl Agent {
         self.analysis.analyze(state.caller_lines, &user.text);
         state.caller_lines += 1;
         report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push(("caller".into(), user.text.clone(), user.speech_end));
+        if state.hang_up_when_done.is_some() && state.active.is_some() {
+            // The agent is saying the line that ends the call (the time limit, a goodbye):
+            // words that end over it are kept, but do not replace it — answered, the line was
+            // dropped and the call hung up without it.
+            state.history.push(Message::User { content: user.text });
+            self.emit(CallEvent::Note("the caller spoke over the closing line; the call ends as decided".into()));
+            return;
+        }
         if self.protected_playing(state) {
             // The caller spoke through a `<no-interrupt>` segment: answer once it has played.
             state.deferred = Some(user);
