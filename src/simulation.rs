@@ -92,7 +92,8 @@ pub struct CallerLine {
     /// Silence to leave after the agent stops talking before this line.
     #[serde(default = "default_pause_ms")]
     pub pause_ms: u64,
-    /// Speak this long after the agent *starts* answering (a barge-in), instead of waiting.
+    /// Speak this long after the agent *starts* answering (a barge-in), instead of waiting; a
+    /// time that falls in a pause of the agent's waits (up to 5 s) for its next words.
     pub barge_in_after_ms: Option<u64>,
     /// The pause that `...` stands for.
     #[serde(default = "default_inner_pause_ms")]
@@ -251,6 +252,9 @@ pub struct ScriptedCaller {
 
 /// How long the caller waits for the agent to begin answering before speaking anyway.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a caller about to interrupt waits for the agent's next words when its time to
+/// interrupt falls in a pause; past it the answer is taken as over and the line is said anyway.
+const GAP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl ScriptedCaller {
     /// Synthesizes every line up front (so synthesis never delays the caller's timing).
@@ -281,7 +285,7 @@ impl ScriptedCaller {
     /// them (within [`ANSWER_TIMEOUT`]), as a person who answered the phone does: on a slow
     /// box a greeting that started later than the caller's first pause was talked over.
     pub fn greeted_by(mut self, assistant: &crate::assistant::AssistantSpec) -> Self {
-        self.greeted = assistant.first_message.is_some() || assistant.flow.is_some();
+        self.greeted = assistant.opens_the_call();
         self
     }
 
@@ -304,9 +308,12 @@ impl ScriptedCaller {
             }
             let upcoming = lines.get(next);
             if let Some(after) = upcoming.and_then(|spec| spec.barge_in_after_ms) {
-                // Wait for the agent to start talking, then talk over it.
+                // Wait for the agent to start talking, then talk over it: over its words, as a
+                // person who interrupts does, not into a pause between two of its sentences
+                // (a slow box synthesizes a long answer with gaps).
                 wait_for_agent_to_speak(&line).await;
                 tokio::time::sleep(Duration::from_millis(after)).await;
+                wait_for_agent_to_speak_within(&line, GAP_TIMEOUT).await;
             } else {
                 // Hear the agent's answer out (the last one: longer, and no longer than the
                 // script allows), then see whether it asked for the line again.
@@ -391,7 +398,12 @@ async fn wait_for_quiet(line: &LoopbackLine, quiet: Duration, deadline: tokio::t
 
 /// Waits until agent audio is on the line (at most [`ANSWER_TIMEOUT`]).
 async fn wait_for_agent_to_speak(line: &LoopbackLine) {
-    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    wait_for_agent_to_speak_within(line, ANSWER_TIMEOUT).await;
+}
+
+/// Waits until agent audio is on the line, at most `limit`.
+async fn wait_for_agent_to_speak_within(line: &LoopbackLine, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
     while line.is_idle() && tokio::time::Instant::now() < deadline && !line.is_hung_up() {
         tokio::time::sleep(TICK).await;
     }

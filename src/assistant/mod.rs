@@ -110,6 +110,14 @@ pub struct AssistantSpec {
     pub flow: Option<crate::flow::FlowSpec>,
 }
 
+impl AssistantSpec {
+    /// Whether the agent speaks first: its first message, or else its flow's start node (the
+    /// order `pipeline::agent` opens a call in). Without either the caller speaks first.
+    pub fn opens_the_call(&self) -> bool {
+        self.first_message.is_some() || self.flow.is_some()
+    }
+}
+
 fn default_intent_threshold() -> f32 {
     crate::analysis::intent::DEFAULT_THRESHOLD
 }
