@@ -454,6 +454,10 @@ impl Ear {
                 job.abandon();
             }
         } else if (EARLY_FRAMES..self.stop_frames).contains(&silent) && self.early.is_none() {
+            // Tried each silent frame: copy the utterance only when the job could start.
+            if self.partial.is_none() && !super::pool::stt().has_free_slot() {
+                return;
+            }
             let mut audio = self.utterance.clone();
             audio.resize(audio.len() + (self.stop_frames - silent) as usize * FRAME_SAMPLES, 0.0);
             self.early = match self.partial.take() {

@@ -251,6 +251,13 @@ impl InferencePool {
         self.run_permitted(permit, urgency, asked.elapsed(), job).await
     }
 
+    /// Whether a job asked for now would find a slot free with no one waiting: a cheap look
+    /// before preparing the input of a [`Self::try_run_on_cores`] job (which checks again).
+    pub fn has_free_slot(&self) -> bool {
+        let slots = self.shared.lock();
+        slots.free > 0 && slots.waiting.is_empty()
+    }
+
     /// Like [`Self::run_on_cores`], but only if a slot is free now and no one waits for one;
     /// `None` (nothing run) otherwise. For work worth doing only on a core nobody else needs.
     pub fn try_run_on_cores<T: Send + 'static>(&self, urgency: Urgency, most: usize, job: impl FnOnce(usize) -> T + Send + 'static) -> Option<impl std::future::Future<Output = Result<T, PoolError>> + '_> {
@@ -616,6 +623,7 @@ mod tests {
         let budget = Budget::new(2);
         let (stt, tts) = (Arc::new(InferencePool::sharing("stt", &budget)), Arc::new(InferencePool::sharing("tts", &budget)));
         // An idle budget: the guess takes both cores it can use.
+        assert!(stt.has_free_slot());
         assert_eq!(stt.try_run_on_cores(Urgency::Now, 2, |cores| cores).expect("idle: it runs").await.unwrap(), 2);
         // One slot held by a sentence: the guess runs beside it on the other, unlike a partial.
         let sentence = tts.acquire(Urgency::Ahead).await.unwrap();
@@ -629,6 +637,7 @@ mod tests {
         assert_eq!(budget.running(), 2);
         // No slot free: nothing runs, and nothing is counted.
         let jobs = stt.stats().0;
+        assert!(!stt.has_free_slot());
         assert!(stt.try_run_on_cores(Urgency::Now, 1, |_| ()).is_none());
         // A slot that comes free while someone waits goes to the waiter, not to a guess.
         let mut waiter = Box::pin(tts.run_with(Urgency::Ahead, || "sentence 2"));
@@ -636,6 +645,7 @@ mod tests {
         go.store(true, Ordering::Relaxed);
         assert_eq!(guess.await.unwrap(), 1);
         assert!(stt.try_run_on_cores(Urgency::Now, 1, |_| ()).is_none(), "the freed slot went to the waiter: no guess");
+        assert!(!stt.has_free_slot());
         assert_eq!(stt.stats().0, jobs);
         assert_eq!(waiter.await.unwrap(), "sentence 2");
         drop(sentence);
