@@ -287,6 +287,15 @@ impl Agent {
         state.reprompted = false;
     }
 
+    /// Whether the agent is saying the line that ends the call (the time limit, a goodbye, a
+    /// transfer's announcement, an LLM reply that called `end_call`). Words or keys that come
+    /// in over it are kept in the history but do not replace it: answered, the line was
+    /// dropped and the call ended without it.
+    fn closing(&self, state: &State) -> bool {
+        let Some(active) = &state.active else { return false };
+        state.hang_up_when_done.is_some() || active.progress.lock().unwrap_or_else(|e| e.into_inner()).actions.iter().any(|a| matches!(a, Action::EndCall { .. }))
+    }
+
     fn agent_speaking(&self, state: &State) -> bool {
         state.active.is_some() || !self.ctx.out.is_idle()
     }
@@ -331,6 +340,10 @@ impl Agent {
                 state.history.push(Message::User { content: format!("(the caller pressed {digit} on the keypad)") });
                 self.emit(CallEvent::Caller { text: format!("[DTMF {digit}]"), at: now, confidence: None });
                 state.caller_lines += 1;
+                if self.closing(state) {
+                    self.emit(CallEvent::Note("the caller pressed a key over the closing line; the call ends as decided".into()));
+                    return;
+                }
                 self.replace_turn(state, report);
                 match state.flow.as_mut().map(|flow| flow.on_digit(digit)) {
                     Some(reply) => self.follow_flow(state, reply, None, report),
@@ -370,10 +383,7 @@ impl Agent {
         self.analysis.analyze(state.caller_lines, &user.text);
         state.caller_lines += 1;
         report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push(("caller".into(), user.text.clone(), user.speech_end));
-        if state.hang_up_when_done.is_some() && state.active.is_some() {
-            // The agent is saying the line that ends the call (the time limit, a goodbye):
-            // words that end over it are kept, but do not replace it — answered, the line was
-            // dropped and the call hung up without it.
+        if self.closing(state) {
             state.history.push(Message::User { content: user.text });
             self.emit(CallEvent::Note("the caller spoke over the closing line; the call ends as decided".into()));
             return;

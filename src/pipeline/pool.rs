@@ -100,6 +100,13 @@ struct Slots {
     yielding: BTreeMap<u64, Arc<AtomicBool>>,
 }
 
+impl Slots {
+    /// Whether a job asking now may take a slot: one is free and no one waits for one.
+    fn free_for_newcomer(&self) -> bool {
+        self.free > 0 && self.waiting.is_empty()
+    }
+}
+
 struct Waiter {
     permit: oneshot::Sender<Permit>,
     /// The running count of the waiter's kind, which its permit holds up.
@@ -149,7 +156,7 @@ impl Shared {
 
     /// [`Self::try_take`] with the lock held.
     fn take_free(self: &Arc<Self>, slots: &mut Slots, running: &Arc<AtomicUsize>, most: usize) -> Option<Permit> {
-        if slots.free == 0 || !slots.waiting.is_empty() {
+        if !slots.free_for_newcomer() {
             return None;
         }
         let take = most.clamp(1, slots.free);
@@ -254,8 +261,7 @@ impl InferencePool {
     /// Whether a job asked for now would find a slot free with no one waiting: a cheap look
     /// before preparing the input of a [`Self::try_run_on_cores`] job (which checks again).
     pub fn has_free_slot(&self) -> bool {
-        let slots = self.shared.lock();
-        slots.free > 0 && slots.waiting.is_empty()
+        self.shared.lock().free_for_newcomer()
     }
 
     /// Like [`Self::run_on_cores`], but only if a slot is free now and no one waits for one;

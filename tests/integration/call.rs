@@ -254,10 +254,16 @@ fn a_mid_sentence_pause_does_not_end_the_turn() {
 
 #[test]
 fn end_call_hangs_up_after_the_goodbye() {
-    let llm = standin::llm(vec![Reply::Tool { text: "Goodbye, have a lovely evening.", name: "end_call", arguments: "{\"reason\": \"caller is done\"}" }]);
-    let caller = "lines:\n  - say: \"That is all, thanks.\"\n  - say: \"Are you still there?\"\n    pause_ms: 4000\nfinal_wait_ms: 4000\n";
+    // A key pressed over the goodbye neither cuts it nor gets an answer: the call ends as the
+    // LLM decided (the key used to replace the goodbye with a new reply).
+    let llm = standin::llm(vec![
+        Reply::Tool { text: "Goodbye, have a lovely evening, and thank you for calling us today.", name: "end_call", arguments: "{\"reason\": \"caller is done\"}" },
+        Reply::Text("You pressed one."),
+    ]);
+    let caller = "lines:\n  - say: \"That is all, thanks.\"\n  - dtmf: \"1\"\n    barge_in_after_ms: 800\n  - say: \"Are you still there?\"\n    pause_ms: 4000\nfinal_wait_ms: 4000\n";
     let call = simulate(&standin_assistant(&llm, "tools: [end_call]\n"), caller);
-    assert!(call.agent_text().contains("lovely evening"), "{}", call.agent_text());
+    assert!(call.agent_text().contains("lovely evening, and thank you for calling us today"), "{}", call.report);
+    assert!(!call.agent_text().contains("You pressed"), "{}", call.report);
     assert!(call.ended_by().starts_with("agent: caller is done"), "{}", call.ended_by());
     assert_eq!(call.said("caller").len(), 1, "the call went on after end_call: {:?}", call.said("caller"));
 }
