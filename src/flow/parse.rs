@@ -709,6 +709,16 @@ pub fn holds_on(text: &str) -> bool {
     CUES.iter().any(|cue| phrase_at(&words, cue).is_some())
 }
 
+/// Whether the caller only said a courtesy ("Please.", "Thanks.", "Thank you very much."): the
+/// tail of a line whose words ended a turn at its comma ("At seven o'clock, please."), no answer
+/// of its own.
+pub fn only_courtesy(text: &str) -> bool {
+    const WORDS: &[&str] = &["please", "thanks", "thank", "you", "very", "much", "cheers", "kindly"];
+    const CUES: &[&str] = &["please", "thanks", "thank", "cheers"];
+    let words = words(text);
+    !words.is_empty() && words.iter().all(|w| WORDS.contains(&w.as_str())) && words.iter().any(|w| CUES.contains(&w.as_str()))
+}
+
 /// A person's name: spelled ("S A R A H", "S-A-R-A-H"), after a cue ("the name is Sarah",
 /// "it's under Sarah Johnson", "call me Bob"), or the utterance itself when it is a name.
 pub fn name(text: &str) -> Option<String> {

@@ -621,3 +621,13 @@ fn breaking_off_and_questions_off_the_flow_are_no_failed_tries() {
         assert!(!parse::holds_on(line), "{line}");
     }
 }
+
+#[test]
+fn a_courtesy_alone_is_told_from_an_answer_that_has_one() {
+    for line in ["Please.", "Thanks!", "Thank you very much.", "please"] {
+        assert!(parse::only_courtesy(line), "{line}");
+    }
+    for line in ["At seven o'clock, please.", "Yes, please.", "Thank you, goodbye.", "You.", "", "Sarah, thanks."] {
+        assert!(!parse::only_courtesy(line), "{line}");
+    }
+}

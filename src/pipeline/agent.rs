@@ -388,6 +388,22 @@ impl Agent {
             self.emit(CallEvent::Note("the caller spoke over the closing line; the call ends as decided".into()));
             return;
         }
+        if crate::flow::parse::only_courtesy(&user.text) {
+            // "Please." after "At seven o'clock," (the turn ended at the comma): the answer to
+            // the words before it is on its way, or was just cut by the courtesy; answering the
+            // courtesy instead made a flow count a failed try. The answer goes on.
+            if state.active.is_some() {
+                state.history.push(Message::User { content: user.text });
+                self.emit(CallEvent::Note("a courtesy after the caller's words; the answer goes on".into()));
+                return;
+            }
+            if let Some(rest) = state.interrupted.take().map(|i| i.text()).filter(|t| !t.is_empty()) {
+                state.history.push(Message::User { content: user.text });
+                self.emit(CallEvent::Note(format!("a courtesy over the agent; resuming: {rest}")));
+                self.start(state, TurnInput::Say(rest), None, true);
+                return;
+            }
+        }
         if self.protected_playing(state) {
             // The caller spoke through a `<no-interrupt>` segment: answer once it has played.
             state.deferred = Some(user);
