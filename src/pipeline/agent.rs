@@ -367,11 +367,7 @@ impl Agent {
         state.caller_onset = None;
         if user.text.trim().is_empty() {
             // Speech without words: a false interruption, or noise.
-            if let Some(rest) = state.interrupted.take().map(|i| i.text()).filter(|t| !t.is_empty()) {
-                self.emit(CallEvent::Note(format!("false interruption; resuming: {rest}")));
-                self.replace_turn(state, report);
-                self.start(state, TurnInput::Say(rest), None, true);
-            } else if !self.agent_speaking(state) {
+            if !self.resume_interrupted(state, report, "false interruption", None) && !self.agent_speaking(state) {
                 // A turn with speech never vanishes: ask again rather than stay silent.
                 self.emit(CallEvent::Note("speech with no words".into()));
                 self.start(state, TurnInput::Say(PARDON.into()), None, true);
@@ -397,10 +393,7 @@ impl Agent {
                 self.emit(CallEvent::Note("a courtesy after the caller's words; the answer goes on".into()));
                 return;
             }
-            if let Some(rest) = state.interrupted.take().map(|i| i.text()).filter(|t| !t.is_empty()) {
-                state.history.push(Message::User { content: user.text });
-                self.emit(CallEvent::Note(format!("a courtesy over the agent; resuming: {rest}")));
-                self.start(state, TurnInput::Say(rest), None, true);
+            if self.resume_interrupted(state, report, "a courtesy over the agent", Some(&user.text)) {
                 return;
             }
         }
@@ -410,6 +403,20 @@ impl Agent {
             return;
         }
         self.respond(state, user, report);
+    }
+
+    /// Says the unheard rest of the reply the caller cut, when the caller's turn turned out
+    /// to be no answer to it (no words, or a courtesy alone, kept in the history as `heard`).
+    /// False, and nothing done, when no rest is left to say.
+    fn resume_interrupted(&self, state: &mut State, report: &Arc<Mutex<CallReport>>, why: &str, heard: Option<&str>) -> bool {
+        let Some(rest) = state.interrupted.take().map(|i| i.text()).filter(|t| !t.is_empty()) else { return false };
+        if let Some(heard) = heard {
+            state.history.push(Message::User { content: heard.to_string() });
+        }
+        self.emit(CallEvent::Note(format!("{why}; resuming: {rest}")));
+        self.replace_turn(state, report);
+        self.start(state, TurnInput::Say(rest), None, true);
+        true
     }
 
     /// Answers a caller turn already in the transcript.
