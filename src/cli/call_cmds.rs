@@ -310,6 +310,7 @@ fn report_json(call: &SimulatedCall) -> anyhow::Result<String> {
         "audio_dropped": report.audio_dropped,
         "duration_ms": ms_of(report.duration).round(),
         "history": report.history,
+        "analyses": report.analyses,
     });
     Ok(serde_json::to_string_pretty(&value)?)
 }

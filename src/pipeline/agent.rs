@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::analyze::Routed;
 use super::frames::{Frame, UserTurn};
 use super::metrics::TurnTimings;
 use super::tools::Action;
@@ -60,7 +61,7 @@ pub struct Agent {
     /// Where final caller utterances go for intent, sentiment and entities.
     pub analysis: super::analyze::AnalysisInbox,
     /// Routes the analysis matched (an intent, escalation), for the agent to act on.
-    pub routes: Option<mpsc::UnboundedReceiver<crate::assistant::RouteSpec>>,
+    pub routes: Option<mpsc::UnboundedReceiver<Routed>>,
     /// The call's variables (and call facts), which a route's `{{ name }}` destination names.
     pub variables: serde_json::Map<String, serde_json::Value>,
     /// The system prompt rendered again with the live analysis, when it shows it.
@@ -122,6 +123,9 @@ struct State {
     transfer_to: Option<String>,
     /// Caller lines in the transcript so far (keypad lines included).
     caller_lines: usize,
+    /// The caller lines that ended over the line that ends the call: kept, never answered, and
+    /// no analysis route matched on one of them replaces that line.
+    over_closing: Vec<usize>,
 }
 
 /// The most messages after the system prompt that a turn sends to the LLM: a long call keeps
@@ -143,7 +147,7 @@ fn bounded(history: &[Message]) -> Vec<Message> {
     out
 }
 
-/// The next route from the analysis, or never when the call has no analysis routes.
+/// The next live prompt from the analysis, or never when the prompt reads none of it.
 async fn next_prompt(prompts: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
     match prompts {
         Some(prompts) => prompts.recv().await,
@@ -151,7 +155,9 @@ async fn next_prompt(prompts: &mut Option<mpsc::UnboundedReceiver<String>>) -> O
     }
 }
 
-async fn next_route(routes: &mut Option<mpsc::UnboundedReceiver<crate::assistant::RouteSpec>>) -> Option<crate::assistant::RouteSpec> {
+/// The next route from the analysis (with the caller line it matched), or never when the call
+/// has no analysis routes.
+async fn next_route(routes: &mut Option<mpsc::UnboundedReceiver<Routed>>) -> Option<Routed> {
     match routes {
         Some(routes) => routes.recv().await,
         None => std::future::pending().await,
@@ -217,7 +223,7 @@ impl Agent {
         loop {
             tokio::select! {
                 _ = call.cancelled() => break,
-                Some(route) = next_route(&mut routes) => self.on_route(&mut state, route, &report),
+                Some((line, route)) = next_route(&mut routes) => self.on_route(&mut state, line, route, &report),
                 Some(prompt) = next_prompt(&mut prompts) => {
                     // The next LLM turn reads the caller's latest intent and sentiment.
                     if let Some(Message::System { content }) = state.history.first_mut() {
@@ -341,6 +347,7 @@ impl Agent {
                 self.emit(CallEvent::Caller { text: format!("[DTMF {digit}]"), at: now, confidence: None });
                 state.caller_lines += 1;
                 if self.closing(state) {
+                    state.over_closing.push(state.caller_lines - 1);
                     self.emit(CallEvent::Note("the caller pressed a key over the closing line; the call ends as decided".into()));
                     return;
                 }
@@ -380,6 +387,7 @@ impl Agent {
         state.caller_lines += 1;
         report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push(("caller".into(), user.text.clone(), user.speech_end));
         if self.closing(state) {
+            state.over_closing.push(state.caller_lines - 1);
             state.history.push(Message::User { content: user.text });
             self.emit(CallEvent::Note("the caller spoke over the closing line; the call ends as decided".into()));
             return;
@@ -710,8 +718,14 @@ impl Agent {
 
     /// A route the analysis matched: its line replaces whatever the agent was about to say,
     /// then the call is transferred or ended once it has played.
-    fn on_route(&self, state: &mut State, route: crate::assistant::RouteSpec, report: &Arc<Mutex<CallReport>>) {
+    fn on_route(&self, state: &mut State, line: usize, route: crate::assistant::RouteSpec, report: &Arc<Mutex<CallReport>>) {
         let trigger = route.intent.as_deref().map_or("escalation".to_string(), |i| format!("intent {i}"));
+        if state.over_closing.contains(&line) {
+            // Words said over the goodbye are no answer to it (see `on_user_turn`): the call
+            // ends, with the outcome it had, as decided.
+            self.emit(CallEvent::Note(format!("route on {trigger} from words over the closing line; the call ends as decided")));
+            return;
+        }
         self.emit(CallEvent::Note(format!("route on {trigger}")));
         let mut actions = Vec::new();
         if let Some(name) = &route.disposition {

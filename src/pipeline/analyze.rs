@@ -83,6 +83,10 @@ impl LivePrompt {
     }
 }
 
+/// A route the analysis matched, with the caller line (counted from 0, as `analyze` was told)
+/// whose words matched it.
+pub type Routed = (usize, RouteSpec);
+
 impl AnalysisBranch {
     /// Starts the branch for one call. `analyzer` is `None` when the assistant declares no
     /// intents (sentiment and entities need no model); `routes` go back to the agent.
@@ -92,7 +96,7 @@ impl AnalysisBranch {
         day: crate::analysis::Day,
         events: mpsc::UnboundedSender<CallEvent>,
         report: Arc<Mutex<CallReport>>,
-        routes: mpsc::UnboundedSender<RouteSpec>,
+        routes: mpsc::UnboundedSender<Routed>,
         prompt: Option<LivePrompt>,
     ) -> (AnalysisInbox, Self) {
         let (tx, mut rx) = mpsc::unbounded_channel::<(usize, String)>();
@@ -121,7 +125,7 @@ impl AnalysisBranch {
                     let intent = turn.analysis.intent.as_ref().map(|m| m.intent.as_str());
                     if let Some(route) = rules.iter().find(|r| r.matches(intent, escalation)) {
                         routed = true;
-                        let _ = routes.send(route.clone());
+                        let _ = routes.send((turn.line, route.clone()));
                     }
                 }
                 if let Some(live) = &prompt {

@@ -357,14 +357,21 @@ fn idle_callers_are_reprompted_then_hung_up_on() {
 fn the_maximum_duration_ends_the_call_politely() {
     // The first line is answered; the second runs past the limit, so the closing line starts
     // while the caller talks and their words come in over it: those are kept, not answered
-    // (answering them dropped the closing line, on a slow box even after a short line).
+    // (answering them dropped the closing line, on a slow box even after a short line), and
+    // the analysis route they match does not replace the closing line either.
     let llm = standin::llm(vec![Reply::Text("Let me tell you all about it."), Reply::Text("Sure, here it is.")]);
-    let assistant = standin_assistant(&llm, "turn: { max_duration_s: 8, idle_reprompt_s: 30, idle_hangup_s: 60 }\n");
-    let long = "And also the wine list, the opening hours, the parking, and the rooms for large groups.";
-    let call = simulate(&assistant, &format!("lines:\n  - say: \"Tell me everything.\"\n  - say: \"{long}\"\n    pause_ms: 300\n    then_silence_ms: 15000\nfinal_wait_ms: 15000\n"));
+    let words = "And I want the manager to tell me about the parking.";
+    let routes = format!(
+        "turn: {{ max_duration_s: 8, idle_reprompt_s: 30, idle_hangup_s: 60 }}\nintents:\n  - {{ name: manager, examples: [\"{words}\"] }}\n  - {{ name: hello, examples: [\"hello there\"] }}\nroutes:\n  - {{ intent: manager, say: \"Let me put you through to the manager.\", transfer: \"+15005550100\", disposition: escalated }}\n"
+    );
+    let assistant = standin_assistant(&llm, &routes);
+    let call = simulate(&assistant, &format!("lines:\n  - say: \"Tell me everything.\"\n  - say: \"{words}\"\n    pause_ms: 300\n    then_silence_ms: 15000\nfinal_wait_ms: 15000\n"));
     let agent = call.agent_text();
     assert!(agent.contains("tell you all about it") && agent.contains("time limit"), "{}", call.report);
-    assert!(!agent.contains("here it is"), "{}", call.report);
+    assert!(!agent.contains("here it is") && !agent.contains("put you through"), "{}", call.report);
+    let matched: Vec<&Value> = call.report["analyses"].as_array().unwrap().iter().filter(|a| a["line"] == 1 && a["intent"]["intent"] == "manager").collect();
+    assert_eq!(matched.len(), 1, "the words over the closing line matched the route's intent: {:#}", call.report["analyses"]);
+    assert_eq!((call.report["transfers"].as_array().map(Vec::len), call.report["disposition"].as_str()), (Some(0), Some("completed")), "{:#}", call.report);
     assert_eq!(call.ended_by(), "agent: maximum duration");
     let duration = call.report["duration_ms"].as_f64().unwrap();
     assert!(duration < 20_000.0, "call lasted {duration} ms");
