@@ -702,11 +702,13 @@ pub fn holds_on(text: &str) -> bool {
         &["hold", "on"], &["hang", "on"], &["wait"], &["one", "more", "thing"], &["let", "me", "ask"], &["a", "question"], &["another", "question"], &["one", "sec"],
         &["one", "second"], &["a", "second"], &["a", "moment"], &["a", "minute"],
     ];
+    only_words_of(text, WORDS, CUES)
+}
+
+/// Whether every word of `text` is one of `vocabulary` and one of the `cues` is said among them.
+fn only_words_of(text: &str, vocabulary: &[&str], cues: &[&[&str]]) -> bool {
     let words = words(text);
-    if words.is_empty() || !words.iter().all(|w| WORDS.contains(&w.as_str())) {
-        return false;
-    }
-    CUES.iter().any(|cue| phrase_at(&words, cue).is_some())
+    !words.is_empty() && words.iter().all(|w| vocabulary.contains(&w.as_str())) && cues.iter().any(|cue| phrase_at(&words, cue).is_some())
 }
 
 /// Whether the caller only said a courtesy ("Please.", "Thanks.", "Thank you very much."): the
@@ -714,9 +716,8 @@ pub fn holds_on(text: &str) -> bool {
 /// of its own.
 pub fn only_courtesy(text: &str) -> bool {
     const WORDS: &[&str] = &["please", "thanks", "thank", "you", "very", "much", "cheers", "kindly"];
-    const CUES: &[&str] = &["please", "thanks", "thank", "cheers"];
-    let words = words(text);
-    !words.is_empty() && words.iter().all(|w| WORDS.contains(&w.as_str())) && words.iter().any(|w| CUES.contains(&w.as_str()))
+    const CUES: &[&[&str]] = &[&["please"], &["thanks"], &["thank"], &["cheers"]];
+    only_words_of(text, WORDS, CUES)
 }
 
 /// A person's name: spelled ("S A R A H", "S-A-R-A-H"), after a cue ("the name is Sarah",

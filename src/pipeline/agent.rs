@@ -347,8 +347,7 @@ impl Agent {
                 self.emit(CallEvent::Caller { text: format!("[DTMF {digit}]"), at: now, confidence: None });
                 state.caller_lines += 1;
                 if self.closing(state) {
-                    state.over_closing.push(state.caller_lines - 1);
-                    self.emit(CallEvent::Note("the caller pressed a key over the closing line; the call ends as decided".into()));
+                    self.hold_over_closing(state, "pressed a key");
                     return;
                 }
                 self.replace_turn(state, report);
@@ -387,9 +386,8 @@ impl Agent {
         state.caller_lines += 1;
         report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push(("caller".into(), user.text.clone(), user.speech_end));
         if self.closing(state) {
-            state.over_closing.push(state.caller_lines - 1);
             state.history.push(Message::User { content: user.text });
-            self.emit(CallEvent::Note("the caller spoke over the closing line; the call ends as decided".into()));
+            self.hold_over_closing(state, "spoke");
             return;
         }
         if crate::flow::parse::only_courtesy(&user.text) {
@@ -411,6 +409,13 @@ impl Agent {
             return;
         }
         self.respond(state, user, report);
+    }
+
+    /// The caller line just added ended over the line that ends the call: it stays in the
+    /// history and the transcript, but nothing answers it and no route matched on it is taken.
+    fn hold_over_closing(&self, state: &mut State, what: &str) {
+        state.over_closing.push(state.caller_lines - 1);
+        self.emit(CallEvent::Note(format!("the caller {what} over the closing line; the call ends as decided")));
     }
 
     /// Says the unheard rest of the reply the caller cut, when the caller's turn turned out
