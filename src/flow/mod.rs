@@ -325,6 +325,9 @@ pub struct Flow {
     /// The caller turn being answered was heard unsure: these words (lower case), or all of
     /// them (`Some(empty)`) when the whole turn was.
     unsure: Option<Vec<String>>,
+    /// The lines of the last reply that ended or transferred the call, said again after a
+    /// question the caller asks over them ([`Flow::after_end`]).
+    closing: Vec<String>,
 }
 
 /// How many nodes one reply may pass through (`next` chains without a question).
@@ -335,7 +338,7 @@ impl Flow {
     /// assistant's timezone.
     pub fn new(spec: FlowSpec, base: Map<String, Value>, today: NaiveDate) -> Flow {
         let node = spec.start.clone();
-        Flow { spec, base, today, node, slots: Map::new(), spoken: Map::new(), awaiting: Awaiting::Nothing, attempts: 0, visited: Vec::new(), started: false, tool: None, lenient: None, keyed: String::new(), llm_reads: false, extract: None, readings: 0, unsure: None }
+        Flow { spec, base, today, node, slots: Map::new(), spoken: Map::new(), awaiting: Awaiting::Nothing, attempts: 0, visited: Vec::new(), started: false, tool: None, lenient: None, keyed: String::new(), llm_reads: false, extract: None, readings: 0, unsure: None, closing: Vec::new() }
     }
 
     /// Like [`Flow::on_caller`], for words the recognizer was unsure of: `unsure` names the
@@ -593,6 +596,19 @@ impl Flow {
         self.reply(lines, actions)
     }
 
+    /// Words the caller cut the flow's last line with, once that line ended the call: a flow
+    /// that ended stays ended (its disposition, its transfer), so only a question its
+    /// `knowledge` answers is answered, and the closing line follows again. `None`: nothing
+    /// to answer (the agent says the rest of the closing line).
+    pub fn after_end(&mut self, text: &str) -> Option<Reply> {
+        if self.closing.is_empty() {
+            return None;
+        }
+        let answer = self.knowledge(text)?;
+        let lines = std::iter::once(answer).chain(self.closing.iter().cloned()).collect();
+        Some(self.reply(lines, Vec::new()))
+    }
+
     /// A keypad digit.
     pub fn on_digit(&mut self, digit: char) -> Reply {
         self.visited.clear();
@@ -689,6 +705,9 @@ impl Flow {
     }
 
     fn reply(&mut self, lines: Vec<String>, actions: Vec<Action>) -> Reply {
+        if actions.iter().any(|a| matches!(a, Action::EndCall { .. } | Action::Transfer { .. })) {
+            self.closing = lines.clone();
+        }
         let actions = actions.into_iter().map(|a| self.resolve(a)).collect();
         Reply { template: lines.join(" "), context: self.context(), actions, node: self.node.clone(), slots: self.slots.clone(), tool: self.tool.take(), extract: self.extract.take() }
     }

@@ -720,6 +720,19 @@ pub fn only_courtesy(text: &str) -> bool {
     only_words_of(text, WORDS, CUES)
 }
 
+/// Whether the caller only took their leave ("Thanks, bye!", "Okay, see you then.", "You too,
+/// goodbye."): said over the agent's goodbye, no new question and no reason to keep the call
+/// open.
+pub fn only_farewell(text: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "bye", "goodbye", "good", "bye-bye", "thanks", "thank", "you", "very", "much", "cheers", "ok", "okay", "alright", "all", "right", "great", "perfect",
+        "lovely", "wonderful", "see", "then", "too", "same", "to", "have", "a", "nice", "day", "evening", "night", "tonight", "later", "take", "care", "and",
+        "so", "oh", "yes", "yeah", "that's", "it", "that", "is", "for", "now", "again", "sir", "madam",
+    ];
+    const CUES: &[&[&str]] = &[&["bye"], &["goodbye"], &["bye-bye"], &["thanks"], &["thank"], &["cheers"], &["see", "you"], &["take", "care"], &["you", "too"]];
+    only_words_of(text, WORDS, CUES)
+}
+
 /// A person's name: spelled ("S A R A H", "S-A-R-A-H"), after a cue ("the name is Sarah",
 /// "it's under Sarah Johnson", "call me Bob"), or the utterance itself when it is a name.
 pub fn name(text: &str) -> Option<String> {

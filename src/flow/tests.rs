@@ -631,3 +631,28 @@ fn a_courtesy_alone_is_told_from_an_answer_that_has_one() {
         assert!(!parse::only_courtesy(line), "{line}");
     }
 }
+
+#[test]
+fn a_farewell_is_told_from_words_that_keep_the_call_open() {
+    for line in ["Thanks, bye!", "Thank you, goodbye.", "Okay, see you then.", "You too, bye-bye.", "Great, thanks, have a nice evening.", "Cheers."] {
+        assert!(parse::only_farewell(line), "{line}");
+    }
+    for line in ["Wait, do you have parking?", "Bye, no wait, the name is Sarah.", "Okay.", "Sorry, one more thing.", "Thanks, can I change the time?", ""] {
+        assert!(!parse::only_farewell(line), "{line}");
+    }
+}
+
+#[test]
+fn a_flow_that_ended_answers_a_question_then_says_its_goodbye_again() {
+    let mut flow = flow();
+    flow.begin();
+    assert!(flow.after_end("When are you open?").is_none(), "the flow has not ended");
+    flow.on_caller("A table for two today at 7 pm, the name is Sarah.");
+    let booked = flow.on_caller("Yes.");
+    assert!(booked.actions.iter().any(|a| matches!(a, Action::EndCall { .. })), "{}", said(&booked));
+    let reply = flow.after_end("Oh wait, when are you open?").expect("a question its knowledge answers");
+    assert_eq!(said(&reply), "We're open from noon to eleven. Wonderful, you're booked. Goodbye!");
+    assert!(reply.actions.is_empty(), "the call ends as decided: {:?}", reply.actions);
+    assert!(flow.after_end("Can I speak to a person?").is_none(), "a handler's words do not reopen an ended flow");
+    assert_eq!(said(&flow.after_end("What time do you open?").unwrap()), "We're open from noon to eleven. Wonderful, you're booked. Goodbye!", "asked again, said again");
+}

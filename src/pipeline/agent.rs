@@ -33,6 +33,9 @@ pub const IDLE_GOODBYE: &str = "I haven't heard from you, so I'll end the call n
 pub const TIME_LIMIT: &str = "I'm sorry, we've reached the time limit for this call. Goodbye.";
 /// Said when the caller's words could not be made out.
 pub const PARDON: &str = "Sorry, I didn't catch that. Could you say it again?";
+/// How long after the caller stops talking over a closing line they cut the hang-up waits for
+/// their words (the transcript of a turn comes well within it).
+const WORDS_OVER_CLOSING_WAIT: Duration = Duration::from_secs(6);
 /// Consecutive LLM failures before the agent gives up politely.
 const MAX_LLM_FAILURES: usize = 3;
 const GIVE_UP: &str = "I'm sorry, I can't continue the call right now. Please call back later. Goodbye.";
@@ -73,6 +76,8 @@ pub struct Agent {
 struct Interrupted {
     rest: String,
     progress: Progress,
+    /// The reply was the line that ends the call (a barge-in cut it).
+    closing: bool,
 }
 
 impl Interrupted {
@@ -294,12 +299,13 @@ impl Agent {
     }
 
     /// Whether the agent is saying the line that ends the call (the time limit, a goodbye, a
-    /// transfer's announcement, an LLM reply that called `end_call`). Words or keys that come
-    /// in over it are kept in the history but do not replace it: answered, the line was
-    /// dropped and the call ended without it.
+    /// transfer's announcement, an LLM reply that called `end_call` or `transfer_call`). Words
+    /// or keys that come in over it are kept in the history but do not replace it: answered,
+    /// the line was dropped and the call ended without it. Words that cut it (a barge-in over
+    /// an interruptible goodbye) are another matter: see [`Agent::on_cut_closing`].
     fn closing(&self, state: &State) -> bool {
         let Some(active) = &state.active else { return false };
-        state.hang_up_when_done.is_some() || active.progress.lock().unwrap_or_else(|e| e.into_inner()).actions.iter().any(|a| matches!(a, Action::EndCall { .. }))
+        state.hang_up_when_done.is_some() || active.progress.lock().unwrap_or_else(|e| e.into_inner()).actions.iter().any(|a| matches!(a, Action::EndCall { .. } | Action::Transfer { .. }))
     }
 
     fn agent_speaking(&self, state: &State) -> bool {
@@ -372,8 +378,10 @@ impl Agent {
         state.caller_speaking = false;
         state.caller_onset = None;
         if user.text.trim().is_empty() {
-            // Speech without words: a false interruption, or noise.
-            if !self.resume_interrupted(state, report, "false interruption", None) && !self.agent_speaking(state) {
+            // Speech without words: a false interruption, or noise. Over the last words of a
+            // goodbye it asks nothing again: the call ends.
+            let cut_closing = state.interrupted.as_ref().is_some_and(|i| i.closing);
+            if !self.resume_interrupted(state, report, "false interruption", None) && !self.agent_speaking(state) && !cut_closing {
                 // A turn with speech never vanishes: ask again rather than stay silent.
                 self.emit(CallEvent::Note("speech with no words".into()));
                 self.start(state, TurnInput::Say(PARDON.into()), None, true);
@@ -388,6 +396,10 @@ impl Agent {
         if self.closing(state) {
             state.history.push(Message::User { content: user.text });
             self.hold_over_closing(state, "spoke");
+            return;
+        }
+        if state.hang_up_when_done.is_some() && state.interrupted.as_ref().is_some_and(|i| i.closing) {
+            self.on_cut_closing(state, user, report);
             return;
         }
         if crate::flow::parse::only_courtesy(&user.text) {
@@ -409,6 +421,49 @@ impl Agent {
             return;
         }
         self.respond(state, user, report);
+    }
+
+    /// Words that cut the line ending the call. A farewell ("Thanks, bye!") hears the rest of
+    /// it, and the call ends. A flow that ended stays ended: a question its knowledge answers
+    /// is answered and the closing line said again; other words hear the rest of it. The LLM's
+    /// goodbye or transfer is withdrawn: the caller had more to say, the LLM answers and
+    /// decides again (answering, then hanging up, cut off whatever the answer asked).
+    fn on_cut_closing(&self, state: &mut State, user: UserTurn, report: &Arc<Mutex<CallReport>>) {
+        let farewell = crate::flow::parse::only_farewell(&user.text) || crate::flow::parse::only_courtesy(&user.text);
+        if farewell {
+            self.resume_closing(state, report, "a farewell over the goodbye", user.text);
+            return;
+        }
+        if let Some(flow) = state.flow.as_mut() {
+            match flow.after_end(&user.text) {
+                Some(reply) => {
+                    state.interrupted = None;
+                    state.history.push(Message::User { content: user.text.clone() });
+                    self.emit(CallEvent::Note("a question over the flow's closing line: answered, then the line again".into()));
+                    self.follow_flow(state, reply, Some(user), report);
+                }
+                None => self.resume_closing(state, report, "words over the flow's closing line, which ended it", user.text),
+            }
+            return;
+        }
+        state.hang_up_when_done = None;
+        if let Some(destination) = state.transfer_to.take() {
+            let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(at) = report.transfers.iter().rposition(|t| *t == destination) {
+                report.transfers.remove(at);
+            }
+        }
+        self.emit(CallEvent::Note("the caller cut the closing line with words; the call goes on".into()));
+        self.respond(state, user, report);
+    }
+
+    /// The rest of a cut closing line, after words that do not keep the call open (kept in the
+    /// history); with no rest left, the call simply ends.
+    fn resume_closing(&self, state: &mut State, report: &Arc<Mutex<CallReport>>, why: &str, heard: String) {
+        if !self.resume_interrupted(state, report, why, Some(&heard)) {
+            state.history.push(Message::User { content: heard });
+            self.emit(CallEvent::Note(format!("{why}; the call ends as decided")));
+        }
     }
 
     /// The caller line just added ended over the line that ends the call: it stays in the
@@ -612,6 +667,7 @@ impl Agent {
         // The agent was heard if its audio was paused (or still playing): that is a barge-in.
         // A turn still thinking (nothing audible yet) is withdrawn quietly: the caller is
         // still talking, and their finished turn will start a new one.
+        let closing = self.closing(state);
         let paused = state.paused.take();
         let audible = paused.is_some() || !self.ctx.out.is_idle();
         let cleared = self.ctx.out.clear();
@@ -621,6 +677,9 @@ impl Agent {
         if let Some(active) = state.active.take() {
             active.cancel.cancel();
             self.finish_turn(state, active, report, true);
+            if let Some(interrupted) = state.interrupted.as_mut() {
+                interrupted.closing = closing;
+            }
         }
     }
 
@@ -635,7 +694,7 @@ impl Agent {
         let (heard, unheard) = self.heard_text(&progress);
         let cut = cancelled && !unheard.is_empty();
         if cancelled {
-            state.interrupted = Some(Interrupted { rest: unheard, progress: active.progress.clone() });
+            state.interrupted = Some(Interrupted { rest: unheard, progress: active.progress.clone(), closing: false });
         }
         state.history.extend(progress.tool_messages.iter().cloned());
         let called: Vec<(String, serde_json::Value)> = progress
@@ -788,6 +847,11 @@ impl Agent {
             }
         }
         if state.active.is_some() || !self.ctx.out.is_idle() {
+            return false;
+        }
+        if state.hang_up_when_done.is_some() && state.interrupted.as_ref().is_some_and(|i| i.closing) && (state.caller_speaking || now.saturating_sub(state.last_activity) < WORDS_OVER_CLOSING_WAIT) {
+            // The caller cut the closing line: their words decide what follows (see
+            // `on_cut_closing`); hanging up now would cut them off mid-sentence.
             return false;
         }
         if let Some(reason) = state.hang_up_when_done.take() {

@@ -269,6 +269,46 @@ fn end_call_hangs_up_after_the_goodbye() {
 }
 
 #[test]
+fn words_that_cut_the_llms_goodbye_keep_the_call_open_and_a_farewell_lets_it_end() {
+    // A question that cuts the goodbye is answered and the call goes on until the LLM ends it
+    // again (it used to hang up at once, over the caller's words); "Thank you, goodbye." over
+    // the second goodbye is no question: the rest of it is said, and the call ends.
+    let llm = standin::llm(vec![
+        Reply::Tool { text: "Goodbye, have a lovely evening, and thank you for calling us today.", name: "end_call", arguments: "{\"reason\": \"caller is done\"}" },
+        Reply::Text("Yes, there is free parking behind the building."),
+        Reply::Tool { text: "Wonderful, enjoy your evening, and thank you again for calling us today.", name: "end_call", arguments: "{\"reason\": \"done at last\"}" },
+        Reply::Text("You said goodbye."),
+    ]);
+    let caller = "lines:\n  - say: \"That is all, thanks.\"\n  - say: \"Wait, do you have parking?\"\n    barge_in_after_ms: 800\n  - say: \"Great, that is all I needed.\"\n    after: \"free parking\"\n  - say: \"Thank you, goodbye.\"\n    barge_in_after_ms: 800\nfinal_wait_ms: 6000\n";
+    let call = simulate(&standin_assistant(&llm, "tools: [end_call]\n"), caller);
+    let agent = call.said("agent");
+    assert!(agent.iter().any(|l| l.contains("free parking")), "the question over the goodbye was answered: {:#}", call.report);
+    assert_eq!(call.said("caller").len(), 4, "the call went on after the answer: {:#}", call.report);
+    assert_eq!(call.report["barge_ins"].as_array().map(Vec::len), Some(2), "{:#}", call.report);
+    assert_eq!(conversation_requests(&llm).len(), 3, "the farewell got no answer of its own: {:#}", call.report);
+    let last = agent.last().unwrap();
+    assert!(last.ends_with("calling us today.") && !last.starts_with("Wonderful"), "the rest of the cut goodbye, then the end: {agent:?}");
+    assert!(call.ended_by().starts_with("agent: done at last"), "{}", call.ended_by());
+}
+
+#[test]
+fn a_question_that_cuts_a_flows_goodbye_is_answered_and_the_goodbye_said_again() {
+    // A flow that ended stays ended: its knowledge answers a question said over the closing
+    // line, which then comes again; words it has no answer for hear the rest of the line (not
+    // its fallback question, before a hang-up).
+    let flow = "first_message: \"Hello, how many people is the table for?\"\nflow:\n  start: ask\n  first_message_asks: party_size\n  nodes:\n    ask:\n      collect: [{ name: party_size, type: integer, question: \"For how many people?\" }]\n      next: done\n    done:\n      say: \"Thank you, your table for {{ party_size }} is noted, and we look forward to seeing you very soon. Goodbye!\"\n      actions: [{ set_disposition: booked }, end_call]\n  knowledge:\n    - { question: [\"parking\"], answer: \"There is a large car park right behind the restaurant.\" }\n  fallback: \"Is there anything else I can help with?\"\ndispositions: [{ name: booked }]\n";
+    let caller = "lines:\n  - say: \"Two people.\"\n  - say: \"Oh, do you have parking?\"\n    barge_in_after_ms: 800\n  - say: \"And can I bring my dog?\"\n    barge_in_after_ms: 800\nfinal_wait_ms: 15000\n";
+    let call = simulate(flow, caller);
+    let agent = call.agent_text();
+    assert!(agent.contains("car park right behind"), "the question was answered: {:#}", call.report);
+    assert!(!agent.contains("anything else"), "no fallback question before the hang-up: {agent}");
+    assert!(agent.ends_with("Goodbye!"), "the closing line ends the call: {agent}");
+    assert_eq!(call.said("caller").len(), 3, "{:#}", call.report);
+    assert_eq!(call.report["disposition"], "booked", "{:#}", call.report);
+    assert!(call.ended_by().starts_with("agent: the flow ended the call"), "{}", call.ended_by());
+}
+
+#[test]
 fn an_http_tool_gets_its_arguments_and_its_result_reaches_the_llm() {
     let tool = Server::start(|_, _| Response { status: 200, content_type: "application/json", body: br#"{"available": true, "table": 12}"#.to_vec(), delay: Duration::ZERO });
     let llm = standin::llm(vec![
