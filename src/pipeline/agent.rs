@@ -429,6 +429,13 @@ impl Agent {
     /// goodbye or transfer is withdrawn: the caller had more to say, the LLM answers and
     /// decides again (answering, then hanging up, cut off whatever the answer asked).
     fn on_cut_closing(&self, state: &mut State, user: UserTurn, report: &Arc<Mutex<CallReport>>) {
+        if self.past_time_limit() {
+            // Nothing said over a goodbye keeps a call past its maximum duration.
+            state.interrupted = None;
+            state.history.push(Message::User { content: user.text });
+            self.emit(CallEvent::Note("words over the closing line after the call's time limit; the call ends".into()));
+            return;
+        }
         let farewell = crate::flow::parse::only_farewell(&user.text) || crate::flow::parse::only_courtesy(&user.text);
         if farewell {
             self.resume_closing(state, report, "a farewell over the goodbye", user.text);
@@ -821,6 +828,11 @@ impl Agent {
         record_actions(state, &mut report.lock().unwrap_or_else(|e| e.into_inner()), &actions);
     }
 
+    /// Whether the call has reached its maximum duration.
+    fn past_time_limit(&self) -> bool {
+        self.ctx.out.now() >= Duration::from_secs_f32(self.ctx.assistant.spec.turn.max_duration_s)
+    }
+
     /// Periodic checks; returns true when the call should end.
     fn on_tick(&self, state: &mut State, report: &Arc<Mutex<CallReport>>) -> bool {
         let now = self.ctx.out.now();
@@ -849,7 +861,8 @@ impl Agent {
         if state.active.is_some() || !self.ctx.out.is_idle() {
             return false;
         }
-        if state.hang_up_when_done.is_some() && state.interrupted.as_ref().is_some_and(|i| i.closing) && (state.caller_speaking || now.saturating_sub(state.last_activity) < WORDS_OVER_CLOSING_WAIT) {
+        let hearing_out = state.caller_speaking || now.saturating_sub(state.last_activity) < WORDS_OVER_CLOSING_WAIT;
+        if state.hang_up_when_done.is_some() && state.interrupted.as_ref().is_some_and(|i| i.closing) && hearing_out && !self.past_time_limit() {
             // The caller cut the closing line: their words decide what follows (see
             // `on_cut_closing`); hanging up now would cut them off mid-sentence.
             return false;
@@ -863,7 +876,7 @@ impl Agent {
             self.ctx.out.hang_up();
             return true;
         }
-        if now >= Duration::from_secs_f32(spec.max_duration_s) {
+        if self.past_time_limit() {
             state.hang_up_when_done = Some("maximum duration".into());
             self.start(state, TurnInput::Say(TIME_LIMIT.into()), None, false);
             return false;

@@ -306,6 +306,13 @@ fn a_question_that_cuts_a_flows_goodbye_is_answered_and_the_goodbye_said_again()
     assert_eq!(call.said("caller").len(), 3, "{:#}", call.report);
     assert_eq!(call.report["disposition"], "booked", "{:#}", call.report);
     assert!(call.ended_by().starts_with("agent: the flow ended the call"), "{}", call.ended_by());
+
+    // Past the call's maximum duration nothing said over the goodbye is answered: a caller who
+    // kept cutting it with questions would otherwise keep the call going.
+    let limited = flow.replace("dispositions:", "turn: { max_duration_s: 6 }\ndispositions:");
+    let call = simulate(&limited, "lines:\n  - say: \"Two people.\"\n  - say: \"Oh, and one more thing, do you have parking near the restaurant?\"\n    barge_in_after_ms: 800\nfinal_wait_ms: 15000\n");
+    assert!(!call.agent_text().contains("car park"), "answered past the time limit: {:#}", call.report);
+    assert!(call.ended_by().starts_with("agent:"), "{}", call.ended_by());
 }
 
 #[test]
