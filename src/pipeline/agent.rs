@@ -432,8 +432,7 @@ impl Agent {
         if self.past_time_limit() {
             // Nothing said over a goodbye keeps a call past its maximum duration.
             state.interrupted = None;
-            state.history.push(Message::User { content: user.text });
-            self.emit(CallEvent::Note("words over the closing line after the call's time limit; the call ends".into()));
+            self.resume_closing(state, report, "words over the closing line after the call's time limit", user.text);
             return;
         }
         let farewell = crate::flow::parse::only_farewell(&user.text) || crate::flow::parse::only_courtesy(&user.text);
