@@ -133,6 +133,14 @@ struct State {
     over_closing: Vec<usize>,
 }
 
+impl State {
+    /// The caller's speech cut the line that ends the call, and the call waits for their
+    /// words to decide what follows (see `Agent::on_cut_closing`).
+    fn cut_closing(&self) -> bool {
+        self.hang_up_when_done.is_some() && self.interrupted.as_ref().is_some_and(|i| i.closing)
+    }
+}
+
 /// The most messages after the system prompt that a turn sends to the LLM: a long call keeps
 /// its latest turns (a small model's context, and its speed, are short).
 const MAX_HISTORY: usize = 24;
@@ -150,6 +158,23 @@ fn bounded(history: &[Message]) -> Vec<Message> {
     }
     out.extend(rest.iter().cloned());
     out
+}
+
+/// What the LLM's last `end_call` or `transfer_call` returned becomes "not done" once the
+/// caller's words over its closing line keep the call open: a history that still said the call
+/// will end left a small model thinking it had already ended it.
+fn withdraw_closing_tools(history: &mut [Message]) {
+    let Some(at) = history.iter().rposition(|m| matches!(m, Message::Assistant { tool_calls, .. } if !tool_calls.is_empty())) else { return };
+    let Message::Assistant { tool_calls, .. } = &history[at] else { return };
+    let withdrawn: Vec<(String, String)> =
+        tool_calls.iter().filter(|c| c.name == "end_call" || c.name == "transfer_call").map(|c| (c.id.clone(), c.name.clone())).collect();
+    for message in &mut history[at + 1..] {
+        if let Message::Tool { tool_call_id, content } = message {
+            if let Some((_, name)) = withdrawn.iter().find(|(id, _)| id == tool_call_id) {
+                *content = format!("not done: the caller spoke over your closing words, so the call goes on; answer them, and call {name} again when it should end");
+            }
+        }
+    }
 }
 
 /// The next live prompt from the analysis, or never when the prompt reads none of it.
@@ -352,7 +377,9 @@ impl Agent {
                 state.history.push(Message::User { content: format!("(the caller pressed {digit} on the keypad)") });
                 self.emit(CallEvent::Caller { text: format!("[DTMF {digit}]"), at: now, confidence: None });
                 state.caller_lines += 1;
-                if self.closing(state) {
+                if self.closing(state) || state.cut_closing() {
+                    // Over a goodbye, or after words that cut it and are not yet heard: those
+                    // words decide whether the call goes on; the key alone answers nothing.
                     self.hold_over_closing(state, "pressed a key");
                     return;
                 }
@@ -380,7 +407,7 @@ impl Agent {
         if user.text.trim().is_empty() {
             // Speech without words: a false interruption, or noise. Over the last words of a
             // goodbye it asks nothing again: the call ends.
-            let cut_closing = state.interrupted.as_ref().is_some_and(|i| i.closing);
+            let cut_closing = state.cut_closing();
             if !self.resume_interrupted(state, report, "false interruption", None) && !self.agent_speaking(state) && !cut_closing {
                 // A turn with speech never vanishes: ask again rather than stay silent.
                 self.emit(CallEvent::Note("speech with no words".into()));
@@ -398,7 +425,7 @@ impl Agent {
             self.hold_over_closing(state, "spoke");
             return;
         }
-        if state.hang_up_when_done.is_some() && state.interrupted.as_ref().is_some_and(|i| i.closing) {
+        if state.cut_closing() {
             self.on_cut_closing(state, user, report);
             return;
         }
@@ -453,6 +480,7 @@ impl Agent {
             return;
         }
         state.hang_up_when_done = None;
+        withdraw_closing_tools(&mut state.history);
         if let Some(destination) = state.transfer_to.take() {
             let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(at) = report.transfers.iter().rposition(|t| *t == destination) {
@@ -861,7 +889,7 @@ impl Agent {
             return false;
         }
         let hearing_out = state.caller_speaking || now.saturating_sub(state.last_activity) < WORDS_OVER_CLOSING_WAIT;
-        if state.hang_up_when_done.is_some() && state.interrupted.as_ref().is_some_and(|i| i.closing) && hearing_out && !self.past_time_limit() {
+        if state.cut_closing() && hearing_out && !self.past_time_limit() {
             // The caller cut the closing line: their words decide what follows (see
             // `on_cut_closing`); hanging up now would cut them off mid-sentence.
             return false;
@@ -900,3 +928,36 @@ impl Agent {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::ToolCall;
+
+    fn call(id: &str, name: &str) -> ToolCall {
+        ToolCall { id: id.into(), name: name.into(), arguments: "{}".into() }
+    }
+
+    #[test]
+    fn a_withdrawn_goodbye_reads_as_not_done_and_other_results_stand() {
+        let tool = |id: &str, content: &str| Message::Tool { tool_call_id: id.into(), content: content.into() };
+        let mut history = vec![
+            Message::System { content: "prompt".into() },
+            Message::Assistant { content: String::new(), tool_calls: vec![call("a", "end_call")] },
+            tool("a", "the call will end after your goodbye"),
+            Message::User { content: "no wait".into() },
+            Message::Assistant { content: String::new(), tool_calls: vec![call("b", "lookup"), call("c", "end_call")] },
+            tool("b", "{\"open\": true}"),
+            tool("c", "the call will end after your goodbye"),
+            Message::Assistant { content: "Goodbye!".into(), tool_calls: vec![] },
+        ];
+        withdraw_closing_tools(&mut history);
+        let content = |i: usize| match &history[i] {
+            Message::Tool { content, .. } => content.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(content(6).starts_with("not done") && content(6).contains("call end_call again"), "{}", content(6));
+        assert_eq!(content(5), "{\"open\": true}");
+        // Only the goodbye the caller cut: an earlier one was already withdrawn or answered.
+        assert_eq!(content(2), "the call will end after your goodbye");
+    }
+}

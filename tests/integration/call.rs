@@ -286,8 +286,32 @@ fn words_that_cut_the_llms_goodbye_keep_the_call_open_and_a_farewell_lets_it_end
     assert_eq!(call.said("caller").len(), 4, "the call went on after the answer: {:#}", call.report);
     assert_eq!(call.report["barge_ins"].as_array().map(Vec::len), Some(2), "{:#}", call.report);
     assert_eq!(conversation_requests(&llm).len(), 3, "the farewell got no answer of its own: {:#}", call.report);
+    // The LLM is told its end_call did not happen (its result no longer says the call will end).
+    let after_cut = conversation_requests(&llm)[1]["messages"].to_string();
+    assert!(after_cut.contains("not done") && !after_cut.contains("will end after"), "{after_cut}");
     let last = agent.last().unwrap();
     assert!(last.ends_with("calling us today.") && !last.starts_with("Wonderful"), "the rest of the cut goodbye, then the end: {agent:?}");
+    assert!(call.ended_by().starts_with("agent: done at last"), "{}", call.ended_by());
+}
+
+#[test]
+fn a_key_pressed_after_words_that_cut_the_goodbye_leaves_the_words_to_decide() {
+    // The caller cuts the goodbye with a question and presses a key before the question is
+    // transcribed. The key used to be answered at once, the question then held as words over
+    // that answer (still a goodbye), and the call hung up with the question unanswered.
+    let llm = standin::llm(vec![
+        Reply::Tool { text: "Goodbye, have a lovely evening, and thank you for calling us today.", name: "end_call", arguments: "{\"reason\": \"caller is done\"}" },
+        Reply::Text("Yes, there is free parking behind the building."),
+        Reply::Tool { text: "Wonderful, enjoy your evening.", name: "end_call", arguments: "{\"reason\": \"done at last\"}" },
+        Reply::Text("You said goodbye."),
+    ]);
+    let caller = "lines:\n  - say: \"That is all, thanks.\"\n  - say: \"Wait, do you have parking?\"\n    barge_in_after_ms: 800\n  - dtmf: \"1\"\n    pause_ms: 0\n  - say: \"Great, that is all I needed.\"\n    after: \"free parking\"\nfinal_wait_ms: 6000\n";
+    let call = simulate(&standin_assistant(&llm, "tools: [end_call]\n"), caller);
+    let requests = conversation_requests(&llm);
+    let asked = requests.get(1).map(|r| r["messages"].to_string()).unwrap_or_default();
+    assert!(asked.contains("parking") && asked.contains("pressed 1"), "the answer heard the words, and the key before them: {:#}", call.report);
+    assert!(call.agent_text().contains("free parking"), "{:#}", call.report);
+    assert_eq!(call.said("caller").len(), 3, "the call went on after the answer (keys are no transcript line): {:#}", call.report);
     assert!(call.ended_by().starts_with("agent: done at last"), "{}", call.ended_by());
 }
 
