@@ -268,17 +268,23 @@ fn end_call_hangs_up_after_the_goodbye() {
     assert_eq!(call.said("caller").len(), 1, "the call went on after end_call: {:?}", call.said("caller"));
 }
 
+/// An LLM that ends the call, answers the parking question said over its goodbye, ends the
+/// call again, and has one more line should the call wrongly go on.
+fn an_llm_that_says_goodbye_twice() -> Server {
+    standin::llm(vec![
+        Reply::Tool { text: "Goodbye, have a lovely evening, and thank you for calling us today.", name: "end_call", arguments: "{\"reason\": \"caller is done\"}" },
+        Reply::Text("Yes, there is free parking behind the building."),
+        Reply::Tool { text: "Wonderful, enjoy your evening, and thank you again for calling us today.", name: "end_call", arguments: "{\"reason\": \"done at last\"}" },
+        Reply::Text("You said goodbye."),
+    ])
+}
+
 #[test]
 fn words_that_cut_the_llms_goodbye_keep_the_call_open_and_a_farewell_lets_it_end() {
     // A question that cuts the goodbye is answered and the call goes on until the LLM ends it
     // again (it used to hang up at once, over the caller's words); "Thank you, goodbye." over
     // the second goodbye is no question: the rest of it is said, and the call ends.
-    let llm = standin::llm(vec![
-        Reply::Tool { text: "Goodbye, have a lovely evening, and thank you for calling us today.", name: "end_call", arguments: "{\"reason\": \"caller is done\"}" },
-        Reply::Text("Yes, there is free parking behind the building."),
-        Reply::Tool { text: "Wonderful, enjoy your evening, and thank you again for calling us today.", name: "end_call", arguments: "{\"reason\": \"done at last\"}" },
-        Reply::Text("You said goodbye."),
-    ]);
+    let llm = an_llm_that_says_goodbye_twice();
     let caller = "lines:\n  - say: \"That is all, thanks.\"\n  - say: \"Wait, do you have parking?\"\n    barge_in_after_ms: 800\n  - say: \"Great, that is all I needed.\"\n    after: \"free parking\"\n  - say: \"Thank you, goodbye.\"\n    barge_in_after_ms: 800\nfinal_wait_ms: 6000\n";
     let call = simulate(&standin_assistant(&llm, "tools: [end_call]\n"), caller);
     let agent = call.said("agent");
@@ -299,12 +305,7 @@ fn a_key_pressed_after_words_that_cut_the_goodbye_leaves_the_words_to_decide() {
     // The caller cuts the goodbye with a question and presses a key before the question is
     // transcribed. The key used to be answered at once, the question then held as words over
     // that answer (still a goodbye), and the call hung up with the question unanswered.
-    let llm = standin::llm(vec![
-        Reply::Tool { text: "Goodbye, have a lovely evening, and thank you for calling us today.", name: "end_call", arguments: "{\"reason\": \"caller is done\"}" },
-        Reply::Text("Yes, there is free parking behind the building."),
-        Reply::Tool { text: "Wonderful, enjoy your evening.", name: "end_call", arguments: "{\"reason\": \"done at last\"}" },
-        Reply::Text("You said goodbye."),
-    ]);
+    let llm = an_llm_that_says_goodbye_twice();
     let caller = "lines:\n  - say: \"That is all, thanks.\"\n  - say: \"Wait, do you have parking?\"\n    barge_in_after_ms: 800\n  - dtmf: \"1\"\n    pause_ms: 0\n  - say: \"Great, that is all I needed.\"\n    after: \"free parking\"\nfinal_wait_ms: 6000\n";
     let call = simulate(&standin_assistant(&llm, "tools: [end_call]\n"), caller);
     let requests = conversation_requests(&llm);
