@@ -165,14 +165,13 @@ fn bounded(history: &[Message]) -> Vec<Message> {
 /// will end left a small model thinking it had already ended it.
 fn withdraw_closing_tools(history: &mut [Message]) {
     let Some(at) = history.iter().rposition(|m| matches!(m, Message::Assistant { tool_calls, .. } if !tool_calls.is_empty())) else { return };
-    let Message::Assistant { tool_calls, .. } = &history[at] else { return };
-    let withdrawn: Vec<(String, String)> =
-        tool_calls.iter().filter(|c| c.name == "end_call" || c.name == "transfer_call").map(|c| (c.id.clone(), c.name.clone())).collect();
-    for message in &mut history[at + 1..] {
-        if let Message::Tool { tool_call_id, content } = message {
-            if let Some((_, name)) = withdrawn.iter().find(|(id, _)| id == tool_call_id) {
-                *content = format!("not done: the caller spoke over your closing words, so the call goes on; answer them, and call {name} again when it should end");
-            }
+    let (calls, results) = history.split_at_mut(at + 1);
+    let Message::Assistant { tool_calls, .. } = &calls[at] else { return };
+    for result in results {
+        let Message::Tool { tool_call_id, content } = result else { continue };
+        let closing = tool_calls.iter().find(|c| c.id == *tool_call_id && (c.name == "end_call" || c.name == "transfer_call"));
+        if let Some(call) = closing {
+            *content = format!("not done: the caller spoke over your closing words, so the call goes on; answer them, and call {} again when it should end", call.name);
         }
     }
 }
