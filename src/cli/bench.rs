@@ -31,7 +31,8 @@ pub enum BenchCommand {
     /// sentiment and entities per caller utterance (what the live branch does for each line).
     Analysis(super::bench_analysis::BenchAnalysisArgs),
     /// Every installed speech model side by side: word errors on the dev set as recorded and
-    /// through a phone line (dev and held-out), digit strings, and time for 2, 5 and 10 s.
+    /// through a phone line (dev and held-out) and on recordings made for the phone, digit
+    /// strings, and time for 2, 5 and 10 s.
     Stt {
         /// Runs per utterance length (after one warm-up run).
         #[arg(long, default_value_t = 5)]
@@ -41,12 +42,15 @@ pub enum BenchCommand {
         models: Vec<String>,
         #[arg(long, default_value = "eval/stt/devset.yaml")]
         devset: std::path::PathBuf,
+        /// Recordings made for the phone (8 kHz), heard through the line only.
+        #[arg(long, default_value = "eval/stt/phone.yaml")]
+        phone_set: std::path::PathBuf,
     },
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Stt { runs, models, devset } => super::bench_stt::run(runs.max(1), models, &devset),
+        BenchCommand::Stt { runs, models, devset, phone_set } => super::bench_stt::run(runs.max(1), models, &devset, &phone_set),
         BenchCommand::Analysis(args) => super::bench_analysis::run(args),
         BenchCommand::Api(args) => super::bench_api::run(args),
         BenchCommand::Calls(args) => super::bench_calls::run(args),
