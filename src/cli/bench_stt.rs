@@ -177,6 +177,9 @@ fn wer(stt: &WhisperStt, clips: &[&Heard], phone: bool) -> anyhow::Result<(f64, 
         let audio = if phone { &clip.phone } else { clip.wideband.as_ref().unwrap_or(&clip.phone) };
         let heard = stt.transcribe(audio)?;
         let (e, n) = crate::eval::word_errors(&clip.text, &heard.text);
+        if e > 0 {
+            tracing::debug!(errors = e, reference = %clip.text, heard = %heard.text, "clip misheard");
+        }
         errors += e;
         words += n;
     }

@@ -27,6 +27,15 @@ const AUDIO_CTX_MARGIN: usize = 128;
 const MIN_AUDIO_CTX: usize = 512;
 /// A phrase repeated this many times in a row is a decoding loop, not speech.
 const LOOP_REPEATS: usize = 4;
+/// Faster than any caller speaks (read speech runs at 2.5–3 words a second, quick speech at 4):
+/// a transcript this dense over its audio, made of a phrase said twice or more, is the decoder
+/// starting the utterance over after its end, not the caller repeating it. (The token bound
+/// stops such a loop after two or three copies, below [`LOOP_REPEATS`].)
+const MAX_WORDS_PER_SEC: f64 = 4.5;
+/// The shortest phrase whose second copy, at that density, counts as a loop.
+const MIN_LOOPED_PHRASE: usize = 3;
+/// The longest phrase looked for: a loop restarts a whole utterance of two short sentences.
+const MAX_LOOPED_PHRASE: usize = 16;
 const FULL_AUDIO_CTX: usize = 1500;
 /// whisper.cpp refuses inputs shorter than one second; shorter ones are padded with silence.
 const MIN_SAMPLES: usize = 16_000 + 1_600;
@@ -123,10 +132,11 @@ pub fn audio_ctx_for(samples: usize) -> usize {
     (frames.div_ceil(64) * 64).max(MIN_AUDIO_CTX)
 }
 
-/// The longest run of a phrase (1 to 8 words) repeated back to back in `text`.
+/// The longest run of a phrase (1 to [`MAX_LOOPED_PHRASE`] words) repeated back to back in
+/// `words`: (repeats, start, phrase length); the shortest phrase wins a tie.
 fn longest_repetition(words: &[&str]) -> (usize, usize, usize) {
-    let mut best = (1, 0, 0); // (repeats, start, phrase length)
-    for len in 1..=8.min(words.len() / 2) {
+    let mut best = (1, 0, 0);
+    for len in 1..=MAX_LOOPED_PHRASE.min(words.len() / 2) {
         for start in 0..words.len().saturating_sub(len) {
             let mut repeats = 1;
             while start + (repeats + 1) * len <= words.len()
@@ -142,22 +152,58 @@ fn longest_repetition(words: &[&str]) -> (usize, usize, usize) {
     best
 }
 
-/// True when whisper looped: a phrase repeated [`LOOP_REPEATS`] or more times.
-pub fn is_looping(text: &str) -> bool {
-    let words: Vec<&str> = text.split_whitespace().collect();
-    longest_repetition(&words).0 >= LOOP_REPEATS
+/// Whether `words`, heard in `audio_secs`, hold a loop: a phrase repeated [`LOOP_REPEATS`] or
+/// more times, or, in a transcript denser than [`MAX_WORDS_PER_SEC`], one of
+/// [`MIN_LOOPED_PHRASE`] words or more repeated at all. Returns the repetition to collapse.
+fn find_loop(words: &[&str], audio_secs: f64) -> Option<(usize, usize, usize)> {
+    let repetition = longest_repetition(words);
+    if repetition.0 >= LOOP_REPEATS {
+        return Some(repetition);
+    }
+    if words.len() as f64 > audio_secs * MAX_WORDS_PER_SEC {
+        return longest_long_repetition(words);
+    }
+    None
 }
 
-/// Collapses every looped phrase to a single occurrence.
-pub fn collapse_loops(text: &str) -> String {
-    let mut words: Vec<&str> = text.split_whitespace().collect();
-    loop {
-        let (repeats, start, len) = longest_repetition(&words);
-        if repeats < LOOP_REPEATS {
-            return words.join(" ");
+/// The longest run of a phrase of [`MIN_LOOPED_PHRASE`] words or more repeated back to back.
+fn longest_long_repetition(words: &[&str]) -> Option<(usize, usize, usize)> {
+    let mut best: Option<(usize, usize, usize)> = None;
+    for len in MIN_LOOPED_PHRASE..=MAX_LOOPED_PHRASE.min(words.len() / 2) {
+        for start in 0..words.len().saturating_sub(len) {
+            if start + 2 * len <= words.len() && words[start..start + len] == words[start + len..start + 2 * len] {
+                let mut repeats = 2;
+                while start + (repeats + 1) * len <= words.len() && words[start..start + len] == words[start + repeats * len..start + (repeats + 1) * len] {
+                    repeats += 1;
+                }
+                if best.is_none_or(|(r, _, _)| repeats > r) {
+                    best = Some((repeats, start, len));
+                }
+            }
         }
-        words.drain(start + len..start + repeats * len);
     }
+    best
+}
+
+/// True when whisper looped (see [`find_loop`]).
+pub fn is_looping(text: &str, audio_secs: f64) -> bool {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    find_loop(&words, audio_secs).is_some()
+}
+
+/// Collapses every looped phrase to a single occurrence, and drops the start of one more copy
+/// that the token bound cut off at the end.
+pub fn collapse_loops(text: &str, audio_secs: f64) -> String {
+    let mut words: Vec<&str> = text.split_whitespace().collect();
+    while let Some((repeats, start, len)) = find_loop(&words, audio_secs) {
+        words.drain(start + len..start + repeats * len);
+        let after = start + len;
+        let tail = words.len() - after;
+        if tail > 0 && tail < len && words[after..] == words[start..start + tail] {
+            words.truncate(after);
+        }
+    }
+    words.join(" ")
 }
 
 /// True for texts like "[BLANK_AUDIO]", "(music)" or "♪" that are not words.
@@ -220,21 +266,21 @@ impl WhisperStt {
         }
 
         let mut transcript = self.decode(&padded, audio_ctx_for(padded.len()), audio_secs, stop, prompt)?;
-        if !prompt.is_empty() && (echoes_prompt(&transcript.text, prompt) || is_looping(&transcript.text)) {
+        if !prompt.is_empty() && (echoes_prompt(&transcript.text, prompt) || is_looping(&transcript.text, audio_secs)) {
             // Whisper wrote out its prompt, or fell into repeating (a prompt of phrases invites
             // "tomorrow evening, tomorrow evening, …"): decode again unprimed, same window.
             tracing::debug!(text = %transcript.text, "whisper echoed or looped on its prompt; decoding unprimed");
             transcript = self.decode(&padded, audio_ctx_for(padded.len()), audio_secs, stop, "")?;
         }
-        if is_looping(&transcript.text) {
+        if is_looping(&transcript.text, audio_secs) {
             // A loop on a short window: decode once more on the full window, then give up
             // on decoding and keep one copy of the looped phrase. Bounded: at most two passes.
             tracing::debug!(text = %transcript.text, "whisper looped; retrying on the full window");
             transcript = self.decode(&padded, FULL_AUDIO_CTX, audio_secs, stop, "")?;
-            if is_looping(&transcript.text) {
-                transcript.text = collapse_loops(&transcript.text);
+            if is_looping(&transcript.text, audio_secs) {
+                transcript.text = collapse_loops(&transcript.text, audio_secs);
                 for segment in &mut transcript.segments {
-                    segment.text = collapse_loops(&segment.text);
+                    segment.text = collapse_loops(&segment.text, audio_secs);
                 }
             }
         }
@@ -324,11 +370,31 @@ mod tests {
 
     #[test]
     fn loops_are_detected_and_collapsed() {
-        assert!(is_looping("five five five five five"));
-        assert!(is_looping("Go forward 10 meters. Go forward 10 meters. Go forward 10 meters. Go forward 10 meters."));
-        assert!(!is_looping("my number is five five five one two three four"));
-        assert_eq!(collapse_loops("I said go on go on go on go on go on now"), "I said go on now");
-        assert_eq!(collapse_loops("5 5 5 5 5 5 5 5"), "5");
+        assert!(is_looping("five five five five five", 10.0));
+        assert!(is_looping("Go forward 10 meters. Go forward 10 meters. Go forward 10 meters. Go forward 10 meters.", 10.0));
+        assert!(!is_looping("my number is five five five one two three four", 3.0));
+        assert_eq!(collapse_loops("I said go on go on go on go on go on now", 10.0), "I said go on now");
+        assert_eq!(collapse_loops("5 5 5 5 5 5 5 5", 10.0), "5");
+    }
+
+    #[test]
+    fn an_utterance_started_over_after_its_end_is_a_loop() {
+        // What whisper made of recordings of 2.6 and 4.9 s (a phone system's prompts): the
+        // token bound stopped each after two or three copies, fewer than LOOP_REPEATS.
+        let once = "Press 1 to call this number.";
+        let looped = "Press 1 to call this number. Press 1 to call this number. Press 1 to call this number. Press 1 to call";
+        assert!(is_looping(looped, 2.6));
+        assert_eq!(collapse_loops(looped, 2.6), once, "one copy, without the cut-off start of another");
+        let two = "Press 1 to enter an extension. Press 2 to use the directory.";
+        let looped = format!("{two} {two} {two}");
+        assert!(is_looping(&looped, 4.9));
+        assert_eq!(collapse_loops(&looped, 4.9), two);
+        // A caller who says a thing twice at a speaking pace is heard twice.
+        let twice = "I want to book a table. I want to book a table.";
+        assert!(!is_looping(twice, 4.0));
+        assert_eq!(collapse_loops(twice, 4.0), twice);
+        // Quick short repeats are words, not a loop: "no, no" and "five five five".
+        assert!(!is_looping("No no. Five five five.", 1.0));
     }
 
     #[test]
