@@ -376,10 +376,10 @@ impl ScriptedCaller {
         if spec.then_silence_ms > 0 {
             tokio::time::sleep(Duration::from_millis(spec.then_silence_ms)).await;
         }
-        // Give the agent a moment to begin answering before judging it idle — after words
-        // said over it too: once they cut it, it is silent while it hears them, and on a slow
-        // box that silence outlasted the final wait's quiet and the caller hung up unanswered.
-        wait_for_agent_to_speak(line).await;
+        // Give the agent a moment to begin answering before judging it idle.
+        if spec.barge_in_after_ms.is_none() {
+            wait_for_agent_to_speak(line).await;
+        }
     }
 }
 

@@ -132,11 +132,11 @@ pub fn audio_ctx_for(samples: usize) -> usize {
     (frames.div_ceil(64) * 64).max(MIN_AUDIO_CTX)
 }
 
-/// The longest run of a phrase (1 to [`MAX_LOOPED_PHRASE`] words) repeated back to back in
-/// `words`: (repeats, start, phrase length); the shortest phrase wins a tie.
-fn longest_repetition(words: &[&str]) -> (usize, usize, usize) {
+/// The longest run of a phrase of `lengths` words repeated back to back in `words`:
+/// (repeats, start, phrase length); the shortest phrase wins a tie, and (1, 0, 0) is none.
+fn longest_repetition(words: &[&str], lengths: std::ops::RangeInclusive<usize>) -> (usize, usize, usize) {
     let mut best = (1, 0, 0);
-    for len in 1..=MAX_LOOPED_PHRASE.min(words.len() / 2) {
+    for len in *lengths.start()..=(*lengths.end()).min(words.len() / 2) {
         for start in 0..words.len().saturating_sub(len) {
             let mut repeats = 1;
             while start + (repeats + 1) * len <= words.len()
@@ -156,33 +156,15 @@ fn longest_repetition(words: &[&str]) -> (usize, usize, usize) {
 /// more times, or, in a transcript denser than [`MAX_WORDS_PER_SEC`], one of
 /// [`MIN_LOOPED_PHRASE`] words or more repeated at all. Returns the repetition to collapse.
 fn find_loop(words: &[&str], audio_secs: f64) -> Option<(usize, usize, usize)> {
-    let repetition = longest_repetition(words);
-    if repetition.0 >= LOOP_REPEATS {
-        return Some(repetition);
+    let any = longest_repetition(words, 1..=MAX_LOOPED_PHRASE);
+    if any.0 >= LOOP_REPEATS {
+        return Some(any);
     }
     if words.len() as f64 > audio_secs * MAX_WORDS_PER_SEC {
-        return longest_long_repetition(words);
+        let long = longest_repetition(words, MIN_LOOPED_PHRASE..=MAX_LOOPED_PHRASE);
+        return (long.0 >= 2).then_some(long);
     }
     None
-}
-
-/// The longest run of a phrase of [`MIN_LOOPED_PHRASE`] words or more repeated back to back.
-fn longest_long_repetition(words: &[&str]) -> Option<(usize, usize, usize)> {
-    let mut best: Option<(usize, usize, usize)> = None;
-    for len in MIN_LOOPED_PHRASE..=MAX_LOOPED_PHRASE.min(words.len() / 2) {
-        for start in 0..words.len().saturating_sub(len) {
-            if start + 2 * len <= words.len() && words[start..start + len] == words[start + len..start + 2 * len] {
-                let mut repeats = 2;
-                while start + (repeats + 1) * len <= words.len() && words[start..start + len] == words[start + repeats * len..start + (repeats + 1) * len] {
-                    repeats += 1;
-                }
-                if best.is_none_or(|(r, _, _)| repeats > r) {
-                    best = Some((repeats, start, len));
-                }
-            }
-        }
-    }
-    best
 }
 
 /// True when whisper looped (see [`find_loop`]).
