@@ -95,6 +95,10 @@ pub struct CallerLine {
     /// Speak this long after the agent *starts* answering (a barge-in), instead of waiting; a
     /// time that falls in a pause of the agent's waits (up to 5 s) for its next words.
     pub barge_in_after_ms: Option<u64>,
+    /// Say this line as soon as the one before it ends, before the agent answers that one (a
+    /// key pressed right after words); otherwise the caller waits for the answer to begin.
+    #[serde(default)]
+    pub at_once: bool,
     /// The pause that `...` stands for.
     #[serde(default = "default_inner_pause_ms")]
     pub inner_pause_ms: u64,
@@ -188,6 +192,12 @@ impl CallerScript {
             }
             if line.noise_ms.is_some_and(|ms| ms > 5_000) {
                 out.push((field("noise_ms"), "is more than 5000".into()));
+            }
+            if line.at_once && i == 0 {
+                out.push((field("at_once"), "the first line follows the agent's greeting; at_once is for a line right after another".into()));
+            }
+            if line.at_once && line.barge_in_after_ms.is_some() {
+                out.push((field("at_once"), "a line is said at once after the one before it, or barge_in_after_ms into the answer: one of them".into()));
             }
             let waits = [("pause_ms", line.pause_ms), ("inner_pause_ms", line.inner_pause_ms), ("then_silence_ms", line.then_silence_ms), ("barge_in_after_ms", line.barge_in_after_ms.unwrap_or(0))];
             for (name, ms) in waits {
@@ -307,7 +317,11 @@ impl ScriptedCaller {
                 return;
             }
             let upcoming = lines.get(next);
-            if let Some(after) = upcoming.and_then(|spec| spec.barge_in_after_ms) {
+            // Whether the agent's answer to the line about to be said is waited for.
+            let answered = !lines.get(next + 1).is_some_and(|spec| spec.at_once);
+            if upcoming.is_some_and(|spec| spec.at_once) {
+                // Said right after the line before, without waiting for its answer.
+            } else if let Some(after) = upcoming.and_then(|spec| spec.barge_in_after_ms) {
                 // Wait for the agent to start talking, then talk over it: over its words, as a
                 // person who interrupts does, not into a pause between two of its sentences
                 // (a slow box synthesizes a long answer with gaps).
@@ -324,7 +338,7 @@ impl ScriptedCaller {
                 wait_for_quiet(&line, quiet, deadline).await;
                 if let Some(again) = last.filter(|_| repeats < MAX_REPEATS && self.asked_again(&line)) {
                     repeats += 1;
-                    self.say(&line, again).await;
+                    self.say(&line, again, answered).await;
                     continue;
                 }
                 let Some(spec) = upcoming else { break };
@@ -338,7 +352,7 @@ impl ScriptedCaller {
                     }
                 }
             }
-            self.say(&line, next).await;
+            self.say(&line, next, answered).await;
             (last, repeats) = (Some(next), 0);
             next += 1;
         }
@@ -351,13 +365,15 @@ impl ScriptedCaller {
     }
 
     /// Says line `index` (words, a recording, a cough or keypad digits), and waits until it
-    /// has been heard and the agent has begun to answer.
-    async fn say(&self, line: &LoopbackLine, index: usize) {
+    /// has been heard and, when `answered`, until the agent has begun to answer.
+    async fn say(&self, line: &LoopbackLine, index: usize, answered: bool) {
         let (spec, samples) = (&self.script.lines[index], &self.audio[index]);
         line.record_caller_line(index);
         if let Some(digits) = &spec.dtmf {
             line.caller_presses(digits);
-            wait_for_agent_to_speak(line).await;
+            if answered {
+                wait_for_agent_to_speak(line).await;
+            }
             return;
         }
         if samples.is_empty() {
@@ -376,8 +392,11 @@ impl ScriptedCaller {
         if spec.then_silence_ms > 0 {
             tokio::time::sleep(Duration::from_millis(spec.then_silence_ms)).await;
         }
-        // Give the agent a moment to begin answering before judging it idle.
-        if spec.barge_in_after_ms.is_none() {
+        // Give the agent a moment to begin answering before judging it idle — after words
+        // said over it too: once they cut it, it is silent while it hears them, and on a slow
+        // box that silence outlasted the quiet the caller waits for and it spoke (or hung up)
+        // unanswered.
+        if answered {
             wait_for_agent_to_speak(line).await;
         }
     }
@@ -446,5 +465,15 @@ mod tests {
         assert!(script.problems().iter().any(|(field, _)| field == "lines.0.audio"));
         let script: CallerScript = serde_yaml::from_str("lines: [{ say: 'one ... two' }, { audio: a.wav, text: three }, { dtmf: '1' }]").unwrap();
         assert_eq!(script.reference_text(), "one   two three");
+    }
+
+    #[test]
+    fn a_line_said_at_once_follows_another_and_does_not_also_barge_in() {
+        let script: CallerScript = serde_yaml::from_str("lines: [{ say: hi }, { dtmf: '1', at_once: true }]").unwrap();
+        assert!(script.problems().is_empty(), "{:?}", script.problems());
+        let script: CallerScript = serde_yaml::from_str("lines: [{ say: hi, at_once: true }]").unwrap();
+        assert!(script.problems().iter().any(|(field, _)| field == "lines.0.at_once"));
+        let script: CallerScript = serde_yaml::from_str("lines: [{ say: hi }, { say: wait, at_once: true, barge_in_after_ms: 500 }]").unwrap();
+        assert!(script.problems().iter().any(|(field, message)| field == "lines.1.at_once" && message.contains("barge_in_after_ms")));
     }
 }

@@ -306,7 +306,7 @@ fn a_key_pressed_after_words_that_cut_the_goodbye_leaves_the_words_to_decide() {
     // transcribed. The key used to be answered at once, the question then held as words over
     // that answer (still a goodbye), and the call hung up with the question unanswered.
     let llm = an_llm_that_says_goodbye_twice();
-    let caller = "lines:\n  - say: \"That is all, thanks.\"\n  - say: \"Wait, do you have parking?\"\n    barge_in_after_ms: 800\n  - dtmf: \"1\"\n    pause_ms: 0\n  - say: \"Great, that is all I needed.\"\n    after: \"free parking\"\nfinal_wait_ms: 6000\n";
+    let caller = "lines:\n  - say: \"That is all, thanks.\"\n  - say: \"Wait, do you have parking?\"\n    barge_in_after_ms: 800\n  - dtmf: \"1\"\n    at_once: true\n  - say: \"Great, that is all I needed.\"\n    after: \"free parking\"\nfinal_wait_ms: 6000\n";
     let call = simulate(&standin_assistant(&llm, "tools: [end_call]\n"), caller);
     let requests = conversation_requests(&llm);
     let asked = requests.get(1).map(|r| r["messages"].to_string()).unwrap_or_default();
