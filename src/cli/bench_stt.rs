@@ -231,6 +231,8 @@ pub fn run(runs: usize, models: Vec<String>, devset: &Path, phone_set: &Path) ->
     let (phone_dev, phone_test): (Vec<&Heard>, Vec<&Heard>) = phone.clips.iter().partition(|c| !c.held_out);
     let spliced: Vec<(String, &[f32])> = phone.spliced.iter().map(|(d, a)| (d.clone(), a.as_slice())).collect();
     let mut phone_rows = Vec::new();
+    // As a flow waiting for digits writes its prime: a sentence.
+    let digits_prompt = format!("{}.", crate::flow::DIGITS_PRIME);
     println!(
         "dev set {}: {} clips ({} words) to look at, {} held out ({} words); {} real and {} synthetic digit strings; utterance mode, {threads} threads, {runs} runs per length",
         devset.display(),
@@ -273,7 +275,7 @@ pub fn run(runs: usize, models: Vec<String>, devset: &Path, phone_set: &Path) ->
         let (test_phone, _) = wer(&stt, &test, true)?;
         let real = digits_right(&stt, &real_digits, "")?;
         let synth = digits_right(&stt, &synthetic, "")?;
-        let primed = digits_right(&stt, &synthetic, crate::flow::DIGITS_PRIME)?;
+        let primed = digits_right(&stt, &synthetic, &digits_prompt)?;
         println!(
             "{model:<22} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.1}% {:>8.1}% {:>8.1}% {:>9.1}% {:>5}/{:<2} {:>5}/{:<2} {:>5}/{:<2}",
             latency[0],
@@ -294,7 +296,7 @@ pub fn run(runs: usize, models: Vec<String>, devset: &Path, phone_set: &Path) ->
         let (dev, _) = wer(&stt, &phone_dev, true)?;
         let (test, _) = wer(&stt, &phone_test, true)?;
         let real = digits_right(&stt, &spliced, "")?;
-        let primed = digits_right(&stt, &spliced, crate::flow::DIGITS_PRIME)?;
+        let primed = digits_right(&stt, &spliced, &digits_prompt)?;
         phone_rows.push(format!("{model:<22} {dev:>8.1}% {test:>9.1}% {real:>5}/{:<2} {primed:>5}/{:<2}", spliced.len(), spliced.len()));
     }
     println!();

@@ -274,8 +274,10 @@ enum Awaiting {
 }
 
 /// What the recognizer is primed with while a flow waits for digits: digits written as
-/// digits, grouped as the flow reads them back (`bench stt` measures its effect).
-pub const DIGITS_PRIME: &str = "5 5 5, 0 1 2 3";
+/// digits, grouped as the flow reads them back, after a cue (`bench stt` measures its effect).
+/// Without the cue, a prompt that ended in digits made tiny.en drop the first digits of
+/// strings said a digit at a time ("25236" heard as "6"; `docs/decisions.md`).
+pub const DIGITS_PRIME: &str = "It's 5 5 5, 0 1 2 3";
 /// What a name question primes the recognizer with: names said after a cue.
 const NAME_PRIMES: [&str; 2] = ["My name is Oliver Quinn", "It's under Elena Novak"];
 /// The names in [`NAME_PRIMES`] (their capitalized words after the first), lowercase.
