@@ -132,12 +132,16 @@ pub fn audio_ctx_for(samples: usize) -> usize {
     (frames.div_ceil(64) * 64).max(MIN_AUDIO_CTX)
 }
 
-/// The longest run of a phrase of `lengths` words repeated back to back in `words`:
-/// (repeats, start, phrase length); the shortest phrase wins a tie, and (1, 0, 0) is none.
-fn longest_repetition(words: &[&str], lengths: std::ops::RangeInclusive<usize>) -> (usize, usize, usize) {
+/// The longest run of a phrase of `lengths` words repeated back to back in `words`, among the
+/// phrases `counts` accepts: (repeats, start, phrase length); the shortest phrase wins a tie,
+/// and (1, 0, 0) is none.
+fn longest_repetition(words: &[&str], lengths: std::ops::RangeInclusive<usize>, counts: impl Fn(&[&str]) -> bool) -> (usize, usize, usize) {
     let mut best = (1, 0, 0);
     for len in *lengths.start()..=(*lengths.end()).min(words.len() / 2) {
         for start in 0..words.len().saturating_sub(len) {
+            if !counts(&words[start..start + len]) {
+                continue;
+            }
             let mut repeats = 1;
             while start + (repeats + 1) * len <= words.len()
                 && words[start..start + len] == words[start + repeats * len..start + (repeats + 1) * len]
@@ -153,18 +157,27 @@ fn longest_repetition(words: &[&str], lengths: std::ops::RangeInclusive<usize>) 
 }
 
 /// Whether `words`, heard in `audio_secs`, hold a loop: a phrase repeated [`LOOP_REPEATS`] or
-/// more times, or, in a transcript denser than [`MAX_WORDS_PER_SEC`], one of
+/// more times (digits only in a transcript denser than [`MAX_WORDS_PER_SEC`]: "1 0 0 0 0"
+/// said at a speaking pace is a number), or, in such a dense transcript, one of
 /// [`MIN_LOOPED_PHRASE`] words or more repeated at all. Returns the repetition to collapse.
 fn find_loop(words: &[&str], audio_secs: f64) -> Option<(usize, usize, usize)> {
-    let any = longest_repetition(words, 1..=MAX_LOOPED_PHRASE);
+    let dense = words.len() as f64 > audio_secs * MAX_WORDS_PER_SEC;
+    let any = longest_repetition(words, 1..=MAX_LOOPED_PHRASE, |phrase| dense || !phrase.iter().all(|w| is_digit_word(w)));
     if any.0 >= LOOP_REPEATS {
         return Some(any);
     }
-    if words.len() as f64 > audio_secs * MAX_WORDS_PER_SEC {
-        let long = longest_repetition(words, MIN_LOOPED_PHRASE..=MAX_LOOPED_PHRASE);
+    if dense {
+        let long = longest_repetition(words, MIN_LOOPED_PHRASE..=MAX_LOOPED_PHRASE, |_| true);
         return (long.0 >= 2).then_some(long);
     }
     None
+}
+
+/// A digit as whisper writes one said on its own ("5", "0,") or spells it ("five", "oh").
+fn is_digit_word(word: &str) -> bool {
+    let word = word.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
+    (!word.is_empty() && word.chars().all(|c| c.is_ascii_digit()))
+        || ["zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"].contains(&word.as_str())
 }
 
 /// True when whisper looped (see [`find_loop`]).
@@ -352,11 +365,17 @@ mod tests {
 
     #[test]
     fn loops_are_detected_and_collapsed() {
-        assert!(is_looping("five five five five five", 10.0));
+        assert!(is_looping("Thank you. Thank you. Thank you. Thank you.", 10.0));
         assert!(is_looping("Go forward 10 meters. Go forward 10 meters. Go forward 10 meters. Go forward 10 meters.", 10.0));
         assert!(!is_looping("my number is five five five one two three four", 3.0));
         assert_eq!(collapse_loops("I said go on go on go on go on go on now", 10.0), "I said go on now");
-        assert_eq!(collapse_loops("5 5 5 5 5 5 5 5", 10.0), "5");
+        // Digits written faster than anyone reads them out are a loop ...
+        assert!(is_looping("five five five five five five five five five five", 1.5));
+        assert_eq!(collapse_loops("5 5 5 5 5 5 5 5 5 5 5 5", 1.5), "5");
+        // ... but at a speaking pace they are a number with a digit said four times or more.
+        assert!(!is_looping("1 0 0 0 0", 2.5));
+        assert!(!is_looping("It's 5 5 5, 5 5 5 5.", 3.5));
+        assert_eq!(collapse_loops("My PIN is 0 0 0 0 0 0.", 3.0), "My PIN is 0 0 0 0 0 0.");
     }
 
     #[test]
