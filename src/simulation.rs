@@ -428,12 +428,10 @@ async fn wait_for_agent_to_speak_within(line: &LoopbackLine, limit: Duration) {
     }
 }
 
-/// Drops leading and trailing silence so a line's end is the end of its speech.
+/// Drops leading and trailing silence so a line's end is the end of its speech (nothing is
+/// left of a line that is all silence).
 fn trim_silence(samples: &[f32]) -> Vec<f32> {
-    let loud = |s: &f32| s.abs() > 0.01;
-    let start = samples.iter().position(loud).unwrap_or(0);
-    let end = samples.iter().rposition(loud).map(|e| e + 1).unwrap_or(0);
-    samples[start..end.max(start)].to_vec()
+    crate::audio::trim_to_sound(samples, 0.01, 0).unwrap_or_default().to_vec()
 }
 
 /// A short burst of loud noise shaped like a cough.

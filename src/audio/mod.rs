@@ -110,6 +110,15 @@ pub fn i16_to_f32(sample: i16) -> f32 {
     sample as f32 / 32768.0
 }
 
+/// `samples` from the first to the last one louder than `level`, with `margin` samples kept
+/// either side: a recording without the silence around its sound. `None` when nothing is that
+/// loud.
+pub fn trim_to_sound(samples: &[f32], level: f32, margin: usize) -> Option<&[f32]> {
+    let loud = |s: &f32| s.abs() > level;
+    let (first, last) = (samples.iter().position(loud)?, samples.iter().rposition(loud)?);
+    Some(&samples[first.saturating_sub(margin)..(last + margin + 1).min(samples.len())])
+}
+
 /// Averages interleaved channels into one.
 pub fn downmix(interleaved: &[f32], channels: usize) -> Vec<f32> {
     if channels <= 1 {
@@ -147,4 +156,18 @@ pub fn dtmf_tone(key: char, rate: u32) -> Option<Vec<f32>> {
 /// Whether `digits` is something a keypad can send: 0-9, *, #, A-D and `w` pauses.
 pub fn is_dialable(digits: &str) -> bool {
     digits.chars().all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D' | 'w' | 'W'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimming_keeps_the_sound_and_its_margin_and_finds_nothing_in_silence() {
+        let samples = [0.0, 0.001, 0.5, -0.3, 0.002, 0.0, 0.0];
+        assert_eq!(trim_to_sound(&samples, 0.01, 0), Some(&samples[2..4]));
+        assert_eq!(trim_to_sound(&samples, 0.01, 1), Some(&samples[1..5]));
+        assert_eq!(trim_to_sound(&samples, 0.01, 10), Some(&samples[..]), "the margin stops at the ends");
+        assert_eq!(trim_to_sound(&[0.0; 8], 0.01, 2), None);
+    }
 }

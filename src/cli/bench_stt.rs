@@ -135,14 +135,10 @@ fn splice(digits: &[Audio], string: &str) -> Audio {
 }
 
 /// `samples` from the first to the last one above a twentieth of the peak, with `margin` kept
-/// either side.
+/// either side (a recording of silence alone, as it is).
 fn trim_silence(samples: &[f32], margin: usize) -> &[f32] {
     let peak = samples.iter().fold(0.0f32, |m, s| m.max(s.abs()));
-    let loud = |s: &f32| s.abs() > peak / 20.0;
-    let (Some(first), Some(last)) = (samples.iter().position(loud), samples.iter().rposition(loud)) else {
-        return samples;
-    };
-    &samples[first.saturating_sub(margin)..(last + margin + 1).min(samples.len())]
+    crate::audio::trim_to_sound(samples, peak / 20.0, margin).unwrap_or(samples)
 }
 
 /// Twenty digit strings of 4 to 10 digits: a fixed sequence, so every run, model and voice
