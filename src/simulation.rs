@@ -89,14 +89,15 @@ pub struct CallerLine {
     pub noise_ms: Option<u32>,
     /// Keypad digits to press, instead of words.
     pub dtmf: Option<String>,
-    /// Silence to leave after the agent stops talking before this line.
-    #[serde(default = "default_pause_ms")]
-    pub pause_ms: u64,
+    /// Silence to leave after the agent stops talking before this line (600 ms unless set);
+    /// with `at_once`, the caller's own pause after the line before it (none unless set).
+    pub pause_ms: Option<u64>,
     /// Speak this long after the agent *starts* answering (a barge-in), instead of waiting; a
     /// time that falls in a pause of the agent's waits (up to 5 s) for its next words.
     pub barge_in_after_ms: Option<u64>,
-    /// Say this line as soon as the one before it ends, before the agent answers that one (a
-    /// key pressed right after words); otherwise the caller waits for the answer to begin.
+    /// Say this line as soon as the one before it ends (or `pause_ms` after), before the agent
+    /// answers that one: a key pressed right after words, or the rest of "Hold on, one more
+    /// thing." Otherwise the caller waits for the answer to begin.
     #[serde(default)]
     pub at_once: bool,
     /// The pause that `...` stands for.
@@ -119,8 +120,15 @@ pub struct CallerLine {
 /// How long a line with `after:` waits for its phrase.
 pub const PHRASE_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn default_pause_ms() -> u64 {
-    600
+/// The silence a caller leaves after the agent stops talking, unless a line sets `pause_ms`.
+const DEFAULT_PAUSE_MS: u64 = 600;
+
+impl CallerLine {
+    /// The quiet before this line: after the agent's answer, or with `at_once` after the line
+    /// before it.
+    fn pause(&self) -> Duration {
+        Duration::from_millis(self.pause_ms.unwrap_or(if self.at_once { 0 } else { DEFAULT_PAUSE_MS }))
+    }
 }
 fn default_inner_pause_ms() -> u64 {
     900
@@ -199,7 +207,7 @@ impl CallerScript {
             if line.at_once && line.barge_in_after_ms.is_some() {
                 out.push((field("at_once"), "a line is said at once after the one before it, or barge_in_after_ms into the answer: one of them".into()));
             }
-            let waits = [("pause_ms", line.pause_ms), ("inner_pause_ms", line.inner_pause_ms), ("then_silence_ms", line.then_silence_ms), ("barge_in_after_ms", line.barge_in_after_ms.unwrap_or(0))];
+            let waits = [("pause_ms", line.pause_ms.unwrap_or(0)), ("inner_pause_ms", line.inner_pause_ms), ("then_silence_ms", line.then_silence_ms), ("barge_in_after_ms", line.barge_in_after_ms.unwrap_or(0))];
             for (name, ms) in waits {
                 if ms > MAX_SCRIPT_WAIT_MS {
                     out.push((field(name), format!("{ms} is more than {MAX_SCRIPT_WAIT_MS}")));
@@ -319,8 +327,10 @@ impl ScriptedCaller {
             let upcoming = lines.get(next);
             // Whether the agent's answer to the line about to be said is waited for.
             let answered = !lines.get(next + 1).is_some_and(|spec| spec.at_once);
-            if upcoming.is_some_and(|spec| spec.at_once) {
-                // Said right after the line before, without waiting for its answer.
+            if let Some(spec) = upcoming.filter(|spec| spec.at_once) {
+                // Said right after the line before (after the caller's own pause), without
+                // waiting for its answer.
+                tokio::time::sleep(spec.pause()).await;
             } else if let Some(after) = upcoming.and_then(|spec| spec.barge_in_after_ms) {
                 // Wait for the agent to start talking, then talk over it: over its words, as a
                 // person who interrupts does, not into a pause between two of its sentences
@@ -332,7 +342,7 @@ impl ScriptedCaller {
                 // Hear the agent's answer out (the last one: longer, and no longer than the
                 // script allows), then see whether it asked for the line again.
                 let (quiet, deadline) = match upcoming {
-                    Some(spec) => (Duration::from_millis(spec.pause_ms), tokio::time::Instant::now() + ANSWER_TIMEOUT),
+                    Some(spec) => (spec.pause(), tokio::time::Instant::now() + ANSWER_TIMEOUT),
                     None => (Duration::from_millis(1_500), tokio::time::Instant::now() + Duration::from_millis(self.script.final_wait_ms)),
                 };
                 wait_for_quiet(&line, quiet, deadline).await;
@@ -348,7 +358,7 @@ impl ScriptedCaller {
                         while !line.agent_has_said(phrase) && tokio::time::Instant::now() < deadline && !line.is_hung_up() {
                             tokio::time::sleep(TICK).await;
                         }
-                        wait_for_quiet(&line, Duration::from_millis(spec.pause_ms), tokio::time::Instant::now() + ANSWER_TIMEOUT).await;
+                        wait_for_quiet(&line, spec.pause(), tokio::time::Instant::now() + ANSWER_TIMEOUT).await;
                     }
                 }
             }
@@ -473,5 +483,12 @@ mod tests {
         assert!(script.problems().iter().any(|(field, _)| field == "lines.0.at_once"));
         let script: CallerScript = serde_yaml::from_str("lines: [{ say: hi }, { say: wait, at_once: true, barge_in_after_ms: 500 }]").unwrap();
         assert!(script.problems().iter().any(|(field, message)| field == "lines.1.at_once" && message.contains("barge_in_after_ms")));
+    }
+
+    #[test]
+    fn a_line_said_at_once_waits_only_the_pause_it_sets() {
+        let script: CallerScript = serde_yaml::from_str("lines: [{ say: hi }, { say: wait }, { say: more, at_once: true }, { say: rest, at_once: true, pause_ms: 400 }, { say: later, pause_ms: 50 }]").unwrap();
+        let pauses: Vec<u128> = script.lines.iter().map(|line| line.pause().as_millis()).collect();
+        assert_eq!(pauses, [600, 600, 0, 400, 50]);
     }
 }
