@@ -72,6 +72,14 @@ pub fn normalized_words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a word says one digit, as a caller reads a number out and whisper writes it: "5",
+/// "five", "oh", "zero" (case and punctuation aside: "Five,", "0.").
+pub fn is_one_digit(word: &str) -> bool {
+    const SPELLED: &[&str] = &["zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
+    let word = word.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
+    (word.len() == 1 && word.chars().all(|c| c.is_ascii_digit())) || SPELLED.contains(&word.as_str())
+}
+
 /// Cuts streamed LLM text into speakable chunks as it arrives.
 ///
 /// Whole sentences are released as soon as the next one begins. The first chunk of a reply is
@@ -224,6 +232,16 @@ mod tests {
         }
         out.extend(chunker.finish());
         out
+    }
+
+    #[test]
+    fn one_digit_is_told_written_or_spelled() {
+        for word in ["5", "0.", "Five,", "oh", "zero", "nine"] {
+            assert!(is_one_digit(word), "{word}");
+        }
+        for word in ["55", "ten", "o", "", "-", "fives"] {
+            assert!(!is_one_digit(word), "{word}");
+        }
     }
 
     #[test]

@@ -651,11 +651,9 @@ pub fn is_dangling(text: &str) -> bool {
     }
     let words: Vec<String> = trimmed.rsplit(char::is_whitespace).take(2).map(|w| w.trim_end_matches(['.', '?', '!', ',']).to_lowercase()).collect();
     let last = words.first().map(String::as_str).unwrap_or("");
-    const DIGITS: &[&str] = &["zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
     // Spelled ("five five") or written one digit a word ("1 2 3.", as whisper wrote the eval's
     // "one two three... four five" before its pause).
-    let one_digit = |w: &String| DIGITS.contains(&w.as_str()) || (w.len() == 1 && w.chars().all(|c| c.is_ascii_digit()));
-    let spelled_run = words.len() == 2 && words.iter().all(one_digit);
+    let spelled_run = words.len() == 2 && words.iter().all(|w| crate::text::is_one_digit(w));
     let digits = last.len() >= 3 && last.chars().all(|c| c.is_ascii_digit() || c == '-');
     spelled_run || digits || number_under_way(trimmed) || ["and", "or", "but", "so", "is", "are", "the", "a", "an", "to", "my", "uh", "um", "because", "of", "at", "for"].contains(&last)
 }

@@ -173,11 +173,11 @@ fn find_loop(words: &[&str], audio_secs: f64) -> Option<(usize, usize, usize)> {
     None
 }
 
-/// A digit as whisper writes one said on its own ("5", "0,") or spells it ("five", "oh").
+/// Digits as whisper writes them said at a speaking pace: one ("5", "five", "oh") or a group
+/// ("555").
 fn is_digit_word(word: &str) -> bool {
-    let word = word.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
-    (!word.is_empty() && word.chars().all(|c| c.is_ascii_digit()))
-        || ["zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"].contains(&word.as_str())
+    let bare = word.trim_matches(|c: char| !c.is_alphanumeric());
+    crate::text::is_one_digit(bare) || (!bare.is_empty() && bare.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// True when whisper looped (see [`find_loop`]).
