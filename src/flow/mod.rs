@@ -45,6 +45,9 @@ pub struct FlowSpec {
     /// Said when the caller's words fit nothing the node expects (default: the pending
     /// question's re-prompt).
     pub fallback: Option<String>,
+    /// Said, before the call ends, to a caller who takes their leave ("Thanks, goodbye.") while
+    /// the flow still waits for an answer (default: [`FAREWELL`]).
+    pub farewell: Option<String>,
     /// The start node's slot that the assistant's first message asks for ("what is your
     /// order number?"): the caller's first words are read as its answer, not only searched
     /// for clear evidence.
@@ -292,6 +295,8 @@ const MAX_ATTEMPTS: u32 = 3;
 const PARDON: &str = "Sorry, I didn't catch that.";
 /// The answer to "Hold on, one more thing.": the flow keeps waiting for what it asked.
 const GO_AHEAD: &str = "Sure, go ahead.";
+/// The goodbye to a caller who leaves mid-flow, without a `farewell` of its own.
+pub const FAREWELL: &str = "Thank you for calling. Goodbye!";
 /// The answer to a question the flow cannot answer, without a `fallback` of its own.
 const CANNOT_ANSWER: &str = "Sorry, I can't help with that on this call.";
 
@@ -565,10 +570,15 @@ impl Flow {
             lines.push(GO_AHEAD.into());
             return self.reply(lines, actions);
         }
+        let leaving = parse::takes_leave(text);
         match self.awaiting.clone() {
+            // A goodbye is no answer to a question, however the parsers might read it (a name
+            // slot would take "Goodbye"): the caller is seen off, not asked again.
+            Awaiting::Slot(_) | Awaiting::Check { .. } if leaving => self.farewell(&mut lines, &mut actions),
             Awaiting::Slot(index) => self.on_slot_answer(index, text, &mut lines, &mut actions),
             Awaiting::Confirmation => match parse::yes_no(text) {
                 Some(answer) => self.confirmed(answer, text, &mut lines, &mut actions),
+                None if leaving => self.farewell(&mut lines, &mut actions),
                 None if self.llm_reads && self.knowledge(text).is_none() => {
                     let question = self.current().confirm.clone().unwrap_or_default();
                     self.ask_llm(extract::for_yes_no(&question, text), None, text);
@@ -576,8 +586,14 @@ impl Flow {
                 None => self.not_understood(text, &mut lines),
             },
             Awaiting::Answer => {
+                // A route or a no ("No thanks, bye.") is the node's to follow; a goodbye that
+                // chooses neither ends the call.
                 if !self.answer(text, &mut lines, &mut actions) {
-                    self.not_understood(text, &mut lines);
+                    if leaving {
+                        self.farewell(&mut lines, &mut actions);
+                    } else {
+                        self.not_understood(text, &mut lines);
+                    }
                 }
             }
             Awaiting::Check { slot, text: heard, .. } => self.checked(slot, &heard, text, &mut lines, &mut actions),
@@ -590,6 +606,8 @@ impl Flow {
             Awaiting::Tool | Awaiting::Nothing => {
                 if let Some(answer) = self.knowledge(text) {
                     lines.push(answer);
+                } else if leaving {
+                    self.farewell(&mut lines, &mut actions);
                 } else {
                     lines.push(self.spec.fallback.clone().unwrap_or_else(|| "Is there anything else I can help with?".into()));
                 }
@@ -699,6 +717,13 @@ impl Flow {
             (Some(only), None) => Some(only.clone()),
             _ => None,
         }
+    }
+
+    /// Sees off a caller who took their leave mid-flow, and ends the call.
+    fn farewell(&mut self, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
+        lines.push(self.spec.farewell.clone().unwrap_or_else(|| FAREWELL.into()));
+        actions.push(Action::EndCall { reason: "the caller took their leave".into() });
+        self.awaiting = Awaiting::Nothing;
     }
 
     fn current(&self) -> &NodeSpec {
@@ -1450,6 +1475,7 @@ pub fn templates(flow: &FlowSpec) -> Vec<(String, String)> {
         out.push((format!("flow.knowledge.{i}.answer"), entry.answer.clone()));
     }
     out.extend(flow.fallback.iter().map(|t| ("flow.fallback".to_string(), t.clone())));
+    out.extend(flow.farewell.iter().map(|t| ("flow.farewell".to_string(), t.clone())));
     for (name, node) in &flow.nodes {
         for (i, action) in node.actions.iter().enumerate() {
             if let ActionSpec::Disposition { notes, .. } = action {

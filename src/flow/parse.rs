@@ -720,17 +720,27 @@ pub fn only_courtesy(text: &str) -> bool {
     only_words_of(text, WORDS, CUES)
 }
 
+/// The words a farewell is made of.
+const FAREWELL_WORDS: &[&str] = &[
+    "bye", "goodbye", "good", "bye-bye", "thanks", "thank", "you", "very", "much", "cheers", "ok", "okay", "alright", "all", "right", "great", "perfect",
+    "lovely", "wonderful", "see", "then", "too", "same", "to", "have", "a", "nice", "day", "evening", "night", "tonight", "later", "take", "care", "and",
+    "so", "oh", "yes", "yeah", "that's", "it", "that", "is", "for", "now", "again", "sir", "madam",
+];
+
 /// Whether the caller only took their leave ("Thanks, bye!", "Okay, see you then.", "You too,
 /// goodbye."): said over the agent's goodbye, no new question and no reason to keep the call
 /// open.
 pub fn only_farewell(text: &str) -> bool {
-    const WORDS: &[&str] = &[
-        "bye", "goodbye", "good", "bye-bye", "thanks", "thank", "you", "very", "much", "cheers", "ok", "okay", "alright", "all", "right", "great", "perfect",
-        "lovely", "wonderful", "see", "then", "too", "same", "to", "have", "a", "nice", "day", "evening", "night", "tonight", "later", "take", "care", "and",
-        "so", "oh", "yes", "yeah", "that's", "it", "that", "is", "for", "now", "again", "sir", "madam",
-    ];
     const CUES: &[&[&str]] = &[&["bye"], &["goodbye"], &["bye-bye"], &["thanks"], &["thank"], &["cheers"], &["see", "you"], &["take", "care"], &["you", "too"]];
-    only_words_of(text, WORDS, CUES)
+    only_words_of(text, FAREWELL_WORDS, CUES)
+}
+
+/// Whether the caller is leaving the call ("Thanks, goodbye.", "Okay, that's all, bye.",
+/// "Have a nice day."): a farewell with words of leave-taking, not only thanks ("Thanks." after
+/// an answer keeps the call going).
+pub fn takes_leave(text: &str) -> bool {
+    const LEAVING: &[&[&str]] = &[&["bye"], &["goodbye"], &["bye-bye"], &["see", "you"], &["take", "care"], &["have", "a"], &["that's", "all"], &["that", "is", "all"]];
+    only_words_of(text, FAREWELL_WORDS, LEAVING)
 }
 
 /// A person's name: spelled ("S A R A H", "S-A-R-A-H"), after a cue ("the name is Sarah",

@@ -656,3 +656,39 @@ fn a_flow_that_ended_answers_a_question_then_says_its_goodbye_again() {
     assert!(flow.after_end("Can I speak to a person?").is_none(), "a handler's words do not reopen an ended flow");
     assert_eq!(said(&flow.after_end("What time do you open?").unwrap()), "We're open from noon to eleven. Wonderful, you're booked. Goodbye!", "asked again, said again");
 }
+
+#[test]
+fn a_caller_who_takes_their_leave_mid_flow_is_seen_off_not_asked_again() {
+    for line in ["Thanks, goodbye.", "Okay, that's all, bye.", "Have a nice day.", "Thank you, see you."] {
+        assert!(parse::takes_leave(line), "{line}");
+    }
+    for line in ["Thanks.", "Thank you very much.", "Okay.", "Bye, no wait, the name is Sarah.", "Goodbye Street, number 4."] {
+        assert!(!parse::takes_leave(line), "{line}");
+    }
+    // Asked a slot (a name slot would take "Goodbye" as a name).
+    let mut flow = flow();
+    flow.begin();
+    flow.on_caller("A table for two today at 7 pm.");
+    let reply = flow.on_caller("Thanks, goodbye.");
+    assert_eq!(said(&reply), FAREWELL);
+    assert!(reply.actions.iter().any(|a| matches!(a, Action::EndCall { .. })), "{:?}", reply.actions);
+    assert!(!reply.slots.contains_key("name"), "{:?}", reply.slots);
+    // Asked to confirm: a yes or a no is still an answer; a goodbye without one leaves, with the
+    // flow's own farewell.
+    let spec: FlowSpec = serde_yaml::from_str(&format!("{BOOKING}farewell: \"Thanks for calling, bye!\"\n")).unwrap();
+    let mut flow = Flow::new(spec, Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
+    flow.begin();
+    flow.on_caller("A table for two today at 7 pm, the name is Sarah.");
+    let reply = flow.on_caller("Thank you, goodbye.");
+    assert_eq!(said(&reply), "Thanks for calling, bye!");
+    assert!(reply.actions.iter().any(|a| matches!(a, Action::EndCall { .. })));
+    let mut flow = self::flow();
+    flow.begin();
+    flow.on_caller("A table for two today at 7 pm, the name is Sarah.");
+    assert_eq!(said(&flow.on_caller("Yes, thanks, bye.")), "Wonderful, you're booked. Goodbye!", "the yes books");
+    // Thanks alone after an answer off the flow keeps the call going.
+    let mut flow = self::flow();
+    flow.begin();
+    let reply = flow.on_caller("Thanks.");
+    assert!(!reply.actions.iter().any(|a| matches!(a, Action::EndCall { .. })), "{}", said(&reply));
+}
