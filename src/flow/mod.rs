@@ -577,8 +577,14 @@ impl Flow {
             Awaiting::Slot(_) | Awaiting::Check { .. } if leaving => self.farewell(&mut lines, &mut actions),
             Awaiting::Slot(index) => self.on_slot_answer(index, text, &mut lines, &mut actions),
             Awaiting::Confirmation => match parse::yes_no(text) {
+                // "No, make it five people", "Yes, but on Friday": the read-back again with
+                // what changed, the rest kept.
+                _ if self.corrects(text) => self.correct(text, &mut lines, &mut actions),
                 Some(answer) => self.confirmed(answer, text, &mut lines, &mut actions),
                 None if leaving => self.farewell(&mut lines, &mut actions),
+                // Digits that correct nothing ("my phone number is 555 1234") are no yes or no
+                // however a model reads them: the read-back is asked again.
+                None if parse::digits(text).len() >= 3 => self.not_understood(text, &mut lines),
                 None if self.llm_reads && self.knowledge(text).is_none() => {
                     let question = self.current().confirm.clone().unwrap_or_default();
                     self.ask_llm(extract::for_yes_no(&question, text), None, text);
@@ -1051,6 +1057,34 @@ impl Flow {
         }
         lines.push("Sorry about that, let's try again.".into());
         self.fill_or_ask(text, lines, actions);
+    }
+
+    /// The node's slots that the words clearly give another valid value for (only clear
+    /// evidence counts, as for slots not asked for).
+    fn corrections(&self, text: &str) -> Vec<(String, Value, String)> {
+        self.current()
+            .collect
+            .iter()
+            .filter_map(|slot| {
+                let (value, spoken) = self.parse_slot(slot, text, true)?;
+                (self.slots.get(&slot.name) != Some(&value) && self.validate(slot, &value).is_ok()).then(|| (slot.name.clone(), value, spoken))
+            })
+            .collect()
+    }
+
+    /// Whether the answer to a read-back changes one of its slots.
+    fn corrects(&self, text: &str) -> bool {
+        !self.corrections(text).is_empty()
+    }
+
+    /// Takes the corrected slots, then routes (a party grown past a condition's bound) or reads
+    /// the booking back again.
+    fn correct(&mut self, text: &str, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
+        for (name, value, spoken) in self.corrections(text) {
+            self.slots.insert(name.clone(), value);
+            self.spoken.insert(name, json!(spoken));
+        }
+        self.slots_filled(lines, actions);
     }
 
     fn slots_filled(&mut self, lines: &mut Vec<String>, actions: &mut Vec<Action>) {

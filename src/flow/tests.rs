@@ -109,7 +109,10 @@ fn a_caller_who_says_no_is_asked_again_and_can_change_their_mind() {
     assert!(said(&reply).starts_with("So that's a table for 4, tomorrow at 8 pm, under Smith"), "{}", said(&reply));
     let reply = flow.on_caller("No, actually make it for three people");
     assert_eq!(reply.slots.get("party_size"), Some(&json!(3)), "the correction in the same breath counts");
-    assert_eq!(said(&reply), "Sorry about that, let's try again. For which day?");
+    assert_eq!(said(&reply), "So that's a table for 3, tomorrow at 8 pm, under Smith. Is that right?", "the rest is kept");
+    let reply = flow.on_caller("No.");
+    assert_eq!(said(&reply), "Sorry about that, let's try again. For how many people?", "a plain no asks everything again");
+    assert!(reply.slots.is_empty(), "{:?}", reply.slots);
 }
 
 #[test]
@@ -691,4 +694,29 @@ fn a_caller_who_takes_their_leave_mid_flow_is_seen_off_not_asked_again() {
     flow.begin();
     let reply = flow.on_caller("Thanks.");
     assert!(!reply.actions.iter().any(|a| matches!(a, Action::EndCall { .. })), "{}", said(&reply));
+}
+
+#[test]
+fn a_read_back_corrected_keeps_the_rest_and_is_read_back_again() {
+    let mut flow = flow();
+    flow.read_with_llm(true);
+    flow.begin();
+    let reply = flow.on_caller("A table for two today at 7 pm, the name is Sarah.");
+    assert!(said(&reply).starts_with("So that's a table for 2, today at 7 pm"), "{}", said(&reply));
+    let reply = flow.on_caller("No, make it five people.");
+    assert_eq!(said(&reply), "So that's a table for 5, today at 7 pm, under Sarah. Is that right?");
+    let reply = flow.on_caller("Yes, but tomorrow.");
+    assert_eq!(said(&reply), "So that's a table for 5, tomorrow at 7 pm, under Sarah. Is that right?");
+    // Digits that change nothing are no yes, however a model would read them.
+    let reply = flow.on_caller("My phone number is 555 1234.");
+    assert!(reply.extract.is_none(), "not sent to the LLM");
+    assert_eq!(said(&reply), "Sorry, I didn't catch that. So that's a table for 5, tomorrow at 7 pm, under Sarah. Is that right?");
+    // A yes that repeats what was read back books; a correction past a condition routes.
+    let reply = flow.on_caller("Yes, for five people.");
+    assert_eq!(said(&reply), "Wonderful, you're booked. Goodbye!");
+    let mut flow = self::flow();
+    flow.begin();
+    flow.on_caller("A table for two today at 7 pm, the name is Sarah.");
+    let reply = flow.on_caller("Actually we'll be ten people.");
+    assert_eq!(reply.node, "large_party", "{}", said(&reply));
 }
