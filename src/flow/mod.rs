@@ -391,6 +391,17 @@ impl Flow {
         }
     }
 
+    /// A test of words that answer what the flow waits for yet usually lead on, so the listener
+    /// waits out the whole end-of-turn wait for more: a bare no to a read-back or a check, which
+    /// a correction follows after a comma ("No, sorry, make it six people" ended at "No" and the
+    /// flow asked for every slot again). `None` where nothing such is awaited.
+    pub fn answer_leads_on(&self) -> Option<AnswerCheck> {
+        match self.awaited() {
+            Awaiting::Confirmation | Awaiting::Check { .. } => Some(std::sync::Arc::new(parse::only_no)),
+            _ => None,
+        }
+    }
+
     /// Whether the flow would understand words as the caller's answer to what it waits for —
     /// the slot's value, a yes or no, a route, or words any node answers (a global handler, a
     /// knowledge question) — unlike [`Flow::answer_check`], for every kind of slot. `None`

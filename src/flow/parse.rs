@@ -720,6 +720,17 @@ pub fn only_courtesy(text: &str) -> bool {
     only_words_of(text, WORDS, CUES)
 }
 
+/// Whether the caller said no and nothing else ("No.", "No, that's not right."): at a
+/// read-back, a no that a correction usually follows ("No, sorry, make it six people").
+pub fn only_no(text: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "no", "nope", "nah", "oh", "sorry", "um", "uh", "well", "actually", "wait", "that's", "that", "is", "not", "isn't", "wrong", "incorrect", "quite", "right",
+        "correct",
+    ];
+    let words = words(text);
+    !words.is_empty() && words.iter().all(|w| WORDS.contains(&w.as_str())) && yes_no(text) == Some(false)
+}
+
 /// The words a farewell is made of.
 const FAREWELL_WORDS: &[&str] = &[
     "bye", "goodbye", "good", "bye-bye", "thanks", "thank", "you", "very", "much", "cheers", "ok", "okay", "alright", "all", "right", "great", "perfect",

@@ -463,6 +463,12 @@ fn words_that_answer_the_question_end_the_turn_and_a_question_is_not_a_name() {
     flow.on_caller("the name is Sarah");
     let check = flow.answer_check().expect("a yes or no is awaited");
     assert!(check("yes that's right") && !check("hmm"));
+    // A bare no to the read-back usually leads into a correction: the listener waits for it.
+    let leads_on = flow.answer_leads_on().expect("a read-back is awaited");
+    assert!(leads_on("No.") && leads_on("No, that's not right.") && leads_on("Oh no, wait."));
+    assert!(!leads_on("No, make it five people.") && !leads_on("Yes.") && !leads_on("hmm"));
+    flow.on_caller("yes");
+    assert!(flow.answer_leads_on().is_none());
 }
 
 #[test]

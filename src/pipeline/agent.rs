@@ -306,7 +306,7 @@ impl Agent {
     /// tells the listener which words answer it (an early end of turn, a second hearing).
     fn prime(&self, flow: &Flow) {
         self.recognizer_prompt.set_parts(&self.vocabulary, &flow.expects());
-        self.answers.set(flow.answer_check(), flow.understands());
+        self.answers.follow(flow);
     }
 
     fn emit(&self, event: CallEvent) {

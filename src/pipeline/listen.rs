@@ -119,27 +119,52 @@ impl EchoPath {
 }
 
 /// Shared between agent and listener: the current flow question's tests of an answer. A
-/// transcript that answers it ends the turn at once (no wait for a hesitation to resolve); one
-/// the flow would not understand at all, heard doubtfully, is heard a second time.
+/// transcript that answers it ends the turn at once (no wait for a hesitation to resolve),
+/// unless it is an answer that usually leads on (a bare "No." to a read-back), which waits the
+/// whole end-of-turn wait for more; one the flow would not understand at all, heard doubtfully,
+/// is heard a second time.
 #[derive(Clone, Default)]
-pub struct Answers(Arc<std::sync::Mutex<(Option<crate::flow::AnswerCheck>, Option<crate::flow::AnswerCheck>)>>);
+pub struct Answers(Arc<std::sync::Mutex<AnswerChecks>>);
+
+/// [`crate::flow::Flow::answer_check`], [`crate::flow::Flow::understands`] and
+/// [`crate::flow::Flow::answer_leads_on`], as of the flow's last reply.
+#[derive(Default)]
+struct AnswerChecks {
+    ends_turn: Option<crate::flow::AnswerCheck>,
+    understood: Option<crate::flow::AnswerCheck>,
+    leads_on: Option<crate::flow::AnswerCheck>,
+}
 
 impl Answers {
-    /// `ends_turn`: [`crate::flow::Flow::answer_check`]; `understood`:
-    /// [`crate::flow::Flow::understands`].
-    pub fn set(&self, ends_turn: Option<crate::flow::AnswerCheck>, understood: Option<crate::flow::AnswerCheck>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = (ends_turn, understood);
+    /// Takes the tests of what `flow` waits for now.
+    pub fn follow(&self, flow: &crate::flow::Flow) {
+        let checks = AnswerChecks { ends_turn: flow.answer_check(), understood: flow.understands(), leads_on: flow.answer_leads_on() };
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = checks;
+    }
+
+    fn check(&self, pick: impl Fn(&AnswerChecks) -> &Option<crate::flow::AnswerCheck>, text: &str) -> Option<bool> {
+        let check = pick(&self.0.lock().unwrap_or_else(|e| e.into_inner())).clone();
+        check.map(|check| !text.trim().is_empty() && check(text))
     }
 
     pub fn answered_by(&self, text: &str) -> bool {
-        let check = self.0.lock().unwrap_or_else(|e| e.into_inner()).0.clone();
-        check.is_some_and(|check| !text.trim().is_empty() && check(text))
+        self.check(|c| &c.ends_turn, text) == Some(true)
+    }
+
+    /// Whether `text` answers but usually goes on (see [`crate::flow::Flow::answer_leads_on`]).
+    pub fn leads_on(&self, text: &str) -> bool {
+        self.check(|c| &c.leads_on, text) == Some(true)
+    }
+
+    /// Tests that only judge what the flow would understand.
+    #[cfg(test)]
+    fn understanding(check: crate::flow::AnswerCheck) -> Answers {
+        Answers(Arc::new(std::sync::Mutex::new(AnswerChecks { understood: Some(check), ..AnswerChecks::default() })))
     }
 
     /// Whether the flow would understand `text`; `None` when it waits for nothing in particular.
     pub fn understood(&self, text: &str) -> Option<bool> {
-        let check = self.0.lock().unwrap_or_else(|e| e.into_inner()).1.clone();
-        check.map(|check| !text.trim().is_empty() && check(text))
+        self.check(|c| &c.understood, text)
     }
 }
 
@@ -480,7 +505,9 @@ impl Ear {
             return Ok(());
         };
         let fallback = Duration::from_millis(listener.turn.incomplete_wait_ms as u64);
-        let wait = if listener.answers.answered_by(&transcript.text) {
+        let wait = if listener.answers.leads_on(&transcript.text) {
+            fallback
+        } else if listener.answers.answered_by(&transcript.text) {
             Duration::ZERO
         } else {
             extra_wait(&transcript.text, *probability, listener.turn.smart_turn_threshold, fallback)
@@ -716,8 +743,7 @@ mod tests {
 
     #[test]
     fn a_doubtful_transcript_the_flow_cannot_take_is_heard_again_unprimed() {
-        let names = Answers::default();
-        names.set(None, Some(Arc::new(|text: &str| crate::flow::parse::name(text).is_some())));
+        let names = Answers::understanding(Arc::new(|text: &str| crate::flow::parse::name(text).is_some()));
         let (made_it, sarah) = (("I made it.", &[0.4][..]), ("I made it, Sarah.", &[0.6][..]));
         assert_eq!(heard(made_it, sarah, "My name is John Smith.", &names), ("I made it, Sarah.".into(), 2));
         // Sure of it, or understood, or unprimed already: one decode.
@@ -729,16 +755,14 @@ mod tests {
         // The second hearing is no better: the first stands.
         assert_eq!(heard(made_it, ("I made it.", &[0.7][..]), "My name is John Smith.", &names), ("I made it.".into(), 2));
         // Sure on the whole but for one word (0.54 here): heard again too.
-        let routes = Answers::default();
-        routes.set(None, Some(Arc::new(|text: &str| text.contains("reschedule"))));
+        let routes = Answers::understanding(Arc::new(|text: &str| text.contains("reschedule")));
         let rescadual = ("I need to rescadual.", &[0.92, 0.99, 0.8, 0.12][..]);
         assert_eq!(heard(rescadual, ("I need to reschedule.", &[0.9][..]), "Reschedule. Yes. No.", &routes), ("I need to reschedule.".into(), 2));
     }
 
     #[test]
     fn a_name_borrowed_from_the_prompts_examples_is_heard_again_unprimed() {
-        let names = Answers::default();
-        names.set(None, Some(Arc::new(|text: &str| crate::flow::parse::name(text).is_some())));
+        let names = Answers::understanding(Arc::new(|text: &str| crate::flow::parse::name(text).is_some()));
         let prompt = "My name is Oliver Quinn. It's under Elena Novak.";
         // Understood and sure, yet the name is the prompt's: the unprimed hearing stands.
         let oliver = ("My name is Oliver Maxs. A R A H", &[0.9][..]);
@@ -767,7 +791,7 @@ global: [{ says: ["wrong number"], say: "Goodbye!", actions: [end_call] }]
         .unwrap();
         let flow = crate::flow::Flow::new(spec, serde_json::Map::new(), chrono::NaiveDate::from_ymd_opt(2026, 12, 3).unwrap());
         let first = Answers::default();
-        first.set(flow.answer_check(), flow.understands());
+        first.follow(&flow);
         let prompt = "Wrong number.";
         // The luigis eval's "Oh, sorry, wrong number." once came back primed as "Sorry. Right.".
         let right = ("Sorry. Right.", &[0.4][..]);

@@ -541,6 +541,19 @@ fn the_demo_booking_flow_books_the_table_on_the_local_models() {
 }
 
 #[test]
+fn a_correction_after_no_at_a_read_back_is_heard_with_the_no() {
+    // "No, sorry, make it six people." ended its turn at "No" (an answer to the read-back)
+    // when the caller paused after it, and the flow asked for every slot again; now a bare no
+    // waits for what follows.
+    let flow = "first_message: \"Hello, how many people is the table for?\"\nflow:\n  start: ask\n  first_message_asks: party_size\n  nodes:\n    ask:\n      collect:\n        - { name: party_size, type: integer, question: \"For how many people?\" }\n        - { name: name, type: name, question: \"And the name?\" }\n      confirm: \"So a table for {{ party_size }} under {{ name }}. Is that right?\"\n      next: done\n    done:\n      say: \"Booked, goodbye!\"\n      actions: [{ set_disposition: booked }, end_call]\ndispositions: [{ name: booked }]\n";
+    let caller = "lines:\n  - say: \"Two people.\"\n  - say: \"The name is Sarah.\"\n  - say: \"No... sorry, make it five people.\"\n    inner_pause_ms: 450\n  - say: \"Yes, that's right.\"\nfinal_wait_ms: 6000\n";
+    let call = simulate(flow, caller);
+    assert!(call.agent_text().contains("So a table for 5 under Sarah."), "read back again with the change: {:#}", call.report);
+    assert_eq!(call.report["disposition"], "booked", "{:#}", call.report);
+    assert_eq!(call.report["slots"]["party_size"], 5, "{:#}", call.report);
+}
+
+#[test]
 fn a_flow_calls_its_http_tool_with_a_slot_and_says_the_result() {
     let tool = Server::start(|_, _| Response { status: 200, content_type: "application/json", body: br#"{"status": "out for delivery", "eta": "tomorrow"}"#.to_vec(), delay: Duration::from_millis(300) });
     let assistant = format!(
