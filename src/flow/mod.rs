@@ -587,20 +587,20 @@ impl Flow {
             // slot would take "Goodbye"): the caller is seen off, not asked again.
             Awaiting::Slot(_) | Awaiting::Check { .. } if leaving => self.farewell(&mut lines, &mut actions),
             Awaiting::Slot(index) => self.on_slot_answer(index, text, &mut lines, &mut actions),
-            Awaiting::Confirmation => match parse::yes_no(text) {
+            Awaiting::Confirmation => match (self.corrections(text), parse::yes_no(text)) {
                 // "No, make it five people", "Yes, but on Friday": the read-back again with
                 // what changed, the rest kept.
-                _ if self.corrects(text) => self.correct(text, &mut lines, &mut actions),
-                Some(answer) => self.confirmed(answer, text, &mut lines, &mut actions),
-                None if leaving => self.farewell(&mut lines, &mut actions),
+                (corrections, _) if !corrections.is_empty() => self.correct(corrections, &mut lines, &mut actions),
+                (_, Some(answer)) => self.confirmed(answer, text, &mut lines, &mut actions),
+                (_, None) if leaving => self.farewell(&mut lines, &mut actions),
                 // Digits that correct nothing ("my phone number is 555 1234") are no yes or no
                 // however a model reads them: the read-back is asked again.
-                None if parse::digits(text).len() >= 3 => self.not_understood(text, &mut lines),
-                None if self.llm_reads && self.knowledge(text).is_none() => {
+                (_, None) if parse::digits(text).len() >= 3 => self.not_understood(text, &mut lines),
+                (_, None) if self.llm_reads && self.knowledge(text).is_none() => {
                     let question = self.current().confirm.clone().unwrap_or_default();
                     self.ask_llm(extract::for_yes_no(&question, text), None, text);
                 }
-                None => self.not_understood(text, &mut lines),
+                (_, None) => self.not_understood(text, &mut lines),
             },
             Awaiting::Answer => {
                 // A route or a no ("No thanks, bye.") is the node's to follow; a goodbye that
@@ -1083,15 +1083,10 @@ impl Flow {
             .collect()
     }
 
-    /// Whether the answer to a read-back changes one of its slots.
-    fn corrects(&self, text: &str) -> bool {
-        !self.corrections(text).is_empty()
-    }
-
     /// Takes the corrected slots, then routes (a party grown past a condition's bound) or reads
     /// the booking back again.
-    fn correct(&mut self, text: &str, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
-        for (name, value, spoken) in self.corrections(text) {
+    fn correct(&mut self, corrections: Vec<(String, Value, String)>, lines: &mut Vec<String>, actions: &mut Vec<Action>) {
+        for (name, value, spoken) in corrections {
             self.slots.insert(name.clone(), value);
             self.spoken.insert(name, json!(spoken));
         }
