@@ -273,6 +273,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a caller about to interrupt waits for the agent's next words when its time to
 /// interrupt falls in a pause; past it the answer is taken as over and the line is said anyway.
 const GAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an agent cut off by the caller may stay silent hearing the words before the caller
+/// takes it as done (a debug build on loaded cores took 2.8 s).
+const CUT_HEARING: Duration = Duration::from_secs(5);
 
 impl ScriptedCaller {
     /// Synthesizes every line up front (so synthesis never delays the caller's timing).
@@ -412,10 +415,14 @@ impl ScriptedCaller {
     }
 }
 
-/// Waits until the agent has been silent for `quiet` (or the deadline, or a hang-up).
+/// Waits until the agent has been silent for `quiet` (or the deadline, or a hang-up). An agent
+/// cut off by the caller's words is silent while it hears them: that silence counts as quiet
+/// only after [`CUT_HEARING`] — words that end a turn early ("Yes." of "Yes, that's right.")
+/// and cut the answer with the rest once left a caller hanging up on the answer still to come.
 async fn wait_for_quiet(line: &LoopbackLine, quiet: Duration, deadline: tokio::time::Instant) {
     let mut silent_since = tokio::time::Instant::now();
     while tokio::time::Instant::now() < deadline && !line.is_hung_up() {
+        let quiet = if line.agent_was_cut() { quiet.max(CUT_HEARING) } else { quiet };
         if !line.is_idle() {
             silent_since = tokio::time::Instant::now();
         } else if silent_since.elapsed() >= quiet {

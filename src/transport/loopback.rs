@@ -46,6 +46,9 @@ struct State {
     log: LineLog,
     /// What the agent said since the caller's last line began (for `after:` waits).
     agent_words: String,
+    /// The agent's audio was cut (a clear dropped queued audio) and it has queued none since:
+    /// it is hearing the words that cut it, not done talking.
+    cut_unanswered: bool,
     /// The agent's audio coming back on the caller's side, as on a phone whose earpiece
     /// leaks into its microphone ([`LoopbackLine::echo`]).
     echo: Option<EchoPath>,
@@ -192,6 +195,11 @@ impl LoopbackLine {
         self.hangup.clone()
     }
 
+    /// Whether the agent was cut off and has not spoken since ([`State::cut_unanswered`]).
+    pub fn agent_was_cut(&self) -> bool {
+        self.lock().cut_unanswered
+    }
+
     pub fn log(&self) -> LineLog {
         self.lock().log.clone()
     }
@@ -216,13 +224,16 @@ impl AudioOut for LoopbackLine {
     }
 
     fn play(&self, segment: u64, samples: Vec<f32>) {
-        self.lock().playout.play(segment, samples);
+        let mut state = self.lock();
+        state.cut_unanswered = false;
+        state.playout.play(segment, samples);
     }
 
     fn clear(&self) -> Duration {
         let mut state = self.lock();
         let now = TICK * state.ticks as u32;
         let cut = state.playout.clear();
+        state.cut_unanswered |= cut;
         state.log.clears.push((now, cut));
         now
     }
@@ -285,6 +296,20 @@ mod tests {
         assert!(!line.agent_has_said("what tim"), "whole words only");
         line.caller_says(&[0.0; 80]);
         assert!(!line.agent_has_said("what time"), "said before the caller's last line");
+        line.caller_hangs_up();
+    }
+
+    #[tokio::test]
+    async fn an_agent_cut_off_is_hearing_until_it_speaks_again() {
+        let (line, _input) = LoopbackLine::start(8_000);
+        line.clear();
+        assert!(!line.agent_was_cut(), "a clear with nothing queued cuts nothing");
+        line.play(1, vec![0.1; 8_000]);
+        line.clear();
+        assert!(line.agent_was_cut());
+        assert!(line.is_idle(), "silent while it hears the words that cut it");
+        line.play(2, vec![0.1; 800]);
+        assert!(!line.agent_was_cut(), "it answered");
         line.caller_hangs_up();
     }
 }
