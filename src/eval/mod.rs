@@ -382,49 +382,17 @@ pub struct Outcome {
 /// Numbers count as a listener (and a flow's digit parser) reads them: a run of number words
 /// or digits becomes its digits, one word each, so "two nine three four zero", "29340" and
 /// "2 9 3, 4 0" are the same five words, and "ten" is "10".
+///
+/// Ways of writing the same words are not errors, as the usual scoring of speech recognition
+/// has it (Whisper's English normalizer, the alternates of NIST's scoring): contractions are
+/// spelled out ("can't" is "can not", "I'm" is "I am", "it's" is "it is"; a possessive "'s"
+/// stays, where Whisper's normalizer reads every "'s" as "is"), a compound is one word or two ("mailbox", "mail box" and
+/// "mail-box"), and a few informal spellings are the word ("thru", "ok").
 pub fn word_errors(reference: &str, heard: &str) -> (usize, usize) {
-    const NUMBER_WORDS: [&str; 30] = [
-        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
-        "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "double", "triple",
-    ];
-    let is_number = |word: &str| word.chars().all(|c| c.is_ascii_digit()) || NUMBER_WORDS.contains(&word);
-    let canon = |text: &str| -> Vec<String> {
-        let mut words = Vec::new();
-        for word in crate::text::normalized_words(text) {
-            // "8pm" and "8 p.m." alike.
-            let digits = word.chars().take_while(char::is_ascii_digit).count();
-            if digits > 0 && digits < word.len() && word[digits..].chars().all(char::is_alphabetic) {
-                words.push(word[..digits].to_string());
-                words.push(word[digits..].to_string());
-            } else {
-                words.push(word);
-            }
-        }
-        let mut out = Vec::new();
-        let mut run: Vec<String> = Vec::new();
-        let flush = |run: &mut Vec<String>, out: &mut Vec<String>| {
-            if !run.is_empty() {
-                let digits = crate::flow::parse::digits(&run.join(" "));
-                if digits.is_empty() {
-                    out.append(run);
-                } else {
-                    out.extend(digits.chars().filter(char::is_ascii_digit).map(String::from));
-                    run.clear();
-                }
-            }
-        };
-        for word in words {
-            if is_number(&word) {
-                run.push(word);
-            } else {
-                flush(&mut run, &mut out);
-                out.push(word);
-            }
-        }
-        flush(&mut run, &mut out);
-        out
-    };
-    let (r, h) = (canon(reference), canon(heard));
+    let (r, h) = (canonical_words(reference), canonical_words(heard));
+    // The reference's length as written: joining its compounds does not shorten it.
+    let length = r.len();
+    let (r, h) = (join_compounds(&r, &h), join_compounds(&h, &r));
     let mut row: Vec<usize> = (0..=h.len()).collect();
     for (i, rw) in r.iter().enumerate() {
         let mut previous = row[0];
@@ -435,7 +403,101 @@ pub fn word_errors(reference: &str, heard: &str) -> (usize, usize) {
             previous = current;
         }
     }
-    (row[h.len()], r.len())
+    (row[h.len()], length)
+}
+
+/// `words` with each pair of neighbours that `other` writes as one word joined into it
+/// ("mail box" where the other side has "mailbox").
+fn join_compounds(words: &[String], other: &[String]) -> Vec<String> {
+    let joined: std::collections::HashSet<&str> = other.iter().map(String::as_str).collect();
+    let mut out = Vec::with_capacity(words.len());
+    let mut i = 0;
+    while i < words.len() {
+        if let Some(next) = words.get(i + 1) {
+            let pair = format!("{}{next}", words[i]);
+            if joined.contains(pair.as_str()) && !words.contains(&pair) {
+                out.push(pair);
+                i += 2;
+                continue;
+            }
+        }
+        out.push(words[i].clone());
+        i += 1;
+    }
+    out
+}
+
+/// A word's contraction spelled out, or an informal spelling as the word.
+fn spelled_out(word: &str) -> Option<&'static [&'static str]> {
+    Some(match word {
+        "won't" => &["will", "not"],
+        "can't" | "cannot" => &["can", "not"],
+        "shan't" => &["shall", "not"],
+        "ain't" => &["is", "not"],
+        "let's" => &["let", "us"],
+        "y'all" => &["you", "all"],
+        "gonna" => &["going", "to"],
+        "wanna" => &["want", "to"],
+        "gotta" => &["got", "to"],
+        "thru" => &["through"],
+        "ok" => &["okay"],
+        _ => return None,
+    })
+}
+
+/// Words as [`word_errors`] compares them: normalized, contractions spelled out, numbers as
+/// digits.
+fn canonical_words(text: &str) -> Vec<String> {
+    const NUMBER_WORDS: [&str; 30] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
+        "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "double", "triple",
+    ];
+    const SUFFIXES: [(&str, &str); 6] = [("n't", "not"), ("'re", "are"), ("'d", "would"), ("'ll", "will"), ("'ve", "have"), ("'m", "am")];
+    // Words whose "'s" is "is" (or "has"); elsewhere it is a possessive and stays.
+    const IS: [&str; 12] = ["it", "that", "there", "here", "what", "where", "who", "he", "she", "how", "when", "why"];
+    let is_number = |word: &str| word.chars().all(|c| c.is_ascii_digit()) || NUMBER_WORDS.contains(&word);
+    let mut words = Vec::new();
+    for word in crate::text::normalized_words(text) {
+        let word = word.trim_matches('\'');
+        if let Some(spelled) = spelled_out(word) {
+            words.extend(spelled.iter().map(|w| w.to_string()));
+        } else if let Some((suffix, full)) = SUFFIXES.iter().find(|(suffix, _)| word.len() > suffix.len() && word.ends_with(suffix)) {
+            words.push(word[..word.len() - suffix.len()].to_string());
+            words.push(full.to_string());
+        } else if let Some(stem) = word.strip_suffix("'s").filter(|stem| IS.contains(stem)) {
+            words.push(stem.to_string());
+            words.push("is".to_string());
+        } else if let Some(digits) = Some(word.chars().take_while(char::is_ascii_digit).count()).filter(|&d| d > 0 && d < word.len() && word[d..].chars().all(char::is_alphabetic)) {
+            // "8pm" and "8 p.m." alike.
+            words.push(word[..digits].to_string());
+            words.push(word[digits..].to_string());
+        } else if !word.is_empty() {
+            words.push(word.to_string());
+        }
+    }
+    let mut out = Vec::new();
+    let mut run: Vec<String> = Vec::new();
+    let flush = |run: &mut Vec<String>, out: &mut Vec<String>| {
+        if !run.is_empty() {
+            let digits = crate::flow::parse::digits(&run.join(" "));
+            if digits.is_empty() {
+                out.append(run);
+            } else {
+                out.extend(digits.chars().filter(char::is_ascii_digit).map(String::from));
+                run.clear();
+            }
+        }
+    };
+    for word in words {
+        if is_number(&word) {
+            run.push(word);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(word);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// One turn's latencies, counted from the caller's end of speech.

@@ -129,13 +129,32 @@ fn talk_over_counts_frames_where_both_sides_are_loud() {
 #[test]
 fn word_errors_count_numbers_as_a_listener_would() {
     assert_eq!(word_errors("A table for two at 8 p.m.", "a table for 2 at 8pm"), (0, 7));
-    assert_eq!(word_errors("It's under Patel.", "It's under hotel."), (1, 3));
+    assert_eq!(word_errors("It's under Patel.", "It's under hotel."), (1, 4));
     assert_eq!(word_errors("yes", ""), (1, 1));
     // Digit strings however they are written: words, one number, digits in groups.
     assert_eq!(word_errors("two nine three four zero", "29340"), (0, 5));
-    assert_eq!(word_errors("It's 4 5 1 2 9.", "It's 4 5 1, 2 9."), (0, 6));
+    assert_eq!(word_errors("It's 4 5 1 2 9.", "It's 4 5 1, 2 9."), (0, 7));
     assert_eq!(word_errors("ten of clubs", "10 of clubs."), (0, 4));
     assert_eq!(word_errors("twenty five", "25"), (0, 2));
     assert_eq!(word_errors("two nine three four zero", "29330"), (1, 5));
     assert_eq!(word_errors("", "uh"), (1, 0));
+}
+
+#[test]
+fn word_errors_take_one_way_of_writing_words_for_another() {
+    // Contractions spelled out, as Whisper's normalizer scores them.
+    assert_eq!(word_errors("I am sorry, it is not here.", "I'm sorry, it isn't here."), (0, 7));
+    assert_eq!(word_errors("The mailbox can't accept more.", "the mailbox cannot accept more"), (0, 6));
+    assert_eq!(word_errors("won't", "will not"), (0, 2));
+    assert_eq!(word_errors("your party's name", "your parties name"), (1, 3), "a possessive stays one word");
+    // A compound as one word, two or hyphenated, either side.
+    assert_eq!(word_errors("the user's mail box", "the user's mailbox"), (0, 4));
+    assert_eq!(word_errors("removed from the blacklist", "removed from the black list"), (0, 4));
+    assert_eq!(word_errors("a touch-tone phone", "a touchtone phone"), (0, 4));
+    assert_eq!(word_errors("come straight thru", "come straight through"), (0, 3));
+    // Other words stay errors: two words that are not the other side's one word, a word for
+    // another.
+    assert_eq!(word_errors("the mail box", "the male box"), (1, 3));
+    assert_eq!(word_errors("the caller", "the color"), (1, 2));
+    assert_eq!(word_errors("black list", "blacklists"), (2, 2));
 }

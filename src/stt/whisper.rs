@@ -214,6 +214,14 @@ fn echoes_prompt(text: &str, prompt: &str) -> bool {
     copied * 2 >= said.len().saturating_sub(3)
 }
 
+/// `text` without whisper's best-known invention: a lone lowercase "you" after the last
+/// sentence, written over the silence that ends an utterance (said, it would open a sentence
+/// and be capitalized). `None` when there is none.
+fn without_trailing_you(text: &str) -> Option<String> {
+    let kept = text.strip_suffix(" you").or_else(|| (text == "you").then_some(""))?;
+    (kept.is_empty() || kept.ends_with(['.', '!', '?'])).then(|| kept.to_string())
+}
+
 fn is_annotation(text: &str) -> bool {
     let trimmed = text.trim();
     trimmed.is_empty()
@@ -343,6 +351,17 @@ impl WhisperStt {
                     words: super::words_from_tokens(&tokens),
                 });
             }
+            if let Some(last) = segments.last_mut() {
+                if let Some(kept) = without_trailing_you(&last.text) {
+                    last.text = kept;
+                    if last.words.last().is_some_and(|word| word.text.trim() == "you") {
+                        last.words.pop();
+                    }
+                }
+                if last.text.is_empty() {
+                    segments.pop();
+                }
+            }
             let text = segments.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join(" ");
             Transcript { text, segments, audio_secs, processing: Default::default() }
         });
@@ -404,6 +423,15 @@ mod tests {
         assert!(echoes_prompt("For how many people? Two people.", prompt));
         assert!(!echoes_prompt("A table for two people please", prompt));
         assert!(!echoes_prompt("Two.", prompt));
+    }
+
+    #[test]
+    fn a_lone_you_after_the_last_sentence_is_dropped() {
+        assert_eq!(without_trailing_you("…to simulate the actions of a standard telephone. you").as_deref(), Some("…to simulate the actions of a standard telephone."));
+        assert_eq!(without_trailing_you("you").as_deref(), Some(""));
+        assert_eq!(without_trailing_you("I'll call you"), None, "said in a sentence");
+        assert_eq!(without_trailing_you("Thank you."), None);
+        assert_eq!(without_trailing_you("Fine. You"), None, "capitalized: said");
     }
 
     #[test]
