@@ -311,7 +311,7 @@ pub fn run(runs: usize, models: Vec<String>, devset: &Path, phone_set: &Path) ->
     }
     println!();
     println!("ms: median time to transcribe an utterance of that length; 2 s pr: the 2 s one primed with a flow's {}-character prompt, as a call's final transcript is.", FLOW_PROMPT.len());
-    println!("WER: word errors over the references' words (numbers and number words alike); wide: as recorded; phone: 8 kHz μ-law and back.");
+    println!("WER: word errors over the references' words (numbers and number words alike, contractions spelled out, a compound one word or two); wide: as recorded; phone: 8 kHz μ-law and back.");
     println!("held: the held-out clips (the final figure; nothing is tuned on them). digits: strings read by the flows' digit parser, exactly right, on the phone line;");
     println!("synth: the default voice reading digit strings (synthetic speech); primed: the same, primed as a flow waiting for digits primes the recognizer.");
     println!("recorded for the phone: 8 kHz recordings, μ-law coded as the line codes them; spliced: the same digit strings read by splicing the recorded digits.");
