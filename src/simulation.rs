@@ -130,6 +130,7 @@ impl CallerLine {
         Duration::from_millis(self.pause_ms.unwrap_or(if self.at_once { 0 } else { DEFAULT_PAUSE_MS }))
     }
 }
+
 fn default_inner_pause_ms() -> u64 {
     900
 }

@@ -386,8 +386,9 @@ pub struct Outcome {
 /// Ways of writing the same words are not errors, as the usual scoring of speech recognition
 /// has it (Whisper's English normalizer, the alternates of NIST's scoring): contractions are
 /// spelled out ("can't" is "can not", "I'm" is "I am", "it's" is "it is"; a possessive "'s"
-/// stays, where Whisper's normalizer reads every "'s" as "is"), a compound is one word or two ("mailbox", "mail box" and
-/// "mail-box"), and a few informal spellings are the word ("thru", "ok").
+/// stays, where Whisper's normalizer reads every "'s" as "is"), a compound is one word or two
+/// ("mailbox", "mail box" and "mail-box"), and a few informal spellings are the word ("thru",
+/// "ok").
 pub fn word_errors(reference: &str, heard: &str) -> (usize, usize) {
     let (r, h) = (canonical_words(reference), canonical_words(heard));
     // The reference's length as written: joining its compounds does not shorten it.
