@@ -617,8 +617,14 @@ pub fn yes_no(text: &str) -> Option<bool> {
         " please do ", " sounds good ", " perfect ", " ok ", " okay ", " affirmative ", " indeed ", " that's it ", " i do ", " go ahead ", " great ",
         " certainly ", " fine ", " alright ", " all right ", " uh huh ", " mhm ", " it is ", " that works ", " confirm ",
     ];
+    // Words that say yes only as a filler or beside other words ("Okay, no, I don't…").
+    const WEAK: &[&str] = &[" ok ", " okay ", " alright ", " all right ", " right ", " fine ", " great ", " well "];
+    // A caller reading out a number says no yes with a weak word: "My phone number is five
+    // five five, one two three four" heard as "…is fine. Fine. One, two, three, four." confirmed
+    // a read-back it did not answer.
+    let reading_digits = words.iter().map(|w| digits_read(w)).sum::<usize>() >= DIGITS_READ;
     let no_at = NO_PHRASES.iter().filter_map(|p| joined.find(p)).min();
-    let yes_at = YES_PHRASES.iter().filter_map(|p| joined.find(p)).min();
+    let yes_at = YES_PHRASES.iter().filter(|p| !(reading_digits && WEAK.contains(p))).filter_map(|p| joined.find(p)).min();
     match (yes_at, no_at) {
         (Some(_), None) => Some(true),
         (None, Some(_)) => Some(false),
@@ -626,7 +632,6 @@ pub fn yes_no(text: &str) -> Option<bool> {
         // the no-phrase negates the yes ("not right", "not correct").
         (Some(y), Some(n)) => {
             // "Okay, no, I don't…": a filler before a no is no yes.
-            const WEAK: &[&str] = &[" ok ", " okay ", " alright ", " all right ", " right ", " fine ", " great ", " well "];
             let strong_yes = YES_PHRASES.iter().filter(|p| !WEAK.contains(p)).any(|p| joined.contains(p));
             if !strong_yes {
                 return Some(false);
@@ -640,6 +645,21 @@ pub fn yes_no(text: &str) -> Option<bool> {
             }
         }
         (None, None) => None,
+    }
+}
+
+/// Digits read out, from this many on, make a line a number being given.
+const DIGITS_READ: usize = 4;
+
+/// How many digits `word` reads out: one for a digit said ("five", "5"), each digit of a run
+/// written together ("555", "555-1234"); none for a time ("7:30") or anything else.
+fn digits_read(word: &str) -> usize {
+    if crate::text::is_one_digit(word) && word != "oh" {
+        1
+    } else if word.len() >= 3 && word.chars().all(|c| c.is_ascii_digit() || c == '-') {
+        word.chars().filter(char::is_ascii_digit).count()
+    } else {
+        0
     }
 }
 
@@ -1058,7 +1078,8 @@ mod tests {
         assert_eq!(email("It is jane@example.org.").as_deref(), Some("jane@example.org"));
         assert_eq!(email("bob at example dot co dot uk, cheers").as_deref(), Some("bob@example.co.uk"));
         assert_eq!(time("Two o'clock in the afternoon", TimeWindow::default()), hm(14, 0), "afternoon is not noon");
-        for (text, want) in [("Yes, that's right.", Some(true)), ("yeah", Some(true)), ("No, that's wrong", Some(false)), ("That's not right", Some(false)), ("nope", Some(false)), ("Sure, no problem", Some(true)), ("hmm", None), ("Okay, no, I don't want it", Some(false)), ("Right, no thanks", Some(false))] {
+        for (text, want) in [("Yes, that's right.", Some(true)), ("yeah", Some(true)), ("No, that's wrong", Some(false)), ("That's not right", Some(false)), ("nope", Some(false)), ("Sure, no problem", Some(true)), ("hmm", None), ("Okay, no, I don't want it", Some(false)), ("Right, no thanks", Some(false)),
+            ("My phone number is fine. Fine. One, two, three, four.", None), ("Yes, 555-1234.", Some(true)), ("Fine, at 7:30 for two.", Some(true))] {
             assert_eq!(yes_no(text), want, "{text}");
         }
         assert_eq!(spoken_time(NaiveTime::from_hms_opt(19, 30, 0).unwrap()), "7:30 pm");
