@@ -35,6 +35,11 @@ pub struct LatencyArgs {
     /// few dozen turns moves with one slow turn).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// With `--concurrent`: rounds of the one-call count, the baseline every other count is
+    /// compared with (default: `rounds` × `concurrent`, at most 20, so its p95 stands on as
+    /// many turns as the largest count's: over one call's few turns it is one slow turn).
+    #[arg(long)]
+    baseline_rounds: Option<usize>,
     /// Run the whole bench once per CPU budget — `--cores 1,2`, or `2,4` on a larger box — each
     /// run pinned to that many of the cores this process may use, and compare what each holds.
     #[arg(long, value_delimiter = ',')]
@@ -64,7 +69,8 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     if !args.cores.is_empty() {
         return bench_budgets(&args, calls, concurrent, rounds);
     }
-    let counts = Counts { most: concurrent, rounds, stagger: Duration::from_millis(args.stagger_ms.min(60_000)), cold_cache: args.cold_cache };
+    let baseline_rounds = args.baseline_rounds.unwrap_or(rounds * concurrent).clamp(1, 20);
+    let counts = Counts { most: concurrent, rounds, baseline_rounds, stagger: Duration::from_millis(args.stagger_ms.min(60_000)), cold_cache: args.cold_cache };
     bench_latency(&args.assistant, &args.caller, calls, counts, args.summary.as_deref())
 }
 
@@ -73,6 +79,8 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
 struct Counts {
     most: usize,
     rounds: usize,
+    /// Rounds of the one-call count when there are others.
+    baseline_rounds: usize,
     stagger: Duration,
     cold_cache: bool,
 }
@@ -260,9 +268,9 @@ fn cores_busy(before: (u64, u64), after: (u64, u64)) -> f64 {
 /// Runs 1, 2, … `most` calls at once and prints voice-to-voice for each count beside one call
 /// alone, and the most calls that kept p95 within 1.5 s.
 async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: Arc<Assistant>, script: &CallerScript, counts: Counts) -> anyhow::Result<LoadSummary> {
-    let Counts { most, rounds, stagger, cold_cache } = counts;
+    let Counts { most, rounds, baseline_rounds, stagger, cold_cache } = counts;
     println!(
-        "\ncalls at once on {} (voice-to-voice from the true end of speech; {rounds} round(s) per count; {}{}):",
+        "\ncalls at once on {} (voice-to-voice from the true end of speech; {rounds} round(s) per count, {baseline_rounds} of one call; {}{}):",
         machine_line(),
         if stagger.is_zero() { "all started together".to_string() } else { format!("each started {} ms after the one before", stagger.as_millis()) },
         if cold_cache { "; the speech cache emptied before each round" } else { "" }
@@ -282,6 +290,7 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
         let finished_before = (crate::pipeline::pool::stt().finished(), crate::pipeline::pool::tts().finished());
         let mut turns = Vec::new();
         let cpu_before = cpu_ticks();
+        let rounds = if n == 1 && most > 1 { baseline_rounds } else { rounds };
         for round in 1..=rounds {
             eprintln!("{n} call(s) at once, in real time (round {round}/{rounds})…");
             if cold_cache {
@@ -484,6 +493,9 @@ fn bench_budgets(args: &LatencyArgs, calls: usize, concurrent: usize, rounds: us
         command.args(["--speech-cache-mib", &args.speech_cache_mib.to_string(), "--stagger-ms", &args.stagger_ms.to_string(), "--summary"]).arg(&summary);
         if args.cold_cache {
             command.arg("--cold-cache");
+        }
+        if let Some(baseline) = args.baseline_rounds {
+            command.args(["--baseline-rounds", &baseline.to_string()]);
         }
         pin(&mut command, cpus);
         let status = command.status().context("starting the bench for a budget")?;

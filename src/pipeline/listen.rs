@@ -514,6 +514,7 @@ impl Ear {
         };
         let waited = now.saturating_sub(*stopped_at);
         if waited >= wait {
+            tracing::debug!(text = %transcript.text, probability, wait_ms = wait.as_millis() as u64, "end of turn");
             let turn = UserTurn {
                 text: transcript.text.clone(),
                 speech_end: *speech_end,
