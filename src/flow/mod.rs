@@ -300,7 +300,9 @@ pub const FAREWELL: &str = "Thank you for calling. Goodbye!";
 /// The answer to a question the flow cannot answer, without a `fallback` of its own.
 const CANNOT_ANSWER: &str = "Sorry, I can't help with that on this call.";
 
-/// One call's flow.
+/// One call's flow. Cloned to take back an answer the caller did not let it finish (the
+/// agent's continuation of a turn cut in two).
+#[derive(Clone)]
 pub struct Flow {
     spec: FlowSpec,
     /// Variables and built-ins, for templates.

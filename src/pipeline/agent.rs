@@ -7,7 +7,9 @@
 //! words). A shorter sound (a cough) interrupts nothing. If an interruption turns out to hold
 //! no words, the unheard rest of the reply is said again. While a segment marked
 //! `<no-interrupt>` plays, caller speech neither pauses nor cuts it; once it has played, the
-//! usual rules apply to whatever follows.
+//! usual rules apply to whatever follows. A caller who goes on after a pause that ended their
+//! turn, before its answer is heard, continues that turn: the answer is taken back and the
+//! whole is answered ([`super::listen::Continuation`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,7 +71,30 @@ pub struct Agent {
     pub variables: serde_json::Map<String, serde_json::Value>,
     /// The system prompt rendered again with the live analysis, when it shows it.
     pub prompts: Option<mpsc::UnboundedReceiver<String>>,
+    /// Tells the listener whether words that follow the caller's last turn closely continue
+    /// it: open while [`State::answered`] is kept.
+    pub continuation: super::listen::Continuation,
 }
+
+/// The call as it stood before the caller turn answered last, kept while that answer is
+/// still unheard: a continuation of the turn (`UserTurn::continues`) goes back to it and
+/// answers the whole.
+struct Answered {
+    history_len: usize,
+    flow: Option<Flow>,
+    flow_nodes: usize,
+    /// The turn's words.
+    text: String,
+    /// Continuations already joined onto the turn.
+    continued: u32,
+}
+
+/// How much of its answer the caller may hear before words they add no longer continue the
+/// turn it answered but answer it in turn: about two words.
+const CONTINUE_HEARD: Duration = Duration::from_millis(700);
+/// Continuations joined onto one turn at most: a line that echoes the agent's voice back
+/// cannot restart its answer over and over.
+const MAX_CONTINUED: u32 = 2;
 
 /// The unheard rest of a cut reply: the unplayed part of its segments, then whatever its
 /// stages still held (they record it as they stop, after the cut).
@@ -131,6 +156,10 @@ struct State {
     /// The caller lines that ended over the line that ends the call: kept, never answered, and
     /// no analysis route matched on one of them replaces that line.
     over_closing: Vec<usize>,
+    /// The caller turn answered last, while its answer can be taken back.
+    answered: Option<Answered>,
+    /// The caller began to speak and the words of that turn are not in yet.
+    awaiting_words: bool,
 }
 
 impl State {
@@ -174,6 +203,12 @@ fn withdraw_closing_tools(history: &mut [Message]) {
             *content = format!("not done: the caller spoke over your closing words, so the call goes on; answer them, and call {} again when it should end", call.name);
         }
     }
+}
+
+/// Whether two transcripts hold the same words (case and punctuation aside).
+fn same_words(a: &str, b: &str) -> bool {
+    let words = |t: &str| -> Vec<String> { t.split(|c: char| !c.is_alphanumeric() && c != '\'').filter(|w| !w.is_empty()).map(str::to_lowercase).collect() };
+    words(a) == words(b)
 }
 
 /// The next live prompt from the analysis, or never when the prompt reads none of it.
@@ -353,6 +388,7 @@ impl Agent {
             }
             Frame::SpeechStarted { onset } => {
                 state.caller_speaking = true;
+                state.awaiting_words = true;
                 state.caller_onset = Some(onset);
                 state.last_activity = now;
                 self.check_barge_in(state, report);
@@ -373,6 +409,7 @@ impl Agent {
             }
             Frame::TranscriptFinal(user) => self.on_user_turn(state, user, report),
             Frame::Dtmf(digit) => {
+                self.forget_answered(state);
                 state.history.push(Message::User { content: format!("(the caller pressed {digit} on the keypad)") });
                 self.emit(CallEvent::Caller { text: format!("[DTMF {digit}]"), at: now, confidence: None });
                 state.caller_lines += 1;
@@ -403,6 +440,27 @@ impl Agent {
         state.last_activity = now;
         state.caller_speaking = false;
         state.caller_onset = None;
+        state.awaiting_words = false;
+        let mut continued = 0;
+        let answered = state.answered.take().filter(|answered| !self.answer_acted(state, answered));
+        match (user.continues, answered) {
+            (true, Some(answered)) if same_words(&user.text, &answered.text) => {
+                // The caller's sound after their turn held no words of its own (a cough, a
+                // breath): the answer stands, or the rest of it is said.
+                state.answered = Some(answered);
+                self.continuation.open();
+                if !self.resume_interrupted(state, report, "no new words after the caller's turn", None) {
+                    self.emit(CallEvent::Note("no new words after the caller's turn; the answer goes on".into()));
+                }
+                return;
+            }
+            (true, Some(answered)) => {
+                continued = answered.continued + 1;
+                self.take_back(state, answered, report);
+            }
+            (true, None) => self.emit(CallEvent::Note("the caller went on after their turn, but its answer was already heard: the words are answered as they are".into())),
+            (false, _) => self.continuation.close(),
+        }
         if user.text.trim().is_empty() {
             // Speech without words: a false interruption, or noise. Over the last words of a
             // goodbye it asks nothing again: the call ends.
@@ -446,7 +504,75 @@ impl Agent {
             state.deferred = Some(user);
             return;
         }
+        let before = (continued <= MAX_CONTINUED).then(|| Answered {
+            history_len: state.history.len(),
+            flow: state.flow.clone(),
+            flow_nodes: report.lock().unwrap_or_else(|e| e.into_inner()).flow_nodes.len(),
+            text: user.text.clone(),
+            continued,
+        });
+        state.answered = before;
         self.respond(state, user, report);
+        if state.answered.is_some() && state.active.is_some() {
+            self.continuation.open();
+        } else {
+            // Nothing was started that could be taken back (or the flow did what cannot be).
+            self.forget_answered(state);
+        }
+    }
+
+    /// A caller turn continues the one answered last: the answer is stopped (the caller heard
+    /// little or none of it) and the call goes back to where it stood before that turn, so the
+    /// flow reads the whole sentence once, not its first half as an answer.
+    fn take_back(&self, state: &mut State, answered: Answered, report: &Arc<Mutex<CallReport>>) {
+        self.replace_turn(state, report);
+        state.interrupted = None;
+        state.queued = None;
+        state.history.truncate(answered.history_len);
+        state.flow = answered.flow;
+        report.lock().unwrap_or_else(|e| e.into_inner()).flow_nodes.truncate(answered.flow_nodes);
+        self.emit(CallEvent::Note(format!("the caller went on after \"{}\": heard again as one turn, answered as one", answered.text)));
+    }
+
+    /// Whether the answer to the turn `answered` did what cannot be taken back: an LLM's tool
+    /// call (run, or cut and recorded), or an end or transfer of the call it decided on.
+    fn answer_acted(&self, state: &State, answered: &Answered) -> bool {
+        let since = state.history.get(answered.history_len..).unwrap_or_default();
+        let called = since.iter().any(|m| matches!(m, Message::Tool { .. }) || matches!(m, Message::Assistant { tool_calls, .. } if !tool_calls.is_empty()));
+        let acting = state.active.as_ref().is_some_and(|active| {
+            let progress = active.progress.lock().unwrap_or_else(|e| e.into_inner());
+            !progress.actions.is_empty() || !progress.tool_messages.is_empty()
+        });
+        called || acting || state.hang_up_when_done.is_some() || state.transfer_to.is_some()
+    }
+
+    /// The answer to the caller's last turn can no longer be taken back.
+    fn forget_answered(&self, state: &mut State) {
+        state.answered = None;
+        self.continuation.close();
+    }
+
+    /// Lets go of the caller's last turn once its answer has been heard (about two words of it,
+    /// or all of it), or has done what cannot be undone (a tool call, the end of the call).
+    /// Not while the caller speaks, or their words are still on their way: those words may
+    /// continue the turn, and the listener has already heard them so.
+    fn settle_answered(&self, state: &mut State) {
+        if state.answered.is_none() || state.caller_speaking || state.awaiting_words || state.paused.is_some() {
+            return;
+        }
+        let now = self.ctx.out.now();
+        let heard = match &state.active {
+            None => true,
+            Some(active) => {
+                let progress = active.progress.lock().unwrap_or_else(|e| e.into_inner());
+                let acted = !progress.actions.is_empty() || !progress.tool_messages.is_empty();
+                let audible_from = progress.segments.first().and_then(|s| self.ctx.out.started_at(s.id));
+                acted || audible_from.is_some_and(|at| now.saturating_sub(at) >= CONTINUE_HEARD)
+            }
+        };
+        if heard || state.hang_up_when_done.is_some() || self.protected_playing(state) {
+            self.forget_answered(state);
+        }
     }
 
     /// Words that cut the line ending the call. A farewell ("Thanks, bye!") hears the rest of
@@ -561,6 +687,10 @@ impl Agent {
                 }
             }
             record_actions(state, &mut report, &reply.actions);
+        }
+        if reply.tool.is_some() || reply.extract.is_some() || !reply.actions.is_empty() {
+            // A tool called, the LLM asked, the call ending: this answer is not taken back.
+            self.forget_answered(state);
         }
         self.emit(CallEvent::Flow { node: reply.node.clone(), slots: reply.slots.clone() });
         if let Some(flow) = &state.flow {
@@ -846,6 +976,7 @@ impl Agent {
         if takes_over {
             // The flow's or the LLM's answer to the same words is not said.
             state.queued = None;
+            self.forget_answered(state);
             self.replace_turn(state, report);
             if let Some(line) = &route.say {
                 self.start(state, TurnInput::Say(line.clone()), None, false);
@@ -864,6 +995,7 @@ impl Agent {
         let now = self.ctx.out.now();
         let spec = self.ctx.assistant.spec.turn;
         self.check_barge_in(state, report);
+        self.settle_answered(state);
         if state.deferred.is_some() && !self.protected_playing(state) {
             let user = state.deferred.take().expect("checked above");
             self.respond(state, user, report);

@@ -67,4 +67,8 @@ pub struct UserTurn {
     pub confidence: Option<f32>,
     /// Words the recognizer was unsure of ([`crate::stt::UNSURE_WORD`]).
     pub unsure: Vec<String>,
+    /// The caller went on after a pause the listener took for the end of their turn, before
+    /// the answer to it was heard: `text` is both parts, heard again as one utterance, and
+    /// replaces the turn before it (see `listen::Continuation`).
+    pub continues: bool,
 }

@@ -20,7 +20,9 @@
 //!   to the threshold — a finished sentence that the model doubts waits a little, a number
 //!   read halfway waits the whole fallback ([`extra_wait`]).
 //!
-//! Speech resuming before the decision continues the same turn. A turn with speech but no
+//! Speech resuming before the decision continues the same turn; speech resuming soon after it,
+//! while the agent's answer is unheard, continues it too, heard again from the turn's start
+//! ([`Continuation`]). A turn with speech but no
 //! words is still reported (empty text), never dropped: the agent decides what to do with it.
 //!
 //! While the caller speaks, every `stt.partial_interval_ms` of new speech the utterance so far
@@ -77,6 +79,8 @@ pub struct Listener {
     /// Where this caller counts itself while it talks or is being transcribed, and which
     /// decides how many cores its transcriptions take: the process's [`super::pool::talkers`].
     pub talkers: &'static super::pool::Talkers,
+    /// Whether words that follow a turn closely continue it; the agent keeps it current.
+    pub continuation: Continuation,
 }
 
 /// The agent's echo taken out of the caller's audio: the line's played audio, taken in step
@@ -167,6 +171,38 @@ impl Answers {
         self.check(|c| &c.understood, text)
     }
 }
+
+/// Shared between agent and listener: whether the agent's answer to the caller's last turn is
+/// still unheard (not yet playing, or barely begun), so that a caller who goes on within
+/// [`CONTINUE_GAP`] of that turn's end continues it. The listener then hears both parts again as
+/// one utterance — a sentence cut at its comma ("At 7 o'clock," … "please.") was heard in two
+/// pieces, each worse than the whole ("Table far to this evening." + "Please.") — and the agent
+/// takes back its answer and answers the whole. The agent opens it when it answers a turn in a
+/// way it can take back, and closes it once the answer has been heard or did something that
+/// cannot be undone (a tool call, an end of the call).
+#[derive(Clone, Default)]
+pub struct Continuation(Arc<AtomicBool>);
+
+impl Continuation {
+    pub fn open(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn close(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The longest pause, from the end of a turn's speech to the caller's next words, after which
+/// those words may still continue it (see [`Continuation`]). A comma's pause is a few hundred
+/// milliseconds; a caller who waits longer than this for an answer that has not come asks
+/// something new ("Hello?"), and answering the whole again would throw away an answer nearly
+/// ready.
+pub const CONTINUE_GAP: Duration = Duration::from_millis(1200);
 
 /// A primed transcript less sure than this (the geometric mean of its words' probabilities),
 /// or holding a word below [`crate::stt::UNSURE_WORD`], that the flow would not understand is
@@ -347,6 +383,11 @@ struct Ear {
     /// Counted among the process's callers about to want a final transcript while this one
     /// speaks or is being transcribed (how many cores a transcription takes).
     talking: Option<super::pool::Talking<'static>>,
+    /// The last turn's audio (to its decision) and when its speech ended, which words that
+    /// follow closely may continue ([`Continuation`]).
+    last_turn: Option<(Vec<f32>, Duration)>,
+    /// The utterance under way begins with the last turn's audio: it continues that turn.
+    continues: bool,
 }
 
 /// Samples kept from before the VAD's onset.
@@ -373,6 +414,8 @@ impl Ear {
             partial_samples: listener.partial_every.map(|every| (every.as_secs_f64() * MODEL_RATE as f64) as usize),
             stop_frames: listener.turn.vad_params().stop_frames() as u64,
             talking: None,
+            last_turn: None,
+            continues: false,
         }
     }
 
@@ -442,10 +485,29 @@ impl Ear {
                 // Speech (re)started; if it resumed before the decision, the same turn goes on.
                 match std::mem::replace(&mut self.phase, Phase::Speaking) {
                     Phase::Quiet => {
-                        // Start the utterance a little before the onset.
-                        let frames_since_onset = (self.detector.frames() - onset_frame) as usize * FRAME_SAMPLES;
-                        let keep = (frames_since_onset + PRE_ROLL).min(self.recent.len());
-                        self.utterance = self.recent.iter().skip(self.recent.len() - keep).copied().collect();
+                        let last_turn = self.last_turn.take();
+                        let continued = last_turn.filter(|(audio, speech_end)| {
+                            listener.continuation.is_open()
+                                && frame_time(onset_frame).saturating_sub(*speech_end) <= CONTINUE_GAP
+                                && audio.len() + self.recent.len() < MODEL_RATE as usize * MAX_UTTERANCE_SECS
+                        });
+                        self.continues = continued.is_some();
+                        self.utterance = match continued {
+                            // The last turn, the pause since (as much as was kept), and on.
+                            Some((mut audio, _)) => {
+                                audio.extend(self.recent.iter().copied());
+                                tracing::debug!(audio_secs = audio.len() as f64 / MODEL_RATE as f64, "the caller went on: the last turn continues");
+                                audio
+                            }
+                            // Start the utterance a little before the onset.
+                            None => {
+                                let frames_since_onset = (self.detector.frames() - onset_frame) as usize * FRAME_SAMPLES;
+                                let keep = (frames_since_onset + PRE_ROLL).min(self.recent.len());
+                                self.recent.iter().skip(self.recent.len() - keep).copied().collect()
+                            }
+                        };
+                        // Partials count new speech.
+                        self.partial_from = if self.continues { self.utterance.len() } else { 0 };
                         self.recent.clear();
                     }
                     // The transcript under way is of a turn that is not over.
@@ -522,9 +584,12 @@ impl Ear {
                 transcribed_at: *arrived,
                 confidence: transcript.confidence(),
                 unsure: transcript.unsure_words(),
+                continues: self.continues,
             };
+            let speech_end = *speech_end;
             out.send(Frame::TranscriptFinal(turn)).await.map_err(|_| Gone)?;
-            self.utterance.clear();
+            self.last_turn = Some((std::mem::take(&mut self.utterance), speech_end));
+            self.continues = false;
             self.partial_from = 0;
             self.phase = Phase::Quiet;
         } else if waited.is_zero() {

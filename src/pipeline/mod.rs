@@ -177,6 +177,7 @@ pub async fn run_call(
     let (frames_tx, frames_rx) = mpsc::channel(64);
     let recognizer_prompt = crate::stt::Prompt::default();
     let answers = listen::Answers::default();
+    let continuation = listen::Continuation::default();
     let vocabulary = vocabulary(&assistant, &variables);
     recognizer_prompt.set(&vocabulary);
     // Beside the voice path: intent, sentiment and entities of each caller utterance.
@@ -203,6 +204,7 @@ pub async fn run_call(
         recognizer_prompt: recognizer_prompt.clone(),
         vocabulary,
         answers: answers.clone(),
+        continuation: continuation.clone(),
         analysis,
         routes: (!assistant.spec.routes.is_empty()).then_some(routes_rx),
         variables: flow_base.clone(),
@@ -210,7 +212,7 @@ pub async fn run_call(
     };
     let agent_task = tokio::spawn(agent.run(frames_rx, call_token.clone(), report.clone()));
     // Source last: the listener turns caller audio into frames.
-    let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate(), partial_every: partial_every(&assistant), prompt: recognizer_prompt, answers, played: if assistant.spec.turn.cancel_echo { out.played() } else { None }, talkers: pool::talkers() };
+    let listener = listen::Listener { vad: engines.vad.clone(), smart_turn: engines.smart_turn.clone(), stt: engines.stt.clone(), turn: assistant.spec.turn, input_rate: out.rate(), partial_every: partial_every(&assistant), prompt: recognizer_prompt, answers, played: if assistant.spec.turn.cancel_echo { out.played() } else { None }, talkers: pool::talkers(), continuation };
     let CallInput { audio, mut dtmf } = input;
     let drops = audio.drop_counter();
     // Keypad digits go straight to the agent.

@@ -255,6 +255,32 @@ fn a_mid_sentence_pause_does_not_end_the_turn() {
 }
 
 #[test]
+fn words_after_a_pause_that_ended_the_turn_continue_it_before_its_answer_is_heard() {
+    let llm = standin::llm(vec![Reply::Text("Of course. For how many people?"), Reply::Text("A table for two, lovely. What time?")]);
+    // A finished sentence, a second of silence (past this assistant's longest end-of-turn
+    // wait, 200 + 300 ms, so the turn ends in it), and the rest of what the caller meant.
+    let caller = "lines:\n  - say: \"I would like to book a table. ... For two people, please.\"\n    inner_pause_ms: 1000\nfinal_wait_ms: 5000\n";
+    let call = simulate(&standin_assistant(&llm, "turn: { incomplete_wait_ms: 300 }\n"), caller);
+    let requests = conversation_requests(&llm);
+    let users = |r: &Value| -> Vec<String> { r["messages"].as_array().unwrap().iter().filter(|m| m["role"] == "user").map(|m| m["content"].as_str().unwrap_or("").to_string()).collect() };
+    // The pause ended the turn: its first half was answered on its own first.
+    assert!(requests.len() >= 2, "the pause did not end the turn: {:?}", requests.iter().map(users).collect::<Vec<_>>());
+    assert!(word_recall("book a table", &users(&requests[0]).join(" ")) >= 0.6, "{:?}", users(&requests[0]));
+    // The caller went on before that answer was heard: the LLM was asked again with the whole
+    // sentence as one message, and no answer to its half in between.
+    let last = requests.last().unwrap();
+    let said = users(last);
+    assert_eq!(said.len(), 1, "the halves reached the LLM as two turns: {said:?}");
+    assert!(word_recall("book a table for two people", &said[0]) >= 0.8, "{said:?}");
+    let assistant_lines = last["messages"].as_array().unwrap().iter().filter(|m| m["role"] == "assistant").count();
+    assert_eq!(assistant_lines, 1, "only the greeting was heard before the whole sentence: {last}");
+    assert!(call.agent_text().contains("lovely"), "the whole sentence was not answered: {}", call.report);
+    // The transcript keeps what the caller said, the whole sentence last.
+    let caller_lines = call.said("caller");
+    assert!(word_recall("book a table for two people", caller_lines.last().unwrap()) >= 0.8, "{caller_lines:?}");
+}
+
+#[test]
 fn end_call_hangs_up_after_the_goodbye() {
     // A key pressed over the goodbye neither cuts it nor gets an answer: the call ends as the
     // LLM decided (the key used to replace the goodbye with a new reply).

@@ -114,6 +114,7 @@ async fn callers_count_themselves_from_their_first_word_until_their_transcript_a
             answers: Answers::default(),
             played: None,
             talkers,
+            continuation: Default::default(),
         };
         let (out, mut frames) = mpsc::channel(64);
         let (finals_tx, finals) = mpsc::unbounded_channel();
