@@ -92,6 +92,10 @@ struct Load {
     turns: usize,
     p50_ms: f64,
     p95_ms: f64,
+    /// p95 over the turns the listener did not hold for more words (`TurnTimings::held` short
+    /// of `incomplete_wait_ms`): what load does, without the waits the end-of-turn policy chose.
+    #[serde(default)]
+    p95_unheld_ms: f64,
     /// In cores (1.0 = one core busy).
     cpu_per_call: f64,
 }
@@ -276,11 +280,14 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
         if cold_cache { "; the speech cache emptied before each round" } else { "" }
     );
     println!(
-        "{:>6} {:>6} {:>8} {:>8} {:>12} {:>14} {:>13}   {:>16} {:>16} {:>16} {:>16}   {:>8} {:>14} {:>14} {:>8} {:>10}",
-        "calls", "turns", "p50 ms", "p95 ms", "p95 vs one", "MiB per call", "CPU per call", "end of turn", "transcript", "LLM 1st token", "1st audio", "STT wait", "STT wait·run", "TTS wait·run", "yielded", "replayed"
+        "{:>6} {:>6} {:>8} {:>8} {:>12} {:>16} {:>8} {:>14} {:>13}   {:>16} {:>16} {:>16} {:>16}   {:>8} {:>14} {:>14} {:>8} {:>10}",
+        "calls", "turns", "p50 ms", "p95 ms", "p95 vs one", "unheld p95 (n)", "vs one", "MiB per call", "CPU per call", "end of turn", "transcript", "LLM 1st token", "1st audio", "STT wait", "STT wait·run", "TTS wait·run", "yielded", "replayed"
     );
     let (resident_before, _) = memory_mib();
     let mut alone_p95 = None;
+    let mut alone_unheld = None;
+    // A turn held this long waited for more words by design (a number read halfway).
+    let hold = Duration::from_millis(assistant.spec.turn.incomplete_wait_ms as u64);
     let mut within = 0;
     let mut loads = Vec::new();
     let mut slowest: Vec<TurnTimings> = Vec::new();
@@ -335,20 +342,25 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
         let tts_wait_run = wait_run(crate::pipeline::pool::tts().finished_since(finished_before.1));
         let (p50, p95) = (percentile(&v2v, 0.5).map(ms_of).unwrap_or(0.0), percentile(&v2v, 0.95).map(ms_of).unwrap_or(0.0));
         let alone = *alone_p95.get_or_insert(p95);
+        let unheld: Vec<Duration> = turns.iter().filter(|t| t.held < hold).map(|t| t.voice_to_voice).collect();
+        let p95_unheld = percentile(&unheld, 0.95).map(ms_of).unwrap_or(0.0);
+        let unheld_alone = *alone_unheld.get_or_insert(p95_unheld);
         let (_, peak) = memory_mib();
         if p95 <= 1500.0 {
             within = n;
         }
-        loads.push(Load { calls: n, turns: v2v.len(), p50_ms: p50, p95_ms: p95, cpu_per_call });
+        loads.push(Load { calls: n, turns: v2v.len(), p50_ms: p50, p95_ms: p95, p95_unheld_ms: p95_unheld, cpu_per_call });
         if n == most {
             slowest = turns.clone();
             slowest.sort_by_key(|t| std::cmp::Reverse(t.voice_to_voice));
             slowest.truncate(5);
         }
         println!(
-            "{n:>6} {:>6} {p50:>8.0} {p95:>8.0} {:>11.2}× {:>14.0} {:>12.0}%   {:>16} {:>16} {:>16} {:>16}   {stt_waits:>8} {stt_wait_run:>14} {tts_wait_run:>14} {yielded:>8} {replayed:>10}",
+            "{n:>6} {:>6} {p50:>8.0} {p95:>8.0} {:>11.2}× {:>16} {:>7.2}× {:>14.0} {:>12.0}%   {:>16} {:>16} {:>16} {:>16}   {stt_waits:>8} {stt_wait_run:>14} {tts_wait_run:>14} {yielded:>8} {replayed:>10}",
             v2v.len(),
             if alone > 0.0 { p95 / alone } else { 0.0 },
+            format!("{p95_unheld:.0} ({})", unheld.len()),
+            if unheld_alone > 0.0 { p95_unheld / unheld_alone } else { 0.0 },
             (peak - resident_before).max(0.0) / n as f64,
             cpu_per_call * 100.0,
             stages[0],
@@ -357,10 +369,11 @@ async fn bench_concurrent(store: &ModelStore, engines: Arc<Engines>, assistant: 
             stages[3]
         );
     }
+    println!("unheld p95 (n): voice-to-voice p95 over the n turns the listener did not hold for more words (a number read halfway waits incomplete_wait_ms, {} ms, at any load by design), and its ratio to one call's", hold.as_millis());
     println!("CPU per call: the machine's busy time during the count's rounds (the LLM's process too), in % of one core, over the calls; stages: p50/p95 ms from the true end of speech; STT wait: speech-to-text jobs that waited for a slot / all; STT and TTS wait·run: p95 ms of the wait for a slot and of the run, of the jobs a caller waited on (final transcripts, first sentences); yielded: partial transcripts stopped for a final one; replayed: sentences played from the speech cache / all (--speech-cache-mib 0 synthesizes every one)");
-    println!("\nslowest turns with {most} call(s) at once (voice-to-voice · end of turn · transcript · first audio):");
+    println!("\nslowest turns with {most} call(s) at once (voice-to-voice · end of turn (held for more words) · transcript · first audio):");
     for t in &slowest {
-        println!("  {:>5.0} · {:>5.0} · {:>5.0} · {:>5.0} ms  \"{}\" → \"{}\"", ms_of(t.voice_to_voice), ms_of(t.end_of_turn), ms_of(t.stt_final), ms_of(t.tts_first_audio), t.user_text, t.agent_text);
+        println!("  {:>5.0} · {:>5.0} ({:>3.0}) · {:>5.0} · {:>5.0} ms  \"{}\" → \"{}\"", ms_of(t.voice_to_voice), ms_of(t.end_of_turn), ms_of(t.held), ms_of(t.stt_final), ms_of(t.tts_first_audio), t.user_text, t.agent_text);
     }
     println!("most calls at once with voice-to-voice p95 ≤ 1.5 s: {within}");
     // What `serve` admits on its local models unless told otherwise (`--max-local-calls`) —

@@ -144,10 +144,13 @@ async fn print_events(mut events: mpsc::UnboundedReceiver<CallEvent>, print: boo
             CallEvent::Agent { text, at, interrupted } => {
                 println!("[{:6.1}s] agent : {text}{}", at.as_secs_f32(), if interrupted { "  (interrupted)" } else { "" })
             }
-            CallEvent::Caller { text, at, confidence } => match confidence {
-                Some(c) => println!("[{:6.1}s] caller: {text}  (heard with {:.0}% confidence)", at.as_secs_f32(), c * 100.0),
-                None => println!("[{:6.1}s] caller: {text}", at.as_secs_f32()),
-            },
+            CallEvent::Caller { text, at, confidence, continues } => {
+                let who = if continues { "caller (whole line)" } else { "caller" };
+                match confidence {
+                    Some(c) => println!("[{:6.1}s] {who}: {text}  (heard with {:.0}% confidence)", at.as_secs_f32(), c * 100.0),
+                    None => println!("[{:6.1}s] {who}: {text}", at.as_secs_f32()),
+                }
+            }
             CallEvent::Turn(t) => println!(
                 "          turn {}: end of turn {:.0} ms · stt {:.0} · llm first token {:.0} · tts first audio {:.0} · voice-to-voice {:.0} ms",
                 t.turn,

@@ -411,7 +411,7 @@ impl Agent {
             Frame::Dtmf(digit) => {
                 self.forget_answered(state);
                 state.history.push(Message::User { content: format!("(the caller pressed {digit} on the keypad)") });
-                self.emit(CallEvent::Caller { text: format!("[DTMF {digit}]"), at: now, confidence: None });
+                self.emit(CallEvent::Caller { text: format!("[DTMF {digit}]"), at: now, confidence: None, continues: false });
                 state.caller_lines += 1;
                 if self.closing(state) || state.cut_closing() {
                     // Over a goodbye, or after words that cut it and are not yet heard: those
@@ -472,11 +472,21 @@ impl Agent {
             }
             return;
         }
-        // The transcript shows the words when they were said, even if the answer must wait.
-        self.emit(CallEvent::Caller { text: user.text.clone(), at: user.speech_end, confidence: user.confidence });
-        self.analysis.analyze(state.caller_lines, &user.text);
-        state.caller_lines += 1;
-        report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push(("caller".into(), user.text.clone(), user.speech_end));
+        // The transcript shows the words when they were said, even if the answer must wait. A
+        // turn taken back is the caller's last line heard again whole: it takes that line's place.
+        let revises = continued > 0 && state.caller_lines > 0;
+        self.emit(CallEvent::Caller { text: user.text.clone(), at: user.speech_end, confidence: user.confidence, continues: revises });
+        if revises {
+            self.analysis.analyze(state.caller_lines - 1, &user.text);
+            let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(line) = report.transcript.iter_mut().rev().find(|(who, _, _)| who == "caller") {
+                line.1 = user.text.clone();
+            }
+        } else {
+            self.analysis.analyze(state.caller_lines, &user.text);
+            state.caller_lines += 1;
+            report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push(("caller".into(), user.text.clone(), user.speech_end));
+        }
         if self.closing(state) {
             state.history.push(Message::User { content: user.text });
             self.hold_over_closing(state, "spoke");
@@ -905,6 +915,7 @@ impl Agent {
                 user_text: user.text.clone(),
                 agent_text: progress.segments.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join(" "),
                 end_of_turn: user.decided_at.saturating_sub(user.speech_end),
+                held: user.held,
                 stt_final: user.transcribed_at.saturating_sub(user.speech_end),
                 llm_first_token: since_end(progress.first_token_at),
                 tts_first_audio: since_end(progress.first_audio_at),

@@ -131,7 +131,13 @@ impl AnalysisBranch {
                 if let Some(live) = &prompt {
                     live.update(&turn).await;
                 }
-                report.lock().unwrap_or_else(|e| e.into_inner()).analyses.push(turn.clone());
+                {
+                    // A line heard again whole (the caller went on after a pause) is analysed
+                    // again under its number: the later analysis stands.
+                    let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
+                    report.analyses.retain(|a| a.line != turn.line);
+                    report.analyses.push(turn.clone());
+                }
                 let _ = events.send(CallEvent::Analysis(turn));
             }
         });

@@ -61,6 +61,10 @@ pub struct UserTurn {
     pub speech_end: Duration,
     /// When the end-of-turn decision was made.
     pub decided_at: Duration,
+    /// The silence the listener chose to wait after the VAD's end of speech before deciding
+    /// (none for words that read finished; all of `incomplete_wait_ms` for words that dangle,
+    /// such as a number read halfway): the end-of-turn policy's choice, not the machine's work.
+    pub held: Duration,
     /// When the final transcript was ready.
     pub transcribed_at: Duration,
     /// How sure the recognizer was of the words (0..=1), when it says.

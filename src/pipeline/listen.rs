@@ -581,6 +581,7 @@ impl Ear {
                 text: transcript.text.clone(),
                 speech_end: *speech_end,
                 decided_at: now,
+                held: wait,
                 transcribed_at: *arrived,
                 confidence: transcript.confidence(),
                 unsure: transcript.unsure_words(),

@@ -20,6 +20,9 @@ pub struct TurnTimings {
     /// Caller end of speech → end-of-turn decision.
     #[serde(serialize_with = "ms")]
     pub end_of_turn: Duration,
+    /// The part of `end_of_turn` the listener chose to wait for more words (`UserTurn::held`).
+    #[serde(serialize_with = "ms")]
+    pub held: Duration,
     /// Caller end of speech → final transcript.
     #[serde(serialize_with = "ms")]
     pub stt_final: Duration,

@@ -81,6 +81,19 @@ impl EventLog {
         EventLog { store, call_id: call_id.to_string(), next: tokio::sync::Mutex::new(Numbers { event: 1, transcript_line: 1 }) }
     }
 
+    /// Replaces the words of caller line `seq`, which the caller went on from after a pause: the
+    /// line now holds the whole, heard again as one (`CallEvent::Caller::continues`).
+    pub async fn revise_caller_line(&self, seq: i64, text: &str, confidence: Option<f32>) {
+        if let Err(error) = self.store.revise_transcript_line(&self.call_id, seq, text, confidence.map(rounded)).await {
+            tracing::warn!(%error, call = %self.call_id, "cannot revise a transcript line");
+        }
+        let mut event = json!({ "speaker": "caller", "text": text, "revises": seq, "final": true });
+        if let Some(confidence) = confidence {
+            event["confidence"] = json!(rounded(confidence));
+        }
+        self.event("transcript", event).await;
+    }
+
     /// Writes an event; a database hiccup is logged, never allowed to drop the call.
     pub async fn event(&self, kind: &str, data: Value) {
         let mut next = self.next.lock().await;
@@ -764,12 +777,16 @@ fn rounded(confidence: f32) -> f64 {
     (confidence as f64 * 100.0).round() / 100.0
 }
 
-async fn transcription_event(store: &Store, hooks: &Hooks, speaker: &str, text: &str, at: Duration) {
+/// `replaces_last`: the caller's last line heard again whole (they went on after a pause).
+async fn transcription_event(store: &Store, hooks: &Hooks, speaker: &str, text: &str, at: Duration, replaces_last: bool) {
     let call = match store.call_any_workspace(&hooks.call.id).await {
         Ok(Some(call)) => call,
         _ => hooks.call.clone(),
     };
-    let data = json!({ "call_id": call.id, "speaker": speaker, "text": text, "at_ms": ms_of(at).round() as i64, "final": true });
+    let mut data = json!({ "call_id": call.id, "speaker": speaker, "text": text, "at_ms": ms_of(at).round() as i64, "final": true });
+    if replaces_last {
+        data["replaces_last"] = json!(true);
+    }
     super::webhooks::emit(store, &call, hooks.assistant.as_deref(), "transcription.updated", data).await;
 }
 
@@ -790,12 +807,16 @@ async fn write_events(log: Arc<EventLog>, store: Store, hooks: Hooks, mut events
                 }
                 show(json!({ "type": "transcript", "speaker": "agent", "text": text, "interrupted": interrupted }));
                 log.transcript("agent", &text, at, interrupted, None).await;
-                transcription_event(&store, &hooks, "agent", &text, at).await;
+                transcription_event(&store, &hooks, "agent", &text, at, false).await;
             }
-            CallEvent::Caller { text, at, confidence } => {
-                show(json!({ "type": "transcript", "speaker": "caller", "text": text, "confidence": confidence.map(rounded) }));
-                caller_lines.push(log.transcript("caller", &text, at, false, confidence).await);
-                transcription_event(&store, &hooks, "caller", &text, at).await;
+            CallEvent::Caller { text, at, confidence, continues } => {
+                show(json!({ "type": "transcript", "speaker": "caller", "text": text, "confidence": confidence.map(rounded), "replaces_last": continues }));
+                match caller_lines.last() {
+                    // The caller's last line, heard again whole: its stored line takes the words.
+                    Some(&seq) if continues => log.revise_caller_line(seq, &text, confidence).await,
+                    _ => caller_lines.push(log.transcript("caller", &text, at, false, confidence).await),
+                }
+                transcription_event(&store, &hooks, "caller", &text, at, continues).await;
             }
             CallEvent::Analysis(turn) => {
                 let data = serde_json::to_value(&turn).unwrap_or(Value::Null);

@@ -36,7 +36,10 @@
     var call = null;
 
     function show(text) { status.textContent = text; root.setAttribute("data-state", text); }
-    function line(speaker, text) {
+    function line(speaker, text, replacesLast) {
+      // The caller went on after a pause: their last line, heard again whole, takes its place.
+      var rows = transcript.querySelectorAll(".ringline-caller");
+      if (replacesLast && rows.length) transcript.removeChild(rows[rows.length - 1]);
       var row = el("div", "ringline-line ringline-" + speaker);
       row.appendChild(el("b", null, speaker === "agent" ? "Agent: " : "You: "));
       row.appendChild(document.createTextNode(text));
@@ -82,7 +85,7 @@
         if (typeof event.data !== "string") return play(state, event.data);
         var message = JSON.parse(event.data);
         if (message.type === "clear") stopPlayback(state);
-        else if (message.type === "transcript") line(message.speaker, message.text);
+        else if (message.type === "transcript") line(message.speaker, message.text, message.replaces_last);
         else if (message.type === "partial") partial.textContent = message.text;
         else if (message.type === "call") root.setAttribute("data-call-id", message.call_id);
         else if (message.type === "answered") { state.answered = true; show("In call"); }

@@ -581,6 +581,17 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces the words (and confidence, when given) of transcript line `seq`.
+    pub async fn revise_transcript_line(&self, call_id: &str, seq: i64, text: &str, confidence: Option<f64>) -> Result<(), StoreError> {
+        // As in `insert_transcript_line`: no NULL bound where a number goes.
+        let query = match confidence {
+            Some(confidence) => sqlx::query("UPDATE transcript_lines SET text = $1, confidence = $2 WHERE call_id = $3 AND seq = $4").bind(text).bind(confidence).bind(call_id).bind(seq),
+            None => sqlx::query("UPDATE transcript_lines SET text = $1 WHERE call_id = $2 AND seq = $3").bind(text).bind(call_id).bind(seq),
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Records the analysis of transcript line `seq` (a caller line).
     pub async fn set_line_analysis(&self, call_id: &str, seq: i64, intent: Option<&str>, analysis: &serde_json::Value) -> Result<(), StoreError> {
         sqlx::query("UPDATE transcript_lines SET intent = $1, analysis = $2 WHERE call_id = $3 AND seq = $4")

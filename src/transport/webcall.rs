@@ -9,7 +9,8 @@
 //! the agent is on the line (its models ready; microphone audio before it is not listened to
 //! beyond its last second, so the widget starts sending then), `{"type": "clear"}` (stop
 //! playing now: the caller barged in), `{"type": "transcript", "speaker": "agent"|"caller",
-//! "text"}`, `{"type": "partial", "text"}` (the caller's words so far), and `{"type": "ended",
+//! "text", "replaces_last"}` (`replaces_last`: the caller's last line heard again whole, after
+//! they went on from a pause), `{"type": "partial", "text"}` (the caller's words so far), and `{"type": "ended",
 //! "reason"}` last.
 
 use serde_json::{json, Value};
