@@ -205,12 +205,6 @@ fn withdraw_closing_tools(history: &mut [Message]) {
     }
 }
 
-/// Whether two transcripts hold the same words (case and punctuation aside).
-fn same_words(a: &str, b: &str) -> bool {
-    let words = |t: &str| -> Vec<String> { t.split(|c: char| !c.is_alphanumeric() && c != '\'').filter(|w| !w.is_empty()).map(str::to_lowercase).collect() };
-    words(a) == words(b)
-}
-
 /// The next live prompt from the analysis, or never when the prompt reads none of it.
 async fn next_prompt(prompts: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
     match prompts {
@@ -444,7 +438,7 @@ impl Agent {
         let mut continued = 0;
         let answered = state.answered.take().filter(|answered| !self.answer_acted(state, answered));
         match (user.continues, answered) {
-            (true, Some(answered)) if same_words(&user.text, &answered.text) => {
+            (true, Some(answered)) if crate::text::normalized_words(&user.text) == crate::text::normalized_words(&answered.text) => {
                 // The caller's sound after their turn held no words of its own (a cough, a
                 // breath): the answer stands, or the rest of it is said.
                 state.answered = Some(answered);
@@ -567,20 +561,17 @@ impl Agent {
     /// Not while the caller speaks, or their words are still on their way: those words may
     /// continue the turn, and the listener has already heard them so.
     fn settle_answered(&self, state: &mut State) {
-        if state.answered.is_none() || state.caller_speaking || state.awaiting_words || state.paused.is_some() {
+        let Some(answered) = &state.answered else { return };
+        if state.caller_speaking || state.awaiting_words || state.paused.is_some() {
             return;
         }
         let now = self.ctx.out.now();
-        let heard = match &state.active {
-            None => true,
-            Some(active) => {
-                let progress = active.progress.lock().unwrap_or_else(|e| e.into_inner());
-                let acted = !progress.actions.is_empty() || !progress.tool_messages.is_empty();
-                let audible_from = progress.segments.first().and_then(|s| self.ctx.out.started_at(s.id));
-                acted || audible_from.is_some_and(|at| now.saturating_sub(at) >= CONTINUE_HEARD)
-            }
-        };
-        if heard || state.hang_up_when_done.is_some() || self.protected_playing(state) {
+        let heard = state.active.as_ref().is_none_or(|active| {
+            let progress = active.progress.lock().unwrap_or_else(|e| e.into_inner());
+            let audible_from = progress.segments.first().and_then(|s| self.ctx.out.started_at(s.id));
+            audible_from.is_some_and(|at| now.saturating_sub(at) >= CONTINUE_HEARD)
+        });
+        if heard || self.answer_acted(state, answered) || self.protected_playing(state) {
             self.forget_answered(state);
         }
     }

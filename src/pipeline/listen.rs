@@ -55,6 +55,9 @@ use crate::vad::{VadDetector, VadEvent, FRAME_MS, FRAME_SAMPLES};
 const EARLY_HEAR_MS: u32 = 64;
 /// Audio kept from before the VAD's onset so the first syllable is not clipped.
 const PRE_ROLL_MS: usize = 320;
+/// Silence kept after a turn's speech for joining it to words that continue it (the caller's
+/// pre-roll of [`PRE_ROLL_MS`] follows it).
+const KEPT_PAUSE: Duration = Duration::from_millis(200);
 /// The longest utterance sent to STT at once (whisper's window).
 const MAX_UTTERANCE_SECS: usize = 28;
 /// What the listener learns when the caller stops: the words, and Smart Turn's probability
@@ -492,20 +495,16 @@ impl Ear {
                                 && audio.len() + self.recent.len() < MODEL_RATE as usize * MAX_UTTERANCE_SECS
                         });
                         self.continues = continued.is_some();
-                        self.utterance = match continued {
-                            // The last turn, the pause since (as much as was kept), and on.
-                            Some((mut audio, _)) => {
-                                audio.extend(self.recent.iter().copied());
-                                tracing::debug!(audio_secs = audio.len() as f64 / MODEL_RATE as f64, "the caller went on: the last turn continues");
-                                audio
-                            }
-                            // Start the utterance a little before the onset.
-                            None => {
-                                let frames_since_onset = (self.detector.frames() - onset_frame) as usize * FRAME_SAMPLES;
-                                let keep = (frames_since_onset + PRE_ROLL).min(self.recent.len());
-                                self.recent.iter().skip(self.recent.len() - keep).copied().collect()
-                            }
-                        };
+                        // Start the utterance a little before the onset — after the last turn,
+                        // when this continues it.
+                        let frames_since_onset = (self.detector.frames() - onset_frame) as usize * FRAME_SAMPLES;
+                        let keep = (frames_since_onset + PRE_ROLL).min(self.recent.len());
+                        let mut audio = continued.map(|(audio, _)| audio).unwrap_or_default();
+                        audio.extend(self.recent.iter().skip(self.recent.len() - keep));
+                        if self.continues {
+                            tracing::debug!(audio_secs = audio.len() as f64 / MODEL_RATE as f64, "the caller went on: the last turn continues");
+                        }
+                        self.utterance = audio;
                         // Partials count new speech.
                         self.partial_from = if self.continues { self.utterance.len() } else { 0 };
                         self.recent.clear();
@@ -589,7 +588,12 @@ impl Ear {
             };
             let speech_end = *speech_end;
             out.send(Frame::TranscriptFinal(turn)).await.map_err(|_| Gone)?;
-            self.last_turn = Some((std::mem::take(&mut self.utterance), speech_end));
+            // Kept to its speech and a short pause after: joined to words that continue it, the
+            // silence between stays a comma's (whisper tiny dropped words after a long one).
+            let mut audio = std::mem::take(&mut self.utterance);
+            let silence = (now.saturating_sub(speech_end).saturating_sub(KEPT_PAUSE).as_secs_f64() * MODEL_RATE as f64) as usize;
+            audio.truncate(audio.len().saturating_sub(silence));
+            self.last_turn = Some((audio, speech_end));
             self.continues = false;
             self.partial_from = 0;
             self.phase = Phase::Quiet;
