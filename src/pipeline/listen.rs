@@ -386,8 +386,8 @@ struct Ear {
     /// Counted among the process's callers about to want a final transcript while this one
     /// speaks or is being transcribed (how many cores a transcription takes).
     talking: Option<super::pool::Talking<'static>>,
-    /// The last turn's audio (to its decision) and when its speech ended, which words that
-    /// follow closely may continue ([`Continuation`]).
+    /// The last turn's audio (its speech and [`KEPT_PAUSE`] after) and when its speech ended,
+    /// which words that follow closely may continue ([`Continuation`]).
     last_turn: Option<(Vec<f32>, Duration)>,
     /// The utterance under way begins with the last turn's audio: it continues that turn.
     continues: bool,
