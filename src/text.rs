@@ -72,6 +72,17 @@ pub fn normalized_words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether `heard` says nothing but `said`, once or more back to back: what a caller's cough
+/// after their turn, heard again with the turn, may come back as ("It's 4 5. It's 4 5." — the
+/// decoder starting the words over on the sound).
+pub fn says_only(heard: &str, said: &str) -> bool {
+    let (heard, said) = (normalized_words(heard), normalized_words(said));
+    if said.is_empty() {
+        return heard.is_empty();
+    }
+    !heard.is_empty() && heard.len() % said.len() == 0 && heard.chunks(said.len()).all(|copy| copy == said.as_slice())
+}
+
 /// Whether a word says one digit, as a caller reads a number out and whisper writes it: "5",
 /// "five", "oh", "zero" (case and punctuation aside: "Five,", "0.").
 pub fn is_one_digit(word: &str) -> bool {
@@ -223,6 +234,16 @@ impl MarkedChunker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_said_again_say_only_them_and_new_words_do_not() {
+        assert!(says_only("It's 4 5.", "it's 4, 5"));
+        assert!(says_only("It's 4 5, 0, 0. It's 4 5, 0, 0", "It's 4 5, 0, 0."), "started over on a cough");
+        assert!(!says_only("It's 4 5, 6 7 8.", "It's 4 5."), "the caller went on");
+        assert!(!says_only("It's 4 5. It's 4", "It's 4 5."));
+        assert!(!says_only("", "It's 4 5."));
+        assert!(says_only("", ""));
+    }
 
     fn chunk_all(pieces: &[&str]) -> Vec<String> {
         let mut chunker = SentenceChunker::default();

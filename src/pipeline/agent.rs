@@ -438,9 +438,10 @@ impl Agent {
         let mut continued = 0;
         let answered = state.answered.take().filter(|answered| !self.answer_acted(state, answered));
         match (user.continues, answered) {
-            (true, Some(answered)) if crate::text::normalized_words(&user.text) == crate::text::normalized_words(&answered.text) => {
+            (true, Some(answered)) if crate::text::says_only(&user.text, &answered.text) => {
                 // The caller's sound after their turn held no words of its own (a cough, a
-                // breath): the answer stands, or the rest of it is said.
+                // breath; heard with the turn, the decoder may write its words twice): the
+                // answer stands, or the rest of it is said.
                 state.answered = Some(answered);
                 self.continuation.open();
                 if !self.resume_interrupted(state, report, "no new words after the caller's turn", None) {

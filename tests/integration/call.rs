@@ -167,8 +167,9 @@ fn a_slot_heard_unsure_is_checked_with_the_caller_before_the_flow_goes_on() {
     let llm = standin::llm(vec![Reply::Text("Goodbye.")]);
     let flow = "stt: { confirm_below: 0.999 }\nflow:\n  start: ask\n  first_message_asks: order_number\n  llm_reads: false\n  nodes:\n    ask:\n      collect:\n        - { name: order_number, type: digits, min_digits: 4, question: \"What is your order number?\" }\n      next: done\n    done:\n      say: \"Thanks, order {{ spoken.order_number }} is on its way. Goodbye.\"\n      actions: [end_call]\n";
     // "That's right." without a comma: "Yes, that's right." was once heard as two turns, the
-    // second cutting the goodbye, and the caller hung up while the agent heard it (CI).
-    let caller = "lines:\n  - say: \"It's four five six seven eight.\"\n  - say: \"That's right.\"\n    after: \"is that right\"\nfinal_wait_ms: 8000\n";
+    // second cutting the goodbye, and the caller hung up while the agent heard it (CI). The
+    // goodbye reads the number back: twelve digits once took more than 8 s to say (CI).
+    let caller = "lines:\n  - say: \"It's four five six seven eight.\"\n  - say: \"That's right.\"\n    after: \"is that right\"\nfinal_wait_ms: 12000\n";
     let call = simulate(&standin_assistant(&llm, flow), caller);
     let agent = call.agent_text();
     assert!(agent.contains("Just to be sure, I heard"), "no check of the unsure value: {agent}");
