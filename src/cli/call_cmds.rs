@@ -144,8 +144,8 @@ async fn print_events(mut events: mpsc::UnboundedReceiver<CallEvent>, print: boo
             CallEvent::Agent { text, at, interrupted } => {
                 println!("[{:6.1}s] agent : {text}{}", at.as_secs_f32(), if interrupted { "  (interrupted)" } else { "" })
             }
-            CallEvent::Caller { text, at, confidence, continues } => {
-                let who = if continues { "caller (whole line)" } else { "caller" };
+            CallEvent::Caller { text, at, confidence, replaces_last } => {
+                let who = if replaces_last { "caller (whole line)" } else { "caller" };
                 match confidence {
                     Some(c) => println!("[{:6.1}s] {who}: {text}  (heard with {:.0}% confidence)", at.as_secs_f32(), c * 100.0),
                     None => println!("[{:6.1}s] {who}: {text}", at.as_secs_f32()),

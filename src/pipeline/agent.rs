@@ -405,7 +405,7 @@ impl Agent {
             Frame::Dtmf(digit) => {
                 self.forget_answered(state);
                 state.history.push(Message::User { content: format!("(the caller pressed {digit} on the keypad)") });
-                self.emit(CallEvent::Caller { text: format!("[DTMF {digit}]"), at: now, confidence: None, continues: false });
+                self.emit(CallEvent::Caller { text: format!("[DTMF {digit}]"), at: now, confidence: None, replaces_last: false });
                 state.caller_lines += 1;
                 if self.closing(state) || state.cut_closing() {
                     // Over a goodbye, or after words that cut it and are not yet heard: those
@@ -469,9 +469,9 @@ impl Agent {
         }
         // The transcript shows the words when they were said, even if the answer must wait. A
         // turn taken back is the caller's last line heard again whole: it takes that line's place.
-        let revises = continued > 0 && state.caller_lines > 0;
-        self.emit(CallEvent::Caller { text: user.text.clone(), at: user.speech_end, confidence: user.confidence, continues: revises });
-        if revises {
+        let replaces_last = continued > 0 && state.caller_lines > 0;
+        self.emit(CallEvent::Caller { text: user.text.clone(), at: user.speech_end, confidence: user.confidence, replaces_last });
+        if replaces_last {
             self.analysis.analyze(state.caller_lines - 1, &user.text);
             let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(line) = report.transcript.iter_mut().rev().find(|(who, _, _)| who == "caller") {

@@ -60,9 +60,10 @@ fn partial_every(assistant: &Assistant) -> Option<Duration> {
 pub enum CallEvent {
     Agent { text: String, at: Duration, interrupted: bool },
     /// A caller line, with how sure speech recognition was of it (0..=1) when it says.
-    /// `continues`: the caller went on after a pause that ended their last line, and this is
-    /// that line heard again whole — it replaces the caller's last line rather than adding one.
-    Caller { text: String, at: Duration, confidence: Option<f32>, continues: bool },
+    /// `replaces_last`: the caller went on after a pause that ended their last line, and this
+    /// is that line heard again whole — it takes the caller's last line's place rather than
+    /// adding one.
+    Caller { text: String, at: Duration, confidence: Option<f32>, replaces_last: bool },
     Partial { text: String },
     Turn(TurnTimings),
     BargeIn { onset: Duration, stopped: Duration },

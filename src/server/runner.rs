@@ -82,7 +82,7 @@ impl EventLog {
     }
 
     /// Replaces the words of caller line `seq`, which the caller went on from after a pause: the
-    /// line now holds the whole, heard again as one (`CallEvent::Caller::continues`).
+    /// line now holds the whole, heard again as one (`CallEvent::Caller::replaces_last`).
     pub async fn revise_caller_line(&self, seq: i64, text: &str, confidence: Option<f32>) {
         if let Err(error) = self.store.revise_transcript_line(&self.call_id, seq, text, confidence.map(rounded)).await {
             tracing::warn!(%error, call = %self.call_id, "cannot revise a transcript line");
@@ -809,14 +809,14 @@ async fn write_events(log: Arc<EventLog>, store: Store, hooks: Hooks, mut events
                 log.transcript("agent", &text, at, interrupted, None).await;
                 transcription_event(&store, &hooks, "agent", &text, at, false).await;
             }
-            CallEvent::Caller { text, at, confidence, continues } => {
-                show(json!({ "type": "transcript", "speaker": "caller", "text": text, "confidence": confidence.map(rounded), "replaces_last": continues }));
+            CallEvent::Caller { text, at, confidence, replaces_last } => {
+                show(json!({ "type": "transcript", "speaker": "caller", "text": text, "confidence": confidence.map(rounded), "replaces_last": replaces_last }));
                 match caller_lines.last() {
                     // The caller's last line, heard again whole: its stored line takes the words.
-                    Some(&seq) if continues => log.revise_caller_line(seq, &text, confidence).await,
+                    Some(&seq) if replaces_last => log.revise_caller_line(seq, &text, confidence).await,
                     _ => caller_lines.push(log.transcript("caller", &text, at, false, confidence).await),
                 }
-                transcription_event(&store, &hooks, "caller", &text, at, continues).await;
+                transcription_event(&store, &hooks, "caller", &text, at, replaces_last).await;
             }
             CallEvent::Analysis(turn) => {
                 let data = serde_json::to_value(&turn).unwrap_or(Value::Null);
