@@ -101,6 +101,19 @@ pub struct NodeSpec {
 }
 
 impl NodeSpec {
+    /// Every node this one may go to, each with the field that names it (`next`,
+    /// `on_digit.1`, `when.0.goto`, …).
+    fn targets(&self) -> Vec<(String, &String)> {
+        let named = [("next", &self.next), ("on_yes", &self.on_yes), ("on_no", &self.on_no), ("on_failure", &self.on_failure)];
+        named
+            .into_iter()
+            .filter_map(|(key, target)| target.as_ref().map(|t| (key.to_string(), t)))
+            .chain(self.on_digit.iter().map(|(d, t)| (format!("on_digit.{d}"), t)))
+            .chain(self.when.iter().enumerate().map(|(i, c)| (format!("when.{i}.goto"), &c.goto)))
+            .chain(self.routes.iter().enumerate().map(|(i, r)| (format!("routes.{i}.goto"), &r.goto)))
+            .collect()
+    }
+
     /// Whether the node asks a question its own answers decide: a route, a yes or no, a key.
     fn asks(&self) -> bool {
         self.on_yes.is_some() || self.on_no.is_some() || !self.routes.is_empty() || !self.on_digit.is_empty()
@@ -293,6 +306,10 @@ pub fn example_names() -> impl Iterator<Item = String> {
 /// Attempts at one slot before the flow says its fallback and moves on without it.
 const MAX_ATTEMPTS: u32 = 3;
 const PARDON: &str = "Sorry, I didn't catch that.";
+/// The fewest digits of a phone number, where a slot sets none.
+const DEFAULT_PHONE_DIGITS: usize = 7;
+/// Said to a phone number given at a read-back that collects none.
+const NO_NUMBER_NEEDED: &str = "Thanks, I won't need a number for this.";
 /// The answer to "Hold on, one more thing.": the flow keeps waiting for what it asked.
 const GO_AHEAD: &str = "Sure, go ahead.";
 /// The goodbye to a caller who leaves mid-flow, without a `farewell` of its own.
@@ -595,8 +612,14 @@ impl Flow {
                 (corrections, _) if !corrections.is_empty() => self.correct(corrections, &mut lines, &mut actions),
                 (_, Some(answer)) => self.confirmed(answer, text, &mut lines, &mut actions),
                 (_, None) if leaving => self.farewell(&mut lines, &mut actions),
-                // Digits that correct nothing ("my phone number is 555 1234") are no yes or no
-                // however a model reads them: the read-back is asked again.
+                // A phone number the node does not collect ("my phone number is 555 1234") is
+                // thanked for, not taken for a mishearing: the read-back is asked again.
+                (_, None) if self.unasked_phone_number(text) => {
+                    lines.push(NO_NUMBER_NEEDED.into());
+                    lines.extend(self.pending_question());
+                }
+                // Other digits that correct nothing are no yes or no however a model reads
+                // them: the read-back is asked again.
                 (_, None) if parse::digits(text).len() >= 3 => self.not_understood(text, &mut lines),
                 (_, None) if self.llm_reads && self.knowledge(text).is_none() => {
                     let question = self.current().confirm.clone().unwrap_or_default();
@@ -1131,6 +1154,16 @@ impl Flow {
             && condition.below.is_none_or(|b| number.is_some_and(|n| n < b))
     }
 
+    /// Words that give a phone number, and say so ("my number is …"), where the current node
+    /// collects no number read digit by digit: not a failed correction, only something the
+    /// booking does not need. (Bare digits may be a time or date the parsers missed.)
+    fn unasked_phone_number(&self, text: &str) -> bool {
+        let words = parse::words(text);
+        parse::phone(text, DEFAULT_PHONE_DIGITS).is_some()
+            && words.iter().any(|w| w == "number" || w == "phone")
+            && !self.current().collect.iter().any(|slot| matches!(slot.kind, SlotKind::Phone | SlotKind::Digits))
+    }
+
     fn not_understood(&mut self, text: &str, lines: &mut Vec<String>) {
         if let Some(answer) = self.knowledge(text) {
             lines.push(answer);
@@ -1180,7 +1213,7 @@ impl Flow {
             }
             SlotKind::Date => parse::date(text, self.today).map(|d| (json!(d.format("%Y-%m-%d").to_string()), self.spoken_date(d))),
             SlotKind::Phone => {
-                let found = parse::phone(text, slot.min_digits.unwrap_or(7))?;
+                let found = parse::phone(text, slot.min_digits.unwrap_or(DEFAULT_PHONE_DIGITS))?;
                 Some((json!(found), parse::spoken_digits(&found)))
             }
             SlotKind::Digits => {
@@ -1344,93 +1377,19 @@ fn action(spec: &ActionSpec) -> Option<Action> {
 /// unreachable nodes, dead ends, bad slot settings. `dispositions` are the assistant's.
 pub fn problems(flow: &FlowSpec, dispositions: &[String], tools: &[String]) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let known = |name: &str| flow.nodes.contains_key(name);
     let names = flow.nodes.keys().cloned().collect::<Vec<_>>().join(", ");
     let check_target = |out: &mut Vec<(String, String)>, field: String, target: &str| {
-        if !known(target) {
+        if !flow.nodes.contains_key(target) {
             out.push((field, format!("no node `{target}`; use one of: {names}")));
         }
     };
-    if !known(&flow.start) {
-        check_target(&mut out, "flow.start".into(), &flow.start);
-    }
+    check_target(&mut out, "flow.start".into(), &flow.start);
     for (name, node) in &flow.nodes {
         let field = format!("flow.nodes.{name}");
-        if !crate::assistant::check::is_identifier(name) {
-            out.push((field.clone(), format!("`{name}` is not a node name; use letters, digits and underscores")));
-        }
-        let targets = node.next.iter().map(|t| ("next".to_string(), t)).chain(node.on_yes.iter().map(|t| ("on_yes".to_string(), t))).chain(node.on_no.iter().map(|t| ("on_no".to_string(), t)));
-        let targets: Vec<(String, &String)> = targets
-            .chain(node.on_digit.iter().map(|(d, t)| (format!("on_digit.{d}"), t)))
-            .chain(node.when.iter().enumerate().map(|(i, c)| (format!("when.{i}.goto"), &c.goto)))
-            .chain(node.routes.iter().enumerate().map(|(i, r)| (format!("routes.{i}.goto"), &r.goto)))
-            .chain(node.on_failure.iter().map(|t| ("on_failure".to_string(), t)))
-            .collect();
-        if let Some(call) = &node.call {
-            if !tools.contains(&call.tool) {
-                out.push((format!("{field}.call.tool"), format!("no HTTP tool `{}` in the assistant's tools (declared: {})", call.tool, tools.join(", "))));
-            }
-            if node.next.is_none() {
-                out.push((format!("{field}.next"), "is missing: where does the flow go with the tool's result?".into()));
-            }
-            if !node.collect.is_empty() {
-                out.push((format!("{field}.call"), "a node either collects slots or calls a tool; split it in two".into()));
-            }
-        }
-        for (key, target) in &targets {
+        for (key, target) in node.targets() {
             check_target(&mut out, format!("{field}.{key}"), target);
         }
-        for digit in node.on_digit.keys() {
-            if digit.len() != 1 || !digit.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#') {
-                out.push((format!("{field}.on_digit.{digit}"), "is not one keypad key (0-9, * or #)".into()));
-            }
-        }
-        let ends = node.actions.iter().any(|a| matches!(a, ActionSpec::Named(n) if n == "end_call") || matches!(a, ActionSpec::Transfer { .. }));
-        let asks = node.asks();
-        if targets.is_empty() && !ends && !asks && node.say.is_none() && node.call.is_none() {
-            out.push((field.clone(), "is a dead end: it says nothing, goes nowhere and does not end the call; add `say`, `next`, or an `end_call` action".into()));
-        }
-        if !node.collect.is_empty() && node.next.is_none() && node.when.is_empty() && !ends {
-            out.push((format!("{field}.next"), "is missing: where does the flow go once the slots are filled? (or end the call with an `end_call` action)".into()));
-        }
-        if (node.on_yes.is_some() || node.on_no.is_some() || !node.routes.is_empty()) && node.say.is_none() {
-            out.push((format!("{field}.say"), "is missing: routes and on_yes/on_no answer the node's own question, so `say` must ask it".into()));
-        }
-        for (i, route) in node.routes.iter().enumerate() {
-            if route.says.iter().all(|s| s.trim().is_empty()) {
-                out.push((format!("{field}.routes.{i}.says"), "give at least one phrase that chooses it".into()));
-            }
-        }
-        let mut slots = BTreeSet::new();
-        for (i, slot) in node.collect.iter().enumerate() {
-            let sfield = format!("{field}.collect.{i}");
-            if !crate::assistant::check::is_identifier(&slot.name) || !slots.insert(slot.name.clone()) {
-                out.push((format!("{sfield}.name"), format!("`{}` must be an identifier, unique in the node", slot.name)));
-            }
-            if slot.kind == SlotKind::Enum && slot.values.is_empty() {
-                out.push((format!("{sfield}.values"), "an enum slot needs its values".into()));
-            }
-            if let Some([from, to]) = &slot.between {
-                for (which, t) in [("0", from), ("1", to)] {
-                    if NaiveTime::parse_from_str(t, "%H:%M").is_err() {
-                        out.push((format!("{sfield}.between.{which}"), format!("`{t}` is not a time; use HH:MM, e.g. 12:00")));
-                    }
-                }
-            }
-            if let (Some(min), Some(max)) = (slot.min, slot.max) {
-                if min > max {
-                    out.push((format!("{sfield}.min"), format!("{min} is above max {max}")));
-                }
-            }
-        }
-        for (i, condition) in node.when.iter().enumerate() {
-            if !node.collect.iter().any(|s| s.name == condition.slot) {
-                out.push((format!("{field}.when.{i}.slot"), format!("no slot `{}` is collected in this node", condition.slot)));
-            }
-        }
-        for (i, a) in node.actions.iter().enumerate() {
-            out.extend(action_problem(a, dispositions).map(|m| (format!("{field}.actions.{i}"), m)));
-        }
+        node_problems(name, node, dispositions, tools, &mut out);
     }
     for (i, handler) in flow.global.iter().enumerate() {
         if handler.says.iter().all(|s| s.trim().is_empty()) {
@@ -1454,34 +1413,102 @@ pub fn problems(flow: &FlowSpec, dispositions: &[String], tools: &[String]) -> V
             out.push(("flow.first_message_asks".into(), format!("no slot `{asked}` is collected in the start node `{}`", flow.start)));
         }
     }
-    // Reachability from the start and the global handlers.
-    if known(&flow.start) {
-        let mut seen = BTreeSet::new();
-        let mut queue: VecDeque<String> = VecDeque::from([flow.start.clone()]);
-        queue.extend(flow.global.iter().filter_map(|h| h.goto.clone()));
-        while let Some(name) = queue.pop_front() {
-            if !seen.insert(name.clone()) {
-                continue;
-            }
-            if let Some(node) = flow.nodes.get(&name) {
-                queue.extend(
-                    node.next
-                        .iter()
-                        .chain(&node.on_yes)
-                        .chain(&node.on_no)
-                        .chain(&node.on_failure)
-                        .chain(node.on_digit.values())
-                        .chain(node.when.iter().map(|c| &c.goto))
-                        .chain(node.routes.iter().map(|r| &r.goto))
-                        .cloned(),
-                );
-            }
-        }
-        for name in flow.nodes.keys().filter(|n| !seen.contains(*n)) {
+    if flow.nodes.contains_key(&flow.start) {
+        for name in unreachable(flow) {
             out.push((format!("flow.nodes.{name}"), format!("is unreachable from `{}`; link it with next, on_yes, on_no, on_digit or when, or remove it", flow.start)));
         }
     }
     out
+}
+
+/// One node's own problems, its links to other nodes aside.
+fn node_problems(name: &str, node: &NodeSpec, dispositions: &[String], tools: &[String], out: &mut Vec<(String, String)>) {
+    let field = format!("flow.nodes.{name}");
+    if !crate::assistant::check::is_identifier(name) {
+        out.push((field.clone(), format!("`{name}` is not a node name; use letters, digits and underscores")));
+    }
+    if let Some(call) = &node.call {
+        if !tools.contains(&call.tool) {
+            out.push((format!("{field}.call.tool"), format!("no HTTP tool `{}` in the assistant's tools (declared: {})", call.tool, tools.join(", "))));
+        }
+        if node.next.is_none() {
+            out.push((format!("{field}.next"), "is missing: where does the flow go with the tool's result?".into()));
+        }
+        if !node.collect.is_empty() {
+            out.push((format!("{field}.call"), "a node either collects slots or calls a tool; split it in two".into()));
+        }
+    }
+    for digit in node.on_digit.keys() {
+        if digit.len() != 1 || !digit.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#') {
+            out.push((format!("{field}.on_digit.{digit}"), "is not one keypad key (0-9, * or #)".into()));
+        }
+    }
+    let ends = node.actions.iter().any(|a| matches!(a, ActionSpec::Named(n) if n == "end_call") || matches!(a, ActionSpec::Transfer { .. }));
+    if node.targets().is_empty() && !ends && !node.asks() && node.say.is_none() && node.call.is_none() {
+        out.push((field.clone(), "is a dead end: it says nothing, goes nowhere and does not end the call; add `say`, `next`, or an `end_call` action".into()));
+    }
+    if !node.collect.is_empty() && node.next.is_none() && node.when.is_empty() && !ends {
+        out.push((format!("{field}.next"), "is missing: where does the flow go once the slots are filled? (or end the call with an `end_call` action)".into()));
+    }
+    if (node.on_yes.is_some() || node.on_no.is_some() || !node.routes.is_empty()) && node.say.is_none() {
+        out.push((format!("{field}.say"), "is missing: routes and on_yes/on_no answer the node's own question, so `say` must ask it".into()));
+    }
+    for (i, route) in node.routes.iter().enumerate() {
+        if route.says.iter().all(|s| s.trim().is_empty()) {
+            out.push((format!("{field}.routes.{i}.says"), "give at least one phrase that chooses it".into()));
+        }
+    }
+    let mut slots = BTreeSet::new();
+    for (i, slot) in node.collect.iter().enumerate() {
+        let unique = slots.insert(slot.name.clone());
+        slot_problems(&format!("{field}.collect.{i}"), slot, unique, out);
+    }
+    for (i, condition) in node.when.iter().enumerate() {
+        if !node.collect.iter().any(|s| s.name == condition.slot) {
+            out.push((format!("{field}.when.{i}.slot"), format!("no slot `{}` is collected in this node", condition.slot)));
+        }
+    }
+    for (i, a) in node.actions.iter().enumerate() {
+        out.extend(action_problem(a, dispositions).map(|m| (format!("{field}.actions.{i}"), m)));
+    }
+}
+
+/// One slot's problems; `unique`: no slot before it in the node has its name.
+fn slot_problems(field: &str, slot: &SlotSpec, unique: bool, out: &mut Vec<(String, String)>) {
+    if !crate::assistant::check::is_identifier(&slot.name) || !unique {
+        out.push((format!("{field}.name"), format!("`{}` must be an identifier, unique in the node", slot.name)));
+    }
+    if slot.kind == SlotKind::Enum && slot.values.is_empty() {
+        out.push((format!("{field}.values"), "an enum slot needs its values".into()));
+    }
+    if let Some([from, to]) = &slot.between {
+        for (which, t) in [("0", from), ("1", to)] {
+            if NaiveTime::parse_from_str(t, "%H:%M").is_err() {
+                out.push((format!("{field}.between.{which}"), format!("`{t}` is not a time; use HH:MM, e.g. 12:00")));
+            }
+        }
+    }
+    if let (Some(min), Some(max)) = (slot.min, slot.max) {
+        if min > max {
+            out.push((format!("{field}.min"), format!("{min} is above max {max}")));
+        }
+    }
+}
+
+/// The nodes no path reaches from the start or a global handler.
+fn unreachable(flow: &FlowSpec) -> Vec<&String> {
+    let mut seen = BTreeSet::new();
+    let mut queue: VecDeque<&String> = VecDeque::from([&flow.start]);
+    queue.extend(flow.global.iter().filter_map(|h| h.goto.as_ref()));
+    while let Some(name) = queue.pop_front() {
+        if !seen.insert(name) {
+            continue;
+        }
+        if let Some(node) = flow.nodes.get(name) {
+            queue.extend(node.targets().into_iter().map(|(_, target)| target));
+        }
+    }
+    flow.nodes.keys().filter(|n| !seen.contains(n)).collect()
 }
 
 fn action_problem(spec: &ActionSpec, dispositions: &[String]) -> Option<String> {

@@ -713,8 +713,12 @@ fn a_read_back_corrected_keeps_the_rest_and_is_read_back_again() {
     assert_eq!(said(&reply), "So that's a table for 5, today at 7 pm, under Sarah. Is that right?");
     let reply = flow.on_caller("Yes, but tomorrow.");
     assert_eq!(said(&reply), "So that's a table for 5, tomorrow at 7 pm, under Sarah. Is that right?");
-    // Digits that change nothing are no yes, however a model would read them.
+    // Digits that change nothing are no yes, however a model would read them; a phone number
+    // the booking does not ask for is thanked for, bare digits asked again.
     let reply = flow.on_caller("My phone number is 555 1234.");
+    assert!(reply.extract.is_none(), "not sent to the LLM");
+    assert_eq!(said(&reply), "Thanks, I won't need a number for this. So that's a table for 5, tomorrow at 7 pm, under Sarah. Is that right?");
+    let reply = flow.on_caller("555 1234.");
     assert!(reply.extract.is_none(), "not sent to the LLM");
     assert_eq!(said(&reply), "Sorry, I didn't catch that. So that's a table for 5, tomorrow at 7 pm, under Sarah. Is that right?");
     // A yes that repeats what was read back books; a correction past a condition routes.
@@ -725,4 +729,31 @@ fn a_read_back_corrected_keeps_the_rest_and_is_read_back_again() {
     flow.on_caller("A table for two today at 7 pm, the name is Sarah.");
     let reply = flow.on_caller("Actually we'll be ten people.");
     assert_eq!(reply.node, "large_party", "{}", said(&reply));
+}
+
+#[test]
+fn a_read_back_that_collects_a_number_does_not_thank_for_one() {
+    let spec: FlowSpec = serde_yaml::from_str(
+        r#"
+start: ask
+nodes:
+  ask:
+    collect:
+      - { name: who, type: name, question: "Your name?" }
+      - { name: phone, type: phone, question: "Your number?" }
+    confirm: "{{ who }} at {{ phone }}, right?"
+    next: done
+  done: { say: "Done.", actions: [end_call] }
+"#,
+    )
+    .unwrap();
+    assert_eq!(problems(&spec, &[], &[]), Vec::<(String, String)>::new());
+    let mut flow = Flow::new(spec, Map::new(), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
+    flow.begin();
+    flow.on_caller("Sarah.");
+    let reply = flow.on_caller("555 1234.");
+    assert!(said(&reply).ends_with(", right?"), "{}", said(&reply));
+    // The number said again is no correction, and it is the node's own slot: not "no need".
+    let reply = flow.on_caller("My phone number is 555 1234.");
+    assert!(said(&reply).starts_with("Sorry, I didn't catch that."), "{}", said(&reply));
 }
