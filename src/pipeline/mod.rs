@@ -231,35 +231,47 @@ pub async fn run_call(
 
     hung_up.cancelled().await;
     call_token.cancel();
-    let _ = listen_task.await;
-    let _ = agent_task.await;
+    // A stage that panicked ended the call early: say so in its report, not only in the log.
+    let stopped = [("listener", listen_task.await), ("agent", agent_task.await)];
     analysis_branch.finish().await;
     let mut report = std::mem::take(&mut *report.lock().unwrap_or_else(|e| e.into_inner()));
+    for (stage, joined) in stopped {
+        if let Err(error) = joined {
+            tracing::error!(call_id = %report.call_id, %error, "the call's {stage} stopped");
+            report.errors.push(format!("the call's {stage} stopped: {error}"));
+        }
+    }
     report.duration = out.now();
     // Read after the listener has finished: every drop is counted by now.
     report.audio_dropped = drops.get();
     if report.ended_by.is_none() {
         report.ended_by = Some("caller hung up".into());
     }
-    // A flow's disposition notes are a template over the variables and the slots.
-    if let Some((name, notes)) = report.disposition.clone().filter(|(_, notes)| notes.contains("{{") || notes.contains("{%")) {
-        let mut values = flow_base;
-        values.extend(report.slots.clone());
-        let rendered = tokio::task::spawn_blocking(move || prompt::render(&notes, &serde_json::Value::Object(values))).await;
-        let notes = match rendered {
-            Ok(Ok(text)) => text,
-            Ok(Err(error)) => {
-                report.errors.push(format!("the disposition's notes did not render: {error}"));
-                String::new()
-            }
-            Err(error) => {
-                report.errors.push(format!("rendering the disposition's notes stopped: {error}"));
-                String::new()
-            }
-        };
-        report.disposition = Some((name, notes));
-    }
+    render_disposition_notes(&mut report, flow_base).await;
     Ok(report)
+}
+
+/// A flow's disposition notes are a template over the variables and the slots: rendered once
+/// the call has ended, off the runtime's threads. A template that fails leaves empty notes and
+/// says why in the report's errors.
+async fn render_disposition_notes(report: &mut CallReport, mut values: serde_json::Map<String, serde_json::Value>) {
+    let Some((name, notes)) = report.disposition.clone().filter(|(_, notes)| notes.contains("{{") || notes.contains("{%")) else {
+        return;
+    };
+    values.extend(report.slots.clone());
+    let rendered = tokio::task::spawn_blocking(move || prompt::render(&notes, &serde_json::Value::Object(values))).await;
+    let notes = match rendered {
+        Ok(Ok(text)) => text,
+        Ok(Err(error)) => {
+            report.errors.push(format!("the disposition's notes did not render: {error}"));
+            String::new()
+        }
+        Err(error) => {
+            report.errors.push(format!("rendering the disposition's notes stopped: {error}"));
+            String::new()
+        }
+    };
+    report.disposition = Some((name, notes));
 }
 
 /// A summary of a call that followed a flow, from where it ended, without an LLM: the

@@ -314,13 +314,21 @@ impl Runner {
         pending.remove(call_id).map(|p| StreamAnswer { tx: p.tx })
     }
 
+    /// Records a live call's new status. The call goes on if the store cannot take it (its
+    /// outcome is written again at the end); the failure is logged with the call.
+    async fn record_status(&self, call_id: &str, status: CallStatus) {
+        if let Err(error) = self.store.set_call_status(call_id, status, None).await {
+            tracing::warn!(%error, call = %call_id, %status, "cannot record the call's status");
+        }
+    }
+
     /// Twilio reports a call's progress.
     pub async fn provider_status(&self, call_id: &str, status: CallStatus) {
         match status {
             CallStatus::Ringing => {
                 if let Ok(Some(call)) = self.store.call_any_workspace(call_id).await {
                     if call.status == CallStatus::Initiated.as_str() {
-                        let _ = self.store.set_call_status(call_id, CallStatus::Ringing, None).await;
+                        self.record_status(call_id, CallStatus::Ringing).await;
                     }
                 }
             }
@@ -594,7 +602,7 @@ impl Runner {
 
     /// Bridge mode: the answered line goes straight on to `to`; the agent says nothing.
     async fn bridge(&self, call: &CallRecord, assistant: &Assistant, answered: Answered, to: &str, log: &Arc<EventLog>) -> CallOutcome {
-        let _ = self.store.set_call_status(&call.id, CallStatus::InProgress, None).await;
+        self.record_status(&call.id, CallStatus::InProgress).await;
         log.status(CallStatus::InProgress, None).await;
         self.webhook(call, assistant.spec.webhook_url.as_deref(), CallStatus::InProgress).await;
         let started = answered.out.now();
@@ -623,7 +631,7 @@ impl Runner {
         let out: Arc<dyn AudioOut> = holdable.clone();
         let live = LiveCall { line: holdable, caller_gone: caller_gone.clone(), ended_by: ended_by.clone(), log: log.clone() };
         self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id.clone(), live);
-        let _ = self.store.set_call_status(&call.id, CallStatus::InProgress, None).await;
+        self.record_status(&call.id, CallStatus::InProgress).await;
         log.status(CallStatus::InProgress, None).await;
         self.webhook(call, assistant.spec.webhook_url.as_deref(), CallStatus::InProgress).await;
 
@@ -638,7 +646,9 @@ impl Runner {
         let hooks = Hooks { call: call.clone(), assistant: assistant.spec.webhook_url.clone() };
         let writer = tokio::spawn(write_events(log.clone(), self.store.clone(), hooks, events_rx, loopback, stream));
         let result = pipeline::converse(engines, setup, out, input, caller_gone, events_tx).await;
-        let _ = writer.await;
+        if let Err(error) = writer.await {
+            tracing::error!(%error, call = %call.id, "the call's event writer stopped; later events went unrecorded");
+        }
         let mut report = match result {
             Ok(report) => report,
             Err(error) => return failed(format!("{error:#}")),
