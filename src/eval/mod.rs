@@ -516,72 +516,9 @@ pub struct TurnFigures {
 /// Scores a finished call against its scenario. `talk_over_ms` is measured on the recording.
 pub fn score(scenario: &Scenario, report: &CallReport, said: &[usize], talk_over_ms: f64) -> Outcome {
     let expect = &scenario.expect;
-    let mut failures = Vec::new();
     let disposition = crate::pipeline::disposition(report);
-    if let Some(want) = &expect.disposition {
-        if &disposition != want {
-            failures.push(format!("disposition `{disposition}`, expected `{want}`"));
-        }
-    }
-    let mut fields_right = 0;
-    for (name, want) in &expect.extracted {
-        match report.slots.get(name) {
-            Some(got) if same_value(got, want) => fields_right += 1,
-            Some(got) => failures.push(format!("extracted {name} = {got}, expected {want}")),
-            None => failures.push(format!("{name} was not extracted (expected {want})")),
-        }
-    }
-    let agent_text: String = report.transcript.iter().filter(|(who, _, _)| who == "agent").map(|(_, text, _)| text.as_str()).collect::<Vec<_>>().join("\n");
-    for pattern in &expect.says {
-        let found = regex::RegexBuilder::new(pattern).case_insensitive(true).build().map(|r| r.is_match(&agent_text)).unwrap_or(false);
-        if !found {
-            failures.push(format!("the agent never said /{pattern}/"));
-        }
-    }
-    for pattern in &expect.never_says {
-        if let Some(found) = regex::RegexBuilder::new(pattern).case_insensitive(true).build().ok().and_then(|r| r.find(&agent_text).map(|m| m.as_str().to_string())) {
-            failures.push(format!("the agent said \"{found}\" (/{pattern}/ is forbidden)"));
-        }
-    }
+    let (mut failures, fields_right) = outcome_failures(expect, report, &disposition);
     let ended_by = report.ended_by.clone().unwrap_or_default();
-    let who_ended = if ended_by.starts_with("agent") { "agent" } else { "caller" };
-    if let Some(want) = &expect.ended_by {
-        if who_ended != want {
-            failures.push(format!("the {who_ended} ended the call ({ended_by}), expected the {want}"));
-        }
-    }
-    if let Some(want) = &expect.transferred_to {
-        if !report.transfers.iter().any(|t| t == want) {
-            failures.push(format!("not transferred to {want} (transfers: {:?})", report.transfers));
-        }
-    }
-    for want in &expect.tools {
-        let matches = |(name, arguments): &(String, Value)| name == &want.name && want.arguments.iter().all(|(k, v)| arguments.get(k).is_some_and(|got| same_value(got, v)));
-        if !report.tool_calls.iter().any(matches) {
-            let made: Vec<String> = report.tool_calls.iter().map(|(name, args)| format!("{name}({args})")).collect();
-            failures.push(format!("tool `{}` was not called with {} (calls: {})", want.name, Value::Object(want.arguments.clone()), if made.is_empty() { "none".into() } else { made.join(", ") }));
-        }
-    }
-    if !expect.intents.is_empty() {
-        let mut analyses = report.analyses.clone();
-        analyses.sort_by_key(|a| a.line);
-        let found: Vec<&str> = analyses.iter().filter_map(|a| a.analysis.intent.as_ref()).map(|m| m.intent.as_str()).collect();
-        let mut wanted = expect.intents.iter().peekable();
-        for intent in &found {
-            if wanted.peek().is_some_and(|w| w.as_str() == *intent) {
-                wanted.next();
-            }
-        }
-        if let Some(missing) = wanted.next() {
-            failures.push(format!("intents {:?} do not show {:?} in order (missing from `{missing}` on)", found, expect.intents));
-        }
-    }
-    if let Some(want) = expect.escalated {
-        let escalated = report.analyses.iter().any(|a| a.escalation);
-        if escalated != want {
-            failures.push(format!("the caller was {}flagged as escalating", if escalated { "" } else { "not " }));
-        }
-    }
     let duration_s = report.duration.as_secs_f64();
     if let Some(max) = expect.max_duration_s {
         if duration_s > max {
@@ -650,6 +587,78 @@ pub fn score(scenario: &Scenario, report: &CallReport, said: &[usize], talk_over
         agent_errors: 0,
         agent_words: 0,
     }
+}
+
+/// What the call did against what the scenario expects of its outcome, its words, its actions
+/// and the analysis of its lines, each as a failure to print; and how many expected fields came
+/// out right.
+fn outcome_failures(expect: &Expect, report: &CallReport, disposition: &str) -> (Vec<String>, usize) {
+    let mut failures = Vec::new();
+    if let Some(want) = &expect.disposition {
+        if disposition != want {
+            failures.push(format!("disposition `{disposition}`, expected `{want}`"));
+        }
+    }
+    let mut fields_right = 0;
+    for (name, want) in &expect.extracted {
+        match report.slots.get(name) {
+            Some(got) if same_value(got, want) => fields_right += 1,
+            Some(got) => failures.push(format!("extracted {name} = {got}, expected {want}")),
+            None => failures.push(format!("{name} was not extracted (expected {want})")),
+        }
+    }
+    let agent_text: String = report.transcript.iter().filter(|(who, _, _)| who == "agent").map(|(_, text, _)| text.as_str()).collect::<Vec<_>>().join("\n");
+    for pattern in &expect.says {
+        let found = regex::RegexBuilder::new(pattern).case_insensitive(true).build().map(|r| r.is_match(&agent_text)).unwrap_or(false);
+        if !found {
+            failures.push(format!("the agent never said /{pattern}/"));
+        }
+    }
+    for pattern in &expect.never_says {
+        if let Some(found) = regex::RegexBuilder::new(pattern).case_insensitive(true).build().ok().and_then(|r| r.find(&agent_text).map(|m| m.as_str().to_string())) {
+            failures.push(format!("the agent said \"{found}\" (/{pattern}/ is forbidden)"));
+        }
+    }
+    let ended_by = report.ended_by.clone().unwrap_or_default();
+    let who_ended = if ended_by.starts_with("agent") { "agent" } else { "caller" };
+    if let Some(want) = &expect.ended_by {
+        if who_ended != want {
+            failures.push(format!("the {who_ended} ended the call ({ended_by}), expected the {want}"));
+        }
+    }
+    if let Some(want) = &expect.transferred_to {
+        if !report.transfers.iter().any(|t| t == want) {
+            failures.push(format!("not transferred to {want} (transfers: {:?})", report.transfers));
+        }
+    }
+    for want in &expect.tools {
+        let matches = |(name, arguments): &(String, Value)| name == &want.name && want.arguments.iter().all(|(k, v)| arguments.get(k).is_some_and(|got| same_value(got, v)));
+        if !report.tool_calls.iter().any(matches) {
+            let made: Vec<String> = report.tool_calls.iter().map(|(name, args)| format!("{name}({args})")).collect();
+            failures.push(format!("tool `{}` was not called with {} (calls: {})", want.name, Value::Object(want.arguments.clone()), if made.is_empty() { "none".into() } else { made.join(", ") }));
+        }
+    }
+    if !expect.intents.is_empty() {
+        let mut analyses = report.analyses.clone();
+        analyses.sort_by_key(|a| a.line);
+        let found: Vec<&str> = analyses.iter().filter_map(|a| a.analysis.intent.as_ref()).map(|m| m.intent.as_str()).collect();
+        let mut wanted = expect.intents.iter().peekable();
+        for intent in &found {
+            if wanted.peek().is_some_and(|w| w.as_str() == *intent) {
+                wanted.next();
+            }
+        }
+        if let Some(missing) = wanted.next() {
+            failures.push(format!("intents {:?} do not show {:?} in order (missing from `{missing}` on)", found, expect.intents));
+        }
+    }
+    if let Some(want) = expect.escalated {
+        let escalated = report.analyses.iter().any(|a| a.escalation);
+        if escalated != want {
+            failures.push(format!("the caller was {}flagged as escalating", if escalated { "" } else { "not " }));
+        }
+    }
+    (failures, fields_right)
 }
 
 /// Values equal for a person: numbers by value, text without case or surrounding spaces.
