@@ -1,5 +1,5 @@
-//! A call's status: the one vocabulary the lines, the runner, the API, webhooks and storage
-//! share. Ringg's statuses (`initiated` first), plus `ending` (a hang-up asked for, not yet
+//! A call's status, and who speaks in it: the one vocabulary the lines, the runner, the API,
+//! webhooks and storage share. Ringg's statuses (`initiated` first), plus `ending` (a hang-up asked for, not yet
 //! done) and `canceled`. Rows stored as `queued` by earlier versions were renamed (migration 0006).
 //!
 //! ```text
@@ -114,6 +114,38 @@ impl std::fmt::Display for CallStatus {
     }
 }
 
+/// Who said a line of a call: its transcript, its events and its stored rows name one of two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Speaker {
+    Caller,
+    Agent,
+}
+
+impl Speaker {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Speaker::Caller => "caller",
+            Speaker::Agent => "agent",
+        }
+    }
+
+    /// A stored or received name; `None` for any other.
+    pub fn parse(text: &str) -> Option<Speaker> {
+        match text {
+            "caller" => Some(Speaker::Caller),
+            "agent" => Some(Speaker::Agent),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Speaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +161,15 @@ mod tests {
         assert_eq!(CallStatus::from_twilio("no-answer"), Some(CallStatus::NoAnswer));
         assert_eq!(CallStatus::from_twilio("ending"), None);
         assert!(CallStatus::Ending.is_live() && !CallStatus::Busy.is_live());
+    }
+
+    #[test]
+    fn speakers_round_trip_and_match_serde() {
+        for speaker in [Speaker::Caller, Speaker::Agent] {
+            assert_eq!(Speaker::parse(speaker.as_str()), Some(speaker));
+            assert_eq!(serde_json::to_value(speaker).unwrap(), speaker.as_str());
+        }
+        assert_eq!(Speaker::parse("user"), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::call_cmds::{load_assistant, load_engines, parse_var, runtime, simulate_call};
+use crate::call::Speaker;
 use crate::assistant::prompt;
 use crate::eval::replay::{caller_turns, turn_clips, two_channels};
 use crate::models::ModelStore;
@@ -190,7 +191,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
                 Some(found) => {
                     let ms = |samples: usize| (samples as i64) * 1000 / RATE as i64;
                     let (from, to) = (ms(*end) - 500, if i + 1 < turns.len() { ms(next) } else { i64::MAX });
-                    found.transcript.iter().filter(|l| l.speaker == "agent" && l.at_ms >= from && l.at_ms < to).map(|l| l.text.as_str()).collect::<Vec<_>>().join(" ")
+                    found.transcript.iter().filter(|l| l.speaker == Speaker::Agent && l.at_ms >= from && l.at_ms < to).map(|l| l.text.as_str()).collect::<Vec<_>>().join(" ")
                 }
                 None => {
                     let mut stream = SileroStream::default();
@@ -209,7 +210,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         let mut answers: Vec<String> = Vec::new();
         let mut heard: Vec<String> = Vec::new();
         for (who, text, _) in &call.report.transcript {
-            if who == "caller" {
+            if *who == Speaker::Caller {
                 heard.push(text.clone());
                 answers.push(String::new());
             } else if let Some(last) = answers.last_mut() {

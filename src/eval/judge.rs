@@ -37,7 +37,7 @@ impl Judge {
     }
 
     /// Each criterion judged against the transcript, in order.
-    pub async fn judge(&self, criteria: &[String], transcript: &[(String, String)]) -> Vec<Judgement> {
+    pub async fn judge(&self, criteria: &[String], transcript: &[(crate::call::Speaker, String)]) -> Vec<Judgement> {
         let lines: String = transcript.iter().map(|(who, text)| format!("{who}: {text}\n")).collect();
         let list: String = criteria.iter().enumerate().map(|(i, c)| format!("{}. {c}\n", i + 1)).collect();
         let n = criteria.len();

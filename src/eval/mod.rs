@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::call::Speaker;
 use crate::pipeline::metrics::percentile;
 use crate::pipeline::CallReport;
 use crate::simulation::CallerScript;
@@ -331,7 +332,7 @@ pub struct Outcome {
     pub duration_s: f64,
     pub ended_by: String,
     /// (speaker, text)
-    pub transcript: Vec<(String, String)>,
+    pub transcript: Vec<(Speaker, String)>,
     /// How often each guard fired on the LLM's replies.
     #[serde(default)]
     pub guards: BTreeMap<String, usize>,
@@ -537,7 +538,7 @@ pub fn score(scenario: &Scenario, report: &CallReport, said: &[usize], talk_over
         }
     }
     let barge_in_ms = report.barge_ins.iter().map(|b| b.stopped.saturating_sub(b.overlap_from).as_secs_f64() * 1000.0).collect();
-    let heard: String = report.transcript.iter().filter(|(who, _, _)| who == "caller").map(|(_, text, _)| text.as_str()).collect::<Vec<_>>().join(" ");
+    let heard: String = report.transcript.iter().filter(|(who, _, _)| *who == Speaker::Caller).map(|(_, text, _)| text.as_str()).collect::<Vec<_>>().join(" ");
     // The lines as said (one asked for again is said again); all of them when none is known.
     let reference = if said.is_empty() { scenario.caller.reference_text() } else { scenario.caller.reference_of(said.iter().copied()) };
     let (stt_errors, stt_words) = word_errors(&reference, &heard);
@@ -557,7 +558,7 @@ pub fn score(scenario: &Scenario, report: &CallReport, said: &[usize], talk_over
         talk_over_ms,
         duration_s,
         ended_by,
-        transcript: report.transcript.iter().map(|(who, text, _)| (who.clone(), text.clone())).collect(),
+        transcript: report.transcript.iter().map(|(who, text, _)| (*who, text.clone())).collect(),
         guards: report.guards.clone(),
         error: None,
         judged: Vec::new(),
@@ -607,7 +608,7 @@ fn outcome_failures(expect: &Expect, report: &CallReport, disposition: &str) -> 
             None => failures.push(format!("{name} was not extracted (expected {want})")),
         }
     }
-    let agent_text: String = report.transcript.iter().filter(|(who, _, _)| who == "agent").map(|(_, text, _)| text.as_str()).collect::<Vec<_>>().join("\n");
+    let agent_text: String = report.transcript.iter().filter(|(who, _, _)| *who == Speaker::Agent).map(|(_, text, _)| text.as_str()).collect::<Vec<_>>().join("\n");
     for pattern in &expect.says {
         let found = regex::RegexBuilder::new(pattern).case_insensitive(true).build().map(|r| r.is_match(&agent_text)).unwrap_or(false);
         if !found {

@@ -232,7 +232,7 @@ fn scenario(page: &mut String, index: usize, outcome: &Outcome, before: Option<&
     page.push_str("<div class=\"transcript\">");
     for (i, (who, text)) in outcome.transcript.iter().enumerate() {
         let at = outcome.said_at_s.get(i).map(|s| format!("{s:.1}s ")).unwrap_or_default();
-        let _ = write!(page, "<div><span class=\"was\">{at}</span><span class=\"who {}\">{}</span> {}</div>", esc(who), esc(who), esc(text));
+        let _ = write!(page, "<div><span class=\"was\">{at}</span><span class=\"who {}\">{}</span> {}</div>", who, who, esc(text));
     }
     page.push_str("</div>");
     if outcome.stt_words > 0 || outcome.agent_words > 0 {
@@ -284,8 +284,8 @@ fn timeline(page: &mut String, outcome: &Outcome) {
     }
     for (i, (who, text)) in outcome.transcript.iter().enumerate() {
         if let Some(at) = outcome.said_at_s.get(i) {
-            let y = if who == "caller" { 26.0 } else { 56.0 };
-            let _ = write!(page, "<rect x=\"{:.1}\" y=\"{y}\" width=\"2\" height=\"6\" fill=\"#333\"><title>{at:.1} s {}: {}</title></rect>", x(*at), esc(who), esc(text));
+            let y = if *who == crate::call::Speaker::Caller { 26.0 } else { 56.0 };
+            let _ = write!(page, "<rect x=\"{:.1}\" y=\"{y}\" width=\"2\" height=\"6\" fill=\"#333\"><title>{at:.1} s {}: {}</title></rect>", x(*at), who, esc(text));
         }
     }
     for at in &outcome.barge_ins_at_s {
@@ -315,7 +315,7 @@ mod tests {
             expected_disposition: Some("booked".into()),
             voice_to_voice_ms: vec![640.0, 720.0],
             duration_s: 12.0,
-            transcript: vec![("agent".into(), "Hello".into()), ("caller".into(), "<script>alert(1)</script> a table".into())],
+            transcript: vec![(crate::call::Speaker::Agent, "Hello".into()), (crate::call::Speaker::Caller, "<script>alert(1)</script> a table".into())],
             said_at_s: vec![0.5, 3.0],
             caller_speech: vec![(2.0, 3.5)],
             agent_speech: vec![(0.2, 1.6), (4.1, 6.0)],

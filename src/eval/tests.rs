@@ -42,9 +42,9 @@ fn scenarios_load_one_or_many_per_file_and_errors_name_file_line_and_field() {
 fn report() -> CallReport {
     let mut report = CallReport::default();
     report.transcript = vec![
-        ("agent".into(), "Hello, how can I help?".into(), Duration::ZERO),
-        ("caller".into(), "A table for two.".into(), Duration::from_secs(3)),
-        ("agent".into(), "So that's a table for 2. Is that right?".into(), Duration::from_secs(5)),
+        (Speaker::Agent, "Hello, how can I help?".into(), Duration::ZERO),
+        (Speaker::Caller, "A table for two.".into(), Duration::from_secs(3)),
+        (Speaker::Agent, "So that's a table for 2. Is that right?".into(), Duration::from_secs(5)),
     ];
     report.disposition = Some(("booked".into(), String::new()));
     report.slots = [("party_size".to_string(), serde_json::json!(2)), ("name".to_string(), serde_json::json!("Sarah"))].into_iter().collect();

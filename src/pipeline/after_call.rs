@@ -82,7 +82,7 @@ pub struct Reading {
 /// from the transcript, checked, null when not said. A field a flow filled is kept. The same
 /// reading judges the call against the assistant's `goal`, and chooses one of its dispositions
 /// when the agent set none (`disposition_set`) — the choice constrained to their names.
-pub async fn extract(llm: &dyn LanguageModel, assistant: &Assistant, transcript: &[(String, String, std::time::Duration)], slots: &mut Map<String, Value>, disposition_set: bool) -> Reading {
+pub async fn extract(llm: &dyn LanguageModel, assistant: &Assistant, transcript: &[(crate::call::Speaker, String, std::time::Duration)], slots: &mut Map<String, Value>, disposition_set: bool) -> Reading {
     let missing: Vec<&ExtractSpec> = assistant.spec.extract.iter().filter(|f| slots.get(&f.name).is_none_or(Value::is_null)).collect();
     let free_form = assistant.spec.flow.is_none();
     let goal = assistant.spec.goal.as_deref().filter(|_| free_form);
@@ -92,7 +92,7 @@ pub async fn extract(llm: &dyn LanguageModel, assistant: &Assistant, transcript:
     }
     // A flow is the call's reader: what its slots did not take was not said. A free-form
     // call is read by the LLM once the caller said anything.
-    let caller_spoke = transcript.iter().any(|(who, _, _)| who == "caller") && assistant.spec.flow.is_none();
+    let caller_spoke = transcript.iter().any(|(who, _, _)| *who == crate::call::Speaker::Caller) && assistant.spec.flow.is_none();
     let text: String = transcript.iter().map(|(who, line, _)| format!("{who}: {line}\n")).collect();
     let mut found = Map::new();
     if caller_spoke {

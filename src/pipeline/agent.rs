@@ -24,6 +24,7 @@ use super::metrics::TurnTimings;
 use super::tools::Action;
 use super::turn::{self, Progress, TurnContext, TurnInput, TurnProgress};
 use super::{BargeIn, CallEvent, CallReport};
+use crate::call::Speaker;
 use crate::flow::{Flow, Reply as FlowReply};
 use crate::llm::{ChatRequest, Message};
 
@@ -474,13 +475,13 @@ impl Agent {
         if replaces_last {
             self.analysis.analyze(state.caller_lines - 1, &user.text);
             let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(line) = report.transcript.iter_mut().rev().find(|(who, _, _)| who == "caller") {
+            if let Some(line) = report.transcript.iter_mut().rev().find(|(who, _, _)| *who == Speaker::Caller) {
                 line.1 = user.text.clone();
             }
         } else {
             self.analysis.analyze(state.caller_lines, &user.text);
             state.caller_lines += 1;
-            report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push(("caller".into(), user.text.clone(), user.speech_end));
+            report.lock().unwrap_or_else(|e| e.into_inner()).transcript.push((Speaker::Caller, user.text.clone(), user.speech_end));
         }
         if self.closing(state) {
             state.history.push(Message::User { content: user.text });
@@ -881,7 +882,7 @@ impl Agent {
         }
         let mut report = report.lock().unwrap_or_else(|e| e.into_inner());
         if !heard.is_empty() {
-            report.transcript.push(("agent".into(), shown, active.started_at));
+            report.transcript.push((Speaker::Agent, shown, active.started_at));
         }
         report.errors.extend(progress.errors.iter().cloned());
         report.tool_calls.extend(called);

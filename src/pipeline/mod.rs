@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::assistant::prompt::{self, CallContext};
 use crate::assistant::Assistant;
+use crate::call::Speaker;
 use crate::llm::{LanguageModel, Message};
 use crate::transport::{AudioOut, CallInput};
 use frames::Frame;
@@ -92,7 +93,7 @@ pub struct BargeIn {
 pub struct CallReport {
     pub call_id: String,
     /// (speaker, text, when) in order.
-    pub transcript: Vec<(String, String, Duration)>,
+    pub transcript: Vec<(Speaker, String, Duration)>,
     /// Partial transcripts of the caller's unfinished turns, with when each arrived.
     pub partials: Vec<(String, Duration)>,
     pub turns: Vec<TurnTimings>,
@@ -280,7 +281,7 @@ pub fn flow_summary(report: &CallReport) -> Option<String> {
     if report.flow_nodes.is_empty() {
         return None;
     }
-    let spoke = report.transcript.iter().any(|(who, _, _)| who == "caller");
+    let spoke = report.transcript.iter().any(|(who, _, _)| *who == Speaker::Caller);
     Some(match (&report.disposition, spoke) {
         (_, false) => "The caller did not speak.".into(),
         (Some((name, notes)), _) if !notes.is_empty() => format!("{}: {notes}.", sentence_case(&name.replace('_', " "))),
@@ -362,9 +363,9 @@ fn vocabulary(assistant: &Assistant, variables: &serde_json::Map<String, serde_j
     text
 }
 
-async fn summarize_transcript(llm: &dyn LanguageModel, transcript: &[(String, String, Duration)]) -> String {
+async fn summarize_transcript(llm: &dyn LanguageModel, transcript: &[(Speaker, String, Duration)]) -> String {
     use futures::StreamExt;
-    let fallback = transcript.iter().find(|(who, _, _)| who == "caller").map(|(_, t, _)| format!("The caller said: {t}")).unwrap_or_else(|| "The caller did not speak.".into());
+    let fallback = transcript.iter().find(|(who, _, _)| *who == Speaker::Caller).map(|(_, t, _)| format!("The caller said: {t}")).unwrap_or_else(|| "The caller did not speak.".into());
     if transcript.is_empty() {
         return fallback;
     }
@@ -397,7 +398,7 @@ pub fn disposition(report: &CallReport) -> String {
     if let Some((name, _)) = &report.disposition {
         return name.clone();
     }
-    let caller_spoke = report.transcript.iter().any(|(who, _, _)| who == "caller");
+    let caller_spoke = report.transcript.iter().any(|(who, _, _)| *who == Speaker::Caller);
     if !caller_spoke {
         "no_response".into()
     } else if report.transfers.is_empty() {

@@ -22,7 +22,7 @@ use super::assistants::{from_stored, rfc3339};
 use super::auth::Auth;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use super::numbers::valid_number;
-use crate::call::CallStatus as Status;
+use crate::call::{CallStatus as Status, Speaker};
 use super::runner::{default_sandbox_caller, AssistantOwner, Connect, Control};
 use sha2::Digest;
 use super::AppState;
@@ -361,11 +361,10 @@ pub struct Transcript {
 }
 
 /// Ringg's name for a transcript speaker: the caller is the `customer`.
-pub fn role_of(speaker: &str) -> &'static str {
-    if speaker == "agent" {
-        "agent"
-    } else {
-        "customer"
+pub fn role_of(speaker: Speaker) -> &'static str {
+    match speaker {
+        Speaker::Agent => "agent",
+        Speaker::Caller => "customer",
     }
 }
 
@@ -386,7 +385,7 @@ pub async fn transcript(State(state): State<AppState>, auth: Auth, Path(id): Pat
     Ok(Json(Transcript {
         call_id: id,
         status: call.status,
-        transcript: lines.into_iter().map(|l| TranscriptEntry { role: role_of(&l.speaker).into(), speaker: l.speaker, text: l.text, at_ms: l.at_ms, interrupted: l.interrupted, analysis: l.analysis, confidence: l.confidence }).collect(),
+        transcript: lines.into_iter().map(|l| TranscriptEntry { role: role_of(l.speaker).into(), speaker: l.speaker.to_string(), text: l.text, at_ms: l.at_ms, interrupted: l.interrupted, analysis: l.analysis, confidence: l.confidence }).collect(),
         language,
     }))
 }
@@ -437,7 +436,7 @@ pub async fn detail(State(state): State<AppState>, auth: Auth, Path(id): Path<St
         "duration_ms": call.duration_ms,
         "duration_seconds": call.duration_ms.map(|ms| (ms + 500) / 1000),
         "transcript": lines.iter().map(|l| {
-            let mut entry = json!({ "speaker": l.speaker, "role": role_of(&l.speaker), "text": l.text, "at_ms": l.at_ms, "interrupted": l.interrupted });
+            let mut entry = json!({ "speaker": l.speaker, "role": role_of(l.speaker), "text": l.text, "at_ms": l.at_ms, "interrupted": l.interrupted });
             if let Some(confidence) = l.confidence {
                 entry["confidence"] = json!(confidence);
             }
@@ -463,7 +462,7 @@ pub async fn analysis(State(state): State<AppState>, auth: Auth, Path(id): Path<
     let lines = state.store.transcript(&id).await?;
     let turns: Vec<Value> = lines
         .iter()
-        .filter(|l| l.speaker == "caller")
+        .filter(|l| l.speaker == Speaker::Caller)
         .map(|l| {
             let mut turn = json!({ "text": l.text, "at_ms": l.at_ms });
             if let Some(Value::Object(found)) = &l.analysis {

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::call::Speaker;
 use crate::assistant::prompt::CallContext;
 use crate::assistant::Assistant;
 use crate::models::ModelStore;
@@ -87,7 +88,7 @@ impl EventLog {
         if let Err(error) = self.store.revise_transcript_line(&self.call_id, seq, text, confidence.map(rounded)).await {
             tracing::warn!(%error, call = %self.call_id, "cannot revise a transcript line");
         }
-        let mut event = json!({ "speaker": "caller", "text": text, "revises": seq, "final": true });
+        let mut event = json!({ "speaker": Speaker::Caller, "text": text, "revises": seq, "final": true });
         if let Some(confidence) = confidence {
             event["confidence"] = json!(rounded(confidence));
         }
@@ -103,13 +104,13 @@ impl EventLog {
         }
     }
 
-    async fn transcript(&self, speaker: &str, text: &str, at: Duration, interrupted: bool, confidence: Option<f32>) -> i64 {
+    async fn transcript(&self, speaker: Speaker, text: &str, at: Duration, interrupted: bool, confidence: Option<f32>) -> i64 {
         let seq = {
             let mut next = self.next.lock().await;
             next.transcript_line += 1;
             next.transcript_line - 1
         };
-        let line = TranscriptLine { seq, speaker: speaker.into(), text: text.into(), at_ms: ms_of(at).round() as i64, interrupted, analysis: None, confidence: confidence.map(rounded) };
+        let line = TranscriptLine { seq, speaker, text: text.into(), at_ms: ms_of(at).round() as i64, interrupted, analysis: None, confidence: confidence.map(rounded) };
         if let Err(error) = self.store.insert_transcript_line(&self.call_id, &line).await {
             tracing::warn!(%error, call = %self.call_id, "cannot record a transcript line");
         }
@@ -788,7 +789,7 @@ fn rounded(confidence: f32) -> f64 {
 }
 
 /// `replaces_last`: the caller's last line heard again whole (they went on after a pause).
-async fn transcription_event(store: &Store, hooks: &Hooks, speaker: &str, text: &str, at: Duration, replaces_last: bool) {
+async fn transcription_event(store: &Store, hooks: &Hooks, speaker: Speaker, text: &str, at: Duration, replaces_last: bool) {
     let call = match store.call_any_workspace(&hooks.call.id).await {
         Ok(Some(call)) => call,
         _ => hooks.call.clone(),
@@ -815,18 +816,18 @@ async fn write_events(log: Arc<EventLog>, store: Store, hooks: Hooks, mut events
                 if let Some(line) = &line {
                     line.agent_said(&text);
                 }
-                show(json!({ "type": "transcript", "speaker": "agent", "text": text, "interrupted": interrupted }));
-                log.transcript("agent", &text, at, interrupted, None).await;
-                transcription_event(&store, &hooks, "agent", &text, at, false).await;
+                show(json!({ "type": "transcript", "speaker": Speaker::Agent, "text": text, "interrupted": interrupted }));
+                log.transcript(Speaker::Agent, &text, at, interrupted, None).await;
+                transcription_event(&store, &hooks, Speaker::Agent, &text, at, false).await;
             }
             CallEvent::Caller { text, at, confidence, replaces_last } => {
-                show(json!({ "type": "transcript", "speaker": "caller", "text": text, "confidence": confidence.map(rounded), "replaces_last": replaces_last }));
+                show(json!({ "type": "transcript", "speaker": Speaker::Caller, "text": text, "confidence": confidence.map(rounded), "replaces_last": replaces_last }));
                 match caller_lines.last() {
                     // The caller's last line, heard again whole: its stored line takes the words.
                     Some(&seq) if replaces_last => log.revise_caller_line(seq, &text, confidence).await,
-                    _ => caller_lines.push(log.transcript("caller", &text, at, false, confidence).await),
+                    _ => caller_lines.push(log.transcript(Speaker::Caller, &text, at, false, confidence).await),
                 }
-                transcription_event(&store, &hooks, "caller", &text, at, replaces_last).await;
+                transcription_event(&store, &hooks, Speaker::Caller, &text, at, replaces_last).await;
             }
             CallEvent::Analysis(turn) => {
                 let data = serde_json::to_value(&turn).unwrap_or(Value::Null);

@@ -574,8 +574,8 @@ impl Store {
         // PostgreSQL a statement first prepared with a NULL there keeps that parameter's type,
         // and a later line's number then fails ("incorrect binary data format").
         let query = match line.confidence {
-            Some(confidence) => sqlx::query("INSERT INTO transcript_lines (call_id, seq, speaker, text, at_ms, interrupted, confidence) VALUES ($1, $2, $3, $4, $5, $6, $7)").bind(call_id).bind(line.seq).bind(&line.speaker).bind(&line.text).bind(line.at_ms).bind(line.interrupted as i64).bind(confidence),
-            None => sqlx::query("INSERT INTO transcript_lines (call_id, seq, speaker, text, at_ms, interrupted) VALUES ($1, $2, $3, $4, $5, $6)").bind(call_id).bind(line.seq).bind(&line.speaker).bind(&line.text).bind(line.at_ms).bind(line.interrupted as i64),
+            Some(confidence) => sqlx::query("INSERT INTO transcript_lines (call_id, seq, speaker, text, at_ms, interrupted, confidence) VALUES ($1, $2, $3, $4, $5, $6, $7)").bind(call_id).bind(line.seq).bind(line.speaker.as_str()).bind(&line.text).bind(line.at_ms).bind(line.interrupted as i64).bind(confidence),
+            None => sqlx::query("INSERT INTO transcript_lines (call_id, seq, speaker, text, at_ms, interrupted) VALUES ($1, $2, $3, $4, $5, $6)").bind(call_id).bind(line.seq).bind(line.speaker.as_str()).bind(&line.text).bind(line.at_ms).bind(line.interrupted as i64),
         };
         query.execute(&self.pool).await?;
         Ok(())
@@ -610,7 +610,10 @@ impl Store {
             .map(|row: &AnyRow| {
                 Ok(TranscriptLine {
                     seq: row.try_get(0)?,
-                    speaker: row.try_get(1)?,
+                    speaker: {
+                        let name: String = row.try_get(1)?;
+                        crate::call::Speaker::parse(&name).ok_or_else(|| sqlx::Error::ColumnDecode { index: "speaker".into(), source: format!("`{name}` is not caller or agent").into() })?
+                    },
                     text: row.try_get(2)?,
                     at_ms: row.try_get(3)?,
                     interrupted: row.try_get::<i64, _>(4)? != 0,
@@ -922,7 +925,7 @@ impl CallOutcome {
 #[derive(Debug, Clone)]
 pub struct TranscriptLine {
     pub seq: i64,
-    pub speaker: String,
+    pub speaker: crate::call::Speaker,
     pub text: String,
     pub at_ms: i64,
     pub interrupted: bool,

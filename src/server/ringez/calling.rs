@@ -1,6 +1,7 @@
 //! Ringez calls: placed (direct or bridge), shown with cost, hung up, acted on, listed, transcribed.
 
 use super::*;
+use crate::call::Speaker;
 
 // ── calls ───────────────────────────────────────────────────────────────────────────────
 
@@ -375,9 +376,9 @@ pub async fn transcribe(State(state): State<AppState>, caller: RingezCaller, Pat
 }
 
 /// Who spoke, in Ringez's words: the side that placed the call is the `caller`.
-fn ringez_speaker(call: &CallRecord, speaker: &str) -> &'static str {
+fn ringez_speaker(call: &CallRecord, speaker: Speaker) -> &'static str {
     let agent_placed = call.direction != "inbound";
-    match (speaker == "agent", agent_placed) {
+    match (speaker == Speaker::Agent, agent_placed) {
         (true, true) | (false, false) => "caller",
         _ => "recipient",
     }
@@ -390,7 +391,7 @@ pub async fn transcript(State(state): State<AppState>, caller: RingezCaller, Pat
     Ok(Json(json!({
         "call_id": call.id,
         "transcript": lines.iter().map(|l| json!({
-            "speaker": ringez_speaker(&call, &l.speaker),
+            "speaker": ringez_speaker(&call, l.speaker),
             "role": l.speaker,
             "text": l.text,
             "timestamp": l.at_ms as f64 / 1000.0,
