@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::{AssistantSpec, ToolEntry, BUILTIN_TOOLS, SPEC_VERSION};
+use super::{AssistantSpec, Builtin, ToolEntry, SPEC_VERSION};
 use crate::models::Manifest;
 
 pub const VARIABLE_TYPES: &[&str] = &["string", "number", "integer", "boolean", "date", "datetime", "phone"];
@@ -207,14 +207,14 @@ fn tools(spec: &AssistantSpec, out: &mut Problems) {
     for (i, tool) in spec.tools.iter().enumerate() {
         match tool {
             ToolEntry::Builtin(name) => {
-                if !BUILTIN_TOOLS.contains(&name.as_str()) {
-                    out.add(format!("tools.{i}"), format!("unknown built-in `{name}` (built-ins: {}); or declare an HTTP tool with name and url", BUILTIN_TOOLS.join(", ")));
+                if Builtin::parse(name).is_none() {
+                    out.add(format!("tools.{i}"), format!("unknown built-in `{name}` (built-ins: {}); or declare an HTTP tool with name and url", Builtin::names()));
                 }
                 seen.insert(name.clone());
             }
             ToolEntry::Http(http) => {
                 let field = format!("tools.{i}");
-                if !is_identifier(&http.name) || BUILTIN_TOOLS.contains(&http.name.as_str()) {
+                if !is_identifier(&http.name) || Builtin::parse(&http.name).is_some() {
                     out.add(format!("{field}.name"), format!("`{}` must be an identifier that is not a built-in's name", http.name));
                 } else if !seen.insert(http.name.clone()) {
                     out.add(format!("{field}.name"), format!("`{}` is declared twice; names must be unique", http.name));

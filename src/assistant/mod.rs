@@ -373,7 +373,37 @@ fn default_filler_after_ms() -> u64 {
     800
 }
 
-pub const BUILTIN_TOOLS: &[&str] = &["end_call", "transfer_call", "send_dtmf", "set_disposition"];
+/// The tools an assistant offers by name alone (`tools: [end_call, …]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    EndCall,
+    TransferCall,
+    SendDtmf,
+    SetDisposition,
+}
+
+impl Builtin {
+    pub const ALL: [Builtin; 4] = [Builtin::EndCall, Builtin::TransferCall, Builtin::SendDtmf, Builtin::SetDisposition];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::EndCall => "end_call",
+            Builtin::TransferCall => "transfer_call",
+            Builtin::SendDtmf => "send_dtmf",
+            Builtin::SetDisposition => "set_disposition",
+        }
+    }
+
+    /// The built-in of that name; `None` for any other (an HTTP tool's, or a mistake).
+    pub fn parse(name: &str) -> Option<Builtin> {
+        Builtin::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// Every built-in's name, for messages that list them.
+    pub fn names() -> String {
+        Builtin::ALL.map(Builtin::name).join(", ")
+    }
+}
 
 /// Turn-taking and call limits.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]

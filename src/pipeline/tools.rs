@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::assistant::{Assistant, HttpToolSpec, ToolEntry};
+use crate::assistant::{Assistant, Builtin, HttpToolSpec, ToolEntry};
 use crate::llm::ToolSpec;
 
 /// What a built-in tool asks the call to do.
@@ -28,35 +28,36 @@ pub fn specs(assistant: &Assistant) -> Vec<ToolSpec> {
         .spec
         .tools
         .iter()
-        .map(|tool| match tool {
-            ToolEntry::Builtin(name) => builtin_spec(name, &dispositions),
-            ToolEntry::Http(http) => ToolSpec { name: http.name.clone(), description: http.description.clone(), parameters: http.parameters.clone() },
+        .filter_map(|tool| match tool {
+            // A name no built-in has is refused by `assistants check` before any call.
+            ToolEntry::Builtin(name) => Builtin::parse(name).map(|builtin| builtin_spec(builtin, &dispositions)),
+            ToolEntry::Http(http) => Some(ToolSpec { name: http.name.clone(), description: http.description.clone(), parameters: http.parameters.clone() }),
         })
         .collect()
 }
 
-fn builtin_spec(name: &str, dispositions: &[&str]) -> ToolSpec {
-    let (description, parameters) = match name {
-        "end_call" => (
+fn builtin_spec(builtin: Builtin, dispositions: &[&str]) -> ToolSpec {
+    let (description, parameters) = match builtin {
+        Builtin::EndCall => (
             "End the call after saying goodbye. Use when the conversation is finished.",
             json!({ "type": "object", "properties": { "reason": { "type": "string" } } }),
         ),
-        "transfer_call" => (
+        Builtin::TransferCall => (
             "Transfer the caller to a human or another number.",
             json!({ "type": "object", "properties": { "destination": { "type": "string" } }, "required": ["destination"] }),
         ),
-        "send_dtmf" => (
+        Builtin::SendDtmf => (
             "Press keypad digits on the call (for phone menus).",
             json!({ "type": "object", "properties": { "digits": { "type": "string", "pattern": "^[0-9*#A-D]+$" } }, "required": ["digits"] }),
         ),
-        _ => (
+        Builtin::SetDisposition => (
             "Record the outcome of the call.",
             json!({ "type": "object", "properties": {
                 "disposition": { "type": "string", "enum": dispositions },
                 "notes": { "type": "string" } }, "required": ["disposition"] }),
         ),
     };
-    ToolSpec { name: name.to_string(), description: description.to_string(), parameters }
+    ToolSpec { name: builtin.name().to_string(), description: description.to_string(), parameters }
 }
 
 /// The result of running a tool: text for the LLM, and an action for the call.
@@ -78,26 +79,24 @@ impl ToolResult {
 
 /// Runs a built-in; `None` when `name` is not a built-in the assistant offers.
 pub fn run_builtin(assistant: &Assistant, name: &str, arguments: &Value) -> Option<ToolResult> {
-    if !crate::assistant::BUILTIN_TOOLS.contains(&name) || !assistant.has_tool(name) {
-        return None;
-    }
+    let builtin = Builtin::parse(name).filter(|_| assistant.has_tool(name))?;
     let text = |key: &str| arguments.get(key).and_then(Value::as_str).unwrap_or("").trim().to_string();
-    Some(match name {
-        "end_call" => ToolResult::ok("the call will end after your goodbye", Some(Action::EndCall { reason: text("reason") })),
-        "transfer_call" => match text("destination") {
+    Some(match builtin {
+        Builtin::EndCall => ToolResult::ok("the call will end after your goodbye", Some(Action::EndCall { reason: text("reason") })),
+        Builtin::TransferCall => match text("destination") {
             d if d.is_empty() => ToolResult::error("transfer_call needs a `destination`"),
             given => match crate::call::transfer_destination(&given) {
                 Ok(destination) => ToolResult::ok(format!("transferring to {destination}"), Some(Action::Transfer { destination })),
                 Err(problem) => ToolResult::error(format!("transfer_call: {problem}")),
             },
         },
-        "send_dtmf" => match text("digits") {
+        Builtin::SendDtmf => match text("digits") {
             d if d.is_empty() || !d.chars().all(|c| c.is_ascii_digit() || "*#ABCD".contains(c)) => {
                 ToolResult::error(format!("send_dtmf: `{d}` is not keypad digits (0-9, *, #, A-D)"))
             }
             digits => ToolResult::ok(format!("pressed {digits}"), Some(Action::Dtmf { digits })),
         },
-        _ => {
+        Builtin::SetDisposition => {
             let disposition = text("disposition");
             let known: Vec<&str> = assistant.spec.dispositions.iter().map(|d| d.name.as_str()).collect();
             if !known.contains(&disposition.as_str()) {
@@ -150,5 +149,38 @@ pub async fn run_http(client: &reqwest::Client, tool: &HttpToolSpec, arguments: 
                 ToolResult::error(format!("tool {} answered HTTP {status}: {body}", tool.name))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn assistant(tools: &str) -> Assistant {
+        let text = format!("version: 1\nname: A\nsystem_prompt: Hi.\ntools: [{tools}]\ndispositions:\n  - {{ name: booked, description: A table was booked. }}\n");
+        Assistant::parse(&text, Path::new("a.yaml")).unwrap()
+    }
+
+    #[test]
+    fn built_ins_are_offered_by_name_and_run_only_where_offered() {
+        for builtin in Builtin::ALL {
+            assert_eq!(Builtin::parse(builtin.name()), Some(builtin));
+        }
+        let all = assistant("end_call, transfer_call, send_dtmf, set_disposition");
+        let offered: Vec<String> = specs(&all).into_iter().map(|s| s.name).collect();
+        assert_eq!(offered, ["end_call", "transfer_call", "send_dtmf", "set_disposition"]);
+        let disposition = specs(&all).into_iter().find(|s| s.name == "set_disposition").unwrap();
+        assert_eq!(disposition.parameters["properties"]["disposition"]["enum"], json!(["booked"]));
+
+        let ran = run_builtin(&all, "set_disposition", &json!({ "disposition": "booked", "notes": "for two" })).unwrap();
+        assert!(matches!(ran.action, Some(Action::Disposition { ref name, .. }) if name == "booked"));
+        assert!(run_builtin(&all, "set_disposition", &json!({ "disposition": "sold" })).unwrap().failed);
+        assert!(run_builtin(&all, "send_dtmf", &json!({ "digits": "12x" })).unwrap().failed);
+        assert!(run_builtin(&all, "lookup_order", &json!({})).is_none(), "not a built-in");
+
+        let some = assistant("end_call");
+        assert!(run_builtin(&some, "transfer_call", &json!({ "destination": "+14155552671" })).is_none(), "a built-in not offered");
+        assert!(matches!(run_builtin(&some, "end_call", &json!({})).unwrap().action, Some(Action::EndCall { .. })));
     }
 }
