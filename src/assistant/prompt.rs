@@ -20,16 +20,39 @@ pub struct CallContext {
     pub callee: String,
 }
 
+/// A call's dynamic variables that the assistant cannot take. Each names the variable, so a
+/// caller of the API gets the field, and the CLI its `--var`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum VariableError {
+    #[error("variable `{name}` is required by {assistant}: pass it, e.g. --var {name}=…")]
+    Missing { name: String, assistant: String },
+    #[error("variable `{name}`: `{value}` is not {expected}")]
+    Invalid { name: String, value: String, expected: &'static str },
+    #[error("variable `{name}`: unknown type `{kind}` (string, number, integer, boolean, date, datetime, phone)")]
+    UnknownType { name: String, kind: String },
+    #[error("variable `{name}` is not declared by {assistant} (declared: {declared})")]
+    Undeclared { name: String, assistant: String, declared: String },
+}
+
+impl VariableError {
+    /// The variable the error is about.
+    pub fn name(&self) -> &str {
+        match self {
+            VariableError::Missing { name, .. } | VariableError::Invalid { name, .. } | VariableError::UnknownType { name, .. } | VariableError::Undeclared { name, .. } => name,
+        }
+    }
+}
+
 /// Checks provided `key=value` variables against the assistant's declarations and fills
 /// defaults. Errors name the variable and the fix.
-pub fn resolve_variables(assistant: &Assistant, provided: &BTreeMap<String, String>) -> Result<Map<String, Value>, String> {
+pub fn resolve_variables(assistant: &Assistant, provided: &BTreeMap<String, String>) -> Result<Map<String, Value>, VariableError> {
     let mut out = Map::new();
     for (name, spec) in &assistant.spec.variables {
         let value = match (provided.get(name), &spec.default) {
             (Some(raw), _) => typed(name, &spec.kind, raw)?,
             (None, Some(default)) => default.clone(),
             (None, None) if spec.required => {
-                return Err(format!("variable `{name}` is required by {}: pass it, e.g. --var {name}=…", assistant.spec.name))
+                return Err(VariableError::Missing { name: name.clone(), assistant: assistant.spec.name.clone() })
             }
             (None, None) => Value::Null,
         };
@@ -41,27 +64,28 @@ pub fn resolve_variables(assistant: &Assistant, provided: &BTreeMap<String, Stri
             continue;
         }
         if !assistant.spec.variables.contains_key(name) {
-            return Err(format!(
-                "variable `{name}` is not declared by {} (declared: {})",
-                assistant.spec.name,
-                assistant.spec.variables.keys().cloned().collect::<Vec<_>>().join(", ")
-            ));
+            return Err(VariableError::Undeclared {
+                name: name.clone(),
+                assistant: assistant.spec.name.clone(),
+                declared: assistant.spec.variables.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
         }
     }
     Ok(out)
 }
 
-fn typed(name: &str, kind: &str, raw: &str) -> Result<Value, String> {
+fn typed(name: &str, kind: &str, raw: &str) -> Result<Value, VariableError> {
+    let invalid = |expected| VariableError::Invalid { name: name.into(), value: raw.into(), expected };
     match kind {
         "string" | "date" | "datetime" | "phone" => Ok(json!(raw)),
-        "number" => raw.parse::<f64>().map(|n| json!(n)).map_err(|_| format!("variable `{name}`: `{raw}` is not a number")),
-        "integer" => raw.parse::<i64>().map(|n| json!(n)).map_err(|_| format!("variable `{name}`: `{raw}` is not an integer")),
+        "number" => raw.parse::<f64>().map(|n| json!(n)).map_err(|_| invalid("a number")),
+        "integer" => raw.parse::<i64>().map(|n| json!(n)).map_err(|_| invalid("an integer")),
         "boolean" => match raw {
             "true" | "yes" | "1" => Ok(json!(true)),
             "false" | "no" | "0" => Ok(json!(false)),
-            _ => Err(format!("variable `{name}`: `{raw}` is not true or false")),
+            _ => Err(invalid("true or false")),
         },
-        other => Err(format!("variable `{name}`: unknown type `{other}` (string, number, integer, boolean, date, datetime, phone)")),
+        other => Err(VariableError::UnknownType { name: name.into(), kind: other.into() }),
     }
 }
 
@@ -344,6 +368,23 @@ pub fn check(assistant: &Assistant) -> Result<(), (String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variable_errors_name_the_variable_and_the_fix() {
+        let text = "version: 1\nname: Reminder\nsystem_prompt: Hi.\nvariables:\n  name: { type: string, required: true }\n  seats: { type: integer, default: 2 }\n";
+        let assistant = Assistant::parse(text, std::path::Path::new("a.yaml")).unwrap();
+        let given = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+        let missing = resolve_variables(&assistant, &given(&[])).unwrap_err();
+        assert_eq!(missing, VariableError::Missing { name: "name".into(), assistant: "Reminder".into() });
+        assert_eq!(missing.to_string(), "variable `name` is required by Reminder: pass it, e.g. --var name=…");
+        let invalid = resolve_variables(&assistant, &given(&[("name", "Ann"), ("seats", "two")])).unwrap_err();
+        assert_eq!((invalid.name(), invalid.to_string().as_str()), ("seats", "variable `seats`: `two` is not an integer"));
+        let undeclared = resolve_variables(&assistant, &given(&[("name", "Ann"), ("color", "red")])).unwrap_err();
+        assert_eq!(undeclared.name(), "color");
+        assert!(undeclared.to_string().ends_with("(declared: name, seats)"), "{undeclared}");
+        let resolved = resolve_variables(&assistant, &given(&[("name", "Ann")])).unwrap();
+        assert_eq!((resolved["name"].clone(), resolved["seats"].clone()), (json!("Ann"), json!(2)));
+    }
 
     #[test]
     fn heavy_templates_stop_at_their_limits() {

@@ -135,10 +135,13 @@ pub fn call_variables(assistant: &crate::assistant::Assistant, given: &BTreeMap<
         }
         variables.insert(name.clone(), text);
     }
-    prompt::resolve_variables(assistant, &variables).map_err(|message| {
-        let field = message.split('`').nth(1).map(|v| format!("dynamic_variables.{v}")).unwrap_or_else(|| "dynamic_variables".into());
-        let code = if message.contains("is required") { "missing_variable" } else { "invalid_variable" };
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message.replace("--var ", "dynamic_variables ")).with_field(field)
+    prompt::resolve_variables(assistant, &variables).map_err(|error| {
+        let field = format!("dynamic_variables.{}", error.name());
+        let (code, message) = match &error {
+            prompt::VariableError::Missing { name, assistant } => ("missing_variable", format!("variable `{name}` is required by {assistant}: pass it in dynamic_variables, e.g. {{\"{name}\": \"…\"}}")),
+            other => ("invalid_variable", other.to_string()),
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).with_field(field)
     })?;
     Ok(variables)
 }

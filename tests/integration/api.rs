@@ -350,6 +350,8 @@ fn bad_input(db: Database) {
     assert_eq!(body["error"]["code"], "number_not_callable", "{body}");
     expect(status, body, 422, Some("to_number"));
     let (status, body) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": id, "to_number": "+15005550006" }));
+    assert_eq!(body["error"]["code"], "missing_variable", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("pass it in dynamic_variables"), "{body}");
     expect(status, body, 422, Some("dynamic_variables.customer_name"));
     let (status, body) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": id, "to_number": "+15005550006", "dynamic_variables": { "customer_name": "A" }, "surprise": 1 }));
     expect(status, body, 422, Some("surprise"));
