@@ -390,8 +390,8 @@ async fn stream_events(mut events: mpsc::Receiver<Event>, out: mpsc::Sender<Resu
                 let _ = out.send(Ok(SseEvent::default().data("[DONE]"))).await;
                 return;
             }
-            Event::Error(message) => {
-                send(json!({ "error": { "message": message, "type": "server_error" } })).await;
+            Event::Error(failure) => {
+                send(json!({ "error": { "message": failure.to_string(), "type": "server_error" } })).await;
                 return;
             }
         }
@@ -406,9 +406,9 @@ async fn complete(mut events: mpsc::Receiver<Event>, id: String, model: String) 
         match event {
             Event::Prompt { new_tokens, cached_tokens, secs } => (prompt_new, cached, prompt_secs) = (new_tokens, cached_tokens, secs),
             Event::Text(text) => content.push_str(&scanner.feed(&text)),
-            Event::Error(message) => {
-                let status = if message.starts_with("context_length_exceeded") || message.starts_with("invalid_grammar") { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
-                return error(status, "server_error", message);
+            Event::Error(failure) => {
+                let status = if failure.is_bad_request() { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
+                return error(status, "server_error", failure.to_string());
             }
             Event::Done { finish, completion_tokens, decode_secs, most_sequences } => {
                 content.push_str(&scanner.finish());

@@ -81,7 +81,26 @@ pub enum Event {
     /// `most_sequences`: the most requests (this one included) that shared one decode step
     /// with it.
     Done { finish: Finish, completion_tokens: usize, decode_secs: f64, most_sequences: usize },
-    Error(String),
+    Error(EngineError),
+}
+
+/// Why a request failed. The first two are the request's own fault (the API answers 400); a
+/// failure of the engine is the server's (500).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error("context_length_exceeded: the prompt has {tokens} tokens; this engine holds {holds} per conversation")]
+    ContextLength { tokens: usize, holds: usize },
+    #[error("invalid_grammar: llama.cpp refused the grammar ({0})")]
+    Grammar(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl EngineError {
+    /// Whether the request, not the engine, was at fault.
+    pub fn is_bad_request(&self) -> bool {
+        matches!(self, EngineError::ContextLength { .. } | EngineError::Grammar(_))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,15 +266,14 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
 
 /// Gives a request a free slot (the one sharing the longest prefix with its prompt, else the
 /// least recently used) and drops what that slot held past the shared part.
-fn admit(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], taken: &[usize], clock: u64, slot_ctx: usize, job: Job) -> Result<Active, (Job, String)> {
+fn admit(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], taken: &[usize], clock: u64, slot_ctx: usize, job: Job) -> Result<Active, (Job, EngineError)> {
     let started = Instant::now();
     let prompt = model.vocab().tokenize(job.prompt.as_bytes(), false, true);
     if prompt.is_empty() {
-        return Err((job, "the prompt is empty".into()));
+        return Err((job, EngineError::Failed("the prompt is empty".into())));
     }
     if prompt.len() + job.max_tokens.min(64) > slot_ctx {
-        let message = format!("context_length_exceeded: the prompt has {} tokens; this engine holds {slot_ctx} per conversation", prompt.len());
-        return Err((job, message));
+        return Err((job, EngineError::ContextLength { tokens: prompt.len(), holds: slot_ctx }));
     }
     let (index, shared) = slots
         .iter()
@@ -267,7 +285,7 @@ fn admit(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], tak
     // At least one prompt token must be decoded to get logits.
     let keep = shared.min(prompt.len() - 1);
     if let Err(e) = ctx.kv_cache_seq_rm(index as i32, Some(keep as u32), None) {
-        return Err((job, e.to_string()));
+        return Err((job, EngineError::Failed(e.to_string())));
     }
     let slot = &mut slots[index];
     slot.tokens.truncate(keep);
@@ -314,7 +332,7 @@ fn admit(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], tak
 }
 
 /// One decode step over every active request; finished ones leave `active` and free their slot.
-fn step(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], active: &mut Vec<Active>, batch: &mut LlamaBatch, slot_ctx: usize) -> Result<(), String> {
+fn step(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], active: &mut Vec<Active>, batch: &mut LlamaBatch, slot_ctx: usize) -> Result<(), EngineError> {
     // A request whose caller went away (a barge-in) stops here; what it decoded stays cached.
     active.retain(|request| !request.job.events.is_closed());
     batch.clear();
@@ -326,7 +344,7 @@ fn step(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], acti
         if let Some(token) = request.next {
             let position = slots[request.slot].tokens.len();
             request.logits_at = Some(batch.n_tokens());
-            batch.add(token, position as i32, &[request.slot as i32], true).map_err(|e| e.to_string())?;
+            batch.add(token, position as i32, &[request.slot as i32], true).map_err(|e| EngineError::Failed(e.to_string()))?;
         }
     }
     // …then prompt tokens, in arrival order, in the room left.
@@ -342,7 +360,7 @@ fn step(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], acti
             if last {
                 request.logits_at = Some(batch.n_tokens());
             }
-            batch.add(request.prompt[position], position as i32, &[request.slot as i32], last).map_err(|e| e.to_string())?;
+            batch.add(request.prompt[position], position as i32, &[request.slot as i32], last).map_err(|e| EngineError::Failed(e.to_string()))?;
         }
         room -= take;
         request.fed += take;
@@ -351,7 +369,7 @@ fn step(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], acti
     if batch.n_tokens() == 0 {
         return Ok(());
     }
-    ctx.decode(batch).map_err(|e| format!("decode failed: {e}"))?;
+    ctx.decode(batch).map_err(|e| EngineError::Failed(format!("decode failed: {e}")))?;
     // What was decoded is now in each slot's cache.
     for request in active.iter_mut() {
         let slot = &mut slots[request.slot];
@@ -391,7 +409,7 @@ fn step(model: &LlamaModel, ctx: &mut LlamaContext<'_>, slots: &mut [Slot], acti
 
 /// Samples a request's next token from its logits at `index`, emits the text it completes,
 /// and says whether the request is done (`position`: the tokens in its cache).
-fn advance(model: &LlamaModel, ctx: &LlamaContext<'_>, request: &mut Active, index: i32, position: usize, slot_ctx: usize) -> Result<Option<Finish>, String> {
+fn advance(model: &LlamaModel, ctx: &LlamaContext<'_>, request: &mut Active, index: i32, position: usize, slot_ctx: usize) -> Result<Option<Finish>, EngineError> {
     if request.produced >= request.job.max_tokens + request.allowance || position + 1 >= slot_ctx {
         return Ok(Some(Finish::Length));
     }
@@ -463,8 +481,8 @@ fn advance(model: &LlamaModel, ctx: &LlamaContext<'_>, request: &mut Active, ind
     Ok(None)
 }
 
-fn compile(model: &LlamaModel, gbnf: &str) -> Result<LlamaSampler, String> {
-    LlamaSampler::grammar(model, gbnf, "root").map_err(|e| format!("invalid_grammar: llama.cpp refused the grammar ({e})"))
+fn compile(model: &LlamaModel, gbnf: &str) -> Result<LlamaSampler, EngineError> {
+    LlamaSampler::grammar(model, gbnf, "root").map_err(|e| EngineError::Grammar(e.to_string()))
 }
 
 /// Samples a token the grammar allows. The usual chain picks first and only that token is
@@ -495,3 +513,18 @@ fn sample_constrained(ctx: &LlamaContext<'_>, index: i32, chain: &mut LlamaSampl
 
 /// Used when a GGUF carries no chat template.
 const CHATML_FALLBACK: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_requests_own_fault_is_told_apart_from_the_engines_and_keeps_its_code() {
+        let long = EngineError::ContextLength { tokens: 5000, holds: 4096 };
+        assert!(long.is_bad_request());
+        assert_eq!(long.to_string(), "context_length_exceeded: the prompt has 5000 tokens; this engine holds 4096 per conversation");
+        let grammar = EngineError::Grammar("parse error at 3".into());
+        assert!(grammar.is_bad_request() && grammar.to_string().starts_with("invalid_grammar: "));
+        assert!(!EngineError::Failed("decode failed: -1".into()).is_bad_request());
+    }
+}
