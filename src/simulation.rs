@@ -195,8 +195,8 @@ impl CallerScript {
                 out.push((field("text"), format!("is longer than {MAX_LINE_CHARS} characters")));
             }
             if let Some(digits) = &line.dtmf {
-                if digits.is_empty() || digits.len() > 32 || !digits.chars().all(|c| c.is_ascii_digit() || "*#ABCD".contains(c)) {
-                    out.push((field("dtmf"), "use 1..32 of 0-9, *, # and A-D".into()));
+                if let Err(fix) = crate::audio::check_keys(digits) {
+                    out.push((field("dtmf"), fix));
                 }
             }
             if line.noise_ms.is_some_and(|ms| ms > 5_000) {

@@ -153,14 +153,36 @@ pub fn dtmf_tone(key: char, rate: u32) -> Option<Vec<f32>> {
     Some(samples)
 }
 
+/// The most keys one press of a line sends (a menu's path, an account number, the pauses).
+pub const MAX_DTMF_KEYS: usize = 64;
+
 /// Whether `digits` is something a keypad can send: 0-9, *, #, A-D and `w` pauses.
 pub fn is_dialable(digits: &str) -> bool {
     digits.chars().all(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D' | 'w' | 'W'))
 }
 
+/// Keys to press, as every place that takes them checks them (the API, a flow's `send_dtmf`,
+/// the LLM's tool, a scripted caller): `Err` is the fix, to follow the value in a message.
+pub fn check_keys(keys: &str) -> Result<(), String> {
+    if keys.is_empty() || keys.len() > MAX_DTMF_KEYS || !is_dialable(keys) {
+        return Err(format!("use 1..{MAX_DTMF_KEYS} of 0-9, *, #, A-D and w (a half-second pause)"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_to_press_are_checked_once_for_every_place_that_takes_them() {
+        for good in ["1", "1w2#", "*0D", &"9".repeat(MAX_DTMF_KEYS)] {
+            assert_eq!(check_keys(good), Ok(()), "{good}");
+        }
+        for bad in ["", "12x", "1 2", &"9".repeat(MAX_DTMF_KEYS + 1)] {
+            assert!(check_keys(bad).unwrap_err().contains("0-9, *, #, A-D and w"), "{bad}");
+        }
+    }
 
     #[test]
     fn trimming_keeps_the_sound_and_its_margin_and_finds_nothing_in_silence() {

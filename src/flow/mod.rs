@@ -1517,9 +1517,7 @@ fn action_problem(spec: &ActionSpec, dispositions: &[String]) -> Option<String> 
         ActionSpec::Disposition { set_disposition, .. } if !dispositions.contains(set_disposition) => {
             Some(format!("no disposition `{set_disposition}`; declare it under `dispositions:` (declared: {})", dispositions.join(", ")))
         }
-        ActionSpec::Dtmf { send_dtmf } if send_dtmf.is_empty() || !send_dtmf.chars().all(|c| c.is_ascii_digit() || "*#ABCDw".contains(c)) => {
-            Some(format!("`{send_dtmf}` is not keypad keys (0-9, *, #, A-D)"))
-        }
+        ActionSpec::Dtmf { send_dtmf } => crate::audio::check_keys(send_dtmf).err().map(|fix| format!("`{send_dtmf}` is not keypad keys; {fix}")),
         _ => None,
     }
 }

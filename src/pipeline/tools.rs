@@ -48,7 +48,7 @@ fn builtin_spec(builtin: Builtin, dispositions: &[&str]) -> ToolSpec {
         ),
         Builtin::SendDtmf => (
             "Press keypad digits on the call (for phone menus).",
-            json!({ "type": "object", "properties": { "digits": { "type": "string", "pattern": "^[0-9*#A-D]+$" } }, "required": ["digits"] }),
+            json!({ "type": "object", "properties": { "digits": { "type": "string", "pattern": "^[0-9*#A-Dw]+$" } }, "required": ["digits"] }),
         ),
         Builtin::SetDisposition => (
             "Record the outcome of the call.",
@@ -90,12 +90,13 @@ pub fn run_builtin(assistant: &Assistant, name: &str, arguments: &Value) -> Opti
                 Err(problem) => ToolResult::error(format!("transfer_call: {problem}")),
             },
         },
-        Builtin::SendDtmf => match text("digits") {
-            d if d.is_empty() || !d.chars().all(|c| c.is_ascii_digit() || "*#ABCD".contains(c)) => {
-                ToolResult::error(format!("send_dtmf: `{d}` is not keypad digits (0-9, *, #, A-D)"))
+        Builtin::SendDtmf => {
+            let digits = text("digits");
+            match crate::audio::check_keys(&digits) {
+                Err(fix) => ToolResult::error(format!("send_dtmf: `{digits}` is not keypad keys; {fix}")),
+                Ok(()) => ToolResult::ok(format!("pressed {digits}"), Some(Action::Dtmf { digits })),
             }
-            digits => ToolResult::ok(format!("pressed {digits}"), Some(Action::Dtmf { digits })),
-        },
+        }
         Builtin::SetDisposition => {
             let disposition = text("disposition");
             let known: Vec<&str> = assistant.spec.dispositions.iter().map(|d| d.name.as_str()).collect();

@@ -41,7 +41,6 @@ const MAX_VARIABLE_BYTES: usize = 4 * 1024;
 /// The most JSON a call's metadata may hold.
 const MAX_METADATA_BYTES: usize = 32 * 1024;
 /// The most keys one DTMF action presses.
-const MAX_DTMF_DIGITS: usize = 64;
 
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -644,9 +643,7 @@ fn ending_conflict(call: &CallRecord) -> ApiError {
 
 /// DTMF digits as a line takes them, or a 422 naming `digits`.
 pub fn check_digits(digits: &str) -> Result<String, ApiError> {
-    if digits.is_empty() || digits.len() > MAX_DTMF_DIGITS || !crate::audio::is_dialable(digits) {
-        return Err(ApiError::invalid("digits", format!("`{}`: use 1..{MAX_DTMF_DIGITS} of 0-9, *, #, A-D and w (a half-second pause)", crate::assistant::check::clip(digits))));
-    }
+    crate::audio::check_keys(digits).map_err(|fix| ApiError::invalid("digits", format!("`{}`: {fix}", crate::assistant::check::clip(digits))))?;
     Ok(digits.to_string())
 }
 
