@@ -41,7 +41,7 @@ impl Drop for ServeProcess {
 }
 
 pub fn run(args: BenchApiArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = super::call_cmds::runtime()?;
     runtime.block_on(async {
         println!(
             "{:<10} {:<34} {:>9} {:>10} {:>9} {:>9} {:>7}",

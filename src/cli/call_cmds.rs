@@ -85,6 +85,8 @@ pub fn parse_var(raw: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{raw}` is not name=value (e.g. --var customer_name=Sarah)"))
 }
 
+/// The runtime every command runs its async work on: two workers, as the box the project
+/// targets has two cores (the models' own threads are sized apart from it).
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }

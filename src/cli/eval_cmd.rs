@@ -112,7 +112,7 @@ pub fn run(command: EvalCommand) -> anyhow::Result<()> {
     let store = ModelStore::from_env()?;
     let registry = Arc::new(call_cmds::operator_engines(&store));
     let judge = args.judge_url.as_deref().map(|url| eval::judge::Judge::new(url, &args.judge_model));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = call_cmds::runtime()?;
     let progress = ProgressBar::new(scenarios.len() as u64);
     progress.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} scenarios  {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     let outcomes: Vec<Outcome> = runtime.block_on(async {

@@ -15,6 +15,8 @@ use crate::server::limits::Limits;
 use crate::server::{self, auth, ServeConfig};
 use crate::store::{self, Store, DEFAULT_DATABASE_URL};
 
+use super::call_cmds::runtime;
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -146,9 +148,6 @@ pub enum AssistantsCommand {
     Check { dir: PathBuf },
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
-}
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let models = ModelStore::from_env()?;
