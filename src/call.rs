@@ -1,6 +1,7 @@
 //! A call's status, and who speaks in it: the one vocabulary the lines, the runner, the API,
-//! webhooks and storage share. Ringg's statuses (`initiated` first), plus `ending` (a hang-up asked for, not yet
-//! done) and `canceled`. Rows stored as `queued` by earlier versions were renamed (migration 0006).
+//! webhooks and storage share. Ringg's statuses (`initiated` first), plus `ending` (a hang-up
+//! asked for, not yet done) and `canceled`. Rows stored as `queued` by earlier versions were
+//! renamed (migration 0006).
 //!
 //! ```text
 //! initiated ─► ringing ─► in-progress ─► (ending) ─► completed │ failed

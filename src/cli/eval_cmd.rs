@@ -232,7 +232,7 @@ async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario
             outcome.caller_speech = eval::activity(&call.caller_track, call.rate);
             outcome.agent_speech = eval::activity(&call.agent_track, call.rate);
             // Intelligibility: the agent's audio transcribed back, against what it meant to say.
-            let meant: String = call.report.transcript.iter().filter(|(who, _, _)| *who == Speaker::Agent).map(|(_, text, _)| text.as_str()).collect::<Vec<_>>().join(" ");
+            let meant = call.report.said_by(Speaker::Agent).collect::<Vec<_>>().join(" ");
             let heard = transcribe_spans(stt, &call.agent_track, call.rate, &outcome.agent_speech).await;
             (outcome.agent_errors, outcome.agent_words) = eval::word_errors(&meant, &heard);
             if let Some((path, link)) = audio {

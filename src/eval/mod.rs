@@ -518,8 +518,8 @@ pub struct TurnFigures {
 pub fn score(scenario: &Scenario, report: &CallReport, said: &[usize], talk_over_ms: f64) -> Outcome {
     let expect = &scenario.expect;
     let disposition = crate::pipeline::disposition(report);
-    let (mut failures, fields_right) = outcome_failures(expect, report, &disposition);
     let ended_by = report.ended_by.clone().unwrap_or_default();
+    let (mut failures, fields_right) = outcome_failures(expect, report, &disposition, &ended_by);
     let duration_s = report.duration.as_secs_f64();
     if let Some(max) = expect.max_duration_s {
         if duration_s > max {
@@ -538,7 +538,7 @@ pub fn score(scenario: &Scenario, report: &CallReport, said: &[usize], talk_over
         }
     }
     let barge_in_ms = report.barge_ins.iter().map(|b| b.stopped.saturating_sub(b.overlap_from).as_secs_f64() * 1000.0).collect();
-    let heard: String = report.transcript.iter().filter(|(who, _, _)| *who == Speaker::Caller).map(|(_, text, _)| text.as_str()).collect::<Vec<_>>().join(" ");
+    let heard = report.said_by(Speaker::Caller).collect::<Vec<_>>().join(" ");
     // The lines as said (one asked for again is said again); all of them when none is known.
     let reference = if said.is_empty() { scenario.caller.reference_text() } else { scenario.caller.reference_of(said.iter().copied()) };
     let (stt_errors, stt_words) = word_errors(&reference, &heard);
@@ -593,7 +593,7 @@ pub fn score(scenario: &Scenario, report: &CallReport, said: &[usize], talk_over
 /// What the call did against what the scenario expects of its outcome, its words, its actions
 /// and the analysis of its lines, each as a failure to print; and how many expected fields came
 /// out right.
-fn outcome_failures(expect: &Expect, report: &CallReport, disposition: &str) -> (Vec<String>, usize) {
+fn outcome_failures(expect: &Expect, report: &CallReport, disposition: &str, ended_by: &str) -> (Vec<String>, usize) {
     let mut failures = Vec::new();
     if let Some(want) = &expect.disposition {
         if disposition != want {
@@ -608,7 +608,7 @@ fn outcome_failures(expect: &Expect, report: &CallReport, disposition: &str) -> 
             None => failures.push(format!("{name} was not extracted (expected {want})")),
         }
     }
-    let agent_text: String = report.transcript.iter().filter(|(who, _, _)| *who == Speaker::Agent).map(|(_, text, _)| text.as_str()).collect::<Vec<_>>().join("\n");
+    let agent_text = report.said_by(Speaker::Agent).collect::<Vec<_>>().join("\n");
     for pattern in &expect.says {
         let found = regex::RegexBuilder::new(pattern).case_insensitive(true).build().map(|r| r.is_match(&agent_text)).unwrap_or(false);
         if !found {
@@ -620,7 +620,6 @@ fn outcome_failures(expect: &Expect, report: &CallReport, disposition: &str) -> 
             failures.push(format!("the agent said \"{found}\" (/{pattern}/ is forbidden)"));
         }
     }
-    let ended_by = report.ended_by.clone().unwrap_or_default();
     let who_ended = if ended_by.starts_with("agent") { "agent" } else { "caller" };
     if let Some(want) = &expect.ended_by {
         if who_ended != want {

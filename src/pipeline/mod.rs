@@ -124,6 +124,13 @@ pub struct CallReport {
     pub duration: Duration,
 }
 
+impl CallReport {
+    /// What one side said, line by line, in order.
+    pub fn said_by(&self, speaker: Speaker) -> impl Iterator<Item = &str> {
+        self.transcript.iter().filter(move |(who, _, _)| *who == speaker).map(|(_, text, _)| text.as_str())
+    }
+}
+
 /// The inputs of one call.
 pub struct CallSetup {
     pub assistant: Arc<Assistant>,
@@ -281,7 +288,7 @@ pub fn flow_summary(report: &CallReport) -> Option<String> {
     if report.flow_nodes.is_empty() {
         return None;
     }
-    let spoke = report.transcript.iter().any(|(who, _, _)| *who == Speaker::Caller);
+    let spoke = report.said_by(Speaker::Caller).next().is_some();
     Some(match (&report.disposition, spoke) {
         (_, false) => "The caller did not speak.".into(),
         (Some((name, notes)), _) if !notes.is_empty() => format!("{}: {notes}.", sentence_case(&name.replace('_', " "))),
@@ -398,7 +405,7 @@ pub fn disposition(report: &CallReport) -> String {
     if let Some((name, _)) = &report.disposition {
         return name.clone();
     }
-    let caller_spoke = report.transcript.iter().any(|(who, _, _)| *who == Speaker::Caller);
+    let caller_spoke = report.said_by(Speaker::Caller).next().is_some();
     if !caller_spoke {
         "no_response".into()
     } else if report.transfers.is_empty() {
