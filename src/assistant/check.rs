@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::{AssistantSpec, Builtin, ToolEntry, SPEC_VERSION};
+use super::{AssistantSpec, Builtin, LlmProvider, SttProvider, ToolEntry, VoiceProvider, SPEC_VERSION};
 use crate::models::Manifest;
 
 pub const VARIABLE_TYPES: &[&str] = &["string", "number", "integer", "boolean", "date", "datetime", "phone"];
@@ -68,27 +68,25 @@ fn engines(spec: &AssistantSpec, out: &mut Problems) {
             .map(|m| m.models.iter().filter(|s| s.role == role).map(|s| s.name.trim_start_matches(strip).to_string()).collect::<Vec<_>>().join(", "))
             .unwrap_or_default()
     };
-    match spec.voice.provider.as_str() {
-        "piper" => {
+    match spec.voice.provider {
+        VoiceProvider::Piper => {
             if !known(&format!("piper-{}", spec.voice.name)) {
                 out.add("voice.name".into(), format!("no Piper voice `{}` in the model store; use one of: {}", spec.voice.name, names_of("tts", "piper-")));
             }
         }
-        "espeak" | "openai" => {}
-        other => out.add("voice.provider".into(), format!("`{other}` is not a voice provider; use piper, espeak or openai")),
+        VoiceProvider::Espeak | VoiceProvider::Openai => {}
     }
-    match spec.llm.provider.as_str() {
-        "local" => {
+    match spec.llm.provider {
+        LlmProvider::Local => {
             if !known(&spec.llm.model) {
                 out.add("llm.model".into(), format!("no local model `{}`; use one of: {}", spec.llm.model, names_of("llm", "")));
             }
         }
-        "openai" => {
+        LlmProvider::Openai => {
             if spec.llm.base_url.as_deref().is_some_and(|u| reqwest::Url::parse(u).is_err()) {
                 out.add("llm.base_url".into(), "is not a URL; use e.g. https://api.openai.com/v1".into());
             }
         }
-        other => out.add("llm.provider".into(), format!("`{other}` is not an LLM provider; use local or openai")),
     }
     if !(0.0..=2.0).contains(&spec.llm.temperature) {
         out.add("llm.temperature".into(), format!("{} is outside 0..2", spec.llm.temperature));
@@ -96,15 +94,14 @@ fn engines(spec: &AssistantSpec, out: &mut Problems) {
     if spec.llm.max_tokens == 0 || spec.llm.max_tokens > 4096 {
         out.add("llm.max_tokens".into(), format!("{} is outside 1..4096", spec.llm.max_tokens));
     }
-    match spec.stt.provider.as_str() {
-        "whisper" => {
+    match spec.stt.provider {
+        SttProvider::Whisper => {
             let model = if spec.stt.model.starts_with("whisper-") { spec.stt.model.clone() } else { format!("whisper-{}", spec.stt.model) };
             if !known(&model) {
                 out.add("stt.model".into(), format!("no Whisper model `{}`; use one of: {}", spec.stt.model, names_of("stt", "whisper-")));
             }
         }
-        "openai" => {}
-        other => out.add("stt.provider".into(), format!("`{other}` is not a speech-to-text provider; use whisper or openai")),
+        SttProvider::Openai => {}
     }
     let partial = spec.stt.partial_interval_ms;
     if partial != 0 && !(300..=10_000).contains(&partial) {

@@ -130,11 +130,65 @@ fn default_timezone() -> String {
     "UTC".into()
 }
 
+/// Who speaks the agent's words: a Piper voice from the model store, espeak-ng's formant
+/// voices, or an OpenAI-compatible speech endpoint. Written in specs as `piper`, `espeak`,
+/// `openai`; any other word is the spec's error, naming these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VoiceProvider {
+    #[default]
+    Piper,
+    Espeak,
+    Openai,
+}
+
+/// What writes the agent's replies: the local engine (`local`) or an OpenAI-compatible
+/// chat endpoint (`openai`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmProvider {
+    #[default]
+    Local,
+    Openai,
+}
+
+/// What hears the caller: Whisper on this machine (`whisper`) or an OpenAI-compatible
+/// transcription endpoint (`openai`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SttProvider {
+    #[default]
+    Whisper,
+    Openai,
+}
+
+/// The words the three provider enums are written as, for messages and identities.
+macro_rules! provider_words {
+    ($($kind:ident { $($variant:ident => $word:literal),+ })+) => {$(
+        impl $kind {
+            pub fn as_str(self) -> &'static str {
+                match self { $($kind::$variant => $word),+ }
+            }
+        }
+        impl std::fmt::Display for $kind {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )+};
+}
+
+provider_words! {
+    VoiceProvider { Piper => "piper", Espeak => "espeak", Openai => "openai" }
+    LlmProvider { Local => "local", Openai => "openai" }
+    SttProvider { Whisper => "whisper", Openai => "openai" }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VoiceSpec {
-    #[serde(default = "default_voice_provider")]
-    pub provider: String,
+    #[serde(default)]
+    pub provider: VoiceProvider,
     #[serde(default = "default_voice_name")]
     pub name: String,
     pub base_url: Option<String>,
@@ -146,25 +200,21 @@ pub struct VoiceSpec {
     pub model: Option<String>,
 }
 
-fn default_voice_provider() -> String {
-    "piper".into()
-}
-
 fn default_voice_name() -> String {
     crate::tts::DEFAULT_VOICE.into()
 }
 
 impl Default for VoiceSpec {
     fn default() -> Self {
-        VoiceSpec { provider: default_voice_provider(), name: default_voice_name(), base_url: None, api_key_env: None, api_key_secret: None, model: None }
+        VoiceSpec { provider: VoiceProvider::default(), name: default_voice_name(), base_url: None, api_key_env: None, api_key_secret: None, model: None }
     }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LlmSpec {
-    #[serde(default = "default_llm_provider")]
-    pub provider: String,
+    #[serde(default)]
+    pub provider: LlmProvider,
     #[serde(default = "default_llm_model")]
     pub model: String,
     pub base_url: Option<String>,
@@ -179,9 +229,6 @@ pub struct LlmSpec {
     pub max_tokens: usize,
 }
 
-fn default_llm_provider() -> String {
-    "local".into()
-}
 fn default_llm_model() -> String {
     "smollm2-135m".into()
 }
@@ -195,7 +242,7 @@ fn default_max_tokens() -> usize {
 impl Default for LlmSpec {
     fn default() -> Self {
         LlmSpec {
-            provider: default_llm_provider(),
+            provider: LlmProvider::default(),
             model: default_llm_model(),
             base_url: None,
             api_key_env: None,
@@ -209,8 +256,8 @@ impl Default for LlmSpec {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SttSpec {
-    #[serde(default = "default_stt_provider")]
-    pub provider: String,
+    #[serde(default)]
+    pub provider: SttProvider,
     #[serde(default = "default_stt_model")]
     pub model: String,
     pub base_url: Option<String>,
@@ -240,16 +287,13 @@ fn default_partial_interval_ms() -> u32 {
     1000
 }
 
-fn default_stt_provider() -> String {
-    "whisper".into()
-}
 fn default_stt_model() -> String {
     "tiny.en".into()
 }
 
 impl Default for SttSpec {
     fn default() -> Self {
-        SttSpec { provider: default_stt_provider(), model: default_stt_model(), base_url: None, api_key_env: None, api_key_secret: None, vocabulary: Vec::new(), partial_interval_ms: default_partial_interval_ms(), confirm_below: 0.0 }
+        SttSpec { provider: SttProvider::default(), model: default_stt_model(), base_url: None, api_key_env: None, api_key_secret: None, vocabulary: Vec::new(), partial_interval_ms: default_partial_interval_ms(), confirm_below: 0.0 }
     }
 }
 
@@ -476,7 +520,7 @@ impl Assistant {
     /// Whether a call to this assistant runs on this machine's models (Whisper, a Piper or
     /// espeak voice, the local LLM), and so counts against the local call capacity.
     pub fn uses_local_models(&self) -> bool {
-        self.spec.stt.provider != "openai" || self.spec.voice.provider != "openai" || self.spec.llm.provider == "local"
+        self.spec.stt.provider != SttProvider::Openai || self.spec.voice.provider != VoiceProvider::Openai || self.spec.llm.provider == LlmProvider::Local
     }
 
     pub fn load(path: &Path) -> Result<Assistant, AssistantError> {
@@ -688,6 +732,24 @@ mod tests {
         };
         out.extend(chars.iter().skip(at + skip));
         out.into_iter().collect()
+    }
+
+    #[test]
+    fn an_unknown_provider_is_named_with_the_known_ones() {
+        let yaml = "version: 1\nname: x\nsystem_prompt: Hi.\nvoice:\n  provider: elevenlabs\n";
+        let problems = Assistant::parse_all(yaml, Path::new("x.yaml")).unwrap_err();
+        assert_eq!(problems[0].field(), Some("voice.provider"));
+        let text = problems[0].to_string();
+        assert!(text.contains("elevenlabs") && text.contains("piper") && text.contains("espeak") && text.contains("openai") && text.starts_with("x.yaml:5:"), "{text}");
+        let json = serde_json::json!({ "version": 1, "name": "x", "system_prompt": "Hi.", "llm": { "provider": "anthropic" } });
+        let problems = Assistant::from_json(&json, "api").unwrap_err();
+        assert_eq!(problems[0].field(), Some("llm.provider"));
+        assert!(problems[0].to_string().contains("`local` or `openai`"), "{}", problems[0]);
+        // The words round-trip: a stored spec reads back as written.
+        let spec = Assistant::parse_all("version: 1\nname: x\nsystem_prompt: Hi.\nvoice: { provider: espeak, name: en-us }\nstt: { provider: openai, model: whisper-1 }\n", Path::new("x.yaml")).unwrap().spec;
+        let value = serde_json::to_value(&spec).unwrap();
+        assert_eq!((value["voice"]["provider"].as_str(), value["stt"]["provider"].as_str(), value["llm"]["provider"].as_str()), (Some("espeak"), Some("openai"), Some("local")));
+        assert_eq!(VoiceProvider::Espeak.to_string(), "espeak");
     }
 
     // Fuzzing: an assistant file with one edit, or any JSON sent as an assistant, loads or

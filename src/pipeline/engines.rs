@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
-use crate::assistant::Assistant;
+use crate::assistant::{Assistant, LlmProvider, SttProvider, VoiceProvider};
 use crate::egress::EgressPolicy;
 use crate::llm::local::LocalEngine;
 use crate::llm::openai::OpenAiLlm;
@@ -241,7 +241,7 @@ impl EngineRegistry {
 
     async fn stt_for(&self, assistant: &Assistant, credentials: &Credentials) -> Result<Arc<dyn SpeechToText>, EngineError> {
         let spec = &assistant.spec.stt;
-        if spec.provider == "openai" {
+        if spec.provider == SttProvider::Openai {
             let key = credentials.key("stt", spec.api_key_env.as_deref(), spec.api_key_secret.as_deref())?;
             let egress = self.egress_for(credentials);
             let base = remote_base(&egress, "stt.base_url", spec.base_url.as_deref())?;
@@ -260,13 +260,13 @@ impl EngineRegistry {
     /// The assistant's voice: the local one for its name, or a client for its endpoint.
     async fn tts_for(&self, assistant: &Assistant, credentials: &Credentials) -> Result<Arc<dyn TextToSpeech>, EngineError> {
         let voice = &assistant.spec.voice;
-        if voice.provider == "openai" {
+        if voice.provider == VoiceProvider::Openai {
             let key = credentials.key("voice", voice.api_key_env.as_deref(), voice.api_key_secret.as_deref())?;
             let egress = self.egress_for(credentials);
             let base = remote_base(&egress, "voice.base_url", voice.base_url.as_deref())?;
             return Ok(Arc::new(OpenAiTts::new(&base, voice.model.as_deref().unwrap_or(DEFAULT_OPENAI_VOICE_MODEL), &voice.name, &key, &egress)));
         }
-        let name = if voice.provider == "espeak" { format!("espeak:{}", voice.name) } else { voice.name.clone() };
+        let name = if voice.provider == VoiceProvider::Espeak { format!("espeak:{}", voice.name) } else { voice.name.clone() };
         let store = self.store.clone();
         let key = name.clone();
         self.cached(&self.voices, "voice", &name, || {
@@ -279,7 +279,7 @@ impl EngineRegistry {
     /// OpenAI-compatible endpoint.
     pub async fn llm_for(&self, assistant: &Assistant, credentials: &Credentials) -> Result<Arc<dyn LanguageModel>, EngineError> {
         let spec = &assistant.spec.llm;
-        if spec.provider == "openai" {
+        if spec.provider == LlmProvider::Openai {
             let key = credentials.key("llm", spec.api_key_env.as_deref(), spec.api_key_secret.as_deref())?;
             let egress = self.egress_for(credentials);
             let base = remote_base(&egress, "llm.base_url", spec.base_url.as_deref())?;
@@ -364,8 +364,8 @@ const DEFAULT_OPENAI_VOICE_MODEL: &str = "tts-1";
 /// What synthesizes an assistant's speech, as one string: two assistants with the same identity
 /// sound the same, so one may replay what the other's voice said (within one tenant).
 fn voice_identity(voice: &crate::assistant::VoiceSpec) -> String {
-    match voice.provider.as_str() {
-        "openai" => format!("openai|{}|{}|{}", voice.base_url.as_deref().unwrap_or(""), voice.model.as_deref().unwrap_or(DEFAULT_OPENAI_VOICE_MODEL), voice.name),
-        provider => format!("{provider}|{}", voice.name),
+    match voice.provider {
+        VoiceProvider::Openai => format!("openai|{}|{}|{}", voice.base_url.as_deref().unwrap_or(""), voice.model.as_deref().unwrap_or(DEFAULT_OPENAI_VOICE_MODEL), voice.name),
+        provider @ (VoiceProvider::Piper | VoiceProvider::Espeak) => format!("{provider}|{}", voice.name),
     }
 }

@@ -23,7 +23,7 @@ use utoipa::ToSchema;
 use super::auth::Auth;
 use super::error::{parse_json, ApiError, ApiQuery, ErrorBody};
 use super::AppState;
-use crate::assistant::{Assistant, AssistantError};
+use crate::assistant::{Assistant, AssistantError, LlmProvider, SttProvider, VoiceProvider};
 use crate::store::{self, AssistantRecord, Store};
 
 /// The file assistants, with what was last loaded from each file.
@@ -122,7 +122,11 @@ async fn tenant_assistant(state: &AppState, auth: &Auth, value: Value, label: &'
     }
     let spec = &assistant.spec;
     let mut urls: Vec<(String, &str)> = Vec::new();
-    let remote = [("llm", spec.llm.provider == "openai", &spec.llm.base_url), ("stt", spec.stt.provider == "openai", &spec.stt.base_url), ("voice", spec.voice.provider == "openai", &spec.voice.base_url)];
+    let remote = [
+        ("llm", spec.llm.provider == LlmProvider::Openai, &spec.llm.base_url),
+        ("stt", spec.stt.provider == SttProvider::Openai, &spec.stt.base_url),
+        ("voice", spec.voice.provider == VoiceProvider::Openai, &spec.voice.base_url),
+    ];
     for (section, is_remote, base) in remote {
         if let Some(base) = base {
             urls.push((format!("{section}.base_url"), base));

@@ -7,6 +7,7 @@ pub mod espeak;
 pub mod openai;
 pub mod piper;
 
+use crate::assistant::VoiceProvider;
 use crate::audio::Audio;
 use crate::models::ModelStore;
 
@@ -60,15 +61,15 @@ pub const SENTENCE_PAUSE_SECS: f32 = 0.15;
 /// Ringg's named voices and the installed voice each speaks with, as (name, provider, voice).
 /// The store holds one Piper voice (male); the female names are espeak-ng's formant variants
 /// until a female Piper voice is in the store.
-pub const NAMED_VOICES: &[(&str, &str, &str)] = &[
-    ("male-1", "piper", DEFAULT_VOICE),
-    ("male-2", "espeak", "en-us+m3"),
-    ("female-1", "espeak", "en-us+f3"),
-    ("female-2", "espeak", "en-us+f4"),
+pub const NAMED_VOICES: &[(&str, VoiceProvider, &str)] = &[
+    ("male-1", VoiceProvider::Piper, DEFAULT_VOICE),
+    ("male-2", VoiceProvider::Espeak, "en-us+m3"),
+    ("female-1", VoiceProvider::Espeak, "en-us+f3"),
+    ("female-2", VoiceProvider::Espeak, "en-us+f4"),
 ];
 
 /// The (provider, voice) a Ringg voice name (`female-1`) stands for.
-pub fn resolve_named_voice(name: &str) -> Option<(&'static str, &'static str)> {
+pub fn resolve_named_voice(name: &str) -> Option<(VoiceProvider, &'static str)> {
     NAMED_VOICES.iter().find(|(named, ..)| named.eq_ignore_ascii_case(name)).map(|(_, provider, voice)| (*provider, *voice))
 }
 
