@@ -347,7 +347,7 @@ impl Agent {
         let progress = Arc::new(Mutex::new(TurnProgress::default()));
         let cancel = CancellationToken::new();
         let messages = bounded(&state.history);
-        let handle = tokio::spawn(turn::run(self.ctx.clone(), messages, input, progress.clone(), cancel.clone()));
+        let handle = turn::spawn_stage("turn", &progress, turn::run(self.ctx.clone(), messages, input, progress.clone(), cancel.clone()));
         state.active = Some(ActiveTurn { cancel, handle, progress, interruptible, user, started_at: self.ctx.out.now() });
         state.reprompted = false;
     }

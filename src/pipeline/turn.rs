@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -145,12 +145,27 @@ fn lock(progress: &Progress) -> std::sync::MutexGuard<'_, TurnProgress> {
     progress.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Spawns one of a turn's stages. A stage that panics ends (its channels close, so the turn
+/// ends as if cut) and says so in the turn's errors, which reach the call's report and log,
+/// rather than only on the process's stderr.
+pub fn spawn_stage(stage: &'static str, progress: &Progress, work: impl std::future::Future<Output = ()> + Send + 'static) -> tokio::task::JoinHandle<()> {
+    let progress = progress.clone();
+    tokio::spawn(async move {
+        if let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await {
+            let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+            tracing::error!(stage, "a turn's stage panicked: {what}");
+            lock(&progress).errors.push(format!("the turn's {stage} stage stopped: {what}"));
+        }
+    })
+}
+
 /// Runs one turn to completion or cancellation: the four stages, wired.
 pub async fn run(ctx: Arc<TurnContext>, messages: Vec<Message>, input: TurnInput, progress: Progress, cancel: CancellationToken) {
     let sentences = write(ctx.clone(), messages, input, progress.clone(), cancel.clone());
     let (audio_tx, audio_rx) = mpsc::channel(4);
-    let speaker = tokio::spawn(speak(ctx.clone(), sentences, audio_tx, progress.clone(), cancel.clone()));
+    let speaker = spawn_stage("speak", &progress, speak(ctx.clone(), sentences, audio_tx, progress.clone(), cancel.clone()));
     play(ctx, audio_rx, progress, cancel).await;
+    // The stage records its own panic; a finished or panicked speaker is all there is to wait for.
     let _ = speaker.await;
 }
 
@@ -159,8 +174,9 @@ pub async fn run(ctx: Arc<TurnContext>, messages: Vec<Message>, input: TurnInput
 pub fn write(ctx: Arc<TurnContext>, messages: Vec<Message>, input: TurnInput, progress: Progress, cancel: CancellationToken) -> mpsc::Receiver<Frame> {
     let (text_tx, text_rx) = mpsc::channel(64);
     let (sentence_tx, sentence_rx) = mpsc::channel(32);
-    tokio::spawn(chunk(text_rx, sentence_tx, progress.clone(), cancel.clone()));
-    tokio::spawn(async move {
+    spawn_stage("chunk", &progress, chunk(text_rx, sentence_tx, progress.clone(), cancel.clone()));
+    let stage_progress = progress.clone();
+    spawn_stage("write", &stage_progress, async move {
         match input {
             TurnInput::Say(text) => say(&text_tx, &text).await,
             TurnInput::Render { template, context } => {
@@ -618,6 +634,22 @@ async fn play(ctx: Arc<TurnContext>, mut inbox: mpsc::Receiver<Frame>, progress:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_stage_that_panics_says_so_in_the_turns_errors() {
+        let progress = Progress::default();
+        let (tx, mut rx) = mpsc::channel::<Frame>(1);
+        let stage = spawn_stage("speak", &progress, async move {
+            let _holds_the_channel = tx;
+            let sentences: Vec<&str> = Vec::new();
+            let _ = sentences[3];
+        });
+        stage.await.expect("the panic is caught in the stage");
+        assert!(rx.recv().await.is_none(), "the stage's channel closed, so the turn ends");
+        let errors = lock(&progress).errors.clone();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("the turn's speak stage stopped: index out of bounds"), "{errors:?}");
+    }
 
     #[tokio::test]
     async fn the_chunk_stage_passes_chunks_on_and_a_cancel_keeps_the_rest() {

@@ -216,7 +216,10 @@ pub async fn call_details(State(state): State<AppState>, caller: RingezCaller, P
 pub async fn hang_up(State(state): State<AppState>, caller: RingezCaller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let call = caller.call(&state, &id).await?;
     if call.is_live() && call.status != CallStatus::Ending.as_str() {
-        let _ = calls::apply_control(&state, &caller.auth, call.clone(), Control::Hangup { reason: "hung up through the API".into() }).await;
+        // A call that ended meanwhile is refused here and reported below as it ended.
+        if let Err(error) = calls::apply_control(&state, &caller.auth, call.clone(), Control::Hangup { reason: "hung up through the API".into() }).await {
+            tracing::warn!(call_id = %call.id, code = error.code, "hang-up not applied: {}", error.message);
+        }
     }
     let mut now = call;
     // Closing takes the summary's time; a client gets the final figures when it is quick.
