@@ -1156,12 +1156,15 @@ impl Flow {
 
     /// Words that give a phone number, and say so ("my number is …"), where the current node
     /// collects no number read digit by digit: not a failed correction, only something the
-    /// booking does not need. (Bare digits may be a time or date the parsers missed.)
+    /// booking does not need. (Bare digits may be a time or date the parsers missed.) A number
+    /// heard in part ("my phone number is fine, fine, one two three four") is still one when
+    /// the words name a phone.
     fn unasked_phone_number(&self, text: &str) -> bool {
         let words = parse::words(text);
-        parse::phone(text, DEFAULT_PHONE_DIGITS).is_some()
-            && words.iter().any(|w| w == "number" || w == "phone")
-            && !self.current().collect.iter().any(|slot| matches!(slot.kind, SlotKind::Phone | SlotKind::Digits))
+        let says = |names: &[&str]| words.iter().any(|w| names.contains(&w.as_str()));
+        let whole = parse::phone(text, DEFAULT_PHONE_DIGITS).is_some() && says(&["number", "phone"]);
+        let named = says(&["number"]) && says(&["phone", "cell", "mobile"]) && parse::digits(text).len() >= 3;
+        (whole || named) && !self.current().collect.iter().any(|slot| matches!(slot.kind, SlotKind::Phone | SlotKind::Digits))
     }
 
     fn not_understood(&mut self, text: &str, lines: &mut Vec<String>) {

@@ -718,6 +718,13 @@ fn a_read_back_corrected_keeps_the_rest_and_is_read_back_again() {
     let reply = flow.on_caller("My phone number is 555 1234.");
     assert!(reply.extract.is_none(), "not sent to the LLM");
     assert_eq!(said(&reply), "Thanks, I won't need a number for this. So that's a table for 5, tomorrow at 7 pm, under Sarah. Is that right?");
+    // Heard in part (the bench caller's "five five five" as "fine, fine"), it is still a
+    // phone number, not a mishearing of the read-back's answer.
+    let reply = flow.on_caller("My phone number is fine. Fine. One, two, three, four.");
+    assert!(reply.extract.is_none(), "not sent to the LLM");
+    assert!(said(&reply).starts_with("Thanks, I won't need a number for this. So that's"), "{}", said(&reply));
+    let reply = flow.on_caller("The number 1234.");
+    assert!(said(&reply).starts_with("Sorry, I didn't catch that."), "no phone named, too few digits: {}", said(&reply));
     let reply = flow.on_caller("555 1234.");
     assert!(reply.extract.is_none(), "not sent to the LLM");
     assert_eq!(said(&reply), "Sorry, I didn't catch that. So that's a table for 5, tomorrow at 7 pm, under Sarah. Is that right?");
