@@ -104,24 +104,68 @@ impl EchoPath {
     }
 
     /// `heard` (16 kHz) came from a caller chunk of `chunk_len` samples at the line's rate.
-    fn cancel(&mut self, chunk_len: usize, dropped: u64, heard: Vec<f32>) -> Vec<f32> {
+    fn cancel(&mut self, chunk_len: usize, dropped: u64, heard: Vec<f32>, faults: &mut Faults) -> Vec<f32> {
         if dropped > self.drops_seen {
             // The edge dropped caller chunks: drop what was played beside them.
             self.played.skip((dropped - self.drops_seen) as usize * chunk_len);
             self.drops_seen = dropped;
         }
         let reference = self.played.take(chunk_len);
-        let reference = match self.resampler.as_mut() {
-            Some(r) => r.push(&reference).unwrap_or_default(),
+        let reference = match self.resampler.as_mut().map(|r| r.push(&reference)) {
+            Some(Ok(resampled)) => resampled,
+            Some(Err(error)) => {
+                faults.add(Fault::Echo, error);
+                return heard;
+            }
             None => reference,
         };
         match self.canceller.process(&reference, &heard) {
             Ok(clean) => clean,
             Err(error) => {
-                tracing::warn!(%error, "echo cancellation failed; hearing the line as it is");
+                faults.add(Fault::Echo, error);
                 heard
             }
         }
+    }
+}
+
+/// A fault in the caller's audio path that the call lives with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    /// A chunk the resampler refused: heard as silence.
+    Resample,
+    /// The agent's echo could not be taken out: the chunk heard as it came.
+    Echo,
+    /// A frame the VAD could not score: read as silence.
+    Vad,
+}
+
+impl Fault {
+    fn describe(self) -> &'static str {
+        match self {
+            Fault::Resample => "caller audio the resampler refused, heard as silence",
+            Fault::Echo => "caller audio whose echo could not be cancelled, heard with it",
+            Fault::Vad => "caller audio the VAD could not score, read as silence",
+        }
+    }
+}
+
+/// The faults a listener lived with: each kind counted with its first error, logged once, and
+/// put in the call's errors when the listener stops (a call that heard nothing says why).
+#[derive(Debug, Default)]
+struct Faults(std::collections::BTreeMap<Fault, (u64, String)>);
+
+impl Faults {
+    fn add(&mut self, fault: Fault, error: impl std::fmt::Display) {
+        let (count, _) = self.0.entry(fault).or_insert_with(|| {
+            tracing::warn!(%error, "{}", fault.describe());
+            (0, error.to_string())
+        });
+        *count += 1;
+    }
+
+    fn into_errors(self) -> Vec<String> {
+        self.0.into_iter().map(|(fault, (count, first))| format!("{}: {count} chunk(s); the first: {first}", fault.describe())).collect()
     }
 }
 
@@ -282,11 +326,18 @@ enum Phase {
 }
 
 impl Listener {
-    pub async fn run(self, mut audio_in: LiveReceiver, out: mpsc::Sender<Frame>, cancel: CancellationToken) {
+    /// Follows the caller until the call is cancelled, the audio ends or the agent is gone;
+    /// returns the faults its audio path lived with, as the call's errors.
+    pub async fn run(self, mut audio_in: LiveReceiver, out: mpsc::Sender<Frame>, cancel: CancellationToken) -> Vec<String> {
         let Some((mut resampler, mut echo)) = self.input_path(&out).await else {
-            return;
+            return Vec::new();
         };
         let mut ear = Ear::new(&self);
+        self.follow(&mut ear, &mut audio_in, &mut resampler, &mut echo, &out, &cancel).await;
+        ear.faults.into_errors()
+    }
+
+    async fn follow(&self, ear: &mut Ear, audio_in: &mut LiveReceiver, resampler: &mut Option<StreamResampler>, echo: &mut Option<EchoPath>, out: &mpsc::Sender<Frame>, cancel: &CancellationToken) {
         loop {
             // Wait for audio, or for a pending transcript.
             let chunk = {
@@ -321,19 +372,23 @@ impl Listener {
             };
             if let Some(chunk) = chunk {
                 let chunk_len = chunk.len();
-                let samples = match resampler.as_mut() {
-                    Some(r) => r.push(&chunk).unwrap_or_default(),
+                let samples = match resampler.as_mut().map(|r| r.push(&chunk)) {
+                    Some(Ok(resampled)) => resampled,
+                    Some(Err(error)) => {
+                        ear.faults.add(Fault::Resample, error);
+                        Vec::new()
+                    }
                     None => chunk,
                 };
                 let samples = match echo.as_mut() {
-                    Some(path) => path.cancel(chunk_len, audio_in.dropped(), samples),
+                    Some(path) => path.cancel(chunk_len, audio_in.dropped(), samples, &mut ear.faults),
                     None => samples,
                 };
-                if ear.take(&self, samples, &out).await.is_err() {
+                if ear.take(self, samples, out).await.is_err() {
                     return;
                 }
             }
-            if ear.decide(&self, &out).await.is_err() {
+            if ear.decide(self, out).await.is_err() {
                 return;
             }
         }
@@ -391,6 +446,7 @@ struct Ear {
     last_turn: Option<(Vec<f32>, Duration)>,
     /// The utterance under way begins with the last turn's audio: it continues that turn.
     continues: bool,
+    faults: Faults,
 }
 
 /// Samples kept from before the VAD's onset.
@@ -419,6 +475,7 @@ impl Ear {
             talking: None,
             last_turn: None,
             continues: false,
+            faults: Faults::default(),
         }
     }
 
@@ -450,7 +507,10 @@ impl Ear {
     }
 
     async fn frame(&mut self, listener: &Listener, frame: &[f32], out: &mpsc::Sender<Frame>) -> Result<(), Gone> {
-        let probability = listener.vad.probability(&mut self.stream, frame).unwrap_or(0.0);
+        let probability = listener.vad.probability(&mut self.stream, frame).unwrap_or_else(|error| {
+            self.faults.add(Fault::Vad, error);
+            0.0
+        });
         let event = self.detector.push(probability);
         if matches!(self.phase, Phase::Quiet) {
             self.recent.extend(frame.iter().copied());
@@ -784,6 +844,22 @@ pub fn reads_finished(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn faults_are_counted_by_kind_with_the_first_error_and_become_the_calls_errors() {
+        let mut faults = Faults::default();
+        assert!(Faults::default().into_errors().is_empty(), "a clean line reports nothing");
+        faults.add(Fault::Vad, "input shape [1, 511]");
+        faults.add(Fault::Resample, "chunk of 3 samples");
+        faults.add(Fault::Vad, "a later error");
+        assert_eq!(
+            faults.into_errors(),
+            [
+                "caller audio the resampler refused, heard as silence: 1 chunk(s); the first: chunk of 3 samples",
+                "caller audio the VAD could not score, read as silence: 2 chunk(s); the first: input shape [1, 511]",
+            ]
+        );
+    }
 
     /// A recognizer that hears `primed` with any prompt and `unprimed` without, its words at
     /// the given probabilities (the last one for the words after); counts its decodes.

@@ -240,14 +240,19 @@ pub async fn run_call(
     hung_up.cancelled().await;
     call_token.cancel();
     // A stage that panicked ended the call early: say so in its report, not only in the log.
-    let stopped = [("listener", listen_task.await), ("agent", agent_task.await)];
+    let (listened, agent) = (listen_task.await, agent_task.await);
     analysis_branch.finish().await;
     let mut report = std::mem::take(&mut *report.lock().unwrap_or_else(|e| e.into_inner()));
-    for (stage, joined) in stopped {
-        if let Err(error) = joined {
+    for (stage, stopped) in [("listener", listened.as_ref().err()), ("agent", agent.as_ref().err())] {
+        if let Some(error) = stopped {
             tracing::error!(call_id = %report.call_id, %error, "the call's {stage} stopped");
             report.errors.push(format!("the call's {stage} stopped: {error}"));
         }
+    }
+    // What the caller's audio path lived with (a refused chunk, a frame the VAD could not score).
+    for fault in listened.unwrap_or_default() {
+        tracing::warn!(call_id = %report.call_id, "{fault}");
+        report.errors.push(fault);
     }
     report.duration = out.now();
     // Read after the listener has finished: every drop is counted by now.
