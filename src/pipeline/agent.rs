@@ -126,6 +126,8 @@ const EXTRACTION_TIMEOUT: Duration = Duration::from_secs(4);
 
 #[derive(Default)]
 struct State {
+    /// The call's token: helpers the agent spawns (a prefill, a flow's extraction) stop with it.
+    call: CancellationToken,
     history: Vec<Message>,
     active: Option<ActiveTurn>,
     /// When the caller's current speech began (None while they are silent).
@@ -244,11 +246,24 @@ fn record_actions(state: &mut State, report: &mut CallReport, actions: &[Action]
     }
 }
 
+/// Spawns a helper of the call that has no use once the call is over (a prefill, a flow's
+/// extraction): it is dropped, and its LLM request with it, when the call's token is cancelled.
+fn spawn_helper(call: &CancellationToken, work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let call = call.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = call.cancelled() => {}
+            _ = work => {}
+        }
+    });
+}
+
 impl Agent {
     pub async fn run(mut self, mut inbox: mpsc::Receiver<Frame>, call: CancellationToken, report: Arc<Mutex<CallReport>>) {
         let turn_spec = self.ctx.assistant.spec.turn;
         let (flow_tx, mut flow_rx) = mpsc::unbounded_channel();
         let mut state = State {
+            call: call.clone(),
             history: vec![Message::System { content: self.system_prompt.clone() }],
             flow: self.flow.take(),
             flow_results: Some(flow_tx),
@@ -271,9 +286,9 @@ impl Agent {
             // so the first real turn only pays for the caller's words (KV-cache reuse).
             let mut messages = state.history.clone();
             messages.push(Message::Assistant { content: crate::text::strip_marks(&first), tool_calls: Vec::new() });
-            tokio::spawn(turn::prefill(self.ctx.clone(), messages));
+            spawn_helper(&call, turn::prefill(self.ctx.clone(), messages));
         } else {
-            tokio::spawn(turn::prefill(self.ctx.clone(), state.history.clone()));
+            spawn_helper(&call, turn::prefill(self.ctx.clone(), state.history.clone()));
         }
         // One line frame: a barge-in is noticed within 20 ms.
         let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -718,7 +733,7 @@ impl Agent {
         let Some(results) = state.flow_results.clone() else { return };
         let llm = self.ctx.llm.clone();
         let events = self.events.clone();
-        tokio::spawn(async move {
+        spawn_helper(&state.call, async move {
             let chat = ChatRequest { messages: request.messages(), tools: Vec::new(), max_tokens: 48, temperature: 0.0, schema: Some(request.schema.clone()) };
             let value = match tokio::time::timeout(EXTRACTION_TIMEOUT, crate::llm::complete_text(llm.as_ref(), chat)).await {
                 Ok(Ok(reply)) => crate::flow::ExtractRequest::read(&reply),
@@ -732,7 +747,9 @@ impl Agent {
         });
     }
 
-    /// Calls a flow's HTTP tool in the background; its result comes back to the run loop.
+    /// Calls a flow's HTTP tool in the background; its result comes back to the run loop. The
+    /// request outlives a hang-up (within the tool's own timeout): the business's side of it,
+    /// a booking made, should not depend on when the caller put the phone down.
     fn call_tool(&self, state: &State, request: crate::flow::ToolRequest) {
         let Some(results) = state.flow_results.clone() else { return };
         let Some(tool) = super::tools::http_tool(&self.ctx.assistant, &request.tool).cloned() else {
@@ -1070,6 +1087,18 @@ mod tests {
 
     fn call(id: &str, name: &str) -> ToolCall {
         ToolCall { id: id.into(), name: name.into(), arguments: "{}".into() }
+    }
+
+    #[tokio::test]
+    async fn a_helper_is_dropped_when_the_call_ends() {
+        let call = CancellationToken::new();
+        let (held, dropped) = tokio::sync::oneshot::channel::<()>();
+        spawn_helper(&call, async move {
+            let _held = held;
+            std::future::pending::<()>().await
+        });
+        call.cancel();
+        assert!(dropped.await.is_err(), "the helper was dropped, and the sender it held with it");
     }
 
     #[test]
