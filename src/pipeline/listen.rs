@@ -165,7 +165,7 @@ impl Faults {
     }
 
     fn into_errors(self) -> Vec<String> {
-        self.0.into_iter().map(|(fault, (count, first))| format!("{}: {count} chunk(s); the first: {first}", fault.describe())).collect()
+        self.0.into_iter().map(|(fault, (count, first))| format!("{}: {count} time(s); the first: {first}", fault.describe())).collect()
     }
 }
 
@@ -855,8 +855,8 @@ mod tests {
         assert_eq!(
             faults.into_errors(),
             [
-                "caller audio the resampler refused, heard as silence: 1 chunk(s); the first: chunk of 3 samples",
-                "caller audio the VAD could not score, read as silence: 2 chunk(s); the first: input shape [1, 511]",
+                "caller audio the resampler refused, heard as silence: 1 time(s); the first: chunk of 3 samples",
+                "caller audio the VAD could not score, read as silence: 2 time(s); the first: input shape [1, 511]",
             ]
         );
     }
