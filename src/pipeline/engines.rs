@@ -266,7 +266,7 @@ impl EngineRegistry {
             let base = remote_base(&egress, "voice.base_url", voice.base_url.as_deref())?;
             return Ok(Arc::new(OpenAiTts::new(&base, voice.model.as_deref().unwrap_or(DEFAULT_OPENAI_VOICE_MODEL), &voice.name, &key, &egress)));
         }
-        let name = if voice.provider == VoiceProvider::Espeak { format!("espeak:{}", voice.name) } else { voice.name.clone() };
+        let name = crate::tts::load_name(voice.provider, &voice.name);
         let store = self.store.clone();
         let key = name.clone();
         self.cached(&self.voices, "voice", &name, || {

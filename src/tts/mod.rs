@@ -82,6 +82,15 @@ pub fn load_voice(store: &ModelStore, name: &str, threads: usize) -> Result<Box<
     }
 }
 
+/// The name [`load_voice`] takes for a provider's voice: `espeak:VOICE` for espeak-ng, the
+/// voice's own name for Piper (the inverse of [`espeak_voice`]).
+pub fn load_name(provider: VoiceProvider, voice: &str) -> String {
+    match provider {
+        VoiceProvider::Espeak => format!("espeak:{voice}"),
+        VoiceProvider::Piper | VoiceProvider::Openai => voice.to_string(),
+    }
+}
+
 /// espeak-ng's voice for a voice name that asks for one (`espeak`, `espeak:VOICE`); `None`
 /// for a Piper voice.
 pub fn espeak_voice(name: &str) -> Option<&str> {
@@ -89,4 +98,16 @@ pub fn espeak_voice(name: &str) -> Option<&str> {
         return Some("en-us");
     }
     name.strip_prefix("espeak:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_voices_load_name_reads_back_as_its_provider_and_voice() {
+        assert_eq!(espeak_voice(&load_name(VoiceProvider::Espeak, "en-us+f3")), Some("en-us+f3"));
+        assert_eq!(load_name(VoiceProvider::Piper, DEFAULT_VOICE), DEFAULT_VOICE);
+        assert_eq!(espeak_voice(&load_name(VoiceProvider::Piper, DEFAULT_VOICE)), None);
+    }
 }

@@ -51,7 +51,7 @@ fn sweep_clips(dir: &std::path::Path) -> usize {
 fn synthesis_voice(state: &AppState, requested: Option<&str>) -> (String, Option<String>) {
     let Some(name) = requested else { return (crate::tts::DEFAULT_VOICE.to_string(), None) };
     if let Some((provider, voice)) = crate::tts::resolve_named_voice(name) {
-        return (if provider == crate::assistant::VoiceProvider::Espeak { format!("espeak:{voice}") } else { voice.to_string() }, None);
+        return (crate::tts::load_name(provider, voice), None);
     }
     if crate::tts::espeak_voice(name).is_some() || state.runner.models().manifest.get(&format!("piper-{name}")).is_ok() {
         return (name.to_string(), None);
