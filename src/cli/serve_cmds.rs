@@ -101,6 +101,18 @@ pub struct ServeArgs {
     /// the machine. Wins over Twilio.
     #[arg(long, env = "RINGLINE_SANDBOX_LINE")]
     pub sandbox_line: bool,
+    /// Answers calls from a SIP trunk on this UDP address, e.g. 0.0.0.0:5060: INVITEs to a
+    /// workspace's number reach its assistant, audio in G.711 over RTP.
+    #[arg(long, env = "RINGLINE_SIP_BIND")]
+    pub sip_bind: Option<SocketAddr>,
+    /// The address SIP peers reach this server at (put in Contact and SDP); needed when
+    /// --sip-bind is 0.0.0.0 or behind NAT.
+    #[arg(long, env = "RINGLINE_SIP_ADDRESS", requires = "sip_bind")]
+    pub sip_address: Option<std::net::IpAddr>,
+    /// The trunk's addresses: SIP from any other source is dropped unanswered (a SIP peer
+    /// carries no key). Repeat it or give a comma-separated list; loopback only by default.
+    #[arg(long, env = "RINGLINE_SIP_TRUSTED", value_delimiter = ',', value_parser = parse_cidr, requires = "sip_bind")]
+    pub sip_trusted: Vec<crate::egress::Cidr>,
     /// Load each local model when the first call needs it, instead of loading the file
     /// assistants' models at start (a first caller then waits for them).
     #[arg(long, env = "RINGLINE_NO_PRELOAD")]
@@ -182,6 +194,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             _ => None,
         },
+        sip: args.sip_bind.map(|bind| server::sip::SipConfig {
+            bind,
+            address: args.sip_address,
+            trusted: if args.sip_trusted.is_empty() { vec!["127.0.0.0/8".parse().expect("a range"), "::1".parse().expect("an address")] } else { args.sip_trusted },
+        }),
     };
     runtime()?.block_on(server::serve(config, models))
 }

@@ -15,6 +15,7 @@ pub mod analysis;
 pub mod assistants;
 pub mod auth;
 pub mod calls;
+pub mod inbound;
 pub mod error;
 pub mod limits;
 pub mod meta;
@@ -24,6 +25,7 @@ pub mod ringez;
 pub mod ringg;
 pub mod runner;
 pub mod secrets;
+pub mod sip;
 pub mod twilio;
 pub mod webcall;
 pub mod webhooks;
@@ -66,6 +68,8 @@ pub struct ServeConfig {
     pub secrets_key: Option<String>,
     /// Real phone calls through Twilio; an empty `public_url` means the listening address.
     pub twilio: Option<twilio::TwilioConfig>,
+    /// Calls from a SIP trunk (see `ringline serve --sip-bind`).
+    pub sip: Option<sip::SipConfig>,
     /// Where recordings of calls are written.
     pub recordings_dir: PathBuf,
     /// Every valid number reaches the sandbox line (see `ringline serve --sandbox-line`).
@@ -211,6 +215,11 @@ pub async fn serve(config: ServeConfig, models: ModelStore) -> anyhow::Result<()
     tokio::spawn(webhooks::deliver_loop(store.clone(), state.vault.clone(), config.egress.clone(), shutdown.clone()));
     if store.backend == Backend::Postgres {
         tokio::spawn(runner::listen_for_control(store.url.clone(), runner.clone(), shutdown.clone()));
+    }
+
+    if let Some(sip_config) = config.sip.clone() {
+        let sip_address = sip::start(state.clone(), sip_config, shutdown.clone()).await?;
+        tracing::info!(address = %sip_address, "SIP: INVITEs to the workspaces' numbers are answered");
     }
 
     // The first line on stdout says where to connect (tests and scripts read it).

@@ -18,9 +18,9 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use super::runner::{AssistantOwner, Connect};
+use super::runner::Connect;
 use super::AppState;
-use crate::store::{self, CallRecord};
+use crate::store::CallRecord;
 use crate::transport::stream::{CallControl, Outgoing, StreamLine};
 use crate::transport::twilio::{self, Incoming};
 
@@ -241,57 +241,14 @@ pub async fn voice(State(state): State<AppState>, uri: Uri, headers: HeaderMap, 
 /// Starts an inbound call: the number's assistant, a call record, and a stream to wait for.
 /// The error is what the caller hears.
 async fn inbound(state: &AppState, params: &[(String, String)]) -> Result<(String, String), String> {
-    const NOT_IN_SERVICE: &str = "Sorry, this number is not in service.";
     let (to, from) = (param(params, "To").unwrap_or_default(), param(params, "From").unwrap_or_default());
-    let number = match state.store.number_holder(to).await {
-        Ok(Some(number)) => number,
-        Ok(None) => return Err(NOT_IN_SERVICE.into()),
-        Err(error) => {
-            tracing::error!(%error, "cannot look up an inbound number");
-            return Err("Sorry, we cannot take your call right now.".into());
-        }
-    };
-    let Some(assistant_id) = number.assistant_id.clone() else {
-        tracing::info!(number = %to, "an inbound call to a number no assistant answers");
-        return Err(NOT_IN_SERVICE.into());
-    };
-    let record = match state.store.assistant(&number.workspace_id, &assistant_id).await {
-        Ok(Some(record)) => record,
-        _ => return Err(NOT_IN_SERVICE.into()),
-    };
-    let Ok(assistant) = super::assistants::from_stored(&record.id, record.current_version, &record.spec) else { return Err(NOT_IN_SERVICE.into()) };
-    if state.limits.check_call(&state.store, &number.workspace_id, state.runner.load_for(&assistant)).await.is_err() {
-        return Err("Sorry, all our lines are busy. Please call again later.".into());
-    }
-    let owner = if record.source == "file" { AssistantOwner::Deployment } else { AssistantOwner::Workspace };
-    let now = store::now_ms();
-    let call = CallRecord {
-        id: store::new_id("call"),
-        workspace_id: number.workspace_id.clone(),
-        assistant_id: record.id.clone(),
-        assistant_version: record.current_version,
-        direction: "inbound".into(),
-        to_number: to.to_string(),
-        from_number: from.to_string(),
-        status: crate::call::CallStatus::Initiated.as_str().into(),
-        dynamic_variables: "{}".into(),
-        metadata: serde_json::json!({ "twilio_call_sid": param(params, "CallSid") }).to_string(),
-        worker_id: Some(state.worker_id.to_string()),
-        day: store::day_of(now),
-        created_at: now,
-        ..CallRecord::default()
-    };
-    let digest = call.id.clone();
-    match state.store.insert_call(&call, super::calls::IDEMPOTENCY_WINDOW_MS, &digest).await {
-        Ok(Ok(())) => {}
-        _ => return Err("Sorry, we cannot take your call right now.".into()),
-    }
-    state.metrics.call_started();
-    let waiting = state.runner.expect_stream(&call.id);
+    let metadata = serde_json::json!({ "twilio_call_sid": param(params, "CallSid") });
+    let admitted = super::inbound::admit(state, to, from, metadata).await.map_err(|refusal| refusal.message().to_string())?;
+    let waiting = state.runner.expect_stream(&admitted.call.id);
     let token = waiting.token.clone();
-    let record = assistant.spec.recording;
-    state.runner.start(call.clone(), Arc::new(assistant), owner, Connect::Twilio(waiting), record);
-    Ok((call.id, token))
+    let call_id = admitted.call.id.clone();
+    state.runner.start(admitted.call, admitted.assistant, admitted.owner, Connect::Twilio(waiting), admitted.record);
+    Ok((call_id, token))
 }
 
 /// `POST /twilio/status`: Twilio reports a call's progress (`CallStatus`).

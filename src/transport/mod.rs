@@ -10,6 +10,7 @@ pub mod live;
 pub mod played;
 pub mod playout;
 pub mod recorder;
+pub mod sip;
 pub mod stream;
 pub mod twilio;
 pub mod webcall;

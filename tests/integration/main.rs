@@ -14,6 +14,7 @@ mod engine;
 mod listen;
 mod models;
 mod security;
+mod sip;
 mod speech;
 mod twilio;
 mod standin;

@@ -201,7 +201,7 @@ async fn media_session(url: &str, parameters: &BTreeMap<String, String>, call_si
 }
 
 /// Transcribes 8 kHz μ-law with the local recognizer.
-fn transcribe(mulaw: &[u8], dir: &Path, name: &str) -> String {
+pub fn transcribe(mulaw: &[u8], dir: &Path, name: &str) -> String {
     let path = dir.join(format!("{name}.wav"));
     ringline::audio::Audio::new(ringline::audio::g711::decode_mulaw(mulaw), 8_000).write_wav(&path).unwrap();
     let stdout = run_ok(ringline().arg("transcribe").arg("--json").arg(&path).env("RINGLINE_MODELS_DIR", models_dir()));

@@ -1,0 +1,593 @@
+//! A SIP trunk's calls: a user agent server on UDP that answers INVITEs to the workspaces'
+//! numbers, with the caller's audio and the agent's over RTP in G.711.
+//!
+//! ```text
+//! trunk ─ INVITE (SDP offer) ─► 100 Trying ─► inbound::admit (number → assistant, limits, record)
+//!       ◄─ 200 OK (SDP answer) ─ retransmitted until ACK ─ the call starts on a StreamLine
+//! RTP in (PCMU/PCMA, telephone-events) ─► the line ─► the call
+//! the line's 20 ms frames ─► RTP out
+//! BYE from the trunk ends the call; a call that ends here sends BYE; a transfer sends REFER
+//! ```
+//!
+//! A SIP peer is not authenticated by a key: only sources in the trusted ranges (the trunk's
+//! addresses; loopback unless configured) are answered, anything else is dropped unanswered.
+//! Every datagram is bounded (`sip::MAX_MESSAGE_BYTES`), dialogs are bounded, and a call
+//! admitted here counts against the same limits as any other.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::inbound::{self, Refusal};
+use super::runner::Connect;
+use super::AppState;
+use crate::egress::Cidr;
+use crate::transport::sip::{self, InDialog, Message, Offer, StartLine};
+use crate::transport::stream::{CallControl, Outgoing, StreamLine};
+
+/// Dialogs (calls being set up or under way) one endpoint holds; an INVITE beyond it gets 503.
+const MAX_DIALOGS: usize = 1_000;
+/// SIP's timer T1: the first retransmission interval on UDP; T2 caps it.
+const T1: Duration = Duration::from_millis(500);
+const T2: Duration = Duration::from_secs(4);
+/// How long a 200 OK is retransmitted waiting for its ACK (64·T1).
+const ACK_WITHIN: Duration = Duration::from_secs(32);
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY";
+
+/// Where the SIP endpoint listens and whom it answers.
+#[derive(Debug, Clone)]
+pub struct SipConfig {
+    pub bind: SocketAddr,
+    /// The address peers reach this server at (in Contact and SDP); the bind address unless
+    /// that is unspecified.
+    pub address: Option<IpAddr>,
+    /// Sources answered; the rest are dropped.
+    pub trusted: Vec<Cidr>,
+}
+
+impl SipConfig {
+    /// The address to advertise; an error names the fix when there is none.
+    fn advertised(&self) -> anyhow::Result<IpAddr> {
+        match self.address {
+            Some(address) => Ok(address),
+            None if self.bind.ip().is_unspecified() => {
+                anyhow::bail!("--sip-bind {} listens on every address: give --sip-address, the address SIP peers reach this server at", self.bind)
+            }
+            None => Ok(self.bind.ip()),
+        }
+    }
+}
+
+struct Endpoint {
+    socket: UdpSocket,
+    state: AppState,
+    config: SipConfig,
+    /// The advertised address, and `host:port` of our Via and Contact.
+    address: IpAddr,
+    host: String,
+    dialogs: Mutex<HashMap<String, Arc<Dialog>>>,
+    /// Datagrams dropped for their source, logged once.
+    untrusted_logged: std::sync::atomic::AtomicBool,
+}
+
+/// One call's dialog, from its INVITE.
+struct Dialog {
+    /// SIP's Call-ID.
+    id: String,
+    /// Where the INVITE came from: responses and our requests go there.
+    peer: SocketAddr,
+    invite: Message,
+    our_tag: String,
+    state: Mutex<DialogState>,
+}
+
+#[derive(Default)]
+struct DialogState {
+    /// Resent when the INVITE is retransmitted.
+    last_response: Option<String>,
+    /// The final response has been sent.
+    answered: bool,
+    acked: bool,
+    cancelled: bool,
+    /// The SDP answer, for a re-INVITE.
+    sdp: Option<String>,
+    line: Option<StreamLine>,
+    /// The peer sent BYE: nothing to send back.
+    ended_by_peer: bool,
+    cseq: u32,
+    /// Our requests waiting for a final response, by branch.
+    waiting: HashMap<String, oneshot::Sender<u16>>,
+}
+
+impl Dialog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DialogState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buffer);
+    hex::encode(buffer)
+}
+
+/// Binds the endpoint and serves it until `shutdown`; returns the address it listens on.
+pub async fn start(state: AppState, config: SipConfig, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let address = config.advertised()?;
+    let socket = UdpSocket::bind(config.bind).await.map_err(|e| anyhow::anyhow!("--sip-bind {}: {e}", config.bind))?;
+    let local = socket.local_addr()?;
+    let host = SocketAddr::new(address, local.port()).to_string();
+    let endpoint = Arc::new(Endpoint { socket, state, config, address, host, dialogs: Mutex::new(HashMap::new()), untrusted_logged: Default::default() });
+    tokio::spawn(endpoint.run(shutdown));
+    Ok(local)
+}
+
+impl Endpoint {
+    fn dialogs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Dialog>>> {
+        self.dialogs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut buffer = vec![0u8; sip::MAX_MESSAGE_BYTES + 1];
+        loop {
+            let (length, source) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                received = self.socket.recv_from(&mut buffer) => match received {
+                    Ok(received) => received,
+                    Err(error) => {
+                        // An ICMP error for an earlier send surfaces here on some systems.
+                        tracing::debug!(%error, "the SIP socket reported an error");
+                        continue;
+                    }
+                },
+            };
+            if !self.config.trusted.iter().any(|range| range.contains(source.ip())) {
+                if !self.untrusted_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(%source, "dropped SIP from a source outside --sip-trusted (logged once)");
+                }
+                continue;
+            }
+            let datagram = &buffer[..length];
+            if datagram.iter().all(|b| b.is_ascii_whitespace()) {
+                continue; // a keep-alive (CRLF)
+            }
+            match sip::parse(datagram) {
+                Ok(message) => self.clone().handle(message, source).await,
+                Err(problem) => tracing::debug!(%source, problem, "dropped a malformed SIP datagram"),
+            }
+        }
+        // The server is stopping: its calls hang up through their lines (the runner's shutdown).
+    }
+
+    async fn send(&self, text: &str, to: SocketAddr) {
+        if let Err(error) = self.socket.send_to(text.as_bytes(), to).await {
+            tracing::debug!(%error, %to, "a SIP message could not be sent");
+        }
+    }
+
+    async fn handle(self: Arc<Self>, message: Message, source: SocketAddr) {
+        match &message.start {
+            StartLine::Response { code, .. } => self.response(&message, *code),
+            StartLine::Request { method, .. } => {
+                if let Err(problem) = message.check_request() {
+                    // A response needs these headers to find its way back; without them, none.
+                    tracing::debug!(%source, problem, "dropped a SIP request it cannot answer");
+                    return;
+                }
+                let method = method.clone();
+                let dialog = message.header("call-id").and_then(|id| self.dialogs().get(id).cloned());
+                match (method.as_str(), dialog) {
+                    ("INVITE", Some(dialog)) => self.reinvite(&dialog, &message, source).await,
+                    ("INVITE", None) => self.invite(message, source).await,
+                    ("ACK", Some(dialog)) => self.ack(&dialog, &message),
+                    ("ACK", None) => {}
+                    ("BYE", Some(dialog)) => self.bye(&dialog, &message, source).await,
+                    ("CANCEL", Some(dialog)) => self.cancel(&dialog, &message, source).await,
+                    ("INFO", Some(dialog)) => {
+                        if let (Some(key), Some(line)) = (sip::dtmf_relay(&message.body), dialog.lock().line.clone()) {
+                            line.caller_key(key);
+                        }
+                        self.reply(&message, source, 200, "OK", &[]).await;
+                    }
+                    ("NOTIFY", Some(_)) | ("OPTIONS", _) => self.reply(&message, source, 200, "OK", &[("Allow", ALLOW), ("Accept", "application/sdp")]).await,
+                    ("BYE" | "CANCEL" | "INFO" | "NOTIFY", None) => self.reply(&message, source, 481, "Call/Transaction Does Not Exist", &[]).await,
+                    (_, Some(_)) => self.reply(&message, source, 501, "Not Implemented", &[("Allow", ALLOW)]).await,
+                    (_, None) => self.reply(&message, source, 405, "Method Not Allowed", &[("Allow", ALLOW)]).await,
+                }
+            }
+        }
+    }
+
+    async fn reply(&self, request: &Message, to: SocketAddr, code: u16, reason: &str, extra: &[(&str, &str)]) {
+        self.send(&sip::response(request, code, reason, None, extra, None), to).await;
+    }
+
+    /// A response to a request we sent (BYE, REFER): the final one ends its wait.
+    fn response(&self, message: &Message, code: u16) {
+        if code < 200 {
+            return;
+        }
+        let Some(dialog) = message.header("call-id").and_then(|id| self.dialogs().get(id).cloned()) else { return };
+        let Some(branch) = message.branch() else { return };
+        let waiter = dialog.lock().waiting.remove(branch);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(code);
+        }
+    }
+
+    /// A new call: 100 Trying at once, then the offer, the number and the limits decide.
+    async fn invite(self: Arc<Self>, invite: Message, source: SocketAddr) {
+        let id = invite.header("call-id").unwrap_or_default().to_string();
+        if self.dialogs().len() >= MAX_DIALOGS {
+            self.reply(&invite, source, 503, "Service Unavailable", &[("Retry-After", "30")]).await;
+            return;
+        }
+        let dialog = Arc::new(Dialog { id: id.clone(), peer: source, invite, our_tag: random_hex(8), state: Mutex::new(DialogState::default()) });
+        let trying = sip::response(&dialog.invite, 100, "Trying", None, &[], None);
+        dialog.lock().last_response = Some(trying.clone());
+        self.dialogs().insert(id, dialog.clone());
+        self.send(&trying, source).await;
+        tokio::spawn(self.accept(dialog));
+    }
+
+    /// Sends the INVITE's final response (kept for retransmissions of the INVITE).
+    async fn final_response(&self, dialog: &Dialog, code: u16, reason: &str, extra: &[(&str, &str)], body: Option<(&str, &str)>) -> String {
+        let text = sip::response(&dialog.invite, code, reason, Some(&dialog.our_tag), extra, body);
+        {
+            let mut state = dialog.lock();
+            state.last_response = Some(text.clone());
+            state.answered = true;
+        }
+        self.send(&text, dialog.peer).await;
+        text
+    }
+
+    /// Refuses the INVITE; the dialog is forgotten once the refusal has had time to be ACKed.
+    async fn refuse(self: &Arc<Self>, dialog: &Arc<Dialog>, code: u16, reason: &str) {
+        tracing::info!(sip_call = %dialog.id, code, reason, "refused a SIP call");
+        self.final_response(dialog, code, reason, &[], None).await;
+        let endpoint = self.clone();
+        let id = dialog.id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ACK_WITHIN).await;
+            endpoint.dialogs().remove(&id);
+        });
+    }
+
+    async fn accept(self: Arc<Self>, dialog: Arc<Dialog>) {
+        let offer = match sip::parse_offer(&dialog.invite.body) {
+            Ok(offer) => offer,
+            Err(_) if dialog.invite.body.trim().is_empty() => return self.refuse(&dialog, 488, "Not Acceptable Here (an INVITE without an SDP offer)").await,
+            Err(problem) => return self.refuse(&dialog, 488, &format!("Not Acceptable Here ({problem})")).await,
+        };
+        let StartLine::Request { uri, .. } = &dialog.invite.start else { return };
+        let to = sip::user_of(uri).or_else(|| sip::user_of(sip::uri_of(dialog.invite.header("to").unwrap_or_default()))).map(number).unwrap_or_default();
+        let from = sip::user_of(sip::uri_of(dialog.invite.header("from").unwrap_or_default())).map(number).unwrap_or_else(|| "anonymous".into());
+        let metadata = serde_json::json!({ "sip_call_id": dialog.id, "sip_peer": dialog.peer.to_string() });
+        let admitted = match inbound::admit(&self.state, &to, &from, metadata).await {
+            Ok(admitted) => admitted,
+            Err(Refusal::NotInService) => return self.refuse(&dialog, 404, "Not Found").await,
+            Err(Refusal::Busy) => return self.refuse(&dialog, 486, "Busy Here").await,
+            Err(Refusal::Unavailable) => return self.refuse(&dialog, 503, "Service Unavailable").await,
+        };
+        let media = match UdpSocket::bind(SocketAddr::new(self.config.bind.ip(), 0)).await {
+            Ok(socket) => socket,
+            Err(error) => {
+                tracing::error!(%error, "cannot open an RTP socket");
+                let _ = self.state.store.set_call_status(&admitted.call.id, crate::call::CallStatus::Failed, Some("no RTP port could be opened")).await;
+                return self.refuse(&dialog, 503, "Service Unavailable").await;
+            }
+        };
+        let port = media.local_addr().map(|a| a.port()).unwrap_or_default();
+        let sdp = sip::answer(self.address, port, &offer, rand::random::<u32>() as u64);
+        let control = Arc::new(SipControl { endpoint: self.clone(), dialog: dialog.clone() });
+        let (line, input, outgoing) = StreamLine::start(&format!("sip:{}", dialog.id), sip::RATE, Some(control));
+        let cancelled = {
+            let mut state = dialog.lock();
+            state.line = Some(line.clone());
+            state.sdp = Some(sdp.clone());
+            // From here a CANCEL is too late: the answer is on its way.
+            state.answered = !state.cancelled;
+            state.cancelled
+        };
+        tracing::info!(call = %admitted.call.id, sip_call = %dialog.id, peer = %dialog.peer, codec = offer.codec.name(), "answering a SIP call");
+        self.state.runner.start(admitted.call, admitted.assistant, admitted.owner, Connect::Line(line.clone(), input), admitted.record);
+        if cancelled {
+            // CANCEL came while the call was admitted: it ends before it is answered.
+            dialog.lock().ended_by_peer = true;
+            line.close();
+            return;
+        }
+        tokio::spawn(carry_media(line.clone(), media, offer, outgoing));
+        let contact = format!("<sip:ringline@{}>", self.host);
+        let ok = self.final_response(&dialog, 200, "OK", &[("Contact", &contact), ("Allow", ALLOW)], Some(("application/sdp", &sdp))).await;
+        tokio::spawn(self.clone().until_acked(dialog.clone(), ok));
+        self.until_ended(dialog, line).await;
+    }
+
+    /// Resends the 200 OK until its ACK comes; a call never ACKed fails.
+    async fn until_acked(self: Arc<Self>, dialog: Arc<Dialog>, ok: String) {
+        let started = Instant::now();
+        let mut wait = T1;
+        loop {
+            tokio::time::sleep(wait).await;
+            let (acked, line) = {
+                let state = dialog.lock();
+                (state.acked || state.ended_by_peer, state.line.clone())
+            };
+            if acked {
+                return;
+            }
+            if started.elapsed() >= ACK_WITHIN {
+                if let Some(line) = line {
+                    line.fail("the SIP peer never acknowledged the answer (no ACK)");
+                }
+                return;
+            }
+            self.send(&ok, dialog.peer).await;
+            wait = (wait * 2).min(T2);
+        }
+    }
+
+    /// Waits for the call to end; unless the peer ended it, tells the peer with BYE.
+    async fn until_ended(self: Arc<Self>, dialog: Arc<Dialog>, line: StreamLine) {
+        line.ended().cancelled().await;
+        if !dialog.lock().ended_by_peer {
+            if let Some(code) = self.request(&dialog, "BYE", &[]).await {
+                tracing::debug!(sip_call = %dialog.id, code, "the peer answered our BYE");
+            } else {
+                tracing::info!(sip_call = %dialog.id, "the peer did not answer our BYE");
+            }
+        }
+        self.dialogs().remove(&dialog.id);
+    }
+
+    /// Sends a request within the dialog and waits for its final status, retransmitting on
+    /// SIP's timers; `None` when none came.
+    async fn request(&self, dialog: &Dialog, method: &str, extra: &[(&str, &str)]) -> Option<u16> {
+        let branch = format!("z9hG4bK{}", random_hex(8));
+        let (answered, cseq) = {
+            let (tx, rx) = oneshot::channel();
+            let mut state = dialog.lock();
+            state.cseq += 1;
+            state.waiting.insert(branch.clone(), tx);
+            (rx, state.cseq)
+        };
+        let to_header = dialog.invite.header("to").unwrap_or_default();
+        let from = if sip::param(to_header, "tag").is_some() { to_header.to_string() } else { format!("{to_header};tag={}", dialog.our_tag) };
+        let contact = dialog.invite.header("contact").map(sip::uri_of).unwrap_or_default();
+        let target = if contact.is_empty() { format!("sip:{}", dialog.peer) } else { contact.to_string() };
+        let text = InDialog {
+            method,
+            target: &target,
+            via_host: &self.host,
+            branch: &branch,
+            from: &from,
+            to: dialog.invite.header("from").unwrap_or_default(),
+            call_id: &dialog.id,
+            cseq,
+        }
+        .render(extra);
+        tokio::pin!(answered);
+        let mut wait = T1;
+        for _ in 0..7 {
+            self.send(&text, dialog.peer).await;
+            tokio::select! {
+                code = &mut answered => return code.ok(),
+                _ = tokio::time::sleep(wait) => wait = (wait * 2).min(T2),
+            }
+        }
+        dialog.lock().waiting.remove(&branch);
+        None
+    }
+
+    /// A retransmitted INVITE gets the last response again; a re-INVITE (a refreshed session,
+    /// hold) keeps the media as it is.
+    async fn reinvite(&self, dialog: &Dialog, message: &Message, source: SocketAddr) {
+        let same = message.branch() == dialog.invite.branch() && message.cseq() == dialog.invite.cseq();
+        let last = dialog.lock().last_response.clone();
+        match (same, last) {
+            (true, Some(last)) => self.send(&last, source).await,
+            (true, None) => {}
+            (false, _) => {
+                let sdp = dialog.lock().sdp.clone();
+                let contact = format!("<sip:ringline@{}>", self.host);
+                let text = sip::response(message, 200, "OK", Some(&dialog.our_tag), &[("Contact", &contact)], sdp.as_deref().map(|s| ("application/sdp", s)));
+                self.send(&text, source).await;
+            }
+        }
+    }
+
+    fn ack(&self, dialog: &Dialog, _message: &Message) {
+        let remove = {
+            let mut state = dialog.lock();
+            state.acked = true;
+            // The ACK of a refusal closes a dialog that never had a call.
+            state.line.is_none() && state.answered
+        };
+        if remove {
+            self.dialogs().remove(&dialog.id);
+        }
+    }
+
+    async fn bye(&self, dialog: &Dialog, message: &Message, source: SocketAddr) {
+        self.reply(message, source, 200, "OK", &[]).await;
+        let line = {
+            let mut state = dialog.lock();
+            state.ended_by_peer = true;
+            state.line.clone()
+        };
+        if let Some(line) = line {
+            line.close();
+        }
+        self.dialogs().remove(&dialog.id);
+    }
+
+    /// CANCEL before the answer ends the INVITE with 487; after it, it changes nothing.
+    async fn cancel(self: &Arc<Self>, dialog: &Arc<Dialog>, message: &Message, source: SocketAddr) {
+        self.reply(message, source, 200, "OK", &[]).await;
+        let pending = {
+            let mut state = dialog.lock();
+            let pending = !state.answered;
+            if pending {
+                state.cancelled = true;
+            }
+            pending
+        };
+        if pending {
+            self.refuse(dialog, 487, "Request Terminated").await;
+        }
+    }
+}
+
+/// The number in a SIP user part: a bare run of digits long enough to be international is
+/// taken as E.164 without its `+` (how many trunks send it).
+fn number(user: &str) -> String {
+    let digits = user.bytes().all(|b| b.is_ascii_digit());
+    if digits && user.len() >= 8 {
+        format!("+{user}")
+    } else {
+        user.to_string()
+    }
+}
+
+/// Ends and transfers a SIP call: ending is the line's (its end sends BYE); a transfer asks the
+/// peer with REFER, then the call ends here.
+struct SipControl {
+    endpoint: Arc<Endpoint>,
+    dialog: Arc<Dialog>,
+}
+
+impl CallControl for SipControl {
+    fn hang_up(&self) {}
+
+    fn transfer(&self, destination: &str, done: CancellationToken) {
+        let target = if destination.starts_with("sip:") || destination.starts_with("sips:") || destination.starts_with("tel:") {
+            destination.to_string()
+        } else {
+            format!("sip:{destination}@{}", self.dialog.peer.ip())
+        };
+        let (endpoint, dialog) = (self.endpoint.clone(), self.dialog.clone());
+        tokio::spawn(async move {
+            let refer_to = format!("<{target}>");
+            let contact = format!("<sip:ringline@{}>", endpoint.host);
+            match endpoint.request(&dialog, "REFER", &[("Refer-To", &refer_to), ("Contact", &contact)]).await {
+                Some(code) if (200..300).contains(&code) => tracing::info!(sip_call = %dialog.id, %target, "the SIP peer took the transfer"),
+                Some(code) => tracing::warn!(sip_call = %dialog.id, %target, code, "the SIP peer refused the transfer"),
+                None => tracing::warn!(sip_call = %dialog.id, %target, "the SIP peer did not answer the transfer"),
+            }
+            done.cancel();
+        });
+    }
+}
+
+/// Carries one call's RTP both ways until its line ends: the peer's audio and keys to the
+/// line, the line's frames to the peer in 20 ms packets.
+async fn carry_media(line: StreamLine, socket: UdpSocket, offer: Offer, mut outgoing: mpsc::Receiver<Outgoing>) {
+    let remote = SocketAddr::new(offer.address, offer.port);
+    let payload_type = offer.codec.payload_type();
+    let ssrc: u32 = rand::random();
+    let mut sequence: u16 = rand::random();
+    let first_timestamp: u32 = rand::random();
+    let started = Instant::now();
+    let mut last_timestamp: Option<u32> = None;
+    let mut last_sequence_in: Option<(u32, u16)> = None;
+    let mut last_event: Option<(u32, u32)> = None;
+    let mut malformed = 0u64;
+    let mut buffer = vec![0u8; 2048];
+    let ended = line.ended();
+    loop {
+        tokio::select! {
+            _ = ended.cancelled() => break,
+            message = outgoing.recv() => match message {
+                Some(Outgoing::Audio(frame)) => {
+                    let payload = offer.codec.encode(&frame);
+                    // The timestamp follows the clock through the agent's silences; a talkspurt's
+                    // first packet carries the marker.
+                    let due = first_timestamp.wrapping_add((started.elapsed().as_millis() as u64 / 20 * 160) as u32);
+                    let (timestamp, marker) = match last_timestamp {
+                        Some(last) => {
+                            let next = last.wrapping_add(frame.len() as u32);
+                            let gap = due.wrapping_sub(next) as i32;
+                            if gap > 160 { (due, true) } else { (next, false) }
+                        }
+                        None => (due, true),
+                    };
+                    last_timestamp = Some(timestamp);
+                    let packet = sip::rtp_packet(marker, payload_type, sequence, timestamp, ssrc, &payload);
+                    sequence = sequence.wrapping_add(1);
+                    if !offer.address.is_unspecified() {
+                        let _ = socket.send_to(&packet, remote).await;
+                    }
+                }
+                // RTP has no marks: what went out on the line's clock has been played.
+                Some(Outgoing::Mark(_)) => line.mark_played(),
+                Some(Outgoing::Clear | Outgoing::Event(_)) => {}
+                None => break,
+            },
+            received = socket.recv_from(&mut buffer) => {
+                let Ok((length, source)) = received else { continue };
+                if source.ip() != offer.address {
+                    continue; // only the peer's media is the caller
+                }
+                let rtp = match sip::parse_rtp(&buffer[..length]) {
+                    Ok(rtp) => rtp,
+                    Err(problem) => {
+                        malformed += 1;
+                        if malformed == 1 {
+                            tracing::warn!(stream = %line.name(), problem, "a malformed RTP packet (further ones are not logged)");
+                        }
+                        continue;
+                    }
+                };
+                if last_sequence_in == Some((rtp.ssrc, rtp.sequence)) {
+                    continue; // a duplicate
+                }
+                last_sequence_in = Some((rtp.ssrc, rtp.sequence));
+                if rtp.payload_type == payload_type {
+                    line.caller_audio(offer.codec.decode(rtp.payload));
+                } else if Some(rtp.payload_type) == offer.telephone_event {
+                    // One event spans several packets with one timestamp (and three end packets).
+                    if let Some((key, _)) = sip::telephone_event(rtp.payload) {
+                        if last_event != Some((rtp.ssrc, rtp.timestamp)) {
+                            last_event = Some((rtp.ssrc, rtp.timestamp));
+                            line.caller_key(key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if malformed > 0 {
+        tracing::warn!(stream = %line.name(), malformed, "malformed RTP packets were dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_number_in_a_user_part_reads_as_e164() {
+        assert_eq!(number("14155552671"), "+14155552671");
+        assert_eq!(number("+14155552671"), "+14155552671");
+        assert_eq!(number("1234"), "1234", "an extension stays as it is");
+        assert_eq!(number("alice"), "alice");
+    }
+
+    #[test]
+    fn an_unspecified_bind_address_needs_an_advertised_one() {
+        let config = SipConfig { bind: "0.0.0.0:5060".parse().unwrap(), address: None, trusted: Vec::new() };
+        assert!(config.advertised().unwrap_err().to_string().contains("--sip-address"));
+        let config = SipConfig { address: Some("192.0.2.7".parse().unwrap()), ..config };
+        assert_eq!(config.advertised().unwrap(), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let config = SipConfig { bind: "127.0.0.1:5060".parse().unwrap(), address: None, trusted: Vec::new() };
+        assert_eq!(config.advertised().unwrap(), "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+}

@@ -1,0 +1,592 @@
+//! SIP and RTP, the wire protocols of a SIP trunk: what a call's messages and audio look like,
+//! with no sockets. The server's endpoint (`server::sip`) owns the socket and the dialogs.
+//!
+//! Spoken here (RFC 3261 over UDP, as a user agent server that answers INVITEs): requests and
+//! responses as text with headers (compact forms too), the SDP offer of an INVITE and our answer
+//! (RFC 3264: G.711 μ-law or A-law at 8 kHz, and RFC 4733 telephone-events), RTP packets
+//! (RFC 3550) and the DTMF events they carry. Everything a peer sends is bounded and checked:
+//! a datagram that is not what it says it is gets an error naming the part.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+/// The largest SIP datagram read (a UDP message; an INVITE with SDP is about 1 KiB).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// Headers one message may carry.
+const MAX_HEADERS: usize = 100;
+/// G.711 at 8 kHz: the rate of every SIP line here.
+pub const RATE: u32 = 8_000;
+/// The most audio one RTP packet may carry (a second).
+pub const MAX_RTP_PAYLOAD: usize = 8_000;
+
+/// A SIP message's first line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartLine {
+    Request { method: String, uri: String },
+    Response { code: u16, reason: String },
+}
+
+/// A parsed SIP message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub start: StartLine,
+    /// Headers in order, names in their full lowercase form (`v` is `via`).
+    headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// The full name of a header given in its compact form (RFC 3261 §7.3.3).
+fn full_name(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    match lower.as_str() {
+        "v" => "via",
+        "f" => "from",
+        "t" => "to",
+        "i" => "call-id",
+        "m" => "contact",
+        "l" => "content-length",
+        "c" => "content-type",
+        "e" => "content-encoding",
+        "k" => "supported",
+        "s" => "subject",
+        "r" => "refer-to",
+        other => return other.to_string(),
+    }
+    .to_string()
+}
+
+/// Parses one datagram; the error names what is wrong.
+pub fn parse(datagram: &[u8]) -> Result<Message, String> {
+    if datagram.len() > MAX_MESSAGE_BYTES {
+        return Err(format!("a {} byte message; the most is {MAX_MESSAGE_BYTES}", datagram.len()));
+    }
+    let text = std::str::from_utf8(datagram).map_err(|_| "the message is not UTF-8 text".to_string())?;
+    let (head, body) = match text.find("\r\n\r\n") {
+        Some(at) => (&text[..at], &text[at + 4..]),
+        None => match text.find("\n\n") {
+            Some(at) => (&text[..at], &text[at + 2..]),
+            None => (text.trim_end(), ""),
+        },
+    };
+    let mut lines = head.lines();
+    let first = lines.next().unwrap_or_default().trim();
+    let start = parse_start(first)?;
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for line in lines {
+        if line.starts_with(' ') || line.starts_with('\t') {
+            // A folded header line continues the last one.
+            let Some((_, value)) = headers.last_mut() else { return Err("the first header line is a continuation".into()) };
+            value.push(' ');
+            value.push_str(line.trim());
+            continue;
+        }
+        let (name, value) = line.split_once(':').ok_or_else(|| format!("header line `{}` has no `:`", truncate(line)))?;
+        let name = name.trim();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)) {
+            return Err(format!("header name `{}` is not a token", truncate(name)));
+        }
+        if headers.len() == MAX_HEADERS {
+            return Err(format!("more than {MAX_HEADERS} headers"));
+        }
+        headers.push((full_name(name), value.trim().to_string()));
+    }
+    let mut message = Message { start, headers, body: String::new() };
+    let length = match message.header("content-length") {
+        Some(value) => value.parse::<usize>().map_err(|_| format!("Content-Length `{}` is not a number", truncate(value)))?,
+        None => body.len(),
+    };
+    if length > body.len() {
+        return Err(format!("Content-Length says {length} bytes; the body has {}", body.len()));
+    }
+    message.body = body.get(..length).ok_or("Content-Length ends inside a character")?.to_string();
+    Ok(message)
+}
+
+fn parse_start(line: &str) -> Result<StartLine, String> {
+    if let Some(rest) = line.strip_prefix("SIP/2.0 ") {
+        let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+        let code = code.parse::<u16>().ok().filter(|c| (100..700).contains(c)).ok_or_else(|| format!("status line `{}` has no status code 100-699", truncate(line)))?;
+        return Ok(StartLine::Response { code, reason: reason.to_string() });
+    }
+    let mut parts = line.split(' ');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(method), Some(uri), Some("SIP/2.0"), None) if !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase()) && !uri.is_empty() => {
+            Ok(StartLine::Request { method: method.to_string(), uri: uri.to_string() })
+        }
+        _ => Err(format!("`{}` is not a SIP/2.0 request or status line", truncate(line))),
+    }
+}
+
+fn truncate(text: &str) -> String {
+    let cut: String = text.chars().take(60).collect();
+    cut.escape_default().to_string()
+}
+
+impl Message {
+    /// The first value of a header (any spelling, compact forms included).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = full_name(name);
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a header, in order (several lines, or one line's comma-separated values
+    /// are left as given).
+    pub fn headers(&self, name: &str) -> impl Iterator<Item = &str> {
+        let name = full_name(name);
+        self.headers.iter().filter(move |(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn method(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// `CSeq`: its number and method.
+    pub fn cseq(&self) -> Option<(u32, &str)> {
+        let (number, method) = self.header("cseq")?.split_once(' ')?;
+        Some((number.trim().parse().ok()?, method.trim()))
+    }
+
+    /// The top `Via`'s branch: the transaction a retransmission belongs to.
+    pub fn branch(&self) -> Option<&str> {
+        param(self.header("via")?, "branch")
+    }
+
+    /// The headers a request must carry for a response to reach its sender.
+    pub fn check_request(&self) -> Result<(), String> {
+        for name in ["via", "from", "to", "call-id", "cseq"] {
+            if self.header(name).is_none() {
+                return Err(format!("the request has no {name} header"));
+            }
+        }
+        if self.cseq().is_none() {
+            return Err(format!("CSeq `{}` is not a number and a method", truncate(self.header("cseq").unwrap_or_default())));
+        }
+        Ok(())
+    }
+}
+
+/// A `;name=value` parameter of a header value (outside its `<…>`).
+pub fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
+    let outside = match value.rfind('>') {
+        Some(at) => &value[at + 1..],
+        None => value,
+    };
+    outside.split(';').skip(1).find_map(|p| {
+        let (key, found) = p.split_once('=').unwrap_or((p, ""));
+        key.trim().eq_ignore_ascii_case(name).then(|| found.trim())
+    })
+}
+
+/// The URI of a name-addr (`"Alice" <sip:alice@host>;tag=1`) or of a bare addr-spec.
+pub fn uri_of(value: &str) -> &str {
+    match (value.find('<'), value.find('>')) {
+        (Some(open), Some(close)) if open < close => &value[open + 1..close],
+        _ => value.split(';').next().unwrap_or_default().trim(),
+    }
+}
+
+/// The user part of a `sip:`/`sips:`/`tel:` URI (the dialled or calling number), without its
+/// parameters; `None` when it has none.
+pub fn user_of(uri: &str) -> Option<&str> {
+    let rest = uri.strip_prefix("sip:").or_else(|| uri.strip_prefix("sips:")).or_else(|| uri.strip_prefix("tel:"))?;
+    let user = if uri.starts_with("tel:") { rest } else { rest.split_once('@')?.0 };
+    let user = user.split(';').next().unwrap_or_default();
+    (!user.is_empty()).then_some(user)
+}
+
+/// A response to `request`: its Via, From, Call-ID and CSeq copied, its To with `to_tag`
+/// added if it has none, then `extra` headers and the body.
+pub fn response(request: &Message, code: u16, reason: &str, to_tag: Option<&str>, extra: &[(&str, &str)], body: Option<(&str, &str)>) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for via in request.headers("via") {
+        let _ = write!(out, "Via: {via}\r\n");
+    }
+    let to = request.header("to").unwrap_or_default();
+    let to = match to_tag {
+        Some(tag) if param(to, "tag").is_none() => format!("{to};tag={tag}"),
+        _ => to.to_string(),
+    };
+    let _ = write!(out, "From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n", request.header("from").unwrap_or_default(), request.header("call-id").unwrap_or_default(), request.header("cseq").unwrap_or_default());
+    finish(out, extra, body)
+}
+
+/// Headers common to what we send, then the body with its length.
+fn finish(mut out: String, extra: &[(&str, &str)], body: Option<(&str, &str)>) -> String {
+    for (name, value) in extra {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    match body {
+        Some((content_type, body)) => {
+            let _ = write!(out, "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        }
+        None => out.push_str("Content-Length: 0\r\n\r\n"),
+    }
+    out
+}
+
+/// A request within a dialog we are in (BYE, REFER): `from` is our side of it (with our tag),
+/// `to` the peer's (with theirs), `target` the peer's Contact.
+pub struct InDialog<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+    pub via_host: &'a str,
+    pub branch: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub call_id: &'a str,
+    pub cseq: u32,
+}
+
+impl InDialog<'_> {
+    pub fn render(&self, extra: &[(&str, &str)]) -> String {
+        let mut out = format!("{} {} SIP/2.0\r\n", self.method, self.target);
+        let _ = write!(
+            out,
+            "Via: SIP/2.0/UDP {};branch={};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n",
+            self.via_host, self.branch, self.from, self.to, self.call_id, self.cseq, self.method
+        );
+        finish(out, extra, None)
+    }
+}
+
+/// The G.711 codecs a SIP line speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// μ-law, static payload type 0.
+    Pcmu,
+    /// A-law, static payload type 8.
+    Pcma,
+}
+
+impl Codec {
+    pub fn payload_type(self) -> u8 {
+        match self {
+            Codec::Pcmu => 0,
+            Codec::Pcma => 8,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Pcmu => "PCMU",
+            Codec::Pcma => "PCMA",
+        }
+    }
+
+    pub fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            Codec::Pcmu => crate::audio::g711::decode_mulaw(bytes),
+            Codec::Pcma => crate::audio::g711::decode_alaw(bytes),
+        }
+    }
+
+    pub fn encode(self, samples: &[f32]) -> Vec<u8> {
+        match self {
+            Codec::Pcmu => crate::audio::g711::encode_mulaw(samples),
+            Codec::Pcma => crate::audio::g711::encode_alaw(samples),
+        }
+    }
+}
+
+/// What an SDP offer asks for, as far as this line needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offer {
+    /// Where the peer wants our audio.
+    pub address: IpAddr,
+    pub port: u16,
+    /// The codec chosen from the offer's, in its order of preference.
+    pub codec: Codec,
+    /// The payload type the peer gave RFC 4733 telephone-events, if it offered them.
+    pub telephone_event: Option<u8>,
+}
+
+/// Reads the offer's first audio stream and chooses a codec; the error is why the offer
+/// cannot be answered (sent back as 488).
+pub fn parse_offer(sdp: &str) -> Result<Offer, String> {
+    let mut session_address: Option<IpAddr> = None;
+    let mut media_address: Option<IpAddr> = None;
+    let mut audio: Option<(u16, Vec<u8>)> = None;
+    let mut rtpmap: Vec<(u8, String)> = Vec::new();
+    let mut in_audio = false;
+    for line in sdp.lines().map(str::trim) {
+        let Some((kind, value)) = line.split_once('=') else { continue };
+        match kind {
+            "c" => {
+                let address = value.split(' ').nth(2).ok_or_else(|| format!("c=`{}` names no address", truncate(value)))?;
+                let address: IpAddr = address.split('/').next().unwrap_or_default().parse().map_err(|_| format!("c=`{}`: `{}` is not an IP address", truncate(value), truncate(address)))?;
+                if audio.is_some() && in_audio {
+                    media_address = Some(address);
+                } else if audio.is_none() {
+                    session_address = Some(address);
+                }
+            }
+            "m" => {
+                in_audio = false;
+                let mut parts = value.split(' ');
+                if parts.next() == Some("audio") && audio.is_none() {
+                    let port = parts.next().and_then(|p| p.split('/').next()?.parse::<u16>().ok()).ok_or_else(|| format!("m=`{}` has no port", truncate(value)))?;
+                    let profile = parts.next().unwrap_or_default();
+                    if profile != "RTP/AVP" {
+                        return Err(format!("the audio stream's profile is `{}`; only RTP/AVP (plain RTP) is spoken", truncate(profile)));
+                    }
+                    let formats = parts.filter_map(|p| p.parse::<u8>().ok()).collect();
+                    audio = Some((port, formats));
+                    in_audio = true;
+                }
+            }
+            "a" if in_audio => {
+                if let Some(map) = value.strip_prefix("rtpmap:") {
+                    if let Some((pt, name)) = map.split_once(' ') {
+                        if let Ok(pt) = pt.parse::<u8>() {
+                            rtpmap.push((pt, name.to_ascii_lowercase()));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let (port, formats) = audio.ok_or("the offer has no audio stream (m=audio)")?;
+    let address = media_address.or(session_address).ok_or("the offer names no connection address (c=)")?;
+    let named = |pt: u8| rtpmap.iter().find(|(p, _)| *p == pt).map(|(_, n)| n.as_str());
+    let codec = formats
+        .iter()
+        .find_map(|&pt| match (pt, named(pt)) {
+            (0, None) => Some(Codec::Pcmu),
+            (8, None) => Some(Codec::Pcma),
+            (_, Some(name)) if name.starts_with("pcmu/8000") => (pt == 0).then_some(Codec::Pcmu),
+            (_, Some(name)) if name.starts_with("pcma/8000") => (pt == 8).then_some(Codec::Pcma),
+            _ => None,
+        })
+        .ok_or_else(|| format!("the offer's audio formats {formats:?} include neither PCMU (0) nor PCMA (8) at 8000 Hz"))?;
+    let telephone_event = formats.iter().copied().find(|&pt| named(pt).is_some_and(|n| n.starts_with("telephone-event/8000")));
+    Ok(Offer { address, port, codec, telephone_event })
+}
+
+/// Our SDP answer: audio from `address:port` in `codec`, with telephone-events if offered.
+pub fn answer(address: IpAddr, port: u16, offer: &Offer, session: u64) -> String {
+    let family = if address.is_ipv4() { "IP4" } else { "IP6" };
+    let pt = offer.codec.payload_type();
+    let mut sdp = format!("v=0\r\no=ringline {session} {session} IN {family} {address}\r\ns=ringline\r\nc=IN {family} {address}\r\nt=0 0\r\n");
+    match offer.telephone_event {
+        Some(event) => {
+            let _ = write!(sdp, "m=audio {port} RTP/AVP {pt} {event}\r\na=rtpmap:{pt} {}/8000\r\na=rtpmap:{event} telephone-event/8000\r\na=fmtp:{event} 0-16\r\n", offer.codec.name());
+        }
+        None => {
+            let _ = write!(sdp, "m=audio {port} RTP/AVP {pt}\r\na=rtpmap:{pt} {}/8000\r\n", offer.codec.name());
+        }
+    }
+    sdp.push_str("a=ptime:20\r\na=sendrecv\r\n");
+    sdp
+}
+
+/// One RTP packet (RFC 3550), borrowed from its datagram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rtp<'a> {
+    pub marker: bool,
+    pub payload_type: u8,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+    pub payload: &'a [u8],
+}
+
+/// Parses an RTP packet: version 2, contributing sources, a header extension and padding
+/// skipped; the error names what is wrong.
+pub fn parse_rtp(bytes: &[u8]) -> Result<Rtp<'_>, String> {
+    if bytes.len() < 12 {
+        return Err(format!("a {} byte packet is shorter than an RTP header (12)", bytes.len()));
+    }
+    if bytes[0] >> 6 != 2 {
+        return Err(format!("RTP version {} (only 2 exists)", bytes[0] >> 6));
+    }
+    let padding = bytes[0] & 0x20 != 0;
+    let extension = bytes[0] & 0x10 != 0;
+    let csrcs = (bytes[0] & 0x0f) as usize;
+    let mut start = 12 + 4 * csrcs;
+    if extension {
+        let words = bytes.get(start + 2..start + 4).ok_or("the header extension is cut off")?;
+        start += 4 + 4 * u16::from_be_bytes([words[0], words[1]]) as usize;
+    }
+    let mut end = bytes.len();
+    if padding {
+        let pad = *bytes.last().unwrap_or(&0) as usize;
+        end = end.checked_sub(pad).ok_or("the padding is longer than the packet")?;
+    }
+    let payload = bytes.get(start..end).ok_or("the header runs past the packet")?;
+    if payload.len() > MAX_RTP_PAYLOAD {
+        return Err(format!("a {} byte payload; the most is {MAX_RTP_PAYLOAD}", payload.len()));
+    }
+    Ok(Rtp {
+        marker: bytes[1] & 0x80 != 0,
+        payload_type: bytes[1] & 0x7f,
+        sequence: u16::from_be_bytes([bytes[2], bytes[3]]),
+        timestamp: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+        ssrc: u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]),
+        payload,
+    })
+}
+
+/// An RTP packet with no contributing sources, extension or padding.
+pub fn rtp_packet(marker: bool, payload_type: u8, sequence: u16, timestamp: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(12 + payload.len());
+    packet.push(0x80);
+    packet.push(((marker as u8) << 7) | (payload_type & 0x7f));
+    packet.extend_from_slice(&sequence.to_be_bytes());
+    packet.extend_from_slice(&timestamp.to_be_bytes());
+    packet.extend_from_slice(&ssrc.to_be_bytes());
+    packet.extend_from_slice(payload);
+    packet
+}
+
+/// An RFC 4733 telephone-event: the key, and whether this packet ends it.
+pub fn telephone_event(payload: &[u8]) -> Option<(char, bool)> {
+    if payload.len() < 4 {
+        return None;
+    }
+    let key = match payload[0] {
+        digit @ 0..=9 => (b'0' + digit) as char,
+        10 => '*',
+        11 => '#',
+        letter @ 12..=15 => (b'A' + letter - 12) as char,
+        _ => return None,
+    };
+    Some((key, payload[1] & 0x80 != 0))
+}
+
+/// The key of a SIP INFO's `application/dtmf-relay` body (`Signal=5`).
+pub fn dtmf_relay(body: &str) -> Option<char> {
+    let signal = body.lines().find_map(|l| {
+        let (name, value) = l.split_once('=')?;
+        name.trim().eq_ignore_ascii_case("signal").then(|| value.trim())
+    })?;
+    let mut chars = signal.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) if c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D') => Some(c),
+        (Some(c @ 'a'..='d'), None) => Some(c.to_ascii_uppercase()),
+        _ => match signal {
+            "10" => Some('*'),
+            "11" => Some('#'),
+            _ => None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &str = "INVITE sip:+14155552671@127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1;rport\r\n\
+f: \"Caller\" <sip:+14155552672@127.0.0.1:5070>;tag=abc\r\n\
+To: <sip:+14155552671@127.0.0.1:5060>\r\n\
+Call-ID: 1-2@127.0.0.1\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:caller@127.0.0.1:5070>\r\n\
+Content-Type: application/sdp\r\n\
+l: 145\r\n\r\n\
+v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n";
+
+    #[test]
+    fn an_invite_parses_with_compact_headers_and_its_offer_is_answered() {
+        let message = parse(INVITE.as_bytes()).unwrap();
+        assert_eq!(message.method(), Some("INVITE"));
+        assert!(message.check_request().is_ok());
+        assert_eq!(message.cseq(), Some((1, "INVITE")));
+        assert_eq!(message.branch(), Some("z9hG4bK-1"));
+        assert_eq!(param(message.header("from").unwrap(), "tag"), Some("abc"));
+        assert_eq!(user_of(uri_of(message.header("From").unwrap())), Some("+14155552672"));
+        let StartLine::Request { uri, .. } = &message.start else { panic!("a request") };
+        assert_eq!(user_of(uri), Some("+14155552671"));
+        assert_eq!(user_of("tel:+14155552671;phone-context=x"), Some("+14155552671"));
+        assert_eq!(message.body.len(), 145);
+
+        let offer = parse_offer(&message.body).unwrap();
+        assert_eq!(offer, Offer { address: "127.0.0.1".parse().unwrap(), port: 6000, codec: Codec::Pcma, telephone_event: Some(101) }, "the offer's first G.711 codec");
+        let sdp = answer("127.0.0.1".parse().unwrap(), 7000, &offer, 42);
+        assert!(sdp.contains("m=audio 7000 RTP/AVP 8 101\r\n") && sdp.contains("a=rtpmap:8 PCMA/8000"), "{sdp}");
+
+        let ok = response(&message, 200, "OK", Some("t1"), &[("Contact", "<sip:ringline@127.0.0.1:5060>")], Some(("application/sdp", &sdp)));
+        let reply = parse(ok.as_bytes()).unwrap();
+        assert_eq!(reply.start, StartLine::Response { code: 200, reason: "OK".into() });
+        assert_eq!(param(reply.header("to").unwrap(), "tag"), Some("t1"));
+        assert_eq!((reply.header("call-id"), reply.header("cseq")), (Some("1-2@127.0.0.1"), Some("1 INVITE")));
+        assert_eq!(parse_offer(&reply.body).unwrap().port, 7000, "the answer reads back as SDP");
+    }
+
+    #[test]
+    fn malformed_messages_and_offers_are_named() {
+        for (bad, says) in [
+            ("HELLO\r\n\r\n", "not a SIP/2.0"),
+            ("INVITE sip:x SIP/3.0\r\n\r\n", "not a SIP/2.0"),
+            ("SIP/2.0 99 Odd\r\n\r\n", "status code"),
+            ("OPTIONS sip:x SIP/2.0\r\nNoColon\r\n\r\n", "has no `:`"),
+            ("OPTIONS sip:x SIP/2.0\r\nContent-Length: 50\r\n\r\nshort", "Content-Length says 50"),
+            ("OPTIONS sip:x SIP/2.0\r\nContent-Length: many\r\n\r\n", "not a number"),
+        ] {
+            let error = parse(bad.as_bytes()).unwrap_err();
+            assert!(error.contains(says), "{bad:?}: {error}");
+        }
+        assert!(parse(&[0xff, 0xfe]).unwrap_err().contains("UTF-8"));
+        assert!(parse(&vec![b'a'; MAX_MESSAGE_BYTES + 1]).unwrap_err().contains("the most is"));
+        let many = format!("OPTIONS sip:x SIP/2.0\r\n{}\r\n", "X-A: 1\r\n".repeat(MAX_HEADERS + 1));
+        assert!(parse(many.as_bytes()).unwrap_err().contains("headers"));
+        let missing = parse(b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n").unwrap();
+        assert!(missing.check_request().unwrap_err().contains("from"));
+
+        for (bad, says) in [
+            ("v=0\r\nc=IN IP4 127.0.0.1\r\n", "no audio stream"),
+            ("v=0\r\nm=audio 5000 RTP/AVP 0\r\n", "no connection address"),
+            ("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 5000 RTP/AVP 9 18\r\n", "neither PCMU"),
+            ("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 5000 RTP/SAVP 0\r\n", "only RTP/AVP"),
+            ("v=0\r\nc=IN IP4 not-an-ip\r\nm=audio 5000 RTP/AVP 0\r\n", "not an IP address"),
+        ] {
+            let error = parse_offer(bad).unwrap_err();
+            assert!(error.contains(says), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn rtp_packets_round_trip_and_bad_ones_are_refused() {
+        let packet = rtp_packet(true, 0, 65535, 160, 7, &[0xff; 160]);
+        let rtp = parse_rtp(&packet).unwrap();
+        assert_eq!((rtp.marker, rtp.payload_type, rtp.sequence, rtp.timestamp, rtp.ssrc, rtp.payload.len()), (true, 0, 65535, 160, 7, 160));
+
+        // Two contributing sources, an extension of one word and two bytes of padding.
+        let mut odd = vec![0x80 | 0x20 | 0x10 | 2, 8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9];
+        odd.extend_from_slice(&[0; 8]);
+        odd.extend_from_slice(&[0xbe, 0xde, 0, 1, 0, 0, 0, 0]);
+        odd.extend_from_slice(&[1, 2, 3, 0, 2]);
+        assert_eq!(parse_rtp(&odd).unwrap().payload, &[1, 2, 3]);
+
+        assert!(parse_rtp(&[0x80; 5]).unwrap_err().contains("shorter"));
+        assert!(parse_rtp(&[0x40; 12]).unwrap_err().contains("version 1"));
+        assert!(parse_rtp(&[0x8f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap_err().contains("runs past"));
+        let mut padded = vec![0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 200];
+        padded[12] = 200;
+        assert!(parse_rtp(&padded).unwrap_err().contains("padding"));
+    }
+
+    #[test]
+    fn keys_arrive_as_telephone_events_or_in_info() {
+        assert_eq!(telephone_event(&[5, 0x0a, 0, 160]), Some(('5', false)));
+        assert_eq!(telephone_event(&[11, 0x8a, 3, 32]), Some(('#', true)));
+        assert_eq!(telephone_event(&[16, 0, 0, 0]), None, "flash is no key");
+        assert_eq!(telephone_event(&[1, 2]), None);
+        assert_eq!(dtmf_relay("Signal=5\r\nDuration=160\r\n"), Some('5'));
+        assert_eq!(dtmf_relay("Signal= 11\r\n"), Some('#'));
+        assert_eq!(dtmf_relay("Signal=55\r\n"), None);
+    }
+
+    #[test]
+    fn an_in_dialog_request_reads_back() {
+        let bye = InDialog { method: "BYE", target: "sip:caller@127.0.0.1:5070", via_host: "127.0.0.1:5060", branch: "z9hG4bK-x", from: "<sip:+1@h>;tag=t1", to: "<sip:+2@h>;tag=abc", call_id: "c1", cseq: 1 }.render(&[]);
+        let message = parse(bye.as_bytes()).unwrap();
+        assert_eq!(message.method(), Some("BYE"));
+        assert!(message.check_request().is_ok());
+        assert_eq!(message.cseq(), Some((1, "BYE")));
+    }
+}

@@ -1,0 +1,236 @@
+//! Calls from a SIP trunk, end to end, against a real SIP peer: SIPp (Debian's `sip-tester`)
+//! places the call — INVITE with an SDP offer, ACK, the caller's recorded speech streamed as
+//! μ-law RTP, a key pressed as SIP INFO — and answers the agent's BYE. The agent's RTP goes to
+//! a socket of this test (the offer names it), whose audio is transcribed back.
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::api::{create_key, get, post, wait_for, Database, Serve};
+use crate::standin::{self, Reply};
+use crate::support::word_recall;
+
+const NUMBER: &str = "+14155552671";
+const CALLER: &str = "14155552672";
+/// Human speech (Debian's pocketsphinx-testdata): "eight of spades four of clubs seven of hearts".
+const CARDS: &str = "/usr/share/pocketsphinx/test/data/cards/005.wav";
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The caller's side, as SIPp plays it: INVITE offering PCMU (and telephone-events) with its
+/// media at `media_port`, ACK, silence through the greeting, the recording, a key, then the
+/// agent's BYE answered.
+fn caller_scenario(media_port: u16, audio: &Path) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="a caller">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:caller@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=caller 1 1 IN IP4 [local_ip]
+      s=-
+      c=IN IP4 [local_ip]
+      t=0 0
+      m=audio {media_port} RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="200" rtd="true"/>
+  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <pause milliseconds="9000"/>
+  <nop><action><exec rtp_stream="{audio},1,0"/></action></nop>
+  <pause milliseconds="14000"/>
+  <send retrans="500">
+    <![CDATA[
+      INFO sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 INFO
+      Max-Forwards: 70
+      Content-Type: application/dtmf-relay
+      Content-Length: [len]
+
+      Signal=5
+      Duration=160
+    ]]>
+  </send>
+  <recv response="200"/>
+  <recv request="BYE" timeout="60000"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+</scenario>
+"#,
+        audio = audio.display()
+    )
+}
+
+/// Runs SIPp once against the server's SIP port; true when its scenario passed.
+fn sipp(scenario: &str, dir: &Path, service: &str, server: u16) -> (bool, String) {
+    let path = dir.join(format!("scenario-{}.xml", free_udp_port()));
+    std::fs::write(&path, scenario).unwrap();
+    let output = Command::new("sipp")
+        .arg(format!("127.0.0.1:{server}"))
+        .args(["-sf"])
+        .arg(&path)
+        .args(["-s", service, "-m", "1", "-i", "127.0.0.1", "-p", &free_udp_port().to_string(), "-mp", &free_udp_port().to_string()])
+        .args(["-nostdin", "-timeout", "120s", "-timeout_error", "-trace_err", "-error_file"])
+        .arg(dir.join("sipp-errors.log"))
+        .args(["-trace_msg", "-message_file"])
+        .arg(dir.join("sipp-messages.log"))
+        .current_dir(dir)
+        .output()
+        .expect("sipp runs (Debian's sip-tester, installed by .ci/setup)");
+    let errors = std::fs::read_to_string(dir.join("sipp-errors.log")).unwrap_or_default();
+    let messages = std::fs::read_to_string(dir.join("sipp-messages.log")).unwrap_or_default();
+    let tail: String = messages.chars().rev().take(6_000).collect::<Vec<_>>().into_iter().rev().collect();
+    (output.status.success(), format!("{}\nerrors: {errors}\nmessages (the last of them): {tail}", String::from_utf8_lossy(&output.stderr)))
+}
+
+/// Sends one datagram to the server's SIP port and reads its answers for a while.
+fn exchange(server: u16, message: &str) -> Vec<String> {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    socket.send_to(message.as_bytes(), ("127.0.0.1", server)).unwrap();
+    let mut answers = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while let Ok((length, _)) = socket.recv_from(&mut buffer) {
+        answers.push(String::from_utf8_lossy(&buffer[..length]).to_string());
+        if answers.last().is_some_and(|a| !a.starts_with("SIP/2.0 1")) {
+            break;
+        }
+    }
+    answers
+}
+
+fn invite(to: &str, sdp: &str) -> String {
+    format!(
+        "INVITE sip:{to}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-{to}\r\nFrom: <sip:{CALLER}@127.0.0.1>;tag=raw\r\nTo: <sip:{to}@127.0.0.1>\r\nCall-ID: raw-{to}@127.0.0.1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:5999>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+#[test]
+fn a_call_from_a_sip_trunk_is_answered_heard_keyed_and_hung_up() {
+    let llm = standin::llm(vec![
+        Reply::Text("We open at nine in the morning."),
+        Reply::Tool { text: "You pressed five. Goodbye.", name: "end_call", arguments: "{}" },
+        Reply::Text("The caller asked about opening hours and pressed five."),
+    ]);
+    let db = Database::sqlite();
+    let key = create_key(&db, "shop", &[]);
+    let port = free_udp_port();
+    let serve = Serve::start(&db, &crate::api::repo_assistants(), &[("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}"))]);
+    let (status, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
+    assert_eq!(status, 201, "{created}");
+    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
+    assert_eq!(status, 201, "{number}");
+
+    // What no call may come of: garbage, a number nobody holds, an offer without G.711, a
+    // method the endpoint does not take. Each gets its SIP answer, and no call is stored.
+    assert!(exchange(port, "\u{0}\u{1}garbage").is_empty(), "garbage is dropped unanswered");
+    let g711 = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 40000 RTP/AVP 0\r\n";
+    let answers = exchange(port, &invite("14155550199", g711));
+    assert!(answers.iter().any(|a| a.starts_with("SIP/2.0 404")), "{answers:?}");
+    let answers = exchange(port, &invite("14155552671", "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 40000 RTP/AVP 18\r\n"));
+    assert!(answers.iter().any(|a| a.starts_with("SIP/2.0 488") && a.contains("neither PCMU")), "{answers:?}");
+    let register = "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-r\r\nFrom: <sip:a@127.0.0.1>;tag=r\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: r@127.0.0.1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+    let answers = exchange(port, register);
+    assert!(answers.iter().any(|a| a.starts_with("SIP/2.0 405") && a.contains("Allow: INVITE")), "{answers:?}");
+    let (_, history) = get(&serve, &key, "/v1/calls/history");
+    assert_eq!(history["total"], 0, "{history}");
+
+    // The agent's audio comes here.
+    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let media_port = media.local_addr().unwrap().port();
+    media.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let heard = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let receiver = {
+        let (heard, stop) = (heard.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 2048];
+            let mut payload_types = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok((length, _)) = media.recv_from(&mut buffer) {
+                    if length > 12 {
+                        payload_types.push(buffer[1] & 0x7f);
+                        heard.lock().unwrap().extend_from_slice(&buffer[12..length]);
+                    }
+                }
+            }
+            payload_types
+        })
+    };
+
+    // The caller's recording as SIPp streams it: raw μ-law at 8 kHz.
+    let dir = tempfile::tempdir().unwrap();
+    let audio = ringline::audio::decode::decode_file(Path::new(CARDS)).expect("the recording decodes").to_rate(8_000).unwrap();
+    let caller_audio = dir.path().join("caller.ulaw");
+    std::fs::write(&caller_audio, ringline::audio::g711::encode_mulaw(&audio.samples)).unwrap();
+    let (passed, log) = sipp(&caller_scenario(media_port, &caller_audio), dir.path(), "14155552671", port);
+    assert!(passed, "SIPp's call went as its scenario says (answered, INFO taken, BYE from the agent): {log}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let payload_types = receiver.join().unwrap();
+    assert!(payload_types.iter().all(|&pt| pt == 0), "the agent answered in the offered PCMU: {:?}", &payload_types[..payload_types.len().min(10)]);
+
+    let (_, history) = get(&serve, &key, "/v1/calls/history");
+    let call_id = history["calls"][0]["call_id"].as_str().unwrap_or_else(|| panic!("one call: {history}")).to_string();
+    let done = wait_for(&serve, &key, &call_id, Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "completed", "{done}");
+
+    // The caller heard the greeting and the answer.
+    let agent = crate::twilio::transcribe(&heard.lock().unwrap(), dir.path(), "agent");
+    assert!(word_recall("thank you for calling the hardware shop", &agent) >= 0.6, "the agent as heard over RTP: {agent:?}");
+    assert!(agent.to_lowercase().contains("nine") || agent.contains('9'), "the answer as heard: {agent:?}");
+
+    // The agent heard the recording and the key.
+    let (_, transcript) = get(&serve, &key, &format!("/v1/calls/{call_id}/transcript"));
+    let lines = transcript["transcript"].as_array().cloned().unwrap_or_default();
+    let caller: Vec<String> = lines.iter().filter(|l| l["speaker"] == "caller").map(|l| l["text"].as_str().unwrap_or_default().to_string()).collect();
+    assert!(word_recall("eight of spades four of clubs seven of hearts", &caller.join(" ")) >= 0.5, "the caller as heard: {caller:?}");
+    assert!(caller.iter().any(|l| l.contains("DTMF 5")), "the key reached the call: {caller:?}");
+    let (_, detail) = get(&serve, &key, &format!("/v1/calls/{call_id}"));
+    assert_eq!((detail["direction"].as_str(), detail["from_number"].as_str(), detail["to_number"].as_str()), (Some("inbound"), Some("+14155552672"), Some(NUMBER)), "{detail}");
+}
