@@ -38,6 +38,8 @@ const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
 /// How long a 200 OK is retransmitted waiting for its ACK (64·T1).
 const ACK_WITHIN: Duration = Duration::from_secs(32);
+/// A call whose peer sends no RTP this long is gone (its BYE lost, its network down).
+const MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY";
 
 /// Where the SIP endpoint listens and whom it answers.
@@ -248,15 +250,24 @@ impl Endpoint {
         text
     }
 
-    /// Refuses the INVITE; the dialog is forgotten once the refusal has had time to be ACKed.
+    /// Refuses the INVITE, resending the refusal until its ACK comes (UDP loses datagrams);
+    /// then the dialog is forgotten.
     async fn refuse(self: &Arc<Self>, dialog: &Arc<Dialog>, code: u16, reason: &str) {
         tracing::info!(sip_call = %dialog.id, code, reason, "refused a SIP call");
-        self.final_response(dialog, code, reason, &[], None).await;
-        let endpoint = self.clone();
-        let id = dialog.id.clone();
+        let text = self.final_response(dialog, code, reason, &[], None).await;
+        let (endpoint, dialog) = (self.clone(), dialog.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(ACK_WITHIN).await;
-            endpoint.dialogs().remove(&id);
+            let started = Instant::now();
+            let mut wait = T1;
+            while started.elapsed() < ACK_WITHIN {
+                tokio::time::sleep(wait).await;
+                if dialog.lock().acked {
+                    break;
+                }
+                endpoint.send(&text, dialog.peer).await;
+                wait = (wait * 2).min(T2);
+            }
+            endpoint.dialogs().remove(&dialog.id);
         });
     }
 
@@ -487,41 +498,110 @@ impl CallControl for SipControl {
     }
 }
 
+/// What one RTP packet from the peer brings.
+#[derive(Debug, Clone, PartialEq)]
+enum Heard {
+    Audio(Vec<f32>),
+    Key(char),
+    /// A duplicate, another payload type (comfort noise), or an event already keyed.
+    Nothing,
+}
+
+/// The peer's side of a call's RTP: audio in the agreed codec, keys as telephone-events.
+struct Receiver {
+    offer: Offer,
+    last_packet: Option<(u32, u16)>,
+    last_event: Option<(u32, u32)>,
+}
+
+impl Receiver {
+    fn new(offer: Offer) -> Self {
+        Receiver { offer, last_packet: None, last_event: None }
+    }
+
+    fn packet(&mut self, bytes: &[u8]) -> Result<Heard, String> {
+        let rtp = sip::parse_rtp(bytes)?;
+        if self.last_packet == Some((rtp.ssrc, rtp.sequence)) {
+            return Ok(Heard::Nothing);
+        }
+        self.last_packet = Some((rtp.ssrc, rtp.sequence));
+        if rtp.payload_type == self.offer.codec.payload_type() {
+            return Ok(Heard::Audio(self.offer.codec.decode(rtp.payload)));
+        }
+        if Some(rtp.payload_type) == self.offer.telephone_event {
+            // One key press spans several packets with one timestamp (its end sent three times).
+            if let Some((key, _)) = sip::telephone_event(rtp.payload) {
+                if self.last_event != Some((rtp.ssrc, rtp.timestamp)) {
+                    self.last_event = Some((rtp.ssrc, rtp.timestamp));
+                    return Ok(Heard::Key(key));
+                }
+            }
+        }
+        Ok(Heard::Nothing)
+    }
+}
+
+/// Our side of a call's RTP: one packet per 20 ms frame, the timestamp following the clock
+/// through the agent's silences, a talkspurt's first packet marked.
+struct Sender {
+    codec: sip::Codec,
+    ssrc: u32,
+    sequence: u16,
+    first_timestamp: u32,
+    last_timestamp: Option<u32>,
+}
+
+impl Sender {
+    fn new(codec: sip::Codec) -> Self {
+        Sender { codec, ssrc: rand::random(), sequence: rand::random(), first_timestamp: rand::random(), last_timestamp: None }
+    }
+
+    /// The packet for `frame`, sent `elapsed` after the call's media started.
+    fn packet(&mut self, frame: &[f32], elapsed: Duration) -> Vec<u8> {
+        let due = self.first_timestamp.wrapping_add((elapsed.as_millis() as u64 / 20 * 160) as u32);
+        let (timestamp, marker) = match self.last_timestamp {
+            Some(last) => {
+                let next = last.wrapping_add(frame.len() as u32);
+                if due.wrapping_sub(next) as i32 > 160 {
+                    (due, true)
+                } else {
+                    (next, false)
+                }
+            }
+            None => (due, true),
+        };
+        self.last_timestamp = Some(timestamp);
+        let packet = sip::rtp_packet(marker, self.codec.payload_type(), self.sequence, timestamp, self.ssrc, &self.codec.encode(frame));
+        self.sequence = self.sequence.wrapping_add(1);
+        packet
+    }
+}
+
 /// Carries one call's RTP both ways until its line ends: the peer's audio and keys to the
-/// line, the line's frames to the peer in 20 ms packets.
+/// line, the line's frames to the peer in 20 ms packets. A peer silent for `MEDIA_TIMEOUT`
+/// (gone without a BYE) fails the call.
 async fn carry_media(line: StreamLine, socket: UdpSocket, offer: Offer, mut outgoing: mpsc::Receiver<Outgoing>) {
     let remote = SocketAddr::new(offer.address, offer.port);
-    let payload_type = offer.codec.payload_type();
-    let ssrc: u32 = rand::random();
-    let mut sequence: u16 = rand::random();
-    let first_timestamp: u32 = rand::random();
+    let mut sender = Sender::new(offer.codec);
+    let mut receiver = Receiver::new(offer.clone());
     let started = Instant::now();
-    let mut last_timestamp: Option<u32> = None;
-    let mut last_sequence_in: Option<(u32, u16)> = None;
-    let mut last_event: Option<(u32, u32)> = None;
+    let mut last_heard = Instant::now();
     let mut malformed = 0u64;
     let mut buffer = vec![0u8; 2048];
+    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
     let ended = line.ended();
     loop {
         tokio::select! {
             _ = ended.cancelled() => break,
+            _ = watchdog.tick() => {
+                if last_heard.elapsed() >= MEDIA_TIMEOUT {
+                    line.fail(&format!("no RTP from the SIP peer for {} s (gone without a BYE)", MEDIA_TIMEOUT.as_secs()));
+                    break;
+                }
+            }
             message = outgoing.recv() => match message {
                 Some(Outgoing::Audio(frame)) => {
-                    let payload = offer.codec.encode(&frame);
-                    // The timestamp follows the clock through the agent's silences; a talkspurt's
-                    // first packet carries the marker.
-                    let due = first_timestamp.wrapping_add((started.elapsed().as_millis() as u64 / 20 * 160) as u32);
-                    let (timestamp, marker) = match last_timestamp {
-                        Some(last) => {
-                            let next = last.wrapping_add(frame.len() as u32);
-                            let gap = due.wrapping_sub(next) as i32;
-                            if gap > 160 { (due, true) } else { (next, false) }
-                        }
-                        None => (due, true),
-                    };
-                    last_timestamp = Some(timestamp);
-                    let packet = sip::rtp_packet(marker, payload_type, sequence, timestamp, ssrc, &payload);
-                    sequence = sequence.wrapping_add(1);
+                    let packet = sender.packet(&frame, started.elapsed());
                     if !offer.address.is_unspecified() {
                         let _ = socket.send_to(&packet, remote).await;
                     }
@@ -536,28 +616,15 @@ async fn carry_media(line: StreamLine, socket: UdpSocket, offer: Offer, mut outg
                 if source.ip() != offer.address {
                     continue; // only the peer's media is the caller
                 }
-                let rtp = match sip::parse_rtp(&buffer[..length]) {
-                    Ok(rtp) => rtp,
+                last_heard = Instant::now();
+                match receiver.packet(&buffer[..length]) {
+                    Ok(Heard::Audio(samples)) => line.caller_audio(samples),
+                    Ok(Heard::Key(key)) => line.caller_key(key),
+                    Ok(Heard::Nothing) => {}
                     Err(problem) => {
                         malformed += 1;
                         if malformed == 1 {
-                            tracing::warn!(stream = %line.name(), problem, "a malformed RTP packet (further ones are not logged)");
-                        }
-                        continue;
-                    }
-                };
-                if last_sequence_in == Some((rtp.ssrc, rtp.sequence)) {
-                    continue; // a duplicate
-                }
-                last_sequence_in = Some((rtp.ssrc, rtp.sequence));
-                if rtp.payload_type == payload_type {
-                    line.caller_audio(offer.codec.decode(rtp.payload));
-                } else if Some(rtp.payload_type) == offer.telephone_event {
-                    // One event spans several packets with one timestamp (and three end packets).
-                    if let Some((key, _)) = sip::telephone_event(rtp.payload) {
-                        if last_event != Some((rtp.ssrc, rtp.timestamp)) {
-                            last_event = Some((rtp.ssrc, rtp.timestamp));
-                            line.caller_key(key);
+                            tracing::warn!(stream = %line.name(), problem, "a malformed RTP packet (further ones are counted)");
                         }
                     }
                 }
@@ -589,5 +656,50 @@ mod tests {
         assert_eq!(config.advertised().unwrap(), "192.0.2.7".parse::<IpAddr>().unwrap());
         let config = SipConfig { bind: "127.0.0.1:5060".parse().unwrap(), address: None, trusted: Vec::new() };
         assert_eq!(config.advertised().unwrap(), "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    fn offer() -> Offer {
+        Offer { address: "127.0.0.1".parse().unwrap(), port: 4000, codec: sip::Codec::Pcmu, telephone_event: Some(101) }
+    }
+
+    #[test]
+    fn the_peers_packets_become_audio_and_one_key_per_press() {
+        let mut receiver = Receiver::new(offer());
+        let audio = sip::rtp_packet(true, 0, 1, 160, 9, &[0xff; 160]);
+        assert!(matches!(receiver.packet(&audio).unwrap(), Heard::Audio(samples) if samples.len() == 160));
+        assert_eq!(receiver.packet(&audio).unwrap(), Heard::Nothing, "a duplicate is dropped");
+        // A press of 5: three packets of one event (one timestamp), its end sent three times.
+        let mut keys = Vec::new();
+        for (sequence, end) in [(2u16, false), (3, false), (4, true), (5, true), (6, true)] {
+            let event = sip::rtp_packet(sequence == 2, 101, sequence, 320, 9, &[5, if end { 0x8a } else { 0x0a }, 0, 160]);
+            if let Heard::Key(key) = receiver.packet(&event).unwrap() {
+                keys.push(key);
+            }
+        }
+        let again = sip::rtp_packet(true, 101, 7, 960, 9, &[5, 0x0a, 0, 160]);
+        keys.extend(match receiver.packet(&again).unwrap() { Heard::Key(key) => Some(key), _ => None });
+        assert_eq!(keys, vec!['5', '5'], "one key per press, a second press keyed again");
+        assert_eq!(receiver.packet(&sip::rtp_packet(false, 13, 8, 1000, 9, &[40])).unwrap(), Heard::Nothing, "comfort noise is no audio");
+        assert!(receiver.packet(&[0x80, 0]).is_err());
+    }
+
+    #[test]
+    fn our_packets_follow_the_clock_through_silences() {
+        let mut sender = Sender::new(sip::Codec::Pcma);
+        let frame = vec![0.0f32; 160];
+        let read = |packet: &[u8]| {
+            let rtp = sip::parse_rtp(packet).unwrap();
+            (rtp.marker, rtp.payload_type, rtp.sequence, rtp.timestamp, rtp.payload.len())
+        };
+        let first = read(&sender.packet(&frame, Duration::ZERO));
+        let second = read(&sender.packet(&frame, Duration::from_millis(20)));
+        // A frame sent late by the clock keeps the stream contiguous.
+        let late = read(&sender.packet(&frame, Duration::from_millis(55)));
+        // After two seconds of the agent's silence: the clock's timestamp, marked.
+        let resumed = read(&sender.packet(&frame, Duration::from_millis(2_060)));
+        assert_eq!((first.0, first.1, first.4), (true, 8, 160));
+        assert_eq!((second.0, second.2, second.3), (false, first.2.wrapping_add(1), first.3.wrapping_add(160)));
+        assert_eq!((late.0, late.3), (false, first.3.wrapping_add(320)));
+        assert_eq!((resumed.0, resumed.2, resumed.3), (true, first.2.wrapping_add(3), first.3.wrapping_add(2_060 / 20 * 160)));
     }
 }

@@ -234,3 +234,21 @@ fn a_call_from_a_sip_trunk_is_answered_heard_keyed_and_hung_up() {
     let (_, detail) = get(&serve, &key, &format!("/v1/calls/{call_id}"));
     assert_eq!((detail["direction"].as_str(), detail["from_number"].as_str(), detail["to_number"].as_str()), (Some("inbound"), Some("+14155552672"), Some(NUMBER)), "{detail}");
 }
+
+#[test]
+fn sip_from_outside_the_trusted_ranges_is_dropped_unanswered() {
+    let db = Database::sqlite();
+    let port = free_udp_port();
+    let _serve = Serve::start(&db, &crate::api::repo_assistants(), &[("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}")), ("RINGLINE_SIP_TRUSTED", "127.0.0.2/32")]);
+    let options = |from: &str| {
+        let socket = UdpSocket::bind((from, 0)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        let message = format!("OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-o\r\nFrom: <sip:probe@{from}>;tag=o\r\nTo: <sip:127.0.0.1>\r\nCall-ID: o@{from}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n");
+        socket.send_to(message.as_bytes(), ("127.0.0.1", port)).unwrap();
+        let mut buffer = [0u8; 4096];
+        socket.recv_from(&mut buffer).ok().map(|(length, _)| String::from_utf8_lossy(&buffer[..length]).to_string())
+    };
+    assert_eq!(options("127.0.0.1"), None, "a source outside --sip-trusted gets no answer at all");
+    let answer = options("127.0.0.2").expect("a trusted source is answered");
+    assert!(answer.starts_with("SIP/2.0 200") && answer.contains("Allow: INVITE"), "{answer}");
+}
