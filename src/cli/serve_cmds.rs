@@ -113,6 +113,11 @@ pub struct ServeArgs {
     /// carries no key). Repeat it or give a comma-separated list; loopback only by default.
     #[arg(long, env = "RINGLINE_SIP_TRUSTED", value_delimiter = ',', value_parser = parse_cidr, requires = "sip_bind")]
     pub sip_trusted: Vec<crate::egress::Cidr>,
+    /// Places outbound calls through this SIP trunk (its address, e.g. 198.51.100.7:5060) when
+    /// Twilio is not configured; the trunk must take calls from this server's address (no
+    /// digest authentication yet).
+    #[arg(long, env = "RINGLINE_SIP_TRUNK", requires = "sip_bind")]
+    pub sip_trunk: Option<SocketAddr>,
     /// Load each local model when the first call needs it, instead of loading the file
     /// assistants' models at start (a first caller then waits for them).
     #[arg(long, env = "RINGLINE_NO_PRELOAD")]
@@ -197,6 +202,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sip: args.sip_bind.map(|bind| server::sip::SipConfig {
             bind,
             address: args.sip_address,
+            trunk: args.sip_trunk,
             trusted: if args.sip_trusted.is_empty() { vec!["127.0.0.0/8".parse().expect("a range"), "::1".parse().expect("an address")] } else { args.sip_trusted },
         }),
     };

@@ -97,7 +97,7 @@ impl AppState {
     /// Whether numbers beyond the sandbox's can be called: a telephony provider, or every
     /// number going to the sandbox line.
     pub fn can_dial_out(&self) -> bool {
-        self.twilio.is_some() || self.config.sandbox_line
+        self.twilio.is_some() || self.config.sandbox_line || self.runner.dials_sip()
     }
 }
 
@@ -218,8 +218,13 @@ pub async fn serve(config: ServeConfig, models: ModelStore) -> anyhow::Result<()
     }
 
     if let Some(sip_config) = config.sip.clone() {
-        let sip_address = sip::start(state.clone(), sip_config, shutdown.clone()).await?;
+        let trunk = sip_config.trunk;
+        let (sip_address, dialer) = sip::start(state.clone(), sip_config, shutdown.clone()).await?;
         tracing::info!(address = %sip_address, "SIP: INVITEs to the workspaces' numbers are answered");
+        if let Some(trunk) = trunk {
+            tracing::info!(%trunk, "SIP: calls are placed through this trunk");
+            runner.set_sip_dialer(dialer);
+        }
     }
 
     // The first line on stdout says where to connect (tests and scripts read it).

@@ -223,6 +223,8 @@ pub struct Runner {
     sandbox_line: bool,
     /// Where loading the file assistants' models at start stands (see [`Preload`]).
     preload: std::sync::atomic::AtomicU8,
+    /// Outbound calls through a SIP trunk (`serve --sip-trunk`), once its endpoint is up.
+    sip: std::sync::OnceLock<super::sip::Dialer>,
 }
 
 /// Where loading the file assistants' models at start stands.
@@ -254,7 +256,7 @@ pub enum AssistantOwner {
 
 impl Runner {
     pub fn new(store: Store, models: ModelStore, engines: EngineRegistry, vault: Arc<Vault>, worker_id: Arc<str>, twilio: Option<Arc<super::twilio::Twilio>>, recordings: std::path::PathBuf) -> Self {
-        Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), running: Default::default(), running_local: Default::default(), engines, vault, pending: Mutex::new(HashMap::new()), twilio, recordings, sandbox_line: false, preload: Default::default() }
+        Runner { store, models, worker_id, live: Mutex::new(HashMap::new()), running: Default::default(), running_local: Default::default(), engines, vault, pending: Mutex::new(HashMap::new()), twilio, recordings, sandbox_line: false, preload: Default::default(), sip: std::sync::OnceLock::new() }
     }
 
     /// Loads the local models a call of the deployment's `assistant` uses, ahead of its first
@@ -276,6 +278,16 @@ impl Runner {
     }
 
     /// Sends every number to the sandbox line (see `serve --sandbox-line`).
+    /// Places calls Twilio does not through this SIP trunk's dialer.
+    pub fn set_sip_dialer(&self, dialer: super::sip::Dialer) {
+        let _ = self.sip.set(dialer);
+    }
+
+    /// Whether calls can be placed through a SIP trunk.
+    pub fn dials_sip(&self) -> bool {
+        self.sip.get().is_some()
+    }
+
     pub fn with_sandbox_line(mut self, on: bool) -> Self {
         self.sandbox_line = on;
         self
@@ -497,7 +509,19 @@ impl Runner {
                             Err(reason) => Err(failed(reason)),
                         }
                     }
-                    None => Err(failed("no telephony provider is configured for this number".into())),
+                    None => match self.sip.get() {
+                        Some(dialer) => {
+                            let engines = match self.prepare(call, &assistant, owner).await {
+                                Ok(engines) => engines,
+                                Err(outcome) => return outcome,
+                            };
+                            match dialer.place(call, ANSWER_WITHIN).await {
+                                Ok((line, input)) => Ok((Answered { out: Arc::new(line.clone()), input, caller_gone: line.ended(), loopback: None, stream: Some(line) }, engines)),
+                                Err(not) => Err(CallOutcome::ended(not.status, not.reason)),
+                            }
+                        }
+                        None => Err(failed("no telephony provider is configured for this number".into())),
+                    },
                 },
             },
             Connect::Line(line, input) => match self.prepare(call, &assistant, owner).await {

@@ -27,7 +27,10 @@ use tokio_util::sync::CancellationToken;
 use super::inbound::{self, Refusal};
 use super::runner::Connect;
 use super::AppState;
+use crate::call::CallStatus;
 use crate::egress::Cidr;
+use crate::store::CallRecord;
+use crate::transport::CallInput;
 use crate::transport::sip::{self, InDialog, Message, Offer, StartLine};
 use crate::transport::stream::{CallControl, Outgoing, StreamLine};
 
@@ -51,6 +54,8 @@ pub struct SipConfig {
     pub address: Option<IpAddr>,
     /// Sources answered; the rest are dropped.
     pub trusted: Vec<Cidr>,
+    /// Where outbound calls go (the trunk's SIP address); its address is trusted too.
+    pub trunk: Option<SocketAddr>,
 }
 
 impl SipConfig {
@@ -105,6 +110,15 @@ struct DialogState {
     cseq: u32,
     /// Our requests waiting for a final response, by branch.
     waiting: HashMap<String, oneshot::Sender<u16>>,
+    /// Our side (From in our requests, with our tag), the peer's (To, with its tag), and the
+    /// peer's Contact, where our requests go.
+    local: String,
+    remote: String,
+    target: String,
+    /// A call we placed: every response to our INVITE goes here.
+    invite_responses: Option<mpsc::UnboundedSender<Message>>,
+    /// Our ACK of the 200 OK, resent when the 200 OK comes again.
+    ack: Option<String>,
 }
 
 impl Dialog {
@@ -120,14 +134,14 @@ fn random_hex(bytes: usize) -> String {
 }
 
 /// Binds the endpoint and serves it until `shutdown`; returns the address it listens on.
-pub async fn start(state: AppState, config: SipConfig, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+pub async fn start(state: AppState, config: SipConfig, shutdown: CancellationToken) -> anyhow::Result<(SocketAddr, Dialer)> {
     let address = config.advertised()?;
     let socket = UdpSocket::bind(config.bind).await.map_err(|e| anyhow::anyhow!("--sip-bind {}: {e}", config.bind))?;
     let local = socket.local_addr()?;
     let host = SocketAddr::new(address, local.port()).to_string();
     let endpoint = Arc::new(Endpoint { socket, state, config, address, host, dialogs: Mutex::new(HashMap::new()), untrusted_logged: Default::default() });
-    tokio::spawn(endpoint.run(shutdown));
-    Ok(local)
+    tokio::spawn(endpoint.clone().run(shutdown));
+    Ok((local, Dialer(endpoint)))
 }
 
 impl Endpoint {
@@ -149,7 +163,8 @@ impl Endpoint {
                     }
                 },
             };
-            if !self.config.trusted.iter().any(|range| range.contains(source.ip())) {
+            let from_trunk = self.config.trunk.is_some_and(|trunk| trunk.ip() == source.ip());
+            if !from_trunk && !self.config.trusted.iter().any(|range| range.contains(source.ip())) {
                 if !self.untrusted_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
                     tracing::warn!(%source, "dropped SIP from a source outside --sip-trusted (logged once)");
                 }
@@ -175,7 +190,7 @@ impl Endpoint {
 
     async fn handle(self: Arc<Self>, message: Message, source: SocketAddr) {
         match &message.start {
-            StartLine::Response { code, .. } => self.response(&message, *code),
+            StartLine::Response { code, .. } => self.response(&message, *code).await,
             StartLine::Request { method, .. } => {
                 if let Err(problem) = message.check_request() {
                     // A response needs these headers to find its way back; without them, none.
@@ -210,12 +225,28 @@ impl Endpoint {
         self.send(&sip::response(request, code, reason, None, extra, None), to).await;
     }
 
-    /// A response to a request we sent (BYE, REFER): the final one ends its wait.
-    fn response(&self, message: &Message, code: u16) {
+    /// A response to a request we sent: to our INVITE, for the call being placed (a 200 OK
+    /// that comes again gets our ACK again); to a BYE or REFER, the final one ends its wait.
+    async fn response(&self, message: &Message, code: u16) {
+        let Some(dialog) = message.header("call-id").and_then(|id| self.dialogs().get(id).cloned()) else { return };
+        if message.cseq().is_some_and(|(_, method)| method == "INVITE") {
+            let (events, ack) = {
+                let state = dialog.lock();
+                (state.invite_responses.clone(), state.ack.clone())
+            };
+            match ack {
+                Some(ack) if (200..300).contains(&code) => self.send(&ack, dialog.peer).await,
+                _ => {
+                    if let Some(events) = events {
+                        let _ = events.send(message.clone());
+                    }
+                }
+            }
+            return;
+        }
         if code < 200 {
             return;
         }
-        let Some(dialog) = message.header("call-id").and_then(|id| self.dialogs().get(id).cloned()) else { return };
         let Some(branch) = message.branch() else { return };
         let waiter = dialog.lock().waiting.remove(branch);
         if let Some(waiter) = waiter {
@@ -230,7 +261,16 @@ impl Endpoint {
             self.reply(&invite, source, 503, "Service Unavailable", &[("Retry-After", "30")]).await;
             return;
         }
-        let dialog = Arc::new(Dialog { id: id.clone(), peer: source, invite, our_tag: random_hex(8), state: Mutex::new(DialogState::default()) });
+        let our_tag = random_hex(8);
+        let to = invite.header("to").unwrap_or_default();
+        let contact = invite.header("contact").map(sip::uri_of).unwrap_or_default();
+        let state = DialogState {
+            local: if sip::param(to, "tag").is_some() { to.to_string() } else { format!("{to};tag={our_tag}") },
+            remote: invite.header("from").unwrap_or_default().to_string(),
+            target: if contact.is_empty() { format!("sip:{source}") } else { contact.to_string() },
+            ..DialogState::default()
+        };
+        let dialog = Arc::new(Dialog { id: id.clone(), peer: source, invite, our_tag, state: Mutex::new(state) });
         let trying = sip::response(&dialog.invite, 100, "Trying", None, &[], None);
         dialog.lock().last_response = Some(trying.clone());
         self.dialogs().insert(id, dialog.clone());
@@ -363,28 +403,14 @@ impl Endpoint {
     /// SIP's timers; `None` when none came.
     async fn request(&self, dialog: &Dialog, method: &str, extra: &[(&str, &str)]) -> Option<u16> {
         let branch = format!("z9hG4bK{}", random_hex(8));
-        let (answered, cseq) = {
+        let (answered, cseq, local, remote, target) = {
             let (tx, rx) = oneshot::channel();
             let mut state = dialog.lock();
             state.cseq += 1;
             state.waiting.insert(branch.clone(), tx);
-            (rx, state.cseq)
+            (rx, state.cseq, state.local.clone(), state.remote.clone(), state.target.clone())
         };
-        let to_header = dialog.invite.header("to").unwrap_or_default();
-        let from = if sip::param(to_header, "tag").is_some() { to_header.to_string() } else { format!("{to_header};tag={}", dialog.our_tag) };
-        let contact = dialog.invite.header("contact").map(sip::uri_of).unwrap_or_default();
-        let target = if contact.is_empty() { format!("sip:{}", dialog.peer) } else { contact.to_string() };
-        let text = InDialog {
-            method,
-            target: &target,
-            via_host: &self.host,
-            branch: &branch,
-            from: &from,
-            to: dialog.invite.header("from").unwrap_or_default(),
-            call_id: &dialog.id,
-            cseq,
-        }
-        .render(extra);
+        let text = InDialog { method, target: &target, via_host: &self.host, branch: &branch, from: &local, to: &remote, call_id: &dialog.id, cseq }.render(extra);
         tokio::pin!(answered);
         let mut wait = T1;
         for _ in 0..7 {
@@ -454,6 +480,176 @@ impl Endpoint {
         if pending {
             self.refuse(dialog, 487, "Request Terminated").await;
         }
+    }
+}
+
+/// Places calls through the configured trunk.
+pub struct Dialer(Arc<Endpoint>);
+
+/// How a call we placed ended before it was answered.
+pub struct NotAnswered {
+    pub status: CallStatus,
+    pub reason: String,
+}
+
+fn not_answered(status: CallStatus, reason: impl Into<String>) -> NotAnswered {
+    NotAnswered { status, reason: reason.into() }
+}
+
+impl Dialer {
+    /// Calls `call.to_number` through the trunk from `call.from_number`, and waits up to `within`
+    /// for the answer: the answered call's line and input, or how it ended.
+    pub async fn place(&self, call: &CallRecord, within: Duration) -> Result<(StreamLine, CallInput), NotAnswered> {
+        self.0.clone().place(call, within).await
+    }
+}
+
+impl Endpoint {
+    async fn place(self: Arc<Self>, call: &CallRecord, within: Duration) -> Result<(StreamLine, CallInput), NotAnswered> {
+        let Some(trunk) = self.config.trunk else { return Err(not_answered(CallStatus::Failed, "no SIP trunk is configured (--sip-trunk)")) };
+        let number_only = |n: &str| !n.is_empty() && n.len() <= 32 && n.bytes().enumerate().all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'+'));
+        if !number_only(&call.to_number) || !number_only(&call.from_number) {
+            return Err(not_answered(CallStatus::Failed, format!("a SIP call needs E.164 numbers; to `{}`, from `{}`", call.to_number.escape_default(), call.from_number.escape_default())));
+        }
+        let media = UdpSocket::bind(SocketAddr::new(self.config.bind.ip(), 0)).await.map_err(|e| not_answered(CallStatus::Failed, format!("no RTP port could be opened: {e}")))?;
+        let port = media.local_addr().map(|a| a.port()).unwrap_or_default();
+        let id = format!("{}@{}", random_hex(12), self.address);
+        let (our_tag, branch) = (random_hex(8), format!("z9hG4bK{}", random_hex(8)));
+        let target = format!("sip:{}@{trunk}", call.to_number);
+        let local = format!("<sip:{}@{}>;tag={our_tag}", call.from_number, self.host);
+        let to = format!("<{target}>");
+        let sdp = sip::offer(self.address, port, rand::random::<u32>() as u64);
+        let invite_text = format!(
+            "INVITE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {local}\r\nTo: {to}\r\nCall-ID: {id}\r\nCSeq: 1 INVITE\r\nContact: <sip:ringline@{}>\r\nAllow: {ALLOW}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            self.host,
+            self.host,
+            sdp.len()
+        );
+        let invite = sip::parse(invite_text.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let state = DialogState { local: local.clone(), remote: to.clone(), target: target.clone(), invite_responses: Some(events_tx), answered: true, acked: true, sdp: Some(sdp.clone()), ..DialogState::default() };
+        let dialog = Arc::new(Dialog { id: id.clone(), peer: trunk, invite, our_tag, state: Mutex::new(state) });
+        if self.dialogs().len() >= MAX_DIALOGS {
+            return Err(not_answered(CallStatus::Failed, "this server holds too many SIP dialogs"));
+        }
+        self.dialogs().insert(id.clone(), dialog.clone());
+        tracing::info!(call = %call.id, sip_call = %id, %trunk, "placing a SIP call");
+        let outcome = self.ring(&dialog, &invite_text, &mut events, within).await;
+        dialog.lock().invite_responses = None;
+        let (answer, ok) = match outcome {
+            Ok(answered) => answered,
+            Err(not) => {
+                self.dialogs().remove(&id);
+                return Err(not);
+            }
+        };
+        // The peer's side of the dialog: its tag and its Contact.
+        let remote = ok.header("to").unwrap_or(&to).to_string();
+        let contact = ok.header("contact").map(sip::uri_of).filter(|c| !c.is_empty()).unwrap_or(&target).to_string();
+        let ack = InDialog { method: "ACK", target: &contact, via_host: &self.host, branch: &format!("z9hG4bK{}", random_hex(8)), from: &local, to: &remote, call_id: &id, cseq: 1 }.render(&[]);
+        {
+            let mut state = dialog.lock();
+            state.remote = remote;
+            state.target = contact;
+            state.ack = Some(ack.clone());
+        }
+        self.send(&ack, trunk).await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(problem) => {
+                let endpoint = self.clone();
+                tokio::spawn(async move {
+                    endpoint.request(&dialog, "BYE", &[]).await;
+                    endpoint.dialogs().remove(&dialog.id);
+                });
+                return Err(not_answered(CallStatus::Failed, format!("the callee's SDP answer cannot be spoken: {problem}")));
+            }
+        };
+        let control = Arc::new(SipControl { endpoint: self.clone(), dialog: dialog.clone() });
+        let (line, input, outgoing) = StreamLine::start(&format!("sip:{id}"), sip::RATE, Some(control));
+        dialog.lock().line = Some(line.clone());
+        tokio::spawn(carry_media(line.clone(), media, answer, outgoing));
+        tokio::spawn(self.clone().until_ended(dialog, line.clone()));
+        Ok((line, input))
+    }
+
+    /// Sends the INVITE (resent until the trunk responds) and waits for its final response,
+    /// cancelling it after `within`: the 200 OK with its SDP read, or how the call ended.
+    async fn ring(&self, dialog: &Dialog, invite: &str, events: &mut mpsc::UnboundedReceiver<Message>, within: Duration) -> Result<(Result<Offer, String>, Message), NotAnswered> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut heard = false;
+        let mut wait = T1;
+        let mut next_send = tokio::time::Instant::now();
+        loop {
+            if !heard && tokio::time::Instant::now() >= next_send {
+                self.send(invite, dialog.peer).await;
+                next_send = tokio::time::Instant::now() + wait;
+                wait = (wait * 2).min(T2);
+            }
+            let until = if heard { deadline } else { next_send.min(deadline) };
+            let response = tokio::select! {
+                response = events.recv() => response,
+                _ = tokio::time::sleep_until(until) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        self.cancel_invite(dialog).await;
+                        let why = if heard { "no answer" } else { "the SIP trunk never responded" };
+                        return Err(not_answered(if heard { CallStatus::NoAnswer } else { CallStatus::Failed }, why));
+                    }
+                    continue;
+                }
+            };
+            let Some(response) = response else { return Err(not_answered(CallStatus::Failed, "the SIP endpoint stopped")) };
+            let StartLine::Response { code, reason } = &response.start else { continue };
+            heard = true;
+            match code {
+                100..=199 => continue,
+                200..=299 => return Ok((sip::parse_offer(&response.body), response)),
+                _ => {
+                    self.ack_refusal(dialog, &response).await;
+                    let status = match code {
+                        486 | 600 | 603 => CallStatus::Busy,
+                        408 | 480 | 487 => CallStatus::NoAnswer,
+                        _ => CallStatus::Failed,
+                    };
+                    let hint = if matches!(code, 401 | 407) { " (the trunk asks for authentication: let it take calls from this server's address)" } else { "" };
+                    return Err(not_answered(status, format!("the SIP trunk answered {code} {reason}{hint}")));
+                }
+            }
+        }
+    }
+
+    /// ACKs a refusal of our INVITE (within its transaction: the INVITE's branch).
+    async fn ack_refusal(&self, dialog: &Dialog, response: &Message) {
+        let StartLine::Request { uri, .. } = &dialog.invite.start else { return };
+        let ack = InDialog {
+            method: "ACK",
+            target: uri,
+            via_host: &self.host,
+            branch: dialog.invite.branch().unwrap_or_default(),
+            from: dialog.invite.header("from").unwrap_or_default(),
+            to: response.header("to").unwrap_or_default(),
+            call_id: &dialog.id,
+            cseq: 1,
+        }
+        .render(&[]);
+        self.send(&ack, dialog.peer).await;
+    }
+
+    /// CANCELs our ringing INVITE (the trunk then ends it with 487, which is ACKed).
+    async fn cancel_invite(&self, dialog: &Dialog) {
+        let StartLine::Request { uri, .. } = &dialog.invite.start else { return };
+        let cancel = InDialog {
+            method: "CANCEL",
+            target: uri,
+            via_host: &self.host,
+            branch: dialog.invite.branch().unwrap_or_default(),
+            from: dialog.invite.header("from").unwrap_or_default(),
+            to: dialog.invite.header("to").unwrap_or_default(),
+            call_id: &dialog.id,
+            cseq: 1,
+        }
+        .render(&[]);
+        self.send(&cancel, dialog.peer).await;
     }
 }
 
@@ -650,11 +846,11 @@ mod tests {
 
     #[test]
     fn an_unspecified_bind_address_needs_an_advertised_one() {
-        let config = SipConfig { bind: "0.0.0.0:5060".parse().unwrap(), address: None, trusted: Vec::new() };
+        let config = SipConfig { bind: "0.0.0.0:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None };
         assert!(config.advertised().unwrap_err().to_string().contains("--sip-address"));
         let config = SipConfig { address: Some("192.0.2.7".parse().unwrap()), ..config };
         assert_eq!(config.advertised().unwrap(), "192.0.2.7".parse::<IpAddr>().unwrap());
-        let config = SipConfig { bind: "127.0.0.1:5060".parse().unwrap(), address: None, trusted: Vec::new() };
+        let config = SipConfig { bind: "127.0.0.1:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None };
         assert_eq!(config.advertised().unwrap(), "127.0.0.1".parse::<IpAddr>().unwrap());
     }
 

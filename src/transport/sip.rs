@@ -383,6 +383,16 @@ pub fn answer(address: IpAddr, port: u16, offer: &Offer, session: u64) -> String
     sdp
 }
 
+/// Our SDP offer for a call we place: audio at `address:port` in PCMU or PCMA, and keys as
+/// telephone-events (payload type 101).
+pub fn offer(address: IpAddr, port: u16, session: u64) -> String {
+    let family = if address.is_ipv4() { "IP4" } else { "IP6" };
+    format!(
+        "v=0\r\no=ringline {session} {session} IN {family} {address}\r\ns=ringline\r\nc=IN {family} {address}\r\nt=0 0\r\n\
+m=audio {port} RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+    )
+}
+
 /// One RTP packet (RFC 3550), borrowed from its datagram.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rtp<'a> {
@@ -579,6 +589,12 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         assert_eq!(dtmf_relay("Signal=5\r\nDuration=160\r\n"), Some('5'));
         assert_eq!(dtmf_relay("Signal= 11\r\n"), Some('#'));
         assert_eq!(dtmf_relay("Signal=55\r\n"), None);
+    }
+
+    #[test]
+    fn our_offer_reads_back_as_an_offer() {
+        let offer = parse_offer(&offer("127.0.0.1".parse().unwrap(), 7000, 1)).unwrap();
+        assert_eq!(offer, Offer { address: "127.0.0.1".parse().unwrap(), port: 7000, codec: Codec::Pcmu, telephone_event: Some(101) });
     }
 
     #[test]

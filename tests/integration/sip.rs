@@ -6,7 +6,7 @@
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -108,24 +108,70 @@ fn caller_scenario(media_port: u16, audio: &Path) -> String {
 
 /// Runs SIPp once against the server's SIP port; true when its scenario passed.
 fn sipp(scenario: &str, dir: &Path, service: &str, server: u16) -> (bool, String) {
+    let mut command = sipp_command(scenario, dir, free_udp_port());
+    command.arg(format!("127.0.0.1:{server}")).args(["-s", service]);
+    finish_sipp(command.output().expect("sipp runs (Debian's sip-tester, installed by .ci/setup)"), dir)
+}
+
+/// SIPp with `scenario`, on `port`, for one call, its messages and errors logged in `dir`.
+fn sipp_command(scenario: &str, dir: &Path, port: u16) -> Command {
     let path = dir.join(format!("scenario-{}.xml", free_udp_port()));
     std::fs::write(&path, scenario).unwrap();
-    let output = Command::new("sipp")
-        .arg(format!("127.0.0.1:{server}"))
-        .args(["-sf"])
+    let mut command = Command::new("sipp");
+    command
+        .arg("-sf")
         .arg(&path)
-        .args(["-s", service, "-m", "1", "-i", "127.0.0.1", "-p", &free_udp_port().to_string(), "-mp", &free_udp_port().to_string()])
+        .args(["-m", "1", "-i", "127.0.0.1", "-p", &port.to_string(), "-mp", &free_udp_port().to_string()])
         .args(["-nostdin", "-timeout", "120s", "-timeout_error", "-trace_err", "-error_file"])
         .arg(dir.join("sipp-errors.log"))
         .args(["-trace_msg", "-message_file"])
         .arg(dir.join("sipp-messages.log"))
         .current_dir(dir)
-        .output()
-        .expect("sipp runs (Debian's sip-tester, installed by .ci/setup)");
+        .stdout(std::process::Stdio::null());
+    command
+}
+
+fn finish_sipp(output: std::process::Output, dir: &Path) -> (bool, String) {
     let errors = std::fs::read_to_string(dir.join("sipp-errors.log")).unwrap_or_default();
     let messages = std::fs::read_to_string(dir.join("sipp-messages.log")).unwrap_or_default();
     let tail: String = messages.chars().rev().take(6_000).collect::<Vec<_>>().into_iter().rev().collect();
     (output.status.success(), format!("{}\nerrors: {errors}\nmessages (the last of them): {tail}", String::from_utf8_lossy(&output.stderr)))
+}
+
+/// Collects the payloads of the RTP packets arriving on a socket of its own until stopped.
+struct Listener {
+    port: u16,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Listener {
+    fn start() -> Listener {
+        let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = media.local_addr().unwrap().port();
+        media.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut buffer, mut payload, mut payload_types) = ([0u8; 2048], Vec::new(), Vec::new());
+            while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok((length, _)) = media.recv_from(&mut buffer) {
+                    if length > 12 {
+                        payload_types.push(buffer[1] & 0x7f);
+                        payload.extend_from_slice(&buffer[12..length]);
+                    }
+                }
+            }
+            (payload, payload_types)
+        });
+        Listener { port, stop, thread }
+    }
+
+    /// The payloads, and each packet's payload type.
+    fn stop(self) -> (Vec<u8>, Vec<u8>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
 }
 
 /// Sends one datagram to the server's SIP port and reads its answers for a while.
@@ -182,27 +228,8 @@ fn a_call_from_a_sip_trunk_is_answered_heard_keyed_and_hung_up() {
     assert_eq!(history["total"], 0, "{history}");
 
     // The agent's audio comes here.
-    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let media_port = media.local_addr().unwrap().port();
-    media.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let heard = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let receiver = {
-        let (heard, stop) = (heard.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 2048];
-            let mut payload_types = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                if let Ok((length, _)) = media.recv_from(&mut buffer) {
-                    if length > 12 {
-                        payload_types.push(buffer[1] & 0x7f);
-                        heard.lock().unwrap().extend_from_slice(&buffer[12..length]);
-                    }
-                }
-            }
-            payload_types
-        })
-    };
+    let listener = Listener::start();
+    let media_port = listener.port;
 
     // The caller's recording as SIPp streams it: raw μ-law at 8 kHz.
     let dir = tempfile::tempdir().unwrap();
@@ -211,9 +238,8 @@ fn a_call_from_a_sip_trunk_is_answered_heard_keyed_and_hung_up() {
     std::fs::write(&caller_audio, ringline::audio::g711::encode_mulaw(&audio.samples)).unwrap();
     let (passed, log) = sipp(&caller_scenario(media_port, &caller_audio), dir.path(), "14155552671", port);
     assert!(passed, "SIPp's call went as its scenario says (answered, INFO taken, BYE from the agent): {log}");
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let payload_types = receiver.join().unwrap();
-    assert!(payload_types.iter().all(|&pt| pt == 0), "the agent answered in the offered PCMU: {:?}", &payload_types[..payload_types.len().min(10)]);
+    let (heard, payload_types) = listener.stop();
+    assert!(!payload_types.is_empty() && payload_types.iter().all(|&pt| pt == 0), "the agent answered in the offered PCMU: {:?}", &payload_types[..payload_types.len().min(10)]);
 
     let (_, history) = get(&serve, &key, "/v1/calls/history");
     let call_id = history["calls"][0]["call_id"].as_str().unwrap_or_else(|| panic!("one call: {history}")).to_string();
@@ -221,7 +247,7 @@ fn a_call_from_a_sip_trunk_is_answered_heard_keyed_and_hung_up() {
     assert_eq!(done["status"], "completed", "{done}");
 
     // The caller heard the greeting and the answer.
-    let agent = crate::twilio::transcribe(&heard.lock().unwrap(), dir.path(), "agent");
+    let agent = crate::twilio::transcribe(&heard, dir.path(), "agent");
     assert!(word_recall("thank you for calling the hardware shop", &agent) >= 0.6, "the agent as heard over RTP: {agent:?}");
     assert!(agent.to_lowercase().contains("nine") || agent.contains('9'), "the answer as heard: {agent:?}");
 
@@ -251,4 +277,144 @@ fn sip_from_outside_the_trusted_ranges_is_dropped_unanswered() {
     assert_eq!(options("127.0.0.1"), None, "a source outside --sip-trusted gets no answer at all");
     let answer = options("127.0.0.2").expect("a trusted source is answered");
     assert!(answer.starts_with("SIP/2.0 200") && answer.contains("Allow: INVITE"), "{answer}");
+}
+
+/// The callee's side, as SIPp plays it: rings, answers in PCMA with its media at `media_port`,
+/// says the recording (A-law) after the agent's greeting, and answers the agent's BYE.
+fn callee_scenario(media_port: u16, audio: &Path) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="a callee">
+  <recv request="INVITE" crlf="true"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 180 Ringing
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:callee@[local_ip]:[local_port]>
+      Content-Length: 0
+    ]]>
+  </send>
+  <pause milliseconds="500"/>
+  <send retrans="500">
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:callee@[local_ip]:[local_port]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=callee 1 1 IN IP4 [local_ip]
+      s=-
+      c=IN IP4 [local_ip]
+      t=0 0
+      m=audio {media_port} RTP/AVP 8 101
+      a=rtpmap:8 PCMA/8000
+      a=rtpmap:101 telephone-event/8000
+    ]]>
+  </send>
+  <recv request="ACK" crlf="true"/>
+  <pause milliseconds="9000"/>
+  <nop><action><exec rtp_stream="{audio},1,8"/></action></nop>
+  <recv request="BYE" timeout="60000"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+</scenario>
+"#,
+        audio = audio.display()
+    )
+}
+
+#[test]
+fn an_outbound_call_goes_through_the_sip_trunk() {
+    let llm = standin::llm(vec![
+        Reply::Tool { text: "We open at nine in the morning. Goodbye.", name: "end_call", arguments: r#"{"reason":"answered"}"# },
+        Reply::Text("The callee heard the opening hours."),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let audio = ringline::audio::decode::decode_file(Path::new(CARDS)).expect("the recording decodes").to_rate(8_000).unwrap();
+    let callee_audio = dir.path().join("callee.alaw");
+    std::fs::write(&callee_audio, ringline::audio::g711::encode_alaw(&audio.samples)).unwrap();
+    let listener = Listener::start();
+    let trunk = free_udp_port();
+    let callee = sipp_command(&callee_scenario(listener.port, &callee_audio), dir.path(), trunk).spawn().expect("sipp runs (Debian's sip-tester, installed by .ci/setup)");
+
+    let db = Database::sqlite();
+    let key = create_key(&db, "shop", &[]);
+    let port = free_udp_port();
+    let serve = Serve::start(&db, &crate::api::repo_assistants(), &[("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}")), ("RINGLINE_SIP_TRUNK", &format!("127.0.0.1:{trunk}"))]);
+    let (_, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
+    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
+    assert_eq!(status, 201, "{number}");
+    let (status, validated) = post(&serve, &key, "/v1/numbers/validate", json!({ "number": "+14155552672" }));
+    assert_eq!((status, validated["callable"].as_bool()), (200, Some(true)), "with a SIP trunk a real number is callable: {validated}");
+
+    let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": created["id"], "to_number": "+14155552672", "from_number": NUMBER }));
+    assert_eq!(status, 201, "{call}");
+    let id = call["call_id"].as_str().unwrap().to_string();
+    let (passed, log) = finish_sipp(callee.wait_with_output().unwrap(), dir.path());
+    assert!(passed, "SIPp's callee saw the call its scenario expects (INVITE, ACK, BYE from the agent): {log}");
+    let done = wait_for(&serve, &key, &id, Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "completed", "{done}");
+
+    let messages = std::fs::read_to_string(dir.path().join("sipp-messages.log")).unwrap_or_default();
+    assert!(messages.contains("INVITE sip:+14155552672@127.0.0.1"), "the INVITE dials the number at the trunk: {log}");
+    assert!(messages.contains(&format!("From: <sip:{NUMBER}@127.0.0.1:{port}>")), "from the workspace's number: {log}");
+
+    // The callee heard the greeting and the answer, in the PCMA it chose.
+    let (heard, payload_types) = listener.stop();
+    assert!(!payload_types.is_empty() && payload_types.iter().all(|&pt| pt == 8), "the agent spoke the answered PCMA: {:?}", &payload_types[..payload_types.len().min(10)]);
+    let as_mulaw = ringline::audio::g711::encode_mulaw(&ringline::audio::g711::decode_alaw(&heard));
+    let agent = crate::twilio::transcribe(&as_mulaw, dir.path(), "agent");
+    assert!(word_recall("thank you for calling the hardware shop", &agent) >= 0.6, "the agent as heard over RTP: {agent:?}");
+    assert!(agent.to_lowercase().contains("nine") || agent.contains('9'), "the answer as heard: {agent:?}");
+
+    // The agent heard the callee.
+    let (_, transcript) = get(&serve, &key, &format!("/v1/calls/{id}/transcript"));
+    let lines = transcript["transcript"].as_array().cloned().unwrap_or_default();
+    let callee: Vec<String> = lines.iter().filter(|l| l["speaker"] == "caller").map(|l| l["text"].as_str().unwrap_or_default().to_string()).collect();
+    assert!(word_recall("eight of spades four of clubs seven of hearts", &callee.join(" ")) >= 0.5, "the callee as heard: {callee:?}");
+
+    // A busy callee: 486, ACKed, and the call ends `busy`.
+    let busy = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="a busy callee">
+  <recv request="INVITE" crlf="true"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 486 Busy Here
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv request="ACK"/>
+</scenario>
+"#;
+    let callee = sipp_command(busy, dir.path(), trunk).spawn().unwrap();
+    let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": created["id"], "to_number": "+14155552672", "from_number": NUMBER }));
+    assert_eq!(status, 201, "{call}");
+    let (passed, log) = finish_sipp(callee.wait_with_output().unwrap(), dir.path());
+    assert!(passed, "the busy callee's refusal was ACKed: {log}");
+    let done = wait_for(&serve, &key, call["call_id"].as_str().unwrap(), Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "busy", "{done}");
 }
