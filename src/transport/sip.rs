@@ -592,6 +592,41 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
     }
 
     #[test]
+    fn no_cut_or_changed_byte_of_a_message_or_packet_panics() {
+        // Every prefix of an INVITE, and the INVITE with each byte replaced by a few odd ones:
+        // an error or a message, never a panic (slicing at a character's middle, lengths that
+        // overrun).
+        let (head, body) = INVITE.split_once("\r\n\r\n").unwrap();
+        let invite = format!("{}\r\n\r\n{body}", head.replace("127.0.0.1", "ü.example"));
+        assert!(parse(invite.as_bytes()).is_ok_and(|m| parse_offer(&m.body).is_ok()), "the changed INVITE still parses whole");
+        let bytes = invite.as_bytes();
+        for end in 0..=bytes.len() {
+            if let Ok(message) = parse(&bytes[..end]) {
+                let _ = (message.check_request(), message.cseq(), message.branch(), parse_offer(&message.body));
+            }
+        }
+        for at in 0..bytes.len() {
+            for odd in [b' ', b':', b';', b'<', b'>', b'=', b'\n', 0xc3, 0xff, b'0'] {
+                let mut changed = bytes.to_vec();
+                changed[at] = odd;
+                if let Ok(message) = parse(&changed) {
+                    let from = message.header("from").unwrap_or_default();
+                    let _ = (message.check_request(), message.cseq(), message.branch(), user_of(uri_of(from)), param(from, "tag"), parse_offer(&message.body));
+                }
+            }
+        }
+        let packet = rtp_packet(false, 101, 1, 2, 3, &[5, 0x8a, 0, 160]);
+        for end in 0..=packet.len() {
+            let _ = parse_rtp(&packet[..end]).map(|rtp| telephone_event(rtp.payload));
+        }
+        for first in 0..=255u8 {
+            let mut changed = packet.clone();
+            changed[0] = first;
+            let _ = parse_rtp(&changed);
+        }
+    }
+
+    #[test]
     fn our_offer_reads_back_as_an_offer() {
         let offer = parse_offer(&offer("127.0.0.1".parse().unwrap(), 7000, 1)).unwrap();
         assert_eq!(offer, Offer { address: "127.0.0.1".parse().unwrap(), port: 7000, codec: Codec::Pcmu, telephone_event: Some(101) });
