@@ -114,10 +114,15 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGLINE_SIP_TRUSTED", value_delimiter = ',', value_parser = parse_cidr, requires = "sip_bind")]
     pub sip_trusted: Vec<crate::egress::Cidr>,
     /// Places outbound calls through this SIP trunk (its address, e.g. 198.51.100.7:5060) when
-    /// Twilio is not configured; the trunk must take calls from this server's address (no
-    /// digest authentication yet).
+    /// Twilio is not configured.
     #[arg(long, env = "RINGLINE_SIP_TRUNK", requires = "sip_bind")]
     pub sip_trunk: Option<SocketAddr>,
+    /// The trunk account's user, for a trunk that challenges calls (digest); the password
+    /// comes from RINGLINE_SIP_TRUNK_PASSWORD.
+    #[arg(long, env = "RINGLINE_SIP_TRUNK_USER", requires = "sip_trunk")]
+    pub sip_trunk_user: Option<String>,
+    #[arg(long, env = "RINGLINE_SIP_TRUNK_PASSWORD", hide_env_values = true, hide = true)]
+    pub sip_trunk_password: Option<String>,
     /// Load each local model when the first call needs it, instead of loading the file
     /// assistants' models at start (a first caller then waits for them).
     #[arg(long, env = "RINGLINE_NO_PRELOAD")]
@@ -203,6 +208,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             bind,
             address: args.sip_address,
             trunk: args.sip_trunk,
+            credentials: args.sip_trunk_user.map(|user| server::sip::Credentials { user, password: args.sip_trunk_password.unwrap_or_default() }),
             trusted: if args.sip_trusted.is_empty() { vec!["127.0.0.0/8".parse().expect("a range"), "::1".parse().expect("an address")] } else { args.sip_trusted },
         }),
     };

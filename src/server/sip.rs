@@ -56,6 +56,21 @@ pub struct SipConfig {
     pub trusted: Vec<Cidr>,
     /// Where outbound calls go (the trunk's SIP address); its address is trusted too.
     pub trunk: Option<SocketAddr>,
+    /// The user and password a challenging trunk is answered with (digest, MD5).
+    pub credentials: Option<Credentials>,
+}
+
+/// A trunk account; its Debug form leaves the password out.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("user", &self.user).field("password", &"…").finish()
+    }
 }
 
 impl SipConfig {
@@ -175,7 +190,13 @@ impl Endpoint {
                 continue; // a keep-alive (CRLF)
             }
             match sip::parse(datagram) {
-                Ok(message) => self.clone().handle(message, source).await,
+                Ok(message) => {
+                    // A bug in handling one message must not stop the endpoint for every call.
+                    use futures::FutureExt as _;
+                    if std::panic::AssertUnwindSafe(self.clone().handle(message, source)).catch_unwind().await.is_err() {
+                        tracing::error!(%source, "handling a SIP message panicked; the endpoint goes on");
+                    }
+                }
                 Err(problem) => tracing::debug!(%source, problem, "dropped a malformed SIP datagram"),
             }
         }
@@ -513,45 +534,54 @@ impl Endpoint {
         }
         let media = UdpSocket::bind(SocketAddr::new(self.config.bind.ip(), 0)).await.map_err(|e| not_answered(CallStatus::Failed, format!("no RTP port could be opened: {e}")))?;
         let port = media.local_addr().map(|a| a.port()).unwrap_or_default();
-        let id = format!("{}@{}", random_hex(12), self.address);
-        let (our_tag, branch) = (random_hex(8), format!("z9hG4bK{}", random_hex(8)));
-        let target = format!("sip:{}@{trunk}", call.to_number);
-        let local = format!("<sip:{}@{}>;tag={our_tag}", call.from_number, self.host);
-        let to = format!("<{target}>");
-        let sdp = sip::offer(self.address, port, rand::random::<u32>() as u64);
-        let invite_text = format!(
-            "INVITE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {local}\r\nTo: {to}\r\nCall-ID: {id}\r\nCSeq: 1 INVITE\r\nContact: <sip:ringline@{}>\r\nAllow: {ALLOW}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-            self.host,
-            self.host,
-            sdp.len()
-        );
-        let invite = sip::parse(invite_text.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
+        let our_tag = random_hex(8);
+        let invite = Invite {
+            target: format!("sip:{}@{trunk}", call.to_number),
+            local: format!("<sip:{}@{}>;tag={our_tag}", call.from_number, self.host),
+            to: format!("<sip:{}@{trunk}>", call.to_number),
+            id: format!("{}@{}", random_hex(12), self.address),
+            sdp: sip::offer(self.address, port, rand::random::<u32>() as u64),
+            host: self.host.clone(),
+        };
+        let first = invite.render(1, &format!("z9hG4bK{}", random_hex(8)), None);
+        let parsed = sip::parse(first.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
         let (events_tx, mut events) = mpsc::unbounded_channel();
-        let state = DialogState { local: local.clone(), remote: to.clone(), target: target.clone(), invite_responses: Some(events_tx), answered: true, acked: true, sdp: Some(sdp.clone()), ..DialogState::default() };
-        let dialog = Arc::new(Dialog { id: id.clone(), peer: trunk, invite, our_tag, state: Mutex::new(state) });
+        let state = DialogState {
+            local: invite.local.clone(),
+            remote: invite.to.clone(),
+            target: invite.target.clone(),
+            invite_responses: Some(events_tx),
+            answered: true,
+            acked: true,
+            sdp: Some(invite.sdp.clone()),
+            ..DialogState::default()
+        };
+        let dialog = Arc::new(Dialog { id: invite.id.clone(), peer: trunk, invite: parsed, our_tag, state: Mutex::new(state) });
         if self.dialogs().len() >= MAX_DIALOGS {
             return Err(not_answered(CallStatus::Failed, "this server holds too many SIP dialogs"));
         }
-        self.dialogs().insert(id.clone(), dialog.clone());
-        tracing::info!(call = %call.id, sip_call = %id, %trunk, "placing a SIP call");
-        let outcome = self.ring(&dialog, &invite_text, &mut events, within).await;
+        self.dialogs().insert(invite.id.clone(), dialog.clone());
+        tracing::info!(call = %call.id, sip_call = %invite.id, %trunk, "placing a SIP call");
+        let outcome = self.ring(&dialog, &invite, first, &mut events, within).await;
         dialog.lock().invite_responses = None;
-        let (answer, ok) = match outcome {
+        let (answer, ok, cseq) = match outcome {
             Ok(answered) => answered,
             Err(not) => {
-                self.dialogs().remove(&id);
+                self.dialogs().remove(&invite.id);
                 return Err(not);
             }
         };
         // The peer's side of the dialog: its tag and its Contact.
-        let remote = ok.header("to").unwrap_or(&to).to_string();
-        let contact = ok.header("contact").map(sip::uri_of).filter(|c| !c.is_empty()).unwrap_or(&target).to_string();
-        let ack = InDialog { method: "ACK", target: &contact, via_host: &self.host, branch: &format!("z9hG4bK{}", random_hex(8)), from: &local, to: &remote, call_id: &id, cseq: 1 }.render(&[]);
+        let remote = ok.header("to").unwrap_or(&invite.to).to_string();
+        let contact = ok.header("contact").map(sip::uri_of).filter(|c| !c.is_empty()).unwrap_or(&invite.target).to_string();
+        let ack = InDialog { method: "ACK", target: &contact, via_host: &self.host, branch: &format!("z9hG4bK{}", random_hex(8)), from: &invite.local, to: &remote, call_id: &invite.id, cseq }.render(&[]);
         {
             let mut state = dialog.lock();
             state.remote = remote;
             state.target = contact;
             state.ack = Some(ack.clone());
+            // Our next request in the dialog (a BYE) counts on from the INVITE.
+            state.cseq = cseq;
         }
         self.send(&ack, trunk).await;
         let answer = match answer {
@@ -566,23 +596,26 @@ impl Endpoint {
             }
         };
         let control = Arc::new(SipControl { endpoint: self.clone(), dialog: dialog.clone() });
-        let (line, input, outgoing) = StreamLine::start(&format!("sip:{id}"), sip::RATE, Some(control));
+        let (line, input, outgoing) = StreamLine::start(&format!("sip:{}", invite.id), sip::RATE, Some(control));
         dialog.lock().line = Some(line.clone());
         tokio::spawn(carry_media(line.clone(), media, answer, outgoing));
         tokio::spawn(self.clone().until_ended(dialog, line.clone()));
         Ok((line, input))
     }
 
-    /// Sends the INVITE (resent until the trunk responds) and waits for its final response,
-    /// cancelling it after `within`: the 200 OK with its SDP read, or how the call ended.
-    async fn ring(&self, dialog: &Dialog, invite: &str, events: &mut mpsc::UnboundedReceiver<Message>, within: Duration) -> Result<(Result<Offer, String>, Message), NotAnswered> {
+    /// Sends the INVITE (resent until the trunk responds; once more with credentials if the
+    /// trunk challenges it) and waits for its final response, cancelling it after `within`:
+    /// the 200 OK with its SDP read and the INVITE's CSeq, or how the call ended.
+    async fn ring(&self, dialog: &Dialog, invite: &Invite, first: String, events: &mut mpsc::UnboundedReceiver<Message>, within: Duration) -> Result<(Result<Offer, String>, Message, u32), NotAnswered> {
         let deadline = tokio::time::Instant::now() + within;
+        let (mut text, mut cseq, mut challenged) = (first, 1u32, false);
+        let mut current = sip::parse(text.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
         let mut heard = false;
         let mut wait = T1;
         let mut next_send = tokio::time::Instant::now();
         loop {
             if !heard && tokio::time::Instant::now() >= next_send {
-                self.send(invite, dialog.peer).await;
+                self.send(&text, dialog.peer).await;
                 next_send = tokio::time::Instant::now() + wait;
                 wait = (wait * 2).min(T2);
             }
@@ -591,7 +624,7 @@ impl Endpoint {
                 response = events.recv() => response,
                 _ = tokio::time::sleep_until(until) => {
                     if tokio::time::Instant::now() >= deadline {
-                        self.cancel_invite(dialog).await;
+                        self.cancel_invite(dialog, &current).await;
                         let why = if heard { "no answer" } else { "the SIP trunk never responded" };
                         return Err(not_answered(if heard { CallStatus::NoAnswer } else { CallStatus::Failed }, why));
                     }
@@ -600,56 +633,99 @@ impl Endpoint {
             };
             let Some(response) = response else { return Err(not_answered(CallStatus::Failed, "the SIP endpoint stopped")) };
             let StartLine::Response { code, reason } = &response.start else { continue };
+            if response.cseq().map(|(number, _)| number) != Some(cseq) {
+                continue; // a late response to the INVITE before the credentials
+            }
             heard = true;
             match code {
                 100..=199 => continue,
-                200..=299 => return Ok((sip::parse_offer(&response.body), response)),
+                200..=299 => return Ok((sip::parse_offer(&response.body), response, cseq)),
+                401 | 407 if !challenged && self.config.credentials.is_some() => {
+                    self.ack_refusal(dialog, &current, &response).await;
+                    let (user, password) = self.config.credentials.as_ref().map(|c| (c.user.as_str(), c.password.as_str())).unwrap_or_default();
+                    let (asked, answer_with) = if *code == 401 { ("www-authenticate", "Authorization") } else { ("proxy-authenticate", "Proxy-Authorization") };
+                    let challenge = sip::challenge(response.header(asked).unwrap_or_default()).map_err(|problem| not_answered(CallStatus::Failed, format!("the SIP trunk's challenge: {problem}")))?;
+                    let authorization = sip::digest(&challenge, user, password, "INVITE", &invite.target, &random_hex(8));
+                    (cseq, challenged, heard, wait) = (cseq + 1, true, false, T1);
+                    text = invite.render(cseq, &format!("z9hG4bK{}", random_hex(8)), Some((answer_with, &authorization)));
+                    current = sip::parse(text.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
+                    next_send = tokio::time::Instant::now();
+                }
                 _ => {
-                    self.ack_refusal(dialog, &response).await;
+                    self.ack_refusal(dialog, &current, &response).await;
                     let status = match code {
                         486 | 600 | 603 => CallStatus::Busy,
                         408 | 480 | 487 => CallStatus::NoAnswer,
                         _ => CallStatus::Failed,
                     };
-                    let hint = if matches!(code, 401 | 407) { " (the trunk asks for authentication: let it take calls from this server's address)" } else { "" };
+                    let hint = match code {
+                        401 | 407 if challenged => " (the trunk refused --sip-trunk-user's credentials)",
+                        401 | 407 => " (the trunk asks for credentials: give --sip-trunk-user and RINGLINE_SIP_TRUNK_PASSWORD)",
+                        _ => "",
+                    };
                     return Err(not_answered(status, format!("the SIP trunk answered {code} {reason}{hint}")));
                 }
             }
         }
     }
 
-    /// ACKs a refusal of our INVITE (within its transaction: the INVITE's branch).
-    async fn ack_refusal(&self, dialog: &Dialog, response: &Message) {
-        let StartLine::Request { uri, .. } = &dialog.invite.start else { return };
+    /// ACKs a refusal of our INVITE `invite` (within its transaction: its branch and CSeq).
+    async fn ack_refusal(&self, dialog: &Dialog, invite: &Message, response: &Message) {
+        let StartLine::Request { uri, .. } = &invite.start else { return };
         let ack = InDialog {
             method: "ACK",
             target: uri,
             via_host: &self.host,
-            branch: dialog.invite.branch().unwrap_or_default(),
-            from: dialog.invite.header("from").unwrap_or_default(),
+            branch: invite.branch().unwrap_or_default(),
+            from: invite.header("from").unwrap_or_default(),
             to: response.header("to").unwrap_or_default(),
             call_id: &dialog.id,
-            cseq: 1,
+            cseq: invite.cseq().map(|(n, _)| n).unwrap_or(1),
         }
         .render(&[]);
         self.send(&ack, dialog.peer).await;
     }
 
     /// CANCELs our ringing INVITE (the trunk then ends it with 487, which is ACKed).
-    async fn cancel_invite(&self, dialog: &Dialog) {
-        let StartLine::Request { uri, .. } = &dialog.invite.start else { return };
+    async fn cancel_invite(&self, dialog: &Dialog, invite: &Message) {
+        let StartLine::Request { uri, .. } = &invite.start else { return };
         let cancel = InDialog {
             method: "CANCEL",
             target: uri,
             via_host: &self.host,
-            branch: dialog.invite.branch().unwrap_or_default(),
-            from: dialog.invite.header("from").unwrap_or_default(),
-            to: dialog.invite.header("to").unwrap_or_default(),
+            branch: invite.branch().unwrap_or_default(),
+            from: invite.header("from").unwrap_or_default(),
+            to: invite.header("to").unwrap_or_default(),
             call_id: &dialog.id,
-            cseq: 1,
+            cseq: invite.cseq().map(|(n, _)| n).unwrap_or(1),
         }
         .render(&[]);
         self.send(&cancel, dialog.peer).await;
+    }
+}
+
+/// A call we place: what its INVITE says, sent again with credentials when challenged.
+struct Invite {
+    target: String,
+    /// Our From (with our tag), and the callee's To (its tag comes with the answer).
+    local: String,
+    to: String,
+    id: String,
+    sdp: String,
+    host: String,
+}
+
+impl Invite {
+    fn render(&self, cseq: u32, branch: &str, authorization: Option<(&str, &str)>) -> String {
+        let mut text = format!(
+            "INVITE {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:ringline@{}>\r\nAllow: {ALLOW}\r\n",
+            self.target, self.host, self.local, self.to, self.id, self.host
+        );
+        if let Some((name, value)) = authorization {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+        text.push_str(&format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}", self.sdp.len(), self.sdp));
+        text
     }
 }
 
@@ -846,11 +922,11 @@ mod tests {
 
     #[test]
     fn an_unspecified_bind_address_needs_an_advertised_one() {
-        let config = SipConfig { bind: "0.0.0.0:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None };
+        let config = SipConfig { bind: "0.0.0.0:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None, credentials: None };
         assert!(config.advertised().unwrap_err().to_string().contains("--sip-address"));
         let config = SipConfig { address: Some("192.0.2.7".parse().unwrap()), ..config };
         assert_eq!(config.advertised().unwrap(), "192.0.2.7".parse::<IpAddr>().unwrap());
-        let config = SipConfig { bind: "127.0.0.1:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None };
+        let config = SipConfig { bind: "127.0.0.1:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None, credentials: None };
         assert_eq!(config.advertised().unwrap(), "127.0.0.1".parse::<IpAddr>().unwrap());
     }
 

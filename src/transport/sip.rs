@@ -252,6 +252,71 @@ impl InDialog<'_> {
     }
 }
 
+/// A digest challenge (RFC 8760/2617: `WWW-Authenticate` or `Proxy-Authenticate`), MD5 only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Challenge {
+    pub realm: String,
+    pub nonce: String,
+    pub opaque: Option<String>,
+    /// The server offers `qop=auth`.
+    pub qop_auth: bool,
+}
+
+/// Reads a digest challenge; the error says what cannot be answered.
+pub fn challenge(header: &str) -> Result<Challenge, String> {
+    let rest = header.trim().strip_prefix("Digest").or_else(|| header.trim().strip_prefix("digest")).ok_or_else(|| format!("`{}` is not a Digest challenge", truncate(header)))?;
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let mut text = rest.trim();
+    while !text.is_empty() {
+        let (name, after) = text.split_once('=').ok_or_else(|| format!("challenge parameter `{}` has no value", truncate(text)))?;
+        let after = after.trim_start();
+        let (value, remaining) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let end = quoted.find('"').ok_or("a quoted challenge value is not closed")?;
+                (&quoted[..end], &quoted[end + 1..])
+            }
+            None => after.split_once(',').unwrap_or((after, "")),
+        };
+        fields.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        text = remaining.trim_start().trim_start_matches(',').trim_start();
+    }
+    let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    if let Some(algorithm) = field("algorithm") {
+        if !algorithm.eq_ignore_ascii_case("MD5") {
+            return Err(format!("the challenge asks for algorithm {}; only MD5 is spoken", truncate(&algorithm)));
+        }
+    }
+    Ok(Challenge {
+        realm: field("realm").ok_or("the challenge has no realm")?,
+        nonce: field("nonce").ok_or("the challenge has no nonce")?,
+        opaque: field("opaque"),
+        qop_auth: field("qop").is_some_and(|q| q.split(',').any(|q| q.trim() == "auth")),
+    })
+}
+
+fn md5_hex(text: &str) -> String {
+    hex::encode(openssl::hash::hash(openssl::hash::MessageDigest::md5(), text.as_bytes()).map(|d| d.to_vec()).unwrap_or_default())
+}
+
+/// The `Authorization` (or `Proxy-Authorization`) value answering `challenge` for `method` on
+/// `uri`; `cnonce` is a fresh random string.
+pub fn digest(challenge: &Challenge, user: &str, password: &str, method: &str, uri: &str, cnonce: &str) -> String {
+    let ha1 = md5_hex(&format!("{user}:{}:{password}", challenge.realm));
+    let ha2 = md5_hex(&format!("{method}:{uri}"));
+    let mut value = format!("Digest username=\"{user}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", algorithm=MD5", challenge.realm, challenge.nonce);
+    if challenge.qop_auth {
+        let response = md5_hex(&format!("{ha1}:{}:00000001:{cnonce}:auth:{ha2}", challenge.nonce));
+        let _ = write!(value, ", response=\"{response}\", qop=auth, nc=00000001, cnonce=\"{cnonce}\"");
+    } else {
+        let response = md5_hex(&format!("{ha1}:{}:{ha2}", challenge.nonce));
+        let _ = write!(value, ", response=\"{response}\"");
+    }
+    if let Some(opaque) = &challenge.opaque {
+        let _ = write!(value, ", opaque=\"{opaque}\"");
+    }
+    value
+}
+
 /// The G.711 codecs a SIP line speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
@@ -624,6 +689,24 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
             changed[0] = first;
             let _ = parse_rtp(&changed);
         }
+    }
+
+    #[test]
+    fn a_digest_challenge_is_answered_as_rfc_2617_computes_it() {
+        // RFC 2617 §3.5's example.
+        let header = r#"Digest realm="testrealm@host.com", qop="auth,auth-int", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", opaque="5ccc069c403ebaf9f0171e9517f40e41""#;
+        let parsed = challenge(header).unwrap();
+        assert_eq!((parsed.realm.as_str(), parsed.qop_auth, parsed.opaque.as_deref()), ("testrealm@host.com", true, Some("5ccc069c403ebaf9f0171e9517f40e41")));
+        let answer = digest(&parsed, "Mufasa", "Circle Of Life", "GET", "/dir/index.html", "0a4f113b");
+        assert!(answer.contains(r#"response="6629fae49393a05397450978507c4ef1""#), "{answer}");
+        assert!(answer.contains("nc=00000001") && answer.contains(r#"opaque="5ccc069c403ebaf9f0171e9517f40e41""#), "{answer}");
+
+        let plain = challenge("Digest realm=trunk, nonce=abc").unwrap();
+        assert!(!plain.qop_auth && digest(&plain, "u", "p", "INVITE", "sip:+1@h", "c").contains("response="));
+        assert!(challenge("Basic realm=x").unwrap_err().contains("not a Digest"));
+        assert!(challenge(r#"Digest realm="x", nonce="y", algorithm=SHA-256"#).unwrap_err().contains("only MD5"));
+        assert!(challenge(r#"Digest nonce="y""#).unwrap_err().contains("no realm"));
+        assert!(challenge(r#"Digest realm="x"#).is_err());
     }
 
     #[test]

@@ -418,3 +418,87 @@ fn an_outbound_call_goes_through_the_sip_trunk() {
     let done = wait_for(&serve, &key, call["call_id"].as_str().unwrap(), Duration::from_secs(30), crate::api::ended);
     assert_eq!(done["status"], "busy", "{done}");
 }
+
+#[test]
+fn a_trunk_that_asks_for_credentials_is_answered_with_them() {
+    // The trunk challenges the INVITE (401, digest with qop=auth), checks the credentials the
+    // second INVITE carries, and then answers busy if they are right, 403 if not.
+    let trunk_scenario = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="a trunk that asks for credentials">
+  <recv request="INVITE" crlf="true"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 401 Unauthorized
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      WWW-Authenticate: Digest realm="trunk.example", nonce="5ca1ab1e0ddba11", qop="auth"
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv request="ACK"/>
+  <recv request="INVITE">
+    <action>
+      <verifyauth assign_to="authvalid" username="ringline" password="s3cret-Pa55"/>
+    </action>
+  </recv>
+  <nop hide="true" test="authvalid" next="good"/>
+  <send next="end">
+    <![CDATA[
+      SIP/2.0 403 Forbidden
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+  <label id="good"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 486 Busy Here
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+  <label id="end"/>
+  <recv request="ACK"/>
+</scenario>
+"#;
+    let llm = standin::llm(vec![Reply::Text("Hello.")]);
+    let dir = tempfile::tempdir().unwrap();
+    let trunk = free_udp_port();
+    let db = Database::sqlite();
+    let key = create_key(&db, "shop", &[]);
+    let port = free_udp_port();
+    let serve = Serve::start(
+        &db,
+        &crate::api::repo_assistants(),
+        &[
+            ("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}")),
+            ("RINGLINE_SIP_TRUNK", &format!("127.0.0.1:{trunk}")),
+            ("RINGLINE_SIP_TRUNK_USER", "ringline"),
+            ("RINGLINE_SIP_TRUNK_PASSWORD", "s3cret-Pa55"),
+        ],
+    );
+    let (_, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
+    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
+    assert_eq!(status, 201, "{number}");
+    let callee = sipp_command(trunk_scenario, dir.path(), trunk).spawn().unwrap();
+    let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": created["id"], "to_number": "+14155552672", "from_number": NUMBER }));
+    assert_eq!(status, 201, "{call}");
+    let (passed, log) = finish_sipp(callee.wait_with_output().unwrap(), dir.path());
+    assert!(passed, "the trunk's scenario ran through: {log}");
+    let done = wait_for(&serve, &key, call["call_id"].as_str().unwrap(), Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "busy", "the credentials were right (a wrong answer gets 403, `failed`): {done}");
+    let messages = std::fs::read_to_string(dir.path().join("sipp-messages.log")).unwrap_or_default();
+    assert!(messages.contains("CSeq: 2 INVITE") && messages.contains("Authorization: Digest username=\"ringline\""), "{log}");
+    assert!(!messages.contains("s3cret-Pa55"), "the password never crosses the wire");
+}
