@@ -1,5 +1,5 @@
-//! Calls from a SIP trunk, end to end, against a real SIP peer: SIPp (Debian's `sip-tester`)
-//! places the call — INVITE with an SDP offer, ACK, the caller's recorded speech streamed as
+//! Calls over SIP, end to end, against real SIP peers (baresip, a softphone, at the end).
+//! SIPp (Debian's `sip-tester`) places the call — INVITE with an SDP offer, ACK, the caller's recorded speech streamed as
 //! μ-law RTP, a key pressed as SIP INFO — and answers the agent's BYE. The agent's RTP goes to
 //! a socket of this test (the offer names it), whose audio is transcribed back.
 
@@ -501,4 +501,71 @@ fn a_trunk_that_asks_for_credentials_is_answered_with_them() {
     let messages = std::fs::read_to_string(dir.path().join("sipp-messages.log")).unwrap_or_default();
     assert!(messages.contains("CSeq: 2 INVITE") && messages.contains("Authorization: Digest username=\"ringline\""), "{log}");
     assert!(!messages.contains("s3cret-Pa55"), "the password never crosses the wire");
+}
+
+/// A softphone as the caller: baresip (Debian's `baresip-core`) dials the number with its own
+/// SIP stack and SDP, plays a recording from a file and writes what it hears to another.
+#[test]
+fn baresip_calls_in_and_hears_the_agent() {
+    let llm = standin::llm(vec![
+        Reply::Tool { text: "We open at nine in the morning. Goodbye.", name: "end_call", arguments: r#"{"reason":"answered"}"# },
+        Reply::Text("The caller asked about opening hours."),
+    ]);
+    let db = Database::sqlite();
+    let key = create_key(&db, "shop", &[]);
+    let port = free_udp_port();
+    let serve = Serve::start(&db, &crate::api::repo_assistants(), &[("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}"))]);
+    let (_, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
+    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
+    assert_eq!(status, 201, "{number}");
+
+    // baresip's configuration: G.711 only, the recording (after 9 s of silence, the agent's
+    // greeting) as the microphone, a bridge as the speaker, and every stream dumped to a file.
+    let dir = tempfile::tempdir().unwrap();
+    let audio = ringline::audio::decode::decode_file(Path::new(CARDS)).expect("the recording decodes").to_rate(8_000).unwrap();
+    let mut samples = vec![0.0f32; 8_000 * 9];
+    samples.extend_from_slice(&audio.samples);
+    samples.extend(std::iter::repeat(0.0).take(8_000 * 30));
+    let caller = dir.path().join("caller.wav");
+    ringline::audio::Audio::new(samples, 8_000).write_wav(&caller).unwrap();
+    let config = format!(
+        "poll_method\t\tepoll\nnet_interface\t\t127.0.0.1\nsip_listen\t\t127.0.0.1:{}\naudio_player\t\taubridge,speaker\naudio_source\t\taufile,{}\naudio_alert\t\taubridge,speaker\n\
+audio_srate\t\t8000\naudio_channels\t\t1\nmodule_path\t\t/usr/lib/baresip/modules\nmodule\t\t\tg711.so\nmodule\t\t\taufile.so\nmodule\t\t\taubridge.so\n\
+module\t\t\tsndfile.so\nmodule_app\t\taccount.so\nmodule_app\t\tmenu.so\nsnd_path\t\t{}\n",
+        free_udp_port(),
+        caller.display(),
+        dir.path().display()
+    );
+    std::fs::write(dir.path().join("config"), config).unwrap();
+    std::fs::write(dir.path().join("accounts"), "<sip:caller@127.0.0.1>;regint=0\n").unwrap();
+    std::fs::write(dir.path().join("contacts"), "").unwrap();
+    let output = Command::new("baresip")
+        .args(["-f"])
+        .arg(dir.path())
+        .args(["-4", "-n", "127.0.0.1", "-e", &format!("/dial sip:14155552671@127.0.0.1:{port}"), "-t", "45"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("baresip runs (Debian's baresip-core, installed by .ci/setup)");
+    let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+
+    let (_, history) = get(&serve, &key, "/v1/calls/history");
+    let call_id = history["calls"][0]["call_id"].as_str().unwrap_or_else(|| panic!("baresip's call reached the server: {history}\n{log}")).to_string();
+    let done = wait_for(&serve, &key, &call_id, Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "completed", "{done}\n{log}");
+
+    // What baresip heard: its dump of the decoded incoming stream.
+    let heard = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("dump-") && n.ends_with("-dec.wav")))
+        .unwrap_or_else(|| panic!("baresip dumped what it heard: {log}"));
+    let heard = ringline::audio::decode::decode_file(&heard).unwrap().to_rate(8_000).unwrap();
+    let agent = crate::twilio::transcribe(&ringline::audio::g711::encode_mulaw(&heard.samples), dir.path(), "agent");
+    assert!(word_recall("thank you for calling the hardware shop", &agent) >= 0.6, "the agent as baresip heard it: {agent:?}\n{log}");
+    assert!(agent.to_lowercase().contains("nine") || agent.contains('9'), "the answer as heard: {agent:?}");
+
+    let (_, transcript) = get(&serve, &key, &format!("/v1/calls/{call_id}/transcript"));
+    let lines = transcript["transcript"].as_array().cloned().unwrap_or_default();
+    let caller: Vec<String> = lines.iter().filter(|l| l["speaker"] == "caller").map(|l| l["text"].as_str().unwrap_or_default().to_string()).collect();
+    assert!(word_recall("eight of spades four of clubs seven of hearts", &caller.join(" ")) >= 0.5, "baresip's caller as heard: {caller:?}");
 }
