@@ -1,7 +1,9 @@
-//! Calls over SIP, end to end, against real SIP peers (baresip, a softphone, at the end).
-//! SIPp (Debian's `sip-tester`) places the call — INVITE with an SDP offer, ACK, the caller's recorded speech streamed as
-//! μ-law RTP, a key pressed as SIP INFO — and answers the agent's BYE. The agent's RTP goes to
-//! a socket of this test (the offer names it), whose audio is transcribed back.
+//! Calls over SIP, end to end, against real SIP peers. SIPp (Debian's `sip-tester`) places a
+//! call — INVITE with an SDP offer, ACK, the caller's recorded speech streamed as μ-law RTP, a
+//! key pressed as SIP INFO — and answers the agent's BYE; plays the callee of a call placed
+//! through the trunk, and a trunk that asks for credentials. baresip, a softphone with its own
+//! SIP stack, calls in too. The agent's RTP goes to a socket of the test (the offer names it)
+//! or to baresip's dump, and is transcribed back.
 
 use std::net::UdpSocket;
 use std::path::Path;
