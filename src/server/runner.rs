@@ -200,6 +200,14 @@ struct Answered {
     stream: Option<StreamLine>,
 }
 
+impl Answered {
+    /// A streamed line (Twilio, a web call, SIP): the socket ends the call and sees the live
+    /// transcript.
+    fn streamed(line: StreamLine, input: CallInput) -> Answered {
+        Answered { out: Arc::new(line.clone()), input, caller_gone: line.ended(), loopback: None, stream: Some(line) }
+    }
+}
+
 /// The calls this worker owns, and the engines they share.
 pub struct Runner {
     store: Store,
@@ -516,7 +524,7 @@ impl Runner {
                                 Err(outcome) => return outcome,
                             };
                             match dialer.place(call, ANSWER_WITHIN).await {
-                                Ok((line, input)) => Ok((Answered { out: Arc::new(line.clone()), input, caller_gone: line.ended(), loopback: None, stream: Some(line) }, engines)),
+                                Ok((line, input)) => Ok((Answered::streamed(line, input), engines)),
                                 Err(not) => Err(CallOutcome::ended(not.status, not.reason)),
                             }
                         }
@@ -525,7 +533,7 @@ impl Runner {
                 },
             },
             Connect::Line(line, input) => match self.prepare(call, &assistant, owner).await {
-                Ok(engines) => Ok((Answered { out: Arc::new(line.clone()), input, caller_gone: line.ended(), loopback: None, stream: Some(line) }, engines)),
+                Ok(engines) => Ok((Answered::streamed(line, input), engines)),
                 Err(outcome) => Err(outcome),
             },
             Connect::Twilio(waiting) => match self.prepare(call, &assistant, owner).await {
@@ -605,7 +613,7 @@ impl Runner {
     async fn await_stream(&self, waiting: Waiting, within: Duration) -> Result<Answered, CallOutcome> {
         let ended = |status: CallStatus, reason: &str| CallOutcome::ended(status, reason);
         match tokio::time::timeout(within, waiting.answered).await {
-            Ok(Ok(Answer::Stream(line, input))) => Ok(Answered { out: Arc::new(line.clone()), input, caller_gone: line.ended(), loopback: None, stream: Some(line) }),
+            Ok(Ok(Answer::Stream(line, input))) => Ok(Answered::streamed(line, input)),
             Ok(Ok(Answer::Ended { status })) => Err(match status {
                 CallStatus::Busy => ended(status, "the number was busy"),
                 CallStatus::NoAnswer => ended(status, "the number did not answer"),

@@ -140,12 +140,23 @@ impl Dialog {
     fn lock(&self) -> std::sync::MutexGuard<'_, DialogState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The final response needs no more resending: ACKed, or the peer already hung up.
+    fn settled(&self) -> bool {
+        let state = self.lock();
+        state.acked || state.ended_by_peer
+    }
 }
 
 fn random_hex(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buffer);
     hex::encode(buffer)
+}
+
+/// A new transaction's branch, with RFC 3261's magic cookie.
+fn branch() -> String {
+    format!("z9hG4bK{}", random_hex(8))
 }
 
 /// Binds the endpoint and serves it until `shutdown`; returns the address it listens on.
@@ -201,6 +212,11 @@ impl Endpoint {
             }
         }
         // The server is stopping: its calls hang up through their lines (the runner's shutdown).
+    }
+
+    /// Our Contact: where the peer sends its requests in a dialog.
+    fn contact(&self) -> String {
+        format!("<sip:ringline@{}>", self.host)
     }
 
     async fn send(&self, text: &str, to: SocketAddr) {
@@ -318,18 +334,27 @@ impl Endpoint {
         let text = self.final_response(dialog, code, reason, &[], None).await;
         let (endpoint, dialog) = (self.clone(), dialog.clone());
         tokio::spawn(async move {
-            let started = Instant::now();
-            let mut wait = T1;
-            while started.elapsed() < ACK_WITHIN {
-                tokio::time::sleep(wait).await;
-                if dialog.lock().acked {
-                    break;
-                }
-                endpoint.send(&text, dialog.peer).await;
-                wait = (wait * 2).min(T2);
-            }
+            endpoint.resend_until_acked(&dialog, &text).await;
             endpoint.dialogs().remove(&dialog.id);
         });
+    }
+
+    /// Resends the INVITE's final response on SIP's timers until its ACK comes (or the peer
+    /// hung up); false when none came within `ACK_WITHIN`.
+    async fn resend_until_acked(&self, dialog: &Dialog, text: &str) -> bool {
+        let started = Instant::now();
+        let mut wait = T1;
+        loop {
+            tokio::time::sleep(wait).await;
+            if dialog.settled() {
+                return true;
+            }
+            if started.elapsed() >= ACK_WITHIN {
+                return false;
+            }
+            self.send(text, dialog.peer).await;
+            wait = (wait * 2).min(T2);
+        }
     }
 
     async fn accept(self: Arc<Self>, dialog: Arc<Dialog>) {
@@ -352,7 +377,7 @@ impl Endpoint {
             Ok(socket) => socket,
             Err(error) => {
                 tracing::error!(%error, "cannot open an RTP socket");
-                let _ = self.state.store.set_call_status(&admitted.call.id, crate::call::CallStatus::Failed, Some("no RTP port could be opened")).await;
+                let _ = self.state.store.set_call_status(&admitted.call.id, CallStatus::Failed, Some("no RTP port could be opened")).await;
                 return self.refuse(&dialog, 503, "Service Unavailable").await;
             }
         };
@@ -377,34 +402,16 @@ impl Endpoint {
             return;
         }
         tokio::spawn(carry_media(line.clone(), media, offer, outgoing));
-        let contact = format!("<sip:ringline@{}>", self.host);
+        let contact = self.contact();
         let ok = self.final_response(&dialog, 200, "OK", &[("Contact", &contact), ("Allow", ALLOW)], Some(("application/sdp", &sdp))).await;
-        tokio::spawn(self.clone().until_acked(dialog.clone(), ok));
+        let (endpoint, acked) = (self.clone(), dialog.clone());
+        let unacked = line.clone();
+        tokio::spawn(async move {
+            if !endpoint.resend_until_acked(&acked, &ok).await {
+                unacked.fail("the SIP peer never acknowledged the answer (no ACK)");
+            }
+        });
         self.until_ended(dialog, line).await;
-    }
-
-    /// Resends the 200 OK until its ACK comes; a call never ACKed fails.
-    async fn until_acked(self: Arc<Self>, dialog: Arc<Dialog>, ok: String) {
-        let started = Instant::now();
-        let mut wait = T1;
-        loop {
-            tokio::time::sleep(wait).await;
-            let (acked, line) = {
-                let state = dialog.lock();
-                (state.acked || state.ended_by_peer, state.line.clone())
-            };
-            if acked {
-                return;
-            }
-            if started.elapsed() >= ACK_WITHIN {
-                if let Some(line) = line {
-                    line.fail("the SIP peer never acknowledged the answer (no ACK)");
-                }
-                return;
-            }
-            self.send(&ok, dialog.peer).await;
-            wait = (wait * 2).min(T2);
-        }
     }
 
     /// Waits for the call to end; unless the peer ended it, tells the peer with BYE.
@@ -423,7 +430,7 @@ impl Endpoint {
     /// Sends a request within the dialog and waits for its final status, retransmitting on
     /// SIP's timers; `None` when none came.
     async fn request(&self, dialog: &Dialog, method: &str, extra: &[(&str, &str)]) -> Option<u16> {
-        let branch = format!("z9hG4bK{}", random_hex(8));
+        let branch = branch();
         let (answered, cseq, local, remote, target) = {
             let (tx, rx) = oneshot::channel();
             let mut state = dialog.lock();
@@ -455,7 +462,7 @@ impl Endpoint {
             (true, None) => {}
             (false, _) => {
                 let sdp = dialog.lock().sdp.clone();
-                let contact = format!("<sip:ringline@{}>", self.host);
+                let contact = self.contact();
                 let text = sip::response(message, 200, "OK", Some(&dialog.our_tag), &[("Contact", &contact)], sdp.as_deref().map(|s| ("application/sdp", s)));
                 self.send(&text, source).await;
             }
@@ -543,7 +550,7 @@ impl Endpoint {
             sdp: sip::offer(self.address, port, rand::random::<u32>() as u64),
             host: self.host.clone(),
         };
-        let first = invite.render(1, &format!("z9hG4bK{}", random_hex(8)), None);
+        let first = invite.render(1, &branch(), None);
         let parsed = sip::parse(first.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let state = DialogState {
@@ -574,7 +581,7 @@ impl Endpoint {
         // The peer's side of the dialog: its tag and its Contact.
         let remote = ok.header("to").unwrap_or(&invite.to).to_string();
         let contact = ok.header("contact").map(sip::uri_of).filter(|c| !c.is_empty()).unwrap_or(&invite.target).to_string();
-        let ack = InDialog { method: "ACK", target: &contact, via_host: &self.host, branch: &format!("z9hG4bK{}", random_hex(8)), from: &invite.local, to: &remote, call_id: &invite.id, cseq }.render(&[]);
+        let ack = InDialog { method: "ACK", target: &contact, via_host: &self.host, branch: &branch(), from: &invite.local, to: &remote, call_id: &invite.id, cseq }.render(&[]);
         {
             let mut state = dialog.lock();
             state.remote = remote;
@@ -647,7 +654,7 @@ impl Endpoint {
                     let challenge = sip::challenge(response.header(asked).unwrap_or_default()).map_err(|problem| not_answered(CallStatus::Failed, format!("the SIP trunk's challenge: {problem}")))?;
                     let authorization = sip::digest(&challenge, user, password, "INVITE", &invite.target, &random_hex(8));
                     (cseq, challenged, heard, wait) = (cseq + 1, true, false, T1);
-                    text = invite.render(cseq, &format!("z9hG4bK{}", random_hex(8)), Some((answer_with, &authorization)));
+                    text = invite.render(cseq, &branch(), Some((answer_with, &authorization)));
                     current = sip::parse(text.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
                     next_send = tokio::time::Instant::now();
                 }
@@ -759,7 +766,7 @@ impl CallControl for SipControl {
         let (endpoint, dialog) = (self.endpoint.clone(), self.dialog.clone());
         tokio::spawn(async move {
             let refer_to = format!("<{target}>");
-            let contact = format!("<sip:ringline@{}>", endpoint.host);
+            let contact = endpoint.contact();
             match endpoint.request(&dialog, "REFER", &[("Refer-To", &refer_to), ("Contact", &contact)]).await {
                 Some(code) if (200..300).contains(&code) => tracing::info!(sip_call = %dialog.id, %target, "the SIP peer took the transfer"),
                 Some(code) => tracing::warn!(sip_call = %dialog.id, %target, code, "the SIP peer refused the transfer"),

@@ -433,29 +433,30 @@ pub fn parse_offer(sdp: &str) -> Result<Offer, String> {
 
 /// Our SDP answer: audio from `address:port` in `codec`, with telephone-events if offered.
 pub fn answer(address: IpAddr, port: u16, offer: &Offer, session: u64) -> String {
-    let family = if address.is_ipv4() { "IP4" } else { "IP6" };
-    let pt = offer.codec.payload_type();
-    let mut sdp = format!("v=0\r\no=ringline {session} {session} IN {family} {address}\r\ns=ringline\r\nc=IN {family} {address}\r\nt=0 0\r\n");
-    match offer.telephone_event {
-        Some(event) => {
-            let _ = write!(sdp, "m=audio {port} RTP/AVP {pt} {event}\r\na=rtpmap:{pt} {}/8000\r\na=rtpmap:{event} telephone-event/8000\r\na=fmtp:{event} 0-16\r\n", offer.codec.name());
-        }
-        None => {
-            let _ = write!(sdp, "m=audio {port} RTP/AVP {pt}\r\na=rtpmap:{pt} {}/8000\r\n", offer.codec.name());
-        }
-    }
-    sdp.push_str("a=ptime:20\r\na=sendrecv\r\n");
-    sdp
+    let mut formats = vec![(offer.codec.payload_type(), format!("{}/8000", offer.codec.name()))];
+    formats.extend(offer.telephone_event.map(|event| (event, "telephone-event/8000".to_string())));
+    sdp(address, port, session, &formats)
 }
 
 /// Our SDP offer for a call we place: audio at `address:port` in PCMU or PCMA, and keys as
 /// telephone-events (payload type 101).
 pub fn offer(address: IpAddr, port: u16, session: u64) -> String {
+    sdp(address, port, session, &[(0, "PCMU/8000".into()), (8, "PCMA/8000".into()), (101, "telephone-event/8000".into())])
+}
+
+/// A session with one audio stream at `address:port` in these payload types (and names).
+fn sdp(address: IpAddr, port: u16, session: u64, formats: &[(u8, String)]) -> String {
     let family = if address.is_ipv4() { "IP4" } else { "IP6" };
-    format!(
-        "v=0\r\no=ringline {session} {session} IN {family} {address}\r\ns=ringline\r\nc=IN {family} {address}\r\nt=0 0\r\n\
-m=audio {port} RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
-    )
+    let types: Vec<String> = formats.iter().map(|(pt, _)| pt.to_string()).collect();
+    let mut sdp = format!("v=0\r\no=ringline {session} {session} IN {family} {address}\r\ns=ringline\r\nc=IN {family} {address}\r\nt=0 0\r\nm=audio {port} RTP/AVP {}\r\n", types.join(" "));
+    for (pt, name) in formats {
+        let _ = write!(sdp, "a=rtpmap:{pt} {name}\r\n");
+        if name.starts_with("telephone-event") {
+            let _ = write!(sdp, "a=fmtp:{pt} 0-16\r\n");
+        }
+    }
+    sdp.push_str("a=ptime:20\r\na=sendrecv\r\n");
+    sdp
 }
 
 /// One RTP packet (RFC 3550), borrowed from its datagram.
