@@ -471,7 +471,7 @@ impl Runner {
 
     /// True while the stored call may still be answered: not ended, and no hang-up asked
     /// for while it rang.
-    async fn still_open(&self, id: &str) -> bool {
+    pub async fn still_open(&self, id: &str) -> bool {
         matches!(self.store.call_any_workspace(id).await, Ok(Some(call)) if call.is_live() && call.status != CallStatus::Ending.as_str())
     }
 

@@ -569,7 +569,7 @@ impl Endpoint {
         }
         self.dialogs().insert(invite.id.clone(), dialog.clone());
         tracing::info!(call = %call.id, sip_call = %invite.id, %trunk, "placing a SIP call");
-        let outcome = self.ring(&dialog, &invite, first, &mut events, within).await;
+        let outcome = self.ring(&dialog, &invite, first, &mut events, within, &call.id).await;
         dialog.lock().invite_responses = None;
         let (answer, ok, cseq) = match outcome {
             Ok(answered) => answered,
@@ -613,8 +613,10 @@ impl Endpoint {
     /// Sends the INVITE (resent until the trunk responds; once more with credentials if the
     /// trunk challenges it) and waits for its final response, cancelling it after `within`:
     /// the 200 OK with its SDP read and the INVITE's CSeq, or how the call ended.
-    async fn ring(&self, dialog: &Dialog, invite: &Invite, first: String, events: &mut mpsc::UnboundedReceiver<Message>, within: Duration) -> Result<(Result<Offer, String>, Message, u32), NotAnswered> {
+    async fn ring(&self, dialog: &Dialog, invite: &Invite, first: String, events: &mut mpsc::UnboundedReceiver<Message>, within: Duration, call_id: &str) -> Result<(Result<Offer, String>, Message, u32), NotAnswered> {
         let deadline = tokio::time::Instant::now() + within;
+        // A hang-up asked for while the call rings (the API's end, which marks it `ending`).
+        let mut hung_up = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
         let (mut text, mut cseq, mut challenged) = (first, 1u32, false);
         let mut current = sip::parse(text.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
         let mut heard = false;
@@ -629,9 +631,16 @@ impl Endpoint {
             let until = if heard { deadline } else { next_send.min(deadline) };
             let response = tokio::select! {
                 response = events.recv() => response,
+                _ = hung_up.tick() => {
+                    if !self.state.runner.still_open(call_id).await {
+                        self.cancel_invite(dialog, &current, events).await;
+                        return Err(not_answered(CallStatus::Canceled, "ended before it was answered"));
+                    }
+                    continue;
+                }
                 _ = tokio::time::sleep_until(until) => {
                     if tokio::time::Instant::now() >= deadline {
-                        self.cancel_invite(dialog, &current).await;
+                        self.cancel_invite(dialog, &current, events).await;
                         let why = if heard { "no answer" } else { "the SIP trunk never responded" };
                         return Err(not_answered(if heard { CallStatus::NoAnswer } else { CallStatus::Failed }, why));
                     }
@@ -693,21 +702,35 @@ impl Endpoint {
         self.send(&ack, dialog.peer).await;
     }
 
-    /// CANCELs our ringing INVITE (the trunk then ends it with 487, which is ACKed).
-    async fn cancel_invite(&self, dialog: &Dialog, invite: &Message) {
+    /// CANCELs our ringing INVITE and waits a moment for how the INVITE ends: the trunk's 487
+    /// is ACKed; a 200 OK that crossed the CANCEL is ACKed and hung up with BYE.
+    async fn cancel_invite(&self, dialog: &Dialog, invite: &Message, events: &mut mpsc::UnboundedReceiver<Message>) {
         let StartLine::Request { uri, .. } = &invite.start else { return };
-        let cancel = InDialog {
-            method: "CANCEL",
-            target: uri,
-            via_host: &self.host,
-            branch: invite.branch().unwrap_or_default(),
-            from: invite.header("from").unwrap_or_default(),
-            to: invite.header("to").unwrap_or_default(),
-            call_id: &dialog.id,
-            cseq: invite.cseq().map(|(n, _)| n).unwrap_or(1),
-        }
-        .render(&[]);
+        let cseq = invite.cseq().map(|(n, _)| n).unwrap_or(1);
+        let from = invite.header("from").unwrap_or_default();
+        let cancel = InDialog { method: "CANCEL", target: uri, via_host: &self.host, branch: invite.branch().unwrap_or_default(), from, to: invite.header("to").unwrap_or_default(), call_id: &dialog.id, cseq }.render(&[]);
         self.send(&cancel, dialog.peer).await;
+        let ended = tokio::time::timeout(T2, async {
+            while let Some(response) = events.recv().await {
+                match response.start {
+                    StartLine::Response { code, .. } if code >= 200 && response.cseq().map(|(n, _)| n) == Some(cseq) => return Some((code, response)),
+                    _ => {}
+                }
+            }
+            None
+        });
+        match ended.await {
+            Ok(Some((code, response))) if code >= 300 => self.ack_refusal(dialog, invite, &response).await,
+            Ok(Some((_, ok))) => {
+                let to = ok.header("to").unwrap_or_default();
+                let target = ok.header("contact").map(sip::uri_of).filter(|c| !c.is_empty()).unwrap_or(uri);
+                for (method, number) in [("ACK", cseq), ("BYE", cseq + 1)] {
+                    let text = InDialog { method, target, via_host: &self.host, branch: &branch(), from, to, call_id: &dialog.id, cseq: number }.render(&[]);
+                    self.send(&text, dialog.peer).await;
+                }
+            }
+            _ => {}
+        }
     }
 }
 

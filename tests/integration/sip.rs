@@ -571,3 +571,69 @@ module\t\t\tsndfile.so\nmodule_app\t\taccount.so\nmodule_app\t\tmenu.so\nsnd_pat
     let caller: Vec<String> = lines.iter().filter(|l| l["speaker"] == "caller").map(|l| l["text"].as_str().unwrap_or_default().to_string()).collect();
     assert!(word_recall("eight of spades four of clubs seven of hearts", &caller.join(" ")) >= 0.5, "baresip's caller as heard: {caller:?}");
 }
+
+#[test]
+fn a_call_ended_while_it_rings_is_cancelled_at_the_trunk() {
+    // The callee rings and never answers; the API's end cancels the INVITE, whose 487 is ACKed.
+    let ringing = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="a callee that rings">
+  <recv request="INVITE" crlf="true"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 180 Ringing
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv request="CANCEL" timeout="60000"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+  <send>
+    <![CDATA[
+      SIP/2.0 487 Request Terminated
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      CSeq: [cseq] INVITE
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv request="ACK"/>
+</scenario>
+"#;
+    let llm = standin::llm(vec![Reply::Text("Hello.")]);
+    let dir = tempfile::tempdir().unwrap();
+    let trunk = free_udp_port();
+    let db = Database::sqlite();
+    let key = create_key(&db, "shop", &[]);
+    let port = free_udp_port();
+    let serve = Serve::start(&db, &crate::api::repo_assistants(), &[("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}")), ("RINGLINE_SIP_TRUNK", &format!("127.0.0.1:{trunk}"))]);
+    let (_, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
+    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
+    assert_eq!(status, 201, "{number}");
+    let callee = sipp_command(ringing, dir.path(), trunk).spawn().unwrap();
+    let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": created["id"], "to_number": "+14155552672", "from_number": NUMBER }));
+    assert_eq!(status, 201, "{call}");
+    let id = call["call_id"].as_str().unwrap().to_string();
+    wait_for(&serve, &key, &id, Duration::from_secs(30), |body| body["status"] == "ringing");
+    let (status, ended) = post(&serve, &key, &format!("/v1/calls/{id}/end"), json!({}));
+    assert!(status < 300, "{ended}");
+    let (passed, log) = finish_sipp(callee.wait_with_output().unwrap(), dir.path());
+    assert!(passed, "the ringing INVITE was cancelled and the 487 ACKed: {log}");
+    let done = wait_for(&serve, &key, &id, Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "canceled", "{done}");
+}
