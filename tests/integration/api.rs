@@ -518,8 +518,11 @@ fn a_line_the_caller_went_on_from_is_stored_once_whole() {
     let (_, transcript) = get(&serve, &key, &format!("/v1/calls/{call_id}/transcript"));
     let callers: Vec<&Value> = transcript["transcript"].as_array().unwrap().iter().filter(|l| l["speaker"] == "caller").collect();
     assert_eq!(callers.len(), 1, "one caller line, the whole: {transcript}");
+    // Whole: words of both halves in the one line (how well each half is heard is the
+    // recognizer's; a CI run once heard "book a table" as "work at Aable").
     let text = callers[0]["text"].as_str().unwrap_or_default();
-    assert!(crate::support::word_recall("book a table for two people", text) >= 0.8, "{transcript}");
+    assert!(crate::support::word_recall("i would like to", text) >= 0.75, "the first half: {transcript}");
+    assert!(crate::support::word_recall("for two people", text) >= 0.66, "the second half: {transcript}");
     assert!(callers[0]["confidence"].as_f64().is_some_and(|c| c > 0.0 && c <= 1.0), "{transcript}");
     assert!(transcript["transcript"].to_string().contains("lovely"), "the whole was answered: {transcript}");
 }
