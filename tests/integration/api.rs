@@ -495,36 +495,47 @@ fn a_restart_closes_calls_left_in_flight() {
 
 #[test]
 fn a_line_the_caller_went_on_from_is_stored_once_whole() {
-    let llm = standin::llm(vec![Reply::Text("Of course. For how many people?"), Reply::Text("A table for two, lovely."), Reply::Text("The caller booked a table for two.")]);
     let db = Database::sqlite();
     let key = create_key(&db, "acme", &[]);
     let serve = Serve::start(&db, &repo_assistants(), &[]);
-    let mut spec = assistant_spec(&llm);
-    // The second of silence ends the turn (its longest wait is 200 + 300 ms); the caller goes on.
-    spec["turn"]["incomplete_wait_ms"] = json!(300);
-    let (status, created) = post(&serve, &key, "/v1/assistants", spec);
-    assert_eq!(status, 201, "{created}");
-    let caller = json!({ "voice": "espeak:en-us", "final_wait_ms": 3000, "lines": [{ "say": "I would like to book a table. ... For two people, please.", "inner_pause_ms": 1000 }] });
-    let request = json!({ "assistant_id": created["id"], "to_number": "+15005550006", "dynamic_variables": { "customer_name": "Dana" }, "metadata": { "sandbox_caller": caller } });
-    let (status, call) = post(&serve, &key, "/v1/calls/outbound", request);
-    assert_eq!(status, 201, "{call}");
-    let call_id = call["call_id"].as_str().unwrap().to_string();
-    let done = wait_for(&serve, &key, &call_id, Duration::from_secs(120), ended);
-    assert_eq!(done["status"], "completed", "{done}");
-    // The event log shows the half stored first, then revised to the whole.
-    let (_, _, events) = http("GET", &serve.url(&format!("/v1/calls/{call_id}/events")), Some(&key), None);
-    let events = events.as_str().unwrap_or_default().to_string();
-    assert!(events.contains("\"revises\""), "the caller's line was never revised: the pause did not end the turn, or the rest was stored apart:\n{events}");
-    let (_, transcript) = get(&serve, &key, &format!("/v1/calls/{call_id}/transcript"));
-    let callers: Vec<&Value> = transcript["transcript"].as_array().unwrap().iter().filter(|l| l["speaker"] == "caller").collect();
-    assert_eq!(callers.len(), 1, "one caller line, the whole: {transcript}");
-    // Whole: words of both halves in the one line (how well each half is heard is the
-    // recognizer's; a CI run once heard "book a table" as "work at Aable").
-    let text = callers[0]["text"].as_str().unwrap_or_default();
-    assert!(crate::support::word_recall("i would like to", text) >= 0.75, "the first half: {transcript}");
-    assert!(crate::support::word_recall("for two people", text) >= 0.66, "the second half: {transcript}");
-    assert!(callers[0]["confidence"].as_f64().is_some_and(|c| c > 0.0 && c <= 1.0), "{transcript}");
-    assert!(transcript["transcript"].to_string().contains("lovely"), "the whole was answered: {transcript}");
+    // Whether the pause ends the turn is a matter of real-time timing (the VAD's frames, the
+    // transcription's speed); on a loaded 2-core box it sometimes holds the turn through the
+    // pause, and the line is whole without being revised. Up to three calls, each with its own
+    // stand-in LLM, for one whose pause ended the turn.
+    let mut last_events = String::new();
+    for _ in 0..3 {
+        let llm = standin::llm(vec![Reply::Text("Of course. For how many people?"), Reply::Text("A table for two, lovely."), Reply::Text("The caller booked a table for two.")]);
+        let mut spec = assistant_spec(&llm);
+        // The second of silence ends the turn (its longest wait is 200 + 300 ms); the caller goes on.
+        spec["turn"]["incomplete_wait_ms"] = json!(300);
+        let (status, created) = post(&serve, &key, "/v1/assistants", spec);
+        assert_eq!(status, 201, "{created}");
+        let caller = json!({ "voice": "espeak:en-us", "final_wait_ms": 3000, "lines": [{ "say": "I would like to book a table. ... For two people, please.", "inner_pause_ms": 1000 }] });
+        let request = json!({ "assistant_id": created["id"], "to_number": "+15005550006", "dynamic_variables": { "customer_name": "Dana" }, "metadata": { "sandbox_caller": caller } });
+        let (status, call) = post(&serve, &key, "/v1/calls/outbound", request);
+        assert_eq!(status, 201, "{call}");
+        let call_id = call["call_id"].as_str().unwrap().to_string();
+        let done = wait_for(&serve, &key, &call_id, Duration::from_secs(120), ended);
+        assert_eq!(done["status"], "completed", "{done}");
+        // The event log shows the half stored first, then revised to the whole.
+        let (_, _, events) = http("GET", &serve.url(&format!("/v1/calls/{call_id}/events")), Some(&key), None);
+        last_events = events.as_str().unwrap_or_default().to_string();
+        if !last_events.contains("\"revises\"") {
+            continue;
+        }
+        let (_, transcript) = get(&serve, &key, &format!("/v1/calls/{call_id}/transcript"));
+        let callers: Vec<&Value> = transcript["transcript"].as_array().unwrap().iter().filter(|l| l["speaker"] == "caller").collect();
+        assert_eq!(callers.len(), 1, "one caller line, the whole: {transcript}");
+        // Whole: words of both halves in the one line (how well each half is heard is the
+        // recognizer's; a CI run once heard "book a table" as "work at Aable").
+        let text = callers[0]["text"].as_str().unwrap_or_default();
+        assert!(crate::support::word_recall("i would like to", text) >= 0.75, "the first half: {transcript}");
+        assert!(crate::support::word_recall("for two people", text) >= 0.66, "the second half: {transcript}");
+        assert!(callers[0]["confidence"].as_f64().is_some_and(|c| c > 0.0 && c <= 1.0), "{transcript}");
+        assert!(transcript["transcript"].to_string().contains("lovely"), "the whole was answered: {transcript}");
+        return;
+    }
+    panic!("in three calls the caller's line was never revised: the pause did not end the turn, or the rest was stored apart:\n{last_events}");
 }
 
 #[test]
