@@ -31,6 +31,7 @@ use crate::call::CallStatus;
 use crate::egress::Cidr;
 use crate::store::CallRecord;
 use crate::transport::CallInput;
+use crate::transport::jitter::JitterBuffer;
 use crate::transport::sip::{self, InDialog, Message, Offer, StartLine};
 use crate::transport::stream::{CallControl, Outgoing, StreamLine};
 
@@ -800,46 +801,40 @@ impl CallControl for SipControl {
     }
 }
 
-/// What one RTP packet from the peer brings.
-#[derive(Debug, Clone, PartialEq)]
-enum Heard {
-    Audio(Vec<f32>),
-    Key(char),
-    /// A duplicate, another payload type (comfort noise), or an event already keyed.
-    Nothing,
-}
-
-/// The peer's side of a call's RTP: audio in the agreed codec, keys as telephone-events.
+/// The peer's side of a call's RTP: audio in the agreed codec put back on the line's clock,
+/// keys as telephone-events.
 struct Receiver {
     offer: Offer,
-    last_packet: Option<(u32, u16)>,
+    audio: JitterBuffer,
     last_event: Option<(u32, u32)>,
 }
 
 impl Receiver {
     fn new(offer: Offer) -> Self {
-        Receiver { offer, last_packet: None, last_event: None }
+        Receiver { offer, audio: JitterBuffer::default(), last_event: None }
     }
 
-    fn packet(&mut self, bytes: &[u8]) -> Result<Heard, String> {
+    /// Takes one packet: its audio is held for [`Receiver::frame`]; a key pressed is returned.
+    /// Other payload types (comfort noise) are silence, which the clock plays anyway.
+    fn packet(&mut self, bytes: &[u8]) -> Result<Option<char>, String> {
         let rtp = sip::parse_rtp(bytes)?;
-        if self.last_packet == Some((rtp.ssrc, rtp.sequence)) {
-            return Ok(Heard::Nothing);
-        }
-        self.last_packet = Some((rtp.ssrc, rtp.sequence));
         if rtp.payload_type == self.offer.codec.payload_type() {
-            return Ok(Heard::Audio(self.offer.codec.decode(rtp.payload)));
-        }
-        if Some(rtp.payload_type) == self.offer.telephone_event {
+            self.audio.put(rtp.ssrc, rtp.timestamp, self.offer.codec.decode(rtp.payload));
+        } else if Some(rtp.payload_type) == self.offer.telephone_event {
             // One key press spans several packets with one timestamp (its end sent three times).
             if let Some((key, _)) = sip::telephone_event(rtp.payload) {
                 if self.last_event != Some((rtp.ssrc, rtp.timestamp)) {
                     self.last_event = Some((rtp.ssrc, rtp.timestamp));
-                    return Ok(Heard::Key(key));
+                    return Ok(Some(key));
                 }
             }
         }
-        Ok(Heard::Nothing)
+        Ok(None)
+    }
+
+    /// The caller's next 20 ms, once the peer's audio has begun.
+    fn frame(&mut self) -> Option<Vec<f32>> {
+        self.audio.frame()
     }
 }
 
@@ -885,20 +880,30 @@ impl Sender {
 async fn carry_media(line: StreamLine, socket: UdpSocket, offer: Offer, mut outgoing: mpsc::Receiver<Outgoing>) {
     let remote = SocketAddr::new(offer.address, offer.port);
     let mut sender = Sender::new(offer.codec);
-    let mut receiver = Receiver::new(offer.clone());
+    let mut incoming = Incoming { receiver: Receiver::new(offer.clone()), last_heard: Instant::now(), malformed: 0 };
     let started = Instant::now();
-    let mut last_heard = Instant::now();
-    let mut malformed = 0u64;
     let mut buffer = vec![0u8; 2048];
     let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+    // The caller's clock: a frame every 20 ms; after a stall, the missed ones at once.
+    let mut clock = tokio::time::interval(Duration::from_millis(20));
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let ended = line.ended();
     loop {
         tokio::select! {
             _ = ended.cancelled() => break,
             _ = watchdog.tick() => {
-                if last_heard.elapsed() >= MEDIA_TIMEOUT {
+                if incoming.last_heard.elapsed() >= MEDIA_TIMEOUT {
                     line.fail(&format!("no RTP from the SIP peer for {} s (gone without a BYE)", MEDIA_TIMEOUT.as_secs()));
                     break;
+                }
+            }
+            _ = clock.tick() => {
+                // What already arrived goes in first: a clock catching up must not find it late.
+                while let Ok((length, source)) = socket.try_recv_from(&mut buffer) {
+                    incoming.datagram(&buffer[..length], source, &line);
+                }
+                if let Some(frame) = incoming.receiver.frame() {
+                    line.caller_audio(frame);
                 }
             }
             message = outgoing.recv() => match message {
@@ -914,27 +919,41 @@ async fn carry_media(line: StreamLine, socket: UdpSocket, offer: Offer, mut outg
                 None => break,
             },
             received = socket.recv_from(&mut buffer) => {
-                let Ok((length, source)) = received else { continue };
-                if source.ip() != offer.address {
-                    continue; // only the peer's media is the caller
-                }
-                last_heard = Instant::now();
-                match receiver.packet(&buffer[..length]) {
-                    Ok(Heard::Audio(samples)) => line.caller_audio(samples),
-                    Ok(Heard::Key(key)) => line.caller_key(key),
-                    Ok(Heard::Nothing) => {}
-                    Err(problem) => {
-                        malformed += 1;
-                        if malformed == 1 {
-                            tracing::warn!(stream = %line.name(), problem, "a malformed RTP packet (further ones are counted)");
-                        }
-                    }
+                if let Ok((length, source)) = received {
+                    incoming.datagram(&buffer[..length], source, &line);
                 }
             }
         }
     }
-    if malformed > 0 {
-        tracing::warn!(stream = %line.name(), malformed, "malformed RTP packets were dropped");
+    let (audio, malformed) = (&incoming.receiver.audio, incoming.malformed);
+    if malformed > 0 || audio.late > 0 || audio.resynced > 0 {
+        tracing::info!(stream = %line.name(), malformed, late = audio.late, resynced = audio.resynced, "RTP from the peer: packets dropped as malformed or late, clock jumps followed");
+    }
+}
+
+/// The peer's datagrams as they come.
+struct Incoming {
+    receiver: Receiver,
+    last_heard: Instant,
+    malformed: u64,
+}
+
+impl Incoming {
+    fn datagram(&mut self, bytes: &[u8], source: SocketAddr, line: &StreamLine) {
+        if source.ip() != self.receiver.offer.address {
+            return; // only the peer's media is the caller
+        }
+        self.last_heard = Instant::now();
+        match self.receiver.packet(bytes) {
+            Ok(Some(key)) => line.caller_key(key),
+            Ok(None) => {}
+            Err(problem) => {
+                self.malformed += 1;
+                if self.malformed == 1 {
+                    tracing::warn!(stream = %line.name(), problem, "a malformed RTP packet (further ones are counted)");
+                }
+            }
+        }
     }
 }
 
@@ -965,24 +984,29 @@ mod tests {
     }
 
     #[test]
-    fn the_peers_packets_become_audio_and_one_key_per_press() {
+    fn the_peers_packets_become_audio_on_the_clock_and_one_key_per_press() {
         let mut receiver = Receiver::new(offer());
-        let audio = sip::rtp_packet(true, 0, 1, 160, 9, &[0xff; 160]);
-        assert!(matches!(receiver.packet(&audio).unwrap(), Heard::Audio(samples) if samples.len() == 160));
-        assert_eq!(receiver.packet(&audio).unwrap(), Heard::Nothing, "a duplicate is dropped");
+        assert!(receiver.frame().is_none(), "no caller before the peer's first packet");
+        let audio = sip::rtp_packet(true, 0, 1, 160, 9, &[0x80; 160]);
+        assert_eq!(receiver.packet(&audio).unwrap(), None);
+        assert_eq!(receiver.packet(&audio).unwrap(), None, "a duplicate");
         // A press of 5: three packets of one event (one timestamp), its end sent three times.
         let mut keys = Vec::new();
         for (sequence, end) in [(2u16, false), (3, false), (4, true), (5, true), (6, true)] {
             let event = sip::rtp_packet(sequence == 2, 101, sequence, 320, 9, &[5, if end { 0x8a } else { 0x0a }, 0, 160]);
-            if let Heard::Key(key) = receiver.packet(&event).unwrap() {
-                keys.push(key);
-            }
+            keys.extend(receiver.packet(&event).unwrap());
         }
         let again = sip::rtp_packet(true, 101, 7, 960, 9, &[5, 0x0a, 0, 160]);
-        keys.extend(match receiver.packet(&again).unwrap() { Heard::Key(key) => Some(key), _ => None });
+        keys.extend(receiver.packet(&again).unwrap());
         assert_eq!(keys, vec!['5', '5'], "one key per press, a second press keyed again");
-        assert_eq!(receiver.packet(&sip::rtp_packet(false, 13, 8, 1000, 9, &[40])).unwrap(), Heard::Nothing, "comfort noise is no audio");
+        assert_eq!(receiver.packet(&sip::rtp_packet(false, 13, 8, 1000, 9, &[40])).unwrap(), None, "comfort noise is no audio");
         assert!(receiver.packet(&[0x80, 0]).is_err());
+        // The audio plays once, after the jitter buffer's delay, then silence: the events and
+        // the comfort noise were no audio.
+        let frames: Vec<Vec<f32>> = (0..5).filter_map(|_| receiver.frame()).collect();
+        let loud: Vec<bool> = frames.iter().map(|frame| frame.iter().any(|&s| s.abs() > 0.5)).collect();
+        assert_eq!(loud, vec![false, false, true, false, false]);
+        assert!(frames.iter().all(|frame| frame.len() == 160));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! not yet played — the equivalent of Twilio's `clear` or flushing an RTP queue.
 
 pub mod hold;
+pub mod jitter;
 pub mod live;
 pub mod played;
 pub mod playout;

@@ -2,8 +2,9 @@
 //! call — INVITE with an SDP offer, ACK, the caller's recorded speech streamed as μ-law RTP, a
 //! key pressed as SIP INFO — and answers the agent's BYE; plays the callee of a call placed
 //! through the trunk, and a trunk that asks for credentials. baresip, a softphone with its own
-//! SIP stack, calls in too. The agent's RTP goes to a socket of the test (the offer names it)
-//! or to baresip's dump, and is transcribed back.
+//! SIP stack, calls in too; and a phone that suppresses silence, its packets reordered and
+//! lost on the way, is played by hand. The agent's RTP goes to a socket of the test (the offer
+//! names it) or to baresip's dump, and is transcribed back.
 
 use std::net::UdpSocket;
 use std::path::Path;
@@ -636,4 +637,149 @@ fn a_call_ended_while_it_rings_is_cancelled_at_the_trunk() {
     assert!(passed, "the ringing INVITE was cancelled and the 487 ACKed: {log}");
     let done = wait_for(&serve, &key, &id, Duration::from_secs(30), crate::api::ended);
     assert_eq!(done["status"], "canceled", "{done}");
+}
+
+/// A phone that suppresses silence: it sends RTP only while its caller speaks, some packets
+/// out of order and one lost, and nothing at all once the caller stops. The agent must hear the
+/// words in order and the silence after them — the end of the turn — though no packet carries it.
+#[test]
+fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
+    let llm = standin::llm(vec![
+        Reply::Tool { text: "We open at nine in the morning. Goodbye.", name: "end_call", arguments: r#"{"reason":"answered"}"# },
+        Reply::Text("The caller asked about opening hours."),
+    ]);
+    let db = Database::sqlite();
+    let key = create_key(&db, "shop", &[]);
+    let port = free_udp_port();
+    let serve = Serve::start(&db, &crate::api::repo_assistants(), &[("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}"))]);
+    let mut assistant = crate::twilio::assistant(&llm);
+    // No prompt for a quiet caller: only the end of the caller's turn can bring the answer.
+    assistant["turn"] = json!({ "idle_reprompt_s": 300, "idle_hangup_s": 600, "max_duration_s": 900 });
+    let (_, created) = post(&serve, &key, "/v1/assistants", assistant);
+    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
+    assert_eq!(status, 201, "{number}");
+
+    // The call: INVITE, 200 OK, ACK, by hand.
+    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let media_port = media.local_addr().unwrap().port();
+    let signalling = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sip_port = signalling.local_addr().unwrap().port();
+    signalling.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let sdp = format!("v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {media_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n");
+    let invite = invite(NUMBER.trim_start_matches('+'), &sdp).replace("5999", &sip_port.to_string());
+    signalling.send_to(invite.as_bytes(), ("127.0.0.1", port)).unwrap();
+    let read = |deadline: Duration, want: &dyn Fn(&str) -> bool| -> Option<String> {
+        let start = std::time::Instant::now();
+        let mut buffer = [0u8; 4096];
+        while start.elapsed() < deadline {
+            if let Ok((length, _)) = signalling.recv_from(&mut buffer) {
+                let message = String::from_utf8_lossy(&buffer[..length]).to_string();
+                if want(&message) {
+                    return Some(message);
+                }
+            }
+        }
+        None
+    };
+    let ok = read(Duration::from_secs(30), &|m| m.starts_with("SIP/2.0 200")).expect("the INVITE is answered");
+    let header = |message: &str, name: &str| message.lines().find(|l| l.to_lowercase().starts_with(&format!("{}:", name.to_lowercase()))).unwrap_or_default().to_string();
+    let ack = format!(
+        "ACK sip:{}@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-ack\r\n{}\r\n{}\r\n{}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        NUMBER.trim_start_matches('+'),
+        header(&ok, "From"),
+        header(&ok, "To"),
+        header(&ok, "Call-ID")
+    );
+    signalling.send_to(ack.as_bytes(), ("127.0.0.1", port)).unwrap();
+
+    // The agent's audio: collected on a thread; the greeting is over once it has gone quiet.
+    let heard = Arc::new(std::sync::Mutex::new((Vec::new(), std::time::Instant::now())));
+    let collector = {
+        let (media, heard) = (media.try_clone().unwrap(), heard.clone());
+        media.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 2048];
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(90) {
+                if let Ok((length, _)) = media.recv_from(&mut buffer) {
+                    let mut heard = heard.lock().unwrap();
+                    heard.0.extend_from_slice(&buffer[12.min(length)..length]);
+                    heard.1 = std::time::Instant::now();
+                }
+                if Arc::strong_count(&heard) == 1 {
+                    break;
+                }
+            }
+            heard
+        })
+    };
+    let greeted = std::time::Instant::now();
+    while greeted.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+        let heard = heard.lock().unwrap();
+        if !heard.0.is_empty() && heard.1.elapsed() > Duration::from_millis(1500) {
+            break;
+        }
+    }
+
+    // The caller speaks: 20 ms frames on the clock, only those with speech in them sent, every
+    // fifth pair swapped in flight and the 30th lost; then nothing.
+    let audio = ringline::audio::decode::decode_file(Path::new(CARDS)).expect("the recording decodes").to_rate(8_000).unwrap();
+    let frames: Vec<&[f32]> = audio.samples.chunks_exact(160).collect();
+    let loud = |frame: &[f32]| (frame.iter().map(|s| s * s).sum::<f32>() / 160.0).sqrt() > 0.01;
+    let (ssrc, first_timestamp) = (0x5eed_u32, 4_000_000_000u32);
+    let (mut sequence, mut sent, mut held_back) = (7u16, 0usize, None::<Vec<u8>>);
+    let server_media = ("127.0.0.1", port_of_media(&ok));
+    let start = std::time::Instant::now();
+    for (index, frame) in frames.iter().enumerate() {
+        let due = Duration::from_millis(20 * index as u64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        if !loud(frame) {
+            continue;
+        }
+        let timestamp = first_timestamp.wrapping_add(160 * index as u32);
+        let packet = ringline::transport::sip::rtp_packet(sent == 0, 0, sequence, timestamp, ssrc, &ringline::audio::g711::encode_mulaw(frame));
+        sequence = sequence.wrapping_add(1);
+        sent += 1;
+        if sent == 30 {
+            continue;
+        }
+        match held_back.take() {
+            Some(earlier) => {
+                media.send_to(&packet, server_media).unwrap();
+                media.send_to(&earlier, server_media).unwrap();
+            }
+            None if sent % 10 == 5 => held_back = Some(packet),
+            None => {
+                media.send_to(&packet, server_media).unwrap();
+            }
+        }
+    }
+    assert!(sent > 50 && sent + 20 < frames.len(), "the phone suppressed the recording's quiet frames ({sent} of {} sent)", frames.len());
+
+    // The agent answers after the caller's silence, and hangs up.
+    let bye = read(Duration::from_secs(40), &|m| m.starts_with("BYE ")).expect("the agent answered the quiet caller and hung up");
+    let answer = format!("SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n", header(&bye, "Via"), header(&bye, "From"), header(&bye, "To"), header(&bye, "Call-ID"), header(&bye, "CSeq"));
+    signalling.send_to(answer.as_bytes(), ("127.0.0.1", port)).unwrap();
+
+    let (_, history) = get(&serve, &key, "/v1/calls/history");
+    let call_id = history["calls"][0]["call_id"].as_str().unwrap_or_else(|| panic!("one call: {history}")).to_string();
+    let done = wait_for(&serve, &key, &call_id, Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, transcript) = get(&serve, &key, &format!("/v1/calls/{call_id}/transcript"));
+    let lines = transcript["transcript"].as_array().cloned().unwrap_or_default();
+    let caller: Vec<String> = lines.iter().filter(|l| l["speaker"] == "caller").map(|l| l["text"].as_str().unwrap_or_default().to_string()).collect();
+    assert!(word_recall("eight of spades four of clubs seven of hearts", &caller.join(" ")) >= 0.6, "the caller, in order despite the network: {caller:?}");
+    drop(heard);
+    let heard = std::mem::take(&mut collector.join().unwrap().lock().unwrap().0);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = crate::twilio::transcribe(&heard, dir.path(), "agent");
+    assert!(agent.to_lowercase().contains("nine") || agent.contains('9'), "the answer as heard: {agent:?}");
+}
+
+/// The port of the media the SDP in `message` offers.
+fn port_of_media(message: &str) -> u16 {
+    message.lines().find_map(|l| l.strip_prefix("m=audio ")).and_then(|rest| rest.split(' ').next()).and_then(|p| p.parse().ok()).expect("an SDP with an audio line")
 }
