@@ -131,6 +131,9 @@ struct DialogState {
     local: String,
     remote: String,
     target: String,
+    /// The proxies our requests pass through (Route headers), from the Record-Route headers:
+    /// the INVITE's as they are, or in reverse from the 200 OK to ours.
+    route: Vec<String>,
     /// A call we placed: every response to our INVITE goes here.
     invite_responses: Option<mpsc::UnboundedSender<Message>>,
     /// Our ACK of the 200 OK, resent when the 200 OK comes again.
@@ -306,6 +309,7 @@ impl Endpoint {
             local: if sip::param(to, "tag").is_some() { to.to_string() } else { format!("{to};tag={our_tag}") },
             remote: invite.header("from").unwrap_or_default().to_string(),
             target: if contact.is_empty() { format!("sip:{source}") } else { contact.to_string() },
+            route: invite.record_route(),
             ..DialogState::default()
         };
         let dialog = Arc::new(Dialog { id: id.clone(), peer: source, invite, our_tag, state: Mutex::new(state) });
@@ -432,14 +436,14 @@ impl Endpoint {
     /// SIP's timers; `None` when none came.
     async fn request(&self, dialog: &Dialog, method: &str, extra: &[(&str, &str)]) -> Option<u16> {
         let branch = branch();
-        let (answered, cseq, local, remote, target) = {
+        let (answered, cseq, local, remote, target, route) = {
             let (tx, rx) = oneshot::channel();
             let mut state = dialog.lock();
             state.cseq += 1;
             state.waiting.insert(branch.clone(), tx);
-            (rx, state.cseq, state.local.clone(), state.remote.clone(), state.target.clone())
+            (rx, state.cseq, state.local.clone(), state.remote.clone(), state.target.clone(), state.route.clone())
         };
-        let text = InDialog { method, target: &target, via_host: &self.host, branch: &branch, from: &local, to: &remote, call_id: &dialog.id, cseq }.render(extra);
+        let text = InDialog { method, target: &target, route: &route, via_host: &self.host, branch: &branch, from: &local, to: &remote, call_id: &dialog.id, cseq }.render(extra);
         tokio::pin!(answered);
         let mut wait = T1;
         for _ in 0..7 {
@@ -582,11 +586,13 @@ impl Endpoint {
         // The peer's side of the dialog: its tag and its Contact.
         let remote = ok.header("to").unwrap_or(&invite.to).to_string();
         let contact = ok.header("contact").map(sip::uri_of).filter(|c| !c.is_empty()).unwrap_or(&invite.target).to_string();
-        let ack = InDialog { method: "ACK", target: &contact, via_host: &self.host, branch: &branch(), from: &invite.local, to: &remote, call_id: &invite.id, cseq }.render(&[]);
+        let route: Vec<String> = ok.record_route().into_iter().rev().collect();
+        let ack = InDialog { method: "ACK", target: &contact, route: &route, via_host: &self.host, branch: &branch(), from: &invite.local, to: &remote, call_id: &invite.id, cseq }.render(&[]);
         {
             let mut state = dialog.lock();
             state.remote = remote;
             state.target = contact;
+            state.route = route;
             state.ack = Some(ack.clone());
             // Our next request in the dialog (a BYE) counts on from the INVITE.
             state.cseq = cseq;
@@ -692,6 +698,7 @@ impl Endpoint {
         let ack = InDialog {
             method: "ACK",
             target: uri,
+            route: &[],
             via_host: &self.host,
             branch: invite.branch().unwrap_or_default(),
             from: invite.header("from").unwrap_or_default(),
@@ -709,7 +716,7 @@ impl Endpoint {
         let StartLine::Request { uri, .. } = &invite.start else { return };
         let cseq = invite.cseq().map(|(n, _)| n).unwrap_or(1);
         let from = invite.header("from").unwrap_or_default();
-        let cancel = InDialog { method: "CANCEL", target: uri, via_host: &self.host, branch: invite.branch().unwrap_or_default(), from, to: invite.header("to").unwrap_or_default(), call_id: &dialog.id, cseq }.render(&[]);
+        let cancel = InDialog { method: "CANCEL", target: uri, route: &[], via_host: &self.host, branch: invite.branch().unwrap_or_default(), from, to: invite.header("to").unwrap_or_default(), call_id: &dialog.id, cseq }.render(&[]);
         self.send(&cancel, dialog.peer).await;
         let ended = tokio::time::timeout(T2, async {
             while let Some(response) = events.recv().await {
@@ -725,8 +732,9 @@ impl Endpoint {
             Ok(Some((_, ok))) => {
                 let to = ok.header("to").unwrap_or_default();
                 let target = ok.header("contact").map(sip::uri_of).filter(|c| !c.is_empty()).unwrap_or(uri);
+                let route: Vec<String> = ok.record_route().into_iter().rev().collect();
                 for (method, number) in [("ACK", cseq), ("BYE", cseq + 1)] {
-                    let text = InDialog { method, target, via_host: &self.host, branch: &branch(), from, to, call_id: &dialog.id, cseq: number }.render(&[]);
+                    let text = InDialog { method, target, route: &route, via_host: &self.host, branch: &branch(), from, to, call_id: &dialog.id, cseq: number }.render(&[]);
                     self.send(&text, dialog.peer).await;
                 }
             }

@@ -136,6 +136,12 @@ impl Message {
         self.headers.iter().filter(move |(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 
+    /// The dialog's route set from its Record-Route headers (RFC 3261 12.1): each entry, in
+    /// the order the headers list them — the order a callee uses; a caller reverses it.
+    pub fn record_route(&self) -> Vec<String> {
+        self.headers("record-route").flat_map(split_list).map(str::to_string).collect()
+    }
+
     pub fn method(&self) -> Option<&str> {
         match &self.start {
             StartLine::Request { method, .. } => Some(method),
@@ -199,10 +205,34 @@ pub fn user_of(uri: &str) -> Option<&str> {
 
 /// A response to `request`: its Via, From, Call-ID and CSeq copied, its To with `to_tag`
 /// added if it has none, then `extra` headers and the body.
+/// The entries of a header that lists several (`<sip:a;lr>, <sip:b;lr>`): split at commas
+/// outside angle brackets and quotes.
+fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    let (mut depth, mut quoted, mut start, mut parts) = (0i32, false, 0, Vec::new());
+    for (at, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => depth += 1,
+            '>' if !quoted => depth -= 1,
+            ',' if !quoted && depth <= 0 => {
+                parts.push(&value[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts.into_iter().map(str::trim).filter(|part| !part.is_empty())
+}
+
 pub fn response(request: &Message, code: u16, reason: &str, to_tag: Option<&str>, extra: &[(&str, &str)], body: Option<(&str, &str)>) -> String {
     let mut out = format!("SIP/2.0 {code} {reason}\r\n");
     for via in request.headers("via") {
         let _ = write!(out, "Via: {via}\r\n");
+    }
+    // The proxies that record-route a dialog see its responses name them (RFC 3261 12.1.1).
+    for route in request.headers("record-route") {
+        let _ = write!(out, "Record-Route: {route}\r\n");
     }
     let to = request.header("to").unwrap_or_default();
     let to = match to_tag {
@@ -228,10 +258,12 @@ fn finish(mut out: String, extra: &[(&str, &str)], body: Option<(&str, &str)>) -
 }
 
 /// A request within a dialog we are in (BYE, REFER): `from` is our side of it (with our tag),
-/// `to` the peer's (with theirs), `target` the peer's Contact.
+/// `to` the peer's (with theirs), `target` the peer's Contact, `route` the dialog's route set
+/// (the proxies that record-routed it, loose routing).
 pub struct InDialog<'a> {
     pub method: &'a str,
     pub target: &'a str,
+    pub route: &'a [String],
     pub via_host: &'a str,
     pub branch: &'a str,
     pub from: &'a str,
@@ -245,9 +277,13 @@ impl InDialog<'_> {
         let mut out = format!("{} {} SIP/2.0\r\n", self.method, self.target);
         let _ = write!(
             out,
-            "Via: SIP/2.0/UDP {};branch={};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n",
-            self.via_host, self.branch, self.from, self.to, self.call_id, self.cseq, self.method
+            "Via: SIP/2.0/UDP {};branch={};rport\r\nMax-Forwards: 70\r\n",
+            self.via_host, self.branch
         );
+        for route in self.route {
+            let _ = write!(out, "Route: {route}\r\n");
+        }
+        let _ = write!(out, "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n", self.from, self.to, self.call_id, self.cseq, self.method);
         finish(out, extra, None)
     }
 }
@@ -717,11 +753,23 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
     }
 
     #[test]
-    fn an_in_dialog_request_reads_back() {
-        let bye = InDialog { method: "BYE", target: "sip:caller@127.0.0.1:5070", via_host: "127.0.0.1:5060", branch: "z9hG4bK-x", from: "<sip:+1@h>;tag=t1", to: "<sip:+2@h>;tag=abc", call_id: "c1", cseq: 1 }.render(&[]);
+    fn an_in_dialog_request_reads_back_with_its_route() {
+        let route = ["<sip:edge.example;lr>".to_string(), "<sip:10.0.0.2:5060;lr;ftag=x>".to_string()];
+        let bye = InDialog { method: "BYE", target: "sip:caller@127.0.0.1:5070", route: &route, via_host: "127.0.0.1:5060", branch: "z9hG4bK-x", from: "<sip:+1@h>;tag=t1", to: "<sip:+2@h>;tag=abc", call_id: "c1", cseq: 1 }.render(&[]);
         let message = parse(bye.as_bytes()).unwrap();
         assert_eq!(message.method(), Some("BYE"));
         assert!(message.check_request().is_ok());
         assert_eq!(message.cseq(), Some((1, "BYE")));
+        assert_eq!(message.headers("route").collect::<Vec<_>>(), route.iter().map(String::as_str).collect::<Vec<_>>(), "{bye}");
+    }
+
+    #[test]
+    fn a_record_routed_invite_gives_its_route_set_and_its_responses_name_the_proxies() {
+        let invite = "INVITE sip:+1@h SIP/2.0\r\nVia: SIP/2.0/UDP p1;branch=z9hG4bK-1\r\nRecord-Route: <sip:p1.example;lr>, \"a, b\" <sip:p2.example;lr;x=\"y,z\">\r\nFrom: <sip:+2@h>;tag=a\r\nTo: <sip:+1@h>\r\nCall-ID: c\r\nRecord-Route: <sip:p3.example;lr>\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let message = parse(invite.as_bytes()).unwrap();
+        assert_eq!(message.record_route(), vec!["<sip:p1.example;lr>", "\"a, b\" <sip:p2.example;lr;x=\"y,z\">", "<sip:p3.example;lr>"]);
+        let ok = response(&message, 200, "OK", Some("t"), &[], None);
+        assert_eq!(parse(ok.as_bytes()).unwrap().record_route(), message.record_route(), "{ok}");
+        assert!(parse(b"OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP p;branch=z9hG4bK-2\r\nContent-Length: 0\r\n\r\n").unwrap().record_route().is_empty());
     }
 }

@@ -306,6 +306,7 @@ fn callee_scenario(media_port: u16, audio: &Path) -> String {
     <![CDATA[
       SIP/2.0 200 OK
       [last_Via:]
+      Record-Route: <sip:edge.example;lr>, <sip:[local_ip]:[local_port];lr>
       [last_From:]
       [last_To:];tag=[pid]SIPpTag01[call_number]
       [last_Call-ID:]
@@ -380,6 +381,14 @@ fn an_outbound_call_goes_through_the_sip_trunk() {
     let messages = std::fs::read_to_string(dir.path().join("sipp-messages.log")).unwrap_or_default();
     assert!(messages.contains("INVITE sip:+14155552672@127.0.0.1"), "the INVITE dials the number at the trunk: {log}");
     assert!(messages.contains(&format!("From: <sip:{NUMBER}@127.0.0.1:{port}>")), "from the workspace's number: {log}");
+    // The callee's 200 OK came record-routed (the proxy nearest the callee on top, the trunk
+    // last): our ACK and BYE name the route set, the trunk first (the list reversed).
+    for method in ["ACK", "BYE"] {
+        let request = messages.split(&format!("{method} sip:callee@127.0.0.1:{trunk} SIP/2.0")).nth(1).unwrap_or_else(|| panic!("our {method} to the callee's Contact: {log}"));
+        let request = request.split("Content-Length").next().unwrap_or_default();
+        let (near, edge) = (request.find(&format!("Route: <sip:127.0.0.1:{trunk};lr>")), request.find("Route: <sip:edge.example;lr>"));
+        assert!(near.is_some() && edge.is_some() && near < edge, "our {method} names the route set in order: {request}");
+    }
 
     // The callee heard the greeting and the answer, in the PCMA it chose.
     let (heard, payload_types) = listener.stop();
@@ -666,7 +675,10 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
     let sip_port = signalling.local_addr().unwrap().port();
     signalling.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     let sdp = format!("v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {media_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n");
-    let invite = invite(NUMBER.trim_start_matches('+'), &sdp).replace("5999", &sip_port.to_string());
+    // It comes through two proxies that record-route it: our requests in the dialog must name
+    // them (Route), in order, or a carrier's edge drops them.
+    let record_route = format!("Record-Route: <sip:127.0.0.1:{sip_port};lr;ftag=raw>\r\nRecord-Route: <sip:edge.example;lr>\r\n");
+    let invite = invite(NUMBER.trim_start_matches('+'), &sdp).replace("5999", &sip_port.to_string()).replacen("From: ", &format!("{record_route}From: "), 1);
     signalling.send_to(invite.as_bytes(), ("127.0.0.1", port)).unwrap();
     let read = |deadline: Duration, want: &dyn Fn(&str) -> bool| -> Option<String> {
         let start = std::time::Instant::now();
@@ -682,6 +694,7 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
         None
     };
     let ok = read(Duration::from_secs(30), &|m| m.starts_with("SIP/2.0 200")).expect("the INVITE is answered");
+    assert!(ok.contains(&record_route), "the 200 OK names the proxies: {ok}");
     let header = |message: &str, name: &str| message.lines().find(|l| l.to_lowercase().starts_with(&format!("{}:", name.to_lowercase()))).unwrap_or_default().to_string();
     let ack = format!(
         "ACK sip:{}@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-ack\r\n{}\r\n{}\r\n{}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
@@ -761,6 +774,7 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
 
     // The agent answers after the caller's silence, and hangs up.
     let bye = read(Duration::from_secs(40), &|m| m.starts_with("BYE ")).expect("the agent answered the quiet caller and hung up");
+    assert!(bye.starts_with("BYE sip:caller@127.0.0.1:") && bye.contains(&record_route.replace("Record-Route", "Route")), "the BYE goes to the caller's Contact through the proxies: {bye}");
     let answer = format!("SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n", header(&bye, "Via"), header(&bye, "From"), header(&bye, "To"), header(&bye, "Call-ID"), header(&bye, "CSeq"));
     signalling.send_to(answer.as_bytes(), ("127.0.0.1", port)).unwrap();
 
