@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::inbound::{self, Refusal};
@@ -44,7 +44,7 @@ const T2: Duration = Duration::from_secs(4);
 const ACK_WITHIN: Duration = Duration::from_secs(32);
 /// A call whose peer sends no RTP this long is gone (its BYE lost, its network down).
 const MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, UPDATE";
 
 /// Where the SIP endpoint listens and whom it answers.
 #[derive(Debug, Clone)]
@@ -134,6 +134,8 @@ struct DialogState {
     /// The proxies our requests pass through (Route headers), from the Record-Route headers:
     /// the INVITE's as they are, or in reverse from the 200 OK to ours.
     route: Vec<String>,
+    /// Where the call's media goes: a re-offer moving the peer's RTP changes it.
+    media: Option<watch::Sender<Offer>>,
     /// A call we placed: every response to our INVITE goes here.
     invite_responses: Option<mpsc::UnboundedSender<Message>>,
     /// Our ACK of the 200 OK, resent when the 200 OK comes again.
@@ -254,7 +256,8 @@ impl Endpoint {
                         self.reply(&message, source, 200, "OK", &[]).await;
                     }
                     ("NOTIFY", Some(_)) | ("OPTIONS", _) => self.reply(&message, source, 200, "OK", &[("Allow", ALLOW), ("Accept", "application/sdp")]).await,
-                    ("BYE" | "CANCEL" | "INFO" | "NOTIFY", None) => self.reply(&message, source, 481, "Call/Transaction Does Not Exist", &[]).await,
+                    ("UPDATE", Some(dialog)) => self.reoffer(&dialog, &message, source).await,
+                    ("BYE" | "CANCEL" | "INFO" | "NOTIFY" | "UPDATE", None) => self.reply(&message, source, 481, "Call/Transaction Does Not Exist", &[]).await,
                     (_, Some(_)) => self.reply(&message, source, 501, "Not Implemented", &[("Allow", ALLOW)]).await,
                     (_, None) => self.reply(&message, source, 405, "Method Not Allowed", &[("Allow", ALLOW)]).await,
                 }
@@ -406,7 +409,9 @@ impl Endpoint {
             line.close();
             return;
         }
-        tokio::spawn(carry_media(line.clone(), media, offer, outgoing));
+        let (offers, offered) = watch::channel(offer);
+        dialog.lock().media = Some(offers);
+        tokio::spawn(carry_media(line.clone(), media, offered, outgoing));
         let contact = self.contact();
         let ok = self.final_response(&dialog, 200, "OK", &[("Contact", &contact), ("Allow", ALLOW)], Some(("application/sdp", &sdp))).await;
         let (endpoint, acked) = (self.clone(), dialog.clone());
@@ -465,13 +470,37 @@ impl Endpoint {
         match (same, last) {
             (true, Some(last)) => self.send(&last, source).await,
             (true, None) => {}
-            (false, _) => {
-                let sdp = dialog.lock().sdp.clone();
-                let contact = self.contact();
-                let text = sip::response(message, 200, "OK", Some(&dialog.our_tag), &[("Contact", &contact)], sdp.as_deref().map(|s| ("application/sdp", s)));
-                self.send(&text, source).await;
+            (false, _) => self.reoffer(dialog, message, source).await,
+        }
+    }
+
+    /// A re-INVITE or UPDATE within the call. Without SDP it refreshes the session, answered as
+    /// it stands; a new offer may move the peer's media (another address or port, or a hold at
+    /// 0.0.0.0), in the codec the call speaks.
+    async fn reoffer(&self, dialog: &Dialog, message: &Message, source: SocketAddr) {
+        let (media, sdp) = {
+            let state = dialog.lock();
+            (state.media.clone(), state.sdp.clone())
+        };
+        let offered = !message.body.trim().is_empty();
+        if let (true, Some(media)) = (offered, &media) {
+            let codec = media.borrow().codec;
+            match sip::parse_offer_preferring(&message.body, Some(codec)) {
+                Ok(offer) if offer.codec == codec => {
+                    if *media.borrow() != offer {
+                        tracing::info!(sip_call = %dialog.id, address = %offer.address, port = offer.port, "the SIP peer moved the call's media");
+                        media.send_replace(offer);
+                    }
+                }
+                Ok(_) => return self.reply(message, source, 488, &format!("Not Acceptable Here (the call speaks {}; the new offer does not)", codec.name()), &[]).await,
+                Err(problem) => return self.reply(message, source, 488, &format!("Not Acceptable Here ({problem})"), &[]).await,
             }
         }
+        // An UPDATE is answered with SDP only when it made an offer; an INVITE always is.
+        let body = sdp.as_deref().filter(|_| offered || message.method() == Some("INVITE")).map(|s| ("application/sdp", s));
+        let contact = self.contact();
+        let text = sip::response(message, 200, "OK", Some(&dialog.our_tag), &[("Contact", &contact)], body);
+        self.send(&text, source).await;
     }
 
     fn ack(&self, dialog: &Dialog, _message: &Message) {
@@ -611,8 +640,13 @@ impl Endpoint {
         };
         let control = Arc::new(SipControl { endpoint: self.clone(), dialog: dialog.clone() });
         let (line, input, outgoing) = StreamLine::start(&format!("sip:{}", invite.id), sip::RATE, Some(control));
-        dialog.lock().line = Some(line.clone());
-        tokio::spawn(carry_media(line.clone(), media, answer, outgoing));
+        let (offers, offered) = watch::channel(answer);
+        {
+            let mut state = dialog.lock();
+            state.line = Some(line.clone());
+            state.media = Some(offers);
+        }
+        tokio::spawn(carry_media(line.clone(), media, offered, outgoing));
         tokio::spawn(self.clone().until_ended(dialog, line.clone()));
         Ok((line, input))
     }
@@ -885,8 +919,9 @@ impl Sender {
 /// Carries one call's RTP both ways until its line ends: the peer's audio and keys to the
 /// line, the line's frames to the peer in 20 ms packets. A peer silent for `MEDIA_TIMEOUT`
 /// (gone without a BYE) fails the call.
-async fn carry_media(line: StreamLine, socket: UdpSocket, offer: Offer, mut outgoing: mpsc::Receiver<Outgoing>) {
-    let remote = SocketAddr::new(offer.address, offer.port);
+async fn carry_media(line: StreamLine, socket: UdpSocket, mut offers: watch::Receiver<Offer>, mut outgoing: mpsc::Receiver<Outgoing>) {
+    let mut offer = offers.borrow_and_update().clone();
+    let mut remote = SocketAddr::new(offer.address, offer.port);
     let mut sender = Sender::new(offer.codec);
     let mut incoming = Incoming { receiver: Receiver::new(offer.clone()), last_heard: Instant::now(), malformed: 0 };
     let started = Instant::now();
@@ -904,6 +939,12 @@ async fn carry_media(line: StreamLine, socket: UdpSocket, offer: Offer, mut outg
                     line.fail(&format!("no RTP from the SIP peer for {} s (gone without a BYE)", MEDIA_TIMEOUT.as_secs()));
                     break;
                 }
+            }
+            // A re-offer moved the peer's media (in the same codec).
+            Ok(()) = offers.changed() => {
+                offer = offers.borrow_and_update().clone();
+                remote = SocketAddr::new(offer.address, offer.port);
+                incoming.receiver.offer = offer.clone();
             }
             _ = clock.tick() => {
                 // What already arrived goes in first: a clock catching up must not find it late.

@@ -407,6 +407,12 @@ pub struct Offer {
 /// Reads the offer's first audio stream and chooses a codec; the error is why the offer
 /// cannot be answered (sent back as 488).
 pub fn parse_offer(sdp: &str) -> Result<Offer, String> {
+    parse_offer_preferring(sdp, None)
+}
+
+/// As [`parse_offer`], choosing `prefer` when the offer lists it (a re-offer in a call that
+/// already speaks a codec).
+pub fn parse_offer_preferring(sdp: &str, prefer: Option<Codec>) -> Result<Offer, String> {
     let mut session_address: Option<IpAddr> = None;
     let mut media_address: Option<IpAddr> = None;
     let mut audio: Option<(u16, Vec<u8>)> = None;
@@ -453,15 +459,19 @@ pub fn parse_offer(sdp: &str) -> Result<Offer, String> {
     let (port, formats) = audio.ok_or("the offer has no audio stream (m=audio)")?;
     let address = media_address.or(session_address).ok_or("the offer names no connection address (c=)")?;
     let named = |pt: u8| rtpmap.iter().find(|(p, _)| *p == pt).map(|(_, n)| n.as_str());
-    let codec = formats
+    let spoken: Vec<Codec> = formats
         .iter()
-        .find_map(|&pt| match (pt, named(pt)) {
+        .filter_map(|&pt| match (pt, named(pt)) {
             (0, None) => Some(Codec::Pcmu),
             (8, None) => Some(Codec::Pcma),
             (_, Some(name)) if name.starts_with("pcmu/8000") => (pt == 0).then_some(Codec::Pcmu),
             (_, Some(name)) if name.starts_with("pcma/8000") => (pt == 8).then_some(Codec::Pcma),
             _ => None,
         })
+        .collect();
+    let codec = prefer
+        .filter(|codec| spoken.contains(codec))
+        .or_else(|| spoken.first().copied())
         .ok_or_else(|| format!("the offer's audio formats {formats:?} include neither PCMU (0) nor PCMA (8) at 8000 Hz"))?;
     let telephone_event = formats.iter().copied().find(|&pt| named(pt).is_some_and(|n| n.starts_with("telephone-event/8000")));
     Ok(Offer { address, port, codec, telephone_event })
@@ -744,6 +754,15 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         assert!(challenge(r#"Digest realm="x", nonce="y", algorithm=SHA-256"#).unwrap_err().contains("only MD5"));
         assert!(challenge(r#"Digest nonce="y""#).unwrap_err().contains("no realm"));
         assert!(challenge(r#"Digest realm="x"#).is_err());
+    }
+
+    #[test]
+    fn a_re_offer_keeps_the_calls_codec_when_it_lists_it() {
+        let sdp = "v=0\r\nc=IN IP4 192.0.2.9\r\nm=audio 7002 RTP/AVP 0 8\r\n";
+        assert_eq!(parse_offer(sdp).unwrap().codec, Codec::Pcmu);
+        assert_eq!(parse_offer_preferring(sdp, Some(Codec::Pcma)).unwrap().codec, Codec::Pcma);
+        let pcmu_only = "v=0\r\nc=IN IP4 192.0.2.9\r\nm=audio 7002 RTP/AVP 0\r\n";
+        assert_eq!(parse_offer_preferring(pcmu_only, Some(Codec::Pcma)).unwrap().codec, Codec::Pcmu, "the caller sees it differs");
     }
 
     #[test]

@@ -651,6 +651,7 @@ fn a_call_ended_while_it_rings_is_cancelled_at_the_trunk() {
 /// A phone that suppresses silence: it sends RTP only while its caller speaks, some packets
 /// out of order and one lost, and nothing at all once the caller stops. The agent must hear the
 /// words in order and the silence after them — the end of the turn — though no packet carries it.
+/// The call comes through two record-routing proxies, and the phone moves its media mid-call.
 #[test]
 fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
     let llm = standin::llm(vec![
@@ -705,22 +706,26 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
     );
     signalling.send_to(ack.as_bytes(), ("127.0.0.1", port)).unwrap();
 
-    // The agent's audio: collected on a thread; the greeting is over once it has gone quiet.
-    let heard = Arc::new(std::sync::Mutex::new((Vec::new(), std::time::Instant::now())));
+    // The agent's audio: collected on a thread from the media socket and from a second one,
+    // where the caller will move the call's media; the greeting is over once it has gone quiet.
+    let moved = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let moved_port = moved.local_addr().unwrap().port();
+    let heard = Arc::new(std::sync::Mutex::new(([Vec::new(), Vec::new()], std::time::Instant::now())));
     let collector = {
-        let (media, heard) = (media.try_clone().unwrap(), heard.clone());
-        media.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let (sockets, heard) = ([media.try_clone().unwrap(), moved.try_clone().unwrap()], heard.clone());
         std::thread::spawn(move || {
             let mut buffer = [0u8; 2048];
+            for socket in &sockets {
+                socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            }
             let start = std::time::Instant::now();
-            while start.elapsed() < Duration::from_secs(90) {
-                if let Ok((length, _)) = media.recv_from(&mut buffer) {
-                    let mut heard = heard.lock().unwrap();
-                    heard.0.extend_from_slice(&buffer[12.min(length)..length]);
-                    heard.1 = std::time::Instant::now();
-                }
-                if Arc::strong_count(&heard) == 1 {
-                    break;
+            while start.elapsed() < Duration::from_secs(90) && Arc::strong_count(&heard) > 1 {
+                for (which, socket) in sockets.iter().enumerate() {
+                    if let Ok((length, _)) = socket.recv_from(&mut buffer) {
+                        let mut heard = heard.lock().unwrap();
+                        heard.0[which].extend_from_slice(&buffer[12.min(length)..length]);
+                        heard.1 = std::time::Instant::now();
+                    }
                 }
             }
             heard
@@ -730,10 +735,37 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
     while greeted.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));
         let heard = heard.lock().unwrap();
-        if !heard.0.is_empty() && heard.1.elapsed() > Duration::from_millis(1500) {
+        if !heard.0[0].is_empty() && heard.1.elapsed() > Duration::from_millis(1500) {
             break;
         }
     }
+
+    // The phone moves its media to another port (a re-INVITE, as a carrier re-anchoring a call
+    // does): the agent's audio follows it, and the caller's audio from there is heard.
+    let moved_sdp = sdp.replace(&format!("m=audio {media_port} "), &format!("m=audio {moved_port} "));
+    let contact = ringline::transport::sip::uri_of(header(&ok, "Contact").split_once(':').map(|(_, v)| v).unwrap_or_default()).to_string();
+    let reinvite = format!(
+        "INVITE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-move\r\n{}\r\n{}\r\n{}\r\nCSeq: 2 INVITE\r\nContact: <sip:caller@127.0.0.1:{sip_port}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{moved_sdp}",
+        header(&ok, "From"),
+        header(&ok, "To"),
+        header(&ok, "Call-ID"),
+        moved_sdp.len()
+    );
+    signalling.send_to(reinvite.as_bytes(), ("127.0.0.1", port)).unwrap();
+    let reanswered = read(Duration::from_secs(10), &|m| m.starts_with("SIP/2.0 200") && m.contains("CSeq: 2 INVITE")).expect("the re-INVITE is answered");
+    let media_port_again = port_of_media(&reanswered);
+    signalling.send_to(ack.replace("CSeq: 1 ACK", "CSeq: 2 ACK").replace("z9hG4bK-ack", "z9hG4bK-ack2").as_bytes(), ("127.0.0.1", port)).unwrap();
+    let media = moved;
+    // A session refresh (RFC 4028) by UPDATE without SDP: answered, nothing changed.
+    let update = format!(
+        "UPDATE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-refresh\r\n{}\r\n{}\r\n{}\r\nCSeq: 3 UPDATE\r\nContent-Length: 0\r\n\r\n",
+        header(&ok, "From"),
+        header(&ok, "To"),
+        header(&ok, "Call-ID")
+    );
+    signalling.send_to(update.as_bytes(), ("127.0.0.1", port)).unwrap();
+    let refreshed = read(Duration::from_secs(10), &|m| m.contains("CSeq: 3 UPDATE")).expect("the UPDATE is answered");
+    assert!(refreshed.starts_with("SIP/2.0 200") && refreshed.contains("Content-Length: 0"), "{refreshed}");
 
     // The caller speaks: 20 ms frames on the clock, only those with speech in them sent, every
     // fifth pair swapped in flight and the 30th lost; then nothing.
@@ -742,7 +774,7 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
     let loud = |frame: &[f32]| (frame.iter().map(|s| s * s).sum::<f32>() / 160.0).sqrt() > 0.01;
     let (ssrc, first_timestamp) = (0x5eed_u32, 4_000_000_000u32);
     let (mut sequence, mut sent, mut held_back) = (7u16, 0usize, None::<Vec<u8>>);
-    let server_media = ("127.0.0.1", port_of_media(&ok));
+    let server_media = ("127.0.0.1", media_port_again);
     let start = std::time::Instant::now();
     for (index, frame) in frames.iter().enumerate() {
         let due = Duration::from_millis(20 * index as u64);
@@ -787,10 +819,12 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
     let caller: Vec<String> = lines.iter().filter(|l| l["speaker"] == "caller").map(|l| l["text"].as_str().unwrap_or_default().to_string()).collect();
     assert!(word_recall("eight of spades four of clubs seven of hearts", &caller.join(" ")) >= 0.6, "the caller, in order despite the network: {caller:?}");
     drop(heard);
-    let heard = std::mem::take(&mut collector.join().unwrap().lock().unwrap().0);
+    let [greeting, answer] = std::mem::take(&mut collector.join().unwrap().lock().unwrap().0);
     let dir = tempfile::tempdir().unwrap();
-    let agent = crate::twilio::transcribe(&heard, dir.path(), "agent");
-    assert!(agent.to_lowercase().contains("nine") || agent.contains('9'), "the answer as heard: {agent:?}");
+    let greeting = crate::twilio::transcribe(&greeting, dir.path(), "greeting");
+    assert!(word_recall("thank you for calling the hardware shop", &greeting) >= 0.6, "the greeting, at the first media address: {greeting:?}");
+    let answer = crate::twilio::transcribe(&answer, dir.path(), "answer");
+    assert!(answer.to_lowercase().contains("nine") || answer.contains('9'), "the answer, at the address the media moved to: {answer:?}");
 }
 
 /// The port of the media the SDP in `message` offers.
