@@ -125,7 +125,7 @@ struct DialogState {
     ended_by_peer: bool,
     cseq: u32,
     /// Our requests waiting for a final response, by branch.
-    waiting: HashMap<String, oneshot::Sender<u16>>,
+    waiting: HashMap<String, oneshot::Sender<Message>>,
     /// Our side (From in our requests, with our tag), the peer's (To, with its tag), and the
     /// peer's Contact, where our requests go.
     local: String,
@@ -294,7 +294,7 @@ impl Endpoint {
         let Some(branch) = message.branch() else { return };
         let waiter = dialog.lock().waiting.remove(branch);
         if let Some(waiter) = waiter {
-            let _ = waiter.send(code);
+            let _ = waiter.send(message.clone());
         }
     }
 
@@ -438,8 +438,36 @@ impl Endpoint {
     }
 
     /// Sends a request within the dialog and waits for its final status, retransmitting on
-    /// SIP's timers; `None` when none came.
+    /// SIP's timers; `None` when none came. A trunk that challenges it (401/407) gets it once
+    /// more with the trunk's credentials, as the INVITE did.
     async fn request(&self, dialog: &Dialog, method: &str, extra: &[(&str, &str)]) -> Option<u16> {
+        let response = self.request_once(dialog, method, extra, None).await?;
+        let StartLine::Response { code, .. } = response.start else { return None };
+        let credentials = self.config.credentials.as_ref().filter(|_| self.config.trunk == Some(dialog.peer));
+        let (asked, answer_with) = match code {
+            401 => ("www-authenticate", "Authorization"),
+            407 => ("proxy-authenticate", "Proxy-Authorization"),
+            _ => return Some(code),
+        };
+        let Some(credentials) = credentials else { return Some(code) };
+        let challenge = match sip::challenge(response.header(asked).unwrap_or_default()) {
+            Ok(challenge) => challenge,
+            Err(problem) => {
+                tracing::warn!(sip_call = %dialog.id, method, problem, "the SIP trunk's challenge cannot be answered");
+                return Some(code);
+            }
+        };
+        let target = dialog.lock().target.clone();
+        let authorization = sip::digest(&challenge, &credentials.user, &credentials.password, method, &target, &random_hex(8));
+        let response = self.request_once(dialog, method, extra, Some((answer_with, &authorization))).await?;
+        match response.start {
+            StartLine::Response { code, .. } => Some(code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// One transaction of [`Endpoint::request`]: its final response, `None` when none came.
+    async fn request_once(&self, dialog: &Dialog, method: &str, extra: &[(&str, &str)], authorization: Option<(&str, &str)>) -> Option<Message> {
         let branch = branch();
         let (answered, cseq, local, remote, target, route) = {
             let (tx, rx) = oneshot::channel();
@@ -448,13 +476,15 @@ impl Endpoint {
             state.waiting.insert(branch.clone(), tx);
             (rx, state.cseq, state.local.clone(), state.remote.clone(), state.target.clone(), state.route.clone())
         };
-        let text = InDialog { method, target: &target, route: &route, via_host: &self.host, branch: &branch, from: &local, to: &remote, call_id: &dialog.id, cseq }.render(extra);
+        let mut headers = extra.to_vec();
+        headers.extend(authorization);
+        let text = InDialog { method, target: &target, route: &route, via_host: &self.host, branch: &branch, from: &local, to: &remote, call_id: &dialog.id, cseq }.render(&headers);
         tokio::pin!(answered);
         let mut wait = T1;
         for _ in 0..7 {
             self.send(&text, dialog.peer).await;
             tokio::select! {
-                code = &mut answered => return code.ok(),
+                response = &mut answered => return response.ok(),
                 _ = tokio::time::sleep(wait) => wait = (wait * 2).min(T2),
             }
         }

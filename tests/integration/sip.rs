@@ -283,7 +283,8 @@ fn sip_from_outside_the_trusted_ranges_is_dropped_unanswered() {
 }
 
 /// The callee's side, as SIPp plays it: rings, answers in PCMA with its media at `media_port`,
-/// says the recording (A-law) after the agent's greeting, and answers the agent's BYE.
+/// says the recording (A-law) after the agent's greeting, and, as a trunk that asks for
+/// credentials on every request, challenges the agent's BYE and then answers it.
 fn callee_scenario(media_port: u16, audio: &Path) -> String {
     format!(
         r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
@@ -331,6 +332,36 @@ fn callee_scenario(media_port: u16, audio: &Path) -> String {
   <recv request="BYE" timeout="60000"/>
   <send>
     <![CDATA[
+      SIP/2.0 401 Unauthorized
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      WWW-Authenticate: Digest realm="trunk.example", nonce="b7e0ddba11", qop="auth"
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv request="BYE">
+    <action>
+      <verifyauth assign_to="byeauth" username="ringline" password="s3cret-Pa55"/>
+    </action>
+  </recv>
+  <nop hide="true" test="byeauth" next="good"/>
+  <send next="end">
+    <![CDATA[
+      SIP/2.0 403 Forbidden
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+  <label id="good"/>
+  <send>
+    <![CDATA[
       SIP/2.0 200 OK
       [last_Via:]
       [last_From:]
@@ -340,6 +371,7 @@ fn callee_scenario(media_port: u16, audio: &Path) -> String {
       Content-Length: 0
     ]]>
   </send>
+  <label id="end"/>
 </scenario>
 "#,
         audio = audio.display()
@@ -363,7 +395,16 @@ fn an_outbound_call_goes_through_the_sip_trunk() {
     let db = Database::sqlite();
     let key = create_key(&db, "shop", &[]);
     let port = free_udp_port();
-    let serve = Serve::start(&db, &crate::api::repo_assistants(), &[("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}")), ("RINGLINE_SIP_TRUNK", &format!("127.0.0.1:{trunk}"))]);
+    let serve = Serve::start(
+        &db,
+        &crate::api::repo_assistants(),
+        &[
+            ("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}")),
+            ("RINGLINE_SIP_TRUNK", &format!("127.0.0.1:{trunk}")),
+            ("RINGLINE_SIP_TRUNK_USER", "ringline"),
+            ("RINGLINE_SIP_TRUNK_PASSWORD", "s3cret-Pa55"),
+        ],
+    );
     let (_, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
     let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
     assert_eq!(status, 201, "{number}");
@@ -381,6 +422,8 @@ fn an_outbound_call_goes_through_the_sip_trunk() {
     let messages = std::fs::read_to_string(dir.path().join("sipp-messages.log")).unwrap_or_default();
     assert!(messages.contains("INVITE sip:+14155552672@127.0.0.1"), "the INVITE dials the number at the trunk: {log}");
     assert!(messages.contains(&format!("From: <sip:{NUMBER}@127.0.0.1:{port}>")), "from the workspace's number: {log}");
+    // The BYE was challenged, and sent again with the trunk's credentials, which it took.
+    assert!(messages.contains("Authorization: Digest username=\"ringline\"") && !messages.contains("SIP/2.0 403"), "the challenged BYE answered with credentials: {log}");
     // The callee's 200 OK came record-routed (the proxy nearest the callee on top, the trunk
     // last): our ACK and BYE name the route set, the trunk first (the list reversed).
     for method in ["ACK", "BYE"] {
