@@ -443,13 +443,13 @@ impl Endpoint {
     async fn request(&self, dialog: &Dialog, method: &str, extra: &[(&str, &str)]) -> Option<u16> {
         let response = self.request_once(dialog, method, extra, None).await?;
         let StartLine::Response { code, .. } = response.start else { return None };
-        let credentials = self.config.credentials.as_ref().filter(|_| self.config.trunk == Some(dialog.peer));
         let (asked, answer_with) = match code {
             401 => ("www-authenticate", "Authorization"),
             407 => ("proxy-authenticate", "Proxy-Authorization"),
             _ => return Some(code),
         };
-        let Some(credentials) = credentials else { return Some(code) };
+        // The trunk's credentials go to the trunk only.
+        let Some(credentials) = self.config.credentials.as_ref().filter(|_| self.config.trunk == Some(dialog.peer)) else { return Some(code) };
         let challenge = match sip::challenge(response.header(asked).unwrap_or_default()) {
             Ok(challenge) => challenge,
             Err(problem) => {

@@ -20,6 +20,9 @@ const AHEAD: i64 = 4_000;
 /// Packets in a row that came too late or too early before playout follows them: one
 /// straggler is dropped, a clock that jumped (or drifted a buffer's worth) is followed.
 const STRAYS_FOLLOWED: u32 = 3;
+/// The most packets held at once (a second of 20 ms packets, twice over): a peer sending
+/// slivers cannot make the buffer large.
+const MOST_HELD: usize = 100;
 
 /// Audio packets held until their turn to play.
 #[derive(Default)]
@@ -32,8 +35,9 @@ pub struct JitterBuffer {
     held: BTreeMap<i64, Vec<f32>>,
     /// Packets in a row outside playout's window.
     strays: u32,
-    /// Packets dropped for coming after their turn, and jumps playout followed.
+    /// Packets dropped for coming after their turn (or with the buffer full).
     pub late: u64,
+    /// Jumps of the peer's clock that playout followed.
     pub resynced: u64,
 }
 
@@ -48,8 +52,7 @@ impl JitterBuffer {
             // A new stream (the first, or the peer switched sources): playout starts on it.
             _ => {
                 self.ssrc = Some(ssrc);
-                self.restart(timestamp as i64);
-                timestamp as i64 - DELAY
+                self.restart(timestamp as i64)
             }
         };
         // The nearest extended timestamp that reads as `timestamp`.
@@ -65,6 +68,10 @@ impl JitterBuffer {
             self.restart(at);
         }
         self.strays = 0;
+        if self.held.len() >= MOST_HELD && !self.held.contains_key(&at) {
+            self.late += 1;
+            return;
+        }
         self.held.insert(at, samples);
     }
 
@@ -86,11 +93,12 @@ impl JitterBuffer {
         Some(frame)
     }
 
-    /// Playout starts over [`DELAY`] before `at`; what was held is dropped.
-    fn restart(&mut self, at: i64) {
+    /// Playout starts over [`DELAY`] before `at` (returned); what was held is dropped.
+    fn restart(&mut self, at: i64) -> i64 {
         self.held.clear();
         self.strays = 0;
         self.next = Some(at - DELAY);
+        at - DELAY
     }
 
     /// Audio held and not yet played, in samples.
@@ -212,6 +220,12 @@ mod tests {
             buffer.put(7, 40_000 + 160 * i, packet(4.0));
         }
         assert!(buffer.held() <= (AHEAD + DELAY + FRAME) as usize, "{}", buffer.held());
+        // Slivers of one sample each, thousands of them: only so many are held.
+        let mut buffer = JitterBuffer::default();
+        for i in 0..4_000u32 {
+            buffer.put(7, i, vec![0.5]);
+        }
+        assert!(buffer.held.len() <= MOST_HELD && buffer.late > 3_000, "{} held", buffer.held.len());
     }
 
     #[test]
