@@ -123,6 +123,10 @@ pub struct ServeArgs {
     pub sip_trunk_user: Option<String>,
     #[arg(long, env = "RINGLINE_SIP_TRUNK_PASSWORD", hide_env_values = true, hide = true)]
     pub sip_trunk_password: Option<String>,
+    /// Registers with the trunk as --sip-trunk-user (REGISTER, kept refreshed), for a trunk
+    /// that sends an account's calls to where it last registered.
+    #[arg(long, env = "RINGLINE_SIP_REGISTER", requires = "sip_trunk_user")]
+    pub sip_register: bool,
     /// Load each local model when the first call needs it, instead of loading the file
     /// assistants' models at start (a first caller then waits for them).
     #[arg(long, env = "RINGLINE_NO_PRELOAD")]
@@ -208,6 +212,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             bind,
             address: args.sip_address,
             trunk: args.sip_trunk,
+            register: args.sip_register,
             credentials: args.sip_trunk_user.map(|user| server::sip::Credentials { user, password: args.sip_trunk_password.unwrap_or_default() }),
             trusted: if args.sip_trusted.is_empty() { vec!["127.0.0.0/8".parse().expect("a range"), "::1".parse().expect("an address")] } else { args.sip_trusted },
         }),

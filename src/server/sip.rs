@@ -59,6 +59,9 @@ pub struct SipConfig {
     pub trunk: Option<SocketAddr>,
     /// The user and password a challenging trunk is answered with (digest, MD5).
     pub credentials: Option<Credentials>,
+    /// Registers with the trunk as `credentials`' user (REGISTER, refreshed), for a trunk that
+    /// routes an account's calls to where it registered.
+    pub register: bool,
 }
 
 /// A trunk account; its Debug form leaves the password out.
@@ -97,7 +100,14 @@ struct Endpoint {
     dialogs: Mutex<HashMap<String, Arc<Dialog>>>,
     /// Datagrams dropped for their source, logged once.
     untrusted_logged: std::sync::atomic::AtomicBool,
+    /// Our requests outside any dialog (REGISTER) waiting for a final response, by branch.
+    pending: Mutex<HashMap<String, oneshot::Sender<Message>>>,
 }
+
+/// What we ask a registrar for; it may grant less.
+const REGISTER_EXPIRES: u32 = 300;
+/// A registration that failed is tried again after this.
+const REGISTER_RETRY: Duration = Duration::from_secs(30);
 
 /// One call's dialog, from its INVITE.
 struct Dialog {
@@ -154,6 +164,26 @@ impl Dialog {
     }
 }
 
+/// Our binding at the trunk's registrar: one Call-ID and From tag for all its REGISTERs.
+struct Registration {
+    call_id: String,
+    tag: String,
+    trunk: SocketAddr,
+    user: String,
+}
+
+/// The number an INVITE dials: the request URI's user part, or, when that is our registered
+/// user (the trunk calls the Contact we registered), the To header's.
+fn dialled(invite: &Message, uri: &str, registered_user: Option<&str>) -> String {
+    let to_header = || sip::user_of(sip::uri_of(invite.header("to").unwrap_or_default()));
+    let user = match sip::user_of(uri) {
+        Some(user) if Some(user) == registered_user => to_header(),
+        Some(user) => Some(user),
+        None => to_header(),
+    };
+    user.map(number).unwrap_or_default()
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buffer);
@@ -171,7 +201,10 @@ pub async fn start(state: AppState, config: SipConfig, shutdown: CancellationTok
     let socket = UdpSocket::bind(config.bind).await.map_err(|e| anyhow::anyhow!("--sip-bind {}: {e}", config.bind))?;
     let local = socket.local_addr()?;
     let host = SocketAddr::new(address, local.port()).to_string();
-    let endpoint = Arc::new(Endpoint { socket, state, config, address, host, dialogs: Mutex::new(HashMap::new()), untrusted_logged: Default::default() });
+    let endpoint = Arc::new(Endpoint { socket, state, config, address, host, dialogs: Mutex::new(HashMap::new()), untrusted_logged: Default::default(), pending: Default::default() });
+    if endpoint.config.register {
+        tokio::spawn(endpoint.clone().stay_registered(shutdown.clone()));
+    }
     tokio::spawn(endpoint.clone().run(shutdown));
     Ok((local, Dialer(endpoint)))
 }
@@ -272,6 +305,13 @@ impl Endpoint {
     /// A response to a request we sent: to our INVITE, for the call being placed (a 200 OK
     /// that comes again gets our ACK again); to a BYE or REFER, the final one ends its wait.
     async fn response(&self, message: &Message, code: u16) {
+        if code >= 200 {
+            let waiter = message.branch().and_then(|branch| self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(branch));
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(message.clone());
+                return;
+            }
+        }
         let Some(dialog) = message.header("call-id").and_then(|id| self.dialogs().get(id).cloned()) else { return };
         if message.cseq().is_some_and(|(_, method)| method == "INVITE") {
             let (events, ack) = {
@@ -372,7 +412,7 @@ impl Endpoint {
             Err(problem) => return self.refuse(&dialog, 488, &format!("Not Acceptable Here ({problem})")).await,
         };
         let StartLine::Request { uri, .. } = &dialog.invite.start else { return };
-        let to = sip::user_of(uri).or_else(|| sip::user_of(sip::uri_of(dialog.invite.header("to").unwrap_or_default()))).map(number).unwrap_or_default();
+        let to = dialled(&dialog.invite, uri, self.registered_user());
         let from = sip::user_of(sip::uri_of(dialog.invite.header("from").unwrap_or_default())).map(number).unwrap_or_else(|| "anonymous".into());
         let metadata = serde_json::json!({ "sip_call_id": dialog.id, "sip_peer": dialog.peer.to_string() });
         let admitted = match inbound::admit(&self.state, &to, &from, metadata).await {
@@ -437,6 +477,90 @@ impl Endpoint {
         self.dialogs().remove(&dialog.id);
     }
 
+    /// The user our registration put in the Contact the trunk calls: an INVITE to it names the
+    /// dialled number in To.
+    fn registered_user(&self) -> Option<&str> {
+        self.config.credentials.as_ref().filter(|_| self.config.register).map(|c| c.user.as_str())
+    }
+
+    /// Keeps this server registered at the trunk (RFC 3261 section 10): REGISTER with our
+    /// Contact, a challenge answered with the credentials, refreshed at half the time granted,
+    /// tried again after a failure; withdrawn (Expires 0) when the server stops.
+    async fn stay_registered(self: Arc<Self>, shutdown: CancellationToken) {
+        let (Some(trunk), Some(credentials)) = (self.config.trunk, self.config.credentials.clone()) else { return };
+        let binding = Registration { call_id: format!("{}@{}", random_hex(8), self.host), tag: random_hex(8), trunk, user: credentials.user.clone() };
+        let mut cseq = 0;
+        loop {
+            let wait = match self.register(&binding, &mut cseq, REGISTER_EXPIRES).await {
+                Ok(granted) => {
+                    tracing::info!(trunk = %trunk, user = %binding.user, granted_s = granted, "registered with the SIP trunk");
+                    Duration::from_secs(u64::from(granted / 2).max(1))
+                }
+                Err(problem) => {
+                    tracing::warn!(trunk = %trunk, problem, "registering with the SIP trunk failed; trying again in {} s", REGISTER_RETRY.as_secs());
+                    REGISTER_RETRY
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.register(&binding, &mut cseq, 0)).await;
+    }
+
+    /// One registration (or, with `expires` 0, its withdrawal): the seconds granted, or why not.
+    async fn register(&self, binding: &Registration, cseq: &mut u32, expires: u32) -> Result<u32, String> {
+        let target = format!("sip:{}", binding.trunk);
+        let aor = format!("<sip:{}@{}>", binding.user, binding.trunk);
+        let (from, contact, expires_text) = (format!("{aor};tag={}", binding.tag), format!("<sip:{}@{}>", binding.user, self.host), expires.to_string());
+        let mut authorization: Option<(&str, String)> = None;
+        for _ in 0..2 {
+            *cseq += 1;
+            let branch = branch();
+            let mut headers = vec![("Contact", contact.as_str()), ("Expires", expires_text.as_str())];
+            headers.extend(authorization.as_ref().map(|(name, value)| (*name, value.as_str())));
+            let text = InDialog { method: "REGISTER", target: &target, route: &[], via_host: &self.host, branch: &branch, from: &from, to: &aor, call_id: &binding.call_id, cseq: *cseq }.render(&headers);
+            let (tx, rx) = oneshot::channel();
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(branch.clone(), tx);
+            let response = self.transact(&text, binding.trunk, rx).await;
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&branch);
+            let response = response.ok_or("the trunk did not answer the REGISTER")?;
+            let StartLine::Response { code, reason } = &response.start else { return Err("not a response".into()) };
+            match code {
+                200..=299 => {
+                    // The time granted: our Contact's `expires`, else the Expires header.
+                    let ours = response.headers("contact").find(|c| sip::uri_of(c) == sip::uri_of(&contact));
+                    let granted = ours.and_then(|c| sip::param(c, "expires")).or_else(|| response.header("expires")).and_then(|e| e.trim().parse().ok());
+                    return Ok(granted.unwrap_or(expires));
+                }
+                401 | 407 if authorization.is_none() => {
+                    let (asked, answer_with) = if *code == 401 { ("www-authenticate", "Authorization") } else { ("proxy-authenticate", "Proxy-Authorization") };
+                    let challenge = sip::challenge(response.header(asked).unwrap_or_default()).map_err(|problem| format!("its challenge: {problem}"))?;
+                    let password = self.config.credentials.as_ref().map(|c| c.password.as_str()).unwrap_or_default();
+                    authorization = Some((answer_with, sip::digest(&challenge, &binding.user, password, "REGISTER", &target, &random_hex(8))));
+                }
+                401 | 407 => return Err(format!("the trunk refused --sip-trunk-user's credentials ({code} {reason})")),
+                _ => return Err(format!("the trunk answered {code} {reason}")),
+            }
+        }
+        Err("the trunk challenged the REGISTER twice".into())
+    }
+
+    /// Sends `text` to `to`, resent on SIP's timers until `answered` brings the final response.
+    async fn transact(&self, text: &str, to: SocketAddr, answered: oneshot::Receiver<Message>) -> Option<Message> {
+        tokio::pin!(answered);
+        let mut wait = T1;
+        for _ in 0..7 {
+            self.send(text, to).await;
+            tokio::select! {
+                response = &mut answered => return response.ok(),
+                _ = tokio::time::sleep(wait) => wait = (wait * 2).min(T2),
+            }
+        }
+        None
+    }
+
     /// Sends a request within the dialog and waits for its final status, retransmitting on
     /// SIP's timers; `None` when none came. A trunk that challenges it (401/407) gets it once
     /// more with the trunk's credentials, as the INVITE did.
@@ -479,17 +603,9 @@ impl Endpoint {
         let mut headers = extra.to_vec();
         headers.extend(authorization);
         let text = InDialog { method, target: &target, route: &route, via_host: &self.host, branch: &branch, from: &local, to: &remote, call_id: &dialog.id, cseq }.render(&headers);
-        tokio::pin!(answered);
-        let mut wait = T1;
-        for _ in 0..7 {
-            self.send(&text, dialog.peer).await;
-            tokio::select! {
-                response = &mut answered => return response.ok(),
-                _ = tokio::time::sleep(wait) => wait = (wait * 2).min(T2),
-            }
-        }
+        let response = self.transact(&text, dialog.peer, answered).await;
         dialog.lock().waiting.remove(&branch);
-        None
+        response
     }
 
     /// A retransmitted INVITE gets the last response again; a re-INVITE (a refreshed session,
@@ -1049,12 +1165,21 @@ mod tests {
     }
 
     #[test]
+    fn the_dialled_number_is_the_request_uris_unless_it_is_our_registered_user() {
+        let invite = sip::parse(b"INVITE sip:ringline@192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP t;branch=z9hG4bK-1\r\nFrom: <sip:+14155552672@t>;tag=a\r\nTo: <sip:14155552671@trunk.example>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!(dialled(&invite, "sip:ringline@192.0.2.1:5060", Some("ringline")), "+14155552671", "the trunk called our registered Contact");
+        assert_eq!(dialled(&invite, "sip:ringline@192.0.2.1:5060", None), "ringline", "not registered: the URI's user, as it is");
+        assert_eq!(dialled(&invite, "sip:+14155550000@192.0.2.1", Some("ringline")), "+14155550000");
+        assert_eq!(dialled(&invite, "sip:192.0.2.1", None), "+14155552671", "no user in the URI: To's");
+    }
+
+    #[test]
     fn an_unspecified_bind_address_needs_an_advertised_one() {
-        let config = SipConfig { bind: "0.0.0.0:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None, credentials: None };
+        let config = SipConfig { bind: "0.0.0.0:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None, credentials: None, register: false };
         assert!(config.advertised().unwrap_err().to_string().contains("--sip-address"));
         let config = SipConfig { address: Some("192.0.2.7".parse().unwrap()), ..config };
         assert_eq!(config.advertised().unwrap(), "192.0.2.7".parse::<IpAddr>().unwrap());
-        let config = SipConfig { bind: "127.0.0.1:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None, credentials: None };
+        let config = SipConfig { bind: "127.0.0.1:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None, credentials: None, register: false };
         assert_eq!(config.advertised().unwrap(), "127.0.0.1".parse::<IpAddr>().unwrap());
     }
 

@@ -874,3 +874,78 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
 fn port_of_media(message: &str) -> u16 {
     message.lines().find_map(|l| l.strip_prefix("m=audio ")).and_then(|rest| rest.split(' ').next()).and_then(|p| p.parse().ok()).expect("an SDP with an audio line")
 }
+
+/// A trunk that sends an account's calls to where it registered: SIPp as its registrar asks
+/// for credentials, checks them, grants two seconds, and sees the registration refreshed.
+#[test]
+fn the_server_registers_with_the_trunk_and_keeps_it_fresh() {
+    let ok = |tag: &str| {
+        format!(
+            "  <send>\n    <![CDATA[\n      SIP/2.0 200 OK\n      [last_Via:]\n      [last_From:]\n      [last_To:]{tag}\n      [last_Call-ID:]\n      [last_CSeq:]\n      [last_Contact:];expires=2\n      Content-Length: 0\n    ]]>\n  </send>\n"
+        )
+    };
+    let registrar = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="a registrar">
+  <recv request="REGISTER" crlf="true"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 401 Unauthorized
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      WWW-Authenticate: Digest realm="trunk.example", nonce="4e6157e4", qop="auth"
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv request="REGISTER">
+    <action>
+      <verifyauth assign_to="regauth" username="ringline" password="s3cret-Pa55"/>
+    </action>
+  </recv>
+  <nop hide="true" test="regauth" next="good"/>
+  <send next="end">
+    <![CDATA[
+      SIP/2.0 403 Forbidden
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+  <label id="good"/>
+{}  <recv request="REGISTER" timeout="10000"/>
+{}  <label id="end"/>
+</scenario>
+"#,
+        ok(";tag=[pid]SIPpTag01[call_number]"),
+        ok("")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let trunk = free_udp_port();
+    let registrar = sipp_command(&registrar, dir.path(), trunk).spawn().expect("sipp runs (Debian's sip-tester, installed by .ci/setup)");
+    let db = Database::sqlite();
+    let port = free_udp_port();
+    let _serve = Serve::start(
+        &db,
+        &crate::api::repo_assistants(),
+        &[
+            ("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}")),
+            ("RINGLINE_SIP_TRUNK", &format!("127.0.0.1:{trunk}")),
+            ("RINGLINE_SIP_TRUNK_USER", "ringline"),
+            ("RINGLINE_SIP_TRUNK_PASSWORD", "s3cret-Pa55"),
+            ("RINGLINE_SIP_REGISTER", "true"),
+        ],
+    );
+    let (passed, log) = finish_sipp(registrar.wait_with_output().unwrap(), dir.path());
+    assert!(passed, "registered, challenged, then refreshed as the registrar's scenario says: {log}");
+    let messages = std::fs::read_to_string(dir.path().join("sipp-messages.log")).unwrap_or_default();
+    assert!(messages.contains(&format!("REGISTER sip:127.0.0.1:{trunk} SIP/2.0")), "{log}");
+    assert!(messages.contains(&format!("Contact: <sip:ringline@127.0.0.1:{port}>")), "our Contact is what the trunk calls: {log}");
+    assert!(messages.contains("Authorization: Digest username=\"ringline\"") && !messages.contains("SIP/2.0 403"), "the challenge answered with the right credentials: {log}");
+    assert!(!messages.contains("s3cret-Pa55"), "the password never crosses the wire");
+}
