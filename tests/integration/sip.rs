@@ -27,6 +27,18 @@ fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A SIPp `<send>` answering the request it last received: `status` with its Via, From, To
+/// (given SIPp's tag when `tagged`), Call-ID and CSeq, then `headers`, no body; `attributes`
+/// go on the element (` next="end"`).
+fn reply(status: &str, tagged: bool, headers: &[&str], attributes: &str) -> String {
+    let tag = if tagged { ";tag=[pid]SIPpTag01[call_number]" } else { "" };
+    let mut lines = vec![format!("SIP/2.0 {status}"), "[last_Via:]".into(), "[last_From:]".into(), format!("[last_To:]{tag}"), "[last_Call-ID:]".into(), "[last_CSeq:]".into()];
+    lines.extend(headers.iter().map(|header| header.to_string()));
+    lines.push("Content-Length: 0".into());
+    let lines: Vec<String> = lines.iter().map(|line| format!("      {line}")).collect();
+    format!("<send{attributes}>\n    <![CDATA[\n{}\n    ]]>\n  </send>", lines.join("\n"))
+}
+
 /// The caller's side, as SIPp plays it: INVITE offering PCMU (and telephone-events) with its
 /// media at `media_port`, ACK, silence through the greeting, the recording, a key, then the
 /// agent's BYE answered.
@@ -92,20 +104,11 @@ fn caller_scenario(media_port: u16, audio: &Path) -> String {
   </send>
   <recv response="200"/>
   <recv request="BYE" timeout="60000"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
+  {bye_ok}
 </scenario>
 "#,
-        audio = audio.display()
+        audio = audio.display(),
+        bye_ok = reply("200 OK", false, &[], ""),
     )
 }
 
@@ -290,18 +293,7 @@ fn callee_scenario(media_port: u16, audio: &Path) -> String {
         r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="a callee">
   <recv request="INVITE" crlf="true"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 180 Ringing
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:callee@[local_ip]:[local_port]>
-      Content-Length: 0
-    ]]>
-  </send>
+  {ringing}
   <pause milliseconds="500"/>
   <send retrans="500">
     <![CDATA[
@@ -330,51 +322,24 @@ fn callee_scenario(media_port: u16, audio: &Path) -> String {
   <pause milliseconds="9000"/>
   <nop><action><exec rtp_stream="{audio},1,8"/></action></nop>
   <recv request="BYE" timeout="60000"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 401 Unauthorized
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      WWW-Authenticate: Digest realm="trunk.example", nonce="b7e0ddba11", qop="auth"
-      Content-Length: 0
-    ]]>
-  </send>
+  {challenge}
   <recv request="BYE">
     <action>
       <verifyauth assign_to="byeauth" username="ringline" password="s3cret-Pa55"/>
     </action>
   </recv>
   <nop hide="true" test="byeauth" next="good"/>
-  <send next="end">
-    <![CDATA[
-      SIP/2.0 403 Forbidden
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
+  {refused}
   <label id="good"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
+  {bye_ok}
   <label id="end"/>
 </scenario>
 "#,
-        audio = audio.display()
+        audio = audio.display(),
+        ringing = reply("180 Ringing", true, &["Contact: <sip:callee@[local_ip]:[local_port]>"], ""),
+        challenge = reply("401 Unauthorized", false, &[r#"WWW-Authenticate: Digest realm="trunk.example", nonce="b7e0ddba11", qop="auth""#], ""),
+        refused = reply("403 Forbidden", false, &[], r#" next="end""#),
+        bye_ok = reply("200 OK", false, &[], ""),
     )
 }
 
@@ -448,24 +413,17 @@ fn an_outbound_call_goes_through_the_sip_trunk() {
     assert!(word_recall("eight of spades four of clubs seven of hearts", &callee.join(" ")) >= 0.5, "the callee as heard: {callee:?}");
 
     // A busy callee: 486, ACKed, and the call ends `busy`.
-    let busy = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+    let busy = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="a busy callee">
   <recv request="INVITE" crlf="true"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 486 Busy Here
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
+  {busy}
   <recv request="ACK"/>
 </scenario>
-"#;
-    let callee = sipp_command(busy, dir.path(), trunk).spawn().unwrap();
+"#,
+        busy = reply("486 Busy Here", true, &[], "")
+    );
+    let callee = sipp_command(&busy, dir.path(), trunk).spawn().unwrap();
     let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": created["id"], "to_number": "+14155552672", "from_number": NUMBER }));
     assert_eq!(status, 201, "{call}");
     let (passed, log) = finish_sipp(callee.wait_with_output().unwrap(), dir.path());
@@ -478,21 +436,11 @@ fn an_outbound_call_goes_through_the_sip_trunk() {
 fn a_trunk_that_asks_for_credentials_is_answered_with_them() {
     // The trunk challenges the INVITE (401, digest with qop=auth), checks the credentials the
     // second INVITE carries, and then answers busy if they are right, 403 if not.
-    let trunk_scenario = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+    let trunk_scenario = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="a trunk that asks for credentials">
   <recv request="INVITE" crlf="true"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 401 Unauthorized
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      WWW-Authenticate: Digest realm="trunk.example", nonce="5ca1ab1e0ddba11", qop="auth"
-      Content-Length: 0
-    ]]>
-  </send>
+  {challenge}
   <recv request="ACK"/>
   <recv request="INVITE">
     <action>
@@ -500,33 +448,17 @@ fn a_trunk_that_asks_for_credentials_is_answered_with_them() {
     </action>
   </recv>
   <nop hide="true" test="authvalid" next="good"/>
-  <send next="end">
-    <![CDATA[
-      SIP/2.0 403 Forbidden
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
+  {refused}
   <label id="good"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 486 Busy Here
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
+  {busy}
   <label id="end"/>
   <recv request="ACK"/>
 </scenario>
-"#;
+"#,
+        challenge = reply("401 Unauthorized", true, &[r#"WWW-Authenticate: Digest realm="trunk.example", nonce="5ca1ab1e0ddba11", qop="auth""#], ""),
+        refused = reply("403 Forbidden", true, &[], r#" next="end""#),
+        busy = reply("486 Busy Here", true, &[], "")
+    );
     let llm = standin::llm(vec![Reply::Text("Hello.")]);
     let dir = tempfile::tempdir().unwrap();
     let trunk = free_udp_port();
@@ -546,7 +478,7 @@ fn a_trunk_that_asks_for_credentials_is_answered_with_them() {
     let (_, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
     let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
     assert_eq!(status, 201, "{number}");
-    let callee = sipp_command(trunk_scenario, dir.path(), trunk).spawn().unwrap();
+    let callee = sipp_command(&trunk_scenario, dir.path(), trunk).spawn().unwrap();
     let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": created["id"], "to_number": "+14155552672", "from_number": NUMBER }));
     assert_eq!(status, 201, "{call}");
     let (passed, log) = finish_sipp(callee.wait_with_output().unwrap(), dir.path());
@@ -628,32 +560,13 @@ module\t\t\tsndfile.so\nmodule_app\t\taccount.so\nmodule_app\t\tmenu.so\nsnd_pat
 #[test]
 fn a_call_ended_while_it_rings_is_cancelled_at_the_trunk() {
     // The callee rings and never answers; the API's end cancels the INVITE, whose 487 is ACKed.
-    let ringing = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+    let ringing = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="a callee that rings">
   <recv request="INVITE" crlf="true"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 180 Ringing
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
+  {ringing}
   <recv request="CANCEL" timeout="60000"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
+  {cancel_ok}
   <send>
     <![CDATA[
       SIP/2.0 487 Request Terminated
@@ -667,7 +580,10 @@ fn a_call_ended_while_it_rings_is_cancelled_at_the_trunk() {
   </send>
   <recv request="ACK"/>
 </scenario>
-"#;
+"#,
+        ringing = reply("180 Ringing", true, &[], ""),
+        cancel_ok = reply("200 OK", true, &[], "")
+    );
     let llm = standin::llm(vec![Reply::Text("Hello.")]);
     let dir = tempfile::tempdir().unwrap();
     let trunk = free_udp_port();
@@ -678,7 +594,7 @@ fn a_call_ended_while_it_rings_is_cancelled_at_the_trunk() {
     let (_, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
     let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
     assert_eq!(status, 201, "{number}");
-    let callee = sipp_command(ringing, dir.path(), trunk).spawn().unwrap();
+    let callee = sipp_command(&ringing, dir.path(), trunk).spawn().unwrap();
     let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": created["id"], "to_number": "+14155552672", "from_number": NUMBER }));
     assert_eq!(status, 201, "{call}");
     let id = call["call_id"].as_str().unwrap().to_string();
@@ -879,51 +795,29 @@ fn port_of_media(message: &str) -> u16 {
 /// for credentials, checks them, grants two seconds, and sees the registration refreshed.
 #[test]
 fn the_server_registers_with_the_trunk_and_keeps_it_fresh() {
-    let ok = |tag: &str| {
-        format!(
-            "  <send>\n    <![CDATA[\n      SIP/2.0 200 OK\n      [last_Via:]\n      [last_From:]\n      [last_To:]{tag}\n      [last_Call-ID:]\n      [last_CSeq:]\n      [last_Contact:];expires=2\n      Content-Length: 0\n    ]]>\n  </send>\n"
-        )
-    };
     let registrar = format!(
         r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="a registrar">
   <recv request="REGISTER" crlf="true"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 401 Unauthorized
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      WWW-Authenticate: Digest realm="trunk.example", nonce="4e6157e4", qop="auth"
-      Content-Length: 0
-    ]]>
-  </send>
+  {challenge}
   <recv request="REGISTER">
     <action>
       <verifyauth assign_to="regauth" username="ringline" password="s3cret-Pa55"/>
     </action>
   </recv>
   <nop hide="true" test="regauth" next="good"/>
-  <send next="end">
-    <![CDATA[
-      SIP/2.0 403 Forbidden
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
+  {refused}
   <label id="good"/>
-{}  <recv request="REGISTER" timeout="10000"/>
-{}  <label id="end"/>
+  {}
+  <recv request="REGISTER" timeout="10000"/>
+  {}
+  <label id="end"/>
 </scenario>
 "#,
-        ok(";tag=[pid]SIPpTag01[call_number]"),
-        ok("")
+        reply("200 OK", true, &["[last_Contact:];expires=2"], ""),
+        reply("200 OK", false, &["[last_Contact:];expires=2"], ""),
+        challenge = reply("401 Unauthorized", true, &[r#"WWW-Authenticate: Digest realm="trunk.example", nonce="4e6157e4", qop="auth""#], ""),
+        refused = reply("403 Forbidden", false, &[], r#" next="end""#),
     );
     let dir = tempfile::tempdir().unwrap();
     let trunk = free_udp_port();
