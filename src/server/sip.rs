@@ -42,7 +42,8 @@ const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
 /// How long a 200 OK is retransmitted waiting for its ACK (64·T1).
 const ACK_WITHIN: Duration = Duration::from_secs(32);
-/// A call whose peer sends no RTP this long is gone (its BYE lost, its network down).
+/// A call whose peer sends no RTP this long (and has not put it on hold) is gone (its BYE
+/// lost, its network down).
 const MEDIA_TIMEOUT: Duration = Duration::from_secs(60);
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, UPDATE";
 
@@ -634,7 +635,7 @@ impl Endpoint {
             match sip::parse_offer_preferring(&message.body, Some(codec)) {
                 Ok(offer) if offer.codec == codec => {
                     if *media.borrow() != offer {
-                        tracing::info!(sip_call = %dialog.id, address = %offer.address, port = offer.port, "the SIP peer moved the call's media");
+                        tracing::info!(sip_call = %dialog.id, address = %offer.address, port = offer.port, held = offer.held, "the SIP peer changed the call's media");
                         media.send_replace(offer);
                     }
                 }
@@ -1081,7 +1082,8 @@ async fn carry_media(line: StreamLine, socket: UdpSocket, mut offers: watch::Rec
         tokio::select! {
             _ = ended.cancelled() => break,
             _ = watchdog.tick() => {
-                if incoming.last_heard.elapsed() >= MEDIA_TIMEOUT {
+                // A held call may be silent as long as it likes; a live one this long is gone.
+                if !offer.held && incoming.last_heard.elapsed() >= MEDIA_TIMEOUT {
                     line.fail(&format!("no RTP from the SIP peer for {} s (gone without a BYE)", MEDIA_TIMEOUT.as_secs()));
                     break;
                 }
@@ -1091,6 +1093,8 @@ async fn carry_media(line: StreamLine, socket: UdpSocket, mut offers: watch::Rec
                 offer = offers.borrow_and_update().clone();
                 remote = SocketAddr::new(offer.address, offer.port);
                 incoming.receiver.offer = offer.clone();
+                // The peer's silence is counted from the new offer (a hold just ended).
+                incoming.last_heard = Instant::now();
             }
             _ = clock.tick() => {
                 // What already arrived goes in first: a clock catching up must not find it late.
@@ -1184,7 +1188,7 @@ mod tests {
     }
 
     fn offer() -> Offer {
-        Offer { address: "127.0.0.1".parse().unwrap(), port: 4000, codec: sip::Codec::Pcmu, telephone_event: Some(101) }
+        Offer { address: "127.0.0.1".parse().unwrap(), port: 4000, codec: sip::Codec::Pcmu, telephone_event: Some(101), held: false }
     }
 
     #[test]

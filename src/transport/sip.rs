@@ -402,6 +402,9 @@ pub struct Offer {
     pub codec: Codec,
     /// The payload type the peer gave RFC 4733 telephone-events, if it offered them.
     pub telephone_event: Option<u8>,
+    /// The peer holds the call or will not send (`c=0.0.0.0`, `a=sendonly`, `recvonly` or
+    /// `inactive`): its silence on RTP is no sign it is gone.
+    pub held: bool,
 }
 
 /// Reads the offer's first audio stream and chooses a codec; the error is why the offer
@@ -418,6 +421,7 @@ pub fn parse_offer_preferring(sdp: &str, prefer: Option<Codec>) -> Result<Offer,
     let mut audio: Option<(u16, Vec<u8>)> = None;
     let mut rtpmap: Vec<(u8, String)> = Vec::new();
     let mut in_audio = false;
+    let mut direction: Option<String> = None;
     for line in sdp.lines().map(str::trim) {
         let Some((kind, value)) = line.split_once('=') else { continue };
         match kind {
@@ -443,6 +447,10 @@ pub fn parse_offer_preferring(sdp: &str, prefer: Option<Codec>) -> Result<Offer,
                     audio = Some((port, formats));
                     in_audio = true;
                 }
+            }
+            "a" if matches!(value, "sendrecv" | "sendonly" | "recvonly" | "inactive") && (in_audio || audio.is_none()) => {
+                // A session-wide direction, or the audio stream's own (which wins).
+                direction = Some(value.to_string());
             }
             "a" if in_audio => {
                 if let Some(map) = value.strip_prefix("rtpmap:") {
@@ -474,7 +482,8 @@ pub fn parse_offer_preferring(sdp: &str, prefer: Option<Codec>) -> Result<Offer,
         .or_else(|| spoken.first().copied())
         .ok_or_else(|| format!("the offer's audio formats {formats:?} include neither PCMU (0) nor PCMA (8) at 8000 Hz"))?;
     let telephone_event = formats.iter().copied().find(|&pt| named(pt).is_some_and(|n| n.starts_with("telephone-event/8000")));
-    Ok(Offer { address, port, codec, telephone_event })
+    let held = address.is_unspecified() || direction.is_some_and(|d| d != "sendrecv");
+    Ok(Offer { address, port, codec, telephone_event, held })
 }
 
 /// Our SDP answer: audio from `address:port` in `codec`, with telephone-events if offered.
@@ -627,7 +636,7 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         assert_eq!(message.body.len(), 145);
 
         let offer = parse_offer(&message.body).unwrap();
-        assert_eq!(offer, Offer { address: "127.0.0.1".parse().unwrap(), port: 6000, codec: Codec::Pcma, telephone_event: Some(101) }, "the offer's first G.711 codec");
+        assert_eq!(offer, Offer { address: "127.0.0.1".parse().unwrap(), port: 6000, codec: Codec::Pcma, telephone_event: Some(101), held: false }, "the offer's first G.711 codec");
         let sdp = answer("127.0.0.1".parse().unwrap(), 7000, &offer, 42);
         assert!(sdp.contains("m=audio 7000 RTP/AVP 8 101\r\n") && sdp.contains("a=rtpmap:8 PCMA/8000"), "{sdp}");
 
@@ -761,6 +770,12 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         let sdp = "v=0\r\nc=IN IP4 192.0.2.9\r\nm=audio 7002 RTP/AVP 0 8\r\n";
         assert_eq!(parse_offer(sdp).unwrap().codec, Codec::Pcmu);
         assert_eq!(parse_offer_preferring(sdp, Some(Codec::Pcma)).unwrap().codec, Codec::Pcma);
+        // A hold: the session's or the stream's direction, or the old-style null address.
+        assert!(!parse_offer(sdp).unwrap().held);
+        assert!(parse_offer("v=0\r\nc=IN IP4 192.0.2.9\r\na=sendonly\r\nm=audio 7002 RTP/AVP 0\r\n").unwrap().held);
+        assert!(parse_offer("v=0\r\nc=IN IP4 192.0.2.9\r\nm=audio 7002 RTP/AVP 0\r\na=inactive\r\n").unwrap().held);
+        assert!(!parse_offer("v=0\r\nc=IN IP4 192.0.2.9\r\na=sendonly\r\nm=audio 7002 RTP/AVP 0\r\na=sendrecv\r\n").unwrap().held, "the stream's own wins");
+        assert!(parse_offer("v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 7002 RTP/AVP 0\r\n").unwrap().held);
         let pcmu_only = "v=0\r\nc=IN IP4 192.0.2.9\r\nm=audio 7002 RTP/AVP 0\r\n";
         assert_eq!(parse_offer_preferring(pcmu_only, Some(Codec::Pcma)).unwrap().codec, Codec::Pcmu, "the caller sees it differs");
     }
@@ -768,7 +783,7 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
     #[test]
     fn our_offer_reads_back_as_an_offer() {
         let offer = parse_offer(&offer("127.0.0.1".parse().unwrap(), 7000, 1)).unwrap();
-        assert_eq!(offer, Offer { address: "127.0.0.1".parse().unwrap(), port: 7000, codec: Codec::Pcmu, telephone_event: Some(101) });
+        assert_eq!(offer, Offer { address: "127.0.0.1".parse().unwrap(), port: 7000, codec: Codec::Pcmu, telephone_event: Some(101), held: false });
     }
 
     #[test]
