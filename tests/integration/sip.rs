@@ -675,18 +675,25 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
         std::thread::spawn(move || {
             let mut buffer = [0u8; 2048];
             for socket in &sockets {
-                socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                socket.set_nonblocking(true).unwrap();
             }
-            let start = std::time::Instant::now();
-            while start.elapsed() < Duration::from_secs(90) && Arc::strong_count(&heard) > 1 {
+            // Everything waiting on both sockets, read each time round (and once more at the
+            // end), so nothing is left unread when the test stops listening.
+            let mut drain = |heard: &std::sync::Mutex<([Vec<u8>; 2], std::time::Instant)>| {
                 for (which, socket) in sockets.iter().enumerate() {
-                    if let Ok((length, _)) = socket.recv_from(&mut buffer) {
+                    while let Ok((length, _)) = socket.recv_from(&mut buffer) {
                         let mut heard = heard.lock().unwrap();
                         heard.0[which].extend_from_slice(&buffer[12.min(length)..length]);
                         heard.1 = std::time::Instant::now();
                     }
                 }
+            };
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(90) && Arc::strong_count(&heard) > 1 {
+                drain(&heard);
+                std::thread::sleep(Duration::from_millis(5));
             }
+            drain(&heard);
             heard
         })
     };
@@ -783,7 +790,7 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
     let greeting = crate::twilio::transcribe(&greeting, dir.path(), "greeting");
     assert!(word_recall("thank you for calling the hardware shop", &greeting) >= 0.6, "the greeting, at the first media address: {greeting:?}");
     let answer = crate::twilio::transcribe(&answer, dir.path(), "answer");
-    assert!(answer.to_lowercase().contains("nine") || answer.contains('9'), "the answer, at the address the media moved to: {answer:?}");
+    assert!((answer.to_lowercase().contains("nine") || answer.contains('9')) && word_recall("we open at nine in the morning goodbye", &answer) >= 0.6, "the answer, whole, at the address the media moved to: {answer:?}");
 }
 
 /// The port of the media the SDP in `message` offers.
