@@ -185,6 +185,14 @@ fn dialled(invite: &Message, uri: &str, registered_user: Option<&str>) -> String
     user.map(number).unwrap_or_default()
 }
 
+/// Our answer to the digest challenge a 401 or 407 `response` makes of `method` on `uri`: the
+/// header to send it in and its value; the error says why it cannot be answered.
+fn answer_challenge(response: &Message, code: u16, credentials: &Credentials, method: &str, uri: &str) -> Result<(&'static str, String), String> {
+    let (asked, answer_with) = if code == 401 { ("www-authenticate", "Authorization") } else { ("proxy-authenticate", "Proxy-Authorization") };
+    let challenge = sip::challenge(response.header(asked).unwrap_or_default())?;
+    Ok((answer_with, sip::digest(&challenge, &credentials.user, &credentials.password, method, uri, &random_hex(8))))
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buffer);
@@ -536,10 +544,8 @@ impl Endpoint {
                     return Ok(granted.unwrap_or(expires));
                 }
                 401 | 407 if authorization.is_none() => {
-                    let (asked, answer_with) = if *code == 401 { ("www-authenticate", "Authorization") } else { ("proxy-authenticate", "Proxy-Authorization") };
-                    let challenge = sip::challenge(response.header(asked).unwrap_or_default()).map_err(|problem| format!("its challenge: {problem}"))?;
-                    let password = self.config.credentials.as_ref().map(|c| c.password.as_str()).unwrap_or_default();
-                    authorization = Some((answer_with, sip::digest(&challenge, &binding.user, password, "REGISTER", &target, &random_hex(8))));
+                    let credentials = self.config.credentials.as_ref().ok_or("no credentials to answer its challenge")?;
+                    authorization = Some(answer_challenge(&response, *code, credentials, "REGISTER", &target).map_err(|problem| format!("its challenge: {problem}"))?);
                 }
                 401 | 407 => return Err(format!("the trunk refused --sip-trunk-user's credentials ({code} {reason})")),
                 _ => return Err(format!("the trunk answered {code} {reason}")),
@@ -568,22 +574,19 @@ impl Endpoint {
     async fn request(&self, dialog: &Dialog, method: &str, extra: &[(&str, &str)]) -> Option<u16> {
         let response = self.request_once(dialog, method, extra, None).await?;
         let StartLine::Response { code, .. } = response.start else { return None };
-        let (asked, answer_with) = match code {
-            401 => ("www-authenticate", "Authorization"),
-            407 => ("proxy-authenticate", "Proxy-Authorization"),
-            _ => return Some(code),
-        };
+        if !matches!(code, 401 | 407) {
+            return Some(code);
+        }
         // The trunk's credentials go to the trunk only.
         let Some(credentials) = self.config.credentials.as_ref().filter(|_| self.config.trunk == Some(dialog.peer)) else { return Some(code) };
-        let challenge = match sip::challenge(response.header(asked).unwrap_or_default()) {
-            Ok(challenge) => challenge,
+        let target = dialog.lock().target.clone();
+        let (answer_with, authorization) = match answer_challenge(&response, code, credentials, method, &target) {
+            Ok(answer) => answer,
             Err(problem) => {
                 tracing::warn!(sip_call = %dialog.id, method, problem, "the SIP trunk's challenge cannot be answered");
                 return Some(code);
             }
         };
-        let target = dialog.lock().target.clone();
-        let authorization = sip::digest(&challenge, &credentials.user, &credentials.password, method, &target, &random_hex(8));
         let response = self.request_once(dialog, method, extra, Some((answer_with, &authorization))).await?;
         match response.start {
             StartLine::Response { code, .. } => Some(code),
@@ -846,10 +849,8 @@ impl Endpoint {
                 200..=299 => return Ok((sip::parse_offer(&response.body), response, cseq)),
                 401 | 407 if !challenged && self.config.credentials.is_some() => {
                     self.ack_refusal(dialog, &current, &response).await;
-                    let (user, password) = self.config.credentials.as_ref().map(|c| (c.user.as_str(), c.password.as_str())).unwrap_or_default();
-                    let (asked, answer_with) = if *code == 401 { ("www-authenticate", "Authorization") } else { ("proxy-authenticate", "Proxy-Authorization") };
-                    let challenge = sip::challenge(response.header(asked).unwrap_or_default()).map_err(|problem| not_answered(CallStatus::Failed, format!("the SIP trunk's challenge: {problem}")))?;
-                    let authorization = sip::digest(&challenge, user, password, "INVITE", &invite.target, &random_hex(8));
+                    let credentials = self.config.credentials.as_ref().expect("checked by the match guard");
+                    let (answer_with, authorization) = answer_challenge(&response, *code, credentials, "INVITE", &invite.target).map_err(|problem| not_answered(CallStatus::Failed, format!("the SIP trunk's challenge: {problem}")))?;
                     (cseq, challenged, heard, wait) = (cseq + 1, true, false, T1);
                     text = invite.render(cseq, &branch(), Some((answer_with, &authorization)));
                     current = sip::parse(text.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
