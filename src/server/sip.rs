@@ -110,6 +110,38 @@ const REGISTER_EXPIRES: u32 = 300;
 /// A registration that failed is tried again after this.
 const REGISTER_RETRY: Duration = Duration::from_secs(30);
 
+/// Our side of a call's session description: where our RTP is, and what we said last.
+struct OurSdp {
+    port: u16,
+    session: u64,
+    version: u64,
+    sdp: String,
+}
+
+impl OurSdp {
+    /// The answer to a call's first offer.
+    fn answering(address: IpAddr, port: u16, offer: &Offer) -> Self {
+        let session = rand::random::<u32>() as u64;
+        OurSdp { port, session, version: session, sdp: sip::answer(address, port, offer, session, session) }
+    }
+
+    /// Our offer for a call we place.
+    fn offering(address: IpAddr, port: u16) -> Self {
+        let session = rand::random::<u32>() as u64;
+        OurSdp { port, session, version: session, sdp: sip::offer(address, port, session) }
+    }
+
+    /// The answer to a new offer in the call: as before unless it must say something else (a
+    /// hold's direction), and then under the next version.
+    fn answer(&mut self, address: IpAddr, offer: &Offer) -> String {
+        if sip::answer(address, self.port, offer, self.session, self.version) != self.sdp {
+            self.version += 1;
+            self.sdp = sip::answer(address, self.port, offer, self.session, self.version);
+        }
+        self.sdp.clone()
+    }
+}
+
 /// One call's dialog, from its INVITE.
 struct Dialog {
     /// SIP's Call-ID.
@@ -129,8 +161,8 @@ struct DialogState {
     answered: bool,
     acked: bool,
     cancelled: bool,
-    /// The SDP answer, for a re-INVITE.
-    sdp: Option<String>,
+    /// Our session description: the answer to a re-INVITE.
+    sdp: Option<OurSdp>,
     line: Option<StreamLine>,
     /// The peer sent BYE: nothing to send back.
     ended_by_peer: bool,
@@ -439,13 +471,14 @@ impl Endpoint {
             }
         };
         let port = media.local_addr().map(|a| a.port()).unwrap_or_default();
-        let sdp = sip::answer(self.address, port, &offer, rand::random::<u32>() as u64);
+        let ours = OurSdp::answering(self.address, port, &offer);
+        let sdp = ours.sdp.clone();
         let control = Arc::new(SipControl { endpoint: self.clone(), dialog: dialog.clone() });
         let (line, input, outgoing) = StreamLine::start(&format!("sip:{}", dialog.id), sip::RATE, Some(control));
         let cancelled = {
             let mut state = dialog.lock();
             state.line = Some(line.clone());
-            state.sdp = Some(sdp.clone());
+            state.sdp = Some(ours);
             // From here a CANCEL is too late: the answer is on its way.
             state.answered = !state.cancelled;
             state.cancelled
@@ -628,24 +661,28 @@ impl Endpoint {
     /// it stands; a new offer may move the peer's media (another address or port, or a hold at
     /// 0.0.0.0), in the codec the call speaks.
     async fn reoffer(&self, dialog: &Dialog, message: &Message, source: SocketAddr) {
-        let (media, sdp) = {
-            let state = dialog.lock();
-            (state.media.clone(), state.sdp.clone())
-        };
+        let media = dialog.lock().media.clone();
         let offered = !message.body.trim().is_empty();
+        let mut new_offer = None;
         if let (true, Some(media)) = (offered, &media) {
             let codec = media.borrow().codec;
             match sip::parse_offer_preferring(&message.body, Some(codec)) {
                 Ok(offer) if offer.codec == codec => {
                     if *media.borrow() != offer {
-                        tracing::info!(sip_call = %dialog.id, address = %offer.address, port = offer.port, held = offer.held, "the SIP peer changed the call's media");
-                        media.send_replace(offer);
+                        tracing::info!(sip_call = %dialog.id, address = %offer.address, port = offer.port, direction = ?offer.direction, "the SIP peer changed the call's media");
+                        media.send_replace(offer.clone());
                     }
+                    new_offer = Some(offer);
                 }
                 Ok(_) => return self.reply(message, source, 488, &format!("Not Acceptable Here (the call speaks {}; the new offer does not)", codec.name()), &[]).await,
                 Err(problem) => return self.reply(message, source, 488, &format!("Not Acceptable Here ({problem})"), &[]).await,
             }
         }
+        // The answer mirrors the new offer's direction (a hold is answered as one).
+        let sdp = match (dialog.lock().sdp.as_mut(), &new_offer) {
+            (Some(ours), Some(offer)) => Some(ours.answer(self.address, offer)),
+            (ours, _) => ours.map(|ours| ours.sdp.clone()),
+        };
         // An UPDATE is answered with SDP only when it made an offer; an INVITE always is.
         let body = sdp.as_deref().filter(|_| offered || message.method() == Some("INVITE")).map(|s| ("application/sdp", s));
         let contact = self.contact();
@@ -726,12 +763,13 @@ impl Endpoint {
         let media = UdpSocket::bind(SocketAddr::new(self.config.bind.ip(), 0)).await.map_err(|e| not_answered(CallStatus::Failed, format!("no RTP port could be opened: {e}")))?;
         let port = media.local_addr().map(|a| a.port()).unwrap_or_default();
         let our_tag = random_hex(8);
+        let ours = OurSdp::offering(self.address, port);
         let invite = Invite {
             target: format!("sip:{}@{trunk}", call.to_number),
             local: format!("<sip:{}@{}>;tag={our_tag}", call.from_number, self.host),
             to: format!("<sip:{}@{trunk}>", call.to_number),
             id: format!("{}@{}", random_hex(12), self.address),
-            sdp: sip::offer(self.address, port, rand::random::<u32>() as u64),
+            sdp: ours.sdp.clone(),
             host: self.host.clone(),
         };
         let first = invite.render(1, &branch(), None);
@@ -744,7 +782,7 @@ impl Endpoint {
             invite_responses: Some(events_tx),
             answered: true,
             acked: true,
-            sdp: Some(invite.sdp.clone()),
+            sdp: Some(ours),
             ..DialogState::default()
         };
         let dialog = Arc::new(Dialog { id: invite.id.clone(), peer: trunk, invite: parsed, our_tag, state: Mutex::new(state) });
@@ -1084,7 +1122,7 @@ async fn carry_media(line: StreamLine, socket: UdpSocket, mut offers: watch::Rec
             _ = ended.cancelled() => break,
             _ = watchdog.tick() => {
                 // A held call may be silent as long as it likes; a live one this long is gone.
-                if !offer.held && incoming.last_heard.elapsed() >= MEDIA_TIMEOUT {
+                if !offer.held() && incoming.last_heard.elapsed() >= MEDIA_TIMEOUT {
                     line.fail(&format!("no RTP from the SIP peer for {} s (gone without a BYE)", MEDIA_TIMEOUT.as_secs()));
                     break;
                 }
@@ -1109,7 +1147,8 @@ async fn carry_media(line: StreamLine, socket: UdpSocket, mut offers: watch::Rec
             message = outgoing.recv() => match message {
                 Some(Outgoing::Audio(frame)) => {
                     let packet = sender.packet(&frame, started.elapsed());
-                    if !offer.address.is_unspecified() {
+                    // A peer that holds with `sendonly` or `inactive` takes no audio.
+                    if offer.receives() {
                         let _ = socket.send_to(&packet, remote).await;
                     }
                 }
@@ -1189,7 +1228,7 @@ mod tests {
     }
 
     fn offer() -> Offer {
-        Offer { address: "127.0.0.1".parse().unwrap(), port: 4000, codec: sip::Codec::Pcmu, telephone_event: Some(101), held: false }
+        Offer { address: "127.0.0.1".parse().unwrap(), port: 4000, codec: sip::Codec::Pcmu, telephone_event: Some(101), direction: sip::Direction::SendRecv }
     }
 
     #[test]

@@ -402,9 +402,63 @@ pub struct Offer {
     pub codec: Codec,
     /// The payload type the peer gave RFC 4733 telephone-events, if it offered them.
     pub telephone_event: Option<u8>,
+    /// Which ways the peer's audio stream flows, seen from the peer (`a=sendrecv` when unsaid).
+    pub direction: Direction,
+}
+
+impl Offer {
     /// The peer holds the call or will not send (`c=0.0.0.0`, `a=sendonly`, `recvonly` or
     /// `inactive`): its silence on RTP is no sign it is gone.
-    pub held: bool,
+    pub fn held(&self) -> bool {
+        self.address.is_unspecified() || self.direction != Direction::SendRecv
+    }
+
+    /// The peer takes our audio: it named an address and did not say `sendonly` or `inactive`.
+    /// (RTP to 0.0.0.0 would reach this host itself.)
+    pub fn receives(&self) -> bool {
+        !self.address.is_unspecified() && matches!(self.direction, Direction::SendRecv | Direction::RecvOnly)
+    }
+}
+
+/// An SDP media stream's direction attribute (RFC 3264, section 5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    fn parse(value: &str) -> Option<Direction> {
+        Some(match value {
+            "sendrecv" => Direction::SendRecv,
+            "sendonly" => Direction::SendOnly,
+            "recvonly" => Direction::RecvOnly,
+            "inactive" => Direction::Inactive,
+            _ => return None,
+        })
+    }
+
+    fn attribute(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    /// The direction an answer gives to an offer of this one: a peer that only sends is only
+    /// received (RFC 3264, section 6.1).
+    pub fn answered(self) -> Direction {
+        match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            same => same,
+        }
+    }
 }
 
 /// Reads the offer's first audio stream and chooses a codec; the error is why the offer
@@ -421,7 +475,7 @@ pub fn parse_offer_preferring(sdp: &str, prefer: Option<Codec>) -> Result<Offer,
     let mut audio: Option<(u16, Vec<u8>)> = None;
     let mut rtpmap: Vec<(u8, String)> = Vec::new();
     let mut in_audio = false;
-    let mut direction: Option<String> = None;
+    let mut direction = Direction::SendRecv;
     for line in sdp.lines().map(str::trim) {
         let Some((kind, value)) = line.split_once('=') else { continue };
         match kind {
@@ -448,9 +502,9 @@ pub fn parse_offer_preferring(sdp: &str, prefer: Option<Codec>) -> Result<Offer,
                     in_audio = true;
                 }
             }
-            "a" if matches!(value, "sendrecv" | "sendonly" | "recvonly" | "inactive") && (in_audio || audio.is_none()) => {
+            "a" if Direction::parse(value).is_some() && (in_audio || audio.is_none()) => {
                 // A session-wide direction, or the audio stream's own (which wins).
-                direction = Some(value.to_string());
+                direction = Direction::parse(value).unwrap_or_default();
             }
             "a" if in_audio => {
                 if let Some(map) = value.strip_prefix("rtpmap:") {
@@ -482,35 +536,37 @@ pub fn parse_offer_preferring(sdp: &str, prefer: Option<Codec>) -> Result<Offer,
         .or_else(|| spoken.first().copied())
         .ok_or_else(|| format!("the offer's audio formats {formats:?} include neither PCMU (0) nor PCMA (8) at 8000 Hz"))?;
     let telephone_event = formats.iter().copied().find(|&pt| named(pt).is_some_and(|n| n.starts_with("telephone-event/8000")));
-    let held = address.is_unspecified() || direction.is_some_and(|d| d != "sendrecv");
-    Ok(Offer { address, port, codec, telephone_event, held })
+    Ok(Offer { address, port, codec, telephone_event, direction })
 }
 
-/// Our SDP answer: audio from `address:port` in `codec`, with telephone-events if offered.
-pub fn answer(address: IpAddr, port: u16, offer: &Offer, session: u64) -> String {
+/// Our SDP answer: audio from `address:port` in `codec`, with telephone-events if offered,
+/// in the direction that mirrors the offer's. `version` is the o= line's: an answer that
+/// differs from the one before it in the dialog counts it up (RFC 3264, section 8).
+pub fn answer(address: IpAddr, port: u16, offer: &Offer, session: u64, version: u64) -> String {
     let mut formats = vec![(offer.codec.payload_type(), format!("{}/8000", offer.codec.name()))];
     formats.extend(offer.telephone_event.map(|event| (event, "telephone-event/8000".to_string())));
-    sdp(address, port, session, &formats)
+    sdp(address, (session, version), port, &formats, offer.direction.answered())
 }
 
 /// Our SDP offer for a call we place: audio at `address:port` in PCMU or PCMA, and keys as
 /// telephone-events (payload type 101).
 pub fn offer(address: IpAddr, port: u16, session: u64) -> String {
-    sdp(address, port, session, &[(0, "PCMU/8000".into()), (8, "PCMA/8000".into()), (101, "telephone-event/8000".into())])
+    sdp(address, (session, session), port, &[(0, "PCMU/8000".into()), (8, "PCMA/8000".into()), (101, "telephone-event/8000".into())], Direction::SendRecv)
 }
 
-/// A session with one audio stream at `address:port` in these payload types (and names).
-fn sdp(address: IpAddr, port: u16, session: u64, formats: &[(u8, String)]) -> String {
+/// A session (its id and version) with one audio stream at `address:port` in these payload
+/// types (and names), flowing `direction`.
+fn sdp(address: IpAddr, (session, version): (u64, u64), port: u16, formats: &[(u8, String)], direction: Direction) -> String {
     let family = if address.is_ipv4() { "IP4" } else { "IP6" };
     let types: Vec<String> = formats.iter().map(|(pt, _)| pt.to_string()).collect();
-    let mut sdp = format!("v=0\r\no=ringline {session} {session} IN {family} {address}\r\ns=ringline\r\nc=IN {family} {address}\r\nt=0 0\r\nm=audio {port} RTP/AVP {}\r\n", types.join(" "));
+    let mut sdp = format!("v=0\r\no=ringline {session} {version} IN {family} {address}\r\ns=ringline\r\nc=IN {family} {address}\r\nt=0 0\r\nm=audio {port} RTP/AVP {}\r\n", types.join(" "));
     for (pt, name) in formats {
         let _ = write!(sdp, "a=rtpmap:{pt} {name}\r\n");
         if name.starts_with("telephone-event") {
             let _ = write!(sdp, "a=fmtp:{pt} 0-16\r\n");
         }
     }
-    sdp.push_str("a=ptime:20\r\na=sendrecv\r\n");
+    let _ = write!(sdp, "a=ptime:20\r\na={}\r\n", direction.attribute());
     sdp
 }
 
@@ -636,9 +692,10 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         assert_eq!(message.body.len(), 145);
 
         let offer = parse_offer(&message.body).unwrap();
-        assert_eq!(offer, Offer { address: "127.0.0.1".parse().unwrap(), port: 6000, codec: Codec::Pcma, telephone_event: Some(101), held: false }, "the offer's first G.711 codec");
-        let sdp = answer("127.0.0.1".parse().unwrap(), 7000, &offer, 42);
+        assert_eq!(offer, Offer { address: "127.0.0.1".parse().unwrap(), port: 6000, codec: Codec::Pcma, telephone_event: Some(101), direction: Direction::SendRecv }, "the offer's first G.711 codec");
+        let sdp = answer("127.0.0.1".parse().unwrap(), 7000, &offer, 42, 43);
         assert!(sdp.contains("m=audio 7000 RTP/AVP 8 101\r\n") && sdp.contains("a=rtpmap:8 PCMA/8000"), "{sdp}");
+        assert!(sdp.contains("o=ringline 42 43 IN IP4 127.0.0.1\r\n") && sdp.contains("a=sendrecv\r\n"), "{sdp}");
 
         let ok = response(&message, 200, "OK", Some("t1"), &[("Contact", "<sip:ringline@127.0.0.1:5060>")], Some(("application/sdp", &sdp)));
         let reply = parse(ok.as_bytes()).unwrap();
@@ -771,11 +828,11 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         assert_eq!(parse_offer(sdp).unwrap().codec, Codec::Pcmu);
         assert_eq!(parse_offer_preferring(sdp, Some(Codec::Pcma)).unwrap().codec, Codec::Pcma);
         // A hold: the session's or the stream's direction, or the old-style null address.
-        assert!(!parse_offer(sdp).unwrap().held);
-        assert!(parse_offer("v=0\r\nc=IN IP4 192.0.2.9\r\na=sendonly\r\nm=audio 7002 RTP/AVP 0\r\n").unwrap().held);
-        assert!(parse_offer("v=0\r\nc=IN IP4 192.0.2.9\r\nm=audio 7002 RTP/AVP 0\r\na=inactive\r\n").unwrap().held);
-        assert!(!parse_offer("v=0\r\nc=IN IP4 192.0.2.9\r\na=sendonly\r\nm=audio 7002 RTP/AVP 0\r\na=sendrecv\r\n").unwrap().held, "the stream's own wins");
-        assert!(parse_offer("v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 7002 RTP/AVP 0\r\n").unwrap().held);
+        assert!(!parse_offer(sdp).unwrap().held());
+        assert!(parse_offer("v=0\r\nc=IN IP4 192.0.2.9\r\na=sendonly\r\nm=audio 7002 RTP/AVP 0\r\n").unwrap().held());
+        assert!(parse_offer("v=0\r\nc=IN IP4 192.0.2.9\r\nm=audio 7002 RTP/AVP 0\r\na=inactive\r\n").unwrap().held());
+        assert!(!parse_offer("v=0\r\nc=IN IP4 192.0.2.9\r\na=sendonly\r\nm=audio 7002 RTP/AVP 0\r\na=sendrecv\r\n").unwrap().held(), "the stream's own wins");
+        assert!(parse_offer("v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 7002 RTP/AVP 0\r\n").unwrap().held());
         let pcmu_only = "v=0\r\nc=IN IP4 192.0.2.9\r\nm=audio 7002 RTP/AVP 0\r\n";
         assert_eq!(parse_offer_preferring(pcmu_only, Some(Codec::Pcma)).unwrap().codec, Codec::Pcmu, "the caller sees it differs");
     }
@@ -783,7 +840,21 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
     #[test]
     fn our_offer_reads_back_as_an_offer() {
         let offer = parse_offer(&offer("127.0.0.1".parse().unwrap(), 7000, 1)).unwrap();
-        assert_eq!(offer, Offer { address: "127.0.0.1".parse().unwrap(), port: 7000, codec: Codec::Pcmu, telephone_event: Some(101), held: false });
+        assert_eq!(offer, Offer { address: "127.0.0.1".parse().unwrap(), port: 7000, codec: Codec::Pcmu, telephone_event: Some(101), direction: Direction::SendRecv });
+    }
+
+    #[test]
+    fn an_answer_mirrors_the_offers_direction_and_audio_goes_only_where_it_is_taken() {
+        let address: IpAddr = "192.0.2.1".parse().unwrap();
+        for (offered, answered, receives) in [("sendrecv", "sendrecv", true), ("sendonly", "recvonly", false), ("recvonly", "sendonly", true), ("inactive", "inactive", false)] {
+            let offer = parse_offer(&format!("v=0\r\nc=IN IP4 192.0.2.9\r\nm=audio 7002 RTP/AVP 0\r\na={offered}\r\n")).unwrap();
+            assert_eq!(offer.receives(), receives, "{offered}");
+            let sdp = answer(address, 7000, &offer, 5, 6);
+            assert!(sdp.contains(&format!("a={answered}\r\n")) && sdp.matches("a=").count() == 3, "{offered}: {sdp}");
+            assert_eq!(parse_offer(&sdp).unwrap().direction, Direction::parse(answered).unwrap(), "{offered}: the answer reads back");
+        }
+        let old_style = parse_offer("v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 7002 RTP/AVP 0\r\n").unwrap();
+        assert!(old_style.held() && !old_style.receives(), "no audio to 0.0.0.0");
     }
 
     #[test]

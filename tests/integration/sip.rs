@@ -628,42 +628,16 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
     let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
     assert_eq!(status, 201, "{number}");
 
-    // The call: INVITE, 200 OK, ACK, by hand.
+    // The call: INVITE, 200 OK, ACK, by hand. It comes through two proxies that record-route
+    // it: our requests in the dialog must name them (Route), in order, or a carrier's edge
+    // drops them.
     let media = UdpSocket::bind("127.0.0.1:0").unwrap();
     let media_port = media.local_addr().unwrap().port();
-    let signalling = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let sip_port = signalling.local_addr().unwrap().port();
-    signalling.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    let sdp = format!("v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {media_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n");
-    // It comes through two proxies that record-route it: our requests in the dialog must name
-    // them (Route), in order, or a carrier's edge drops them.
-    let record_route = format!("Record-Route: <sip:127.0.0.1:{sip_port};lr;ftag=raw>\r\nRecord-Route: <sip:edge.example;lr>\r\n");
-    let invite = invite(NUMBER.trim_start_matches('+'), &sdp).replace("5999", &sip_port.to_string()).replacen("From: ", &format!("{record_route}From: "), 1);
-    signalling.send_to(invite.as_bytes(), ("127.0.0.1", port)).unwrap();
-    let read = |deadline: Duration, want: &dyn Fn(&str) -> bool| -> Option<String> {
-        let start = std::time::Instant::now();
-        let mut buffer = [0u8; 4096];
-        while start.elapsed() < deadline {
-            if let Ok((length, _)) = signalling.recv_from(&mut buffer) {
-                let message = String::from_utf8_lossy(&buffer[..length]).to_string();
-                if want(&message) {
-                    return Some(message);
-                }
-            }
-        }
-        None
-    };
-    let ok = read(Duration::from_secs(30), &|m| m.starts_with("SIP/2.0 200")).expect("the INVITE is answered");
-    assert!(ok.contains(&record_route), "the 200 OK names the proxies: {ok}");
-    let header = |message: &str, name: &str| message.lines().find(|l| l.to_lowercase().starts_with(&format!("{}:", name.to_lowercase()))).unwrap_or_default().to_string();
-    let ack = format!(
-        "ACK sip:{}@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-ack\r\n{}\r\n{}\r\n{}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
-        NUMBER.trim_start_matches('+'),
-        header(&ok, "From"),
-        header(&ok, "To"),
-        header(&ok, "Call-ID")
-    );
-    signalling.send_to(ack.as_bytes(), ("127.0.0.1", port)).unwrap();
+    let sdp = phone_sdp(media_port, "sendrecv");
+    let record_route = "Record-Route: <sip:127.0.0.1:{sip_port};lr;ftag=raw>\r\nRecord-Route: <sip:edge.example;lr>\r\n";
+    let phone = Phone::call(port, &sdp, record_route);
+    let record_route = record_route.replace("{sip_port}", &phone.sip_port.to_string());
+    assert!(phone.ok.contains(&record_route), "the 200 OK names the proxies: {}", phone.ok);
 
     // The agent's audio: collected on a thread from the media socket and from a second one,
     // where the caller will move the call's media; the greeting is over once it has gone quiet.
@@ -708,29 +682,12 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
 
     // The phone moves its media to another port (a re-INVITE, as a carrier re-anchoring a call
     // does): the agent's audio follows it, and the caller's audio from there is heard.
-    let moved_sdp = sdp.replace(&format!("m=audio {media_port} "), &format!("m=audio {moved_port} "));
-    let contact = ringline::transport::sip::uri_of(header(&ok, "Contact").split_once(':').map(|(_, v)| v).unwrap_or_default()).to_string();
-    let reinvite = format!(
-        "INVITE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-move\r\n{}\r\n{}\r\n{}\r\nCSeq: 2 INVITE\r\nContact: <sip:caller@127.0.0.1:{sip_port}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{moved_sdp}",
-        header(&ok, "From"),
-        header(&ok, "To"),
-        header(&ok, "Call-ID"),
-        moved_sdp.len()
-    );
-    signalling.send_to(reinvite.as_bytes(), ("127.0.0.1", port)).unwrap();
-    let reanswered = read(Duration::from_secs(10), &|m| m.starts_with("SIP/2.0 200") && m.contains("CSeq: 2 INVITE")).expect("the re-INVITE is answered");
+    let reanswered = phone.reinvite(2, &phone_sdp(moved_port, "sendrecv"));
     let media_port_again = port_of_media(&reanswered);
-    signalling.send_to(ack.replace("CSeq: 1 ACK", "CSeq: 2 ACK").replace("z9hG4bK-ack", "z9hG4bK-ack2").as_bytes(), ("127.0.0.1", port)).unwrap();
     let media = moved;
     // A session refresh (RFC 4028) by UPDATE without SDP: answered, nothing changed.
-    let update = format!(
-        "UPDATE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-refresh\r\n{}\r\n{}\r\n{}\r\nCSeq: 3 UPDATE\r\nContent-Length: 0\r\n\r\n",
-        header(&ok, "From"),
-        header(&ok, "To"),
-        header(&ok, "Call-ID")
-    );
-    signalling.send_to(update.as_bytes(), ("127.0.0.1", port)).unwrap();
-    let refreshed = read(Duration::from_secs(10), &|m| m.contains("CSeq: 3 UPDATE")).expect("the UPDATE is answered");
+    phone.send(&phone.request("UPDATE", 3, &[], None));
+    let refreshed = phone.read(Duration::from_secs(10), &|m| m.contains("CSeq: 3 UPDATE")).expect("the UPDATE is answered");
     assert!(refreshed.starts_with("SIP/2.0 200") && refreshed.contains("Content-Length: 0"), "{refreshed}");
 
     // The caller speaks: 20 ms frames on the clock, only those with speech in them sent, every
@@ -771,10 +728,9 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
     assert!(sent > 50 && sent + 20 < frames.len(), "the phone suppressed the recording's quiet frames ({sent} of {} sent)", frames.len());
 
     // The agent answers after the caller's silence, and hangs up.
-    let bye = read(Duration::from_secs(40), &|m| m.starts_with("BYE ")).expect("the agent answered the quiet caller and hung up");
+    let bye = phone.read(Duration::from_secs(40), &|m| m.starts_with("BYE ")).expect("the agent answered the quiet caller and hung up");
     assert!(bye.starts_with("BYE sip:caller@127.0.0.1:") && bye.contains(&record_route.replace("Record-Route", "Route")), "the BYE goes to the caller's Contact through the proxies: {bye}");
-    let answer = format!("SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n", header(&bye, "Via"), header(&bye, "From"), header(&bye, "To"), header(&bye, "Call-ID"), header(&bye, "CSeq"));
-    signalling.send_to(answer.as_bytes(), ("127.0.0.1", port)).unwrap();
+    phone.send(&format!("SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n", header(&bye, "Via"), header(&bye, "From"), header(&bye, "To"), header(&bye, "Call-ID"), header(&bye, "CSeq")));
 
     let (_, history) = get(&serve, &key, "/v1/calls/history");
     let call_id = history["calls"][0]["call_id"].as_str().unwrap_or_else(|| panic!("one call: {history}")).to_string();
@@ -791,6 +747,174 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
     assert!(word_recall("thank you for calling the hardware shop", &greeting) >= 0.6, "the greeting, at the first media address: {greeting:?}");
     let answer = crate::twilio::transcribe(&answer, dir.path(), "answer");
     assert!((answer.to_lowercase().contains("nine") || answer.contains('9')) && word_recall("we open at nine in the morning goodbye", &answer) >= 0.6, "the answer, whole, at the address the media moved to: {answer:?}");
+}
+
+/// A phone that puts the agent on hold (a re-INVITE saying `a=sendonly`, as a handset's hold
+/// key does) and takes it off again: the answers mirror each offer's direction under a new
+/// SDP version, no RTP goes to the phone while it holds, and the agent's audio comes back after.
+#[test]
+fn a_phone_that_holds_the_call_is_sent_nothing_until_it_resumes() {
+    let llm = standin::llm(vec![Reply::Text("The caller held the call and hung up.")]);
+    let db = Database::sqlite();
+    let key = create_key(&db, "shop", &[]);
+    let port = free_udp_port();
+    let serve = Serve::start(&db, &crate::api::repo_assistants(), &[("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}"))]);
+    let (_, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
+    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
+    assert_eq!(status, 201, "{number}");
+
+    // When each of the agent's packets arrived.
+    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let media_port = media.local_addr().unwrap().port();
+    media.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
+    let collector = {
+        let arrivals = arrivals.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 2048];
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(90) && Arc::strong_count(&arrivals) > 1 {
+                if media.recv_from(&mut buffer).is_ok() {
+                    arrivals.lock().unwrap().push(std::time::Instant::now());
+                }
+            }
+        })
+    };
+    let count_since = |since: std::time::Instant| arrivals.lock().unwrap().iter().filter(|&&at| at >= since).count();
+    let phone = Phone::call(port, &phone_sdp(media_port, "sendrecv"), "");
+    let version = |sdp: &str| -> u64 { sdp.lines().find_map(|l| l.strip_prefix("o=")).and_then(|o| o.split(' ').nth(2)).and_then(|v| v.parse().ok()).expect("an o= line") };
+    let first = version(&phone.ok);
+    assert!(phone.ok.contains("a=sendrecv\r\n"), "{}", phone.ok);
+
+    // The greeting begins (about seven seconds of it); the phone holds at once.
+    let called = std::time::Instant::now();
+    while count_since(called) < 5 && called.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(count_since(called) >= 5, "the greeting's audio arrived before the hold");
+    let held = phone.reinvite(2, &phone_sdp(media_port, "sendonly"));
+    let quiet_from = std::time::Instant::now() + Duration::from_millis(200);
+    assert!(held.contains("a=recvonly\r\n") && !held.contains("a=sendrecv"), "a phone that only sends is only received: {held}");
+    assert_eq!(version(&held), first + 1, "a changed answer is a new version: {held}");
+    std::thread::sleep(Duration::from_millis(1700));
+    assert_eq!(count_since(quiet_from), 0, "nothing is sent to a phone that holds the call");
+
+    // Off hold: the answer flows both ways again, and so does the rest of the greeting.
+    let resumed = phone.reinvite(3, &phone_sdp(media_port, "sendrecv"));
+    assert!(resumed.contains("a=sendrecv\r\n"), "{resumed}");
+    assert_eq!(version(&resumed), first + 2, "{resumed}");
+    let back = std::time::Instant::now();
+    while count_since(back) < 25 && back.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(count_since(back) >= 25, "the agent is heard again after the hold ({} packets)", count_since(back));
+    // The same offer again (a session refresh by re-INVITE) keeps the version.
+    assert_eq!(version(&phone.reinvite(4, &phone_sdp(media_port, "sendrecv"))), first + 2);
+
+    // The phone hangs up.
+    phone.send(&phone.request("BYE", 5, &[], None));
+    let bye_ok = phone.read(Duration::from_secs(10), &|m| m.contains("CSeq: 5 BYE")).expect("the BYE is answered");
+    assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
+    drop(arrivals);
+    collector.join().unwrap();
+    let (_, history) = get(&serve, &key, "/v1/calls/history");
+    let call_id = history["calls"][0]["call_id"].as_str().unwrap_or_else(|| panic!("one call: {history}")).to_string();
+    let done = wait_for(&serve, &key, &call_id, Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "completed", "{done}");
+}
+
+/// A phone's SDP offer: PCMU at `media_port` on loopback, flowing `direction`.
+fn phone_sdp(media_port: u16, direction: &str) -> String {
+    format!("v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {media_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na={direction}\r\n")
+}
+
+/// A header line of `message` as it stands (`From: <sip:…>;tag=…`), or empty.
+fn header(message: &str, name: &str) -> String {
+    message.lines().find(|l| l.to_lowercase().starts_with(&format!("{}:", name.to_lowercase()))).unwrap_or_default().to_string()
+}
+
+/// A phone played by hand on a signalling socket of its own: one dialog with the server.
+struct Phone {
+    signalling: UdpSocket,
+    sip_port: u16,
+    server: u16,
+    /// The server's 200 OK to the INVITE.
+    ok: String,
+}
+
+impl Phone {
+    /// Calls the number with `sdp` (`headers` before From, `{sip_port}` in them the phone's
+    /// port), waits for the answer and acknowledges it.
+    fn call(server: u16, sdp: &str, headers: &str) -> Phone {
+        let signalling = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sip_port = signalling.local_addr().unwrap().port();
+        signalling.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut phone = Phone { signalling, sip_port, server, ok: String::new() };
+        let headers = headers.replace("{sip_port}", &sip_port.to_string());
+        phone.send(&invite(NUMBER.trim_start_matches('+'), sdp).replace("5999", &sip_port.to_string()).replacen("From: ", &format!("{headers}From: "), 1));
+        phone.ok = phone.read(Duration::from_secs(30), &|m| m.starts_with("SIP/2.0 200")).expect("the INVITE is answered");
+        phone.send(&phone.ack(1));
+        phone
+    }
+
+    fn send(&self, text: &str) {
+        self.signalling.send_to(text.as_bytes(), ("127.0.0.1", self.server)).unwrap();
+    }
+
+    /// The first message from the server within `deadline` that `want` picks.
+    fn read(&self, deadline: Duration, want: &dyn Fn(&str) -> bool) -> Option<String> {
+        let start = std::time::Instant::now();
+        let mut buffer = [0u8; 4096];
+        while start.elapsed() < deadline {
+            if let Ok((length, _)) = self.signalling.recv_from(&mut buffer) {
+                let message = String::from_utf8_lossy(&buffer[..length]).to_string();
+                if want(&message) {
+                    return Some(message);
+                }
+            }
+        }
+        None
+    }
+
+    fn ack(&self, cseq: u32) -> String {
+        let target = format!("sip:{}@127.0.0.1:{}", NUMBER.trim_start_matches('+'), self.server);
+        self.request_to(&target, "ACK", cseq, &[], None)
+    }
+
+    /// A request in the dialog, to the server's Contact.
+    fn request(&self, method: &str, cseq: u32, extra: &[&str], sdp: Option<&str>) -> String {
+        let contact = ringline::transport::sip::uri_of(header(&self.ok, "Contact").split_once(':').map(|(_, v)| v).unwrap_or_default()).to_string();
+        self.request_to(&contact, method, cseq, extra, sdp)
+    }
+
+    fn request_to(&self, target: &str, method: &str, cseq: u32, extra: &[&str], sdp: Option<&str>) -> String {
+        let sip_port = self.sip_port;
+        let mut text = format!(
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-{}{cseq}\r\n{}\r\n{}\r\n{}\r\nCSeq: {cseq} {method}\r\nContact: <sip:caller@127.0.0.1:{sip_port}>\r\n",
+            method.to_lowercase(),
+            header(&self.ok, "From"),
+            header(&self.ok, "To"),
+            header(&self.ok, "Call-ID")
+        );
+        for line in extra {
+            text.push_str(line);
+            text.push_str("\r\n");
+        }
+        match sdp {
+            Some(sdp) => text.push_str(&format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len())),
+            None => text.push_str("Content-Length: 0\r\n\r\n"),
+        }
+        text
+    }
+
+    /// A re-INVITE offering `sdp`: its 200 OK, acknowledged.
+    fn reinvite(&self, cseq: u32, sdp: &str) -> String {
+        self.send(&self.request("INVITE", cseq, &[], Some(sdp)));
+        let cseq_line = format!("CSeq: {cseq} INVITE");
+        let answer = self.read(Duration::from_secs(10), &|m| m.starts_with("SIP/2.0 200") && m.contains(&cseq_line)).expect("the re-INVITE is answered");
+        self.send(&self.ack(cseq));
+        answer
+    }
 }
 
 /// The port of the media the SDP in `message` offers.
