@@ -127,6 +127,11 @@ pub struct ServeArgs {
     /// that sends an account's calls to where it last registered.
     #[arg(long, env = "RINGLINE_SIP_REGISTER", requires = "sip_trunk_user")]
     pub sip_register: bool,
+    /// While registered, a keep-alive (CRLF) goes to the trunk every this many seconds, so a
+    /// NAT in front of this server keeps the mapping the trunk's calls come back through; 0
+    /// sends none.
+    #[arg(long, env = "RINGLINE_SIP_KEEPALIVE", default_value_t = 25, value_name = "SECONDS")]
+    pub sip_keepalive: u64,
     /// Load each local model when the first call needs it, instead of loading the file
     /// assistants' models at start (a first caller then waits for them).
     #[arg(long, env = "RINGLINE_NO_PRELOAD")]
@@ -213,6 +218,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             address: args.sip_address,
             trunk: args.sip_trunk,
             register: args.sip_register,
+            keepalive: (args.sip_keepalive > 0).then(|| std::time::Duration::from_secs(args.sip_keepalive)),
             credentials: args.sip_trunk_user.map(|user| server::sip::Credentials { user, password: args.sip_trunk_password.unwrap_or_default() }),
             trusted: if args.sip_trusted.is_empty() { vec!["127.0.0.0/8".parse().expect("a range"), "::1".parse().expect("an address")] } else { args.sip_trusted },
         }),

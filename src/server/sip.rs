@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::inbound::{self, Refusal};
-use super::runner::Connect;
+use super::runner::{Connect, Control};
 use super::AppState;
 use crate::call::CallStatus;
 use crate::egress::Cidr;
@@ -63,6 +63,9 @@ pub struct SipConfig {
     /// Registers with the trunk as `credentials`' user (REGISTER, refreshed), for a trunk that
     /// routes an account's calls to where it registered.
     pub register: bool,
+    /// While registered, a keep-alive (CRLF) goes to the trunk this often, so a NAT in front of
+    /// this server keeps the mapping the trunk's calls come back through.
+    pub keepalive: Option<Duration>,
 }
 
 /// A trunk account; its Debug form leaves the password out.
@@ -164,6 +167,8 @@ struct DialogState {
     /// Our session description: the answer to a re-INVITE.
     sdp: Option<OurSdp>,
     line: Option<StreamLine>,
+    /// The Ringline call on the line (for a peer's hold, applied as the API's).
+    call: Option<String>,
     /// The peer sent BYE: nothing to send back.
     ended_by_peer: bool,
     cseq: u32,
@@ -478,6 +483,7 @@ impl Endpoint {
         let cancelled = {
             let mut state = dialog.lock();
             state.line = Some(line.clone());
+            state.call = Some(admitted.call.id.clone());
             state.sdp = Some(ours);
             // From here a CANCEL is too late: the answer is on its way.
             state.answered = !state.cancelled;
@@ -533,22 +539,40 @@ impl Endpoint {
         let binding = Registration { call_id: format!("{}@{}", random_hex(8), self.host), tag: random_hex(8), trunk, user: credentials.user.clone() };
         let mut cseq = 0;
         loop {
-            let wait = match self.register(&binding, &mut cseq, REGISTER_EXPIRES).await {
+            let (wait, registered) = match self.register(&binding, &mut cseq, REGISTER_EXPIRES).await {
                 Ok(granted) => {
                     tracing::info!(trunk = %trunk, user = %binding.user, granted_s = granted, "registered with the SIP trunk");
-                    Duration::from_secs(u64::from(granted / 2).max(1))
+                    (Duration::from_secs(u64::from(granted / 2).max(1)), true)
                 }
                 Err(problem) => {
                     tracing::warn!(trunk = %trunk, problem, "registering with the SIP trunk failed; trying again in {} s", REGISTER_RETRY.as_secs());
-                    REGISTER_RETRY
+                    (REGISTER_RETRY, false)
                 }
             };
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
+            // A NAT forgets an idle UDP mapping within a minute or two, sooner than a refresh
+            // comes: between refreshes a keep-alive holds it open.
+            let mut keepalive = self.config.keepalive.filter(|_| registered).map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+            let refresh = tokio::time::sleep(wait);
+            tokio::pin!(refresh);
+            loop {
+                let due = async {
+                    match keepalive.as_mut() {
+                        Some(keepalive) => keepalive.tick().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return self.unregister(&binding, &mut cseq).await,
+                    _ = &mut refresh => break,
+                    _ = due => self.send("\r\n\r\n", trunk).await,
+                }
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(3), self.register(&binding, &mut cseq, 0)).await;
+    }
+
+    /// The registration withdrawn at shutdown (`Expires: 0`), not waited for long.
+    async fn unregister(&self, binding: &Registration, cseq: &mut u32) {
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.register(binding, cseq, 0)).await;
     }
 
     /// One registration (or, with `expires` 0, its withdrawal): the seconds granted, or why not.
@@ -661,16 +685,26 @@ impl Endpoint {
     /// it stands; a new offer may move the peer's media (another address or port, or a hold at
     /// 0.0.0.0), in the codec the call speaks.
     async fn reoffer(&self, dialog: &Dialog, message: &Message, source: SocketAddr) {
-        let media = dialog.lock().media.clone();
+        let (media, call) = {
+            let state = dialog.lock();
+            (state.media.clone(), state.call.clone())
+        };
         let offered = !message.body.trim().is_empty();
         let mut new_offer = None;
         if let (true, Some(media)) = (offered, &media) {
             let codec = media.borrow().codec;
             match sip::parse_offer_preferring(&message.body, Some(codec)) {
                 Ok(offer) if offer.codec == codec => {
+                    let listened = media.borrow().receives();
                     if *media.borrow() != offer {
                         tracing::info!(sip_call = %dialog.id, address = %offer.address, port = offer.port, direction = ?offer.direction, "the SIP peer changed the call's media");
                         media.send_replace(offer.clone());
+                    }
+                    // A peer that stops taking our audio holds the agent (its hold key, its
+                    // music): the agent waits as on the API's hold, neither speaking nor hearing
+                    // the music, its idle time not counted, until the peer takes audio again.
+                    if let (Some(call), true) = (&call, offer.receives() != listened) {
+                        self.state.runner.control(call, &Control::Hold { on: !offer.receives() }).await;
                     }
                     new_offer = Some(offer);
                 }
@@ -832,6 +866,7 @@ impl Endpoint {
         {
             let mut state = dialog.lock();
             state.line = Some(line.clone());
+            state.call = Some(call.id.clone());
             state.media = Some(offers);
         }
         tokio::spawn(carry_media(line.clone(), media, offered, outgoing));
@@ -1219,11 +1254,11 @@ mod tests {
 
     #[test]
     fn an_unspecified_bind_address_needs_an_advertised_one() {
-        let config = SipConfig { bind: "0.0.0.0:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None, credentials: None, register: false };
+        let config = SipConfig { bind: "0.0.0.0:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None, credentials: None, register: false, keepalive: None };
         assert!(config.advertised().unwrap_err().to_string().contains("--sip-address"));
         let config = SipConfig { address: Some("192.0.2.7".parse().unwrap()), ..config };
         assert_eq!(config.advertised().unwrap(), "192.0.2.7".parse::<IpAddr>().unwrap());
-        let config = SipConfig { bind: "127.0.0.1:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None, credentials: None, register: false };
+        let config = SipConfig { bind: "127.0.0.1:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None, credentials: None, register: false, keepalive: None };
         assert_eq!(config.advertised().unwrap(), "127.0.0.1".parse::<IpAddr>().unwrap());
     }
 
