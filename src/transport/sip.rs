@@ -502,19 +502,18 @@ pub fn parse_offer_preferring(sdp: &str, prefer: Option<Codec>) -> Result<Offer,
                     in_audio = true;
                 }
             }
-            "a" if Direction::parse(value).is_some() && (in_audio || audio.is_none()) => {
-                // A session-wide direction, or the audio stream's own (which wins).
-                direction = Direction::parse(value).unwrap_or_default();
-            }
-            "a" if in_audio => {
-                if let Some(map) = value.strip_prefix("rtpmap:") {
-                    if let Some((pt, name)) = map.split_once(' ') {
+            // A session-wide direction, or the audio stream's own (which wins).
+            "a" if in_audio || audio.is_none() => match Direction::parse(value) {
+                Some(said) => direction = said,
+                None if in_audio => {
+                    if let Some((pt, name)) = value.strip_prefix("rtpmap:").and_then(|map| map.split_once(' ')) {
                         if let Ok(pt) = pt.parse::<u8>() {
                             rtpmap.push((pt, name.to_ascii_lowercase()));
                         }
                     }
                 }
-            }
+                None => {}
+            },
             _ => {}
         }
     }

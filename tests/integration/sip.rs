@@ -203,6 +203,24 @@ fn invite(to: &str, sdp: &str) -> String {
     )
 }
 
+/// A server answering SIP on a port of its own (with `extra` settings), `assistant` created in a
+/// workspace and given NUMBER: the database (kept while the server runs), the server, the
+/// workspace's key, the SIP port and the assistant's id.
+fn answering(assistant: serde_json::Value, extra: &[(&str, &str)]) -> (Database, Serve, String, u16, serde_json::Value) {
+    let db = Database::sqlite();
+    let key = create_key(&db, "shop", &[]);
+    let port = free_udp_port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut settings = vec![("RINGLINE_SIP_BIND", bind.as_str())];
+    settings.extend_from_slice(extra);
+    let serve = Serve::start(&db, &crate::api::repo_assistants(), &settings);
+    let (status, created) = post(&serve, &key, "/v1/assistants", assistant);
+    assert_eq!(status, 201, "{created}");
+    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
+    assert_eq!(status, 201, "{number}");
+    (db, serve, key, port, created["id"].clone())
+}
+
 #[test]
 fn a_call_from_a_sip_trunk_is_answered_heard_keyed_and_hung_up() {
     let llm = standin::llm(vec![
@@ -210,14 +228,7 @@ fn a_call_from_a_sip_trunk_is_answered_heard_keyed_and_hung_up() {
         Reply::Tool { text: "You pressed five. Goodbye.", name: "end_call", arguments: "{}" },
         Reply::Text("The caller asked about opening hours and pressed five."),
     ]);
-    let db = Database::sqlite();
-    let key = create_key(&db, "shop", &[]);
-    let port = free_udp_port();
-    let serve = Serve::start(&db, &crate::api::repo_assistants(), &[("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}"))]);
-    let (status, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
-    assert_eq!(status, 201, "{created}");
-    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
-    assert_eq!(status, 201, "{number}");
+    let (_db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
 
     // What no call may come of: garbage, a number nobody holds, an offer without G.711, a
     // method the endpoint does not take. Each gets its SIP answer, and no call is stored.
@@ -498,13 +509,7 @@ fn baresip_calls_in_and_hears_the_agent() {
         Reply::Tool { text: "We open at nine in the morning. Goodbye.", name: "end_call", arguments: r#"{"reason":"answered"}"# },
         Reply::Text("The caller asked about opening hours."),
     ]);
-    let db = Database::sqlite();
-    let key = create_key(&db, "shop", &[]);
-    let port = free_udp_port();
-    let serve = Serve::start(&db, &crate::api::repo_assistants(), &[("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}"))]);
-    let (_, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
-    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
-    assert_eq!(status, 201, "{number}");
+    let (_db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
 
     // baresip's configuration: G.711 only, the recording (after 9 s of silence, the agent's
     // greeting) as the microphone, a bridge as the speaker, and every stream dumped to a file.
@@ -587,15 +592,9 @@ fn a_call_ended_while_it_rings_is_cancelled_at_the_trunk() {
     let llm = standin::llm(vec![Reply::Text("Hello.")]);
     let dir = tempfile::tempdir().unwrap();
     let trunk = free_udp_port();
-    let db = Database::sqlite();
-    let key = create_key(&db, "shop", &[]);
-    let port = free_udp_port();
-    let serve = Serve::start(&db, &crate::api::repo_assistants(), &[("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}")), ("RINGLINE_SIP_TRUNK", &format!("127.0.0.1:{trunk}"))]);
-    let (_, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
-    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
-    assert_eq!(status, 201, "{number}");
+    let (_db, serve, key, _, assistant_id) = answering(crate::twilio::assistant(&llm), &[("RINGLINE_SIP_TRUNK", &format!("127.0.0.1:{trunk}"))]);
     let callee = sipp_command(&ringing, dir.path(), trunk).spawn().unwrap();
-    let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": created["id"], "to_number": "+14155552672", "from_number": NUMBER }));
+    let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": assistant_id, "to_number": "+14155552672", "from_number": NUMBER }));
     assert_eq!(status, 201, "{call}");
     let id = call["call_id"].as_str().unwrap().to_string();
     wait_for(&serve, &key, &id, Duration::from_secs(30), |body| body["status"] == "ringing");
@@ -617,10 +616,6 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
         Reply::Tool { text: "We open at nine in the morning. Goodbye.", name: "end_call", arguments: r#"{"reason":"answered"}"# },
         Reply::Text("The caller asked about opening hours."),
     ]);
-    let db = Database::sqlite();
-    let key = create_key(&db, "shop", &[]);
-    let port = free_udp_port();
-    let serve = Serve::start(&db, &crate::api::repo_assistants(), &[("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}"))]);
     let mut assistant = crate::twilio::assistant(&llm);
     // No prompt for a quiet caller: only the end of the caller's turn can bring the answer. The
     // phone's gaps between the recording's phrases (its quietest frames not sent) are up to
@@ -628,9 +623,7 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
     // and was answered by the hang-up, which is not taken back. The test is about the silence
     // after the words, so it waits longer for it.
     assistant["turn"] = json!({ "idle_reprompt_s": 300, "idle_hangup_s": 600, "max_duration_s": 900, "endpointing_ms": 600 });
-    let (_, created) = post(&serve, &key, "/v1/assistants", assistant);
-    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
-    assert_eq!(status, 201, "{number}");
+    let (_db, serve, key, port, _) = answering(assistant, &[]);
 
     // The call: INVITE, 200 OK, ACK, by hand. It comes through two proxies that record-route
     // it: our requests in the dialog must name them (Route), in order, or a carrier's edge
@@ -760,13 +753,7 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
 #[test]
 fn a_phone_that_holds_the_call_is_sent_nothing_until_it_resumes() {
     let llm = standin::llm(vec![Reply::Text("You pressed five."), Reply::Text("The caller held the call, came back and pressed five.")]);
-    let db = Database::sqlite();
-    let key = create_key(&db, "shop", &[]);
-    let port = free_udp_port();
-    let serve = Serve::start(&db, &crate::api::repo_assistants(), &[("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}"))]);
-    let (_, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
-    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
-    assert_eq!(status, 201, "{number}");
+    let (_db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
 
     // When each of the agent's packets arrived.
     let media = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -971,18 +958,7 @@ fn the_server_registers_with_the_trunk_and_keeps_it_fresh() {
     let trunk = free_udp_port();
     let registrar = sipp_command(&registrar, dir.path(), trunk).spawn().expect("sipp runs (Debian's sip-tester, installed by .ci/setup)");
     let db = Database::sqlite();
-    let port = free_udp_port();
-    let _serve = Serve::start(
-        &db,
-        &crate::api::repo_assistants(),
-        &[
-            ("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}")),
-            ("RINGLINE_SIP_TRUNK", &format!("127.0.0.1:{trunk}")),
-            ("RINGLINE_SIP_TRUNK_USER", "ringline"),
-            ("RINGLINE_SIP_TRUNK_PASSWORD", "s3cret-Pa55"),
-            ("RINGLINE_SIP_REGISTER", "true"),
-        ],
-    );
+    let (_serve, port) = registering(&db, trunk, &[]);
     let (passed, log) = finish_sipp(registrar.wait_with_output().unwrap(), dir.path());
     assert!(passed, "registered, challenged, then refreshed as the registrar's scenario says: {log}");
     let messages = std::fs::read_to_string(dir.path().join("sipp-messages.log")).unwrap_or_default();
@@ -990,6 +966,22 @@ fn the_server_registers_with_the_trunk_and_keeps_it_fresh() {
     assert!(messages.contains(&format!("Contact: <sip:ringline@127.0.0.1:{port}>")), "our Contact is what the trunk calls: {log}");
     assert!(messages.contains("Authorization: Digest username=\"ringline\"") && !messages.contains("SIP/2.0 403"), "the challenge answered with the right credentials: {log}");
     assert!(!messages.contains("s3cret-Pa55"), "the password never crosses the wire");
+}
+
+/// A server that registers with the trunk at `trunk` as `ringline` (and `extra` settings), and
+/// the port of its SIP endpoint.
+fn registering(db: &Database, trunk: u16, extra: &[(&str, &str)]) -> (Serve, u16) {
+    let port = free_udp_port();
+    let (bind, trunk) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{trunk}"));
+    let mut settings = vec![
+        ("RINGLINE_SIP_BIND", bind.as_str()),
+        ("RINGLINE_SIP_TRUNK", trunk.as_str()),
+        ("RINGLINE_SIP_TRUNK_USER", "ringline"),
+        ("RINGLINE_SIP_TRUNK_PASSWORD", "s3cret-Pa55"),
+        ("RINGLINE_SIP_REGISTER", "true"),
+    ];
+    settings.extend_from_slice(extra);
+    (Serve::start(db, &crate::api::repo_assistants(), &settings), port)
 }
 
 /// Registered from behind a NAT, the server keeps the mapping open that the trunk's calls come
@@ -1002,19 +994,7 @@ fn a_registered_server_keeps_the_way_back_through_a_nat_open() {
     let trunk = registrar.local_addr().unwrap().port();
     registrar.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let db = Database::sqlite();
-    let port = free_udp_port();
-    let _serve = Serve::start(
-        &db,
-        &crate::api::repo_assistants(),
-        &[
-            ("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}")),
-            ("RINGLINE_SIP_TRUNK", &format!("127.0.0.1:{trunk}")),
-            ("RINGLINE_SIP_TRUNK_USER", "ringline"),
-            ("RINGLINE_SIP_TRUNK_PASSWORD", "s3cret-Pa55"),
-            ("RINGLINE_SIP_REGISTER", "true"),
-            ("RINGLINE_SIP_KEEPALIVE", "1"),
-        ],
-    );
+    let _serve = registering(&db, trunk, &[("RINGLINE_SIP_KEEPALIVE", "1")]);
     let mut buffer = [0u8; 4096];
     let mut receive = || registrar.recv_from(&mut buffer).ok().map(|(length, source)| (buffer[..length].to_vec(), source));
     let start = std::time::Instant::now();
