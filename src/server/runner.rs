@@ -718,6 +718,7 @@ impl Runner {
             Control::Hold { on } => {
                 if call.line.set_hold(*on) {
                     call.log.event("action", json!({ "type": if *on { "hold" } else { "unhold" } })).await;
+                    call.line.hold_far_end(*on);
                 }
             }
             Control::Transfer { to } => {
@@ -729,6 +730,15 @@ impl Runner {
             }
         }
         true
+    }
+
+    /// The far end held the call or took it off hold (a SIP peer's re-INVITE): the agent waits
+    /// as on the API's hold, and the far end is not asked back for what it did itself.
+    pub async fn held_by_far_end(&self, call_id: &str, on: bool) {
+        let Some(call) = self.live.lock().unwrap_or_else(|e| e.into_inner()).get(call_id).cloned() else { return };
+        if call.line.set_hold(on) {
+            call.log.event("action", json!({ "type": if on { "hold" } else { "unhold" }, "by": "caller" })).await;
+        }
     }
 
     /// Hangs up every live call (shutdown). Returns how many there were.

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::inbound::{self, Refusal};
-use super::runner::{Connect, Control};
+use super::runner::Connect;
 use super::AppState;
 use crate::call::CallStatus;
 use crate::egress::Cidr;
@@ -119,28 +119,39 @@ struct OurSdp {
     session: u64,
     version: u64,
     sdp: String,
+    /// We hold the call (the API's hold): we offer `sendonly` and take no audio.
+    holding: bool,
 }
 
 impl OurSdp {
     /// The answer to a call's first offer.
     fn answering(address: IpAddr, port: u16, offer: &Offer) -> Self {
         let session = rand::random::<u32>() as u64;
-        OurSdp { port, session, version: session, sdp: sip::answer(address, port, offer, session, session) }
+        OurSdp { port, session, version: session, sdp: sip::answer(address, port, offer, session, session, false), holding: false }
     }
 
     /// Our offer for a call we place.
     fn offering(address: IpAddr, port: u16) -> Self {
         let session = rand::random::<u32>() as u64;
-        OurSdp { port, session, version: session, sdp: sip::offer(address, port, session) }
+        OurSdp { port, session, version: session, sdp: sip::offer(address, port, session), holding: false }
     }
 
     /// The answer to a new offer in the call: as before unless it must say something else (a
     /// hold's direction), and then under the next version.
     fn answer(&mut self, address: IpAddr, offer: &Offer) -> String {
-        if sip::answer(address, self.port, offer, self.session, self.version) != self.sdp {
+        if sip::answer(address, self.port, offer, self.session, self.version, self.holding) != self.sdp {
             self.version += 1;
-            self.sdp = sip::answer(address, self.port, offer, self.session, self.version);
+            self.sdp = sip::answer(address, self.port, offer, self.session, self.version, self.holding);
         }
+        self.sdp.clone()
+    }
+
+    /// Our offer to hold the call (or take it off hold), in the codec it speaks: always a new
+    /// version.
+    fn reoffer(&mut self, address: IpAddr, call: &Offer, holding: bool) -> String {
+        self.holding = holding;
+        self.version += 1;
+        self.sdp = sip::reoffer(address, self.port, call, self.session, self.version, holding);
         self.sdp.clone()
     }
 }
@@ -154,6 +165,8 @@ struct Dialog {
     invite: Message,
     our_tag: String,
     state: Mutex<DialogState>,
+    /// Held while our re-INVITE waits for its answer: one offer of ours at a time.
+    offering: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -188,6 +201,10 @@ struct DialogState {
     invite_responses: Option<mpsc::UnboundedSender<Message>>,
     /// Our ACK of the 200 OK, resent when the 200 OK comes again.
     ack: Option<String>,
+    /// Our re-INVITE is waiting for its answer: a peer's offer meanwhile is a glare (491).
+    reoffering: bool,
+    /// Our ACK of the 200 OK to our latest re-INVITE, by its CSeq: resent when it comes again.
+    reoffer_ack: Option<(u32, String)>,
 }
 
 impl Dialog {
@@ -359,6 +376,24 @@ impl Endpoint {
             }
         }
         let Some(dialog) = message.header("call-id").and_then(|id| self.dialogs().get(id).cloned()) else { return };
+        if let Some(branch) = message.branch() {
+            let mut state = dialog.lock();
+            if code >= 200 {
+                if let Some(waiter) = state.waiting.remove(branch) {
+                    let _ = waiter.send(message.clone());
+                    return;
+                }
+            } else if state.waiting.contains_key(branch) {
+                // A provisional response to a request of ours in the call (a re-INVITE's 100).
+                return;
+            }
+        }
+        let reoffer_ack = dialog.lock().reoffer_ack.clone();
+        if let (Some((cseq, ack)), Some((number, "INVITE")), 200..=299) = (reoffer_ack, message.cseq(), code) {
+            if cseq == number {
+                return self.send(&ack, dialog.peer).await;
+            }
+        }
         if message.cseq().is_some_and(|(_, method)| method == "INVITE") {
             let (events, ack) = {
                 let state = dialog.lock();
@@ -373,14 +408,6 @@ impl Endpoint {
                 }
             }
             return;
-        }
-        if code < 200 {
-            return;
-        }
-        let Some(branch) = message.branch() else { return };
-        let waiter = dialog.lock().waiting.remove(branch);
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(message.clone());
         }
     }
 
@@ -401,7 +428,7 @@ impl Endpoint {
             route: invite.record_route(),
             ..DialogState::default()
         };
-        let dialog = Arc::new(Dialog { id: id.clone(), peer: source, invite, our_tag, state: Mutex::new(state) });
+        let dialog = Arc::new(Dialog { id: id.clone(), peer: source, invite, our_tag, state: Mutex::new(state), offering: Default::default() });
         let trying = sip::response(&dialog.invite, 100, "Trying", None, &[], None);
         dialog.lock().last_response = Some(trying.clone());
         self.dialogs().insert(id, dialog.clone());
@@ -629,30 +656,33 @@ impl Endpoint {
     /// SIP's timers; `None` when none came. A trunk that challenges it (401/407) gets it once
     /// more with the trunk's credentials, as the INVITE did.
     async fn request(&self, dialog: &Dialog, method: &str, extra: &[(&str, &str)]) -> Option<u16> {
-        let response = self.request_once(dialog, method, extra, None).await?;
-        let StartLine::Response { code, .. } = response.start else { return None };
+        self.exchange(dialog, method, extra, None).await.and_then(|response| response.code())
+    }
+
+    /// [`Endpoint::request`] with a body (a re-INVITE's SDP): the final response itself.
+    async fn exchange(&self, dialog: &Dialog, method: &str, extra: &[(&str, &str)], body: Option<(&str, &str)>) -> Option<Message> {
+        let response = self.request_once(dialog, method, extra, body, None).await?;
+        let code = response.code()?;
         if !matches!(code, 401 | 407) {
-            return Some(code);
+            return Some(response);
         }
         // The trunk's credentials go to the trunk only.
-        let Some(credentials) = self.config.credentials.as_ref().filter(|_| self.config.trunk == Some(dialog.peer)) else { return Some(code) };
+        let Some(credentials) = self.config.credentials.as_ref().filter(|_| self.config.trunk == Some(dialog.peer)) else { return Some(response) };
         let target = dialog.lock().target.clone();
         let (answer_with, authorization) = match answer_challenge(&response, code, credentials, method, &target) {
             Ok(answer) => answer,
             Err(problem) => {
                 tracing::warn!(sip_call = %dialog.id, method, problem, "the SIP trunk's challenge cannot be answered");
-                return Some(code);
+                return Some(response);
             }
         };
-        let response = self.request_once(dialog, method, extra, Some((answer_with, &authorization))).await?;
-        match response.start {
-            StartLine::Response { code, .. } => Some(code),
-            StartLine::Request { .. } => None,
-        }
+        self.request_once(dialog, method, extra, body, Some((answer_with, &authorization))).await
     }
 
-    /// One transaction of [`Endpoint::request`]: its final response, `None` when none came.
-    async fn request_once(&self, dialog: &Dialog, method: &str, extra: &[(&str, &str)], authorization: Option<(&str, &str)>) -> Option<Message> {
+    /// One transaction of [`Endpoint::exchange`]: its final response, `None` when none came.
+    /// An INVITE's refusal is acknowledged within the transaction (its 2xx is the caller's to
+    /// acknowledge).
+    async fn request_once(&self, dialog: &Dialog, method: &str, extra: &[(&str, &str)], body: Option<(&str, &str)>, authorization: Option<(&str, &str)>) -> Option<Message> {
         let branch = branch();
         let (answered, cseq, local, remote, target, route) = {
             let (tx, rx) = oneshot::channel();
@@ -663,10 +693,89 @@ impl Endpoint {
         };
         let mut headers = extra.to_vec();
         headers.extend(authorization);
-        let text = InDialog { method, target: &target, route: &route, via_host: &self.host, branch: &branch, from: &local, to: &remote, call_id: &dialog.id, cseq }.render(&headers);
-        let response = self.transact(&text, dialog.peer, answered).await;
+        let request = InDialog { method, target: &target, route: &route, via_host: &self.host, branch: &branch, from: &local, to: &remote, call_id: &dialog.id, cseq };
+        let response = self.transact(&request.render_with(&headers, body), dialog.peer, answered).await;
         dialog.lock().waiting.remove(&branch);
+        if let (Some(refusal), "INVITE") = (response.as_ref().filter(|r| r.code().is_some_and(|code| code >= 300)), method) {
+            let ack = InDialog { method: "ACK", to: refusal.header("to").unwrap_or(&remote), ..request }.render(&[]);
+            self.send(&ack, dialog.peer).await;
+        }
         response
+    }
+
+    /// Our hold, asked through the API: a re-INVITE offering `sendonly` (or `sendrecv`, off
+    /// hold), so that the peer knows — a phone shows the call held, a PBX plays its music. A
+    /// glare (491: the peer re-INVITEd at the same moment) is tried again after a random wait
+    /// (RFC 3261, section 14.1); any other refusal leaves the media as it was.
+    async fn hold(&self, dialog: &Dialog, on: bool) {
+        let _ours = dialog.offering.lock().await;
+        for attempt in 1..=3 {
+            let sdp = {
+                let mut guard = dialog.lock();
+                let state = &mut *guard;
+                let call = state.media.as_ref().map(|media| media.borrow().clone());
+                let (Some(call), Some(ours), false) = (call, state.sdp.as_mut(), state.ended_by_peer) else { return };
+                if ours.holding == on {
+                    return;
+                }
+                let sdp = ours.reoffer(self.address, &call, on);
+                state.reoffering = true;
+                sdp
+            };
+            let contact = self.contact();
+            let response = self.exchange(dialog, "INVITE", &[("Contact", &contact), ("Allow", ALLOW)], Some(("application/sdp", &sdp))).await;
+            let code = response.as_ref().and_then(Message::code);
+            {
+                let mut state = dialog.lock();
+                state.reoffering = false;
+                if !code.is_some_and(|code| (200..300).contains(&code)) {
+                    // Refused or unanswered: the session stays as it was.
+                    if let Some(ours) = state.sdp.as_mut() {
+                        ours.holding = !on;
+                    }
+                }
+            }
+            match (response, code) {
+                (Some(ok), Some(200..=299)) => return self.reoffer_answered(dialog, &ok, on).await,
+                (_, Some(491)) if attempt < 3 => {
+                    // We placed the call (own its Call-ID): 2.1–4 s; we answered it: 0–2 s.
+                    let owner = dialog.lock().invite_responses.is_some();
+                    let wait = if owner { 2_100 + rand::random::<u64>() % 1_900 } else { rand::random::<u64>() % 2_000 };
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                (_, code) => {
+                    tracing::warn!(sip_call = %dialog.id, ?code, hold = on, "the SIP peer did not take our hold's offer: the call's media stays as it was");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The peer's 2xx to our hold's re-INVITE: acknowledged (again when it comes again), and
+    /// its answer is where and how our audio goes from now on.
+    async fn reoffer_answered(&self, dialog: &Dialog, ok: &Message, on: bool) {
+        let (ack, media) = {
+            let mut state = dialog.lock();
+            let cseq = ok.cseq().map(|(number, _)| number).unwrap_or(state.cseq);
+            let ack = InDialog { method: "ACK", target: &state.target, route: &state.route, via_host: &self.host, branch: &branch(), from: &state.local, to: &state.remote, call_id: &dialog.id, cseq }.render(&[]);
+            state.reoffer_ack = Some((cseq, ack.clone()));
+            (ack, state.media.clone())
+        };
+        self.send(&ack, dialog.peer).await;
+        let Some(media) = media else { return };
+        let codec = media.borrow().codec;
+        match sip::parse_offer_preferring(&ok.body, Some(codec)) {
+            Ok(answer) if answer.codec == codec => {
+                tracing::info!(sip_call = %dialog.id, hold = on, direction = ?answer.direction, "the SIP peer took our hold's offer");
+                media.send_if_modified(|current| {
+                    let changed = *current != answer;
+                    *current = answer;
+                    changed
+                });
+            }
+            Ok(_) => tracing::warn!(sip_call = %dialog.id, "the SIP peer answered our hold in another codec: the call's media stays as it was"),
+            Err(problem) => tracing::warn!(sip_call = %dialog.id, problem, "the SIP peer's answer to our hold cannot be read: the call's media stays as it was"),
+        }
     }
 
     /// A retransmitted INVITE gets the last response again; a re-INVITE (a refreshed session,
@@ -685,11 +794,15 @@ impl Endpoint {
     /// it stands; a new offer may move the peer's media (another address or port, or a hold at
     /// 0.0.0.0), in the codec the call speaks.
     async fn reoffer(&self, dialog: &Dialog, message: &Message, source: SocketAddr) {
-        let (media, call) = {
+        let (media, call, glare) = {
             let state = dialog.lock();
-            (state.media.clone(), state.call.clone())
+            (state.media.clone(), state.call.clone(), state.reoffering)
         };
         let offered = !message.body.trim().is_empty();
+        if glare && (offered || message.method() == Some("INVITE")) {
+            // Our own offer waits for its answer: the peer tries again later (RFC 3261 14.2).
+            return self.reply(message, source, 491, "Request Pending", &[]).await;
+        }
         let mut new_offer = None;
         if let (true, Some(media)) = (offered, &media) {
             let codec = media.borrow().codec;
@@ -704,7 +817,7 @@ impl Endpoint {
                     // music): the agent waits as on the API's hold, neither speaking nor hearing
                     // the music, its idle time not counted, until the peer takes audio again.
                     if let (Some(call), true) = (&call, offer.receives() != listened) {
-                        self.state.runner.control(call, &Control::Hold { on: !offer.receives() }).await;
+                        self.state.runner.held_by_far_end(call, !offer.receives()).await;
                     }
                     new_offer = Some(offer);
                 }
@@ -819,7 +932,7 @@ impl Endpoint {
             sdp: Some(ours),
             ..DialogState::default()
         };
-        let dialog = Arc::new(Dialog { id: invite.id.clone(), peer: trunk, invite: parsed, our_tag, state: Mutex::new(state) });
+        let dialog = Arc::new(Dialog { id: invite.id.clone(), peer: trunk, invite: parsed, our_tag, state: Mutex::new(state), offering: Default::default() });
         if self.dialogs().len() >= MAX_DIALOGS {
             return Err(not_answered(CallStatus::Failed, "this server holds too many SIP dialogs"));
         }
@@ -1043,6 +1156,11 @@ struct SipControl {
 
 impl CallControl for SipControl {
     fn hang_up(&self) {}
+
+    fn hold(&self, on: bool) {
+        let (endpoint, dialog) = (self.endpoint.clone(), self.dialog.clone());
+        tokio::spawn(async move { endpoint.hold(&dialog, on).await });
+    }
 
     fn transfer(&self, destination: &str, done: CancellationToken) {
         let target = if destination.starts_with("sip:") || destination.starts_with("sips:") || destination.starts_with("tel:") {

@@ -79,6 +79,9 @@ impl AudioOut for HoldableLine {
     fn held(&self) -> bool {
         self.held.load(Ordering::SeqCst)
     }
+    fn hold_far_end(&self, on: bool) {
+        self.inner.hold_far_end(on)
+    }
     fn played(&self) -> Option<super::played::Played> {
         self.inner.played()
     }

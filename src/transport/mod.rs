@@ -61,6 +61,10 @@ pub trait AudioOut: Send + Sync {
     fn held(&self) -> bool {
         false
     }
+    /// Tells the far end that we hold the call (`on`) or take it off hold — a SIP re-INVITE
+    /// offering `sendonly`, so that a phone shows it and a PBX plays its music. A line that
+    /// cannot say does nothing: the hold is ours alone.
+    fn hold_far_end(&self, _on: bool) {}
     /// The agent audio this line plays, step by step, for cancelling its echo on the
     /// caller's side; `None` for a line that cannot say.
     fn played(&self) -> Option<played::Played> {

@@ -123,6 +123,14 @@ fn truncate(text: &str) -> String {
 }
 
 impl Message {
+    /// A response's status code; `None` for a request.
+    pub fn code(&self) -> Option<u16> {
+        match self.start {
+            StartLine::Response { code, .. } => Some(code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
     /// The first value of a header (any spelling, compact forms included).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = full_name(name);
@@ -274,6 +282,11 @@ pub struct InDialog<'a> {
 
 impl InDialog<'_> {
     pub fn render(&self, extra: &[(&str, &str)]) -> String {
+        self.render_with(extra, None)
+    }
+
+    /// The request with a body (`Content-Type`, body): a re-INVITE's SDP.
+    pub fn render_with(&self, extra: &[(&str, &str)], body: Option<(&str, &str)>) -> String {
         let mut out = format!("{} {} SIP/2.0\r\n", self.method, self.target);
         let _ = write!(
             out,
@@ -284,7 +297,7 @@ impl InDialog<'_> {
             let _ = write!(out, "Route: {route}\r\n");
         }
         let _ = write!(out, "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n", self.from, self.to, self.call_id, self.cseq, self.method);
-        finish(out, extra, None)
+        finish(out, extra, body)
     }
 }
 
@@ -459,6 +472,16 @@ impl Direction {
             same => same,
         }
     }
+
+    /// This direction without our receiving: what we say while we hold the call (RFC 6337,
+    /// section 5.3: a holder offers `sendonly`, and answers `inactive` where it would receive
+    /// only).
+    pub fn holding(self) -> Direction {
+        match self {
+            Direction::SendRecv | Direction::SendOnly => Direction::SendOnly,
+            Direction::RecvOnly | Direction::Inactive => Direction::Inactive,
+        }
+    }
 }
 
 /// Reads the offer's first audio stream and chooses a codec; the error is why the offer
@@ -541,10 +564,22 @@ pub fn parse_offer_preferring(sdp: &str, prefer: Option<Codec>) -> Result<Offer,
 /// Our SDP answer: audio from `address:port` in `codec`, with telephone-events if offered,
 /// in the direction that mirrors the offer's. `version` is the o= line's: an answer that
 /// differs from the one before it in the dialog counts it up (RFC 3264, section 8).
-pub fn answer(address: IpAddr, port: u16, offer: &Offer, session: u64, version: u64) -> String {
-    let mut formats = vec![(offer.codec.payload_type(), format!("{}/8000", offer.codec.name()))];
-    formats.extend(offer.telephone_event.map(|event| (event, "telephone-event/8000".to_string())));
-    sdp(address, (session, version), port, &formats, offer.direction.answered())
+pub fn answer(address: IpAddr, port: u16, offer: &Offer, session: u64, version: u64, holding: bool) -> String {
+    let direction = offer.direction.answered();
+    chosen(address, port, offer, (session, version), if holding { direction.holding() } else { direction })
+}
+
+/// Our offer within a call (a re-INVITE): the codec and telephone-events the call already
+/// speaks, `sendonly` while we hold it, `sendrecv` otherwise.
+pub fn reoffer(address: IpAddr, port: u16, call: &Offer, session: u64, version: u64, holding: bool) -> String {
+    chosen(address, port, call, (session, version), if holding { Direction::SendOnly } else { Direction::SendRecv })
+}
+
+/// A session in the codec (and telephone-event type) the call agreed on.
+fn chosen(address: IpAddr, port: u16, call: &Offer, session: (u64, u64), direction: Direction) -> String {
+    let mut formats = vec![(call.codec.payload_type(), format!("{}/8000", call.codec.name()))];
+    formats.extend(call.telephone_event.map(|event| (event, "telephone-event/8000".to_string())));
+    sdp(address, session, port, &formats, direction)
 }
 
 /// Our SDP offer for a call we place: audio at `address:port` in PCMU or PCMA, and keys as
@@ -692,7 +727,7 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
 
         let offer = parse_offer(&message.body).unwrap();
         assert_eq!(offer, Offer { address: "127.0.0.1".parse().unwrap(), port: 6000, codec: Codec::Pcma, telephone_event: Some(101), direction: Direction::SendRecv }, "the offer's first G.711 codec");
-        let sdp = answer("127.0.0.1".parse().unwrap(), 7000, &offer, 42, 43);
+        let sdp = answer("127.0.0.1".parse().unwrap(), 7000, &offer, 42, 43, false);
         assert!(sdp.contains("m=audio 7000 RTP/AVP 8 101\r\n") && sdp.contains("a=rtpmap:8 PCMA/8000"), "{sdp}");
         assert!(sdp.contains("o=ringline 42 43 IN IP4 127.0.0.1\r\n") && sdp.contains("a=sendrecv\r\n"), "{sdp}");
 
@@ -848,12 +883,28 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         for (offered, answered, receives) in [("sendrecv", "sendrecv", true), ("sendonly", "recvonly", false), ("recvonly", "sendonly", true), ("inactive", "inactive", false)] {
             let offer = parse_offer(&format!("v=0\r\nc=IN IP4 192.0.2.9\r\nm=audio 7002 RTP/AVP 0\r\na={offered}\r\n")).unwrap();
             assert_eq!(offer.receives(), receives, "{offered}");
-            let sdp = answer(address, 7000, &offer, 5, 6);
+            let sdp = answer(address, 7000, &offer, 5, 6, false);
             assert!(sdp.contains(&format!("a={answered}\r\n")) && sdp.matches("a=").count() == 3, "{offered}: {sdp}");
             assert_eq!(parse_offer(&sdp).unwrap().direction, Direction::parse(answered).unwrap(), "{offered}: the answer reads back");
         }
+        // While we hold the call we take no audio, whatever the peer offers.
+        for (offered, answered) in [("sendrecv", "sendonly"), ("sendonly", "inactive"), ("recvonly", "sendonly"), ("inactive", "inactive")] {
+            let offer = parse_offer(&format!("v=0\r\nc=IN IP4 192.0.2.9\r\nm=audio 7002 RTP/AVP 0\r\na={offered}\r\n")).unwrap();
+            let sdp = answer(address, 7000, &offer, 5, 6, true);
+            assert!(sdp.contains(&format!("a={answered}\r\n")), "holding, {offered}: {sdp}");
+        }
         let old_style = parse_offer("v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 7002 RTP/AVP 0\r\n").unwrap();
         assert!(old_style.held() && !old_style.receives(), "no audio to 0.0.0.0");
+    }
+
+    #[test]
+    fn a_reoffer_keeps_the_calls_codec_and_says_whether_we_hold() {
+        let call = parse_offer("v=0\r\nc=IN IP4 192.0.2.9\r\nm=audio 7002 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=recvonly\r\n").unwrap();
+        let held = reoffer("192.0.2.1".parse().unwrap(), 7000, &call, 5, 7, true);
+        assert!(held.contains("o=ringline 5 7 IN IP4 192.0.2.1\r\n") && held.contains("m=audio 7000 RTP/AVP 8 101\r\n"), "{held}");
+        assert_eq!(parse_offer(&held).unwrap().direction, Direction::SendOnly, "{held}");
+        let resumed = reoffer("192.0.2.1".parse().unwrap(), 7000, &call, 5, 8, false);
+        assert_eq!(parse_offer(&resumed).unwrap().direction, Direction::SendRecv, "{resumed}");
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub trait CallControl: Send + Sync {
     fn hang_up(&self);
     /// Sends the caller on to `destination`, then cancels `done` (which closes the stream).
     fn transfer(&self, destination: &str, done: CancellationToken);
+    /// Tells the far end we hold the call or take it off hold (see
+    /// [`super::AudioOut::hold_far_end`]); by default, nothing.
+    fn hold(&self, _on: bool) {}
 }
 
 /// What happened on the line, for the call's record and tests.
@@ -316,6 +319,12 @@ impl AudioOut for StreamLine {
 
     fn played(&self) -> Option<super::played::Played> {
         Some(self.lock().playout.played(self.rate))
+    }
+
+    fn hold_far_end(&self, on: bool) {
+        if let Some(control) = &self.control {
+            control.hold(on);
+        }
     }
 
     fn transfer(&self, destination: &str) {

@@ -774,8 +774,7 @@ fn a_phone_that_holds_the_call_is_sent_nothing_until_it_resumes() {
     };
     let count_since = |since: std::time::Instant| arrivals.lock().unwrap().iter().filter(|&&at| at >= since).count();
     let phone = Phone::call(port, &phone_sdp(media_port, "sendrecv"), "");
-    let version = |sdp: &str| -> u64 { sdp.lines().find_map(|l| l.strip_prefix("o=")).and_then(|o| o.split(' ').nth(2)).and_then(|v| v.parse().ok()).expect("an o= line") };
-    let first = version(&phone.ok);
+    let first = sdp_version(&phone.ok);
     assert!(phone.ok.contains("a=sendrecv\r\n"), "{}", phone.ok);
 
     // The greeting begins (about seven seconds of it); the phone holds at once.
@@ -787,16 +786,16 @@ fn a_phone_that_holds_the_call_is_sent_nothing_until_it_resumes() {
     let held = phone.reinvite(2, &phone_sdp(media_port, "sendonly"));
     let quiet_from = std::time::Instant::now() + Duration::from_millis(200);
     assert!(held.contains("a=recvonly\r\n") && !held.contains("a=sendrecv"), "a phone that only sends is only received: {held}");
-    assert_eq!(version(&held), first + 1, "a changed answer is a new version: {held}");
+    assert_eq!(sdp_version(&held), first + 1, "a changed answer is a new version: {held}");
     std::thread::sleep(Duration::from_millis(1700));
     assert_eq!(count_since(quiet_from), 0, "nothing is sent to a phone that holds the call");
 
     // Off hold: the answer flows both ways again; a key pressed is answered.
     let resumed = phone.reinvite(3, &phone_sdp(media_port, "sendrecv"));
     assert!(resumed.contains("a=sendrecv\r\n"), "{resumed}");
-    assert_eq!(version(&resumed), first + 2, "{resumed}");
+    assert_eq!(sdp_version(&resumed), first + 2, "{resumed}");
     // The same offer again (a session refresh by re-INVITE) keeps the version.
-    assert_eq!(version(&phone.reinvite(4, &phone_sdp(media_port, "sendrecv"))), first + 2);
+    assert_eq!(sdp_version(&phone.reinvite(4, &phone_sdp(media_port, "sendrecv"))), first + 2);
     let back = std::time::Instant::now();
     phone.send(&phone.request("INFO", 5, &["Content-Type: application/dtmf-relay"], Some("Signal=5\r\nDuration=160\r\n")));
     while count_since(back) < 25 && back.elapsed() < Duration::from_secs(30) {
@@ -812,13 +811,96 @@ fn a_phone_that_holds_the_call_is_sent_nothing_until_it_resumes() {
     collector.join().unwrap();
     let (_, history) = get(&serve, &key, "/v1/calls/history");
     let call_id = history["calls"][0]["call_id"].as_str().unwrap_or_else(|| panic!("one call: {history}")).to_string();
-    let done = wait_for(&serve, &key, &call_id, Duration::from_secs(30), crate::api::ended);
-    assert_eq!(done["status"], "completed", "{done}");
     // The phone's hold was the call's: on hold, then off, in its events.
-    let (_, _, events) = crate::api::http("GET", &serve.url(&format!("/v1/calls/{call_id}/events")), Some(&key), None);
+    let events = held_and_resumed(&serve, &key, &call_id);
+    assert!(events.contains(r#""by":"caller""#), "the hold was the phone's: {events}");
+}
+
+/// The API's hold is the phone's to know: the server re-INVITEs it `sendonly` (in a glare,
+/// both sides re-INVITEing at once, it refuses the phone's offer with 491 and offers again after
+/// the phone's 491), acknowledges the answer (again when the answer comes again), answers the
+/// phone's own offer meanwhile as the holder, and takes the call off hold the same way.
+#[test]
+fn the_apis_hold_is_offered_to_the_phone_and_taken_off_the_same_way() {
+    let llm = standin::llm(vec![Reply::Text("Still here."), Reply::Text("Held through the API and taken off hold.")]);
+    let (_db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
+    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let media_port = media.local_addr().unwrap().port();
+    let phone = Phone::call(port, &phone_sdp(media_port, "sendrecv"), "");
+    let answered = sdp_version(&phone.ok);
+    let call_id = {
+        let start = std::time::Instant::now();
+        loop {
+            let (_, history) = get(&serve, &key, "/v1/calls/history");
+            if let Some(id) = history["calls"][0]["call_id"].as_str() {
+                break id.to_string();
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "the call is listed: {history}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(&serve, &key, &call_id, Duration::from_secs(30), |c| c["status"] == "in-progress");
+    let action = |action: &str| {
+        let (status, body) = post(&serve, &key, &format!("/v1/calls/{call_id}/actions"), json!({ "action": action }));
+        assert_eq!(status, 202, "{action}: {body}");
+    };
+    let cseq_of = |message: &str| header(message, "CSeq");
+    let acked = |request: &str| {
+        let number = cseq_of(request).split_whitespace().nth(1).unwrap_or_default().to_string();
+        let want = format!("CSeq: {number} ACK");
+        phone.read(Duration::from_secs(5), &|m| m.starts_with("ACK ") && m.contains(&want)).is_some()
+    };
+
+    // On hold: our offer says we only send.
+    action("hold");
+    let first = phone.read(Duration::from_secs(10), &|m| m.starts_with("INVITE ")).expect("the hold is offered to the phone");
+    assert!(first.contains("a=sendonly\r\n") && sdp_version(&first) == answered + 1, "{first}");
+    // The phone was re-INVITEing at that moment too: each side's offer is refused with 491.
+    phone.send(&phone.request("INVITE", 2, &[], Some(&phone_sdp(media_port, "sendrecv"))));
+    let refused = phone.read(Duration::from_secs(5), &|m| m.contains("CSeq: 2 INVITE")).expect("the phone's offer is answered");
+    assert!(refused.starts_with("SIP/2.0 491"), "a glare: {refused}");
+    phone.send(&phone.ack(2));
+    phone.send(&phone.respond(&first, "491 Request Pending", None));
+    assert!(acked(&first), "the server acknowledges the phone's 491");
+    let again = phone.read(Duration::from_secs(10), &|m| m.starts_with("INVITE ") && cseq_of(m) != cseq_of(&first)).expect("the hold is offered again after the glare");
+    assert!(again.contains("a=sendonly\r\n"), "{again}");
+    let ok = phone.respond(&again, "200 OK", Some(&phone_sdp(media_port, "recvonly")));
+    phone.send(&ok);
+    assert!(acked(&again), "the phone's answer is acknowledged");
+    phone.send(&ok);
+    assert!(acked(&again), "an answer that comes again (its ACK was lost) is acknowledged again");
+    // The phone's own offer while we hold is answered as the holder's: we take no audio.
+    let held = phone.reinvite(3, &phone_sdp(media_port, "sendrecv"));
+    assert!(held.contains("a=sendonly\r\n"), "{held}");
+
+    // Off hold: our offer flows both ways again.
+    action("unhold");
+    let resumed = phone.read(Duration::from_secs(10), &|m| m.starts_with("INVITE ")).expect("taking the call off hold is offered to the phone");
+    assert!(resumed.contains("a=sendrecv\r\n") && sdp_version(&resumed) > sdp_version(&again), "{resumed}");
+    phone.send(&phone.respond(&resumed, "200 OK", Some(&phone_sdp(media_port, "sendrecv"))));
+    assert!(acked(&resumed), "{resumed}");
+
+    phone.send(&phone.request("BYE", 4, &[], None));
+    let bye_ok = phone.read(Duration::from_secs(10), &|m| m.contains("CSeq: 4 BYE")).expect("the BYE is answered");
+    assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
+    let events = held_and_resumed(&serve, &key, &call_id);
+    assert!(!events.contains(r#""by":"caller""#), "the hold was the API's, not the phone's: {events}");
+}
+
+/// The version in the `o=` line of the SDP in `message`.
+fn sdp_version(message: &str) -> u64 {
+    message.lines().find_map(|l| l.strip_prefix("o=")).and_then(|o| o.split(' ').nth(2)).and_then(|v| v.parse().ok()).expect("an o= line")
+}
+
+/// Waits for the call to end completed; its events, which show it held and then taken off hold.
+fn held_and_resumed(serve: &Serve, key: &str, call_id: &str) -> String {
+    let done = wait_for(serve, key, call_id, Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, _, events) = crate::api::http("GET", &serve.url(&format!("/v1/calls/{call_id}/events")), Some(key), None);
     let events = events.as_str().unwrap_or_default().to_string();
     let (on, off) = (events.find(r#""type":"hold""#), events.find(r#""type":"unhold""#));
     assert!(on.is_some() && off.is_some() && on < off, "held, then taken off hold: {events}");
+    events
 }
 
 /// A phone's SDP offer: PCMU at `media_port` on loopback, flowing `direction`.
@@ -907,6 +989,32 @@ impl Phone {
                 text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
             }
             None => text.push_str("Content-Length: 0\r\n\r\n"),
+        }
+        text
+    }
+
+    /// The phone's response to the server's `request`: `status` ("200 OK"), its SDP `body`.
+    fn respond(&self, request: &str, status: &str, body: Option<&str>) -> String {
+        let mut text = format!("SIP/2.0 {status}
+");
+        for line in request.lines().filter(|l| l.to_lowercase().starts_with("via:")) {
+            text.push_str(&format!("{line}
+"));
+        }
+        for name in ["From", "To", "Call-ID", "CSeq"] {
+            text.push_str(&format!("{}
+", header(request, name)));
+        }
+        text.push_str(&format!("Contact: <sip:caller@127.0.0.1:{}>
+", self.sip_port));
+        match body {
+            Some(body) => text.push_str(&format!("Content-Type: application/sdp
+Content-Length: {}
+
+{body}", body.len())),
+            None => text.push_str("Content-Length: 0
+
+"),
         }
         text
     }
