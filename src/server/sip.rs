@@ -201,6 +201,9 @@ struct DialogState {
     invite_responses: Option<mpsc::UnboundedSender<Message>>,
     /// Our ACK of the 200 OK, resent when the 200 OK comes again.
     ack: Option<String>,
+    /// Whether the API last asked to hold the call: what our offers move the session towards,
+    /// whatever order the requests' tasks run in.
+    hold_wanted: bool,
     /// Our re-INVITE is waiting for its answer: a peer's offer meanwhile is a glare (491).
     reoffering: bool,
     /// Our ACK of the 200 OK to our latest re-INVITE, by its CSeq: resent when it comes again.
@@ -703,24 +706,27 @@ impl Endpoint {
         response
     }
 
-    /// Our hold, asked through the API: a re-INVITE offering `sendonly` (or `sendrecv`, off
-    /// hold), so that the peer knows — a phone shows the call held, a PBX plays its music. A
-    /// glare (491: the peer re-INVITEd at the same moment) is tried again after a random wait
-    /// (RFC 3261, section 14.1); any other refusal leaves the media as it was.
-    async fn hold(&self, dialog: &Dialog, on: bool) {
+    /// Our hold, asked through the API: re-INVITEs offering `sendonly` (or `sendrecv`, off
+    /// hold) until the session says what the API last asked, so that the peer knows — a phone
+    /// shows the call held, a PBX plays its music. A glare (491: the peer re-INVITEd at the same
+    /// moment) is tried again after a random wait (RFC 3261, section 14.1); any other refusal
+    /// leaves the media as it was.
+    async fn hold(&self, dialog: &Dialog) {
         let _ours = dialog.offering.lock().await;
-        for attempt in 1..=3 {
-            let sdp = {
+        let mut glares = 0;
+        loop {
+            let (sdp, on) = {
                 let mut guard = dialog.lock();
                 let state = &mut *guard;
                 let call = state.media.as_ref().map(|media| media.borrow().clone());
                 let (Some(call), Some(ours), false) = (call, state.sdp.as_mut(), state.ended_by_peer) else { return };
+                let on = state.hold_wanted;
                 if ours.holding == on {
                     return;
                 }
                 let sdp = ours.reoffer(self.address, &call, on);
                 state.reoffering = true;
-                sdp
+                (sdp, on)
             };
             let contact = self.contact();
             let response = self.exchange(dialog, "INVITE", &[("Contact", &contact), ("Allow", ALLOW)], Some(("application/sdp", &sdp))).await;
@@ -736,8 +742,10 @@ impl Endpoint {
                 }
             }
             match (response, code) {
-                (Some(ok), Some(200..=299)) => return self.reoffer_answered(dialog, &ok, on).await,
-                (_, Some(491)) if attempt < 3 => {
+                // Taken; the API may have asked otherwise meanwhile.
+                (Some(ok), Some(200..=299)) => self.reoffer_answered(dialog, &ok, on).await,
+                (_, Some(491)) if glares < 2 => {
+                    glares += 1;
                     // We placed the call (own its Call-ID): 2.1–4 s; we answered it: 0–2 s.
                     let owner = dialog.lock().invite_responses.is_some();
                     let wait = if owner { 2_100 + rand::random::<u64>() % 1_900 } else { rand::random::<u64>() % 2_000 };
@@ -1158,8 +1166,9 @@ impl CallControl for SipControl {
     fn hang_up(&self) {}
 
     fn hold(&self, on: bool) {
+        self.dialog.lock().hold_wanted = on;
         let (endpoint, dialog) = (self.endpoint.clone(), self.dialog.clone());
-        tokio::spawn(async move { endpoint.hold(&dialog, on).await });
+        tokio::spawn(async move { endpoint.hold(&dialog).await });
     }
 
     fn transfer(&self, destination: &str, done: CancellationToken) {

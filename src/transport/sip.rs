@@ -473,9 +473,8 @@ impl Direction {
         }
     }
 
-    /// This direction without our receiving: what we say while we hold the call (RFC 6337,
-    /// section 5.3: a holder offers `sendonly`, and answers `inactive` where it would receive
-    /// only).
+    /// This direction without our receiving: what we say while we hold the call (RFC 3264,
+    /// section 8.4: `sendrecv` held is `sendonly`, `recvonly` held is `inactive`).
     pub fn holding(self) -> Direction {
         match self {
             Direction::SendRecv | Direction::SendOnly => Direction::SendOnly,
@@ -562,7 +561,8 @@ pub fn parse_offer_preferring(sdp: &str, prefer: Option<Codec>) -> Result<Offer,
 }
 
 /// Our SDP answer: audio from `address:port` in `codec`, with telephone-events if offered,
-/// in the direction that mirrors the offer's. `version` is the o= line's: an answer that
+/// in the direction that mirrors the offer's (without our receiving while we hold the call,
+/// `holding`). `version` is the o= line's: an answer that
 /// differs from the one before it in the dialog counts it up (RFC 3264, section 8).
 pub fn answer(address: IpAddr, port: u16, offer: &Offer, session: u64, version: u64, holding: bool) -> String {
     let direction = offer.direction.answered();
