@@ -1222,9 +1222,11 @@ impl Receiver {
         Ok(None)
     }
 
-    /// The caller's next 20 ms, once the peer's audio has begun.
-    fn frame(&mut self) -> Option<Vec<f32>> {
-        self.audio.frame()
+    /// The caller's next 20 ms: silence until the peer's audio begins. The listener hears
+    /// time pass from the answer on, so what the agent played (the echo canceller's
+    /// reference) stays in step with it even when the peer's first packet comes seconds late.
+    fn frame(&mut self) -> Vec<f32> {
+        self.audio.frame().unwrap_or_else(|| vec![0.0; crate::transport::jitter::FRAME as usize])
     }
 }
 
@@ -1302,9 +1304,7 @@ async fn carry_media(line: StreamLine, socket: UdpSocket, mut offers: watch::Rec
                 while let Ok((length, source)) = socket.try_recv_from(&mut buffer) {
                     incoming.datagram(&buffer[..length], source, &line);
                 }
-                if let Some(frame) = incoming.receiver.frame() {
-                    line.caller_audio(frame);
-                }
+                line.caller_audio(incoming.receiver.frame());
             }
             message = outgoing.recv() => match message {
                 Some(Outgoing::Audio(frame)) => {
@@ -1396,7 +1396,8 @@ mod tests {
     #[test]
     fn the_peers_packets_become_audio_on_the_clock_and_one_key_per_press() {
         let mut receiver = Receiver::new(offer());
-        assert!(receiver.frame().is_none(), "no caller before the peer's first packet");
+        let before = receiver.frame();
+        assert!(before.len() == 160 && before.iter().all(|&s| s == 0.0), "20 ms of silence each tick before the peer's first packet");
         let audio = sip::rtp_packet(true, 0, 1, 160, 9, &[0x80; 160]);
         assert_eq!(receiver.packet(&audio).unwrap(), None);
         assert_eq!(receiver.packet(&audio).unwrap(), None, "a duplicate");
@@ -1413,7 +1414,7 @@ mod tests {
         assert!(receiver.packet(&[0x80, 0]).is_err());
         // The audio plays once, after the jitter buffer's delay, then silence: the events and
         // the comfort noise were no audio.
-        let frames: Vec<Vec<f32>> = (0..5).filter_map(|_| receiver.frame()).collect();
+        let frames: Vec<Vec<f32>> = (0..5).map(|_| receiver.frame()).collect();
         let loud: Vec<bool> = frames.iter().map(|frame| frame.iter().any(|&s| s.abs() > 0.5)).collect();
         assert_eq!(loud, vec![false, false, true, false, false]);
         assert!(frames.iter().all(|frame| frame.len() == 160));
