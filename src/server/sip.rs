@@ -1327,8 +1327,8 @@ async fn carry_media(line: StreamLine, socket: UdpSocket, mut offers: watch::Rec
         }
     }
     let (audio, malformed) = (&incoming.receiver.audio, incoming.malformed);
-    if malformed > 0 || audio.late > 0 || audio.resynced > 0 {
-        tracing::info!(stream = %line.name(), malformed, late = audio.late, resynced = audio.resynced, "RTP from the peer: packets dropped as malformed or late, clock jumps followed");
+    if malformed > 0 || audio.late > 0 || audio.waited > 0 || audio.resynced > 0 {
+        tracing::info!(stream = %line.name(), malformed, late = audio.late, waited = audio.waited, resynced = audio.resynced, "RTP from the peer: packets dropped as malformed or late, late ones waited for, clock jumps followed");
     }
 }
 

@@ -5,7 +5,13 @@
 //! what the caller's microphone heard, in order and in time — the end of a turn *is* a
 //! stretch of silence. So packets are placed by their RTP timestamp (the sampling instant),
 //! and the line's 20 ms clock takes one frame per tick, [`DELAY`] behind the newest audio:
-//! what is missing at its turn (lost, too late, or never sent) is played as silence.
+//! what is missing at its turn (lost, or never sent) is played as silence.
+//!
+//! The delay adapts. A peer that stalls and then sends a burst (a busy PBX, a congested
+//! link) delivers packets after their turn; dropping them would cut words out of the
+//! caller's speech. A late packet that follows everything already played moves playout
+//! back to it, so the burst plays whole, a little later ([`MOST_EXTRA`] at most); the
+//! delay so added is given back on quiet frames, which are skipped while it lasts.
 //!
 //! No sockets and no time here: the caller of [`JitterBuffer::frame`] is the clock.
 
@@ -23,6 +29,12 @@ const STRAYS_FOLLOWED: u32 = 3;
 /// The most packets held at once (a second of 20 ms packets, twice over): a peer sending
 /// slivers cannot make the buffer large.
 const MOST_HELD: usize = 100;
+/// The most delay late packets may add to [`DELAY`] (240 ms): beyond it they are dropped,
+/// so a peer's lateness cannot make the caller's turns end ever later.
+pub const MOST_EXTRA: i64 = 12 * FRAME;
+/// A frame whose every sample is below this (about -40 dBFS) is quiet: skipping it to give
+/// back added delay loses no speech.
+const QUIET: f32 = 0.01;
 
 /// Audio packets held until their turn to play.
 #[derive(Default)]
@@ -35,8 +47,15 @@ pub struct JitterBuffer {
     held: BTreeMap<i64, Vec<f32>>,
     /// Packets in a row outside playout's window.
     strays: u32,
+    /// Where the audio played so far ends (extended timestamp): a late packet at or after it
+    /// fills a gap that was played as silence; one before it comes after its neighbours.
+    played_to: i64,
+    /// Delay added beyond [`DELAY`] by late packets and not yet given back, in samples.
+    extra: i64,
     /// Packets dropped for coming after their turn (or with the buffer full).
     pub late: u64,
+    /// Late packets played after all, playout moved back to them.
+    pub waited: u64,
     /// Jumps of the peer's clock that playout followed.
     pub resynced: u64,
 }
@@ -57,7 +76,15 @@ impl JitterBuffer {
         };
         // The nearest extended timestamp that reads as `timestamp`.
         let at = next + timestamp.wrapping_sub(next as u32) as i32 as i64;
-        let late = at + samples.len() as i64 <= next;
+        let mut late = at + samples.len() as i64 <= next;
+        // A burst after a stall: this packet's turn was played as silence, nothing after it
+        // has played yet. Playout goes back to it while the added delay stays bounded.
+        if late && at >= self.played_to && self.extra + (next - at) <= MOST_EXTRA {
+            self.extra += next - at;
+            self.waited += 1;
+            self.next = Some(at);
+            late = false;
+        }
         if late || at > next + AHEAD {
             self.strays += 1;
             if self.strays < STRAYS_FOLLOWED {
@@ -78,6 +105,17 @@ impl JitterBuffer {
     /// The next frame of the caller, silence where no audio came for it; `None` before the
     /// first packet (there is no caller yet to hear).
     pub fn frame(&mut self) -> Option<Vec<f32>> {
+        let frame = self.take()?;
+        // Delay added for late packets is given back a quiet frame at a time.
+        if self.extra >= FRAME && frame.iter().all(|s| s.abs() < QUIET) {
+            self.extra -= FRAME;
+            return self.take();
+        }
+        Some(frame)
+    }
+
+    /// The frame at the playout point, which moves past it.
+    fn take(&mut self) -> Option<Vec<f32>> {
         let next = self.next?;
         let end = next + FRAME;
         let mut frame = vec![0.0f32; FRAME as usize];
@@ -87,6 +125,7 @@ impl JitterBuffer {
             for t in from..to {
                 frame[(t - next) as usize] = samples[(t - at) as usize];
             }
+            self.played_to = self.played_to.max(to);
         }
         self.held.retain(|&at, samples| at + samples.len() as i64 > end);
         self.next = Some(end);
@@ -97,8 +136,16 @@ impl JitterBuffer {
     fn restart(&mut self, at: i64) -> i64 {
         self.held.clear();
         self.strays = 0;
+        self.extra = 0;
+        self.played_to = at - DELAY;
         self.next = Some(at - DELAY);
         at - DELAY
+    }
+
+    /// The delay late packets have added to [`DELAY`] and playout has not yet given back, in
+    /// samples.
+    pub fn extra(&self) -> i64 {
+        self.extra
     }
 
     /// Audio held and not yet played, in samples.
@@ -229,21 +276,56 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_whose_clock_runs_slow_is_caught_up_with() {
+    fn a_peer_whose_clock_runs_slow_is_waited_for_within_the_bound_then_caught_up_with() {
         let mut buffer = JitterBuffer::default();
         let mut played = Vec::new();
         // Its packets come a little later each time than ours expect them.
-        for i in 0..100u32 {
+        for i in 0..300u32 {
             buffer.put(7, 160 * i, packet(1.0));
             played.extend(play(&mut buffer, 1));
             if i % 10 == 9 {
                 played.extend(play(&mut buffer, 1)); // our clock ran one frame further
             }
+            assert!(buffer.extra() <= MOST_EXTRA);
         }
+        // Our clock ran 30 frames further than the peer's audio: those are silence. The
+        // first dozen late packets are waited for (nothing of the caller is lost while the
+        // delay allows), then playout catches up with the peer, losing a few packets.
         let silent = played.iter().skip(2).filter(|&&v| v == 0.0).count();
-        // Our clock ran 10 frames further than the peer's audio: those are silence, and a few
-        // packets go late each time playout catches up; the stream goes on.
-        assert!(silent <= 16, "{silent} of {} silent", played.len());
+        assert!(silent <= 32, "{silent} of {} silent", played.len());
+        assert!(buffer.waited >= 10, "{} waited for", buffer.waited);
         assert!(buffer.late <= 6 && buffer.resynced >= 1, "{} late, {} resynced", buffer.late, buffer.resynced);
+    }
+
+    #[test]
+    fn a_burst_after_a_stall_plays_whole_and_the_delay_is_given_back_on_quiet_frames() {
+        let mut buffer = JitterBuffer::default();
+        buffer.put(7, 0, packet(1.0));
+        assert_eq!(play(&mut buffer, 3), vec![0.0, 0.0, 1.0]);
+        // The peer stalls 100 ms: our clock plays five frames of nothing; then its packets
+        // for those turns come at once, each after its turn, followed by the next ones.
+        assert_eq!(play(&mut buffer, 5), vec![0.0; 5]);
+        for i in 1..=8u32 {
+            buffer.put(7, 160 * i, packet(1.0 + i as f32));
+        }
+        assert_eq!(buffer.late, 0, "none of the burst is dropped");
+        assert_eq!(buffer.extra(), 5 * FRAME, "the stall was added to the delay");
+        assert_eq!(play(&mut buffer, 8), vec![2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0], "in order, nothing lost");
+        // A duplicate of a packet already played is no gap to fill: dropped, not played twice.
+        buffer.put(7, 160 * 4, packet(5.0));
+        assert_eq!(buffer.late, 1);
+        // The caller goes quiet: the delay is given back, a quiet frame skipped per turn.
+        for i in 9..30u32 {
+            buffer.put(7, 160 * i, packet(0.001));
+        }
+        assert_eq!(play(&mut buffer, 8).len(), 8);
+        assert_eq!(buffer.extra(), 0);
+        assert_eq!(buffer.held(), 8 * FRAME as usize, "13 frames played in 8 turns");
+        // A stall longer than the most that may be added loses its packets instead.
+        let mut buffer = JitterBuffer::default();
+        buffer.put(7, 0, packet(1.0));
+        play(&mut buffer, 3 + 20);
+        buffer.put(7, 160, packet(2.0));
+        assert_eq!((buffer.late, buffer.extra()), (1, 0), "more than {MOST_EXTRA} samples late is dropped");
     }
 }
