@@ -165,8 +165,6 @@ struct Dialog {
     invite: Message,
     our_tag: String,
     state: Mutex<DialogState>,
-    /// Held while our re-INVITE waits for its answer: one offer of ours at a time.
-    offering: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -204,6 +202,9 @@ struct DialogState {
     /// Whether the API last asked to hold the call: what our offers move the session towards,
     /// whatever order the requests' tasks run in.
     hold_wanted: bool,
+    /// A task is moving the session to `hold_wanted`: the only one (one offer of ours at a
+    /// time), however often the API changes its mind.
+    holding_task: bool,
     /// Our re-INVITE is waiting for its answer: a peer's offer meanwhile is a glare (491).
     reoffering: bool,
     /// Our ACK of the 200 OK to our latest re-INVITE, by its CSeq: resent when it comes again.
@@ -431,7 +432,7 @@ impl Endpoint {
             route: invite.record_route(),
             ..DialogState::default()
         };
-        let dialog = Arc::new(Dialog { id: id.clone(), peer: source, invite, our_tag, state: Mutex::new(state), offering: Default::default() });
+        let dialog = Arc::new(Dialog { id: id.clone(), peer: source, invite, our_tag, state: Mutex::new(state) });
         let trying = sip::response(&dialog.invite, 100, "Trying", None, &[], None);
         dialog.lock().last_response = Some(trying.clone());
         self.dialogs().insert(id, dialog.clone());
@@ -711,17 +712,23 @@ impl Endpoint {
     /// shows the call held, a PBX plays its music. A glare (491: the peer re-INVITEd at the same
     /// moment) is tried again after a random wait (RFC 3261, section 14.1); any other refusal
     /// leaves the media as it was.
+    /// The dialog's one such task ([`DialogState::holding_task`]) runs this; it ends (clearing
+    /// the flag under the lock that the API's requests take) only when there is nothing left
+    /// to offer, so no request is left unserved.
     async fn hold(&self, dialog: &Dialog) {
-        let _ours = dialog.offering.lock().await;
         let mut glares = 0;
         loop {
             let (sdp, on) = {
                 let mut guard = dialog.lock();
                 let state = &mut *guard;
                 let call = state.media.as_ref().map(|media| media.borrow().clone());
-                let (Some(call), Some(ours), false) = (call, state.sdp.as_mut(), state.ended_by_peer) else { return };
+                let (Some(call), Some(ours), false) = (call, state.sdp.as_mut(), state.ended_by_peer) else {
+                    state.holding_task = false;
+                    return;
+                };
                 let on = state.hold_wanted;
                 if ours.holding == on {
+                    state.holding_task = false;
                     return;
                 }
                 let sdp = ours.reoffer(self.address, &call, on);
@@ -753,7 +760,12 @@ impl Endpoint {
                 }
                 (_, code) => {
                     tracing::warn!(sip_call = %dialog.id, ?code, hold = on, "the SIP peer did not take our hold's offer: the call's media stays as it was");
-                    return;
+                    let mut state = dialog.lock();
+                    // Asked otherwise meanwhile: that is offered next.
+                    if state.hold_wanted == on {
+                        state.holding_task = false;
+                        return;
+                    }
                 }
             }
         }
@@ -940,7 +952,7 @@ impl Endpoint {
             sdp: Some(ours),
             ..DialogState::default()
         };
-        let dialog = Arc::new(Dialog { id: invite.id.clone(), peer: trunk, invite: parsed, our_tag, state: Mutex::new(state), offering: Default::default() });
+        let dialog = Arc::new(Dialog { id: invite.id.clone(), peer: trunk, invite: parsed, our_tag, state: Mutex::new(state) });
         if self.dialogs().len() >= MAX_DIALOGS {
             return Err(not_answered(CallStatus::Failed, "this server holds too many SIP dialogs"));
         }
@@ -1166,7 +1178,14 @@ impl CallControl for SipControl {
     fn hang_up(&self) {}
 
     fn hold(&self, on: bool) {
-        self.dialog.lock().hold_wanted = on;
+        {
+            let mut state = self.dialog.lock();
+            state.hold_wanted = on;
+            // The running task takes the new wish on its next round.
+            if std::mem::replace(&mut state.holding_task, true) {
+                return;
+            }
+        }
         let (endpoint, dialog) = (self.endpoint.clone(), self.dialog.clone());
         tokio::spawn(async move { endpoint.hold(&dialog).await });
     }
