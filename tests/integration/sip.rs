@@ -746,6 +746,54 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
     assert!((answer.to_lowercase().contains("nine") || answer.contains('9')) && word_recall("we open at nine in the morning goodbye", &answer) >= 0.6, "the answer, whole, at the address the media moved to: {answer:?}");
 }
 
+/// A phone that sends no RTP until its caller speaks, and a caller who speaks over the
+/// greeting: the caller is heard whole, and placed in the call when it spoke. The echo
+/// canceller pairs what the caller's side carries with what the agent played at the same
+/// moment; a line that gave the listener nothing before the phone's first packet left it
+/// pairing the caller's first words with greeting audio from seconds before (on a busy box
+/// the canceller then took them for echo) and placed them seconds early.
+#[test]
+fn a_caller_whose_first_packet_comes_over_the_greeting_is_heard_whole() {
+    let llm = standin::llm(vec![
+        Reply::Tool { text: "We open at nine in the morning. Goodbye.", name: "end_call", arguments: r#"{"reason":"answered"}"# },
+        Reply::Text("The caller asked about opening hours."),
+    ]);
+    let (_db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
+    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let phone = Phone::call(port, &phone_sdp(media.local_addr().unwrap().port(), "sendrecv"), "");
+    let server_media = ("127.0.0.1", port_of_media(&phone.ok));
+
+    // The greeting begins; three seconds into it the caller speaks, in every 20 ms frame.
+    media.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buffer = [0u8; 2048];
+    media.recv_from(&mut buffer).expect("the greeting begins");
+    std::thread::sleep(Duration::from_secs(3));
+    let audio = ringline::audio::decode::decode_file(Path::new(CARDS)).expect("the recording decodes").to_rate(8_000).unwrap();
+    let start = std::time::Instant::now();
+    for (index, frame) in audio.samples.chunks_exact(160).enumerate() {
+        if let Some(wait) = Duration::from_millis(20 * index as u64).checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let packet = ringline::transport::sip::rtp_packet(index == 0, 0, index as u16, 160 * index as u32, 0x5eed, &ringline::audio::g711::encode_mulaw(frame));
+        media.send_to(&packet, server_media).unwrap();
+    }
+
+    let bye = phone.read(Duration::from_secs(40), &|m| m.starts_with("BYE ")).expect("the agent answered the caller and hung up");
+    phone.send(&format!("SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n", header(&bye, "Via"), header(&bye, "From"), header(&bye, "To"), header(&bye, "Call-ID"), header(&bye, "CSeq")));
+    let (_, history) = get(&serve, &key, "/v1/calls/history");
+    let call_id = history["calls"][0]["call_id"].as_str().unwrap_or_else(|| panic!("one call: {history}")).to_string();
+    wait_for(&serve, &key, &call_id, Duration::from_secs(30), crate::api::ended);
+    let (_, transcript) = get(&serve, &key, &format!("/v1/calls/{call_id}/transcript"));
+    let lines = transcript["transcript"].as_array().cloned().unwrap_or_default();
+    let caller: Vec<String> = lines.iter().filter(|l| l["speaker"] == "caller").map(|l| l["text"].as_str().unwrap_or_default().to_string()).collect();
+    assert!(word_recall("eight of spades four of clubs seven of hearts", &caller.join(" ")) >= 0.75, "the caller, first words included: {caller:?}");
+    // The caller's words are placed when they were said: the line's clock ran from the answer,
+    // so the listener's time (and the canceller's pairing) is the call's. Heard from the
+    // first packet on, they would sit three seconds early, at the greeting's start.
+    let at = |speaker: &str| lines.iter().find(|l| l["speaker"] == speaker).and_then(|l| l["at_ms"].as_i64()).unwrap_or_else(|| panic!("a {speaker} line: {lines:?}"));
+    assert!(at("caller") >= at("agent") + 3_000, "the caller's turn ended at {} ms, the greeting began at {} ms, and the caller spoke 3 s into it for 3 s", at("caller"), at("agent"));
+}
+
 /// A phone that puts the agent on hold (a re-INVITE saying `a=sendonly`, as a handset's hold
 /// key does) and takes it off again: the answers mirror each offer's direction under a new
 /// SDP version, the agent goes on hold (it stops talking and nothing goes to the phone), and
