@@ -40,7 +40,8 @@ fn reply(status: &str, tagged: bool, headers: &[&str], attributes: &str) -> Stri
 }
 
 /// The caller's side, as SIPp plays it: INVITE offering PCMU (and telephone-events) with its
-/// media at `media_port`, ACK, silence through the greeting, the recording, a key, then the
+/// media at `media_port`, ACK, silence through the greeting (12 s: on a busy box the greeting
+/// starts late, and a caller talking over it cuts it short), the recording, a key, then the
 /// agent's BYE answered.
 fn caller_scenario(media_port: u16, audio: &Path) -> String {
     format!(
@@ -83,7 +84,7 @@ fn caller_scenario(media_port: u16, audio: &Path) -> String {
       Content-Length: 0
     ]]>
   </send>
-  <pause milliseconds="9000"/>
+  <pause milliseconds="12000"/>
   <nop><action><exec rtp_stream="{audio},1,0"/></action></nop>
   <pause milliseconds="14000"/>
   <send retrans="500">
