@@ -728,7 +728,7 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
     // The agent answers after the caller's silence, and hangs up.
     let bye = phone.read(Duration::from_secs(40), &|m| m.starts_with("BYE ")).expect("the agent answered the quiet caller and hung up");
     assert!(bye.starts_with("BYE sip:caller@127.0.0.1:") && bye.contains(&record_route.replace("Record-Route", "Route")), "the BYE goes to the caller's Contact through the proxies: {bye}");
-    phone.send(&format!("SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n", header(&bye, "Via"), header(&bye, "From"), header(&bye, "To"), header(&bye, "Call-ID"), header(&bye, "CSeq")));
+    phone.send(&phone.respond(&bye, "200 OK", None));
 
     let (_, history) = get(&serve, &key, "/v1/calls/history");
     let call_id = history["calls"][0]["call_id"].as_str().unwrap_or_else(|| panic!("one call: {history}")).to_string();
@@ -780,7 +780,7 @@ fn a_caller_whose_first_packet_comes_over_the_greeting_is_heard_whole() {
     }
 
     let bye = phone.read(Duration::from_secs(40), &|m| m.starts_with("BYE ")).expect("the agent answered the caller and hung up");
-    phone.send(&format!("SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n", header(&bye, "Via"), header(&bye, "From"), header(&bye, "To"), header(&bye, "Call-ID"), header(&bye, "CSeq")));
+    phone.send(&phone.respond(&bye, "200 OK", None));
     let (_, history) = get(&serve, &key, "/v1/calls/history");
     let call_id = history["calls"][0]["call_id"].as_str().unwrap_or_else(|| panic!("one call: {history}")).to_string();
     wait_for(&serve, &key, &call_id, Duration::from_secs(30), crate::api::ended);
