@@ -712,6 +712,7 @@ impl Endpoint {
     /// shows the call held, a PBX plays its music. A glare (491: the peer re-INVITEd at the same
     /// moment) is tried again after a random wait (RFC 3261, section 14.1); any other refusal
     /// leaves the media as it was.
+    ///
     /// The dialog's one such task ([`DialogState::holding_task`]) runs this; it ends (clearing
     /// the flag under the lock that the API's requests take) only when there is nothing left
     /// to offer, so no request is left unserved.
