@@ -27,6 +27,7 @@ use crate::pipeline::{self, CallEvent, CallSetup, Credentials, EngineRegistry, E
 use crate::call::CallStatus;
 use crate::store::{CallOutcome, CallRecord, Store, TranscriptLine, TurnRecord};
 use crate::simulation::{sandbox, CallerScript, Sandbox, ScriptedCaller};
+use crate::transport::hold::Holder;
 use crate::transport::loopback::LoopbackLine;
 use crate::transport::recorder::Recorder;
 use crate::transport::stream::StreamLine;
@@ -716,7 +717,7 @@ impl Runner {
                 call.line.send_dtmf(digits);
             }
             Control::Hold { on } => {
-                if call.line.set_hold(*on) {
+                if call.line.set_hold(Holder::Api, *on) {
                     call.log.event("action", json!({ "type": if *on { "hold" } else { "unhold" } })).await;
                     call.line.hold_far_end(*on);
                 }
@@ -733,10 +734,11 @@ impl Runner {
     }
 
     /// The far end held the call or took it off hold (a SIP peer's re-INVITE): the agent waits
-    /// as on the API's hold, and the far end is not asked back for what it did itself.
+    /// as on the API's hold, and the far end is not asked back for what it did itself. Its
+    /// coming back leaves an API hold in place.
     pub async fn held_by_far_end(&self, call_id: &str, on: bool) {
         let Some(call) = self.live.lock().unwrap_or_else(|e| e.into_inner()).get(call_id).cloned() else { return };
-        if call.line.set_hold(on) {
+        if call.line.set_hold(Holder::FarEnd, on) {
             call.log.event("action", json!({ "type": if on { "hold" } else { "unhold" }, "by": "caller" })).await;
         }
     }

@@ -4,33 +4,54 @@
 //! saying, and what it would say while held is dropped; the caller's audio reaches the listener
 //! as silence of the same length (the clock keeps running, nothing is mistaken for speech). The
 //! turn manager sees [`AudioOut::held`] and does not count the time as the caller's silence.
+//!
+//! Two parties may hold a call, each for its own reasons: the API (a business's request) and
+//! the far end (a SIP phone's hold key). The call stays on hold while either does; one party
+//! taking it off hold does not undo the other's.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::live::Silencer;
 use super::{recorder, AudioOut};
 
+/// Who holds a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// The API's hold action.
+    Api,
+    /// The far end: a SIP peer that stopped taking our audio.
+    FarEnd,
+}
+
 pub struct HoldableLine {
     inner: Arc<dyn AudioOut>,
+    /// Whether the API holds the call, and whether the far end does.
+    holders: Mutex<[bool; 2]>,
+    /// Either does: read on every frame the agent plays.
     held: AtomicBool,
     silencer: Silencer,
 }
 
 impl HoldableLine {
     pub fn new(inner: Arc<dyn AudioOut>, silencer: Silencer) -> Self {
-        HoldableLine { inner, held: AtomicBool::new(false), silencer }
+        HoldableLine { inner, holders: Mutex::new([false; 2]), held: AtomicBool::new(false), silencer }
     }
 
-    /// Puts the call on hold or takes it off; returns whether that changed anything.
-    pub fn set_hold(&self, on: bool) -> bool {
-        let was = self.held.swap(on, Ordering::SeqCst);
-        self.silencer.set(on);
-        if on && !was {
+    /// `by` puts the call on hold or takes its own hold off; returns whether that changed
+    /// `by`'s hold. The call is held while any party holds it.
+    pub fn set_hold(&self, by: Holder, on: bool) -> bool {
+        let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = &mut holders[by as usize];
+        let changed = std::mem::replace(slot, on) != on;
+        let held = holders.iter().any(|&h| h);
+        let was = self.held.swap(held, Ordering::SeqCst);
+        self.silencer.set(held);
+        if held && !was {
             self.inner.clear();
         }
-        was != on
+        changed
     }
 }
 
@@ -99,14 +120,38 @@ mod tests {
         let held = HoldableLine::new(line.clone(), input.audio.silencer());
         held.play(1, vec![0.1; 16_000]);
         assert!(!line.is_idle(), "the agent speaks");
-        assert!(held.set_hold(true) && held.held());
+        assert!(held.set_hold(Holder::Api, true) && held.held());
         assert!(line.is_idle(), "going on hold cut the agent off");
         held.play(2, vec![0.1; 16_000]);
         assert!(line.is_idle(), "nothing the agent says on hold is played");
-        assert!(!held.set_hold(true), "holding twice changes nothing");
-        assert!(held.set_hold(false) && !held.held());
+        assert!(!held.set_hold(Holder::Api, true), "holding twice changes nothing");
+        assert!(held.set_hold(Holder::Api, false) && !held.held());
         held.play(3, vec![0.1; 1_600]);
         assert!(!line.is_idle(), "off hold the agent is heard again");
         // What the caller says meanwhile reaches the listener as silence: `live`'s own test.
+    }
+
+    #[tokio::test]
+    async fn a_call_held_by_both_parties_stays_held_until_both_take_it_off() {
+        let (line, input) = LoopbackLine::start(16_000);
+        let line: Arc<dyn AudioOut> = Arc::new(line);
+        let held = HoldableLine::new(line.clone(), input.audio.silencer());
+        assert!(held.set_hold(Holder::Api, true));
+        assert!(held.set_hold(Holder::FarEnd, true), "the far end's hold is its own");
+        assert!(held.set_hold(Holder::FarEnd, false));
+        assert!(held.held(), "the far end coming back does not undo the API's hold");
+        held.play(1, vec![0.1; 16_000]);
+        assert!(line.is_idle(), "still held: nothing is played");
+        assert!(!held.set_hold(Holder::FarEnd, false), "nothing of the far end's to take off");
+        assert!(held.set_hold(Holder::Api, false) && !held.held());
+        // The other way round: the API takes its hold off while the far end still holds.
+        held.set_hold(Holder::FarEnd, true);
+        held.set_hold(Holder::Api, true);
+        held.set_hold(Holder::Api, false);
+        assert!(held.held(), "the API's unhold does not undo the far end's hold");
+        held.set_hold(Holder::FarEnd, false);
+        assert!(!held.held());
+        held.play(2, vec![0.1; 1_600]);
+        assert!(!line.is_idle(), "off hold the agent is heard again");
     }
 }

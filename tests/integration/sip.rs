@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::api::{create_key, get, post, wait_for, Database, Serve};
 use crate::standin::{self, Reply};
@@ -868,7 +868,8 @@ fn a_phone_that_holds_the_call_is_sent_nothing_until_it_resumes() {
 /// The API's hold is the phone's to know: the server re-INVITEs it `sendonly` (in a glare,
 /// both sides re-INVITEing at once, it refuses the phone's offer with 491 and offers again after
 /// the phone's 491), acknowledges the answer (again when the answer comes again), answers the
-/// phone's own offer meanwhile as the holder, and takes the call off hold the same way.
+/// phone's own offer meanwhile as the holder — the phone holding and coming back leaves the
+/// API's hold in place — and takes the call off hold the same way.
 #[test]
 fn the_apis_hold_is_offered_to_the_phone_and_taken_off_the_same_way() {
     let llm = standin::llm(vec![Reply::Text("Still here."), Reply::Text("Held through the API and taken off hold.")]);
@@ -877,18 +878,7 @@ fn the_apis_hold_is_offered_to_the_phone_and_taken_off_the_same_way() {
     let media_port = media.local_addr().unwrap().port();
     let phone = Phone::call(port, &phone_sdp(media_port, "sendrecv"), "");
     let answered = sdp_version(&phone.ok);
-    let call_id = {
-        let start = std::time::Instant::now();
-        loop {
-            let (_, history) = get(&serve, &key, "/v1/calls/history");
-            if let Some(id) = history["calls"][0]["call_id"].as_str() {
-                break id.to_string();
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "the call is listed: {history}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    wait_for(&serve, &key, &call_id, Duration::from_secs(30), |c| c["status"] == "in-progress");
+    let call_id = call_in_progress(&serve, &key);
     let action = |action: &str| {
         let (status, body) = post(&serve, &key, &format!("/v1/calls/{call_id}/actions"), json!({ "action": action }));
         assert_eq!(status, 202, "{action}: {body}");
@@ -921,6 +911,24 @@ fn the_apis_hold_is_offered_to_the_phone_and_taken_off_the_same_way() {
     // The phone's own offer while we hold is answered as the holder's: we take no audio.
     let held = phone.reinvite(3, &phone_sdp(media_port, "sendrecv"));
     assert!(held.contains("a=sendonly\r\n"), "{held}");
+    // The phone holds too, and comes back: the API's hold stands. A key pressed then is not
+    // answered aloud (the agent is held; it would say "Still here.").
+    let both = phone.reinvite(4, &phone_sdp(media_port, "sendonly"));
+    assert!(both.contains("a=inactive\r\n"), "both sides hold: {both}");
+    let back = phone.reinvite(5, &phone_sdp(media_port, "sendrecv"));
+    assert!(back.contains("a=sendonly\r\n"), "the API still holds: {back}");
+    media.set_nonblocking(true).unwrap();
+    let mut buffer = [0u8; 2048];
+    while media.recv_from(&mut buffer).is_ok() {}
+    media.set_nonblocking(false).unwrap();
+    media.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    phone.send(&phone.request("INFO", 6, &["Content-Type: application/dtmf-relay"], Some("Signal=5\r\nDuration=160\r\n")));
+    let pressed = std::time::Instant::now();
+    let mut heard = 0;
+    while pressed.elapsed() < Duration::from_secs(4) {
+        heard += media.recv_from(&mut buffer).is_ok() as usize;
+    }
+    assert_eq!(heard, 0, "the phone's coming back took the call off the API's hold: the agent spoke");
 
     // Off hold: our offer flows both ways again.
     action("unhold");
@@ -929,11 +937,75 @@ fn the_apis_hold_is_offered_to_the_phone_and_taken_off_the_same_way() {
     phone.send(&phone.respond(&resumed, "200 OK", Some(&phone_sdp(media_port, "sendrecv"))));
     assert!(acked(&resumed), "{resumed}");
 
-    phone.send(&phone.request("BYE", 4, &[], None));
-    let bye_ok = phone.read(Duration::from_secs(10), &|m| m.contains("CSeq: 4 BYE")).expect("the BYE is answered");
+    phone.send(&phone.request("BYE", 7, &[], None));
+    let bye_ok = phone.read(Duration::from_secs(10), &|m| m.contains("CSeq: 7 BYE")).expect("the BYE is answered");
     assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
+    // The API held first and took its hold off last; the phone's own hold came and went between.
     let events = held_and_resumed(&serve, &key, &call_id);
-    assert!(!events.contains(r#""by":"caller""#), "the hold was the API's, not the phone's: {events}");
+    let holds: Vec<String> = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str::<Value>(data.trim()).ok())
+        .filter(|e| e["type"] == "hold" || e["type"] == "unhold")
+        .map(|e| format!("{} by {}", e["type"].as_str().unwrap_or_default(), e["by"].as_str().unwrap_or("api")))
+        .collect();
+    assert_eq!(holds, ["hold by api", "hold by caller", "unhold by caller", "unhold by api"], "{events}");
+}
+
+/// A key pressing hold and unhold again and again while the phone has not yet answered the
+/// first offer: one offer is in flight at a time, and when it is answered the server offers
+/// only what the API asked last — here nothing more, the last request being a hold again.
+#[test]
+fn the_apis_hold_pressed_again_and_again_is_offered_once_per_change_that_stands() {
+    let llm = standin::llm(vec![Reply::Text("Still here."), Reply::Text("Held and taken off hold through the API.")]);
+    let (_db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
+    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let media_port = media.local_addr().unwrap().port();
+    let phone = Phone::call(port, &phone_sdp(media_port, "sendrecv"), "");
+    let call_id = call_in_progress(&serve, &key);
+    let action = |action: &str| {
+        let (status, body) = post(&serve, &key, &format!("/v1/calls/{call_id}/actions"), json!({ "action": action }));
+        assert_eq!(status, 202, "{action}: {body}");
+    };
+    let cseq_of = |message: &str| header(message, "CSeq");
+
+    action("hold");
+    let first = phone.read(Duration::from_secs(10), &|m| m.starts_with("INVITE ")).expect("the hold is offered to the phone");
+    assert!(first.contains("a=sendonly\r\n"), "{first}");
+    // While the phone thinks it over, the key is pressed four more times.
+    for again in ["unhold", "hold", "unhold", "hold"] {
+        action(again);
+    }
+    let other_offer = |wait: u64| phone.read(Duration::from_secs(wait), &|m| m.starts_with("INVITE ") && cseq_of(m) != cseq_of(&first));
+    assert!(other_offer(1).is_none(), "a second offer went out before the first was answered");
+    phone.send(&phone.respond(&first, "200 OK", Some(&phone_sdp(media_port, "recvonly"))));
+    assert!(other_offer(3).is_none(), "the API's last word was a hold, which the phone has taken: nothing more to offer");
+
+    // Taken off hold once more: one offer, flowing both ways.
+    action("unhold");
+    let resumed = phone.read(Duration::from_secs(10), &|m| m.starts_with("INVITE ") && cseq_of(m) != cseq_of(&first)).expect("taking the call off hold is offered");
+    assert!(resumed.contains("a=sendrecv\r\n"), "{resumed}");
+    phone.send(&phone.respond(&resumed, "200 OK", Some(&phone_sdp(media_port, "sendrecv"))));
+
+    phone.send(&phone.request("BYE", 2, &[], None));
+    let bye_ok = phone.read(Duration::from_secs(10), &|m| m.contains("CSeq: 2 BYE")).expect("the BYE is answered");
+    assert!(bye_ok.starts_with("SIP/2.0 200"), "{bye_ok}");
+    held_and_resumed(&serve, &key, &call_id);
+}
+
+/// The id of the one call the server answered, once it is in progress.
+fn call_in_progress(serve: &Serve, key: &str) -> String {
+    let start = std::time::Instant::now();
+    let call_id = loop {
+        let (_, history) = get(serve, key, "/v1/calls/history");
+        if let Some(id) = history["calls"][0]["call_id"].as_str() {
+            break id.to_string();
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the call is listed: {history}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    wait_for(serve, key, &call_id, Duration::from_secs(30), |c| c["status"] == "in-progress");
+    call_id
 }
 
 /// The version in the `o=` line of the SDP in `message`.
