@@ -1045,15 +1045,35 @@ struct Phone {
 
 impl Phone {
     /// Calls the number with `sdp` (`headers` before From, `{sip_port}` in them the phone's
-    /// port), waits for the answer and acknowledges it.
+    /// port), waits for the answer and acknowledges it. As a phone on UDP does, it sends the
+    /// INVITE again (every 500 ms, then doubling) until the server's first response.
     fn call(server: u16, sdp: &str, headers: &str) -> Phone {
         let signalling = UdpSocket::bind("127.0.0.1:0").unwrap();
         let sip_port = signalling.local_addr().unwrap().port();
-        signalling.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        signalling.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let mut phone = Phone { signalling, sip_port, server, ok: String::new() };
         let headers = headers.replace("{sip_port}", &sip_port.to_string());
-        phone.send(&invite(NUMBER.trim_start_matches('+'), sdp).replace("5999", &sip_port.to_string()).replacen("From: ", &format!("{headers}From: "), 1));
-        phone.ok = phone.read(Duration::from_secs(30), &|m| m.starts_with("SIP/2.0 200")).expect("the INVITE is answered");
+        let request = invite(NUMBER.trim_start_matches('+'), sdp).replace("5999", &sip_port.to_string()).replacen("From: ", &format!("{headers}From: "), 1);
+        let start = std::time::Instant::now();
+        let (mut resend_at, mut interval) = (Duration::ZERO, Duration::from_millis(500));
+        let mut heard: Vec<String> = Vec::new();
+        let mut buffer = [0u8; 4096];
+        phone.ok = loop {
+            assert!(start.elapsed() < Duration::from_secs(30), "the INVITE is answered within 30 s; the server said {heard:?}");
+            if heard.is_empty() && start.elapsed() >= resend_at {
+                phone.send(&request);
+                resend_at += interval;
+                interval = (interval * 2).min(Duration::from_secs(4));
+            }
+            if let Ok((length, _)) = phone.signalling.recv_from(&mut buffer) {
+                let message = String::from_utf8_lossy(&buffer[..length]).to_string();
+                if message.starts_with("SIP/2.0 200") {
+                    break message;
+                }
+                heard.push(message.lines().next().unwrap_or_default().to_string());
+            }
+        };
+        phone.signalling.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         phone.send(&phone.ack(1));
         phone
     }
