@@ -202,6 +202,21 @@ pub fn uri_of(value: &str) -> &str {
     }
 }
 
+/// Whether a proxy's URI says it routes loosely (an `lr` parameter, RFC 3261 19.1.1).
+fn routes_loosely(uri: &str) -> bool {
+    let without_headers = uri.split('?').next().unwrap_or_default();
+    without_headers.split(';').skip(1).any(|param| {
+        let name = param.split('=').next().unwrap_or_default().trim();
+        name.eq_ignore_ascii_case("lr")
+    })
+}
+
+/// A URI as a Request-URI: without the header part (`?…`), which a Request-URI may not carry
+/// (RFC 3261 19.1.5).
+fn request_uri_of(uri: &str) -> &str {
+    uri.split('?').next().unwrap_or_default()
+}
+
 /// The user part of a `sip:`/`sips:`/`tel:` URI (the dialled or calling number), without its
 /// parameters; `None` when it has none.
 pub fn user_of(uri: &str) -> Option<&str> {
@@ -267,7 +282,10 @@ fn finish(mut out: String, extra: &[(&str, &str)], body: Option<(&str, &str)>) -
 
 /// A request within a dialog we are in (BYE, REFER): `from` is our side of it (with our tag),
 /// `to` the peer's (with theirs), `target` the peer's Contact, `route` the dialog's route set
-/// (the proxies that record-routed it, loose routing).
+/// (the proxies that record-routed it). A route set whose first proxy routes loosely (`;lr`)
+/// goes in Route headers before the target; one whose first proxy is a strict router (RFC 2543)
+/// takes that proxy's URI as the Request-URI, the rest of the set and then the target as
+/// Route headers (RFC 3261, section 12.2.1.1).
 pub struct InDialog<'a> {
     pub method: &'a str,
     pub target: &'a str,
@@ -287,14 +305,22 @@ impl InDialog<'_> {
 
     /// The request with a body (`Content-Type`, body): a re-INVITE's SDP.
     pub fn render_with(&self, extra: &[(&str, &str)], body: Option<(&str, &str)>) -> String {
-        let mut out = format!("{} {} SIP/2.0\r\n", self.method, self.target);
+        let strict = self.route.first().filter(|first| !routes_loosely(uri_of(first)));
+        let request_uri = match strict {
+            Some(first) => request_uri_of(uri_of(first)),
+            None => self.target,
+        };
+        let mut out = format!("{} {} SIP/2.0\r\n", self.method, request_uri);
         let _ = write!(
             out,
             "Via: SIP/2.0/UDP {};branch={};rport\r\nMax-Forwards: 70\r\n",
             self.via_host, self.branch
         );
-        for route in self.route {
+        for route in &self.route[strict.is_some() as usize..] {
             let _ = write!(out, "Route: {route}\r\n");
+        }
+        if strict.is_some() {
+            let _ = write!(out, "Route: <{}>\r\n", self.target);
         }
         let _ = write!(out, "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n", self.from, self.to, self.call_id, self.cseq, self.method);
         finish(out, extra, body)
@@ -916,6 +942,20 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         assert!(message.check_request().is_ok());
         assert_eq!(message.cseq(), Some((1, "BYE")));
         assert_eq!(message.headers("route").collect::<Vec<_>>(), route.iter().map(String::as_str).collect::<Vec<_>>(), "{bye}");
+        assert!(bye.starts_with("BYE sip:caller@127.0.0.1:5070 SIP/2.0\r\n"), "a loose router leaves the target as the Request-URI: {bye}");
+    }
+
+    #[test]
+    fn a_strict_router_first_in_the_route_set_takes_the_request_uri_and_the_target_goes_last() {
+        let route = ["<sip:old-proxy.example:5060;transport=udp?X-A=1>".to_string(), "<sip:edge.example;lr>".to_string()];
+        let bye = InDialog { method: "BYE", target: "sip:caller@192.0.2.4:5070", route: &route, via_host: "127.0.0.1:5060", branch: "z9hG4bK-x", from: "<sip:+1@h>;tag=t1", to: "<sip:+2@h>;tag=abc", call_id: "c1", cseq: 1 }.render(&[]);
+        assert!(bye.starts_with("BYE sip:old-proxy.example:5060;transport=udp SIP/2.0\r\n"), "the strict router's URI, without headers, is the Request-URI: {bye}");
+        let message = parse(bye.as_bytes()).unwrap();
+        assert!(message.check_request().is_ok());
+        assert_eq!(message.headers("route").collect::<Vec<_>>(), ["<sip:edge.example;lr>", "<sip:caller@192.0.2.4:5070>"], "the rest of the set, then the target: {bye}");
+        // `lr` in any case and with a value is loose; a parameter merely starting with it is not.
+        assert!(routes_loosely("sip:p.example;LR") && routes_loosely("sip:p.example;transport=udp;lr=on"));
+        assert!(!routes_loosely("sip:p.example;lrx") && !routes_loosely("sip:p.example?lr"));
     }
 
     #[test]
