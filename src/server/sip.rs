@@ -341,6 +341,13 @@ impl Endpoint {
                     return;
                 }
                 let method = method.clone();
+                // An extension the request requires and we lack: refused, not half-served.
+                let unsupported = sip::unsupported_requirements(&message);
+                if !unsupported.is_empty() && method != "ACK" && method != "CANCEL" {
+                    let tag = (method == "INVITE").then(|| random_hex(8));
+                    let text = sip::response(&message, 420, "Bad Extension", tag.as_deref(), &[("Unsupported", &unsupported.join(", "))], None);
+                    return self.send(&text, source).await;
+                }
                 let dialog = message.header("call-id").and_then(|id| self.dialogs().get(id).cloned());
                 match (method.as_str(), dialog) {
                     ("INVITE", Some(dialog)) => self.reinvite(&dialog, &message, source).await,

@@ -226,8 +226,6 @@ pub fn user_of(uri: &str) -> Option<&str> {
     (!user.is_empty()).then_some(user)
 }
 
-/// A response to `request`: its Via, From, Call-ID and CSeq copied, its To with `to_tag`
-/// added if it has none, then `extra` headers and the body.
 /// The entries of a header that lists several (`<sip:a;lr>, <sip:b;lr>`): split at commas
 /// outside angle brackets and quotes.
 fn split_list(value: &str) -> impl Iterator<Item = &str> {
@@ -248,6 +246,15 @@ fn split_list(value: &str) -> impl Iterator<Item = &str> {
     parts.into_iter().map(str::trim).filter(|part| !part.is_empty())
 }
 
+/// The option tags a request's `Require` names (RFC 3261 8.2.2.3) that we do not implement —
+/// none are: no reliable provisional responses (`100rel`), no session timers of our own
+/// (`timer`). A request requiring any is refused with 420 and them in `Unsupported`.
+pub fn unsupported_requirements(request: &Message) -> Vec<String> {
+    request.headers("require").flat_map(split_list).map(str::to_string).collect()
+}
+
+/// A response to `request`: its Via, From, Call-ID and CSeq copied, its To with `to_tag`
+/// added if it has none, then `extra` headers and the body.
 pub fn response(request: &Message, code: u16, reason: &str, to_tag: Option<&str>, extra: &[(&str, &str)], body: Option<(&str, &str)>) -> String {
     let mut out = format!("SIP/2.0 {code} {reason}\r\n");
     for via in request.headers("via") {
@@ -943,6 +950,13 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         assert_eq!(message.cseq(), Some((1, "BYE")));
         assert_eq!(message.headers("route").collect::<Vec<_>>(), route.iter().map(String::as_str).collect::<Vec<_>>(), "{bye}");
         assert!(bye.starts_with("BYE sip:caller@127.0.0.1:5070 SIP/2.0\r\n"), "a loose router leaves the target as the Request-URI: {bye}");
+    }
+
+    #[test]
+    fn every_option_tag_a_request_requires_is_one_we_do_not_implement() {
+        let request = |extra: &str| parse(format!("INVITE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP p;branch=z9hG4bK-1\r\n{extra}Content-Length: 0\r\n\r\n").as_bytes()).unwrap();
+        assert!(unsupported_requirements(&request("Supported: 100rel, timer\r\n")).is_empty(), "what a peer merely supports asks nothing");
+        assert_eq!(unsupported_requirements(&request("Require: 100rel, timer\r\nRequire: x-foo\r\n")), ["100rel", "timer", "x-foo"]);
     }
 
     #[test]

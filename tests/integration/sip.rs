@@ -239,6 +239,8 @@ fn a_call_from_a_sip_trunk_is_answered_heard_keyed_and_hung_up() {
     assert!(answers.iter().any(|a| a.starts_with("SIP/2.0 404")), "{answers:?}");
     let answers = exchange(port, &invite("14155552671", "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 40000 RTP/AVP 18\r\n"));
     assert!(answers.iter().any(|a| a.starts_with("SIP/2.0 488") && a.contains("neither PCMU")), "{answers:?}");
+    let answers = exchange(port, &invite("14155552671", g711).replacen("From: ", "Require: 100rel, x-foo\r\nFrom: ", 1));
+    assert!(answers.iter().any(|a| a.starts_with("SIP/2.0 420") && a.contains("Unsupported: 100rel, x-foo\r\n") && a.contains(";tag=")), "an extension we lack is refused: {answers:?}");
     let register = "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-r\r\nFrom: <sip:a@127.0.0.1>;tag=r\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: r@127.0.0.1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
     let answers = exchange(port, register);
     assert!(answers.iter().any(|a| a.starts_with("SIP/2.0 405") && a.contains("Allow: INVITE")), "{answers:?}");
