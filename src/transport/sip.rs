@@ -211,6 +211,16 @@ fn routes_loosely(uri: &str) -> bool {
     })
 }
 
+/// The URI of a route set's entry: `<uri>` with header parameters after it, or a bare URI
+/// taken whole (its `;lr` kept).
+fn route_uri(entry: &str) -> &str {
+    if entry.contains('<') {
+        uri_of(entry)
+    } else {
+        entry.trim()
+    }
+}
+
 /// A URI as a Request-URI: without the header part (`?…`), which a Request-URI may not carry
 /// (RFC 3261 19.1.5).
 fn request_uri_of(uri: &str) -> &str {
@@ -312,9 +322,9 @@ impl InDialog<'_> {
 
     /// The request with a body (`Content-Type`, body): a re-INVITE's SDP.
     pub fn render_with(&self, extra: &[(&str, &str)], body: Option<(&str, &str)>) -> String {
-        let strict = self.route.first().filter(|first| !routes_loosely(uri_of(first)));
+        let strict = self.route.first().filter(|first| !routes_loosely(route_uri(first)));
         let request_uri = match strict {
-            Some(first) => request_uri_of(uri_of(first)),
+            Some(first) => request_uri_of(route_uri(first)),
             None => self.target,
         };
         let mut out = format!("{} {} SIP/2.0\r\n", self.method, request_uri);
@@ -970,6 +980,9 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         // `lr` in any case and with a value is loose; a parameter merely starting with it is not.
         assert!(routes_loosely("sip:p.example;LR") && routes_loosely("sip:p.example;transport=udp;lr=on"));
         assert!(!routes_loosely("sip:p.example;lrx") && !routes_loosely("sip:p.example?lr"));
+        let bare = ["sip:edge.example;lr".to_string()];
+        let bye = InDialog { route: &bare, ..InDialog { method: "BYE", target: "sip:caller@192.0.2.4:5070", route: &route, via_host: "127.0.0.1:5060", branch: "z9hG4bK-x", from: "<sip:+1@h>;tag=t1", to: "<sip:+2@h>;tag=abc", call_id: "c1", cseq: 1 } }.render(&[]);
+        assert!(bye.starts_with("BYE sip:caller@192.0.2.4:5070 SIP/2.0\r\n"), "a bare entry keeps its `lr`: {bye}");
     }
 
     #[test]
