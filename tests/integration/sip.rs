@@ -881,10 +881,7 @@ fn the_apis_hold_is_offered_to_the_phone_and_taken_off_the_same_way() {
     let phone = Phone::call(port, &phone_sdp(media_port, "sendrecv"), "");
     let answered = sdp_version(&phone.ok);
     let call_id = call_in_progress(&serve, &key);
-    let action = |action: &str| {
-        let (status, body) = post(&serve, &key, &format!("/v1/calls/{call_id}/actions"), json!({ "action": action }));
-        assert_eq!(status, 202, "{action}: {body}");
-    };
+    let action = |action: &str| act(&serve, &key, &call_id, action);
     let cseq_of = |message: &str| header(message, "CSeq");
     let acked = |request: &str| {
         let number = cseq_of(request).split_whitespace().nth(1).unwrap_or_default().to_string();
@@ -965,10 +962,7 @@ fn the_apis_hold_pressed_again_and_again_is_offered_once_per_change_that_stands(
     let media_port = media.local_addr().unwrap().port();
     let phone = Phone::call(port, &phone_sdp(media_port, "sendrecv"), "");
     let call_id = call_in_progress(&serve, &key);
-    let action = |action: &str| {
-        let (status, body) = post(&serve, &key, &format!("/v1/calls/{call_id}/actions"), json!({ "action": action }));
-        assert_eq!(status, 202, "{action}: {body}");
-    };
+    let action = |action: &str| act(&serve, &key, &call_id, action);
     let cseq_of = |message: &str| header(message, "CSeq");
 
     action("hold");
@@ -1008,6 +1002,12 @@ fn call_in_progress(serve: &Serve, key: &str) -> String {
     };
     wait_for(serve, key, &call_id, Duration::from_secs(30), |c| c["status"] == "in-progress");
     call_id
+}
+
+/// Asks the API for `action` (`hold`, `unhold`) on the call; it is accepted.
+fn act(serve: &Serve, key: &str, call_id: &str, action: &str) {
+    let (status, body) = post(serve, key, &format!("/v1/calls/{call_id}/actions"), json!({ "action": action }));
+    assert_eq!(status, 202, "{action}: {body}");
 }
 
 /// The version in the `o=` line of the SDP in `message`.
