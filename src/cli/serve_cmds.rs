@@ -101,8 +101,8 @@ pub struct ServeArgs {
     /// the machine. Wins over Twilio.
     #[arg(long, env = "RINGLINE_SANDBOX_LINE")]
     pub sandbox_line: bool,
-    /// Answers calls from a SIP trunk on this UDP address, e.g. 0.0.0.0:5060: INVITEs to a
-    /// workspace's number reach its assistant, audio in G.711 over RTP.
+    /// Answers calls from a SIP trunk on this address, e.g. 0.0.0.0:5060, over UDP and TCP
+    /// alike: INVITEs to a workspace's number reach its assistant, audio in G.711 over RTP.
     #[arg(long, env = "RINGLINE_SIP_BIND")]
     pub sip_bind: Option<SocketAddr>,
     /// The address SIP peers reach this server at (put in Contact and SDP); needed when
@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// Twilio is not configured.
     #[arg(long, env = "RINGLINE_SIP_TRUNK", requires = "sip_bind")]
     pub sip_trunk: Option<SocketAddr>,
+    /// How the trunk is reached: udp (the default) or tcp (for a trunk that takes SIP over TCP
+    /// only, or messages too large for one datagram).
+    #[arg(long, env = "RINGLINE_SIP_TRUNK_TRANSPORT", default_value = "udp", value_name = "udp|tcp")]
+    pub sip_trunk_transport: crate::transport::sip::Transport,
     /// The trunk account's user, for a trunk that challenges calls (digest); the password
     /// comes from RINGLINE_SIP_TRUNK_PASSWORD.
     #[arg(long, env = "RINGLINE_SIP_TRUNK_USER", requires = "sip_trunk")]
@@ -217,6 +221,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             bind,
             address: args.sip_address,
             trunk: args.sip_trunk,
+            trunk_transport: args.sip_trunk_transport,
             register: args.sip_register,
             keepalive: (args.sip_keepalive > 0).then(|| std::time::Duration::from_secs(args.sip_keepalive)),
             credentials: args.sip_trunk_user.map(|user| server::sip::Credentials { user, password: args.sip_trunk_password.unwrap_or_default() }),

@@ -1,5 +1,6 @@
-//! A SIP trunk's calls: a user agent server on UDP that answers INVITEs to the workspaces'
-//! numbers, with the caller's audio and the agent's over RTP in G.711.
+//! A SIP trunk's calls: a user agent on UDP and TCP (one port, both) that answers INVITEs to the
+//! workspaces' numbers and places calls through the trunk, with the caller's audio and the
+//! agent's over RTP in G.711.
 //!
 //! ```text
 //! trunk ─ INVITE (SDP offer) ─► 100 Trying ─► inbound::admit (number → assistant, limits, record)
@@ -8,6 +9,11 @@
 //! the line's 20 ms frames ─► RTP out
 //! BYE from the trunk ends the call; a call that ends here sends BYE; a transfer sends REFER
 //! ```
+//!
+//! A dialog keeps the transport its INVITE came on (or, placed by us, the trunk's): over TCP
+//! every message of it goes on the connection the peer opened, or, when there is none (a call
+//! we place, a connection the peer closed), on one we open to it; nothing but a 2xx to an
+//! INVITE is sent twice. Connections are bounded in number, and so are their messages.
 //!
 //! A SIP peer is not authenticated by a key: only sources in the trusted ranges (the trunk's
 //! addresses; loopback unless configured) are answered, anything else is dropped unanswered.
@@ -20,7 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -32,11 +39,18 @@ use crate::egress::Cidr;
 use crate::store::CallRecord;
 use crate::transport::CallInput;
 use crate::transport::jitter::JitterBuffer;
-use crate::transport::sip::{self, InDialog, Message, Offer, StartLine};
+use crate::transport::sip::{self, InDialog, Message, Offer, StartLine, Transport};
 use crate::transport::stream::{CallControl, Outgoing, StreamLine};
 
 /// Dialogs (calls being set up or under way) one endpoint holds; an INVITE beyond it gets 503.
 const MAX_DIALOGS: usize = 1_000;
+/// TCP connections open at once, both ways; one more accepted is closed at once.
+const MAX_CONNECTIONS: usize = 256;
+/// How long a message begun on a connection may take to arrive whole; a peer that stalls
+/// mid-message longer loses the connection.
+const MESSAGE_WITHIN: Duration = Duration::from_secs(30);
+/// How long opening a connection to a peer may take.
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 /// SIP's timer T1: the first retransmission interval on UDP; T2 caps it.
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
@@ -58,6 +72,8 @@ pub struct SipConfig {
     pub trusted: Vec<Cidr>,
     /// Where outbound calls go (the trunk's SIP address); its address is trusted too.
     pub trunk: Option<SocketAddr>,
+    /// How the trunk is reached: our INVITEs and REGISTERs to it.
+    pub trunk_transport: Transport,
     /// The user and password a challenging trunk is answered with (digest, MD5).
     pub credentials: Option<Credentials>,
     /// Registers with the trunk as `credentials`' user (REGISTER, refreshed), for a trunk that
@@ -94,8 +110,34 @@ impl SipConfig {
     }
 }
 
+/// A SIP peer: its address and the transport it speaks to us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Peer {
+    addr: SocketAddr,
+    transport: Transport,
+    /// Over TCP, where a request goes when the peer's connection has closed: its Contact's
+    /// address (a trusted one), which it listens on; its connection's port is gone with it.
+    reconnect: Option<SocketAddr>,
+}
+
+impl Peer {
+    fn new(addr: SocketAddr, transport: Transport) -> Self {
+        Peer { addr, transport, reconnect: None }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.transport, self.addr)
+    }
+}
+
 struct Endpoint {
+    /// The endpoint itself, for the tasks of the connections it opens while sending.
+    me: std::sync::Weak<Endpoint>,
     socket: UdpSocket,
+    /// Open TCP connections by the peer's address: the sender of each one's writer.
+    connections: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
     state: AppState,
     config: SipConfig,
     /// The advertised address, and `host:port` of our Via and Contact.
@@ -160,8 +202,9 @@ impl OurSdp {
 struct Dialog {
     /// SIP's Call-ID.
     id: String,
-    /// Where the INVITE came from: responses and our requests go there.
-    peer: SocketAddr,
+    /// Where the INVITE came from (or, for a call we place, the trunk), and how: responses and
+    /// our requests go there.
+    peer: Peer,
     invite: Message,
     our_tag: String,
     state: Mutex<DialogState>,
@@ -227,7 +270,7 @@ impl Dialog {
 struct Registration {
     call_id: String,
     tag: String,
-    trunk: SocketAddr,
+    trunk: Peer,
     user: String,
 }
 
@@ -267,11 +310,25 @@ pub async fn start(state: AppState, config: SipConfig, shutdown: CancellationTok
     let address = config.advertised()?;
     let socket = UdpSocket::bind(config.bind).await.map_err(|e| anyhow::anyhow!("--sip-bind {}: {e}", config.bind))?;
     let local = socket.local_addr()?;
+    // TCP on the same port: a peer may send any message over either (RFC 3261 18.1.1).
+    let listener = TcpListener::bind(local).await.map_err(|e| anyhow::anyhow!("--sip-bind {}: TCP on port {} (SIP listens on UDP and TCP alike): {e}", config.bind, local.port()))?;
     let host = SocketAddr::new(address, local.port()).to_string();
-    let endpoint = Arc::new(Endpoint { socket, state, config, address, host, dialogs: Mutex::new(HashMap::new()), untrusted_logged: Default::default(), pending: Default::default() });
+    let endpoint = Arc::new_cyclic(|me| Endpoint {
+        me: me.clone(),
+        socket,
+        connections: Default::default(),
+        state,
+        config,
+        address,
+        host,
+        dialogs: Mutex::new(HashMap::new()),
+        untrusted_logged: Default::default(),
+        pending: Default::default(),
+    });
     if endpoint.config.register {
         tokio::spawn(endpoint.clone().stay_registered(shutdown.clone()));
     }
+    tokio::spawn(endpoint.clone().accept_connections(listener, shutdown.clone()));
     tokio::spawn(endpoint.clone().run(shutdown));
     Ok((local, Dialer(endpoint)))
 }
@@ -295,43 +352,191 @@ impl Endpoint {
                     }
                 },
             };
-            let from_trunk = self.config.trunk.is_some_and(|trunk| trunk.ip() == source.ip());
-            if !from_trunk && !self.config.trusted.iter().any(|range| range.contains(source.ip())) {
-                if !self.untrusted_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::warn!(%source, "dropped SIP from a source outside --sip-trusted (logged once)");
-                }
+            if !self.trusts(source) {
                 continue;
             }
             let datagram = &buffer[..length];
             if datagram.iter().all(|b| b.is_ascii_whitespace()) {
                 continue; // a keep-alive (CRLF)
             }
-            match sip::parse(datagram) {
-                Ok(message) => {
-                    // A bug in handling one message must not stop the endpoint for every call.
-                    use futures::FutureExt as _;
-                    if std::panic::AssertUnwindSafe(self.clone().handle(message, source)).catch_unwind().await.is_err() {
-                        tracing::error!(%source, "handling a SIP message panicked; the endpoint goes on");
-                    }
-                }
-                Err(problem) => tracing::debug!(%source, problem, "dropped a malformed SIP datagram"),
-            }
+            self.clone().take(datagram, Peer::new(source, Transport::Udp)).await;
         }
         // The server is stopping: its calls hang up through their lines (the runner's shutdown).
     }
 
-    /// Our Contact: where the peer sends its requests in a dialog.
-    fn contact(&self) -> String {
-        format!("<sip:ringline@{}>", self.host)
+    /// Whether `source` is answered: the trunk's address or one of the trusted ranges. The first
+    /// stranger is logged.
+    fn trusts(&self, source: SocketAddr) -> bool {
+        if self.trusted(source.ip()) {
+            return true;
+        }
+        if !self.untrusted_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(%source, "dropped SIP from a source outside --sip-trusted (logged once)");
+        }
+        false
     }
 
-    async fn send(&self, text: &str, to: SocketAddr) {
-        if let Err(error) = self.socket.send_to(text.as_bytes(), to).await {
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.config.trunk.is_some_and(|trunk| trunk.ip() == ip) || self.config.trusted.iter().any(|range| range.contains(ip))
+    }
+
+    /// One message as it arrived, from either transport.
+    async fn take(self: Arc<Self>, bytes: &[u8], source: Peer) {
+        match sip::parse(bytes) {
+            Ok(message) => {
+                // A bug in handling one message must not stop the endpoint for every call.
+                use futures::FutureExt as _;
+                if std::panic::AssertUnwindSafe(self.handle(message, source)).catch_unwind().await.is_err() {
+                    tracing::error!(%source, "handling a SIP message panicked; the endpoint goes on");
+                }
+            }
+            Err(problem) => tracing::debug!(%source, problem, "dropped a malformed SIP message"),
+        }
+    }
+
+    /// Takes TCP connections from trusted peers until `shutdown`, at most [`MAX_CONNECTIONS`]
+    /// open at once.
+    async fn accept_connections(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        loop {
+            let (stream, source) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of descriptors, say: wait rather than spin.
+                        tracing::warn!(%error, "accepting a SIP connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            if !self.trusts(source) {
+                continue; // dropped: the connection closes unanswered
+            }
+            if self.connections().len() >= MAX_CONNECTIONS {
+                tracing::warn!(%source, "refused a SIP connection: {MAX_CONNECTIONS} are open");
+                continue;
+            }
+            self.open(stream, source);
+        }
+    }
+
+    fn connections(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serves a connection: what is sent to `peer` over TCP goes out on it (until another to the
+    /// same address replaces it), what comes in is handled as messages from `peer`.
+    fn open(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) -> mpsc::Sender<Vec<u8>> {
+        let _ = stream.set_nodelay(true);
+        let (mut reading, mut writing) = stream.into_split();
+        let (outgoing, mut queued) = mpsc::channel::<Vec<u8>>(64);
+        self.connections().insert(peer, outgoing.clone());
+        tokio::spawn(async move {
+            while let Some(bytes) = queued.recv().await {
+                if let Err(error) = writing.write_all(&bytes).await {
+                    tracing::debug!(%error, %peer, "a SIP connection could not be written");
+                    break;
+                }
+            }
+        });
+        let (endpoint, ours) = (self.clone(), outgoing.clone());
+        tokio::spawn(async move {
+            let from = Peer::new(peer, Transport::Tcp);
+            let mut buffer: Vec<u8> = Vec::new();
+            let mut chunk = vec![0u8; 8 * 1024];
+            loop {
+                // Keep-alives between messages: a CRLF pair is a ping, answered with one CRLF
+                // (RFC 5626, section 4.4.1).
+                let blank = buffer.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                if blank > 0 {
+                    if buffer[..blank].windows(4).any(|w| w == b"\r\n\r\n") {
+                        let _ = ours.send(b"\r\n".to_vec()).await;
+                    }
+                    buffer.drain(..blank);
+                }
+                match sip::framed_length(&buffer) {
+                    Ok(Some(length)) => {
+                        let message: Vec<u8> = buffer.drain(..length).collect();
+                        endpoint.clone().take(&message, from).await;
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(problem) => {
+                        tracing::debug!(%peer, problem, "closed a SIP connection that sent what cannot be a message");
+                        break;
+                    }
+                }
+                // The rest of a message begun must come within its time; between messages a
+                // connection may idle as long as its peer likes.
+                let read = reading.read(&mut chunk);
+                let read = if buffer.is_empty() { Ok(read.await) } else { tokio::time::timeout(MESSAGE_WITHIN, read).await };
+                match read {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(length)) => buffer.extend_from_slice(&chunk[..length]),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, %peer, "a SIP connection failed");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "closed a SIP connection stalled mid-message");
+                        break;
+                    }
+                }
+            }
+            let mut connections = endpoint.connections();
+            if connections.get(&peer).is_some_and(|current| current.same_channel(&ours)) {
+                connections.remove(&peer);
+            }
+        });
+        outgoing
+    }
+
+    /// Our Contact for a peer on `transport`: where it sends its requests in a dialog.
+    fn contact(&self, transport: Transport) -> String {
+        format!("<sip:ringline@{}{}>", self.host, transport.uri_param())
+    }
+
+    /// Our Via's transport and address for a request to `peer`.
+    fn via(&self, peer: Peer) -> String {
+        format!("{} {}", peer.transport.via_name(), self.host)
+    }
+
+    /// Sends a message to `to`: a datagram, or on the connection to its address, opened first
+    /// when there is none.
+    async fn send(&self, text: &str, to: Peer) {
+        let sent = match to.transport {
+            Transport::Udp => self.socket.send_to(text.as_bytes(), to.addr).await.map(|_| ()).map_err(|e| e.to_string()),
+            Transport::Tcp => self.send_on_connection(text, to).await,
+        };
+        if let Err(error) = sent {
             tracing::debug!(%error, %to, "a SIP message could not be sent");
         }
     }
 
-    async fn handle(self: Arc<Self>, message: Message, source: SocketAddr) {
+    /// Sends on the peer's open connection (the one it came on, or one opened to its Contact),
+    /// or on a new one: to its Contact's address if it gave one, else to where it came from.
+    async fn send_on_connection(&self, text: &str, to: Peer) -> Result<(), String> {
+        let open = {
+            let connections = self.connections();
+            [Some(to.addr), to.reconnect].into_iter().flatten().find_map(|addr| connections.get(&addr).filter(|sender| !sender.is_closed()).cloned())
+        };
+        let connection = match open {
+            Some(connection) => connection,
+            None => {
+                let me = self.me.upgrade().ok_or("the endpoint has stopped")?;
+                if self.connections().len() >= MAX_CONNECTIONS {
+                    return Err(format!("{MAX_CONNECTIONS} SIP connections are open"));
+                }
+                let address = to.reconnect.unwrap_or(to.addr);
+                let stream = tokio::time::timeout(CONNECT_WITHIN, TcpStream::connect(address)).await.map_err(|_| format!("no connection to {address} within {} s", CONNECT_WITHIN.as_secs()))?.map_err(|e| format!("connecting to {address}: {e}"))?;
+                me.open(stream, address)
+            }
+        };
+        connection.send(text.as_bytes().to_vec()).await.map_err(|_| "the connection closed".to_string())
+    }
+
+    async fn handle(self: Arc<Self>, message: Message, source: Peer) {
         match &message.start {
             StartLine::Response { code, .. } => self.response(&message, *code).await,
             StartLine::Request { method, .. } => {
@@ -372,7 +577,7 @@ impl Endpoint {
         }
     }
 
-    async fn reply(&self, request: &Message, to: SocketAddr, code: u16, reason: &str, extra: &[(&str, &str)]) {
+    async fn reply(&self, request: &Message, to: Peer, code: u16, reason: &str, extra: &[(&str, &str)]) {
         self.send(&sip::response(request, code, reason, None, extra, None), to).await;
     }
 
@@ -423,7 +628,7 @@ impl Endpoint {
     }
 
     /// A new call: 100 Trying at once, then the offer, the number and the limits decide.
-    async fn invite(self: Arc<Self>, invite: Message, source: SocketAddr) {
+    async fn invite(self: Arc<Self>, invite: Message, source: Peer) {
         let id = invite.header("call-id").unwrap_or_default().to_string();
         if self.dialogs().len() >= MAX_DIALOGS {
             self.reply(&invite, source, 503, "Service Unavailable", &[("Retry-After", "30")]).await;
@@ -435,11 +640,14 @@ impl Endpoint {
         let state = DialogState {
             local: if sip::param(to, "tag").is_some() { to.to_string() } else { format!("{to};tag={our_tag}") },
             remote: invite.header("from").unwrap_or_default().to_string(),
-            target: if contact.is_empty() { format!("sip:{source}") } else { contact.to_string() },
+            target: if contact.is_empty() { format!("sip:{}{}", source.addr, source.transport.uri_param()) } else { contact.to_string() },
             route: invite.record_route(),
             ..DialogState::default()
         };
-        let dialog = Arc::new(Dialog { id: id.clone(), peer: source, invite, our_tag, state: Mutex::new(state) });
+        // Over TCP, a peer that closes its connection is reached again at its Contact.
+        let reconnect = sip::socket_addr_of(contact).filter(|address| source.transport.reliable() && self.trusted(address.ip()));
+        let peer = Peer { reconnect, ..source };
+        let dialog = Arc::new(Dialog { id: id.clone(), peer, invite, our_tag, state: Mutex::new(state) });
         let trying = sip::response(&dialog.invite, 100, "Trying", None, &[], None);
         dialog.lock().last_response = Some(trying.clone());
         self.dialogs().insert(id, dialog.clone());
@@ -472,8 +680,10 @@ impl Endpoint {
     }
 
     /// Resends the INVITE's final response on SIP's timers until its ACK comes (or the peer
-    /// hung up); false when none came within `ACK_WITHIN`.
+    /// hung up); false when none came within `ACK_WITHIN`. Over TCP a refusal is not resent (a
+    /// 2xx is: its ACK is the peer's, end to end, whatever the transports on the way).
     async fn resend_until_acked(&self, dialog: &Dialog, text: &str) -> bool {
+        let resend = !dialog.peer.transport.reliable() || text.starts_with("SIP/2.0 2");
         let started = Instant::now();
         let mut wait = T1;
         loop {
@@ -484,7 +694,9 @@ impl Endpoint {
             if started.elapsed() >= ACK_WITHIN {
                 return false;
             }
-            self.send(text, dialog.peer).await;
+            if resend {
+                self.send(text, dialog.peer).await;
+            }
             wait = (wait * 2).min(T2);
         }
     }
@@ -498,7 +710,7 @@ impl Endpoint {
         let StartLine::Request { uri, .. } = &dialog.invite.start else { return };
         let to = dialled(&dialog.invite, uri, self.registered_user());
         let from = sip::user_of(sip::uri_of(dialog.invite.header("from").unwrap_or_default())).map(number).unwrap_or_else(|| "anonymous".into());
-        let metadata = serde_json::json!({ "sip_call_id": dialog.id, "sip_peer": dialog.peer.to_string() });
+        let metadata = serde_json::json!({ "sip_call_id": dialog.id, "sip_peer": dialog.peer.addr.to_string(), "sip_transport": dialog.peer.transport.to_string() });
         let admitted = match inbound::admit(&self.state, &to, &from, metadata).await {
             Ok(admitted) => admitted,
             Err(Refusal::NotInService) => return self.refuse(&dialog, 404, "Not Found").await,
@@ -538,7 +750,7 @@ impl Endpoint {
         let (offers, offered) = watch::channel(offer);
         dialog.lock().media = Some(offers);
         tokio::spawn(carry_media(line.clone(), media, offered, outgoing));
-        let contact = self.contact();
+        let contact = self.contact(dialog.peer.transport);
         let ok = self.final_response(&dialog, 200, "OK", &[("Contact", &contact), ("Allow", ALLOW)], Some(("application/sdp", &sdp))).await;
         let (endpoint, acked) = (self.clone(), dialog.clone());
         let unacked = line.clone();
@@ -574,6 +786,7 @@ impl Endpoint {
     /// tried again after a failure; withdrawn (Expires 0) when the server stops.
     async fn stay_registered(self: Arc<Self>, shutdown: CancellationToken) {
         let (Some(trunk), Some(credentials)) = (self.config.trunk, self.config.credentials.clone()) else { return };
+        let trunk = Peer::new(trunk, self.config.trunk_transport);
         let binding = Registration { call_id: format!("{}@{}", random_hex(8), self.host), tag: random_hex(8), trunk, user: credentials.user.clone() };
         let mut cseq = 0;
         loop {
@@ -615,16 +828,17 @@ impl Endpoint {
 
     /// One registration (or, with `expires` 0, its withdrawal): the seconds granted, or why not.
     async fn register(&self, binding: &Registration, cseq: &mut u32, expires: u32) -> Result<u32, String> {
-        let target = format!("sip:{}", binding.trunk);
-        let aor = format!("<sip:{}@{}>", binding.user, binding.trunk);
-        let (from, contact, expires_text) = (format!("{aor};tag={}", binding.tag), format!("<sip:{}@{}>", binding.user, self.host), expires.to_string());
+        let target = format!("sip:{}{}", binding.trunk.addr, binding.trunk.transport.uri_param());
+        let aor = format!("<sip:{}@{}>", binding.user, binding.trunk.addr);
+        let contact = format!("<sip:{}@{}{}>", binding.user, self.host, binding.trunk.transport.uri_param());
+        let (from, expires_text) = (format!("{aor};tag={}", binding.tag), expires.to_string());
         let mut authorization: Option<(&str, String)> = None;
         for _ in 0..2 {
             *cseq += 1;
             let branch = branch();
             let mut headers = vec![("Contact", contact.as_str()), ("Expires", expires_text.as_str())];
             headers.extend(authorization.as_ref().map(|(name, value)| (*name, value.as_str())));
-            let text = InDialog { method: "REGISTER", target: &target, route: &[], via_host: &self.host, branch: &branch, from: &from, to: &aor, call_id: &binding.call_id, cseq: *cseq }.render(&headers);
+            let text = InDialog { method: "REGISTER", target: &target, route: &[], via: &self.via(binding.trunk), branch: &branch, from: &from, to: &aor, call_id: &binding.call_id, cseq: *cseq }.render(&headers);
             let (tx, rx) = oneshot::channel();
             self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(branch.clone(), tx);
             let response = self.transact(&text, binding.trunk, rx).await;
@@ -649,12 +863,15 @@ impl Endpoint {
         Err("the trunk challenged the REGISTER twice".into())
     }
 
-    /// Sends `text` to `to`, resent on SIP's timers until `answered` brings the final response.
-    async fn transact(&self, text: &str, to: SocketAddr, answered: oneshot::Receiver<Message>) -> Option<Message> {
+    /// Sends `text` to `to`, resent on SIP's timers (over UDP) until `answered` brings the final
+    /// response.
+    async fn transact(&self, text: &str, to: Peer, answered: oneshot::Receiver<Message>) -> Option<Message> {
         tokio::pin!(answered);
         let mut wait = T1;
-        for _ in 0..7 {
-            self.send(text, to).await;
+        for attempt in 0..7 {
+            if attempt == 0 || !to.transport.reliable() {
+                self.send(text, to).await;
+            }
             tokio::select! {
                 response = &mut answered => return response.ok(),
                 _ = tokio::time::sleep(wait) => wait = (wait * 2).min(T2),
@@ -678,7 +895,7 @@ impl Endpoint {
             return Some(response);
         }
         // The trunk's credentials go to the trunk only.
-        let Some(credentials) = self.config.credentials.as_ref().filter(|_| self.config.trunk == Some(dialog.peer)) else { return Some(response) };
+        let Some(credentials) = self.config.credentials.as_ref().filter(|_| self.config.trunk == Some(dialog.peer.addr)) else { return Some(response) };
         let target = dialog.lock().target.clone();
         let (answer_with, authorization) = match answer_challenge(&response, code, credentials, method, &target) {
             Ok(answer) => answer,
@@ -704,7 +921,8 @@ impl Endpoint {
         };
         let mut headers = extra.to_vec();
         headers.extend(authorization);
-        let request = InDialog { method, target: &target, route: &route, via_host: &self.host, branch: &branch, from: &local, to: &remote, call_id: &dialog.id, cseq };
+        let via = self.via(dialog.peer);
+        let request = InDialog { method, target: &target, route: &route, via: &via, branch: &branch, from: &local, to: &remote, call_id: &dialog.id, cseq };
         let response = self.transact(&request.render_with(&headers, body), dialog.peer, answered).await;
         dialog.lock().waiting.remove(&branch);
         if let (Some(refusal), "INVITE") = (response.as_ref().filter(|r| r.code().is_some_and(|code| code >= 300)), method) {
@@ -743,7 +961,7 @@ impl Endpoint {
                 state.reoffering = true;
                 (sdp, on)
             };
-            let contact = self.contact();
+            let contact = self.contact(dialog.peer.transport);
             let response = self.exchange(dialog, "INVITE", &[("Contact", &contact), ("Allow", ALLOW)], Some(("application/sdp", &sdp))).await;
             let code = response.as_ref().and_then(Message::code);
             {
@@ -785,7 +1003,7 @@ impl Endpoint {
         let (ack, media) = {
             let mut state = dialog.lock();
             let cseq = ok.cseq().map(|(number, _)| number).unwrap_or(state.cseq);
-            let ack = InDialog { method: "ACK", target: &state.target, route: &state.route, via_host: &self.host, branch: &branch(), from: &state.local, to: &state.remote, call_id: &dialog.id, cseq }.render(&[]);
+            let ack = InDialog { method: "ACK", target: &state.target, route: &state.route, via: &self.via(dialog.peer), branch: &branch(), from: &state.local, to: &state.remote, call_id: &dialog.id, cseq }.render(&[]);
             state.reoffer_ack = Some((cseq, ack.clone()));
             (ack, state.media.clone())
         };
@@ -808,7 +1026,7 @@ impl Endpoint {
 
     /// A retransmitted INVITE gets the last response again; a re-INVITE (a refreshed session,
     /// hold) keeps the media as it is.
-    async fn reinvite(&self, dialog: &Dialog, message: &Message, source: SocketAddr) {
+    async fn reinvite(&self, dialog: &Dialog, message: &Message, source: Peer) {
         let same = message.branch() == dialog.invite.branch() && message.cseq() == dialog.invite.cseq();
         let last = dialog.lock().last_response.clone();
         match (same, last) {
@@ -821,7 +1039,7 @@ impl Endpoint {
     /// A re-INVITE or UPDATE within the call. Without SDP it refreshes the session, answered as
     /// it stands; a new offer may move the peer's media (another address or port, or a hold at
     /// 0.0.0.0), in the codec the call speaks.
-    async fn reoffer(&self, dialog: &Dialog, message: &Message, source: SocketAddr) {
+    async fn reoffer(&self, dialog: &Dialog, message: &Message, source: Peer) {
         let (media, call, glare) = {
             let state = dialog.lock();
             (state.media.clone(), state.call.clone(), state.reoffering)
@@ -860,7 +1078,7 @@ impl Endpoint {
         };
         // An UPDATE is answered with SDP only when it made an offer; an INVITE always is.
         let body = sdp.as_deref().filter(|_| offered || message.method() == Some("INVITE")).map(|s| ("application/sdp", s));
-        let contact = self.contact();
+        let contact = self.contact(dialog.peer.transport);
         let text = sip::response(message, 200, "OK", Some(&dialog.our_tag), &[("Contact", &contact)], body);
         self.send(&text, source).await;
     }
@@ -877,7 +1095,7 @@ impl Endpoint {
         }
     }
 
-    async fn bye(&self, dialog: &Dialog, message: &Message, source: SocketAddr) {
+    async fn bye(&self, dialog: &Dialog, message: &Message, source: Peer) {
         self.reply(message, source, 200, "OK", &[]).await;
         let line = {
             let mut state = dialog.lock();
@@ -891,7 +1109,7 @@ impl Endpoint {
     }
 
     /// CANCEL before the answer ends the INVITE with 487; after it, it changes nothing.
-    async fn cancel(self: &Arc<Self>, dialog: &Arc<Dialog>, message: &Message, source: SocketAddr) {
+    async fn cancel(self: &Arc<Self>, dialog: &Arc<Dialog>, message: &Message, source: Peer) {
         self.reply(message, source, 200, "OK", &[]).await;
         let pending = {
             let mut state = dialog.lock();
@@ -930,7 +1148,8 @@ impl Dialer {
 
 impl Endpoint {
     async fn place(self: Arc<Self>, call: &CallRecord, within: Duration) -> Result<(StreamLine, CallInput), NotAnswered> {
-        let Some(trunk) = self.config.trunk else { return Err(not_answered(CallStatus::Failed, "no SIP trunk is configured (--sip-trunk)")) };
+        let Some(trunk_addr) = self.config.trunk else { return Err(not_answered(CallStatus::Failed, "no SIP trunk is configured (--sip-trunk)")) };
+        let trunk = Peer::new(trunk_addr, self.config.trunk_transport);
         let number_only = |n: &str| !n.is_empty() && n.len() <= 32 && n.bytes().enumerate().all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'+'));
         if !number_only(&call.to_number) || !number_only(&call.from_number) {
             return Err(not_answered(CallStatus::Failed, format!("a SIP call needs E.164 numbers; to `{}`, from `{}`", call.to_number.escape_default(), call.from_number.escape_default())));
@@ -940,12 +1159,13 @@ impl Endpoint {
         let our_tag = random_hex(8);
         let ours = OurSdp::offering(self.address, port);
         let invite = Invite {
-            target: format!("sip:{}@{trunk}", call.to_number),
+            target: format!("sip:{}@{trunk_addr}{}", call.to_number, trunk.transport.uri_param()),
             local: format!("<sip:{}@{}>;tag={our_tag}", call.from_number, self.host),
-            to: format!("<sip:{}@{trunk}>", call.to_number),
+            to: format!("<sip:{}@{trunk_addr}>", call.to_number),
             id: format!("{}@{}", random_hex(12), self.address),
             sdp: ours.sdp.clone(),
-            host: self.host.clone(),
+            via: self.via(trunk),
+            contact: self.contact(trunk.transport),
         };
         let first = invite.render(1, &branch(), None);
         let parsed = sip::parse(first.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
@@ -979,7 +1199,7 @@ impl Endpoint {
         let remote = ok.header("to").unwrap_or(&invite.to).to_string();
         let contact = ok.header("contact").map(sip::uri_of).filter(|c| !c.is_empty()).unwrap_or(&invite.target).to_string();
         let route: Vec<String> = ok.record_route().into_iter().rev().collect();
-        let ack = InDialog { method: "ACK", target: &contact, route: &route, via_host: &self.host, branch: &branch(), from: &invite.local, to: &remote, call_id: &invite.id, cseq }.render(&[]);
+        let ack = InDialog { method: "ACK", target: &contact, route: &route, via: &self.via(dialog.peer), branch: &branch(), from: &invite.local, to: &remote, call_id: &invite.id, cseq }.render(&[]);
         {
             let mut state = dialog.lock();
             state.remote = remote;
@@ -1027,9 +1247,14 @@ impl Endpoint {
         let mut heard = false;
         let mut wait = T1;
         let mut next_send = tokio::time::Instant::now();
+        // Over TCP each INVITE goes once; over UDP again on SIP's timers until the trunk is heard.
+        let mut unsent = true;
         loop {
             if !heard && tokio::time::Instant::now() >= next_send {
-                self.send(&text, dialog.peer).await;
+                if unsent || !dialog.peer.transport.reliable() {
+                    self.send(&text, dialog.peer).await;
+                    unsent = false;
+                }
                 next_send = tokio::time::Instant::now() + wait;
                 wait = (wait * 2).min(T2);
             }
@@ -1065,7 +1290,7 @@ impl Endpoint {
                     self.ack_refusal(dialog, &current, &response).await;
                     let credentials = self.config.credentials.as_ref().expect("checked by the match guard");
                     let (answer_with, authorization) = answer_challenge(&response, *code, credentials, "INVITE", &invite.target).map_err(|problem| not_answered(CallStatus::Failed, format!("the SIP trunk's challenge: {problem}")))?;
-                    (cseq, challenged, heard, wait) = (cseq + 1, true, false, T1);
+                    (cseq, challenged, heard, wait, unsent) = (cseq + 1, true, false, T1, true);
                     text = invite.render(cseq, &branch(), Some((answer_with, &authorization)));
                     current = sip::parse(text.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
                     next_send = tokio::time::Instant::now();
@@ -1095,7 +1320,7 @@ impl Endpoint {
             method: "ACK",
             target: uri,
             route: &[],
-            via_host: &self.host,
+            via: &self.via(dialog.peer),
             branch: invite.branch().unwrap_or_default(),
             from: invite.header("from").unwrap_or_default(),
             to: response.header("to").unwrap_or_default(),
@@ -1112,7 +1337,7 @@ impl Endpoint {
         let StartLine::Request { uri, .. } = &invite.start else { return };
         let cseq = invite.cseq().map(|(n, _)| n).unwrap_or(1);
         let from = invite.header("from").unwrap_or_default();
-        let cancel = InDialog { method: "CANCEL", target: uri, route: &[], via_host: &self.host, branch: invite.branch().unwrap_or_default(), from, to: invite.header("to").unwrap_or_default(), call_id: &dialog.id, cseq }.render(&[]);
+        let cancel = InDialog { method: "CANCEL", target: uri, route: &[], via: &self.via(dialog.peer), branch: invite.branch().unwrap_or_default(), from, to: invite.header("to").unwrap_or_default(), call_id: &dialog.id, cseq }.render(&[]);
         self.send(&cancel, dialog.peer).await;
         let ended = tokio::time::timeout(T2, async {
             while let Some(response) = events.recv().await {
@@ -1130,7 +1355,7 @@ impl Endpoint {
                 let target = ok.header("contact").map(sip::uri_of).filter(|c| !c.is_empty()).unwrap_or(uri);
                 let route: Vec<String> = ok.record_route().into_iter().rev().collect();
                 for (method, number) in [("ACK", cseq), ("BYE", cseq + 1)] {
-                    let text = InDialog { method, target, route: &route, via_host: &self.host, branch: &branch(), from, to, call_id: &dialog.id, cseq: number }.render(&[]);
+                    let text = InDialog { method, target, route: &route, via: &self.via(dialog.peer), branch: &branch(), from, to, call_id: &dialog.id, cseq: number }.render(&[]);
                     self.send(&text, dialog.peer).await;
                 }
             }
@@ -1147,14 +1372,16 @@ struct Invite {
     to: String,
     id: String,
     sdp: String,
-    host: String,
+    /// Our Via's transport and address, and our Contact.
+    via: String,
+    contact: String,
 }
 
 impl Invite {
     fn render(&self, cseq: u32, branch: &str, authorization: Option<(&str, &str)>) -> String {
         let mut text = format!(
-            "INVITE {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:ringline@{}>\r\nAllow: {ALLOW}\r\n",
-            self.target, self.host, self.local, self.to, self.id, self.host
+            "INVITE {} SIP/2.0\r\nVia: SIP/2.0/{};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} INVITE\r\nContact: {}\r\nAllow: {ALLOW}\r\n",
+            self.target, self.via, self.local, self.to, self.id, self.contact
         );
         if let Some((name, value)) = authorization {
             text.push_str(&format!("{name}: {value}\r\n"));
@@ -1202,12 +1429,12 @@ impl CallControl for SipControl {
         let target = if destination.starts_with("sip:") || destination.starts_with("sips:") || destination.starts_with("tel:") {
             destination.to_string()
         } else {
-            format!("sip:{destination}@{}", self.dialog.peer.ip())
+            format!("sip:{destination}@{}", self.dialog.peer.addr.ip())
         };
         let (endpoint, dialog) = (self.endpoint.clone(), self.dialog.clone());
         tokio::spawn(async move {
             let refer_to = format!("<{target}>");
-            let contact = endpoint.contact();
+            let contact = endpoint.contact(dialog.peer.transport);
             match endpoint.request(&dialog, "REFER", &[("Refer-To", &refer_to), ("Contact", &contact)]).await {
                 Some(code) if (200..300).contains(&code) => tracing::info!(sip_call = %dialog.id, %target, "the SIP peer took the transfer"),
                 Some(code) => tracing::warn!(sip_call = %dialog.id, %target, code, "the SIP peer refused the transfer"),
@@ -1408,11 +1635,11 @@ mod tests {
 
     #[test]
     fn an_unspecified_bind_address_needs_an_advertised_one() {
-        let config = SipConfig { bind: "0.0.0.0:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None, credentials: None, register: false, keepalive: None };
+        let config = SipConfig { bind: "0.0.0.0:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None, trunk_transport: Transport::Udp, credentials: None, register: false, keepalive: None };
         assert!(config.advertised().unwrap_err().to_string().contains("--sip-address"));
         let config = SipConfig { address: Some("192.0.2.7".parse().unwrap()), ..config };
         assert_eq!(config.advertised().unwrap(), "192.0.2.7".parse::<IpAddr>().unwrap());
-        let config = SipConfig { bind: "127.0.0.1:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None, credentials: None, register: false, keepalive: None };
+        let config = SipConfig { bind: "127.0.0.1:5060".parse().unwrap(), address: None, trusted: Vec::new(), trunk: None, trunk_transport: Transport::Udp, credentials: None, register: false, keepalive: None };
         assert_eq!(config.advertised().unwrap(), "127.0.0.1".parse::<IpAddr>().unwrap());
     }
 

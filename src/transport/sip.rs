@@ -1,16 +1,18 @@
 //! SIP and RTP, the wire protocols of a SIP trunk: what a call's messages and audio look like,
 //! with no sockets. The server's endpoint (`server::sip`) owns the socket and the dialogs.
 //!
-//! Spoken here (RFC 3261 over UDP, as a user agent server that answers INVITEs): requests and
+//! Spoken here (RFC 3261 over UDP and TCP, as a user agent that answers and places INVITEs): requests and
 //! responses as text with headers (compact forms too), the SDP offer of an INVITE and our answer
 //! (RFC 3264: G.711 μ-law or A-law at 8 kHz, and RFC 4733 telephone-events), RTP packets
 //! (RFC 3550) and the DTMF events they carry. Everything a peer sends is bounded and checked:
-//! a datagram that is not what it says it is gets an error naming the part.
+//! a datagram that is not what it says it is gets an error naming the part. On a stream (TCP)
+//! a message ends where its `Content-Length` says ([`framed_length`]).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-/// The largest SIP datagram read (a UDP message; an INVITE with SDP is about 1 KiB).
+/// The largest SIP message read (a UDP datagram, or one message on a TCP stream; an INVITE with
+/// SDP is about 1 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// Headers one message may carry.
 const MAX_HEADERS: usize = 100;
@@ -18,6 +20,89 @@ const MAX_HEADERS: usize = 100;
 pub const RATE: u32 = 8_000;
 /// The most audio one RTP packet may carry (a second).
 pub const MAX_RTP_PAYLOAD: usize = 8_000;
+
+/// How SIP messages travel between us and a peer (RFC 3261 section 18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Datagrams: lost ones are sent again on SIP's timers.
+    #[default]
+    Udp,
+    /// A connection that frames each message by its `Content-Length`; nothing is sent twice
+    /// but a 2xx to an INVITE (RFC 3261 13.3.1.4, which holds on any transport).
+    Tcp,
+}
+
+impl Transport {
+    /// The name in a Via header (`SIP/2.0/UDP`).
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+
+    /// Whether the transport itself delivers what is sent (no retransmissions).
+    pub fn reliable(self) -> bool {
+        self == Transport::Tcp
+    }
+
+    /// The URI parameter a Contact names it by (UDP, the default, by none).
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        })
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "udp" => Ok(Transport::Udp),
+            "tcp" => Ok(Transport::Tcp),
+            other => Err(format!("`{}` is not a SIP transport this server speaks; give udp or tcp", other.escape_default())),
+        }
+    }
+}
+
+/// The length of the first message in `buffer`, read from a stream: its headers up to the blank
+/// line, then as many bytes of body as its `Content-Length` says (none when it says nothing,
+/// RFC 3261 18.3). `Ok(None)` until all of it has arrived; an error when it cannot be one
+/// message of at most [`MAX_MESSAGE_BYTES`] (the connection is then beyond saving: where the
+/// next message starts is unknown).
+pub fn framed_length(buffer: &[u8]) -> Result<Option<usize>, String> {
+    let window = &buffer[..buffer.len().min(MAX_MESSAGE_BYTES)];
+    let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buffer.len() >= MAX_MESSAGE_BYTES {
+            return Err(format!("no end of headers within {MAX_MESSAGE_BYTES} bytes"));
+        }
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buffer[..end]).map_err(|_| "the headers are not UTF-8 text".to_string())?;
+    let mut body = 0usize;
+    for line in head.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        if full_name(name.trim()) == "content-length" {
+            body = value.trim().parse().map_err(|_| format!("Content-Length `{}` is not a number of bytes", truncate(value.trim())))?;
+        }
+    }
+    let total = end + 4 + body.min(MAX_MESSAGE_BYTES);
+    if total > MAX_MESSAGE_BYTES {
+        return Err(format!("a message of {} bytes with its body; the most is {MAX_MESSAGE_BYTES}", end as u64 + 4 + body as u64));
+    }
+    Ok((buffer.len() >= total).then_some(total))
+}
 
 /// A SIP message's first line.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +314,19 @@ fn request_uri_of(uri: &str) -> &str {
 
 /// The user part of a `sip:`/`sips:`/`tel:` URI (the dialled or calling number), without its
 /// parameters; `None` when it has none.
+/// The address a SIP URI names as an IP literal and port (5060 when it gives none): where a
+/// request to it goes; `None` for a name (this endpoint resolves none) or a `tel:` URI.
+pub fn socket_addr_of(uri: &str) -> Option<std::net::SocketAddr> {
+    let rest = uri.strip_prefix("sip:")?;
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = host.split([';', '?']).next().unwrap_or_default();
+    if let Ok(address) = host.parse() {
+        return Some(address);
+    }
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    bare.parse::<IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, 5060))
+}
+
 pub fn user_of(uri: &str) -> Option<&str> {
     let rest = uri.strip_prefix("sip:").or_else(|| uri.strip_prefix("sips:")).or_else(|| uri.strip_prefix("tel:"))?;
     let user = if uri.starts_with("tel:") { rest } else { rest.split_once('@')?.0 };
@@ -307,7 +405,8 @@ pub struct InDialog<'a> {
     pub method: &'a str,
     pub target: &'a str,
     pub route: &'a [String],
-    pub via_host: &'a str,
+    /// The Via's transport and our `host:port` (`UDP 192.0.2.1:5060`).
+    pub via: &'a str,
     pub branch: &'a str,
     pub from: &'a str,
     pub to: &'a str,
@@ -330,8 +429,8 @@ impl InDialog<'_> {
         let mut out = format!("{} {} SIP/2.0\r\n", self.method, request_uri);
         let _ = write!(
             out,
-            "Via: SIP/2.0/UDP {};branch={};rport\r\nMax-Forwards: 70\r\n",
-            self.via_host, self.branch
+            "Via: SIP/2.0/{};branch={};rport\r\nMax-Forwards: 70\r\n",
+            self.via, self.branch
         );
         for route in &self.route[strict.is_some() as usize..] {
             let _ = write!(out, "Route: {route}\r\n");
@@ -953,7 +1052,7 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
     #[test]
     fn an_in_dialog_request_reads_back_with_its_route() {
         let route = ["<sip:edge.example;lr>".to_string(), "<sip:10.0.0.2:5060;lr;ftag=x>".to_string()];
-        let bye = InDialog { method: "BYE", target: "sip:caller@127.0.0.1:5070", route: &route, via_host: "127.0.0.1:5060", branch: "z9hG4bK-x", from: "<sip:+1@h>;tag=t1", to: "<sip:+2@h>;tag=abc", call_id: "c1", cseq: 1 }.render(&[]);
+        let bye = InDialog { method: "BYE", target: "sip:caller@127.0.0.1:5070", route: &route, via: "UDP 127.0.0.1:5060", branch: "z9hG4bK-x", from: "<sip:+1@h>;tag=t1", to: "<sip:+2@h>;tag=abc", call_id: "c1", cseq: 1 }.render(&[]);
         let message = parse(bye.as_bytes()).unwrap();
         assert_eq!(message.method(), Some("BYE"));
         assert!(message.check_request().is_ok());
@@ -972,7 +1071,7 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
     #[test]
     fn a_strict_router_first_in_the_route_set_takes_the_request_uri_and_the_target_goes_last() {
         let route = ["<sip:old-proxy.example:5060;transport=udp?X-A=1>".to_string(), "<sip:edge.example;lr>".to_string()];
-        let bye = InDialog { method: "BYE", target: "sip:caller@192.0.2.4:5070", route: &route, via_host: "127.0.0.1:5060", branch: "z9hG4bK-x", from: "<sip:+1@h>;tag=t1", to: "<sip:+2@h>;tag=abc", call_id: "c1", cseq: 1 }.render(&[]);
+        let bye = InDialog { method: "BYE", target: "sip:caller@192.0.2.4:5070", route: &route, via: "UDP 127.0.0.1:5060", branch: "z9hG4bK-x", from: "<sip:+1@h>;tag=t1", to: "<sip:+2@h>;tag=abc", call_id: "c1", cseq: 1 }.render(&[]);
         assert!(bye.starts_with("BYE sip:old-proxy.example:5060;transport=udp SIP/2.0\r\n"), "the strict router's URI, without headers, is the Request-URI: {bye}");
         let message = parse(bye.as_bytes()).unwrap();
         assert!(message.check_request().is_ok());
@@ -981,7 +1080,7 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         assert!(routes_loosely("sip:p.example;LR") && routes_loosely("sip:p.example;transport=udp;lr=on"));
         assert!(!routes_loosely("sip:p.example;lrx") && !routes_loosely("sip:p.example?lr"));
         let bare = ["sip:edge.example;lr".to_string()];
-        let bye = InDialog { route: &bare, ..InDialog { method: "BYE", target: "sip:caller@192.0.2.4:5070", route: &route, via_host: "127.0.0.1:5060", branch: "z9hG4bK-x", from: "<sip:+1@h>;tag=t1", to: "<sip:+2@h>;tag=abc", call_id: "c1", cseq: 1 } }.render(&[]);
+        let bye = InDialog { route: &bare, ..InDialog { method: "BYE", target: "sip:caller@192.0.2.4:5070", route: &route, via: "UDP 127.0.0.1:5060", branch: "z9hG4bK-x", from: "<sip:+1@h>;tag=t1", to: "<sip:+2@h>;tag=abc", call_id: "c1", cseq: 1 } }.render(&[]);
         assert!(bye.starts_with("BYE sip:caller@192.0.2.4:5070 SIP/2.0\r\n"), "a bare entry keeps its `lr`: {bye}");
     }
 
@@ -993,5 +1092,44 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         let ok = response(&message, 200, "OK", Some("t"), &[], None);
         assert_eq!(parse(ok.as_bytes()).unwrap().record_route(), message.record_route(), "{ok}");
         assert!(parse(b"OPTIONS sip:h SIP/2.0\r\nVia: SIP/2.0/UDP p;branch=z9hG4bK-2\r\nContent-Length: 0\r\n\r\n").unwrap().record_route().is_empty());
+    }
+
+    #[test]
+    fn a_stream_is_cut_into_messages_by_their_content_length() {
+        let invite = "INVITE sip:1@h SIP/2.0\r\nVia: SIP/2.0/TCP p;branch=z9hG4bK-1\r\nl: 5\r\n\r\nv=0\r\n";
+        let bye = "BYE sip:1@h SIP/2.0\r\nVia: SIP/2.0/TCP p;branch=z9hG4bK-2\r\n\r\n";
+        let stream = format!("{invite}{bye}");
+        assert_eq!(framed_length(stream.as_bytes()), Ok(Some(invite.len())), "the compact `l` counts; what follows is the next message");
+        assert_eq!(framed_length(&stream.as_bytes()[invite.len()..]), Ok(Some(bye.len())), "no Content-Length: no body");
+        for cut in [10, invite.len() - 3, invite.len() - 1] {
+            assert_eq!(framed_length(&invite.as_bytes()[..cut]), Ok(None), "not all of it yet at {cut} bytes");
+        }
+        let huge = "INVITE sip:1@h SIP/2.0\r\nContent-Length: 99999999999999999999\r\n\r\n";
+        assert!(framed_length(huge.as_bytes()).unwrap_err().contains("Content-Length"), "a length that is no number of bytes");
+        let big = format!("INVITE sip:1@h SIP/2.0\r\nContent-Length: {MAX_MESSAGE_BYTES}\r\n\r\n");
+        assert!(framed_length(big.as_bytes()).unwrap_err().contains("the most is"), "a body beyond the bound is refused before it arrives");
+        let endless = "X".repeat(MAX_MESSAGE_BYTES);
+        assert!(framed_length(endless.as_bytes()).unwrap_err().contains("no end of headers"));
+        assert!(framed_length(b"INVITE sip:1@h SIP/2.0\r\nContent-Length: -1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn a_transport_is_named_as_sip_names_it() {
+        assert_eq!(("udp".parse(), " TCP ".parse()), (Ok(Transport::Udp), Ok(Transport::Tcp)));
+        assert!("tls".parse::<Transport>().unwrap_err().contains("give udp or tcp"));
+        let bye = InDialog { method: "BYE", target: "sip:c@192.0.2.4", route: &[], via: "TCP 127.0.0.1:5060", branch: "z9hG4bK-x", from: "<sip:+1@h>;tag=t1", to: "<sip:+2@h>;tag=a", call_id: "c1", cseq: 1 }.render(&[]);
+        assert!(bye.contains("\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK-x"), "{bye}");
+        assert_eq!((Transport::Tcp.uri_param(), Transport::Udp.uri_param()), (";transport=tcp", ""));
+    }
+
+    #[test]
+    fn a_contact_names_an_address_only_as_a_literal() {
+        let at = |uri| socket_addr_of(uri).map(|a| a.to_string());
+        assert_eq!(at("sip:caller@127.0.0.1:5070;transport=tcp"), Some("127.0.0.1:5070".into()));
+        assert_eq!(at("sip:192.0.2.4"), Some("192.0.2.4:5060".into()), "no port: SIP's own");
+        assert_eq!(at("sip:a@[::1]:5062;transport=tcp"), Some("[::1]:5062".into()));
+        assert_eq!(at("sip:a@[2001:db8::1]"), Some("[2001:db8::1]:5060".into()));
+        assert_eq!(at("sip:a@pbx.example.com:5060"), None, "a name is not resolved");
+        assert_eq!((at("tel:+14155552671"), at("sips:a@192.0.2.4")), (None, None));
     }
 }

@@ -297,6 +297,86 @@ fn sip_from_outside_the_trusted_ranges_is_dropped_unanswered() {
     assert_eq!(options("127.0.0.1"), None, "a source outside --sip-trusted gets no answer at all");
     let answer = options("127.0.0.2").expect("a trusted source is answered");
     assert!(answer.starts_with("SIP/2.0 200") && answer.contains("Allow: INVITE"), "{answer}");
+    // Over TCP the same: the stranger's connection is closed with nothing said.
+    let mut stranger = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the SIP port takes TCP too");
+    stranger.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let _ = std::io::Write::write_all(&mut stranger, tcp_options("o1").as_bytes());
+    let mut buffer = [0u8; 512];
+    assert!(matches!(std::io::Read::read(&mut stranger, &mut buffer), Ok(0) | Err(_)), "an untrusted connection is answered nothing");
+}
+
+/// An OPTIONS request for a stream, by `tag`.
+fn tcp_options(tag: &str) -> String {
+    format!("OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1;branch=z9hG4bK-{tag}\r\nFrom: <sip:probe@127.0.0.1>;tag={tag}\r\nTo: <sip:127.0.0.1>\r\nCall-ID: {tag}@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+}
+
+/// Reads from `stream` until `done` holds for what came (or a read times out).
+fn read_until(stream: &mut std::net::TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let (mut text, mut buffer) = (String::new(), [0u8; 4096]);
+    while !done(&text) {
+        match std::io::Read::read(stream, &mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(length) => text.push_str(&String::from_utf8_lossy(&buffer[..length])),
+        }
+    }
+    text
+}
+
+/// SIP over TCP, the server's side: messages cut anywhere and run together on one connection
+/// are read one by one, a keep-alive ping is answered, one that cannot be a message closes the
+/// connection; and SIPp calls in on a connection of its own — the answer, the INFO's 200 and
+/// the agent's BYE come back on it.
+#[test]
+fn a_call_over_tcp_is_answered_and_hung_up_on_its_connection() {
+    let llm = standin::llm(vec![
+        Reply::Text("We open at nine in the morning."),
+        Reply::Tool { text: "You pressed five. Goodbye.", name: "end_call", arguments: "{}" },
+        Reply::Text("The caller asked about opening hours and pressed five."),
+    ]);
+    let (_db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
+
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the SIP port takes TCP");
+    stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    std::io::Write::write_all(&mut stream, b"\r\n\r\n").unwrap();
+    assert_eq!(read_until(&mut stream, |t| t.contains("\r\n")), "\r\n", "a ping (CRLF CRLF) is answered with a pong (CRLF)");
+    let two = format!("{}{}", tcp_options("a"), tcp_options("b"));
+    let (first, rest) = two.as_bytes().split_at(30);
+    std::io::Write::write_all(&mut stream, first).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    std::io::Write::write_all(&mut stream, rest).unwrap();
+    let answers = read_until(&mut stream, |t| t.matches("SIP/2.0 200").count() >= 2);
+    assert!(answers.contains("Call-ID: a@127.0.0.1") && answers.contains("Call-ID: b@127.0.0.1") && answers.contains("Via: SIP/2.0/TCP"), "both messages answered on the connection: {answers}");
+    std::io::Write::write_all(&mut stream, b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nContent-Length: 99999999\r\n\r\n").unwrap();
+    let mut buffer = [0u8; 512];
+    assert!(matches!(std::io::Read::read(&mut stream, &mut buffer), Ok(0) | Err(_)), "a message beyond the bound closes the connection");
+
+    let listener = Listener::start();
+    let dir = tempfile::tempdir().unwrap();
+    let audio = ringline::audio::decode::decode_file(Path::new(CARDS)).expect("the recording decodes").to_rate(8_000).unwrap();
+    let caller_audio = dir.path().join("caller.ulaw");
+    std::fs::write(&caller_audio, ringline::audio::g711::encode_mulaw(&audio.samples)).unwrap();
+    let mut command = sipp_command(&caller_scenario(listener.port, &caller_audio), dir.path(), free_udp_port());
+    command.args(["-t", "t1"]).arg(format!("127.0.0.1:{port}")).args(["-s", "14155552671"]);
+    let (passed, log) = finish_sipp(command.output().expect("sipp runs (Debian's sip-tester, installed by .ci/setup)"), dir.path());
+    assert!(passed, "SIPp's call over TCP went as its scenario says (answered, INFO taken, BYE from the agent on its connection): {log}");
+    let (heard, _) = listener.stop();
+    assert!(!heard.is_empty(), "the agent's RTP came");
+
+    let messages = std::fs::read_to_string(dir.path().join("sipp-messages.log")).unwrap_or_default();
+    let ok = messages.split("SIP/2.0 200 OK").nth(1).unwrap_or_default();
+    assert!(ok.contains(&format!("<sip:ringline@127.0.0.1:{port};transport=tcp>")), "the answer's Contact names TCP: {log}");
+    let bye = messages.split("BYE sip:").nth(1).unwrap_or_else(|| panic!("the agent's BYE: {log}"));
+    assert!(bye.contains(&format!("Via: SIP/2.0/TCP 127.0.0.1:{port}")), "the BYE's Via names TCP: {bye}");
+
+    let (_, history) = get(&serve, &key, "/v1/calls/history");
+    let call_id = history["calls"][0]["call_id"].as_str().unwrap_or_else(|| panic!("one call: {history}")).to_string();
+    let done = wait_for(&serve, &key, &call_id, Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, detail) = get(&serve, &key, &format!("/v1/calls/{call_id}"));
+    assert_eq!(detail["metadata"]["sip_transport"], "tcp", "{detail}");
+    let (_, transcript) = get(&serve, &key, &format!("/v1/calls/{call_id}/transcript"));
+    let lines = transcript["transcript"].as_array().cloned().unwrap_or_default();
+    assert!(lines.iter().any(|l| l["speaker"] == "caller" && l["text"].as_str().is_some_and(|t| t.contains("DTMF 5"))), "the INFO's key reached the call: {transcript}");
 }
 
 /// The callee's side, as SIPp plays it: rings, answers in PCMA with its media at `media_port`,
@@ -357,8 +437,23 @@ fn callee_scenario(media_port: u16, audio: &Path) -> String {
     )
 }
 
-#[test]
-fn an_outbound_call_goes_through_the_sip_trunk() {
+/// An outbound call placed through a trunk that SIPp plays as `callee_scenario`, reached over
+/// `transport` (`udp` or `tcp`) with credentials: once SIPp's run is over.
+struct Placed {
+    _db: Database,
+    serve: Serve,
+    key: String,
+    assistant_id: Value,
+    dir: tempfile::TempDir,
+    listener: Listener,
+    trunk: u16,
+    port: u16,
+    id: String,
+    passed: bool,
+    log: String,
+}
+
+fn placed_through_the_trunk(transport: &str) -> Placed {
     let llm = standin::llm(vec![
         Reply::Tool { text: "We open at nine in the morning. Goodbye.", name: "end_call", arguments: r#"{"reason":"answered"}"# },
         Reply::Text("The callee heard the opening hours."),
@@ -369,7 +464,11 @@ fn an_outbound_call_goes_through_the_sip_trunk() {
     std::fs::write(&callee_audio, ringline::audio::g711::encode_alaw(&audio.samples)).unwrap();
     let listener = Listener::start();
     let trunk = free_udp_port();
-    let callee = sipp_command(&callee_scenario(listener.port, &callee_audio), dir.path(), trunk).spawn().expect("sipp runs (Debian's sip-tester, installed by .ci/setup)");
+    let mut callee = sipp_command(&callee_scenario(listener.port, &callee_audio), dir.path(), trunk);
+    if transport == "tcp" {
+        callee.args(["-t", "t1"]);
+    }
+    let callee = callee.spawn().expect("sipp runs (Debian's sip-tester, installed by .ci/setup)");
 
     let db = Database::sqlite();
     let key = create_key(&db, "shop", &[]);
@@ -380,6 +479,7 @@ fn an_outbound_call_goes_through_the_sip_trunk() {
         &[
             ("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}")),
             ("RINGLINE_SIP_TRUNK", &format!("127.0.0.1:{trunk}")),
+            ("RINGLINE_SIP_TRUNK_TRANSPORT", transport),
             ("RINGLINE_SIP_TRUNK_USER", "ringline"),
             ("RINGLINE_SIP_TRUNK_PASSWORD", "s3cret-Pa55"),
         ],
@@ -394,6 +494,12 @@ fn an_outbound_call_goes_through_the_sip_trunk() {
     assert_eq!(status, 201, "{call}");
     let id = call["call_id"].as_str().unwrap().to_string();
     let (passed, log) = finish_sipp(callee.wait_with_output().unwrap(), dir.path());
+    Placed { _db: db, serve, key, assistant_id: created["id"].clone(), dir, listener, trunk, port, id, passed, log }
+}
+
+#[test]
+fn an_outbound_call_goes_through_the_sip_trunk() {
+    let Placed { _db, serve, key, assistant_id, dir, listener, trunk, port, id, passed, log } = placed_through_the_trunk("udp");
     assert!(passed, "SIPp's callee saw the call its scenario expects (INVITE, ACK, BYE from the agent): {log}");
     let done = wait_for(&serve, &key, &id, Duration::from_secs(30), crate::api::ended);
     assert_eq!(done["status"], "completed", "{done}");
@@ -438,12 +544,77 @@ fn an_outbound_call_goes_through_the_sip_trunk() {
         busy = reply("486 Busy Here", true, &[], "")
     );
     let callee = sipp_command(&busy, dir.path(), trunk).spawn().unwrap();
-    let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": created["id"], "to_number": "+14155552672", "from_number": NUMBER }));
+    let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": assistant_id, "to_number": "+14155552672", "from_number": NUMBER }));
     assert_eq!(status, 201, "{call}");
     let (passed, log) = finish_sipp(callee.wait_with_output().unwrap(), dir.path());
     assert!(passed, "the busy callee's refusal was ACKed: {log}");
     let done = wait_for(&serve, &key, call["call_id"].as_str().unwrap(), Duration::from_secs(30), crate::api::ended);
     assert_eq!(done["status"], "busy", "{done}");
+}
+
+/// A phone over TCP that closes its connection once the call is set up (as some PBXs do between
+/// transactions): the agent's BYE comes on a new connection to the phone's Contact.
+#[test]
+fn a_tcp_phone_that_closed_its_connection_gets_the_bye_at_its_contact() {
+    let llm = standin::llm(vec![Reply::Text("We open at nine in the morning."), Reply::Text("A caller who said nothing.")]);
+    let (_db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
+    let contact = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let contact_port = contact.local_addr().unwrap().port();
+    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sdp = format!("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio {} RTP/AVP 0\r\n", media.local_addr().unwrap().port());
+    let request = invite("14155552671", &sdp)
+        .replace("SIP/2.0/UDP 127.0.0.1:5999", &format!("SIP/2.0/TCP 127.0.0.1:{contact_port}"))
+        .replace("<sip:caller@127.0.0.1:5999>", &format!("<sip:caller@127.0.0.1:{contact_port};transport=tcp>"));
+    let mut phone = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    phone.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::io::Write::write_all(&mut phone, request.as_bytes()).unwrap();
+    let answered = read_until(&mut phone, |t| t.contains("SIP/2.0 200") && t.ends_with("\r\n") && t.contains("m=audio"));
+    let ok = answered.split("SIP/2.0 200").nth(1).unwrap_or_else(|| panic!("the call is answered over TCP: {answered}"));
+    let to = header(ok, "To");
+    let ack = format!("ACK sip:ringline@127.0.0.1:{port};transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{contact_port};branch=z9hG4bK-ack\r\nFrom: <sip:{CALLER}@127.0.0.1>;tag=raw\r\n{to}\r\nCall-ID: raw-14155552671@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n");
+    std::io::Write::write_all(&mut phone, ack.as_bytes()).unwrap();
+    let call_id = call_in_progress(&serve, &key);
+    drop(phone);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let (status, body) = post(&serve, &key, &format!("/v1/calls/{call_id}/end"), json!({}));
+    assert_eq!(status, 202, "{body}");
+    contact.set_nonblocking(true).unwrap();
+    let start = std::time::Instant::now();
+    let mut again = loop {
+        match contact.accept() {
+            Ok((stream, _)) => break stream,
+            Err(_) if start.elapsed() < Duration::from_secs(15) => std::thread::sleep(Duration::from_millis(50)),
+            Err(error) => panic!("the server connected to the phone's Contact for its BYE: {error}"),
+        }
+    };
+    again.set_nonblocking(false).unwrap();
+    again.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let bye = read_until(&mut again, |t| t.contains("\r\n\r\n"));
+    assert!(bye.starts_with(&format!("BYE sip:caller@127.0.0.1:{contact_port};transport=tcp SIP/2.0\r\n")) && bye.contains(&format!("Via: SIP/2.0/TCP 127.0.0.1:{port}")), "{bye}");
+    let reply = format!("SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n", header(&bye, "Via"), header(&bye, "From"), header(&bye, "To"), header(&bye, "Call-ID"), header(&bye, "CSeq"));
+    std::io::Write::write_all(&mut again, reply.as_bytes()).unwrap();
+    let done = wait_for(&serve, &key, &call_id, Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "completed", "{done}");
+}
+
+/// A trunk reached over TCP (`--sip-trunk-transport tcp`): the server opens the connection, and
+/// the INVITE, the ACK and the challenged BYE go on it, named TCP in their Via and Contact.
+#[test]
+fn an_outbound_call_goes_through_a_trunk_over_tcp() {
+    let Placed { _db, serve, key, dir, listener, trunk, port, id, passed, log, .. } = placed_through_the_trunk("tcp");
+    assert!(passed, "SIPp's callee over TCP saw the call its scenario expects (INVITE, ACK, BYE challenged and sent again): {log}");
+    let done = wait_for(&serve, &key, &id, Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "completed", "{done}");
+    let (heard, _) = listener.stop();
+    assert!(!heard.is_empty(), "the agent's RTP came");
+
+    let messages = std::fs::read_to_string(dir.path().join("sipp-messages.log")).unwrap_or_default();
+    let invite = messages.split(&format!("INVITE sip:+14155552672@127.0.0.1:{trunk};transport=tcp SIP/2.0")).nth(1).unwrap_or_else(|| panic!("the INVITE names the trunk's TCP: {log}"));
+    let invite = invite.split("v=0").next().unwrap_or_default();
+    assert!(invite.contains(&format!("Via: SIP/2.0/TCP 127.0.0.1:{port}")) && invite.contains(&format!("Contact: <sip:ringline@127.0.0.1:{port};transport=tcp>")), "{invite}");
+    assert_eq!(messages.matches("INVITE sip:+14155552672").count(), 1, "over TCP the INVITE is sent once: {log}");
+    assert!(messages.contains("Authorization: Digest username=\"ringline\"") && !messages.contains("SIP/2.0 403"), "the challenged BYE answered with credentials: {log}");
 }
 
 #[test]
