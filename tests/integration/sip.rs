@@ -1376,18 +1376,26 @@ fn the_server_registers_with_the_trunk_and_keeps_it_fresh() {
         challenge = reply("401 Unauthorized", true, &[r#"WWW-Authenticate: Digest realm="trunk.example", nonce="4e6157e4", qop="auth""#], ""),
         refused = reply("403 Forbidden", false, &[], r#" next="end""#),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let trunk = free_udp_port();
-    let registrar = sipp_command(&registrar, dir.path(), trunk).spawn().expect("sipp runs (Debian's sip-tester, installed by .ci/setup)");
-    let db = Database::sqlite();
-    let (_serve, port) = registering(&db, trunk, &[]);
-    let (passed, log) = finish_sipp(registrar.wait_with_output().unwrap(), dir.path());
-    assert!(passed, "registered, challenged, then refreshed as the registrar's scenario says: {log}");
-    let messages = std::fs::read_to_string(dir.path().join("sipp-messages.log")).unwrap_or_default();
-    assert!(messages.contains(&format!("REGISTER sip:127.0.0.1:{trunk} SIP/2.0")), "{log}");
-    assert!(messages.contains(&format!("Contact: <sip:ringline@127.0.0.1:{port}>")), "our Contact is what the trunk calls: {log}");
-    assert!(messages.contains("Authorization: Digest username=\"ringline\"") && !messages.contains("SIP/2.0 403"), "the challenge answered with the right credentials: {log}");
-    assert!(!messages.contains("s3cret-Pa55"), "the password never crosses the wire");
+    // Over UDP, and over TCP to a trunk reached that way (`--sip-trunk-transport tcp`).
+    for (transport, uri_param) in [("udp", ""), ("tcp", ";transport=tcp")] {
+        let dir = tempfile::tempdir().unwrap();
+        let trunk = free_udp_port();
+        let mut command = sipp_command(&registrar, dir.path(), trunk);
+        if transport == "tcp" {
+            command.args(["-t", "t1"]);
+        }
+        let registrar = command.spawn().expect("sipp runs (Debian's sip-tester, installed by .ci/setup)");
+        let db = Database::sqlite();
+        let (_serve, port) = registering(&db, trunk, &[("RINGLINE_SIP_TRUNK_TRANSPORT", transport)]);
+        let (passed, log) = finish_sipp(registrar.wait_with_output().unwrap(), dir.path());
+        assert!(passed, "registered over {transport}, challenged, then refreshed as the registrar's scenario says: {log}");
+        let messages = std::fs::read_to_string(dir.path().join("sipp-messages.log")).unwrap_or_default();
+        assert!(messages.contains(&format!("REGISTER sip:127.0.0.1:{trunk}{uri_param} SIP/2.0")), "{log}");
+        assert!(messages.contains(&format!("Via: SIP/2.0/{} 127.0.0.1:{port}", transport.to_uppercase())), "{log}");
+        assert!(messages.contains(&format!("Contact: <sip:ringline@127.0.0.1:{port}{uri_param}>")), "our Contact is what the trunk calls: {log}");
+        assert!(messages.contains("Authorization: Digest username=\"ringline\"") && !messages.contains("SIP/2.0 403"), "the challenge answered with the right credentials: {log}");
+        assert!(!messages.contains("s3cret-Pa55"), "the password never crosses the wire");
+    }
 }
 
 /// A server that registers with the trunk at `trunk` as `ringline` (and `extra` settings), and
