@@ -39,7 +39,7 @@ use crate::egress::Cidr;
 use crate::store::CallRecord;
 use crate::transport::CallInput;
 use crate::transport::jitter::JitterBuffer;
-use crate::transport::sip::{self, InDialog, Message, Offer, StartLine, Transport};
+use crate::transport::sip::{self, InDialog, Message, Offer, Refresher, SessionTimer, StartLine, TimerRefusal, Transport};
 use crate::transport::stream::{CallControl, Outgoing, StreamLine};
 
 /// Dialogs (calls being set up or under way) one endpoint holds; an INVITE beyond it gets 503.
@@ -252,6 +252,10 @@ struct DialogState {
     reoffering: bool,
     /// Our ACK of the 200 OK to our latest re-INVITE, by its CSeq: resent when it comes again.
     reoffer_ack: Option<(u32, String)>,
+    /// The session timer our answer granted (RFC 4028), and when the session was last refreshed
+    /// (answered, or a re-INVITE or UPDATE taken either way).
+    timer: Option<SessionTimer>,
+    refreshed: Option<tokio::time::Instant>,
 }
 
 impl Dialog {
@@ -670,8 +674,12 @@ impl Endpoint {
     /// Refuses the INVITE, resending the refusal until its ACK comes (UDP loses datagrams);
     /// then the dialog is forgotten.
     async fn refuse(self: &Arc<Self>, dialog: &Arc<Dialog>, code: u16, reason: &str) {
+        self.refuse_with(dialog, code, reason, &[]).await;
+    }
+
+    async fn refuse_with(self: &Arc<Self>, dialog: &Arc<Dialog>, code: u16, reason: &str, extra: &[(&str, &str)]) {
         tracing::info!(sip_call = %dialog.id, code, reason, "refused a SIP call");
-        let text = self.final_response(dialog, code, reason, &[], None).await;
+        let text = self.final_response(dialog, code, reason, extra, None).await;
         let (endpoint, dialog) = (self.clone(), dialog.clone());
         tokio::spawn(async move {
             endpoint.resend_until_acked(&dialog, &text).await;
@@ -706,6 +714,14 @@ impl Endpoint {
             Ok(offer) => offer,
             Err(_) if dialog.invite.body.trim().is_empty() => return self.refuse(&dialog, 488, "Not Acceptable Here (an INVITE without an SDP offer)").await,
             Err(problem) => return self.refuse(&dialog, 488, &format!("Not Acceptable Here ({problem})")).await,
+        };
+        let timer = match sip::session_timer(&dialog.invite) {
+            Ok(timer) => timer,
+            Err(TimerRefusal::TooSmall(_)) => {
+                let floor = sip::MIN_SESSION_EXPIRES.to_string();
+                return self.refuse_with(&dialog, 422, "Session Interval Too Small", &[("Min-SE", &floor)]).await;
+            }
+            Err(TimerRefusal::Malformed(problem)) => return self.refuse(&dialog, 400, &format!("Bad Request ({problem})")).await,
         };
         let StartLine::Request { uri, .. } = &dialog.invite.start else { return };
         let to = dialled(&dialog.invite, uri, self.registered_user());
@@ -751,7 +767,23 @@ impl Endpoint {
         dialog.lock().media = Some(offers);
         tokio::spawn(carry_media(line.clone(), media, offered, outgoing));
         let contact = self.contact(dialog.peer.transport);
-        let ok = self.final_response(&dialog, 200, "OK", &[("Contact", &contact), ("Allow", ALLOW)], Some(("application/sdp", &sdp))).await;
+        let mut headers = vec![("Contact", contact.as_str()), ("Allow", ALLOW), ("Supported", sip::SUPPORTED)];
+        let granted = timer.map(|timer| timer.header());
+        if let Some(granted) = &granted {
+            headers.push(("Session-Expires", granted));
+            if sip::has_option(&dialog.invite, "timer") {
+                headers.push(("Require", "timer"));
+            }
+        }
+        {
+            let mut state = dialog.lock();
+            state.timer = timer;
+            state.refreshed = Some(tokio::time::Instant::now());
+        }
+        let ok = self.final_response(&dialog, 200, "OK", &headers, Some(("application/sdp", &sdp))).await;
+        if let Some(timer) = timer {
+            tokio::spawn(self.clone().keep_session(dialog.clone(), line.clone(), timer));
+        }
         let (endpoint, acked) = (self.clone(), dialog.clone());
         let unacked = line.clone();
         tokio::spawn(async move {
@@ -976,7 +1008,7 @@ impl Endpoint {
             }
             match (response, code) {
                 // Taken; the API may have asked otherwise meanwhile.
-                (Some(ok), Some(200..=299)) => self.reoffer_answered(dialog, &ok, on).await,
+                (Some(ok), Some(200..=299)) => self.reoffer_answered(dialog, &ok, if on { "hold" } else { "unhold" }).await,
                 (_, Some(491)) if glares < 2 => {
                     glares += 1;
                     // We placed the call (own its Call-ID): 2.1–4 s; we answered it: 0–2 s.
@@ -997,11 +1029,13 @@ impl Endpoint {
         }
     }
 
-    /// The peer's 2xx to our hold's re-INVITE: acknowledged (again when it comes again), and
-    /// its answer is where and how our audio goes from now on.
-    async fn reoffer_answered(&self, dialog: &Dialog, ok: &Message, on: bool) {
+    /// The peer's 2xx to our re-INVITE (`what` it was for: a hold, an unhold, a session
+    /// refresh): acknowledged (again when it comes again), the session refreshed, and its answer
+    /// is where and how our audio goes from now on.
+    async fn reoffer_answered(&self, dialog: &Dialog, ok: &Message, what: &str) {
         let (ack, media) = {
             let mut state = dialog.lock();
+            state.refreshed = Some(tokio::time::Instant::now());
             let cseq = ok.cseq().map(|(number, _)| number).unwrap_or(state.cseq);
             let ack = InDialog { method: "ACK", target: &state.target, route: &state.route, via: &self.via(dialog.peer), branch: &branch(), from: &state.local, to: &state.remote, call_id: &dialog.id, cseq }.render(&[]);
             state.reoffer_ack = Some((cseq, ack.clone()));
@@ -1012,15 +1046,15 @@ impl Endpoint {
         let codec = media.borrow().codec;
         match sip::parse_offer_preferring(&ok.body, Some(codec)) {
             Ok(answer) if answer.codec == codec => {
-                tracing::info!(sip_call = %dialog.id, hold = on, direction = ?answer.direction, "the SIP peer took our hold's offer");
+                tracing::info!(sip_call = %dialog.id, what, direction = ?answer.direction, "the SIP peer took our offer");
                 media.send_if_modified(|current| {
                     let changed = *current != answer;
                     *current = answer;
                     changed
                 });
             }
-            Ok(_) => tracing::warn!(sip_call = %dialog.id, "the SIP peer answered our hold in another codec: the call's media stays as it was"),
-            Err(problem) => tracing::warn!(sip_call = %dialog.id, problem, "the SIP peer's answer to our hold cannot be read: the call's media stays as it was"),
+            Ok(_) => tracing::warn!(sip_call = %dialog.id, what, "the SIP peer answered our offer in another codec: the call's media stays as it was"),
+            Err(problem) => tracing::warn!(sip_call = %dialog.id, what, problem, "the SIP peer's answer to our offer cannot be read: the call's media stays as it was"),
         }
     }
 
@@ -1079,8 +1113,87 @@ impl Endpoint {
         // An UPDATE is answered with SDP only when it made an offer; an INVITE always is.
         let body = sdp.as_deref().filter(|_| offered || message.method() == Some("INVITE")).map(|s| ("application/sdp", s));
         let contact = self.contact(dialog.peer.transport);
-        let text = sip::response(message, 200, "OK", Some(&dialog.our_tag), &[("Contact", &contact)], body);
+        let timer = {
+            let mut state = dialog.lock();
+            state.refreshed = Some(tokio::time::Instant::now());
+            state.timer.map(|timer| timer.header())
+        };
+        let mut headers = vec![("Contact", contact.as_str())];
+        if let Some(timer) = &timer {
+            // The session goes on as granted (RFC 4028, section 9).
+            headers.push(("Session-Expires", timer));
+            if sip::has_option(message, "timer") {
+                headers.push(("Require", "timer"));
+            }
+        }
+        let text = sip::response(message, 200, "OK", Some(&dialog.our_tag), &headers, body);
         self.send(&text, source).await;
+    }
+
+    /// Keeps a session that has a timer (RFC 4028): when it is ours to refresh, a re-INVITE
+    /// every half interval; when it is the peer's, the call ends (with BYE) if no refresh comes
+    /// before the session would run out. Any re-INVITE or UPDATE either way counts.
+    async fn keep_session(self: Arc<Self>, dialog: Arc<Dialog>, line: StreamLine, timer: SessionTimer) {
+        let ended = line.ended();
+        loop {
+            let since = dialog.lock().refreshed.unwrap_or_else(tokio::time::Instant::now);
+            let due = since + if timer.refresher == Refresher::Uas { timer.refresh_after() } else { timer.given_up_after() };
+            tokio::select! {
+                _ = ended.cancelled() => return,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            if dialog.lock().refreshed != Some(since) {
+                continue; // refreshed meanwhile
+            }
+            if timer.refresher == Refresher::Uac {
+                tracing::warn!(sip_call = %dialog.id, interval_s = timer.interval, "the SIP peer did not refresh the session: hanging up");
+                return line.fail(&format!("the SIP session expired: the peer did not refresh it within its {} s (RFC 4028 session timer)", timer.interval));
+            }
+            if let Err(problem) = self.refresh(&dialog, timer).await {
+                tracing::warn!(sip_call = %dialog.id, problem, "our SIP session refresh failed: hanging up");
+                return line.fail(&format!("the SIP session could not be refreshed: {problem}"));
+            }
+        }
+    }
+
+    /// Our refresh of the session: a re-INVITE offering what we offered last, unchanged. A hold
+    /// offer under way refreshes it as well; a glare is tried again after a random wait. A 408
+    /// or 481, or no answer, means the session is gone (RFC 4028, section 10).
+    async fn refresh(&self, dialog: &Dialog, timer: SessionTimer) -> Result<(), String> {
+        let sdp = {
+            let mut state = dialog.lock();
+            if state.reoffering || state.holding_task {
+                state.refreshed = Some(tokio::time::Instant::now());
+                return Ok(());
+            }
+            let Some(sdp) = state.sdp.as_ref().map(|ours| ours.sdp.clone()) else { return Ok(()) };
+            state.reoffering = true;
+            sdp
+        };
+        let (contact, expires) = (self.contact(dialog.peer.transport), timer.header());
+        let headers = [("Contact", contact.as_str()), ("Allow", ALLOW), ("Supported", sip::SUPPORTED), ("Session-Expires", expires.as_str())];
+        let response = self.exchange(dialog, "INVITE", &headers, Some(("application/sdp", &sdp))).await;
+        dialog.lock().reoffering = false;
+        match response {
+            Some(ok) if ok.code().is_some_and(|code| (200..300).contains(&code)) => {
+                self.reoffer_answered(dialog, &ok, "refresh").await;
+                Ok(())
+            }
+            Some(refused) => match refused.code().unwrap_or_default() {
+                408 | 481 => Err(format!("the peer answered {}", refused.code().unwrap_or_default())),
+                491 => {
+                    tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 2_000)).await;
+                    Ok(()) // not refreshed: tried again at once
+                }
+                code => {
+                    // The session stands; the next refresh comes at the next half interval.
+                    tracing::info!(sip_call = %dialog.id, code, "the SIP peer refused our session refresh");
+                    dialog.lock().refreshed = Some(tokio::time::Instant::now());
+                    Ok(())
+                }
+            },
+            None => Err("the peer did not answer".into()),
+        }
     }
 
     fn ack(&self, dialog: &Dialog, _message: &Message) {

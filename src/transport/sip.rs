@@ -1,12 +1,13 @@
 //! SIP and RTP, the wire protocols of a SIP trunk: what a call's messages and audio look like,
-//! with no sockets. The server's endpoint (`server::sip`) owns the socket and the dialogs.
+//! with no sockets. The server's endpoint (`server::sip`) owns the sockets and the dialogs.
 //!
-//! Spoken here (RFC 3261 over UDP and TCP, as a user agent that answers and places INVITEs): requests and
-//! responses as text with headers (compact forms too), the SDP offer of an INVITE and our answer
-//! (RFC 3264: G.711 μ-law or A-law at 8 kHz, and RFC 4733 telephone-events), RTP packets
-//! (RFC 3550) and the DTMF events they carry. Everything a peer sends is bounded and checked:
-//! a datagram that is not what it says it is gets an error naming the part. On a stream (TCP)
-//! a message ends where its `Content-Length` says ([`framed_length`]).
+//! Spoken here (RFC 3261 over UDP and TCP, as a user agent that answers and places INVITEs):
+//! requests and responses as text with headers (compact forms too), the SDP offer of an INVITE
+//! and our answer (RFC 3264: G.711 μ-law or A-law at 8 kHz, and RFC 4733 telephone-events), RTP
+//! packets (RFC 3550) and the DTMF events they carry, and the session timer an INVITE asks for
+//! (RFC 4028). Everything a peer sends is bounded and checked: a datagram that is not what it
+//! says it is gets an error naming the part. On a stream (TCP) a message ends where its
+//! `Content-Length` says ([`framed_length`]).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -135,6 +136,7 @@ fn full_name(name: &str) -> String {
         "k" => "supported",
         "s" => "subject",
         "r" => "refer-to",
+        "x" => "session-expires",
         other => return other.to_string(),
     }
     .to_string()
@@ -354,11 +356,94 @@ fn split_list(value: &str) -> impl Iterator<Item = &str> {
     parts.into_iter().map(str::trim).filter(|part| !part.is_empty())
 }
 
+/// The option tags we implement: session timers (RFC 4028).
+pub const SUPPORTED: &str = "timer";
+
 /// The option tags a request's `Require` names (RFC 3261 8.2.2.3) that we do not implement —
-/// none are: no reliable provisional responses (`100rel`), no session timers of our own
-/// (`timer`). A request requiring any is refused with 420 and them in `Unsupported`.
+/// every one but `timer`: no reliable provisional responses (`100rel`), say. A request requiring
+/// any is refused with 420 and them in `Unsupported`.
 pub fn unsupported_requirements(request: &Message) -> Vec<String> {
-    request.headers("require").flat_map(split_list).map(str::to_string).collect()
+    request.headers("require").flat_map(split_list).filter(|tag| !tag.eq_ignore_ascii_case("timer")).map(str::to_string).collect()
+}
+
+/// Whether a message lists `tag` in its `Supported` or `Require`.
+pub fn has_option(message: &Message, tag: &str) -> bool {
+    message.headers("supported").chain(message.headers("require")).flat_map(split_list).any(|t| t.eq_ignore_ascii_case(tag))
+}
+
+/// The smallest session interval we take (RFC 4028's floor): a shorter one is refused with 422
+/// and this in `Min-SE`.
+pub const MIN_SESSION_EXPIRES: u32 = 90;
+
+/// Which side of a dialog refreshes its session (RFC 4028): the one that sent the INVITE or the
+/// one that answered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresher {
+    Uac,
+    Uas,
+}
+
+/// A session timer as the answer to an INVITE grants it: refreshed every half `interval` (by a
+/// re-INVITE or UPDATE), else ended by the other side before it runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimer {
+    /// Seconds.
+    pub interval: u32,
+    pub refresher: Refresher,
+}
+
+impl SessionTimer {
+    /// The `Session-Expires` value.
+    pub fn header(&self) -> String {
+        format!("{};refresher={}", self.interval, if self.refresher == Refresher::Uac { "uac" } else { "uas" })
+    }
+
+    /// When the refresher refreshes: half the interval.
+    pub fn refresh_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.interval) / 2)
+    }
+
+    /// When the side that does not refresh gives up on a session not refreshed: a third of the
+    /// interval or 32 s before it runs out, whichever is less (RFC 4028, section 10).
+    pub fn given_up_after(&self) -> std::time::Duration {
+        let interval = u64::from(self.interval);
+        std::time::Duration::from_secs(interval - (interval / 3).min(32))
+    }
+}
+
+/// Why an INVITE's session timer is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerRefusal {
+    /// Below [`MIN_SESSION_EXPIRES`]: 422 Session Interval Too Small.
+    TooSmall(u32),
+    /// A `Session-Expires` that is not `SECONDS[;refresher=uac|uas]`: 400.
+    Malformed(String),
+}
+
+/// The session timer an INVITE asks for, as the side answering it grants it (RFC 4028, section
+/// 9): none without `Session-Expires`; the interval as asked; the refresher it names, else the
+/// caller when it supports timers, else us.
+pub fn session_timer(invite: &Message) -> Result<Option<SessionTimer>, TimerRefusal> {
+    let Some(value) = invite.header("session-expires") else { return Ok(None) };
+    let mut parts = value.split(';').map(str::trim);
+    let malformed = || TimerRefusal::Malformed(format!("Session-Expires `{}` is not SECONDS[;refresher=uac|uas]", truncate(value)));
+    let interval: u32 = parts.next().unwrap_or_default().parse().map_err(|_| malformed())?;
+    let mut refresher = None;
+    for part in parts {
+        let (name, given) = part.split_once('=').unwrap_or((part, ""));
+        if name.trim().eq_ignore_ascii_case("refresher") {
+            refresher = Some(match given.trim().to_ascii_lowercase().as_str() {
+                "uac" => Refresher::Uac,
+                "uas" => Refresher::Uas,
+                _ => return Err(malformed()),
+            });
+        }
+    }
+    if interval < MIN_SESSION_EXPIRES {
+        return Err(TimerRefusal::TooSmall(interval));
+    }
+    let refresher = refresher.unwrap_or(if has_option(invite, "timer") { Refresher::Uac } else { Refresher::Uas });
+    Ok(Some(SessionTimer { interval, refresher }))
 }
 
 /// A response to `request`: its Via, From, Call-ID and CSeq copied, its To with `to_tag`
@@ -1065,7 +1150,7 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
     fn every_option_tag_a_request_requires_is_one_we_do_not_implement() {
         let request = |extra: &str| parse(format!("INVITE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP p;branch=z9hG4bK-1\r\n{extra}Content-Length: 0\r\n\r\n").as_bytes()).unwrap();
         assert!(unsupported_requirements(&request("Supported: 100rel, timer\r\n")).is_empty(), "what a peer merely supports asks nothing");
-        assert_eq!(unsupported_requirements(&request("Require: 100rel, timer\r\nRequire: x-foo\r\n")), ["100rel", "timer", "x-foo"]);
+        assert_eq!(unsupported_requirements(&request("Require: 100rel, Timer\r\nRequire: x-foo\r\n")), ["100rel", "x-foo"], "session timers we do");
     }
 
     #[test]
@@ -1131,5 +1216,23 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         assert_eq!(at("sip:a@[2001:db8::1]"), Some("[2001:db8::1]:5060".into()));
         assert_eq!(at("sip:a@pbx.example.com:5060"), None, "a name is not resolved");
         assert_eq!((at("tel:+14155552671"), at("sips:a@192.0.2.4")), (None, None));
+    }
+
+    #[test]
+    fn an_invites_session_timer_is_granted_as_rfc_4028_says() {
+        let invite = |extra: &str| parse(format!("INVITE sip:1@h SIP/2.0\r\nVia: SIP/2.0/UDP p;branch=z9hG4bK-1\r\n{extra}Content-Length: 0\r\n\r\n").as_bytes()).unwrap();
+        let timer = |interval, refresher| Ok(Some(SessionTimer { interval, refresher }));
+        assert_eq!(session_timer(&invite("")), Ok(None), "no Session-Expires, no timer");
+        assert_eq!(session_timer(&invite("Session-Expires: 1800;refresher=uas\r\nSupported: timer\r\n")), timer(1800, Refresher::Uas), "the refresher it names");
+        assert_eq!(session_timer(&invite("x: 1800\r\nk: timer\r\n")), timer(1800, Refresher::Uac), "unnamed, the caller that supports timers refreshes (compact forms)");
+        assert_eq!(session_timer(&invite("Session-Expires: 600\r\n")), timer(600, Refresher::Uas), "a caller without timers leaves the refreshing to us");
+        assert_eq!(session_timer(&invite("Session-Expires: 60;refresher=uac\r\n")), Err(TimerRefusal::TooSmall(60)));
+        for bad in ["soon", "1800;refresher=me", "-5"] {
+            assert!(matches!(session_timer(&invite(&format!("Session-Expires: {bad}\r\n"))), Err(TimerRefusal::Malformed(m)) if m.contains("SECONDS")), "{bad}");
+        }
+        let granted = SessionTimer { interval: 1800, refresher: Refresher::Uac };
+        assert_eq!((granted.header(), granted.refresh_after().as_secs(), granted.given_up_after().as_secs()), ("1800;refresher=uac".to_string(), 900, 1768));
+        assert_eq!(SessionTimer { interval: 90, refresher: Refresher::Uas }.given_up_after().as_secs(), 60, "a third before, under 32 s");
+        assert!(has_option(&invite("Require: timer\r\n"), "TIMER") && !has_option(&invite("Supported: 100rel\r\n"), "timer"));
     }
 }

@@ -232,7 +232,8 @@ fn a_call_from_a_sip_trunk_is_answered_heard_keyed_and_hung_up() {
     let (_db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
 
     // What no call may come of: garbage, a number nobody holds, an offer without G.711, a
-    // method the endpoint does not take. Each gets its SIP answer, and no call is stored.
+    // method the endpoint does not take, a session interval too short or unreadable. Each gets
+    // its SIP answer, and no call is stored.
     assert!(exchange(port, "\u{0}\u{1}garbage").is_empty(), "garbage is dropped unanswered");
     let g711 = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 40000 RTP/AVP 0\r\n";
     let answers = exchange(port, &invite("14155550199", g711));
@@ -241,6 +242,10 @@ fn a_call_from_a_sip_trunk_is_answered_heard_keyed_and_hung_up() {
     assert!(answers.iter().any(|a| a.starts_with("SIP/2.0 488") && a.contains("neither PCMU")), "{answers:?}");
     let answers = exchange(port, &invite("14155552671", g711).replacen("From: ", "Require: 100rel, x-foo\r\nFrom: ", 1));
     assert!(answers.iter().any(|a| a.starts_with("SIP/2.0 420") && a.contains("Unsupported: 100rel, x-foo\r\n") && a.contains(";tag=")), "an extension we lack is refused: {answers:?}");
+    let answers = exchange(port, &invite("14155552671", g711).replacen("From: ", "Session-Expires: 30\r\nFrom: ", 1).replace("Call-ID: raw-", "Call-ID: short-"));
+    assert!(answers.iter().any(|a| a.starts_with("SIP/2.0 422") && a.contains("Min-SE: 90\r\n")), "a session interval under RFC 4028's floor: {answers:?}");
+    let answers = exchange(port, &invite("14155552671", g711).replacen("From: ", "Session-Expires: soon\r\nFrom: ", 1).replace("Call-ID: raw-", "Call-ID: soon-"));
+    assert!(answers.iter().any(|a| a.starts_with("SIP/2.0 400") && a.contains("SECONDS")), "{answers:?}");
     let register = "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-r\r\nFrom: <sip:a@127.0.0.1>;tag=r\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: r@127.0.0.1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
     let answers = exchange(port, register);
     assert!(answers.iter().any(|a| a.starts_with("SIP/2.0 405") && a.contains("Allow: INVITE")), "{answers:?}");
@@ -550,6 +555,77 @@ fn an_outbound_call_goes_through_the_sip_trunk() {
     assert!(passed, "the busy callee's refusal was ACKed: {log}");
     let done = wait_for(&serve, &key, call["call_id"].as_str().unwrap(), Duration::from_secs(30), crate::api::ended);
     assert_eq!(done["status"], "busy", "{done}");
+}
+
+/// Session timers (RFC 4028), both ways at once: a phone that leaves the refreshing to us gets
+/// a re-INVITE with the session as it stands at half the interval; a phone that is to refresh
+/// and does so once, 20 s into the call, then falls silent, is hung up before its session would
+/// run out — a minute after its refresh, not a minute after the call began.
+#[test]
+fn session_timers_are_refreshed_by_the_side_the_answer_names() {
+    let llm = standin::llm(vec![Reply::Text("A caller who said nothing."), Reply::Text("A caller who said nothing.")]);
+    let mut assistant = crate::twilio::assistant(&llm);
+    assistant["turn"] = json!({ "idle_reprompt_s": 200, "idle_hangup_s": 300, "max_duration_s": 300 });
+    let (_db, serve, key, port, _) = answering(assistant, &[]);
+    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sdp = phone_sdp(media.local_addr().unwrap().port(), "sendrecv");
+    let ours = Phone::call(port, &sdp, "Session-Expires: 90;refresher=uas\r\nSupported: timer\r\n");
+    let theirs = Phone::call(port, &sdp, "Session-Expires: 90\r\nSupported: timer\r\n");
+    assert!(ours.ok.contains("Session-Expires: 90;refresher=uas\r\n") && ours.ok.contains("Require: timer\r\n"), "{}", ours.ok);
+    assert!(theirs.ok.contains("Session-Expires: 90;refresher=uac\r\n"), "unnamed, the phone that supports timers refreshes: {}", theirs.ok);
+    // Both phones talk (silence, in RTP) all along: only the session timer may end a call here.
+    let talking = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let servers = [port_of_media(&ours.ok), port_of_media(&theirs.ok)];
+    let talker = {
+        let talking = talking.clone();
+        std::thread::spawn(move || {
+            let mut sequence = 0u16;
+            while talking.load(std::sync::atomic::Ordering::SeqCst) {
+                let packet = ringline::transport::sip::rtp_packet(sequence == 0, 0, sequence, u32::from(sequence) * 160, 7, &[0xff; 160]);
+                for server in servers {
+                    let _ = media.send_to(&packet, ("127.0.0.1", server));
+                }
+                sequence = sequence.wrapping_add(1);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+
+    // The phone to refresh does, once: the session goes on from there.
+    std::thread::sleep(Duration::from_secs(20));
+    let refreshed = theirs.reinvite(2, &sdp);
+    assert!(refreshed.contains("Session-Expires: 90;refresher=uac\r\n"), "{refreshed}");
+    let refreshed_at = std::time::Instant::now();
+
+    // Ours to refresh: a re-INVITE offering the session unchanged, acknowledged once answered.
+    let refresh = ours.read(Duration::from_secs(60), &|m| m.starts_with("INVITE ")).expect("the server refreshes the session it is to refresh");
+    assert!(refresh.contains("Session-Expires: 90;refresher=uas\r\n"), "{refresh}");
+    assert_eq!(sdp_version(&refresh), sdp_version(&ours.ok), "the session offered as it stands: {refresh}");
+    ours.send(&ours.respond(&refresh, "200 OK", Some(&sdp)));
+    assert!(ours.read(Duration::from_secs(5), &|m| m.starts_with("ACK ")).is_some(), "the refresh's 200 is acknowledged");
+    ours.send(&ours.request("BYE", 3, &[], None));
+
+    // The other phone refreshes no more: the server hangs up a third of the interval (under 32
+    // s) before the session would run out, counted from the refresh.
+    let bye = theirs.read(Duration::from_secs(60), &|m| m.starts_with("BYE ")).expect("a session not refreshed is hung up");
+    assert!(refreshed_at.elapsed() >= Duration::from_secs(55), "not before the session from the refresh runs low: {:?}", refreshed_at.elapsed());
+    theirs.send(&theirs.respond(&bye, "200 OK", None));
+    talking.store(false, std::sync::atomic::Ordering::SeqCst);
+    talker.join().unwrap();
+    let (_, history) = get(&serve, &key, "/v1/calls/history");
+    let calls = history["calls"].as_array().cloned().unwrap_or_default();
+    assert_eq!(calls.len(), 2, "{history}");
+    for call in calls {
+        let id = call["call_id"].as_str().unwrap();
+        let done = wait_for(&serve, &key, id, Duration::from_secs(30), crate::api::ended);
+        let (_, detail) = get(&serve, &key, &format!("/v1/calls/{id}"));
+        if detail["metadata"]["sip_call_id"].as_str() == Some(header(&theirs.ok, "Call-ID").trim_start_matches("Call-ID: ")) {
+            assert_eq!(done["status"], "failed", "{done}");
+            assert!(done["reason"].as_str().unwrap_or_default().contains("session expired"), "{done}");
+        } else {
+            assert_eq!(done["status"], "completed", "{done}");
+        }
+    }
 }
 
 /// A phone over TCP that closes its connection once the call is set up (as some PBXs do between
@@ -1226,7 +1302,10 @@ impl Phone {
         signalling.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let mut phone = Phone { signalling, sip_port, server, ok: String::new() };
         let headers = headers.replace("{sip_port}", &sip_port.to_string());
-        let request = invite(NUMBER.trim_start_matches('+'), sdp).replace("5999", &sip_port.to_string()).replacen("From: ", &format!("{headers}From: "), 1);
+        let request = invite(NUMBER.trim_start_matches('+'), sdp)
+            .replace("5999", &sip_port.to_string())
+            .replace("Call-ID: raw-", &format!("Call-ID: raw-{sip_port}-"))
+            .replacen("From: ", &format!("{headers}From: "), 1);
         let start = std::time::Instant::now();
         let (mut resend_at, mut interval) = (Duration::ZERO, Duration::from_millis(500));
         let mut heard: Vec<String> = Vec::new();
