@@ -17,7 +17,7 @@
 //!
 //! A SIP peer is not authenticated by a key: only sources in the trusted ranges (the trunk's
 //! addresses; loopback unless configured) are answered, anything else is dropped unanswered.
-//! Every datagram is bounded (`sip::MAX_MESSAGE_BYTES`), dialogs are bounded, and a call
+//! Every message is bounded (`sip::MAX_MESSAGE_BYTES`), dialogs are bounded, and a call
 //! admitted here counts against the same limits as any other.
 
 use std::collections::HashMap;
