@@ -204,6 +204,30 @@ fn invite(to: &str, sdp: &str) -> String {
     )
 }
 
+/// The caller's recording (human speech, CARDS) at the line's 8 kHz.
+fn cards() -> Vec<f32> {
+    ringline::audio::decode::decode_file(Path::new(CARDS)).expect("the recording decodes").to_rate(8_000).unwrap().samples
+}
+
+/// The recording written to `dir/name` as SIPp streams it: raw G.711 by `encode`.
+fn cards_file(dir: &Path, name: &str, encode: fn(&[f32]) -> Vec<u8>) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, encode(&cards())).unwrap();
+    path
+}
+
+/// A server answering `caller_scenario`'s caller: the opening hours for the recording, a
+/// goodbye that ends the call for the key five, then the summary.
+fn answering_the_caller_who_presses_five() -> (Database, Serve, String, u16) {
+    let llm = standin::llm(vec![
+        Reply::Text("We open at nine in the morning."),
+        Reply::Tool { text: "You pressed five. Goodbye.", name: "end_call", arguments: "{}" },
+        Reply::Text("The caller asked about opening hours and pressed five."),
+    ]);
+    let (db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
+    (db, serve, key, port)
+}
+
 /// A server answering SIP on a port of its own (with `extra` settings), `assistant` created in a
 /// workspace and given NUMBER: the database (kept while the server runs), the server, the
 /// workspace's key, the SIP port and the assistant's id.
@@ -224,12 +248,7 @@ fn answering(assistant: serde_json::Value, extra: &[(&str, &str)]) -> (Database,
 
 #[test]
 fn a_call_from_a_sip_trunk_is_answered_heard_keyed_and_hung_up() {
-    let llm = standin::llm(vec![
-        Reply::Text("We open at nine in the morning."),
-        Reply::Tool { text: "You pressed five. Goodbye.", name: "end_call", arguments: "{}" },
-        Reply::Text("The caller asked about opening hours and pressed five."),
-    ]);
-    let (_db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
+    let (_db, serve, key, port) = answering_the_caller_who_presses_five();
 
     // What no call may come of: garbage, a number nobody holds, an offer without G.711, a
     // method the endpoint does not take, a session interval too short or unreadable. Each gets
@@ -258,9 +277,7 @@ fn a_call_from_a_sip_trunk_is_answered_heard_keyed_and_hung_up() {
 
     // The caller's recording as SIPp streams it: raw μ-law at 8 kHz.
     let dir = tempfile::tempdir().unwrap();
-    let audio = ringline::audio::decode::decode_file(Path::new(CARDS)).expect("the recording decodes").to_rate(8_000).unwrap();
-    let caller_audio = dir.path().join("caller.ulaw");
-    std::fs::write(&caller_audio, ringline::audio::g711::encode_mulaw(&audio.samples)).unwrap();
+    let caller_audio = cards_file(dir.path(), "caller.ulaw", ringline::audio::g711::encode_mulaw);
     let (passed, log) = sipp(&caller_scenario(media_port, &caller_audio), dir.path(), "14155552671", port);
     assert!(passed, "SIPp's call went as its scenario says (answered, INFO taken, BYE from the agent): {log}");
     let (heard, payload_types) = listener.stop();
@@ -333,12 +350,7 @@ fn read_until(stream: &mut std::net::TcpStream, done: impl Fn(&str) -> bool) -> 
 /// the agent's BYE come back on it.
 #[test]
 fn a_call_over_tcp_is_answered_and_hung_up_on_its_connection() {
-    let llm = standin::llm(vec![
-        Reply::Text("We open at nine in the morning."),
-        Reply::Tool { text: "You pressed five. Goodbye.", name: "end_call", arguments: "{}" },
-        Reply::Text("The caller asked about opening hours and pressed five."),
-    ]);
-    let (_db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
+    let (_db, serve, key, port) = answering_the_caller_who_presses_five();
 
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the SIP port takes TCP");
     stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -357,9 +369,7 @@ fn a_call_over_tcp_is_answered_and_hung_up_on_its_connection() {
 
     let listener = Listener::start();
     let dir = tempfile::tempdir().unwrap();
-    let audio = ringline::audio::decode::decode_file(Path::new(CARDS)).expect("the recording decodes").to_rate(8_000).unwrap();
-    let caller_audio = dir.path().join("caller.ulaw");
-    std::fs::write(&caller_audio, ringline::audio::g711::encode_mulaw(&audio.samples)).unwrap();
+    let caller_audio = cards_file(dir.path(), "caller.ulaw", ringline::audio::g711::encode_mulaw);
     let mut command = sipp_command(&caller_scenario(listener.port, &caller_audio), dir.path(), free_udp_port());
     command.args(["-t", "t1"]).arg(format!("127.0.0.1:{port}")).args(["-s", "14155552671"]);
     let (passed, log) = finish_sipp(command.output().expect("sipp runs (Debian's sip-tester, installed by .ci/setup)"), dir.path());
@@ -464,9 +474,7 @@ fn placed_through_the_trunk(transport: &str) -> Placed {
         Reply::Text("The callee heard the opening hours."),
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let audio = ringline::audio::decode::decode_file(Path::new(CARDS)).expect("the recording decodes").to_rate(8_000).unwrap();
-    let callee_audio = dir.path().join("callee.alaw");
-    std::fs::write(&callee_audio, ringline::audio::g711::encode_alaw(&audio.samples)).unwrap();
+    let callee_audio = cards_file(dir.path(), "callee.alaw", ringline::audio::g711::encode_alaw);
     let listener = Listener::start();
     let trunk = free_udp_port();
     let mut callee = sipp_command(&callee_scenario(listener.port, &callee_audio), dir.path(), trunk);
@@ -764,9 +772,9 @@ fn baresip_calls_in_and_hears_the_agent() {
     // baresip's configuration: G.711 only, the recording (after 9 s of silence, the agent's
     // greeting) as the microphone, a bridge as the speaker, and every stream dumped to a file.
     let dir = tempfile::tempdir().unwrap();
-    let audio = ringline::audio::decode::decode_file(Path::new(CARDS)).expect("the recording decodes").to_rate(8_000).unwrap();
+    let audio = cards();
     let mut samples = vec![0.0f32; 8_000 * 9];
-    samples.extend_from_slice(&audio.samples);
+    samples.extend_from_slice(&audio);
     samples.extend(std::iter::repeat(0.0).take(8_000 * 30));
     let caller = dir.path().join("caller.wav");
     ringline::audio::Audio::new(samples, 8_000).write_wav(&caller).unwrap();
@@ -939,8 +947,8 @@ fn a_phone_that_sends_nothing_while_its_caller_is_quiet_is_answered() {
 
     // The caller speaks: 20 ms frames on the clock, only those with speech in them sent, every
     // fifth pair swapped in flight and the 30th lost; then nothing.
-    let audio = ringline::audio::decode::decode_file(Path::new(CARDS)).expect("the recording decodes").to_rate(8_000).unwrap();
-    let frames: Vec<&[f32]> = audio.samples.chunks_exact(160).collect();
+    let audio = cards();
+    let frames: Vec<&[f32]> = audio.chunks_exact(160).collect();
     let loud = |frame: &[f32]| (frame.iter().map(|s| s * s).sum::<f32>() / 160.0).sqrt() > 0.01;
     let (ssrc, first_timestamp) = (0x5eed_u32, 4_000_000_000u32);
     let (mut sequence, mut sent, mut held_back) = (7u16, 0usize, None::<Vec<u8>>);
@@ -1018,9 +1026,9 @@ fn a_caller_whose_first_packet_comes_over_the_greeting_is_heard_whole() {
     let mut buffer = [0u8; 2048];
     media.recv_from(&mut buffer).expect("the greeting begins");
     std::thread::sleep(Duration::from_secs(3));
-    let audio = ringline::audio::decode::decode_file(Path::new(CARDS)).expect("the recording decodes").to_rate(8_000).unwrap();
+    let audio = cards();
     let start = std::time::Instant::now();
-    for (index, frame) in audio.samples.chunks_exact(160).enumerate() {
+    for (index, frame) in audio.chunks_exact(160).enumerate() {
         if let Some(wait) = Duration::from_millis(20 * index as u64).checked_sub(start.elapsed()) {
             std::thread::sleep(wait);
         }
