@@ -39,7 +39,7 @@ use crate::egress::Cidr;
 use crate::store::CallRecord;
 use crate::transport::CallInput;
 use crate::transport::jitter::JitterBuffer;
-use crate::transport::sip::{self, InDialog, Message, Offer, Refresher, SessionTimer, StartLine, TimerRefusal, Transport};
+use crate::transport::sip::{self, InDialog, KeptSession, Message, Offer, Refresher, StartLine, TimerRefusal, Transport};
 use crate::transport::stream::{CallControl, Outgoing, StreamLine};
 
 /// Dialogs (calls being set up or under way) one endpoint holds; an INVITE beyond it gets 503.
@@ -207,7 +207,11 @@ struct Dialog {
     peer: Peer,
     invite: Message,
     our_tag: String,
+    /// We sent the INVITE (the call was placed here): we own the Call-ID in a glare.
+    placed: bool,
     state: Mutex<DialogState>,
+    /// Told when the session timer changes: the task keeping it looks again.
+    retimed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -252,9 +256,10 @@ struct DialogState {
     reoffering: bool,
     /// Our ACK of the 200 OK to our latest re-INVITE, by its CSeq: resent when it comes again.
     reoffer_ack: Option<(u32, String)>,
-    /// The session timer our answer granted (RFC 4028), and when the session was last refreshed
-    /// (answered, or a re-INVITE or UPDATE taken either way).
-    timer: Option<SessionTimer>,
+    /// The session timer (RFC 4028) as the last refresh set it — our answer to the INVITE or the
+    /// peer's to ours, or a later re-INVITE or UPDATE either way — and when the session was last
+    /// refreshed (answered, or a re-INVITE or UPDATE taken either way).
+    timer: Option<KeptSession>,
     refreshed: Option<tokio::time::Instant>,
 }
 
@@ -267,6 +272,16 @@ impl Dialog {
     fn settled(&self) -> bool {
         let state = self.lock();
         state.acked || state.ended_by_peer
+    }
+
+    /// The session was refreshed now, under `timer` from here on.
+    fn retime(&self, timer: Option<KeptSession>) {
+        {
+            let mut state = self.lock();
+            state.timer = timer;
+            state.refreshed = Some(tokio::time::Instant::now());
+        }
+        self.retimed.notify_one();
     }
 }
 
@@ -651,7 +666,7 @@ impl Endpoint {
         // Over TCP, a peer that closes its connection is reached again at its Contact.
         let reconnect = sip::socket_addr_of(contact).filter(|address| source.transport.reliable() && self.trusted(address.ip()));
         let peer = Peer { reconnect, ..source };
-        let dialog = Arc::new(Dialog { id: id.clone(), peer, invite, our_tag, state: Mutex::new(state) });
+        let dialog = Arc::new(Dialog { id: id.clone(), peer, invite, our_tag, placed: false, state: Mutex::new(state), retimed: Default::default() });
         let trying = sip::response(&dialog.invite, 100, "Trying", None, &[], None);
         dialog.lock().last_response = Some(trying.clone());
         self.dialogs().insert(id, dialog.clone());
@@ -716,7 +731,7 @@ impl Endpoint {
             Err(problem) => return self.refuse(&dialog, 488, &format!("Not Acceptable Here ({problem})")).await,
         };
         let timer = match sip::session_timer(&dialog.invite) {
-            Ok(timer) => timer,
+            Ok(timer) => timer.map(|timer| KeptSession::named(timer, Refresher::Uas)),
             Err(TimerRefusal::TooSmall(_)) => {
                 let floor = sip::MIN_SESSION_EXPIRES.to_string();
                 return self.refuse_with(&dialog, 422, "Session Interval Too Small", &[("Min-SE", &floor)]).await;
@@ -768,22 +783,16 @@ impl Endpoint {
         tokio::spawn(carry_media(line.clone(), media, offered, outgoing));
         let contact = self.contact(dialog.peer.transport);
         let mut headers = vec![("Contact", contact.as_str()), ("Allow", ALLOW), ("Supported", sip::SUPPORTED)];
-        let granted = timer.map(|timer| timer.header());
+        let granted = timer.map(|timer| timer.header(Refresher::Uas));
         if let Some(granted) = &granted {
             headers.push(("Session-Expires", granted));
             if sip::has_option(&dialog.invite, "timer") {
                 headers.push(("Require", "timer"));
             }
         }
-        {
-            let mut state = dialog.lock();
-            state.timer = timer;
-            state.refreshed = Some(tokio::time::Instant::now());
-        }
+        dialog.retime(timer);
         let ok = self.final_response(&dialog, 200, "OK", &headers, Some(("application/sdp", &sdp))).await;
-        if let Some(timer) = timer {
-            tokio::spawn(self.clone().keep_session(dialog.clone(), line.clone(), timer));
-        }
+        tokio::spawn(self.clone().keep_session(dialog.clone(), line.clone()));
         let (endpoint, acked) = (self.clone(), dialog.clone());
         let unacked = line.clone();
         tokio::spawn(async move {
@@ -993,8 +1002,7 @@ impl Endpoint {
                 state.reoffering = true;
                 (sdp, on)
             };
-            let contact = self.contact(dialog.peer.transport);
-            let response = self.exchange(dialog, "INVITE", &[("Contact", &contact), ("Allow", ALLOW)], Some(("application/sdp", &sdp))).await;
+            let response = self.reinvite_ours(dialog, &sdp).await;
             let code = response.as_ref().and_then(Message::code);
             {
                 let mut state = dialog.lock();
@@ -1012,8 +1020,7 @@ impl Endpoint {
                 (_, Some(491)) if glares < 2 => {
                     glares += 1;
                     // We placed the call (own its Call-ID): 2.1–4 s; we answered it: 0–2 s.
-                    let owner = dialog.lock().invite_responses.is_some();
-                    let wait = if owner { 2_100 + rand::random::<u64>() % 1_900 } else { rand::random::<u64>() % 2_000 };
+                    let wait = if dialog.placed { 2_100 + rand::random::<u64>() % 1_900 } else { rand::random::<u64>() % 2_000 };
                     tokio::time::sleep(Duration::from_millis(wait)).await;
                 }
                 (_, code) => {
@@ -1033,9 +1040,16 @@ impl Endpoint {
     /// refresh): acknowledged (again when it comes again), the session refreshed, and its answer
     /// is where and how our audio goes from now on.
     async fn reoffer_answered(&self, dialog: &Dialog, ok: &Message, what: &str) {
+        match sip::answered_timer(ok) {
+            Ok(timer) => dialog.retime(timer.map(|timer| KeptSession::named(timer, Refresher::Uac))),
+            Err(problem) => {
+                tracing::warn!(sip_call = %dialog.id, what, problem, "the SIP peer's answer names a session timer that cannot be read: the timer stays as it was");
+                let timer = dialog.lock().timer;
+                dialog.retime(timer);
+            }
+        }
         let (ack, media) = {
             let mut state = dialog.lock();
-            state.refreshed = Some(tokio::time::Instant::now());
             let cseq = ok.cseq().map(|(number, _)| number).unwrap_or(state.cseq);
             let ack = InDialog { method: "ACK", target: &state.target, route: &state.route, via: &self.via(dialog.peer), branch: &branch(), from: &state.local, to: &state.remote, call_id: &dialog.id, cseq }.render(&[]);
             state.reoffer_ack = Some((cseq, ack.clone()));
@@ -1083,6 +1097,16 @@ impl Endpoint {
             // Our own offer waits for its answer: the peer tries again later (RFC 3261 14.2).
             return self.reply(message, source, 491, "Request Pending", &[]).await;
         }
+        // A refresh may set the session timer anew (RFC 4028, section 9); one we cannot grant is
+        // refused before anything changes, and the session stays as it was.
+        let timer = match sip::session_timer(message) {
+            Ok(timer) => timer.map(|timer| KeptSession::named(timer, Refresher::Uas)),
+            Err(TimerRefusal::TooSmall(_)) => {
+                let floor = sip::MIN_SESSION_EXPIRES.to_string();
+                return self.reply(message, source, 422, "Session Interval Too Small", &[("Min-SE", &floor)]).await;
+            }
+            Err(TimerRefusal::Malformed(problem)) => return self.reply(message, source, 400, &format!("Bad Request ({problem})"), &[]).await,
+        };
         let mut new_offer = None;
         if let (true, Some(media)) = (offered, &media) {
             let codec = media.borrow().codec;
@@ -1113,11 +1137,10 @@ impl Endpoint {
         // An UPDATE is answered with SDP only when it made an offer; an INVITE always is.
         let body = sdp.as_deref().filter(|_| offered || message.method() == Some("INVITE")).map(|s| ("application/sdp", s));
         let contact = self.contact(dialog.peer.transport);
-        let timer = {
-            let mut state = dialog.lock();
-            state.refreshed = Some(tokio::time::Instant::now());
-            state.timer.map(|timer| timer.header())
-        };
+        // Without a Session-Expires of its own, the session goes on as it was granted.
+        let timer = timer.or(dialog.lock().timer);
+        dialog.retime(timer);
+        let timer = timer.map(|timer| timer.header(Refresher::Uas));
         let mut headers = vec![("Contact", contact.as_str())];
         if let Some(timer) = &timer {
             // The session goes on as granted (RFC 4028, section 9).
@@ -1130,26 +1153,37 @@ impl Endpoint {
         self.send(&text, source).await;
     }
 
-    /// Keeps a session that has a timer (RFC 4028): when it is ours to refresh, a re-INVITE
-    /// every half interval; when it is the peer's, the call ends (with BYE) if no refresh comes
-    /// before the session would run out. Any re-INVITE or UPDATE either way counts.
-    async fn keep_session(self: Arc<Self>, dialog: Arc<Dialog>, line: StreamLine, timer: SessionTimer) {
+    /// Keeps the session's timer (RFC 4028) for as long as the call lasts: when it is ours to
+    /// refresh, a re-INVITE every half interval; when it is the peer's, the call ends (with BYE)
+    /// if no refresh comes before the session would run out. Any re-INVITE or UPDATE either way
+    /// counts, and may set the timer anew (or turn it off, or on).
+    async fn keep_session(self: Arc<Self>, dialog: Arc<Dialog>, line: StreamLine) {
         let ended = line.ended();
         loop {
-            let since = dialog.lock().refreshed.unwrap_or_else(tokio::time::Instant::now);
-            let due = since + if timer.refresher == Refresher::Uas { timer.refresh_after() } else { timer.given_up_after() };
+            let (since, timer) = {
+                let state = dialog.lock();
+                (state.refreshed.unwrap_or_else(tokio::time::Instant::now), state.timer)
+            };
+            let due = async {
+                match timer {
+                    Some(timer) => tokio::time::sleep_until(since + timer.due()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = ended.cancelled() => return,
-                _ = tokio::time::sleep_until(due) => {}
+                _ = dialog.retimed.notified() => continue,
+                _ = due => {}
             }
+            let Some(timer) = timer else { continue };
             if dialog.lock().refreshed != Some(since) {
                 continue; // refreshed meanwhile
             }
-            if timer.refresher == Refresher::Uac {
+            if !timer.ours {
                 tracing::warn!(sip_call = %dialog.id, interval_s = timer.interval, "the SIP peer did not refresh the session: hanging up");
                 return line.fail(&format!("the SIP session expired: the peer did not refresh it within its {} s (RFC 4028 session timer)", timer.interval));
             }
-            if let Err(problem) = self.refresh(&dialog, timer).await {
+            if let Err(problem) = self.refresh(&dialog).await {
                 tracing::warn!(sip_call = %dialog.id, problem, "our SIP session refresh failed: hanging up");
                 return line.fail(&format!("the SIP session could not be refreshed: {problem}"));
             }
@@ -1159,7 +1193,7 @@ impl Endpoint {
     /// Our refresh of the session: a re-INVITE offering what we offered last, unchanged. A hold
     /// offer under way refreshes it as well; a glare is tried again after a random wait. A 408
     /// or 481, or no answer, means the session is gone (RFC 4028, section 10).
-    async fn refresh(&self, dialog: &Dialog, timer: SessionTimer) -> Result<(), String> {
+    async fn refresh(&self, dialog: &Dialog) -> Result<(), String> {
         let sdp = {
             let mut state = dialog.lock();
             if state.reoffering || state.holding_task {
@@ -1170,9 +1204,7 @@ impl Endpoint {
             state.reoffering = true;
             sdp
         };
-        let (contact, expires) = (self.contact(dialog.peer.transport), timer.header());
-        let headers = [("Contact", contact.as_str()), ("Allow", ALLOW), ("Supported", sip::SUPPORTED), ("Session-Expires", expires.as_str())];
-        let response = self.exchange(dialog, "INVITE", &headers, Some(("application/sdp", &sdp))).await;
+        let response = self.reinvite_ours(dialog, &sdp).await;
         dialog.lock().reoffering = false;
         match response {
             Some(ok) if ok.code().is_some_and(|code| (200..300).contains(&code)) => {
@@ -1194,6 +1226,18 @@ impl Endpoint {
             },
             None => Err("the peer did not answer".into()),
         }
+    }
+
+    /// Our re-INVITE offering `sdp` (a hold, an unhold, a refresh): it refreshes the session
+    /// too, naming the timer as it stands with us as the transaction's `uac` (RFC 4028, 7.4).
+    async fn reinvite_ours(&self, dialog: &Dialog, sdp: &str) -> Option<Message> {
+        let contact = self.contact(dialog.peer.transport);
+        let expires = dialog.lock().timer.map(|timer| timer.header(Refresher::Uac));
+        let mut headers = vec![("Contact", contact.as_str()), ("Allow", ALLOW), ("Supported", sip::SUPPORTED)];
+        if let Some(expires) = &expires {
+            headers.push(("Session-Expires", expires));
+        }
+        self.exchange(dialog, "INVITE", &headers, Some(("application/sdp", sdp))).await
     }
 
     fn ack(&self, dialog: &Dialog, _message: &Message) {
@@ -1271,7 +1315,7 @@ impl Endpoint {
         let port = media.local_addr().map(|a| a.port()).unwrap_or_default();
         let our_tag = random_hex(8);
         let ours = OurSdp::offering(self.address, port);
-        let invite = Invite {
+        let mut invite = Invite {
             target: format!("sip:{}@{trunk_addr}{}", call.to_number, trunk.transport.uri_param()),
             local: format!("<sip:{}@{}>;tag={our_tag}", call.from_number, self.host),
             to: format!("<sip:{}@{trunk_addr}>", call.to_number),
@@ -1279,6 +1323,8 @@ impl Endpoint {
             sdp: ours.sdp.clone(),
             via: self.via(trunk),
             contact: self.contact(trunk.transport),
+            session_expires: sip::SESSION_EXPIRES,
+            min_se: sip::MIN_SESSION_EXPIRES,
         };
         let first = invite.render(1, &branch(), None);
         let parsed = sip::parse(first.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
@@ -1293,13 +1339,13 @@ impl Endpoint {
             sdp: Some(ours),
             ..DialogState::default()
         };
-        let dialog = Arc::new(Dialog { id: invite.id.clone(), peer: trunk, invite: parsed, our_tag, state: Mutex::new(state) });
+        let dialog = Arc::new(Dialog { id: invite.id.clone(), peer: trunk, invite: parsed, our_tag, placed: true, state: Mutex::new(state), retimed: Default::default() });
         if self.dialogs().len() >= MAX_DIALOGS {
             return Err(not_answered(CallStatus::Failed, "this server holds too many SIP dialogs"));
         }
         self.dialogs().insert(invite.id.clone(), dialog.clone());
         tracing::info!(call = %call.id, sip_call = %invite.id, %trunk, "placing a SIP call");
-        let outcome = self.ring(&dialog, &invite, first, &mut events, within, &call.id).await;
+        let outcome = self.ring(&dialog, &mut invite, first, &mut events, within, &call.id).await;
         dialog.lock().invite_responses = None;
         let (answer, ok, cseq) = match outcome {
             Ok(answered) => answered,
@@ -1343,19 +1389,32 @@ impl Endpoint {
             state.call = Some(call.id.clone());
             state.media = Some(offers);
         }
+        // The session timer the callee's answer set, if any (RFC 4028, section 7.2).
+        let timer = match sip::answered_timer(&ok) {
+            Ok(timer) => timer.map(|timer| KeptSession::named(timer, Refresher::Uac)),
+            Err(problem) => {
+                tracing::warn!(sip_call = %dialog.id, problem, "the callee's session timer cannot be read: we refresh at the interval we asked");
+                Some(KeptSession { interval: invite.session_expires, ours: true })
+            }
+        };
+        dialog.retime(timer);
         tokio::spawn(carry_media(line.clone(), media, offered, outgoing));
+        tokio::spawn(self.clone().keep_session(dialog.clone(), line.clone()));
         tokio::spawn(self.clone().until_ended(dialog, line.clone()));
         Ok((line, input))
     }
 
     /// Sends the INVITE (resent until the trunk responds; once more with credentials if the
-    /// trunk challenges it) and waits for its final response, cancelling it after `within`:
-    /// the 200 OK with its SDP read and the INVITE's CSeq, or how the call ended.
-    async fn ring(&self, dialog: &Dialog, invite: &Invite, first: String, events: &mut mpsc::UnboundedReceiver<Message>, within: Duration, call_id: &str) -> Result<(Result<Offer, String>, Message, u32), NotAnswered> {
+    /// trunk challenges it, and once more with a longer session interval if the callee asks for
+    /// one with 422) and waits for its final response, cancelling it after `within`: the 200 OK
+    /// with its SDP read and the INVITE's CSeq, or how the call ended.
+    async fn ring(&self, dialog: &Dialog, invite: &mut Invite, first: String, events: &mut mpsc::UnboundedReceiver<Message>, within: Duration, call_id: &str) -> Result<(Result<Offer, String>, Message, u32), NotAnswered> {
         let deadline = tokio::time::Instant::now() + within;
         // A hang-up asked for while the call rings (the API's end, which marks it `ending`).
         let mut hung_up = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
-        let (mut text, mut cseq, mut challenged) = (first, 1u32, false);
+        let (mut text, mut cseq, mut challenged, mut stretched) = (first, 1u32, false, false);
+        // The credentials that answered the trunk's challenge, for an INVITE sent again after it.
+        let mut authorization: Option<(&'static str, String)> = None;
         let mut current = sip::parse(text.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
         let mut heard = false;
         let mut wait = T1;
@@ -1402,9 +1461,20 @@ impl Endpoint {
                 401 | 407 if !challenged && self.config.credentials.is_some() => {
                     self.ack_refusal(dialog, &current, &response).await;
                     let credentials = self.config.credentials.as_ref().expect("checked by the match guard");
-                    let (answer_with, authorization) = answer_challenge(&response, *code, credentials, "INVITE", &invite.target).map_err(|problem| not_answered(CallStatus::Failed, format!("the SIP trunk's challenge: {problem}")))?;
+                    let answered = answer_challenge(&response, *code, credentials, "INVITE", &invite.target).map_err(|problem| not_answered(CallStatus::Failed, format!("the SIP trunk's challenge: {problem}")))?;
+                    authorization = Some(answered);
                     (cseq, challenged, heard, wait, unsent) = (cseq + 1, true, false, T1, true);
-                    text = invite.render(cseq, &branch(), Some((answer_with, &authorization)));
+                    text = invite.render(cseq, &branch(), authorization.as_ref().map(|(name, value)| (*name, value.as_str())));
+                    current = sip::parse(text.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
+                    next_send = tokio::time::Instant::now();
+                }
+                // The callee takes no session this short: asked again, once, at its Min-SE.
+                422 if !stretched && sip::min_session_expires(&response).is_some_and(|least| least > invite.session_expires && least <= sip::MAX_SESSION_EXPIRES) => {
+                    self.ack_refusal(dialog, &current, &response).await;
+                    let least = sip::min_session_expires(&response).expect("checked by the match guard");
+                    (invite.session_expires, invite.min_se) = (least, least);
+                    (cseq, stretched, heard, wait, unsent) = (cseq + 1, true, false, T1, true);
+                    text = invite.render(cseq, &branch(), authorization.as_ref().map(|(name, value)| (*name, value.as_str())));
                     current = sip::parse(text.as_bytes()).map_err(|e| not_answered(CallStatus::Failed, format!("our INVITE: {e}")))?;
                     next_send = tokio::time::Instant::now();
                 }
@@ -1488,13 +1558,17 @@ struct Invite {
     /// Our Via's transport and address, and our Contact.
     via: String,
     contact: String,
+    /// The session interval asked for (RFC 4028), and the shortest we take: ours, or, once the
+    /// callee refused a shorter one with 422, its `Min-SE`.
+    session_expires: u32,
+    min_se: u32,
 }
 
 impl Invite {
     fn render(&self, cseq: u32, branch: &str, authorization: Option<(&str, &str)>) -> String {
         let mut text = format!(
-            "INVITE {} SIP/2.0\r\nVia: SIP/2.0/{};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} INVITE\r\nContact: {}\r\nAllow: {ALLOW}\r\n",
-            self.target, self.via, self.local, self.to, self.id, self.contact
+            "INVITE {} SIP/2.0\r\nVia: SIP/2.0/{};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} INVITE\r\nContact: {}\r\nAllow: {ALLOW}\r\nSupported: {}\r\nSession-Expires: {}\r\nMin-SE: {}\r\n",
+            self.target, self.via, self.local, self.to, self.id, self.contact, sip::SUPPORTED, self.session_expires, self.min_se
         );
         if let Some((name, value)) = authorization {
             text.push_str(&format!("{name}: {value}\r\n"));

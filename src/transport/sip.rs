@@ -372,19 +372,35 @@ pub fn has_option(message: &Message, tag: &str) -> bool {
 }
 
 /// The smallest session interval we take (RFC 4028's floor): a shorter one is refused with 422
-/// and this in `Min-SE`.
+/// and this in `Min-SE`; a peer's answer naming a shorter one is kept at this.
 pub const MIN_SESSION_EXPIRES: u32 = 90;
 
-/// Which side of a dialog refreshes its session (RFC 4028): the one that sent the INVITE or the
-/// one that answered it.
+/// The session interval our INVITE asks for (RFC 4028's recommendation): half an hour.
+pub const SESSION_EXPIRES: u32 = 1800;
+
+/// The largest `Min-SE` a 422 may ask of our INVITE before we give up on the call: a day.
+pub const MAX_SESSION_EXPIRES: u32 = 86_400;
+
+/// Which side of a transaction refreshes the session (RFC 4028): the one that sent the request
+/// or the one that answered it. It names roles in the transaction the header is in, not in the
+/// dialog: a refresh's re-INVITE from the callee names the callee `uac`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refresher {
     Uac,
     Uas,
 }
 
-/// A session timer as the answer to an INVITE grants it: refreshed every half `interval` (by a
-/// re-INVITE or UPDATE), else ended by the other side before it runs out.
+impl Refresher {
+    fn name(self) -> &'static str {
+        match self {
+            Refresher::Uac => "uac",
+            Refresher::Uas => "uas",
+        }
+    }
+}
+
+/// A session timer as one message names it: refreshed every half `interval` (by a re-INVITE or
+/// UPDATE), else ended by the other side before it runs out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionTimer {
     /// Seconds.
@@ -392,22 +408,37 @@ pub struct SessionTimer {
     pub refresher: Refresher,
 }
 
-impl SessionTimer {
-    /// The `Session-Expires` value.
-    pub fn header(&self) -> String {
-        format!("{};refresher={}", self.interval, if self.refresher == Refresher::Uac { "uac" } else { "uas" })
+/// A session timer as one side of a dialog keeps it, whichever side sent the transaction that
+/// set it: its interval, and whether this side refreshes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptSession {
+    /// Seconds.
+    pub interval: u32,
+    pub ours: bool,
+}
+
+impl KeptSession {
+    /// The timer `named` in a transaction where this side was `we_are`.
+    pub fn named(named: SessionTimer, we_are: Refresher) -> Self {
+        KeptSession { interval: named.interval, ours: named.refresher == we_are }
     }
 
-    /// When the refresher refreshes: half the interval.
-    pub fn refresh_after(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(u64::from(self.interval) / 2)
+    /// The `Session-Expires` value of a message this side sends as `we_are` of its transaction.
+    pub fn header(&self, we_are: Refresher) -> String {
+        let refresher = match (self.ours, we_are) {
+            (true, side) => side,
+            (false, Refresher::Uac) => Refresher::Uas,
+            (false, Refresher::Uas) => Refresher::Uac,
+        };
+        format!("{};refresher={}", self.interval, refresher.name())
     }
 
-    /// When the side that does not refresh gives up on a session not refreshed: a third of the
-    /// interval or 32 s before it runs out, whichever is less (RFC 4028, section 10).
-    pub fn given_up_after(&self) -> std::time::Duration {
+    /// When this side acts once the session was last refreshed: when it refreshes, at half the
+    /// interval; otherwise it gives up on a session not refreshed a third of the interval or 32
+    /// s before it runs out, whichever is less (RFC 4028, section 10).
+    pub fn due(&self) -> std::time::Duration {
         let interval = u64::from(self.interval);
-        std::time::Duration::from_secs(interval - (interval / 3).min(32))
+        std::time::Duration::from_secs(if self.ours { interval / 2 } else { interval - (interval / 3).min(32) })
     }
 }
 
@@ -420,11 +451,8 @@ pub enum TimerRefusal {
     Malformed(String),
 }
 
-/// The session timer an INVITE asks for, as the side answering it grants it (RFC 4028, section
-/// 9): none without `Session-Expires`; the interval as asked; the refresher it names, else the
-/// caller when it supports timers, else us.
-pub fn session_timer(invite: &Message) -> Result<Option<SessionTimer>, TimerRefusal> {
-    let Some(value) = invite.header("session-expires") else { return Ok(None) };
+/// A `Session-Expires` value: its seconds and the refresher it names, if any.
+fn session_expires(value: &str) -> Result<(u32, Option<Refresher>), TimerRefusal> {
     let mut parts = value.split(';').map(str::trim);
     let malformed = || TimerRefusal::Malformed(format!("Session-Expires `{}` is not SECONDS[;refresher=uac|uas]", truncate(value)));
     let interval: u32 = parts.next().unwrap_or_default().parse().map_err(|_| malformed())?;
@@ -439,11 +467,37 @@ pub fn session_timer(invite: &Message) -> Result<Option<SessionTimer>, TimerRefu
             });
         }
     }
+    Ok((interval, refresher))
+}
+
+/// The session timer a request (an INVITE, a refresh's re-INVITE or UPDATE) asks for, as the
+/// side answering it grants it (RFC 4028, section 9): none without `Session-Expires`; the
+/// interval as asked; the refresher it names, else the sender when it supports timers, else us.
+pub fn session_timer(request: &Message) -> Result<Option<SessionTimer>, TimerRefusal> {
+    let Some(value) = request.header("session-expires") else { return Ok(None) };
+    let (interval, refresher) = session_expires(value)?;
     if interval < MIN_SESSION_EXPIRES {
         return Err(TimerRefusal::TooSmall(interval));
     }
-    let refresher = refresher.unwrap_or(if has_option(invite, "timer") { Refresher::Uac } else { Refresher::Uas });
+    let refresher = refresher.unwrap_or(if has_option(request, "timer") { Refresher::Uac } else { Refresher::Uas });
     Ok(Some(SessionTimer { interval, refresher }))
+}
+
+/// The session timer a 2xx to our INVITE, re-INVITE or UPDATE sets (RFC 4028, section 7.2):
+/// none without `Session-Expires` (the timer is off, even mid-call); the refresher it names,
+/// else us (an answer must name one); an interval under [`MIN_SESSION_EXPIRES`] kept at it.
+pub fn answered_timer(response: &Message) -> Result<Option<SessionTimer>, String> {
+    let Some(value) = response.header("session-expires") else { return Ok(None) };
+    let (interval, refresher) = session_expires(value).map_err(|refusal| match refusal {
+        TimerRefusal::Malformed(problem) => problem,
+        TimerRefusal::TooSmall(interval) => format!("Session-Expires {interval}"),
+    })?;
+    Ok(Some(SessionTimer { interval: interval.max(MIN_SESSION_EXPIRES), refresher: refresher.unwrap_or(Refresher::Uac) }))
+}
+
+/// The `Min-SE` a message names (a 422 to our INVITE, the smallest interval its sender takes).
+pub fn min_session_expires(message: &Message) -> Option<u32> {
+    message.header("min-se").and_then(|value| value.split(';').next()).and_then(|seconds| seconds.trim().parse().ok())
 }
 
 /// A response to `request`: its Via, From, Call-ID and CSeq copied, its To with `to_tag`
@@ -1230,9 +1284,26 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         for bad in ["soon", "1800;refresher=me", "-5"] {
             assert!(matches!(session_timer(&invite(&format!("Session-Expires: {bad}\r\n"))), Err(TimerRefusal::Malformed(m)) if m.contains("SECONDS")), "{bad}");
         }
-        let granted = SessionTimer { interval: 1800, refresher: Refresher::Uac };
-        assert_eq!((granted.header(), granted.refresh_after().as_secs(), granted.given_up_after().as_secs()), ("1800;refresher=uac".to_string(), 900, 1768));
-        assert_eq!(SessionTimer { interval: 90, refresher: Refresher::Uas }.given_up_after().as_secs(), 60, "a third before, under 32 s");
+        // Kept by the side that answered the INVITE: the caller refreshes.
+        let kept = KeptSession::named(SessionTimer { interval: 1800, refresher: Refresher::Uac }, Refresher::Uas);
+        assert_eq!((kept.ours, kept.header(Refresher::Uas), kept.due().as_secs()), (false, "1800;refresher=uac".to_string(), 1768));
+        assert_eq!(kept.header(Refresher::Uac), "1800;refresher=uas", "in a request of ours the caller answers it: `uas`");
+        let ours = KeptSession::named(SessionTimer { interval: 90, refresher: Refresher::Uas }, Refresher::Uas);
+        assert_eq!((ours.due().as_secs(), ours.header(Refresher::Uac)), (45, "90;refresher=uac".to_string()), "our refresh names us `uac`");
+        assert_eq!(KeptSession { interval: 90, ours: false }.due().as_secs(), 60, "a third before, under 32 s");
         assert!(has_option(&invite("Require: timer\r\n"), "TIMER") && !has_option(&invite("Supported: 100rel\r\n"), "timer"));
+    }
+
+    #[test]
+    fn an_answers_session_timer_is_read_as_rfc_4028_says() {
+        let ok = |extra: &str| parse(format!("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP p;branch=z9hG4bK-1\r\nCSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n").as_bytes()).unwrap();
+        let timer = |interval, refresher| Ok(Some(SessionTimer { interval, refresher }));
+        assert_eq!(answered_timer(&ok("")), Ok(None), "no Session-Expires: the timer is off");
+        assert_eq!(answered_timer(&ok("Session-Expires: 1800;refresher=uas\r\nRequire: timer\r\n")), timer(1800, Refresher::Uas));
+        assert_eq!(answered_timer(&ok("x: 600\r\n")), timer(600, Refresher::Uac), "unnamed: we refresh");
+        assert_eq!(answered_timer(&ok("Session-Expires: 0;refresher=uac\r\n")), timer(MIN_SESSION_EXPIRES, Refresher::Uac), "never a refresh in a loop");
+        assert!(answered_timer(&ok("Session-Expires: later\r\n")).unwrap_err().contains("SECONDS"));
+        let too_small = |extra: &str| min_session_expires(&parse(format!("SIP/2.0 422 Session Interval Too Small\r\nCSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n").as_bytes()).unwrap());
+        assert_eq!((too_small("Min-SE: 3600\r\n"), too_small("Min-SE: 120;x=y\r\n"), too_small("Min-SE: soon\r\n"), too_small("")), (Some(3600), Some(120), None, None));
     }
 }

@@ -483,31 +483,46 @@ fn placed_through_the_trunk(transport: &str) -> Placed {
     }
     let callee = callee.spawn().expect("sipp runs (Debian's sip-tester, installed by .ci/setup)");
 
-    let db = Database::sqlite();
-    let key = create_key(&db, "shop", &[]);
-    let port = free_udp_port();
-    let serve = Serve::start(
-        &db,
-        &crate::api::repo_assistants(),
-        &[
-            ("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}")),
-            ("RINGLINE_SIP_TRUNK", &format!("127.0.0.1:{trunk}")),
-            ("RINGLINE_SIP_TRUNK_TRANSPORT", transport),
-            ("RINGLINE_SIP_TRUNK_USER", "ringline"),
-            ("RINGLINE_SIP_TRUNK_PASSWORD", "s3cret-Pa55"),
-        ],
-    );
-    let (_, created) = post(&serve, &key, "/v1/assistants", crate::twilio::assistant(&llm));
-    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
-    assert_eq!(status, 201, "{number}");
+    let credentials = [("RINGLINE_SIP_TRUNK_TRANSPORT", transport), ("RINGLINE_SIP_TRUNK_USER", "ringline"), ("RINGLINE_SIP_TRUNK_PASSWORD", "s3cret-Pa55")];
+    let Trunked { db, serve, key, port, assistant_id } = with_a_trunk(trunk, crate::twilio::assistant(&llm), &credentials);
     let (status, validated) = post(&serve, &key, "/v1/numbers/validate", json!({ "number": "+14155552672" }));
     assert_eq!((status, validated["callable"].as_bool()), (200, Some(true)), "with a SIP trunk a real number is callable: {validated}");
 
-    let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": created["id"], "to_number": "+14155552672", "from_number": NUMBER }));
-    assert_eq!(status, 201, "{call}");
-    let id = call["call_id"].as_str().unwrap().to_string();
+    let id = place_call(&serve, &key, &assistant_id);
     let (passed, log) = finish_sipp(callee.wait_with_output().unwrap(), dir.path());
-    Placed { _db: db, serve, key, assistant_id: created["id"].clone(), dir, listener, trunk, port, id, passed, log }
+    Placed { _db: db, serve, key, assistant_id, dir, listener, trunk, port, id, passed, log }
+}
+
+/// A server whose SIP trunk is at `trunk` (and `extra` settings), with a number for
+/// `assistant`.
+struct Trunked {
+    db: Database,
+    serve: Serve,
+    key: String,
+    /// The server's SIP port.
+    port: u16,
+    assistant_id: Value,
+}
+
+fn with_a_trunk(trunk: u16, assistant: Value, extra: &[(&str, &str)]) -> Trunked {
+    let db = Database::sqlite();
+    let key = create_key(&db, "shop", &[]);
+    let port = free_udp_port();
+    let (bind, trunk) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{trunk}"));
+    let mut settings = vec![("RINGLINE_SIP_BIND", bind.as_str()), ("RINGLINE_SIP_TRUNK", trunk.as_str())];
+    settings.extend_from_slice(extra);
+    let serve = Serve::start(&db, &crate::api::repo_assistants(), &settings);
+    let (_, created) = post(&serve, &key, "/v1/assistants", assistant);
+    let (status, number) = post(&serve, &key, "/v1/numbers", json!({ "number": NUMBER, "assistant_id": created["id"] }));
+    assert_eq!(status, 201, "{number}");
+    Trunked { db, serve, key, port, assistant_id: created["id"].clone() }
+}
+
+/// Calls +14155552672 from the workspace's number: the call's id.
+fn place_call(serve: &Serve, key: &str, assistant_id: &Value) -> String {
+    let (status, call) = post(serve, key, "/v1/calls/outbound", json!({ "assistant_id": assistant_id, "to_number": "+14155552672", "from_number": NUMBER }));
+    assert_eq!(status, 201, "{call}");
+    call["call_id"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -557,12 +572,41 @@ fn an_outbound_call_goes_through_the_sip_trunk() {
         busy = reply("486 Busy Here", true, &[], "")
     );
     let callee = sipp_command(&busy, dir.path(), trunk).spawn().unwrap();
-    let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": assistant_id, "to_number": "+14155552672", "from_number": NUMBER }));
-    assert_eq!(status, 201, "{call}");
+    let call = place_call(&serve, &key, &assistant_id);
     let (passed, log) = finish_sipp(callee.wait_with_output().unwrap(), dir.path());
     assert!(passed, "the busy callee's refusal was ACKed: {log}");
-    let done = wait_for(&serve, &key, call["call_id"].as_str().unwrap(), Duration::from_secs(30), crate::api::ended);
+    let done = wait_for(&serve, &key, &call, Duration::from_secs(30), crate::api::ended);
     assert_eq!(done["status"], "busy", "{done}");
+
+    // A callee that takes no session shorter than an hour (422, RFC 4028) is asked again, once,
+    // at its Min-SE; then it is busy.
+    let stretching = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="a callee that wants longer sessions">
+  <recv request="INVITE" crlf="true"/>
+  {too_small}
+  <recv request="ACK"/>
+  <recv request="INVITE"/>
+  {busy}
+  <recv request="ACK"/>
+</scenario>
+"#,
+        too_small = reply("422 Session Interval Too Small", true, &["Min-SE: 3600"], ""),
+        busy = reply("486 Busy Here", true, &[], "")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let callee = sipp_command(&stretching, dir.path(), trunk).spawn().unwrap();
+    let call = place_call(&serve, &key, &assistant_id);
+    let (passed, log) = finish_sipp(callee.wait_with_output().unwrap(), dir.path());
+    assert!(passed, "the INVITE came again after the 422, and both refusals were ACKed: {log}");
+    let done = wait_for(&serve, &key, &call, Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "busy", "{done}");
+    let messages = std::fs::read_to_string(dir.path().join("sipp-messages.log")).unwrap_or_default();
+    let invites: Vec<&str> = messages.split("INVITE sip:+14155552672@").skip(1).map(|m| m.split("v=0").next().unwrap_or_default()).collect();
+    assert_eq!(invites.len(), 2, "{log}");
+    let says = |invite: &str, lines: &[&str]| lines.iter().all(|line| invite.lines().any(|l| l.trim() == *line));
+    assert!(says(invites[0], &["Supported: timer", "Session-Expires: 1800", "Min-SE: 90"]), "half an hour asked: {}", invites[0]);
+    assert!(says(invites[1], &["CSeq: 2 INVITE", "Session-Expires: 3600", "Min-SE: 3600"]), "the callee's floor asked: {}", invites[1]);
 }
 
 /// Session timers (RFC 4028), both ways at once: a phone that leaves the refreshing to us gets
@@ -582,34 +626,26 @@ fn session_timers_are_refreshed_by_the_side_the_answer_names() {
     assert!(ours.ok.contains("Session-Expires: 90;refresher=uas\r\n") && ours.ok.contains("Require: timer\r\n"), "{}", ours.ok);
     assert!(theirs.ok.contains("Session-Expires: 90;refresher=uac\r\n"), "unnamed, the phone that supports timers refreshes: {}", theirs.ok);
     // Both phones talk (silence, in RTP) all along: only the session timer may end a call here.
-    let talking = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let servers = [port_of_media(&ours.ok), port_of_media(&theirs.ok)];
-    let talker = {
-        let talking = talking.clone();
-        std::thread::spawn(move || {
-            let mut sequence = 0u16;
-            while talking.load(std::sync::atomic::Ordering::SeqCst) {
-                let packet = ringline::transport::sip::rtp_packet(sequence == 0, 0, sequence, u32::from(sequence) * 160, 7, &[0xff; 160]);
-                for server in servers {
-                    let _ = media.send_to(&packet, ("127.0.0.1", server));
-                }
-                sequence = sequence.wrapping_add(1);
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
-    };
+    let talker = Silence::sent(media, vec![port_of_media(&ours.ok), port_of_media(&theirs.ok)]);
 
     // The phone to refresh does, once: the session goes on from there.
     std::thread::sleep(Duration::from_secs(20));
-    let refreshed = theirs.reinvite(2, &sdp);
+    // One asking for a session under the floor is refused, and refreshes nothing.
+    theirs.send(&theirs.request("INVITE", 2, &["Session-Expires: 30"], Some(&sdp)));
+    let too_small = theirs.read(Duration::from_secs(10), &|m| m.starts_with("SIP/2.0 4")).expect("the short refresh is refused");
+    assert!(too_small.starts_with("SIP/2.0 422") && too_small.contains("Min-SE: 90\r\n"), "{too_small}");
+    theirs.send(&theirs.ack(2));
+    let refreshed = theirs.reinvite(3, &sdp);
     assert!(refreshed.contains("Session-Expires: 90;refresher=uac\r\n"), "{refreshed}");
     let refreshed_at = std::time::Instant::now();
 
     // Ours to refresh: a re-INVITE offering the session unchanged, acknowledged once answered.
+    // Its refresh names the server, the re-INVITE's sender, `uac` (RFC 4028 names roles in the
+    // transaction).
     let refresh = ours.read(Duration::from_secs(60), &|m| m.starts_with("INVITE ")).expect("the server refreshes the session it is to refresh");
-    assert!(refresh.contains("Session-Expires: 90;refresher=uas\r\n"), "{refresh}");
+    assert!(refresh.contains("Session-Expires: 90;refresher=uac\r\n"), "{refresh}");
     assert_eq!(sdp_version(&refresh), sdp_version(&ours.ok), "the session offered as it stands: {refresh}");
-    ours.send(&ours.respond(&refresh, "200 OK", Some(&sdp)));
+    ours.send(&ours.respond(&refresh, "200 OK", Some(&sdp)).replacen("Contact:", "Session-Expires: 90;refresher=uac\r\nContact:", 1));
     assert!(ours.read(Duration::from_secs(5), &|m| m.starts_with("ACK ")).is_some(), "the refresh's 200 is acknowledged");
     ours.send(&ours.request("BYE", 3, &[], None));
 
@@ -618,8 +654,7 @@ fn session_timers_are_refreshed_by_the_side_the_answer_names() {
     let bye = theirs.read(Duration::from_secs(60), &|m| m.starts_with("BYE ")).expect("a session not refreshed is hung up");
     assert!(refreshed_at.elapsed() >= Duration::from_secs(55), "not before the session from the refresh runs low: {:?}", refreshed_at.elapsed());
     theirs.send(&theirs.respond(&bye, "200 OK", None));
-    talking.store(false, std::sync::atomic::Ordering::SeqCst);
-    talker.join().unwrap();
+    talker.stop();
     let (_, history) = get(&serve, &key, "/v1/calls/history");
     let calls = history["calls"].as_array().cloned().unwrap_or_default();
     assert_eq!(calls.len(), 2, "{history}");
@@ -634,6 +669,130 @@ fn session_timers_are_refreshed_by_the_side_the_answer_names() {
             assert_eq!(done["status"], "completed", "{done}");
         }
     }
+}
+
+/// PCMU silence sent from `media` to the server's RTP `ports` every 200 ms until stopped: a
+/// peer that stays on the line, so that only what a test is about ends its call.
+struct Silence {
+    sending: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Silence {
+    fn sent(media: UdpSocket, ports: Vec<u16>) -> Silence {
+        let sending = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let still = sending.clone();
+        let thread = std::thread::spawn(move || {
+            let mut sequence = 0u16;
+            while still.load(std::sync::atomic::Ordering::SeqCst) {
+                let packet = ringline::transport::sip::rtp_packet(sequence == 0, 0, sequence, u32::from(sequence) * 160, 7, &[0xff; 160]);
+                for &port in &ports {
+                    let _ = media.send_to(&packet, ("127.0.0.1", port));
+                }
+                sequence = sequence.wrapping_add(1);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Silence { sending, thread }
+    }
+
+    fn stop(self) {
+        self.sending.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap();
+    }
+}
+
+/// A call we place whose callee grants the shortest session and leaves the refreshing to us
+/// (RFC 4028): our re-INVITE comes at half the interval, naming us its refresher, and the call
+/// goes on once it is answered.
+#[test]
+fn a_placed_call_whose_callee_leaves_the_refreshing_to_us_is_refreshed() {
+    let listener = Listener::start();
+    let trunk = free_udp_port();
+    let answer = |tag: &str| {
+        format!(
+            r#"<send retrans="500">
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]{tag}
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:callee@[local_ip]:[local_port]>
+      Session-Expires: 90;refresher=uac
+      Require: timer
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=callee 1 1 IN IP4 [local_ip]
+      s=-
+      c=IN IP4 [local_ip]
+      t=0 0
+      m=audio {port} RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+    ]]>
+  </send>"#,
+            port = listener.port
+        )
+    };
+    let scenario = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="a callee that keeps sessions short">
+  <recv request="INVITE" crlf="true"/>
+  {answered}
+  <recv request="ACK" crlf="true"/>
+  <recv request="INVITE" timeout="80000"/>
+  {refreshed}
+  <recv request="ACK"/>
+  <recv request="BYE" timeout="30000"/>
+  {bye_ok}
+</scenario>
+"#,
+        answered = answer(";tag=[pid]SIPpTag01[call_number]"),
+        refreshed = answer(""),
+        bye_ok = reply("200 OK", false, &[], ""),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let callee = sipp_command(&scenario, dir.path(), trunk).spawn().unwrap();
+    let llm = standin::llm(vec![Reply::Text("A callee who said nothing."), Reply::Text("A callee who said nothing.")]);
+    let mut assistant = crate::twilio::assistant(&llm);
+    assistant["turn"] = json!({ "idle_reprompt_s": 200, "idle_hangup_s": 300, "max_duration_s": 300 });
+    let Trunked { db: _db, serve, key, port, assistant_id } = with_a_trunk(trunk, assistant, &[]);
+    let placed = std::time::Instant::now();
+    let id = place_call(&serve, &key, &assistant_id);
+
+    // The callee stays on the line (silence, in RTP, to the port our INVITE offered).
+    let log_file = dir.path().join("sipp-messages.log");
+    let offered = || std::fs::read_to_string(&log_file).unwrap_or_default().split("INVITE sip:+14155552672@").nth(1).and_then(|m| m.split("SIP/2.0 200").next().map(str::to_string));
+    while offered().is_none_or(|sdp| !sdp.contains("m=audio")) && placed.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let talker = Silence::sent(UdpSocket::bind("127.0.0.1:0").unwrap(), vec![port_of_media(&offered().unwrap_or_default())]);
+
+    // The refresh, answered and acknowledged: then the agent's side hangs up.
+    let refresh_target = format!("INVITE sip:callee@127.0.0.1:{trunk} SIP/2.0");
+    let refreshed = || std::fs::read_to_string(&log_file).unwrap_or_default().split(&refresh_target).nth(1).is_some_and(|after| after.contains("ACK sip:callee@"));
+    while !refreshed() && placed.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(placed.elapsed() >= Duration::from_secs(40), "not refreshed before half the interval: {:?}", placed.elapsed());
+    let (status, body) = post(&serve, &key, &format!("/v1/calls/{id}/end"), json!({}));
+    assert_eq!(status, 202, "{body}");
+    let (passed, log) = finish_sipp(callee.wait_with_output().unwrap(), dir.path());
+    talker.stop();
+    assert!(passed, "SIPp's callee saw the call its scenario expects (INVITE, ACK, the refresh, its ACK, BYE): {log}");
+    let done = wait_for(&serve, &key, &id, Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "completed", "the call lived through its refresh: {done}");
+    let (heard, _) = listener.stop();
+    assert!(!heard.is_empty(), "the agent's RTP came");
+
+    let messages = std::fs::read_to_string(&log_file).unwrap_or_default();
+    let refresh = messages.split(&refresh_target).nth(1).and_then(|m| m.split("v=0").next()).unwrap_or_default();
+    let says = |line: &str| refresh.lines().any(|l| l.trim() == line);
+    assert!(says("Session-Expires: 90;refresher=uac") && says("Supported: timer") && says("CSeq: 2 INVITE"), "our refresh names us, its sender, the refresher: {refresh}");
+    assert!(refresh.contains(&format!("Via: SIP/2.0/UDP 127.0.0.1:{port}")), "{refresh}");
 }
 
 /// A phone over TCP that closes its connection once the call is set up (as some PBXs do between
