@@ -1599,6 +1599,11 @@ struct SipControl {
 impl CallControl for SipControl {
     fn hang_up(&self) {}
 
+    /// A peer whose offer or answer took telephone-events gets the agent's keys as events.
+    fn sends_keys(&self) -> bool {
+        self.dialog.lock().media.as_ref().is_some_and(|media| media.borrow().telephone_event.is_some())
+    }
+
     fn hold(&self, on: bool) {
         {
             let mut state = self.dialog.lock();
@@ -1688,10 +1693,50 @@ impl Sender {
 
     /// The packet for `frame`, sent `elapsed` after the call's media started.
     fn packet(&mut self, frame: &[f32], elapsed: Duration) -> Vec<u8> {
+        let (timestamp, marker) = self.timestamp(elapsed);
+        self.last_timestamp = Some(timestamp);
+        let packet = sip::rtp_packet(marker, self.codec.payload_type(), self.sequence, timestamp, self.ssrc, &self.codec.encode(frame));
+        self.sequence = self.sequence.wrapping_add(1);
+        packet
+    }
+
+    /// The packet that carries `key` in the 20 ms a frame would have taken (RFC 4733): on the
+    /// key's first frame it begins, marked, at the frame's timestamp, which every packet of the
+    /// key keeps; its duration grows a frame at a time to 100 ms, then three packets end it.
+    /// The audio after the key goes on from its frames' timestamps. `None` once it has ended.
+    fn key_packet(&mut self, key: &mut KeyPress, payload_type: u8, elapsed: Duration) -> Option<Vec<u8>> {
+        if key.sent >= KeyPress::PACKETS {
+            return None;
+        }
+        let (timestamp, marker) = match key.timestamp {
+            Some(timestamp) => (timestamp, false),
+            None => {
+                let (timestamp, _) = self.timestamp(elapsed);
+                key.timestamp = Some(timestamp);
+                (timestamp, true)
+            }
+        };
+        let end = key.sent >= KeyPress::TONE_FRAMES;
+        let duration = 160 * u16::from(key.sent.min(KeyPress::TONE_FRAMES - 1) + 1);
+        let Some(payload) = sip::telephone_event_payload(key.key, end, duration) else {
+            key.sent = KeyPress::PACKETS; // no such key: nothing to send
+            return None;
+        };
+        self.last_timestamp = Some(timestamp.wrapping_add(u32::from(key.sent) * 160));
+        key.sent += 1;
+        let packet = sip::rtp_packet(marker, payload_type, self.sequence, timestamp, self.ssrc, &payload);
+        self.sequence = self.sequence.wrapping_add(1);
+        Some(packet)
+    }
+
+    /// The next packet's timestamp `elapsed` into the call, and whether it begins a talkspurt:
+    /// a frame on from the last, unless the clock has run more than a frame past it (the agent
+    /// was silent), then where the clock is.
+    fn timestamp(&self, elapsed: Duration) -> (u32, bool) {
         let due = self.first_timestamp.wrapping_add((elapsed.as_millis() as u64 / 20 * 160) as u32);
-        let (timestamp, marker) = match self.last_timestamp {
+        match self.last_timestamp {
             Some(last) => {
-                let next = last.wrapping_add(frame.len() as u32);
+                let next = last.wrapping_add(160);
                 if due.wrapping_sub(next) as i32 > 160 {
                     (due, true)
                 } else {
@@ -1699,11 +1744,36 @@ impl Sender {
                 }
             }
             None => (due, true),
-        };
-        self.last_timestamp = Some(timestamp);
-        let packet = sip::rtp_packet(marker, self.codec.payload_type(), self.sequence, timestamp, self.ssrc, &self.codec.encode(frame));
-        self.sequence = self.sequence.wrapping_add(1);
-        packet
+        }
+    }
+}
+
+/// A key the agent is pressing, sent as RFC 4733 telephone-events in the place of the silent
+/// frames the line plays for it, or, when the peer takes no events, as the key's tone.
+struct KeyPress {
+    key: char,
+    /// Packets sent so far, and the timestamp they all carry.
+    sent: u8,
+    timestamp: Option<u32>,
+    /// The key's tone, for a peer that takes no events: frames of it still to go.
+    tone: Vec<f32>,
+}
+
+impl KeyPress {
+    /// 100 ms of key, then its end said three times: the eight frames the line's silence lasts
+    /// (a key's tone and the gap after it).
+    const TONE_FRAMES: u8 = 5;
+    const PACKETS: u8 = 8;
+
+    fn new(key: char) -> Self {
+        KeyPress { key, sent: 0, timestamp: None, tone: crate::audio::dtmf_tone(key, sip::RATE).unwrap_or_default() }
+    }
+
+    /// The tone's next frame in place of the line's `silence`, for a peer without events.
+    fn in_band(&mut self, silence: &mut [f32]) {
+        let take = silence.len().min(self.tone.len());
+        silence[..take].copy_from_slice(&self.tone[..take]);
+        self.tone.drain(..take);
     }
 }
 
@@ -1714,6 +1784,7 @@ async fn carry_media(line: StreamLine, socket: UdpSocket, mut offers: watch::Rec
     let mut offer = offers.borrow_and_update().clone();
     let mut remote = SocketAddr::new(offer.address, offer.port);
     let mut sender = Sender::new(offer.codec);
+    let mut pressing: Option<KeyPress> = None;
     let mut incoming = Incoming { receiver: Receiver::new(offer.clone()), last_heard: Instant::now(), malformed: 0 };
     let started = Instant::now();
     let mut buffer = vec![0u8; 2048];
@@ -1748,8 +1819,22 @@ async fn carry_media(line: StreamLine, socket: UdpSocket, mut offers: watch::Rec
                 line.caller_audio(incoming.receiver.frame());
             }
             message = outgoing.recv() => match message {
-                Some(Outgoing::Audio(frame)) => {
-                    let packet = sender.packet(&frame, started.elapsed());
+                Some(Outgoing::Key(key)) => pressing = Some(KeyPress::new(key)),
+                Some(Outgoing::Audio(mut frame)) => {
+                    // A key the agent presses goes in the place of the silence the line plays
+                    // for it: as telephone-events when the peer takes them, else as its tone.
+                    let event = match (pressing.as_mut(), offer.telephone_event) {
+                        (Some(key), Some(payload_type)) => sender.key_packet(key, payload_type, started.elapsed()),
+                        (Some(key), None) => {
+                            key.in_band(&mut frame);
+                            None
+                        }
+                        (None, _) => None,
+                    };
+                    if pressing.as_ref().is_some_and(|key| key.sent >= KeyPress::PACKETS || (offer.telephone_event.is_none() && key.tone.is_empty())) {
+                        pressing = None;
+                    }
+                    let packet = event.unwrap_or_else(|| sender.packet(&frame, started.elapsed()));
                     // A peer that holds with `sendonly` or `inactive` takes no audio.
                     if offer.receives() {
                         let _ = socket.send_to(&packet, remote).await;
@@ -1757,7 +1842,10 @@ async fn carry_media(line: StreamLine, socket: UdpSocket, mut offers: watch::Rec
                 }
                 // RTP has no marks: what went out on the line's clock has been played.
                 Some(Outgoing::Mark(_)) => line.mark_played(),
-                Some(Outgoing::Clear | Outgoing::Event(_)) => {}
+                // A barge-in cuts a key short: its end is not said (the peer ends it on its own
+                // when no more of it comes), and the agent's audio goes on.
+                Some(Outgoing::Clear) => pressing = None,
+                Some(Outgoing::Event(_)) => {}
                 None => break,
             },
             received = socket.recv_from(&mut buffer) => {
@@ -1879,5 +1967,32 @@ mod tests {
         assert_eq!((second.0, second.2, second.3), (false, first.2.wrapping_add(1), first.3.wrapping_add(160)));
         assert_eq!((late.0, late.3), (false, first.3.wrapping_add(320)));
         assert_eq!((resumed.0, resumed.2, resumed.3), (true, first.2.wrapping_add(3), first.3.wrapping_add(2_060 / 20 * 160)));
+    }
+
+    #[test]
+    fn a_key_takes_eight_frames_as_events_and_the_audio_goes_on_after_them() {
+        let mut sender = Sender::new(sip::Codec::Pcmu);
+        let frame = vec![0.0f32; 160];
+        let before = sip::parse_rtp(&sender.packet(&frame, Duration::ZERO)).map(|rtp| (rtp.sequence, rtp.timestamp)).unwrap();
+        let mut key = KeyPress::new('5');
+        let mut packets = Vec::new();
+        for n in 1..=9u64 {
+            if let Some(packet) = sender.key_packet(&mut key, 101, Duration::from_millis(20 * n)) {
+                let rtp = sip::parse_rtp(&packet).unwrap();
+                packets.push((rtp.marker, rtp.payload_type, rtp.timestamp, sip::telephone_event(rtp.payload), u16::from_be_bytes([rtp.payload[2], rtp.payload[3]])));
+            }
+        }
+        assert_eq!(packets.len(), 8, "then the key is over: {packets:?}");
+        assert!(packets.iter().all(|p| p.1 == 101 && p.2 == before.1.wrapping_add(160)), "every packet at the key's first frame: {packets:?}");
+        assert_eq!(packets.iter().map(|p| (p.0, p.3, p.4)).collect::<Vec<_>>(), (0..8u16).map(|n| (n == 0, Some(('5', n >= 5)), 160 * (n.min(4) + 1))).collect::<Vec<_>>());
+        let after = sender.packet(&frame, Duration::from_millis(180));
+        let after = sip::parse_rtp(&after).unwrap();
+        assert_eq!((after.marker, after.sequence, after.timestamp), (false, before.0.wrapping_add(9), before.1.wrapping_add(9 * 160)), "the audio after the key's frames");
+
+        // A peer that took no events gets the key's tone in the silence played for it.
+        let mut key = KeyPress::new('5');
+        let mut silence = vec![0.0f32; 160];
+        key.in_band(&mut silence);
+        assert_eq!(silence, crate::audio::dtmf_tone('5', sip::RATE).unwrap()[..160]);
     }
 }

@@ -31,6 +31,8 @@ pub struct Step {
     pub samples: Vec<f32>,
     /// Segments whose last sample is in this step.
     pub finished: Vec<u64>,
+    /// Segments whose first sample is in this step.
+    pub begun: Vec<u64>,
 }
 
 impl Playout {
@@ -80,9 +82,12 @@ impl Playout {
     /// Plays up to `len` samples at `now`.
     pub fn step(&mut self, len: usize, now: Duration) -> Step {
         let mut samples = Vec::with_capacity(len);
-        let mut finished = Vec::new();
+        let (mut finished, mut begun) = (Vec::new(), Vec::new());
         while samples.len() < len && !self.paused {
             let Some(segment) = self.queue.front_mut() else { break };
+            if segment.offset == 0 {
+                begun.push(segment.id);
+            }
             let take = (len - samples.len()).min(segment.samples.len() - segment.offset);
             samples.extend_from_slice(&segment.samples[segment.offset..segment.offset + take]);
             segment.offset += take;
@@ -99,7 +104,7 @@ impl Playout {
         if let Some(played) = &self.played {
             played.push(&samples, len);
         }
-        Step { samples, finished }
+        Step { samples, finished, begun }
     }
 }
 
@@ -114,7 +119,7 @@ mod tests {
         playout.play(2, vec![2.0; 30]);
         let step = playout.step(40, Duration::ZERO);
         assert_eq!(step.samples.len(), 40);
-        assert_eq!(step.finished, vec![1]);
+        assert_eq!((step.finished, step.begun), (vec![1], vec![1, 2]));
         assert_eq!(playout.started_at(2), Some(Duration::ZERO));
         assert!((playout.heard(2) - 10.0 / 30.0).abs() < 1e-6);
         playout.pause();

@@ -959,6 +959,20 @@ pub fn telephone_event(payload: &[u8]) -> Option<(char, bool)> {
     Some((key, payload[1] & 0x80 != 0))
 }
 
+/// The payload of an RFC 4733 telephone-event for `key` (0-9, *, #, A-D): `duration` in
+/// samples so far, `end` on the packets that end it; the volume −10 dBm0.
+pub fn telephone_event_payload(key: char, end: bool, duration: u16) -> Option<[u8; 4]> {
+    let event = match key.to_ascii_uppercase() {
+        digit @ '0'..='9' => digit as u8 - b'0',
+        '*' => 10,
+        '#' => 11,
+        letter @ 'A'..='D' => letter as u8 - b'A' + 12,
+        _ => return None,
+    };
+    let [high, low] = duration.to_be_bytes();
+    Some([event, if end { 0x80 } else { 0 } | 10, high, low])
+}
+
 /// The key of a SIP INFO's `application/dtmf-relay` body (`Signal=5`).
 pub fn dtmf_relay(body: &str) -> Option<char> {
     let signal = body.lines().find_map(|l| {
@@ -1292,6 +1306,17 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         assert_eq!((ours.due().as_secs(), ours.header(Refresher::Uac)), (45, "90;refresher=uac".to_string()), "our refresh names us `uac`");
         assert_eq!(KeptSession { interval: 90, ours: false }.due().as_secs(), 60, "a third before, under 32 s");
         assert!(has_option(&invite("Require: timer\r\n"), "TIMER") && !has_option(&invite("Supported: 100rel\r\n"), "timer"));
+    }
+
+    #[test]
+    fn a_key_we_send_as_a_telephone_event_reads_back_as_itself() {
+        for key in "0123456789*#ABCD".chars() {
+            let payload = telephone_event_payload(key, false, 160).unwrap();
+            assert_eq!(telephone_event(&payload), Some((key, false)), "{key}");
+            assert_eq!(telephone_event(&telephone_event_payload(key, true, 800).unwrap()), Some((key, true)), "{key}");
+        }
+        assert_eq!(telephone_event_payload('#', true, 800), Some([11, 0x8a, 3, 32]), "end bit, volume 10, 800 samples");
+        assert_eq!((telephone_event_payload('w', false, 0), telephone_event_payload('x', false, 0)), (None, None));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! never holds more than a frame or two: what was sent is what the caller heard, a pause stops
 //! the audio at once, and a mark after each segment lets the far end confirm its end.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,10 @@ pub enum Outgoing {
     Clear,
     /// A JSON event for the far end (a web call's transcript); audio-only protocols drop it.
     Event(serde_json::Value),
+    /// A key the agent presses, from the next frame on, on a line whose far end takes keys out
+    /// of band ([`CallControl::sends_keys`]): the frames meanwhile are silence as long as the
+    /// key's tone would have been, for the protocol to send the key as it sends keys.
+    Key(char),
 }
 
 /// What the call does beyond audio (for Twilio, through its REST API).
@@ -46,6 +51,12 @@ pub trait CallControl: Send + Sync {
     /// Tells the far end we hold the call or take it off hold (see
     /// [`super::AudioOut::hold_far_end`]); by default, nothing.
     fn hold(&self, _on: bool) {}
+    /// Whether the far end takes the agent's keys out of band (RTP telephone-events): then
+    /// the line says [`Outgoing::Key`] where a key's tone would begin and plays silence for it.
+    /// By default no: keys go in band, as tones.
+    fn sends_keys(&self) -> bool {
+        false
+    }
 }
 
 /// What happened on the line, for the call's record and tests.
@@ -72,6 +83,8 @@ struct State {
     ticks: u64,
     log: StreamLog,
     next_dtmf_segment: u64,
+    /// The keys sent out of band, by the segment of silence played in their place.
+    keys: HashMap<u64, char>,
 }
 
 /// One live streamed call; cheap to clone.
@@ -104,7 +117,7 @@ impl StreamLine {
         let line = StreamLine {
             name: Arc::from(name),
             rate,
-            state: Arc::new(Mutex::new(State { playout: Playout::default(), recorder: None, ticks: 0, log: StreamLog::default(), next_dtmf_segment: DTMF_SEGMENTS })),
+            state: Arc::new(Mutex::new(State { playout: Playout::default(), recorder: None, ticks: 0, log: StreamLog::default(), next_dtmf_segment: DTMF_SEGMENTS, keys: HashMap::new() })),
             out,
             audio_in: Arc::new(audio_tx),
             dtmf_in: dtmf_tx,
@@ -138,7 +151,7 @@ impl StreamLine {
             if let Some(recorder) = &state.recorder {
                 recorder.step(&step.samples);
             }
-            let mut messages = Vec::new();
+            let mut messages: Vec<Outgoing> = step.begun.iter().filter_map(|segment| state.keys.remove(segment)).map(Outgoing::Key).collect();
             if !step.samples.is_empty() {
                 let mut frame = step.samples;
                 frame.resize(frame_len, 0.0);
@@ -256,6 +269,8 @@ impl AudioOut for StreamLine {
         let now = {
             let mut state = self.lock();
             state.playout.clear();
+            // Keys not begun are cut with the rest.
+            state.keys.clear();
             state.log.clears_sent += 1;
             TICK * state.ticks as u32
         };
@@ -301,13 +316,19 @@ impl AudioOut for StreamLine {
     }
 
     fn send_dtmf(&self, digits: &str) {
-        // In band, as tones the far end's keypad detector hears (a stream has no out-of-band
-        // DTMF towards the caller).
+        // In band, as tones the far end's keypad detector hears, unless the far end takes keys
+        // out of band: then silence as long, its key said where it begins (pauses are silence
+        // either way).
+        let out_of_band = self.control.as_ref().is_some_and(|control| control.sends_keys());
         let mut state = self.lock();
         for digit in digits.chars() {
-            if let Some(tone) = crate::audio::dtmf_tone(digit, self.rate) {
+            if let Some(mut tone) = crate::audio::dtmf_tone(digit, self.rate) {
                 let id = state.next_dtmf_segment;
                 state.next_dtmf_segment += 1;
+                if out_of_band && !digit.eq_ignore_ascii_case(&'w') {
+                    tone.fill(0.0);
+                    state.keys.insert(id, digit);
+                }
                 state.playout.play(id, tone);
             }
         }

@@ -114,7 +114,8 @@ pub fn encode(stream_sid: &str, outgoing: &Outgoing) -> Option<String> {
         }
         Outgoing::Mark(segment) => json!({ "event": "mark", "streamSid": stream_sid, "mark": { "name": format!("segment-{segment}") } }),
         Outgoing::Clear => json!({ "event": "clear", "streamSid": stream_sid }),
-        Outgoing::Event(_) => return None,
+        // Twilio's lines never take keys out of band: they are tones in the audio.
+        Outgoing::Event(_) | Outgoing::Key(_) => return None,
     };
     Some(message.to_string())
 }

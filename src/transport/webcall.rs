@@ -71,7 +71,7 @@ pub enum ToBrowser {
 pub fn encode(outgoing: &Outgoing) -> Option<ToBrowser> {
     match outgoing {
         Outgoing::Audio(samples) => Some(ToBrowser::Binary(samples.iter().flat_map(|s| crate::audio::f32_to_i16(*s).to_le_bytes()).collect())),
-        Outgoing::Mark(_) => None,
+        Outgoing::Mark(_) | Outgoing::Key(_) => None,
         Outgoing::Clear => Some(ToBrowser::Text(json!({ "type": "clear" }).to_string())),
         Outgoing::Event(event) => Some(ToBrowser::Text(event.to_string())),
     }

@@ -702,6 +702,104 @@ impl Silence {
     }
 }
 
+/// The agent's keys (the API's `dtmf` action) reach a phone as the phone takes keys: one that
+/// offered telephone-events gets RFC 4733 events, each marked at its start, its duration growing,
+/// its end said three times, in order; one that did not hears the keys' tones in its audio.
+#[test]
+fn the_agents_keys_go_as_telephone_events_to_a_phone_that_takes_them_else_as_tones() {
+    let llm = standin::llm(vec![Reply::Text("A caller who said nothing."), Reply::Text("A caller who said nothing.")]);
+    let (_db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
+    let (events_media, tones_media) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
+    let with_events = format!("{}m=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n", "v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n", events_media.local_addr().unwrap().port());
+    let events_phone = Phone::call(port, &with_events, "");
+    assert!(events_phone.ok.contains("a=rtpmap:101 telephone-event/8000"), "the answer takes the events: {}", events_phone.ok);
+    let tones_phone = Phone::call(port, &phone_sdp(tones_media.local_addr().unwrap().port(), "sendrecv"), "");
+    let talkers = [(&events_media, &events_phone), (&tones_media, &tones_phone)].map(|(media, phone)| Silence::sent(media.try_clone().unwrap(), vec![port_of_media(&phone.ok)]));
+
+    let (_, history) = get(&serve, &key, "/v1/calls/history");
+    let calls = history["calls"].as_array().cloned().unwrap_or_default();
+    assert_eq!(calls.len(), 2, "{history}");
+    for call in &calls {
+        let id = call["call_id"].as_str().unwrap();
+        wait_for(&serve, &key, id, Duration::from_secs(30), |c| c["status"] == "in-progress");
+        let (status, body) = post(&serve, &key, &format!("/v1/calls/{id}/actions"), json!({ "action": "dtmf", "digits": "1#" }));
+        assert_eq!(status, 202, "{body}");
+    }
+
+    // Events: every packet of a key carries its first timestamp; the first is marked.
+    let mut events: Vec<(u32, bool, char, bool, u16)> = Vec::new();
+    let mut buffer = [0u8; 2048];
+    events_media.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let start = std::time::Instant::now();
+    while events.iter().filter(|e| e.3).count() < 6 && start.elapsed() < Duration::from_secs(40) {
+        let Ok(length) = events_media.recv(&mut buffer) else { continue };
+        let Ok(rtp) = ringline::transport::sip::parse_rtp(&buffer[..length]) else { continue };
+        if rtp.payload_type == 101 {
+            let (key, end) = ringline::transport::sip::telephone_event(rtp.payload).expect("a telephone-event");
+            events.push((rtp.timestamp, rtp.marker, key, end, u16::from_be_bytes([rtp.payload[2], rtp.payload[3]])));
+        }
+    }
+    let mut presses: Vec<(char, Vec<(bool, bool, u16)>)> = Vec::new();
+    let mut timestamps = Vec::new();
+    for (timestamp, marker, key, end, duration) in &events {
+        if timestamps.last() != Some(timestamp) {
+            timestamps.push(*timestamp);
+            presses.push((*key, Vec::new()));
+        }
+        presses.last_mut().unwrap().1.push((*marker, *end, *duration));
+    }
+    assert_eq!(presses.iter().map(|(key, _)| *key).collect::<String>(), "1#", "{events:?}");
+    for (key, packets) in &presses {
+        let expected: Vec<(bool, bool, u16)> = (0..8u16).map(|n| (n == 0, n >= 5, 160 * (n.min(4) + 1))).collect();
+        assert_eq!(packets, &expected, "{key}: marked first, 20 ms more each, 100 ms, then ended three times");
+    }
+    assert!(timestamps[1].wrapping_sub(timestamps[0]) >= 8 * 160, "the second key after the first's eight frames: {timestamps:?}");
+
+    // Tones: the keys' two frequencies, row and column, in the audio, in order.
+    tones_media.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut heard = Vec::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(40) && !(heard.contains(&'1') && heard.contains(&'#')) {
+        let Ok(length) = tones_media.recv(&mut buffer) else { continue };
+        let Ok(rtp) = ringline::transport::sip::parse_rtp(&buffer[..length]) else { continue };
+        assert_eq!(rtp.payload_type, 0, "no events to a phone that did not offer them");
+        let frame = ringline::audio::g711::decode_mulaw(rtp.payload);
+        if let Some(key) = keypad_tone(&frame).filter(|key| heard.last() != Some(key)) {
+            heard.push(key);
+        }
+    }
+    assert_eq!(heard, vec!['1', '#'], "the tones as heard");
+    for talker in talkers {
+        talker.stop();
+    }
+    for phone in [&events_phone, &tones_phone] {
+        phone.send(&phone.request("BYE", 2, &[], None));
+    }
+}
+
+/// The key whose two frequencies (one row's, one column's) dominate a 20 ms frame, if one does
+/// (Goertzel's power at each of the eight).
+fn keypad_tone(frame: &[f32]) -> Option<char> {
+    let power = |frequency: f32| {
+        let coefficient = 2.0 * (std::f32::consts::TAU * frequency / 8_000.0).cos();
+        let (mut previous, mut before) = (0.0f32, 0.0f32);
+        for &sample in frame {
+            let current = sample + coefficient * previous - before;
+            before = previous;
+            previous = current;
+        }
+        previous * previous + before * before - coefficient * previous * before
+    };
+    let strongest = |frequencies: [f32; 4]| {
+        let powers = frequencies.map(power);
+        let (best, &top) = powers.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap();
+        let others = powers.iter().enumerate().filter(|(i, _)| *i != best).map(|(_, p)| *p).fold(0.0f32, f32::max);
+        (top > 50.0 && top > 10.0 * others).then_some(best)
+    };
+    let (row, column) = (strongest([697.0, 770.0, 852.0, 941.0])?, strongest([1209.0, 1336.0, 1477.0, 1633.0])?);
+    Some([['1', '2', '3', 'A'], ['4', '5', '6', 'B'], ['7', '8', '9', 'C'], ['*', '0', '#', 'D']][row][column])
+}
+
 /// A call we place whose callee grants the shortest session and leaves the refreshing to us
 /// (RFC 4028): our re-INVITE comes at half the interval, naming us its refresher, and the call
 /// goes on once it is answered.
