@@ -555,7 +555,7 @@ impl Endpoint {
         connection.send(text.as_bytes().to_vec()).await.map_err(|_| "the connection closed".to_string())
     }
 
-    async fn handle(self: Arc<Self>, message: Message, source: Peer) {
+    async fn handle(self: Arc<Self>, message: Message, mut source: Peer) {
         match &message.start {
             StartLine::Response { code, .. } => self.response(&message, *code).await,
             StartLine::Request { method, .. } => {
@@ -563,6 +563,11 @@ impl Endpoint {
                     // A response needs these headers to find its way back; without them, none.
                     tracing::debug!(%source, problem, "dropped a SIP request it cannot answer");
                     return;
+                }
+                // Over TCP, a response whose connection has closed goes on a new one to the
+                // address it came from at its Via's port (RFC 3261 18.2.2).
+                if source.transport.reliable() {
+                    source.reconnect = message.via_port().map(|port| SocketAddr::new(source.addr.ip(), port));
                 }
                 let method = method.clone();
                 // An extension the request requires and we lack: refused, not half-served.
@@ -663,9 +668,10 @@ impl Endpoint {
             route: invite.record_route(),
             ..DialogState::default()
         };
-        // Over TCP, a peer that closes its connection is reached again at its Contact.
+        // Over TCP, a peer that closes its connection is reached again at its Contact (or,
+        // when that names no trusted address, where its responses go).
         let reconnect = sip::socket_addr_of(contact).filter(|address| source.transport.reliable() && self.trusted(address.ip()));
-        let peer = Peer { reconnect, ..source };
+        let peer = Peer { reconnect: reconnect.or(source.reconnect), ..source };
         let dialog = Arc::new(Dialog { id: id.clone(), peer, invite, our_tag, placed: false, state: Mutex::new(state), retimed: Default::default() });
         let trying = sip::response(&dialog.invite, 100, "Trying", None, &[], None);
         dialog.lock().last_response = Some(trying.clone());

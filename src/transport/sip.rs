@@ -250,6 +250,22 @@ impl Message {
         Some((number.trim().parse().ok()?, method.trim()))
     }
 
+    /// The port of the top `Via`'s sent-by (5060 when it names none): where its sender takes
+    /// responses on a new connection once the one the request came on has closed (RFC 3261
+    /// 18.2.2). `None` when the Via cannot be read.
+    pub fn via_port(&self) -> Option<u16> {
+        let via = self.header("via")?.split(',').next()?;
+        let sent_by = via.split(';').next()?.split_whitespace().nth(1)?;
+        let port = match sent_by.strip_prefix('[') {
+            Some(v6) => v6.split_once(']')?.1.strip_prefix(':'),
+            None => sent_by.split_once(':').map(|(_, port)| port),
+        };
+        match port {
+            Some(port) => port.parse().ok(),
+            None => Some(5060),
+        }
+    }
+
     /// The top `Via`'s branch: the transaction a retransmission belongs to.
     pub fn branch(&self) -> Option<&str> {
         param(self.header("via")?, "branch")
@@ -314,8 +330,6 @@ fn request_uri_of(uri: &str) -> &str {
     uri.split('?').next().unwrap_or_default()
 }
 
-/// The user part of a `sip:`/`sips:`/`tel:` URI (the dialled or calling number), without its
-/// parameters; `None` when it has none.
 /// The address a SIP URI names as an IP literal and port (5060 when it gives none): where a
 /// request to it goes; `None` for a name (this endpoint resolves none) or a `tel:` URI.
 pub fn socket_addr_of(uri: &str) -> Option<std::net::SocketAddr> {
@@ -329,6 +343,8 @@ pub fn socket_addr_of(uri: &str) -> Option<std::net::SocketAddr> {
     bare.parse::<IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, 5060))
 }
 
+/// The user part of a `sip:`/`sips:`/`tel:` URI (the dialled or calling number), without its
+/// parameters; `None` when it has none.
 pub fn user_of(uri: &str) -> Option<&str> {
     let rest = uri.strip_prefix("sip:").or_else(|| uri.strip_prefix("sips:")).or_else(|| uri.strip_prefix("tel:"))?;
     let user = if uri.starts_with("tel:") { rest } else { rest.split_once('@')?.0 };
@@ -1273,6 +1289,16 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         let bye = InDialog { method: "BYE", target: "sip:c@192.0.2.4", route: &[], via: "TCP 127.0.0.1:5060", branch: "z9hG4bK-x", from: "<sip:+1@h>;tag=t1", to: "<sip:+2@h>;tag=a", call_id: "c1", cseq: 1 }.render(&[]);
         assert!(bye.contains("\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK-x"), "{bye}");
         assert_eq!((Transport::Tcp.uri_param(), Transport::Udp.uri_param()), (";transport=tcp", ""));
+    }
+
+    #[test]
+    fn the_top_vias_sent_by_names_the_port_responses_go_back_to() {
+        let port = |via: &str| parse(format!("OPTIONS sip:h SIP/2.0\r\nVia: {via}\r\nContent-Length: 0\r\n\r\n").as_bytes()).unwrap().via_port();
+        assert_eq!(port("SIP/2.0/TCP 192.0.2.4:5070;branch=z9hG4bK-1"), Some(5070));
+        assert_eq!(port("SIP/2.0/TCP pbx.example.com;branch=z9hG4bK-1"), Some(5060), "none named: SIP's own");
+        assert_eq!(port("SIP/2.0/TCP [2001:db8::1]:5072;branch=z9hG4bK-1, SIP/2.0/UDP 192.0.2.9:5080"), Some(5072), "the top one");
+        assert_eq!(port("SIP/2.0/TCP [2001:db8::1];received=192.0.2.4"), Some(5060));
+        assert_eq!((port("SIP/2.0/TCP 192.0.2.4:http"), port("SIP/2.0/TCP")), (None, None));
     }
 
     #[test]

@@ -876,8 +876,7 @@ fn a_placed_call_whose_callee_leaves_the_refreshing_to_us_is_refreshed() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(placed.elapsed() >= Duration::from_secs(40), "not refreshed before half the interval: {:?}", placed.elapsed());
-    let (status, body) = post(&serve, &key, &format!("/v1/calls/{id}/end"), json!({}));
-    assert_eq!(status, 202, "{body}");
+    end_call(&serve, &key, &id);
     let (passed, log) = finish_sipp(callee.wait_with_output().unwrap(), dir.path());
     talker.stop();
     assert!(passed, "SIPp's callee saw the call its scenario expects (INVITE, ACK, the refresh, its ACK, BYE): {log}");
@@ -893,50 +892,116 @@ fn a_placed_call_whose_callee_leaves_the_refreshing_to_us_is_refreshed() {
     assert!(refresh.contains(&format!("Via: SIP/2.0/UDP 127.0.0.1:{port}")), "{refresh}");
 }
 
+/// A hand-played phone on TCP: where it listens for the server's connections, and its media.
+struct TcpPhone {
+    listener: std::net::TcpListener,
+    port: u16,
+    _media: UdpSocket,
+    media_port: u16,
+}
+
+impl TcpPhone {
+    fn new() -> TcpPhone {
+        let (listener, media) = (std::net::TcpListener::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
+        let (port, media_port) = (listener.local_addr().unwrap().port(), media.local_addr().unwrap().port());
+        TcpPhone { listener, port, _media: media, media_port }
+    }
+
+    /// Its INVITE to the number: the Via naming its listening port, `contact` its Contact.
+    fn invite(&self, contact: &str) -> String {
+        let sdp = format!("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio {} RTP/AVP 0\r\n", self.media_port);
+        invite("14155552671", &sdp).replace("SIP/2.0/UDP 127.0.0.1:5999", &format!("SIP/2.0/TCP 127.0.0.1:{}", self.port)).replace("<sip:caller@127.0.0.1:5999>", contact)
+    }
+}
+
+/// The hand-played TCP phone's ACK of the server's 200 `ok`, over a connection to the server at
+/// `port`.
+fn tcp_ack(ok: &str, port: u16, listening: u16) -> String {
+    let to = header(ok, "To");
+    format!("ACK sip:ringline@127.0.0.1:{port};transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{listening};branch=z9hG4bK-ack\r\nFrom: <sip:{CALLER}@127.0.0.1>;tag=raw\r\n{to}\r\nCall-ID: raw-14155552671@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n")
+}
+
+/// The connection the server opens to `listener` within 15 s (for `what`).
+fn accepted(listener: &std::net::TcpListener, what: &str) -> std::net::TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let start = std::time::Instant::now();
+    let stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(_) if start.elapsed() < Duration::from_secs(15) => std::thread::sleep(Duration::from_millis(50)),
+            Err(error) => panic!("the server connected to the phone {what}: {error}"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+}
+
+/// Hangs the call up from the API.
+fn end_call(serve: &Serve, key: &str, call_id: &str) {
+    let (status, body) = post(serve, key, &format!("/v1/calls/{call_id}/end"), json!({}));
+    assert_eq!(status, 202, "{body}");
+}
+
+/// Answers the BYE that comes on `connection` (its text from `BYE` on); the call ends
+/// `completed`.
+fn answer_bye(serve: &Serve, key: &str, call_id: &str, connection: &mut std::net::TcpStream) -> String {
+    let text = read_until(connection, |t| t.split("BYE sip:").nth(1).is_some_and(|bye| bye.contains("\r\n\r\n")));
+    let bye = text.find("BYE sip:").map(|at| text[at..].to_string()).unwrap_or_else(|| panic!("the BYE on the connection: {text}"));
+    let reply = format!("SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n", header(&bye, "Via"), header(&bye, "From"), header(&bye, "To"), header(&bye, "Call-ID"), header(&bye, "CSeq"));
+    std::io::Write::write_all(connection, reply.as_bytes()).unwrap();
+    let done = wait_for(serve, key, call_id, Duration::from_secs(30), crate::api::ended);
+    assert_eq!(done["status"], "completed", "{done}");
+    bye
+}
+
 /// A phone over TCP that closes its connection once the call is set up (as some PBXs do between
 /// transactions): the agent's BYE comes on a new connection to the phone's Contact.
 #[test]
 fn a_tcp_phone_that_closed_its_connection_gets_the_bye_at_its_contact() {
     let llm = standin::llm(vec![Reply::Text("We open at nine in the morning."), Reply::Text("A caller who said nothing.")]);
     let (_db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
-    let contact = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let contact_port = contact.local_addr().unwrap().port();
-    let media = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let sdp = format!("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio {} RTP/AVP 0\r\n", media.local_addr().unwrap().port());
-    let request = invite("14155552671", &sdp)
-        .replace("SIP/2.0/UDP 127.0.0.1:5999", &format!("SIP/2.0/TCP 127.0.0.1:{contact_port}"))
-        .replace("<sip:caller@127.0.0.1:5999>", &format!("<sip:caller@127.0.0.1:{contact_port};transport=tcp>"));
+    let phone_side = TcpPhone::new();
+    let contact_port = phone_side.port;
+    let request = phone_side.invite(&format!("<sip:caller@127.0.0.1:{contact_port};transport=tcp>"));
     let mut phone = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     phone.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     std::io::Write::write_all(&mut phone, request.as_bytes()).unwrap();
     let answered = read_until(&mut phone, |t| t.contains("SIP/2.0 200") && t.ends_with("\r\n") && t.contains("m=audio"));
     let ok = answered.split("SIP/2.0 200").nth(1).unwrap_or_else(|| panic!("the call is answered over TCP: {answered}"));
-    let to = header(ok, "To");
-    let ack = format!("ACK sip:ringline@127.0.0.1:{port};transport=tcp SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{contact_port};branch=z9hG4bK-ack\r\nFrom: <sip:{CALLER}@127.0.0.1>;tag=raw\r\n{to}\r\nCall-ID: raw-14155552671@127.0.0.1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n");
-    std::io::Write::write_all(&mut phone, ack.as_bytes()).unwrap();
+    std::io::Write::write_all(&mut phone, tcp_ack(ok, port, contact_port).as_bytes()).unwrap();
     let call_id = call_in_progress(&serve, &key);
     drop(phone);
     std::thread::sleep(Duration::from_millis(300));
 
-    let (status, body) = post(&serve, &key, &format!("/v1/calls/{call_id}/end"), json!({}));
-    assert_eq!(status, 202, "{body}");
-    contact.set_nonblocking(true).unwrap();
-    let start = std::time::Instant::now();
-    let mut again = loop {
-        match contact.accept() {
-            Ok((stream, _)) => break stream,
-            Err(_) if start.elapsed() < Duration::from_secs(15) => std::thread::sleep(Duration::from_millis(50)),
-            Err(error) => panic!("the server connected to the phone's Contact for its BYE: {error}"),
-        }
-    };
-    again.set_nonblocking(false).unwrap();
-    again.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let bye = read_until(&mut again, |t| t.contains("\r\n\r\n"));
+    end_call(&serve, &key, &call_id);
+    let mut again = accepted(&phone_side.listener, "at its Contact for its BYE");
+    let bye = answer_bye(&serve, &key, &call_id, &mut again);
     assert!(bye.starts_with(&format!("BYE sip:caller@127.0.0.1:{contact_port};transport=tcp SIP/2.0\r\n")) && bye.contains(&format!("Via: SIP/2.0/TCP 127.0.0.1:{port}")), "{bye}");
-    let reply = format!("SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n", header(&bye, "Via"), header(&bye, "From"), header(&bye, "To"), header(&bye, "Call-ID"), header(&bye, "CSeq"));
-    std::io::Write::write_all(&mut again, reply.as_bytes()).unwrap();
-    let done = wait_for(&serve, &key, &call_id, Duration::from_secs(30), crate::api::ended);
-    assert_eq!(done["status"], "completed", "{done}");
+}
+
+/// A phone over TCP that closes its connection right after its INVITE, and whose Contact names
+/// a host (no names are resolved here): the answer comes on a new connection to the address it
+/// came from at its Via's port (RFC 3261 18.2.2), and the call goes on on that connection.
+#[test]
+fn a_tcp_phone_gone_before_its_answer_gets_it_at_its_vias_port() {
+    let llm = standin::llm(vec![Reply::Text("A caller who said nothing."), Reply::Text("A caller who said nothing.")]);
+    let (_db, serve, key, port, _) = answering(crate::twilio::assistant(&llm), &[]);
+    let phone_side = TcpPhone::new();
+    let listening_port = phone_side.port;
+    let mut phone = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut phone, phone_side.invite("<sip:caller@phone.invalid;transport=tcp>").as_bytes()).unwrap();
+    drop(phone);
+
+    let mut again = accepted(&phone_side.listener, "at its Via's port for the answer");
+    let answered = read_until(&mut again, |t| t.contains("SIP/2.0 200") && t.ends_with("\r\n") && t.contains("m=audio"));
+    let ok = answered.split("SIP/2.0 200").nth(1).unwrap_or_else(|| panic!("the answer on the new connection: {answered}"));
+    assert!(ok.contains(&format!("Via: SIP/2.0/TCP 127.0.0.1:{listening_port}")), "{ok}");
+    std::io::Write::write_all(&mut again, tcp_ack(ok, port, listening_port).as_bytes()).unwrap();
+    let call_id = call_in_progress(&serve, &key);
+    end_call(&serve, &key, &call_id);
+    let bye = answer_bye(&serve, &key, &call_id, &mut again);
+    assert!(bye.starts_with("BYE sip:caller@phone.invalid;transport=tcp SIP/2.0\r\n"), "to its Contact, on the connection its answer went by: {bye}");
 }
 
 /// A trunk reached over TCP (`--sip-trunk-transport tcp`): the server opens the connection, and
