@@ -261,6 +261,9 @@ struct DialogState {
     /// refreshed (answered, or a re-INVITE or UPDATE taken either way).
     timer: Option<KeptSession>,
     refreshed: Option<tokio::time::Instant>,
+    /// The peer's INVITE or answer allows UPDATE: our refreshes are UPDATEs without SDP (no
+    /// offer to answer, no media to move), else re-INVITEs.
+    peer_updates: bool,
 }
 
 impl Dialog {
@@ -796,6 +799,7 @@ impl Endpoint {
                 headers.push(("Require", "timer"));
             }
         }
+        dialog.lock().peer_updates = sip::allows(&dialog.invite, "UPDATE");
         dialog.retime(timer);
         let ok = self.final_response(&dialog, 200, "OK", &headers, Some(("application/sdp", &sdp))).await;
         tokio::spawn(self.clone().keep_session(dialog.clone(), line.clone()));
@@ -1046,14 +1050,7 @@ impl Endpoint {
     /// refresh): acknowledged (again when it comes again), the session refreshed, and its answer
     /// is where and how our audio goes from now on.
     async fn reoffer_answered(&self, dialog: &Dialog, ok: &Message, what: &str) {
-        match sip::answered_timer(ok) {
-            Ok(timer) => dialog.retime(timer.map(|timer| KeptSession::named(timer, Refresher::Uac))),
-            Err(problem) => {
-                tracing::warn!(sip_call = %dialog.id, what, problem, "the SIP peer's answer names a session timer that cannot be read: the timer stays as it was");
-                let timer = dialog.lock().timer;
-                dialog.retime(timer);
-            }
-        }
+        timer_answered(dialog, ok, what);
         let (ack, media) = {
             let mut state = dialog.lock();
             let cseq = ok.cseq().map(|(number, _)| number).unwrap_or(state.cseq);
@@ -1196,9 +1193,11 @@ impl Endpoint {
         }
     }
 
-    /// Our refresh of the session: a re-INVITE offering what we offered last, unchanged. A hold
-    /// offer under way refreshes it as well; a glare is tried again after a random wait. A 408
-    /// or 481, or no answer, means the session is gone (RFC 4028, section 10).
+    /// Our refresh of the session: an UPDATE without SDP to a peer that allows it (one that
+    /// then refuses it with 405 or 501 gets re-INVITEs), else a re-INVITE offering what we
+    /// offered last, unchanged. A hold offer under way refreshes it as well; a glare is tried
+    /// again after a random wait. A 408 or 481, or no answer, means the session is gone (RFC
+    /// 4028, section 10).
     async fn refresh(&self, dialog: &Dialog) -> Result<(), String> {
         let sdp = {
             let mut state = dialog.lock();
@@ -1206,19 +1205,42 @@ impl Endpoint {
                 state.refreshed = Some(tokio::time::Instant::now());
                 return Ok(());
             }
-            let Some(sdp) = state.sdp.as_ref().map(|ours| ours.sdp.clone()) else { return Ok(()) };
-            state.reoffering = true;
-            sdp
+            if state.peer_updates {
+                None
+            } else {
+                let Some(sdp) = state.sdp.as_ref().map(|ours| ours.sdp.clone()) else { return Ok(()) };
+                state.reoffering = true;
+                Some(sdp)
+            }
         };
-        let response = self.reinvite_ours(dialog, &sdp).await;
-        dialog.lock().reoffering = false;
+        let response = match &sdp {
+            Some(sdp) => self.reinvite_ours(dialog, sdp).await,
+            None => {
+                let expires = dialog.lock().timer.map(|timer| timer.header(Refresher::Uac));
+                let mut headers = vec![("Supported", sip::SUPPORTED)];
+                headers.extend(expires.as_deref().map(|expires| ("Session-Expires", expires)));
+                self.exchange(dialog, "UPDATE", &headers, None).await
+            }
+        };
+        if sdp.is_some() {
+            dialog.lock().reoffering = false;
+        }
         match response {
             Some(ok) if ok.code().is_some_and(|code| (200..300).contains(&code)) => {
-                self.reoffer_answered(dialog, &ok, "refresh").await;
+                if sdp.is_some() {
+                    self.reoffer_answered(dialog, &ok, "refresh").await;
+                } else {
+                    timer_answered(dialog, &ok, "refresh");
+                }
                 Ok(())
             }
             Some(refused) => match refused.code().unwrap_or_default() {
                 408 | 481 => Err(format!("the peer answered {}", refused.code().unwrap_or_default())),
+                // An UPDATE the peer does not take after all: a re-INVITE at once, and from now on.
+                405 | 501 if sdp.is_none() => {
+                    dialog.lock().peer_updates = false;
+                    Ok(())
+                }
                 491 => {
                     tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 2_000)).await;
                     Ok(()) // not refreshed: tried again at once
@@ -1403,6 +1425,7 @@ impl Endpoint {
                 Some(KeptSession { interval: invite.session_expires, ours: true })
             }
         };
+        dialog.lock().peer_updates = sip::allows(&ok, "UPDATE");
         dialog.retime(timer);
         tokio::spawn(carry_media(line.clone(), media, offered, outgoing));
         tokio::spawn(self.clone().keep_session(dialog.clone(), line.clone()));
@@ -1549,6 +1572,19 @@ impl Endpoint {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// The session refreshed by the peer's 2xx to our re-INVITE or UPDATE (`what` it was for), under
+/// the timer the 2xx sets (RFC 4028, section 7.2).
+fn timer_answered(dialog: &Dialog, ok: &Message, what: &str) {
+    match sip::answered_timer(ok) {
+        Ok(timer) => dialog.retime(timer.map(|timer| KeptSession::named(timer, Refresher::Uac))),
+        Err(problem) => {
+            tracing::warn!(sip_call = %dialog.id, what, problem, "the SIP peer's answer names a session timer that cannot be read: the timer stays as it was");
+            let timer = dialog.lock().timer;
+            dialog.retime(timer);
         }
     }
 }

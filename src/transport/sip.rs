@@ -382,6 +382,11 @@ pub fn unsupported_requirements(request: &Message) -> Vec<String> {
     request.headers("require").flat_map(split_list).filter(|tag| !tag.eq_ignore_ascii_case("timer")).map(str::to_string).collect()
 }
 
+/// Whether a message's `Allow` lists `method`.
+pub fn allows(message: &Message, method: &str) -> bool {
+    message.headers("allow").flat_map(split_list).any(|m| m.eq_ignore_ascii_case(method))
+}
+
 /// Whether a message lists `tag` in its `Supported` or `Require`.
 pub fn has_option(message: &Message, tag: &str) -> bool {
     message.headers("supported").chain(message.headers("require")).flat_map(split_list).any(|t| t.eq_ignore_ascii_case(tag))
@@ -1332,6 +1337,7 @@ v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio
         assert_eq!((ours.due().as_secs(), ours.header(Refresher::Uac)), (45, "90;refresher=uac".to_string()), "our refresh names us `uac`");
         assert_eq!(KeptSession { interval: 90, ours: false }.due().as_secs(), 60, "a third before, under 32 s");
         assert!(has_option(&invite("Require: timer\r\n"), "TIMER") && !has_option(&invite("Supported: 100rel\r\n"), "timer"));
+        assert!(allows(&invite("Allow: INVITE, ACK,update\r\n"), "UPDATE") && !allows(&invite("Allow: INVITE, ACK\r\n"), "UPDATE") && !allows(&invite(""), "UPDATE"));
     }
 
     #[test]
