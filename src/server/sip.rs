@@ -1157,7 +1157,7 @@ impl Endpoint {
     }
 
     /// Keeps the session's timer (RFC 4028) for as long as the call lasts: when it is ours to
-    /// refresh, a re-INVITE every half interval; when it is the peer's, the call ends (with BYE)
+    /// refresh, a refresh (UPDATE or re-INVITE) every half interval; when it is the peer's, the call ends (with BYE)
     /// if no refresh comes before the session would run out. Any re-INVITE or UPDATE either way
     /// counts, and may set the timer anew (or turn it off, or on).
     async fn keep_session(self: Arc<Self>, dialog: Arc<Dialog>, line: StreamLine) {
