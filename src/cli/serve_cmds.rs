@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// Secrets one workspace may keep.
     #[arg(long, env = "RINGLINE_MAX_SECRETS", default_value_t = Limits::default().secrets_per_workspace)]
     pub max_secrets: u32,
+    /// Campaigns one workspace may have unfinished (drafts, scheduled, calling).
+    #[arg(long, env = "RINGLINE_MAX_CAMPAIGNS", default_value_t = Limits::default().campaigns_per_workspace)]
+    pub max_campaigns: u32,
     /// Live calls this worker runs at once, for all workspaces.
     #[arg(long, env = "RINGLINE_MAX_CALLS", default_value_t = Limits::default().calls_per_server)]
     pub max_calls: u32,
@@ -202,6 +205,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             assistants_per_workspace: args.max_assistants,
             numbers_per_workspace: args.max_numbers,
             secrets_per_workspace: args.max_secrets,
+            campaigns_per_workspace: args.max_campaigns,
             calls_per_server: args.max_calls,
             local_calls,
         },

@@ -129,10 +129,22 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if let Some((field, found)) = control_character(&value, "") {
         return Err(control_character_error(&field, found));
     }
+    from_value_at("", value)
+}
+
+/// A part of a body (`value`, found at `at`: `contacts`, or "" for the whole) as `T`, naming
+/// the field at fault from the body's top.
+pub fn from_value_at<T: DeserializeOwned>(at: &str, value: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
-        let field = join_field(&path, named_field(&message));
+        let inner = join_field(&path, named_field(&message));
+        let field = match inner.as_str() {
+            _ if at.is_empty() => inner.clone(),
+            "." | "" => at.to_string(),
+            rest if rest.starts_with('[') => format!("{at}{rest}"),
+            rest => format!("{at}.{rest}"),
+        };
         let code = if message.starts_with("missing field") { "missing_field" } else { "invalid_field" };
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, format!("{field}: {message}")).with_field(field)
     })

@@ -28,6 +28,8 @@ pub struct Limits {
     pub assistants_per_workspace: u32,
     pub numbers_per_workspace: u32,
     pub secrets_per_workspace: u32,
+    /// Campaigns of one workspace not yet finished (drafts included).
+    pub campaigns_per_workspace: u32,
     /// Live calls this worker runs, for all workspaces together.
     pub calls_per_server: u32,
     /// Live calls on the local models (Whisper, Piper, the local LLM) this worker admits.
@@ -95,6 +97,7 @@ impl Default for Limits {
             assistants_per_workspace: 200,
             numbers_per_workspace: 100,
             secrets_per_workspace: 50,
+            campaigns_per_workspace: 5,
             calls_per_server: 20,
             local_calls: 2,
         }

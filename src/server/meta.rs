@@ -44,7 +44,7 @@ impl utoipa::Modify for Dialects {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::path::{HttpMethod, OperationBuilder};
         use utoipa::openapi::ResponseBuilder;
-        for (tag, paths) in [("ringg", super::ringg::PATHS), ("ringez", super::ringez::PATHS)] {
+        for (tag, paths) in [("ringg", super::ringg::PATHS), ("campaigns", super::campaigns::PATHS), ("ringez", super::ringez::PATHS)] {
             for (method, path, summary) in paths {
                 let method = match *method {
                     "GET" => HttpMethod::Get,

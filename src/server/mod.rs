@@ -15,6 +15,7 @@ pub mod analysis;
 pub mod assistants;
 pub mod auth;
 pub mod calls;
+pub mod campaigns;
 pub mod inbound;
 pub mod error;
 pub mod limits;
@@ -121,6 +122,11 @@ pub fn router(state: AppState) -> Router {
         .route("/calls/{id}/events", get(calls::events))
         .route("/calls/{id}/end", post(calls::end))
         .route("/calls/{id}/actions", post(calls::actions))
+        .route("/campaigns", get(campaigns::list).post(campaigns::create))
+        .route("/campaigns/launch", post(campaigns::launch))
+        .route("/campaigns/{id}", get(campaigns::status))
+        .route("/campaigns/{id}/status", get(campaigns::status))
+        .route("/campaigns/{id}/cancel", post(campaigns::cancel))
         .route("/secrets", get(secrets::list).post(secrets::create))
         .route("/secrets/{name}", put(secrets::replace).delete(secrets::remove))
         .route("/webhooks", get(webhooks::list).post(webhooks::create))
@@ -212,6 +218,7 @@ pub async fn serve(config: ServeConfig, models: ModelStore) -> anyhow::Result<()
         tokio::spawn(preload(runner.clone(), catalog.clone()));
     }
     tokio::spawn(background(state.clone(), shutdown.clone()));
+    tokio::spawn(campaigns::drive(state.clone(), shutdown.clone()));
     tokio::spawn(webhooks::deliver_loop(store.clone(), state.vault.clone(), config.egress.clone(), shutdown.clone()));
     if store.backend == Backend::Postgres {
         tokio::spawn(runner::listen_for_control(store.url.clone(), runner.clone(), shutdown.clone()));

@@ -2,7 +2,7 @@
 //! /agent/all`, `GET /workspace/numbers`, `POST /calling/outbound/individual`) as thin
 //! adapters under `/v1`, beside the reference's `/v1/assistants` and `/v1/calls/outbound`
 //! which are Ringline's own paths. An agent is an assistant; `from_number_id` is a workspace
-//! number's id. Campaign paths answer 501 until campaigns exist.
+//! number's id. Ringg's campaign paths are Ringline's own too (`campaigns.rs`).
 
 use std::collections::BTreeMap;
 
@@ -26,9 +26,6 @@ pub const PATHS: &[(&str, &str, &str)] = &[
     ("GET", "/v1/agent/all", "The workspace's assistants as Ringg's agents (`agent_id`)"),
     ("GET", "/v1/workspace/numbers", "The workspace's numbers (`from_number_id`)"),
     ("POST", "/v1/calling/outbound/individual", "One outbound call: `agent_id`, `mobile_number`, `from_number_id`, `custom_args_values`"),
-    ("GET", "/v1/campaigns", "Not yet (501): campaigns are planned"),
-    ("POST", "/v1/campaigns/launch", "Not yet (501): campaigns are planned"),
-    ("GET", "/v1/campaigns/{id}/status", "Not yet (501): campaigns are planned"),
 ];
 
 pub fn router() -> Router<AppState> {
@@ -36,9 +33,6 @@ pub fn router() -> Router<AppState> {
         .route("/agent/all", get(agents))
         .route("/workspace/numbers", get(numbers))
         .route("/calling/outbound/individual", post(call_individual))
-        .route("/campaigns", get(campaigns))
-        .route("/campaigns/launch", post(campaigns))
-        .route("/campaigns/{id}/status", get(campaigns))
 }
 
 /// The workspace's assistants as Ringg's agents (`agent_id` is the assistant's id).
@@ -150,12 +144,4 @@ pub async fn call_individual(State(state): State<AppState>, auth: Auth, ApiJson(
     let mut body = serde_json::to_value(CallStatus::from(call)).unwrap_or(Value::Null);
     body["agent_id"] = json!(call.assistant_id);
     Ok((status, Json(body)))
-}
-
-pub async fn campaigns(_auth: Auth, uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        format!("{} is not in Ringline yet: campaigns (CSV uploads, scheduled batches) are planned; place calls one at a time with POST /v1/calls/outbound", uri.path()),
-    )
 }

@@ -54,7 +54,7 @@ pub const EVENTS: &[&str] = &[
     // Every final transcript line, as it is said: for subscriptions that name it (a call's own
     // webhook_url does not get it).
     "transcription.updated",
-    // Ringg's campaign events: accepted in subscriptions now, sent once campaigns exist.
+    // A campaign's first call placed, and its last contact done.
     "campaign.started",
     "campaign.completed",
 ];
@@ -176,14 +176,10 @@ fn event_time() -> i64 {
 /// Events only subscriptions that name them receive (not a call's or assistant's webhook_url).
 const SUBSCRIPTION_ONLY: &[&str] = &["transcription.updated"];
 
-async fn try_emit(store: &Store, call: &CallRecord, assistant_webhook: Option<&str>, event: &str, data: Value) -> Result<(), crate::store::StoreError> {
-    let now = event_time();
-    let event_id = new_id("evt");
-    let ringline_body = json!({ "id": event_id, "type": event, "created_at": rfc3339(now), "data": data }).to_string();
-    let ringez_body = json!({ "event": event, "event_id": event_id, "timestamp": rfc3339(now), "data": super::ringez::event_data(call, &data) }).to_string();
-    // (subscription, url, format) for each receiver.
-    let mut receivers: Vec<(Option<String>, String, &str)> = Vec::new();
-    for hook in store.webhooks(&call.workspace_id).await? {
+/// (subscription, url, format) for each of the workspace's subscriptions to `event`.
+async fn subscribers(store: &Store, workspace_id: &str, event: &str) -> Result<Vec<(Option<String>, String, &'static str)>, crate::store::StoreError> {
+    let mut receivers = Vec::new();
+    for hook in store.webhooks(workspace_id).await? {
         let wanted: Vec<String> = serde_json::from_str(&hook.events).unwrap_or_default();
         let wildcard = wanted.iter().any(|e| e == "*") && !SUBSCRIPTION_ONLY.contains(&event);
         if wildcard || wanted.iter().any(|e| e == event) {
@@ -191,6 +187,53 @@ async fn try_emit(store: &Store, call: &CallRecord, assistant_webhook: Option<&s
             receivers.push((Some(hook.id.clone()), hook.url.clone(), format));
         }
     }
+    Ok(receivers)
+}
+
+/// One event, as each receiver's format shapes it.
+struct Event<'a> {
+    workspace_id: &'a str,
+    call_id: Option<&'a str>,
+    name: &'a str,
+    id: String,
+    at: i64,
+    ringline_body: String,
+    ringez_body: String,
+}
+
+async fn store_deliveries(store: &Store, event: Event<'_>, receivers: Vec<(Option<String>, String, &str)>) -> Result<(), crate::store::StoreError> {
+    for (webhook_id, url, format) in receivers {
+        let delivery = DeliveryRecord {
+            id: new_id("dlv"),
+            workspace_id: event.workspace_id.to_string(),
+            webhook_id,
+            event_id: event.id.clone(),
+            event: event.name.to_string(),
+            call_id: event.call_id.map(str::to_string),
+            url,
+            body: if format == FORMAT_RINGEZ { event.ringez_body.clone() } else { event.ringline_body.clone() },
+            state: "pending".into(),
+            attempts: 0,
+            next_attempt_at: event.at,
+            claimed_until: 0,
+            last_status: None,
+            last_error: None,
+            created_at: event.at,
+            delivered_at: None,
+            format: format.to_string(),
+        };
+        store.insert_delivery(&delivery).await?;
+    }
+    wake().notify_one();
+    Ok(())
+}
+
+async fn try_emit(store: &Store, call: &CallRecord, assistant_webhook: Option<&str>, event: &str, data: Value) -> Result<(), crate::store::StoreError> {
+    let now = event_time();
+    let event_id = new_id("evt");
+    let ringline_body = json!({ "id": event_id, "type": event, "created_at": rfc3339(now), "data": data }).to_string();
+    let ringez_body = json!({ "event": event, "event_id": event_id, "timestamp": rfc3339(now), "data": super::ringez::event_data(call, &data) }).to_string();
+    let mut receivers = subscribers(store, &call.workspace_id, event).await?;
     let call_format = if call.dialect.as_deref() == Some(FORMAT_RINGEZ) { FORMAT_RINGEZ } else { FORMAT_RINGLINE };
     let own: Vec<String> = if SUBSCRIPTION_ONLY.contains(&event) {
         // A Ringez client asks for a call's transcription at its own URL.
@@ -204,30 +247,29 @@ async fn try_emit(store: &Store, call: &CallRecord, assistant_webhook: Option<&s
             receivers.push((None, url, call_format));
         }
     }
-    for (webhook_id, url, format) in receivers {
-        let delivery = DeliveryRecord {
-            id: new_id("dlv"),
-            workspace_id: call.workspace_id.clone(),
-            webhook_id,
-            event_id: event_id.clone(),
-            event: event.to_string(),
-            call_id: Some(call.id.clone()),
-            url,
-            body: if format == FORMAT_RINGEZ { ringez_body.clone() } else { ringline_body.clone() },
-            state: "pending".into(),
-            attempts: 0,
-            next_attempt_at: now,
-            claimed_until: 0,
-            last_status: None,
-            last_error: None,
-            created_at: now,
-            delivered_at: None,
-            format: format.to_string(),
-        };
-        store.insert_delivery(&delivery).await?;
+    let event = Event { workspace_id: &call.workspace_id, call_id: Some(&call.id), name: event, id: event_id, at: now, ringline_body, ringez_body };
+    store_deliveries(store, event, receivers).await
+}
+
+/// Stores one delivery of a campaign's `event` (`campaign.started`, `campaign.completed`) for
+/// the workspace's subscriptions to it and the campaign's own `webhook_url`. Never fails the
+/// campaign: a storage error is logged.
+pub async fn emit_campaign(store: &Store, workspace_id: &str, webhook_url: Option<&str>, event: &str, data: Value) {
+    let stored = async {
+        let now = event_time();
+        let event_id = new_id("evt");
+        let ringline_body = json!({ "id": event_id, "type": event, "created_at": rfc3339(now), "data": data }).to_string();
+        let ringez_body = json!({ "event": event, "event_id": event_id, "timestamp": rfc3339(now), "data": data }).to_string();
+        let mut receivers = subscribers(store, workspace_id, event).await?;
+        if let Some(url) = webhook_url {
+            receivers.push((None, url.to_string(), FORMAT_RINGLINE));
+        }
+        let event = Event { workspace_id, call_id: None, name: event, id: event_id, at: now, ringline_body, ringez_body };
+        store_deliveries(store, event, receivers).await
+    };
+    if let Err(error) = stored.await {
+        tracing::error!(%error, workspace = workspace_id, event, "cannot store a webhook delivery");
     }
-    wake().notify_one();
-    Ok(())
 }
 
 // ── delivery ──────────────────────────────────────────────────────────────────────────────

@@ -36,8 +36,10 @@ macro_rules! open_statuses_sql {
 // After the macros: the submodule uses them.
 mod secrets;
 mod webhooks;
+mod campaigns;
 
 pub use secrets::SecretRecord;
+pub use campaigns::{CampaignRecord, ContactRow, Dialing};
 pub use webhooks::{DeliveryRecord, WebhookRecord};
 
 /// A retried outbound request found the key already claimed within the window.

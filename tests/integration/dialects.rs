@@ -5,7 +5,8 @@
 //!
 //! What is substituted, and only that: ids the examples invent (`asst_abc123`, `call_xyz789`)
 //! become the ids this server gave; the examples' receiver URLs (`*.example.com`) become a
-//! receiver on loopback, since nothing else can be reached here.
+//! receiver on loopback, since nothing else can be reached here; dates the examples put in
+//! the past where a request needs a future (a history's end, a campaign's schedule) move ahead.
 //!
 //! [`OPERATIONS`] is the table of every documented operation with its support; the README's
 //! table is rendered from it (`the_readme_table_is_rendered_from_the_suite`), and each dialect's
@@ -60,12 +61,12 @@ const OPERATIONS: &[Operation] = &[
     op(RINGG, "GET", "/v1/calls/{id}/status", Support::Full, ""),
     op(RINGG, "GET", "/v1/calls/{id}/transcript", Support::Full, ""),
     op(RINGG, "POST", "/v1/calls/{id}/end", Support::Full, ""),
-    op(RINGG, "GET", "/v1/campaigns", Support::NotYet, "campaigns are planned"),
-    op(RINGG, "POST", "/v1/campaigns/launch", Support::NotYet, "campaigns are planned"),
-    op(RINGG, "GET", "/v1/campaigns/{id}/status", Support::NotYet, "campaigns are planned"),
+    op(RINGG, "GET", "/v1/campaigns", Support::Full, ""),
+    op(RINGG, "POST", "/v1/campaigns/launch", Support::Partial, "`campaign_id` names a campaign made with `POST /v1/campaigns` (its assistant, caller id, calls at once, retries), or the body gives `assistant_id` to make it"),
+    op(RINGG, "GET", "/v1/campaigns/{id}/status", Support::Full, ""),
     op(RINGG, "GET", "/v1/calls/history", Support::Full, ""),
     op(RINGG, "GET", "/v1/analytics", Support::Full, ""),
-    op(RINGG, "POST", "/v1/webhooks", Support::Partial, "`campaign.*` events are accepted and sent once campaigns exist"),
+    op(RINGG, "POST", "/v1/webhooks", Support::Full, ""),
     op(RINGG, "GET", "/v1/webhooks", Support::Full, ""),
     op(RINGG, "DELETE", "/v1/webhooks/{id}", Support::Full, ""),
     op(RINGG, "POST", "/v1/webcall/token", Support::Full, ""),
@@ -99,9 +100,9 @@ const OPERATIONS: &[Operation] = &[
     op(RINGEZ, "GET", "/api/v1/audio/{id}", Support::Full, "where `audio_url` points: the workspace's own clips, for an hour"),
     op(RINGEZ, "GET", "/api/v1/analytics/call-metrics", Support::Full, ""),
     op(RINGEZ, "GET", "/api/v1/analytics/spending", Support::Full, ""),
-    op(RINGEZ, "POST", "/api/v1/batch/calls", Support::NotYet, "with campaigns"),
-    op(RINGEZ, "POST", "/api/v1/scheduled-calls", Support::NotYet, "with campaigns"),
-    op(RINGEZ, "POST", "/api/v1/queue/add", Support::NotYet, "with campaigns"),
+    op(RINGEZ, "POST", "/api/v1/batch/calls", Support::NotYet, "a campaign (`POST /v1/campaigns/launch`) instead (501)"),
+    op(RINGEZ, "POST", "/api/v1/scheduled-calls", Support::NotYet, "a campaign (`POST /v1/campaigns/launch`) instead (501)"),
+    op(RINGEZ, "POST", "/api/v1/queue/add", Support::NotYet, "a campaign (`POST /v1/campaigns/launch`) instead (501)"),
     op(RINGEZ, "POST", "/api/v1/security/whitelist", Support::NotYet, "restrict access at the proxy or firewall (501)"),
     op(RINGEZ, "POST", "/api/v1/security/rotate-key", Support::NotYet, "`ringline keys rotate` (501)"),
     op(RINGEZ_SKILL, "POST", "/api/v1/auth/check-email", Support::NotYet, "API keys and sessions instead of accounts (501)"),
@@ -328,12 +329,28 @@ fn ringg_clients_work_as_written() {
         &[("token", "string")],
     );
 
-    // Campaigns: not yet, and saying so.
-    for (method, path, body) in [("GET", "/v1/campaigns", None), ("POST", "/v1/campaigns/launch", Some(json!({ "campaign_id": "camp_abc123", "contacts": [] }))), ("GET", "/v1/campaigns/camp_abc123/status", None)] {
-        let (status, answer) = ringg.send(method, path, body.as_ref());
-        assert_eq!(status, 501, "{answer}");
-        assert!(answer["error"]["message"].as_str().unwrap().contains("campaigns"), "{answer}");
-    }
+    // Campaigns: the reference's launch, its campaign made first with Ringline's own
+    // `POST /v1/campaigns` (the reference's body names no assistant) and its dates, long past,
+    // moved a year ahead; then listed, its status read, and canceled before it starts.
+    let (status, draft) = crate::api::post(&serve, &key, "/v1/campaigns", json!({ "campaign_id": "camp_abc123", "assistant_id": assistant, "from_number_id": number_id }));
+    assert_eq!(status, 201, "{draft}");
+    let launched = ringg.expect(
+        "POST",
+        "/v1/campaigns/launch",
+        Some(json!({
+            "campaign_id": "camp_abc123",
+            "contacts": [{ "phone": "+919876543210", "name": "Rahul", "email": "rahul@example.com", "custom_fields": { "policy_number": "POL-456" } }],
+            "schedule": { "start_time": "2027-02-07T09:00:00+05:30", "end_time": "2027-02-07T18:00:00+05:30", "timezone": "Asia/Kolkata" }
+        })),
+        201,
+        &[("campaign_id", "string"), ("status", "string"), ("total_contacts", "integer"), ("schedule.start_time", "string")],
+    );
+    assert_eq!((launched["status"].as_str(), launched["from_number"].as_str()), (Some("scheduled"), Some("+918001234567")), "{launched}");
+    ringg.expect("GET", "/v1/campaigns", None, 200, &[("campaigns[].campaign_id", "string"), ("campaigns[].status", "string"), ("total", "integer")]);
+    let status_now = ringg.expect("GET", "/v1/campaigns/camp_abc123/status", None, 200, &[("campaign_id", "string"), ("status", "string"), ("counts", "object"), ("contacts[].phone", "string"), ("contacts[].status", "string")]);
+    assert_eq!(status_now["contacts"][0]["status"], "pending", "{status_now}");
+    let (status, canceled) = crate::api::post(&serve, &key, "/v1/campaigns/camp_abc123/cancel", json!({}));
+    assert_eq!((status, canceled["status"].as_str()), (200, Some("canceled")), "{canceled}");
     exercised_every_supported("Ringg");
 }
 

@@ -8,6 +8,7 @@
 mod analysis;
 mod api;
 mod call;
+mod campaigns;
 mod dialects;
 mod eval;
 mod engine;

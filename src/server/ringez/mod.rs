@@ -10,7 +10,7 @@
 //! (`X-Session-ID`, as Ringez's calling skill sends it) until it expires (6 h) or is deleted.
 //! Calls carry their session and the agent that placed them (`X-Agent-ID`). What a self-hosted
 //! server has no use for — payments, OTP log-in, IP allow-lists — answers 501 naming what to
-//! use instead; batches, schedules and queues come with campaigns.
+//! use instead; batches, schedules and queues are Ringline's campaigns (`/v1/campaigns`).
 //!
 //! Cost is an estimate from the rate table here (per started minute, by the number's country
 //! and type); a session's `user_consent.max_spend_limit` is its budget, and a call that would
@@ -397,7 +397,7 @@ pub async fn not_here(uri: axum::http::Uri, _headers: HeaderMap) -> ApiError {
     } else if path.contains("/security/") {
         "restrict who reaches the server at its reverse proxy or firewall"
     } else {
-        "batches, scheduled and queued calls come with campaigns; place calls one at a time with POST /api/v1/calls/initiate"
+        "batches, scheduled and queued calls are campaigns: POST /v1/campaigns/launch with the assistant, the contacts, a schedule, calls at once and retries (or one call at a time with POST /api/v1/calls/initiate)"
     };
     ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", format!("{path} is not part of Ringline: {instead}"))
 }

@@ -1,0 +1,661 @@
+//! Campaigns: an assistant calling a list of contacts, a few at a time, within a schedule —
+//! Ringg's `/v1/campaigns` paths.
+//!
+//! `POST /v1/campaigns` creates a draft (the assistant, caller id, calls at once, retries);
+//! `POST /v1/campaigns/launch` gives it contacts and a schedule (or creates and launches in one
+//! request when it names the assistant). Every contact is checked before anything is stored:
+//! a bad number, a missing variable or a bad time gets a 4xx naming `contacts[i].…` and the
+//! campaign stays as it was.
+//!
+//! [`drive`] runs on every worker: each second it takes the lease of each due campaign no
+//! other worker holds, settles the contacts whose calls ended (a retry after no answer, busy
+//! or a failure while attempts remain), closes what the schedule's end leaves, and places
+//! calls up to the campaign's concurrency through [`calls::place`] — the workspace's limits
+//! apply; a call refused for a limit is tried again after the wait it was given. A
+//! campaign's calls carry its `webhook_url` and `{campaign_id, contact}` in their metadata.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::assistants::{from_stored, rfc3339, Page};
+use super::auth::Auth;
+use super::calls::{self, OutboundRequest, Placement};
+use super::error::{from_value_at, ApiError, ApiJson, ApiQuery};
+use super::numbers::{valid_number, with_telephony};
+use super::webhooks::emit_campaign;
+use super::AppState;
+use crate::store::{self, CampaignRecord, ContactRow};
+
+/// The paths this module adds, for the OpenAPI document (tag `campaigns`).
+pub const PATHS: &[(&str, &str, &str)] = &[
+    ("GET", "/v1/campaigns", "The workspace's campaigns, newest first, with their contacts' counts"),
+    ("POST", "/v1/campaigns", "A draft campaign: `assistant_id`, `from_number`/`from_number_id`, `concurrency`, `retry`, `webhook_url`"),
+    ("POST", "/v1/campaigns/launch", "Launch `campaign_id` with `contacts` (`phone`, `name`, `email`, `custom_fields`) and a `schedule`; with `assistant_id`, create it too"),
+    ("GET", "/v1/campaigns/{id}/status", "A campaign's state, counts and a page of its contacts (`limit`, `offset`)"),
+    ("GET", "/v1/campaigns/{id}", "The same as its status"),
+    ("POST", "/v1/campaigns/{id}/cancel", "No more calls: pending contacts are canceled; calls in progress go on"),
+];
+
+/// Contacts in one campaign.
+pub const MAX_CONTACTS: usize = 1000;
+/// A contact's fields (the variables among them and the rest, kept with its call).
+const MAX_CUSTOM_FIELDS: usize = 50;
+/// Calls to one contact, at most.
+const MAX_ATTEMPTS: u32 = 5;
+/// The longest wait between two attempts at a contact (a day), and the default (5 minutes).
+const MAX_RETRY_INTERVAL_S: u64 = 86_400;
+const DEFAULT_RETRY_INTERVAL_S: u64 = 300;
+/// How far ahead a schedule may start.
+const MAX_START_AHEAD_MS: i64 = 366 * 86_400_000;
+/// How often each worker looks for campaigns to drive, and how long its lease lasts.
+const TICK: Duration = Duration::from_secs(1);
+const LEASE_MS: i64 = 15_000;
+/// A contact claimed this long ago without a call was claimed by a worker that died first.
+const STALE_CLAIM_MS: i64 = 60_000;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Calls to one contact, at most (1..5, default 1): no answer, busy and failed calls are
+    /// tried again.
+    pub max_attempts: Option<u32>,
+    /// Seconds between attempts (1..86400, default 300).
+    #[serde(alias = "retry_interval")]
+    pub interval_s: Option<u64>,
+}
+
+/// What a campaign is, before it has contacts.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCampaign {
+    /// The workspace's id for it (letters, digits, `_`, `-`; default: a new one).
+    #[serde(alias = "id")]
+    pub campaign_id: Option<String>,
+    pub name: Option<String>,
+    #[serde(alias = "agent_id")]
+    pub assistant_id: Option<String>,
+    /// The caller id: a workspace number (default: the assistant's number).
+    pub from_number: Option<String>,
+    pub from_number_id: Option<String>,
+    /// Calls live at once (default 1, at most the workspace's concurrent calls).
+    #[serde(alias = "concurrent_calls")]
+    pub concurrency: Option<u32>,
+    pub retry: Option<Retry>,
+    /// Receives the campaign's events and every one of its calls'.
+    pub webhook_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactInput {
+    #[serde(alias = "phone_number", alias = "mobile_number", alias = "to_number")]
+    pub phone: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    /// The assistant's variables among them go to the call; all are kept in its metadata.
+    #[serde(default, alias = "custom_args_values", alias = "dynamic_variables")]
+    pub custom_fields: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// RFC 3339; without an offset, a time in `timezone`. Default: now.
+    pub start_time: Option<String>,
+    /// Contacts not yet called by then are skipped.
+    pub end_time: Option<String>,
+    /// An IANA zone (`Asia/Kolkata`) for times without an offset.
+    pub timezone: Option<String>,
+}
+
+// ── checks ────────────────────────────────────────────────────────────────────────────────
+
+fn printable(field: &str, value: &str, most: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() || value.chars().count() > most || value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(field, format!("give 1 to {most} printable characters")));
+    }
+    Ok(())
+}
+
+/// The campaign a create request describes, checked; nothing is stored.
+async fn check_campaign(state: &AppState, auth: &Auth, request: CreateCampaign) -> Result<CampaignRecord, ApiError> {
+    let id = match request.campaign_id {
+        Some(id) => {
+            if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(ApiError::invalid("campaign_id", format!("`{id}` is not a campaign id: use 1 to 64 letters, digits, `_` or `-`")));
+            }
+            id
+        }
+        None => store::new_id("camp"),
+    };
+    let name = request.name.unwrap_or_else(|| id.clone());
+    printable("name", &name, 200)?;
+    let Some(assistant_id) = request.assistant_id else {
+        return Err(ApiError::invalid("assistant_id", "a campaign needs the assistant that calls its contacts (GET /v1/assistants lists them)"));
+    };
+    let assistant = state.store.assistant(&auth.workspace_id, &assistant_id).await?;
+    if assistant.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "assistant_not_found", format!("no assistant `{assistant_id}` in this workspace (GET /v1/assistants lists them)")).with_field("assistant_id"));
+    }
+    let from_number = match (request.from_number, request.from_number_id) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid("from_number_id", "give from_number or from_number_id, not both")),
+        (None, Some(id)) => Some(state.store.number(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("number", &id).with_field("from_number_id"))?.e164),
+        (Some(raw), None) => {
+            let e164 = valid_number("from_number", &raw, None)?.0;
+            let (numbers, _) = state.store.numbers(&auth.workspace_id, i64::MAX, 0).await?;
+            if !numbers.iter().any(|n| n.e164 == e164) {
+                return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "from_number_not_owned", format!("{e164} is not one of this workspace's numbers; add it with POST /v1/numbers, or leave from_number out")).with_field("from_number"));
+            }
+            Some(e164)
+        }
+        (None, None) => None,
+    };
+    let most = state.limits.calls_per_workspace;
+    let concurrency = request.concurrency.unwrap_or(1);
+    if !(1..=most).contains(&concurrency) {
+        return Err(ApiError::invalid("concurrency", format!("{concurrency} calls at once: give 1 to {most}, this workspace's limit of calls in progress")));
+    }
+    let retry = request.retry.unwrap_or_default();
+    let max_attempts = retry.max_attempts.unwrap_or(1);
+    if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+        return Err(ApiError::invalid("retry.max_attempts", format!("{max_attempts} attempts: give 1 to {MAX_ATTEMPTS}")));
+    }
+    let interval_s = retry.interval_s.unwrap_or(DEFAULT_RETRY_INTERVAL_S);
+    if !(1..=MAX_RETRY_INTERVAL_S).contains(&interval_s) {
+        return Err(ApiError::invalid("retry.interval_s", format!("{interval_s} s between attempts: give 1 to {MAX_RETRY_INTERVAL_S}")));
+    }
+    if let Some(url) = &request.webhook_url {
+        state.runner.egress().check_url_resolved(url).await.map_err(|e| ApiError::invalid("webhook_url", e.to_string()))?;
+    }
+    Ok(CampaignRecord {
+        workspace_id: auth.workspace_id.clone(),
+        id,
+        name,
+        assistant_id,
+        from_number,
+        concurrency: concurrency as i64,
+        max_attempts: max_attempts as i64,
+        retry_interval_ms: (interval_s * 1000) as i64,
+        webhook_url: request.webhook_url,
+        state: "draft".into(),
+        created_at: store::now_ms(),
+        ..CampaignRecord::default()
+    })
+}
+
+/// A time of the schedule in ms since the epoch: RFC 3339, or a local time in `zone`.
+fn schedule_time(field: &str, raw: &str, zone: Option<chrono_tz::Tz>) -> Result<i64, ApiError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw) {
+        return Ok(t.timestamp_millis());
+    }
+    let local = chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%d %H:%M:%S"))
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M"))
+        .map_err(|_| ApiError::invalid(field, format!("`{raw}` is not a time: use RFC 3339, e.g. 2026-02-07T09:00:00+05:30, or a local time with `schedule.timezone`")))?;
+    let Some(zone) = zone else {
+        return Err(ApiError::invalid(field, format!("`{raw}` has no UTC offset: add one (e.g. +05:30) or give schedule.timezone")));
+    };
+    use chrono::TimeZone;
+    zone.from_local_datetime(&local)
+        .earliest()
+        .map(|t| t.timestamp_millis())
+        .ok_or_else(|| ApiError::invalid(field, format!("`{raw}` does not exist in {zone} (a clock change skips it)")))
+}
+
+/// (start, end, timezone) of a launch's schedule, checked against `now`.
+fn check_schedule(schedule: Option<Schedule>, now: i64) -> Result<(Option<i64>, Option<i64>, Option<String>), ApiError> {
+    let schedule = schedule.unwrap_or_default();
+    let zone = match &schedule.timezone {
+        Some(name) => Some(name.parse::<chrono_tz::Tz>().map_err(|_| ApiError::invalid("schedule.timezone", format!("`{name}` is not an IANA time zone, e.g. Asia/Kolkata or America/New_York")))?),
+        None => None,
+    };
+    let start = schedule.start_time.as_deref().map(|raw| schedule_time("schedule.start_time", raw, zone)).transpose()?;
+    let end = schedule.end_time.as_deref().map(|raw| schedule_time("schedule.end_time", raw, zone)).transpose()?;
+    if let Some(start) = start {
+        if start > now + MAX_START_AHEAD_MS {
+            return Err(ApiError::invalid("schedule.start_time", "is more than a year ahead"));
+        }
+    }
+    if let Some(end) = end {
+        if end <= now {
+            return Err(ApiError::invalid("schedule.end_time", format!("{} has passed: give a later end, or none", rfc3339(end))));
+        }
+        if start.is_some_and(|start| end <= start) {
+            return Err(ApiError::invalid("schedule.end_time", "is not after schedule.start_time"));
+        }
+    }
+    Ok((start, end, schedule.timezone))
+}
+
+/// The contacts as rows to store, each checked against the assistant and the lines.
+async fn check_contacts(state: &AppState, auth: &Auth, campaign: &CampaignRecord, contacts: Vec<ContactInput>) -> Result<Vec<ContactRow>, ApiError> {
+    if contacts.is_empty() {
+        return Err(ApiError::invalid("contacts", "give at least one contact: {\"phone\": \"+14155551234\", \"name\": \"…\"}"));
+    }
+    if contacts.len() > MAX_CONTACTS {
+        return Err(ApiError::invalid("contacts", format!("has {} contacts; a campaign calls at most {MAX_CONTACTS}: split the list into several campaigns", contacts.len())));
+    }
+    let record = state.store.assistant(&auth.workspace_id, &campaign.assistant_id).await?.ok_or_else(|| ApiError::not_found("assistant", &campaign.assistant_id).with_field("assistant_id"))?;
+    let assistant = from_stored(&record.id, record.current_version, &record.spec)?;
+    let declared = |name: &str| assistant.spec.accept_any_variables || assistant.spec.variables.contains_key(name);
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut rows = Vec::with_capacity(contacts.len());
+    for (i, contact) in contacts.into_iter().enumerate() {
+        let at = |field: &str| format!("contacts[{i}].{field}");
+        let (phone, info) = valid_number(&at("phone"), &contact.phone, None)?;
+        let info = with_telephony(info, state.can_dial_out());
+        if !info.callable {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "number_not_callable", format!("{phone}: {}", info.reason.unwrap_or_default())).with_field(at("phone")));
+        }
+        if let Some(first) = seen.insert(phone.clone(), i) {
+            return Err(ApiError::invalid(at("phone"), format!("{phone} is contacts[{first}]'s number too: list each number once")));
+        }
+        if let Some(name) = &contact.name {
+            printable(&at("name"), name, 200)?;
+        }
+        if let Some(email) = &contact.email {
+            printable(&at("email"), email, 254)?;
+            if !email.contains('@') {
+                return Err(ApiError::invalid(at("email"), format!("`{email}` is not an email address")));
+            }
+        }
+        if contact.custom_fields.len() > MAX_CUSTOM_FIELDS {
+            return Err(ApiError::invalid(at("custom_fields"), format!("has {} fields; the most is {MAX_CUSTOM_FIELDS}", contact.custom_fields.len())));
+        }
+        // The assistant's variables among the contact's fields go to the call.
+        let mut variables: BTreeMap<String, Value> = contact.custom_fields.iter().filter(|(name, _)| declared(name)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (name, value) in [("name", &contact.name), ("email", &contact.email)] {
+            if let Some(value) = value {
+                if declared(name) {
+                    variables.entry(name.into()).or_insert_with(|| Value::String(value.clone()));
+                }
+            }
+        }
+        calls::call_variables(&assistant, &variables).map_err(|mut e| {
+            e.field = e.field.map(|f| f.replacen("dynamic_variables", &at("custom_fields"), 1));
+            e
+        })?;
+        let custom_fields = Value::Object(contact.custom_fields.into_iter().collect::<Map<_, _>>()).to_string();
+        if custom_fields.len() > 8 * 1024 {
+            return Err(ApiError::invalid(at("custom_fields"), "is more than 8 KB of JSON"));
+        }
+        rows.push(ContactRow {
+            seq: i as i64,
+            phone,
+            name: contact.name,
+            email: contact.email,
+            variables: Value::Object(variables.into_iter().collect()).to_string(),
+            custom_fields,
+            ..ContactRow::default()
+        });
+    }
+    Ok(rows)
+}
+
+async fn check_quota(state: &AppState, auth: &Auth) -> Result<(), ApiError> {
+    let open = state.store.count_open_campaigns(&auth.workspace_id).await?;
+    if open >= state.limits.campaigns_per_workspace as i64 {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "campaign_limit",
+            format!("this workspace has {open} campaigns not yet finished, its limit; cancel one (POST /v1/campaigns/{{id}}/cancel) or wait for one to end"),
+        ));
+    }
+    Ok(())
+}
+
+async fn create_record(state: &AppState, campaign: &CampaignRecord) -> Result<(), ApiError> {
+    if !state.store.insert_campaign(campaign).await? {
+        return Err(ApiError::conflict("campaign_exists", format!("this workspace has a campaign `{}` already; choose another campaign_id", campaign.id)).with_field("campaign_id"));
+    }
+    Ok(())
+}
+
+// ── handlers ──────────────────────────────────────────────────────────────────────────────
+
+pub async fn create(State(state): State<AppState>, auth: Auth, ApiJson(request): ApiJson<CreateCampaign>) -> Result<impl IntoResponse, ApiError> {
+    let campaign = check_campaign(&state, &auth, request).await?;
+    check_quota(&state, &auth).await?;
+    create_record(&state, &campaign).await?;
+    Ok((StatusCode::CREATED, Json(view(&state, &campaign, None).await?)))
+}
+
+/// A launch: `contacts` and a `schedule` for the campaign `campaign_id` names, or for one the
+/// body's other fields make (those of `POST /v1/campaigns`).
+pub async fn launch(State(state): State<AppState>, auth: Auth, ApiJson(mut body): ApiJson<Map<String, Value>>) -> Result<impl IntoResponse, ApiError> {
+    let now = store::now_ms();
+    let contacts: Vec<ContactInput> = from_value_at("contacts", body.remove("contacts").unwrap_or_else(|| json!([])))?;
+    let schedule: Option<Schedule> = from_value_at("schedule", body.remove("schedule").unwrap_or(Value::Null))?;
+    let settings: CreateCampaign = from_value_at("", Value::Object(body))?;
+    let existing = match &settings.campaign_id {
+        Some(id) => state.store.campaign(&auth.workspace_id, id).await?,
+        None => None,
+    };
+    let (campaign, new) = match existing {
+        Some(campaign) => {
+            let given = [
+                ("assistant_id", settings.assistant_id.is_some()),
+                ("name", settings.name.is_some()),
+                ("from_number", settings.from_number.is_some()),
+                ("from_number_id", settings.from_number_id.is_some()),
+                ("concurrency", settings.concurrency.is_some()),
+                ("retry", settings.retry.is_some()),
+                ("webhook_url", settings.webhook_url.is_some()),
+            ];
+            if let Some((field, _)) = given.iter().find(|(_, given)| *given) {
+                return Err(ApiError::invalid(*field, format!("campaign `{}` exists and was set when it was created: launch it with campaign_id, contacts and schedule only", campaign.id)));
+            }
+            if campaign.state != "draft" {
+                return Err(ApiError::conflict("campaign_launched", format!("campaign `{}` is {}, launched {}: create another campaign for more contacts", campaign.id, campaign.state, campaign.launched_at.map(rfc3339).unwrap_or_default())).with_field("campaign_id"));
+            }
+            (campaign, false)
+        }
+        None if settings.assistant_id.is_none() => {
+            let message = match settings.campaign_id.as_deref() {
+                None => "give campaign_id (a campaign made with POST /v1/campaigns) or assistant_id to create one and launch it".to_string(),
+                Some(id) => format!("no campaign `{id}` in this workspace: create it with POST /v1/campaigns, or give assistant_id to create and launch it in one request"),
+            };
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", message).with_field("campaign_id"));
+        }
+        None => (check_campaign(&state, &auth, settings).await?, true),
+    };
+    let (start, end, timezone) = check_schedule(schedule, now)?;
+    let contacts = check_contacts(&state, &auth, &campaign, contacts).await?;
+    if new {
+        check_quota(&state, &auth).await?;
+        create_record(&state, &campaign).await?;
+    }
+    if !state.store.launch_campaign(&auth.workspace_id, &campaign.id, start, end, timezone.as_deref(), &contacts, now).await? {
+        return Err(ApiError::conflict("campaign_launched", format!("campaign `{}` was launched or canceled meanwhile", campaign.id)).with_field("campaign_id"));
+    }
+    wake().notify_one();
+    let launched = state.store.campaign(&auth.workspace_id, &campaign.id).await?.ok_or_else(|| ApiError::internal("the campaign vanished"))?;
+    Ok((StatusCode::CREATED, Json(view(&state, &launched, None).await?)))
+}
+
+pub async fn list(State(state): State<AppState>, auth: Auth, ApiQuery(page): ApiQuery<Page>) -> Result<Json<Value>, ApiError> {
+    let (limit, offset) = page.resolve()?;
+    let (rows, total) = state.store.campaigns(&auth.workspace_id, limit, offset).await?;
+    let mut campaigns = Vec::with_capacity(rows.len());
+    for campaign in &rows {
+        campaigns.push(view(&state, campaign, None).await?);
+    }
+    Ok(Json(json!({ "campaigns": campaigns, "total": total, "limit": limit, "offset": offset, "has_more": offset + (rows.len() as i64) < total })))
+}
+
+pub async fn status(State(state): State<AppState>, auth: Auth, Path(id): Path<String>, ApiQuery(page): ApiQuery<Page>) -> Result<Json<Value>, ApiError> {
+    let page = page.resolve()?;
+    let campaign = state.store.campaign(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("campaign", &id))?;
+    Ok(Json(view(&state, &campaign, Some(page)).await?))
+}
+
+pub async fn cancel(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let campaign = state.store.campaign(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("campaign", &id))?;
+    let now = store::now_ms();
+    if !state.store.move_campaign(&auth.workspace_id, &id, &["draft", "scheduled", "running"], "canceled", now).await? {
+        return Err(ApiError::conflict("campaign_ended", format!("campaign `{id}` is {} already", campaign.state)));
+    }
+    state.store.close_pending_contacts(&auth.workspace_id, &id, "canceled", "the campaign was canceled before this contact was called").await?;
+    let canceled = state.store.campaign(&auth.workspace_id, &id).await?.unwrap_or(campaign);
+    let body = view(&state, &canceled, None).await?;
+    if canceled.launched_at.is_some() {
+        emit_campaign(&state.store, &canceled.workspace_id, canceled.webhook_url.as_deref(), "campaign.completed", body.clone()).await;
+    }
+    Ok(Json(body))
+}
+
+/// What a contact's row says now: `pending`, `in-progress` while its call is live, else its
+/// call's status (`completed`, `no-answer`…), `skipped` or `canceled`.
+fn contact_status(row_state: &str, outcome: Option<&str>, call_status: Option<&str>) -> String {
+    match row_state {
+        "pending" => "pending".into(),
+        "dialing" => match call_status {
+            Some(status) if !store::LIVE_STATUSES.contains(&status) => status.into(),
+            _ => "in-progress".into(),
+        },
+        _ => outcome.unwrap_or("failed").into(),
+    }
+}
+
+/// A campaign as the API shows it; with a page of its contacts when `page` is given.
+async fn view(state: &AppState, campaign: &CampaignRecord, page: Option<(i64, i64)>) -> Result<Value, ApiError> {
+    let tally = state.store.campaign_tally(&campaign.workspace_id, &campaign.id).await?;
+    let mut counts: BTreeMap<String, i64> = ["pending", "in-progress", "completed", "no-answer", "busy", "failed", "canceled", "skipped"].iter().map(|s| (s.to_string(), 0)).collect();
+    for (row_state, outcome, call_status) in &tally {
+        *counts.entry(contact_status(row_state, outcome.as_deref(), call_status.as_deref())).or_default() += 1;
+    }
+    let total = tally.len() as i64;
+    let done = total - counts["pending"] - counts["in-progress"];
+    let mut body = json!({
+        "campaign_id": campaign.id,
+        "id": campaign.id,
+        "name": campaign.name,
+        "status": campaign.state,
+        "assistant_id": campaign.assistant_id,
+        "agent_id": campaign.assistant_id,
+        "from_number": campaign.from_number,
+        "concurrency": campaign.concurrency,
+        "retry": { "max_attempts": campaign.max_attempts, "interval_s": campaign.retry_interval_ms / 1000 },
+        "webhook_url": campaign.webhook_url,
+        "schedule": {
+            "start_time": campaign.start_at.map(rfc3339),
+            "end_time": campaign.end_at.map(rfc3339),
+            "timezone": campaign.timezone,
+        },
+        "total_contacts": total,
+        "counts": counts,
+        "progress": { "done": done, "total": total, "percent": if total > 0 { (done * 100) / total } else { 0 } },
+        "created_at": rfc3339(campaign.created_at),
+        "launched_at": campaign.launched_at.map(rfc3339),
+        "started_at": campaign.started_at.map(rfc3339),
+        "ended_at": campaign.ended_at.map(rfc3339),
+    });
+    if let Some((limit, offset)) = page {
+        let rows = state.store.campaign_contacts(&campaign.workspace_id, &campaign.id, limit, offset).await?;
+        let statuses: BTreeMap<i64, Option<String>> = tally_statuses(state, campaign, &rows).await?;
+        let contacts: Vec<Value> = rows
+            .iter()
+            .map(|c| {
+                json!({
+                    "index": c.seq,
+                    "phone": c.phone,
+                    "name": c.name,
+                    "email": c.email,
+                    "custom_fields": serde_json::from_str::<Value>(&c.custom_fields).unwrap_or(Value::Null),
+                    "status": contact_status(&c.state, c.outcome.as_deref(), statuses.get(&c.seq).cloned().flatten().as_deref()),
+                    "attempts": c.attempts,
+                    "call_id": c.call_id,
+                    "reason": c.reason,
+                    "next_attempt_at": (c.state == "pending").then(|| rfc3339(c.next_attempt_at)),
+                })
+            })
+            .collect();
+        body["contacts"] = json!(contacts);
+        body["limit"] = json!(limit);
+        body["offset"] = json!(offset);
+        body["has_more"] = json!(offset + (rows.len() as i64) < total);
+    }
+    Ok(body)
+}
+
+/// The status of each dialing contact's call, by contact.
+async fn tally_statuses(state: &AppState, campaign: &CampaignRecord, rows: &[ContactRow]) -> Result<BTreeMap<i64, Option<String>>, ApiError> {
+    let mut statuses = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.state == "dialing") {
+        let status = match &row.call_id {
+            Some(call_id) => state.store.call(&campaign.workspace_id, call_id).await?.map(|c| c.status),
+            None => None,
+        };
+        statuses.insert(row.seq, status);
+    }
+    Ok(statuses)
+}
+
+// ── the driver ────────────────────────────────────────────────────────────────────────────
+
+/// Wakes this worker's driver (a campaign was launched).
+fn wake() -> &'static tokio::sync::Notify {
+    static WAKE: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
+    WAKE.get_or_init(tokio::sync::Notify::new)
+}
+
+/// Drives every due campaign this worker can lease, each second (sooner after a launch), until
+/// shutdown.
+pub async fn drive(state: AppState, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(TICK) => {}
+            _ = wake().notified() => {}
+        }
+        if let Err(error) = drive_once(&state).await {
+            tracing::warn!(%error, "campaigns: a pass failed; trying again shortly");
+        }
+    }
+}
+
+async fn drive_once(state: &AppState) -> Result<(), store::StoreError> {
+    let now = store::now_ms();
+    for campaign in state.store.due_campaigns(&state.worker_id, now, 20).await? {
+        if !state.store.lease_campaign(&campaign.workspace_id, &campaign.id, &state.worker_id, now, now + LEASE_MS).await? {
+            continue;
+        }
+        step(state, &campaign, now).await?;
+    }
+    Ok(())
+}
+
+/// Statuses after which a contact is called again while it has attempts left.
+const RETRIED: [&str; 3] = ["no-answer", "busy", "failed"];
+
+/// One pass over a leased campaign: settle, close, dial, finish.
+async fn step(state: &AppState, campaign: &CampaignRecord, now: i64) -> Result<(), store::StoreError> {
+    let (ws, id) = (campaign.workspace_id.as_str(), campaign.id.as_str());
+    let mut live = 0i64;
+    for dialing in state.store.dialing_contacts(ws, id).await? {
+        let Some(_) = dialing.call_id else {
+            if dialing.claimed_at.is_some_and(|at| at < now - STALE_CLAIM_MS) {
+                state.store.contact_again(ws, id, dialing.seq, now, None, None).await?;
+            } else {
+                live += 1;
+            }
+            continue;
+        };
+        match dialing.call_status.as_deref() {
+            None => state.store.contact_done(ws, id, dialing.seq, "failed", Some("the call was deleted")).await?,
+            Some(status) if store::LIVE_STATUSES.contains(&status) => live += 1,
+            Some(status) if RETRIED.contains(&status) && dialing.attempts < campaign.max_attempts => {
+                state.store.contact_again(ws, id, dialing.seq, now + campaign.retry_interval_ms, Some(status), dialing.call_reason.as_deref()).await?
+            }
+            Some(status) => state.store.contact_done(ws, id, dialing.seq, status, dialing.call_reason.as_deref()).await?,
+        }
+    }
+    if campaign.end_at.is_some_and(|end| end <= now) {
+        state.store.close_pending_contacts(ws, id, "skipped", "the schedule ended before this contact was called").await?;
+    }
+    let auth = Auth { workspace_id: ws.to_string(), key_id: format!("campaign:{id}") };
+    let mut started = campaign.state == "running";
+    while live < campaign.concurrency {
+        let Some(contact) = state.store.claim_contact(ws, id, now).await? else { break };
+        let request = OutboundRequest {
+            assistant_id: campaign.assistant_id.clone(),
+            to_number: contact.phone.clone(),
+            from_number: campaign.from_number.clone(),
+            dynamic_variables: serde_json::from_str(&contact.variables).unwrap_or_default(),
+            webhook_url: campaign.webhook_url.clone(),
+            metadata: json!({
+                "campaign_id": id,
+                "contact": {
+                    "index": contact.seq,
+                    "name": contact.name,
+                    "email": contact.email,
+                    "custom_fields": serde_json::from_str::<Value>(&contact.custom_fields).unwrap_or(Value::Null),
+                },
+            }),
+            idempotency_key: None,
+            record: None,
+        };
+        match calls::place(state, &auth, request, Placement::default()).await {
+            Ok(placed) => {
+                state.store.contact_called(ws, id, contact.seq, &placed.call().id).await?;
+                live += 1;
+                if !started && state.store.move_campaign(ws, id, &["scheduled"], "running", now).await? {
+                    let running = state.store.campaign(ws, id).await?.unwrap_or_else(|| campaign.clone());
+                    let body = view(state, &running, None).await.unwrap_or(Value::Null);
+                    emit_campaign(&state.store, ws, campaign.webhook_url.as_deref(), "campaign.started", body).await;
+                }
+                started = true;
+            }
+            Err(refused) if refused.status == StatusCode::TOO_MANY_REQUESTS => {
+                // A limit (the workspace's calls, the server's capacity): the contact waits.
+                let wait = refused.retry_after_s.unwrap_or(5).max(1) as i64 * 1000;
+                state.store.contact_again(ws, id, contact.seq, now + wait, None, None).await?;
+                break;
+            }
+            Err(refused) => {
+                let reason = format!("the call could not be placed: {}", refused.message);
+                state.store.contact_done(ws, id, contact.seq, "failed", Some(&reason)).await?;
+            }
+        }
+    }
+    let tally = state.store.campaign_tally(ws, id).await?;
+    if tally.iter().all(|(row_state, _, _)| row_state == "done") && state.store.move_campaign(ws, id, &["scheduled", "running"], "completed", store::now_ms()).await? {
+        let finished = state.store.campaign(ws, id).await?.unwrap_or_else(|| campaign.clone());
+        let body = view(state, &finished, None).await.unwrap_or(Value::Null);
+        emit_campaign(&state.store, ws, campaign.webhook_url.as_deref(), "campaign.completed", body).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_times_take_an_offset_or_the_zone() {
+        let kolkata: chrono_tz::Tz = "Asia/Kolkata".parse().unwrap();
+        let with_offset = schedule_time("f", "2026-02-07T09:00:00+05:30", None).unwrap();
+        assert_eq!(schedule_time("f", "2026-02-07T09:00:00", Some(kolkata)).unwrap(), with_offset);
+        assert_eq!(with_offset, chrono::DateTime::parse_from_rfc3339("2026-02-07T03:30:00Z").unwrap().timestamp_millis());
+        let error = schedule_time("schedule.start_time", "2026-02-07T09:00:00", None).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("schedule.start_time"));
+        assert!(error.message.contains("timezone"), "{}", error.message);
+        // 02:30 on the day New York's clocks skip from 02:00 to 03:00 does not exist there.
+        let new_york: chrono_tz::Tz = "America/New_York".parse().unwrap();
+        assert!(schedule_time("f", "2026-03-08T02:30:00", Some(new_york)).is_err());
+        assert!(schedule_time("f", "tomorrow", Some(new_york)).is_err());
+    }
+
+    #[test]
+    fn a_schedule_must_end_after_it_starts_and_after_now() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-02-07T00:00:00Z").unwrap().timestamp_millis();
+        let schedule = |start: Option<&str>, end: Option<&str>, zone: Option<&str>| Schedule { start_time: start.map(Into::into), end_time: end.map(Into::into), timezone: zone.map(Into::into) };
+        let (start, end, zone) = check_schedule(Some(schedule(Some("2026-02-07T09:00:00"), Some("2026-02-07T18:00:00"), Some("Asia/Kolkata"))), now).unwrap();
+        assert_eq!(end.unwrap() - start.unwrap(), 9 * 3_600_000);
+        assert_eq!(zone.as_deref(), Some("Asia/Kolkata"));
+        let field = |s| check_schedule(Some(s), now).unwrap_err().field.unwrap();
+        assert_eq!(field(schedule(None, Some("2026-02-06T18:00:00Z"), None)), "schedule.end_time");
+        assert_eq!(field(schedule(Some("2026-02-08T10:00:00Z"), Some("2026-02-08T09:00:00Z"), None)), "schedule.end_time");
+        assert_eq!(field(schedule(None, None, Some("Mars/Olympus"))), "schedule.timezone");
+        assert_eq!(field(schedule(Some("2028-02-08T10:00:00Z"), None, None)), "schedule.start_time");
+        assert_eq!(check_schedule(None, now).unwrap(), (None, None, None));
+    }
+
+    #[test]
+    fn a_contact_reads_as_its_calls_status_once_the_call_ends() {
+        assert_eq!(contact_status("pending", None, None), "pending");
+        assert_eq!(contact_status("dialing", None, None), "in-progress");
+        assert_eq!(contact_status("dialing", None, Some("ringing")), "in-progress");
+        assert_eq!(contact_status("dialing", None, Some("busy")), "busy");
+        assert_eq!(contact_status("done", Some("no-answer"), None), "no-answer");
+        assert_eq!(contact_status("done", Some("skipped"), None), "skipped");
+    }
+}

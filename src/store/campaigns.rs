@@ -1,0 +1,311 @@
+//! Campaigns and their contacts.
+//!
+//! A campaign is driven by one worker at a time: [`Store::lease_campaign`] is a conditional
+//! update only one worker wins, renewed while it dials and taken over by another once it
+//! lapses. A contact is claimed the same way before its call is placed, so no contact is called
+//! twice for one attempt, whichever workers share the database.
+
+use super::{Store, StoreError};
+
+/// A campaign still calling, or waiting for its start time.
+pub const ACTIVE_CAMPAIGN_STATES: &str = "('scheduled', 'running')";
+
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct CampaignRecord {
+    pub workspace_id: String,
+    pub id: String,
+    pub name: String,
+    pub assistant_id: String,
+    pub from_number: Option<String>,
+    /// Calls of this campaign live at once, at most.
+    pub concurrency: i64,
+    /// Calls to one contact, at most (a retry after no answer, busy or a failure).
+    pub max_attempts: i64,
+    pub retry_interval_ms: i64,
+    pub webhook_url: Option<String>,
+    /// draft, scheduled, running, completed, canceled
+    pub state: String,
+    pub start_at: Option<i64>,
+    pub end_at: Option<i64>,
+    pub timezone: Option<String>,
+    pub driver_id: Option<String>,
+    pub driver_until: i64,
+    pub created_at: i64,
+    pub launched_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct ContactRow {
+    pub workspace_id: String,
+    pub campaign_id: String,
+    pub seq: i64,
+    pub phone: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    /// JSON object: the call's dynamic variables.
+    pub variables: String,
+    /// JSON object: the contact's fields as given.
+    pub custom_fields: String,
+    /// pending, dialing, done
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub claimed_at: Option<i64>,
+    pub call_id: Option<String>,
+    /// The last call's status, `skipped` (the schedule ended first) or `canceled`.
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// A contact being dialed, with its call's status (none before the call is stored).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Dialing {
+    pub seq: i64,
+    pub attempts: i64,
+    pub claimed_at: Option<i64>,
+    pub call_id: Option<String>,
+    pub call_status: Option<String>,
+    pub call_reason: Option<String>,
+}
+
+const CAMPAIGN_COLUMNS: &str = "SELECT workspace_id, id, name, assistant_id, from_number, concurrency, max_attempts, retry_interval_ms, webhook_url, state, start_at, end_at, timezone, driver_id, driver_until, created_at, launched_at, started_at, ended_at FROM campaigns";
+const CONTACT_COLUMNS: &str = "SELECT workspace_id, campaign_id, seq, phone, name, email, variables, custom_fields, state, attempts, next_attempt_at, claimed_at, call_id, outcome, reason FROM campaign_contacts";
+
+impl Store {
+    /// Stores a new draft campaign; false when the workspace already has one by that id.
+    pub async fn insert_campaign(&self, c: &CampaignRecord) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO campaigns (workspace_id, id, name, assistant_id, from_number, concurrency, max_attempts, retry_interval_ms, webhook_url, state, start_at, end_at, timezone, driver_id, driver_until, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, 0, $14) ON CONFLICT (workspace_id, id) DO NOTHING",
+        )
+        .bind(&c.workspace_id)
+        .bind(&c.id)
+        .bind(&c.name)
+        .bind(&c.assistant_id)
+        .bind(&c.from_number)
+        .bind(c.concurrency)
+        .bind(c.max_attempts)
+        .bind(c.retry_interval_ms)
+        .bind(&c.webhook_url)
+        .bind(&c.state)
+        .bind(c.start_at)
+        .bind(c.end_at)
+        .bind(&c.timezone)
+        .bind(c.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn campaign(&self, workspace_id: &str, id: &str) -> Result<Option<CampaignRecord>, StoreError> {
+        Ok(sqlx::query_as::<_, CampaignRecord>(&format!("{CAMPAIGN_COLUMNS} WHERE workspace_id = $1 AND id = $2")).bind(workspace_id).bind(id).fetch_optional(&self.pool).await?)
+    }
+
+    /// A page of the workspace's campaigns, newest first, and how many there are.
+    pub async fn campaigns(&self, workspace_id: &str, limit: i64, offset: i64) -> Result<(Vec<CampaignRecord>, i64), StoreError> {
+        let rows = sqlx::query_as::<_, CampaignRecord>(&format!("{CAMPAIGN_COLUMNS} WHERE workspace_id = $1 ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"))
+            .bind(workspace_id)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM campaigns WHERE workspace_id = $1").bind(workspace_id).fetch_one(&self.pool).await?;
+        Ok((rows, total))
+    }
+
+    /// Campaigns not yet launched or still calling: what the workspace's quota counts.
+    pub async fn count_open_campaigns(&self, workspace_id: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM campaigns WHERE workspace_id = $1 AND state IN ('draft', 'scheduled', 'running')").bind(workspace_id).fetch_one(&self.pool).await?)
+    }
+
+    /// Launches a draft: its schedule and contacts in one transaction. False when it is no
+    /// longer a draft (launched meanwhile, or canceled).
+    pub async fn launch_campaign(&self, workspace_id: &str, id: &str, start_at: Option<i64>, end_at: Option<i64>, timezone: Option<&str>, contacts: &[ContactRow], now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE campaigns SET state = 'scheduled', start_at = $1, end_at = $2, timezone = $3, launched_at = $4 WHERE workspace_id = $5 AND id = $6 AND state = 'draft'")
+            .bind(start_at)
+            .bind(end_at)
+            .bind(timezone)
+            .bind(now)
+            .bind(workspace_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for c in contacts {
+            sqlx::query(
+                "INSERT INTO campaign_contacts (workspace_id, campaign_id, seq, phone, name, email, variables, custom_fields, state, attempts, next_attempt_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9)",
+            )
+            .bind(workspace_id)
+            .bind(id)
+            .bind(c.seq)
+            .bind(&c.phone)
+            .bind(&c.name)
+            .bind(&c.email)
+            .bind(&c.variables)
+            .bind(&c.custom_fields)
+            .bind(start_at.unwrap_or(now))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Every contact's (state, outcome, its call's status): what the counts are made of.
+    pub async fn campaign_tally(&self, workspace_id: &str, id: &str) -> Result<Vec<(String, Option<String>, Option<String>)>, StoreError> {
+        Ok(sqlx::query_as("SELECT c.state, c.outcome, k.status FROM campaign_contacts c LEFT JOIN calls k ON k.id = c.call_id WHERE c.workspace_id = $1 AND c.campaign_id = $2")
+            .bind(workspace_id)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn campaign_contacts(&self, workspace_id: &str, id: &str, limit: i64, offset: i64) -> Result<Vec<ContactRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ContactRow>(&format!("{CONTACT_COLUMNS} WHERE workspace_id = $1 AND campaign_id = $2 ORDER BY seq LIMIT $3 OFFSET $4"))
+            .bind(workspace_id)
+            .bind(id)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Launched campaigns due to dial now whose lease is free or this worker's, oldest first.
+    pub async fn due_campaigns(&self, worker_id: &str, now: i64, limit: i64) -> Result<Vec<CampaignRecord>, StoreError> {
+        Ok(sqlx::query_as::<_, CampaignRecord>(&format!(
+            "{CAMPAIGN_COLUMNS} WHERE state IN {ACTIVE_CAMPAIGN_STATES} AND (start_at IS NULL OR start_at <= $1) AND (driver_until < $1 OR driver_id = $2) ORDER BY launched_at, id LIMIT $3"
+        ))
+        .bind(now)
+        .bind(worker_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Takes or renews the campaign's lease until `until`; false when another worker holds it.
+    pub async fn lease_campaign(&self, workspace_id: &str, id: &str, worker_id: &str, now: i64, until: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE campaigns SET driver_id = $1, driver_until = $2 WHERE workspace_id = $3 AND id = $4 AND state IN {ACTIVE_CAMPAIGN_STATES} AND (driver_until < $5 OR driver_id = $1)"
+        ))
+        .bind(worker_id)
+        .bind(until)
+        .bind(workspace_id)
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The contacts being dialed, with their calls' statuses.
+    pub async fn dialing_contacts(&self, workspace_id: &str, id: &str) -> Result<Vec<Dialing>, StoreError> {
+        Ok(sqlx::query_as::<_, Dialing>(
+            "SELECT c.seq, c.attempts, c.claimed_at, c.call_id, k.status AS call_status, k.status_reason AS call_reason FROM campaign_contacts c LEFT JOIN calls k ON k.id = c.call_id \
+             WHERE c.workspace_id = $1 AND c.campaign_id = $2 AND c.state = 'dialing' ORDER BY c.seq",
+        )
+        .bind(workspace_id)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Claims the next due contact for a call; none when none is due (or another worker took it).
+    pub async fn claim_contact(&self, workspace_id: &str, id: &str, now: i64) -> Result<Option<ContactRow>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM campaign_contacts WHERE workspace_id = $1 AND campaign_id = $2 AND state = 'pending' AND next_attempt_at <= $3 ORDER BY next_attempt_at, seq LIMIT 1",
+        )
+        .bind(workspace_id)
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(seq) = next else { return Ok(None) };
+        let done = sqlx::query("UPDATE campaign_contacts SET state = 'dialing', claimed_at = $1, call_id = NULL WHERE workspace_id = $2 AND campaign_id = $3 AND seq = $4 AND state = 'pending'")
+            .bind(now)
+            .bind(workspace_id)
+            .bind(id)
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        Ok(sqlx::query_as::<_, ContactRow>(&format!("{CONTACT_COLUMNS} WHERE workspace_id = $1 AND campaign_id = $2 AND seq = $3")).bind(workspace_id).bind(id).bind(seq).fetch_optional(&self.pool).await?)
+    }
+
+    /// The call placed for a claimed contact.
+    pub async fn contact_called(&self, workspace_id: &str, id: &str, seq: i64, call_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE campaign_contacts SET call_id = $1, attempts = attempts + 1 WHERE workspace_id = $2 AND campaign_id = $3 AND seq = $4")
+            .bind(call_id)
+            .bind(workspace_id)
+            .bind(id)
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A dialing contact back to pending, due at `at` (a retry, or a call that could not be
+    /// placed yet).
+    pub async fn contact_again(&self, workspace_id: &str, id: &str, seq: i64, at: i64, outcome: Option<&str>, reason: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE campaign_contacts SET state = 'pending', next_attempt_at = $1, outcome = COALESCE($2, outcome), reason = COALESCE($3, reason) WHERE workspace_id = $4 AND campaign_id = $5 AND seq = $6 AND state = 'dialing'")
+            .bind(at)
+            .bind(outcome)
+            .bind(reason)
+            .bind(workspace_id)
+            .bind(id)
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A contact done: `outcome` is its last call's status, or why it was never called.
+    pub async fn contact_done(&self, workspace_id: &str, id: &str, seq: i64, outcome: &str, reason: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE campaign_contacts SET state = 'done', outcome = $1, reason = $2 WHERE workspace_id = $3 AND campaign_id = $4 AND seq = $5")
+            .bind(outcome)
+            .bind(reason)
+            .bind(workspace_id)
+            .bind(id)
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every pending contact done with `outcome` (the schedule ended, the campaign was
+    /// canceled); how many.
+    pub async fn close_pending_contacts(&self, workspace_id: &str, id: &str, outcome: &str, reason: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query("UPDATE campaign_contacts SET state = 'done', outcome = $1, reason = $2 WHERE workspace_id = $3 AND campaign_id = $4 AND state = 'pending'")
+            .bind(outcome)
+            .bind(reason)
+            .bind(workspace_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Moves a campaign from one of `from` to `to`, stamping the time it started (`running`)
+    /// or ended (any other state); false when it was in none of them (another worker or
+    /// request moved it first).
+    pub async fn move_campaign(&self, workspace_id: &str, id: &str, from: &[&str], to: &str, now: i64) -> Result<bool, StoreError> {
+        let from = from.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
+        let stamp = if to == "running" { "started_at" } else { "ended_at" };
+        let done = sqlx::query(&format!("UPDATE campaigns SET state = $1, {stamp} = $2 WHERE workspace_id = $3 AND id = $4 AND state IN ({from})"))
+            .bind(to)
+            .bind(now)
+            .bind(workspace_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
