@@ -3,7 +3,8 @@
 //!
 //! `POST /v1/campaigns` creates a draft (the assistant, caller id, calls at once, retries);
 //! `POST /v1/campaigns/launch` gives it contacts and a schedule (or creates and launches in one
-//! request when it names the assistant). Every contact is checked before anything is stored:
+//! request when it names the assistant), as JSON or a spreadsheet's CSV (`contacts_csv`).
+//! Every contact is checked before anything is stored:
 //! a bad number, a missing variable or a bad time gets a 4xx naming `contacts[i].…` and the
 //! campaign stays as it was.
 //!
@@ -38,7 +39,7 @@ use crate::store::{self, CampaignRecord, ContactRow};
 pub const PATHS: &[(&str, &str, &str)] = &[
     ("GET", "/v1/campaigns", "The workspace's campaigns, newest first, with their contacts' counts"),
     ("POST", "/v1/campaigns", "A draft campaign: `assistant_id`, `from_number`/`from_number_id`, `concurrency`, `retry`, `webhook_url`"),
-    ("POST", "/v1/campaigns/launch", "Launch `campaign_id` with `contacts` (`phone`, `name`, `email`, `custom_fields`) and a `schedule`; with `assistant_id`, create it too"),
+    ("POST", "/v1/campaigns/launch", "Launch `campaign_id` with `contacts` (`phone`, `name`, `email`, `custom_fields`) or `contacts_csv`, and a `schedule`; with `assistant_id`, create it too"),
     ("GET", "/v1/campaigns/{id}/status", "A campaign's state, counts and a page of its contacts (`limit`, `offset`)"),
     ("GET", "/v1/campaigns/{id}", "The same as its status"),
     ("POST", "/v1/campaigns/{id}/cancel", "No more calls: pending contacts are canceled; calls in progress go on"),
@@ -103,6 +104,9 @@ pub struct ContactInput {
     /// The assistant's variables among them go to the call; all are kept in its metadata.
     #[serde(default, alias = "custom_args_values", alias = "dynamic_variables")]
     pub custom_fields: BTreeMap<String, Value>,
+    /// The CSV line it was read from, for errors.
+    #[serde(skip)]
+    pub line: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -245,59 +249,173 @@ async fn check_contacts(state: &AppState, auth: &Auth, campaign: &CampaignRecord
     }
     let record = state.store.assistant(&auth.workspace_id, &campaign.assistant_id).await?.ok_or_else(|| ApiError::not_found("assistant", &campaign.assistant_id).with_field("assistant_id"))?;
     let assistant = from_stored(&record.id, record.current_version, &record.spec)?;
-    let declared = |name: &str| assistant.spec.accept_any_variables || assistant.spec.variables.contains_key(name);
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut rows = Vec::with_capacity(contacts.len());
     for (i, contact) in contacts.into_iter().enumerate() {
-        let at = |field: &str| format!("contacts[{i}].{field}");
-        let (phone, info) = valid_number(&at("phone"), &contact.phone, None)?;
-        let info = with_telephony(info, state.can_dial_out());
-        if !info.callable {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "number_not_callable", format!("{phone}: {}", info.reason.unwrap_or_default())).with_field(at("phone")));
-        }
-        if let Some(first) = seen.insert(phone.clone(), i) {
-            return Err(ApiError::invalid(at("phone"), format!("{phone} is contacts[{first}]'s number too: list each number once")));
-        }
-        if let Some(name) = &contact.name {
-            printable(&at("name"), name, 200)?;
-        }
-        if let Some(email) = &contact.email {
-            printable(&at("email"), email, 254)?;
-            if !email.contains('@') {
-                return Err(ApiError::invalid(at("email"), format!("`{email}` is not an email address")));
-            }
-        }
-        if contact.custom_fields.len() > MAX_CUSTOM_FIELDS {
-            return Err(ApiError::invalid(at("custom_fields"), format!("has {} fields; the most is {MAX_CUSTOM_FIELDS}", contact.custom_fields.len())));
-        }
-        // The assistant's variables among the contact's fields go to the call.
-        let mut variables: BTreeMap<String, Value> = contact.custom_fields.iter().filter(|(name, _)| declared(name)).map(|(k, v)| (k.clone(), v.clone())).collect();
-        for (name, value) in [("name", &contact.name), ("email", &contact.email)] {
-            if let Some(value) = value {
-                if declared(name) {
-                    variables.entry(name.into()).or_insert_with(|| Value::String(value.clone()));
-                }
-            }
-        }
-        calls::call_variables(&assistant, &variables).map_err(|mut e| {
-            e.field = e.field.map(|f| f.replacen("dynamic_variables", &at("custom_fields"), 1));
-            e
+        let line = contact.line;
+        let row = check_contact(state, &assistant, i, contact, &mut seen).map_err(|e| match line {
+            Some(line) => csv_error(e, line),
+            None => e,
         })?;
-        let custom_fields = Value::Object(contact.custom_fields.into_iter().collect::<Map<_, _>>()).to_string();
-        if custom_fields.len() > 8 * 1024 {
-            return Err(ApiError::invalid(at("custom_fields"), "is more than 8 KB of JSON"));
-        }
-        rows.push(ContactRow {
-            seq: i as i64,
-            phone,
-            name: contact.name,
-            email: contact.email,
-            variables: Value::Object(variables.into_iter().collect()).to_string(),
-            custom_fields,
-            ..ContactRow::default()
-        });
+        rows.push(row);
     }
     Ok(rows)
+}
+
+/// One contact (the `i`th) as a row to store; `seen` holds the numbers before it.
+fn check_contact(state: &AppState, assistant: &crate::assistant::Assistant, i: usize, contact: ContactInput, seen: &mut BTreeMap<String, usize>) -> Result<ContactRow, ApiError> {
+    let declared = |name: &str| assistant.spec.accept_any_variables || assistant.spec.variables.contains_key(name);
+    let at = |field: &str| format!("contacts[{i}].{field}");
+    let (phone, info) = valid_number(&at("phone"), &contact.phone, None)?;
+    let info = with_telephony(info, state.can_dial_out());
+    if !info.callable {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "number_not_callable", format!("{phone}: {}", info.reason.unwrap_or_default())).with_field(at("phone")));
+    }
+    if let Some(first) = seen.insert(phone.clone(), i) {
+        return Err(ApiError::invalid(at("phone"), format!("{phone} is contacts[{first}]'s number too: list each number once")));
+    }
+    if let Some(name) = &contact.name {
+        printable(&at("name"), name, 200)?;
+    }
+    if let Some(email) = &contact.email {
+        printable(&at("email"), email, 254)?;
+        if !email.contains('@') {
+            return Err(ApiError::invalid(at("email"), format!("`{email}` is not an email address")));
+        }
+    }
+    if contact.custom_fields.len() > MAX_CUSTOM_FIELDS {
+        return Err(ApiError::invalid(at("custom_fields"), format!("has {} fields; the most is {MAX_CUSTOM_FIELDS}", contact.custom_fields.len())));
+    }
+    // The assistant's variables among the contact's fields go to the call.
+    let mut variables: BTreeMap<String, Value> = contact.custom_fields.iter().filter(|(name, _)| declared(name)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    for (name, value) in [("name", &contact.name), ("email", &contact.email)] {
+        if let Some(value) = value {
+            if declared(name) {
+                variables.entry(name.into()).or_insert_with(|| Value::String(value.clone()));
+            }
+        }
+    }
+    calls::call_variables(assistant, &variables).map_err(|mut e| {
+        e.field = e.field.map(|f| f.replacen("dynamic_variables", &at("custom_fields"), 1));
+        e
+    })?;
+    let custom_fields = Value::Object(contact.custom_fields.into_iter().collect::<Map<_, _>>()).to_string();
+    if custom_fields.len() > 8 * 1024 {
+        return Err(ApiError::invalid(at("custom_fields"), "is more than 8 KB of JSON"));
+    }
+    Ok(ContactRow {
+        seq: i as i64,
+        phone,
+        name: contact.name,
+        email: contact.email,
+        variables: Value::Object(variables.into_iter().collect()).to_string(),
+        custom_fields,
+        ..ContactRow::default()
+    })
+}
+
+/// The most bytes of CSV one launch takes (the body's own limit is larger).
+const MAX_CSV_BYTES: usize = 200 * 1024;
+
+/// Contacts from CSV text (RFC 4180: quoted fields, `""` for a quote, CRLF or LF): a header
+/// row naming `phone` (or `phone_number`, `mobile_number`), optionally `name` and `email`;
+/// every other column is a custom field. Empty cells are left out.
+fn contacts_from_csv(text: &str) -> Result<Vec<ContactInput>, ApiError> {
+    if text.len() > MAX_CSV_BYTES {
+        return Err(ApiError::invalid("contacts_csv", format!("is {} KB; at most {} KB: split the list into several campaigns", text.len() / 1024, MAX_CSV_BYTES / 1024)));
+    }
+    let rows = csv_rows(text.trim_start_matches('\u{feff}'))?;
+    let mut rows = rows.into_iter().filter(|(_, cells)| cells.iter().any(|c| !c.trim().is_empty()));
+    let Some((_, header)) = rows.next() else {
+        return Err(ApiError::invalid("contacts_csv", "is empty: give a header row (phone, name, email, …) and a row per contact"));
+    };
+    let header: Vec<String> = header.iter().map(|h| h.trim().to_lowercase()).collect();
+    let phone = header.iter().position(|h| ["phone", "phone_number", "mobile_number", "to_number"].contains(&h.as_str())).ok_or_else(|| {
+        ApiError::invalid("contacts_csv", format!("its header row ({}) names no `phone` column", header.join(", ")))
+    })?;
+    let column = |name: &str| header.iter().position(|h| h == name);
+    let (name, email) = (column("name"), column("email"));
+    if let Some(empty) = header.iter().position(|h| h.is_empty()) {
+        return Err(ApiError::invalid("contacts_csv", format!("column {} of the header row has no name", empty + 1)));
+    }
+    let mut contacts = Vec::new();
+    for (line, cells) in rows {
+        if cells.len() != header.len() {
+            return Err(ApiError::invalid("contacts_csv", format!("line {line} has {} cells; the header row has {}", cells.len(), header.len())));
+        }
+        let cell = |at: Option<usize>| at.map(|i| cells[i].trim().to_string()).filter(|c| !c.is_empty());
+        let custom_fields = header
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != phone && Some(*i) != name && Some(*i) != email)
+            .filter_map(|(i, h)| cell(Some(i)).map(|value| (h.clone(), Value::String(value))))
+            .collect();
+        contacts.push(ContactInput { phone: cells[phone].trim().to_string(), name: cell(name), email: cell(email), custom_fields, line: Some(line) });
+    }
+    if contacts.is_empty() || contacts.len() > MAX_CONTACTS {
+        return Err(ApiError::invalid("contacts_csv", format!("has {} contacts; give 1 to {MAX_CONTACTS} rows after the header row", contacts.len())));
+    }
+    Ok(contacts)
+}
+
+/// CSV records with the line each starts on (1-based).
+fn csv_rows(text: &str) -> Result<Vec<(usize, Vec<String>)>, ApiError> {
+    let mut rows = Vec::new();
+    let (mut cells, mut cell) = (Vec::new(), String::new());
+    let (mut line, mut start, mut quoted, mut was_quoted) = (1, 1, false, false);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                cell.push('"');
+            }
+            '"' if quoted => quoted = false,
+            '"' if cell.trim().is_empty() && !was_quoted => {
+                cell.clear();
+                quoted = true;
+                was_quoted = true;
+            }
+            '"' => return Err(ApiError::invalid("contacts_csv", format!("line {line}: a quote inside an unquoted cell: quote the whole cell and double the quote"))),
+            ',' if !quoted => {
+                cells.push(std::mem::take(&mut cell));
+                was_quoted = false;
+            }
+            '\r' if !quoted && chars.peek() == Some(&'\n') => {}
+            '\n' if !quoted => {
+                cells.push(std::mem::take(&mut cell));
+                rows.push((start, std::mem::take(&mut cells)));
+                was_quoted = false;
+                line += 1;
+                start = line;
+            }
+            '\n' => {
+                cell.push(c);
+                line += 1;
+            }
+            _ if was_quoted && !quoted && !c.is_whitespace() => {
+                return Err(ApiError::invalid("contacts_csv", format!("line {line}: text after a quoted cell's closing quote")));
+            }
+            _ if was_quoted && !quoted => {}
+            _ => cell.push(c),
+        }
+    }
+    if quoted {
+        return Err(ApiError::invalid("contacts_csv", format!("line {start}: a quoted cell is never closed")));
+    }
+    if !cell.is_empty() || !cells.is_empty() {
+        cells.push(cell);
+        rows.push((start, cells));
+    }
+    Ok(rows)
+}
+
+/// An error about `contacts[i].x` of a contact read from CSV, said of its line and column.
+fn csv_error(mut error: ApiError, line: usize) -> ApiError {
+    let column = error.field.as_deref().and_then(|f| f.split_once("].")).map(|(_, rest)| rest.replacen("custom_fields.", "", 1)).unwrap_or_default();
+    error.message = format!("line {line}, column `{column}`: {}", error.message);
+    error.field = Some("contacts_csv".into());
+    error
 }
 
 async fn check_quota(state: &AppState, auth: &Auth) -> Result<(), ApiError> {
@@ -332,7 +450,14 @@ pub async fn create(State(state): State<AppState>, auth: Auth, ApiJson(request):
 /// body's other fields make (those of `POST /v1/campaigns`).
 pub async fn launch(State(state): State<AppState>, auth: Auth, ApiJson(mut body): ApiJson<Map<String, Value>>) -> Result<impl IntoResponse, ApiError> {
     let now = store::now_ms();
-    let contacts: Vec<ContactInput> = from_value_at("contacts", body.remove("contacts").unwrap_or_else(|| json!([])))?;
+    let csv = body.remove("contacts_csv");
+    let listed = body.remove("contacts");
+    let contacts: Vec<ContactInput> = match (listed, csv) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid("contacts_csv", "give contacts or contacts_csv, not both")),
+        (None, Some(Value::String(text))) => contacts_from_csv(&text)?,
+        (None, Some(_)) => return Err(ApiError::invalid("contacts_csv", "must be CSV text: a header row (phone, name, email, then any fields), a row per contact")),
+        (listed, None) => from_value_at("contacts", listed.unwrap_or_else(|| json!([])))?,
+    };
     let schedule: Option<Schedule> = from_value_at("schedule", body.remove("schedule").unwrap_or(Value::Null))?;
     let settings: CreateCampaign = from_value_at("", Value::Object(body))?;
     let existing = match &settings.campaign_id {
@@ -647,6 +772,29 @@ mod tests {
         assert_eq!(field(schedule(None, None, Some("Mars/Olympus"))), "schedule.timezone");
         assert_eq!(field(schedule(Some("2028-02-08T10:00:00Z"), None, None)), "schedule.start_time");
         assert_eq!(check_schedule(None, now).unwrap(), (None, None, None));
+    }
+
+    #[test]
+    fn contacts_read_from_csv_with_quotes_and_their_lines() {
+        let text = "\u{feff}Phone,Name,email,policy_number,note\r\n+15005550006,\"Dana, Jr.\",dana@example.com,P-1,\"said \"\"call later\"\"\"\r\n\r\n+15005550007,Eve,,P-2,\"two\nlines\"\n+15005550008,Bo,,,\n";
+        let contacts = contacts_from_csv(text).unwrap();
+        assert_eq!(contacts.len(), 3);
+        assert_eq!((contacts[0].phone.as_str(), contacts[0].name.as_deref(), contacts[0].email.as_deref()), ("+15005550006", Some("Dana, Jr."), Some("dana@example.com")));
+        assert_eq!(contacts[0].custom_fields["note"], "said \"call later\"");
+        assert_eq!((contacts[1].email.as_deref(), contacts[1].custom_fields["note"].as_str()), (None, Some("two\nlines")));
+        assert_eq!(contacts.iter().map(|c| c.line).collect::<Vec<_>>(), vec![Some(2), Some(4), Some(6)], "lines as a spreadsheet numbers them");
+        assert!(contacts[2].custom_fields.is_empty(), "empty cells are left out");
+
+        let error = |text: &str| contacts_from_csv(text).err().map(|e| (e.field.unwrap_or_default(), e.message)).unwrap();
+        assert!(error("name,email\nDana,d@x.io\n").1.contains("no `phone` column"));
+        assert!(error("phone,name\n+15005550006\n").1.contains("line 2 has 1 cells"));
+        assert!(error("phone,name\n+15005550006,\"Dana\n").1.contains("never closed"));
+        assert!(error("phone,name\n+15005550006,Da\"na\n").1.contains("line 2"));
+        assert!(error("phone,name\n").1.contains("has 0 contacts"));
+        assert_eq!(error("").0, "contacts_csv");
+        // A contact's own error, said of its line and column.
+        let named = csv_error(ApiError::invalid("contacts[1].custom_fields.customer_name", "is required"), 3);
+        assert_eq!((named.field.as_deref(), named.message.as_str()), (Some("contacts_csv"), "line 3, column `customer_name`: is required"));
     }
 
     #[test]

@@ -160,14 +160,19 @@ fn a_scheduled_campaign_waits_and_a_canceled_one_calls_no_one() {
     let (_, created) = post(&serve, &key, "/v1/assistants", assistant_spec(&llm));
     let assistant = created["id"].as_str().unwrap().to_string();
 
-    // Tomorrow, 09:00 to 18:00 in Kolkata: nothing is dialed now.
+    // Contacts from a spreadsheet's CSV: an error names its line and column.
+    let (status, error) = post(&serve, &key, "/v1/campaigns/launch", json!({ "assistant_id": assistant, "contacts_csv": "phone,name,customer_name\n+15005550001,Eve,Eve\n+15005550002,Bo,\n" }));
+    assert_eq!((status, error["error"]["field"].as_str()), (422, Some("contacts_csv")), "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("line 3, column `customer_name`"), "{error}");
+
+    // Tomorrow, 09:00 to 18:00 in Kolkata, from CSV: nothing is dialed now.
     let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%d").to_string();
     let (status, launched) = post(
         &serve,
         &key,
         "/v1/campaigns/launch",
         json!({
-            "assistant_id": assistant, "contacts": [contact("+15005550001", "Eve"), contact("+15005550002", "Bo")],
+            "assistant_id": assistant, "contacts_csv": "phone,name,customer_name,policy_number\n+15005550001,Eve,Eve,P-1\n+15005550002,\"Bo, Jr.\",Bo,P-2\n",
             "schedule": { "start_time": format!("{tomorrow}T09:00:00"), "end_time": format!("{tomorrow}T18:00:00"), "timezone": "Asia/Kolkata" }
         }),
     );
@@ -179,6 +184,7 @@ fn a_scheduled_campaign_waits_and_a_canceled_one_calls_no_one() {
     let waiting = wait_campaign(&serve, &key, &id, Duration::from_secs(5), |_| true);
     assert_eq!((waiting["status"].as_str(), waiting["counts"]["pending"].as_i64()), (Some("scheduled"), Some(2)), "{waiting}");
     assert!(calls_of(&serve, &key).is_empty(), "nothing dialed before the start");
+    assert_eq!((waiting["contacts"][1]["name"].as_str(), waiting["contacts"][1]["custom_fields"]["policy_number"].as_str()), (Some("Bo, Jr."), Some("P-2")), "{waiting}");
 
     // Canceled: its contacts are never called.
     let (status, canceled) = post(&serve, &key, &format!("/v1/campaigns/{id}/cancel"), json!({}));
