@@ -42,6 +42,8 @@ pub const PATHS: &[(&str, &str, &str)] = &[
     ("POST", "/v1/campaigns/launch", "Launch `campaign_id` with `contacts` (`phone`, `name`, `email`, `custom_fields`) or `contacts_csv`, and a `schedule`; with `assistant_id`, create it too"),
     ("GET", "/v1/campaigns/{id}/status", "A campaign's state, counts and a page of its contacts (`limit`, `offset`)"),
     ("GET", "/v1/campaigns/{id}", "The same as its status"),
+    ("POST", "/v1/campaigns/{id}/pause", "No new calls until resumed; calls in progress go on"),
+    ("POST", "/v1/campaigns/{id}/resume", "Calls again where it paused"),
     ("POST", "/v1/campaigns/{id}/cancel", "No more calls: pending contacts are canceled; calls in progress go on"),
 ];
 
@@ -525,7 +527,7 @@ pub async fn status(State(state): State<AppState>, auth: Auth, Path(id): Path<St
 pub async fn cancel(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let campaign = state.store.campaign(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("campaign", &id))?;
     let now = store::now_ms();
-    if !state.store.move_campaign(&auth.workspace_id, &id, &["draft", "scheduled", "running"], "canceled", now).await? {
+    if !state.store.move_campaign(&auth.workspace_id, &id, &["draft", "scheduled", "running", "paused"], "canceled", now).await? {
         return Err(ApiError::conflict("campaign_ended", format!("campaign `{id}` is {} already", campaign.state)));
     }
     state.store.close_pending_contacts(&auth.workspace_id, &id, "canceled", "the campaign was canceled before this contact was called").await?;
@@ -535,6 +537,28 @@ pub async fn cancel(State(state): State<AppState>, auth: Auth, Path(id): Path<St
         emit_campaign(&state.store, &canceled.workspace_id, canceled.webhook_url.as_deref(), "campaign.completed", body.clone()).await;
     }
     Ok(Json(body))
+}
+
+/// Stops placing calls (those in progress go on) until resumed.
+pub async fn pause(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let campaign = state.store.campaign(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("campaign", &id))?;
+    if !state.store.move_campaign(&auth.workspace_id, &id, &["scheduled", "running"], "paused", store::now_ms()).await? {
+        return Err(ApiError::conflict("campaign_not_calling", format!("campaign `{id}` is {}: only a scheduled or running campaign pauses", campaign.state)));
+    }
+    let paused = state.store.campaign(&auth.workspace_id, &id).await?.unwrap_or(campaign);
+    Ok(Json(view(&state, &paused, None).await?))
+}
+
+/// Places calls again: running if it had started, else scheduled.
+pub async fn resume(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let campaign = state.store.campaign(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("campaign", &id))?;
+    let to = if campaign.started_at.is_some() { "running" } else { "scheduled" };
+    if !state.store.move_campaign(&auth.workspace_id, &id, &["paused"], to, store::now_ms()).await? {
+        return Err(ApiError::conflict("campaign_not_paused", format!("campaign `{id}` is {}, not paused", campaign.state)));
+    }
+    wake().notify_one();
+    let resumed = state.store.campaign(&auth.workspace_id, &id).await?.unwrap_or(campaign);
+    Ok(Json(view(&state, &resumed, None).await?))
 }
 
 /// What a contact's row says now: `pending`, `in-progress` while its call is live, else its

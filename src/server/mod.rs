@@ -126,6 +126,8 @@ pub fn router(state: AppState) -> Router {
         .route("/campaigns/launch", post(campaigns::launch))
         .route("/campaigns/{id}", get(campaigns::status))
         .route("/campaigns/{id}/status", get(campaigns::status))
+        .route("/campaigns/{id}/pause", post(campaigns::pause))
+        .route("/campaigns/{id}/resume", post(campaigns::resume))
         .route("/campaigns/{id}/cancel", post(campaigns::cancel))
         .route("/secrets", get(secrets::list).post(secrets::create))
         .route("/secrets/{name}", put(secrets::replace).delete(secrets::remove))

@@ -23,7 +23,7 @@ pub struct CampaignRecord {
     pub max_attempts: i64,
     pub retry_interval_ms: i64,
     pub webhook_url: Option<String>,
-    /// draft, scheduled, running, completed, canceled
+    /// draft, scheduled, running, paused, completed, canceled
     pub state: String,
     pub start_at: Option<i64>,
     pub end_at: Option<i64>,
@@ -117,7 +117,7 @@ impl Store {
 
     /// Campaigns not yet launched or still calling: what the workspace's quota counts.
     pub async fn count_open_campaigns(&self, workspace_id: &str) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM campaigns WHERE workspace_id = $1 AND state IN ('draft', 'scheduled', 'running')").bind(workspace_id).fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM campaigns WHERE workspace_id = $1 AND state IN ('draft', 'scheduled', 'running', 'paused')").bind(workspace_id).fetch_one(&self.pool).await?)
     }
 
     /// Launches a draft: its schedule and contacts in one transaction. False when it is no
@@ -216,7 +216,8 @@ impl Store {
         .await?)
     }
 
-    /// Claims the next due contact for a call; none when none is due (or another worker took it).
+    /// Claims the next due contact for a call; none when none is due, another worker took it,
+    /// or the campaign no longer calls (paused, canceled).
     pub async fn claim_contact(&self, workspace_id: &str, id: &str, now: i64) -> Result<Option<ContactRow>, StoreError> {
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT seq FROM campaign_contacts WHERE workspace_id = $1 AND campaign_id = $2 AND state = 'pending' AND next_attempt_at <= $3 ORDER BY next_attempt_at, seq LIMIT 1",
@@ -227,7 +228,11 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some(seq) = next else { return Ok(None) };
-        let done = sqlx::query("UPDATE campaign_contacts SET state = 'dialing', claimed_at = $1, call_id = NULL WHERE workspace_id = $2 AND campaign_id = $3 AND seq = $4 AND state = 'pending'")
+        // Only while the campaign calls: a pause or a cancel stops claims at once.
+        let done = sqlx::query(&format!(
+            "UPDATE campaign_contacts SET state = 'dialing', claimed_at = $1, call_id = NULL WHERE workspace_id = $2 AND campaign_id = $3 AND seq = $4 AND state = 'pending' \
+             AND EXISTS (SELECT 1 FROM campaigns WHERE workspace_id = $2 AND id = $3 AND state IN {ACTIVE_CAMPAIGN_STATES})"
+        ))
             .bind(now)
             .bind(workspace_id)
             .bind(id)
@@ -293,19 +298,19 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Moves a campaign from one of `from` to `to`, stamping the time it started (`running`)
-    /// or ended (any other state); false when it was in none of them (another worker or
-    /// request moved it first).
+    /// Moves a campaign from one of `from` to `to`; false when it was in none of them (another
+    /// worker or request moved it first). Running stamps when it started (the first time),
+    /// completed and canceled when it ended.
     pub async fn move_campaign(&self, workspace_id: &str, id: &str, from: &[&str], to: &str, now: i64) -> Result<bool, StoreError> {
         let from = from.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
-        let stamp = if to == "running" { "started_at" } else { "ended_at" };
-        let done = sqlx::query(&format!("UPDATE campaigns SET state = $1, {stamp} = $2 WHERE workspace_id = $3 AND id = $4 AND state IN ({from})"))
-            .bind(to)
-            .bind(now)
-            .bind(workspace_id)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        let stamp = match to {
+            "running" => ", started_at = COALESCE(started_at, $4)",
+            "completed" | "canceled" => ", ended_at = $4",
+            _ => "",
+        };
+        let sql = format!("UPDATE campaigns SET state = $1{stamp} WHERE workspace_id = $2 AND id = $3 AND state IN ({from})");
+        let query = sqlx::query(&sql).bind(to).bind(workspace_id).bind(id);
+        let query = if stamp.is_empty() { query } else { query.bind(now) };
+        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
     }
 }

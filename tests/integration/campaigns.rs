@@ -208,6 +208,31 @@ fn a_scheduled_campaign_waits_and_a_canceled_one_calls_no_one() {
     let calls = calls_of(&serve, &key);
     assert!(!calls.is_empty() && calls.len() <= 2, "{calls:?}");
 
+    // Paused: no new call until resumed; then it goes on to the end.
+    let before = calls_of(&serve, &key).len();
+    let (status, launched) = post(
+        &serve,
+        &key,
+        "/v1/campaigns/launch",
+        json!({ "assistant_id": assistant, "contacts": [contact("+15005550001", "Eve"), contact("+15005550002", "Bo"), contact("+15005550003", "Cy")] }),
+    );
+    assert_eq!(status, 201, "{launched}");
+    let id = launched["campaign_id"].as_str().unwrap().to_string();
+    let (status, paused) = post(&serve, &key, &format!("/v1/campaigns/{id}/pause"), json!({}));
+    assert_eq!((status, paused["status"].as_str()), (200, Some("paused")), "{paused}");
+    std::thread::sleep(Duration::from_secs(2));
+    let during = calls_of(&serve, &key).len();
+    assert!(during - before <= 1, "at most the call placed before the pause");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(calls_of(&serve, &key).len(), during, "no call while paused");
+    let (status, resumed) = post(&serve, &key, &format!("/v1/campaigns/{id}/resume"), json!({}));
+    assert_eq!(status, 200, "{resumed}");
+    let done = wait_campaign(&serve, &key, &id, Duration::from_secs(30), |c| c["status"] == "completed");
+    assert_eq!(done["progress"]["done"], 3, "{done}");
+    assert_eq!(calls_of(&serve, &key).len(), before + 3);
+    let (status, refused) = post(&serve, &key, &format!("/v1/campaigns/{id}/pause"), json!({}));
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("campaign_not_calling")), "{refused}");
+
     // The workspace's open campaigns are bounded.
     for _ in 0..5 {
         let (status, body) = post(&serve, &key, "/v1/campaigns", json!({ "assistant_id": assistant }));
