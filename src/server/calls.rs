@@ -92,6 +92,9 @@ pub struct CallStatus {
     /// Whether the call reached its assistant's goal (null when unknown), and why.
     pub success: Option<bool>,
     pub success_reason: Option<String>,
+    /// The campaign it was placed for, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign_id: Option<String>,
 }
 
 impl From<&CallRecord> for CallStatus {
@@ -115,6 +118,7 @@ impl From<&CallRecord> for CallStatus {
             summary: call.summary.clone(),
             success: call.success.map(|s| s != 0),
             success_reason: call.success_reason.clone(),
+            campaign_id: call.campaign_id.clone(),
         }
     }
 }
@@ -200,6 +204,8 @@ pub struct Placement {
     pub transfer_on_answer: Option<String>,
     /// A hang-up after this long (Ringez's `call_settings.max_duration`).
     pub max_duration_s: Option<u32>,
+    /// The campaign it is placed for.
+    pub campaign_id: Option<String>,
 }
 
 /// An outbound call placed, or the first one again for a retried request.
@@ -300,6 +306,7 @@ pub async fn place(state: &AppState, auth: &Auth, request: OutboundRequest, plac
         session_id: placement.session_id.clone(),
         agent_id: placement.agent_id.clone(),
         dialect: placement.dialect.clone(),
+        campaign_id: placement.campaign_id.clone(),
         ..CallRecord::default()
     };
     match state.store.insert_call(&call, IDEMPOTENCY_WINDOW_MS, &digest).await? {
@@ -512,6 +519,8 @@ pub struct HistoryQuery {
     pub disposition: Option<String>,
     /// Calls in which a caller line had this intent.
     pub intent: Option<String>,
+    /// Calls placed for this campaign.
+    pub campaign_id: Option<String>,
     pub limit: Option<i64>,
     pub offset: Option<i64>,
 }
@@ -556,6 +565,7 @@ pub async fn history(State(state): State<AppState>, auth: Auth, ApiQuery(query):
         status: query.status.as_deref().and_then(Status::parse_lenient).map(|s| s.as_str().to_string()),
         disposition: query.disposition,
         intent: query.intent,
+        campaign_id: query.campaign_id,
         limit,
         offset,
         ..HistoryFilter::default()

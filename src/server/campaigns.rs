@@ -732,7 +732,8 @@ async fn step(state: &AppState, campaign: &CampaignRecord, now: i64) -> Result<(
             idempotency_key: None,
             record: None,
         };
-        match calls::place(state, &auth, request, Placement::default()).await {
+        let placement = Placement { campaign_id: Some(id.to_string()), ..Placement::default() };
+        match calls::place(state, &auth, request, placement).await {
             Ok(placed) => {
                 state.store.contact_called(ws, id, contact.seq, &placed.call().id).await?;
                 live += 1;

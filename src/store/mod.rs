@@ -478,8 +478,8 @@ impl Store {
             }
         }
         sqlx::query(
-            "INSERT INTO calls (id, workspace_id, assistant_id, assistant_version, direction, to_number, from_number, status, dynamic_variables, metadata, webhook_url, idempotency_key, worker_id, day, created_at, session_id, agent_id, dialect) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+            "INSERT INTO calls (id, workspace_id, assistant_id, assistant_version, direction, to_number, from_number, status, dynamic_variables, metadata, webhook_url, idempotency_key, worker_id, day, created_at, session_id, agent_id, dialect, campaign_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(&call.id)
         .bind(&call.workspace_id)
@@ -499,6 +499,7 @@ impl Store {
         .bind(&call.session_id)
         .bind(&call.agent_id)
         .bind(&call.dialect)
+        .bind(&call.campaign_id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -688,6 +689,7 @@ impl Store {
         text_clause("status", &filter.status, &mut clauses);
         text_clause("disposition", &filter.disposition, &mut clauses);
         text_clause("session_id", &filter.session_id, &mut clauses);
+        text_clause("campaign_id", &filter.campaign_id, &mut clauses);
         text_clause("to_number", &filter.to_number, &mut clauses);
         if let Some(intent) = &filter.intent {
             clauses.push(format!("EXISTS (SELECT 1 FROM transcript_lines t WHERE t.call_id = calls.id AND t.intent = ${next})"));
@@ -843,7 +845,7 @@ pub struct NumberRecord {
 }
 
 const CALL_COLUMNS: &str = "SELECT id, workspace_id, assistant_id, assistant_version, direction, to_number, from_number, status, status_reason, disposition, summary, ended_by, \
-     dynamic_variables, metadata, webhook_url, idempotency_key, worker_id, day, created_at, started_at, ended_at, duration_ms, extracted, disposition_notes, session_id, agent_id, dialect, success, success_reason FROM calls";
+     dynamic_variables, metadata, webhook_url, idempotency_key, worker_id, day, created_at, started_at, ended_at, duration_ms, extracted, disposition_notes, session_id, agent_id, dialect, success, success_reason, campaign_id FROM calls";
 
 #[derive(Debug, Clone, Default, sqlx::FromRow)]
 pub struct CallRecord {
@@ -880,6 +882,8 @@ pub struct CallRecord {
     /// 1 when the call reached its assistant's goal, 0 when not; null when unknown.
     pub success: Option<i64>,
     pub success_reason: Option<String>,
+    /// The campaign it was placed for.
+    pub campaign_id: Option<String>,
 }
 
 #[cfg(test)]
@@ -966,6 +970,8 @@ pub struct HistoryFilter {
     pub intent: Option<String>,
     /// Calls placed in this Ringez session.
     pub session_id: Option<String>,
+    /// Calls placed for this campaign.
+    pub campaign_id: Option<String>,
     pub to_number: Option<String>,
     pub limit: i64,
     pub offset: i64,

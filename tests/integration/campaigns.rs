@@ -129,6 +129,11 @@ fn a_campaign_calls_its_contacts_retries_and_reports() {
     assert!(transcript.to_string().to_lowercase().contains("hello dana"), "the first message used the contact's variable: {transcript}");
     let calls = calls_of(&serve, &key);
     assert_eq!(calls.len(), 7, "one call to the answering contact, two to each other");
+    let (_, history) = get(&serve, &key, "/v1/calls/history?campaign_id=spring&status=no-answer");
+    assert_eq!(history["total"], 2, "the history filters by campaign: {history}");
+    assert!(history["calls"].as_array().unwrap().iter().all(|c| c["campaign_id"] == "spring"), "{history}");
+    let (_, none) = get(&serve, &key, "/v1/calls/history?campaign_id=autumn");
+    assert_eq!(none["total"], 0, "{none}");
     assert!(most_at_once(&calls, &serve, &key) <= 2, "never more than the campaign's concurrency at once");
 
     // The campaign's webhook_url got its events, signed, started first and completed last.

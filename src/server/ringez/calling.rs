@@ -128,6 +128,7 @@ pub async fn initiate(State(state): State<AppState>, caller: RingezCaller, ApiJs
         dialect: Some("ringez".into()),
         transfer_on_answer: (mode == "bridge").then(|| user_phone.clone()).flatten(),
         max_duration_s: request.call_settings.max_duration,
+        campaign_id: None,
     };
     match calls::place(&state, &caller.auth, outbound, placement).await? {
         // Ringez's answer to a repeated key within five minutes.

@@ -47,3 +47,7 @@ CREATE TABLE campaign_contacts (
     PRIMARY KEY (workspace_id, campaign_id, seq)
 );
 CREATE INDEX campaign_contacts_due ON campaign_contacts (workspace_id, campaign_id, state, next_attempt_at);
+
+-- The campaign a call was placed for: its history filter.
+ALTER TABLE calls ADD COLUMN campaign_id TEXT;
+CREATE INDEX calls_by_campaign ON calls (workspace_id, campaign_id);
