@@ -33,7 +33,7 @@ use super::error::{from_value_at, ApiError, ApiJson, ApiQuery};
 use super::numbers::{valid_number, with_telephony};
 use super::webhooks::emit_campaign;
 use super::AppState;
-use crate::store::{self, CampaignRecord, ContactRow};
+use crate::store::{self, CampaignRecord, CampaignSchedule, ContactRow};
 
 /// The paths this module adds, for the OpenAPI document (tag `campaigns`).
 pub const PATHS: &[(&str, &str, &str)] = &[
@@ -118,8 +118,38 @@ pub struct Schedule {
     pub start_time: Option<String>,
     /// Contacts not yet called by then are skipped.
     pub end_time: Option<String>,
-    /// An IANA zone (`Asia/Kolkata`) for times without an offset.
+    /// An IANA zone (`Asia/Kolkata`) for times without an offset, and for calling hours.
     pub timezone: Option<String>,
+    /// Hours each day in `timezone` within which calls are placed (`{"start": "09:00", "end":
+    /// "18:00"}`); outside them contacts wait.
+    pub calling_hours: Option<CallingHours>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallingHours {
+    pub start: String,
+    pub end: String,
+}
+
+/// `HH:MM` as minutes after midnight.
+fn minutes_of(field: &str, raw: &str) -> Result<i64, ApiError> {
+    chrono::NaiveTime::parse_from_str(raw.trim(), "%H:%M")
+        .map(|t| i64::from(chrono::Timelike::hour(&t)) * 60 + i64::from(chrono::Timelike::minute(&t)))
+        .map_err(|_| ApiError::invalid(field, format!("`{raw}` is not a time of day: use HH:MM, e.g. 09:00")))
+}
+
+/// Whether `now` falls within the campaign's calling hours (always, when it has none).
+fn within_hours(campaign: &CampaignRecord, now: i64) -> bool {
+    let (Some(start), Some(end)) = (campaign.hours_start, campaign.hours_end) else { return true };
+    let zone: chrono_tz::Tz = campaign.timezone.as_deref().and_then(|z| z.parse().ok()).unwrap_or(chrono_tz::UTC);
+    let Some(local) = chrono::DateTime::from_timestamp_millis(now).map(|t| t.with_timezone(&zone)) else { return false };
+    let minute = i64::from(chrono::Timelike::hour(&local)) * 60 + i64::from(chrono::Timelike::minute(&local));
+    (start..end).contains(&minute)
+}
+
+fn hh_mm(minutes: i64) -> String {
+    format!("{:02}:{:02}", minutes / 60, minutes % 60)
 }
 
 // ── checks ────────────────────────────────────────────────────────────────────────────────
@@ -216,8 +246,8 @@ fn schedule_time(field: &str, raw: &str, zone: Option<chrono_tz::Tz>) -> Result<
         .ok_or_else(|| ApiError::invalid(field, format!("`{raw}` does not exist in {zone} (a clock change skips it)")))
 }
 
-/// (start, end, timezone) of a launch's schedule, checked against `now`.
-fn check_schedule(schedule: Option<Schedule>, now: i64) -> Result<(Option<i64>, Option<i64>, Option<String>), ApiError> {
+/// A launch's schedule, checked against `now`.
+fn check_schedule(schedule: Option<Schedule>, now: i64) -> Result<CampaignSchedule, ApiError> {
     let schedule = schedule.unwrap_or_default();
     let zone = match &schedule.timezone {
         Some(name) => Some(name.parse::<chrono_tz::Tz>().map_err(|_| ApiError::invalid("schedule.timezone", format!("`{name}` is not an IANA time zone, e.g. Asia/Kolkata or America/New_York")))?),
@@ -238,7 +268,18 @@ fn check_schedule(schedule: Option<Schedule>, now: i64) -> Result<(Option<i64>, 
             return Err(ApiError::invalid("schedule.end_time", "is not after schedule.start_time"));
         }
     }
-    Ok((start, end, schedule.timezone))
+    let hours = match &schedule.calling_hours {
+        None => None,
+        Some(_) if zone.is_none() => return Err(ApiError::invalid("schedule.timezone", "calling_hours are local times: give schedule.timezone, e.g. Asia/Kolkata")),
+        Some(hours) => {
+            let (from, to) = (minutes_of("schedule.calling_hours.start", &hours.start)?, minutes_of("schedule.calling_hours.end", &hours.end)?);
+            if to <= from {
+                return Err(ApiError::invalid("schedule.calling_hours.end", format!("{} is not after the start, {}: hours run within one day", hh_mm(to), hh_mm(from))));
+            }
+            Some((from, to))
+        }
+    };
+    Ok(CampaignSchedule { start_at: start, end_at: end, timezone: schedule.timezone, hours })
 }
 
 /// The contacts as rows to store, each checked against the assistant and the lines.
@@ -494,13 +535,13 @@ pub async fn launch(State(state): State<AppState>, auth: Auth, ApiJson(mut body)
         }
         None => (check_campaign(&state, &auth, settings).await?, true),
     };
-    let (start, end, timezone) = check_schedule(schedule, now)?;
+    let schedule = check_schedule(schedule, now)?;
     let contacts = check_contacts(&state, &auth, &campaign, contacts).await?;
     if new {
         check_quota(&state, &auth).await?;
         create_record(&state, &campaign).await?;
     }
-    if !state.store.launch_campaign(&auth.workspace_id, &campaign.id, start, end, timezone.as_deref(), &contacts, now).await? {
+    if !state.store.launch_campaign(&auth.workspace_id, &campaign.id, &schedule, &contacts, now).await? {
         return Err(ApiError::conflict("campaign_launched", format!("campaign `{}` was launched or canceled meanwhile", campaign.id)).with_field("campaign_id"));
     }
     wake().notify_one();
@@ -598,6 +639,7 @@ async fn view(state: &AppState, campaign: &CampaignRecord, page: Option<(i64, i6
             "start_time": campaign.start_at.map(rfc3339),
             "end_time": campaign.end_at.map(rfc3339),
             "timezone": campaign.timezone,
+            "calling_hours": campaign.hours_start.zip(campaign.hours_end).map(|(start, end)| json!({ "start": hh_mm(start), "end": hh_mm(end) })),
         },
         "total_contacts": total,
         "counts": counts,
@@ -712,7 +754,8 @@ async fn step(state: &AppState, campaign: &CampaignRecord, now: i64) -> Result<(
     }
     let auth = Auth { workspace_id: ws.to_string(), key_id: format!("campaign:{id}") };
     let mut started = campaign.state == "running";
-    while live < campaign.concurrency {
+    // Outside the calling hours, contacts wait (calls in progress were settled above).
+    while live < campaign.concurrency && within_hours(campaign, now) {
         let Some(contact) = state.store.claim_contact(ws, id, now).await? else { break };
         let request = OutboundRequest {
             assistant_id: campaign.assistant_id.clone(),
@@ -787,16 +830,33 @@ mod tests {
     #[test]
     fn a_schedule_must_end_after_it_starts_and_after_now() {
         let now = chrono::DateTime::parse_from_rfc3339("2026-02-07T00:00:00Z").unwrap().timestamp_millis();
-        let schedule = |start: Option<&str>, end: Option<&str>, zone: Option<&str>| Schedule { start_time: start.map(Into::into), end_time: end.map(Into::into), timezone: zone.map(Into::into) };
-        let (start, end, zone) = check_schedule(Some(schedule(Some("2026-02-07T09:00:00"), Some("2026-02-07T18:00:00"), Some("Asia/Kolkata"))), now).unwrap();
-        assert_eq!(end.unwrap() - start.unwrap(), 9 * 3_600_000);
-        assert_eq!(zone.as_deref(), Some("Asia/Kolkata"));
+        let schedule = |start: Option<&str>, end: Option<&str>, zone: Option<&str>| Schedule { start_time: start.map(Into::into), end_time: end.map(Into::into), timezone: zone.map(Into::into), calling_hours: None };
+        let checked = check_schedule(Some(schedule(Some("2026-02-07T09:00:00"), Some("2026-02-07T18:00:00"), Some("Asia/Kolkata"))), now).unwrap();
+        assert_eq!(checked.end_at.unwrap() - checked.start_at.unwrap(), 9 * 3_600_000);
+        assert_eq!(checked.timezone.as_deref(), Some("Asia/Kolkata"));
         let field = |s| check_schedule(Some(s), now).unwrap_err().field.unwrap();
         assert_eq!(field(schedule(None, Some("2026-02-06T18:00:00Z"), None)), "schedule.end_time");
         assert_eq!(field(schedule(Some("2026-02-08T10:00:00Z"), Some("2026-02-08T09:00:00Z"), None)), "schedule.end_time");
         assert_eq!(field(schedule(None, None, Some("Mars/Olympus"))), "schedule.timezone");
         assert_eq!(field(schedule(Some("2028-02-08T10:00:00Z"), None, None)), "schedule.start_time");
-        assert_eq!(check_schedule(None, now).unwrap(), (None, None, None));
+        assert_eq!(check_schedule(None, now).unwrap(), CampaignSchedule::default());
+
+        let hours = |zone: Option<&str>, start: &str, end: &str| Schedule { calling_hours: Some(CallingHours { start: start.into(), end: end.into() }), ..schedule(None, None, zone) };
+        assert_eq!(check_schedule(Some(hours(Some("Asia/Kolkata"), "09:00", "18:30")), now).unwrap().hours, Some((540, 1110)));
+        assert_eq!(field(hours(None, "09:00", "18:00")), "schedule.timezone");
+        assert_eq!(field(hours(Some("UTC"), "9am", "18:00")), "schedule.calling_hours.start");
+        assert_eq!(field(hours(Some("UTC"), "18:00", "09:00")), "schedule.calling_hours.end");
+    }
+
+    #[test]
+    fn calling_hours_are_the_zones_local_time() {
+        let campaign = CampaignRecord { timezone: Some("Asia/Kolkata".into()), hours_start: Some(9 * 60), hours_end: Some(18 * 60), ..CampaignRecord::default() };
+        let at = |utc: &str| chrono::DateTime::parse_from_rfc3339(utc).unwrap().timestamp_millis();
+        assert!(!within_hours(&campaign, at("2026-02-07T03:29:00Z")), "08:59 in Kolkata");
+        assert!(within_hours(&campaign, at("2026-02-07T03:30:00Z")), "09:00 in Kolkata");
+        assert!(within_hours(&campaign, at("2026-02-07T12:29:00Z")), "17:59 in Kolkata");
+        assert!(!within_hours(&campaign, at("2026-02-07T12:30:00Z")), "18:00 in Kolkata");
+        assert!(within_hours(&CampaignRecord::default(), at("2026-02-07T00:00:00Z")), "no hours: always");
     }
 
     #[test]

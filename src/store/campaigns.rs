@@ -28,12 +28,25 @@ pub struct CampaignRecord {
     pub start_at: Option<i64>,
     pub end_at: Option<i64>,
     pub timezone: Option<String>,
+    /// Calling hours each day in `timezone`, minutes after midnight: [start, end).
+    pub hours_start: Option<i64>,
+    pub hours_end: Option<i64>,
     pub driver_id: Option<String>,
     pub driver_until: i64,
     pub created_at: i64,
     pub launched_at: Option<i64>,
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
+}
+
+/// When a launched campaign calls.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Schedule {
+    pub start_at: Option<i64>,
+    pub end_at: Option<i64>,
+    pub timezone: Option<String>,
+    /// Calling hours each day in `timezone`, minutes after midnight: [start, end).
+    pub hours: Option<(i64, i64)>,
 }
 
 #[derive(Debug, Clone, Default, sqlx::FromRow)]
@@ -70,7 +83,7 @@ pub struct Dialing {
     pub call_reason: Option<String>,
 }
 
-const CAMPAIGN_COLUMNS: &str = "SELECT workspace_id, id, name, assistant_id, from_number, concurrency, max_attempts, retry_interval_ms, webhook_url, state, start_at, end_at, timezone, driver_id, driver_until, created_at, launched_at, started_at, ended_at FROM campaigns";
+const CAMPAIGN_COLUMNS: &str = "SELECT workspace_id, id, name, assistant_id, from_number, concurrency, max_attempts, retry_interval_ms, webhook_url, state, start_at, end_at, timezone, hours_start, hours_end, driver_id, driver_until, created_at, launched_at, started_at, ended_at FROM campaigns";
 const CONTACT_COLUMNS: &str = "SELECT workspace_id, campaign_id, seq, phone, name, email, variables, custom_fields, state, attempts, next_attempt_at, claimed_at, call_id, outcome, reason FROM campaign_contacts";
 
 impl Store {
@@ -122,17 +135,21 @@ impl Store {
 
     /// Launches a draft: its schedule and contacts in one transaction. False when it is no
     /// longer a draft (launched meanwhile, or canceled).
-    pub async fn launch_campaign(&self, workspace_id: &str, id: &str, start_at: Option<i64>, end_at: Option<i64>, timezone: Option<&str>, contacts: &[ContactRow], now: i64) -> Result<bool, StoreError> {
+    pub async fn launch_campaign(&self, workspace_id: &str, id: &str, schedule: &Schedule, contacts: &[ContactRow], now: i64) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("UPDATE campaigns SET state = 'scheduled', start_at = $1, end_at = $2, timezone = $3, launched_at = $4 WHERE workspace_id = $5 AND id = $6 AND state = 'draft'")
-            .bind(start_at)
-            .bind(end_at)
-            .bind(timezone)
-            .bind(now)
-            .bind(workspace_id)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE campaigns SET state = 'scheduled', start_at = $1, end_at = $2, timezone = $3, hours_start = $4, hours_end = $5, launched_at = $6 WHERE workspace_id = $7 AND id = $8 AND state = 'draft'",
+        )
+        .bind(schedule.start_at)
+        .bind(schedule.end_at)
+        .bind(&schedule.timezone)
+        .bind(schedule.hours.map(|(start, _)| start))
+        .bind(schedule.hours.map(|(_, end)| end))
+        .bind(now)
+        .bind(workspace_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         if done.rows_affected() != 1 {
             tx.rollback().await?;
             return Ok(false);
@@ -150,7 +167,7 @@ impl Store {
             .bind(&c.email)
             .bind(&c.variables)
             .bind(&c.custom_fields)
-            .bind(start_at.unwrap_or(now))
+            .bind(schedule.start_at.unwrap_or(now))
             .execute(&mut *tx)
             .await?;
         }

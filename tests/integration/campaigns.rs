@@ -213,6 +213,24 @@ fn a_scheduled_campaign_waits_and_a_canceled_one_calls_no_one() {
     let calls = calls_of(&serve, &key);
     assert!(!calls.is_empty() && calls.len() <= 2, "{calls:?}");
 
+    // Calling hours that are not now: the contact waits.
+    let hour = (chrono::Timelike::hour(&chrono::Utc::now()) + 6) % 24;
+    let (from, to) = if hour == 23 { (22, 23) } else { (hour, hour + 1) };
+    let (status, later) = post(
+        &serve,
+        &key,
+        "/v1/campaigns/launch",
+        json!({ "assistant_id": assistant, "contacts": [contact("+15005550001", "Eve")], "schedule": { "timezone": "UTC", "calling_hours": { "start": format!("{from:02}:00"), "end": format!("{to:02}:00") } } }),
+    );
+    assert_eq!(status, 201, "{later}");
+    assert_eq!(later["schedule"]["calling_hours"]["start"].as_str(), Some(format!("{from:02}:00").as_str()), "{later}");
+    let id = later["campaign_id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    let waiting = wait_campaign(&serve, &key, &id, Duration::from_secs(5), |_| true);
+    assert_eq!((waiting["status"].as_str(), waiting["counts"]["pending"].as_i64()), (Some("scheduled"), Some(1)), "{waiting}");
+    assert!(calls_of(&serve, &key).iter().all(|c| c["campaign_id"] != id.as_str()), "no call outside the calling hours");
+    assert_eq!(post(&serve, &key, &format!("/v1/campaigns/{id}/cancel"), json!({})).0, 200);
+
     // Paused: no new call until resumed; then it goes on to the end.
     let before = calls_of(&serve, &key).len();
     let (status, launched) = post(

@@ -16,6 +16,9 @@ CREATE TABLE campaigns (
     start_at BIGINT,
     end_at BIGINT,
     timezone TEXT,
+    -- Calling hours each day in the timezone, as minutes after midnight: [start, end).
+    hours_start BIGINT,
+    hours_end BIGINT,
     driver_id TEXT,
     driver_until BIGINT NOT NULL,
     created_at BIGINT NOT NULL,
