@@ -49,6 +49,9 @@ pub const PATHS: &[(&str, &str, &str)] = &[
 
 /// Contacts in one campaign.
 pub const MAX_CONTACTS: usize = 1000;
+/// Contacts one workspace may launch in a day: what it stores stays bounded however often it
+/// launches and cancels.
+const MAX_CONTACTS_A_DAY: i64 = 10_000;
 /// A contact's fields (the variables among them and the rest, kept with its call).
 const MAX_CUSTOM_FIELDS: usize = 50;
 /// Calls to one contact, at most.
@@ -537,6 +540,16 @@ pub async fn launch(State(state): State<AppState>, auth: Auth, ApiJson(mut body)
     };
     let schedule = check_schedule(schedule, now)?;
     let contacts = check_contacts(&state, &auth, &campaign, contacts).await?;
+    let launched = state.store.count_contacts_launched_since(&auth.workspace_id, now - 86_400_000).await?;
+    if launched + contacts.len() as i64 > MAX_CONTACTS_A_DAY {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "campaign_contact_limit",
+            format!("this workspace launched {launched} contacts in the last 24 hours; with these {} it would pass its limit of {MAX_CONTACTS_A_DAY} a day: launch them later", contacts.len()),
+        );
+        error.retry_after_s = Some(3600);
+        return Err(error);
+    }
     if new {
         check_quota(&state, &auth).await?;
         create_record(&state, &campaign).await?;

@@ -133,6 +133,17 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM campaigns WHERE workspace_id = $1 AND state IN ('draft', 'scheduled', 'running', 'paused')").bind(workspace_id).fetch_one(&self.pool).await?)
     }
 
+    /// Contacts of the workspace's campaigns launched since `since`.
+    pub async fn count_contacts_launched_since(&self, workspace_id: &str, since: i64) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM campaign_contacts c JOIN campaigns k ON k.workspace_id = c.workspace_id AND k.id = c.campaign_id WHERE k.workspace_id = $1 AND k.launched_at >= $2",
+        )
+        .bind(workspace_id)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Launches a draft: its schedule and contacts in one transaction. False when it is no
     /// longer a draft (launched meanwhile, or canceled).
     pub async fn launch_campaign(&self, workspace_id: &str, id: &str, schedule: &Schedule, contacts: &[ContactRow], now: i64) -> Result<bool, StoreError> {

@@ -256,6 +256,24 @@ fn a_scheduled_campaign_waits_and_a_canceled_one_calls_no_one() {
     let (status, refused) = post(&serve, &key, &format!("/v1/campaigns/{id}/pause"), json!({}));
     assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("campaign_not_calling")), "{refused}");
 
+    // The contacts a workspace launches in a day are bounded, canceled campaigns' too: what a
+    // key makes the server store does not grow with how often it launches and cancels.
+    let tomorrow_noon = format!("{tomorrow}T12:00:00Z");
+    let mut refused = None;
+    for round in 0..10 {
+        let contacts: Vec<Value> = (0..1000).map(|i| json!({ "phone": format!("+1500555{:04}", (round * 1000 + i) % 10000), "custom_fields": { "customer_name": "X" } })).collect();
+        let (status, body) = post(&serve, &key, "/v1/campaigns/launch", json!({ "assistant_id": assistant, "contacts": contacts, "schedule": { "start_time": tomorrow_noon } }));
+        if status != 201 {
+            refused = Some((round, status, body));
+            break;
+        }
+        assert_eq!(post(&serve, &key, &format!("/v1/campaigns/{}/cancel", body["campaign_id"].as_str().unwrap()), json!({})).0, 200);
+    }
+    // The 8 contacts launched above and nine thousand make 9,008: the tenth thousand is refused.
+    let (round, status, body) = refused.expect("the tenth thousand is refused");
+    assert_eq!((round, status, body["error"]["code"].as_str()), (9, 429, Some("campaign_contact_limit")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("9008"), "{body}");
+
     // The workspace's open campaigns are bounded.
     for _ in 0..5 {
         let (status, body) = post(&serve, &key, "/v1/campaigns", json!({ "assistant_id": assistant }));
