@@ -4,9 +4,8 @@
 //! `POST /v1/campaigns` creates a draft (the assistant, caller id, calls at once, retries);
 //! `POST /v1/campaigns/launch` gives it contacts and a schedule (or creates and launches in one
 //! request when it names the assistant), as JSON or a spreadsheet's CSV (`contacts_csv`).
-//! Every contact is checked before anything is stored:
-//! a bad number, a missing variable or a bad time gets a 4xx naming `contacts[i].…` and the
-//! campaign stays as it was.
+//! Every contact is checked before anything is stored: a bad number, a missing variable or a
+//! bad time gets a 4xx naming `contacts[i].…` and the campaign stays as it was.
 //!
 //! [`drive`] runs on every worker: each second it takes the lease of each due campaign no
 //! other worker holds, settles the contacts whose calls ended (a retry after no answer, busy
@@ -64,6 +63,8 @@ const MAX_START_AHEAD_MS: i64 = 366 * 86_400_000;
 /// How often each worker looks for campaigns to drive, and how long its lease lasts.
 const TICK: Duration = Duration::from_secs(1);
 const LEASE_MS: i64 = 15_000;
+/// Campaigns one worker steps in a pass, those stepped longest ago first.
+const CAMPAIGNS_A_PASS: i64 = 50;
 /// A contact claimed this long ago without a call was claimed by a worker that died first.
 const STALE_CLAIM_MS: i64 = 60_000;
 
@@ -728,11 +729,14 @@ pub async fn drive(state: AppState, shutdown: CancellationToken) {
 
 async fn drive_once(state: &AppState) -> Result<(), store::StoreError> {
     let now = store::now_ms();
-    for campaign in state.store.due_campaigns(&state.worker_id, now, 20).await? {
+    for campaign in state.store.due_campaigns(&state.worker_id, now, CAMPAIGNS_A_PASS).await? {
         if !state.store.lease_campaign(&campaign.workspace_id, &campaign.id, &state.worker_id, now, now + LEASE_MS).await? {
             continue;
         }
-        step(state, &campaign, now).await?;
+        // One campaign's trouble (a row it cannot write) does not hold up the others.
+        if let Err(error) = step(state, &campaign, now).await {
+            tracing::warn!(%error, campaign = %campaign.id, workspace = %campaign.workspace_id, "campaigns: a step failed; trying again next pass");
+        }
     }
     Ok(())
 }

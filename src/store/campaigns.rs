@@ -205,10 +205,11 @@ impl Store {
             .await?)
     }
 
-    /// Launched campaigns due to dial now whose lease is free or this worker's, oldest first.
+    /// Launched campaigns due to dial now whose lease is free or this worker's, those whose
+    /// lease ends soonest (stepped longest ago, or never) first, so every one gets its turn.
     pub async fn due_campaigns(&self, worker_id: &str, now: i64, limit: i64) -> Result<Vec<CampaignRecord>, StoreError> {
         Ok(sqlx::query_as::<_, CampaignRecord>(&format!(
-            "{CAMPAIGN_COLUMNS} WHERE state IN {ACTIVE_CAMPAIGN_STATES} AND (start_at IS NULL OR start_at <= $1) AND (driver_until < $1 OR driver_id = $2) ORDER BY launched_at, id LIMIT $3"
+            "{CAMPAIGN_COLUMNS} WHERE state IN {ACTIVE_CAMPAIGN_STATES} AND (start_at IS NULL OR start_at <= $1) AND (driver_until < $1 OR driver_id = $2) ORDER BY driver_until, launched_at, id LIMIT $3"
         ))
         .bind(now)
         .bind(worker_id)
