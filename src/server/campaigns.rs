@@ -633,10 +633,10 @@ fn contact_status(row_state: &str, outcome: Option<&str>, call_status: Option<&s
 async fn view(state: &AppState, campaign: &CampaignRecord, page: Option<(i64, i64)>) -> Result<Value, ApiError> {
     let tally = state.store.campaign_tally(&campaign.workspace_id, &campaign.id).await?;
     let mut counts: BTreeMap<String, i64> = ["pending", "in-progress", "completed", "no-answer", "busy", "failed", "canceled", "skipped"].iter().map(|s| (s.to_string(), 0)).collect();
-    for (row_state, outcome, call_status) in &tally {
-        *counts.entry(contact_status(row_state, outcome.as_deref(), call_status.as_deref())).or_default() += 1;
+    for (row_state, outcome, call_status, count) in &tally {
+        *counts.entry(contact_status(row_state, outcome.as_deref(), call_status.as_deref())).or_default() += count;
     }
-    let total = tally.len() as i64;
+    let total: i64 = tally.iter().map(|(.., count)| count).sum();
     let done = total - counts["pending"] - counts["in-progress"];
     let mut body = json!({
         "campaign_id": campaign.id,
@@ -817,7 +817,7 @@ async fn step(state: &AppState, campaign: &CampaignRecord, now: i64) -> Result<(
         }
     }
     let tally = state.store.campaign_tally(ws, id).await?;
-    if tally.iter().all(|(row_state, _, _)| row_state == "done") && state.store.move_campaign(ws, id, &["scheduled", "running"], "completed", store::now_ms()).await? {
+    if tally.iter().all(|(row_state, ..)| row_state == "done") && state.store.move_campaign(ws, id, &["scheduled", "running"], "completed", store::now_ms()).await? {
         let finished = state.store.campaign(ws, id).await?.unwrap_or_else(|| campaign.clone());
         let body = view(state, &finished, None).await.unwrap_or(Value::Null);
         emit_campaign(&state.store, ws, campaign.webhook_url.as_deref(), "campaign.completed", body).await;

@@ -186,13 +186,16 @@ impl Store {
         Ok(true)
     }
 
-    /// Every contact's (state, outcome, its call's status): what the counts are made of.
-    pub async fn campaign_tally(&self, workspace_id: &str, id: &str) -> Result<Vec<(String, Option<String>, Option<String>)>, StoreError> {
-        Ok(sqlx::query_as("SELECT c.state, c.outcome, k.status FROM campaign_contacts c LEFT JOIN calls k ON k.id = c.call_id WHERE c.workspace_id = $1 AND c.campaign_id = $2")
-            .bind(workspace_id)
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?)
+    /// How many contacts are in each (state, outcome, their call's status): what the counts
+    /// are made of.
+    pub async fn campaign_tally(&self, workspace_id: &str, id: &str) -> Result<Vec<(String, Option<String>, Option<String>, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT c.state, c.outcome, k.status, COUNT(*) FROM campaign_contacts c LEFT JOIN calls k ON k.id = c.call_id WHERE c.workspace_id = $1 AND c.campaign_id = $2 GROUP BY c.state, c.outcome, k.status",
+        )
+        .bind(workspace_id)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn campaign_contacts(&self, workspace_id: &str, id: &str, limit: i64, offset: i64) -> Result<Vec<ContactRow>, StoreError> {
