@@ -439,6 +439,7 @@ pub async fn detail(State(state): State<AppState>, auth: Auth, Path(id): Path<St
         "metadata": serde_json::from_str::<Value>(&call.metadata).unwrap_or(Value::Null),
         "webhook_url": call.webhook_url,
         "idempotency_key": call.idempotency_key,
+        "campaign_id": call.campaign_id,
         "created_at": rfc3339(call.created_at),
         "started_at": call.started_at.map(rfc3339),
         "ended_at": call.ended_at.map(rfc3339),

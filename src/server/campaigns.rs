@@ -21,7 +21,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +32,7 @@ use super::error::{from_value_at, ApiError, ApiJson, ApiQuery};
 use super::numbers::{valid_number, with_telephony};
 use super::webhooks::emit_campaign;
 use super::AppState;
-use crate::store::{self, CampaignRecord, CampaignSchedule, ContactRow};
+use crate::store::{self, CampaignRecord, CampaignSchedule, ContactRow, ContactWithCall};
 
 /// The paths this module adds, for the OpenAPI document (tag `campaigns`).
 pub const PATHS: &[(&str, &str, &str)] = &[
@@ -100,7 +100,7 @@ pub struct CreateCampaign {
     pub webhook_url: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ContactInput {
     #[serde(alias = "phone_number", alias = "mobile_number", alias = "to_number")]
@@ -113,6 +113,25 @@ pub struct ContactInput {
     /// The CSV line it was read from, for errors.
     #[serde(skip)]
     pub line: Option<usize>,
+    /// Among contacts due, the higher is called first (a Ringez queue's).
+    #[serde(skip)]
+    pub priority: i64,
+    /// Skipped if still not called by then (a Ringez queue's `max_wait_time`).
+    #[serde(skip)]
+    pub expires_at: Option<i64>,
+    /// Kept as the call's metadata instead of the contact's fields (a Ringez call's).
+    #[serde(skip)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// How a campaign's calls are placed beyond its assistant (stored as JSON).
+#[derive(Serialize, Deserialize, Default)]
+pub struct CallSettings {
+    /// A hang-up after this long.
+    pub max_duration_s: Option<u32>,
+    pub record: Option<bool>,
+    /// Merged into every call's metadata.
+    pub metadata: Option<Map<String, Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -226,13 +245,14 @@ async fn check_campaign(state: &AppState, auth: &Auth, request: CreateCampaign) 
         retry_interval_ms: (interval_s * 1000) as i64,
         webhook_url: request.webhook_url,
         state: "draft".into(),
+        kind: "campaign".into(),
         created_at: store::now_ms(),
         ..CampaignRecord::default()
     })
 }
 
 /// A time of the schedule in ms since the epoch: RFC 3339, or a local time in `zone`.
-fn schedule_time(field: &str, raw: &str, zone: Option<chrono_tz::Tz>) -> Result<i64, ApiError> {
+pub fn schedule_time(field: &str, raw: &str, zone: Option<chrono_tz::Tz>) -> Result<i64, ApiError> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw) {
         return Ok(t.timestamp_millis());
     }
@@ -346,9 +366,13 @@ fn check_contact(state: &AppState, assistant: &crate::assistant::Assistant, i: u
         e.field = e.field.map(|f| f.replacen("dynamic_variables", &at("custom_fields"), 1));
         e
     })?;
-    let custom_fields = Value::Object(contact.custom_fields.into_iter().collect::<Map<_, _>>()).to_string();
+    let (kept, field) = match contact.metadata {
+        Some(metadata) => (metadata, at("metadata")),
+        None => (contact.custom_fields.into_iter().collect::<Map<_, _>>(), at("custom_fields")),
+    };
+    let custom_fields = Value::Object(kept).to_string();
     if custom_fields.len() > 8 * 1024 {
-        return Err(ApiError::invalid(at("custom_fields"), "is more than 8 KB of JSON"));
+        return Err(ApiError::invalid(field, "is more than 8 KB of JSON"));
     }
     Ok(ContactRow {
         seq: i as i64,
@@ -357,6 +381,8 @@ fn check_contact(state: &AppState, assistant: &crate::assistant::Assistant, i: u
         email: contact.email,
         variables: Value::Object(variables.into_iter().collect()).to_string(),
         custom_fields,
+        priority: contact.priority,
+        expires_at: contact.expires_at,
         ..ContactRow::default()
     })
 }
@@ -397,7 +423,7 @@ fn contacts_from_csv(text: &str) -> Result<Vec<ContactInput>, ApiError> {
             .filter(|(i, _)| *i != phone && Some(*i) != name && Some(*i) != email)
             .filter_map(|(i, h)| cell(Some(i)).map(|value| (h.clone(), Value::String(value))))
             .collect();
-        contacts.push(ContactInput { phone: cells[phone].trim().to_string(), name: cell(name), email: cell(email), custom_fields, line: Some(line) });
+        contacts.push(ContactInput { phone: cells[phone].trim().to_string(), name: cell(name), email: cell(email), custom_fields, line: Some(line), ..ContactInput::default() });
     }
     if contacts.is_empty() || contacts.len() > MAX_CONTACTS {
         return Err(ApiError::invalid("contacts_csv", format!("has {} contacts; give 1 to {MAX_CONTACTS} rows after the header row", contacts.len())));
@@ -465,13 +491,20 @@ fn csv_error(mut error: ApiError, line: usize) -> ApiError {
     error
 }
 
-async fn check_quota(state: &AppState, auth: &Auth) -> Result<(), ApiError> {
-    let open = state.store.count_open_campaigns(&auth.workspace_id).await?;
-    if open >= state.limits.campaigns_per_workspace as i64 {
+/// Ringez's batches, scheduled calls and queues one workspace may have unfinished at once
+/// (apart from its campaigns: an agent schedules many one-call reminders).
+const MAX_OPEN_SESSION_JOBS: i64 = 100;
+
+async fn check_quota(state: &AppState, auth: &Auth, kind: &str) -> Result<(), ApiError> {
+    let campaign = kind == "campaign";
+    let open = state.store.count_open_campaigns(&auth.workspace_id, "campaign", campaign).await?;
+    let limit = if campaign { state.limits.campaigns_per_workspace as i64 } else { MAX_OPEN_SESSION_JOBS };
+    if open >= limit {
+        let what = if campaign { "campaigns" } else { "batches, scheduled calls and queues" };
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "campaign_limit",
-            format!("this workspace has {open} campaigns not yet finished, its limit; cancel one (POST /v1/campaigns/{{id}}/cancel) or wait for one to end"),
+            format!("this workspace has {open} {what} not yet finished, its limit; cancel one (POST /v1/campaigns/{{id}}/cancel) or wait for one to end"),
         ));
     }
     Ok(())
@@ -488,7 +521,7 @@ async fn create_record(state: &AppState, campaign: &CampaignRecord) -> Result<()
 
 pub async fn create(State(state): State<AppState>, auth: Auth, ApiJson(request): ApiJson<CreateCampaign>) -> Result<impl IntoResponse, ApiError> {
     let campaign = check_campaign(&state, &auth, request).await?;
-    check_quota(&state, &auth).await?;
+    check_quota(&state, &auth, &campaign.kind).await?;
     create_record(&state, &campaign).await?;
     Ok((StatusCode::CREATED, Json(view(&state, &campaign, None).await?)))
 }
@@ -539,8 +572,38 @@ pub async fn launch(State(state): State<AppState>, auth: Auth, ApiJson(mut body)
         }
         None => (check_campaign(&state, &auth, settings).await?, true),
     };
+    let launched = launch_checked(&state, &auth, campaign, new, schedule, contacts, now).await?;
+    Ok((StatusCode::CREATED, Json(view(&state, &launched, None).await?)))
+}
+
+/// A campaign of another kind made and launched in one request (Ringez's batches, scheduled
+/// calls and queues): `request` as `POST /v1/campaigns` takes it, then `with` sets what that
+/// kind adds (its session, agent, dialect, call settings).
+pub async fn launch_new(
+    state: &AppState,
+    auth: &Auth,
+    request: CreateCampaign,
+    with: impl FnOnce(&mut CampaignRecord),
+    schedule: Schedule,
+    contacts: Vec<ContactInput>,
+) -> Result<CampaignRecord, ApiError> {
+    let mut campaign = check_campaign(state, auth, request).await?;
+    with(&mut campaign);
+    launch_checked(state, auth, campaign, true, Some(schedule), contacts, store::now_ms()).await
+}
+
+/// Checks a launch's schedule and contacts, stores the campaign when `new`, and launches it.
+async fn launch_checked(
+    state: &AppState,
+    auth: &Auth,
+    campaign: CampaignRecord,
+    new: bool,
+    schedule: Option<Schedule>,
+    contacts: Vec<ContactInput>,
+    now: i64,
+) -> Result<CampaignRecord, ApiError> {
     let schedule = check_schedule(schedule, now)?;
-    let contacts = check_contacts(&state, &auth, &campaign, contacts).await?;
+    let contacts = check_contacts(state, auth, &campaign, contacts).await?;
     let launched = state.store.count_contacts_launched_since(&auth.workspace_id, now - 86_400_000).await?;
     if launched + contacts.len() as i64 > MAX_CONTACTS_A_DAY {
         let mut error = ApiError::new(
@@ -552,15 +615,14 @@ pub async fn launch(State(state): State<AppState>, auth: Auth, ApiJson(mut body)
         return Err(error);
     }
     if new {
-        check_quota(&state, &auth).await?;
-        create_record(&state, &campaign).await?;
+        check_quota(state, auth, &campaign.kind).await?;
+        create_record(state, &campaign).await?;
     }
     if !state.store.launch_campaign(&auth.workspace_id, &campaign.id, &schedule, &contacts, now).await? {
         return Err(ApiError::conflict("campaign_launched", format!("campaign `{}` was launched or canceled meanwhile", campaign.id)).with_field("campaign_id"));
     }
     wake().notify_one();
-    let launched = state.store.campaign(&auth.workspace_id, &campaign.id).await?.ok_or_else(|| ApiError::internal("the campaign vanished"))?;
-    Ok((StatusCode::CREATED, Json(view(&state, &launched, None).await?)))
+    state.store.campaign(&auth.workspace_id, &campaign.id).await?.ok_or_else(|| ApiError::internal("the campaign vanished"))
 }
 
 pub async fn list(State(state): State<AppState>, auth: Auth, ApiQuery(page): ApiQuery<Page>) -> Result<Json<Value>, ApiError> {
@@ -581,17 +643,24 @@ pub async fn status(State(state): State<AppState>, auth: Auth, Path(id): Path<St
 
 pub async fn cancel(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let campaign = state.store.campaign(&auth.workspace_id, &id).await?.ok_or_else(|| ApiError::not_found("campaign", &id))?;
-    let now = store::now_ms();
-    if !state.store.move_campaign(&auth.workspace_id, &id, &["draft", "scheduled", "running", "paused"], "canceled", now).await? {
+    let canceled = cancel_campaign(&state, campaign, "the campaign was canceled before this contact was called").await?;
+    Ok(Json(view(&state, &canceled, None).await?))
+}
+
+/// Cancels a campaign not yet ended: its pending contacts are done with `reason` (calls in
+/// progress go on); a launched one says `campaign.completed`.
+pub async fn cancel_campaign(state: &AppState, campaign: CampaignRecord, reason: &str) -> Result<CampaignRecord, ApiError> {
+    let (ws, id) = (campaign.workspace_id.clone(), campaign.id.clone());
+    if !state.store.move_campaign(&ws, &id, &["draft", "scheduled", "running", "paused"], "canceled", store::now_ms()).await? {
         return Err(ApiError::conflict("campaign_ended", format!("campaign `{id}` is {} already", campaign.state)));
     }
-    state.store.close_pending_contacts(&auth.workspace_id, &id, "canceled", "the campaign was canceled before this contact was called").await?;
-    let canceled = state.store.campaign(&auth.workspace_id, &id).await?.unwrap_or(campaign);
-    let body = view(&state, &canceled, None).await?;
+    state.store.close_pending_contacts(&ws, &id, "canceled", reason).await?;
+    let canceled = state.store.campaign(&ws, &id).await?.unwrap_or(campaign);
     if canceled.launched_at.is_some() {
-        emit_campaign(&state.store, &canceled.workspace_id, canceled.webhook_url.as_deref(), "campaign.completed", body.clone()).await;
+        let body = view(state, &canceled, None).await?;
+        emit_campaign(&state.store, &ws, canceled.webhook_url.as_deref(), "campaign.completed", body).await;
     }
-    Ok(Json(body))
+    Ok(canceled)
 }
 
 /// Stops placing calls (those in progress go on) until resumed.
@@ -618,7 +687,7 @@ pub async fn resume(State(state): State<AppState>, auth: Auth, Path(id): Path<St
 
 /// What a contact's row says now: `pending`, `in-progress` while its call is live, else its
 /// call's status (`completed`, `no-answer`…), `skipped` or `canceled`.
-fn contact_status(row_state: &str, outcome: Option<&str>, call_status: Option<&str>) -> String {
+pub fn contact_status(row_state: &str, outcome: Option<&str>, call_status: Option<&str>) -> String {
     match row_state {
         "pending" => "pending".into(),
         "dialing" => match call_status {
@@ -641,8 +710,10 @@ async fn view(state: &AppState, campaign: &CampaignRecord, page: Option<(i64, i6
     let mut body = json!({
         "campaign_id": campaign.id,
         "id": campaign.id,
+        "kind": campaign.kind,
         "name": campaign.name,
         "status": campaign.state,
+        "session_id": campaign.session_id,
         "assistant_id": campaign.assistant_id,
         "agent_id": campaign.assistant_id,
         "from_number": campaign.from_number,
@@ -665,17 +736,16 @@ async fn view(state: &AppState, campaign: &CampaignRecord, page: Option<(i64, i6
     });
     if let Some((limit, offset)) = page {
         let rows = state.store.campaign_contacts(&campaign.workspace_id, &campaign.id, limit, offset).await?;
-        let statuses: BTreeMap<i64, Option<String>> = tally_statuses(state, campaign, &rows).await?;
         let contacts: Vec<Value> = rows
             .iter()
-            .map(|c| {
+            .map(|ContactWithCall { contact: c, call_status }| {
                 json!({
                     "index": c.seq,
                     "phone": c.phone,
                     "name": c.name,
                     "email": c.email,
                     "custom_fields": serde_json::from_str::<Value>(&c.custom_fields).unwrap_or(Value::Null),
-                    "status": contact_status(&c.state, c.outcome.as_deref(), statuses.get(&c.seq).cloned().flatten().as_deref()),
+                    "status": contact_status(&c.state, c.outcome.as_deref(), call_status.as_deref()),
                     "attempts": c.attempts,
                     "call_id": c.call_id,
                     "reason": c.reason,
@@ -689,19 +759,6 @@ async fn view(state: &AppState, campaign: &CampaignRecord, page: Option<(i64, i6
         body["has_more"] = json!(offset + (rows.len() as i64) < total);
     }
     Ok(body)
-}
-
-/// The status of each dialing contact's call, by contact.
-async fn tally_statuses(state: &AppState, campaign: &CampaignRecord, rows: &[ContactRow]) -> Result<BTreeMap<i64, Option<String>>, ApiError> {
-    let mut statuses = BTreeMap::new();
-    for row in rows.iter().filter(|r| r.state == "dialing") {
-        let status = match &row.call_id {
-            Some(call_id) => state.store.call(&campaign.workspace_id, call_id).await?.map(|c| c.status),
-            None => None,
-        };
-        statuses.insert(row.seq, status);
-    }
-    Ok(statuses)
 }
 
 // ── the driver ────────────────────────────────────────────────────────────────────────────
@@ -734,6 +791,7 @@ async fn drive_once(state: &AppState) -> Result<(), store::StoreError> {
             continue;
         }
         // One campaign's trouble (a row it cannot write) does not hold up the others.
+        let _stepping = stepping().lock().await;
         if let Err(error) = step(state, &campaign, now).await {
             tracing::warn!(%error, campaign = %campaign.id, workspace = %campaign.workspace_id, "campaigns: a step failed; trying again next pass");
         }
@@ -741,8 +799,27 @@ async fn drive_once(state: &AppState) -> Result<(), store::StoreError> {
     Ok(())
 }
 
+/// Steps a campaign this worker just launched at once, when its lease is free: its first calls
+/// are placed before the launch answers (a Ringez batch's answer names them).
+pub async fn step_now(state: &AppState, campaign: &CampaignRecord) -> Result<(), store::StoreError> {
+    let now = store::now_ms();
+    let _stepping = stepping().lock().await;
+    if campaign.start_at.is_some_and(|start| start > now) || !state.store.lease_campaign(&campaign.workspace_id, &campaign.id, &state.worker_id, now, now + LEASE_MS).await? {
+        return Ok(());
+    }
+    step(state, campaign, now).await
+}
+
+/// Held while this worker steps a campaign: the lease keeps other workers out, this keeps the
+/// driver and [`step_now`] from stepping one campaign at once here (both would count the same
+/// calls in progress and claim past the concurrency).
+fn stepping() -> &'static tokio::sync::Mutex<()> {
+    static STEPPING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    &STEPPING
+}
+
 /// Statuses after which a contact is called again while it has attempts left.
-const RETRIED: [&str; 3] = ["no-answer", "busy", "failed"];
+pub const RETRIED: [&str; 3] = ["no-answer", "busy", "failed"];
 
 /// One pass over a leased campaign: settle, close, dial, finish.
 async fn step(state: &AppState, campaign: &CampaignRecord, now: i64) -> Result<(), store::StoreError> {
@@ -769,30 +846,53 @@ async fn step(state: &AppState, campaign: &CampaignRecord, now: i64) -> Result<(
     if campaign.end_at.is_some_and(|end| end <= now) {
         state.store.close_pending_contacts(ws, id, "skipped", "the schedule ended before this contact was called").await?;
     }
+    state.store.close_expired_contacts(ws, id, now, "skipped", "waited past its max_wait_time without being called").await?;
     let auth = Auth { workspace_id: ws.to_string(), key_id: format!("campaign:{id}") };
+    let settings: CallSettings = campaign.call_settings.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
     let mut started = campaign.state == "running";
     // Outside the calling hours, contacts wait (calls in progress were settled above).
     while live < campaign.concurrency && within_hours(campaign, now) {
         let Some(contact) = state.store.claim_contact(ws, id, now).await? else { break };
+        if let Some(session_id) = &campaign.session_id {
+            // The session's budget and consent hold for every call, as for one it places itself.
+            if let Err(refused) = super::ringez::session_may_call(state, ws, session_id, &contact.phone).await {
+                if refused.code == "session_ended" {
+                    state.store.contact_done(ws, id, contact.seq, "canceled", Some(&refused.message)).await?;
+                    state.store.close_pending_contacts(ws, id, "canceled", &refused.message).await?;
+                    break;
+                }
+                state.store.contact_done(ws, id, contact.seq, "skipped", Some(&refused.message)).await?;
+                continue;
+            }
+        }
+        let fields = serde_json::from_str::<Value>(&contact.custom_fields).unwrap_or(Value::Null);
+        let mut metadata = match (&campaign.dialect, fields) {
+            // A Ringez call's metadata is what its request gave.
+            (Some(_), Value::Object(given)) => Value::Object(given),
+            (_, fields) => json!({ "contact": { "index": contact.seq, "name": contact.name, "email": contact.email, "custom_fields": fields } }),
+        };
+        metadata["campaign_id"] = json!(id);
+        for (key, value) in settings.metadata.iter().flatten() {
+            metadata[key] = value.clone();
+        }
         let request = OutboundRequest {
             assistant_id: campaign.assistant_id.clone(),
             to_number: contact.phone.clone(),
             from_number: campaign.from_number.clone(),
             dynamic_variables: serde_json::from_str(&contact.variables).unwrap_or_default(),
             webhook_url: campaign.webhook_url.clone(),
-            metadata: json!({
-                "campaign_id": id,
-                "contact": {
-                    "index": contact.seq,
-                    "name": contact.name,
-                    "email": contact.email,
-                    "custom_fields": serde_json::from_str::<Value>(&contact.custom_fields).unwrap_or(Value::Null),
-                },
-            }),
+            metadata,
             idempotency_key: None,
-            record: None,
+            record: settings.record,
         };
-        let placement = Placement { campaign_id: Some(id.to_string()), ..Placement::default() };
+        let placement = Placement {
+            session_id: campaign.session_id.clone(),
+            agent_id: campaign.agent_id.clone(),
+            dialect: campaign.dialect.clone(),
+            max_duration_s: settings.max_duration_s,
+            campaign_id: Some(id.to_string()),
+            ..Placement::default()
+        };
         match calls::place(state, &auth, request, placement).await {
             Ok(placed) => {
                 state.store.contact_called(ws, id, contact.seq, &placed.call().id).await?;

@@ -37,6 +37,15 @@ pub struct CampaignRecord {
     pub launched_at: Option<i64>,
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
+    /// `campaign`, or Ringez's `batch`, `scheduled` (one call at a time), `queue`.
+    pub kind: String,
+    /// The Ringez session its calls are placed for (its budget applies), and the agent.
+    pub session_id: Option<String>,
+    pub agent_id: Option<String>,
+    /// The dialect its calls' events speak (`ringez`), none for Ringline's own.
+    pub dialect: Option<String>,
+    /// JSON: `max_duration_s`, `record`, `metadata` (merged into every call's).
+    pub call_settings: Option<String>,
 }
 
 /// When a launched campaign calls.
@@ -70,6 +79,18 @@ pub struct ContactRow {
     /// The last call's status, `skipped` (the schedule ended first) or `canceled`.
     pub outcome: Option<String>,
     pub reason: Option<String>,
+    /// Among contacts due, the higher is called first.
+    pub priority: i64,
+    /// Still not called by then: skipped (a queue's `max_wait_time`).
+    pub expires_at: Option<i64>,
+}
+
+/// A contact with its call's status (none before a call, or once the call is deleted).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ContactWithCall {
+    #[sqlx(flatten)]
+    pub contact: ContactRow,
+    pub call_status: Option<String>,
 }
 
 /// A contact being dialed, with its call's status (none before the call is stored).
@@ -83,15 +104,18 @@ pub struct Dialing {
     pub call_reason: Option<String>,
 }
 
-const CAMPAIGN_COLUMNS: &str = "SELECT workspace_id, id, name, assistant_id, from_number, concurrency, max_attempts, retry_interval_ms, webhook_url, state, start_at, end_at, timezone, hours_start, hours_end, driver_id, driver_until, created_at, launched_at, started_at, ended_at FROM campaigns";
-const CONTACT_COLUMNS: &str = "SELECT workspace_id, campaign_id, seq, phone, name, email, variables, custom_fields, state, attempts, next_attempt_at, claimed_at, call_id, outcome, reason FROM campaign_contacts";
+const CAMPAIGN_COLUMNS: &str = "SELECT workspace_id, id, name, assistant_id, from_number, concurrency, max_attempts, retry_interval_ms, webhook_url, state, start_at, end_at, timezone, hours_start, hours_end, driver_id, driver_until, created_at, launched_at, started_at, ended_at, kind, session_id, agent_id, dialect, call_settings FROM campaigns";
+const CONTACT_COLUMNS: &str = "SELECT workspace_id, campaign_id, seq, phone, name, email, variables, custom_fields, state, attempts, next_attempt_at, claimed_at, call_id, outcome, reason, priority, expires_at FROM campaign_contacts";
+/// The same, of `campaign_contacts c` joined with its call `k`.
+const CONTACT_WITH_CALL_COLUMNS: &str = "SELECT c.workspace_id, c.campaign_id, c.seq, c.phone, c.name, c.email, c.variables, c.custom_fields, c.state, c.attempts, c.next_attempt_at, c.claimed_at, c.call_id, c.outcome, c.reason, c.priority, c.expires_at, k.status AS call_status \
+     FROM campaign_contacts c LEFT JOIN calls k ON k.id = c.call_id";
 
 impl Store {
     /// Stores a new draft campaign; false when the workspace already has one by that id.
     pub async fn insert_campaign(&self, c: &CampaignRecord) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "INSERT INTO campaigns (workspace_id, id, name, assistant_id, from_number, concurrency, max_attempts, retry_interval_ms, webhook_url, state, start_at, end_at, timezone, driver_id, driver_until, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, 0, $14) ON CONFLICT (workspace_id, id) DO NOTHING",
+            "INSERT INTO campaigns (workspace_id, id, name, assistant_id, from_number, concurrency, max_attempts, retry_interval_ms, webhook_url, state, start_at, end_at, timezone, driver_id, driver_until, created_at, kind, session_id, agent_id, dialect, call_settings) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, 0, $14, $15, $16, $17, $18, $19) ON CONFLICT (workspace_id, id) DO NOTHING",
         )
         .bind(&c.workspace_id)
         .bind(&c.id)
@@ -107,6 +131,11 @@ impl Store {
         .bind(c.end_at)
         .bind(&c.timezone)
         .bind(c.created_at)
+        .bind(&c.kind)
+        .bind(&c.session_id)
+        .bind(&c.agent_id)
+        .bind(&c.dialect)
+        .bind(&c.call_settings)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -128,9 +157,29 @@ impl Store {
         Ok((rows, total))
     }
 
-    /// Campaigns not yet launched or still calling: what the workspace's quota counts.
-    pub async fn count_open_campaigns(&self, workspace_id: &str) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM campaigns WHERE workspace_id = $1 AND state IN ('draft', 'scheduled', 'running', 'paused')").bind(workspace_id).fetch_one(&self.pool).await?)
+    /// Campaigns not yet launched or still calling: what the workspace's quota counts. Those
+    /// of `kind` when `of_kind`, else those of every other kind.
+    pub async fn count_open_campaigns(&self, workspace_id: &str, kind: &str, of_kind: bool) -> Result<i64, StoreError> {
+        let compare = if of_kind { "=" } else { "<>" };
+        Ok(sqlx::query_scalar(&format!("SELECT COUNT(*) FROM campaigns WHERE workspace_id = $1 AND kind {compare} $2 AND state IN ('draft', 'scheduled', 'running', 'paused')"))
+            .bind(workspace_id)
+            .bind(kind)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// The ids of a session's campaigns (its batches, scheduled calls and queues).
+    pub async fn session_campaigns(&self, workspace_id: &str, session_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT id FROM campaigns WHERE workspace_id = $1 AND session_id = $2").bind(workspace_id).bind(session_id).fetch_all(&self.pool).await?)
+    }
+
+    /// Deletes a campaign and its contacts (its calls stay).
+    pub async fn delete_campaign(&self, workspace_id: &str, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM campaign_contacts WHERE workspace_id = $1 AND campaign_id = $2").bind(workspace_id).bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM campaigns WHERE workspace_id = $1 AND id = $2").bind(workspace_id).bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Contacts of the workspace's campaigns launched since `since`.
@@ -167,8 +216,8 @@ impl Store {
         }
         for c in contacts {
             sqlx::query(
-                "INSERT INTO campaign_contacts (workspace_id, campaign_id, seq, phone, name, email, variables, custom_fields, state, attempts, next_attempt_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9)",
+                "INSERT INTO campaign_contacts (workspace_id, campaign_id, seq, phone, name, email, variables, custom_fields, state, attempts, next_attempt_at, priority, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11)",
             )
             .bind(workspace_id)
             .bind(id)
@@ -179,6 +228,8 @@ impl Store {
             .bind(&c.variables)
             .bind(&c.custom_fields)
             .bind(schedule.start_at.unwrap_or(now))
+            .bind(c.priority)
+            .bind(c.expires_at)
             .execute(&mut *tx)
             .await?;
         }
@@ -198,8 +249,9 @@ impl Store {
         .await?)
     }
 
-    pub async fn campaign_contacts(&self, workspace_id: &str, id: &str, limit: i64, offset: i64) -> Result<Vec<ContactRow>, StoreError> {
-        Ok(sqlx::query_as::<_, ContactRow>(&format!("{CONTACT_COLUMNS} WHERE workspace_id = $1 AND campaign_id = $2 ORDER BY seq LIMIT $3 OFFSET $4"))
+    /// A page of a campaign's contacts, in their order, each with its call's status.
+    pub async fn campaign_contacts(&self, workspace_id: &str, id: &str, limit: i64, offset: i64) -> Result<Vec<ContactWithCall>, StoreError> {
+        Ok(sqlx::query_as::<_, ContactWithCall>(&format!("{CONTACT_WITH_CALL_COLUMNS} WHERE c.workspace_id = $1 AND c.campaign_id = $2 ORDER BY c.seq LIMIT $3 OFFSET $4"))
             .bind(workspace_id)
             .bind(id)
             .bind(limit)
@@ -248,11 +300,13 @@ impl Store {
         .await?)
     }
 
-    /// Claims the next due contact for a call; none when none is due, another worker took it,
-    /// or the campaign no longer calls (paused, canceled).
+    /// Claims the next due contact for a call (the highest priority, then the longest due);
+    /// none when none is due, another worker took it, or the campaign no longer calls (paused,
+    /// canceled).
     pub async fn claim_contact(&self, workspace_id: &str, id: &str, now: i64) -> Result<Option<ContactRow>, StoreError> {
         let next: Option<i64> = sqlx::query_scalar(
-            "SELECT seq FROM campaign_contacts WHERE workspace_id = $1 AND campaign_id = $2 AND state = 'pending' AND next_attempt_at <= $3 ORDER BY next_attempt_at, seq LIMIT 1",
+            "SELECT seq FROM campaign_contacts WHERE workspace_id = $1 AND campaign_id = $2 AND state = 'pending' AND next_attempt_at <= $3 AND (expires_at IS NULL OR expires_at > $3) \
+             ORDER BY priority DESC, next_attempt_at, seq LIMIT 1",
         )
         .bind(workspace_id)
         .bind(id)
@@ -317,6 +371,19 @@ impl Store {
         Ok(())
     }
 
+    /// Pending contacts whose wait ended by `now`, done with `outcome`; how many.
+    pub async fn close_expired_contacts(&self, workspace_id: &str, id: &str, now: i64, outcome: &str, reason: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query("UPDATE campaign_contacts SET state = 'done', outcome = $1, reason = $2 WHERE workspace_id = $3 AND campaign_id = $4 AND state = 'pending' AND expires_at <= $5")
+            .bind(outcome)
+            .bind(reason)
+            .bind(workspace_id)
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Every pending contact done with `outcome` (the schedule ended, the campaign was
     /// canceled); how many.
     pub async fn close_pending_contacts(&self, workspace_id: &str, id: &str, outcome: &str, reason: &str) -> Result<u64, StoreError> {
@@ -344,5 +411,35 @@ impl Store {
         let query = sqlx::query(&sql).bind(to).bind(workspace_id).bind(id);
         let query = if stamp.is_empty() { query } else { query.bind(now) };
         Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_queue_claims_the_higher_priority_first_and_skips_what_waited_too_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("q.db").display())).await.unwrap();
+        let ws = store.ensure_workspace("acme").await.unwrap().id;
+        let campaign = CampaignRecord { workspace_id: ws.clone(), id: "q".into(), name: "q".into(), assistant_id: "a".into(), concurrency: 1, max_attempts: 1, state: "draft".into(), kind: "queue".into(), ..CampaignRecord::default() };
+        assert!(store.insert_campaign(&campaign).await.unwrap());
+        let now = 1_000_000;
+        let contact = |seq: i64, priority: i64, expires_at: Option<i64>| ContactRow { seq, phone: format!("+1500555000{seq}"), variables: "{}".into(), custom_fields: "{}".into(), priority, expires_at, ..ContactRow::default() };
+        let contacts = [contact(0, 1, None), contact(1, 5, None), contact(2, 9, Some(now + 10)), contact(3, 3, Some(now + 10))];
+        assert!(store.launch_campaign(&ws, "q", &Schedule::default(), &contacts, now).await.unwrap());
+
+        // While it may still wait, the urgent contact goes first.
+        assert_eq!(store.claim_contact(&ws, "q", now).await.unwrap().map(|c| c.seq), Some(2));
+        store.contact_done(&ws, "q", 2, "completed", None).await.unwrap();
+        // Past its wait, contact 3 is not claimed (though above contact 0), and is skipped.
+        assert_eq!(store.claim_contact(&ws, "q", now + 20).await.unwrap().map(|c| c.seq), Some(1), "then priority 5");
+        assert_eq!(store.close_expired_contacts(&ws, "q", now + 20, "skipped", "waited").await.unwrap(), 1);
+        assert_eq!(store.claim_contact(&ws, "q", now + 20).await.unwrap().map(|c| c.seq), Some(0));
+        assert!(store.claim_contact(&ws, "q", now + 20).await.unwrap().is_none());
+        let rows = store.campaign_contacts(&ws, "q", 10, 0).await.unwrap();
+        let third = &rows[3].contact;
+        assert_eq!((third.state.as_str(), third.outcome.as_deref(), third.attempts), ("done", Some("skipped"), 0));
     }
 }

@@ -39,7 +39,7 @@ mod webhooks;
 mod campaigns;
 
 pub use secrets::SecretRecord;
-pub use campaigns::{CampaignRecord, ContactRow, Dialing, Schedule as CampaignSchedule};
+pub use campaigns::{CampaignRecord, ContactRow, ContactWithCall, Dialing, Schedule as CampaignSchedule};
 pub use webhooks::{DeliveryRecord, WebhookRecord};
 
 /// A retried outbound request found the key already claimed within the window.

@@ -123,7 +123,7 @@ fn a_campaign_calls_its_contacts_retries_and_reports() {
     // The answered call ran the assistant with the contact's fields, and carries them.
     let answered = by_phone("+15005550006");
     let (_, call) = get(&serve, &key, &format!("/v1/calls/{}", answered["call_id"].as_str().unwrap()));
-    assert_eq!(call["status"], "completed", "{call}");
+    assert_eq!((call["status"].as_str(), call["campaign_id"].as_str()), (Some("completed"), Some("spring")), "{call}");
     assert_eq!((call["metadata"]["campaign_id"].as_str(), call["metadata"]["contact"]["custom_fields"]["policy_number"].as_str()), (Some("spring"), Some("POL-Dana")), "{call}");
     let (_, transcript) = get(&serve, &key, &format!("/v1/calls/{}/transcript", answered["call_id"].as_str().unwrap()));
     assert!(transcript.to_string().to_lowercase().contains("hello dana"), "the first message used the contact's variable: {transcript}");

@@ -100,9 +100,9 @@ const OPERATIONS: &[Operation] = &[
     op(RINGEZ, "GET", "/api/v1/audio/{id}", Support::Full, "where `audio_url` points: the workspace's own clips, for an hour"),
     op(RINGEZ, "GET", "/api/v1/analytics/call-metrics", Support::Full, ""),
     op(RINGEZ, "GET", "/api/v1/analytics/spending", Support::Full, ""),
-    op(RINGEZ, "POST", "/api/v1/batch/calls", Support::NotYet, "a campaign (`POST /v1/campaigns/launch`) instead (501)"),
-    op(RINGEZ, "POST", "/api/v1/scheduled-calls", Support::NotYet, "a campaign (`POST /v1/campaigns/launch`) instead (501)"),
-    op(RINGEZ, "POST", "/api/v1/queue/add", Support::NotYet, "a campaign (`POST /v1/campaigns/launch`) instead (501)"),
+    op(RINGEZ, "POST", "/api/v1/batch/calls", Support::Full, "calls past the workspace's calls in progress are `queued` and placed as others end; `GET /api/v1/batch/{id}` follows them"),
+    op(RINGEZ, "POST", "/api/v1/scheduled-calls", Support::Full, "`GET`/`DELETE /api/v1/scheduled-calls/{id}` read and cancel it"),
+    op(RINGEZ, "POST", "/api/v1/queue/add", Support::Partial, "each request is a queue of its own: `concurrent_limit` counts its calls, not the session's"),
     op(RINGEZ, "POST", "/api/v1/security/whitelist", Support::NotYet, "restrict access at the proxy or firewall (501)"),
     op(RINGEZ, "POST", "/api/v1/security/rotate-key", Support::NotYet, "`ringline keys rotate` (501)"),
     op(RINGEZ_SKILL, "POST", "/api/v1/auth/check-email", Support::NotYet, "API keys and sessions instead of accounts (501)"),
@@ -136,6 +136,11 @@ impl Client<'_> {
         let known = OPERATIONS.iter().any(|o| o.method == method && o.path == pattern(path));
         assert!(known, "{method} {} is not in OPERATIONS", pattern(path));
         EXERCISED.lock().unwrap().push((method.to_string(), pattern(path)));
+        self.send_ours(method, path, body)
+    }
+
+    /// Sends a request to one of Ringline's own paths beside the dialect's (not in the table).
+    fn send_ours(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let mut request = reqwest::Client::new().request(method.parse().unwrap(), self.serve.url(path)).timeout(Duration::from_secs(60));
@@ -612,8 +617,10 @@ fn ringez_flow(db: Database) {
     );
     agent.expect("GET", &format!("/api/v1/analytics/spending?session_id={session_id}"), None, 200, &[("current_period.total_spent", "number"), ("current_period.budget_limit", "number"), ("current_period.budget_remaining", "number"), ("current_period.utilization_percentage", "number"), ("predictions.estimated_month_end_spend", "number"), ("predictions.over_budget_risk", "string")]);
 
+    let batch_path = ringez_jobs(&serve, &agent, &skill, &session_id, &create_key(&db, "another-workspace", &[]));
+
     // What a self-hosted server does not do says so, and what to use instead.
-    for (method, path) in [("POST", "/api/v1/wallet/add-credits"), ("POST", "/api/v1/batch/calls"), ("POST", "/api/v1/scheduled-calls"), ("POST", "/api/v1/queue/add"), ("POST", "/api/v1/security/whitelist"), ("POST", "/api/v1/security/rotate-key"), ("POST", "/api/v1/auth/check-email"), ("POST", "/api/v1/auth/send-otp"), ("POST", "/api/v1/auth/verify-otp"), ("POST", "/api/v1/auth/login")] {
+    for (method, path) in [("POST", "/api/v1/wallet/add-credits"), ("POST", "/api/v1/security/whitelist"), ("POST", "/api/v1/security/rotate-key"), ("POST", "/api/v1/auth/check-email"), ("POST", "/api/v1/auth/send-otp"), ("POST", "/api/v1/auth/verify-otp"), ("POST", "/api/v1/auth/login")] {
         let (status, answer) = agent.send(method, path, Some(&json!({})));
         assert_eq!(status, 501, "{path}: {answer}");
         assert_eq!(answer["error"]["code"], "not_implemented", "{path}: {answer}");
@@ -634,10 +641,136 @@ fn ringez_flow(db: Database) {
     assert_eq!(status, 401, "an ended session authenticates nothing");
     let (_, cleared) = crate::api::get(&serve, &key, &format!("/v1/calls/{call_id}"));
     assert_eq!(cleared["error"]["code"], "not_found", "ending the session cleared its calls");
+    assert_eq!(agent.send_ours("GET", &batch_path, None).0, 404, "and its batches");
     exercised_every_supported("Ringez");
     let (_, doc) = crate::api::get(&serve, &key, "/v1/openapi.json");
     assert_eq!(doc["paths"]["/api/v1/calls/initiate"]["post"]["tags"], json!(["ringez"]), "Ringez's paths are in the OpenAPI document under their tag");
     assert_eq!(doc["paths"]["/v1/calling/outbound/individual"]["post"]["tags"], json!(["ringg"]));
+}
+
+/// Batches, scheduled calls and queues: placed for the session by the campaign driver, each call
+/// the session's and the agent's; bad requests name the request's own fields.
+/// Returns the batch's path (ending the session clears it).
+fn ringez_jobs(serve: &Serve, agent: &Client, skill: &Client, session_id: &str, outsider_key: &str) -> String {
+    let job = |path: &str| agent.send_ours("GET", path, None).1;
+    let wait_job = |path: &str, what: &str, done: &dyn Fn(&Value) -> bool| {
+        let mut body = Value::Null;
+        wait_until(Duration::from_secs(60), what, || {
+            body = job(path);
+            done(&body)
+        });
+        body
+    };
+
+    // A batch as the reference writes it (sandbox numbers: one never answers, one is busy).
+    let batch = agent.expect(
+        "POST",
+        "/api/v1/batch/calls",
+        Some(json!({
+            "session_id": session_id,
+            "calls": [
+                { "to_number": "+15005550001", "metadata": { "customer_id": "cust_001" } },
+                { "to_number": "+15005550002", "metadata": { "customer_id": "cust_002" } },
+            ],
+            "call_settings": { "max_duration": 300, "transcribe": true },
+        })),
+        201,
+        &[("batch_id", "string"), ("status", "string"), ("total_calls", "integer"), ("calls[].call_id", "string"), ("calls[].to_number", "string"), ("calls[].status", "string")],
+    );
+    assert_eq!((batch["status"].as_str(), batch["total_calls"].as_i64()), (Some("processing"), Some(2)), "both placed at once: {batch}");
+    let batch_path = format!("/api/v1/batch/{}", batch["batch_id"].as_str().unwrap());
+    let done = wait_job(&batch_path, "the batch ends", &|b| b["status"] == "completed");
+    let statuses: Vec<&str> = done["calls"].as_array().unwrap().iter().map(|c| c["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, vec!["no-answer", "busy"], "{done}");
+    let first = done["calls"][0]["call_id"].as_str().unwrap();
+    let call = agent.expect("GET", &format!("/api/v1/calls/{first}"), None, 200, &[("call_id", "string"), ("status", "string")]);
+    assert_eq!((call["session_id"].as_str(), call["agent_id"].as_str()), (Some(session_id), Some("voice-assistant-v1")), "the session's and the agent's call: {call}");
+    let (_, detail) = agent.send_ours("GET", &format!("/v1/calls/{first}"), None);
+    assert_eq!(detail["metadata"]["customer_id"], "cust_001", "the call's metadata as given: {detail}");
+    assert_eq!(skill.send_ours("GET", &batch_path, None).0, 200, "the session reads its own batch");
+    for (body, field) in [
+        (json!({ "calls": [{ "to_number": "12" }] }), "calls[0].to_number"),
+        (json!({ "calls": [{ "to_number": "+15005550001" }, { "to_number": "+19002221234" }] }), "calls[1].to_number"),
+        (json!({ "calls": [] }), "calls"),
+        (json!({ "calls": [{ "to_number": "+15005550001", "priority": 2 }] }), "calls[0].priority"),
+        (json!({ "calls": [{ "to_number": "+15005550001", "metadata": [1] }] }), "calls[0].metadata"),
+        (json!({ "calls": [{ "to_number": "+15005550001" }], "call_settings": { "transcribe": false } }), "call_settings.transcribe"),
+    ] {
+        let (status, error) = agent.send("POST", "/api/v1/batch/calls", Some(&body));
+        assert_eq!((status / 100, error["error"]["field"].as_str()), (4, Some(field)), "{body}: {error}");
+    }
+
+    // A scheduled call as the reference writes it (its date a day ahead), read and canceled.
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%dT09:00:00Z").to_string();
+    let scheduled = agent.expect(
+        "POST",
+        "/api/v1/scheduled-calls",
+        Some(json!({
+            "session_id": session_id,
+            "to_number": "+14155551234",
+            "scheduled_time": tomorrow,
+            "timezone": "America/Los_Angeles",
+            "retry_policy": { "max_attempts": 3, "retry_interval": 300 },
+            "call_settings": { "transcribe": true },
+        })),
+        201,
+        &[("scheduled_call_id", "string"), ("to_number", "string"), ("scheduled_time", "string"), ("status", "string"), ("created_at", "string")],
+    );
+    assert_eq!(scheduled["status"], "scheduled", "{scheduled}");
+    let scheduled_path = format!("/api/v1/scheduled-calls/{}", scheduled["scheduled_call_id"].as_str().unwrap());
+    assert_eq!(job(&scheduled_path)["call_id"], Value::Null, "nothing is placed before its time");
+    let (status, canceled) = agent.send_ours("DELETE", &scheduled_path, None);
+    assert_eq!((status, canceled["status"].as_str()), (200, Some("canceled")), "{canceled}");
+    for (body, field) in [
+        (json!({ "to_number": "+14155551234", "scheduled_time": "2026-02-06T09:00:00Z" }), "scheduled_time"),
+        (json!({ "to_number": "+14155551234", "scheduled_time": tomorrow, "retry_policy": { "max_attempts": 9 } }), "retry_policy.max_attempts"),
+        (json!({ "to_number": "+14155551234", "scheduled_time": "2030-01-01T09:00:00", "timezone": "Mars/Olympus" }), "timezone"),
+        (json!({ "to_number": "+14155551234", "scheduled_time": "next week" }), "scheduled_time"),
+    ] {
+        let (status, error) = agent.send("POST", "/api/v1/scheduled-calls", Some(&body));
+        assert_eq!((status / 100, error["error"]["field"].as_str()), (4, Some(field)), "{body}: {error}");
+    }
+    // One due in a moment to a busy number: placed at its time, and again by its retry policy.
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let busy = agent.expect(
+        "POST",
+        "/api/v1/scheduled-calls",
+        Some(json!({ "to_number": "+15005550002", "scheduled_time": soon, "retry_policy": { "max_attempts": 2, "retry_interval": 1 } })),
+        201,
+        &[("scheduled_call_id", "string"), ("status", "string")],
+    );
+    let busy_path = format!("/api/v1/scheduled-calls/{}", busy["scheduled_call_id"].as_str().unwrap());
+    let ended = wait_job(&busy_path, "the scheduled call is tried twice", &|b| b["status"] == "busy");
+    assert_eq!(ended["attempts"], 2, "{ended}");
+
+    // A queue as the reference writes it, the higher priority called first, one at a time.
+    let queue = agent.expect(
+        "POST",
+        "/api/v1/queue/add",
+        Some(json!({
+            "session_id": session_id,
+            "calls": [
+                { "to_number": "+15005550001", "priority": 1, "max_wait_time": 300 },
+                { "to_number": "+15005550002", "priority": 5, "max_wait_time": 300 },
+            ],
+            "queue_settings": { "concurrent_limit": 1, "retry_failed": false },
+        })),
+        201,
+        &[("queue_id", "string"), ("status", "string"), ("calls[].priority", "integer"), ("calls[].status", "string")],
+    );
+    let queue_path = format!("/api/v1/queue/{}", queue["queue_id"].as_str().unwrap());
+    let done = wait_job(&queue_path, "the queue ends", &|q| q["status"] == "completed");
+    let created = |i: usize| {
+        let id = done["calls"][i]["call_id"].as_str().unwrap();
+        agent.send_ours("GET", &format!("/v1/calls/{id}"), None).1["created_at"].as_str().unwrap().to_string()
+    };
+    assert!(created(1) < created(0), "priority 5 before priority 1: {done}");
+    let (status, error) = agent.send("POST", "/api/v1/queue/add", Some(&json!({ "calls": [{ "to_number": "+15005550001" }], "queue_settings": { "concurrent_limit": 500 } })));
+    assert_eq!((status, error["error"]["field"].as_str()), (422, Some("queue_settings.concurrent_limit")), "{error}");
+
+    // Another workspace sees none of them.
+    assert_eq!(crate::api::get(serve, outsider_key, &batch_path).0, 404);
+    batch_path
 }
 
 /// The README's support table is rendered from [`OPERATIONS`]; `RINGLINE_BLESS=1` rewrites it.

@@ -45,19 +45,7 @@ pub struct InitiateRequest {
 /// user's phone).
 pub async fn initiate(State(state): State<AppState>, caller: RingezCaller, ApiJson(request): ApiJson<InitiateRequest>) -> Result<impl IntoResponse, ApiError> {
     let session = caller.session_named(&state, request.session_id.as_deref()).await?;
-    if let Some(session) = &session {
-        if !session.calling_authorized() {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "calling_not_authorized", "this session's user_consent.calling_authorized is false; open a session with it true"));
-        }
-    }
-    if request.call_settings.transcribe == Some(false) {
-        return Err(ApiError::invalid("call_settings.transcribe", "Ringline always transcribes a call (the agent listens through it); leave it out or true"));
-    }
-    if let Some(max) = request.call_settings.max_duration {
-        if !(10..=4 * 3600).contains(&max) {
-            return Err(ApiError::invalid("call_settings.max_duration", format!("{max} s: give 10 to 14400 seconds")));
-        }
-    }
+    request.call_settings.check()?;
     if let Some(name) = &request.caller_id_name {
         if name.chars().count() > 50 || name.chars().any(char::is_control) {
             return Err(ApiError::invalid("caller_id_name", "give at most 50 printable characters"));
@@ -84,27 +72,11 @@ pub async fn initiate(State(state): State<AppState>, caller: RingezCaller, ApiJs
     };
     let privacy = request.privacy_mode.unwrap_or(session.as_ref().is_some_and(|s| s.privacy_mode != 0));
     if let Some(session) = &session {
-        if let Some(limit) = session.spend_limit() {
-            let (_, info) = crate::server::numbers::valid_number("to_number", &request.to_number, None)?;
-            let minute = in_currency(rate_for(&info), &session.currency);
-            if limit - spent(&state, session).await? < minute {
-                return Err(ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_balance", format!("the session's budget (max_spend_limit {limit} {}) does not cover a minute to this number ({minute}); open a session with a larger limit", session.currency)));
-            }
-        }
+        check_session_call(&state, session, &request.to_number).await?;
     }
-    let mut metadata = match &request.metadata {
-        Value::Null => json!({}),
-        Value::Object(_) => request.metadata.clone(),
-        _ => return Err(ApiError::invalid("metadata", "must be a JSON object")),
-    };
-    let mut variables = request.dynamic_variables.clone();
+    let mut metadata = Value::Object(metadata_object("metadata", &request.metadata)?);
     let assistant_id = request.assistant_id.clone().unwrap_or_else(|| DEFAULT_ASSISTANT.to_string());
-    if assistant_id == DEFAULT_ASSISTANT && !variables.contains_key("task") {
-        let task = ["task", "issue"].iter().find_map(|k| metadata.get(*k).and_then(Value::as_str)).map(str::to_string);
-        if let Some(task) = task {
-            variables.insert("task".into(), Value::String(task));
-        }
-    }
+    let variables = with_task(&assistant_id, request.dynamic_variables.clone(), &metadata);
     metadata["ringez"] = json!({
         "mode": mode,
         "privacy_mode": privacy,
@@ -156,6 +128,42 @@ pub async fn initiate(State(state): State<AppState>, caller: RingezCaller, ApiJs
             ))
         }
     }
+}
+
+impl CallSettings {
+    /// Refuses what Ringline would not do as asked.
+    pub fn check(&self) -> Result<(), ApiError> {
+        if self.transcribe == Some(false) {
+            return Err(ApiError::invalid("call_settings.transcribe", "Ringline always transcribes a call (the agent listens through it); leave it out or true"));
+        }
+        if let Some(max) = self.max_duration {
+            if !(10..=4 * 3600).contains(&max) {
+                return Err(ApiError::invalid("call_settings.max_duration", format!("{max} s: give 10 to 14400 seconds")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A request's `metadata` (`field`): an object, or nothing.
+pub fn metadata_object(field: &str, metadata: &Value) -> Result<Map<String, Value>, ApiError> {
+    match metadata {
+        Value::Null => Ok(Map::new()),
+        Value::Object(object) => Ok(object.clone()),
+        _ => Err(ApiError::invalid(field, "must be a JSON object")),
+    }
+}
+
+/// The call's variables: for the default assistant, `task` defaults to the metadata's `task`
+/// or `issue` (what an agent says the call is for).
+pub fn with_task(assistant_id: &str, mut variables: BTreeMap<String, Value>, metadata: &Value) -> BTreeMap<String, Value> {
+    if assistant_id == DEFAULT_ASSISTANT && !variables.contains_key("task") {
+        let task = ["task", "issue"].iter().find_map(|k| metadata.get(*k).and_then(Value::as_str)).map(str::to_string);
+        if let Some(task) = task {
+            variables.insert("task".into(), Value::String(task));
+        }
+    }
+    variables
 }
 
 /// A number with all but its country code and last two digits hidden.

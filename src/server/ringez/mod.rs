@@ -10,7 +10,8 @@
 //! (`X-Session-ID`, as Ringez's calling skill sends it) until it expires (6 h) or is deleted.
 //! Calls carry their session and the agent that placed them (`X-Agent-ID`). What a self-hosted
 //! server has no use for — payments, OTP log-in, IP allow-lists — answers 501 naming what to
-//! use instead; batches, schedules and queues are Ringline's campaigns (`/v1/campaigns`).
+//! use instead. Batches, scheduled calls and queues are campaigns of their own kind, placed for
+//! the session ([`jobs`]).
 //!
 //! Cost is an estimate from the rate table here (per started minute, by the number's country
 //! and type); a session's `user_consent.max_spend_limit` is its budget, and a call that would
@@ -25,7 +26,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::assistants::rfc3339;
 use super::auth::Auth;
@@ -40,6 +41,7 @@ use crate::store::{self, CallRecord, HistoryFilter};
 pub mod agents;
 pub mod calling;
 pub mod contacts;
+pub mod jobs;
 pub mod numbers;
 pub mod sessions;
 pub mod voice;
@@ -48,6 +50,7 @@ pub use agents::EVENTS;
 use agents::*;
 use calling::*;
 use contacts::*;
+use jobs::*;
 use numbers::*;
 use sessions::*;
 use voice::*;
@@ -94,6 +97,15 @@ pub const PATHS: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/analytics/spending", "This month's spending against the session's budget"),
     ("POST", "/api/v1/agents/voice-synthesis", "Speak a text with an installed voice: a WAV kept for an hour"),
     ("GET", "/api/v1/audio/{id}", "A synthesized clip (the workspace's own, within its hour)"),
+    ("POST", "/api/v1/batch/calls", "Place calls at once (up to the workspace's calls in progress; the rest as those end), for the session"),
+    ("GET", "/api/v1/batch/{id}", "A batch: its state and each call's id and status"),
+    ("DELETE", "/api/v1/batch/{id}", "Cancel a batch's calls not yet placed"),
+    ("POST", "/api/v1/scheduled-calls", "A call at `scheduled_time` (in `timezone`), again by `retry_policy`"),
+    ("GET", "/api/v1/scheduled-calls/{id}", "A scheduled call: scheduled, its call's status, or how it ended"),
+    ("DELETE", "/api/v1/scheduled-calls/{id}", "Cancel a scheduled call not yet placed"),
+    ("POST", "/api/v1/queue/add", "Calls `concurrent_limit` at a time, higher `priority` first, skipped after `max_wait_time`"),
+    ("GET", "/api/v1/queue/{id}", "A queue: its state and each call's priority and status"),
+    ("DELETE", "/api/v1/queue/{id}", "Cancel a queue's calls not yet placed"),
 ];
 
 pub fn router() -> Router<AppState> {
@@ -122,9 +134,12 @@ pub fn router() -> Router<AppState> {
         .route("/agents/voice-synthesis", post(voice_synthesis))
         .route("/audio/{id}", get(audio))
         .route("/wallet/add-credits", post(not_here))
-        .route("/batch/calls", post(not_here))
-        .route("/scheduled-calls", post(not_here))
-        .route("/queue/add", post(not_here))
+        .route("/batch/calls", post(batch_calls))
+        .route("/batch/{id}", get(read_batch).delete(cancel_batch))
+        .route("/scheduled-calls", post(schedule_call))
+        .route("/scheduled-calls/{id}", get(read_scheduled).delete(cancel_scheduled))
+        .route("/queue/add", post(queue_add))
+        .route("/queue/{id}", get(read_queue).delete(cancel_queue))
         .route("/security/whitelist", post(not_here))
         .route("/security/rotate-key", post(not_here))
         .route("/auth/check-email", post(not_here))
@@ -359,6 +374,32 @@ async fn balance(state: &AppState, session: &SessionRecord) -> Result<Value, Api
     Ok(json!({ "minutes": (left / per_minute).floor() as i64, "currency": currency, "value": left, "unlimited": false }))
 }
 
+/// Whether a session may place a call to `to_number`: its user allowed calling, and what is
+/// left of its budget covers a minute there.
+async fn check_session_call(state: &AppState, session: &SessionRecord, to_number: &str) -> Result<(), ApiError> {
+    if !session.calling_authorized() {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "calling_not_authorized", "this session's user_consent.calling_authorized is false; open a session with it true"));
+    }
+    if let Some(limit) = session.spend_limit() {
+        let (_, info) = crate::server::numbers::valid_number("to_number", to_number, None)?;
+        let minute = in_currency(rate_for(&info), &session.currency);
+        if limit - spent(state, session).await? < minute {
+            return Err(ApiError::new(StatusCode::PAYMENT_REQUIRED, "insufficient_balance", format!("the session's budget (max_spend_limit {limit} {}) does not cover a minute to this number ({minute}); open a session with a larger limit", session.currency)));
+        }
+    }
+    Ok(())
+}
+
+/// [`check_session_call`] for a campaign's call placed later for the session `session_id`: a
+/// session ended or expired meanwhile answers `session_ended`.
+pub async fn session_may_call(state: &AppState, workspace_id: &str, session_id: &str, to_number: &str) -> Result<(), ApiError> {
+    let session = session_by_id(state, session_id).await?.filter(|s| s.workspace_id == workspace_id && s.is_open(store::now_ms()));
+    let Some(session) = session else {
+        return Err(ApiError::new(StatusCode::GONE, "session_ended", format!("session `{session_id}` ended before this call was placed")));
+    };
+    check_session_call(state, &session, to_number).await
+}
+
 /// The most calls one summary reads (the newest): bounds the memory a request can take.
 const MAX_SUMMARIZED_CALLS: i64 = 10_000;
 
@@ -394,10 +435,8 @@ pub async fn not_here(uri: axum::http::Uri, _headers: HeaderMap) -> ApiError {
         "Ringline authenticates with API keys: open a session with POST /api/v1/sessions/create and send its id as X-Session-ID"
     } else if path.contains("/security/rotate-key") {
         "rotate keys with `ringline keys rotate KEY_ID` on the server"
-    } else if path.contains("/security/") {
-        "restrict who reaches the server at its reverse proxy or firewall"
     } else {
-        "batches, scheduled and queued calls are campaigns: POST /v1/campaigns/launch with the assistant, the contacts, a schedule, calls at once and retries (or one call at a time with POST /api/v1/calls/initiate)"
+        "restrict who reaches the server at its reverse proxy or firewall"
     };
     ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", format!("{path} is not part of Ringline: {instead}"))
 }

@@ -116,6 +116,7 @@ pub async fn end_session(State(state): State<AppState>, caller: RingezCaller, Pa
         .execute(&state.store.pool)
         .await
         .map_err(store::StoreError::from)?;
+    clear_session_jobs(&state, &session).await?;
     let mut cleared = 0;
     for call in calls_in(&state, &session.workspace_id, Some(&session.id), 0, i64::MAX).await? {
         if call.is_live() {
