@@ -110,6 +110,9 @@ pub struct ContactInput {
     /// The assistant's variables among them go to the call; all are kept in its metadata.
     #[serde(default, alias = "custom_args_values", alias = "dynamic_variables")]
     pub custom_fields: BTreeMap<String, Value>,
+    /// Its IANA zone, whose local time the calling hours are (default: its number's zone when
+    /// the number has one, else the campaign's).
+    pub timezone: Option<String>,
     /// The CSV line it was read from, for errors.
     #[serde(skip)]
     pub line: Option<usize>,
@@ -162,13 +165,26 @@ fn minutes_of(field: &str, raw: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::invalid(field, format!("`{raw}` is not a time of day: use HH:MM, e.g. 09:00")))
 }
 
-/// Whether `now` falls within the campaign's calling hours (always, when it has none).
-fn within_hours(campaign: &CampaignRecord, now: i64) -> bool {
-    let (Some(start), Some(end)) = (campaign.hours_start, campaign.hours_end) else { return true };
-    let zone: chrono_tz::Tz = campaign.timezone.as_deref().and_then(|z| z.parse().ok()).unwrap_or(chrono_tz::UTC);
-    let Some(local) = chrono::DateTime::from_timestamp_millis(now).map(|t| t.with_timezone(&zone)) else { return false };
+/// When a contact may be called next under the campaign's calling hours, local to the
+/// contact's zone (`contact_zone`, else the campaign's): `now` within them (or without hours),
+/// else when they next open.
+fn next_calling_time(campaign: &CampaignRecord, contact_zone: Option<&str>, now: i64) -> i64 {
+    let (Some(start), Some(end)) = (campaign.hours_start, campaign.hours_end) else { return now };
+    let zone: chrono_tz::Tz = contact_zone.or(campaign.timezone.as_deref()).and_then(|z| z.parse().ok()).unwrap_or(chrono_tz::UTC);
+    let Some(local) = chrono::DateTime::from_timestamp_millis(now).map(|t| t.with_timezone(&zone)) else { return now };
     let minute = i64::from(chrono::Timelike::hour(&local)) * 60 + i64::from(chrono::Timelike::minute(&local));
-    (start..end).contains(&minute)
+    if (start..end).contains(&minute) {
+        return now;
+    }
+    let day = if minute < start { local.date_naive() } else { local.date_naive() + chrono::Duration::days(1) };
+    let opening = day.and_hms_opt((start / 60) as u32, (start % 60) as u32, 0).unwrap_or_default();
+    use chrono::TimeZone;
+    // A clock change that skips the opening minute: an hour later is within the hours.
+    zone.from_local_datetime(&opening)
+        .earliest()
+        .or_else(|| zone.from_local_datetime(&(opening + chrono::Duration::hours(1))).earliest())
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(now + 3_600_000)
 }
 
 fn hh_mm(minutes: i64) -> String {
@@ -334,6 +350,13 @@ fn check_contact(state: &AppState, assistant: &crate::assistant::Assistant, i: u
     let declared = |name: &str| assistant.spec.accept_any_variables || assistant.spec.variables.contains_key(name);
     let at = |field: &str| format!("contacts[{i}].{field}");
     let (phone, info) = valid_number(&at("phone"), &contact.phone, None)?;
+    let timezone = match contact.timezone {
+        Some(zone) => {
+            zone.parse::<chrono_tz::Tz>().map_err(|_| ApiError::invalid(at("timezone"), format!("`{}` is not an IANA time zone, e.g. America/Chicago", crate::assistant::check::clip(&zone))))?;
+            Some(zone)
+        }
+        None => info.timezone.clone(),
+    };
     let info = with_telephony(info, state.can_dial_out());
     if !info.callable {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "number_not_callable", format!("{phone}: {}", info.reason.unwrap_or_default())).with_field(at("phone")));
@@ -383,6 +406,7 @@ fn check_contact(state: &AppState, assistant: &crate::assistant::Assistant, i: u
         custom_fields,
         priority: contact.priority,
         expires_at: contact.expires_at,
+        timezone,
         ..ContactRow::default()
     })
 }
@@ -407,7 +431,7 @@ fn contacts_from_csv(text: &str) -> Result<Vec<ContactInput>, ApiError> {
         ApiError::invalid("contacts_csv", format!("its header row ({}) names no `phone` column", header.join(", ")))
     })?;
     let column = |name: &str| header.iter().position(|h| h == name);
-    let (name, email) = (column("name"), column("email"));
+    let (name, email, zone) = (column("name"), column("email"), column("timezone"));
     if let Some(empty) = header.iter().position(|h| h.is_empty()) {
         return Err(ApiError::invalid("contacts_csv", format!("column {} of the header row has no name", empty + 1)));
     }
@@ -420,10 +444,10 @@ fn contacts_from_csv(text: &str) -> Result<Vec<ContactInput>, ApiError> {
         let custom_fields = header
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i != phone && Some(*i) != name && Some(*i) != email)
+            .filter(|(i, _)| *i != phone && ![name, email, zone].contains(&Some(*i)))
             .filter_map(|(i, h)| cell(Some(i)).map(|value| (h.clone(), Value::String(value))))
             .collect();
-        contacts.push(ContactInput { phone: cells[phone].trim().to_string(), name: cell(name), email: cell(email), custom_fields, line: Some(line), ..ContactInput::default() });
+        contacts.push(ContactInput { phone: cells[phone].trim().to_string(), name: cell(name), email: cell(email), custom_fields, timezone: cell(zone), line: Some(line), ..ContactInput::default() });
     }
     if contacts.is_empty() || contacts.len() > MAX_CONTACTS {
         return Err(ApiError::invalid("contacts_csv", format!("has {} contacts; give 1 to {MAX_CONTACTS} rows after the header row", contacts.len())));
@@ -750,6 +774,7 @@ async fn view(state: &AppState, campaign: &CampaignRecord, page: Option<(i64, i6
                     "call_id": c.call_id,
                     "reason": c.reason,
                     "next_attempt_at": (c.state == "pending").then(|| rfc3339(c.next_attempt_at)),
+                    "timezone": c.timezone,
                 })
             })
             .collect();
@@ -850,9 +875,14 @@ async fn step(state: &AppState, campaign: &CampaignRecord, now: i64) -> Result<(
     let auth = Auth { workspace_id: ws.to_string(), key_id: format!("campaign:{id}") };
     let settings: CallSettings = campaign.call_settings.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
     let mut started = campaign.state == "running";
-    // Outside the calling hours, contacts wait (calls in progress were settled above).
-    while live < campaign.concurrency && within_hours(campaign, now) {
+    while live < campaign.concurrency {
         let Some(contact) = state.store.claim_contact(ws, id, now).await? else { break };
+        // Outside its calling hours (its own local time), a contact waits for them to open.
+        let opens = next_calling_time(campaign, contact.timezone.as_deref(), now);
+        if opens > now {
+            state.store.contact_again(ws, id, contact.seq, opens, None, None).await?;
+            continue;
+        }
         if let Some(session_id) = &campaign.session_id {
             // The session's budget and consent hold for every call, as for one it places itself.
             if let Err(refused) = super::ringez::session_may_call(state, ws, session_id, &contact.phone).await {
@@ -966,14 +996,21 @@ mod tests {
     }
 
     #[test]
-    fn calling_hours_are_the_zones_local_time() {
+    fn calling_hours_are_the_contacts_local_time_else_the_campaigns() {
         let campaign = CampaignRecord { timezone: Some("Asia/Kolkata".into()), hours_start: Some(9 * 60), hours_end: Some(18 * 60), ..CampaignRecord::default() };
         let at = |utc: &str| chrono::DateTime::parse_from_rfc3339(utc).unwrap().timestamp_millis();
-        assert!(!within_hours(&campaign, at("2026-02-07T03:29:00Z")), "08:59 in Kolkata");
-        assert!(within_hours(&campaign, at("2026-02-07T03:30:00Z")), "09:00 in Kolkata");
-        assert!(within_hours(&campaign, at("2026-02-07T12:29:00Z")), "17:59 in Kolkata");
-        assert!(!within_hours(&campaign, at("2026-02-07T12:30:00Z")), "18:00 in Kolkata");
-        assert!(within_hours(&CampaignRecord::default(), at("2026-02-07T00:00:00Z")), "no hours: always");
+        let next = |zone: Option<&str>, now: &str| next_calling_time(&campaign, zone, at(now));
+        assert_eq!(next(None, "2026-02-07T03:29:00Z"), at("2026-02-07T03:30:00Z"), "08:59 in Kolkata: at 09:00");
+        assert_eq!(next(None, "2026-02-07T03:30:00Z"), at("2026-02-07T03:30:00Z"), "09:00 in Kolkata: now");
+        assert_eq!(next(None, "2026-02-07T12:29:00Z"), at("2026-02-07T12:29:00Z"), "17:59 in Kolkata: now");
+        assert_eq!(next(None, "2026-02-07T12:30:00Z"), at("2026-02-08T03:30:00Z"), "18:00 in Kolkata: tomorrow at 09:00");
+        // The same moment is 09:30 in Kolkata and 23:00 in New York, whose contact waits.
+        assert_eq!(next(Some("America/New_York"), "2026-02-07T04:00:00Z"), at("2026-02-07T14:00:00Z"), "09:00 in New York");
+        assert_eq!(next(Some("America/New_York"), "2026-02-07T15:00:00Z"), at("2026-02-07T15:00:00Z"), "10:00 in New York: now");
+        // New York's clocks skip 02:00 to 03:00 on 8 March 2026: hours opening at 02:30 open at 03:30.
+        let early = CampaignRecord { timezone: Some("America/New_York".into()), hours_start: Some(150), hours_end: Some(300), ..CampaignRecord::default() };
+        assert_eq!(next_calling_time(&early, None, at("2026-03-08T05:00:00Z")), at("2026-03-08T07:30:00Z"));
+        assert_eq!(next_calling_time(&CampaignRecord::default(), None, 42), 42, "no hours: always");
     }
 
     #[test]
@@ -986,6 +1023,8 @@ mod tests {
         assert_eq!((contacts[1].email.as_deref(), contacts[1].custom_fields["note"].as_str()), (None, Some("two\nlines")));
         assert_eq!(contacts.iter().map(|c| c.line).collect::<Vec<_>>(), vec![Some(2), Some(4), Some(6)], "lines as a spreadsheet numbers them");
         assert!(contacts[2].custom_fields.is_empty(), "empty cells are left out");
+        let zoned = contacts_from_csv("phone,TimeZone,plan\n+15005550006,America/Chicago,gold\n").unwrap();
+        assert_eq!((zoned[0].timezone.as_deref(), zoned[0].custom_fields.len()), (Some("America/Chicago"), 1), "a timezone column is the contact's zone, not a field");
 
         let error = |text: &str| contacts_from_csv(text).err().map(|e| (e.field.unwrap_or_default(), e.message)).unwrap();
         assert!(error("name,email\nDana,d@x.io\n").1.contains("no `phone` column"));

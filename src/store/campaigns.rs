@@ -83,6 +83,8 @@ pub struct ContactRow {
     pub priority: i64,
     /// Still not called by then: skipped (a queue's `max_wait_time`).
     pub expires_at: Option<i64>,
+    /// Its own IANA zone, for calling hours (else the campaign's).
+    pub timezone: Option<String>,
 }
 
 /// A contact with its call's status (none before a call, or once the call is deleted).
@@ -105,9 +107,9 @@ pub struct Dialing {
 }
 
 const CAMPAIGN_COLUMNS: &str = "SELECT workspace_id, id, name, assistant_id, from_number, concurrency, max_attempts, retry_interval_ms, webhook_url, state, start_at, end_at, timezone, hours_start, hours_end, driver_id, driver_until, created_at, launched_at, started_at, ended_at, kind, session_id, agent_id, dialect, call_settings FROM campaigns";
-const CONTACT_COLUMNS: &str = "SELECT workspace_id, campaign_id, seq, phone, name, email, variables, custom_fields, state, attempts, next_attempt_at, claimed_at, call_id, outcome, reason, priority, expires_at FROM campaign_contacts";
+const CONTACT_COLUMNS: &str = "SELECT workspace_id, campaign_id, seq, phone, name, email, variables, custom_fields, state, attempts, next_attempt_at, claimed_at, call_id, outcome, reason, priority, expires_at, timezone FROM campaign_contacts";
 /// The same, of `campaign_contacts c` joined with its call `k`.
-const CONTACT_WITH_CALL_COLUMNS: &str = "SELECT c.workspace_id, c.campaign_id, c.seq, c.phone, c.name, c.email, c.variables, c.custom_fields, c.state, c.attempts, c.next_attempt_at, c.claimed_at, c.call_id, c.outcome, c.reason, c.priority, c.expires_at, k.status AS call_status \
+const CONTACT_WITH_CALL_COLUMNS: &str = "SELECT c.workspace_id, c.campaign_id, c.seq, c.phone, c.name, c.email, c.variables, c.custom_fields, c.state, c.attempts, c.next_attempt_at, c.claimed_at, c.call_id, c.outcome, c.reason, c.priority, c.expires_at, c.timezone, k.status AS call_status \
      FROM campaign_contacts c LEFT JOIN calls k ON k.id = c.call_id";
 
 impl Store {
@@ -216,8 +218,8 @@ impl Store {
         }
         for c in contacts {
             sqlx::query(
-                "INSERT INTO campaign_contacts (workspace_id, campaign_id, seq, phone, name, email, variables, custom_fields, state, attempts, next_attempt_at, priority, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11)",
+                "INSERT INTO campaign_contacts (workspace_id, campaign_id, seq, phone, name, email, variables, custom_fields, state, attempts, next_attempt_at, priority, expires_at, timezone) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $10, $11, $12)",
             )
             .bind(workspace_id)
             .bind(id)
@@ -230,6 +232,7 @@ impl Store {
             .bind(schedule.start_at.unwrap_or(now))
             .bind(c.priority)
             .bind(c.expires_at)
+            .bind(&c.timezone)
             .execute(&mut *tx)
             .await?;
         }

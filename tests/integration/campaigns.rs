@@ -213,22 +213,30 @@ fn a_scheduled_campaign_waits_and_a_canceled_one_calls_no_one() {
     let calls = calls_of(&serve, &key);
     assert!(!calls.is_empty() && calls.len() <= 2, "{calls:?}");
 
-    // Calling hours that are not now: the contact waits.
+    // Calling hours that are not now in the campaign's zone: its contact waits for them to
+    // open; a contact whose own zone is within them now is called.
     let hour = (chrono::Timelike::hour(&chrono::Utc::now()) + 6) % 24;
-    let (from, to) = if hour == 23 { (22, 23) } else { (hour, hour + 1) };
+    let (from, to, ahead) = if hour == 23 { (22, 23, 5) } else { (hour, hour + 1, 6) };
+    let mut bo = contact("+15005550002", "Bo");
+    bo["timezone"] = json!(format!("Etc/GMT-{ahead}"));
     let (status, later) = post(
         &serve,
         &key,
         "/v1/campaigns/launch",
-        json!({ "assistant_id": assistant, "contacts": [contact("+15005550001", "Eve")], "schedule": { "timezone": "UTC", "calling_hours": { "start": format!("{from:02}:00"), "end": format!("{to:02}:00") } } }),
+        json!({ "assistant_id": assistant, "contacts": [contact("+15005550001", "Eve"), bo], "schedule": { "timezone": "UTC", "calling_hours": { "start": format!("{from:02}:00"), "end": format!("{to:02}:00") } } }),
     );
     assert_eq!(status, 201, "{later}");
     assert_eq!(later["schedule"]["calling_hours"]["start"].as_str(), Some(format!("{from:02}:00").as_str()), "{later}");
     let id = later["campaign_id"].as_str().unwrap().to_string();
-    std::thread::sleep(Duration::from_secs(3));
-    let waiting = wait_campaign(&serve, &key, &id, Duration::from_secs(5), |_| true);
-    assert_eq!((waiting["status"].as_str(), waiting["counts"]["pending"].as_i64()), (Some("scheduled"), Some(1)), "{waiting}");
-    assert!(calls_of(&serve, &key).iter().all(|c| c["campaign_id"] != id.as_str()), "no call outside the calling hours");
+    let waiting = wait_campaign(&serve, &key, &id, Duration::from_secs(20), |c| c["counts"]["busy"] == 1);
+    assert_eq!((waiting["status"].as_str(), waiting["counts"]["pending"].as_i64()), (Some("running"), Some(1)), "{waiting}");
+    let eve = &waiting["contacts"][0];
+    assert_eq!((eve["attempts"].as_i64(), eve["timezone"].as_str()), (Some(0), None), "{waiting}");
+    assert!(eve["next_attempt_at"].as_str().unwrap().contains(&format!("T{from:02}:00:00")), "waits for the hours to open: {waiting}");
+    let placed: Vec<Value> = calls_of(&serve, &key).into_iter().filter(|c| c["campaign_id"] == id.as_str()).collect();
+    assert_eq!(placed.len(), 1, "only the contact within its own hours: {placed:?}");
+    let (status, error) = post(&serve, &key, "/v1/campaigns/launch", json!({ "assistant_id": assistant, "contacts": [{ "phone": "+15005550001", "timezone": "Moon/Base", "custom_fields": { "customer_name": "X" } }] }));
+    assert_eq!((status, error["error"]["field"].as_str()), (422, Some("contacts[0].timezone")), "{error}");
     assert_eq!(post(&serve, &key, &format!("/v1/campaigns/{id}/cancel"), json!({})).0, 200);
 
     // Paused: no new call until resumed; then it goes on to the end.
@@ -269,10 +277,10 @@ fn a_scheduled_campaign_waits_and_a_canceled_one_calls_no_one() {
         }
         assert_eq!(post(&serve, &key, &format!("/v1/campaigns/{}/cancel", body["campaign_id"].as_str().unwrap()), json!({})).0, 200);
     }
-    // The 8 contacts launched above and nine thousand make 9,008: the tenth thousand is refused.
+    // The 9 contacts launched above and nine thousand make 9,009: the tenth thousand is refused.
     let (round, status, body) = refused.expect("the tenth thousand is refused");
     assert_eq!((round, status, body["error"]["code"].as_str()), (9, 429, Some("campaign_contact_limit")), "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("9008"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("9009"), "{body}");
 
     // The workspace's open campaigns are bounded.
     for _ in 0..5 {

@@ -13,3 +13,7 @@ CREATE INDEX campaigns_by_session ON campaigns (workspace_id, session_id);
 -- due; one still waiting at expires_at is skipped.
 ALTER TABLE campaign_contacts ADD COLUMN priority BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE campaign_contacts ADD COLUMN expires_at BIGINT;
+
+-- The contact's own time zone (given, or its number's when that has one): calling hours are
+-- its local time; without one, the campaign's zone.
+ALTER TABLE campaign_contacts ADD COLUMN timezone TEXT;
