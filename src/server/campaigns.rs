@@ -876,12 +876,15 @@ async fn step(state: &AppState, campaign: &CampaignRecord, now: i64) -> Result<(
     let settings: CallSettings = campaign.call_settings.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
     let mut started = campaign.state == "running";
     while live < campaign.concurrency {
-        let Some(contact) = state.store.claim_contact(ws, id, now).await? else { break };
+        let Some(contact) = state.store.next_due_contact(ws, id, now).await? else { break };
         // Outside its calling hours (its own local time), a contact waits for them to open.
         let opens = next_calling_time(campaign, contact.timezone.as_deref(), now);
         if opens > now {
-            state.store.contact_again(ws, id, contact.seq, opens, None, None).await?;
+            state.store.defer_contact(ws, id, contact.seq, opens).await?;
             continue;
+        }
+        if !state.store.claim_contact(ws, id, contact.seq, now).await? {
+            break;
         }
         if let Some(session_id) = &campaign.session_id {
             // The session's budget and consent hold for every call, as for one it places itself.

@@ -303,35 +303,46 @@ impl Store {
         .await?)
     }
 
-    /// Claims the next due contact for a call (the highest priority, then the longest due);
-    /// none when none is due, another worker took it, or the campaign no longer calls (paused,
-    /// canceled).
-    pub async fn claim_contact(&self, workspace_id: &str, id: &str, now: i64) -> Result<Option<ContactRow>, StoreError> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT seq FROM campaign_contacts WHERE workspace_id = $1 AND campaign_id = $2 AND state = 'pending' AND next_attempt_at <= $3 AND (expires_at IS NULL OR expires_at > $3) \
-             ORDER BY priority DESC, next_attempt_at, seq LIMIT 1",
-        )
+    /// The next contact due for a call: the highest priority, then the longest due.
+    pub async fn next_due_contact(&self, workspace_id: &str, id: &str, now: i64) -> Result<Option<ContactRow>, StoreError> {
+        Ok(sqlx::query_as::<_, ContactRow>(&format!(
+            "{CONTACT_COLUMNS} WHERE workspace_id = $1 AND campaign_id = $2 AND state = 'pending' AND next_attempt_at <= $3 AND (expires_at IS NULL OR expires_at > $3) \
+             ORDER BY priority DESC, next_attempt_at, seq LIMIT 1"
+        ))
         .bind(workspace_id)
         .bind(id)
         .bind(now)
         .fetch_optional(&self.pool)
-        .await?;
-        let Some(seq) = next else { return Ok(None) };
+        .await?)
+    }
+
+    /// Claims a pending contact for a call; false when another worker took it, or the campaign
+    /// no longer calls (paused, canceled).
+    pub async fn claim_contact(&self, workspace_id: &str, id: &str, seq: i64, now: i64) -> Result<bool, StoreError> {
         // Only while the campaign calls: a pause or a cancel stops claims at once.
         let done = sqlx::query(&format!(
             "UPDATE campaign_contacts SET state = 'dialing', claimed_at = $1, call_id = NULL WHERE workspace_id = $2 AND campaign_id = $3 AND seq = $4 AND state = 'pending' \
              AND EXISTS (SELECT 1 FROM campaigns WHERE workspace_id = $2 AND id = $3 AND state IN {ACTIVE_CAMPAIGN_STATES})"
         ))
-            .bind(now)
+        .bind(now)
+        .bind(workspace_id)
+        .bind(id)
+        .bind(seq)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A pending contact due later, at `at` (its calling hours open then).
+    pub async fn defer_contact(&self, workspace_id: &str, id: &str, seq: i64, at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE campaign_contacts SET next_attempt_at = $1 WHERE workspace_id = $2 AND campaign_id = $3 AND seq = $4 AND state = 'pending'")
+            .bind(at)
             .bind(workspace_id)
             .bind(id)
             .bind(seq)
             .execute(&self.pool)
             .await?;
-        if done.rows_affected() != 1 {
-            return Ok(None);
-        }
-        Ok(sqlx::query_as::<_, ContactRow>(&format!("{CONTACT_COLUMNS} WHERE workspace_id = $1 AND campaign_id = $2 AND seq = $3")).bind(workspace_id).bind(id).bind(seq).fetch_optional(&self.pool).await?)
+        Ok(())
     }
 
     /// The call placed for a claimed contact.
@@ -432,16 +443,22 @@ mod tests {
         let contact = |seq: i64, priority: i64, expires_at: Option<i64>| ContactRow { seq, phone: format!("+1500555000{seq}"), variables: "{}".into(), custom_fields: "{}".into(), priority, expires_at, ..ContactRow::default() };
         let contacts = [contact(0, 1, None), contact(1, 5, None), contact(2, 9, Some(now + 10)), contact(3, 3, Some(now + 10))];
         assert!(store.launch_campaign(&ws, "q", &Schedule::default(), &contacts, now).await.unwrap());
+        let store = &store;
+        let ws = ws.as_str();
+        let claim = |now: i64| async move {
+            let next = store.next_due_contact(ws, "q", now).await.unwrap()?;
+            store.claim_contact(ws, "q", next.seq, now).await.unwrap().then_some(next.seq)
+        };
 
         // While it may still wait, the urgent contact goes first.
-        assert_eq!(store.claim_contact(&ws, "q", now).await.unwrap().map(|c| c.seq), Some(2));
-        store.contact_done(&ws, "q", 2, "completed", None).await.unwrap();
+        assert_eq!(claim(now).await, Some(2));
+        store.contact_done(ws, "q", 2, "completed", None).await.unwrap();
         // Past its wait, contact 3 is not claimed (though above contact 0), and is skipped.
-        assert_eq!(store.claim_contact(&ws, "q", now + 20).await.unwrap().map(|c| c.seq), Some(1), "then priority 5");
-        assert_eq!(store.close_expired_contacts(&ws, "q", now + 20, "skipped", "waited").await.unwrap(), 1);
-        assert_eq!(store.claim_contact(&ws, "q", now + 20).await.unwrap().map(|c| c.seq), Some(0));
-        assert!(store.claim_contact(&ws, "q", now + 20).await.unwrap().is_none());
-        let rows = store.campaign_contacts(&ws, "q", 10, 0).await.unwrap();
+        assert_eq!(claim(now + 20).await, Some(1), "then priority 5");
+        assert_eq!(store.close_expired_contacts(ws, "q", now + 20, "skipped", "waited").await.unwrap(), 1);
+        assert_eq!(claim(now + 20).await, Some(0));
+        assert!(claim(now + 20).await.is_none());
+        let rows = store.campaign_contacts(ws, "q", 10, 0).await.unwrap();
         let third = &rows[3].contact;
         assert_eq!((third.state.as_str(), third.outcome.as_deref(), third.attempts), ("done", Some("skipped"), 0));
     }
