@@ -709,12 +709,14 @@ pub async fn resume(State(state): State<AppState>, auth: Auth, Path(id): Path<St
     Ok(Json(view(&state, &resumed, None).await?))
 }
 
-/// What a contact's row says now: `pending`, `in-progress` while its call is live, else its
-/// call's status (`completed`, `no-answer`…), `skipped` or `canceled`.
-pub fn contact_status(row_state: &str, outcome: Option<&str>, call_status: Option<&str>) -> String {
+/// What a contact's row says now: `pending` (again, once a call it will be retried after
+/// ended), `in-progress` while its call is live, else its call's status (`completed`,
+/// `no-answer`…), `skipped` or `canceled`.
+fn contact_status(row_state: &str, outcome: Option<&str>, call_status: Option<&str>, retry_left: bool) -> String {
     match row_state {
         "pending" => "pending".into(),
         "dialing" => match call_status {
+            Some(status) if RETRIED.contains(&status) && retry_left => "pending".into(),
             Some(status) if !store::LIVE_STATUSES.contains(&status) => status.into(),
             _ => "in-progress".into(),
         },
@@ -724,10 +726,10 @@ pub fn contact_status(row_state: &str, outcome: Option<&str>, call_status: Optio
 
 /// A campaign as the API shows it; with a page of its contacts when `page` is given.
 async fn view(state: &AppState, campaign: &CampaignRecord, page: Option<(i64, i64)>) -> Result<Value, ApiError> {
-    let tally = state.store.campaign_tally(&campaign.workspace_id, &campaign.id).await?;
+    let tally = state.store.campaign_tally(&campaign.workspace_id, &campaign.id, campaign.max_attempts).await?;
     let mut counts: BTreeMap<String, i64> = ["pending", "in-progress", "completed", "no-answer", "busy", "failed", "canceled", "skipped"].iter().map(|s| (s.to_string(), 0)).collect();
-    for (row_state, outcome, call_status, count) in &tally {
-        *counts.entry(contact_status(row_state, outcome.as_deref(), call_status.as_deref())).or_default() += count;
+    for (row_state, outcome, call_status, retry_left, count) in &tally {
+        *counts.entry(contact_status(row_state, outcome.as_deref(), call_status.as_deref(), *retry_left == 1)).or_default() += count;
     }
     let total: i64 = tally.iter().map(|(.., count)| count).sum();
     let done = total - counts["pending"] - counts["in-progress"];
@@ -769,7 +771,7 @@ async fn view(state: &AppState, campaign: &CampaignRecord, page: Option<(i64, i6
                     "name": c.name,
                     "email": c.email,
                     "custom_fields": serde_json::from_str::<Value>(&c.custom_fields).unwrap_or(Value::Null),
-                    "status": contact_status(&c.state, c.outcome.as_deref(), call_status.as_deref()),
+                    "status": contact_status(&c.state, c.outcome.as_deref(), call_status.as_deref(), c.attempts < campaign.max_attempts),
                     "attempts": c.attempts,
                     "call_id": c.call_id,
                     "reason": c.reason,
@@ -949,7 +951,7 @@ async fn step(state: &AppState, campaign: &CampaignRecord, now: i64) -> Result<(
             }
         }
     }
-    let tally = state.store.campaign_tally(ws, id).await?;
+    let tally = state.store.campaign_tally(ws, id, campaign.max_attempts).await?;
     if tally.iter().all(|(row_state, ..)| row_state == "done") && state.store.move_campaign(ws, id, &["scheduled", "running"], "completed", store::now_ms()).await? {
         let finished = state.store.campaign(ws, id).await?.unwrap_or_else(|| campaign.clone());
         let body = view(state, &finished, None).await.unwrap_or(Value::Null);
@@ -1043,11 +1045,13 @@ mod tests {
 
     #[test]
     fn a_contact_reads_as_its_calls_status_once_the_call_ends() {
-        assert_eq!(contact_status("pending", None, None), "pending");
-        assert_eq!(contact_status("dialing", None, None), "in-progress");
-        assert_eq!(contact_status("dialing", None, Some("ringing")), "in-progress");
-        assert_eq!(contact_status("dialing", None, Some("busy")), "busy");
-        assert_eq!(contact_status("done", Some("no-answer"), None), "no-answer");
-        assert_eq!(contact_status("done", Some("skipped"), None), "skipped");
+        assert_eq!(contact_status("pending", None, None, true), "pending");
+        assert_eq!(contact_status("dialing", None, None, true), "in-progress");
+        assert_eq!(contact_status("dialing", None, Some("ringing"), true), "in-progress");
+        assert_eq!(contact_status("dialing", None, Some("busy"), false), "busy");
+        assert_eq!(contact_status("dialing", None, Some("busy"), true), "pending", "it will be called again");
+        assert_eq!(contact_status("dialing", None, Some("completed"), true), "completed");
+        assert_eq!(contact_status("done", Some("no-answer"), None, false), "no-answer");
+        assert_eq!(contact_status("done", Some("skipped"), None, true), "skipped");
     }
 }

@@ -87,6 +87,10 @@ pub struct ContactRow {
     pub timezone: Option<String>,
 }
 
+/// Contacts counted by (state, outcome, their call's status, 1 when attempts are left), and how
+/// many.
+pub type Tally = (String, Option<String>, Option<String>, i64, i64);
+
 /// A contact with its call's status (none before a call, or once the call is deleted).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ContactWithCall {
@@ -240,14 +244,17 @@ impl Store {
         Ok(true)
     }
 
-    /// How many contacts are in each (state, outcome, their call's status): what the counts
-    /// are made of.
-    pub async fn campaign_tally(&self, workspace_id: &str, id: &str) -> Result<Vec<(String, Option<String>, Option<String>, i64)>, StoreError> {
+    /// How many contacts are in each (state, outcome, their call's status, whether attempts
+    /// are left of `max_attempts`): what the counts are made of.
+    pub async fn campaign_tally(&self, workspace_id: &str, id: &str, max_attempts: i64) -> Result<Vec<Tally>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT c.state, c.outcome, k.status, COUNT(*) FROM campaign_contacts c LEFT JOIN calls k ON k.id = c.call_id WHERE c.workspace_id = $1 AND c.campaign_id = $2 GROUP BY c.state, c.outcome, k.status",
+            "SELECT c.state, c.outcome, k.status, CAST(CASE WHEN c.attempts < $3 THEN 1 ELSE 0 END AS BIGINT) AS retry_left, COUNT(*) \
+             FROM campaign_contacts c LEFT JOIN calls k ON k.id = c.call_id WHERE c.workspace_id = $1 AND c.campaign_id = $2 \
+             GROUP BY c.state, c.outcome, k.status, CAST(CASE WHEN c.attempts < $3 THEN 1 ELSE 0 END AS BIGINT)",
         )
         .bind(workspace_id)
         .bind(id)
+        .bind(max_attempts)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -695,6 +695,7 @@ fn ringez_jobs(serve: &Serve, agent: &Client, skill: &Client, session_id: &str, 
         (json!({ "calls": [{ "to_number": "+15005550001", "priority": 2 }] }), "calls[0].priority"),
         (json!({ "calls": [{ "to_number": "+15005550001", "metadata": [1] }] }), "calls[0].metadata"),
         (json!({ "calls": [{ "to_number": "+15005550001" }], "call_settings": { "transcribe": false } }), "call_settings.transcribe"),
+        (json!({ "calls": [{ "to_number": "+15005550001" }], "queue_settings": { "concurrent_limit": 1 } }), "queue_settings"),
     ] {
         let (status, error) = agent.send("POST", "/api/v1/batch/calls", Some(&body));
         assert_eq!((status / 100, error["error"]["field"].as_str()), (4, Some(field)), "{body}: {error}");

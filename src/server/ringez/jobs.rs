@@ -35,11 +35,14 @@ pub struct JobCall {
     pub max_wait_time: Option<u64>,
 }
 
+/// A batch's or a queue's request.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BatchRequest {
+pub struct CallsRequest {
     pub session_id: Option<String>,
     pub calls: Vec<JobCall>,
+    /// A queue's.
+    pub queue_settings: Option<QueueSettings>,
     #[serde(default)]
     pub call_settings: CallSettings,
     pub from_number: Option<String>,
@@ -48,6 +51,24 @@ pub struct BatchRequest {
     pub webhook_url: Option<String>,
     /// Ringline: the assistant that talks (default `call_for_user`).
     pub assistant_id: Option<String>,
+}
+
+impl CallsRequest {
+    fn job(self, kind: &'static str, concurrency: u32, retry: Option<Retry>) -> Job {
+        Job {
+            kind,
+            session_id: self.session_id,
+            assistant_id: self.assistant_id,
+            from_number: self.from_number,
+            privacy_mode: self.privacy_mode,
+            call_settings: self.call_settings,
+            webhook_url: self.webhook_url,
+            concurrency,
+            retry,
+            schedule: Schedule::default(),
+            calls: self.calls,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -87,21 +108,6 @@ pub struct QueueSettings {
     pub concurrent_limit: Option<u32>,
     /// Calls that were not answered, busy or failed are tried twice more, a minute apart.
     pub retry_failed: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueueRequest {
-    pub session_id: Option<String>,
-    pub calls: Vec<JobCall>,
-    #[serde(default)]
-    pub queue_settings: QueueSettings,
-    #[serde(default)]
-    pub call_settings: CallSettings,
-    pub from_number: Option<String>,
-    pub privacy_mode: Option<bool>,
-    pub webhook_url: Option<String>,
-    pub assistant_id: Option<String>,
 }
 
 /// What every kind is made of, once its request is read.
@@ -214,22 +220,12 @@ async fn launch_checked(state: &AppState, caller: &RingezCaller, job: Job) -> Re
 
 /// Places calls at once, as many as the workspace's calls in progress allow; the rest follow as
 /// those end.
-pub async fn batch_calls(State(state): State<AppState>, caller: RingezCaller, ApiJson(request): ApiJson<BatchRequest>) -> Result<impl IntoResponse, ApiError> {
+pub async fn batch_calls(State(state): State<AppState>, caller: RingezCaller, ApiJson(request): ApiJson<CallsRequest>) -> Result<impl IntoResponse, ApiError> {
+    if request.queue_settings.is_some() {
+        return Err(ApiError::invalid("queue_settings", "is a queue's: add these calls with POST /api/v1/queue/add"));
+    }
     let concurrency = (request.calls.len() as u32).clamp(1, state.limits.calls_per_workspace);
-    let job = Job {
-        kind: "batch",
-        session_id: request.session_id,
-        assistant_id: request.assistant_id,
-        from_number: request.from_number,
-        privacy_mode: request.privacy_mode,
-        call_settings: request.call_settings,
-        webhook_url: request.webhook_url,
-        concurrency,
-        retry: None,
-        schedule: Schedule::default(),
-        calls: request.calls,
-    };
-    let campaign = launch(&state, &caller, job).await?;
+    let campaign = launch(&state, &caller, request.job("batch", concurrency, None)).await?;
     // The first calls are placed now, so the answer names them.
     if let Err(error) = campaigns::step_now(&state, &campaign).await {
         tracing::warn!(%error, batch = %campaign.id, "ringez: a batch's first calls wait for the driver");
@@ -266,24 +262,11 @@ pub async fn schedule_call(State(state): State<AppState>, caller: RingezCaller, 
 }
 
 /// Calls in order of priority, `concurrent_limit` at a time.
-pub async fn queue_add(State(state): State<AppState>, caller: RingezCaller, ApiJson(request): ApiJson<QueueRequest>) -> Result<impl IntoResponse, ApiError> {
-    let settings = request.queue_settings;
+pub async fn queue_add(State(state): State<AppState>, caller: RingezCaller, ApiJson(mut request): ApiJson<CallsRequest>) -> Result<impl IntoResponse, ApiError> {
+    let settings = request.queue_settings.take().unwrap_or_default();
     let concurrency = settings.concurrent_limit.unwrap_or_else(|| 5.min(state.limits.calls_per_workspace));
     let retry = settings.retry_failed.unwrap_or(false).then_some(Retry { max_attempts: Some(3), interval_s: Some(60) });
-    let job = Job {
-        kind: "queue",
-        session_id: request.session_id,
-        assistant_id: request.assistant_id,
-        from_number: request.from_number,
-        privacy_mode: request.privacy_mode,
-        call_settings: request.call_settings,
-        webhook_url: request.webhook_url,
-        concurrency,
-        retry,
-        schedule: Schedule::default(),
-        calls: request.calls,
-    };
-    let campaign = launch(&state, &caller, job).await?;
+    let campaign = launch(&state, &caller, request.job("queue", concurrency, retry)).await?;
     Ok((StatusCode::CREATED, Json(view(&state, &campaign.workspace_id, &campaign.id).await?)))
 }
 
