@@ -29,11 +29,10 @@ pub fn ready(held: &str, conversation: &[Message]) -> bool {
     }
     let sentence_done = held.contains(['.', '?', '!']);
     let so_far = crate::text::normalized_words(held);
-    let echoes = !so_far.is_empty()
-        && conversation.iter().any(|m| match m {
-            Message::Assistant { content, .. } => first_sentence_words(content).starts_with(&so_far),
-            _ => false,
-        });
+    let echoes = conversation.iter().any(|m| match m {
+        Message::Assistant { content, .. } => opens_like(&so_far, &first_sentence_words(content)),
+        _ => false,
+    });
     if echoes || APOLOGETIC.iter().any(|a| lowered.starts_with(a)) {
         return sentence_done;
     }
@@ -57,6 +56,13 @@ pub fn judge(held: &str, conversation: &[Message]) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// Whether the words so far could be the opening of `earlier`: all but the last the same, and
+/// the last the start of its word there (a token may end mid-word: "I" of "I'm").
+fn opens_like(so_far: &[String], earlier: &[String]) -> bool {
+    let Some((last, whole)) = so_far.split_last() else { return false };
+    earlier.len() > whole.len() && earlier.starts_with(whole) && earlier[whole.len()].starts_with(last.as_str())
 }
 
 fn first_sentence_words(text: &str) -> Vec<String> {
@@ -92,5 +98,14 @@ mod tests {
         let history = vec![assistant("Sure, we have a table at seven.")];
         assert!(!ready("Sure,", &history), "an opening like an earlier reply is held to its sentence");
         assert!(ready("Sure, we have a table at seven.", &history));
+        // A token may end inside a word: "I" of "I'm" still opens like the greeting.
+        let greeted = vec![assistant("Hello, I'm an automated assistant calling on behalf of my client. I'd like a table.")];
+        let mut held = String::new();
+        for piece in ["Hello", ",", " I", "'m", " an", " automated", " assistant", " calling", " on", " behalf", " of", " my", " client", "."] {
+            held.push_str(piece);
+            assert_eq!(ready(&held, &greeted), piece == ".", "held until its sentence ends: {held:?}");
+        }
+        assert_eq!(judge(&held, &greeted), Some("repeat"));
+        assert!(ready("Hello, it's", &greeted), "another reply goes on at its clause");
     }
 }
