@@ -72,6 +72,10 @@ pub struct RunArgs {
     pub judge_url: Option<String>,
     #[arg(long, env = "RINGLINE_JUDGE_MODEL", default_value = "gpt-4o-mini")]
     pub judge_model: String,
+    /// Every agent on this local LLM instead of its assistant's (e.g. `qwen2.5-coder-0.5b`): a
+    /// model change measured before it ships.
+    #[arg(long, value_name = "MODEL")]
+    pub llm_model: Option<String>,
 }
 
 pub fn run(command: EvalCommand) -> anyhow::Result<()> {
@@ -110,6 +114,10 @@ pub fn run(command: EvalCommand) -> anyhow::Result<()> {
         None => None,
     };
     let store = ModelStore::from_env()?;
+    if let Some(name) = &args.llm_model {
+        local_llm(&store, name)?;
+        println!("every agent on the local LLM {name}, not its assistant's");
+    }
     let registry = Arc::new(call_cmds::operator_engines(&store));
     let judge = args.judge_url.as_deref().map(|url| eval::judge::Judge::new(url, &args.judge_model));
     let runtime = call_cmds::runtime()?;
@@ -119,10 +127,11 @@ pub fn run(command: EvalCommand) -> anyhow::Result<()> {
         futures::stream::iter(scenarios.iter().cloned().enumerate())
             .map(|(index, scenario)| {
                 let (store, registry, progress, judge) = (store.clone(), registry.clone(), progress.clone(), judge.clone());
+                let llm_model = args.llm_model.clone();
                 let audio = audio_dir.as_ref().map(|(dir, folder)| (dir.join(format!("{index:03}.wav")), format!("{folder}/{index:03}.wav")));
                 async move {
                     progress.set_message(scenario.name.clone());
-                    let mut outcome = play(&store, &registry, &scenario, args.line_rate, audio).await;
+                    let mut outcome = play(&store, &registry, &scenario, llm_model.as_deref(), args.line_rate, audio).await;
                     if !scenario.expect.judge.is_empty() && outcome.error.is_none() {
                         outcome.judged = match &judge {
                             Some(judge) => judge.judge(&scenario.expect.judge, &outcome.transcript).await,
@@ -174,6 +183,17 @@ pub fn run(command: EvalCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks that `name` is a local LLM of the manifest, installed: before any scenario runs.
+fn local_llm(store: &ModelStore, name: &str) -> anyhow::Result<()> {
+    let spec = store.manifest.get(name).map_err(|e| anyhow::anyhow!("--llm-model: {e}"))?;
+    if spec.role != "llm" {
+        let llms: Vec<&str> = store.manifest.models.iter().filter(|m| m.role == "llm").map(|m| m.name.as_str()).collect();
+        anyhow::bail!("--llm-model: `{name}` is a {} model, not an LLM; use one of: {}", spec.role, llms.join(", "));
+    }
+    store.require(name).map_err(|e| anyhow::anyhow!("--llm-model: {e}"))?;
+    Ok(())
+}
+
 fn read_results(path: &std::path::Path) -> anyhow::Result<Results> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("{} is not a results file of `eval run --json`", path.display()))
@@ -193,7 +213,8 @@ fn machine() -> String {
 
 /// Plays one scenario; a scenario that cannot run is a failed outcome with the reason.
 /// `audio`: where to write the call's recording, and its path as the report links it.
-async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario, line_rate: u32, audio: Option<(PathBuf, String)>) -> Outcome {
+/// `llm_model`: a local LLM that replaces the assistant's.
+async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario, llm_model: Option<&str>, line_rate: u32, audio: Option<(PathBuf, String)>) -> Outcome {
     let failed = |error: String| Outcome {
         name: scenario.name.clone(),
         file: scenario.file.display().to_string(),
@@ -202,7 +223,13 @@ async fn play(store: &ModelStore, registry: &EngineRegistry, scenario: &Scenario
         ..Outcome::default()
     };
     let assistant = match Assistant::load(&scenario.assistant) {
-        Ok(assistant) => Arc::new(assistant),
+        Ok(mut assistant) => {
+            if let Some(model) = llm_model {
+                assistant.spec.llm.provider = crate::assistant::LlmProvider::Local;
+                assistant.spec.llm.model = model.to_string();
+            }
+            Arc::new(assistant)
+        }
         Err(error) => return failed(error.to_string()),
     };
     if let Err(error) = prompt::resolve_variables(&assistant, &scenario.variables) {

@@ -678,7 +678,7 @@ pub async fn cancel_campaign(state: &AppState, campaign: CampaignRecord, reason:
     if !state.store.move_campaign(&ws, &id, &["draft", "scheduled", "running", "paused"], "canceled", store::now_ms()).await? {
         return Err(ApiError::conflict("campaign_ended", format!("campaign `{id}` is {} already", campaign.state)));
     }
-    state.store.close_pending_contacts(&ws, &id, "canceled", reason).await?;
+    state.store.close_pending_contacts(&ws, &id, None, "canceled", reason).await?;
     let canceled = state.store.campaign(&ws, &id).await?.unwrap_or(campaign);
     if canceled.launched_at.is_some() {
         let body = view(state, &canceled, None).await?;
@@ -871,9 +871,11 @@ async fn step(state: &AppState, campaign: &CampaignRecord, now: i64) -> Result<(
         }
     }
     if campaign.end_at.is_some_and(|end| end <= now) {
-        state.store.close_pending_contacts(ws, id, "skipped", "the schedule ended before this contact was called").await?;
+        state.store.close_pending_contacts(ws, id, None, "skipped", "the schedule ended before this contact was called").await?;
     }
-    state.store.close_expired_contacts(ws, id, now, "skipped", "waited past its max_wait_time without being called").await?;
+    if campaign.kind == "queue" {
+        state.store.close_pending_contacts(ws, id, Some(now), "skipped", "waited past its max_wait_time without being called").await?;
+    }
     let auth = Auth { workspace_id: ws.to_string(), key_id: format!("campaign:{id}") };
     let settings: CallSettings = campaign.call_settings.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
     let mut started = campaign.state == "running";
@@ -893,7 +895,7 @@ async fn step(state: &AppState, campaign: &CampaignRecord, now: i64) -> Result<(
             if let Err(refused) = super::ringez::session_may_call(state, ws, session_id, &contact.phone).await {
                 if refused.code == "session_ended" {
                     state.store.contact_done(ws, id, contact.seq, "canceled", Some(&refused.message)).await?;
-                    state.store.close_pending_contacts(ws, id, "canceled", &refused.message).await?;
+                    state.store.close_pending_contacts(ws, id, None, "canceled", &refused.message).await?;
                     break;
                 }
                 state.store.contact_done(ws, id, contact.seq, "skipped", Some(&refused.message)).await?;

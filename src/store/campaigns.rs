@@ -392,29 +392,21 @@ impl Store {
         Ok(())
     }
 
-    /// Pending contacts whose wait ended by `now`, done with `outcome`; how many.
-    pub async fn close_expired_contacts(&self, workspace_id: &str, id: &str, now: i64, outcome: &str, reason: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query("UPDATE campaign_contacts SET state = 'done', outcome = $1, reason = $2 WHERE workspace_id = $3 AND campaign_id = $4 AND state = 'pending' AND expires_at <= $5")
-            .bind(outcome)
-            .bind(reason)
-            .bind(workspace_id)
-            .bind(id)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    /// Every pending contact done with `outcome` (the schedule ended, the campaign was
-    /// canceled); how many.
-    pub async fn close_pending_contacts(&self, workspace_id: &str, id: &str, outcome: &str, reason: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query("UPDATE campaign_contacts SET state = 'done', outcome = $1, reason = $2 WHERE workspace_id = $3 AND campaign_id = $4 AND state = 'pending'")
-            .bind(outcome)
-            .bind(reason)
-            .bind(workspace_id)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+    /// Pending contacts done with `outcome` (the schedule ended, the campaign was canceled);
+    /// with `expired_by`, only those whose wait ended by then (a queue's `max_wait_time`).
+    /// How many.
+    pub async fn close_pending_contacts(&self, workspace_id: &str, id: &str, expired_by: Option<i64>, outcome: &str, reason: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE campaign_contacts SET state = 'done', outcome = $1, reason = $2 \
+             WHERE workspace_id = $3 AND campaign_id = $4 AND state = 'pending' AND ($5 IS NULL OR expires_at <= $5)",
+        )
+        .bind(outcome)
+        .bind(reason)
+        .bind(workspace_id)
+        .bind(id)
+        .bind(expired_by)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 
@@ -462,7 +454,7 @@ mod tests {
         store.contact_done(ws, "q", 2, "completed", None).await.unwrap();
         // Past its wait, contact 3 is not claimed (though above contact 0), and is skipped.
         assert_eq!(claim(now + 20).await, Some(1), "then priority 5");
-        assert_eq!(store.close_expired_contacts(ws, "q", now + 20, "skipped", "waited").await.unwrap(), 1);
+        assert_eq!(store.close_pending_contacts(ws, "q", Some(now + 20), "skipped", "waited").await.unwrap(), 1);
         assert_eq!(claim(now + 20).await, Some(0));
         assert!(claim(now + 20).await.is_none());
         let rows = store.campaign_contacts(ws, "q", 10, 0).await.unwrap();

@@ -690,6 +690,8 @@ fn ringez_jobs(serve: &Serve, agent: &Client, skill: &Client, session_id: &str, 
     assert_eq!(skill.send_ours("GET", &batch_path, None).0, 200, "the session reads its own batch");
     for (body, field) in [
         (json!({ "calls": [{ "to_number": "12" }] }), "calls[0].to_number"),
+        // With a session whose budget is checked against the first number.
+        (json!({ "session_id": session_id, "calls": [{ "to_number": "12" }] }), "calls[0].to_number"),
         (json!({ "calls": [{ "to_number": "+15005550001" }, { "to_number": "+19002221234" }] }), "calls[1].to_number"),
         (json!({ "calls": [] }), "calls"),
         (json!({ "calls": [{ "to_number": "+15005550001", "priority": 2 }] }), "calls[0].priority"),

@@ -164,8 +164,11 @@ async fn launch_checked(state: &AppState, caller: &RingezCaller, job: Job) -> Re
     let now = store::now_ms();
     let mut contacts = Vec::with_capacity(job.calls.len());
     for (i, call) in job.calls.into_iter().enumerate() {
-        // Premium-rate numbers are where toll fraud sends calls: never dialled for a key.
-        if describe(&call.to_number, None).kind.as_deref() == Some("premium_rate") {
+        // Checked here, not only as a contact, so the session's check below meets a valid number
+        // and an error names this call. Premium-rate numbers are where toll fraud sends calls:
+        // never dialled for a key.
+        let (_, info) = crate::server::numbers::valid_number(&format!("contacts[{i}].phone"), &call.to_number, None)?;
+        if info.kind.as_deref() == Some("premium_rate") {
             return Err(ApiError::invalid(format!("contacts[{i}].phone"), format!("{} is a premium-rate number; Ringline does not dial those", call.to_number)));
         }
         if job.kind == "batch" && (call.priority.is_some() || call.max_wait_time.is_some()) {
@@ -230,7 +233,8 @@ pub async fn batch_calls(State(state): State<AppState>, caller: RingezCaller, Ap
     if let Err(error) = campaigns::step_now(&state, &campaign).await {
         tracing::warn!(%error, batch = %campaign.id, "ringez: a batch's first calls wait for the driver");
     }
-    Ok((StatusCode::CREATED, Json(view(&state, &campaign.workspace_id, &campaign.id).await?)))
+    let campaign = reread(&state, &campaign).await?;
+    Ok((StatusCode::CREATED, Json(view(&state, &campaign).await?)))
 }
 
 /// One call at a time to come, tried again by its retry policy.
@@ -258,7 +262,7 @@ pub async fn schedule_call(State(state): State<AppState>, caller: RingezCaller, 
         calls: vec![JobCall { to_number: request.to_number, metadata: request.metadata, dynamic_variables: request.dynamic_variables, priority: None, max_wait_time: None }],
     };
     let campaign = launch(&state, &caller, job).await?;
-    Ok((StatusCode::CREATED, Json(view(&state, &campaign.workspace_id, &campaign.id).await?)))
+    Ok((StatusCode::CREATED, Json(view(&state, &campaign).await?)))
 }
 
 /// Calls in order of priority, `concurrent_limit` at a time.
@@ -267,7 +271,7 @@ pub async fn queue_add(State(state): State<AppState>, caller: RingezCaller, ApiJ
     let concurrency = settings.concurrent_limit.unwrap_or_else(|| 5.min(state.limits.calls_per_workspace));
     let retry = settings.retry_failed.unwrap_or(false).then_some(Retry { max_attempts: Some(3), interval_s: Some(60) });
     let campaign = launch(&state, &caller, request.job("queue", concurrency, retry)).await?;
-    Ok((StatusCode::CREATED, Json(view(&state, &campaign.workspace_id, &campaign.id).await?)))
+    Ok((StatusCode::CREATED, Json(view(&state, &campaign).await?)))
 }
 
 /// The job `id` of `kind` this caller may see (a session alone sees only its own).
@@ -288,14 +292,19 @@ async fn job(state: &AppState, caller: &RingezCaller, id: &str, kind: &str) -> R
 
 async fn read_job(state: AppState, caller: RingezCaller, id: String, kind: &str) -> Result<Json<Value>, ApiError> {
     let campaign = job(&state, &caller, &id, kind).await?;
-    Ok(Json(view(&state, &campaign.workspace_id, &campaign.id).await?))
+    Ok(Json(view(&state, &campaign).await?))
 }
 
 /// Cancels what has not been placed; calls in progress go on.
 async fn cancel_job(state: AppState, caller: RingezCaller, id: String, kind: &str) -> Result<Json<Value>, ApiError> {
     let campaign = job(&state, &caller, &id, kind).await?;
-    campaigns::cancel_campaign(&state, campaign, "canceled before this call was placed").await?;
-    Ok(Json(view(&state, &caller.auth.workspace_id, &id).await?))
+    let canceled = campaigns::cancel_campaign(&state, campaign, "canceled before this call was placed").await?;
+    Ok(Json(view(&state, &canceled).await?))
+}
+
+/// A job as it is now, after the driver's pass moved it.
+async fn reread(state: &AppState, campaign: &CampaignRecord) -> Result<CampaignRecord, ApiError> {
+    state.store.campaign(&campaign.workspace_id, &campaign.id).await?.ok_or_else(|| ApiError::internal("the job vanished"))
 }
 
 pub async fn read_batch(State(state): State<AppState>, caller: RingezCaller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -354,9 +363,8 @@ fn call_status(campaign: &CampaignRecord, row: &ContactWithCall) -> String {
 }
 
 /// A job in Ringez's shape: its id under the kind's name, its state and its calls.
-async fn view(state: &AppState, workspace_id: &str, id: &str) -> Result<Value, ApiError> {
-    let campaign = state.store.campaign(workspace_id, id).await?.ok_or_else(|| ApiError::internal("the job vanished"))?;
-    let rows = state.store.campaign_contacts(workspace_id, id, campaigns::MAX_CONTACTS as i64, 0).await?;
+async fn view(state: &AppState, campaign: &CampaignRecord) -> Result<Value, ApiError> {
+    let rows = state.store.campaign_contacts(&campaign.workspace_id, &campaign.id, campaigns::MAX_CONTACTS as i64, 0).await?;
     let kind = campaign.kind.as_str();
     let calls: Vec<Value> = rows
         .iter()
@@ -365,7 +373,7 @@ async fn view(state: &AppState, workspace_id: &str, id: &str) -> Result<Value, A
             let mut call = json!({
                 "call_id": c.call_id,
                 "to_number": c.phone,
-                "status": call_status(&campaign, row),
+                "status": call_status(campaign, row),
                 "attempts": c.attempts,
                 "metadata": serde_json::from_str::<Value>(&c.custom_fields).unwrap_or(Value::Null),
                 "reason": c.reason,
