@@ -155,7 +155,8 @@ pub fn run(command: EvalCommand) -> anyhow::Result<()> {
             .await
     });
     progress.finish_and_clear();
-    let results = eval::results(outcomes);
+    let mut results = eval::results(outcomes);
+    results.llm_model = args.llm_model.clone();
     print_figures(&results);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?).with_context(|| format!("writing {}", path.display()))?;
@@ -200,15 +201,17 @@ fn read_results(path: &std::path::Path) -> anyhow::Result<Results> {
 }
 
 fn write_report(path: &std::path::Path, results: &Results, baseline: Option<&Results>) -> anyhow::Result<()> {
-    let page = eval::report::html(results, baseline, &machine());
+    let page = eval::report::html(results, baseline, &machine(results));
     std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
     println!("report: {}", path.display());
     Ok(())
 }
 
-/// This machine in a line: the figures in a report are this machine's.
-fn machine() -> String {
-    format!("Run on {}; ringline {}.", call_cmds::machine_line(), env!("CARGO_PKG_VERSION"))
+/// This machine in a line (the figures in a report are this machine's), and the LLM the run
+/// put every agent on in place of its assistant's.
+fn machine(results: &Results) -> String {
+    let llm = results.llm_model.as_deref().map(|model| format!(" Every agent on the local LLM {model}.")).unwrap_or_default();
+    format!("Run on {}; ringline {}.{llm}", call_cmds::machine_line(), env!("CARGO_PKG_VERSION"))
 }
 
 /// Plays one scenario; a scenario that cannot run is a failed outcome with the reason.
@@ -382,5 +385,16 @@ mod tests {
         assert!(super::matches_glob("*barge*", "a barge-in"));
         assert!(!super::matches_glob("booking", "booking happy path"));
         assert!(super::matches_glob("*", "anything"));
+    }
+
+    #[test]
+    fn another_llm_must_be_a_local_llm_that_is_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::models::ModelStore::new(dir.path().to_path_buf(), crate::models::Manifest::parse(crate::models::MANIFEST).unwrap());
+        let refused = |name: &str| super::local_llm(&store, name).unwrap_err().to_string();
+        assert!(refused("gpt-9").contains("unknown model `gpt-9`"), "{}", refused("gpt-9"));
+        let not_llm = refused("whisper-tiny.en");
+        assert!(not_llm.contains("not an LLM") && not_llm.contains("smollm2-135m") && not_llm.contains("qwen2.5-coder-0.5b"), "{not_llm}");
+        assert!(refused("qwen2.5-coder-0.5b").contains("ringline models pull qwen2.5-coder-0.5b"), "an empty store names the command");
     }
 }

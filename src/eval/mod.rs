@@ -735,6 +735,9 @@ pub struct Results {
     pub overall: Figures,
     pub by_assistant: BTreeMap<String, Figures>,
     pub outcomes: Vec<Outcome>,
+    /// The local LLM every agent ran on in place of its assistant's (`eval run --llm-model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_model: Option<String>,
 }
 
 pub fn results(outcomes: Vec<Outcome>) -> Results {
@@ -743,7 +746,7 @@ pub fn results(outcomes: Vec<Outcome>) -> Results {
         by_assistant.entry(outcome.assistant.clone()).or_default().push(outcome);
     }
     let by_assistant = by_assistant.into_iter().map(|(name, list)| (name, figures(list))).collect();
-    Results { overall: figures(&outcomes), by_assistant, outcomes }
+    Results { overall: figures(&outcomes), by_assistant, outcomes, llm_model: None }
 }
 
 /// How much worse a run may be than its baseline before it fails.

@@ -14,7 +14,8 @@ const SMOKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/eval/suites/smoke");
 fn a_run_writes_results_and_a_report_that_chromium_renders_and_a_baseline_is_compared() {
     let dir = tempfile::tempdir().unwrap();
     let (json, page) = (dir.path().join("run.json"), dir.path().join("run.html"));
-    let out = run_ok(ringline().args(["eval", "run", SMOKE, "--filter", "*books a table*", "--json"]).arg(&json).arg("--report").arg(&page));
+    // `--llm-model` names the smoke suite's own model: the run is the same, and says so.
+    let out = run_ok(ringline().args(["eval", "run", SMOKE, "--filter", "*books a table*", "--llm-model", "smollm2-135m", "--json"]).arg(&json).arg("--report").arg(&page));
     // Whether the booking succeeded is the smoke suite's business (`--strict` in .ci/test); here
     // the one scenario ran, and the page must say what happened.
     let passed = if out.contains("eval: 1 passed, 0 failed") {
@@ -24,6 +25,7 @@ fn a_run_writes_results_and_a_report_that_chromium_renders_and_a_baseline_is_com
         0
     };
     let results: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(results["llm_model"], "smollm2-135m", "the results name the model the agents ran on");
     let outcome = &results["outcomes"][0];
     assert!(!outcome["agent_speech"].as_array().unwrap().is_empty(), "the timeline has the agent's speech: {outcome}");
     let audio = outcome["audio"].as_str().expect("the recording is linked");
@@ -37,7 +39,7 @@ fn a_run_writes_results_and_a_report_that_chromium_renders_and_a_baseline_is_com
 
     let (dom, console) = chromium_dom(&page);
     let headline = format!("Ringline eval: {passed} of 1 scenarios passed");
-    for part in [headline.as_str(), "id=\"histogram\"", "id=\"confusion\"", "class=\"timeline\"", "<audio"] {
+    for part in [headline.as_str(), "Every agent on the local LLM smollm2-135m.", "id=\"histogram\"", "id=\"confusion\"", "class=\"timeline\"", "<audio"] {
         assert!(dom.contains(part), "the rendered page lacks {part}:\n{}", &dom[..dom.len().min(2000)]);
     }
     assert!(!console.contains("Uncaught") && !console.contains(":ERROR:CONSOLE"), "the page logged errors:\n{console}");
