@@ -669,7 +669,7 @@ fn ringez_jobs(serve: &Serve, agent: &Client, skill: &Client, session_id: &str, 
         Some(json!({
             "session_id": session_id,
             "calls": [
-                { "to_number": "+15005550001", "metadata": { "customer_id": "cust_001" } },
+                { "to_number": "+15005550001", "metadata": { "customer_id": "cust_001", "task": "I'd like to book a table for two at 7 pm." } },
                 { "to_number": "+15005550002", "metadata": { "customer_id": "cust_002" } },
             ],
             "call_settings": { "max_duration": 300, "transcribe": true },
@@ -687,6 +687,7 @@ fn ringez_jobs(serve: &Serve, agent: &Client, skill: &Client, session_id: &str, 
     assert_eq!((call["session_id"].as_str(), call["agent_id"].as_str()), (Some(session_id), Some("voice-assistant-v1")), "the session's and the agent's call: {call}");
     let (_, detail) = agent.send_ours("GET", &format!("/v1/calls/{first}"), None);
     assert_eq!(detail["metadata"]["customer_id"], "cust_001", "the call's metadata as given: {detail}");
+    assert_eq!(detail["dynamic_variables"]["task"], "I'd like to book a table for two at 7 pm.", "the errand reaches call_for_user's `task`: {detail}");
     assert_eq!(skill.send_ours("GET", &batch_path, None).0, 200, "the session reads its own batch");
     for (body, field) in [
         (json!({ "calls": [{ "to_number": "12" }] }), "calls[0].to_number"),

@@ -76,7 +76,8 @@ pub async fn initiate(State(state): State<AppState>, caller: RingezCaller, ApiJs
     }
     let mut metadata = Value::Object(metadata_object("metadata", &request.metadata)?);
     let assistant_id = request.assistant_id.clone().unwrap_or_else(|| DEFAULT_ASSISTANT.to_string());
-    let variables = with_task(&assistant_id, request.dynamic_variables.clone(), &metadata);
+    let takes = takes_task(&state, &caller.auth.workspace_id, &assistant_id).await?;
+    let variables = with_task(takes, request.dynamic_variables.clone(), &metadata);
     metadata["ringez"] = json!({
         "mode": mode,
         "privacy_mode": privacy,
@@ -154,10 +155,18 @@ pub fn metadata_object(field: &str, metadata: &Value) -> Result<Map<String, Valu
     }
 }
 
-/// The call's variables: for the default assistant, `task` defaults to the metadata's `task`
-/// or `issue` (what an agent says the call is for).
-pub fn with_task(assistant_id: &str, mut variables: BTreeMap<String, Value>, metadata: &Value) -> BTreeMap<String, Value> {
-    if assistant_id == DEFAULT_ASSISTANT && !variables.contains_key("task") {
+/// Whether the workspace's assistant `id` takes a `task` variable, as `call_for_user` does (a
+/// copy of it on a cloud LLM, an assistant of the workspace's own): a Ringez request's errand,
+/// written in its metadata, goes there. `false` for no such assistant (placing the call says so).
+pub async fn takes_task(state: &AppState, workspace_id: &str, id: &str) -> Result<bool, ApiError> {
+    let Some(record) = state.store.assistant(workspace_id, id).await? else { return Ok(false) };
+    Ok(serde_json::from_str::<Value>(&record.spec).is_ok_and(|spec| spec["variables"].get("task").is_some()))
+}
+
+/// The call's variables: for an assistant that takes a `task` ([`takes_task`]), `task` defaults
+/// to the metadata's `task` or `issue` (what an agent says the call is for).
+pub fn with_task(takes_task: bool, mut variables: BTreeMap<String, Value>, metadata: &Value) -> BTreeMap<String, Value> {
+    if takes_task && !variables.contains_key("task") {
         let task = ["task", "issue"].iter().find_map(|k| metadata.get(*k).and_then(Value::as_str)).map(str::to_string);
         if let Some(task) = task {
             variables.insert("task".into(), Value::String(task));

@@ -162,6 +162,7 @@ async fn launch_checked(state: &AppState, caller: &RingezCaller, job: Job) -> Re
     job.call_settings.check()?;
     let assistant_id = job.assistant_id.clone().unwrap_or_else(|| DEFAULT_ASSISTANT.to_string());
     let now = store::now_ms();
+    let takes_task = super::calling::takes_task(state, &caller.auth.workspace_id, &assistant_id).await?;
     let mut contacts = Vec::with_capacity(job.calls.len());
     for (i, call) in job.calls.into_iter().enumerate() {
         // Checked here, not only as a contact, so the session's check below meets a valid number
@@ -180,7 +181,7 @@ async fn launch_checked(state: &AppState, caller: &RingezCaller, job: Job) -> Re
             None => None,
         };
         let metadata = metadata_object(&format!("contacts[{i}].metadata"), &call.metadata)?;
-        let variables = with_task(&assistant_id, call.dynamic_variables, &Value::Object(metadata.clone()));
+        let variables = with_task(takes_task, call.dynamic_variables, &Value::Object(metadata.clone()));
         contacts.push(ContactInput {
             phone: call.to_number,
             custom_fields: variables,
