@@ -310,6 +310,21 @@ impl Store {
         .await?)
     }
 
+    /// Calls in progress that the session's other queues (`queue/add` requests) placed: a
+    /// queue's `concurrent_limit` counts them with its own.
+    pub async fn session_queue_calls(&self, workspace_id: &str, session_id: &str, except: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar::<_, i64>(concat!(
+            "SELECT COUNT(*) FROM calls k JOIN campaigns p ON p.workspace_id = k.workspace_id AND p.id = k.campaign_id \
+             WHERE k.workspace_id = $1 AND p.session_id = $2 AND p.kind = 'queue' AND p.id <> $3 AND k.status IN ",
+            live_statuses_sql!()
+        ))
+        .bind(workspace_id)
+        .bind(session_id)
+        .bind(except)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// The next contact due for a call: the highest priority, then the longest due.
     pub async fn next_due_contact(&self, workspace_id: &str, id: &str, now: i64) -> Result<Option<ContactRow>, StoreError> {
         Ok(sqlx::query_as::<_, ContactRow>(&format!(

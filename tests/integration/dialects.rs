@@ -102,7 +102,7 @@ const OPERATIONS: &[Operation] = &[
     op(RINGEZ, "GET", "/api/v1/analytics/spending", Support::Full, ""),
     op(RINGEZ, "POST", "/api/v1/batch/calls", Support::Full, "calls past the workspace's calls in progress are `queued` and placed as others end; `GET /api/v1/batch/{id}` follows them"),
     op(RINGEZ, "POST", "/api/v1/scheduled-calls", Support::Full, "`GET`/`DELETE /api/v1/scheduled-calls/{id}` read and cancel it"),
-    op(RINGEZ, "POST", "/api/v1/queue/add", Support::Partial, "each request is a queue of its own: `concurrent_limit` counts its calls, not the session's"),
+    op(RINGEZ, "POST", "/api/v1/queue/add", Support::Partial, "each request is a queue of its own, called in its priority order; `concurrent_limit` counts the calls in progress of all the session's queues"),
     op(RINGEZ, "POST", "/api/v1/security/whitelist", Support::NotYet, "restrict access at the proxy or firewall (501)"),
     op(RINGEZ, "POST", "/api/v1/security/rotate-key", Support::NotYet, "`ringline keys rotate` (501)"),
     op(RINGEZ_SKILL, "POST", "/api/v1/auth/check-email", Support::NotYet, "API keys and sessions instead of accounts (501)"),
@@ -763,12 +763,29 @@ fn ringez_jobs(serve: &Serve, agent: &Client, skill: &Client, session_id: &str, 
         &[("queue_id", "string"), ("status", "string"), ("calls[].priority", "integer"), ("calls[].status", "string")],
     );
     let queue_path = format!("/api/v1/queue/{}", queue["queue_id"].as_str().unwrap());
+    // A second queue of the session's at once: the limit counts the calls of both.
+    let second = agent.expect(
+        "POST",
+        "/api/v1/queue/add",
+        Some(json!({ "session_id": session_id, "calls": [{ "to_number": "+15005550002" }], "queue_settings": { "concurrent_limit": 1 } })),
+        201,
+        &[("queue_id", "string"), ("status", "string")],
+    );
+    let second_path = format!("/api/v1/queue/{}", second["queue_id"].as_str().unwrap());
     let done = wait_job(&queue_path, "the queue ends", &|q| q["status"] == "completed");
-    let created = |i: usize| {
-        let id = done["calls"][i]["call_id"].as_str().unwrap();
-        agent.send_ours("GET", &format!("/v1/calls/{id}"), None).1["created_at"].as_str().unwrap().to_string()
+    let second = wait_job(&second_path, "the second queue ends", &|q| q["status"] == "completed");
+    let times = |call: &Value| {
+        let id = call["call_id"].as_str().unwrap();
+        let detail = agent.send_ours("GET", &format!("/v1/calls/{id}"), None).1;
+        (detail["created_at"].as_str().unwrap().to_string(), detail["ended_at"].as_str().unwrap_or_default().to_string())
     };
-    assert!(created(1) < created(0), "priority 5 before priority 1: {done}");
+    let (first, then) = (times(&done["calls"][0]), times(&done["calls"][1]));
+    assert!(then.0 < first.0, "priority 5 before priority 1: {done}");
+    let mut calls = vec![first, then, times(&second["calls"][0])];
+    calls.sort();
+    for pair in calls.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "one call at a time across the session's queues (placed, ended): {calls:?}");
+    }
     let (status, error) = agent.send("POST", "/api/v1/queue/add", Some(&json!({ "calls": [{ "to_number": "+15005550001" }], "queue_settings": { "concurrent_limit": 500 } })));
     assert_eq!((status, error["error"]["field"].as_str()), (422, Some("queue_settings.concurrent_limit")), "{error}");
 
