@@ -879,12 +879,19 @@ async fn step(state: &AppState, campaign: &CampaignRecord, now: i64) -> Result<(
     let auth = Auth { workspace_id: ws.to_string(), key_id: format!("campaign:{id}") };
     let settings: CallSettings = campaign.call_settings.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
     let mut started = campaign.state == "running";
-    // A session's queues share their limit: its calls in progress from every `queue/add` count.
-    if let (Some(session_id), "queue") = (&campaign.session_id, campaign.kind.as_str()) {
+    // A session's queues are one queue: its calls in progress from every `queue/add` count
+    // against the limit, and a higher priority due in another goes first.
+    let session_queue = campaign.session_id.as_deref().filter(|_| campaign.kind == "queue");
+    if let Some(session_id) = session_queue {
         live += state.store.session_queue_calls(ws, session_id, id).await?;
     }
     while live < campaign.concurrency {
         let Some(contact) = state.store.next_due_contact(ws, id, now).await? else { break };
+        if let Some(session_id) = session_queue {
+            if state.store.session_queue_outranks(ws, session_id, id, contact.priority, now).await? {
+                break;
+            }
+        }
         // Outside its calling hours (its own local time), a contact waits for them to open.
         let opens = next_calling_time(campaign, contact.timezone.as_deref(), now);
         if opens > now {

@@ -325,6 +325,24 @@ impl Store {
         .await?)
     }
 
+    /// Whether another of the session's queues has a call due now of a higher priority than
+    /// `priority`: the session's calls are placed in priority order across its requests.
+    pub async fn session_queue_outranks(&self, workspace_id: &str, session_id: &str, except: &str, priority: i64, now: i64) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM campaign_contacts c JOIN campaigns p ON p.workspace_id = c.workspace_id AND p.id = c.campaign_id \
+             WHERE c.workspace_id = $1 AND p.session_id = $2 AND p.kind = 'queue' AND p.id <> $3 AND p.state IN ('scheduled', 'running') \
+             AND c.state = 'pending' AND c.priority > $4 AND c.next_attempt_at <= $5 AND (c.expires_at IS NULL OR c.expires_at > $5)",
+        )
+        .bind(workspace_id)
+        .bind(session_id)
+        .bind(except)
+        .bind(priority)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?
+            > 0)
+    }
+
     /// The next contact due for a call: the highest priority, then the longest due.
     pub async fn next_due_contact(&self, workspace_id: &str, id: &str, now: i64) -> Result<Option<ContactRow>, StoreError> {
         Ok(sqlx::query_as::<_, ContactRow>(&format!(

@@ -102,7 +102,7 @@ const OPERATIONS: &[Operation] = &[
     op(RINGEZ, "GET", "/api/v1/analytics/spending", Support::Full, ""),
     op(RINGEZ, "POST", "/api/v1/batch/calls", Support::Full, "calls past the workspace's calls in progress are `queued` and placed as others end; `GET /api/v1/batch/{id}` follows them"),
     op(RINGEZ, "POST", "/api/v1/scheduled-calls", Support::Full, "`GET`/`DELETE /api/v1/scheduled-calls/{id}` read and cancel it"),
-    op(RINGEZ, "POST", "/api/v1/queue/add", Support::Partial, "each request is a queue of its own, called in its priority order; `concurrent_limit` counts the calls in progress of all the session's queues"),
+    op(RINGEZ, "POST", "/api/v1/queue/add", Support::Full, "the session's calls from every request are one queue: the higher `priority` first, `concurrent_limit` counting all in progress; each request's id reads its own calls"),
     op(RINGEZ, "POST", "/api/v1/security/whitelist", Support::NotYet, "restrict access at the proxy or firewall (501)"),
     op(RINGEZ, "POST", "/api/v1/security/rotate-key", Support::NotYet, "`ringline keys rotate` (501)"),
     op(RINGEZ_SKILL, "POST", "/api/v1/auth/check-email", Support::NotYet, "API keys and sessions instead of accounts (501)"),
@@ -763,11 +763,12 @@ fn ringez_jobs(serve: &Serve, agent: &Client, skill: &Client, session_id: &str, 
         &[("queue_id", "string"), ("status", "string"), ("calls[].priority", "integer"), ("calls[].status", "string")],
     );
     let queue_path = format!("/api/v1/queue/{}", queue["queue_id"].as_str().unwrap());
-    // A second queue of the session's at once: the limit counts the calls of both.
+    // A second queue of the session's at once: the limit counts the calls of both, and its
+    // higher priority goes before the first queue's lower.
     let second = agent.expect(
         "POST",
         "/api/v1/queue/add",
-        Some(json!({ "session_id": session_id, "calls": [{ "to_number": "+15005550002" }], "queue_settings": { "concurrent_limit": 1 } })),
+        Some(json!({ "session_id": session_id, "calls": [{ "to_number": "+15005550002", "priority": 9 }], "queue_settings": { "concurrent_limit": 1 } })),
         201,
         &[("queue_id", "string"), ("status", "string")],
     );
@@ -779,9 +780,10 @@ fn ringez_jobs(serve: &Serve, agent: &Client, skill: &Client, session_id: &str, 
         let detail = agent.send_ours("GET", &format!("/v1/calls/{id}"), None).1;
         (detail["created_at"].as_str().unwrap().to_string(), detail["ended_at"].as_str().unwrap_or_default().to_string())
     };
-    let (first, then) = (times(&done["calls"][0]), times(&done["calls"][1]));
+    let (first, then, other) = (times(&done["calls"][0]), times(&done["calls"][1]), times(&second["calls"][0]));
     assert!(then.0 < first.0, "priority 5 before priority 1: {done}");
-    let mut calls = vec![first, then, times(&second["calls"][0])];
+    assert!(other.0 < first.0, "the other queue's priority 9 before priority 1: {done} {second}");
+    let mut calls = vec![first, then, other];
     calls.sort();
     for pair in calls.windows(2) {
         assert!(pair[1].0 >= pair[0].1, "one call at a time across the session's queues (placed, ended): {calls:?}");
