@@ -846,7 +846,12 @@ fn stepping() -> &'static tokio::sync::Mutex<()> {
 }
 
 /// Statuses after which a contact is called again while it has attempts left.
-pub const RETRIED: [&str; 3] = ["no-answer", "busy", "failed"];
+const RETRIED: [&str; 3] = ["no-answer", "busy", "failed"];
+
+/// Whether a contact whose call ended with `status` after `attempts` calls is called again.
+pub fn will_retry(campaign: &CampaignRecord, status: &str, attempts: i64) -> bool {
+    RETRIED.contains(&status) && attempts < campaign.max_attempts
+}
 
 /// One pass over a leased campaign: settle, close, dial, finish.
 async fn step(state: &AppState, campaign: &CampaignRecord, now: i64) -> Result<(), store::StoreError> {
@@ -864,7 +869,7 @@ async fn step(state: &AppState, campaign: &CampaignRecord, now: i64) -> Result<(
         match dialing.call_status.as_deref() {
             None => state.store.contact_done(ws, id, dialing.seq, "failed", Some("the call was deleted")).await?,
             Some(status) if store::LIVE_STATUSES.contains(&status) => live += 1,
-            Some(status) if RETRIED.contains(&status) && dialing.attempts < campaign.max_attempts => {
+            Some(status) if will_retry(campaign, status, dialing.attempts) => {
                 state.store.contact_again(ws, id, dialing.seq, now + campaign.retry_interval_ms, Some(status), dialing.call_reason.as_deref()).await?
             }
             Some(status) => state.store.contact_done(ws, id, dialing.seq, status, dialing.call_reason.as_deref()).await?,

@@ -357,7 +357,7 @@ fn call_status(campaign: &CampaignRecord, row: &ContactWithCall) -> String {
         ("pending", _) => "queued".into(),
         ("dialing", None) => "initiated".into(),
         // Ended, and not yet settled by the driver: what settling will make of it.
-        ("dialing", Some(status)) if campaigns::RETRIED.contains(&status) && contact.attempts < campaign.max_attempts => "retry-scheduled".into(),
+        ("dialing", Some(status)) if campaigns::will_retry(campaign, status, contact.attempts) => "retry-scheduled".into(),
         ("dialing", Some(status)) => status.into(),
         _ => contact.outcome.clone().unwrap_or_else(|| "failed".into()),
     }
