@@ -23,8 +23,15 @@ const CALLER: &str = "14155552672";
 /// Human speech (Debian's pocketsphinx-testdata): "eight of spades four of clubs seven of hearts".
 const CARDS: &str = "/usr/share/pocketsphinx/test/data/cards/005.wav";
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A port free for UDP and for TCP alike: a server's SIP port listens on both, and a port free
+/// for UDP alone may be a TCP connection's of another test.
+fn free_port() -> u16 {
+    loop {
+        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A SIPp `<send>` answering the request it last received: `status` with its Via, From, To
@@ -115,20 +122,20 @@ fn caller_scenario(media_port: u16, audio: &Path) -> String {
 
 /// Runs SIPp once against the server's SIP port; true when its scenario passed.
 fn sipp(scenario: &str, dir: &Path, service: &str, server: u16) -> (bool, String) {
-    let mut command = sipp_command(scenario, dir, free_udp_port());
+    let mut command = sipp_command(scenario, dir, free_port());
     command.arg(format!("127.0.0.1:{server}")).args(["-s", service]);
     finish_sipp(command.output().expect("sipp runs (Debian's sip-tester, installed by .ci/setup)"), dir)
 }
 
 /// SIPp with `scenario`, on `port`, for one call, its messages and errors logged in `dir`.
 fn sipp_command(scenario: &str, dir: &Path, port: u16) -> Command {
-    let path = dir.join(format!("scenario-{}.xml", free_udp_port()));
+    let path = dir.join(format!("scenario-{}.xml", free_port()));
     std::fs::write(&path, scenario).unwrap();
     let mut command = Command::new("sipp");
     command
         .arg("-sf")
         .arg(&path)
-        .args(["-m", "1", "-i", "127.0.0.1", "-p", &port.to_string(), "-mp", &free_udp_port().to_string()])
+        .args(["-m", "1", "-i", "127.0.0.1", "-p", &port.to_string(), "-mp", &free_port().to_string()])
         .args(["-nostdin", "-timeout", "120s", "-timeout_error", "-trace_err", "-error_file"])
         .arg(dir.join("sipp-errors.log"))
         .args(["-trace_msg", "-message_file"])
@@ -234,7 +241,7 @@ fn answering_the_caller_who_presses_five() -> (Database, Serve, String, u16) {
 fn answering(assistant: serde_json::Value, extra: &[(&str, &str)]) -> (Database, Serve, String, u16, serde_json::Value) {
     let db = Database::sqlite();
     let key = create_key(&db, "shop", &[]);
-    let port = free_udp_port();
+    let port = free_port();
     let bind = format!("127.0.0.1:{port}");
     let mut settings = vec![("RINGLINE_SIP_BIND", bind.as_str())];
     settings.extend_from_slice(extra);
@@ -306,7 +313,7 @@ fn a_call_from_a_sip_trunk_is_answered_heard_keyed_and_hung_up() {
 #[test]
 fn sip_from_outside_the_trusted_ranges_is_dropped_unanswered() {
     let db = Database::sqlite();
-    let port = free_udp_port();
+    let port = free_port();
     let _serve = Serve::start(&db, &crate::api::repo_assistants(), &[("RINGLINE_SIP_BIND", &format!("127.0.0.1:{port}")), ("RINGLINE_SIP_TRUSTED", "127.0.0.2/32")]);
     let options = |from: &str| {
         let socket = UdpSocket::bind((from, 0)).unwrap();
@@ -370,7 +377,7 @@ fn a_call_over_tcp_is_answered_and_hung_up_on_its_connection() {
     let listener = Listener::start();
     let dir = tempfile::tempdir().unwrap();
     let caller_audio = cards_file(dir.path(), "caller.ulaw", ringline::audio::g711::encode_mulaw);
-    let mut command = sipp_command(&caller_scenario(listener.port, &caller_audio), dir.path(), free_udp_port());
+    let mut command = sipp_command(&caller_scenario(listener.port, &caller_audio), dir.path(), free_port());
     command.args(["-t", "t1"]).arg(format!("127.0.0.1:{port}")).args(["-s", "14155552671"]);
     let (passed, log) = finish_sipp(command.output().expect("sipp runs (Debian's sip-tester, installed by .ci/setup)"), dir.path());
     assert!(passed, "SIPp's call over TCP went as its scenario says (answered, INFO taken, BYE from the agent on its connection): {log}");
@@ -476,7 +483,7 @@ fn placed_through_the_trunk(transport: &str) -> Placed {
     let dir = tempfile::tempdir().unwrap();
     let callee_audio = cards_file(dir.path(), "callee.alaw", ringline::audio::g711::encode_alaw);
     let listener = Listener::start();
-    let trunk = free_udp_port();
+    let trunk = free_port();
     let mut callee = sipp_command(&callee_scenario(listener.port, &callee_audio), dir.path(), trunk);
     if transport == "tcp" {
         callee.args(["-t", "t1"]);
@@ -507,7 +514,7 @@ struct Trunked {
 fn with_a_trunk(trunk: u16, assistant: Value, extra: &[(&str, &str)]) -> Trunked {
     let db = Database::sqlite();
     let key = create_key(&db, "shop", &[]);
-    let port = free_udp_port();
+    let port = free_port();
     let (bind, trunk) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{trunk}"));
     let mut settings = vec![("RINGLINE_SIP_BIND", bind.as_str()), ("RINGLINE_SIP_TRUNK", trunk.as_str())];
     settings.extend_from_slice(extra);
@@ -807,7 +814,7 @@ fn keypad_tone(frame: &[f32]) -> Option<char> {
 #[test]
 fn a_placed_call_whose_callee_leaves_the_refreshing_to_us_is_refreshed() {
     let listener = Listener::start();
-    let trunk = free_udp_port();
+    let trunk = free_port();
     let scenario = format!(
         r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="a callee that keeps sessions short">
@@ -1047,10 +1054,10 @@ fn a_trunk_that_asks_for_credentials_is_answered_with_them() {
     );
     let llm = standin::llm(vec![Reply::Text("Hello.")]);
     let dir = tempfile::tempdir().unwrap();
-    let trunk = free_udp_port();
+    let trunk = free_port();
     let db = Database::sqlite();
     let key = create_key(&db, "shop", &[]);
-    let port = free_udp_port();
+    let port = free_port();
     let serve = Serve::start(
         &db,
         &crate::api::repo_assistants(),
@@ -1099,7 +1106,7 @@ fn baresip_calls_in_and_hears_the_agent() {
         "poll_method\t\tepoll\nnet_interface\t\t127.0.0.1\nsip_listen\t\t127.0.0.1:{}\naudio_player\t\taubridge,speaker\naudio_source\t\taufile,{}\naudio_alert\t\taubridge,speaker\n\
 audio_srate\t\t8000\naudio_channels\t\t1\nmodule_path\t\t/usr/lib/baresip/modules\nmodule\t\t\tg711.so\nmodule\t\t\taufile.so\nmodule\t\t\taubridge.so\n\
 module\t\t\tsndfile.so\nmodule_app\t\taccount.so\nmodule_app\t\tmenu.so\nsnd_path\t\t{}\n",
-        free_udp_port(),
+        free_port(),
         caller.display(),
         dir.path().display()
     );
@@ -1166,7 +1173,7 @@ fn a_call_ended_while_it_rings_is_cancelled_at_the_trunk() {
     );
     let llm = standin::llm(vec![Reply::Text("Hello.")]);
     let dir = tempfile::tempdir().unwrap();
-    let trunk = free_udp_port();
+    let trunk = free_port();
     let (_db, serve, key, _, assistant_id) = answering(crate::twilio::assistant(&llm), &[("RINGLINE_SIP_TRUNK", &format!("127.0.0.1:{trunk}"))]);
     let callee = sipp_command(&ringing, dir.path(), trunk).spawn().unwrap();
     let (status, call) = post(&serve, &key, "/v1/calls/outbound", json!({ "assistant_id": assistant_id, "to_number": "+14155552672", "from_number": NUMBER }));
@@ -1783,7 +1790,7 @@ fn the_server_registers_with_the_trunk_and_keeps_it_fresh() {
     // Over UDP, and over TCP to a trunk reached that way (`--sip-trunk-transport tcp`).
     for (transport, uri_param) in [("udp", ""), ("tcp", ";transport=tcp")] {
         let dir = tempfile::tempdir().unwrap();
-        let trunk = free_udp_port();
+        let trunk = free_port();
         let mut command = sipp_command(&registrar, dir.path(), trunk);
         if transport == "tcp" {
             command.args(["-t", "t1"]);
@@ -1805,7 +1812,7 @@ fn the_server_registers_with_the_trunk_and_keeps_it_fresh() {
 /// A server that registers with the trunk at `trunk` as `ringline` (and `extra` settings), and
 /// the port of its SIP endpoint.
 fn registering(db: &Database, trunk: u16, extra: &[(&str, &str)]) -> (Serve, u16) {
-    let port = free_udp_port();
+    let port = free_port();
     let (bind, trunk) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{trunk}"));
     let mut settings = vec![
         ("RINGLINE_SIP_BIND", bind.as_str()),
