@@ -258,7 +258,11 @@ pub async fn place(state: &AppState, auth: &Auth, request: OutboundRequest, plac
         None => numbers.into_iter().find(|n| n.assistant_id.as_deref() == Some(record.id.as_str())).map(|n| n.e164).unwrap_or_else(|| SANDBOX_FROM.to_string()),
     };
 
-    let variables = call_variables(&assistant, &request.dynamic_variables)?;
+    let variables = if placement.dialect.as_deref() == Some("ringez") && assistant.spec.variables.contains_key("task") {
+        call_variables(&assistant, &super::ringez::calling::with_task(request.dynamic_variables.clone(), &request.metadata))?
+    } else {
+        call_variables(&assistant, &request.dynamic_variables)?
+    };
 
     if let Some(url) = &request.webhook_url {
         state.runner.egress().check_url_resolved(url).await.map_err(|e| ApiError::invalid("webhook_url", e.to_string()))?;

@@ -116,6 +116,12 @@ const CONTACT_COLUMNS: &str = "SELECT workspace_id, campaign_id, seq, phone, nam
 const CONTACT_WITH_CALL_COLUMNS: &str = "SELECT c.workspace_id, c.campaign_id, c.seq, c.phone, c.name, c.email, c.variables, c.custom_fields, c.state, c.attempts, c.next_attempt_at, c.claimed_at, c.call_id, c.outcome, c.reason, c.priority, c.expires_at, c.timezone, k.status AS call_status \
      FROM campaign_contacts c LEFT JOIN calls k ON k.id = c.call_id";
 
+/// Of the contacts `c`, those waiting for a call and due at the parameter `now`, their wait not
+/// yet over (a queue's `max_wait_time`).
+fn due_now(now: &str) -> String {
+    format!("c.state = 'pending' AND c.next_attempt_at <= {now} AND (c.expires_at IS NULL OR c.expires_at > {now})")
+}
+
 impl Store {
     /// Stores a new draft campaign; false when the workspace already has one by that id.
     pub async fn insert_campaign(&self, c: &CampaignRecord) -> Result<bool, StoreError> {
@@ -284,6 +290,11 @@ impl Store {
     }
 
     /// Takes or renews the campaign's lease until `until`; false when another worker holds it.
+    ///
+    /// A session's queues (`queue/add` requests) share one limit, so one worker steps them all:
+    /// a worker that wins one of them while another worker holds one of the same session's
+    /// gives it back. Each worker looks after it writes, so of two that lease two of a session's
+    /// queues at once, the later to look sees the other's lease, whatever the order.
     pub async fn lease_campaign(&self, workspace_id: &str, id: &str, worker_id: &str, now: i64, until: i64) -> Result<bool, StoreError> {
         let done = sqlx::query(&format!(
             "UPDATE campaigns SET driver_id = $1, driver_until = $2 WHERE workspace_id = $3 AND id = $4 AND state IN {ACTIVE_CAMPAIGN_STATES} AND (driver_until < $5 OR driver_id = $1)"
@@ -295,7 +306,30 @@ impl Store {
         .bind(now)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let held_elsewhere = sqlx::query_scalar::<_, i64>(&format!(
+            "SELECT COUNT(*) FROM campaigns o JOIN campaigns c ON c.workspace_id = o.workspace_id AND c.session_id = o.session_id \
+             WHERE c.workspace_id = $1 AND c.id = $2 AND c.kind = 'queue' AND o.kind = 'queue' AND o.id <> c.id AND o.state IN {ACTIVE_CAMPAIGN_STATES} \
+             AND o.driver_id <> $3 AND o.driver_until >= $4"
+        ))
+        .bind(workspace_id)
+        .bind(id)
+        .bind(worker_id)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        if held_elsewhere > 0 {
+            sqlx::query("UPDATE campaigns SET driver_until = 0 WHERE workspace_id = $1 AND id = $2 AND driver_id = $3")
+                .bind(workspace_id)
+                .bind(id)
+                .bind(worker_id)
+                .execute(&self.pool)
+                .await?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// The contacts being dialed, with their calls' statuses.
@@ -328,11 +362,12 @@ impl Store {
     /// Whether another of the session's queues has a call due now of a higher priority than
     /// `priority`: the session's calls are placed in priority order across its requests.
     pub async fn session_queue_outranks(&self, workspace_id: &str, session_id: &str, except: &str, priority: i64, now: i64) -> Result<bool, StoreError> {
-        Ok(sqlx::query_scalar::<_, i64>(
+        Ok(sqlx::query_scalar::<_, i64>(&format!(
             "SELECT COUNT(*) FROM campaign_contacts c JOIN campaigns p ON p.workspace_id = c.workspace_id AND p.id = c.campaign_id \
-             WHERE c.workspace_id = $1 AND p.session_id = $2 AND p.kind = 'queue' AND p.id <> $3 AND p.state IN ('scheduled', 'running') \
-             AND c.state = 'pending' AND c.priority > $4 AND c.next_attempt_at <= $5 AND (c.expires_at IS NULL OR c.expires_at > $5)",
-        )
+             WHERE c.workspace_id = $1 AND p.session_id = $2 AND p.kind = 'queue' AND p.id <> $3 AND p.state IN {ACTIVE_CAMPAIGN_STATES} \
+             AND c.priority > $4 AND {}",
+            due_now("$5")
+        ))
         .bind(workspace_id)
         .bind(session_id)
         .bind(except)
@@ -346,8 +381,8 @@ impl Store {
     /// The next contact due for a call: the highest priority, then the longest due.
     pub async fn next_due_contact(&self, workspace_id: &str, id: &str, now: i64) -> Result<Option<ContactRow>, StoreError> {
         Ok(sqlx::query_as::<_, ContactRow>(&format!(
-            "{CONTACT_COLUMNS} WHERE workspace_id = $1 AND campaign_id = $2 AND state = 'pending' AND next_attempt_at <= $3 AND (expires_at IS NULL OR expires_at > $3) \
-             ORDER BY priority DESC, next_attempt_at, seq LIMIT 1"
+            "{CONTACT_COLUMNS} c WHERE c.workspace_id = $1 AND c.campaign_id = $2 AND {} ORDER BY c.priority DESC, c.next_attempt_at, c.seq LIMIT 1",
+            due_now("$3")
         ))
         .bind(workspace_id)
         .bind(id)
@@ -493,5 +528,47 @@ mod tests {
         let rows = store.campaign_contacts(ws, "q", 10, 0).await.unwrap();
         let third = &rows[3].contact;
         assert_eq!((third.state.as_str(), third.outcome.as_deref(), third.attempts), ("done", Some("skipped"), 0));
+    }
+
+    #[tokio::test]
+    async fn one_worker_at_a_time_steps_a_sessions_queues() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("q.db").display())).await.unwrap();
+        let ws = store.ensure_workspace("acme").await.unwrap().id;
+        let queue = |id: &str, session: &str| CampaignRecord {
+            workspace_id: ws.clone(),
+            id: id.into(),
+            name: id.into(),
+            assistant_id: "a".into(),
+            concurrency: 1,
+            max_attempts: 1,
+            state: "draft".into(),
+            kind: "queue".into(),
+            session_id: Some(session.into()),
+            ..CampaignRecord::default()
+        };
+        let now = 1_000_000;
+        let contact = ContactRow { seq: 0, phone: "+15005550006".into(), variables: "{}".into(), custom_fields: "{}".into(), ..ContactRow::default() };
+        for (id, session) in [("q1", "s"), ("q2", "s"), ("other", "t")] {
+            assert!(store.insert_campaign(&queue(id, session)).await.unwrap());
+            assert!(store.launch_campaign(&ws, id, &Schedule::default(), std::slice::from_ref(&contact), now).await.unwrap());
+        }
+        let lease = |id: &'static str, worker: &'static str, now: i64| {
+            let (store, ws) = (&store, ws.clone());
+            async move { store.lease_campaign(&ws, id, worker, now, now + 15_000).await.unwrap() }
+        };
+
+        assert!(lease("q1", "a", now).await);
+        // Worker b may not step the session's other queue while a holds the first, and does
+        // not keep the lease it wrote: a takes the second as well.
+        assert!(!lease("q2", "b", now).await);
+        assert!(lease("q2", "a", now).await);
+        assert!(lease("q1", "a", now + 1000).await, "a renews its own");
+        // Another session's queue is any worker's.
+        assert!(lease("other", "b", now).await);
+        // Once a's leases lapse, b takes the session over.
+        assert!(lease("q1", "b", now + 20_000).await);
+        assert!(!lease("q2", "a", now + 20_000).await, "a's lapsed lease on q2 is no claim on the session");
+        assert!(lease("q2", "b", now + 20_000).await);
     }
 }

@@ -91,7 +91,7 @@ const OPERATIONS: &[Operation] = &[
     op(RINGEZ, "POST", "/api/v1/numbers/validate", Support::Partial, "`carrier` is null: no carrier database"),
     op(RINGEZ, "GET", "/api/v1/numbers/rates", Support::Full, "Ringline's built-in rate table"),
     op(RINGEZ, "POST", "/api/v1/calls/{id}/transcribe", Support::Partial, "live lines as server-sent events (`events_url`), not a WebSocket"),
-    op(RINGEZ, "GET", "/api/v1/transcripts/{id}", Support::Partial, "`confidence` is null"),
+    op(RINGEZ, "GET", "/api/v1/transcripts/{id}", Support::Partial, "`confidence` is null on the agent's lines (its words are known, not heard)"),
     op(RINGEZ, "POST", "/api/v1/webhooks/subscribe", Support::Partial, "`balance.low` is accepted, never sent (no wallet)"),
     op(RINGEZ, "POST", "/api/v1/agents/intent-detection", Support::Full, "the call's assistant's intents, else a customer-service set"),
     op(RINGEZ, "POST", "/api/v1/agents/call-routing", Support::Full, "routes to the workspace's numbers labelled by department"),
@@ -464,6 +464,10 @@ fn ringez_flow(db: Database) {
         200,
         &[("call_id", "string"), ("transcription_enabled", "boolean"), ("transcription_id", "string"), ("websocket_url", "string?")],
     );
+    // The recipient (the sandbox's caller) answers before the hang-up: a line Whisper heard.
+    wait_until(Duration::from_secs(60), "the recipient's first words are in the transcript", || {
+        agent.send("GET", &format!("/api/v1/transcripts/{call_id}"), None).1["transcript"].as_array().is_some_and(|l| l.iter().any(|l| l["speaker"] == "recipient"))
+    });
     let ended = agent.expect(
         "DELETE",
         &format!("/api/v1/calls/{call_id}"),
@@ -487,7 +491,10 @@ fn ringez_flow(db: Database) {
     }
 
     // The transcript, and the history both ways (the skill's with the session alone).
-    agent.expect("GET", &format!("/api/v1/transcripts/{call_id}"), None, 200, &[("call_id", "string"), ("transcript[].speaker", "string"), ("transcript[].text", "string"), ("transcript[].timestamp", "number"), ("transcript[].confidence", "number?"), ("language", "string"), ("duration", "integer")]);
+    let transcript = agent.expect("GET", &format!("/api/v1/transcripts/{call_id}"), None, 200, &[("call_id", "string"), ("transcript[].speaker", "string"), ("transcript[].text", "string"), ("transcript[].timestamp", "number"), ("transcript[].confidence", "number?"), ("language", "string"), ("duration", "integer")]);
+    // The agent placed the call: the `recipient` is the side Whisper heard, each line with its confidence.
+    let heard: Vec<&Value> = transcript["transcript"].as_array().unwrap().iter().filter(|l| l["speaker"] == "recipient").collect();
+    assert!(!heard.is_empty() && heard.iter().all(|l| l["confidence"].as_f64().is_some_and(|c| c > 0.0 && c <= 1.0)), "{transcript:#}");
     let history_fields: &[(&str, &str)] = &[("calls[].call_id", "string"), ("calls[].to_number", "string"), ("calls[].status", "string"), ("calls[].duration", "integer"), ("calls[].cost", "number"), ("calls[].started_at", "string?"), ("calls[].ended_at", "string?"), ("calls[].recording_url", "string?"), ("calls[].transcript_url", "string?"), ("pagination.total", "integer"), ("pagination.has_more", "boolean")];
     agent.expect("GET", &format!("/api/v1/calls/history?session_id={session_id}&limit=50&offset=0&status=all"), None, 200, history_fields);
     let skill = Client { serve: &serve, headers: vec![("X-Session-ID".into(), session_id.clone())] };

@@ -76,8 +76,6 @@ pub async fn initiate(State(state): State<AppState>, caller: RingezCaller, ApiJs
     }
     let mut metadata = Value::Object(metadata_object("metadata", &request.metadata)?);
     let assistant_id = request.assistant_id.clone().unwrap_or_else(|| DEFAULT_ASSISTANT.to_string());
-    let takes = takes_task(&state, &caller.auth.workspace_id, &assistant_id).await?;
-    let variables = with_task(takes, request.dynamic_variables.clone(), &metadata);
     metadata["ringez"] = json!({
         "mode": mode,
         "privacy_mode": privacy,
@@ -89,7 +87,7 @@ pub async fn initiate(State(state): State<AppState>, caller: RingezCaller, ApiJs
         assistant_id,
         to_number: request.to_number.clone(),
         from_number: request.from_number.clone(),
-        dynamic_variables: variables,
+        dynamic_variables: request.dynamic_variables.clone(),
         webhook_url: request.webhook_url.clone(),
         metadata,
         idempotency_key: request.idempotency_key.clone(),
@@ -155,18 +153,11 @@ pub fn metadata_object(field: &str, metadata: &Value) -> Result<Map<String, Valu
     }
 }
 
-/// Whether the workspace's assistant `id` takes a `task` variable, as `call_for_user` does (a
-/// copy of it on a cloud LLM, an assistant of the workspace's own): a Ringez request's errand,
-/// written in its metadata, goes there. `false` for no such assistant (placing the call says so).
-pub async fn takes_task(state: &AppState, workspace_id: &str, id: &str) -> Result<bool, ApiError> {
-    let Some(record) = state.store.assistant(workspace_id, id).await? else { return Ok(false) };
-    Ok(serde_json::from_str::<Value>(&record.spec).is_ok_and(|spec| spec["variables"].get("task").is_some()))
-}
-
-/// The call's variables: for an assistant that takes a `task` ([`takes_task`]), `task` defaults
-/// to the metadata's `task` or `issue` (what an agent says the call is for).
-pub fn with_task(takes_task: bool, mut variables: BTreeMap<String, Value>, metadata: &Value) -> BTreeMap<String, Value> {
-    if takes_task && !variables.contains_key("task") {
+/// A Ringez call's variables for an assistant that takes a `task`, as `call_for_user` does (a
+/// copy of it on a cloud LLM, an assistant of the workspace's own): `task` defaults to the
+/// metadata's `task` or `issue`, what an agent says the call is for. [`calls::place`] asks.
+pub fn with_task(mut variables: BTreeMap<String, Value>, metadata: &Value) -> BTreeMap<String, Value> {
+    if !variables.contains_key("task") {
         let task = ["task", "issue"].iter().find_map(|k| metadata.get(*k).and_then(Value::as_str)).map(str::to_string);
         if let Some(task) = task {
             variables.insert("task".into(), Value::String(task));
@@ -416,8 +407,8 @@ pub async fn transcript(State(state): State<AppState>, caller: RingezCaller, Pat
             "role": l.speaker,
             "text": l.text,
             "timestamp": l.at_ms as f64 / 1000.0,
-            // Whisper's per-line confidence is not kept yet.
-            "confidence": Value::Null,
+            // Whisper's, for the lines it heard; the agent's own words are known, not heard.
+            "confidence": l.confidence,
         })).collect::<Vec<_>>(),
         "language": language,
         "duration": duration_ms(&call) / 1000,

@@ -162,7 +162,6 @@ async fn launch_checked(state: &AppState, caller: &RingezCaller, job: Job) -> Re
     job.call_settings.check()?;
     let assistant_id = job.assistant_id.clone().unwrap_or_else(|| DEFAULT_ASSISTANT.to_string());
     let now = store::now_ms();
-    let takes_task = super::calling::takes_task(state, &caller.auth.workspace_id, &assistant_id).await?;
     let mut contacts = Vec::with_capacity(job.calls.len());
     for (i, call) in job.calls.into_iter().enumerate() {
         // Checked here, not only as a contact, so the session's check below meets a valid number
@@ -181,10 +180,9 @@ async fn launch_checked(state: &AppState, caller: &RingezCaller, job: Job) -> Re
             None => None,
         };
         let metadata = metadata_object(&format!("contacts[{i}].metadata"), &call.metadata)?;
-        let variables = with_task(takes_task, call.dynamic_variables, &Value::Object(metadata.clone()));
         contacts.push(ContactInput {
             phone: call.to_number,
-            custom_fields: variables,
+            custom_fields: call.dynamic_variables,
             metadata: Some(metadata),
             priority: call.priority.unwrap_or(0),
             expires_at,

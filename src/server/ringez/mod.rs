@@ -450,10 +450,9 @@ mod tests {
     fn an_errand_in_the_metadata_is_the_task_of_an_assistant_that_takes_one() {
         let metadata = json!({ "issue": "Is my prescription ready?" });
         let given = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<BTreeMap<String, Value>>();
-        assert_eq!(with_task(true, given(&[]), &metadata), given(&[("task", "Is my prescription ready?")]));
-        assert_eq!(with_task(true, given(&[("task", "Book a table.")]), &metadata), given(&[("task", "Book a table.")]), "the request's own task wins");
-        assert_eq!(with_task(false, given(&[]), &metadata), given(&[]), "an assistant without one gets no undeclared variable");
-        assert_eq!(with_task(true, given(&[]), &json!({ "task": 7 })), given(&[]), "only text is an errand");
+        assert_eq!(with_task(given(&[]), &metadata), given(&[("task", "Is my prescription ready?")]));
+        assert_eq!(with_task(given(&[("task", "Book a table.")]), &metadata), given(&[("task", "Book a table.")]), "the request's own task wins");
+        assert_eq!(with_task(given(&[]), &json!({ "task": 7 })), given(&[]), "only text is an errand");
     }
 
     #[test]
