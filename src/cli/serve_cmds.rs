@@ -167,7 +167,7 @@ pub enum KeysCommand {
     /// for the grace period, then stops.
     Rotate {
         id: String,
-        #[arg(long, default_value_t = 3600)]
+        #[arg(long, default_value_t = crate::server::auth::ROTATION_GRACE_S)]
         grace_s: i64,
     },
 }
@@ -271,11 +271,7 @@ pub fn keys(args: KeysArgs) -> anyhow::Result<()> {
             }
             KeysCommand::Rotate { id, grace_s } => {
                 let old = store.key(&id).await?.with_context(|| format!("no key `{id}` (`ringline keys list` shows them)"))?;
-                if !old.usable_at(store::now_ms()) {
-                    anyhow::bail!("key `{id}` is already revoked or expired; create a new one instead");
-                }
-                let (key, secret) = auth::create_key(&store, &old.workspace_name, old.rate_limit_per_min).await?;
-                store.expire_key(&id, store::now_ms() + grace_s.max(0) * 1000).await?;
+                let (key, secret) = auth::rotate_key(&store, &old, grace_s).await.with_context(|| format!("key `{id}` cannot be rotated"))?;
                 println!("created key {} for workspace {}; {id} stops working in {grace_s} s; the new key is shown once:", key.id, key.workspace_name);
                 println!("{secret}");
             }

@@ -27,6 +27,43 @@ pub fn hash_key(key: &str) -> String {
 /// Creates a key for the workspace `workspace` (created if new). Returns the record and the
 /// key itself, which is shown once and never stored.
 pub async fn create_key(store: &Store, workspace: &str, rate_limit_per_min: Option<i64>) -> Result<(ApiKey, String), StoreError> {
+    new_key(store, workspace, rate_limit_per_min, None).await
+}
+
+/// How long a rotated key keeps working unless revoked at once: time to deploy its successor.
+pub const ROTATION_GRACE_S: i64 = 3600;
+
+/// Rotates `old`: a successor for its workspace with its limit and its request budget, and
+/// `old` stops working after `grace_s` (0: at once). Refused when `old` was rotated already
+/// (it is on its way out: rotate its successor), so a key never has two successors.
+pub async fn rotate_key(store: &Store, old: &ApiKey, grace_s: i64) -> Result<(ApiKey, String), RotateError> {
+    let now = store::now_ms();
+    if !old.usable_at(now) {
+        return Err(RotateError::NotUsable);
+    }
+    if !store.retire_key(&old.id, now + grace_s.max(0) * 1000).await? {
+        return Err(RotateError::Rotated);
+    }
+    match new_key(store, &old.workspace_name, old.rate_limit_per_min, Some(old.bucket().to_string())).await {
+        Ok(made) => Ok(made),
+        Err(error) => {
+            store.unretire_key(&old.id).await?;
+            Err(error.into())
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error("the key is revoked or has expired: create a new one instead")]
+    NotUsable,
+    #[error("the key was rotated already and is on its way out: rotate its successor")]
+    Rotated,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+async fn new_key(store: &Store, workspace: &str, rate_limit_per_min: Option<i64>, rate_bucket: Option<String>) -> Result<(ApiKey, String), StoreError> {
     use rand::RngCore;
     let workspace = store.ensure_workspace(workspace).await?;
     let mut bytes = [0u8; 32];
@@ -42,6 +79,7 @@ pub async fn create_key(store: &Store, workspace: &str, rate_limit_per_min: Opti
         created_at: store::now_ms(),
         expires_at: None,
         revoked_at: None,
+        rate_bucket,
     };
     store.insert_key(&key).await?;
     Ok((key, secret))
@@ -75,7 +113,7 @@ impl FromRequestParts<AppState> for Auth {
             return Err(ApiError::unauthorized("this API key was revoked or has expired; create a new one with `ringline keys create`"));
         }
         let limit = key.rate_limit_per_min.map(|l| l.max(1) as u32).unwrap_or(state.config.rate_limit_per_min);
-        if let Err(wait_s) = state.limiter.take(&key.id, limit) {
+        if let Err(wait_s) = state.limiter.take(key.bucket(), limit) {
             let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("more than {limit} requests a minute with this key; retry after {wait_s} s"));
             error.retry_after_s = Some(wait_s);
             return Err(error);

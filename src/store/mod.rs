@@ -144,7 +144,7 @@ impl Store {
     }
 
     pub async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO api_keys (id, workspace_id, hash, prefix, rate_limit_per_min, created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        sqlx::query("INSERT INTO api_keys (id, workspace_id, hash, prefix, rate_limit_per_min, created_at, expires_at, revoked_at, rate_bucket) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(&key.id)
             .bind(&key.workspace_id)
             .bind(&key.hash)
@@ -153,6 +153,7 @@ impl Store {
             .bind(key.created_at)
             .bind(key.expires_at)
             .bind(key.revoked_at)
+            .bind(&key.rate_bucket)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -175,8 +176,20 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    pub async fn expire_key(&self, id: &str, at: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2").bind(at).bind(id).execute(&self.pool).await?;
+    /// A usable key, not rotated yet, set to stop working at `at` (its successor made); false
+    /// when it was rotated, revoked or expired already (another rotation came first).
+    pub async fn retire_key(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2 AND revoked_at IS NULL AND expires_at IS NULL")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Undoes [`Store::retire_key`] (its successor could not be stored).
+    pub async fn unretire_key(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_keys SET expires_at = NULL WHERE id = $1 AND revoked_at IS NULL").bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -795,7 +808,7 @@ pub struct Workspace {
     pub created_at: i64,
 }
 
-const KEY_COLUMNS: &str = "SELECT k.id, k.workspace_id, w.name AS workspace_name, k.hash, k.prefix, k.rate_limit_per_min, k.created_at, k.expires_at, k.revoked_at FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id";
+const KEY_COLUMNS: &str = "SELECT k.id, k.workspace_id, w.name AS workspace_name, k.hash, k.prefix, k.rate_limit_per_min, k.created_at, k.expires_at, k.revoked_at, k.rate_bucket FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ApiKey {
@@ -808,11 +821,18 @@ pub struct ApiKey {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// The first key of a rotation's line, whose request budget this one shares.
+    pub rate_bucket: Option<String>,
 }
 
 impl ApiKey {
     pub fn usable_at(&self, now: i64) -> bool {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+    }
+
+    /// Whose requests a minute this key's count against: its line's first key's.
+    pub fn bucket(&self) -> &str {
+        self.rate_bucket.as_deref().unwrap_or(&self.id)
     }
 }
 

@@ -104,7 +104,7 @@ const OPERATIONS: &[Operation] = &[
     op(RINGEZ, "POST", "/api/v1/scheduled-calls", Support::Full, "`GET`/`DELETE /api/v1/scheduled-calls/{id}` read and cancel it"),
     op(RINGEZ, "POST", "/api/v1/queue/add", Support::Full, "the session's calls from every request are one queue: the higher `priority` first, `concurrent_limit` counting all in progress; each request's id reads its own calls"),
     op(RINGEZ, "POST", "/api/v1/security/whitelist", Support::NotYet, "restrict access at the proxy or firewall (501)"),
-    op(RINGEZ, "POST", "/api/v1/security/rotate-key", Support::NotYet, "`ringline keys rotate` (501)"),
+    op(RINGEZ, "POST", "/api/v1/security/rotate-key", Support::Full, "the old key works an hour more (`revoke_immediately`: stops at once); the successor shares its requests a minute"),
     op(RINGEZ_SKILL, "POST", "/api/v1/auth/check-email", Support::NotYet, "API keys and sessions instead of accounts (501)"),
     op(RINGEZ_SKILL, "POST", "/api/v1/auth/send-otp", Support::NotYet, "API keys and sessions instead of accounts (501)"),
     op(RINGEZ_SKILL, "POST", "/api/v1/auth/verify-otp", Support::NotYet, "API keys and sessions instead of accounts (501)"),
@@ -626,8 +626,30 @@ fn ringez_flow(db: Database) {
 
     let batch_path = ringez_jobs(&serve, &agent, &skill, &session_id, &create_key(&db, "another-workspace", &[]));
 
+    // A key rotated by whoever holds it. Five requests a minute for the whole line of keys: a
+    // successor shares its predecessor's budget, so rotating buys no fresh requests.
+    let spare = create_key(&db, "ringez", &["--rate-limit", "5"]);
+    let holder = |key: &str| Client { serve: &serve, headers: vec![("Authorization".into(), format!("Bearer {key}"))] };
+    let rotate = "/api/v1/security/rotate-key";
+    let (status, refused) = holder(&spare).send("POST", rotate, Some(&json!({ "current_key": key })));
+    assert_eq!((status, refused["error"]["field"].as_str()), (422, Some("current_key")), "a key rotates only itself: {refused}");
+    let rotated_fields: &[(&str, &str)] = &[("api_key", "string"), ("key_id", "string"), ("created_at", "string"), ("previous_key.key_id", "string"), ("previous_key.revoked", "boolean"), ("previous_key.valid_until", "string")];
+    let second = holder(&spare).expect("POST", rotate, Some(json!({ "current_key": spare, "revoke_immediately": false })), 201, rotated_fields);
+    assert_eq!(second["previous_key"]["revoked"], false, "{second}");
+    let second = second["api_key"].as_str().unwrap().to_string();
+    let (status, again) = holder(&spare).send("POST", rotate, Some(&json!({ "current_key": spare })));
+    assert_eq!((status, again["error"]["code"].as_str()), (409, Some("key_rotated")), "a key has one successor: {again}");
+    holder(&second).expect("GET", &format!("/api/v1/calls/{call_id}"), None, 200, &[("call_id", "string")]);
+    let third = holder(&second).expect("POST", rotate, Some(json!({ "current_key": second, "revoke_immediately": true })), 201, rotated_fields);
+    assert_eq!(third["previous_key"]["revoked"], true, "{third}");
+    let third = third["api_key"].as_str().unwrap().to_string();
+    assert_eq!(holder(&second).send("GET", "/api/v1/calls", None).0, 401, "revoked at once");
+    assert_eq!(holder(&spare).send("GET", "/api/v1/calls", None).0, 429, "the first key still authenticates in its grace hour, and its line's five requests are spent");
+    assert_eq!(holder(&third).send("GET", "/api/v1/calls", None).0, 429, "the newest key too: it shares the line's budget");
+    assert_eq!(skill.send("POST", rotate, Some(&json!({ "current_key": "x" }))).0, 403, "a session alone rotates nothing");
+
     // What a self-hosted server does not do says so, and what to use instead.
-    for (method, path) in [("POST", "/api/v1/wallet/add-credits"), ("POST", "/api/v1/security/whitelist"), ("POST", "/api/v1/security/rotate-key"), ("POST", "/api/v1/auth/check-email"), ("POST", "/api/v1/auth/send-otp"), ("POST", "/api/v1/auth/verify-otp"), ("POST", "/api/v1/auth/login")] {
+    for (method, path) in [("POST", "/api/v1/wallet/add-credits"), ("POST", "/api/v1/security/whitelist"), ("POST", "/api/v1/auth/check-email"), ("POST", "/api/v1/auth/send-otp"), ("POST", "/api/v1/auth/verify-otp"), ("POST", "/api/v1/auth/login")] {
         let (status, answer) = agent.send(method, path, Some(&json!({})));
         assert_eq!(status, 501, "{path}: {answer}");
         assert_eq!(answer["error"]["code"], "not_implemented", "{path}: {answer}");

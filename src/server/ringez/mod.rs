@@ -43,6 +43,7 @@ pub mod calling;
 pub mod contacts;
 pub mod jobs;
 pub mod numbers;
+pub mod security;
 pub mod sessions;
 pub mod voice;
 
@@ -52,6 +53,7 @@ use calling::*;
 use contacts::*;
 use jobs::*;
 use numbers::*;
+use security::*;
 use sessions::*;
 use voice::*;
 
@@ -106,6 +108,7 @@ pub const PATHS: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/queue/add", "Calls `concurrent_limit` at a time, higher `priority` first, skipped after `max_wait_time`"),
     ("GET", "/api/v1/queue/{id}", "A queue: its state and each call's priority and status"),
     ("DELETE", "/api/v1/queue/{id}", "Cancel a queue's calls not yet placed"),
+    ("POST", "/api/v1/security/rotate-key", "Replace the request's key: a successor shown once; the old key works an hour more, or stops at once"),
 ];
 
 pub fn router() -> Router<AppState> {
@@ -141,7 +144,7 @@ pub fn router() -> Router<AppState> {
         .route("/queue/add", post(queue_add))
         .route("/queue/{id}", get(read_queue).delete(cancel_queue))
         .route("/security/whitelist", post(not_here))
-        .route("/security/rotate-key", post(not_here))
+        .route("/security/rotate-key", post(rotate_key))
         .route("/auth/check-email", post(not_here))
         .route("/auth/send-otp", post(not_here))
         .route("/auth/verify-otp", post(not_here))
@@ -433,8 +436,6 @@ pub async fn not_here(uri: axum::http::Uri, _headers: HeaderMap) -> ApiError {
         "Ringline takes no payments: a session's budget is its user_consent.max_spend_limit"
     } else if path.contains("/auth/") {
         "Ringline authenticates with API keys: open a session with POST /api/v1/sessions/create and send its id as X-Session-ID"
-    } else if path.contains("/security/rotate-key") {
-        "rotate keys with `ringline keys rotate KEY_ID` on the server"
     } else {
         "restrict who reaches the server at its reverse proxy or firewall"
     };
