@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// network. Repeat it, or give a comma-separated list.
     #[arg(long, env = "RINGLINE_ALLOW_EGRESS", value_delimiter = ',', value_parser = parse_cidr)]
     pub allow_egress: Vec<crate::egress::Cidr>,
+    /// A reverse proxy in front of the server (address or CIDR range; repeat or separate with
+    /// commas): behind it, a request's address is X-Forwarded-For's (a key's whitelist).
+    #[arg(long, env = "RINGLINE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxy: Vec<crate::egress::Cidr>,
     /// Lets calls connect to any address, internal ones included. Only for a server whose
     /// every API key is trusted.
     #[arg(long, env = "RINGLINE_ALLOW_PRIVATE_EGRESS")]
@@ -198,6 +202,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         assistants_dir: args.assistants,
         rate_limit_per_min: args.rate_limit.max(1),
         worker_stale: Duration::from_secs(args.worker_stale_s.max(2)),
+        trusted_proxies: args.trusted_proxy,
         egress: if args.allow_private_egress { EgressPolicy::allow_all() } else { EgressPolicy::with_allowed(args.allow_egress) },
         limits: Limits {
             calls_per_workspace: args.max_calls_per_workspace,

@@ -5,19 +5,25 @@
 //! `X-API-KEY: KEY`; the key decides the workspace, so no key reaches another workspace's
 //! data. Each key has a token bucket (default 60 requests a minute) kept by the worker that
 //! serves the request: with several workers, a client spread over them gets that much per worker.
+//! A rotated key's successor shares its bucket. A key its holder limited to some addresses
+//! (Ringez's IP whitelist) is refused from any other, before its bucket is touched; the address
+//! is the connection's, or behind `--trusted-proxy` hops, X-Forwarded-For's first untrusted one.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::AppState;
+use crate::egress::Cidr;
 use crate::store::{self, ApiKey, Store, StoreError};
 
 pub fn hash_key(key: &str) -> String {
@@ -44,7 +50,7 @@ pub async fn rotate_key(store: &Store, old: &ApiKey, grace_s: i64) -> Result<(Ap
     if !store.retire_key(&old.id, now + grace_s.max(0) * 1000).await? {
         return Err(RotateError::Rotated);
     }
-    match new_key(store, &old.workspace_name, old.rate_limit_per_min, Some(old.bucket().to_string())).await {
+    match new_key(store, &old.workspace_name, old.rate_limit_per_min, Some(old)).await {
         Ok(made) => Ok(made),
         Err(error) => {
             store.unretire_key(&old.id).await?;
@@ -63,7 +69,8 @@ pub enum RotateError {
     Store(#[from] StoreError),
 }
 
-async fn new_key(store: &Store, workspace: &str, rate_limit_per_min: Option<i64>, rate_bucket: Option<String>) -> Result<(ApiKey, String), StoreError> {
+/// A new key; a successor (`from`) keeps its predecessor's request budget and addresses.
+async fn new_key(store: &Store, workspace: &str, rate_limit_per_min: Option<i64>, from: Option<&ApiKey>) -> Result<(ApiKey, String), StoreError> {
     use rand::RngCore;
     let workspace = store.ensure_workspace(workspace).await?;
     let mut bytes = [0u8; 32];
@@ -79,7 +86,8 @@ async fn new_key(store: &Store, workspace: &str, rate_limit_per_min: Option<i64>
         created_at: store::now_ms(),
         expires_at: None,
         revoked_at: None,
-        rate_bucket,
+        rate_bucket: from.map(|old| old.bucket().to_string()),
+        allowed_addresses: from.and_then(|old| old.allowed_addresses.clone()),
     };
     store.insert_key(&key).await?;
     Ok((key, secret))
@@ -112,6 +120,19 @@ impl FromRequestParts<AppState> for Auth {
         if !key.usable_at(store::now_ms()) {
             return Err(ApiError::unauthorized("this API key was revoked or has expired; create a new one with `ringline keys create`"));
         }
+        if let Some(allowed) = &key.allowed_addresses {
+            // Unreadable (never written so) admits no one: a limit is never lifted by accident.
+            let allowed: AllowedAddresses = serde_json::from_str(allowed).unwrap_or_default();
+            let from = client_address(parts, &state.config.trusted_proxies);
+            if !from.is_some_and(|address| allowed.admits(address)) {
+                let from = from.map(|a| a.to_string()).unwrap_or_else(|| "an unknown address".into());
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "address_not_allowed",
+                    format!("this key is limited to its whitelisted addresses and this request came from {from}; change the list with POST /api/v1/security/whitelist from an allowed address"),
+                ));
+            }
+        }
         let limit = key.rate_limit_per_min.map(|l| l.max(1) as u32).unwrap_or(state.config.rate_limit_per_min);
         if let Err(wait_s) = state.limiter.take(key.bucket(), limit) {
             let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("more than {limit} requests a minute with this key; retry after {wait_s} s"));
@@ -119,6 +140,57 @@ impl FromRequestParts<AppState> for Auth {
             return Err(error);
         }
         Ok(Auth { workspace_id: key.workspace_id, key_id: key.id })
+    }
+}
+
+/// Where a key may be used from, as its holder set it (stored as JSON on the key).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AllowedAddresses {
+    /// Addresses and CIDR ranges, as given.
+    pub ranges: Vec<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+impl AllowedAddresses {
+    pub fn admits(&self, address: IpAddr) -> bool {
+        self.ranges.iter().filter_map(|range| range.parse::<Cidr>().ok()).any(|range| range.contains(address))
+    }
+}
+
+/// The address a request came from: the connection's, or behind trusted proxies the first
+/// untrusted hop of X-Forwarded-For, read from the right (what a client writes on the left is
+/// not believed). `None` where the server was not given connection addresses.
+pub fn client_address(parts: &Parts, trusted_proxies: &[Cidr]) -> Option<IpAddr> {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    Some(behind_proxies(peer, &parts.headers, trusted_proxies))
+}
+
+fn behind_proxies(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |address: IpAddr| trusted.iter().any(|range| range.contains(address));
+    let mut client = peer;
+    if !is_trusted(client) {
+        return client;
+    }
+    let forwarded: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect();
+    for hop in forwarded.iter().rev() {
+        let Ok(hop) = hop.trim().parse::<IpAddr>() else { break };
+        client = hop;
+        if !is_trusted(client) {
+            break;
+        }
+    }
+    client
+}
+
+/// The address a request came from (see [`client_address`]).
+pub struct ClientAddress(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(client_address(parts, &state.config.trusted_proxies)))
     }
 }
 
@@ -150,6 +222,28 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_behind_trusted_proxies_is_the_first_untrusted_hop_from_the_right() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let headers = |values: &[&str]| {
+            let mut map = HeaderMap::new();
+            for v in values {
+                map.append("x-forwarded-for", v.parse().unwrap());
+            }
+            map
+        };
+        let forged = headers(&["127.0.0.1, 198.51.100.7, 10.0.0.2"]);
+        assert_eq!(behind_proxies(ip("10.0.0.1"), &forged, &trusted), ip("198.51.100.7"), "what the client wrote on the left is not believed");
+        assert_eq!(behind_proxies(ip("203.0.113.9"), &forged, &trusted), ip("203.0.113.9"), "an untrusted peer's header is ignored");
+        assert_eq!(behind_proxies(ip("10.0.0.1"), &headers(&["198.51.100.7", "10.0.0.3"]), &trusted), ip("198.51.100.7"), "several headers are one list");
+        assert_eq!(behind_proxies(ip("10.0.0.1"), &headers(&[]), &trusted), ip("10.0.0.1"), "no header: the proxy itself");
+        assert_eq!(behind_proxies(ip("10.0.0.1"), &headers(&["junk, 10.0.0.3"]), &trusted), ip("10.0.0.3"), "an unreadable hop stops the walk at the last trusted one");
+        let allowed = AllowedAddresses { ranges: vec!["203.0.113.0/24".into(), "::1".into()], description: None };
+        assert!(allowed.admits(ip("203.0.113.200")) && allowed.admits(ip("::1")) && !allowed.admits(ip("203.0.114.1")));
+        assert!(!AllowedAddresses::default().admits(ip("127.0.0.1")), "an empty or unreadable list admits no one");
+    }
 
     #[test]
     fn a_bucket_allows_its_limit_then_says_when() {

@@ -59,6 +59,8 @@ pub struct ServeConfig {
     pub rate_limit_per_min: u32,
     /// A worker silent this long is dead: its calls are closed as failed.
     pub worker_stale: Duration,
+    /// Reverse proxies whose X-Forwarded-For is believed (a key's whitelisted addresses).
+    pub trusted_proxies: Vec<crate::egress::Cidr>,
     /// Where calls may connect (LLM/STT/TTS endpoints, HTTP tools).
     pub egress: crate::egress::EgressPolicy,
     pub limits: limits::Limits,
@@ -241,7 +243,7 @@ pub async fn serve(config: ServeConfig, models: ModelStore) -> anyhow::Result<()
     tracing::info!(%address, worker = %worker_id, database = ?store.backend, "serving");
     let app = router(state);
     let stop = shutdown.clone();
-    axum::serve(listener, app)
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             wait_for_signal().await;
             stop.cancel();

@@ -144,7 +144,7 @@ impl Store {
     }
 
     pub async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO api_keys (id, workspace_id, hash, prefix, rate_limit_per_min, created_at, expires_at, revoked_at, rate_bucket) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        sqlx::query("INSERT INTO api_keys (id, workspace_id, hash, prefix, rate_limit_per_min, created_at, expires_at, revoked_at, rate_bucket, allowed_addresses) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .bind(&key.id)
             .bind(&key.workspace_id)
             .bind(&key.hash)
@@ -154,6 +154,7 @@ impl Store {
             .bind(key.expires_at)
             .bind(key.revoked_at)
             .bind(&key.rate_bucket)
+            .bind(&key.allowed_addresses)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -185,6 +186,12 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Where key `id` may be used from (see [`ApiKey::allowed_addresses`]); `None`: anywhere.
+    pub async fn set_key_addresses(&self, id: &str, allowed: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_keys SET allowed_addresses = $1 WHERE id = $2").bind(allowed).bind(id).execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Undoes [`Store::retire_key`] (its successor could not be stored).
@@ -808,7 +815,7 @@ pub struct Workspace {
     pub created_at: i64,
 }
 
-const KEY_COLUMNS: &str = "SELECT k.id, k.workspace_id, w.name AS workspace_name, k.hash, k.prefix, k.rate_limit_per_min, k.created_at, k.expires_at, k.revoked_at, k.rate_bucket FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id";
+const KEY_COLUMNS: &str = "SELECT k.id, k.workspace_id, w.name AS workspace_name, k.hash, k.prefix, k.rate_limit_per_min, k.created_at, k.expires_at, k.revoked_at, k.rate_bucket, k.allowed_addresses FROM api_keys k JOIN workspaces w ON w.id = k.workspace_id";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ApiKey {
@@ -823,6 +830,8 @@ pub struct ApiKey {
     pub revoked_at: Option<i64>,
     /// The first key of a rotation's line, whose request budget this one shares.
     pub rate_bucket: Option<String>,
+    /// Where it may be used from: JSON `{"ranges": [CIDR…], "description"}`; none: anywhere.
+    pub allowed_addresses: Option<String>,
 }
 
 impl ApiKey {

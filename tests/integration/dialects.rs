@@ -103,7 +103,7 @@ const OPERATIONS: &[Operation] = &[
     op(RINGEZ, "POST", "/api/v1/batch/calls", Support::Full, "calls past the workspace's calls in progress are `queued` and placed as others end; `GET /api/v1/batch/{id}` follows them"),
     op(RINGEZ, "POST", "/api/v1/scheduled-calls", Support::Full, "`GET`/`DELETE /api/v1/scheduled-calls/{id}` read and cancel it"),
     op(RINGEZ, "POST", "/api/v1/queue/add", Support::Full, "the session's calls from every request are one queue: the higher `priority` first, `concurrent_limit` counting all in progress; each request's id reads its own calls"),
-    op(RINGEZ, "POST", "/api/v1/security/whitelist", Support::NotYet, "restrict access at the proxy or firewall (501)"),
+    op(RINGEZ, "POST", "/api/v1/security/whitelist", Support::Full, "on the request's key; behind a reverse proxy, start the server with `--trusted-proxy`"),
     op(RINGEZ, "POST", "/api/v1/security/rotate-key", Support::Full, "the old key works an hour more (`revoke_immediately`: stops at once); the successor shares its requests a minute"),
     op(RINGEZ_SKILL, "POST", "/api/v1/auth/check-email", Support::NotYet, "API keys and sessions instead of accounts (501)"),
     op(RINGEZ_SKILL, "POST", "/api/v1/auth/send-otp", Support::NotYet, "API keys and sessions instead of accounts (501)"),
@@ -210,6 +210,17 @@ fn exercised_every_supported(document_prefix: &str) {
     for op in OPERATIONS.iter().filter(|o| o.document.starts_with(document_prefix)) {
         assert!(done.contains(&(op.method.to_string(), op.path.to_string())), "{} {} ({}) is in the table but the suite never sent it", op.method, op.path, op.document);
     }
+}
+
+/// A GET with `key` from the local address `local` (another of loopback's).
+fn from_address(local: &str, url: &str, key: &str) -> (u16, Value) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::builder().local_address(local.parse::<std::net::IpAddr>().unwrap()).build().unwrap();
+        let response = client.get(url).bearer_auth(key).timeout(Duration::from_secs(30)).send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
 }
 
 fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
@@ -648,8 +659,26 @@ fn ringez_flow(db: Database) {
     assert_eq!(holder(&third).send("GET", "/api/v1/calls", None).0, 429, "the newest key too: it shares the line's budget");
     assert_eq!(skill.send("POST", rotate, Some(&json!({ "current_key": "x" }))).0, 403, "a session alone rotates nothing");
 
+    // A key limited to the addresses its holder names: refused from any other (the request
+    // comes from 127.0.0.2, loopback too), and a list that would lock out the request's own
+    // address, or holds no range, is refused itself.
+    let fenced = create_key(&db, "ringez", &[]);
+    let whitelist = "/api/v1/security/whitelist";
+    let (status, lockout) = holder(&fenced).send("POST", whitelist, Some(&json!({ "ip_addresses": ["203.0.113.0/24"], "description": "Agent server IPs" })));
+    assert_eq!((status, lockout["error"]["field"].as_str()), (422, Some("ip_addresses")), "{lockout}");
+    let (status, bad) = holder(&fenced).send("POST", whitelist, Some(&json!({ "ip_addresses": ["127.0.0.1", "10.0.0.0/33"] })));
+    assert_eq!((status, bad["error"]["field"].as_str()), (422, Some("ip_addresses[1]")), "{bad}");
+    let set = holder(&fenced).expect("POST", whitelist, Some(json!({ "ip_addresses": ["127.0.0.1/32"], "description": "this test" })), 200, &[("key_id", "string"), ("status", "string"), ("ip_addresses", "array")]);
+    assert_eq!(set["status"], "active", "{set}");
+    let details = format!("/api/v1/calls/{call_id}");
+    holder(&fenced).expect("GET", &details, None, 200, &[("call_id", "string")]);
+    let (status, refused) = from_address("127.0.0.2", &serve.url(&details), &fenced);
+    assert_eq!((status, refused["error"]["code"].as_str()), (403, Some("address_not_allowed")), "{refused}");
+    holder(&fenced).expect("POST", whitelist, Some(json!({ "ip_addresses": [] })), 200, &[("status", "string")]);
+    assert_eq!(from_address("127.0.0.2", &serve.url(&details), &fenced).0, 200, "an empty list lets any address in again");
+
     // What a self-hosted server does not do says so, and what to use instead.
-    for (method, path) in [("POST", "/api/v1/wallet/add-credits"), ("POST", "/api/v1/security/whitelist"), ("POST", "/api/v1/auth/check-email"), ("POST", "/api/v1/auth/send-otp"), ("POST", "/api/v1/auth/verify-otp"), ("POST", "/api/v1/auth/login")] {
+    for (method, path) in [("POST", "/api/v1/wallet/add-credits"), ("POST", "/api/v1/auth/check-email"), ("POST", "/api/v1/auth/send-otp"), ("POST", "/api/v1/auth/verify-otp"), ("POST", "/api/v1/auth/login")] {
         let (status, answer) = agent.send(method, path, Some(&json!({})));
         assert_eq!(status, 501, "{path}: {answer}");
         assert_eq!(answer["error"]["code"], "not_implemented", "{path}: {answer}");

@@ -9,7 +9,7 @@
 //! opens one for the key's workspace, and its id then authenticates the Ringez paths alone
 //! (`X-Session-ID`, as Ringez's calling skill sends it) until it expires (6 h) or is deleted.
 //! Calls carry their session and the agent that placed them (`X-Agent-ID`). What a self-hosted
-//! server has no use for — payments, OTP log-in, IP allow-lists — answers 501 naming what to
+//! server has no use for — payments, OTP log-in — answers 501 naming what to
 //! use instead. Batches, scheduled calls and queues are campaigns of their own kind, placed for
 //! the session ([`jobs`]).
 //!
@@ -108,6 +108,7 @@ pub const PATHS: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/queue/add", "Calls `concurrent_limit` at a time, higher `priority` first, skipped after `max_wait_time`"),
     ("GET", "/api/v1/queue/{id}", "A queue: its state and each call's priority and status"),
     ("DELETE", "/api/v1/queue/{id}", "Cancel a queue's calls not yet placed"),
+    ("POST", "/api/v1/security/whitelist", "Limit the request's key to addresses and CIDR ranges (empty: any again)"),
     ("POST", "/api/v1/security/rotate-key", "Replace the request's key: a successor shown once; the old key works an hour more, or stops at once"),
 ];
 
@@ -143,7 +144,7 @@ pub fn router() -> Router<AppState> {
         .route("/scheduled-calls/{id}", get(read_scheduled).delete(cancel_scheduled))
         .route("/queue/add", post(queue_add))
         .route("/queue/{id}", get(read_queue).delete(cancel_queue))
-        .route("/security/whitelist", post(not_here))
+        .route("/security/whitelist", post(whitelist))
         .route("/security/rotate-key", post(rotate_key))
         .route("/auth/check-email", post(not_here))
         .route("/auth/send-otp", post(not_here))
@@ -434,10 +435,8 @@ pub async fn not_here(uri: axum::http::Uri, _headers: HeaderMap) -> ApiError {
     let path = uri.path();
     let instead = if path.contains("/wallet/") {
         "Ringline takes no payments: a session's budget is its user_consent.max_spend_limit"
-    } else if path.contains("/auth/") {
-        "Ringline authenticates with API keys: open a session with POST /api/v1/sessions/create and send its id as X-Session-ID"
     } else {
-        "restrict who reaches the server at its reverse proxy or firewall"
+        "Ringline authenticates with API keys: open a session with POST /api/v1/sessions/create and send its id as X-Session-ID"
     };
     ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", format!("{path} is not part of Ringline: {instead}"))
 }

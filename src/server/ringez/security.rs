@@ -1,8 +1,54 @@
-//! Ringez's key rotation: a key replaced by whoever holds it, as `ringline keys rotate` does on
-//! the server.
+//! Ringez's security paths, each on the key the request is sent with: its rotation (as
+//! `ringline keys rotate` does on the server) and the addresses it may be used from.
 
 use super::*;
-use crate::server::auth::{self, RotateError, ROTATION_GRACE_S};
+use crate::egress::Cidr;
+use crate::server::auth::{self, AllowedAddresses, ClientAddress, RotateError, ROTATION_GRACE_S};
+
+/// Ranges one key's whitelist holds, at most.
+const MAX_RANGES: usize = 100;
+const MAX_DESCRIPTION_CHARS: usize = 200;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Whitelist {
+    /// Addresses and CIDR ranges; empty: any address again.
+    pub ip_addresses: Vec<String>,
+    pub description: Option<String>,
+}
+
+/// Limits the request's key to `ip_addresses`. A list that would refuse the request's own
+/// address is refused itself: a key is never locked out by its holder's slip.
+pub async fn whitelist(State(state): State<AppState>, caller: RingezCaller, ClientAddress(from): ClientAddress, ApiJson(request): ApiJson<Whitelist>) -> Result<Json<Value>, ApiError> {
+    caller.require_key("limiting a key's addresses")?;
+    if request.ip_addresses.len() > MAX_RANGES {
+        return Err(ApiError::invalid("ip_addresses", format!("{} ranges; a key takes at most {MAX_RANGES} (use wider CIDR ranges)", request.ip_addresses.len())));
+    }
+    if let Some(description) = &request.description {
+        if description.chars().count() > MAX_DESCRIPTION_CHARS {
+            return Err(ApiError::invalid("description", format!("is longer than {MAX_DESCRIPTION_CHARS} characters")));
+        }
+    }
+    let mut ranges = Vec::with_capacity(request.ip_addresses.len());
+    for (i, range) in request.ip_addresses.iter().enumerate() {
+        range.trim().parse::<Cidr>().map_err(|e| ApiError::invalid(format!("ip_addresses[{i}]"), e))?;
+        ranges.push(range.trim().to_string());
+    }
+    let allowed = AllowedAddresses { ranges, description: request.description.clone() };
+    if !allowed.ranges.is_empty() && !from.is_some_and(|address| allowed.admits(address)) {
+        let from = from.map(|a| a.to_string()).unwrap_or_else(|| "an address this server cannot see".into());
+        return Err(ApiError::invalid("ip_addresses", format!("would lock this key out: this request came from {from}, which none of them holds; add it (behind a proxy, start the server with --trusted-proxy)")));
+    }
+    let stored = (!allowed.ranges.is_empty()).then(|| serde_json::to_string(&allowed).unwrap_or_default());
+    state.store.set_key_addresses(&caller.auth.key_id, stored.as_deref()).await?;
+    Ok(Json(json!({
+        "key_id": caller.auth.key_id,
+        "status": if allowed.ranges.is_empty() { "cleared" } else { "active" },
+        "ip_addresses": allowed.ranges,
+        "description": allowed.description,
+        "updated_at": rfc3339(store::now_ms()),
+    })))
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
