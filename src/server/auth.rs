@@ -120,19 +120,7 @@ impl FromRequestParts<AppState> for Auth {
         if !key.usable_at(store::now_ms()) {
             return Err(ApiError::unauthorized("this API key was revoked or has expired; create a new one with `ringline keys create`"));
         }
-        if let Some(allowed) = &key.allowed_addresses {
-            // Unreadable (never written so) admits no one: a limit is never lifted by accident.
-            let allowed: AllowedAddresses = serde_json::from_str(allowed).unwrap_or_default();
-            let from = client_address(parts, &state.config.trusted_proxies);
-            if !from.is_some_and(|address| allowed.admits(address)) {
-                let from = from.map(|a| a.to_string()).unwrap_or_else(|| "an unknown address".into());
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "address_not_allowed",
-                    format!("this key is limited to its whitelisted addresses and this request came from {from}; change the list with POST /api/v1/security/whitelist from an allowed address"),
-                ));
-            }
-        }
+        admit_address(&key, parts, state)?;
         let limit = key.rate_limit_per_min.map(|l| l.max(1) as u32).unwrap_or(state.config.rate_limit_per_min);
         if let Err(wait_s) = state.limiter.take(key.bucket(), limit) {
             let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("more than {limit} requests a minute with this key; retry after {wait_s} s"));
@@ -141,6 +129,23 @@ impl FromRequestParts<AppState> for Auth {
         }
         Ok(Auth { workspace_id: key.workspace_id, key_id: key.id })
     }
+}
+
+/// Refuses a request from outside the key's whitelisted addresses, if it has any.
+pub fn admit_address(key: &ApiKey, parts: &Parts, state: &AppState) -> Result<(), ApiError> {
+    let Some(allowed) = &key.allowed_addresses else { return Ok(()) };
+    // Unreadable (never written so) admits no one: a limit is never lifted by accident.
+    let allowed: AllowedAddresses = serde_json::from_str(allowed).unwrap_or_default();
+    let from = client_address(parts, &state.config.trusted_proxies);
+    if from.is_some_and(|address| allowed.admits(address)) {
+        return Ok(());
+    }
+    let from = from.map(|a| a.to_string()).unwrap_or_else(|| "an unknown address".into());
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "address_not_allowed",
+        format!("this key (or the session it opened) is limited to the key's whitelisted addresses and this request came from {from}; change the list with POST /api/v1/security/whitelist from an allowed address"),
+    ))
 }
 
 /// Where a key may be used from, as its holder set it (stored as JSON on the key).

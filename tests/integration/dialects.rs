@@ -212,12 +212,12 @@ fn exercised_every_supported(document_prefix: &str) {
     }
 }
 
-/// A GET with `key` from the local address `local` (another of loopback's).
-fn from_address(local: &str, url: &str, key: &str) -> (u16, Value) {
+/// A GET with the credential `header` from the local address `local` (another of loopback's).
+fn from_address(local: &str, url: &str, header: &(&str, String)) -> (u16, Value) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let client = reqwest::Client::builder().local_address(local.parse::<std::net::IpAddr>().unwrap()).build().unwrap();
-        let response = client.get(url).bearer_auth(key).timeout(Duration::from_secs(30)).send().await.expect("the server answers");
+        let response = client.get(url).header(header.0, &header.1).timeout(Duration::from_secs(30)).send().await.expect("the server answers");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     })
@@ -672,10 +672,16 @@ fn ringez_flow(db: Database) {
     assert_eq!(set["status"], "active", "{set}");
     let details = format!("/api/v1/calls/{call_id}");
     holder(&fenced).expect("GET", &details, None, 200, &[("call_id", "string")]);
-    let (status, refused) = from_address("127.0.0.2", &serve.url(&details), &fenced);
+    let bearer = ("Authorization", format!("Bearer {fenced}"));
+    let (status, refused) = from_address("127.0.0.2", &serve.url(&details), &bearer);
     assert_eq!((status, refused["error"]["code"].as_str()), (403, Some("address_not_allowed")), "{refused}");
+    // A session it opens keeps its limit.
+    let fenced_session = holder(&fenced).expect("POST", "/api/v1/sessions/create", Some(json!({ "session_type": "guest" })), 201, &[("session_id", "string")]);
+    let session_header = ("X-Session-ID", fenced_session["session_id"].as_str().unwrap().to_string());
+    assert_eq!(from_address("127.0.0.1", &serve.url("/api/v1/calls"), &session_header).0, 200);
+    assert_eq!(from_address("127.0.0.2", &serve.url("/api/v1/calls"), &session_header).0, 403, "a session is held to its key's addresses");
     holder(&fenced).expect("POST", whitelist, Some(json!({ "ip_addresses": [] })), 200, &[("status", "string")]);
-    assert_eq!(from_address("127.0.0.2", &serve.url(&details), &fenced).0, 200, "an empty list lets any address in again");
+    assert_eq!(from_address("127.0.0.2", &serve.url(&details), &bearer).0, 200, "an empty list lets any address in again");
 
     // What a self-hosted server does not do says so, and what to use instead.
     for (method, path) in [("POST", "/api/v1/wallet/add-credits"), ("POST", "/api/v1/auth/check-email"), ("POST", "/api/v1/auth/send-otp"), ("POST", "/api/v1/auth/verify-otp"), ("POST", "/api/v1/auth/login")] {

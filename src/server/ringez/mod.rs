@@ -167,6 +167,8 @@ pub struct SessionRecord {
     pub created_at: i64,
     pub expires_at: i64,
     pub ended_at: Option<i64>,
+    /// The key that opened it, whose address limit it keeps.
+    pub key_id: Option<String>,
 }
 
 impl SessionRecord {
@@ -231,6 +233,13 @@ impl FromRequestParts<AppState> for RingezCaller {
             ));
         };
         let session = open_session(state, &id, now).await?.ok_or_else(|| ApiError::unauthorized(format!("session `{}` is not open (unknown, ended or expired); open one with POST /api/v1/sessions/create", crate::assistant::check::clip(&id))))?;
+        // A session keeps the address limit of the key that opened it.
+        if let Some(key) = match &session.key_id {
+            Some(key_id) => state.store.key(key_id).await?,
+            None => None,
+        } {
+            super::auth::admit_address(&key, parts, state)?;
+        }
         let limit = state.config.rate_limit_per_min;
         if let Err(wait_s) = state.limiter.take(&session.id, limit) {
             let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("more than {limit} requests a minute in this session; retry after {wait_s} s"));
@@ -255,7 +264,7 @@ async fn open_session(state: &AppState, id: &str, now: i64) -> Result<Option<Ses
 
 async fn session_by_id(state: &AppState, id: &str) -> Result<Option<SessionRecord>, ApiError> {
     Ok(sqlx::query_as::<_, SessionRecord>(
-        "SELECT id, workspace_id, session_type, agent_id, agent_context, privacy_mode, currency, created_at, expires_at, ended_at FROM sessions WHERE id = $1",
+        "SELECT id, workspace_id, session_type, agent_id, agent_context, privacy_mode, currency, created_at, expires_at, ended_at, key_id FROM sessions WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(&state.store.pool)

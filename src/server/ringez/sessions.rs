@@ -63,8 +63,9 @@ pub async fn create_session(State(state): State<AppState>, caller: RingezCaller,
         created_at: now,
         expires_at: now + SESSION_TTL_MS,
         ended_at: None,
+        key_id: Some(caller.auth.key_id.clone()),
     };
-    sqlx::query("INSERT INTO sessions (id, workspace_id, session_type, agent_id, agent_context, privacy_mode, currency, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+    sqlx::query("INSERT INTO sessions (id, workspace_id, session_type, agent_id, agent_context, privacy_mode, currency, created_at, expires_at, key_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
         .bind(&session.id)
         .bind(&session.workspace_id)
         .bind(&session.session_type)
@@ -74,6 +75,7 @@ pub async fn create_session(State(state): State<AppState>, caller: RingezCaller,
         .bind(&session.currency)
         .bind(session.created_at)
         .bind(session.expires_at)
+        .bind(&session.key_id)
         .execute(&state.store.pool)
         .await
         .map_err(store::StoreError::from)?;
