@@ -682,6 +682,8 @@ fn ringez_flow(db: Database) {
     assert_eq!(from_address("127.0.0.2", &serve.url("/api/v1/calls"), &session_header).0, 403, "a session is held to its key's addresses");
     holder(&fenced).expect("POST", whitelist, Some(json!({ "ip_addresses": [] })), 200, &[("status", "string")]);
     assert_eq!(from_address("127.0.0.2", &serve.url(&details), &bearer).0, 200, "an empty list lets any address in again");
+    holder(&fenced).expect("POST", rotate, Some(json!({ "current_key": fenced, "revoke_immediately": true })), 201, &[("api_key", "string")]);
+    assert_eq!(from_address("127.0.0.1", &serve.url("/api/v1/calls"), &session_header).0, 401, "a revoked key's sessions end with it");
 
     // What a self-hosted server does not do says so, and what to use instead.
     for (method, path) in [("POST", "/api/v1/wallet/add-credits"), ("POST", "/api/v1/auth/check-email"), ("POST", "/api/v1/auth/send-otp"), ("POST", "/api/v1/auth/verify-otp"), ("POST", "/api/v1/auth/login")] {

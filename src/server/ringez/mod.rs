@@ -233,11 +233,15 @@ impl FromRequestParts<AppState> for RingezCaller {
             ));
         };
         let session = open_session(state, &id, now).await?.ok_or_else(|| ApiError::unauthorized(format!("session `{}` is not open (unknown, ended or expired); open one with POST /api/v1/sessions/create", crate::assistant::check::clip(&id))))?;
-        // A session keeps the address limit of the key that opened it.
+        // A session keeps the address limit of the key that opened it, and ends with its
+        // revocation (not with its rotation's grace: the session's own time runs on).
         if let Some(key) = match &session.key_id {
             Some(key_id) => state.store.key(key_id).await?,
             None => None,
         } {
+            if key.revoked_at.is_some() {
+                return Err(ApiError::unauthorized("the key that opened this session was revoked; open a new session with a current key"));
+            }
             super::auth::admit_address(&key, parts, state)?;
         }
         let limit = state.config.rate_limit_per_min;
