@@ -814,7 +814,7 @@ pub async fn drive(state: AppState, shutdown: CancellationToken) {
 async fn drive_once(state: &AppState) -> Result<(), store::StoreError> {
     let now = store::now_ms();
     for campaign in state.store.due_campaigns(&state.worker_id, now, CAMPAIGNS_A_PASS).await? {
-        if !state.store.lease_campaign(&campaign.workspace_id, &campaign.id, &state.worker_id, now, now + LEASE_MS).await? {
+        if !state.store.lease_campaign(&campaign, &state.worker_id, now, now + LEASE_MS).await? {
             continue;
         }
         // One campaign's trouble (a row it cannot write) does not hold up the others.
@@ -831,7 +831,7 @@ async fn drive_once(state: &AppState) -> Result<(), store::StoreError> {
 pub async fn step_now(state: &AppState, campaign: &CampaignRecord) -> Result<(), store::StoreError> {
     let now = store::now_ms();
     let _stepping = stepping().lock().await;
-    if campaign.start_at.is_some_and(|start| start > now) || !state.store.lease_campaign(&campaign.workspace_id, &campaign.id, &state.worker_id, now, now + LEASE_MS).await? {
+    if campaign.start_at.is_some_and(|start| start > now) || !state.store.lease_campaign(campaign, &state.worker_id, now, now + LEASE_MS).await? {
         return Ok(());
     }
     step(state, campaign, now).await

@@ -295,7 +295,8 @@ impl Store {
     /// a worker that wins one of them while another worker holds one of the same session's
     /// gives it back. Each worker looks after it writes, so of two that lease two of a session's
     /// queues at once, the later to look sees the other's lease, whatever the order.
-    pub async fn lease_campaign(&self, workspace_id: &str, id: &str, worker_id: &str, now: i64, until: i64) -> Result<bool, StoreError> {
+    pub async fn lease_campaign(&self, campaign: &CampaignRecord, worker_id: &str, now: i64, until: i64) -> Result<bool, StoreError> {
+        let (workspace_id, id) = (campaign.workspace_id.as_str(), campaign.id.as_str());
         let done = sqlx::query(&format!(
             "UPDATE campaigns SET driver_id = $1, driver_until = $2 WHERE workspace_id = $3 AND id = $4 AND state IN {ACTIVE_CAMPAIGN_STATES} AND (driver_until < $5 OR driver_id = $1)"
         ))
@@ -308,6 +309,11 @@ impl Store {
         .await?;
         if done.rows_affected() != 1 {
             return Ok(false);
+        }
+        // Only a session's queue shares its lease; every other campaign is leased alone (the
+        // driver leases each campaign every pass: no query it does not need).
+        if campaign.kind != "queue" || campaign.session_id.is_none() {
+            return Ok(true);
         }
         let held_elsewhere = sqlx::query_scalar::<_, i64>(&format!(
             "SELECT COUNT(*) FROM campaigns o JOIN campaigns c ON c.workspace_id = o.workspace_id AND c.session_id = o.session_id \
@@ -554,8 +560,8 @@ mod tests {
             assert!(store.launch_campaign(&ws, id, &Schedule::default(), std::slice::from_ref(&contact), now).await.unwrap());
         }
         let lease = |id: &'static str, worker: &'static str, now: i64| {
-            let (store, ws) = (&store, ws.clone());
-            async move { store.lease_campaign(&ws, id, worker, now, now + 15_000).await.unwrap() }
+            let (store, campaign) = (&store, queue(id, if id == "other" { "t" } else { "s" }));
+            async move { store.lease_campaign(&campaign, worker, now, now + 15_000).await.unwrap() }
         };
 
         assert!(lease("q1", "a", now).await);
